@@ -1,1 +1,22 @@
-//! Work in progress.
+//! Loads flatsync sink plugins and runs their instances.
+//!
+//! This is the only crate that talks to `dlopen`. It speaks nothing but the C ABI of
+//! [`flatsync_plugin_api`], so a plugin written in C loads exactly like one built with the SDK.
+//!
+//! - [`resolve_plugin`] and [`default_search_dirs`] turn a config's `plugin = "..."` into a file.
+//! - [`LoadedPlugin::load`] opens that file, checks its descriptor (magic, ABI version, size,
+//!   required functions, name) and keeps the library loaded for the rest of the process.
+//! - [`SinkWorker`] runs one sink instance on its own thread and offers async calls with
+//!   retry, backoff and a per-call timeout.
+// Reason: this crate sits on the C ABI (dlopen, calls through plugin function pointers).
+#![allow(unsafe_code)]
+
+mod error;
+mod load;
+mod search;
+mod worker;
+
+pub use error::{LoadError, SinkError};
+pub use load::LoadedPlugin;
+pub use search::{default_search_dirs, resolve_plugin};
+pub use worker::{OwnedBatch, SinkOptions, SinkWorker};

@@ -1,0 +1,335 @@
+//! Errors of loading plugins and of calling sink instances.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a plugin could not be found or loaded.
+///
+/// Every message names the file, what was expected, what was found, and the likely cause.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file for the plugin exists in any search directory.
+    #[error(
+        "plugin `{plugin}` not found; looked for: {}. Build the plugin (e.g. `cargo build --workspace`), \
+         install it into one of these directories, or set `plugin_dir` or FLATSYNC_PLUGIN_PATH",
+        list_paths(.searched)
+    )]
+    NotFound {
+        /// The plugin name or path from the config.
+        plugin: String,
+        /// Every path tried, in order.
+        searched: Vec<PathBuf>,
+    },
+
+    /// The file is writable by its group or by everyone; loading it would run code anyone
+    /// in that group could have put there.
+    #[error(
+        "refusing to load plugin {}: its mode is {mode:04o}, writable by group or others; expected \
+         no group/world write bit (e.g. `chmod go-w {}`), because whoever can write the file can \
+         run code as flatsync",
+        .path.display(),
+        .path.display()
+    )]
+    InsecurePermissions {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// `dlopen` failed (or the file could not even be inspected).
+    #[error(
+        "cannot load plugin {}: {message}; expected a shared library (.so) built for this \
+         platform: the file may be truncated, not a shared library, or built for another \
+         architecture",
+        .path.display()
+    )]
+    Open {
+        /// The plugin file.
+        path: PathBuf,
+        /// The system's explanation (dlerror text).
+        message: String,
+    },
+
+    /// The library does not export the entry function.
+    #[error(
+        "{} does not export `{}`: not a flatsync plugin? A plugin exports this one function \
+         (the SDK's export_sink! macro does it)",
+        .path.display(),
+        flatsync_plugin_api::ENTRY_SYMBOL
+    )]
+    MissingEntry {
+        /// The plugin file.
+        path: PathBuf,
+    },
+
+    /// The entry function returned null.
+    #[error(
+        "`{}` in {} returned a null descriptor; expected a pointer to the plugin's static \
+         descriptor: the plugin is broken",
+        flatsync_plugin_api::ENTRY_SYMBOL,
+        .path.display()
+    )]
+    NullDescriptor {
+        /// The plugin file.
+        path: PathBuf,
+    },
+
+    /// The descriptor does not start with the magic bytes.
+    #[error(
+        "{}: the plugin descriptor starts with \"{}\", expected \"{}\": the entry function does not \
+         return a flatsync descriptor (corrupt build, or not a flatsync plugin)",
+        .path.display(),
+        escape_bytes(.found),
+        escape_bytes(&flatsync_plugin_api::MAGIC)
+    )]
+    BadMagic {
+        /// The plugin file.
+        path: PathBuf,
+        /// The first eight bytes of the descriptor.
+        found: [u8; 8],
+    },
+
+    /// The plugin was built for another major ABI version.
+    #[error("{}", abi_mismatch_message(.path, *.plugin_major, *.plugin_minor, *.host_major, *.host_minor))]
+    AbiMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// ABI major version the plugin was built against.
+        plugin_major: u32,
+        /// ABI minor version the plugin was built against.
+        plugin_minor: u32,
+        /// ABI major version of this host.
+        host_major: u32,
+        /// ABI minor version of this host.
+        host_minor: u32,
+    },
+
+    /// The descriptor is smaller than this ABI major requires.
+    #[error(
+        "{}: the plugin descriptor is {size} bytes, expected at least {min} for ABI major {}: \
+         the descriptor is truncated or the plugin was built against a broken header",
+        .path.display(),
+        flatsync_plugin_api::ABI_MAJOR
+    )]
+    DescriptorTooSmall {
+        /// The plugin file.
+        path: PathBuf,
+        /// `struct_size` found in the descriptor.
+        size: u32,
+        /// Smallest size accepted.
+        min: u32,
+    },
+
+    /// A required function pointer is null.
+    #[error(
+        "{}: the plugin descriptor has no `{function}` function (null pointer); expected all of \
+         create, write_batch, flush and destroy: the plugin is incomplete",
+        .path.display()
+    )]
+    MissingFunction {
+        /// The plugin file.
+        path: PathBuf,
+        /// Name of the missing function.
+        function: &'static str,
+    },
+
+    /// The plugin calls itself something other than the config asked for.
+    #[error(
+        "{} is plugin `{found}`, but the config asked for `{expected}`: the wrong file is in the \
+         plugin directory, or the config's plugin name is misspelt",
+        .path.display()
+    )]
+    NameMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The name the config used.
+        expected: String,
+        /// The name in the descriptor.
+        found: String,
+    },
+
+    /// A text field of the descriptor is not valid UTF-8 (or is a null pointer with a length,
+    /// or, for `name`, is empty).
+    #[error(
+        "{}: the plugin descriptor's `{field}` is not valid text; expected non-null UTF-8{}: the \
+         descriptor is corrupt",
+        .path.display(),
+        if *.field == "name" { ", not empty" } else { "" }
+    )]
+    InvalidText {
+        /// The plugin file.
+        path: PathBuf,
+        /// `name`, `version` or `build_info`.
+        field: &'static str,
+    },
+}
+
+/// Why a call on a sink instance failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// `create` or `check` did not return OK; the worker thread has ended.
+    #[error("sink `{sink}` (plugin `{plugin}`) could not start: {message}")]
+    Create {
+        /// Instance name.
+        sink: String,
+        /// Plugin name.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// The plugin returned FATAL (or a status it has no business returning).
+    #[error("sink `{sink}` (plugin `{plugin}`) failed: {message}")]
+    Fatal {
+        /// Instance name.
+        sink: String,
+        /// Plugin name.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// The plugin kept returning RETRY until the attempts ran out.
+    #[error("sink `{sink}` (plugin `{plugin}`) still failing after {attempts} attempts: {message}")]
+    RetriesExhausted {
+        /// Instance name.
+        sink: String,
+        /// Plugin name.
+        plugin: String,
+        /// How many calls were made.
+        attempts: u32,
+        /// The plugin's message from the last attempt.
+        message: String,
+    },
+
+    /// A call did not return within the call timeout. The worker refuses further calls: its
+    /// thread is still inside the plugin and cannot be stopped.
+    #[error(
+        "sink `{sink}` (plugin `{plugin}`) did not answer within {after:?}; it is stalled and \
+         takes no more calls until flatsync restarts"
+    )]
+    Stalled {
+        /// Instance name.
+        sink: String,
+        /// Plugin name.
+        plugin: String,
+        /// The call timeout that elapsed.
+        after: Duration,
+    },
+
+    /// The worker is gone: shut down, or its thread ended.
+    #[error("sink `{sink}` is stopped")]
+    Stopped {
+        /// Instance name.
+        sink: String,
+    },
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing (no search directories)".to_owned();
+    }
+    let mut out = String::new();
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}", path.display());
+    }
+    out
+}
+
+/// Shows bytes the way C source would: printable ASCII as is, the rest as `\xNN`.
+fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(byte)),
+            _ => {
+                let _ = write!(out, "\\x{byte:02x}");
+            }
+        }
+    }
+    out
+}
+
+fn abi_mismatch_message(
+    path: &Path,
+    plugin_major: u32,
+    plugin_minor: u32,
+    host_major: u32,
+    host_minor: u32,
+) -> String {
+    let path = path.display();
+    if plugin_major < host_major {
+        format!(
+            "{path} was built for ABI {plugin_major}.{plugin_minor}; this flatsync speaks \
+             {host_major}.{host_minor}: rebuild the plugin against a current flatsync-plugin-sdk"
+        )
+    } else {
+        format!(
+            "{path} was built for ABI {plugin_major}.{plugin_minor}; this flatsync speaks \
+             {host_major}.{host_minor}: the plugin needs a newer flatsync (upgrade flatsync, or \
+             use a plugin build matching this version)"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_magic_shows_expected_and_escaped_found_bytes() {
+        let err = LoadError::BadMagic {
+            path: PathBuf::from("/p/x.so"),
+            found: *b"NOPE\0\x01\"\xff",
+        };
+        let message = err.to_string();
+        assert!(message.contains("/p/x.so"), "{message}");
+        assert!(message.contains(r#""NOPE\x00\x01\"\xff""#), "{message}");
+        assert!(message.contains(r#"expected "FLATSYNC""#), "{message}");
+    }
+
+    #[test]
+    fn abi_mismatch_tells_older_from_newer() {
+        let older = LoadError::AbiMismatch {
+            path: PathBuf::from("/p/old.so"),
+            plugin_major: 0,
+            plugin_minor: 9,
+            host_major: 1,
+            host_minor: 0,
+        }
+        .to_string();
+        assert!(
+            older.contains("built for ABI 0.9; this flatsync speaks 1.0"),
+            "{older}"
+        );
+        assert!(older.contains("rebuild the plugin against a current flatsync-plugin-sdk"));
+        let newer = LoadError::AbiMismatch {
+            path: PathBuf::from("/p/new.so"),
+            plugin_major: 2,
+            plugin_minor: 1,
+            host_major: 1,
+            host_minor: 0,
+        }
+        .to_string();
+        assert!(newer.contains("/p/new.so was built for ABI 2.1"), "{newer}");
+        assert!(newer.contains("needs a newer flatsync"), "{newer}");
+    }
+
+    #[test]
+    fn insecure_permissions_show_octal_mode() {
+        let message = LoadError::InsecurePermissions {
+            path: PathBuf::from("/p/x.so"),
+            mode: 0o775,
+        }
+        .to_string();
+        assert!(message.contains("mode is 0775"), "{message}");
+        assert!(message.contains("chmod go-w /p/x.so"), "{message}");
+    }
+}

@@ -1,0 +1,320 @@
+//! Opening a plugin library and checking its descriptor.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use flatsync_plugin_api::{
+    ABI_MAJOR, ABI_MINOR, CheckFn, CreateFn, DestroyFn, ENTRY_SYMBOL, EntryFn, FlatsyncPlugin,
+    FlatsyncStr, FlushFn, MAGIC, MIN_PLUGIN_STRUCT_SIZE, PLUGIN_FLAG_PANIC_UNWIND, WriteBatchFn,
+};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+
+use crate::LoadError;
+
+/// `RTLD_NODELETE`: keeps the library mapped even if something calls `dlclose` on it. libloading
+/// does not export it; the value is the platform's (glibc and musl agree on Linux).
+#[cfg(target_os = "linux")]
+const RTLD_NODELETE: std::ffi::c_int = 0x1000;
+#[cfg(target_os = "macos")]
+const RTLD_NODELETE: std::ffi::c_int = 0x80;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+const RTLD_NODELETE: std::ffi::c_int = 0;
+
+/// Every plugin loaded by this process, by canonical path. A plugin is loaded once and stays
+/// loaded: all instances of it share one `LoadedPlugin`.
+static REGISTRY: Mutex<BTreeMap<PathBuf, Arc<LoadedPlugin>>> = Mutex::new(BTreeMap::new());
+
+/// The plugin functions, copied out of a checked descriptor.
+#[derive(Clone, Copy)]
+pub(crate) struct PluginFunctions {
+    pub(crate) create: CreateFn,
+    pub(crate) write_batch: WriteBatchFn,
+    pub(crate) flush: FlushFn,
+    pub(crate) destroy: DestroyFn,
+    pub(crate) check: Option<CheckFn>,
+}
+
+/// A plugin library that passed every check, loaded for the rest of the process.
+///
+/// Holds copies of the descriptor's fields (text and function pointers), so nothing here points
+/// into plugin memory except the function pointers, which stay valid because the library is
+/// never unloaded.
+pub struct LoadedPlugin {
+    path: PathBuf,
+    name: String,
+    version: String,
+    build_info: String,
+    abi: (u32, u32),
+    flags: u32,
+    functions: PluginFunctions,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("build_info", &self.build_info)
+            .field("abi", &self.abi)
+            .field("flags", &self.flags)
+            .field("has_check", &self.functions.check.is_some())
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// Loads the plugin at `path` and checks it.
+    ///
+    /// `expected_name` (the config's plugin name) must equal the descriptor's name when given.
+    /// Checks, in order: the file is not group- or world-writable; `dlopen` succeeds; the library
+    /// exports `flatsync_plugin_entry`; the entry returns a non-null descriptor; magic; ABI major;
+    /// descriptor size; required functions present; name, version and build info are UTF-8; the
+    /// name matches. A plugin built without panic unwinding loads with a warning.
+    ///
+    /// Loading the same file again (same canonical path) returns the same `Arc` without opening
+    /// it twice. The library is never unloaded, even when a check fails.
+    pub fn load(path: &Path, expected_name: Option<&str>) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let canonical = std::fs::canonicalize(path).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                LoadError::NotFound {
+                    plugin: path.display().to_string(),
+                    searched: vec![path.to_path_buf()],
+                }
+            } else {
+                LoadError::Open {
+                    path: path.to_path_buf(),
+                    message: err.to_string(),
+                }
+            }
+        })?;
+
+        // Held across the load so that two sinks naming the same plugin never dlopen it twice.
+        let mut registry = REGISTRY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let plugin = match registry.get(&canonical) {
+            Some(plugin) => Arc::clone(plugin),
+            None => {
+                let plugin = Arc::new(open_and_check(&canonical)?);
+                registry.insert(canonical.clone(), Arc::clone(&plugin));
+                plugin
+            }
+        };
+        drop(registry);
+
+        if let Some(expected) = expected_name
+            && expected != plugin.name
+        {
+            return Err(LoadError::NameMismatch {
+                path: canonical,
+                expected: expected.to_owned(),
+                found: plugin.name.clone(),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// Canonical path of the library file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The plugin's name from its descriptor, e.g. `csv-folder`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's own version, informational.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Free text about how the plugin was built; logged, never compared.
+    pub fn build_info(&self) -> &str {
+        &self.build_info
+    }
+
+    /// ABI `(major, minor)` the plugin was built against.
+    pub fn abi(&self) -> (u32, u32) {
+        self.abi
+    }
+
+    /// Whether the plugin was built with `panic = "unwind"`, so that a panic in it becomes a
+    /// FATAL status instead of aborting flatsync.
+    pub fn unwinds(&self) -> bool {
+        self.flags & PLUGIN_FLAG_PANIC_UNWIND != 0
+    }
+
+    pub(crate) fn functions(&self) -> PluginFunctions {
+        self.functions
+    }
+}
+
+fn open_and_check(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let metadata = std::fs::metadata(path).map_err(|err| LoadError::Open {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(LoadError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+
+    // SAFETY: opening a library runs its initialisers, arbitrary code we trust because the file
+    // passed the permission check and comes from the configured plugin directories. Its
+    // termination routines never run: the library is leaked below and opened with NODELETE.
+    let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) }
+        .map_err(|err| LoadError::Open {
+            path: path.to_path_buf(),
+            message: dl_message(path, &err),
+        })?;
+    // Never unloaded, on success or failure. A Rust cdylib registers thread-local destructors
+    // that point into its code; after dlclose the next thread exit jumps into unmapped memory
+    // (rust-lang/rust#59629). A plugin is replaced by restarting the daemon.
+    let library: &'static Library = Box::leak(Box::new(library));
+
+    // SAFETY: the ABI defines the entry symbol as a function of type `EntryFn`. A library that
+    // exports a different thing under this name breaks the contract we cannot check further.
+    let entry: EntryFn = match unsafe { library.get::<EntryFn>(ENTRY_SYMBOL) } {
+        Ok(symbol) => *symbol,
+        Err(_) => {
+            return Err(LoadError::MissingEntry {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    // SAFETY: `entry` has the ABI's entry signature, takes no arguments and returns a pointer
+    // to a static descriptor; the library stays loaded for the rest of the process.
+    let descriptor: *const FlatsyncPlugin = unsafe { entry() };
+    if descriptor.is_null() {
+        return Err(LoadError::NullDescriptor {
+            path: path.to_path_buf(),
+        });
+    }
+
+    // Read only the fixed header until `struct_size` says how much more exists: a descriptor
+    // from another ABI version may be shorter than ours. Unaligned reads, because a broken
+    // plugin may hand back any address and we only want to report it, not trust it.
+    // SAFETY: the pointer is non-null and, per the ABI, points to a descriptor whose header
+    // (magic, versions, size) is at the same offsets in every ABI version.
+    let (magic, abi_major, abi_minor, struct_size) = unsafe {
+        (
+            (&raw const (*descriptor).magic).read_unaligned(),
+            (&raw const (*descriptor).abi_major).read_unaligned(),
+            (&raw const (*descriptor).abi_minor).read_unaligned(),
+            (&raw const (*descriptor).struct_size).read_unaligned(),
+        )
+    };
+    if magic != MAGIC {
+        return Err(LoadError::BadMagic {
+            path: path.to_path_buf(),
+            found: magic,
+        });
+    }
+    if abi_major != ABI_MAJOR {
+        return Err(LoadError::AbiMismatch {
+            path: path.to_path_buf(),
+            plugin_major: abi_major,
+            plugin_minor: abi_minor,
+            host_major: ABI_MAJOR,
+            host_minor: ABI_MINOR,
+        });
+    }
+    if struct_size < MIN_PLUGIN_STRUCT_SIZE {
+        return Err(LoadError::DescriptorTooSmall {
+            path: path.to_path_buf(),
+            size: struct_size,
+            min: MIN_PLUGIN_STRUCT_SIZE,
+        });
+    }
+    // SAFETY: the descriptor declares at least `MIN_PLUGIN_STRUCT_SIZE` bytes, the size of
+    // `FlatsyncPlugin`; every field is plain data (integers, pointers, optional fn pointers),
+    // for which any bit pattern of a nullable pointer is valid.
+    let descriptor: FlatsyncPlugin = unsafe { descriptor.read_unaligned() };
+
+    let missing = |function: &'static str| LoadError::MissingFunction {
+        path: path.to_path_buf(),
+        function,
+    };
+    let functions = PluginFunctions {
+        create: descriptor.create.ok_or_else(|| missing("create"))?,
+        write_batch: descriptor
+            .write_batch
+            .ok_or_else(|| missing("write_batch"))?,
+        flush: descriptor.flush.ok_or_else(|| missing("flush"))?,
+        destroy: descriptor.destroy.ok_or_else(|| missing("destroy"))?,
+        check: descriptor.check,
+    };
+
+    let invalid = |field: &'static str| LoadError::InvalidText {
+        path: path.to_path_buf(),
+        field,
+    };
+    let name = descriptor_text(descriptor.name)
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| invalid("name"))?;
+    let version = descriptor_text(descriptor.version).ok_or_else(|| invalid("version"))?;
+    let build_info = descriptor_text(descriptor.build_info).ok_or_else(|| invalid("build_info"))?;
+
+    let plugin = LoadedPlugin {
+        path: path.to_path_buf(),
+        name,
+        version,
+        build_info,
+        abi: (abi_major, abi_minor),
+        flags: descriptor.flags,
+        functions,
+    };
+    // Debug only: the daemon logs each sink's plugin at info, naming the sink too.
+    tracing::debug!(
+        plugin = %plugin.name,
+        version = %plugin.version,
+        abi = %format_args!("{abi_major}.{abi_minor}"),
+        build_info = %plugin.build_info,
+        path = %plugin.path.display(),
+        "Plugin loaded"
+    );
+    if !plugin.unwinds() {
+        tracing::warn!(
+            plugin = %plugin.name,
+            path = %plugin.path.display(),
+            "Plugin built without panic unwinding; a panic in it aborts flatsync"
+        );
+    }
+    Ok(plugin)
+}
+
+/// Copies a descriptor string. `None` when it is a null pointer with a length or not UTF-8.
+fn descriptor_text(text: FlatsyncStr) -> Option<String> {
+    if text.len == 0 {
+        return Some(String::new());
+    }
+    if text.ptr.is_null() || text.len > isize::MAX as usize {
+        return None;
+    }
+    // SAFETY: per the ABI, descriptor strings point to `len` bytes that live as long as the
+    // library, which is never unloaded.
+    let bytes = unsafe { std::slice::from_raw_parts(text.ptr, text.len) };
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// libloading's own message is just "dlopen failed"; the useful dlerror text is its source.
+/// dlerror usually starts with the path, which our message already names.
+fn dl_message(path: &Path, err: &libloading::Error) -> String {
+    let text = match std::error::Error::source(err) {
+        Some(source) => source.to_string(),
+        None => err.to_string(),
+    };
+    let prefix = format!("{}: ", path.display());
+    match text.strip_prefix(&prefix) {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    }
+}
