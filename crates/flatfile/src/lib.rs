@@ -1,1 +1,56 @@
-//! Work in progress.
+//! Flatfile on the wire: webhook bodies in, row pages out.
+//!
+//! Two halves, both used by `flatsync-core`:
+//! - [`parse_webhook_body`] turns the body of an incoming webhook (a legacy Portal notification or
+//!   a Platform event) into an [`IncomingEvent`]. It is pure: no I/O, no clock.
+//! - [`FlatfileClient`] talks to the legacy REST API and the Platform `/v1` API with retries, and
+//!   converts row pages straight into the NDJSON batch format the sinks receive
+//!   (`{"id":…,"valid":…,"values":{…}}\n` per row) without building a JSON tree per row.
+//!
+//! Secrets travel only in request headers, wrapped in [`Secret`], so URLs in errors and logs are
+//! safe to print.
+
+mod client;
+mod convert;
+mod error;
+mod secret;
+mod webhook;
+
+pub use client::{ClientConfig, FlatfileClient, RetryPolicy};
+pub use convert::{LegacyPage, RecordsPage, Sheet, Workbook};
+pub use error::ApiError;
+pub use secret::Secret;
+pub use webhook::{
+    IncomingEvent, LegacyNotification, PlatformEvent, WebhookBodyError, parse_webhook_body,
+};
+
+/// Makes `s` safe to use as part of a stream id: every char outside `[A-Za-z0-9_.-]` becomes `_`.
+///
+/// Stream ids end up in file names and SQL keys of the sinks, so they are kept to a set of
+/// characters that needs no quoting anywhere.
+pub fn sanitize_stream_component(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_stream_component;
+
+    #[test]
+    fn sanitize_keeps_safe_chars_and_replaces_the_rest() {
+        assert_eq!(
+            sanitize_stream_component("contacts-us_evt_3Kd9.v2"),
+            "contacts-us_evt_3Kd9.v2"
+        );
+        assert_eq!(sanitize_stream_component("a b/c:d\\é\"\n"), "a_b_c_d____");
+        assert_eq!(sanitize_stream_component(""), "");
+    }
+}

@@ -1,0 +1,745 @@
+//! HTTP client for the legacy REST API and the Platform `/v1` API.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::convert::{self, LegacyPage, RecordsPage, Sheet, Workbook};
+use crate::error::{ApiError, is_retryable_status};
+use crate::secret::Secret;
+
+/// How failed requests are repeated.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included (0 counts as 1).
+    pub max_attempts: u32,
+    /// Upper bound of the first backoff; it doubles per attempt up to `max_backoff`, and the
+    /// actual wait is drawn uniformly below it ("full jitter").
+    pub initial_backoff: Duration,
+    /// Upper bound of any backoff. A server's `Retry-After` may ask for longer and is obeyed.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where and how to reach Flatfile.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Legacy REST API base, e.g. `https://api.us.flatfile.io` (a trailing slash is fine).
+    pub legacy_api_url: String,
+    /// Legacy API key `<keyId>+<secret>`, sent as `X-Api-Key`.
+    pub legacy_api_key: Option<Secret>,
+    /// Platform API base, e.g. `https://platform.flatfile.com/api`; requests go to
+    /// `{api_url}/v1/…`. A base that already ends in `/v1` is used as is.
+    pub api_url: String,
+    /// Platform secret key, sent as `Authorization: Bearer`.
+    pub secret_key: Option<Secret>,
+    /// Limit for one attempt, from connecting until the whole body has arrived.
+    pub request_timeout: Duration,
+    /// Limit for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    /// Default legacy API base.
+    pub const DEFAULT_LEGACY_API_URL: &'static str = "https://api.us.flatfile.io";
+    /// Default Platform API base (the host Flatfile's CLI and plugins use).
+    pub const DEFAULT_API_URL: &'static str = "https://platform.flatfile.com/api";
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            legacy_api_url: Self::DEFAULT_LEGACY_API_URL.to_owned(),
+            legacy_api_key: None,
+            api_url: Self::DEFAULT_API_URL.to_owned(),
+            secret_key: None,
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+const LEGACY_KEY: &str = "legacy API key ([flatfile] legacy_api_key_env or legacy_api_key_file)";
+const PLATFORM_KEY: &str = "Platform secret key ([flatfile] secret_key_env or secret_key_file)";
+
+/// Bytes of an error body kept for the error message.
+const ERROR_DETAIL_LIMIT: usize = 512;
+/// Bytes of an error body read to look for a JSON error envelope.
+const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
+/// A `Retry-After` longer than this is taken as a refusal: the call fails instead of hanging.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Client for both Flatfile APIs. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct FlatfileClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    legacy_base: Url,
+    api_base: Url,
+    legacy_key: Option<HeaderValue>,
+    bearer: Option<HeaderValue>,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for FlatfileClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlatfileClient")
+            .field("legacy_api_url", &self.inner.legacy_base.as_str())
+            .field(
+                "legacy_api_key",
+                &self.inner.legacy_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("api_url", &self.inner.api_base.as_str())
+            .field(
+                "secret_key",
+                &self.inner.bearer.as_ref().map(|_| "<redacted>"),
+            )
+            .field("retry", &self.inner.retry)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Api {
+    Legacy,
+    Platform,
+}
+
+#[derive(Clone, Copy)]
+enum HttpMethod {
+    Get,
+    Post,
+}
+
+impl HttpMethod {
+    fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+
+    fn to_reqwest(self) -> Method {
+        match self {
+            HttpMethod::Get => Method::GET,
+            HttpMethod::Post => Method::POST,
+        }
+    }
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    /// Worth another attempt (after at least `retry_after`, when the server said so).
+    Retryable {
+        error: ApiError,
+        retry_after: Option<Duration>,
+    },
+    /// Final.
+    Fatal(ApiError),
+}
+
+impl FlatfileClient {
+    /// Builds the client: checks both base URLs and the credentials' header form, and sets up
+    /// one connection pool. Redirects are not followed, so credentials never reach another host.
+    pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        let legacy_base = parse_base_url(&config.legacy_api_url)?;
+        let mut api_base = parse_base_url(&config.api_url)?;
+        let ends_in_v1 = api_base
+            .path_segments()
+            .is_some_and(|mut segments| segments.rfind(|s| !s.is_empty()) == Some("v1"));
+        if !ends_in_v1 {
+            api_base
+                .path_segments_mut()
+                .expect("checked to be an http(s) URL, which has a path")
+                .pop_if_empty()
+                .push("v1");
+        }
+        let legacy_key = config
+            .legacy_api_key
+            .as_ref()
+            .map(|key| header_value(key, "", LEGACY_KEY))
+            .transpose()?;
+        let bearer = config
+            .secret_key
+            .as_ref()
+            .map(|key| header_value(key, "Bearer ", PLATFORM_KEY))
+            .transpose()?;
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("flatsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| ApiError::HttpClient {
+                message: error_chain(&error),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                legacy_base,
+                api_base,
+                legacy_key,
+                bearer,
+                retry: config.retry,
+            }),
+        })
+    }
+
+    /// `GET {legacy}/rest/batch/{batch_id}/rows?skip=&take=`: one page of a legacy import,
+    /// converted to batch lines.
+    pub async fn legacy_rows_page(
+        &self,
+        batch_id: &str,
+        skip: u64,
+        take: u64,
+    ) -> Result<LegacyPage, ApiError> {
+        let mut url = endpoint(
+            &self.inner.legacy_base,
+            &["rest", "batch", batch_id, "rows"],
+        )?;
+        url.query_pairs_mut()
+            .append_pair("skip", &skip.to_string())
+            .append_pair("take", &take.to_string());
+        self.execute(HttpMethod::Get, Api::Legacy, url, None, |body| {
+            convert::legacy_page(body, batch_id, skip)
+        })
+        .await
+    }
+
+    /// `GET /v1/workbooks/{id}`.
+    pub async fn workbook(&self, workbook_id: &str) -> Result<Workbook, ApiError> {
+        let url = endpoint(&self.inner.api_base, &["workbooks", workbook_id])?;
+        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::workbook)
+            .await
+    }
+
+    /// `GET /v1/sheets?workbookId=`.
+    pub async fn sheets(&self, workbook_id: &str) -> Result<Vec<Sheet>, ApiError> {
+        let mut url = endpoint(&self.inner.api_base, &["sheets"])?;
+        url.query_pairs_mut().append_pair("workbookId", workbook_id);
+        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::sheets)
+            .await
+    }
+
+    /// `GET /v1/sheets/{id}`.
+    pub async fn sheet(&self, sheet_id: &str) -> Result<Sheet, ApiError> {
+        let url = endpoint(&self.inner.api_base, &["sheets", sheet_id])?;
+        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::sheet)
+            .await
+    }
+
+    /// `GET /v1/sheets/{id}/counts` → `data.counts.total`.
+    pub async fn record_count(&self, sheet_id: &str) -> Result<u64, ApiError> {
+        let url = endpoint(&self.inner.api_base, &["sheets", sheet_id, "counts"])?;
+        self.execute(
+            HttpMethod::Get,
+            Api::Platform,
+            url,
+            None,
+            convert::record_count,
+        )
+        .await
+    }
+
+    /// `GET /v1/sheets/{id}/records?pageSize=&pageNumber=`: one page (numbered from 1),
+    /// converted to batch lines.
+    pub async fn records_page(
+        &self,
+        sheet_id: &str,
+        page_number: u64,
+        page_size: u64,
+    ) -> Result<RecordsPage, ApiError> {
+        let mut url = endpoint(&self.inner.api_base, &["sheets", sheet_id, "records"])?;
+        url.query_pairs_mut()
+            .append_pair("pageSize", &page_size.to_string())
+            .append_pair("pageNumber", &page_number.to_string());
+        self.execute(
+            HttpMethod::Get,
+            Api::Platform,
+            url,
+            None,
+            convert::records_page,
+        )
+        .await
+    }
+
+    /// `POST /v1/jobs/{id}/ack` with `{info, progress}`; also used for progress updates.
+    /// `progress` is a percentage and is capped at 100.
+    pub async fn job_ack(&self, job_id: &str, info: &str, progress: u8) -> Result<(), ApiError> {
+        #[derive(Serialize)]
+        struct Ack<'a> {
+            info: &'a str,
+            progress: u8,
+        }
+        let body = Ack {
+            info,
+            progress: progress.min(100),
+        };
+        self.post_job(job_id, "ack", &body).await
+    }
+
+    /// `POST /v1/jobs/{id}/complete` with a success outcome the user acknowledges.
+    pub async fn job_complete(&self, job_id: &str, message: &str) -> Result<(), ApiError> {
+        #[derive(Serialize)]
+        struct Outcome<'a> {
+            acknowledge: bool,
+            heading: &'a str,
+            message: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Complete<'a> {
+            outcome: Outcome<'a>,
+            info: &'a str,
+        }
+        let body = Complete {
+            outcome: Outcome {
+                acknowledge: true,
+                heading: "Success",
+                message,
+            },
+            info: message,
+        };
+        self.post_job(job_id, "complete", &body).await
+    }
+
+    /// `POST /v1/jobs/{id}/fail` with a failure outcome the user acknowledges.
+    pub async fn job_fail(&self, job_id: &str, message: &str) -> Result<(), ApiError> {
+        #[derive(Serialize)]
+        struct Outcome<'a> {
+            acknowledge: bool,
+            message: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Fail<'a> {
+            info: &'a str,
+            outcome: Outcome<'a>,
+        }
+        let body = Fail {
+            info: message,
+            outcome: Outcome {
+                acknowledge: true,
+                message,
+            },
+        };
+        self.post_job(job_id, "fail", &body).await
+    }
+
+    async fn post_job<B: Serialize>(
+        &self,
+        job_id: &str,
+        action: &str,
+        body: &B,
+    ) -> Result<(), ApiError> {
+        let url = endpoint(&self.inner.api_base, &["jobs", job_id, action])?;
+        let body = serde_json::to_vec(body).expect("job bodies are plain structs of strings");
+        // The answer is the updated job, which nothing here needs; any 2xx is success.
+        self.execute(
+            HttpMethod::Post,
+            Api::Platform,
+            url,
+            Some(Bytes::from(body)),
+            |_| Ok(()),
+        )
+        .await
+    }
+
+    /// Sends a request until it succeeds, fails for good, or runs out of attempts.
+    async fn execute<T>(
+        &self,
+        method: HttpMethod,
+        api: Api,
+        url: Url,
+        body: Option<Bytes>,
+        decode: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<T, ApiError> {
+        let headers = self.headers(api)?;
+        let max_attempts = self.inner.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let (error, retry_after) = match self
+                .attempt(method, &url, &headers, body.as_ref(), &decode, attempt)
+                .await
+            {
+                Ok(value) => return Ok(value),
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
+            };
+            if attempt >= max_attempts {
+                return Err(error);
+            }
+            if retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER) {
+                tracing::warn!(
+                    method = method.as_str(),
+                    url = %url,
+                    retry_after_s = retry_after.map_or(0, |d| d.as_secs()),
+                    "Flatfile asked to wait too long, giving up"
+                );
+                return Err(error);
+            }
+            let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            match &error {
+                ApiError::Status { status, .. } => tracing::warn!(
+                    method = method.as_str(),
+                    url = %url,
+                    status,
+                    attempt,
+                    delay_ms,
+                    "Retrying Flatfile request"
+                ),
+                ApiError::Transport { message, .. } | ApiError::Decode { message, .. } => {
+                    tracing::warn!(
+                        method = method.as_str(),
+                        url = %url,
+                        error = %message,
+                        attempt,
+                        delay_ms,
+                        "Retrying Flatfile request"
+                    );
+                }
+                other => tracing::warn!(
+                    method = method.as_str(),
+                    url = %url,
+                    error = %other,
+                    attempt,
+                    delay_ms,
+                    "Retrying Flatfile request"
+                ),
+            }
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt<T>(
+        &self,
+        method: HttpMethod,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Option<&Bytes>,
+        decode: &impl Fn(&[u8]) -> Result<T, serde_json::Error>,
+        attempt: u32,
+    ) -> Result<T, AttemptError> {
+        let mut request = self
+            .inner
+            .http
+            .request(method.to_reqwest(), url.clone())
+            .headers(headers.clone());
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let transport = |error: reqwest::Error| AttemptError::Retryable {
+            error: ApiError::Transport {
+                method: method.as_str(),
+                url: url.to_string(),
+                attempts: attempt,
+                message: error_chain(&error.without_url()),
+            },
+            retry_after: None,
+        };
+
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if status.is_success() {
+            let bytes = response.bytes().await.map_err(transport)?;
+            tracing::debug!(
+                method = method.as_str(),
+                url = %url,
+                status = status.as_u16(),
+                bytes = bytes.len(),
+                "Flatfile response"
+            );
+            // A connection that drops mid-body can leave a truncated but well-framed body
+            // (e.g. a proxy that ends a chunked response early), so a decode failure is retried.
+            return decode(&bytes).map_err(|error| AttemptError::Retryable {
+                error: ApiError::Decode {
+                    url: url.to_string(),
+                    message: error.to_string(),
+                },
+                retry_after: None,
+            });
+        }
+
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let detail = if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("no Location");
+            // Following it would send the credentials along; the configured URL must be fixed.
+            truncate_detail(format!(
+                "redirect to {location} not followed; check the configured API URL"
+            ))
+        } else {
+            error_detail(response).await
+        };
+        let error = ApiError::Status {
+            method: method.as_str(),
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: detail,
+        };
+        if is_retryable_status(status.as_u16()) {
+            Err(AttemptError::Retryable { error, retry_after })
+        } else {
+            Err(AttemptError::Fatal(error))
+        }
+    }
+
+    fn headers(&self, api: Api) -> Result<HeaderMap, ApiError> {
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        match api {
+            Api::Legacy => {
+                let key = self
+                    .inner
+                    .legacy_key
+                    .clone()
+                    .ok_or(ApiError::MissingCredential { which: LEGACY_KEY })?;
+                headers.insert(HeaderName::from_static("x-api-key"), key);
+            }
+            Api::Platform => {
+                let bearer = self
+                    .inner
+                    .bearer
+                    .clone()
+                    .ok_or(ApiError::MissingCredential {
+                        which: PLATFORM_KEY,
+                    })?;
+                headers.insert(header::AUTHORIZATION, bearer);
+                // What Flatfile's own SDK sends on every call: reading must not trigger the
+                // customer's hooks.
+                headers.insert(
+                    HeaderName::from_static("x-disable-hooks"),
+                    HeaderValue::from_static("true"),
+                );
+            }
+        }
+        Ok(headers)
+    }
+
+    /// Full-jitter exponential backoff before attempt `attempt + 1`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let policy = &self.inner.retry;
+        let ceiling = policy
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(policy.max_backoff);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=ceiling_ms))
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, ApiError> {
+    let invalid = |url: String, message: &str| ApiError::InvalidUrl {
+        url,
+        message: message.to_owned(),
+    };
+    let url = Url::parse(raw.trim()).map_err(|error| ApiError::InvalidUrl {
+        url: redact_userinfo(raw),
+        message: error.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(
+            redact_userinfo(raw),
+            "the scheme must be http or https",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(redact_userinfo(raw), "the URL has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            redact_userinfo(raw),
+            "the URL must not contain a user name or password; configure the API key instead",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            url.to_string(),
+            "the URL must not contain a query or fragment",
+        ));
+    }
+    Ok(url)
+}
+
+/// `base` with `segments` appended, each percent-encoded as one path segment, so an id from a
+/// webhook body cannot change the path's shape.
+fn endpoint(base: &Url, segments: &[&str]) -> Result<Url, ApiError> {
+    if let Some(bad) = segments
+        .iter()
+        .find(|s| s.is_empty() || **s == "." || **s == "..")
+    {
+        return Err(ApiError::InvalidUrl {
+            url: base.to_string(),
+            message: format!("{bad:?} cannot be used as an id in a URL path"),
+        });
+    }
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("base URLs are checked to be http(s), which have a path")
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+/// Removes `user:password@` from something that looks like a URL, for error messages.
+fn redact_userinfo(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://") else {
+        return raw.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &raw[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!(
+            "{}<redacted>@{}",
+            &raw[..authority_start],
+            &raw[authority_start + at + 1..]
+        ),
+        None => raw.to_owned(),
+    }
+}
+
+fn header_value(
+    secret: &Secret,
+    prefix: &str,
+    which: &'static str,
+) -> Result<HeaderValue, ApiError> {
+    // A key read from a file usually ends with a newline; keys themselves never hold whitespace.
+    let key = secret.expose().trim();
+    if key.is_empty() {
+        return Err(ApiError::InvalidCredential {
+            which,
+            reason: "it is empty",
+        });
+    }
+    let mut value = HeaderValue::from_str(&format!("{prefix}{key}")).map_err(|_| {
+        ApiError::InvalidCredential {
+            which,
+            reason: "it contains characters that are not allowed in an HTTP header",
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date; a date in the past means "now".
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The useful part of an error response: the message(s) of a Flatfile error envelope, or the
+/// start of the body.
+async fn error_detail(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    // Best effort: a body that breaks off still yields what arrived.
+    while body.len() < ERROR_BODY_READ_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if let Some(message) = envelope_message(&body) {
+        return truncate_detail(message);
+    }
+    let start = &body[..body.len().min(ERROR_DETAIL_LIMIT)];
+    truncate_detail(String::from_utf8_lossy(start).trim().to_owned())
+}
+
+/// Messages from `{"errors":[{"key","message"}]}` (Platform) or `{"statusCode","message","error"}`
+/// (legacy; `message` may be a list).
+fn envelope_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    if let Some(errors) = value.get("errors").and_then(Value::as_array) {
+        let messages: Vec<String> = errors
+            .iter()
+            .filter_map(|error| {
+                let message = error.get("message").and_then(Value::as_str)?;
+                Some(match error.get("key").and_then(Value::as_str) {
+                    Some(key) if !key.is_empty() => format!("{key}: {message}"),
+                    _ => message.to_owned(),
+                })
+            })
+            .collect();
+        if !messages.is_empty() {
+            return Some(messages.join("; "));
+        }
+    }
+    let message = match value.get("message")? {
+        Value::String(message) => message.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => return None,
+    };
+    match value.get("error").and_then(Value::as_str) {
+        Some(error) if !error.is_empty() && error != message => Some(format!("{error}: {message}")),
+        _ => Some(message),
+    }
+}
+
+/// Caps a detail at [`ERROR_DETAIL_LIMIT`] bytes, on a char boundary.
+fn truncate_detail(mut detail: String) -> String {
+    if detail.len() > ERROR_DETAIL_LIMIT {
+        let mut end = ERROR_DETAIL_LIMIT;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
+    detail
+}
+
+/// An error and its causes, `outer: inner: …`, skipping causes the outer text already contains.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

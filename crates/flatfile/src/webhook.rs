@@ -1,0 +1,540 @@
+//! Classification of incoming webhook bodies.
+//!
+//! Webhook bodies are small and arrive rarely compared with row pages, so they are parsed into a
+//! `serde_json::Value` and inspected; leniency matters more here than speed, because most of the
+//! legacy shapes are only partly documented.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A webhook body, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncomingEvent {
+    /// A legacy Portal notification (Portal 3.0 REST webhook or Portal 2.0 `batch.upload`).
+    Legacy(LegacyNotification),
+    /// A Platform event (`{id, topic, domain, context, payload, createdAt, …}`).
+    Platform(PlatformEvent),
+}
+
+/// A legacy Portal webhook, reduced to what is needed to fetch its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyNotification {
+    /// `scope.eventId`, else `event.id` (Portal 2.0), else `legacy-` followed by the first 32 hex
+    /// digits of the SHA-256 of the body, so that a re-delivery of the same body has the same id.
+    pub event_id: String,
+    /// `type` (e.g. `portalImportSubmitted`); for Portal 2.0 `event.type` (`batch.upload`); when
+    /// neither is present but `scope.batchId` is, `portalImportSubmitted`; otherwise `unknown`.
+    pub topic: String,
+    /// `scope.batchId`, else `data.meta.batch.id` (Portal 2.0). `None` for the dashboard's
+    /// "send sample payload" ping and for notifications that carry no rows.
+    pub batch_id: Option<String>,
+    /// `scope.environmentId`.
+    pub environment_id: Option<String>,
+    /// `scope.sheetId`.
+    pub sheet_id: Option<String>,
+    /// `scope.workbookId`.
+    pub workbook_id: Option<String>,
+}
+
+/// A Platform event as delivered to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformEvent {
+    /// Event id (`us_evt_…`).
+    pub id: String,
+    /// Topic, e.g. `job:ready` or `commit:created`.
+    pub topic: String,
+    /// `domain`, or the part of `topic` before `:` when the body has none.
+    pub domain: String,
+    /// `context` (`accountId`, `environmentId`, `workbookId`, `sheetId`, `jobId`, …); empty when
+    /// the body has none.
+    pub context: Map<String, Value>,
+    /// `payload`; `Value::Null` when the body has none.
+    pub payload: Value,
+    /// `createdAt`, as sent.
+    pub created_at: Option<String>,
+}
+
+impl PlatformEvent {
+    /// The string value of `context[key]`, if it is a string.
+    pub fn context_str(&self, key: &str) -> Option<&str> {
+        self.context.get(key).and_then(Value::as_str)
+    }
+
+    /// `payload.job`, the job name of a `job:*` event (e.g. `workbook:submitActionFg`).
+    pub fn job_name(&self) -> Option<&str> {
+        self.payload.get("job").and_then(Value::as_str)
+    }
+
+    /// `context.jobId`.
+    pub fn job_id(&self) -> Option<&str> {
+        self.context_str("jobId")
+    }
+
+    /// `context.workbookId`.
+    pub fn workbook_id(&self) -> Option<&str> {
+        self.context_str("workbookId")
+    }
+}
+
+/// Why a webhook body could not be turned into an [`IncomingEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookBodyError {
+    /// The body is not JSON. A server answers 400.
+    #[error("the webhook body is not valid JSON: {message} at line {line}, column {column}")]
+    Malformed {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in bytes) of the error; 0 when the body is empty.
+        column: usize,
+        /// What the JSON parser expected or found.
+        message: String,
+    },
+    /// The body is JSON, but neither a Platform event nor a legacy notification. A server
+    /// answers 422.
+    #[error("the webhook body is JSON but not a Flatfile event: {reason}")]
+    UnknownShape {
+        /// What was expected and what was found.
+        reason: String,
+    },
+}
+
+/// Keys looked for, quoted in [`WebhookBodyError::UnknownShape`] so the sender can see what is
+/// missing.
+const EXPECTED_KEYS: &str = "expected a Platform event (string \"id\" and \"topic\") or a legacy \
+     Portal notification (a \"scope\" object, a string \"type\", or \"event.type\")";
+
+/// Topic given to a legacy notification that names none and has no batch.
+const LEGACY_TOPIC_UNKNOWN: &str = "unknown";
+
+/// Topic of a Portal 3.0 notification that carries a batch but no `type`.
+const LEGACY_TOPIC_IMPORT_SUBMITTED: &str = "portalImportSubmitted";
+
+/// Parses and classifies a webhook body. Pure: it only looks at `body`.
+pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let Value::Object(object) = value else {
+        return Err(WebhookBodyError::UnknownShape {
+            reason: format!("{EXPECTED_KEYS}, found {}", describe_type(&value)),
+        });
+    };
+
+    if let Some(event) = platform_event(&object) {
+        return Ok(IncomingEvent::Platform(event));
+    }
+    // `@flatfile/plugin-webhook-event-forwarder` posts the listener's event object, which keeps
+    // the raw event under `src`.
+    if let Some(event) = object
+        .get("src")
+        .and_then(Value::as_object)
+        .and_then(platform_event)
+    {
+        return Ok(IncomingEvent::Platform(event));
+    }
+    if let Some(notification) = legacy_notification(&object, body) {
+        return Ok(IncomingEvent::Legacy(notification));
+    }
+    Err(WebhookBodyError::UnknownShape {
+        reason: format!("{EXPECTED_KEYS}, found {}", describe_keys(&object)),
+    })
+}
+
+fn malformed(error: serde_json::Error) -> WebhookBodyError {
+    let (line, column) = (error.line(), error.column());
+    let full = error.to_string();
+    // serde_json appends the position to its message; it is reported in its own fields.
+    let suffix = format!(" at line {line} column {column}");
+    let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+    WebhookBodyError::Malformed {
+        line,
+        column,
+        message,
+    }
+}
+
+fn platform_event(object: &Map<String, Value>) -> Option<PlatformEvent> {
+    let id = object.get("id")?.as_str()?;
+    let topic = object.get("topic")?.as_str()?;
+    let domain = match object.get("domain").and_then(Value::as_str) {
+        Some(domain) => domain.to_owned(),
+        None => topic.split_once(':').map_or(topic, |(d, _)| d).to_owned(),
+    };
+    let context = match object.get("context") {
+        Some(Value::Object(context)) => context.clone(),
+        _ => Map::new(),
+    };
+    Some(PlatformEvent {
+        id: id.to_owned(),
+        topic: topic.to_owned(),
+        domain,
+        context,
+        payload: object.get("payload").cloned().unwrap_or(Value::Null),
+        created_at: object
+            .get("createdAt")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+fn legacy_notification(object: &Map<String, Value>, body: &[u8]) -> Option<LegacyNotification> {
+    let scope = object.get("scope").and_then(Value::as_object);
+    let event = object.get("event").and_then(Value::as_object);
+    let type_field = object.get("type").and_then(Value::as_str);
+    let event_type = event.and_then(|e| e.get("type")).and_then(Value::as_str);
+    if scope.is_none() && type_field.is_none() && event_type.is_none() {
+        return None;
+    }
+
+    let scope_id = |key: &str| scope.and_then(|s| s.get(key)).and_then(id_string);
+    let batch_id = scope_id("batchId").or_else(|| {
+        object
+            .get("data")
+            .and_then(|d| d.get("meta"))
+            .and_then(|m| m.get("batch"))
+            .and_then(|b| b.get("id"))
+            .and_then(id_string)
+    });
+    let event_id = scope_id("eventId")
+        .or_else(|| event.and_then(|e| e.get("id")).and_then(id_string))
+        .unwrap_or_else(|| body_event_id(body));
+    let topic = match (type_field, event_type) {
+        (Some(topic), _) | (None, Some(topic)) => topic.to_owned(),
+        (None, None) if batch_id.is_some() => LEGACY_TOPIC_IMPORT_SUBMITTED.to_owned(),
+        (None, None) => LEGACY_TOPIC_UNKNOWN.to_owned(),
+    };
+    Some(LegacyNotification {
+        event_id,
+        topic,
+        batch_id,
+        environment_id: scope_id("environmentId"),
+        sheet_id: scope_id("sheetId"),
+        workbook_id: scope_id("workbookId"),
+    })
+}
+
+/// An id that may be sent as a string or a number. Empty strings count as absent: they cannot
+/// name anything to fetch.
+fn id_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A stable id for a notification that carries none: the same body always maps to the same id,
+/// so a re-delivery is recognised as a duplicate.
+fn body_event_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let mut id = String::with_capacity(7 + 32);
+    id.push_str("legacy-");
+    for byte in &digest[..16] {
+        id.push(hex_digit(byte >> 4));
+        id.push(hex_digit(byte & 0x0f));
+    }
+    id
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from(b"0123456789abcdef"[usize::from(nibble)])
+}
+
+fn describe_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe_keys(object: &Map<String, Value>) -> String {
+    const SHOWN: usize = 10;
+    const KEY_CHARS: usize = 40;
+    if object.is_empty() {
+        return "an empty object".to_owned();
+    }
+    let mut keys: Vec<String> = object
+        .keys()
+        .take(SHOWN)
+        .map(|key| {
+            let short: String = key.chars().take(KEY_CHARS).collect();
+            format!("{short:?}")
+        })
+        .collect();
+    if object.len() > SHOWN {
+        keys.push(format!("and {} more", object.len() - SHOWN));
+    }
+    format!("an object with keys {}", keys.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(body: &[u8]) -> IncomingEvent {
+        match parse_webhook_body(body) {
+            Ok(event) => event,
+            Err(error) => panic!("body should parse, got: {error}"),
+        }
+    }
+
+    fn legacy(body: &[u8]) -> LegacyNotification {
+        match parse_ok(body) {
+            IncomingEvent::Legacy(notification) => notification,
+            other => panic!("expected a legacy notification, got {other:?}"),
+        }
+    }
+
+    fn platform(body: &[u8]) -> PlatformEvent {
+        match parse_ok(body) {
+            IncomingEvent::Platform(event) => event,
+            other => panic!("expected a Platform event, got {other:?}"),
+        }
+    }
+
+    fn unknown_shape_reason(body: &[u8]) -> String {
+        match parse_webhook_body(body) {
+            Err(WebhookBodyError::UnknownShape { reason }) => reason,
+            other => panic!("expected UnknownShape, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn portal_3_notification_fixture() {
+        let n = legacy(include_bytes!(
+            "../testdata/legacy-webhook-portal-import-submitted.json"
+        ));
+        assert_eq!(
+            n,
+            LegacyNotification {
+                event_id: "5925a293-695a-4cc4-bf78-ba43f376cc1d".to_owned(),
+                topic: "portalImportSubmitted".to_owned(),
+                batch_id: Some("596c2c5f-2884-4444-9ccb-2f0772877508".to_owned()),
+                environment_id: Some("1388de39-108b-4fc0-aa10-9eb35f43e7ec".to_owned()),
+                sheet_id: None,
+                workbook_id: None,
+            }
+        );
+    }
+
+    #[test]
+    fn rest_webhooks_docs_example() {
+        let n = legacy(include_bytes!(
+            "../testdata/legacy-webhook-docs-example.json"
+        ));
+        assert_eq!(
+            n,
+            LegacyNotification {
+                event_id: "5925a293-695a-4cc4-bf78-ba43f376cc1d".to_owned(),
+                topic: "portalImportSubmitted".to_owned(),
+                batch_id: Some("dfb18803-a1b7-45be-b773-0154860463f1".to_owned()),
+                environment_id: Some("89793a77-8d53-46df-b562-5867f09fa1f8".to_owned()),
+                sheet_id: Some("1bcc9eab-6046-44d5-bdbd-0eb239232322".to_owned()),
+                workbook_id: Some("f5e72614-fa3b-4fa9-ba55-664d6814543e".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn portal_2_batch_upload_fixture() {
+        let n = legacy(include_bytes!(
+            "../testdata/legacy-webhook-v2-batch-upload.json"
+        ));
+        assert_eq!(
+            n,
+            LegacyNotification {
+                event_id: "0bce4ec0-7058-4e71-a5a4-78b4155edd2f".to_owned(),
+                topic: "batch.upload".to_owned(),
+                batch_id: Some("596c2c5f-2884-4444-9ccb-2f0772877508".to_owned()),
+                environment_id: None,
+                sheet_id: None,
+                workbook_id: None,
+            }
+        );
+    }
+
+    #[test]
+    fn numeric_ids_are_stringified() {
+        let n = legacy(br#"{"scope":{"eventId":42,"batchId":1234567890123,"sheetId":7}}"#);
+        assert_eq!(n.event_id, "42");
+        assert_eq!(n.batch_id.as_deref(), Some("1234567890123"));
+        assert_eq!(n.sheet_id.as_deref(), Some("7"));
+        assert_eq!(n.topic, "portalImportSubmitted");
+
+        let n = legacy(
+            br#"{"event":{"type":"batch.upload","id":9},"data":{"meta":{"batch":{"id":77}}}}"#,
+        );
+        assert_eq!(n.event_id, "9");
+        assert_eq!(n.batch_id.as_deref(), Some("77"));
+    }
+
+    #[test]
+    fn notification_without_event_id_gets_a_stable_body_hash_id() {
+        let body = br#"{"type":"portalImportSubmitted","scope":{"batchId":"b-1"}}"#;
+        let first = legacy(body);
+        assert_eq!(first, legacy(body));
+        // sha256 of the body above, first 16 bytes in hex.
+        let digest = Sha256::digest(body);
+        let expected: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(first.event_id, format!("legacy-{expected}"));
+        assert_eq!(first.event_id.len(), "legacy-".len() + 32);
+
+        let other = legacy(br#"{"type":"portalImportSubmitted","scope":{"batchId":"b-2"}}"#);
+        assert_ne!(first.event_id, other.event_id);
+    }
+
+    #[test]
+    fn sample_payload_ping_has_no_batch() {
+        let n = legacy(br#"{"env":{},"scope":{"eventId":"e-1","team":{"id":1}}}"#);
+        assert_eq!(n.batch_id, None);
+        assert_eq!(n.topic, "unknown");
+        assert_eq!(n.event_id, "e-1");
+
+        let n = legacy(br#"{"type":"recordStatusModified","scope":{"batchId":""}}"#);
+        assert_eq!(n.batch_id, None, "an empty batch id cannot be fetched");
+        assert_eq!(n.topic, "recordStatusModified");
+    }
+
+    #[test]
+    fn platform_job_ready_fixture() {
+        let event = platform(include_bytes!("../testdata/event-job-ready-submit.json"));
+        assert_eq!(event.id, "us_evt_3Kd9QwPz7Lm2Xa1B");
+        assert_eq!(event.topic, "job:ready");
+        assert_eq!(event.domain, "job");
+        assert_eq!(event.job_name(), Some("workbook:submitActionFg"));
+        assert_eq!(event.job_id(), Some("us_jb_T7uY3kPz"));
+        assert_eq!(event.workbook_id(), Some("us_wb_Qm5Zt1Xc"));
+        assert_eq!(event.context_str("environmentId"), Some("us_env_Rk2v9WqA"));
+        assert_eq!(event.context_str("namespaces"), None, "not a string");
+        assert_eq!(
+            event.created_at.as_deref(),
+            Some("2024-05-02T14:03:11.517Z")
+        );
+    }
+
+    #[test]
+    fn platform_commit_and_records_fixtures() {
+        let commit = platform(include_bytes!("../testdata/event-commit-created.json"));
+        assert_eq!(commit.topic, "commit:created");
+        assert_eq!(commit.domain, "workbook");
+        assert_eq!(commit.context_str("sheetId"), Some("us_sh_Jp4Ls8Dn"));
+        assert_eq!(commit.context_str("commitId"), Some("us_vr_Wc9Hx4Ra"));
+        assert_eq!(commit.payload["trackChanges"], Value::Bool(true));
+        assert_eq!(commit.job_name(), None);
+
+        let records = platform(include_bytes!("../testdata/event-records-created.json"));
+        assert_eq!(records.id, "us_evt_5Pa8Lx2Nc6Vd3Mz9");
+        assert_eq!(records.topic, "records:created");
+        assert_eq!(records.context_str("sheetSlug"), Some("contacts"));
+    }
+
+    #[test]
+    fn platform_event_missing_parts_are_filled_leniently() {
+        let event = platform(br#"{"id":"us_evt_1","topic":"job:ready"}"#);
+        assert_eq!(event.domain, "job");
+        assert!(event.context.is_empty());
+        assert_eq!(event.payload, Value::Null);
+        assert_eq!(event.created_at, None);
+        assert_eq!(event.job_id(), None);
+
+        let event = platform(br#"{"id":"us_evt_2","topic":"ping","context":null,"domain":7}"#);
+        assert_eq!(event.domain, "ping", "no ':' in the topic: the whole topic");
+        assert!(event.context.is_empty());
+    }
+
+    #[test]
+    fn forwarded_listener_event_uses_src() {
+        let event = platform(
+            br#"{"src":{"id":"us_evt_9","topic":"job:ready","context":{"jobId":"us_jb_1"}},
+                 "topic":"job:ready","payload":{}}"#,
+        );
+        assert_eq!(event.id, "us_evt_9");
+        assert_eq!(event.job_id(), Some("us_jb_1"));
+    }
+
+    #[test]
+    fn malformed_bodies_report_line_and_column() {
+        assert_eq!(
+            parse_webhook_body(b"{\n  \"id\": x\n}"),
+            Err(WebhookBodyError::Malformed {
+                line: 2,
+                column: 9,
+                message: "expected value".to_owned(),
+            })
+        );
+        assert_eq!(
+            parse_webhook_body(b""),
+            Err(WebhookBodyError::Malformed {
+                line: 1,
+                column: 0,
+                message: "EOF while parsing a value".to_owned(),
+            })
+        );
+        match parse_webhook_body(b"{\"scope\": {}} trailing") {
+            Err(WebhookBodyError::Malformed {
+                line,
+                column,
+                message,
+            }) => {
+                assert_eq!((line, column), (1, 15));
+                assert_eq!(message, "trailing characters");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        let error = parse_webhook_body(b"{\"a\":").expect_err("truncated");
+        assert_eq!(
+            error.to_string(),
+            "the webhook body is not valid JSON: EOF while parsing a value at line 1, column 5"
+        );
+    }
+
+    #[test]
+    fn unknown_shapes_say_what_was_expected() {
+        let reason = unknown_shape_reason(b"[1,2]");
+        assert!(reason.contains("\"scope\""), "{reason}");
+        assert!(reason.ends_with("found an array"), "{reason}");
+        assert!(unknown_shape_reason(b"\"hello\"").ends_with("found a string"));
+        assert!(unknown_shape_reason(b"null").ends_with("found null"));
+        assert!(unknown_shape_reason(b"{}").ends_with("found an empty object"));
+
+        // Key order depends on serde_json's `preserve_order` feature, so only membership is checked.
+        let reason = unknown_shape_reason(br#"{"id":"us_evt_1","foo":1}"#);
+        assert!(reason.contains("found an object with keys "), "{reason}");
+        assert!(
+            reason.contains(r#""id""#) && reason.contains(r#""foo""#),
+            "{reason}"
+        );
+        // A number `type` or `topic` does not count.
+        unknown_shape_reason(br#"{"type":1,"topic":2,"id":"x"}"#);
+        unknown_shape_reason(br#"{"event":{"id":"x"}}"#);
+        // The `GET /events/{id}` response wraps the event in `data`; it is not a webhook body.
+        unknown_shape_reason(include_bytes!("../testdata/event-get-response.json"));
+        // `@flatfile/plugin-webhook-egress` posts a workbook with its records, not an event.
+        let reason = unknown_shape_reason(include_bytes!("../testdata/webhook-egress-body.json"));
+        assert!(
+            reason.ends_with(r#"found an object with keys "workbook""#),
+            "{reason}"
+        );
+
+        let error = parse_webhook_body(b"{}").expect_err("empty object");
+        assert!(error.to_string().starts_with(
+            "the webhook body is JSON but not a Flatfile event: expected a Platform event"
+        ));
+    }
+
+    #[test]
+    fn many_keys_are_listed_briefly() {
+        let body: String = format!(
+            "{{{}}}",
+            (0..15)
+                .map(|i| format!("\"k{i}\":1"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let reason = unknown_shape_reason(body.as_bytes());
+        assert!(reason.ends_with(", and 5 more"), "{reason}");
+        assert_eq!(reason.matches("\"k").count(), 10, "{reason}");
+    }
+}
