@@ -1,1 +1,264 @@
-fn main() {}
+//! `flatfile-sim`: runs the local Flatfile API simulator, or sends a webhook as Flatfile would.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use flatfile_sim::{
+    DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, RunningSim, SimConfig, legacy_webhook_body,
+    send_webhook, submit_event_body,
+};
+
+const LEGACY_KEY_ENV: &str = "FLATFILE_SIM_LEGACY_API_KEY";
+const SECRET_KEY_ENV: &str = "FLATFILE_SIM_SECRET_KEY";
+const WEBHOOK_TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flatfile-sim",
+    version,
+    about = "A local Flatfile API simulator for trying and testing flatsync without a Flatfile account",
+    long_about = "A local Flatfile API simulator for trying and testing flatsync without a Flatfile \
+account.\n\nWithout a subcommand it serves, on one address, the legacy Portal API \
+(GET /rest/batch/{batchId}/rows, header X-Api-Key) and the Platform API (/v1 workbooks, sheets, \
+counts, records and jobs, header Authorization: Bearer). Every batch id and every us_wb_<x> \
+workbook id exists; rows are generated from the seed, so runs are repeatable. Faults (5xx, 429 \
+with Retry-After, cut connections) can be injected. GET /_sim/stats and GET /_sim/jobs/{id} show \
+what happened.\n\nKeys come from the environment, never from the command line: \
+FLATFILE_SIM_LEGACY_API_KEY (default demo-key+demo-secret) and FLATFILE_SIM_SECRET_KEY (default \
+sk_demo). Logs go to stderr; set RUST_LOG=debug to see every request.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one webhook as Flatfile would, print the answer, and exit 0 on a 2xx status.
+    ///
+    /// Sends either a legacy Portal "Import submitted" notification (--legacy-batch) or a
+    /// Platform job:ready event of a workbook submit (--workbook and --job). The bearer token,
+    /// if any, comes from the environment variable FLATSYNC_WEBHOOK_TOKEN.
+    SendWebhook(SendWebhookArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8788")]
+    listen: SocketAddr,
+    /// Rows of every legacy batch, and of every workbook in all (split over its sheets).
+    #[arg(long, default_value_t = 1000)]
+    rows: u64,
+    /// Seed of the generated data and of fault injection.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sheets per workbook, 1 to 4: contacts, companies, deals, tickets.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
+    sheets: u8,
+    /// Delay added to every data request (legacy rows, Platform records), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    page_latency_ms: u64,
+    /// Fraction of API requests answered 500 or 503.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    error_rate: f64,
+    /// Fraction of API requests answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    rate_limit_rate: f64,
+    /// Seconds announced in Retry-After on 429 answers.
+    #[arg(long, default_value_t = 1)]
+    retry_after_secs: u64,
+    /// Fraction of API requests whose connection is cut in the middle of the body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    drop_rate: f64,
+    /// Largest page served, whatever take or pageSize asks for.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_page_size: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["legacy_batch", "workbook"])))]
+struct SendWebhookArgs {
+    /// URL of the receiving webhook endpoint, the daemon's [webhook] path, e.g.
+    /// http://127.0.0.1:8787/flatfile/webhook.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Send a legacy Portal "Import submitted" notification for this batch id.
+    #[arg(long, value_name = "ID")]
+    legacy_batch: Option<String>,
+    /// Row count announced in the legacy notification (the simulator's --rows) [default: 1000].
+    #[arg(long, requires = "legacy_batch")]
+    rows: Option<u64>,
+    /// Send a Platform job:ready event for a submit of this workbook (us_wb_...).
+    #[arg(long, value_name = "ID", requires = "job")]
+    workbook: Option<String>,
+    /// Job id of the Platform submit event (us_jb_...).
+    #[arg(long, value_name = "ID", requires = "workbook")]
+    job: Option<String>,
+    /// Event id to send [default: a random one].
+    #[arg(long, value_name = "ID")]
+    event_id: Option<String>,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not a fraction between 0 and 1"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Some(Command::SendWebhook(args)) => send(args).await,
+        None => serve(cli.serve).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("flatfile-sim: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A key from the environment, or the demo default; the flag says which.
+fn key_from_env(name: &str, default: &str) -> anyhow::Result<(String, bool)> {
+    match std::env::var(name) {
+        Ok(value) if value.is_empty() => bail!("{name} is set but empty"),
+        Ok(value) => Ok((value, true)),
+        Err(std::env::VarError::NotPresent) => Ok((default.to_owned(), false)),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (legacy_api_key, legacy_from_env) = key_from_env(LEGACY_KEY_ENV, DEFAULT_LEGACY_API_KEY)?;
+    let (secret_key, secret_from_env) = key_from_env(SECRET_KEY_ENV, DEFAULT_SECRET_KEY)?;
+    let config = SimConfig {
+        rows: args.rows,
+        seed: args.seed,
+        sheets_per_workbook: usize::from(args.sheets),
+        page_latency: Duration::from_millis(args.page_latency_ms),
+        faults: Faults {
+            error_rate: args.error_rate,
+            rate_limit_rate: args.rate_limit_rate,
+            retry_after_secs: args.retry_after_secs,
+            drop_rate: args.drop_rate,
+        },
+        legacy_api_key,
+        secret_key,
+        max_page_size: args.max_page_size,
+    };
+    let sim = RunningSim::start(config, args.listen)
+        .await
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    let keys = match (legacy_from_env, secret_from_env) {
+        (true, true) => format!("{LEGACY_KEY_ENV} and {SECRET_KEY_ENV}"),
+        (false, false) => {
+            format!("the demo defaults; set {LEGACY_KEY_ENV} and {SECRET_KEY_ENV} to change them")
+        }
+        (true, false) => format!("{LEGACY_KEY_ENV} and the demo default"),
+        (false, true) => format!("the demo default and {SECRET_KEY_ENV}"),
+    };
+    println!(
+        "flatfile-sim listening on {} (legacy key and secret key from {keys})",
+        sim.base_url()
+    );
+    // Scripts read this line through a pipe, where stdout is block-buffered.
+    std::io::stdout()
+        .flush()
+        .context("cannot write to stdout")?;
+    wait_for_stop_signal().await?;
+    tracing::info!("Stopping");
+    sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot listen for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}
+
+fn random_hex(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from_digit(fastrand::u32(0..16), 16).expect("a digit below 16"))
+        .collect()
+}
+
+async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
+    let token = match std::env::var(WEBHOOK_TOKEN_ENV) {
+        Ok(token) if !token.is_empty() => Some(token),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{WEBHOOK_TOKEN_ENV} is not valid UTF-8"),
+    };
+    let (event_id, body) = match (&args.legacy_batch, &args.workbook, &args.job) {
+        (Some(batch_id), _, _) => {
+            let event_id = args.event_id.unwrap_or_else(|| {
+                format!(
+                    "{}-{}-4{}-a{}-{}",
+                    random_hex(8),
+                    random_hex(4),
+                    random_hex(3),
+                    random_hex(3),
+                    random_hex(12)
+                )
+            });
+            let body = legacy_webhook_body(batch_id, &event_id, args.rows.unwrap_or(1000));
+            (event_id, body)
+        }
+        (None, Some(workbook_id), Some(job_id)) => {
+            let event_id = args
+                .event_id
+                .unwrap_or_else(|| format!("us_evt_{}", random_hex(16)));
+            let body = submit_event_body(&event_id, workbook_id, job_id);
+            (event_id, body)
+        }
+        _ => bail!("pass either --legacy-batch ID or --workbook ID --job ID"),
+    };
+    let reply = send_webhook(&args.to, token.as_deref(), &body)
+        .await
+        .context("cannot send the webhook")?;
+    eprintln!("flatfile-sim: sent event {event_id}");
+    println!("HTTP {}", reply.status);
+    if !reply.body.is_empty() {
+        println!("{}", reply.body);
+    }
+    Ok(if (200..300).contains(&reply.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

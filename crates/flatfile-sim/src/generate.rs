@@ -1,0 +1,1037 @@
+//! Deterministic data: ids, sheet schemas, cell values, and the JSON of data pages.
+//!
+//! Every value is a pure function of (seed, batch or sheet id, row index), so any page can be
+//! produced without producing the ones before it, and two servers with the same seed serve the
+//! same bytes. Pages are written straight into a byte buffer: a 10,000-row page must take
+//! milliseconds, and building a `serde_json::Value` tree per row would dominate that.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use serde_json::{Value as Json, json};
+
+use crate::{SHEET_SLUGS, SimConfig, clock};
+
+/// Time the generated rows were imported, the fixtures' 2024-05-02T13:58:40.012Z; each batch or
+/// sheet is shifted from it by up to a day so timestamps differ between streams.
+const IMPORT_EPOCH_MS: u64 = 1_714_658_320_012;
+const DAY_MS: u64 = 86_400_000;
+
+/// Ids the simulator uses for everything around the data, which it does not model.
+pub(crate) const ACCOUNT_ID: &str = "us_acc_sim";
+pub(crate) const ENVIRONMENT_ID: &str = "us_env_sim";
+pub(crate) const SPACE_ID: &str = "us_sp_sim";
+pub(crate) const ACTOR_ID: &str = "us_usr_sim";
+
+/// The SplitMix64 finaliser: a fast bijective mix with good avalanche, enough for test data.
+pub(crate) fn mix(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Hash of a string under a seed; `domain` keeps hashes of different kinds of ids apart.
+fn hash_str(seed: u64, domain: &str, text: &str) -> u64 {
+    // FNV-1a over the bytes, then mixed with the seed: stable across platforms and Rust versions,
+    // unlike `std`'s `DefaultHasher`.
+    let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
+    for byte in domain.bytes().chain([0xFF]).chain(text.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    mix(hash ^ mix(seed))
+}
+
+/// Small sequential generator for the values of one row.
+struct RowRng(u64);
+
+impl RowRng {
+    fn new(stream_hash: u64, index: u64) -> RowRng {
+        RowRng(stream_hash ^ mix(index))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x6A09_E667_F3BC_C909);
+        mix(self.0)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// Slot of `index` in a cycle of `len`, rotated per stream and field. Cycling by index (instead of
+/// drawing at random) guarantees that any `len` consecutive rows contain every edge case.
+fn slot(len: usize, stream_hash: u64, field: u64, index: u64) -> usize {
+    let len = len as u64;
+    let offset = mix(stream_hash.wrapping_add(field)) % len;
+    usize::try_from((index % len + offset) % len).expect("a slot is smaller than its pool")
+}
+
+fn pick(pool: &'static [Option<&'static str>], stream_hash: u64, field: u64, index: u64) -> Value {
+    match pool[slot(pool.len(), stream_hash, field, index)] {
+        Some(text) => Value::Str(Cow::Borrowed(text)),
+        None => Value::Null,
+    }
+}
+
+/// Rows whose index ends in 9 are invalid: about 10%, and countable without generating them.
+pub(crate) fn is_invalid_row(index: u64) -> bool {
+    index % 10 == 9
+}
+
+/// Number of invalid rows among the first `rows`.
+pub(crate) fn invalid_rows(rows: u64) -> u64 {
+    rows / 10
+}
+
+/// A generated cell value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Str(Cow<'static, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Value {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Str(text) => put_str(out, text),
+            Value::Int(number) => put_display(out, number),
+            Value::Float(number) => serde_json::to_writer(&mut *out, number)
+                .expect("writing JSON into a Vec cannot fail"),
+            Value::Bool(flag) => put_display(out, flag),
+        }
+    }
+
+    /// The text a user typed into the uploaded file for this value (legacy `raw`).
+    fn raw_text(&self) -> Cow<'_, str> {
+        match self {
+            Value::Null => Cow::Borrowed(""),
+            Value::Str(text) => Cow::Borrowed(text),
+            Value::Int(number) => Cow::Owned(number.to_string()),
+            Value::Float(number) => Cow::Owned(number.to_string()),
+            Value::Bool(true) => Cow::Borrowed("yes"),
+            Value::Bool(false) => Cow::Borrowed("no"),
+        }
+    }
+}
+
+fn owned(text: String) -> Value {
+    Value::Str(Cow::Owned(text))
+}
+
+fn put(out: &mut Vec<u8>, raw: &str) {
+    out.extend_from_slice(raw.as_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing JSON into a Vec cannot fail");
+}
+
+fn put_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+    write!(out, "{value}").expect("writing into a Vec cannot fail");
+}
+
+const FIRST_NAMES: &[Option<&str>] = &[
+    Some("John"),
+    Some("Suzie"),
+    Some("José"),
+    Some("Ana, María"),
+    Some("\"Ace\""),
+    Some("日本"),
+    Some("=Alice"),
+    Some("+Bob"),
+    Some("-Carl"),
+    Some("@Dana"),
+    Some(""),
+    None,
+    Some("Li\nNa"),
+    Some("Zoë"),
+];
+
+const LAST_NAMES: &[Option<&str>] = &[
+    Some("Smith"),
+    Some("O'Brien"),
+    Some("Smith, Jr."),
+    Some("Müller"),
+    Some("Nguyễn"),
+    Some("田中"),
+    Some("\"The\" Boss"),
+    None,
+    Some(""),
+    Some("van der Berg"),
+];
+
+const COMPANY_NAMES: &[Option<&str>] = &[
+    Some("Acme, Inc."),
+    Some("\"Quoted\" LLC"),
+    Some("Société Générale"),
+    Some("株式会社 日本"),
+    Some("=HYPERLINK(\"http://example.com\")"),
+    Some("+Plus Co"),
+    Some("-Dash Ltd"),
+    Some("@Home"),
+    Some(""),
+    None,
+    Some("Multi\nLine Corp"),
+    Some("Globex"),
+];
+
+const TEXTS: &[Option<&str>] = &[
+    Some("Plain text"),
+    Some("Commas, everywhere, here"),
+    Some("She said \"hi\""),
+    Some("Line one\nLine two"),
+    Some("Windows\r\nline end"),
+    Some("Crème brûlée, é"),
+    Some("日本語のテキスト"),
+    Some("=1+2"),
+    Some("+44 20 7946 0000"),
+    Some("-not a number"),
+    Some("@channel"),
+    Some(""),
+    None,
+    Some("  padded  "),
+    Some("tab\tinside"),
+    Some("Emoji 🎉"),
+    Some("back\\slash 'single'"),
+];
+
+const PHONES: &[Option<&str>] = &[
+    Some("+1 555 0100"),
+    Some("555-0101"),
+    Some("(555) 010-0102, ext. 7"),
+    Some("+33 1 23 45 67 89"),
+    Some(""),
+    None,
+    Some("=2+3"),
+];
+
+/// A field's type in the sheet schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldType {
+    String,
+    Number,
+    Boolean,
+    Date,
+    Enum(&'static [(&'static str, &'static str)]),
+}
+
+impl FieldType {
+    fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Number => "number",
+            FieldType::Boolean => "boolean",
+            FieldType::Date => "date",
+            FieldType::Enum(_) => "enum",
+        }
+    }
+}
+
+/// One field of a sheet schema.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FieldDef {
+    pub(crate) key: &'static str,
+    label: &'static str,
+    ty: FieldType,
+    required: bool,
+}
+
+const fn field(key: &'static str, label: &'static str, ty: FieldType) -> FieldDef {
+    FieldDef {
+        key,
+        label,
+        ty,
+        required: false,
+    }
+}
+
+const fn required(key: &'static str, label: &'static str, ty: FieldType) -> FieldDef {
+    FieldDef {
+        key,
+        label,
+        ty,
+        required: true,
+    }
+}
+
+const CONTACT_FIELDS: &[FieldDef] = &[
+    field("firstName", "First Name", FieldType::String),
+    field("lastName", "Last Name", FieldType::String),
+    required("email", "Email", FieldType::String),
+    field("age", "Age", FieldType::Number),
+    field("subscribed", "Subscribed", FieldType::Boolean),
+    field(
+        "tier",
+        "Tier",
+        FieldType::Enum(&[("free", "Free"), ("pro", "Pro")]),
+    ),
+];
+
+const COMPANY_FIELDS: &[FieldDef] = &[
+    required("name", "Name", FieldType::String),
+    field("domain", "Domain", FieldType::String),
+    field("employees", "Employees", FieldType::Number),
+];
+
+const DEAL_FIELDS: &[FieldDef] = &[
+    field("title", "Title", FieldType::String),
+    field("amount", "Amount", FieldType::Number),
+    field(
+        "stage",
+        "Stage",
+        FieldType::Enum(&[("lead", "Lead"), ("won", "Won"), ("lost", "Lost")]),
+    ),
+    field("closeDate", "Close Date", FieldType::Date),
+];
+
+const TICKET_FIELDS: &[FieldDef] = &[
+    required("subject", "Subject", FieldType::String),
+    field("body", "Body", FieldType::String),
+    field(
+        "priority",
+        "Priority",
+        FieldType::Enum(&[("low", "Low"), ("medium", "Medium"), ("high", "High")]),
+    ),
+    field("open", "Open", FieldType::Boolean),
+];
+
+/// The four sheet templates, in workbook order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SheetKind {
+    Contacts,
+    Companies,
+    Deals,
+    Tickets,
+}
+
+impl SheetKind {
+    const ALL: [SheetKind; 4] = [
+        SheetKind::Contacts,
+        SheetKind::Companies,
+        SheetKind::Deals,
+        SheetKind::Tickets,
+    ];
+
+    pub(crate) fn slug(self) -> &'static str {
+        SHEET_SLUGS[self as usize]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SheetKind::Contacts => "Contacts",
+            SheetKind::Companies => "Companies",
+            SheetKind::Deals => "Deals",
+            SheetKind::Tickets => "Tickets",
+        }
+    }
+
+    pub(crate) fn fields(self) -> &'static [FieldDef] {
+        match self {
+            SheetKind::Contacts => CONTACT_FIELDS,
+            SheetKind::Companies => COMPANY_FIELDS,
+            SheetKind::Deals => DEAL_FIELDS,
+            SheetKind::Tickets => TICKET_FIELDS,
+        }
+    }
+
+    /// The field that carries the error of an invalid row.
+    pub(crate) fn invalid_field(self) -> usize {
+        match self {
+            SheetKind::Contacts => 2,
+            SheetKind::Companies => 1,
+            SheetKind::Deals => 1,
+            SheetKind::Tickets => 2,
+        }
+    }
+}
+
+/// A generated row: one value per field, and the message of the invalid cell if any.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) cells: Vec<Value>,
+    pub(crate) error: Option<(usize, &'static str)>,
+}
+
+/// Values of row `index` of a sheet whose id hashes to `stream_hash`.
+pub(crate) fn sheet_row(kind: SheetKind, stream_hash: u64, index: u64) -> Row {
+    let mut rng = RowRng::new(stream_hash, index);
+    let invalid = is_invalid_row(index);
+    let cycle = |len: usize, field: u64| slot(len, stream_hash, field, index);
+    let cells = match kind {
+        SheetKind::Contacts => vec![
+            pick(FIRST_NAMES, stream_hash, 0, index),
+            pick(LAST_NAMES, stream_hash, 1, index),
+            email(invalid, cycle(5, 2), index, &mut rng),
+            match cycle(8, 3) {
+                0 => Value::Null,
+                1 => Value::Int(-3),
+                2 => Value::Float(33.5),
+                3 => Value::Int(0),
+                _ => Value::Int(18 + rng.below(70) as i64),
+            },
+            match cycle(5, 4) {
+                0 => Value::Null,
+                _ => Value::Bool(rng.coin()),
+            },
+            match cycle(7, 5) {
+                0 => Value::Null,
+                _ => Value::Str(Cow::Borrowed(if rng.coin() { "pro" } else { "free" })),
+            },
+        ],
+        SheetKind::Companies => vec![
+            pick(COMPANY_NAMES, stream_hash, 0, index),
+            if invalid {
+                owned(format!("not a domain {index}"))
+            } else if cycle(9, 1) == 0 {
+                Value::Null
+            } else {
+                owned(format!("company-{index}.example.com"))
+            },
+            match cycle(8, 2) {
+                0 => Value::Null,
+                1 => Value::Int(-5),
+                2 => Value::Float(12.5),
+                3 => Value::Int(0),
+                _ => Value::Int(rng.below(100_000) as i64),
+            },
+        ],
+        SheetKind::Deals => vec![
+            pick(TEXTS, stream_hash, 0, index),
+            if invalid {
+                owned(format!("{index},50 EUR"))
+            } else {
+                match cycle(7, 1) {
+                    0 => Value::Null,
+                    1 => Value::Float(-99.99),
+                    2 => Value::Float(1234.56),
+                    3 => Value::Int(0),
+                    4 => Value::Float(0.1),
+                    _ => Value::Float(rng.below(10_000_000) as f64 / 100.0),
+                }
+            },
+            match cycle(6, 2) {
+                0 => Value::Null,
+                n => Value::Str(Cow::Borrowed(["lead", "won", "lost"][n % 3])),
+            },
+            match cycle(6, 3) {
+                0 => Value::Null,
+                _ => owned(format!(
+                    "2024-{:02}-{:02}",
+                    1 + rng.below(12),
+                    1 + rng.below(28)
+                )),
+            },
+        ],
+        SheetKind::Tickets => vec![
+            pick(TEXTS, stream_hash, 0, index),
+            pick(TEXTS, stream_hash, 1, index),
+            if invalid {
+                Value::Str(Cow::Borrowed("urgent!!"))
+            } else {
+                match cycle(5, 2) {
+                    0 => Value::Null,
+                    n => Value::Str(Cow::Borrowed(["low", "medium", "high"][n % 3])),
+                }
+            },
+            match cycle(4, 3) {
+                0 => Value::Null,
+                _ => Value::Bool(rng.coin()),
+            },
+        ],
+    };
+    let error = invalid.then(|| {
+        let message = match kind {
+            SheetKind::Contacts => "Invalid email address",
+            SheetKind::Companies => "Invalid domain",
+            SheetKind::Deals => "Must be a number",
+            SheetKind::Tickets => "Invalid option",
+        };
+        (kind.invalid_field(), message)
+    });
+    Row { cells, error }
+}
+
+fn email(invalid: bool, variant: usize, index: u64, rng: &mut RowRng) -> Value {
+    if invalid {
+        return owned(format!("user{index}@"));
+    }
+    owned(match variant {
+        0 => format!("user{index}@example.com"),
+        1 => format!("First.Last+{index}@Example.co.uk"),
+        2 => format!("josé{index}@exämple.com"),
+        3 => format!("o'hara-{index}@example.org"),
+        _ => format!("u{:08x}-{index}@example.net", rng.next() >> 32),
+    })
+}
+
+/// Legacy columns as (header in the uploaded file, mapped template key).
+const LEGACY_COLUMNS: [(&str, &str); 7] = [
+    ("First", "name"),
+    ("Email Address", "email"),
+    ("Age", "age"),
+    ("Phone", "phone"),
+    ("Note", "note"),
+    ("Score", "score"),
+    ("Active", "active"),
+];
+
+/// Values of row `index` of a legacy batch, in [`LEGACY_COLUMNS`] order.
+pub(crate) fn legacy_row(batch_hash: u64, index: u64) -> Vec<Value> {
+    let mut rng = RowRng::new(batch_hash, index);
+    let cycle = |len: usize, field: u64| slot(len, batch_hash, field, index);
+    vec![
+        pick(FIRST_NAMES, batch_hash, 0, index),
+        email(is_invalid_row(index), cycle(5, 1), index, &mut rng),
+        match cycle(8, 2) {
+            0 => Value::Null,
+            1 => Value::Int(-1),
+            2 => Value::Float(27.5),
+            _ => Value::Int(18 + rng.below(70) as i64),
+        },
+        pick(PHONES, batch_hash, 3, index),
+        pick(TEXTS, batch_hash, 4, index),
+        match cycle(6, 5) {
+            0 => Value::Null,
+            1 => Value::Float(-0.75),
+            2 => Value::Int(-12),
+            _ => Value::Float(rng.below(10_000) as f64 / 100.0),
+        },
+        match cycle(5, 6) {
+            0 => Value::Null,
+            _ => Value::Bool(rng.coin()),
+        },
+    ]
+}
+
+/// Identity of a legacy batch under a seed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchKey {
+    hash: u64,
+}
+
+impl BatchKey {
+    pub(crate) fn new(seed: u64, batch_id: &str) -> BatchKey {
+        BatchKey {
+            hash: hash_str(seed, "legacy-batch", batch_id),
+        }
+    }
+
+    /// A UUID-shaped id: 62 bits from the batch, the row index in the last group, so ids are
+    /// unique within a batch by construction and across batches unless two hashes collide.
+    pub(crate) fn row_id(self, index: u64) -> String {
+        let h = self.hash;
+        let h2 = mix(h);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            h >> 32,
+            (h >> 16) & 0xFFFF,
+            h & 0xFFF,
+            0x8000 | (h2 & 0x3FFF),
+            index & 0xFFFF_FFFF_FFFF
+        )
+    }
+
+    fn created_at(self) -> String {
+        clock::iso_millis(IMPORT_EPOCH_MS + self.hash % DAY_MS)
+    }
+
+    fn updated_at(self) -> String {
+        clock::iso_millis(IMPORT_EPOCH_MS + self.hash % DAY_MS + 42_591)
+    }
+}
+
+/// Writes one page of `GET /rest/batch/{batchId}/rows`.
+pub(crate) fn write_legacy_page(
+    out: &mut Vec<u8>,
+    seed: u64,
+    batch_id: &str,
+    total: u64,
+    skip: u64,
+    take: u64,
+) {
+    let batch = BatchKey::new(seed, batch_id);
+    let start = skip.min(total);
+    let end = skip.saturating_add(take).min(total);
+    put(out, "{\"pagination\":{\"currentPage\":");
+    put_display(out, skip / take + 1);
+    put(out, ",\"limit\":");
+    put_display(out, take);
+    put(out, ",\"offset\":");
+    put_display(out, skip);
+    put(out, ",\"onPage\":");
+    put_display(out, end - start);
+    // Always present, as in the one captured response, even past the last page: clients must
+    // stop on totalCount/pageCount, not on a missing nextOffset.
+    put(out, ",\"nextOffset\":");
+    put_display(out, skip.saturating_add(take));
+    put(out, ",\"totalCount\":");
+    put_display(out, total);
+    put(out, ",\"pageCount\":");
+    put_display(out, total.div_ceil(take));
+    put(out, "},\"data\":[");
+    // Bytes repeated on every row, built once per page.
+    let key_prefixes = |keys: &mut dyn Iterator<Item = &str>| -> Vec<Vec<u8>> {
+        keys.enumerate()
+            .map(|(position, key)| {
+                let mut prefix = Vec::new();
+                if position > 0 {
+                    put(&mut prefix, ",");
+                }
+                put_str(&mut prefix, key);
+                put(&mut prefix, ":");
+                prefix
+            })
+            .collect()
+    };
+    let raw_prefixes = key_prefixes(&mut LEGACY_COLUMNS.iter().map(|(header, _)| *header));
+    let mapped_prefixes = key_prefixes(&mut LEGACY_COLUMNS.iter().map(|(_, key)| *key));
+    let mut batch_field = Vec::new();
+    put(&mut batch_field, ",\"batchId\":");
+    put_str(&mut batch_field, batch_id);
+    put(&mut batch_field, ",\"sequence\":");
+    let mut row_tail = Vec::new();
+    put(&mut row_tail, ",\"deleted\":false,\"createdAt\":");
+    put_str(&mut row_tail, &batch.created_at());
+    put(&mut row_tail, ",\"updatedAt\":");
+    put_str(&mut row_tail, &batch.updated_at());
+    put(&mut row_tail, "}");
+    for index in start..end {
+        if index > start {
+            put(out, ",");
+        }
+        let values = legacy_row(batch.hash, index);
+        put(out, "{\"id\":");
+        put_str(out, &batch.row_id(index));
+        out.extend_from_slice(&batch_field);
+        put_display(out, index + 1);
+        put(out, ",\"raw\":{");
+        for (prefix, value) in raw_prefixes.iter().zip(&values) {
+            out.extend_from_slice(prefix);
+            put_str(out, &value.raw_text());
+        }
+        put(out, "},\"mapped\":{");
+        for (prefix, value) in mapped_prefixes.iter().zip(&values) {
+            out.extend_from_slice(prefix);
+            value.write_json(out);
+        }
+        put(out, "},\"valid\":");
+        put_display(out, !is_invalid_row(index));
+        out.extend_from_slice(&row_tail);
+    }
+    put(out, "]}");
+}
+
+/// A sheet of a simulated workbook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SheetRef {
+    pub(crate) id: String,
+    pub(crate) workbook_id: String,
+    pub(crate) kind: SheetKind,
+    pub(crate) rows: u64,
+}
+
+/// The sheets of `us_wb_<x>`, or `None` for an id of another form.
+pub(crate) fn workbook_sheet_refs(config: &SimConfig, workbook_id: &str) -> Option<Vec<SheetRef>> {
+    let suffix = workbook_id.strip_prefix("us_wb_")?;
+    if suffix.is_empty() {
+        return None;
+    }
+    let count = config.sheets_per_workbook.clamp(1, SheetKind::ALL.len());
+    let per_sheet = config.rows / count as u64;
+    let remainder = config.rows % count as u64;
+    Some(
+        SheetKind::ALL[..count]
+            .iter()
+            .enumerate()
+            .map(|(position, &kind)| SheetRef {
+                id: format!("us_sh_{suffix}-{}", kind.slug()),
+                workbook_id: workbook_id.to_owned(),
+                kind,
+                rows: per_sheet + u64::from((position as u64) < remainder),
+            })
+            .collect(),
+    )
+}
+
+/// The sheet `us_sh_<x>-<slug>` of workbook `us_wb_<x>`; `<x>` may itself contain `-`.
+pub(crate) fn decode_sheet(config: &SimConfig, sheet_id: &str) -> Option<SheetRef> {
+    let (suffix, slug) = sheet_id.strip_prefix("us_sh_")?.rsplit_once('-')?;
+    workbook_sheet_refs(config, &format!("us_wb_{suffix}"))?
+        .into_iter()
+        .find(|sheet| sheet.kind.slug() == slug)
+}
+
+/// Identity of a sheet under a seed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SheetKey {
+    hash: u64,
+}
+
+impl SheetKey {
+    pub(crate) fn new(seed: u64, sheet: &SheetRef) -> SheetKey {
+        SheetKey {
+            hash: hash_str(seed, "sheet", &sheet.id),
+        }
+    }
+
+    pub(crate) fn record_id(self, index: u64) -> String {
+        format!("us_rc_{:08x}_{index}", self.hash >> 32)
+    }
+
+    pub(crate) fn commit_id(self) -> String {
+        format!("us_vr_{:08x}", self.hash & 0xFFFF_FFFF)
+    }
+
+    fn updated_at(self) -> String {
+        clock::iso_millis(IMPORT_EPOCH_MS + self.hash % DAY_MS)
+    }
+}
+
+/// Writes one page of `GET /v1/sheets/{id}/records` (`page_number` starts at 1).
+pub(crate) fn write_records_page(
+    out: &mut Vec<u8>,
+    seed: u64,
+    sheet: &SheetRef,
+    page_number: u64,
+    page_size: u64,
+) {
+    let key = SheetKey::new(seed, sheet);
+    let fields = sheet.kind.fields();
+    let updated_at = key.updated_at();
+    // The bytes around each cell value are the same on every row: build them once per page.
+    let cell_prefixes: Vec<Vec<u8>> = fields
+        .iter()
+        .enumerate()
+        .map(|(position, field)| {
+            let mut prefix = Vec::new();
+            if position > 0 {
+                put(&mut prefix, ",");
+            }
+            put_str(&mut prefix, field.key);
+            put(&mut prefix, ":{\"value\":");
+            prefix
+        })
+        .collect();
+    let mut valid_suffix = Vec::new();
+    put(
+        &mut valid_suffix,
+        ",\"messages\":[],\"valid\":true,\"updatedAt\":",
+    );
+    put_str(&mut valid_suffix, &updated_at);
+    put(&mut valid_suffix, "}");
+    let start = (page_number - 1).saturating_mul(page_size).min(sheet.rows);
+    let end = start.saturating_add(page_size).min(sheet.rows);
+    put(out, "{\"data\":{\"records\":[");
+    for index in start..end {
+        if index > start {
+            put(out, ",");
+        }
+        let row = sheet_row(sheet.kind, key.hash, index);
+        put(out, "{\"id\":");
+        put_str(out, &key.record_id(index));
+        put(out, ",\"values\":{");
+        for (position, (field, value)) in fields.iter().zip(&row.cells).enumerate() {
+            out.extend_from_slice(&cell_prefixes[position]);
+            value.write_json(out);
+            match row.error {
+                Some((error_field, message)) if error_field == position => {
+                    put(out, ",\"messages\":[{\"field\":");
+                    put_str(out, field.key);
+                    put(
+                        out,
+                        ",\"type\":\"error\",\"source\":\"custom-logic\",\"message\":",
+                    );
+                    put_str(out, message);
+                    put(out, "}],\"valid\":false,\"updatedAt\":");
+                    put_str(out, &updated_at);
+                    put(out, "}");
+                }
+                _ => out.extend_from_slice(&valid_suffix),
+            }
+        }
+        put(out, "},\"valid\":");
+        put_display(out, row.error.is_none());
+        put(out, ",\"metadata\":{\"importRow\":");
+        put_display(out, index + 1);
+        put(out, "},\"config\":{}}");
+    }
+    let error = invalid_rows(sheet.rows);
+    put(out, "],\"counts\":{\"total\":");
+    put_display(out, sheet.rows);
+    put(out, ",\"valid\":");
+    put_display(out, sheet.rows - error);
+    put(out, ",\"error\":");
+    put_display(out, error);
+    let commit_id = key.commit_id();
+    put(out, "},\"commitId\":");
+    put_str(out, &commit_id);
+    put(out, ",\"versionId\":");
+    put_str(out, &commit_id);
+    put(out, ",\"success\":true}}");
+}
+
+/// `data.counts` of `GET /v1/sheets/{id}/counts`.
+pub(crate) fn counts_json(sheet: &SheetRef) -> Json {
+    let error = invalid_rows(sheet.rows);
+    let invalid_key = sheet.kind.fields()[sheet.kind.invalid_field()].key;
+    json!({
+        "total": sheet.rows,
+        "valid": sheet.rows - error,
+        "error": error,
+        "errorsByField": { invalid_key: error },
+    })
+}
+
+fn workbook_timestamps(seed: u64, workbook_id: &str) -> (String, String) {
+    let created = IMPORT_EPOCH_MS - DAY_MS + hash_str(seed, "workbook", workbook_id) % DAY_MS;
+    (
+        clock::iso_millis(created),
+        clock::iso_millis(created + 2_000),
+    )
+}
+
+/// A sheet object, as in `GET /v1/sheets/{id}` and inside a workbook.
+pub(crate) fn sheet_json(seed: u64, sheet: &SheetRef) -> Json {
+    let fields: Vec<Json> = sheet
+        .kind
+        .fields()
+        .iter()
+        .map(|field| {
+            let mut object = json!({
+                "key": field.key,
+                "type": field.ty.name(),
+                "label": field.label,
+            });
+            if field.required {
+                object["constraints"] = json!([{ "type": "required" }]);
+            }
+            if let FieldType::Enum(options) = field.ty {
+                let options: Vec<Json> = options
+                    .iter()
+                    .map(|(value, label)| json!({ "value": value, "label": label }))
+                    .collect();
+                object["config"] = json!({ "options": options });
+            }
+            object
+        })
+        .collect();
+    let (created_at, updated_at) = workbook_timestamps(seed, &sheet.workbook_id);
+    json!({
+        "id": sheet.id,
+        "workbookId": sheet.workbook_id,
+        "name": sheet.kind.name(),
+        "slug": sheet.kind.slug(),
+        "config": {
+            "name": sheet.kind.name(),
+            "slug": sheet.kind.slug(),
+            "allowAdditionalFields": false,
+            "fields": fields,
+            "mappingConfidenceThreshold": 0.5,
+        },
+        "metadata": {},
+        "namespace": "portal",
+        "updatedAt": updated_at,
+        "createdAt": created_at,
+    })
+}
+
+/// A workbook object with its sheets, as in `GET /v1/workbooks/{id}`.
+pub(crate) fn workbook_json(seed: u64, workbook_id: &str, sheets: &[SheetRef]) -> Json {
+    let (created_at, updated_at) = workbook_timestamps(seed, workbook_id);
+    let sheets: Vec<Json> = sheets.iter().map(|sheet| sheet_json(seed, sheet)).collect();
+    json!({
+        "id": workbook_id,
+        "name": format!("Simulated import {workbook_id}"),
+        "spaceId": SPACE_ID,
+        "environmentId": ENVIRONMENT_ID,
+        "sheets": sheets,
+        "labels": ["primary"],
+        "actions": [{
+            "operation": "submitActionFg",
+            "mode": "foreground",
+            "label": "Submit",
+            "description": "Send data to flatsync",
+            "primary": true,
+        }],
+        "settings": {},
+        "metadata": {},
+        "namespace": "portal",
+        "updatedAt": updated_at,
+        "createdAt": created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contacts(rows: u64) -> SheetRef {
+        SheetRef {
+            id: "us_sh_test-contacts".to_owned(),
+            workbook_id: "us_wb_test".to_owned(),
+            kind: SheetKind::Contacts,
+            rows,
+        }
+    }
+
+    fn all_strings(page: &Json) -> Vec<String> {
+        let mut found = Vec::new();
+        for record in page["data"]["records"].as_array().expect("records array") {
+            for cell in record["values"]
+                .as_object()
+                .expect("values object")
+                .values()
+            {
+                if let Some(text) = cell["value"].as_str() {
+                    found.push(text.to_owned());
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_sheet_kind_covers_the_csv_edge_cases_within_a_hundred_rows() {
+        let mut strings = Vec::new();
+        let mut numbers = Vec::new();
+        let mut nulls = 0;
+        for kind in SheetKind::ALL {
+            let sheet = SheetRef {
+                id: format!("us_sh_edge-{}", kind.slug()),
+                workbook_id: "us_wb_edge".to_owned(),
+                kind,
+                rows: 100,
+            };
+            let mut out = Vec::new();
+            write_records_page(&mut out, 7, &sheet, 1, 100);
+            let page: Json = serde_json::from_slice(&out).expect("page is valid JSON");
+            strings.extend(all_strings(&page));
+            for record in page["data"]["records"].as_array().expect("records") {
+                for cell in record["values"].as_object().expect("values").values() {
+                    if cell["value"].is_null() {
+                        nulls += 1;
+                    }
+                    if let Some(number) = cell["value"].as_f64() {
+                        numbers.push(number);
+                    }
+                }
+            }
+        }
+        let has = |test: &dyn Fn(&str) -> bool| strings.iter().any(|text| test(text));
+        assert!(has(&|t| t.contains(',')), "a comma");
+        assert!(has(&|t| t.contains('"')), "a double quote");
+        assert!(has(&|t| t.contains('\n')), "a newline");
+        assert!(has(&|t| t.contains('é')), "an accented letter");
+        assert!(has(&|t| t.contains('日')), "CJK text");
+        for lead in ['=', '+', '-', '@'] {
+            assert!(
+                has(&|t| t.starts_with(lead)),
+                "a value starting with {lead}"
+            );
+        }
+        assert!(has(&|t| t.is_empty()), "an empty string");
+        assert!(nulls > 0, "a null");
+        assert!(numbers.iter().any(|n| *n < 0.0), "a negative number");
+        assert!(numbers.iter().any(|n| n.fract() != 0.0), "a decimal");
+    }
+
+    #[test]
+    fn about_one_row_in_ten_is_invalid_with_a_message_on_one_cell() {
+        let mut out = Vec::new();
+        write_records_page(&mut out, 1, &contacts(200), 1, 200);
+        let page: Json = serde_json::from_slice(&out).expect("valid JSON");
+        let records = page["data"]["records"].as_array().expect("records");
+        let invalid: Vec<&Json> = records
+            .iter()
+            .filter(|r| r["valid"] == Json::Bool(false))
+            .collect();
+        assert_eq!(invalid.len(), 20);
+        for record in invalid {
+            let bad: Vec<_> = record["values"]
+                .as_object()
+                .expect("values")
+                .iter()
+                .filter(|(_, cell)| cell["valid"] == Json::Bool(false))
+                .collect();
+            assert_eq!(bad.len(), 1, "exactly one invalid cell in {record}");
+            assert_eq!(bad[0].0, "email");
+            assert_eq!(bad[0].1["messages"][0]["message"], "Invalid email address");
+        }
+        assert_eq!(page["data"]["counts"]["error"], 20);
+        assert_eq!(page["data"]["counts"]["valid"], 180);
+    }
+
+    #[test]
+    fn legacy_page_is_valid_json_with_raw_and_mapped_in_step() {
+        let mut out = Vec::new();
+        write_legacy_page(&mut out, 3, "batch-1", 30, 0, 30);
+        let page: Json = serde_json::from_slice(&out).expect("valid JSON");
+        let rows = page["data"].as_array().expect("data");
+        assert_eq!(rows.len(), 30);
+        for row in rows {
+            let mapped = row["mapped"].as_object().expect("mapped");
+            let raw = row["raw"].as_object().expect("raw");
+            assert_eq!(mapped.len(), raw.len());
+            if mapped["name"].is_null() {
+                assert_eq!(raw["First"], "");
+            } else {
+                assert_eq!(raw["First"], mapped["name"]);
+            }
+        }
+        assert_eq!(rows[9]["valid"], false);
+        assert_eq!(rows[8]["valid"], true);
+    }
+
+    #[test]
+    fn a_ten_thousand_row_page_is_produced_quickly() {
+        let sheet = contacts(10_000);
+        let mut out = Vec::with_capacity(4 << 20);
+        let started = std::time::Instant::now();
+        write_records_page(&mut out, 0, &sheet, 1, 10_000);
+        let elapsed = started.elapsed();
+        // Generous for unoptimised test builds on a busy 2-core machine; release builds take a
+        // few milliseconds.
+        assert!(
+            elapsed < std::time::Duration::from_millis(1500),
+            "took {elapsed:?}"
+        );
+        let page: Json = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            page["data"]["records"].as_array().map(Vec::len),
+            Some(10_000)
+        );
+    }
+
+    #[test]
+    fn sheet_ids_decode_even_when_the_workbook_suffix_contains_dashes() {
+        let config = SimConfig {
+            rows: 10,
+            sheets_per_workbook: 3,
+            ..SimConfig::default()
+        };
+        let sheets = workbook_sheet_refs(&config, "us_wb_a-b-c").expect("workbook exists");
+        assert_eq!(
+            sheets.iter().map(|s| s.rows).collect::<Vec<_>>(),
+            vec![4, 3, 3]
+        );
+        for sheet in &sheets {
+            assert_eq!(decode_sheet(&config, &sheet.id).as_ref(), Some(sheet));
+        }
+        assert_eq!(decode_sheet(&config, "us_sh_a-b-c-tickets"), None);
+        assert_eq!(decode_sheet(&config, "us_sh_-contacts"), None);
+        assert_eq!(decode_sheet(&config, "us_sh_nodash"), None);
+        assert_eq!(decode_sheet(&config, "contacts"), None);
+        assert_eq!(workbook_sheet_refs(&config, "us_wb_"), None);
+    }
+}
