@@ -1,0 +1,662 @@
+//! The TOML configuration: parsing, validation with file:line:column errors, and secrets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flatsync_flatfile::Secret;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::route::TopicPattern;
+
+/// A configuration error, located in the file when it can be.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the error is in (`<inline>` for configs built in code).
+    pub path: PathBuf,
+    /// 1-based line and column, when known.
+    pub location: Option<(usize, usize)>,
+    /// Dotted key path such as `sinks.archive.plugin`, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, column)) = self.location {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Where a secret comes from. Secrets are never written inline in the config file.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    /// An environment variable, by name.
+    Env(String),
+    /// A file whose content, without surrounding whitespace, is the secret.
+    File(PathBuf),
+    /// A value handed over in code by an embedding program or `flatsync demo`.
+    Value(Secret),
+}
+
+impl SecretSource {
+    /// Reads the secret. `Ok(None)` means the variable or file is not there.
+    pub fn read(&self) -> Result<Option<Secret>, String> {
+        match self {
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(value) if !value.trim().is_empty() => {
+                    Ok(Some(Secret::new(value.trim().to_owned())))
+                }
+                Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(format!("environment variable {name} is not valid UTF-8"))
+                }
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Ok(Some(Secret::new(text.trim().to_owned())))
+                }
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
+            },
+            SecretSource::Value(secret) => Ok(Some(secret.clone())),
+        }
+    }
+
+    /// Names the source for messages, without the secret.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(name) => format!("environment variable {name}"),
+            SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Value(_) => "a value set in code".to_owned(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[flatfile]`.
+    pub flatfile: FlatfileConfig,
+    /// `[webhook]`; `None` when the section is absent.
+    pub webhook: Option<WebhookConfig>,
+    /// `[fetch]`.
+    pub fetch: FetchConfig,
+    /// `[sinks.NAME]`, by name.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Directory of the state database.
+    pub state_dir: PathBuf,
+    /// Where plugins are looked up; `None` means the default search path.
+    pub plugin_dir: Option<PathBuf>,
+    /// Events processed at the same time.
+    pub max_concurrent_events: usize,
+    /// Longest time between two sink flushes (and so checkpoints) while a stream is delivered.
+    pub checkpoint_interval: Duration,
+    /// Most batches between two sink flushes.
+    pub checkpoint_batches: u64,
+    /// Longest wait for a plugin call before the sink is declared stalled.
+    pub sink_call_timeout: Duration,
+}
+
+/// `[flatfile]`.
+#[derive(Clone, Debug)]
+pub struct FlatfileConfig {
+    /// Legacy Portal API root.
+    pub legacy_api_url: String,
+    /// Legacy `X-Api-Key`, `<keyId>+<secret>`.
+    pub legacy_api_key: Option<SecretSource>,
+    /// Platform API root; requests go to `{api_url}/v1/...`.
+    pub api_url: String,
+    /// Platform secret key.
+    pub secret_key: Option<SecretSource>,
+    /// Job names (`payload.job`, globs allowed) whose `job:ready` means "export this workbook".
+    pub submit_jobs: Vec<TopicPattern>,
+    /// Timeout of one API request.
+    pub request_timeout: Duration,
+    /// Attempts per API request before the stream fails.
+    pub max_attempts: u32,
+}
+
+/// `[webhook]`.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// URL path that accepts POSTs.
+    pub path: String,
+    /// Bearer token required from senders, when set.
+    pub token: Option<SecretSource>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// `[fetch]`.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// Rows per legacy page (`take`).
+    pub legacy_page_size: u64,
+    /// Records per Platform page (`pageSize`).
+    pub records_page_size: u64,
+    /// Pages requested ahead of the one being delivered.
+    pub pages_in_flight: usize,
+}
+
+/// `[sinks.NAME]`.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    /// Plugin name or path.
+    pub plugin: String,
+    /// The `config` table as JSON, handed to the plugin's `create`.
+    pub config_json: String,
+}
+
+/// `[[routes]]`.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Topics that select the route.
+    pub topics: Vec<TopicPattern>,
+    /// Sinks the route delivers to.
+    pub sinks: Vec<String>,
+}
+
+const DEFAULT_SUBMIT_JOBS: [&str; 3] = [
+    "workbook:submitActionFg",
+    "workbook:submitAction",
+    "workbook:simpleSubmitAction",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    flatfile: RawFlatfile,
+    webhook: Option<RawWebhook>,
+    #[serde(default)]
+    fetch: RawFetch,
+    #[serde(default)]
+    sinks: BTreeMap<String, RawSink>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+    max_concurrent_events: Option<Spanned<usize>>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_batches: Option<Spanned<u64>>,
+    sink_call_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlatfile {
+    legacy_api_url: Option<Spanned<String>>,
+    legacy_api_key_env: Option<String>,
+    legacy_api_key_file: Option<PathBuf>,
+    api_url: Option<Spanned<String>>,
+    secret_key_env: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    submit_jobs: Option<Vec<Spanned<String>>>,
+    request_timeout_secs: Option<u64>,
+    max_attempts: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    listen: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    max_body_bytes: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    legacy_page_size: Option<Spanned<u64>>,
+    records_page_size: Option<Spanned<u64>>,
+    pages_in_flight: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    plugin: Spanned<String>,
+    config: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    topics: Spanned<Vec<Spanned<String>>>,
+    sinks: Spanned<Vec<Spanned<String>>>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is used in error messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>, key: Option<&str>, message: String| ConfigError {
+            path: path.to_owned(),
+            location: span.map(|s| line_column(text, s.start)),
+            key: key.map(str::to_owned),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        let positive = |value: Option<Spanned<u64>>, key: &str, default: u64| match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() == 0 => Err(locate(
+                Some(v.span()),
+                Some(key),
+                "must be at least 1".to_owned(),
+            )),
+            Some(v) => Ok(v.into_inner()),
+        };
+        let positive_usize = |value: Option<Spanned<usize>>, key: &str, default: usize| {
+            positive(
+                value.map(|v| Spanned::new(v.span(), *v.get_ref() as u64)),
+                key,
+                default as u64,
+            )
+            .map(|v| v as usize)
+        };
+        let secret = |env: Option<String>, file: Option<PathBuf>, key: &str| match (env, file) {
+            (Some(_), Some(_)) => Err(locate(
+                None,
+                Some(key),
+                format!("set either `{key}_env` or `{key}_file`, not both"),
+            )),
+            (Some(env), None) => Ok(Some(SecretSource::Env(env))),
+            (None, Some(file)) => Ok(Some(SecretSource::File(absolute(file)))),
+            (None, None) => Ok(None),
+        };
+        let url = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
+            None => Ok(default.to_owned()),
+            Some(v) => {
+                let s = v.get_ref().trim_end_matches('/');
+                if s.starts_with("http://") || s.starts_with("https://") {
+                    Ok(s.to_owned())
+                } else {
+                    Err(locate(
+                        Some(v.span()),
+                        Some(key),
+                        format!("`{}` is not an http(s) URL", v.get_ref()),
+                    ))
+                }
+            }
+        };
+
+        let daemon = DaemonConfig {
+            state_dir: absolute(
+                raw.daemon
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/flatsync")),
+            ),
+            plugin_dir: raw.daemon.plugin_dir.map(absolute),
+            max_concurrent_events: positive_usize(
+                raw.daemon.max_concurrent_events,
+                "daemon.max_concurrent_events",
+                2,
+            )?,
+            checkpoint_interval: Duration::from_millis(
+                raw.daemon.checkpoint_interval_ms.unwrap_or(1000),
+            ),
+            checkpoint_batches: positive(
+                raw.daemon.checkpoint_batches,
+                "daemon.checkpoint_batches",
+                64,
+            )?,
+            sink_call_timeout: Duration::from_secs(
+                raw.daemon.sink_call_timeout_secs.unwrap_or(120),
+            ),
+        };
+
+        let f = raw.flatfile;
+        let submit_jobs = match f.submit_jobs {
+            None => DEFAULT_SUBMIT_JOBS
+                .iter()
+                .map(|j| TopicPattern::new(j))
+                .collect(),
+            Some(jobs) => jobs
+                .iter()
+                .map(|j| TopicPattern::new(j.get_ref()))
+                .collect(),
+        };
+        let flatfile = FlatfileConfig {
+            legacy_api_url: url(
+                f.legacy_api_url,
+                "flatfile.legacy_api_url",
+                "https://api.us.flatfile.io",
+            )?,
+            legacy_api_key: secret(
+                f.legacy_api_key_env,
+                f.legacy_api_key_file,
+                "flatfile.legacy_api_key",
+            )?,
+            api_url: url(
+                f.api_url,
+                "flatfile.api_url",
+                "https://platform.flatfile.com/api",
+            )?,
+            secret_key: secret(f.secret_key_env, f.secret_key_file, "flatfile.secret_key")?,
+            submit_jobs,
+            request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(60).max(1)),
+            max_attempts: positive(
+                f.max_attempts
+                    .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref()))),
+                "flatfile.max_attempts",
+                8,
+            )? as u32,
+        };
+
+        let webhook = match raw.webhook {
+            None => None,
+            Some(w) => {
+                let listen = match w.listen {
+                    None => SocketAddr::from(([127, 0, 0, 1], 8787)),
+                    Some(v) => v.get_ref().parse().map_err(|_| {
+                        locate(
+                            Some(v.span()),
+                            Some("webhook.listen"),
+                            format!("`{}` is not an address like 127.0.0.1:8787", v.get_ref()),
+                        )
+                    })?,
+                };
+                let path = match w.path {
+                    None => "/flatfile/webhook".to_owned(),
+                    Some(v) if v.get_ref().starts_with('/') => v.into_inner(),
+                    Some(v) => {
+                        return Err(locate(
+                            Some(v.span()),
+                            Some("webhook.path"),
+                            "must start with `/`".to_owned(),
+                        ));
+                    }
+                };
+                Some(WebhookConfig {
+                    listen,
+                    path,
+                    token: secret(w.token_env, w.token_file, "webhook.token")?,
+                    max_body_bytes: positive_usize(
+                        w.max_body_bytes,
+                        "webhook.max_body_bytes",
+                        1 << 20,
+                    )?,
+                })
+            }
+        };
+
+        let fetch = FetchConfig {
+            legacy_page_size: positive(raw.fetch.legacy_page_size, "fetch.legacy_page_size", 1000)?,
+            records_page_size: positive(
+                raw.fetch.records_page_size,
+                "fetch.records_page_size",
+                1000,
+            )?,
+            pages_in_flight: positive_usize(raw.fetch.pages_in_flight, "fetch.pages_in_flight", 4)?,
+        };
+
+        let mut sinks = BTreeMap::new();
+        for (name, sink) in raw.sinks {
+            let key = format!("sinks.{name}.config");
+            let config_json = match &sink.config {
+                None => serde_json::Value::Object(serde_json::Map::new()),
+                Some(table) => table_to_json(table.get_ref())
+                    .map_err(|m| locate(Some(table.span()), Some(&key), m))?,
+            };
+            if sink.plugin.get_ref().trim().is_empty() {
+                return Err(locate(
+                    Some(sink.plugin.span()),
+                    Some(&format!("sinks.{name}.plugin")),
+                    "names no plugin".to_owned(),
+                ));
+            }
+            sinks.insert(
+                name,
+                SinkConfig {
+                    plugin: sink.plugin.into_inner(),
+                    config_json: config_json.to_string(),
+                },
+            );
+        }
+
+        let mut routes = Vec::new();
+        for (index, route) in raw.routes.into_iter().enumerate() {
+            if route.topics.get_ref().is_empty() {
+                return Err(locate(
+                    Some(route.topics.span()),
+                    Some(&format!("routes[{index}].topics")),
+                    "lists no topic".to_owned(),
+                ));
+            }
+            if route.sinks.get_ref().is_empty() {
+                return Err(locate(
+                    Some(route.sinks.span()),
+                    Some(&format!("routes[{index}].sinks")),
+                    "lists no sink".to_owned(),
+                ));
+            }
+            let mut names = Vec::new();
+            for sink in route.sinks.into_inner() {
+                if !sinks.contains_key(sink.get_ref()) {
+                    let known = sinks
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(locate(
+                        Some(sink.span()),
+                        Some(&format!("routes[{index}].sinks")),
+                        format!(
+                            "no sink is named `{}` (defined sinks: {})",
+                            sink.get_ref(),
+                            if known.is_empty() { "none" } else { &known }
+                        ),
+                    ));
+                }
+                if !names.contains(sink.get_ref()) {
+                    names.push(sink.into_inner());
+                }
+            }
+            routes.push(RouteConfig {
+                topics: route
+                    .topics
+                    .get_ref()
+                    .iter()
+                    .map(|t| TopicPattern::new(t.get_ref()))
+                    .collect(),
+                sinks: names,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            daemon,
+            flatfile,
+            webhook,
+            fetch,
+            sinks,
+            routes,
+        })
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Converts a TOML table to JSON by an explicit walk: the `toml` crate's own serialisation
+/// would turn datetimes into a private wrapper table, which plugins must never see.
+fn table_to_json(table: &toml::Table) -> Result<serde_json::Value, String> {
+    let mut map = serde_json::Map::new();
+    for (key, value) in table {
+        map.insert(
+            key.clone(),
+            value_to_json(value).map_err(|m| format!("key `{key}`: {m}"))?,
+        );
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+fn value_to_json(value: &toml::Value) -> Result<serde_json::Value, String> {
+    Ok(match value {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(x) => serde_json::Number::from_f64(*x)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| format!("{x} cannot be passed to a plugin (not a finite number)"))?,
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(value_to_json).collect::<Result<_, _>>()?)
+        }
+        toml::Value::Table(t) => table_to_json(t)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/flatsync/config.toml"))
+    }
+
+    const GOOD: &str = r#"
+[daemon]
+state_dir = "state"
+
+[webhook]
+listen = "127.0.0.1:0"
+token_env = "TOKEN"
+
+[sinks.archive]
+plugin = "csv-folder"
+config = { dir = "/tmp/csv", when = 1979-05-27T07:32:00Z, ratio = 0.5 }
+
+[[routes]]
+topics = ["portalImportSubmitted", "job:ready"]
+sinks = ["archive"]
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(
+            config.daemon.state_dir,
+            PathBuf::from("/etc/flatsync/state")
+        );
+        assert_eq!(config.fetch.pages_in_flight, 4);
+        assert_eq!(config.flatfile.api_url, "https://platform.flatfile.com/api");
+        let json: serde_json::Value =
+            serde_json::from_str(&config.sinks["archive"].config_json).expect("json");
+        assert_eq!(json["dir"], "/tmp/csv");
+        assert_eq!(json["when"], "1979-05-27T07:32:00Z");
+        assert_eq!(config.routes[0].sinks, vec!["archive".to_owned()]);
+    }
+
+    #[test]
+    fn an_unknown_key_is_located() {
+        let err = parse("[webhook]\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+        assert_eq!(err.location, Some((3, 1)), "{err}");
+        assert!(err.to_string().contains("unknown field `port`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/etc/flatsync/config.toml:3:1: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_located() {
+        let err = parse("[fetch]\npages_in_flight = \"four\"\n").unwrap_err();
+        assert_eq!(err.location.map(|l| l.0), Some(2), "{err}");
+        assert!(err.message.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_route_to_a_missing_sink_names_it() {
+        let text = GOOD.replace(
+            "sinks = [\"archive\"]",
+            "sinks = [\"archive\", \"warehouse\"]",
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("routes[0].sinks"));
+        assert!(
+            err.message.contains("no sink is named `warehouse`"),
+            "{err}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("warehouse"))
+            .expect("line")
+            + 1;
+        assert_eq!(err.location.map(|l| l.0), Some(line));
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_not_both() {
+        let err =
+            parse("[flatfile]\nsecret_key_env = \"A\"\nsecret_key_file = \"b\"\n").unwrap_err();
+        assert!(err.message.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_located() {
+        let err = parse("[webhook]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.location, Some((2, 10)), "{err}");
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused_for_plugins() {
+        let err = parse("[sinks.a]\nplugin = \"x\"\nconfig = { v = nan }\n").unwrap_err();
+        assert!(err.message.contains("not a finite number"), "{err}");
+    }
+}

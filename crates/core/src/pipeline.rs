@@ -1,0 +1,684 @@
+//! Event processing: plan the streams of an event, page through the source, hand each page to
+//! every routed sink in order, and advance checkpoints only after the sinks flushed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flatsync_flatfile::{
+    ApiError, FlatfileClient, IncomingEvent, parse_webhook_body, sanitize_stream_component,
+};
+use flatsync_plugin_host::{OwnedBatch, SinkWorker};
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::config::Config;
+use crate::route::sinks_for_topic;
+use crate::state::{Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan};
+
+/// Stream kind of legacy batches (the SQLite sink's table name for them).
+pub const LEGACY_KIND: &str = "legacy_batch";
+
+/// Everything event processing needs, shared by all event tasks.
+pub(crate) struct Engine {
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: StateDb,
+    pub(crate) client: FlatfileClient,
+    pub(crate) sinks: BTreeMap<String, SinkWorker>,
+}
+
+/// What an event asks flatsync to do.
+enum Work {
+    LegacyBatch {
+        batch_id: String,
+    },
+    WorkbookSubmit {
+        job_id: Option<String>,
+        workbook_id: String,
+    },
+    Nothing {
+        reason: String,
+    },
+}
+
+/// A failure that ends an event's processing for now without a final status: the event stays
+/// pending and is picked up again on the next start.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A sink's progress through one stream during delivery.
+struct Cursor {
+    sink: String,
+    worker: SinkWorker,
+    next_seq: u64,
+    rows: u64,
+    unflushed_rows: u64,
+    unflushed_next_seq: u64,
+    error: Option<String>,
+}
+
+/// One page, turned into batch rows.
+struct Page {
+    ndjson: Vec<u8>,
+    rows: u64,
+    /// Rows the API returned on the page, counting rows flatsync does not deliver.
+    rows_on_page: u64,
+    total: Option<u64>,
+}
+
+impl Engine {
+    fn classify(&self, event: &IncomingEvent) -> Work {
+        match event {
+            IncomingEvent::Legacy(n) => match &n.batch_id {
+                Some(batch_id) => Work::LegacyBatch {
+                    batch_id: batch_id.clone(),
+                },
+                None => Work::Nothing {
+                    reason:
+                        "legacy notification without a batchId (the dashboard's sample payload?)"
+                            .to_owned(),
+                },
+            },
+            IncomingEvent::Platform(e) if e.topic == "job:ready" => {
+                let Some(job) = e.job_name() else {
+                    return Work::Nothing {
+                        reason: "job:ready event without payload.job".to_owned(),
+                    };
+                };
+                if !self
+                    .config
+                    .flatfile
+                    .submit_jobs
+                    .iter()
+                    .any(|p| p.matches(job))
+                {
+                    return Work::Nothing {
+                        reason: format!(
+                            "job `{job}` is not a submit job ([flatfile] submit_jobs); left for its own listener"
+                        ),
+                    };
+                }
+                match e.workbook_id() {
+                    Some(workbook_id) => Work::WorkbookSubmit {
+                        job_id: e.job_id().map(str::to_owned),
+                        workbook_id: workbook_id.to_owned(),
+                    },
+                    None => Work::Nothing {
+                        reason: format!("job `{job}` names no context.workbookId"),
+                    },
+                }
+            }
+            IncomingEvent::Platform(e) => Work::Nothing {
+                reason: format!("topic `{}` carries no rows flatsync fetches", e.topic),
+            },
+        }
+    }
+
+    /// Processes one event to a final status, or leaves it pending when interrupted.
+    pub(crate) async fn process(self: &Arc<Self>, event_id: &str) {
+        match self.process_inner(event_id).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(event_id, error = %e, "Event processing interrupted; it stays pending")
+            }
+        }
+    }
+
+    async fn process_inner(self: &Arc<Self>, event_id: &str) -> Result<(), Interrupted> {
+        let Some(event) = self.state.event(event_id).await? else {
+            return Ok(());
+        };
+        if event.status.is_final() {
+            return Ok(());
+        }
+        let incoming = match parse_webhook_body(&event.body) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                let detail = format!("stored body no longer parses: {e}");
+                self.state
+                    .set_event_status(event_id, EventStatus::Failed, Some(detail))
+                    .await?;
+                return Ok(());
+            }
+        };
+        let work = self.classify(&incoming);
+        let job_id = match &work {
+            Work::WorkbookSubmit { job_id, .. } => job_id.clone(),
+            _ => None,
+        };
+
+        if !self.state.is_planned(event_id).await? {
+            let sinks = sinks_for_topic(&self.config.routes, &event.topic);
+            if sinks.is_empty() {
+                let detail = format!("no route matches topic `{}`", event.topic);
+                tracing::info!(event_id, topic = %event.topic, "Event unrouted");
+                self.state
+                    .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
+                    .await?;
+                return Ok(());
+            }
+            if let Work::Nothing { reason } = work {
+                tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
+                self.state
+                    .set_event_status(event_id, EventStatus::Skipped, Some(reason))
+                    .await?;
+                return Ok(());
+            }
+            let streams = match self.plan_streams(&event, &work).await {
+                Ok(streams) => streams,
+                Err(e) => {
+                    let detail = format!("could not plan the event: {e}");
+                    tracing::error!(event_id, error = %e, "Event failed");
+                    self.fail_job(job_id.as_deref(), &detail).await;
+                    self.state
+                        .set_event_status(event_id, EventStatus::Failed, Some(detail))
+                        .await?;
+                    return Ok(());
+                }
+            };
+            self.state.plan_event(event_id, sinks, streams).await?;
+        }
+
+        let deliveries = self.state.deliveries(event_id).await?;
+        let streams = self.state.streams(event_id).await?;
+        let mut checkpoints = self.state.checkpoints(event_id).await?;
+        let started = Instant::now();
+        tracing::info!(
+            event_id,
+            topic = %event.topic,
+            streams = streams.len(),
+            sinks = %deliveries.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>().join(","),
+            "Event processing started"
+        );
+
+        // A sink that failed before keeps its error; only pending deliveries are worked on.
+        let mut sink_errors: BTreeMap<String, String> = deliveries
+            .iter()
+            .filter(|d| d.status == "failed")
+            .map(|d| (d.sink.clone(), d.error.clone().unwrap_or_default()))
+            .collect();
+        let pending: Vec<String> = deliveries
+            .iter()
+            .filter(|d| d.status == "pending")
+            .map(|d| d.sink.clone())
+            .collect();
+
+        for plan in &streams {
+            let mut cursors = Vec::new();
+            for sink in &pending {
+                if sink_errors.contains_key(sink) {
+                    continue;
+                }
+                let cp = checkpoints
+                    .iter()
+                    .find(|c| &c.sink == sink && c.stream == plan.stream);
+                if cp.is_some_and(|c| c.complete) {
+                    continue;
+                }
+                let Some(worker) = self.sinks.get(sink) else {
+                    sink_errors.insert(
+                        sink.clone(),
+                        format!("sink `{sink}` is not configured any more"),
+                    );
+                    continue;
+                };
+                cursors.push(Cursor {
+                    sink: sink.clone(),
+                    worker: worker.clone(),
+                    next_seq: cp.map_or(0, |c| c.next_seq),
+                    rows: cp.map_or(0, |c| c.rows),
+                    unflushed_rows: 0,
+                    unflushed_next_seq: cp.map_or(0, |c| c.next_seq),
+                    error: None,
+                });
+            }
+            if cursors.is_empty() {
+                continue;
+            }
+            let cursors = self
+                .deliver_stream(&event, plan, cursors, job_id.as_deref())
+                .await?;
+            for cursor in cursors {
+                if let Some(error) = cursor.error {
+                    sink_errors.insert(cursor.sink.clone(), error);
+                }
+            }
+        }
+
+        checkpoints = self.state.checkpoints(event_id).await?;
+        let mut total_rows = 0;
+        for sink in &pending {
+            let rows: u64 = checkpoints
+                .iter()
+                .filter(|c| &c.sink == sink)
+                .map(|c| c.rows)
+                .sum();
+            match sink_errors.get(sink) {
+                Some(error) => {
+                    self.state
+                        .set_delivery(event_id, sink, "failed", rows, Some(error.clone()))
+                        .await?;
+                }
+                None => {
+                    total_rows = total_rows.max(rows);
+                    self.state
+                        .set_delivery(event_id, sink, "done", rows, None)
+                        .await?;
+                }
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if sink_errors.is_empty() {
+            tracing::info!(event_id, rows = total_rows, seconds, "Event delivered");
+            if let Some(job_id) = &job_id {
+                let message = format!(
+                    "Delivered {total_rows} records from {} sheet(s) to {}.",
+                    streams.len(),
+                    pending.join(", ")
+                );
+                if let Err(e) = self.client.job_complete(job_id, &message).await {
+                    tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
+                }
+            }
+            self.state
+                .set_event_status(event_id, EventStatus::Done, None)
+                .await?;
+        } else {
+            let detail = sink_errors
+                .iter()
+                .map(|(sink, error)| format!("sink `{sink}`: {error}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::error!(event_id, error = %detail, "Event failed");
+            self.fail_job(job_id.as_deref(), &detail).await;
+            self.state
+                .set_event_status(event_id, EventStatus::Failed, Some(detail))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn fail_job(&self, job_id: Option<&str>, detail: &str) {
+        if let Some(job_id) = job_id {
+            if let Err(e) = self.client.job_fail(job_id, detail).await {
+                tracing::warn!(job_id, error = %e, "Could not fail the Flatfile job");
+            }
+        }
+    }
+
+    /// Works out the streams of an event.
+    async fn plan_streams(
+        &self,
+        event: &StoredEvent,
+        work: &Work,
+    ) -> Result<Vec<StreamPlan>, ApiError> {
+        match work {
+            Work::Nothing { .. } => Ok(Vec::new()),
+            Work::LegacyBatch { batch_id } => Ok(vec![StreamPlan {
+                stream: format!("legacy-{}", sanitize_stream_component(batch_id)),
+                kind: LEGACY_KIND.to_owned(),
+                source_ref: batch_id.clone(),
+                fields_json: "[]".to_owned(),
+                page_size: self.config.fetch.legacy_page_size,
+            }]),
+            Work::WorkbookSubmit {
+                job_id,
+                workbook_id,
+            } => {
+                if let Some(job_id) = job_id {
+                    // Acknowledge first, as Flatfile's job handler does, so the user sees the
+                    // job accepted while the workbook is read.
+                    if let Err(e) = self.client.job_ack(job_id, "Accepted by flatsync", 0).await {
+                        tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
+                    }
+                }
+                let workbook = self.client.workbook(workbook_id).await?;
+                let sheets = if workbook.sheets.is_empty() {
+                    self.client.sheets(workbook_id).await?
+                } else {
+                    workbook.sheets
+                };
+                let event_part = sanitize_stream_component(&event.event_id);
+                Ok(sheets
+                    .into_iter()
+                    .map(|sheet| StreamPlan {
+                        stream: format!("{}-{event_part}", sanitize_stream_component(&sheet.slug)),
+                        kind: sheet.slug.clone(),
+                        source_ref: sheet.id.clone(),
+                        fields_json: serde_json::to_string(&sheet.field_keys)
+                            .unwrap_or_else(|_| "[]".to_owned()),
+                        page_size: self.config.fetch.records_page_size,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn fetch_page(
+        &self,
+        event: &StoredEvent,
+        plan: &StreamPlan,
+        seq: u64,
+    ) -> Result<Page, ApiError> {
+        if event.kind == "legacy" {
+            let page = self
+                .client
+                .legacy_rows_page(&plan.source_ref, seq * plan.page_size, plan.page_size)
+                .await?;
+            Ok(Page {
+                rows: page.rows_delivered,
+                rows_on_page: page.rows_on_page,
+                total: page.total_count,
+                ndjson: page.ndjson,
+            })
+        } else {
+            let page = self
+                .client
+                .records_page(&plan.source_ref, seq + 1, plan.page_size)
+                .await?;
+            Ok(Page {
+                rows: page.rows,
+                rows_on_page: page.rows,
+                total: None,
+                ndjson: page.ndjson,
+            })
+        }
+    }
+
+    async fn total_rows(
+        &self,
+        event: &StoredEvent,
+        plan: &StreamPlan,
+    ) -> Result<Option<u64>, ApiError> {
+        if event.kind == "legacy" {
+            Ok(None) // Legacy pages carry pagination.totalCount; the first page tells.
+        } else {
+            self.client.record_count(&plan.source_ref).await.map(Some)
+        }
+    }
+
+    /// Delivers one stream to the given sinks, resuming each from its checkpoint.
+    async fn deliver_stream(
+        self: &Arc<Self>,
+        event: &StoredEvent,
+        plan: &StreamPlan,
+        mut cursors: Vec<Cursor>,
+        job_id: Option<&str>,
+    ) -> Result<Vec<Cursor>, Interrupted> {
+        let start = cursors.iter().map(|c| c.next_seq).min().unwrap_or(0);
+        let page_size = plan.page_size.max(1);
+        let stream_started = Instant::now();
+        tracing::info!(event_id = %event.event_id, stream = %plan.stream, from_seq = start, "Stream delivery started");
+
+        let fail_all = |cursors: &mut Vec<Cursor>, message: String| {
+            for c in cursors.iter_mut().filter(|c| c.error.is_none()) {
+                c.error = Some(message.clone());
+            }
+        };
+
+        let mut page_count = match self.total_rows(event, plan).await {
+            Ok(total) => total.map(|t| t.div_ceil(page_size).max(1)),
+            Err(e) => {
+                fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
+                return Ok(cursors);
+            }
+        };
+        let first = match self.fetch_page(event, plan, start).await {
+            Ok(page) => page,
+            Err(e) => {
+                fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
+                return Ok(cursors);
+            }
+        };
+        if page_count.is_none() {
+            page_count = first.total.map(|t| t.div_ceil(page_size).max(1));
+        }
+
+        // With a known page count, keep `pages_in_flight` requests going ahead of delivery;
+        // without one, page sequentially until a short page.
+        let in_flight = if page_count.is_some() {
+            self.config.fetch.pages_in_flight
+        } else {
+            1
+        };
+        let end = page_count.unwrap_or(u64::MAX);
+        let this = Arc::clone(self);
+        let (ev, pl) = (event.clone(), plan.clone());
+        let mut rest = futures_util::stream::iter((start + 1)..end)
+            .map(move |seq| {
+                let (this, ev, pl) = (Arc::clone(&this), ev.clone(), pl.clone());
+                async move { this.fetch_page(&ev, &pl, seq).await }
+            })
+            .buffered(in_flight.max(1));
+
+        let mut since_flush = 0u64;
+        let mut last_flush = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut seq = start;
+        let mut page = Ok(first);
+        loop {
+            let current = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    self.checkpoint(event, plan, &mut cursors, false).await?;
+                    fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
+                    break;
+                }
+            };
+            let short = current.rows_on_page < page_size;
+            if short && page_count.is_some_and(|count| seq + 1 < count) {
+                // Either the API caps the page size below ours (then `skip` arithmetic would
+                // jump over rows) or rows vanished mid-export. Both would lose rows silently.
+                self.checkpoint(event, plan, &mut cursors, false).await?;
+                fail_all(
+                    &mut cursors,
+                    format!(
+                        "stream {}: page {} held {} rows where {} were asked for, before the last of {} pages; \
+                         the API may cap the page size (lower [fetch] page sizes) or the data changed during export",
+                        plan.stream,
+                        seq + 1,
+                        current.rows_on_page,
+                        page_size,
+                        page_count.unwrap_or(0)
+                    ),
+                );
+                break;
+            }
+            let last = match page_count {
+                Some(count) => seq + 1 >= count,
+                None => short,
+            };
+            let batch = Arc::new(OwnedBatch {
+                stream: plan.stream.clone(),
+                kind: plan.kind.clone(),
+                event_id: event.event_id.clone(),
+                fields_json: plan.fields_json.clone(),
+                seq,
+                row_count: current.rows,
+                ndjson: Bytes::from(current.ndjson),
+                received_at_ms: event.received_at_ms,
+                last,
+            });
+            let writes = cursors
+                .iter_mut()
+                .filter(|c| c.error.is_none() && c.next_seq <= seq && c.unflushed_next_seq <= seq)
+                .map(|c| {
+                    let batch = Arc::clone(&batch);
+                    async move {
+                        let result = c.worker.write_batch(batch).await;
+                        (c, result)
+                    }
+                });
+            for (cursor, result) in futures_util::future::join_all(writes).await {
+                match result {
+                    Ok(()) => {
+                        cursor.unflushed_rows += current.rows;
+                        cursor.unflushed_next_seq = seq + 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %cursor.sink, stream = %plan.stream, seq, error = %e, "Sink failed");
+                        cursor.error = Some(e.to_string());
+                    }
+                }
+            }
+            since_flush += 1;
+            let due = last
+                || since_flush >= self.config.daemon.checkpoint_batches
+                || last_flush.elapsed() >= self.config.daemon.checkpoint_interval;
+            if due {
+                self.checkpoint(event, plan, &mut cursors, last).await?;
+                since_flush = 0;
+                last_flush = Instant::now();
+                if let Some(job_id) = job_id {
+                    if last_progress.elapsed() >= Duration::from_secs(2) && !last {
+                        let progress =
+                            page_count.map_or(0, |c| ((seq + 1) * 100 / c.max(1)).min(99) as u8);
+                        let info = format!(
+                            "Delivering {}: page {} of {}",
+                            plan.kind,
+                            seq + 1,
+                            page_count.unwrap_or(0)
+                        );
+                        if let Err(e) = self.client.job_ack(job_id, &info, progress).await {
+                            tracing::warn!(job_id, error = %e, "Could not report job progress");
+                        }
+                        last_progress = Instant::now();
+                    }
+                }
+            }
+            if last || cursors.iter().all(|c| c.error.is_some()) {
+                break;
+            }
+            seq += 1;
+            page = match rest.next().await {
+                Some(next) => next,
+                None => Ok(Page {
+                    ndjson: Vec::new(),
+                    rows: 0,
+                    rows_on_page: 0,
+                    total: None,
+                }),
+            };
+        }
+        let rows = cursors.iter().map(|c| c.rows).max().unwrap_or(0);
+        let seconds = stream_started.elapsed().as_secs_f64();
+        tracing::info!(
+            event_id = %event.event_id,
+            stream = %plan.stream,
+            rows,
+            seconds,
+            rows_per_sec = (rows as f64 / seconds.max(1e-9)) as u64,
+            "Stream delivery finished"
+        );
+        Ok(cursors)
+    }
+
+    /// Flushes every sink holding unflushed batches of this stream, then records the new
+    /// positions of the sinks whose flush succeeded. Never advances a sink that did not flush.
+    async fn checkpoint(
+        &self,
+        event: &StoredEvent,
+        plan: &StreamPlan,
+        cursors: &mut [Cursor],
+        last: bool,
+    ) -> Result<(), Interrupted> {
+        let flushes = cursors
+            .iter_mut()
+            .filter(|c| c.error.is_none() && c.unflushed_next_seq > c.next_seq)
+            .map(|c| async move {
+                let result = c.worker.flush().await;
+                (c, result)
+            });
+        let mut advanced = Vec::new();
+        for (cursor, result) in futures_util::future::join_all(flushes).await {
+            match result {
+                Ok(()) => {
+                    cursor.next_seq = cursor.unflushed_next_seq;
+                    cursor.rows += cursor.unflushed_rows;
+                    cursor.unflushed_rows = 0;
+                    advanced.push(Checkpoint {
+                        sink: cursor.sink.clone(),
+                        stream: plan.stream.clone(),
+                        next_seq: cursor.next_seq,
+                        complete: last,
+                        rows: cursor.rows,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(sink = %cursor.sink, stream = %plan.stream, error = %e, "Sink flush failed");
+                    cursor.error = Some(e.to_string());
+                }
+            }
+        }
+        if !advanced.is_empty() {
+            self.state.advance(&event.event_id, advanced).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Feeds accepted events to `Engine::process`, at most `max_concurrent_events` at a time,
+/// each event id by one task at a time. Pending events in the inbox are picked up first.
+pub(crate) async fn dispatch(
+    engine: Arc<Engine>,
+    mut accepted: mpsc::UnboundedReceiver<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(engine.config.daemon.max_concurrent_events));
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<()>, id: String| {
+        let fresh = running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone());
+        if !fresh {
+            return;
+        }
+        let (engine, permits, running) = (
+            Arc::clone(&engine),
+            Arc::clone(&permits),
+            Arc::clone(&running),
+        );
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            engine.process(&id).await;
+            running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        });
+    };
+    match engine.state.pending_events().await {
+        Ok(ids) => {
+            if !ids.is_empty() {
+                tracing::info!(events = ids.len(), "Resuming pending events");
+            }
+            for id in ids {
+                spawn(&mut tasks, id);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "Could not read pending events"),
+    }
+    let mut intake_open = true;
+    loop {
+        tokio::select! {
+            id = accepted.recv(), if intake_open => match id {
+                Some(id) => spawn(&mut tasks, id),
+                // No webhook source (or it stopped): keep working on what is running.
+                None => intake_open = false,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Dropping in-flight work is safe: checkpoints lag what sinks made durable, and sinks skip
+    // batches they already hold when the work is resumed.
+    tasks.shutdown().await;
+}

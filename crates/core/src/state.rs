@@ -1,0 +1,586 @@
+//! The state database: the inbox of accepted events, routing decisions, stream plans and
+//! per-sink checkpoints, in one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! Every write that precedes an externally visible promise (a 2xx to a webhook sender, a
+//! checkpoint advance) is committed with a full sync before the promise is made.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// State database errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite refused an operation.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was written by a newer flatsync.
+    #[error("state database {path} has schema version {found}; this flatsync knows up to {known}")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version found.
+        found: i64,
+        /// Highest version this build knows.
+        known: i64,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+/// Where an event stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    /// Accepted, not finished.
+    Pending,
+    /// Every routed sink has every row.
+    Done,
+    /// At least one sink failed for good; the error is kept.
+    Failed,
+    /// Nothing to deliver (a test ping, a topic without rows); the reason is kept.
+    Skipped,
+    /// No route matches the topic.
+    Unrouted,
+}
+
+impl EventStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Done => "done",
+            EventStatus::Failed => "failed",
+            EventStatus::Skipped => "skipped",
+            EventStatus::Unrouted => "unrouted",
+        }
+    }
+
+    fn parse(s: &str) -> EventStatus {
+        match s {
+            "done" => EventStatus::Done,
+            "failed" => EventStatus::Failed,
+            "skipped" => EventStatus::Skipped,
+            "unrouted" => EventStatus::Unrouted,
+            _ => EventStatus::Pending,
+        }
+    }
+
+    /// Whether the event needs no more work.
+    pub fn is_final(self) -> bool {
+        self != EventStatus::Pending
+    }
+}
+
+/// An event as the inbox keeps it.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// Event id (Flatfile's, or derived for legacy notifications without one).
+    pub event_id: String,
+    /// `legacy` or `platform`.
+    pub kind: String,
+    /// Topic used for routing.
+    pub topic: String,
+    /// The body exactly as received.
+    pub body: Vec<u8>,
+    /// Receipt time, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Current status.
+    pub status: EventStatus,
+    /// Error or reason, for failed and skipped events.
+    pub detail: Option<String>,
+}
+
+/// A sink's share of an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sink name.
+    pub sink: String,
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// Rows made durable in the sink for this event.
+    pub rows: u64,
+    /// Last error, for failed deliveries.
+    pub error: Option<String>,
+}
+
+/// One stream of an event, fixed when the event is first planned so that a restart pages the
+/// same way even if the config's page size changed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// Stream id.
+    pub stream: String,
+    /// Stream kind (table name).
+    pub kind: String,
+    /// Legacy batch id or Platform sheet id.
+    pub source_ref: String,
+    /// JSON array of field keys.
+    pub fields_json: String,
+    /// Rows per page.
+    pub page_size: u64,
+}
+
+/// A sink's durable position in a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sink name.
+    pub sink: String,
+    /// Stream id.
+    pub stream: String,
+    /// First batch the sink has not made durable.
+    pub next_seq: u64,
+    /// The last batch is durable.
+    pub complete: bool,
+    /// Rows made durable.
+    pub rows: u64,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_by_status ON inbox(status, received_at_ms);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    PRIMARY KEY (event_id, sink)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    event_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source_ref TEXT NOT NULL,
+    fields_json TEXT NOT NULL,
+    page_size INTEGER NOT NULL,
+    PRIMARY KEY (event_id, stream)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (event_id, sink, stream)
+);
+";
+
+/// Handle on the state database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StateDb {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl StateDb {
+    /// File name of the database inside the state directory.
+    pub const FILE_NAME: &'static str = "state.db";
+
+    /// Opens (creating if needed) `<state_dir>/state.db`.
+    pub fn open(state_dir: &Path) -> Result<StateDb, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(Self::FILE_NAME);
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        // FULL: a webhook answered 2xx must survive power loss, not only a process crash.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+        Ok(StateDb {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut guard).map_err(|source| StateError::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// Stores a newly received event. Returns `false` when an event with this id is already
+    /// in the inbox (the body is then left as it was).
+    pub async fn insert_event(
+        &self,
+        event_id: String,
+        kind: &'static str,
+        topic: String,
+        body: Vec<u8>,
+        received_at_ms: i64,
+    ) -> Result<bool, StateError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO inbox
+                 (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)",
+                params![event_id, kind, topic, body, received_at_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Ids of events that still need work, oldest first.
+    pub async fn pending_events(&self) -> Result<Vec<String>, StateError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT event_id FROM inbox WHERE status = 'pending' ORDER BY received_at_ms, event_id",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// One event, if known.
+    pub async fn event(&self, event_id: &str) -> Result<Option<StoredEvent>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT event_id, kind, topic, body, received_at_ms, status, detail
+                 FROM inbox WHERE event_id = ?1",
+                [id],
+                |r| {
+                    Ok(StoredEvent {
+                        event_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        topic: r.get(2)?,
+                        body: r.get(3)?,
+                        received_at_ms: r.get(4)?,
+                        status: EventStatus::parse(&r.get::<_, String>(5)?),
+                        detail: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Sets an event's status and detail.
+    pub async fn set_event_status(
+        &self,
+        event_id: &str,
+        status: EventStatus,
+        detail: Option<String>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE inbox SET status = ?2, detail = ?3, updated_at_ms = ?4 WHERE event_id = ?1",
+                params![id, status.as_str(), detail, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts of events by status.
+    pub async fn event_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT status, COUNT(*) FROM inbox GROUP BY status ORDER BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The sinks an event was routed to, once routed.
+    pub async fn deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT sink, status, rows, error FROM deliveries WHERE event_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Delivery {
+                    sink: r.get(0)?,
+                    status: r.get(1)?,
+                    rows: r.get::<_, i64>(2)? as u64,
+                    error: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records the routing decision and the stream plan of an event in one transaction, so a
+    /// restart resumes with the same sinks and the same paging.
+    pub async fn plan_event(
+        &self,
+        event_id: &str,
+        sinks: Vec<String>,
+        streams: Vec<StreamPlan>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for sink in &sinks {
+                tx.execute(
+                    "INSERT OR IGNORE INTO deliveries (event_id, sink, status) VALUES (?1, ?2, 'pending')",
+                    params![id, sink],
+                )?;
+            }
+            for (ordinal, s) in streams.iter().enumerate() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO streams
+                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![id, ordinal as i64, s.stream, s.kind, s.source_ref, s.fields_json, s.page_size as i64],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The stream plan of an event, in order; empty until planned.
+    pub async fn streams(&self, event_id: &str) -> Result<Vec<StreamPlan>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT stream, kind, source_ref, fields_json, page_size FROM streams
+                 WHERE event_id = ?1 ORDER BY ordinal",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(StreamPlan {
+                    stream: r.get(0)?,
+                    kind: r.get(1)?,
+                    source_ref: r.get(2)?,
+                    fields_json: r.get(3)?,
+                    page_size: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Whether the event has been planned already (routing and streams recorded).
+    pub async fn is_planned(&self, event_id: &str) -> Result<bool, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// All checkpoints of an event.
+    pub async fn checkpoints(&self, event_id: &str) -> Result<Vec<Checkpoint>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT sink, stream, next_seq, complete, rows FROM checkpoints WHERE event_id = ?1",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Checkpoint {
+                    sink: r.get(0)?,
+                    stream: r.get(1)?,
+                    next_seq: r.get::<_, i64>(2)? as u64,
+                    complete: r.get(3)?,
+                    rows: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Advances checkpoints after the sinks named in them reported a successful flush.
+    pub async fn advance(
+        &self,
+        event_id: &str,
+        checkpoints: Vec<Checkpoint>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for cp in &checkpoints {
+                tx.execute(
+                    "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (event_id, sink, stream) DO UPDATE SET
+                       next_seq = MAX(next_seq, excluded.next_seq),
+                       complete = MAX(complete, excluded.complete),
+                       rows = MAX(rows, excluded.rows)",
+                    params![
+                        id,
+                        cp.sink,
+                        cp.stream,
+                        cp.next_seq as i64,
+                        cp.complete,
+                        cp.rows as i64
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Marks a sink's share of an event done or failed, with the rows it holds.
+    pub async fn set_delivery(
+        &self,
+        event_id: &str,
+        sink: &str,
+        status: &'static str,
+        rows: u64,
+        error: Option<String>,
+    ) -> Result<(), StateError> {
+        let (id, sink) = (event_id.to_owned(), sink.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5 WHERE event_id = ?1 AND sink = ?2",
+                params![id, sink, status, rows as i64, error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_event_is_stored_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(dir.path()).expect("open");
+        assert!(
+            db.insert_event(
+                "e1".into(),
+                "platform",
+                "job:ready".into(),
+                b"{}".to_vec(),
+                5
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            !db.insert_event(
+                "e1".into(),
+                "platform",
+                "job:ready".into(),
+                b"[]".to_vec(),
+                6
+            )
+            .await
+            .unwrap()
+        );
+        drop(db);
+        let db = StateDb::open(dir.path()).expect("reopen");
+        let event = db.event("e1").await.unwrap().expect("stored");
+        assert_eq!(event.body, b"{}");
+        assert_eq!(event.status, EventStatus::Pending);
+        assert_eq!(db.pending_events().await.unwrap(), vec!["e1".to_owned()]);
+        let mode: String = db
+            .call(|c| c.pragma_query_value(None, "journal_mode", |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = db
+            .call(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn checkpoints_never_move_backwards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(dir.path()).expect("open");
+        let cp = |next_seq, rows| Checkpoint {
+            sink: "s".into(),
+            stream: "x".into(),
+            next_seq,
+            complete: false,
+            rows,
+        };
+        db.advance("e", vec![cp(5, 50)]).await.unwrap();
+        db.advance("e", vec![cp(3, 30)]).await.unwrap();
+        assert_eq!(db.checkpoints("e").await.unwrap(), vec![cp(5, 50)]);
+    }
+}
