@@ -1,1 +1,251 @@
-//! Work in progress.
+//! The `csv-folder` sink: one CSV file per stream, `<dir>/<stream>.csv`.
+//!
+//! # Config
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `dir` | required | output folder, created if missing |
+//! | `neutralize_formulas` | `false` | prefix string cells starting with `=`, `+`, `-`, `@`, tab or CR with `'`, so spreadsheet programs do not run them as formulas (numbers are never touched) |
+//! | `meta_columns` | `true` | start every row with `_id` (record id) and `_valid` (`true`/`false`) |
+//! | `delimiter` | `","` | one ASCII character |
+//!
+//! # Files
+//!
+//! While a stream is in progress its rows go to `<dir>/.<stream>.csv.partial`. On the stream's
+//! last batch the partial is synced, renamed to `<dir>/<stream>.csv` and the folder is synced,
+//! so a file under its final name is always complete. Readers should ignore dot-files.
+//!
+//! # Columns
+//!
+//! After the meta columns come the field keys: the schema's order (`fields_json`) when there is
+//! one, then any other key in first-seen order. The header is written when the first batch
+//! arrives, with every key that batch holds. A key first seen in a later batch becomes a new
+//! last column; rows written before have no cell for it. To keep the file rectangular, the
+//! header is settled at finalisation: if the columns are still those the partial file started
+//! with, the partial is renamed as it is; otherwise it is streamed through a CSV reader into a
+//! new file with the full header and every short row padded with empty cells, then renamed.
+//!
+//! # Cells
+//!
+//! A string is written as its text, a number as its exact JSON text, a boolean as
+//! `true`/`false`, null as an empty cell, and an array or object as compact JSON. Quoting is
+//! the `csv` crate's: only where needed.
+//!
+//! # Exactly once
+//!
+//! Each stream has a state file `<dir>/.<stream>.csv.state` recording the last applied batch
+//! seq, the partial's length at that point and the columns. `flush()` makes it durable (sync the
+//! partial, write the state to a temporary file, sync it, rename it, sync the folder). When a
+//! stream shows up for the first time in a process: if its final file exists the stream is
+//! complete and every batch is skipped; if a state file exists the partial is cut back to the
+//! recorded length and writing resumes after the recorded seq; otherwise the stream starts
+//! afresh. Batches at or below the applied seq are skipped, the next one is appended, and a gap
+//! is fatal. A failed write cuts the partial back to where the batch started and asks the host
+//! to retry, so the retry appends cleanly.
+//!
+//! Write errors (a full disk, say) are RETRY. A failed `fsync` is FATAL: after one, the kernel
+//! may have dropped the unsynced pages while a second `fsync` reports success, so the only safe
+//! course is to stop and resume from the last state file after a restart.
+
+mod stream;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use flatsync_plugin_sdk::{
+    Batch, ConfigReader, CreateContext, Logger, Sink, SinkError, export_sink, serde_json,
+};
+
+use stream::{Opened, StreamFiles};
+
+/// Validated `[sink.config]` of a csv-folder instance.
+#[derive(Debug, Clone)]
+struct Config {
+    dir: PathBuf,
+    neutralize_formulas: bool,
+    meta_columns: bool,
+    delimiter: u8,
+}
+
+impl Config {
+    fn parse(value: serde_json::Value) -> Result<Self, SinkError> {
+        let mut config = ConfigReader::new(value)?;
+        let dir: PathBuf = config.required("dir")?;
+        let neutralize_formulas = config.optional("neutralize_formulas")?.unwrap_or(false);
+        let meta_columns = config.optional("meta_columns")?.unwrap_or(true);
+        let delimiter: Option<String> = config.optional("delimiter")?;
+        config.finish()?;
+        if dir.as_os_str().is_empty() {
+            return Err(SinkError::fatal("config key `dir` must not be empty"));
+        }
+        let delimiter = match delimiter.as_deref() {
+            None => b',',
+            Some(text) => match text.as_bytes() {
+                [byte] if byte.is_ascii() && !matches!(byte, b'"' | b'\n' | b'\r') => *byte,
+                _ => {
+                    return Err(SinkError::fatal(format!(
+                        "config key `delimiter` must be one ASCII character other than a quote or \
+                         a line break, got {text:?}"
+                    )));
+                }
+            },
+        };
+        Ok(Self {
+            dir,
+            neutralize_formulas,
+            meta_columns,
+            delimiter,
+        })
+    }
+}
+
+/// The csv-folder sink instance.
+#[derive(Debug)]
+pub struct CsvFolder {
+    config: Config,
+    logger: Logger,
+    /// Streams with a partial file open in this process. Finished streams are dropped from the
+    /// map; their final file is what marks them complete.
+    streams: HashMap<String, StreamFiles>,
+    /// Reused cell text buffer for formula neutralisation.
+    scratch: String,
+}
+
+impl Sink for CsvFolder {
+    fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
+        let config = Config::parse(config)?;
+        std::fs::create_dir_all(&config.dir).map_err(|error| {
+            SinkError::fatal(format!(
+                "config key `dir`: cannot create {}: {error}",
+                config.dir.display()
+            ))
+        })?;
+        remove_stale_temporaries(&config.dir, ctx.logger());
+        Ok(Self {
+            config,
+            logger: ctx.logger().clone(),
+            streams: HashMap::new(),
+            scratch: String::new(),
+        })
+    }
+
+    fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let name = batch.stream();
+        check_stream_name(name)?;
+        if !self.streams.contains_key(name) {
+            match StreamFiles::open(&self.config, name, &self.logger)? {
+                Opened::Complete => return Ok(()),
+                Opened::Open(files) => {
+                    self.streams.insert(name.to_owned(), *files);
+                }
+            }
+        }
+        let files = self
+            .streams
+            .get_mut(name)
+            .expect("the stream was inserted just above");
+        let next = files.next_seq();
+        if batch.seq() < next {
+            // A re-delivered last batch whose finalisation failed earlier: finish the job.
+            if batch.is_last() && batch.seq() + 1 == next {
+                return self.finalize(name);
+            }
+            return Ok(());
+        }
+        if batch.seq() > next {
+            return Err(SinkError::fatal(format!(
+                "stream {name}: got batch seq {} but the next expected is {next}; batches are missing",
+                batch.seq()
+            )));
+        }
+        files.append(batch, &self.config, &mut self.scratch)?;
+        if batch.is_last() {
+            return self.finalize(name);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let mut renamed_any = false;
+        for files in self.streams.values_mut() {
+            renamed_any |= files.persist_state()?;
+        }
+        if renamed_any {
+            stream::sync_dir(&self.config.dir)?;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), SinkError> {
+        let probe = self.config.dir.join(".csv-folder-check.tmp");
+        let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
+        result.map_err(|error| {
+            SinkError::retry(format!(
+                "{} is not writable: {error}",
+                self.config.dir.display()
+            ))
+        })
+    }
+}
+
+impl CsvFolder {
+    fn finalize(&mut self, name: &str) -> Result<(), SinkError> {
+        let files = self
+            .streams
+            .get_mut(name)
+            .expect("finalize is called for open streams");
+        let rows = files.rows_written();
+        let final_path = files.finalize(&self.config)?;
+        self.streams.remove(name);
+        self.logger.info(&format!(
+            "Stream complete: {} ({rows} rows written in this process)",
+            final_path.display()
+        ));
+        Ok(())
+    }
+}
+
+/// Stream ids become file names, so anything that could leave the folder is refused.
+fn check_stream_name(name: &str) -> Result<(), SinkError> {
+    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
+    if name.is_empty()
+        || name.len() > 200
+        || name == "."
+        || name == ".."
+        || !name.bytes().all(allowed)
+    {
+        return Err(SinkError::fatal(format!(
+            "stream id {name:?} is not 1 to 200 characters of [A-Za-z0-9_.-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Temporary files are never worth keeping after a restart: the state and partial files they
+/// would have replaced are still in place.
+fn remove_stale_temporaries(dir: &Path, logger: &Logger) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name.starts_with('.')
+            && (file_name.ends_with(stream::STATE_TMP_SUFFIX)
+                || file_name.ends_with(stream::REWRITE_TMP_SUFFIX))
+            && let Err(error) = std::fs::remove_file(entry.path())
+        {
+            logger.warn(&format!(
+                "Cannot remove stale temporary file {}: {error}",
+                entry.path().display()
+            ));
+        }
+    }
+}
+
+export_sink!(CsvFolder, name = "csv-folder");
+
+#[cfg(test)]
+mod tests;

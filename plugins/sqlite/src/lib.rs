@@ -1,1 +1,328 @@
-//! Work in progress.
+//! The `sqlite` sink: one table per stream kind, rows upserted by record id.
+//!
+//! # Config
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `path` | required | database file; its parent folder is created if missing |
+//! | `synchronous` | `"full"` | `"full"` makes every batch survive a power cut; `"normal"` only an application crash |
+//! | `busy_timeout_ms` | `5000` | how long to wait for another connection's lock before asking the host to retry |
+//!
+//! The database runs in WAL mode.
+//!
+//! # Tables
+//!
+//! The table of a stream is named after its kind (the sheet slug, or `legacy_batch`), quoted,
+//! so any text works except names starting with `_flatsync` or `sqlite_`. Its columns:
+//! `_record_id TEXT PRIMARY KEY`, `_event_id TEXT NOT NULL`, `_valid INTEGER NOT NULL`,
+//! `_received_at TEXT NOT NULL` (RFC 3339, UTC, milliseconds), then one column per field key
+//! in schema order, then first-seen order, added with `ALTER TABLE ADD COLUMN` as keys appear.
+//! A field key equal to a reserved column, or two keys that differ only in letter case (SQLite
+//! column names ignore ASCII case), is a fatal error.
+//!
+//! Values keep their JSON type: strings as TEXT, integers that fit 64 bits as INTEGER, other
+//! numbers as REAL, booleans as INTEGER 0/1, null as NULL, arrays and objects as JSON TEXT.
+//! A row updates only the columns it has values for.
+//!
+//! # Exactly once
+//!
+//! `_flatsync_streams(stream, kind, applied_seq, complete, updated_at)` records each stream's
+//! progress. Every batch is one transaction that checks the stream's applied seq (skipping a
+//! batch already applied, failing on a gap), upserts the rows keyed by `_record_id`, and
+//! advances `applied_seq` (setting `complete` on the last batch) before committing. Data and
+//! position therefore commit together, and a re-delivered record updates its row instead of
+//! duplicating it. `SQLITE_BUSY`, `SQLITE_LOCKED` and a full disk are RETRY; other errors are
+//! FATAL and name the table and column.
+
+mod table;
+mod time;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flatsync_plugin_sdk::{
+    Batch, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, export_sink, serde_json,
+};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+use table::{Table, UpsertShape};
+
+const BOOKKEEPING_TABLE: &str = "_flatsync_streams";
+const STATEMENT_CACHE: usize = 64;
+
+/// How hard SQLite syncs each commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    path: PathBuf,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+}
+
+impl Config {
+    fn parse(value: serde_json::Value) -> Result<Self, SinkError> {
+        let mut config = ConfigReader::new(value)?;
+        let path: PathBuf = config.required("path")?;
+        let synchronous: Option<String> = config.optional("synchronous")?;
+        let busy_timeout_ms: Option<u32> = config.optional("busy_timeout_ms")?;
+        config.finish()?;
+        if path.as_os_str().is_empty() {
+            return Err(SinkError::fatal("config key `path` must not be empty"));
+        }
+        let synchronous = match synchronous
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("full") => Synchronous::Full,
+            Some("normal") => Synchronous::Normal,
+            Some(other) => {
+                return Err(SinkError::fatal(format!(
+                    "config key `synchronous` must be \"full\" or \"normal\", got {other:?}"
+                )));
+            }
+        };
+        let busy_timeout_ms = busy_timeout_ms.unwrap_or(5000);
+        if busy_timeout_ms > i32::MAX as u32 {
+            return Err(SinkError::fatal(format!(
+                "config key `busy_timeout_ms` must be at most {}, got {busy_timeout_ms}",
+                i32::MAX
+            )));
+        }
+        Ok(Self {
+            path,
+            synchronous,
+            busy_timeout: Duration::from_millis(busy_timeout_ms.into()),
+        })
+    }
+}
+
+/// The sqlite sink instance: one connection, used from the instance's thread only.
+#[derive(Debug)]
+pub struct SqliteSink {
+    conn: Connection,
+    path: PathBuf,
+    logger: Logger,
+    /// Columns of each table this process has written to, as committed.
+    tables: HashMap<String, Table>,
+}
+
+impl Sink for SqliteSink {
+    fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
+        let config = Config::parse(config)?;
+        let path = config.path.clone();
+        let fail = |what: &str, error: rusqlite::Error| {
+            SinkError::fatal(format!("{what} {}: {error}", path.display()))
+        };
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                SinkError::fatal(format!(
+                    "config key `path`: cannot create {}: {error}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|error| fail("cannot open", error))?;
+        conn.busy_timeout(config.busy_timeout)
+            .map_err(|error| fail("cannot set the busy timeout of", error))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|error| fail("cannot switch to WAL mode:", error))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SinkError::fatal(format!(
+                "{} stays in journal mode {mode:?}, WAL is required",
+                path.display()
+            )));
+        }
+        let synchronous = match config.synchronous {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        };
+        conn.execute_batch(synchronous)
+            .map_err(|error| fail("cannot set synchronous on", error))?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {BOOKKEEPING_TABLE} (
+                 stream TEXT PRIMARY KEY,
+                 kind TEXT NOT NULL,
+                 applied_seq INTEGER NOT NULL,
+                 complete INTEGER NOT NULL,
+                 updated_at TEXT NOT NULL
+             )"
+        ))
+        .map_err(|error| fail("cannot create the bookkeeping table in", error))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Self {
+            conn,
+            path,
+            logger: ctx.logger().clone(),
+            tables: HashMap::new(),
+        })
+    }
+
+    fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let kind = batch.kind();
+        table::check_table_name(kind)?;
+        let result = self.apply(batch);
+        if result.is_err() {
+            // The transaction rolled back, and with it any column added on its way; the
+            // next batch reloads the columns from the database.
+            self.tables.remove(&table_key(kind));
+        }
+        result
+    }
+
+    /// Nothing to do: every batch is committed by `write_batch` in its own transaction, and
+    /// with `synchronous = full` a commit is durable when it returns.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), SinkError> {
+        // Taking the write lock proves the file is writable and not held by someone else.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|error| sql_error(format!("{} is not writable", self.path.display()), error))
+    }
+}
+
+impl SqliteSink {
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let stream = batch.stream();
+        let kind = batch.kind();
+        let seq = i64::try_from(batch.seq()).map_err(|_| {
+            SinkError::fatal(format!(
+                "stream {stream}: batch seq {} is too large",
+                batch.seq()
+            ))
+        })?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|error| sql_error("cannot start a transaction", error))?;
+
+        let position: Option<(i64, bool)> = tx
+            .prepare_cached(&format!(
+                "SELECT applied_seq, complete FROM {BOOKKEEPING_TABLE} WHERE stream = ?1"
+            ))
+            .and_then(|mut statement| {
+                statement
+                    .query_row([stream], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|error| {
+                sql_error(format!("reading the position of stream {stream}"), error)
+            })?;
+        let next = match position {
+            Some((_, true)) => return Ok(()),
+            Some((applied, false)) => applied + 1,
+            None => 0,
+        };
+        if seq < next {
+            return Ok(());
+        }
+        if seq > next {
+            return Err(SinkError::fatal(format!(
+                "stream {stream}: got batch seq {seq} but the next expected is {next}; batches are missing"
+            )));
+        }
+
+        let key = table_key(kind);
+        if !self.tables.contains_key(&key) {
+            let table = Table::load(&tx, kind)?;
+            self.tables.insert(key.clone(), table);
+        }
+        let table = self.tables.get_mut(&key).expect("inserted just above");
+        for field in batch.fields()? {
+            table.column(&tx, &field)?;
+        }
+
+        let received_at = time::rfc3339_millis(batch.received_at_ms());
+        let mut shape = UpsertShape::default();
+        let mut statement = None;
+        let mut row = Row::default();
+        let mut rows = batch.rows();
+        let mut count = 0_u64;
+        while rows.read_into(&mut row)? {
+            table.shape_row(&tx, &row, &mut shape)?;
+            if statement
+                .as_ref()
+                .is_none_or(|(columns, _)| *columns != shape.columns)
+            {
+                let prepared = tx
+                    .prepare_cached(&table.upsert_sql(&shape.columns))
+                    .map_err(|error| table.error("cannot prepare the upsert", error))?;
+                statement = Some((shape.columns.clone(), prepared));
+            }
+            let (_, prepared) = statement.as_mut().expect("prepared just above");
+            table::bind_and_run(
+                prepared,
+                &row,
+                batch.event_id(),
+                &received_at,
+                &shape,
+                table,
+            )?;
+            count += 1;
+        }
+        drop(statement);
+
+        tx.prepare_cached(&format!(
+            "INSERT INTO {BOOKKEEPING_TABLE} (stream, kind, applied_seq, complete, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (stream) DO UPDATE SET
+                 kind = excluded.kind,
+                 applied_seq = excluded.applied_seq,
+                 complete = excluded.complete,
+                 updated_at = excluded.updated_at"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(rusqlite::params![
+                stream,
+                kind,
+                seq,
+                batch.is_last(),
+                time::now_rfc3339_millis()
+            ])
+        })
+        .map_err(|error| sql_error(format!("recording the position of stream {stream}"), error))?;
+        tx.commit().map_err(|error| {
+            sql_error(format!("committing batch {seq} of stream {stream}"), error)
+        })?;
+        if batch.is_last() {
+            self.logger.info(&format!(
+                "Stream complete: {stream} into table {kind} ({count} rows in its last batch)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SQLite matches table names without regard to ASCII case, so the cache does too.
+fn table_key(kind: &str) -> String {
+    kind.to_ascii_lowercase()
+}
+
+/// Busy and locked databases and a full disk can pass; anything else will not.
+fn sql_error(context: impl std::fmt::Display, error: rusqlite::Error) -> SinkError {
+    let message = format!("{context}: {error}");
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => {
+            SinkError::retry(message)
+        }
+        _ => SinkError::fatal(message),
+    }
+}
+
+export_sink!(SqliteSink, name = "sqlite");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,508 @@
+//! Batches and their rows, parsed lazily and borrowing from the host's bytes.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::SinkError;
+
+/// One batch of rows of one stream, borrowed from the host for the duration of
+/// [`Sink::write_batch`](crate::Sink::write_batch).
+///
+/// Everything returned by its methods borrows from the host's buffers (lifetime `'a`): copy
+/// what must outlive the call.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    stream: &'a str,
+    kind: &'a str,
+    event_id: &'a str,
+    fields_json: &'a str,
+    seq: u64,
+    row_count: u64,
+    ndjson: &'a [u8],
+    received_at_ms: i64,
+    last: bool,
+}
+
+/// The fields of a [`Batch`], to build one without the host (tests, tools).
+///
+/// `Default` gives an empty first-and-only-not batch; an empty `fields_json` means "no schema",
+/// like `[]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchParts<'a> {
+    /// Stream id.
+    pub stream: &'a str,
+    /// Sheet slug or `legacy_batch`.
+    pub kind: &'a str,
+    /// Flatfile event id.
+    pub event_id: &'a str,
+    /// JSON array of field keys in schema order.
+    pub fields_json: &'a str,
+    /// Position in the stream, from 0.
+    pub seq: u64,
+    /// Number of lines in `ndjson`.
+    pub row_count: u64,
+    /// The rows, one JSON object per line, each followed by `\n`.
+    pub ndjson: &'a [u8],
+    /// Milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Whether this is the last batch of the stream.
+    pub last: bool,
+}
+
+impl<'a> Batch<'a> {
+    /// Builds a batch from its parts.
+    pub fn from_parts(parts: BatchParts<'a>) -> Self {
+        Self {
+            stream: parts.stream,
+            kind: parts.kind,
+            event_id: parts.event_id,
+            fields_json: parts.fields_json,
+            seq: parts.seq,
+            row_count: parts.row_count,
+            ndjson: parts.ndjson,
+            received_at_ms: parts.received_at_ms,
+            last: parts.last,
+        }
+    }
+
+    /// Stable stream id, made of `[A-Za-z0-9_.-]`: one legacy batch (`legacy-<batchId>`) or one
+    /// sheet within one event (`<sheetSlug>-<eventId>`).
+    pub fn stream(&self) -> &'a str {
+        self.stream
+    }
+
+    /// What the rows are: a sheet slug or `legacy_batch`.
+    pub fn kind(&self) -> &'a str {
+        self.kind
+    }
+
+    /// The Flatfile event the stream belongs to.
+    pub fn event_id(&self) -> &'a str {
+        self.event_id
+    }
+
+    /// The raw `fields_json` text.
+    pub fn fields_json(&self) -> &'a str {
+        self.fields_json
+    }
+
+    /// The field keys in schema order; empty when the source has no schema.
+    pub fn fields(&self) -> Result<Vec<Cow<'a, str>>, SinkError> {
+        let text = self.fields_json.trim();
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<CowStr<'a>> = serde_json::from_str(text).map_err(|error| {
+            SinkError::fatal(format!(
+                "stream {}, batch seq {}: fields_json is not a JSON array of strings: {error}",
+                self.stream, self.seq
+            ))
+        })?;
+        Ok(keys.into_iter().map(|key| key.0).collect())
+    }
+
+    /// Position of the batch in its stream, from 0.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Number of rows in the batch.
+    pub fn row_count(&self) -> u64 {
+        self.row_count
+    }
+
+    /// The rows as NDJSON bytes.
+    pub fn ndjson(&self) -> &'a [u8] {
+        self.ndjson
+    }
+
+    /// When flatsync received the event, in milliseconds since the Unix epoch.
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
+
+    /// Whether this is the last batch of its stream.
+    pub fn is_last(&self) -> bool {
+        self.last
+    }
+
+    /// The rows, parsed one line at a time as the iterator advances.
+    pub fn rows(&self) -> Rows<'a> {
+        Rows {
+            rest: self.ndjson,
+            line: 0,
+            row_count: self.row_count,
+            stream: self.stream,
+            seq: self.seq,
+            done: false,
+        }
+    }
+}
+
+/// One row: a record id, its validity and its values in the order of the source line.
+#[derive(Debug, Clone, Default)]
+pub struct Row<'a> {
+    /// Flatfile record id.
+    pub id: Cow<'a, str>,
+    /// Whether Flatfile considered the record valid.
+    pub valid: bool,
+    /// `(field key, JSON value)` pairs in line order. Parse a value with [`CellValue::parse`].
+    pub values: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Row<'a> {
+    /// The value of `key`, if the row has one (the last one if the line repeats the key).
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(candidate, _)| candidate.as_ref() == key)
+            .map(|(_, value)| *value)
+    }
+}
+
+/// Iterator over the rows of a [`Batch`].
+///
+/// Yields `Err` once (a FATAL error naming the line and the stream) for a malformed line or a
+/// line count that disagrees with `row_count`, then ends.
+#[derive(Debug, Clone)]
+pub struct Rows<'a> {
+    rest: &'a [u8],
+    line: u64,
+    row_count: u64,
+    stream: &'a str,
+    seq: u64,
+    done: bool,
+}
+
+impl<'a> Rows<'a> {
+    /// Parses the next row into `row`, reusing its allocation. Returns `Ok(false)` at the end.
+    pub fn read_into(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
+        if self.done {
+            return Ok(false);
+        }
+        match self.advance(row) {
+            Ok(true) => Ok(true),
+            other => {
+                self.done = true;
+                other
+            }
+        }
+    }
+
+    fn advance(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
+        if self.rest.is_empty() {
+            if self.line != self.row_count {
+                return Err(self.error(format!(
+                    "the batch holds {} rows but row_count says {}",
+                    self.line, self.row_count
+                )));
+            }
+            return Ok(false);
+        }
+        let (line, rest) = match self.rest.iter().position(|&byte| byte == b'\n') {
+            Some(end) => (&self.rest[..end], &self.rest[end + 1..]),
+            None => (self.rest, &self.rest[self.rest.len()..]),
+        };
+        self.rest = rest;
+        self.line += 1;
+        if self.line > self.row_count {
+            return Err(self.error(format!(
+                "line {} is beyond row_count {}",
+                self.line, self.row_count
+            )));
+        }
+        parse_row(line, row)
+            .map_err(|error| self.error(format!("malformed row on line {}: {error}", self.line)))?;
+        Ok(true)
+    }
+
+    fn error(&self, message: String) -> SinkError {
+        SinkError::fatal(format!(
+            "stream {}, batch seq {}: {message}",
+            self.stream, self.seq
+        ))
+    }
+}
+
+impl<'a> Iterator for Rows<'a> {
+    type Item = Result<Row<'a>, SinkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut row = Row::default();
+        match self.read_into(&mut row) {
+            Ok(true) => Some(Ok(row)),
+            Ok(false) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
+}
+
+impl std::iter::FusedIterator for Rows<'_> {}
+
+fn parse_row<'a>(line: &'a [u8], row: &mut Row<'a>) -> Result<(), serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(line);
+    RowSeed { row }.deserialize(&mut deserializer)?;
+    deserializer.end()
+}
+
+/// A value of a row, typed by its JSON form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellValue<'a> {
+    /// JSON `null`.
+    Null,
+    /// JSON `true` / `false`.
+    Bool(bool),
+    /// A JSON number, as its exact source text (no rounding through `f64`).
+    Number(&'a str),
+    /// A JSON string, unescaped; borrowed when the source had no escapes.
+    String(Cow<'a, str>),
+    /// An array or object as compact JSON text; borrowed when the source was already compact.
+    Json(Cow<'a, str>),
+}
+
+impl<'a> CellValue<'a> {
+    /// Types a raw JSON value. Fails only on text that is not JSON, which a `RawValue` from
+    /// [`Batch::rows`] never is.
+    pub fn parse(raw: &'a RawValue) -> Result<Self, SinkError> {
+        let text = raw.get().trim_matches(JSON_WHITESPACE);
+        let invalid = || SinkError::fatal(format!("not a JSON value: {text}"));
+        match text.as_bytes().first().copied().ok_or_else(invalid)? {
+            b'n' if text == "null" => Ok(CellValue::Null),
+            b't' if text == "true" => Ok(CellValue::Bool(true)),
+            b'f' if text == "false" => Ok(CellValue::Bool(false)),
+            b'-' | b'0'..=b'9' => Ok(CellValue::Number(text)),
+            b'"' => {
+                let inner = text
+                    .strip_prefix('"')
+                    .and_then(|rest| rest.strip_suffix('"'))
+                    .ok_or_else(invalid)?;
+                if inner.contains('\\') {
+                    let unescaped: String = serde_json::from_str(text)
+                        .map_err(|error| SinkError::fatal(format!("bad JSON string: {error}")))?;
+                    Ok(CellValue::String(Cow::Owned(unescaped)))
+                } else {
+                    Ok(CellValue::String(Cow::Borrowed(inner)))
+                }
+            }
+            b'[' | b'{' => Ok(CellValue::Json(compact_json(text))),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+const JSON_WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
+
+/// Removes the insignificant whitespace of valid JSON text, leaving strings untouched.
+pub fn compact_json(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut first_space = None;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            first_space = Some(index);
+            break;
+        }
+    }
+    let Some(start) = first_space else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    // `start` is outside any string, so the scan state there is "not in a string".
+    let mut in_string = false;
+    let mut escaped = false;
+    for ch in text[start..].chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_string = false;
+            }
+            out.push(ch);
+        } else if ch == '"' {
+            in_string = true;
+            out.push(ch);
+        } else if !JSON_WHITESPACE.contains(&ch) {
+            out.push(ch);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        CowStrSeed(PhantomData)
+            .deserialize(deserializer)
+            .map(CowStr)
+    }
+}
+
+struct CowStrSeed<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for CowStrSeed<'a> {
+    type Value = Cow<'a, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for CowStrSeed<'a> {
+    type Value = Cow<'a, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value))
+    }
+}
+
+/// Fills a [`Row`] in place so its `values` allocation is reused from line to line.
+struct RowSeed<'r, 'a> {
+    row: &'r mut Row<'a>,
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for RowSeed<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for RowSeed<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"a row object {"id":..,"valid":..,"values":{..}}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.row.values.clear();
+        let (mut seen_id, mut seen_valid, mut seen_values) = (false, false, false);
+        while let Some(key) = map.next_key::<RowKey>()? {
+            match key {
+                RowKey::Id => {
+                    self.row.id = map.next_value_seed(CowStrSeed(PhantomData))?;
+                    seen_id = true;
+                }
+                RowKey::Valid => {
+                    self.row.valid = map.next_value()?;
+                    seen_valid = true;
+                }
+                RowKey::Values => {
+                    self.row.values.clear();
+                    map.next_value_seed(ValuesSeed {
+                        values: &mut self.row.values,
+                    })?;
+                    seen_values = true;
+                }
+                // Unknown keys are skipped so the host can add row metadata later.
+                RowKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !seen_id {
+            return Err(de::Error::missing_field("id"));
+        }
+        if !seen_valid {
+            return Err(de::Error::missing_field("valid"));
+        }
+        if !seen_values {
+            return Err(de::Error::missing_field("values"));
+        }
+        Ok(())
+    }
+}
+
+enum RowKey {
+    Id,
+    Valid,
+    Values,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for RowKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(RowKeyVisitor)
+    }
+}
+
+struct RowKeyVisitor;
+
+impl Visitor<'_> for RowKeyVisitor {
+    type Value = RowKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row key")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<RowKey, E> {
+        Ok(match value {
+            "id" => RowKey::Id,
+            "valid" => RowKey::Valid,
+            "values" => RowKey::Values,
+            _ => RowKey::Other,
+        })
+    }
+}
+
+struct ValuesSeed<'r, 'a> {
+    values: &'r mut Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for ValuesSeed<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for ValuesSeed<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of field values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(CowStrSeed(PhantomData))? {
+            let value: &'de RawValue = map.next_value()?;
+            self.values.push((key, value));
+        }
+        Ok(())
+    }
+}

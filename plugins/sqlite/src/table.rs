@@ -1,0 +1,300 @@
+//! One destination table: its columns, the upsert statement text and value binding.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use flatsync_plugin_sdk::serde_json::value::RawValue;
+use flatsync_plugin_sdk::{CellValue, Row, SinkError};
+use rusqlite::Connection;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+
+use crate::sql_error;
+
+/// The sink's own columns, first in every table.
+pub(crate) const RESERVED_COLUMNS: [&str; 4] =
+    ["_record_id", "_event_id", "_valid", "_received_at"];
+
+/// Refuses kinds that would collide with the sink's or SQLite's own tables.
+pub(crate) fn check_table_name(kind: &str) -> Result<(), SinkError> {
+    let lower = kind.to_ascii_lowercase();
+    if kind.is_empty() || lower.starts_with("_flatsync") || lower.starts_with("sqlite_") {
+        return Err(SinkError::fatal(format!(
+            "stream kind {kind:?} cannot be a table name: it is empty or starts with \
+             `_flatsync` or `sqlite_`"
+        )));
+    }
+    if kind.contains('\0') {
+        return Err(SinkError::fatal(format!(
+            "stream kind {kind:?} cannot be a table name: it contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+/// `"name"` with inner quotes doubled: safe for any text without NUL.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Which field columns a row sets, in the order of its values.
+#[derive(Debug, Default)]
+pub(crate) struct UpsertShape {
+    /// Field column indexes, each once, in the row's order: what the statement text depends on.
+    pub(crate) columns: Vec<usize>,
+    /// For each entry of `columns`, the position of the value in the row.
+    positions: Vec<usize>,
+}
+
+/// A table's field columns as committed to the database (plus any added by the open
+/// transaction, which the caller forgets if it rolls back).
+#[derive(Debug)]
+pub(crate) struct Table {
+    name: String,
+    quoted: String,
+    columns: Vec<String>,
+    exact: HashMap<String, usize>,
+    /// Lowercased name to column: SQLite treats `Email` and `email` as one column.
+    folded: HashMap<String, usize>,
+    /// Column of the key at each position of the previous row (rows repeat their key order).
+    by_position: Vec<usize>,
+    /// Per column, the row generation that last used it, to spot repeated keys in a row.
+    seen_in_row: Vec<u64>,
+    row_generation: u64,
+}
+
+impl Table {
+    /// Creates the table if needed and reads its columns.
+    pub(crate) fn load(conn: &Connection, kind: &str) -> Result<Self, SinkError> {
+        let quoted = quote(kind);
+        let table_error = |what: &str, error| sql_error(format!("table `{kind}`: {what}"), error);
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {quoted} (
+                 \"_record_id\" TEXT PRIMARY KEY,
+                 \"_event_id\" TEXT NOT NULL,
+                 \"_valid\" INTEGER NOT NULL,
+                 \"_received_at\" TEXT NOT NULL
+             )"
+        ))
+        .map_err(|error| table_error("cannot create", error))?;
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([kind], |row| row.get(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|error| table_error("cannot read its columns", error))?;
+        for reserved in RESERVED_COLUMNS {
+            if !names.iter().any(|name| name.eq_ignore_ascii_case(reserved)) {
+                return Err(SinkError::fatal(format!(
+                    "table `{kind}` exists without the sink's column `{reserved}`; \
+                     it was not created by this sink"
+                )));
+            }
+        }
+        let mut table = Self {
+            name: kind.to_owned(),
+            quoted,
+            columns: Vec::new(),
+            exact: HashMap::new(),
+            folded: HashMap::new(),
+            by_position: Vec::new(),
+            seen_in_row: Vec::new(),
+            row_generation: 0,
+        };
+        for name in names {
+            if !is_reserved(&name) {
+                table.remember(name);
+            }
+        }
+        Ok(table)
+    }
+
+    fn remember(&mut self, name: String) -> usize {
+        let column = self.columns.len();
+        self.folded.insert(name.to_ascii_lowercase(), column);
+        self.exact.insert(name.clone(), column);
+        self.columns.push(name);
+        self.seen_in_row.push(0);
+        column
+    }
+
+    /// The column of field `key`, added to the table if new.
+    pub(crate) fn column(&mut self, conn: &Connection, key: &str) -> Result<usize, SinkError> {
+        if let Some(&column) = self.exact.get(key) {
+            return Ok(column);
+        }
+        if is_reserved(key) {
+            return Err(SinkError::fatal(format!(
+                "table `{}`: field key `{key}` clashes with the sink's column of that name",
+                self.name
+            )));
+        }
+        let folded = key.to_ascii_lowercase();
+        if let Some(&other) = self.folded.get(&folded) {
+            return Err(SinkError::fatal(format!(
+                "table `{}`: field keys `{key}` and `{}` differ only in letter case, which \
+                 SQLite column names ignore",
+                self.name, self.columns[other]
+            )));
+        }
+        if key.contains('\0') {
+            return Err(SinkError::fatal(format!(
+                "table `{}`: field key {key:?} contains a NUL character",
+                self.name
+            )));
+        }
+        conn.execute_batch(&format!(
+            "ALTER TABLE {} ADD COLUMN {}",
+            self.quoted,
+            quote(key)
+        ))
+        .map_err(|error| self.error(&format!("cannot add column `{key}`"), error))?;
+        Ok(self.remember(key.to_owned()))
+    }
+
+    fn column_at(
+        &mut self,
+        conn: &Connection,
+        position: usize,
+        key: &str,
+    ) -> Result<usize, SinkError> {
+        if let Some(&column) = self.by_position.get(position)
+            && self.columns.get(column).is_some_and(|name| name == key)
+        {
+            return Ok(column);
+        }
+        let column = self.column(conn, key)?;
+        if self.by_position.len() <= position {
+            self.by_position.resize(position + 1, usize::MAX);
+        }
+        self.by_position[position] = column;
+        Ok(column)
+    }
+
+    /// Maps a row's keys to columns (adding new ones). A key repeated in the row keeps its
+    /// last value, as a JSON parser would.
+    pub(crate) fn shape_row(
+        &mut self,
+        conn: &Connection,
+        row: &Row<'_>,
+        shape: &mut UpsertShape,
+    ) -> Result<(), SinkError> {
+        shape.columns.clear();
+        shape.positions.clear();
+        self.row_generation += 1;
+        for (position, (key, _)) in row.values.iter().enumerate() {
+            let column = self.column_at(conn, position, key)?;
+            if self.seen_in_row[column] == self.row_generation {
+                let index = shape
+                    .columns
+                    .iter()
+                    .position(|&seen| seen == column)
+                    .expect("a column seen in this row is in its shape");
+                shape.positions[index] = position;
+            } else {
+                self.seen_in_row[column] = self.row_generation;
+                shape.columns.push(column);
+                shape.positions.push(position);
+            }
+        }
+        Ok(())
+    }
+
+    /// The upsert of one row setting the given field columns.
+    pub(crate) fn upsert_sql(&self, columns: &[usize]) -> String {
+        let names: Vec<String> = RESERVED_COLUMNS
+            .iter()
+            .map(|name| quote(name))
+            .chain(columns.iter().map(|&column| quote(&self.columns[column])))
+            .collect();
+        let placeholders: Vec<String> =
+            (1..=names.len()).map(|index| format!("?{index}")).collect();
+        let updates: Vec<String> = names[1..]
+            .iter()
+            .map(|name| format!("{name} = excluded.{name}"))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (\"_record_id\") DO UPDATE SET {}",
+            self.quoted,
+            names.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        )
+    }
+
+    /// A database error in the context of this table.
+    pub(crate) fn error(&self, what: &str, error: rusqlite::Error) -> SinkError {
+        sql_error(format!("table `{}`: {what}", self.name), error)
+    }
+}
+
+fn is_reserved(name: &str) -> bool {
+    RESERVED_COLUMNS
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
+/// Binds one row to a prepared upsert of its shape and runs it.
+pub(crate) fn bind_and_run(
+    statement: &mut rusqlite::Statement<'_>,
+    row: &Row<'_>,
+    event_id: &str,
+    received_at: &str,
+    shape: &UpsertShape,
+    table: &Table,
+) -> Result<(), SinkError> {
+    let fail = |error| table.error(&format!("cannot upsert record `{}`", row.id), error);
+    statement
+        .raw_bind_parameter(1, row.id.as_ref())
+        .and_then(|()| statement.raw_bind_parameter(2, event_id))
+        .and_then(|()| statement.raw_bind_parameter(3, row.valid))
+        .and_then(|()| statement.raw_bind_parameter(4, received_at))
+        .map_err(fail)?;
+    for (index, (&column, &position)) in shape.columns.iter().zip(&shape.positions).enumerate() {
+        let value = sql_value(row.values[position].1).map_err(|error| {
+            error.context(format!(
+                "table `{}`, column `{}`, record `{}`",
+                table.name, table.columns[column], row.id
+            ))
+        })?;
+        statement
+            .raw_bind_parameter(5 + index, value)
+            .map_err(|error| {
+                table.error(
+                    &format!(
+                        "cannot bind column `{}` of record `{}`",
+                        table.columns[column], row.id
+                    ),
+                    error,
+                )
+            })?;
+    }
+    statement.raw_execute().map_err(fail)?;
+    Ok(())
+}
+
+/// The SQLite value of a JSON value: see the crate docs for the mapping.
+pub(crate) fn sql_value(raw: &RawValue) -> Result<ToSqlOutput<'_>, SinkError> {
+    Ok(match CellValue::parse(raw)? {
+        CellValue::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+        CellValue::Bool(value) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(value))),
+        CellValue::Number(text) => ToSqlOutput::Borrowed(number(text)),
+        CellValue::String(Cow::Borrowed(text)) | CellValue::Json(Cow::Borrowed(text)) => {
+            ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes()))
+        }
+        CellValue::String(Cow::Owned(text)) | CellValue::Json(Cow::Owned(text)) => {
+            ToSqlOutput::Owned(Value::Text(text))
+        }
+    })
+}
+
+fn number(text: &str) -> ValueRef<'static> {
+    if !text.contains(['.', 'e', 'E'])
+        && let Ok(integer) = text.parse::<i64>()
+    {
+        return ValueRef::Integer(integer);
+    }
+    // Valid JSON numbers always parse; a huge exponent becomes an infinity, as in SQLite.
+    ValueRef::Real(text.parse().unwrap_or(f64::NAN))
+}
