@@ -451,7 +451,22 @@ impl Engine {
         let mut rest = futures_util::stream::iter((start + 1)..end)
             .map(move |seq| {
                 let (this, ev, pl) = (Arc::clone(&this), ev.clone(), pl.clone());
-                async move { this.fetch_page(&ev, &pl, seq).await }
+                // A spawned task keeps fetching while the loop below waits on the sinks; a
+                // plain future inside `buffered` would only progress while it is polled.
+                let mut task =
+                    AbortOnDrop(tokio::spawn(
+                        async move { this.fetch_page(&ev, &pl, seq).await },
+                    ));
+                async move {
+                    (&mut task.0).await.unwrap_or_else(|e| {
+                        Err(ApiError::Transport {
+                            method: "GET",
+                            url: String::new(),
+                            attempts: 0,
+                            message: format!("page fetch task ended: {e}"),
+                        })
+                    })
+                }
             })
             .buffered(in_flight.max(1));
 
@@ -618,6 +633,15 @@ impl Engine {
             self.state.advance(&event.event_id, advanced).await?;
         }
         Ok(())
+    }
+}
+
+/// Aborts a spawned page fetch nobody waits for any more (the stream stopped early).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

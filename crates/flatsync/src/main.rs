@@ -16,9 +16,9 @@ use flatsync_core::{Config, RunningDaemon};
     about = "Moves imported data out of Flatfile into CSV folders, SQLite and your own sinks."
 )]
 struct Cli {
-    /// Log filter, e.g. `info`, `debug`, `flatsync_core=debug`.
-    #[arg(long, global = true, env = "FLATSYNC_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, e.g. `info`, `debug`, `flatsync_core=debug` [default: info; warn for demo].
+    #[arg(long, global = true, env = "FLATSYNC_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,8 +50,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The demo prints its own summary; its per-batch logs would bury it.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = match &cli.log {
+        Some(filter) => match tracing_subscriber::EnvFilter::try_new(filter) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("error: --log `{filter}` is not a log filter: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => tracing_subscriber::EnvFilter::new(default_filter),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
