@@ -303,10 +303,10 @@ impl Engine {
     }
 
     async fn fail_job(&self, job_id: Option<&str>, detail: &str) {
-        if let Some(job_id) = job_id {
-            if let Err(e) = self.client.job_fail(job_id, detail).await {
-                tracing::warn!(job_id, error = %e, "Could not fail the Flatfile job");
-            }
+        if let Some(job_id) = job_id
+            && let Err(e) = self.client.job_fail(job_id, detail).await
+        {
+            tracing::warn!(job_id, error = %e, "Could not fail the Flatfile job");
         }
     }
 
@@ -548,21 +548,22 @@ impl Engine {
                 self.checkpoint(event, plan, &mut cursors, last).await?;
                 since_flush = 0;
                 last_flush = Instant::now();
-                if let Some(job_id) = job_id {
-                    if last_progress.elapsed() >= Duration::from_secs(2) && !last {
-                        let progress =
-                            page_count.map_or(0, |c| ((seq + 1) * 100 / c.max(1)).min(99) as u8);
-                        let info = format!(
-                            "Delivering {}: page {} of {}",
-                            plan.kind,
-                            seq + 1,
-                            page_count.unwrap_or(0)
-                        );
-                        if let Err(e) = self.client.job_ack(job_id, &info, progress).await {
-                            tracing::warn!(job_id, error = %e, "Could not report job progress");
-                        }
-                        last_progress = Instant::now();
+                if let Some(job_id) = job_id
+                    && !last
+                    && last_progress.elapsed() >= Duration::from_secs(2)
+                {
+                    let progress =
+                        page_count.map_or(0, |c| ((seq + 1) * 100 / c.max(1)).min(99) as u8);
+                    let info = format!(
+                        "Delivering {}: page {} of {}",
+                        plan.kind,
+                        seq + 1,
+                        page_count.unwrap_or(0)
+                    );
+                    if let Err(e) = self.client.job_ack(job_id, &info, progress).await {
+                        tracing::warn!(job_id, error = %e, "Could not report job progress");
                     }
+                    last_progress = Instant::now();
                 }
             }
             if last || cursors.iter().all(|c| c.error.is_some()) {

@@ -131,10 +131,10 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
     loop {
         let mut finished = Vec::new();
         for id in events {
-            if let Some(event) = daemon.state().event(id).await? {
-                if event.status.is_final() {
-                    finished.push(event);
-                }
+            if let Some(event) = daemon.state().event(id).await?
+                && event.status.is_final()
+            {
+                finished.push(event);
             }
         }
         if finished.len() == events.len() {
