@@ -1,1 +1,12 @@
-//! Work in progress.
+//! End-to-end tests: the real `flatsync` binary and plugin libraries against the `flatfile-sim`
+//! binary, all on 127.0.0.1. Run `cargo build --workspace` first; the harness takes every
+//! artifact from the target directory this test binary was built into.
+
+mod bad_input;
+mod boundaries;
+mod common;
+mod crash;
+mod duplicates;
+mod faults;
+mod legacy;
+mod platform;

@@ -1,1 +1,29 @@
-//! Work in progress.
+//! Harness for flatsync's end-to-end tests.
+//!
+//! The tests drive the real artifacts a user runs: the `flatsync` binary, the `flatfile-sim`
+//! binary and the plugin libraries, all taken from the cargo target directory the test binary
+//! lives in (so `cargo build --workspace && cargo test --workspace` tests what was just built).
+//!
+//! - [`Sim`] runs `flatfile-sim` on 127.0.0.1 and reads its admin API.
+//! - [`Daemon`] writes a config file into a test directory and runs `flatsync run` on it
+//!   ([`DaemonProcess`]), with `kill9`, `restart` and `stop`.
+//! - [`http`] is a tiny blocking HTTP/1.1 client for webhooks and the simulator.
+//! - [`check`] reads what the sinks wrote and compares it with what the simulator served.
+//! - [`wait`] polls with deadlines and explains what it was waiting for when it gives up.
+//!
+//! Everything binds 127.0.0.1 and lives in its own temporary directory, so tests run in
+//! parallel. Every loop is bounded in time.
+
+pub mod artifacts;
+pub mod check;
+pub mod daemon;
+pub mod http;
+pub mod sim;
+pub mod wait;
+
+pub use artifacts::Artifacts;
+pub use check::{CsvFile, Tally};
+pub use daemon::{Daemon, DaemonProcess, EventRow};
+pub use http::HttpReply;
+pub use sim::Sim;
+pub use wait::TestDir;

@@ -282,8 +282,10 @@ impl Config {
             key: key.map(str::to_owned),
             message,
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|span| key_at(text, span.start));
+            locate(e.span(), key.as_deref(), e.message().trim().to_owned())
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let absolute = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
@@ -532,6 +534,32 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The dotted key whose value starts at `offset`: serde's errors from the `toml` crate carry a
+/// span but not the key path, and "wrong type" alone does not say which setting to fix.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    Some(match table {
+        Some(header) => format!(
+            "{}.{key}",
+            header.trim_matches(|c| c == '[' || c == ']').trim()
+        ),
+        None => key.to_owned(),
+    })
+}
+
 /// Converts a TOML table to JSON by an explicit walk: the `toml` crate's own serialisation
 /// would turn datetimes into a private wrapper table, which plugins must never see.
 fn table_to_json(table: &toml::Table) -> Result<serde_json::Value, String> {
@@ -619,6 +647,7 @@ sinks = ["archive"]
         let err = parse("[fetch]\npages_in_flight = \"four\"\n").unwrap_err();
         assert_eq!(err.location.map(|l| l.0), Some(2), "{err}");
         assert!(err.message.contains("invalid type"), "{err}");
+        assert_eq!(err.key.as_deref(), Some("fetch.pages_in_flight"), "{err}");
     }
 
     #[test]

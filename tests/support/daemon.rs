@@ -1,0 +1,609 @@
+//! The `flatsync` binary: a config written for one test, and the daemon process run on it.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::artifacts::Artifacts;
+use crate::http::{self, HttpReply};
+use crate::sim::{Sim, read_file, tail};
+use crate::wait;
+
+/// Environment variable the test configs name for the legacy API key.
+pub const LEGACY_KEY_ENV: &str = "FLATFILE_LEGACY_API_KEY";
+/// Environment variable the test configs name for the Platform secret key.
+pub const SECRET_KEY_ENV: &str = "FLATFILE_SECRET_KEY";
+/// Environment variable the test configs name for the webhook bearer token.
+pub const TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
+/// Webhook path of the test configs.
+pub const WEBHOOK_PATH: &str = "/flatfile/webhook";
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A flatsync configuration for one test, built fluently, then started with [`Daemon::start`]
+/// or checked with [`Daemon::check`]. Every path lives in the test's directory.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    dir: PathBuf,
+    legacy_api_url: String,
+    api_url: String,
+    legacy_api_key: String,
+    secret_key: String,
+    token: Option<String>,
+    sinks: Vec<(String, String, String)>,
+    routes: Vec<(Vec<String>, Vec<String>)>,
+    settings: Vec<(String, String, String)>,
+}
+
+impl Daemon {
+    /// A config with state in `<dir>/state`, a webhook listener, no sinks and no routes. Until
+    /// [`Daemon::sim`] is called the Flatfile URLs point at a closed local port, so nothing can
+    /// ever leave the machine.
+    pub fn new(dir: &Path) -> Daemon {
+        Daemon {
+            dir: dir.to_path_buf(),
+            legacy_api_url: "http://127.0.0.1:9".to_owned(),
+            api_url: "http://127.0.0.1:9".to_owned(),
+            legacy_api_key: flatfile_sim::DEFAULT_LEGACY_API_KEY.to_owned(),
+            secret_key: flatfile_sim::DEFAULT_SECRET_KEY.to_owned(),
+            token: None,
+            sinks: Vec::new(),
+            routes: Vec::new(),
+            settings: Vec::new(),
+        }
+    }
+
+    /// Reads both the legacy and the Platform API from `sim`, with its keys.
+    pub fn sim(self, sim: &Sim) -> Daemon {
+        self.legacy_sim(sim).platform_sim(sim)
+    }
+
+    /// Reads the legacy API from `sim`.
+    pub fn legacy_sim(mut self, sim: &Sim) -> Daemon {
+        self.legacy_api_url = sim.url().to_owned();
+        self.legacy_api_key = sim.config().legacy_api_key.clone();
+        self
+    }
+
+    /// Reads the Platform API from `sim`.
+    pub fn platform_sim(mut self, sim: &Sim) -> Daemon {
+        self.api_url = sim.url().to_owned();
+        self.secret_key = sim.config().secret_key.clone();
+        self
+    }
+
+    /// A csv-folder sink writing into `<dir>/<name>`.
+    pub fn sink_csv(self, name: &str) -> Daemon {
+        let config = format!("{{ dir = {} }}", toml_string(self.csv_dir(name)));
+        self.sink(name, "csv-folder", &config)
+    }
+
+    /// An sqlite sink writing `<dir>/<name>.db`.
+    pub fn sink_sqlite(self, name: &str) -> Daemon {
+        let config = format!("{{ path = {} }}", toml_string(self.sqlite_path(name)));
+        self.sink(name, "sqlite", &config)
+    }
+
+    /// Any sink: `plugin` is a name or a path, `config` an inline TOML table such as
+    /// `{ panic_in = "create" }`.
+    pub fn sink(mut self, name: &str, plugin: &str, config: &str) -> Daemon {
+        self.sinks
+            .push((name.to_owned(), plugin.to_owned(), config.to_owned()));
+        self
+    }
+
+    /// A route from topics (patterns allowed) to sinks.
+    pub fn route(mut self, topics: &[&str], sinks: &[&str]) -> Daemon {
+        self.routes.push((
+            topics.iter().map(|t| (*t).to_owned()).collect(),
+            sinks.iter().map(|s| (*s).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Requires this bearer token from webhook senders (`token_env`, value in the environment).
+    pub fn token(mut self, token: &str) -> Daemon {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Sets `[fetch] legacy_page_size` and `records_page_size`.
+    pub fn page_size(self, rows: u64) -> Daemon {
+        self.set("fetch", "legacy_page_size", &rows.to_string())
+            .set("fetch", "records_page_size", &rows.to_string())
+    }
+
+    /// Sets `key = value` in `[section]`; `value` is TOML (quote strings yourself).
+    pub fn set(mut self, section: &str, key: &str, value: &str) -> Daemon {
+        self.settings
+            .push((section.to_owned(), key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The csv-folder output directory of sink `name`.
+    pub fn csv_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The database of sqlite sink `name`.
+    pub fn sqlite_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.db"))
+    }
+
+    /// The state database.
+    pub fn state_db(&self) -> PathBuf {
+        self.dir.join("state").join("state.db")
+    }
+
+    /// Where the config file is written.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("flatsync.toml")
+    }
+
+    /// The config text, listening on `port`.
+    pub fn config_text(&self, port: u16) -> String {
+        let mut text = String::new();
+        let section = |text: &mut String, name: &str, fixed: &[(&str, String)]| {
+            let _ = writeln!(text, "[{name}]");
+            for (key, value) in fixed {
+                let _ = writeln!(text, "{key} = {value}");
+            }
+            for (_, key, value) in self.settings.iter().filter(|(s, _, _)| s == name) {
+                let _ = writeln!(text, "{key} = {value}");
+            }
+            text.push('\n');
+        };
+        section(
+            &mut text,
+            "daemon",
+            &[("state_dir", toml_string(self.dir.join("state")))],
+        );
+        section(
+            &mut text,
+            "flatfile",
+            &[
+                ("legacy_api_url", toml_string(&self.legacy_api_url)),
+                ("legacy_api_key_env", toml_string(LEGACY_KEY_ENV)),
+                ("api_url", toml_string(&self.api_url)),
+                ("secret_key_env", toml_string(SECRET_KEY_ENV)),
+            ],
+        );
+        let mut webhook = vec![
+            ("listen", toml_string(format!("127.0.0.1:{port}"))),
+            ("path", toml_string(WEBHOOK_PATH)),
+        ];
+        if self.token.is_some() {
+            webhook.push(("token_env", toml_string(TOKEN_ENV)));
+        }
+        section(&mut text, "webhook", &webhook);
+        section(&mut text, "fetch", &[]);
+        for (name, plugin, config) in &self.sinks {
+            let _ = writeln!(
+                text,
+                "[sinks.{name}]\nplugin = {}\nconfig = {config}\n",
+                toml_string(plugin)
+            );
+        }
+        for (topics, sinks) in &self.routes {
+            let list =
+                |items: &[String]| items.iter().map(toml_string).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                text,
+                "[[routes]]\ntopics = [{}]\nsinks = [{}]\n",
+                list(topics),
+                list(sinks)
+            );
+        }
+        text
+    }
+
+    fn write_config(&self, port: u16) -> PathBuf {
+        std::fs::create_dir_all(&self.dir).expect("cannot create the test directory");
+        let path = self.config_path();
+        std::fs::write(&path, self.config_text(port)).expect("cannot write the config file");
+        path
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let binary = Artifacts::locate().flatsync();
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env("FLATSYNC_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("FLATSYNC_PLUGIN_PATH")
+            .env_remove("RUST_LOG")
+            .env(LEGACY_KEY_ENV, &self.legacy_api_key)
+            .env(SECRET_KEY_ENV, &self.secret_key)
+            .stdin(Stdio::null());
+        match &self.token {
+            Some(token) => command.env(TOKEN_ENV, token),
+            None => command.env_remove(TOKEN_ENV),
+        };
+        command
+    }
+
+    /// Runs `flatsync check --config <file>` on this config.
+    pub fn check(&self) -> CheckOutput {
+        let path = self.write_config(free_port());
+        check_config_file(self, &path)
+    }
+
+    /// Writes the config and starts `flatsync run`, returning once the webhook port accepts
+    /// connections.
+    pub fn start(self) -> DaemonProcess {
+        Artifacts::locate().require_daemon_and_sinks();
+        let log_path = self.dir.join("flatsync.log");
+        let mut process = DaemonProcess {
+            settings: self,
+            child: Mutex::new(None),
+            port: 0,
+            log_path,
+            starts: 0,
+        };
+        // Another process can take the probed port before the daemon binds it; try another.
+        for attempt in 1..=3 {
+            process.port = free_port();
+            process.settings.write_config(process.port);
+            match process.spawn_and_wait() {
+                Ok(()) => return process,
+                Err(why) if attempt < 3 && why.contains("cannot listen") => continue,
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the loop returns or panics on its last attempt")
+    }
+}
+
+/// Runs `flatsync check` on a config file written by hand, with the environment `settings`
+/// would give the daemon.
+pub fn check_config_file(settings: &Daemon, path: &Path) -> CheckOutput {
+    let path_text = path.to_str().expect("test paths are UTF-8");
+    let output: Output = settings
+        .command(&["check", "--config", path_text])
+        .output()
+        .expect("cannot run flatsync check");
+    CheckOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// What `flatsync check` printed and its exit code.
+#[derive(Clone, Debug)]
+pub struct CheckOutput {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// An event as the state database's inbox has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    /// Event id.
+    pub event_id: String,
+    /// `pending`, `done`, `failed`, `skipped` or `unrouted`.
+    pub status: String,
+    /// Error or reason.
+    pub detail: Option<String>,
+}
+
+/// A running (or killed) `flatsync run`. Killed when dropped; its log is printed when the test
+/// fails.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    settings: Daemon,
+    /// Behind a mutex so that waiting helpers taking `&self` can notice a daemon that died.
+    child: Mutex<Option<Child>>,
+    port: u16,
+    log_path: PathBuf,
+    starts: u32,
+}
+
+impl DaemonProcess {
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("cannot open the daemon's log file");
+        let _ = writeln!(log, "=== flatsync run, start {} ===", self.starts);
+        let config = self.settings.config_path();
+        let config = config.to_str().expect("test paths are UTF-8").to_owned();
+        let child = self
+            .settings
+            .command(&["run", "--config", &config])
+            .stdout(Stdio::from(
+                log.try_clone().expect("cannot share the log file"),
+            ))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start flatsync: {e}"))?;
+        *self.child_slot() = Some(child);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let started = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            let exited = self.exit_status();
+            if let Some(status) = exited {
+                *self.child_slot() = None;
+                return Err(format!(
+                    "flatsync run exited ({status}) before listening on {addr}; log:\n{}",
+                    tail(&self.log(), 60)
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(format!(
+                    "flatsync run did not listen on {addr} within {START_TIMEOUT:?}; log:\n{}",
+                    tail(&self.log(), 60)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The settings the daemon runs with.
+    pub fn settings(&self) -> &Daemon {
+        &self.settings
+    }
+
+    /// The webhook listener's port on 127.0.0.1; the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The webhook URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}{WEBHOOK_PATH}", self.port)
+    }
+
+    /// Everything the daemon wrote to stdout and stderr, across restarts.
+    pub fn log(&self) -> String {
+        read_file(&self.log_path)
+    }
+
+    /// The end of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        format!(
+            "--- flatsync log (last lines) ---\n{}",
+            tail(&self.log(), 80)
+        )
+    }
+
+    /// POSTs a webhook body with the configured token (if any).
+    pub fn post(&self, body: &serde_json::Value) -> HttpReply {
+        let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
+        self.post_raw(&bytes, self.settings.token.as_deref())
+            .unwrap_or_else(|e| panic!("webhook POST failed: {e}\n{}", self.log_tail()))
+    }
+
+    /// POSTs raw bytes with the given token.
+    pub fn post_raw(&self, body: &[u8], bearer: Option<&str>) -> std::io::Result<HttpReply> {
+        http::post_json(&self.url(), bearer, body)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        match self.child_slot().as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn child_slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How the process ended, if it was started and has ended.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        self.child_slot()
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Panics when the daemon exited on its own: nothing in these tests should make it die.
+    pub fn assert_alive(&self, during: &str) {
+        if let Some(status) = self.exit_status() {
+            panic!("flatsync exited ({status}) {during}\n{}", self.log_tail());
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, like a power cut for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child_slot().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same config and port.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child_slot().is_none(),
+            "restart() needs the daemon stopped first"
+        );
+        // The port is ours; a bind can still fail briefly while the kernel lets go of it.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(why) if why.contains("cannot listen") => {
+                    last = why;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("{last}")
+    }
+
+    /// SIGTERM, then waits for a clean exit; panics if the daemon does not stop in time.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.assert_alive("before it was told to stop");
+        let mut child = self.child_slot().take().expect("the daemon is running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if started.elapsed() > STOP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "flatsync did not stop within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An event from the state database (opened read-only), if it is there yet.
+    pub fn event(&self, event_id: &str) -> Option<EventRow> {
+        let conn = open_read_only(&self.settings.state_db())?;
+        conn.query_row(
+            "SELECT event_id, status, detail FROM inbox WHERE event_id = ?1",
+            [event_id],
+            |r| {
+                Ok(EventRow {
+                    event_id: r.get(0)?,
+                    status: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            },
+        )
+        .optional()
+        .ok()
+        .flatten()
+    }
+
+    /// Ids of the events still pending in the state database.
+    pub fn pending_events(&self) -> Vec<String> {
+        let Some(conn) = open_read_only(&self.settings.state_db()) else {
+            return Vec::new();
+        };
+        let Ok(mut stmt) = conn.prepare("SELECT event_id FROM inbox WHERE status = 'pending'")
+        else {
+            return Vec::new();
+        };
+        stmt.query_map([], |r| r.get(0))
+            .map(|rows| rows.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the event has a final status and returns it.
+    pub fn wait_final(&self, event_id: &str, limit: Duration) -> EventRow {
+        wait::until(
+            &format!("event {event_id} to reach a final status"),
+            limit,
+            || {
+                self.assert_alive(&format!("while event {event_id} was processed"));
+                self.event(event_id).filter(|e| e.status != "pending")
+            },
+            || format!("event now: {:?}\n{}", self.event(event_id), self.log_tail()),
+        )
+    }
+
+    /// Waits until every event is final and asserts each ended `done`.
+    pub fn wait_done(&self, event_ids: &[&str], limit: Duration) {
+        let started = Instant::now();
+        for id in event_ids {
+            let left = limit.saturating_sub(started.elapsed());
+            let event = self.wait_final(id, left.max(Duration::from_millis(1)));
+            assert_eq!(
+                event.status,
+                "done",
+                "event {id} ended {} ({:?})\n{}",
+                event.status,
+                event.detail,
+                self.log_tail()
+            );
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// Opens an SQLite database read-only; `None` while it does not exist or cannot be read yet.
+pub fn open_read_only(path: &Path) -> Option<Connection> {
+    if !path.is_file() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(2)).ok()?;
+    Some(conn)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind 127.0.0.1:0")
+}
+
+/// A TOML basic string.
+pub fn toml_string(value: impl AsRef<std::ffi::OsStr>) -> String {
+    let text = value
+        .as_ref()
+        .to_str()
+        .expect("config values in tests are UTF-8");
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toml_string;
+
+    #[test]
+    fn toml_strings_escape_quotes_and_backslashes() {
+        assert_eq!(toml_string("a \"b\"\\c"), "\"a \\\"b\\\"\\\\c\"");
+        assert_eq!(toml_string("/tmp/x y"), "\"/tmp/x y\"");
+    }
+}
