@@ -684,6 +684,15 @@ sinks = ["archive"]
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.toml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.sinks.len(), 2);
+        assert_eq!(config.routes[0].sinks, vec!["archive".to_owned(), "warehouse".to_owned()]);
+        assert!(config.webhook.is_some_and(|w| w.token.is_some()));
+    }
+
+    #[test]
     fn non_finite_floats_are_refused_for_plugins() {
         let err = parse("[sinks.a]\nplugin = \"x\"\nconfig = { v = nan }\n").unwrap_err();
         assert!(err.message.contains("not a finite number"), "{err}");
