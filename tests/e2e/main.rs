@@ -10,3 +10,6 @@ mod duplicates;
 mod faults;
 mod legacy;
 mod platform;
+mod abi;
+mod c_plugin;
+mod scaffold;
