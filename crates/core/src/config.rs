@@ -688,7 +688,10 @@ sinks = ["archive"]
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.toml");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.sinks.len(), 2);
-        assert_eq!(config.routes[0].sinks, vec!["archive".to_owned(), "warehouse".to_owned()]);
+        assert_eq!(
+            config.routes[0].sinks,
+            vec!["archive".to_owned(), "warehouse".to_owned()]
+        );
         assert!(config.webhook.is_some_and(|w| w.token.is_some()));
     }
 

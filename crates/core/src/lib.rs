@@ -10,6 +10,7 @@
 //! daemon.shutdown().await;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 pub mod config;
 mod pipeline;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy};
+pub use flatsync_plugin_api::FlatsyncPlugin;
 use flatsync_plugin_host::{LoadError, LoadedPlugin, SinkError, SinkOptions, SinkWorker};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -71,50 +73,87 @@ pub enum StartError {
     Client(#[from] ApiError),
 }
 
-/// Loads every configured sink's plugin and creates its instance on its own thread.
-pub async fn start_sinks(config: &Config) -> Result<BTreeMap<String, SinkWorker>, StartError> {
-    let dirs = flatsync_plugin_host::default_search_dirs(config.daemon.plugin_dir.as_deref());
+/// Plugins compiled into the embedding program, by the name a config's `plugin = "..."` uses.
+pub type InProcessPlugins = BTreeMap<String, &'static FlatsyncPlugin>;
+
+/// Loads one sink's plugin (registered in-process, or found on the search path) and creates
+/// its instance on its own thread.
+async fn start_sink(
+    config: &Config,
+    name: &str,
+    sink: &config::SinkConfig,
+    in_process: &InProcessPlugins,
+) -> Result<SinkWorker, StartError> {
+    let plugin_error = |source| StartError::Plugin {
+        sink: name.to_owned(),
+        source,
+    };
+    let plugin = match in_process.get(&sink.plugin) {
+        Some(descriptor) => {
+            LoadedPlugin::from_static(descriptor, &format!("in-process:{}", sink.plugin))
+                .map_err(plugin_error)?
+        }
+        None => {
+            let dirs =
+                flatsync_plugin_host::default_search_dirs(config.daemon.plugin_dir.as_deref());
+            let path =
+                flatsync_plugin_host::resolve_plugin(&sink.plugin, &dirs).map_err(plugin_error)?;
+            let expected = (!sink.plugin.contains('/') && !sink.plugin.ends_with(".so"))
+                .then_some(sink.plugin.as_str());
+            LoadedPlugin::load(&path, expected).map_err(plugin_error)?
+        }
+    };
+    tracing::info!(
+        sink = %name,
+        plugin = %plugin.name(),
+        version = %plugin.version(),
+        path = %plugin.path().display(),
+        "Plugin loaded"
+    );
     let options = SinkOptions {
         call_timeout: config.daemon.sink_call_timeout,
         ..SinkOptions::default()
     };
+    Ok(SinkWorker::spawn(plugin, name, sink.config_json.clone(), options).await?)
+}
+
+/// Starts every sink of `config` except those in `reuse`, which are taken as they are.
+/// On any failure the sinks started here are shut down again and nothing else changes.
+async fn start_sinks_reusing(
+    config: &Config,
+    in_process: &InProcessPlugins,
+    mut reuse: BTreeMap<String, SinkWorker>,
+) -> Result<BTreeMap<String, SinkWorker>, StartError> {
     let mut workers = BTreeMap::new();
+    let mut started = Vec::new();
     for (name, sink) in &config.sinks {
-        let plugin_error = |source| StartError::Plugin {
-            sink: name.clone(),
-            source,
-        };
-        let path =
-            flatsync_plugin_host::resolve_plugin(&sink.plugin, &dirs).map_err(plugin_error)?;
-        let expected = (!sink.plugin.contains('/') && !sink.plugin.ends_with(".so"))
-            .then_some(sink.plugin.as_str());
-        let plugin = LoadedPlugin::load(&path, expected).map_err(plugin_error)?;
-        tracing::info!(
-            sink = %name,
-            plugin = %plugin.name(),
-            version = %plugin.version(),
-            path = %plugin.path().display(),
-            "Plugin loaded"
-        );
-        let worker = match SinkWorker::spawn(
-            plugin,
-            name,
-            sink.config_json.clone(),
-            options.clone(),
-        )
-        .await
-        {
-            Ok(worker) => worker,
-            Err(e) => {
-                for started in workers.values() {
-                    SinkWorker::shutdown(started).await;
-                }
-                return Err(e.into());
+        if let Some(worker) = reuse.remove(name) {
+            workers.insert(name.clone(), worker);
+            continue;
+        }
+        match start_sink(config, name, sink, in_process).await {
+            Ok(worker) => {
+                started.push(worker.clone());
+                workers.insert(name.clone(), worker);
             }
-        };
-        workers.insert(name.clone(), worker);
+            Err(e) => {
+                for worker in &started {
+                    worker.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(workers)
+}
+
+/// Loads every configured sink's plugin and creates its instance on its own thread, as
+/// `flatsync check` does. In-process plugins are looked up by name before the search path.
+pub async fn start_sinks(
+    config: &Config,
+    in_process: &InProcessPlugins,
+) -> Result<BTreeMap<String, SinkWorker>, StartError> {
+    start_sinks_reusing(config, in_process, BTreeMap::new()).await
 }
 
 fn read_secret(
@@ -167,6 +206,70 @@ pub fn flatfile_client(config: &Config) -> Result<FlatfileClient, StartError> {
     Ok(client)
 }
 
+/// Builds a [`RunningDaemon`], with sinks that run inside this program when wanted.
+///
+/// ```no_run
+/// # async fn run(my_sink: &'static flatsync_core::FlatsyncPlugin) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = flatsync_core::Config::parse(
+///     r#"
+///     [daemon]
+///     state_dir = "/var/lib/my-service/flatsync"
+///     [webhook]
+///     listen = "127.0.0.1:8787"
+///     [sinks.mine]
+///     plugin = "my-sink"
+///     [[routes]]
+///     topics = ["*"]
+///     sinks = ["mine"]
+///     "#,
+///     "<embedded>".as_ref(),
+/// )?;
+/// // `my_sink` comes from `flatsync_plugin_sdk::in_process::<MySink>("my-sink")`.
+/// let daemon = flatsync_core::DaemonBuilder::new(config).plugin("my-sink", my_sink).start().await?;
+/// daemon.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DaemonBuilder {
+    config: Config,
+    in_process: InProcessPlugins,
+}
+
+impl DaemonBuilder {
+    /// Starts from a validated config ([`Config::load`] for a file, [`Config::parse`] for text).
+    pub fn new(config: Config) -> DaemonBuilder {
+        DaemonBuilder {
+            config,
+            in_process: BTreeMap::new(),
+        }
+    }
+
+    /// Registers a sink plugin compiled into this program under `name`, which the config's
+    /// `plugin = "..."` then names. Build the descriptor with `flatsync_plugin_sdk::in_process`.
+    pub fn plugin(mut self, name: &str, descriptor: &'static FlatsyncPlugin) -> DaemonBuilder {
+        self.in_process.insert(name.to_owned(), descriptor);
+        self
+    }
+
+    /// Starts the daemon; see [`RunningDaemon::start`].
+    pub async fn start(self) -> Result<RunningDaemon, StartError> {
+        RunningDaemon::start_with(self.config, self.in_process).await
+    }
+}
+
+/// What a [`RunningDaemon::reload`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Sinks started for the new config.
+    pub sinks_added: Vec<String>,
+    /// Sinks whose plugin or config changed: a new instance serves new events.
+    pub sinks_changed: Vec<String>,
+    /// Sinks no longer configured; their instances end once in-flight events finish.
+    pub sinks_removed: Vec<String>,
+    /// Settings that differ but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// A running flatsync instance: webhook listener, dispatcher and sink workers.
 #[derive(Debug)]
 pub struct RunningDaemon {
@@ -174,13 +277,22 @@ pub struct RunningDaemon {
     state: StateDb,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    sinks: Vec<SinkWorker>,
+    engine: pipeline::EngineSlot,
+    in_process: InProcessPlugins,
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl RunningDaemon {
     /// Opens the state database, starts every sink, binds the webhook listener and resumes any
     /// pending events. Returns once the listener accepts connections.
     pub async fn start(config: Config) -> Result<RunningDaemon, StartError> {
+        RunningDaemon::start_with(config, BTreeMap::new()).await
+    }
+
+    async fn start_with(
+        config: Config,
+        in_process: InProcessPlugins,
+    ) -> Result<RunningDaemon, StartError> {
         let config = Arc::new(config);
         let state = StateDb::open(&config.daemon.state_dir)?;
         let client = flatfile_client(&config)?;
@@ -198,20 +310,26 @@ impl RunningDaemon {
             },
             None => None,
         };
-        let sinks = start_sinks(&config).await?;
-        let workers: Vec<SinkWorker> = sinks.values().cloned().collect();
+        let sinks = start_sinks(&config, &in_process).await?;
         let (stop, stop_rx) = watch::channel(false);
         let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
 
         let mut webhook_addr = None;
         if let Some(webhook) = &config.webhook {
-            let listener = tokio::net::TcpListener::bind(webhook.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: webhook.listen,
-                    source,
-                })?;
+            let bound = tokio::net::TcpListener::bind(webhook.listen).await;
+            let listener = match bound {
+                Ok(listener) => listener,
+                Err(source) => {
+                    for worker in sinks.values() {
+                        worker.shutdown().await;
+                    }
+                    return Err(StartError::Bind {
+                        addr: webhook.listen,
+                        source,
+                    });
+                }
+            };
             let addr = listener.local_addr().map_err(|source| StartError::Bind {
                 addr: webhook.listen,
                 source,
@@ -246,8 +364,9 @@ impl RunningDaemon {
             client,
             sinks,
         });
+        let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
         tasks.push(tokio::spawn(pipeline::dispatch(
-            engine,
+            Arc::clone(&slot),
             accepted_rx,
             stop_rx,
         )));
@@ -257,7 +376,9 @@ impl RunningDaemon {
             state,
             stop,
             tasks,
-            sinks: workers,
+            engine: slot,
+            in_process,
+            reload_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -271,6 +392,81 @@ impl RunningDaemon {
         &self.state
     }
 
+    /// The config new events are processed with.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&pipeline::current(&self.engine).config)
+    }
+
+    /// Applies a new config without stopping: routes, sinks and Flatfile settings take effect
+    /// for events that start after this returns; events already being delivered finish with the
+    /// config and sink instances they started with, so nothing is lost or duplicated. Sinks
+    /// whose plugin and config are unchanged keep their instance.
+    ///
+    /// Everything new is started before anything is swapped: if a sink fails to start or a
+    /// secret cannot be read, the error is returned and the running config stays as it was.
+    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`, the
+    /// `[webhook]` section) are listed in the summary and left as they were.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let old = pipeline::current(&self.engine);
+        let mut summary = ReloadSummary::default();
+        if config.daemon.state_dir != old.config.daemon.state_dir {
+            summary.needs_restart.push("daemon.state_dir");
+        }
+        if config.daemon.max_concurrent_events != old.config.daemon.max_concurrent_events {
+            summary.needs_restart.push("daemon.max_concurrent_events");
+        }
+        if format!("{:?}", config.webhook) != format!("{:?}", old.config.webhook) {
+            summary.needs_restart.push("webhook");
+        }
+        let mut config = config;
+        config.daemon.state_dir = old.config.daemon.state_dir.clone();
+        config.daemon.max_concurrent_events = old.config.daemon.max_concurrent_events;
+        config.webhook = old.config.webhook.clone();
+
+        let client = flatfile_client(&config)?;
+        let mut reuse = BTreeMap::new();
+        for (name, sink) in &config.sinks {
+            match (old.config.sinks.get(name), old.sinks.get(name)) {
+                (Some(before), Some(worker))
+                    if before.plugin == sink.plugin
+                        && before.config_json == sink.config_json
+                        && !worker.is_stalled() =>
+                {
+                    reuse.insert(name.clone(), worker.clone());
+                }
+                (Some(_), _) => summary.sinks_changed.push(name.clone()),
+                (None, _) => summary.sinks_added.push(name.clone()),
+            }
+        }
+        summary.sinks_removed = old
+            .config
+            .sinks
+            .keys()
+            .filter(|name| !config.sinks.contains_key(*name))
+            .cloned()
+            .collect();
+        let sinks = start_sinks_reusing(&config, &self.in_process, reuse).await?;
+        let engine = Arc::new(pipeline::Engine {
+            config: Arc::new(config),
+            state: self.state.clone(),
+            client,
+            sinks,
+        });
+        *self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = engine;
+        tracing::info!(
+            added = ?summary.sinks_added,
+            changed = ?summary.sinks_changed,
+            removed = ?summary.sinks_removed,
+            needs_restart = ?summary.needs_restart,
+            "Config reloaded"
+        );
+        Ok(summary)
+    }
+
     /// Stops intake and processing, then destroys the sink instances. Work in progress is left
     /// at its last checkpoint and resumes on the next start.
     pub async fn shutdown(self) {
@@ -278,7 +474,8 @@ impl RunningDaemon {
         for task in self.tasks {
             let _ = task.await;
         }
-        for sink in &self.sinks {
+        let engine = pipeline::current(&self.engine);
+        for sink in engine.sinks.values() {
             sink.shutdown().await;
         }
     }

@@ -28,6 +28,16 @@ pub(crate) struct Engine {
     pub(crate) sinks: BTreeMap<String, SinkWorker>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config.path)
+            .field("state", &self.state.path())
+            .field("sinks", &self.sinks.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What an event asks flatsync to do.
 enum Work {
     LegacyBatch {
@@ -646,14 +656,34 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The engine new events start on. A reload swaps it; an event keeps the engine (config and
+/// sink instances) it started with until it finishes.
+pub(crate) type EngineSlot = Arc<std::sync::RwLock<Arc<Engine>>>;
+
+pub(crate) fn current(slot: &EngineSlot) -> Arc<Engine> {
+    Arc::clone(
+        &slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
 /// Feeds accepted events to `Engine::process`, at most `max_concurrent_events` at a time,
 /// each event id by one task at a time. Pending events in the inbox are picked up first.
 pub(crate) async fn dispatch(
-    engine: Arc<Engine>,
+    slot: EngineSlot,
     mut accepted: mpsc::UnboundedReceiver<String>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(engine.config.daemon.max_concurrent_events));
+    // Read once: a reload cannot resize the pool (documented as needing a restart), and the
+    // dispatcher must not keep an old engine and its sink instances alive.
+    let (permits, state) = {
+        let engine = current(&slot);
+        (
+            Arc::new(Semaphore::new(engine.config.daemon.max_concurrent_events)),
+            engine.state.clone(),
+        )
+    };
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let spawn = |tasks: &mut tokio::task::JoinSet<()>, id: String| {
@@ -664,8 +694,8 @@ pub(crate) async fn dispatch(
         if !fresh {
             return;
         }
-        let (engine, permits, running) = (
-            Arc::clone(&engine),
+        let (slot, permits, running) = (
+            Arc::clone(&slot),
             Arc::clone(&permits),
             Arc::clone(&running),
         );
@@ -673,14 +703,14 @@ pub(crate) async fn dispatch(
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            engine.process(&id).await;
+            current(&slot).process(&id).await;
             running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&id);
         });
     };
-    match engine.state.pending_events().await {
+    match state.pending_events().await {
         Ok(ids) => {
             if !ids.is_empty() {
                 tracing::info!(events = ids.len(), "Resuming pending events");

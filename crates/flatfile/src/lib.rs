@@ -9,6 +9,7 @@
 //!
 //! Secrets travel only in request headers, wrapped in [`Secret`], so URLs in errors and logs are
 //! safe to print.
+#![warn(missing_docs)]
 
 mod client;
 mod convert;

@@ -129,7 +129,7 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 
 async fn check(config: Config) -> anyhow::Result<()> {
     println!("{}: config is valid", config.path.display());
-    let sinks = flatsync_core::start_sinks(&config).await?;
+    let sinks = flatsync_core::start_sinks(&config, &Default::default()).await?;
     for (name, worker) in &sinks {
         let plugin = worker.plugin();
         let (major, minor) = plugin.abi();

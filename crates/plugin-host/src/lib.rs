@@ -8,6 +8,7 @@
 //!   required functions, name) and keeps the library loaded for the rest of the process.
 //! - [`SinkWorker`] runs one sink instance on its own thread and offers async calls with
 //!   retry, backoff and a per-call timeout.
+#![warn(missing_docs)]
 // Reason: this crate sits on the C ABI (dlopen, calls through plugin function pointers).
 #![allow(unsafe_code)]
 

@@ -149,6 +149,23 @@ impl LoadedPlugin {
         self.flags & PLUGIN_FLAG_PANIC_UNWIND != 0
     }
 
+    /// Accepts a descriptor compiled into this program, for sinks that run in-process without
+    /// a shared library (the SDK's `in_process` builds one for any `Sink` type). It passes the
+    /// same checks as a loaded file; `origin` stands in for the file path in messages, e.g.
+    /// `in-process:my-sink`.
+    ///
+    /// This is safe for the same reason calling a loaded plugin is: the descriptor's function
+    /// pointers are typed `unsafe extern "C" fn`s, and the host upholds the ABI contract when it
+    /// calls them, so any undefined behaviour would sit in an `unsafe` block of their author.
+    pub fn from_static(
+        descriptor: &'static FlatsyncPlugin,
+        origin: &str,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        // SAFETY: a `'static` reference is non-null and valid for the rest of the process.
+        let plugin = unsafe { check_descriptor(Path::new(origin), descriptor) }?;
+        Ok(Arc::new(plugin))
+    }
+
     pub(crate) fn functions(&self) -> PluginFunctions {
         self.functions
     }
@@ -199,6 +216,20 @@ fn open_and_check(path: &Path) -> Result<LoadedPlugin, LoadError> {
         });
     }
 
+    // SAFETY: non-null, and per the ABI the entry returns a static descriptor of the library,
+    // which stays loaded for the rest of the process.
+    unsafe { check_descriptor(path, descriptor) }
+}
+
+/// Checks a descriptor and copies what flatsync needs out of it.
+///
+/// # Safety
+/// `descriptor` is non-null and points to memory that holds a descriptor header and stays
+/// valid for the rest of the process, with function pointers honouring the ABI.
+unsafe fn check_descriptor(
+    path: &Path,
+    descriptor: *const FlatsyncPlugin,
+) -> Result<LoadedPlugin, LoadError> {
     // Read only the fixed header until `struct_size` says how much more exists: a descriptor
     // from another ABI version may be shorter than ours. Unaligned reads, because a broken
     // plugin may hand back any address and we only want to report it, not trust it.

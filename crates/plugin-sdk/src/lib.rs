@@ -119,6 +119,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 // The SDK implements the C ABI trampolines and the descriptor, which need raw pointers; every
 // unsafe block carries its own SAFETY argument, and plugin crates stay free of `unsafe`.
 #![allow(unsafe_code)]
@@ -137,6 +138,44 @@ pub use config::ConfigReader;
 pub use error::{ErrorKind, SinkError};
 pub use ffi::PluginDescriptor;
 pub use host::{CreateContext, LogLevel, Logger};
+
+/// The descriptor of sink type `S`, for running it inside the program that embeds flatsync,
+/// with no shared library: hand it to `flatsync_core::DaemonBuilder::plugin`. Calls go through
+/// the same ABI, checks and one-thread-per-instance model as a loaded plugin.
+///
+/// Each call leaks one small descriptor (it must live as long as the process), so register
+/// each sink type once.
+///
+/// ```
+/// use flatsync_plugin_sdk::{Batch, CreateContext, Sink, SinkError, serde_json};
+///
+/// struct Count(u64);
+///
+/// impl Sink for Count {
+///     fn create(_: &CreateContext<'_>, _: serde_json::Value) -> Result<Self, SinkError> {
+///         Ok(Count(0))
+///     }
+///     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
+///         self.0 += batch.row_count();
+///         Ok(())
+///     }
+///     fn flush(&mut self) -> Result<(), SinkError> {
+///         Ok(())
+///     }
+/// }
+///
+/// let descriptor = flatsync_plugin_sdk::in_process::<Count>("count");
+/// assert_eq!(descriptor.abi_major, flatsync_plugin_sdk::abi::ABI_MAJOR);
+/// ```
+pub fn in_process<S: Sink>(name: &str) -> &'static abi::FlatsyncPlugin {
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let descriptor: &'static PluginDescriptor = Box::leak(Box::new(PluginDescriptor::new::<S>(
+        name,
+        env!("CARGO_PKG_VERSION"),
+        cfg!(panic = "unwind"),
+    )));
+    descriptor.get()
+}
 
 /// A sink: what a plugin implements. See the [crate docs](crate) for the contract.
 pub trait Sink: Send + Sized + 'static {
