@@ -18,7 +18,10 @@
 //!
 //! Versioning: [`ABI_MAJOR`] changes when an existing field changes meaning or place. Within a
 //! major version, structs only grow at the end, and each carries its size so the reader can tell
-//! which fields exist.
+//! which fields exist. The host loads a plugin of the same major whatever its minor, and refuses
+//! any other major with a message saying which side is out of date. `docs/abi-versioning.md`
+//! in the repository has the whole policy and the exact messages.
+#![warn(missing_docs)]
 #![no_std]
 
 use core::ffi::c_void;
@@ -29,7 +32,9 @@ pub const MAGIC: [u8; 8] = *b"FLATSYNC";
 /// The major ABI version this crate describes. A host loads only plugins of the same major.
 pub const ABI_MAJOR: u32 = 1;
 
-/// The minor ABI version. Minor versions only append fields; the host accepts any minor.
+/// The minor ABI version. Minor versions only add: fields appended to structs (gated by their
+/// `struct_size`), optional function pointers, flag bits an older reader may ignore. A host
+/// loads a plugin of its major whatever its minor, older or newer.
 pub const ABI_MINOR: u32 = 0;
 
 /// Name of the one symbol a plugin exports, without the trailing NUL.
@@ -45,8 +50,12 @@ pub const STATUS_RETRY: FlatsyncStatus = 1;
 /// The call failed for good; the host stops using this instance for the stream.
 pub const STATUS_FATAL: FlatsyncStatus = 2;
 
-/// Descriptor flag: the plugin was built with `panic = "unwind"`, so the SDK can turn a panic
-/// into [`STATUS_FATAL`]. Without it, a panic aborts the whole daemon.
+/// Descriptor flag: no panic or exception can escape any of the plugin's functions.
+///
+/// A Rust plugin sets it when built with `panic = "unwind"`, so the SDK can catch every panic
+/// and turn it into [`STATUS_FATAL`]. A plugin in a language without unwinding (C, Zig, ...),
+/// or in C++ with every entry point catching all exceptions, sets it too: nothing can unwind out
+/// of it. When the bit is clear the host warns that a panic in the plugin aborts the daemon.
 pub const PLUGIN_FLAG_PANIC_UNWIND: u32 = 1;
 
 /// Batch flag: this batch is the last of its stream; after it the stream is complete.
@@ -210,4 +219,7 @@ const _: () = {
 };
 
 /// Smallest descriptor a major-1 host accepts: everything up to and including `check`.
+///
+/// It never grows within a major version: fields a later minor appends are optional, and a host
+/// reads them only when the descriptor's `struct_size` covers them.
 pub const MIN_PLUGIN_STRUCT_SIZE: u32 = 112;

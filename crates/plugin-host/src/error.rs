@@ -91,7 +91,8 @@ pub enum LoadError {
         found: [u8; 8],
     },
 
-    /// The plugin was built for another major ABI version.
+    /// The plugin was built for another major ABI version. The message says which side is out
+    /// of date; its wording is the one `docs/abi-versioning.md` documents.
     #[error("{}", abi_mismatch_message(.path, *.plugin_major, *.plugin_minor, *.host_major, *.host_minor))]
     AbiMismatch {
         /// The plugin file.
@@ -106,10 +107,12 @@ pub enum LoadError {
         host_minor: u32,
     },
 
-    /// The descriptor is smaller than this ABI major requires.
+    /// The descriptor is smaller than this ABI major requires. Wording documented in
+    /// `docs/abi-versioning.md`.
     #[error(
-        "{}: the plugin descriptor is {size} bytes, expected at least {min} for ABI major {}: \
-         the descriptor is truncated or the plugin was built against a broken header",
+        "{}: the plugin descriptor is {size} bytes, expected at least {min} for ABI {}.x: \
+         struct_size must be the size of the whole descriptor (sizeof(flatsync_plugin) in C); \
+         the plugin is broken or was built against a damaged header",
         .path.display(),
         flatsync_plugin_api::ABI_MAJOR
     )]
@@ -265,16 +268,18 @@ fn abi_mismatch_message(
     host_minor: u32,
 ) -> String {
     let path = path.display();
+    // Only the major decides who is out of date: minors never make a plugin unloadable.
     if plugin_major < host_major {
         format!(
             "{path} was built for ABI {plugin_major}.{plugin_minor}; this flatsync speaks \
-             {host_major}.{host_minor}: rebuild the plugin against a current flatsync-plugin-sdk"
+             {host_major}.{host_minor}: rebuild the plugin against a current flatsync-plugin-sdk \
+             (a plugin in C: against the flatsync_plugin.h of this flatsync)"
         )
     } else {
         format!(
             "{path} was built for ABI {plugin_major}.{plugin_minor}; this flatsync speaks \
              {host_major}.{host_minor}: the plugin needs a newer flatsync (upgrade flatsync, or \
-             use a plugin build matching this version)"
+             use a build of the plugin for ABI {host_major}.x)"
         )
     }
 }
@@ -305,11 +310,12 @@ mod tests {
             host_minor: 0,
         }
         .to_string();
-        assert!(
-            older.contains("built for ABI 0.9; this flatsync speaks 1.0"),
-            "{older}"
+        assert_eq!(
+            older,
+            "/p/old.so was built for ABI 0.9; this flatsync speaks 1.0: rebuild the plugin \
+             against a current flatsync-plugin-sdk (a plugin in C: against the flatsync_plugin.h \
+             of this flatsync)"
         );
-        assert!(older.contains("rebuild the plugin against a current flatsync-plugin-sdk"));
         let newer = LoadError::AbiMismatch {
             path: PathBuf::from("/p/new.so"),
             plugin_major: 2,
@@ -318,8 +324,41 @@ mod tests {
             host_minor: 0,
         }
         .to_string();
-        assert!(newer.contains("/p/new.so was built for ABI 2.1"), "{newer}");
-        assert!(newer.contains("needs a newer flatsync"), "{newer}");
+        assert_eq!(
+            newer,
+            "/p/new.so was built for ABI 2.1; this flatsync speaks 1.0: the plugin needs a newer \
+             flatsync (upgrade flatsync, or use a build of the plugin for ABI 1.x)"
+        );
+    }
+
+    #[test]
+    fn a_newer_minor_of_an_older_major_is_still_older() {
+        let message = LoadError::AbiMismatch {
+            path: PathBuf::from("/p/old.so"),
+            plugin_major: 1,
+            plugin_minor: 9,
+            host_major: 2,
+            host_minor: 0,
+        }
+        .to_string();
+        assert!(message.contains("rebuild the plugin"), "{message}");
+        assert!(!message.contains("needs a newer flatsync"), "{message}");
+    }
+
+    #[test]
+    fn too_small_descriptor_names_both_sizes_and_the_fix() {
+        let message = LoadError::DescriptorTooSmall {
+            path: PathBuf::from("/p/small.so"),
+            size: 64,
+            min: 112,
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "/p/small.so: the plugin descriptor is 64 bytes, expected at least 112 for ABI 1.x: \
+             struct_size must be the size of the whole descriptor (sizeof(flatsync_plugin) in \
+             C); the plugin is broken or was built against a damaged header"
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ unsafe fn check_descriptor(
         tracing::warn!(
             plugin = %plugin.name,
             path = %plugin.path.display(),
-            "Plugin built without panic unwinding; a panic in it aborts flatsync"
+            "Plugin does not declare that its panics are caught (PLUGIN_FLAG_PANIC_UNWIND); a panic in it aborts flatsync"
         );
     }
     Ok(plugin)
