@@ -40,25 +40,23 @@ pub enum StartError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A sink's plugin could not be found or loaded.
-    #[error("sink `{sink}`: {source}")]
+    #[error("sink `{sink}`: {error}")]
     Plugin {
         /// Sink name from the config.
         sink: String,
         /// What went wrong.
-        #[source]
-        source: LoadError,
+        error: LoadError,
     },
     /// A sink instance could not be created.
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// The webhook listener could not bind.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The configured address.
         addr: SocketAddr,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A secret the config requires is missing or unreadable.
     #[error("{what}: {message}")]
@@ -84,9 +82,9 @@ async fn start_sink(
     sink: &config::SinkConfig,
     in_process: &InProcessPlugins,
 ) -> Result<SinkWorker, StartError> {
-    let plugin_error = |source| StartError::Plugin {
+    let plugin_error = |error| StartError::Plugin {
         sink: name.to_owned(),
-        source,
+        error,
     };
     let plugin = match in_process.get(&sink.plugin) {
         Some(descriptor) => {
@@ -326,13 +324,13 @@ impl RunningDaemon {
                     }
                     return Err(StartError::Bind {
                         addr: webhook.listen,
-                        source,
+                        error: source,
                     });
                 }
             };
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            let addr = listener.local_addr().map_err(|error| StartError::Bind {
                 addr: webhook.listen,
-                source,
+                error,
             })?;
             let app = webhook::router(
                 &webhook.path,

@@ -13,22 +13,20 @@ use rusqlite::{Connection, OptionalExtension, params};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// SQLite refused an operation.
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {error}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
         /// SQLite's error.
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// The state directory could not be created.
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("cannot create state directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The database was written by a newer flatsync.
     #[error("state database {path} has schema version {found}; this flatsync knows up to {known}")]
@@ -214,14 +212,14 @@ impl StateDb {
 
     /// Opens (creating if needed) `<state_dir>/state.db`.
     pub fn open(state_dir: &Path) -> Result<StateDb, StateError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+        std::fs::create_dir_all(state_dir).map_err(|error| StateError::Dir {
             path: state_dir.to_owned(),
-            source,
+            error,
         })?;
         let path = state_dir.join(Self::FILE_NAME);
-        let err = |source| StateError::Sqlite {
+        let err = |error| StateError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -267,7 +265,7 @@ impl StateDb {
             let mut guard = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut guard).map_err(|source| StateError::Sqlite { path, source })
+            f(&mut guard).map_err(|error| StateError::Sqlite { path, error })
         })
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
