@@ -2,14 +2,14 @@
 //! binary, all on 127.0.0.1. Run `cargo build --workspace` first; the harness takes every
 //! artifact from the target directory this test binary was built into.
 
+mod abi;
 mod bad_input;
 mod boundaries;
+mod c_plugin;
 mod common;
 mod crash;
 mod duplicates;
 mod faults;
 mod legacy;
 mod platform;
-mod abi;
-mod c_plugin;
 mod scaffold;

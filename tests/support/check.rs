@@ -480,3 +480,103 @@ pub fn assert_sqlite_matches(db: &Path, table: &str, event_id: &str, rows: &[Sou
         db.display()
     );
 }
+
+/// The `values` object of a source row as a sink that copies each value's JSON text writes it:
+/// `{"<key>":<value>,...}` in the source's key order.
+pub fn values_json(row: &SourceRow) -> String {
+    let pairs: Vec<String> = row
+        .values
+        .iter()
+        .map(|(key, raw)| {
+            let key = serde_json::to_string(key).expect("a string serialises");
+            format!("{key}:{}", raw.get())
+        })
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
+/// A source row as a batch line: `{"id":"..","valid":..,"values":{..}}`.
+pub fn row_json(row: &SourceRow) -> String {
+    format!(
+        "{{\"id\":{},\"valid\":{},\"values\":{}}}",
+        serde_json::to_string(&row.id).expect("a string serialises"),
+        row.valid,
+        values_json(row)
+    )
+}
+
+/// The finished files of a jsonl-folder directory (`*.jsonl`, not dot-files), by file name,
+/// as lines without their line breaks. Panics on a last line without a line break.
+pub fn jsonl_files(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list the JSONL directory {}: {e}", dir.display()));
+    let mut files = BTreeMap::new();
+    for entry in entries {
+        let path = entry.expect("readable directory entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("UTF-8 file names")
+            .to_owned();
+        if !name.starts_with('.') && name.ends_with(".jsonl") {
+            files.insert(name, read_lines(&path));
+        }
+    }
+    files
+}
+
+/// Names of in-progress files (`.partial`, `.state`, temporaries) left in a jsonl-folder
+/// directory.
+pub fn jsonl_leftovers(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|name| !name.ends_with(".jsonl") || name.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The lines of a text file, each of which must end with a line break.
+pub fn read_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{}: the last line has no line break",
+        path.display()
+    );
+    text.lines().map(str::to_owned).collect()
+}
+
+/// Record id counts over JSON lines that carry an `"id"` string.
+pub fn line_ids<'a>(lines: impl IntoIterator<Item = &'a String>) -> Tally {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: String,
+    }
+    let mut tally = Tally::default();
+    for line in lines {
+        let row: WithId = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line with an id ({e}): {line}"));
+        *tally.seen.entry(row.id).or_default() += 1;
+    }
+    tally
+}
+
+/// Asserts two lists of lines are equal, reporting the first difference readably.
+pub fn assert_same_lines(what: &str, got: &[String], want: &[String]) {
+    if let Some(index) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} lines, want {}; first difference at line {}:\n got: {}\nwant: {}",
+            got.len(),
+            want.len(),
+            index + 1,
+            got.get(index).map_or("<none>", String::as_str),
+            want.get(index).map_or("<none>", String::as_str),
+        );
+    }
+}

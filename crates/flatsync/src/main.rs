@@ -1,6 +1,7 @@
 //! The `flatsync` command: run the daemon, check a config, or try everything with `demo`.
 
 mod demo;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,11 @@ enum Command {
         #[arg(long, default_value = "flatsync-demo")]
         out: PathBuf,
     },
+    /// Work with sink plugins: `flatsync plugin new NAME` writes a plugin crate to start from.
+    Plugin {
+        #[command(subcommand)]
+        command: scaffold::PluginCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             Command::Run { config } => run(load(&config)?).await,
             Command::Check { config } => check(load(&config)?).await,
             Command::Demo { rows, out } => demo::run(rows, out).await,
+            Command::Plugin { command } => scaffold::run(command),
         }
     });
     match result {
