@@ -88,5 +88,5 @@ async fn plugin_logs_and_retries_are_logged_with_sink_and_plugin() {
     );
     assert!(retry.contains("error=flush busy"), "{retry}");
 
-    line_with("Plugin built without panic unwinding");
+    line_with("does not declare that its panics are caught");
 }
