@@ -128,6 +128,7 @@ mod batch;
 mod config;
 mod error;
 mod ffi;
+pub mod files;
 mod host;
 
 pub use flatsync_plugin_api as abi;

@@ -56,6 +56,7 @@ use flatsync_plugin_sdk::{
     Batch, ConfigReader, CreateContext, Logger, Sink, SinkError, export_sink, serde_json,
 };
 
+use flatsync_plugin_sdk::files::check_stream_name;
 use stream::{Opened, StreamFiles};
 
 /// Validated `[sink.config]` of a csv-folder instance.
@@ -203,22 +204,6 @@ impl CsvFolder {
         ));
         Ok(())
     }
-}
-
-/// Stream ids become file names, so anything that could leave the folder is refused.
-fn check_stream_name(name: &str) -> Result<(), SinkError> {
-    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
-    if name.is_empty()
-        || name.len() > 200
-        || name == "."
-        || name == ".."
-        || !name.bytes().all(allowed)
-    {
-        return Err(SinkError::fatal(format!(
-            "stream id {name:?} is not 1 to 200 characters of [A-Za-z0-9_.-]"
-        )));
-    }
-    Ok(())
 }
 
 /// Temporary files are never worth keeping after a restart: the state and partial files they

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Config;
 
+// `lib.rs` calls these as `stream::...`.
+pub(crate) use flatsync_plugin_sdk::files::sync_dir;
+use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present};
+
 /// Suffix of the temporary file a state file is written to before its rename.
 pub(crate) const STATE_TMP_SUFFIX: &str = ".csv.state.tmp";
 /// Suffix of the temporary file a partial is rewritten to when columns were added.
@@ -689,42 +693,6 @@ fn csv_error(stream: &str, path: &Path, error: csv::Error) -> SinkError {
         SinkError::retry(message)
     } else {
         SinkError::fatal(message)
-    }
-}
-
-fn io_retry(what: &str, path: &Path, error: &io::Error) -> SinkError {
-    SinkError::retry(format!("{what} {}: {error}", path.display()))
-}
-
-fn io_fatal(what: &str, path: &Path, error: &io::Error) -> SinkError {
-    // After a failed fsync the kernel may have dropped the dirty pages and a repeated fsync
-    // would report success, so retrying cannot be trusted.
-    SinkError::fatal(format!(
-        "{what} {}: {error} (not retried: a failed sync may have lost data)",
-        path.display()
-    ))
-}
-
-/// Makes renames and new files in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), SinkError> {
-    let handle = File::open(dir).map_err(|error| io_retry("cannot open", dir, &error))?;
-    handle
-        .sync_all()
-        .map_err(|error| io_fatal("cannot sync", dir, &error))
-}
-
-fn exists(path: &Path) -> Result<bool, SinkError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(io_retry("cannot stat", path, &error)),
-    }
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
     }
 }
 

@@ -8,6 +8,10 @@ use flatsync_plugin_sdk::serde_json;
 use flatsync_plugin_sdk::{Logger, SinkError};
 use serde::{Deserialize, Serialize};
 
+// `lib.rs` (and the guide quoting it) calls these as `stream::...`.
+pub(crate) use flatsync_plugin_sdk::files::{check_stream_name, sync_dir};
+use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present};
+
 /// What a stream's first batch in this process found on disk.
 #[derive(Debug)]
 pub(crate) enum Opened {
@@ -254,22 +258,6 @@ impl StreamFile {
     }
 }
 
-/// Stream ids become file names, so anything that could leave the folder is refused.
-fn check_stream_name(name: &str) -> Result<(), SinkError> {
-    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
-    if name.is_empty()
-        || name.len() > 200
-        || name == "."
-        || name == ".."
-        || !name.bytes().all(allowed)
-    {
-        return Err(SinkError::fatal(format!(
-            "stream id {name:?} is not 1 to 200 characters of [A-Za-z0-9_.-]"
-        )));
-    }
-    Ok(())
-}
-
 fn read_state(path: &Path) -> Result<Option<SavedState>, SinkError> {
     let text = match fs::read(path) {
         Ok(text) => text,
@@ -288,41 +276,4 @@ fn cut_back(file: &mut File, len: u64) -> io::Result<()> {
     file.set_len(len)?;
     file.seek(SeekFrom::Start(len))?;
     Ok(())
-}
-
-/// Makes new names and renames in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), SinkError> {
-    let handle = File::open(dir).map_err(|error| io_retry("cannot open", dir, &error))?;
-    handle
-        .sync_all()
-        .map_err(|error| io_fatal("cannot sync", dir, &error))
-}
-
-fn exists(path: &Path) -> Result<bool, SinkError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(io_retry("cannot stat", path, &error)),
-    }
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-/// Write errors (a full disk, say) may pass: the host backs off and sends the batch again.
-fn io_retry(what: &str, path: &Path, error: &io::Error) -> SinkError {
-    SinkError::retry(format!("{what} {}: {error}", path.display()))
-}
-
-/// After a failed fsync the kernel may have dropped the unsynced pages while a second fsync
-/// reports success, so the only safe course is to stop and resume from the last state file.
-fn io_fatal(what: &str, path: &Path, error: &io::Error) -> SinkError {
-    SinkError::fatal(format!(
-        "{what} {}: {error} (not retried: a failed sync may have lost data)",
-        path.display()
-    ))
 }

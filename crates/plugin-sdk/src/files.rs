@@ -1,0 +1,64 @@
+//! File helpers for sinks that write one file per stream, with the error kinds the host
+//! expects: I/O that may pass is RETRY, a failed sync is FATAL.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+use crate::SinkError;
+
+/// Refuses a stream id that could not safely be a file name: stream ids become file names, so
+/// anything that could leave the folder (`..`, `/`) is refused.
+pub fn check_stream_name(name: &str) -> Result<(), SinkError> {
+    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
+    if name.is_empty()
+        || name.len() > 200
+        || name == "."
+        || name == ".."
+        || !name.bytes().all(allowed)
+    {
+        return Err(SinkError::fatal(format!(
+            "stream id {name:?} is not 1 to 200 characters of [A-Za-z0-9_.-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Makes renames and new files in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    let handle = File::open(dir).map_err(|error| io_retry("cannot open", dir, &error))?;
+    handle
+        .sync_all()
+        .map_err(|error| io_fatal("cannot sync", dir, &error))
+}
+
+/// Whether anything (even a dangling link) is at `path`.
+pub fn exists(path: &Path) -> Result<bool, SinkError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(io_retry("cannot stat", path, &error)),
+    }
+}
+
+/// Removes a file; one that is already gone is not an error.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// An I/O error that may pass (a full disk, say): the host backs off and sends the batch again.
+pub fn io_retry(what: &str, path: &Path, error: &io::Error) -> SinkError {
+    SinkError::retry(format!("{what} {}: {error}", path.display()))
+}
+
+/// A failed sync. The kernel may have dropped the unsynced pages while a second fsync reports
+/// success, so retrying cannot be trusted: stop, and resume from the last durable state.
+pub fn io_fatal(what: &str, path: &Path, error: &io::Error) -> SinkError {
+    SinkError::fatal(format!(
+        "{what} {}: {error} (not retried: a failed sync may have lost data)",
+        path.display()
+    ))
+}
