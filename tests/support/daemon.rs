@@ -41,6 +41,7 @@ pub struct Daemon {
     sinks: Vec<(String, String, String)>,
     routes: Vec<(Vec<String>, Vec<String>)>,
     settings: Vec<(String, String, String)>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -58,7 +59,15 @@ impl Daemon {
             sinks: Vec::new(),
             routes: Vec::new(),
             settings: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the daemon (and for [`Daemon::cli`] commands).
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Daemon {
+        let value = value.as_ref().to_str().expect("test values are UTF-8");
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Reads both the legacy and the Platform API from `sim`, with its keys.
@@ -97,6 +106,17 @@ impl Daemon {
     pub fn sink(mut self, name: &str, plugin: &str, config: &str) -> Daemon {
         self.sinks
             .push((name.to_owned(), plugin.to_owned(), config.to_owned()));
+        self
+    }
+
+    /// Replaces the plugin and config of sink `name`, keeping its place.
+    pub fn replace_sink(mut self, name: &str, plugin: &str, config: &str) -> Daemon {
+        let sink = self
+            .sinks
+            .iter_mut()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no sink named {name} to replace"));
+        *sink = (name.to_owned(), plugin.to_owned(), config.to_owned());
         self
     }
 
@@ -185,6 +205,12 @@ impl Daemon {
         }
         section(&mut text, "webhook", &webhook);
         section(&mut text, "fetch", &[]);
+        // Optional sections appear only when a test sets something in them.
+        for optional in ["admin"] {
+            if self.settings.iter().any(|(s, _, _)| s == optional) {
+                section(&mut text, optional, &[]);
+            }
+        }
         for (name, plugin, config) in &self.sinks {
             let _ = writeln!(
                 text,
@@ -228,7 +254,24 @@ impl Daemon {
             Some(token) => command.env(TOKEN_ENV, token),
             None => command.env_remove(TOKEN_ENV),
         };
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"] {
+            command.env_remove(var);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
         command
+    }
+
+    /// Runs the `flatsync` binary with `args` (say `["status", "--json", "--config", ...]`) in
+    /// the environment the daemon gets, and waits for it. Use [`Daemon::config_path`] for the
+    /// config a started daemon runs on.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run flatsync {args:?}: {e}"))
     }
 
     /// Runs `flatsync check --config <file>` on this config.
@@ -360,6 +403,53 @@ impl DaemonProcess {
     /// The settings the daemon runs with.
     pub fn settings(&self) -> &Daemon {
         &self.settings
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child_slot().as_ref().map(Child::id)
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the daemon is running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; `None` if it still runs (it is
+    /// then left running).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status() {
+                *self.child_slot() = None;
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Changes the settings and rewrites the config file the running daemon watches, the way
+    /// config management does: a new file renamed over the old one.
+    pub fn update_config(&mut self, change: impl FnOnce(Daemon) -> Daemon) {
+        self.settings = change(self.settings.clone());
+        self.replace_config_text(&self.settings.config_text(self.port));
+    }
+
+    /// Replaces the config file with `text` (renamed over it), valid or not; the settings the
+    /// harness keeps are unchanged.
+    pub fn replace_config_text(&self, text: &str) {
+        let path = self.settings.config_path();
+        let staged = path.with_extension("toml.new");
+        std::fs::write(&staged, text).expect("cannot write the new config");
+        std::fs::rename(&staged, &path).expect("cannot replace the config");
     }
 
     /// The webhook listener's port on 127.0.0.1; the same across restarts.

@@ -27,3 +27,7 @@ pub use daemon::{Daemon, DaemonProcess, EventRow};
 pub use http::HttpReply;
 pub use sim::Sim;
 pub use wait::TestDir;
+
+/// The daemon's test hook (`flatsync_core::STALL_FILE_ENV`): while the named file exists, its
+/// main loop stops turning. Spelled out here because the harness does not link the daemon.
+pub const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";

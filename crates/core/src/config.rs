@@ -47,6 +47,9 @@ pub enum SecretSource {
     Env(String),
     /// A file whose content, without surrounding whitespace, is the secret.
     File(PathBuf),
+    /// A systemd credential (`LoadCredential=NAME:...`), read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    Credential(String),
     /// A value handed over in code by an embedding program or `flatsync demo`.
     Value(Secret),
 }
@@ -72,6 +75,13 @@ impl SecretSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
             },
+            SecretSource::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => SecretSource::File(Path::new(&dir).join(name)).read(),
+                None => Err(format!(
+                    "credential `{name}`: $CREDENTIALS_DIRECTORY is not set; \
+                     run under systemd with `LoadCredential={name}:<file>` or use a `_file` or `_env` key"
+                )),
+            },
             SecretSource::Value(secret) => Ok(Some(secret.clone())),
         }
     }
@@ -81,6 +91,7 @@ impl SecretSource {
         match self {
             SecretSource::Env(name) => format!("environment variable {name}"),
             SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Credential(name) => format!("systemd credential {name}"),
             SecretSource::Value(_) => "a value set in code".to_owned(),
         }
     }
@@ -97,6 +108,8 @@ pub struct Config {
     pub flatfile: FlatfileConfig,
     /// `[webhook]`; `None` when the section is absent.
     pub webhook: Option<WebhookConfig>,
+    /// `[admin]`; `None` when the section is absent.
+    pub admin: Option<AdminConfig>,
     /// `[fetch]`.
     pub fetch: FetchConfig,
     /// `[sinks.NAME]`, by name.
@@ -120,6 +133,11 @@ pub struct DaemonConfig {
     pub checkpoint_batches: u64,
     /// Longest wait for a plugin call before the sink is declared stalled.
     pub sink_call_timeout: Duration,
+    /// How long a stop (SIGTERM, SIGINT) lets in-flight batches finish before cutting them at
+    /// their last checkpoint.
+    pub drain_timeout: Duration,
+    /// How often a long delivery logs its progress.
+    pub progress_interval: Duration,
 }
 
 /// `[flatfile]`.
@@ -152,6 +170,13 @@ pub struct WebhookConfig {
     pub token: Option<SecretSource>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+}
+
+/// `[admin]`: health and metrics endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
 }
 
 /// `[fetch]`.
@@ -197,6 +222,7 @@ struct RawConfig {
     #[serde(default)]
     flatfile: RawFlatfile,
     webhook: Option<RawWebhook>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     fetch: RawFetch,
     #[serde(default)]
@@ -214,6 +240,8 @@ struct RawDaemon {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_batches: Option<Spanned<u64>>,
     sink_call_timeout_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    progress_interval_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,9 +250,11 @@ struct RawFlatfile {
     legacy_api_url: Option<Spanned<String>>,
     legacy_api_key_env: Option<String>,
     legacy_api_key_file: Option<PathBuf>,
+    legacy_api_key_credential: Option<String>,
     api_url: Option<Spanned<String>>,
     secret_key_env: Option<String>,
     secret_key_file: Option<PathBuf>,
+    secret_key_credential: Option<String>,
     submit_jobs: Option<Vec<Spanned<String>>>,
     request_timeout_secs: Option<u64>,
     max_attempts: Option<Spanned<u32>>,
@@ -237,7 +267,14 @@ struct RawWebhook {
     path: Option<Spanned<String>>,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
+    token_credential: Option<String>,
     max_body_bytes: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -306,15 +343,38 @@ impl Config {
             )
             .map(|v| v as usize)
         };
-        let secret = |env: Option<String>, file: Option<PathBuf>, key: &str| match (env, file) {
-            (Some(_), Some(_)) => Err(locate(
+        let secret = |env: Option<String>,
+                      file: Option<PathBuf>,
+                      credential: Option<String>,
+                      key: &str| match (env, file, credential) {
+            (Some(env), None, None) => Ok(Some(SecretSource::Env(env))),
+            (None, Some(file), None) => Ok(Some(SecretSource::File(absolute(file)))),
+            (None, None, Some(name)) => {
+                if name.is_empty() || name.contains('/') {
+                    Err(locate(
+                        None,
+                        Some(&format!("{key}_credential")),
+                        format!("`{name}` is not a credential name (a file name, no `/`)"),
+                    ))
+                } else {
+                    Ok(Some(SecretSource::Credential(name)))
+                }
+            }
+            (None, None, None) => Ok(None),
+            _ => Err(locate(
                 None,
                 Some(key),
-                format!("set either `{key}_env` or `{key}_file`, not both"),
+                format!("set one of `{key}_env`, `{key}_file` or `{key}_credential`, not several"),
             )),
-            (Some(env), None) => Ok(Some(SecretSource::Env(env))),
-            (None, Some(file)) => Ok(Some(SecretSource::File(absolute(file)))),
-            (None, None) => Ok(None),
+        };
+        let address = |value: Spanned<String>, key: &str| {
+            value.get_ref().parse::<SocketAddr>().map_err(|_| {
+                locate(
+                    Some(value.span()),
+                    Some(key),
+                    format!("`{}` is not an address like 127.0.0.1:8787", value.get_ref()),
+                )
+            })
         };
         let url = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(default.to_owned()),
@@ -355,6 +415,12 @@ impl Config {
             sink_call_timeout: Duration::from_secs(
                 raw.daemon.sink_call_timeout_secs.unwrap_or(120),
             ),
+            drain_timeout: Duration::from_secs(raw.daemon.drain_timeout_secs.unwrap_or(30)),
+            progress_interval: Duration::from_secs(positive(
+                raw.daemon.progress_interval_secs,
+                "daemon.progress_interval_secs",
+                10,
+            )?),
         };
 
         let f = raw.flatfile;
@@ -377,6 +443,7 @@ impl Config {
             legacy_api_key: secret(
                 f.legacy_api_key_env,
                 f.legacy_api_key_file,
+                f.legacy_api_key_credential,
                 "flatfile.legacy_api_key",
             )?,
             api_url: url(
@@ -384,7 +451,12 @@ impl Config {
                 "flatfile.api_url",
                 "https://platform.flatfile.com/api",
             )?,
-            secret_key: secret(f.secret_key_env, f.secret_key_file, "flatfile.secret_key")?,
+            secret_key: secret(
+                f.secret_key_env,
+                f.secret_key_file,
+                f.secret_key_credential,
+                "flatfile.secret_key",
+            )?,
             submit_jobs,
             request_timeout: Duration::from_secs(f.request_timeout_secs.unwrap_or(60).max(1)),
             max_attempts: positive(
@@ -400,13 +472,7 @@ impl Config {
             Some(w) => {
                 let listen = match w.listen {
                     None => SocketAddr::from(([127, 0, 0, 1], 8787)),
-                    Some(v) => v.get_ref().parse().map_err(|_| {
-                        locate(
-                            Some(v.span()),
-                            Some("webhook.listen"),
-                            format!("`{}` is not an address like 127.0.0.1:8787", v.get_ref()),
-                        )
-                    })?,
+                    Some(v) => address(v, "webhook.listen")?,
                 };
                 let path = match w.path {
                     None => "/flatfile/webhook".to_owned(),
@@ -422,7 +488,12 @@ impl Config {
                 Some(WebhookConfig {
                     listen,
                     path,
-                    token: secret(w.token_env, w.token_file, "webhook.token")?,
+                    token: secret(
+                        w.token_env,
+                        w.token_file,
+                        w.token_credential,
+                        "webhook.token",
+                    )?,
                     max_body_bytes: positive_usize(
                         w.max_body_bytes,
                         "webhook.max_body_bytes",
@@ -430,6 +501,16 @@ impl Config {
                     )?,
                 })
             }
+        };
+
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => Some(AdminConfig {
+                listen: match a.listen {
+                    None => SocketAddr::from(([127, 0, 0, 1], 9187)),
+                    Some(v) => address(v, "admin.listen")?,
+                },
+            }),
         };
 
         let fetch = FetchConfig {
@@ -520,6 +601,7 @@ impl Config {
             daemon,
             flatfile,
             webhook,
+            admin,
             fetch,
             sinks,
             routes,
@@ -674,7 +756,28 @@ sinks = ["archive"]
     fn secrets_come_from_env_or_file_not_both() {
         let err =
             parse("[flatfile]\nsecret_key_env = \"A\"\nsecret_key_file = \"b\"\n").unwrap_err();
-        assert!(err.message.contains("not both"), "{err}");
+        assert!(err.message.contains("not several"), "{err}");
+    }
+
+    #[test]
+    fn a_credential_is_read_from_the_credentials_directory() {
+        let config = parse("[flatfile]\nsecret_key_credential = \"flatfile_secret_key\"\n")
+            .expect("valid config");
+        let source = config.flatfile.secret_key.expect("secret configured");
+        assert_eq!(source.describe(), "systemd credential flatfile_secret_key");
+        let err = parse("[webhook]\ntoken_credential = \"../token\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("webhook.token_credential"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_listener_defaults_to_loopback() {
+        let config = parse("[admin]\n").expect("valid config");
+        assert_eq!(
+            config.admin.map(|a| a.listen.to_string()),
+            Some("127.0.0.1:9187".to_owned())
+        );
+        let err = parse("[admin]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("admin.listen"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admin;
 pub mod config;
+pub mod health;
+pub mod metrics;
 mod pipeline;
 pub mod route;
 pub mod state;
@@ -24,13 +27,15 @@ use std::sync::Arc;
 
 use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy};
 pub use flatsync_plugin_api::FlatsyncPlugin;
-use flatsync_plugin_host::{LoadError, LoadedPlugin, SinkError, SinkOptions, SinkWorker};
+pub use flatsync_plugin_host::LoadedPlugin;
+use flatsync_plugin_host::{LoadError, SinkError, SinkOptions, SinkWorker};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError, SecretSource};
 pub use flatsync_flatfile::Secret;
-pub use pipeline::LEGACY_KIND;
+pub use health::Health;
+pub use pipeline::{DrainReport, LEGACY_KIND, STALL_FILE_ENV};
 pub use state::{EventStatus, StateDb, StateError};
 
 /// Why a daemon could not start.
@@ -74,14 +79,15 @@ pub enum StartError {
 /// Plugins compiled into the embedding program, by the name a config's `plugin = "..."` uses.
 pub type InProcessPlugins = BTreeMap<String, &'static FlatsyncPlugin>;
 
-/// Loads one sink's plugin (registered in-process, or found on the search path) and creates
-/// its instance on its own thread.
-async fn start_sink(
+/// Finds and loads one sink's plugin (registered in-process, or on the search path) and checks
+/// its descriptor, without creating an instance: what an operator command may do while a daemon
+/// owns the sink's outputs.
+pub fn load_sink_plugin(
     config: &Config,
     name: &str,
     sink: &config::SinkConfig,
     in_process: &InProcessPlugins,
-) -> Result<SinkWorker, StartError> {
+) -> Result<Arc<LoadedPlugin>, StartError> {
     let plugin_error = |error| StartError::Plugin {
         sink: name.to_owned(),
         error,
@@ -101,6 +107,17 @@ async fn start_sink(
             LoadedPlugin::load(&path, expected).map_err(plugin_error)?
         }
     };
+    Ok(plugin)
+}
+
+/// Loads one sink's plugin and creates its instance on its own thread.
+async fn start_sink(
+    config: &Config,
+    name: &str,
+    sink: &config::SinkConfig,
+    in_process: &InProcessPlugins,
+) -> Result<SinkWorker, StartError> {
+    let plugin = load_sink_plugin(config, name, sink, in_process)?;
     tracing::info!(
         sink = %name,
         plugin = %plugin.name(),
@@ -272,9 +289,15 @@ pub struct ReloadSummary {
 #[derive(Debug)]
 pub struct RunningDaemon {
     webhook_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     state: StateDb,
+    health: Arc<Health>,
+    /// Turns true when a stop begins: the dispatcher drains.
+    drain: watch::Sender<bool>,
+    dispatcher: JoinHandle<DrainReport>,
+    /// Turns true once draining is over: the listeners close.
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<()>>,
     engine: pipeline::EngineSlot,
     in_process: InProcessPlugins,
     reload_lock: tokio::sync::Mutex<()>,
@@ -292,6 +315,11 @@ impl RunningDaemon {
         in_process: InProcessPlugins,
     ) -> Result<RunningDaemon, StartError> {
         let config = Arc::new(config);
+        if config.admin.is_some()
+            && let Err(e) = metrics::install()
+        {
+            tracing::warn!(error = %e, "Metrics are not available on the admin listener");
+        }
         let state = StateDb::open(&config.daemon.state_dir)?;
         let client = flatfile_client(&config)?;
         let token = match &config.webhook {
@@ -309,9 +337,11 @@ impl RunningDaemon {
             None => None,
         };
         let sinks = start_sinks(&config, &in_process).await?;
+        let health = Arc::new(Health::default());
         let (stop, stop_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
         let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
-        let mut tasks = Vec::new();
+        let mut servers = Vec::new();
 
         let mut webhook_addr = None;
         if let Some(webhook) = &config.webhook {
@@ -339,10 +369,11 @@ impl RunningDaemon {
                     token,
                     max_body_bytes: webhook.max_body_bytes,
                     accepted: accepted_tx.clone(),
+                    health: Arc::clone(&health),
                 }),
             );
             let mut stop_server = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
+            servers.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = stop_server.changed().await;
@@ -356,24 +387,61 @@ impl RunningDaemon {
             webhook_addr = Some(addr);
         }
 
+        let mut admin_addr = None;
+        if let Some(admin) = &config.admin {
+            let bound = match tokio::net::TcpListener::bind(admin.listen).await {
+                Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
+                Err(e) => Err(e),
+            };
+            let (listener, addr) = match bound {
+                Ok(bound) => bound,
+                Err(error) => {
+                    let _ = stop.send(true);
+                    for worker in sinks.values() {
+                        worker.shutdown().await;
+                    }
+                    return Err(StartError::Bind {
+                        addr: admin.listen,
+                        error,
+                    });
+                }
+            };
+            servers.push(tokio::spawn(admin::serve(
+                listener,
+                admin::AdminState {
+                    db: state.clone(),
+                    health: Arc::clone(&health),
+                },
+                stop_rx.clone(),
+            )));
+            admin_addr = Some(addr);
+        }
+
         let engine = Arc::new(pipeline::Engine {
             config: Arc::clone(&config),
             state: state.clone(),
             client,
             sinks,
+            health: Arc::clone(&health),
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
-        tasks.push(tokio::spawn(pipeline::dispatch(
+        let dispatcher = tokio::spawn(pipeline::dispatch(
             Arc::clone(&slot),
             accepted_rx,
-            stop_rx,
-        )));
+            drain_rx,
+            Arc::clone(&health),
+        ));
         drop(accepted_tx);
+        health.set_ready();
         Ok(RunningDaemon {
             webhook_addr,
+            admin_addr,
             state,
+            health,
+            drain,
+            dispatcher,
             stop,
-            tasks,
+            servers,
             engine: slot,
             in_process,
             reload_lock: tokio::sync::Mutex::new(()),
@@ -385,9 +453,20 @@ impl RunningDaemon {
         self.webhook_addr
     }
 
+    /// Where the admin listener (`/healthz`, `/readyz`, `/metrics`) is bound, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The state database.
     pub fn state(&self) -> &StateDb {
         &self.state
+    }
+
+    /// Liveness and readiness: what a service manager's watchdog and a load balancer's
+    /// health check look at.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// The config new events are processed with.
@@ -403,7 +482,7 @@ impl RunningDaemon {
     /// Everything new is started before anything is swapped: if a sink fails to start or a
     /// secret cannot be read, the error is returned and the running config stays as it was.
     /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`, the
-    /// `[webhook]` section) are listed in the summary and left as they were.
+    /// `[webhook]` and `[admin]` sections) are listed in the summary and left as they were.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
@@ -417,10 +496,14 @@ impl RunningDaemon {
         if format!("{:?}", config.webhook) != format!("{:?}", old.config.webhook) {
             summary.needs_restart.push("webhook");
         }
+        if config.admin != old.config.admin {
+            summary.needs_restart.push("admin");
+        }
         let mut config = config;
         config.daemon.state_dir = old.config.daemon.state_dir.clone();
         config.daemon.max_concurrent_events = old.config.daemon.max_concurrent_events;
         config.webhook = old.config.webhook.clone();
+        config.admin = old.config.admin.clone();
 
         let client = flatfile_client(&config)?;
         let mut reuse = BTreeMap::new();
@@ -450,6 +533,7 @@ impl RunningDaemon {
             state: self.state.clone(),
             client,
             sinks,
+            health: Arc::clone(&self.health),
         });
         *self
             .engine
@@ -465,16 +549,30 @@ impl RunningDaemon {
         Ok(summary)
     }
 
-    /// Stops intake and processing, then destroys the sink instances. Work in progress is left
-    /// at its last checkpoint and resumes on the next start.
-    pub async fn shutdown(self) {
+    /// Stops gracefully: webhooks are answered 503 with `Retry-After` from now on, no new
+    /// event starts, events in flight pause at their next batch boundary after a flush and a
+    /// checkpoint, and whatever still runs when `[daemon] drain_timeout_secs` is up is cut at
+    /// its last checkpoint. Then the listeners close and the sink instances are destroyed.
+    /// Nothing accepted is lost: paused and cut events resume on the next start, and sinks
+    /// skip the batches they already hold.
+    pub async fn shutdown(self) -> DrainReport {
+        self.health.set_draining();
+        let _ = self.drain.send(true);
+        let report = match self.dispatcher.await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "Dispatcher ended abnormally");
+                DrainReport::default()
+            }
+        };
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for server in self.servers {
+            let _ = server.await;
         }
         let engine = pipeline::current(&self.engine);
         for sink in engine.sinks.values() {
             sink.shutdown().await;
         }
+        report
     }
 }

@@ -14,8 +14,11 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Config;
+use crate::health::{HEARTBEAT_INTERVAL, Health};
 use crate::route::sinks_for_topic;
-use crate::state::{Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan};
+use crate::state::{
+    Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan, stream_for_generation,
+};
 
 /// Stream kind of legacy batches (the SQLite sink's table name for them).
 pub const LEGACY_KIND: &str = "legacy_batch";
@@ -26,6 +29,7 @@ pub(crate) struct Engine {
     pub(crate) state: StateDb,
     pub(crate) client: FlatfileClient,
     pub(crate) sinks: BTreeMap<String, SinkWorker>,
+    pub(crate) health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -58,6 +62,9 @@ enum Work {
 enum Interrupted {
     #[error(transparent)]
     State(#[from] StateError),
+    /// The daemon is stopping: delivery was cut at a checkpoint and resumes on the next start.
+    #[error("the daemon is stopping")]
+    Draining,
 }
 
 /// A sink's progress through one stream during delivery.
@@ -132,6 +139,12 @@ impl Engine {
     pub(crate) async fn process(self: &Arc<Self>, event_id: &str) {
         match self.process_inner(event_id).await {
             Ok(()) => {}
+            Err(Interrupted::Draining) => {
+                tracing::info!(
+                    event_id,
+                    "Event paused for shutdown at its last checkpoint; it resumes on the next start"
+                );
+            }
             Err(e) => {
                 tracing::error!(event_id, error = %e, "Event processing interrupted; it stays pending")
             }
@@ -139,6 +152,9 @@ impl Engine {
     }
 
     async fn process_inner(self: &Arc<Self>, event_id: &str) -> Result<(), Interrupted> {
+        if self.health.is_draining() {
+            return Err(Interrupted::Draining);
+        }
         let Some(event) = self.state.event(event_id).await? else {
             return Ok(());
         };
@@ -217,10 +233,36 @@ impl Engine {
             .map(|d| d.sink.clone())
             .collect();
 
-        for plan in &streams {
+        // A replayed sink delivers into streams of its own generation, so sinks that skip
+        // batches they already hold take every row again; sinks on the same generation share
+        // one pass over the source.
+        let generation_of: BTreeMap<&str, u32> = deliveries
+            .iter()
+            .map(|d| (d.sink.as_str(), d.generation))
+            .collect();
+        let mut generations: Vec<u32> = pending
+            .iter()
+            .map(|s| generation_of.get(s.as_str()).copied().unwrap_or(0))
+            .collect();
+        generations.sort_unstable();
+        generations.dedup();
+        let passes: Vec<(&StreamPlan, u32)> = streams
+            .iter()
+            .flat_map(|p| generations.iter().map(|g| (p, *g)).collect::<Vec<_>>())
+            .collect();
+        for (planned, generation) in passes {
+            if self.health.is_draining() {
+                return Err(Interrupted::Draining);
+            }
+            let plan = &StreamPlan {
+                stream: stream_for_generation(&planned.stream, generation),
+                ..planned.clone()
+            };
             let mut cursors = Vec::new();
             for sink in &pending {
-                if sink_errors.contains_key(sink) {
+                if sink_errors.contains_key(sink)
+                    || generation_of.get(sink.as_str()).copied().unwrap_or(0) != generation
+                {
                     continue;
                 }
                 let cp = checkpoints
@@ -262,9 +304,14 @@ impl Engine {
         checkpoints = self.state.checkpoints(event_id).await?;
         let mut total_rows = 0;
         for sink in &pending {
+            let generation = generation_of.get(sink.as_str()).copied().unwrap_or(0);
+            let own_streams: HashSet<String> = streams
+                .iter()
+                .map(|p| stream_for_generation(&p.stream, generation))
+                .collect();
             let rows: u64 = checkpoints
                 .iter()
-                .filter(|c| &c.sink == sink)
+                .filter(|c| &c.sink == sink && own_streams.contains(&c.stream))
                 .map(|c| c.rows)
                 .sum();
             match sink_errors.get(sink) {
@@ -430,13 +477,14 @@ impl Engine {
             }
         };
 
-        let mut page_count = match self.total_rows(event, plan).await {
-            Ok(total) => total.map(|t| t.div_ceil(page_size).max(1)),
+        let mut total_rows = match self.total_rows(event, plan).await {
+            Ok(total) => total,
             Err(e) => {
                 fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
                 return Ok(cursors);
             }
         };
+        let mut page_count = total_rows.map(|t| t.div_ceil(page_size).max(1));
         let first = match self.fetch_page(event, plan, start).await {
             Ok(page) => page,
             Err(e) => {
@@ -445,6 +493,7 @@ impl Engine {
             }
         };
         if page_count.is_none() {
+            total_rows = first.total;
             page_count = first.total.map(|t| t.div_ceil(page_size).max(1));
         }
 
@@ -483,6 +532,8 @@ impl Engine {
         let mut since_flush = 0u64;
         let mut last_flush = Instant::now();
         let mut last_progress = Instant::now();
+        let mut last_progress_log = Instant::now();
+        let mut rows_this_run = 0u64;
         let mut seq = start;
         let mut page = Ok(first);
         loop {
@@ -546,10 +597,12 @@ impl Engine {
                     }
                     Err(e) => {
                         tracing::error!(sink = %cursor.sink, stream = %plan.stream, seq, error = %e, "Sink failed");
+                        crate::metrics::rows_failed(&cursor.sink, current.rows);
                         cursor.error = Some(e.to_string());
                     }
                 }
             }
+            rows_this_run += current.rows;
             since_flush += 1;
             let due = last
                 || since_flush >= self.config.daemon.checkpoint_batches
@@ -578,6 +631,30 @@ impl Engine {
             }
             if last || cursors.iter().all(|c| c.error.is_some()) {
                 break;
+            }
+            if self.health.is_draining() {
+                // Cut here, at a batch boundary, with everything written so far made durable:
+                // the next start resumes from this checkpoint.
+                self.checkpoint(event, plan, &mut cursors, false).await?;
+                return Err(Interrupted::Draining);
+            }
+            if last_progress_log.elapsed() >= self.config.daemon.progress_interval {
+                let seconds = stream_started.elapsed().as_secs_f64().max(1e-9);
+                let rows_per_sec = rows_this_run as f64 / seconds;
+                let done = (seq + 1) * page_size;
+                let eta_secs = total_rows
+                    .filter(|_| rows_per_sec > 0.0)
+                    .map(|total| (total.saturating_sub(done) as f64 / rows_per_sec).ceil() as u64);
+                tracing::info!(
+                    event_id = %event.event_id,
+                    stream = %plan.stream,
+                    rows = done.min(total_rows.unwrap_or(u64::MAX)),
+                    total = total_rows,
+                    rows_per_sec = rows_per_sec as u64,
+                    eta_secs,
+                    "Stream progress"
+                );
+                last_progress_log = Instant::now();
             }
             seq += 1;
             page = match rest.next().await {
@@ -620,11 +697,13 @@ impl Engine {
                 (c, result)
             });
         let mut advanced = Vec::new();
+        let mut flushed_rows = Vec::new();
         for (cursor, result) in futures_util::future::join_all(flushes).await {
             match result {
                 Ok(()) => {
                     cursor.next_seq = cursor.unflushed_next_seq;
                     cursor.rows += cursor.unflushed_rows;
+                    flushed_rows.push((cursor.sink.clone(), cursor.unflushed_rows));
                     cursor.unflushed_rows = 0;
                     advanced.push(Checkpoint {
                         sink: cursor.sink.clone(),
@@ -636,12 +715,16 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::error!(sink = %cursor.sink, stream = %plan.stream, error = %e, "Sink flush failed");
+                    crate::metrics::rows_failed(&cursor.sink, cursor.unflushed_rows);
                     cursor.error = Some(e.to_string());
                 }
             }
         }
         if !advanced.is_empty() {
             self.state.advance(&event.event_id, advanced).await?;
+            for (sink, rows) in flushed_rows {
+                crate::metrics::rows_delivered(&sink, rows);
+            }
         }
         Ok(())
     }
@@ -668,13 +751,38 @@ pub(crate) fn current(slot: &EngineSlot) -> Arc<Engine> {
     )
 }
 
+/// How often the dispatcher looks for pending events it was not told about: events an operator
+/// set back to pending (`flatsync replay`, `dead-letter retry`) and events whose processing was
+/// interrupted by a state database error.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Test hook: while the file this variable names exists, the dispatcher loop stops turning, as
+/// a wedged main loop would, so a test can see the systemd watchdog pings stop.
+pub const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";
+
+/// How a stop ended for the events being processed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Events still being processed when the drain began.
+    pub in_flight: usize,
+    /// Events cut by the deadline instead of pausing at a checkpoint on their own. They resume
+    /// from their last checkpoint like the others; sinks skip the batches they already hold.
+    pub cut_at_deadline: usize,
+}
+
 /// Feeds accepted events to `Engine::process`, at most `max_concurrent_events` at a time,
-/// each event id by one task at a time. Pending events in the inbox are picked up first.
+/// each event id by one task at a time. Pending events in the inbox are picked up first, and
+/// again every [`RESCAN_INTERVAL`]. The loop beats the heartbeat of [`Health`] at least every
+/// [`HEARTBEAT_INTERVAL`] after proving the state database answers.
+///
+/// When `drain` turns true: no new event starts, running events pause at their next batch
+/// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
 pub(crate) async fn dispatch(
     slot: EngineSlot,
     mut accepted: mpsc::UnboundedReceiver<String>,
-    mut stop: watch::Receiver<bool>,
-) {
+    mut drain: watch::Receiver<bool>,
+    health: Arc<Health>,
+) -> DrainReport {
     // Read once: a reload cannot resize the pool (documented as needing a restart), and the
     // dispatcher must not keep an old engine and its sink instances alive.
     let (permits, state) = {
@@ -684,6 +792,7 @@ pub(crate) async fn dispatch(
             engine.state.clone(),
         )
     };
+    let stall_file = std::env::var_os(STALL_FILE_ENV).map(std::path::PathBuf::from);
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let spawn = |tasks: &mut tokio::task::JoinSet<()>, id: String| {
@@ -700,10 +809,9 @@ pub(crate) async fn dispatch(
             Arc::clone(&running),
         );
         tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            current(&slot).process(&id).await;
+            if let Ok(_permit) = permits.acquire().await {
+                current(&slot).process(&id).await;
+            }
             running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -721,6 +829,9 @@ pub(crate) async fn dispatch(
         }
         Err(e) => tracing::error!(error = %e, "Could not read pending events"),
     }
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rescan = Instant::now();
     let mut intake_open = true;
     loop {
         tokio::select! {
@@ -730,10 +841,65 @@ pub(crate) async fn dispatch(
                 None => intake_open = false,
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                while stall_file.as_ref().is_some_and(|f| f.exists()) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                match state.probe().await {
+                    Ok(()) => health.beat(),
+                    Err(e) => tracing::error!(error = %e, "State database does not answer"),
+                }
+                if last_rescan.elapsed() >= RESCAN_INTERVAL {
+                    last_rescan = Instant::now();
+                    match state.pending_events().await {
+                        Ok(ids) => {
+                            for id in ids {
+                                spawn(&mut tasks, id);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "Could not read pending events"),
+                    }
+                }
+            }
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    break;
+                }
+            }
         }
+    }
+
+    let in_flight = tasks.len();
+    let drain_timeout = current(&slot).config.daemon.drain_timeout;
+    tracing::info!(
+        events = in_flight,
+        deadline_secs = drain_timeout.as_secs_f64(),
+        "Draining: intake stopped, in-flight events pause at their next checkpoint"
+    );
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tick.tick() => {
+                if state.probe().await.is_ok() {
+                    health.beat();
+                }
+            }
+        }
+    }
+    let cut_at_deadline = tasks.len();
+    if cut_at_deadline > 0 {
+        tracing::warn!(
+            events = cut_at_deadline,
+            "Drain deadline reached; cutting the remaining events at their last checkpoint"
+        );
     }
     // Dropping in-flight work is safe: checkpoints lag what sinks made durable, and sinks skip
     // batches they already hold when the work is resumed.
     tasks.shutdown().await;
+    DrainReport {
+        in_flight,
+        cut_at_deadline,
+    }
 }

@@ -38,6 +38,17 @@ pub enum StateError {
         /// Highest version this build knows.
         known: i64,
     },
+    /// SQLite's quick check found damage. Nothing is changed: `flatsync doctor --repair`
+    /// quarantines the file and salvages what it can read.
+    #[error(
+        "state database {path} is damaged ({detail}); run `flatsync doctor --repair` to quarantine it and salvage what can be read"
+    )]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's first complaint.
+        detail: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("state database task failed: {0}")]
     Task(String),
@@ -110,12 +121,25 @@ pub struct StoredEvent {
 pub struct Delivery {
     /// Sink name.
     pub sink: String,
-    /// `pending`, `done` or `failed`.
+    /// `pending`, `done`, `failed` (a dead letter until retried or dropped) or `dropped`.
     pub status: String,
     /// Rows made durable in the sink for this event.
     pub rows: u64,
     /// Last error, for failed deliveries.
     pub error: Option<String>,
+    /// How many times the delivery was replayed; each replay delivers into fresh streams (see
+    /// [`stream_for_generation`]) so sinks that skip batches they hold take the rows again.
+    pub generation: u32,
+}
+
+/// The stream a sink's `generation` of an event's stream delivers into: the planned name for
+/// the first delivery, `<stream>-r<generation>` for replays.
+pub fn stream_for_generation(stream: &str, generation: u32) -> String {
+    if generation == 0 {
+        stream.to_owned()
+    } else {
+        format!("{stream}-r{generation}")
+    }
 }
 
 /// One stream of an event, fixed when the event is first planned so that a restart pages the
@@ -149,7 +173,9 @@ pub struct Checkpoint {
     pub rows: u64,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 added
+/// `deliveries.generation` (replays) and `deliveries.updated_at_ms`.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
@@ -169,8 +195,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     status TEXT NOT NULL,
     rows INTEGER NOT NULL DEFAULT 0,
     error TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (event_id, sink)
 );
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, sink);
 CREATE TABLE IF NOT EXISTS streams (
     event_id TEXT NOT NULL,
     ordinal INTEGER NOT NULL,
@@ -224,6 +253,18 @@ impl StateDb {
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
+        let damaged = |detail: String| StateError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        // A damaged file is refused before anything is written to it: the doctor salvages
+        // more from a file nobody has touched since the damage.
+        let verdict: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| damaged(e.to_string()))?;
+        if verdict != "ok" {
+            return Err(damaged(verdict));
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         // FULL: a webhook answered 2xx must survive power loss, not only a process crash.
@@ -238,6 +279,15 @@ impl StateDb {
                 found: version,
                 known: SCHEMA_VERSION,
             });
+        }
+        if version == 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE deliveries ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE deliveries ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;
+                 COMMIT;",
+            )
+            .map_err(err)?;
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -348,6 +398,11 @@ impl StateDb {
         .await
     }
 
+    /// Proves the connection answers: the main loop's liveness includes the database.
+    pub async fn probe(&self) -> Result<(), StateError> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
     /// Counts of events by status.
     pub async fn event_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
         self.call(|c| {
@@ -364,7 +419,8 @@ impl StateDb {
         let id = event_id.to_owned();
         self.call(move |c| {
             let mut stmt = c.prepare(
-                "SELECT sink, status, rows, error FROM deliveries WHERE event_id = ?1 ORDER BY rowid",
+                "SELECT sink, status, rows, error, generation FROM deliveries
+                 WHERE event_id = ?1 ORDER BY rowid",
             )?;
             let rows = stmt.query_map([id], |r| {
                 Ok(Delivery {
@@ -372,6 +428,7 @@ impl StateDb {
                     status: r.get(1)?,
                     rows: r.get::<_, i64>(2)? as u64,
                     error: r.get(3)?,
+                    generation: r.get(4)?,
                 })
             })?;
             rows.collect()
@@ -392,8 +449,9 @@ impl StateDb {
             let tx = c.transaction()?;
             for sink in &sinks {
                 tx.execute(
-                    "INSERT OR IGNORE INTO deliveries (event_id, sink, status) VALUES (?1, ?2, 'pending')",
-                    params![id, sink],
+                    "INSERT OR IGNORE INTO deliveries (event_id, sink, status, updated_at_ms)
+                     VALUES (?1, ?2, 'pending', ?3)",
+                    params![id, sink, now_ms()],
                 )?;
             }
             for (ordinal, s) in streams.iter().enumerate() {
@@ -509,8 +567,9 @@ impl StateDb {
         let (id, sink) = (event_id.to_owned(), sink.to_owned());
         self.call(move |c| {
             c.execute(
-                "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5 WHERE event_id = ?1 AND sink = ?2",
-                params![id, sink, status, rows as i64, error],
+                "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5, updated_at_ms = ?6
+                 WHERE event_id = ?1 AND sink = ?2",
+                params![id, sink, status, rows as i64, error, now_ms()],
             )?;
             Ok(())
         })
@@ -564,6 +623,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_gains_replay_generations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE deliveries (event_id TEXT NOT NULL, sink TEXT NOT NULL,
+                     status TEXT NOT NULL, rows INTEGER NOT NULL DEFAULT 0, error TEXT,
+                     PRIMARY KEY (event_id, sink));
+                 INSERT INTO deliveries (event_id, sink, status, rows) VALUES ('e', 's', 'done', 7);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("version 1 schema");
+        }
+        let db = StateDb::open(dir.path()).expect("migrates");
+        let deliveries = db.deliveries("e").await.expect("read");
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!((deliveries[0].rows, deliveries[0].generation), (7, 0));
+        assert_eq!(stream_for_generation("contacts-e", 0), "contacts-e");
+        assert_eq!(stream_for_generation("contacts-e", 2), "contacts-e-r2");
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(StateDb::FILE_NAME);
+        let garbage = vec![0x5a_u8; 8192];
+        std::fs::write(&path, &garbage).expect("write");
+        let err = StateDb::open(dir.path()).expect_err("damaged");
+        assert!(matches!(err, StateError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("flatsync doctor --repair"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), garbage, "file left as it was");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use flatsync_flatfile::{IncomingEvent, Secret, WebhookBodyError, parse_webhook_b
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::health::Health;
 use crate::state::{StateDb, now_ms};
 
 pub(crate) struct WebhookState {
@@ -20,6 +21,19 @@ pub(crate) struct WebhookState {
     pub(crate) token: Option<Secret>,
     pub(crate) max_body_bytes: usize,
     pub(crate) accepted: mpsc::UnboundedSender<String>,
+    pub(crate) health: Arc<Health>,
+}
+
+/// Seconds a sender is asked to wait before retrying while the daemon stops or cannot store.
+const RETRY_AFTER_SECS: &str = "10";
+
+fn unavailable(error: &str) -> Response {
+    let mut response = reject(StatusCode::SERVICE_UNAVAILABLE, error, json!({}));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        RETRY_AFTER_SECS.parse().expect("static header"),
+    );
+    response
 }
 
 pub(crate) fn router(path: &str, state: Arc<WebhookState>) -> Router {
@@ -49,6 +63,11 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if state.health.is_draining() {
+        // Refused before reading the body: nothing is accepted that a stopping daemon might not
+        // commit, and the sender's retry reaches the next instance.
+        return unavailable("flatsync is stopping; retry later");
+    }
     if let Some(token) = &state.token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -145,6 +164,7 @@ async fn receive(
     {
         Ok(true) => {
             tracing::info!(event_id = %event_id, topic = %topic, kind, "Webhook accepted");
+            crate::metrics::event_received("webhook", &topic);
             // The dispatcher also rescans the inbox on start, so a send error (daemon stopping)
             // loses nothing: the event is already committed.
             let _ = state.accepted.send(event_id.clone());
@@ -164,15 +184,7 @@ async fn receive(
         }
         Err(e) => {
             tracing::error!(error = %e, event_id = %event_id, "Could not store webhook");
-            let mut response = reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "could not store the event; retry later",
-                json!({}),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, "5".parse().expect("static header"));
-            response
+            unavailable("could not store the event; retry later")
         }
     }
 }

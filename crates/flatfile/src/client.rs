@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -86,6 +86,14 @@ const ERROR_DETAIL_LIMIT: usize = 512;
 const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
 /// A `Retry-After` longer than this is taken as a refusal: the call fails instead of hanging.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+// Metrics go to the process-wide `metrics` recorder (a no-op until one is installed). This crate
+// cannot depend on flatsync-core, so the names are spelled here too: they MUST equal
+// `flatsync_core::metrics::FETCH_SECONDS` and `FETCH_RETRIES` (a core test renders them).
+/// Histogram of one HTTP attempt's duration in seconds, label `endpoint`.
+const FETCH_SECONDS_METRIC: &str = "flatsync_fetch_seconds";
+/// Counter of attempts repeated after a retryable failure, labels `endpoint` and `reason`.
+const FETCH_RETRIES_METRIC: &str = "flatsync_fetch_retries_total";
 
 /// Client for both Flatfile APIs. Cheap to clone; clones share one connection pool.
 #[derive(Clone)]
@@ -221,32 +229,58 @@ impl FlatfileClient {
         url.query_pairs_mut()
             .append_pair("skip", &skip.to_string())
             .append_pair("take", &take.to_string());
-        self.execute(HttpMethod::Get, Api::Legacy, url, None, |body| {
-            convert::legacy_page(body, batch_id, skip)
-        })
+        self.execute(
+            HttpMethod::Get,
+            Api::Legacy,
+            "legacy_rows",
+            url,
+            None,
+            |body| convert::legacy_page(body, batch_id, skip),
+        )
         .await
     }
 
     /// `GET /v1/workbooks/{id}`.
     pub async fn workbook(&self, workbook_id: &str) -> Result<Workbook, ApiError> {
         let url = endpoint(&self.inner.api_base, &["workbooks", workbook_id])?;
-        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::workbook)
-            .await
+        self.execute(
+            HttpMethod::Get,
+            Api::Platform,
+            "workbook",
+            url,
+            None,
+            convert::workbook,
+        )
+        .await
     }
 
     /// `GET /v1/sheets?workbookId=`.
     pub async fn sheets(&self, workbook_id: &str) -> Result<Vec<Sheet>, ApiError> {
         let mut url = endpoint(&self.inner.api_base, &["sheets"])?;
         url.query_pairs_mut().append_pair("workbookId", workbook_id);
-        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::sheets)
-            .await
+        self.execute(
+            HttpMethod::Get,
+            Api::Platform,
+            "sheets",
+            url,
+            None,
+            convert::sheets,
+        )
+        .await
     }
 
     /// `GET /v1/sheets/{id}`.
     pub async fn sheet(&self, sheet_id: &str) -> Result<Sheet, ApiError> {
         let url = endpoint(&self.inner.api_base, &["sheets", sheet_id])?;
-        self.execute(HttpMethod::Get, Api::Platform, url, None, convert::sheet)
-            .await
+        self.execute(
+            HttpMethod::Get,
+            Api::Platform,
+            "sheet",
+            url,
+            None,
+            convert::sheet,
+        )
+        .await
     }
 
     /// `GET /v1/sheets/{id}/counts` → `data.counts.total`.
@@ -255,6 +289,7 @@ impl FlatfileClient {
         self.execute(
             HttpMethod::Get,
             Api::Platform,
+            "counts",
             url,
             None,
             convert::record_count,
@@ -277,6 +312,7 @@ impl FlatfileClient {
         self.execute(
             HttpMethod::Get,
             Api::Platform,
+            "records",
             url,
             None,
             convert::records_page,
@@ -357,6 +393,7 @@ impl FlatfileClient {
         self.execute(
             HttpMethod::Post,
             Api::Platform,
+            "job",
             url,
             Some(Bytes::from(body)),
             |_| Ok(()),
@@ -365,10 +402,14 @@ impl FlatfileClient {
     }
 
     /// Sends a request until it succeeds, fails for good, or runs out of attempts.
+    ///
+    /// `endpoint` names the kind of call in metrics: a small fixed set, never the URL, whose ids
+    /// would give every import its own series.
     async fn execute<T>(
         &self,
         method: HttpMethod,
         api: Api,
+        endpoint: &'static str,
         url: Url,
         body: Option<Bytes>,
         decode: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
@@ -377,10 +418,13 @@ impl FlatfileClient {
         let max_attempts = self.inner.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            let (error, retry_after) = match self
+            let started = Instant::now();
+            let outcome = self
                 .attempt(method, &url, &headers, body.as_ref(), &decode, attempt)
-                .await
-            {
+                .await;
+            metrics::histogram!(FETCH_SECONDS_METRIC, "endpoint" => endpoint)
+                .record(started.elapsed().as_secs_f64());
+            let (error, retry_after) = match outcome {
                 Ok(value) => return Ok(value),
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
@@ -399,6 +443,12 @@ impl FlatfileClient {
             }
             let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            metrics::counter!(
+                FETCH_RETRIES_METRIC,
+                "endpoint" => endpoint,
+                "reason" => retry_reason(&error)
+            )
+            .increment(1);
             match &error {
                 ApiError::Status { status, .. } => tracing::warn!(
                     method = method.as_str(),
@@ -652,6 +702,16 @@ fn header_value(
     Ok(value)
 }
 
+/// The `reason` label of a retry: bounded, since only a few statuses are retried.
+fn retry_reason(error: &ApiError) -> String {
+    match error {
+        ApiError::Status { status, .. } => format!("http_{status}"),
+        ApiError::Transport { .. } => "transport".to_owned(),
+        ApiError::Decode { .. } => "decode".to_owned(),
+        _ => "other".to_owned(),
+    }
+}
+
 /// `Retry-After` as delta-seconds or an HTTP-date; a date in the past means "now".
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -740,6 +800,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
 
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,13 @@
 
 mod demo;
 mod scaffold;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use flatsync_core::{Config, RunningDaemon};
+use clap::{Parser, Subcommand, ValueEnum};
+use flatsync_core::Config;
 
 #[derive(Parser)]
 #[command(
@@ -20,13 +20,24 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `flatsync_core=debug` [default: info; warn for demo].
     #[arg(long, global = true, env = "FLATSYNC_LOG")]
     log: Option<String>,
+    /// Log lines as text (for terminals) or JSON objects (for journald and log shippers);
+    /// `auto` picks JSON when stderr is connected to the journal.
+    #[arg(long, global = true, env = "FLATSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
+    /// Run the daemon until SIGINT or SIGTERM; SIGHUP or an edit of the file reloads the config.
     Run {
         /// The TOML config file.
         #[arg(long, short)]
@@ -72,10 +83,24 @@ fn main() -> ExitCode {
         },
         None => tracing_subscriber::EnvFilter::new(default_filter),
     };
-    tracing_subscriber::fmt()
+    // systemd sets JOURNAL_STREAM when stderr goes to the journal.
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,7 +114,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(load(&config)?).await,
+            Command::Run { config } => service::run(config).await,
             Command::Check { config } => check(load(&config)?).await,
             Command::Demo { rows, out } => demo::run(rows, out).await,
             Command::Plugin { command } => scaffold::run(command),
@@ -109,29 +134,6 @@ fn main() -> ExitCode {
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let path = config.path.clone();
-    let daemon = RunningDaemon::start(config)
-        .await
-        .with_context(|| format!("cannot start with {}", path.display()))?;
-    tracing::info!(config = %path.display(), "flatsync running");
-    wait_for_stop_signal().await?;
-    tracing::info!("Stopping");
-    daemon.shutdown().await;
-    tracing::info!("Stopped");
-    Ok(())
-}
-
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }
 
 async fn check(config: Config) -> anyhow::Result<()> {

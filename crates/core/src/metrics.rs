@@ -1,0 +1,702 @@
+//! Prometheus metrics: names, recording helpers and the process-wide recorder.
+//!
+//! Two kinds of series end up on `/metrics`:
+//! - counters and the fetch histogram are recorded as things happen, through the `metrics`
+//!   facade, into the recorder [`install`] puts in place once per process;
+//! - gauges that describe the state database ([`DEAD_LETTERS`], [`CHECKPOINT_LAG`],
+//!   [`EVENTS_PENDING`]) are read from the database when `/metrics` is scraped, so they are
+//!   exact after a restart or an operator command, never stale, and two daemons in one process
+//!   each report their own database.
+//!
+//! Labels stay few: `sink` is a name from the config, `endpoint` one of a fixed set of Flatfile
+//! calls, and `topic` (which a webhook sender chooses) is cut short, reduced to safe characters
+//! and limited to [`MAX_TOPIC_LABELS`] distinct values per process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+/// Events accepted into the inbox; labels `source` (`webhook` or `poll`) and `topic`.
+pub const EVENTS_RECEIVED: &str = "flatsync_events_received_total";
+/// Rows a sink made durable (counted once its checkpoint advanced); label `sink`.
+pub const ROWS_DELIVERED: &str = "flatsync_rows_delivered_total";
+/// Rows of batches a sink refused; label `sink`.
+pub const ROWS_FAILED: &str = "flatsync_rows_failed_total";
+/// Histogram of Flatfile API request durations in seconds, one sample per HTTP attempt (a
+/// retried request gives several); label `endpoint` (`legacy_rows`, `records`, `sheet`,
+/// `sheets`, `workbook`, `counts`, `job`). Recorded by `flatsync-flatfile`, which spells the
+/// same name.
+pub const FETCH_SECONDS: &str = "flatsync_fetch_seconds";
+/// Flatfile API requests repeated after a retryable failure; labels `endpoint` and `reason`
+/// (`http_<status>`, `transport` or `decode`). Recorded by `flatsync-flatfile`, which spells
+/// the same name.
+pub const FETCH_RETRIES: &str = "flatsync_fetch_retries_total";
+/// Deliveries that failed for good (dead letters), per sink, read from the state database.
+pub const DEAD_LETTERS: &str = "flatsync_dead_letters";
+/// Per sink: seconds since the oldest event with a delivery to it still pending was received,
+/// 0 when none is pending; read from the state database.
+pub const CHECKPOINT_LAG: &str = "flatsync_checkpoint_lag_seconds";
+/// Events in the inbox that still need work, read from the state database.
+pub const EVENTS_PENDING: &str = "flatsync_events_pending";
+
+/// Longest topic label, in characters; longer topics are cut.
+pub const MAX_TOPIC_LABEL_LEN: usize = 64;
+/// Distinct topic labels one process reports; events with further topics count under
+/// [`OTHER_TOPICS`], so a sender inventing topics cannot grow memory or the scrape without end.
+pub const MAX_TOPIC_LABELS: usize = 200;
+/// Topic label of events beyond [`MAX_TOPIC_LABELS`]. The parentheses never survive
+/// sanitising, so no real topic can be counted under this label.
+pub const OTHER_TOPICS: &str = "(other)";
+/// Topic label of an event without a topic.
+pub const NO_TOPIC: &str = "(none)";
+
+/// Upper bounds (seconds) of the fetch histogram's buckets: from a local cache hit to a page
+/// that takes most of the default 60 s request timeout.
+const FETCH_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How often histogram samples are folded into buckets between scrapes, so memory stays flat
+/// when nobody scrapes for a long time.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the Prometheus recorder is not available.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    /// The embedding program installed its own `metrics` recorder first: flatsync's metrics
+    /// are recorded into that one, and this process's `/metrics` cannot render them.
+    #[error(
+        "another metrics recorder is already installed in this process; flatsync's metrics are \
+         recorded there and /metrics cannot show them"
+    )]
+    OtherRecorder,
+    /// The recorder could not be built.
+    #[error("cannot build the Prometheus recorder: {0}")]
+    Build(String),
+}
+
+static RECORDER: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();
+
+/// Installs flatsync's Prometheus recorder as the process-wide `metrics` recorder, once; later
+/// calls return the same handle (or the same error). Call it before the daemon starts:
+/// anything recorded before a recorder exists is not counted.
+///
+/// Fails with [`MetricsError::OtherRecorder`] when the embedding program installed a recorder
+/// of its own; the daemon runs on and `/metrics` reports the error.
+pub fn install() -> Result<&'static PrometheusHandle, MetricsError> {
+    RECORDER
+        .get_or_init(install_once)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn install_once() -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(FETCH_SECONDS.to_owned()), &FETCH_BUCKETS)
+        .map_err(|e| MetricsError::Build(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| match e {
+            BuildError::FailedToSetGlobalRecorder(_) => MetricsError::OtherRecorder,
+            other => MetricsError::Build(other.to_string()),
+        })?;
+    describe();
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("flatsync-metrics".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        // Scrapes still fold samples in; only memory between scrapes is at stake.
+        tracing::warn!(error = %e, "Cannot start the metrics upkeep thread");
+    }
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        EVENTS_RECEIVED,
+        Unit::Count,
+        "Events accepted into the inbox, by source and topic."
+    );
+    metrics::describe_counter!(
+        ROWS_DELIVERED,
+        Unit::Count,
+        "Rows a sink made durable, counted when its checkpoint advanced."
+    );
+    metrics::describe_counter!(ROWS_FAILED, Unit::Count, "Rows of batches a sink refused.");
+    metrics::describe_histogram!(
+        FETCH_SECONDS,
+        Unit::Seconds,
+        "Duration of one Flatfile API request, by endpoint."
+    );
+    metrics::describe_counter!(
+        FETCH_RETRIES,
+        Unit::Count,
+        "Flatfile API requests repeated after a retryable failure, by endpoint and reason."
+    );
+}
+
+/// Counts an event accepted into the inbox. `source` is `"webhook"` or `"poll"`.
+pub(crate) fn event_received(source: &'static str, topic: &str) {
+    let topic = topic_label(&TOPIC_LABELS, topic);
+    metrics::counter!(EVENTS_RECEIVED, "source" => source, "topic" => topic).increment(1);
+}
+
+/// Counts rows a sink made durable; call after the checkpoint that covers them advanced.
+pub(crate) fn rows_delivered(sink: &str, rows: u64) {
+    metrics::counter!(ROWS_DELIVERED, "sink" => sink.to_owned()).increment(rows);
+}
+
+/// Counts the rows of a batch a sink refused.
+pub(crate) fn rows_failed(sink: &str, rows: u64) {
+    metrics::counter!(ROWS_FAILED, "sink" => sink.to_owned()).increment(rows);
+}
+
+/// Topics given a label so far in this process.
+static TOPIC_LABELS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The label an event's topic is counted under, given the labels handed out so far: see
+/// [`sanitize_topic`] and [`MAX_TOPIC_LABELS`].
+fn topic_label(seen: &Mutex<BTreeSet<String>>, topic: &str) -> String {
+    let label = sanitize_topic(topic);
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.contains(&label) {
+        return label;
+    }
+    if seen.len() >= MAX_TOPIC_LABELS {
+        return OTHER_TOPICS.to_owned();
+    }
+    seen.insert(label.clone());
+    label
+}
+
+/// A topic as a label value: its first [`MAX_TOPIC_LABEL_LEN`] characters, each outside
+/// `[A-Za-z0-9:_.*-]` replaced by `_`; [`NO_TOPIC`] for an empty topic.
+pub fn sanitize_topic(topic: &str) -> String {
+    if topic.is_empty() {
+        return NO_TOPIC.to_owned();
+    }
+    topic
+        .chars()
+        .take(MAX_TOPIC_LABEL_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '*' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What the state database says at one moment, for the gauges.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct StateGauges {
+    /// Events with status `pending`.
+    pub(crate) events_pending: u64,
+    /// Every sink that has ever had a delivery.
+    pub(crate) sinks: BTreeMap<String, SinkGauges>,
+}
+
+/// One sink's share of [`StateGauges`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SinkGauges {
+    /// Deliveries with status `failed`.
+    pub(crate) dead_letters: u64,
+    /// Receipt time (ms since the epoch) of the oldest event with a pending delivery here.
+    pub(crate) oldest_pending_ms: Option<i64>,
+}
+
+/// How long a scrape waits for a database lock before it gives up.
+const SCRAPE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads the gauges from the state database at `path`, on a connection of its own (read-only,
+/// so a scrape can never change or lock out the daemon's writes), in one read transaction.
+/// Blocking: call it from a blocking thread.
+pub(crate) fn read_state_gauges(path: &Path) -> rusqlite::Result<StateGauges> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(SCRAPE_BUSY_TIMEOUT)?;
+    let tx = conn.transaction()?;
+    let mut gauges = StateGauges {
+        events_pending: tx.query_row(
+            "SELECT COUNT(*) FROM inbox WHERE status = 'pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64,
+        sinks: BTreeMap::new(),
+    };
+    for sink in delivery_sinks(&tx)? {
+        gauges.sinks.insert(sink, SinkGauges::default());
+    }
+    let mut dead =
+        tx.prepare("SELECT sink, COUNT(*) FROM deliveries WHERE status = 'failed' GROUP BY sink")?;
+    for row in dead.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (sink, count) = row?;
+        gauges.sinks.entry(sink).or_default().dead_letters = count as u64;
+    }
+    let mut oldest = tx.prepare(
+        "SELECT d.sink, MIN(i.received_at_ms) FROM deliveries d
+         JOIN inbox i ON i.event_id = d.event_id
+         WHERE d.status = 'pending' GROUP BY d.sink",
+    )?;
+    for row in oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (sink, received_at_ms) = row?;
+        gauges.sinks.entry(sink).or_default().oldest_pending_ms = Some(received_at_ms);
+    }
+    Ok(gauges)
+}
+
+/// The distinct sinks of the deliveries table. `SELECT DISTINCT` would read every delivery
+/// ever made on each scrape; this hops through the `(status, sink)` index instead, one seek
+/// per status and sink, so a scrape costs the same after a million events as after ten.
+fn delivery_sinks(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
+    let mut next_status =
+        conn.prepare("SELECT status FROM deliveries WHERE status > ?1 ORDER BY status LIMIT 1")?;
+    let mut next_sink = conn.prepare(
+        "SELECT sink FROM deliveries WHERE status = ?1 AND sink > ?2 ORDER BY sink LIMIT 1",
+    )?;
+    let mut sinks = BTreeSet::new();
+    let mut status = String::new();
+    while let Some(found) = next_status
+        .query_row([&status], |r| r.get::<_, String>(0))
+        .optional()?
+    {
+        status = found;
+        let mut sink = String::new();
+        while let Some(found) = next_sink
+            .query_row([&status, &sink], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            sink = found;
+            sinks.insert(sink.clone());
+        }
+    }
+    Ok(sinks)
+}
+
+/// Appends the gauges in the Prometheus text format (0.0.4), lag measured up to `now_ms`.
+pub(crate) fn render_state_gauges(out: &mut String, gauges: &StateGauges, now_ms: i64) {
+    family_head(
+        out,
+        EVENTS_PENDING,
+        "Events in the inbox that still need work.",
+    );
+    let _ = writeln!(out, "{EVENTS_PENDING} {}\n", gauges.events_pending);
+
+    family_head(
+        out,
+        DEAD_LETTERS,
+        "Deliveries that failed for good, waiting for `flatsync dead-letter retry` or `drop`.",
+    );
+    for (sink, g) in &gauges.sinks {
+        let _ = writeln!(
+            out,
+            "{DEAD_LETTERS}{{sink=\"{}\"}} {}",
+            escape_label_value(sink),
+            g.dead_letters
+        );
+    }
+    out.push('\n');
+
+    family_head(
+        out,
+        CHECKPOINT_LAG,
+        "Seconds since the oldest event still pending for the sink was received; 0 when none.",
+    );
+    for (sink, g) in &gauges.sinks {
+        let lag_ms = g
+            .oldest_pending_ms
+            .map_or(0, |t| now_ms.saturating_sub(t).max(0));
+        let _ = writeln!(
+            out,
+            "{CHECKPOINT_LAG}{{sink=\"{}\"}} {}",
+            escape_label_value(sink),
+            lag_ms as f64 / 1000.0
+        );
+    }
+    out.push('\n');
+}
+
+fn family_head(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// One sample of the text format.
+    #[derive(Clone, Debug, PartialEq)]
+    pub(crate) struct Sample {
+        pub(crate) name: String,
+        pub(crate) labels: BTreeMap<String, String>,
+        pub(crate) value: f64,
+    }
+
+    /// Parses the Prometheus text format strictly: every line is blank, a `# HELP`/`# TYPE`
+    /// comment, or `name{labels} value`; anything else is an error naming the line.
+    pub(crate) fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+        let mut samples = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix('#') {
+                let mut words = comment.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("HELP"), Some(_), _) => {}
+                    (
+                        Some("TYPE"),
+                        Some(_),
+                        Some("counter" | "gauge" | "histogram" | "summary" | "untyped"),
+                    ) => {}
+                    _ => return Err(bad("unknown comment")),
+                }
+                continue;
+            }
+            let name_end = line
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .ok_or_else(|| bad("no value"))?;
+            let name = &line[..name_end];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(bad("bad metric name"));
+            }
+            let mut rest = &line[name_end..];
+            let mut labels = BTreeMap::new();
+            if let Some(after) = rest.strip_prefix('{') {
+                rest = after;
+                loop {
+                    if let Some(after) = rest.strip_prefix('}') {
+                        rest = after;
+                        break;
+                    }
+                    let eq = rest.find('=').ok_or_else(|| bad("label without ="))?;
+                    let key = &rest[..eq];
+                    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err(bad("bad label name"));
+                    }
+                    rest = rest[eq + 1..]
+                        .strip_prefix('"')
+                        .ok_or_else(|| bad("label value not quoted"))?;
+                    let mut value = String::new();
+                    let mut chars = rest.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((i, '"')) => break i,
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, c @ ('\\' | '"'))) => value.push(c),
+                                _ => return Err(bad("bad escape")),
+                            },
+                            Some((_, c)) => value.push(c),
+                            None => return Err(bad("unterminated label value")),
+                        }
+                    };
+                    labels.insert(key.to_owned(), value);
+                    rest = &rest[end + 1..];
+                    rest = rest.strip_prefix(',').unwrap_or(rest);
+                }
+            }
+            let mut fields = rest.split_whitespace();
+            let value = match fields.next() {
+                Some("+Inf") => f64::INFINITY,
+                Some("-Inf") => f64::NEG_INFINITY,
+                Some(v) => v.parse::<f64>().map_err(|_| bad("bad value"))?,
+                None => return Err(bad("no value")),
+            };
+            if let Some(ts) = fields.next() {
+                ts.parse::<i64>().map_err(|_| bad("bad timestamp"))?;
+            }
+            if fields.next().is_some() || !rest.starts_with(' ') {
+                return Err(bad("unexpected text"));
+            }
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        Ok(samples)
+    }
+
+    /// The value of the one sample with this name and exactly these labels.
+    pub(crate) fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name}{want:?} appears {} times",
+            found.len()
+        );
+        found.first().copied()
+    }
+
+    #[test]
+    fn topics_are_cut_and_reduced_to_safe_characters() {
+        assert_eq!(
+            sanitize_topic("portalImportSubmitted"),
+            "portalImportSubmitted"
+        );
+        assert_eq!(sanitize_topic("job:ready"), "job:ready");
+        assert_eq!(sanitize_topic("records:*"), "records:*");
+        assert_eq!(sanitize_topic("a-b_c.d"), "a-b_c.d");
+        assert_eq!(
+            sanitize_topic("x\"} 1\nevil{y=\"z"),
+            "x___1_evil_y__z",
+            "quotes, braces and newlines could forge series"
+        );
+        assert_eq!(sanitize_topic("é/ü"), "___");
+        assert_eq!(sanitize_topic(""), NO_TOPIC);
+        let long = "t".repeat(500);
+        assert_eq!(sanitize_topic(&long), "t".repeat(MAX_TOPIC_LABEL_LEN));
+        let long_wide = "é".repeat(100);
+        assert_eq!(sanitize_topic(&long_wide).len(), MAX_TOPIC_LABEL_LEN);
+    }
+
+    #[test]
+    fn distinct_topic_labels_are_capped() {
+        let seen = Mutex::new(BTreeSet::new());
+        assert_eq!(topic_label(&seen, "job:ready"), "job:ready");
+        for i in 1..MAX_TOPIC_LABELS {
+            assert_eq!(topic_label(&seen, &format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(topic_label(&seen, "one-too-many"), OTHER_TOPICS);
+        assert_eq!(topic_label(&seen, "a/b"), OTHER_TOPICS);
+        assert_eq!(
+            topic_label(&seen, "job:ready"),
+            "job:ready",
+            "a topic seen before the cap keeps its label"
+        );
+        assert_eq!(
+            topic_label(&seen, "job ready"),
+            OTHER_TOPICS,
+            "a new spelling is a new label"
+        );
+        assert_eq!(seen.lock().expect("not poisoned").len(), MAX_TOPIC_LABELS);
+    }
+
+    #[test]
+    fn install_returns_the_same_handle_every_time() {
+        let first = install().expect("no other recorder in this test process");
+        let second = install().expect("still installed");
+        assert!(std::ptr::eq(first, second));
+    }
+
+    #[test]
+    fn recorded_series_appear_in_the_rendered_text() {
+        let handle = install().expect("no other recorder in this test process");
+        event_received("webhook", "render-test:topic");
+        event_received("webhook", "render-test:topic");
+        event_received("poll", "render-test:topic");
+        rows_delivered("render-test-sink", 1500);
+        rows_delivered("render-test-sink", 500);
+        rows_failed("render-test-sink", 7);
+        let text = handle.render();
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let get = |name, labels: &[(&str, &str)]| value_of(&samples, name, labels);
+        assert_eq!(
+            get(
+                EVENTS_RECEIVED,
+                &[("source", "webhook"), ("topic", "render-test:topic")]
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            get(
+                EVENTS_RECEIVED,
+                &[("source", "poll"), ("topic", "render-test:topic")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(ROWS_DELIVERED, &[("sink", "render-test-sink")]),
+            Some(2000.0)
+        );
+        assert_eq!(get(ROWS_FAILED, &[("sink", "render-test-sink")]), Some(7.0));
+        assert!(
+            text.contains(&format!("# TYPE {ROWS_DELIVERED} counter")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("# HELP {ROWS_DELIVERED} ")),
+            "{text}"
+        );
+    }
+
+    /// The Flatfile client spells the metric names itself; a real client against a local
+    /// server must produce series under the names this module documents.
+    #[tokio::test]
+    async fn the_flatfile_client_records_under_the_documented_names() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use axum::http::StatusCode;
+        use axum::routing::get;
+
+        let handle = install().expect("no other recorder in this test process");
+        let calls = Arc::new(AtomicU32::new(0));
+        let served = Arc::clone(&calls);
+        // First answer 503 (retried), then a count.
+        let app = axum::Router::new().route(
+            "/v1/sheets/{id}/counts",
+            get(move || {
+                let served = Arc::clone(&served);
+                async move {
+                    if served.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "busy".to_owned())
+                    } else {
+                        (
+                            StatusCode::OK,
+                            r#"{"data":{"counts":{"total":42,"valid":42,"error":0}}}"#.to_owned(),
+                        )
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let client = flatsync_flatfile::FlatfileClient::new(flatsync_flatfile::ClientConfig {
+            api_url: format!("http://{addr}"),
+            secret_key: Some(flatsync_flatfile::Secret::new("sk_test".to_owned())),
+            retry: flatsync_flatfile::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+            },
+            ..flatsync_flatfile::ClientConfig::default()
+        })
+        .expect("client");
+        let before = parse_exposition(&handle.render()).expect("parses");
+        let count = client.record_count("us_sh_metrics").await.expect("count");
+        assert_eq!(count, 42);
+        server.abort();
+
+        let text = handle.render();
+        let after = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let delta = |name: &str, labels: &[(&str, &str)]| {
+            value_of(&after, name, labels).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                - value_of(&before, name, labels).unwrap_or(0.0)
+        };
+        assert_eq!(
+            delta(&format!("{FETCH_SECONDS}_count"), &[("endpoint", "counts")]),
+            2.0,
+            "one sample per attempt"
+        );
+        assert_eq!(
+            delta(
+                &format!("{FETCH_SECONDS}_bucket"),
+                &[("endpoint", "counts"), ("le", "+Inf")]
+            ),
+            2.0
+        );
+        assert_eq!(
+            delta(
+                FETCH_RETRIES,
+                &[("endpoint", "counts"), ("reason", "http_503")]
+            ),
+            1.0
+        );
+        assert!(
+            text.contains(&format!("# TYPE {FETCH_SECONDS} histogram")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn state_gauges_render_as_valid_text() {
+        let mut gauges = StateGauges {
+            events_pending: 3,
+            sinks: BTreeMap::new(),
+        };
+        gauges.sinks.insert(
+            "archive".to_owned(),
+            SinkGauges {
+                dead_letters: 2,
+                oldest_pending_ms: Some(10_000),
+            },
+        );
+        gauges
+            .sinks
+            .insert("odd \"name\"\\\n".to_owned(), SinkGauges::default());
+        let mut text = String::new();
+        render_state_gauges(&mut text, &gauges, 12_500);
+        let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(value_of(&samples, EVENTS_PENDING, &[]), Some(3.0));
+        assert_eq!(
+            value_of(&samples, DEAD_LETTERS, &[("sink", "archive")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            value_of(&samples, CHECKPOINT_LAG, &[("sink", "archive")]),
+            Some(2.5)
+        );
+        assert_eq!(
+            value_of(&samples, CHECKPOINT_LAG, &[("sink", "odd \"name\"\\\n")]),
+            Some(0.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_parser_rejects_malformed_lines() {
+        for bad in [
+            "flatsync_x",
+            "flatsync_x{a=\"b\"}",
+            "flatsync_x{a=b} 1",
+            "flatsync_x{a=\"b} 1",
+            "flatsync_x one",
+            "# NOPE x",
+            "9x 1",
+            "flatsync_x 1 2 3",
+        ] {
+            assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
+        }
+        let ok = parse_exposition("a_b{x=\"1\",y=\"q\\\"\"} 2.5\nc +Inf\n").expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].labels["y"], "q\"");
+    }
+}

@@ -1,0 +1,221 @@
+//! `flatsync run`: the daemon as a service. It speaks systemd's notify protocol (READY,
+//! WATCHDOG, STATUS, RELOADING, STOPPING), reloads its config when the file changes or on
+//! SIGHUP, and drains on SIGTERM or SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flatsync_core::{Config, ConfigError, Health, RunningDaemon, StateDb};
+use notify::Watcher;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+/// How long a burst of file events is collected before the config is read: editors write a
+/// file in several steps (truncate, write, rename).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// How often `STATUS=` is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let mut applied_text = std::fs::read(&config_path).ok();
+    let daemon = RunningDaemon::start(config)
+        .await
+        .with_context(|| format!("cannot start with {}", config_path.display()))?;
+    notify(&[NotifyState::Ready, NotifyState::Status("Running")]);
+    tracing::info!(config = %config_path.display(), "Flatsync running");
+
+    let health = daemon.health();
+    tokio::spawn(watchdog(Arc::clone(&health)));
+    let status_task = tokio::spawn(report_status(daemon.state().clone()));
+
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let (file_events, mut file_changed) = mpsc::unbounded_channel();
+    // Kept alive for the life of the loop; dropping it stops the watch.
+    let _watcher = match watch_config(&config_path, file_events) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(
+                config = %config_path.display(),
+                error = %e,
+                "Cannot watch the config file; reload with SIGHUP"
+            );
+            None
+        }
+    };
+
+    let signal_name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP received, reloading the config");
+                reload(&daemon, &config_path, &mut applied_text, true).await;
+            }
+            Some(()) = file_changed.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while file_changed.try_recv().is_ok() {}
+                reload(&daemon, &config_path, &mut applied_text, false).await;
+            }
+        }
+    };
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("Draining in-flight events"),
+    ]);
+    status_task.abort();
+    tracing::info!(signal = signal_name, "Stopping");
+    let started = Instant::now();
+    let report = daemon.shutdown().await;
+    tracing::info!(
+        in_flight = report.in_flight,
+        cut_at_deadline = report.cut_at_deadline,
+        seconds = started.elapsed().as_secs_f64(),
+        "Stopped"
+    );
+    Ok(())
+}
+
+/// Sends a notification to the service manager when there is one (`NOTIFY_SOCKET`).
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "Cannot notify the service manager");
+    }
+}
+
+/// Pings the systemd watchdog only when the main loop's heartbeat moved, so a wedged loop (or
+/// a state database that stopped answering) stops the pings and systemd restarts the service.
+async fn watchdog(health: Arc<Health>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    // Pinging at a quarter of the timeout keeps the interval under half of it even when a
+    // heartbeat arrives just after the quarter passed.
+    let period = timeout / 4;
+    tracing::info!(
+        timeout_secs = timeout.as_secs_f64(),
+        "Watchdog enabled; pinging while the main loop runs"
+    );
+    let mut heartbeat = health.heartbeat();
+    let mut last_ping: Option<Instant> = None;
+    while heartbeat.changed().await.is_ok() {
+        if last_ping.is_none_or(|at| at.elapsed() >= period) {
+            notify(&[NotifyState::Watchdog]);
+            last_ping = Some(Instant::now());
+        }
+    }
+}
+
+/// Keeps `STATUS=` a one-line summary of the inbox.
+async fn report_status(state: StateDb) {
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tick.tick().await;
+        match state.event_counts().await {
+            Ok(counts) => {
+                let count = |status: &str| {
+                    counts
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| *n)
+                };
+                let line = format!(
+                    "Running: {} pending, {} done, {} failed events",
+                    count("pending"),
+                    count("done"),
+                    count("failed")
+                );
+                notify(&[NotifyState::Status(&line)]);
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot read the inbox for the status line"),
+        }
+    }
+}
+
+/// Watches the directory holding the config file, since editors and config management
+/// replace the file by renaming a new one over it, which a watch on the file itself misses.
+fn watch_config(
+    path: &Path,
+    changed: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let file_name = path.file_name().map(|n| n.to_owned());
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant = matches!(
+            event.kind,
+            notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+        ) && event
+            .paths
+            .iter()
+            .any(|p| p.file_name() == file_name.as_deref());
+        if relevant {
+            let _ = changed.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Validates the config file and applies it. A file that did not change since the last
+/// attempt is left alone unless `forced` (SIGHUP), so a broken edit is reported once.
+async fn reload(
+    daemon: &RunningDaemon,
+    path: &Path,
+    applied_text: &mut Option<Vec<u8>>,
+    forced: bool,
+) {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "Config reload failed; the running config stays");
+            return;
+        }
+    };
+    if !forced && applied_text.as_deref() == Some(text.as_slice()) {
+        return;
+    }
+    *applied_text = Some(text);
+    let monotonic = NotifyState::monotonic_usec_now().ok();
+    let mut states = vec![NotifyState::Reloading];
+    states.extend(monotonic);
+    notify(&states);
+    match Config::load(path) {
+        Err(e) => log_config_error(&e),
+        Ok(config) => match daemon.reload(config).await {
+            Ok(summary) => {
+                if !summary.needs_restart.is_empty() {
+                    tracing::warn!(
+                        settings = ?summary.needs_restart,
+                        "Some changed settings take effect only after a restart"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e, "Config reload failed; the running config stays");
+            }
+        },
+    }
+    notify(&[NotifyState::Ready]);
+}
+
+fn log_config_error(e: &ConfigError) {
+    let (line, column) = e.location.unzip();
+    tracing::error!(
+        file = %e.path.display(),
+        line,
+        column,
+        key = %e.key.as_deref().unwrap_or("-"),
+        error = %e.message,
+        "Config reload rejected; the running config stays"
+    );
+}
