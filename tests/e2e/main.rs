@@ -13,6 +13,7 @@ mod duplicates;
 mod faults;
 mod legacy;
 mod metrics;
+mod operator;
 mod platform;
 mod reload;
 mod scaffold;

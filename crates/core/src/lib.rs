@@ -16,6 +16,7 @@ mod admin;
 pub mod config;
 pub mod health;
 pub mod metrics;
+pub mod ops;
 mod pipeline;
 pub mod route;
 pub mod state;

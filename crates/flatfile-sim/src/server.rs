@@ -309,6 +309,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/sheets/{sheet_id}", get(get_sheet))
         .route("/v1/sheets/{sheet_id}/counts", get(sheet_counts))
         .route("/v1/sheets/{sheet_id}/records", get(sheet_records))
+        .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/ack", post(ack_job))
         .route("/v1/jobs/{job_id}/complete", post(complete_job))
@@ -750,6 +751,42 @@ fn with_job(sim: &Shared, job_id: &str, change: impl FnOnce(&mut JobRecord, u64)
     let body = job.to_json(job_id);
     drop(jobs);
     json_value(StatusCode::OK, &body)
+}
+
+/// `GET /v1/jobs?pageSize=&pageNumber=`: the jobs the server has seen, oldest first, in the
+/// Platform's list envelope `{pagination: {currentPage, pageCount, totalCount}, data: Job[]}`.
+async fn list_jobs(
+    State(sim): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    platform_auth(&sim, &headers)?;
+    let page_size = query_u64(&query, "pageSize", 20, false)?.max(1);
+    let page_number = query_u64(&query, "pageNumber", 1, false)?.max(1);
+    let jobs = lock(&sim.jobs);
+    let mut ids: Vec<&String> = jobs.keys().collect();
+    ids.sort_by_key(|id| (jobs[*id].created_ms, (*id).clone()));
+    let total = ids.len() as u64;
+    let skip = usize::try_from((page_number - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
+    let take = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let data: Vec<Json> = ids
+        .into_iter()
+        .skip(skip)
+        .take(take)
+        .map(|id| jobs[id].to_json(id)["data"].take())
+        .collect();
+    drop(jobs);
+    Ok(json_value(
+        StatusCode::OK,
+        &json!({
+            "pagination": {
+                "currentPage": page_number,
+                "pageCount": total.div_ceil(page_size),
+                "totalCount": total,
+            },
+            "data": data,
+        }),
+    ))
 }
 
 async fn get_job(

@@ -801,6 +801,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+mod probe;
 
 #[cfg(test)]
 mod tests;

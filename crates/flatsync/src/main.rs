@@ -1,6 +1,7 @@
 //! The `flatsync` command: run the daemon, check a config, or try everything with `demo`.
 
 mod demo;
+mod ops_cli;
 mod scaffold;
 mod service;
 
@@ -63,6 +64,8 @@ enum Command {
         #[command(subcommand)]
         command: scaffold::PluginCommand,
     },
+    #[command(flatten)]
+    Ops(ops_cli::OpsCommand),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(load(&config)?).await,
             Command::Demo { rows, out } => demo::run(rows, out).await,
             Command::Plugin { command } => scaffold::run(command),
+            Command::Ops(command) => ops_cli::run(command).await,
         }
     });
     match result {

@@ -1,0 +1,239 @@
+//! Times as operators type and read them: RFC 3339 in UTC, and durations like `2h` or `7d`.
+
+use super::OpsError;
+
+const MS_PER_SECOND: i64 = 1_000;
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// Turns `--since` text into milliseconds since the Unix epoch: an RFC 3339 time
+/// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`) or a duration back from `now_ms`
+/// made of numbers with units `s`, `m`, `h`, `d`, `w` (`30m`, `2h`, `7d`, `1h30m`).
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, OpsError> {
+    let text = text.trim();
+    let invalid = || {
+        OpsError::Refused(format!(
+            "`{text}` is neither an RFC 3339 time like 2024-05-01T12:00:00Z nor a duration like \
+             30m, 2h or 7d"
+        ))
+    };
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    if text.as_bytes()[0].is_ascii_digit() && text.len() >= 10 && text.as_bytes()[4] == b'-' {
+        return parse_rfc3339(text).ok_or_else(invalid);
+    }
+    let back = parse_duration_ms(text).ok_or_else(invalid)?;
+    Ok(now_ms.saturating_sub(back))
+}
+
+fn parse_duration_ms(text: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    let mut any_unit = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit_seconds = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => SECONDS_PER_DAY,
+            'w' => 7 * SECONDS_PER_DAY,
+            _ => return None,
+        };
+        let value: i64 = number.parse().ok()?;
+        number.clear();
+        total = total.checked_add(value.checked_mul(unit_seconds * MS_PER_SECOND)?)?;
+        any_unit = true;
+    }
+    (number.is_empty() && any_unit).then_some(total)
+}
+
+/// `YYYY-MM-DD(T| )HH:MM:SS(.fraction)?(Z|±HH:MM)`.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if end == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..end.min(3)]);
+        millis = padded.parse().ok()?;
+        rest = &fraction[end..];
+    }
+    let offset_seconds = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let hours: i64 = rest[1..3].parse().ok()?;
+            let minutes: i64 = rest[4..6].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (hours * 3_600 + minutes * 60)
+        }
+        _ => return None,
+    };
+    let seconds = days_from_civil(year, month, day) * SECONDS_PER_DAY
+        + hour * 3_600
+        + minute * 60
+        + second.min(59)
+        - offset_seconds;
+    Some(seconds * MS_PER_SECOND + millis)
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let shifted_month = (month + 9) % 12;
+    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, to the second:
+/// `2024-05-01T12:00:00Z`.
+pub fn format_utc(ms: i64) -> String {
+    let seconds = ms.div_euclid(MS_PER_SECOND);
+    let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
+    let of_day = seconds.rem_euclid(SECONDS_PER_DAY);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3_600,
+        of_day % 3_600 / 60,
+        of_day % 60
+    )
+}
+
+/// A compact UTC timestamp for directory names: `20240501T120000Z`.
+pub(crate) fn compact_utc(ms: i64) -> String {
+    format_utc(ms).replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_are_read_with_their_offset() {
+        assert_eq!(parse_since("1970-01-01T00:00:00Z", 0).unwrap(), 0);
+        assert_eq!(
+            parse_since("2024-05-01T12:00:00Z", 0).unwrap(),
+            1_714_564_800_000
+        );
+        assert_eq!(
+            parse_since("2024-05-01T14:00:00.250+02:00", 0).unwrap(),
+            1_714_564_800_250
+        );
+        assert_eq!(
+            parse_since("2024-02-29 23:59:59.9-00:30", 0).unwrap(),
+            parse_since("2024-03-01T00:29:59.900Z", 0).unwrap()
+        );
+        for bad in [
+            "2024-02-30T00:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T12:00:00.Z",
+        ] {
+            assert!(parse_since(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_count_back_from_now() {
+        let now = 10 * 86_400_000;
+        assert_eq!(parse_since("30m", now).unwrap(), now - 1_800_000);
+        assert_eq!(parse_since("2h", now).unwrap(), now - 7_200_000);
+        assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400_000);
+        assert_eq!(parse_since("1h30m", now).unwrap(), now - 5_400_000);
+        for bad in ["", "h", "5", "5x", "-5m", "2h5"] {
+            assert!(parse_since(bad, now).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn utc_formatting_round_trips() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+            "2024-05-01T12:00:00Z",
+            "2100-12-31T00:00:01Z",
+        ] {
+            let ms = parse_since(text, 0).unwrap();
+            assert_eq!(format_utc(ms), text);
+        }
+        assert_eq!(format_utc(1_714_564_800_999), "2024-05-01T12:00:00Z");
+        assert_eq!(compact_utc(1_714_564_800_000), "20240501T120000Z");
+    }
+}
