@@ -254,7 +254,12 @@ impl Daemon {
             Some(token) => command.env(TOKEN_ENV, token),
             None => command.env_remove(TOKEN_ENV),
         };
-        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"] {
+        for var in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+        ] {
             command.env_remove(var);
         }
         for (key, value) in &self.env {

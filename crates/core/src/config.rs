@@ -372,7 +372,10 @@ impl Config {
                 locate(
                     Some(value.span()),
                     Some(key),
-                    format!("`{}` is not an address like 127.0.0.1:8787", value.get_ref()),
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:8787",
+                        value.get_ref()
+                    ),
                 )
             })
         };
@@ -766,7 +769,11 @@ sinks = ["archive"]
         let source = config.flatfile.secret_key.expect("secret configured");
         assert_eq!(source.describe(), "systemd credential flatfile_secret_key");
         let err = parse("[webhook]\ntoken_credential = \"../token\"\n").unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("webhook.token_credential"), "{err}");
+        assert_eq!(
+            err.key.as_deref(),
+            Some("webhook.token_credential"),
+            "{err}"
+        );
     }
 
     #[test]

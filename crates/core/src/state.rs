@@ -459,7 +459,15 @@ impl StateDb {
                     "INSERT OR IGNORE INTO streams
                      (event_id, ordinal, stream, kind, source_ref, fields_json, page_size)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![id, ordinal as i64, s.stream, s.kind, s.source_ref, s.fields_json, s.page_size as i64],
+                    params![
+                        id,
+                        ordinal as i64,
+                        s.stream,
+                        s.kind,
+                        s.source_ref,
+                        s.fields_json,
+                        s.page_size as i64
+                    ],
                 )?;
             }
             tx.commit()
@@ -655,8 +663,15 @@ mod tests {
         std::fs::write(&path, &garbage).expect("write");
         let err = StateDb::open(dir.path()).expect_err("damaged");
         assert!(matches!(err, StateError::Damaged { .. }), "{err}");
-        assert!(err.to_string().contains("flatsync doctor --repair"), "{err}");
-        assert_eq!(std::fs::read(&path).expect("read"), garbage, "file left as it was");
+        assert!(
+            err.to_string().contains("flatsync doctor --repair"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            garbage,
+            "file left as it was"
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,8 @@ use flatsync_core::Config;
     about = "Moves imported data out of Flatfile into CSV folders, SQLite and your own sinks."
 )]
 struct Cli {
-    /// Log filter, e.g. `info`, `debug`, `flatsync_core=debug` [default: info; warn for demo].
+    /// Log filter, e.g. `info`, `debug`, `flatsync_core=debug` [default: info for run, warn for
+    /// the other commands].
     #[arg(long, global = true, env = "FLATSYNC_LOG")]
     log: Option<String>,
     /// Log lines as text (for terminals) or JSON objects (for journald and log shippers);
@@ -71,10 +72,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own summary; its per-batch logs would bury it.
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
+    // Commands that print their own report keep the log to warnings; the daemon logs its work.
+    let default_filter = if matches!(cli.command, Command::Run { .. }) {
         "info"
+    } else {
+        "warn"
     };
     let filter = match &cli.log {
         Some(filter) => match tracing_subscriber::EnvFilter::try_new(filter) {
