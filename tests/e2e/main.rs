@@ -14,6 +14,7 @@ mod faults;
 mod legacy;
 mod metrics;
 mod operator;
+mod packaging;
 mod platform;
 mod reload;
 mod scaffold;
