@@ -6,21 +6,9 @@ use std::time::{Duration, Instant};
 
 use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
 use flatsync_tests::check::{csv_leftovers, csv_rows, integrity_check, sqlite_rows};
-use flatsync_tests::daemon::open_read_only;
-use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
+use flatsync_tests::{Daemon, Sim, TestDir, wait};
 
 use crate::common::EVENT_DEADLINE;
-
-fn checkpointed_rows(daemon: &DaemonProcess) -> u64 {
-    open_read_only(&daemon.settings().state_db())
-        .and_then(|c| {
-            c.query_row("SELECT COALESCE(SUM(rows), 0) FROM checkpoints", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-        })
-        .map_or(0, |n| n as u64)
-}
 
 fn big_import(page_latency: Duration, drain_timeout_secs: u64, name: &str) -> (Sim, Daemon) {
     let sim = Sim::start(SimConfig {
@@ -60,7 +48,7 @@ fn sigterm_during_a_100k_row_delivery_exits_0_and_the_restart_loses_nothing() {
         "20,000 rows checkpointed and a progress line logged",
         EVENT_DEADLINE,
         || {
-            (checkpointed_rows(&daemon) >= 20_000 && daemon.log().contains("Stream progress"))
+            (daemon.checkpointed_rows() >= 20_000 && daemon.log().contains("Stream progress"))
                 .then_some(())
         },
         || daemon.log_tail(),
@@ -138,7 +126,7 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
     wait::until(
         "the first page delivered",
         EVENT_DEADLINE,
-        || (checkpointed_rows(&daemon) >= 500).then_some(()),
+        || (daemon.checkpointed_rows() >= 500).then_some(()),
         || daemon.log_tail(),
     );
 

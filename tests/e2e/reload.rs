@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
 use flatsync_tests::check::{csv_rows, integrity_check, sqlite_rows};
-use flatsync_tests::daemon::{open_read_only, toml_string};
+use flatsync_tests::daemon::toml_string;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 
 use crate::common::EVENT_DEADLINE;
@@ -35,18 +35,6 @@ fn wait_logged(daemon: &DaemonProcess, message: &str, before: usize) -> String {
         },
         || daemon.log_tail(),
     )
-}
-
-/// Rows the sinks made durable so far, by the daemon's checkpoints.
-fn checkpointed_rows(daemon: &DaemonProcess) -> u64 {
-    open_read_only(&daemon.settings().state_db())
-        .and_then(|c| {
-            c.query_row("SELECT COALESCE(SUM(rows), 0) FROM checkpoints", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-        })
-        .map_or(0, |n| n as u64)
 }
 
 #[test]
@@ -196,7 +184,7 @@ fn reloads_during_a_100k_row_delivery_lose_and_duplicate_nothing() {
         wait::until(
             &format!("{target} rows checkpointed before edit `{what}`"),
             EVENT_DEADLINE,
-            || (checkpointed_rows(&daemon) >= target).then_some(()),
+            || (daemon.checkpointed_rows() >= target).then_some(()),
             || daemon.log_tail(),
         );
         assert!(

@@ -592,6 +592,18 @@ impl DaemonProcess {
         .flatten()
     }
 
+    /// Rows the sinks made durable so far, summed over every checkpoint in the state database.
+    pub fn checkpointed_rows(&self) -> u64 {
+        open_read_only(&self.settings.state_db())
+            .and_then(|c| {
+                c.query_row("SELECT COALESCE(SUM(rows), 0) FROM checkpoints", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .ok()
+            })
+            .map_or(0, |n| n as u64)
+    }
+
     /// Ids of the events still pending in the state database.
     pub fn pending_events(&self) -> Vec<String> {
         let Some(conn) = open_read_only(&self.settings.state_db()) else {

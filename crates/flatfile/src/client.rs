@@ -787,7 +787,7 @@ fn truncate_detail(mut detail: String) -> String {
 }
 
 /// An error and its causes, `outer: inner: …`, skipping causes the outer text already contains.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -17,7 +17,7 @@ mod error;
 mod secret;
 mod webhook;
 
-pub use client::{ClientConfig, FlatfileClient, RetryPolicy};
+pub use client::{ClientConfig, FlatfileClient, RetryPolicy, error_chain};
 pub use convert::{LegacyPage, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;
 pub use secret::Secret;

@@ -28,11 +28,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy};
+use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy, error_chain};
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params_from_iter};
 
 use super::time::compact_utc;
+
 use super::{BUSY_TIMEOUT, OpsError, SCHEMA_VERSION};
 use crate::config::{Config, SecretSource};
 use crate::state::{StateDb, now_ms};
@@ -817,19 +818,6 @@ fn describe(plugin: &crate::LoadedPlugin) -> String {
         plugin.version(),
         plugin.path().display()
     )
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            let _ = write!(text, ": {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// How a Flatfile API answered the doctor's probe with a configured key.
