@@ -1,8 +1,8 @@
 //! File helpers for sinks that write one file per stream, with the error kinds the host
 //! expects: I/O that may pass is RETRY, a failed sync is FATAL.
 
-use std::fs::{self, File};
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::SinkError;
@@ -61,4 +61,45 @@ pub fn io_fatal(what: &str, path: &Path, error: &io::Error) -> SinkError {
         "{what} {}: {error} (not retried: a failed sync may have lost data)",
         path.display()
     ))
+}
+
+/// Reopens a stream's partial file after a restart, at the end of the `durable_len` bytes the
+/// sink's state file `state` recorded with `applied_seq`. Bytes past that length belong to
+/// batches that were never flushed (the host sends them again), so they are cut off. Returns
+/// the file positioned at `durable_len` and the length it had, for the resume log line.
+///
+/// A missing partial or one shorter than recorded means the state file and the data disagree,
+/// which no retry can mend: FATAL, naming both files. `read` also opens it for reading.
+pub fn reopen_partial(
+    partial: &Path,
+    state: &Path,
+    applied_seq: u64,
+    durable_len: u64,
+    read: bool,
+) -> Result<(File, u64), SinkError> {
+    let corrupt = |what: String| SinkError::fatal(format!("state file {} {what}", state.display()));
+    let mut file = match OpenOptions::new().read(read).write(true).open(partial) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(corrupt(format!(
+                "records seq {applied_seq} but {} is missing",
+                partial.display()
+            )));
+        }
+        Err(error) => return Err(io_retry("cannot open", partial, &error)),
+    };
+    let found = file
+        .metadata()
+        .map_err(|error| io_retry("cannot stat", partial, &error))?
+        .len();
+    if found < durable_len {
+        return Err(corrupt(format!(
+            "records {durable_len} bytes but {} has only {found}",
+            partial.display()
+        )));
+    }
+    file.set_len(durable_len)
+        .and_then(|()| file.seek(SeekFrom::Start(durable_len)))
+        .map_err(|error| io_retry("cannot cut back", partial, &error))?;
+    Ok((file, found))
 }

@@ -14,7 +14,7 @@ use crate::Config;
 
 // `lib.rs` calls these as `stream::...`.
 pub(crate) use flatsync_plugin_sdk::files::sync_dir;
-use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present};
+use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present, reopen_partial};
 
 /// Suffix of the temporary file a state file is written to before its rename.
 pub(crate) const STATE_TMP_SUFFIX: &str = ".csv.state.tmp";
@@ -245,37 +245,13 @@ impl StreamFiles {
         if columns.index.len() != columns.len() || saved.header_columns > columns.len() {
             return Err(corrupt("has inconsistent columns".to_owned()));
         }
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&paths.partial)
-        {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(corrupt(format!(
-                    "records seq {} but {} is missing",
-                    saved.applied_seq,
-                    paths.partial.display()
-                )));
-            }
-            Err(error) => return Err(io_retry("cannot open", &paths.partial, &error)),
-        };
-        let len = file
-            .metadata()
-            .map_err(|error| io_retry("cannot stat", &paths.partial, &error))?
-            .len();
-        if len < saved.offset {
-            return Err(corrupt(format!(
-                "records {} bytes but {} has only {len}",
-                saved.offset,
-                paths.partial.display()
-            )));
-        }
-        // Bytes past the recorded length belong to batches that were never flushed; the host
-        // re-sends them.
-        file.set_len(saved.offset)
-            .and_then(|()| file.seek(SeekFrom::Start(saved.offset)))
-            .map_err(|error| io_retry("cannot cut back", &paths.partial, &error))?;
+        let (file, len) = reopen_partial(
+            &paths.partial,
+            &paths.state,
+            saved.applied_seq,
+            saved.offset,
+            true,
+        )?;
         logger.info(&format!(
             "Stream resumed: {name} after seq {} ({} bytes kept, {} dropped)",
             saved.applied_seq,

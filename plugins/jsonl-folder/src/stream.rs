@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 // `lib.rs` (and the guide quoting it) calls these as `stream::...`.
 pub(crate) use flatsync_plugin_sdk::files::{check_stream_name, sync_dir};
-use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present};
+use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present, reopen_partial};
 
 /// What a stream's first batch in this process found on disk.
 #[derive(Debug)]
@@ -112,33 +112,13 @@ impl StreamFile {
         saved: SavedState,
         logger: &Logger,
     ) -> Result<Self, SinkError> {
-        let corrupt =
-            |what: String| SinkError::fatal(format!("state file {} {what}", paths.state.display()));
-        let mut partial = match OpenOptions::new().write(true).open(&paths.partial) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(corrupt(format!(
-                    "records seq {} but {} is missing",
-                    saved.applied_seq,
-                    paths.partial.display()
-                )));
-            }
-            Err(error) => return Err(io_retry("cannot open", &paths.partial, &error)),
-        };
-        let found = partial
-            .metadata()
-            .map_err(|error| io_retry("cannot stat", &paths.partial, &error))?
-            .len();
-        if found < saved.len {
-            return Err(corrupt(format!(
-                "records {} bytes but {} has only {found}",
-                saved.len,
-                paths.partial.display()
-            )));
-        }
-        // Bytes past the recorded length belong to batches that were never flushed.
-        cut_back(&mut partial, saved.len)
-            .map_err(|error| io_retry("cannot cut back", &paths.partial, &error))?;
+        let (partial, found) = reopen_partial(
+            &paths.partial,
+            &paths.state,
+            saved.applied_seq,
+            saved.len,
+            false,
+        )?;
         logger.info(&format!(
             "Stream resumed: {stream} after seq {} ({} bytes kept, {} dropped)",
             saved.applied_seq,
