@@ -212,7 +212,7 @@ fn rust_facts() -> BTreeMap<String, String> {
         "text FLATSYNC_ENTRY_SYMBOL".to_owned(),
         format!("{} {}", api::ENTRY_SYMBOL, api::ENTRY_SYMBOL.len()),
     );
-    let numbers: [(&str, i64); 12] = [
+    let numbers: [(&str, i64); 14] = [
         ("FLATSYNC_ABI_MAJOR", api::ABI_MAJOR.into()),
         ("FLATSYNC_ABI_MINOR", api::ABI_MINOR.into()),
         (
@@ -227,6 +227,14 @@ fn rust_facts() -> BTreeMap<String, String> {
             api::PLUGIN_FLAG_PANIC_UNWIND.into(),
         ),
         ("FLATSYNC_BATCH_FLAG_LAST", api::BATCH_FLAG_LAST.into()),
+        (
+            "FLATSYNC_BATCH_FLAG_DELETIONS",
+            api::BATCH_FLAG_DELETIONS.into(),
+        ),
+        (
+            "FLATSYNC_PLUGIN_FLAG_DELETIONS",
+            api::PLUGIN_FLAG_DELETIONS.into(),
+        ),
         ("FLATSYNC_LOG_ERROR", api::LOG_ERROR.into()),
         ("FLATSYNC_LOG_WARN", api::LOG_WARN.into()),
         ("FLATSYNC_LOG_INFO", api::LOG_INFO.into()),

@@ -578,6 +578,7 @@ impl Engine {
                 ndjson: Bytes::from(current.ndjson),
                 received_at_ms: event.received_at_ms,
                 last,
+                deletions: false,
             });
             let writes = cursors
                 .iter_mut()

@@ -38,7 +38,7 @@ extern "C" {
 
 #define FLATSYNC_MAGIC "FLATSYNC" /* 8 bytes, no NUL in the descriptor */
 #define FLATSYNC_ABI_MAJOR 1
-#define FLATSYNC_ABI_MINOR 0
+#define FLATSYNC_ABI_MINOR 1
 
 /* Name of the one function a plugin exports. */
 #define FLATSYNC_ENTRY_SYMBOL "flatsync_plugin_entry"
@@ -62,8 +62,18 @@ typedef int32_t flatsync_status;
  * panic in the plugin aborts flatsync. */
 #define FLATSYNC_PLUGIN_FLAG_PANIC_UNWIND 1u
 
+/* Descriptor flag (ABI 1.1): the plugin handles deletion batches (FLATSYNC_BATCH_FLAG_DELETIONS).
+ * Without it the host hands deletions over as ordinary rows of kind "<kind>_deleted", so they
+ * land apart from the live rows. */
+#define FLATSYNC_PLUGIN_FLAG_DELETIONS 2u
+
 /* Batch flag: this batch is the last of its stream; after it the stream is complete. */
 #define FLATSYNC_BATCH_FLAG_LAST 1u
+
+/* Batch flag (ABI 1.1): every row names a deleted record of `kind`, as
+ * {"id":"<record id>","valid":true,"values":{}}; the sink removes or marks it. Set only for
+ * plugins declaring FLATSYNC_PLUGIN_FLAG_DELETIONS. */
+#define FLATSYNC_BATCH_FLAG_DELETIONS 2u
 
 /* Levels for flatsync_host.log. A host shows an unknown level at its lowest (trace) level. */
 #define FLATSYNC_LOG_ERROR 1u

@@ -35,7 +35,7 @@ pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version. Minor versions only add: fields appended to structs (gated by their
 /// `struct_size`), optional function pointers, flag bits an older reader may ignore. A host
 /// loads a plugin of its major whatever its minor, older or newer.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// Name of the one symbol a plugin exports, without the trailing NUL.
 pub const ENTRY_SYMBOL: &str = "flatsync_plugin_entry";
@@ -58,8 +58,21 @@ pub const STATUS_FATAL: FlatsyncStatus = 2;
 /// of it. When the bit is clear the host warns that a panic in the plugin aborts the daemon.
 pub const PLUGIN_FLAG_PANIC_UNWIND: u32 = 1;
 
+/// Descriptor flag (ABI 1.1): the plugin handles deletion batches ([`BATCH_FLAG_DELETIONS`]).
+///
+/// A host sets [`BATCH_FLAG_DELETIONS`] only on batches for plugins with this bit. A plugin
+/// without it receives deletions as ordinary rows of kind `<kind>_deleted`, so a sink that knows
+/// nothing of deletions stores them apart from the live rows instead of inserting them among
+/// them.
+pub const PLUGIN_FLAG_DELETIONS: u32 = 2;
+
 /// Batch flag: this batch is the last of its stream; after it the stream is complete.
 pub const BATCH_FLAG_LAST: u32 = 1;
+
+/// Batch flag (ABI 1.1): every row names a record of `kind` that was deleted in Flatfile, as
+/// `{"id":"<record id>","valid":true,"values":{}}`. The sink removes (or marks) the record.
+/// Set only for plugins that declare [`PLUGIN_FLAG_DELETIONS`].
+pub const BATCH_FLAG_DELETIONS: u32 = 2;
 
 /// Log levels for [`FlatsyncHost::log`].
 pub const LOG_ERROR: u32 = 1;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use flatsync_plugin_api::{
     ABI_MAJOR, ABI_MINOR, CheckFn, CreateFn, DestroyFn, ENTRY_SYMBOL, EntryFn, FlatsyncPlugin,
-    FlatsyncStr, FlushFn, MAGIC, MIN_PLUGIN_STRUCT_SIZE, PLUGIN_FLAG_PANIC_UNWIND, WriteBatchFn,
+    FlatsyncStr, FlushFn, MAGIC, MIN_PLUGIN_STRUCT_SIZE, PLUGIN_FLAG_DELETIONS,
+    PLUGIN_FLAG_PANIC_UNWIND, WriteBatchFn,
 };
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
@@ -147,6 +148,11 @@ impl LoadedPlugin {
     /// FATAL status instead of aborting flatsync.
     pub fn unwinds(&self) -> bool {
         self.flags & PLUGIN_FLAG_PANIC_UNWIND != 0
+    }
+
+    /// Whether the plugin handles deletion batches (`PLUGIN_FLAG_DELETIONS`, ABI 1.1).
+    pub fn handles_deletions(&self) -> bool {
+        self.flags & PLUGIN_FLAG_DELETIONS != 0
     }
 
     /// Accepts a descriptor compiled into this program, for sinks that run in-process without

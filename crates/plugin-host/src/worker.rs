@@ -18,8 +18,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use flatsync_plugin_api::{
-    BATCH_FLAG_LAST, FlatsyncBatch, FlatsyncError, FlatsyncHost, FlatsyncStatus, FlatsyncStr,
-    LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN, STATUS_FATAL, STATUS_OK, STATUS_RETRY,
+    BATCH_FLAG_DELETIONS, BATCH_FLAG_LAST, FlatsyncBatch, FlatsyncError, FlatsyncHost,
+    FlatsyncStatus, FlatsyncStr, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN, STATUS_FATAL, STATUS_OK,
+    STATUS_RETRY,
 };
 use tokio::sync::oneshot;
 
@@ -79,6 +80,9 @@ pub struct OwnedBatch {
     pub received_at_ms: i64,
     /// Whether this is the stream's last batch.
     pub last: bool,
+    /// Whether the rows name deleted records (`BATCH_FLAG_DELETIONS`). A plugin that does not
+    /// declare `PLUGIN_FLAG_DELETIONS` gets them as ordinary rows of kind `<kind>_deleted`.
+    pub deletions: bool,
 }
 
 /// Handle to one sink instance running on its own thread. Cheap to clone; all clones drive the
@@ -176,6 +180,7 @@ impl SinkWorker {
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let worker = WorkerThread {
             functions: plugin.functions(),
+            handles_deletions: plugin.handles_deletions(),
             instance_name: instance_name.to_owned(),
             plugin_name: plugin.name().to_owned(),
             config_json,
@@ -463,6 +468,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Everything the worker thread needs, moved onto it.
 struct WorkerThread {
     functions: PluginFunctions,
+    handles_deletions: bool,
     instance_name: String,
     plugin_name: String,
     config_json: String,
@@ -548,7 +554,12 @@ impl WorkerThread {
         while let Ok(command) = commands.recv() {
             match command {
                 Command::Write { batch, reply } => {
-                    let _ = reply.send(write_batch(functions, instance, &batch));
+                    let _ = reply.send(write_batch(
+                        functions,
+                        instance,
+                        &batch,
+                        self.handles_deletions,
+                    ));
                 }
                 Command::Flush { reply } => {
                     // SAFETY: `flush` has the ABI's signature; `instance` is live and used only
@@ -575,12 +586,24 @@ fn write_batch(
     functions: PluginFunctions,
     instance: *mut c_void,
     batch: &OwnedBatch,
+    handles_deletions: bool,
 ) -> CallResult {
+    let mut flags = if batch.last { BATCH_FLAG_LAST } else { 0 };
+    // A plugin that never heard of deletions would insert the deleted ids among the live rows;
+    // a kind of their own keeps them apart (a table or file of deletions).
+    let kind = match (batch.deletions, handles_deletions) {
+        (true, true) => {
+            flags |= BATCH_FLAG_DELETIONS;
+            std::borrow::Cow::Borrowed(batch.kind.as_str())
+        }
+        (true, false) => std::borrow::Cow::Owned(format!("{}_deleted", batch.kind)),
+        (false, _) => std::borrow::Cow::Borrowed(batch.kind.as_str()),
+    };
     let raw = FlatsyncBatch {
         struct_size: BATCH_STRUCT_SIZE,
-        flags: if batch.last { BATCH_FLAG_LAST } else { 0 },
+        flags,
         stream: borrowed(batch.stream.as_bytes()),
-        kind: borrowed(batch.kind.as_bytes()),
+        kind: borrowed(kind.as_bytes()),
         event_id: borrowed(batch.event_id.as_bytes()),
         fields_json: borrowed(batch.fields_json.as_bytes()),
         seq: batch.seq,

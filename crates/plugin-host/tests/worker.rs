@@ -61,6 +61,7 @@ fn batch(seq: u64, last: bool) -> Arc<OwnedBatch> {
         ndjson: ndjson.into_bytes().into(),
         received_at_ms: 1_700_000_000_123,
         last,
+        deletions: false,
     })
 }
 

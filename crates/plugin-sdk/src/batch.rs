@@ -25,6 +25,7 @@ pub struct Batch<'a> {
     ndjson: &'a [u8],
     received_at_ms: i64,
     last: bool,
+    deletions: bool,
 }
 
 /// The fields of a [`Batch`], to build one without the host (tests, tools).
@@ -51,6 +52,8 @@ pub struct BatchParts<'a> {
     pub received_at_ms: i64,
     /// Whether this is the last batch of the stream.
     pub last: bool,
+    /// Whether the rows are deletions (see [`Batch::is_deletions`]).
+    pub deletions: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -66,6 +69,7 @@ impl<'a> Batch<'a> {
             ndjson: parts.ndjson,
             received_at_ms: parts.received_at_ms,
             last: parts.last,
+            deletions: parts.deletions,
         }
     }
 
@@ -128,6 +132,15 @@ impl<'a> Batch<'a> {
     /// Whether this is the last batch of its stream.
     pub fn is_last(&self) -> bool {
         self.last
+    }
+
+    /// Whether every row names a record of [`kind`](Self::kind) deleted in Flatfile, as
+    /// `{"id":"<record id>","valid":true,"values":{}}`: the sink removes or marks the record.
+    ///
+    /// Only sinks that set [`Sink::HANDLES_DELETIONS`](crate::Sink::HANDLES_DELETIONS) see
+    /// such batches; the others get the same rows as ordinary rows of kind `<kind>_deleted`.
+    pub fn is_deletions(&self) -> bool {
+        self.deletions
     }
 
     /// The rows, parsed one line at a time as the iterator advances.

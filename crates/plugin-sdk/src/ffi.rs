@@ -47,6 +47,10 @@ impl PluginDescriptor {
                 abi::PLUGIN_FLAG_PANIC_UNWIND
             } else {
                 0
+            } | if S::HANDLES_DELETIONS {
+                abi::PLUGIN_FLAG_DELETIONS
+            } else {
+                0
             },
             name: static_str(name),
             version: static_str(version),
@@ -249,6 +253,7 @@ unsafe fn batch_from_abi<'a>(batch: *const FlatsyncBatch) -> Result<Batch<'a>, S
         ndjson,
         received_at_ms: raw.received_at_ms,
         last: raw.flags & abi::BATCH_FLAG_LAST != 0,
+        deletions: raw.flags & abi::BATCH_FLAG_DELETIONS != 0,
     }))
 }
 

@@ -180,6 +180,10 @@ pub fn in_process<S: Sink>(name: &str) -> &'static abi::FlatsyncPlugin {
 
 /// A sink: what a plugin implements. See the [crate docs](crate) for the contract.
 pub trait Sink: Send + Sized + 'static {
+    /// Whether the sink handles deletion batches ([`Batch::is_deletions`]). When `false`, the
+    /// host hands deletions over as ordinary rows of kind `<kind>_deleted` instead.
+    const HANDLES_DELETIONS: bool = false;
+
     /// Builds an instance from the `[sink.config]` table of the daemon's config, as JSON (an
     /// empty object when the table is absent). Any error is fatal and stops the daemon's
     /// start-up, so validate the whole config here and name the key at fault

@@ -613,6 +613,7 @@ fn batch(ndjson: &str, row_count: u64) -> Batch<'_> {
         ndjson: ndjson.as_bytes(),
         received_at_ms: 0,
         last: false,
+        deletions: false,
     })
 }
 

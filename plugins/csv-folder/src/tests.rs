@@ -42,6 +42,7 @@ fn send(
         ndjson: ndjson.as_bytes(),
         received_at_ms: 1_714_658_591_517,
         last,
+        deletions: false,
     }))
 }
 

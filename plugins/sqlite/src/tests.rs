@@ -107,6 +107,7 @@ fn send(sink: &mut SqliteSink, how: Send<'_>, rows: &[String]) -> Result<(), Sin
         ndjson: ndjson.as_bytes(),
         received_at_ms: 1_714_658_591_517,
         last: how.last,
+        deletions: false,
     }))
 }
 
