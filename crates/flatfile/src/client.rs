@@ -1,6 +1,6 @@
 //! HTTP client for the legacy REST API and the Platform `/v1` API.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +94,43 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const FETCH_SECONDS_METRIC: &str = "flatsync_fetch_seconds";
 /// Counter of attempts repeated after a retryable failure, labels `endpoint` and `reason`.
 const FETCH_RETRIES_METRIC: &str = "flatsync_fetch_retries_total";
+
+/// One [`FlatfileClient::events_page`] request (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// `environmentId` (`us_env_…`); must not be empty.
+    pub environment_id: String,
+    /// `since`: only events created from this time on (whether the bound is inclusive is not
+    /// documented), as an ISO 8601 date-time such as `2024-05-01T12:00:00.000Z`. Left out of
+    /// the request when `None`; must not be empty.
+    pub since: Option<String>,
+    /// `pageSize`, at least 1 (the API's default is 10).
+    pub page_size: u64,
+    /// `pageNumber`, from 1.
+    pub page_number: u64,
+    /// `includeAcknowledged`: also list events that were already acknowledged.
+    pub include_acknowledged: bool,
+}
+
+/// Which records of a sheet [`FlatfileClient::records_selection_page`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordsSelection {
+    /// Every record of the sheet.
+    All,
+    /// The records with these ids, sent as repeated `ids=` keys: at most
+    /// [`RecordsSelection::MAX_IDS`], none empty. An empty list selects nothing, so its page is
+    /// empty and no request is sent.
+    Ids(Vec<String>),
+    /// The records changed in this commit (`commitId=`, a `us_vr_…` id).
+    Commit(String),
+    /// The records changed since this commit (`sinceCommitId=`).
+    SinceCommit(String),
+}
+
+impl RecordsSelection {
+    /// Most record ids the API accepts in one request.
+    pub const MAX_IDS: usize = 100;
+}
 
 /// Client for both Flatfile APIs. Cheap to clone; clones share one connection pool.
 #[derive(Clone)]
@@ -297,18 +334,76 @@ impl FlatfileClient {
         .await
     }
 
-    /// `GET /v1/sheets/{id}/records?pageSize=&pageNumber=`: one page (numbered from 1),
-    /// converted to batch lines.
+    /// `GET /v1/sheets/{id}/records?pageSize=&pageNumber=`: one page (numbered from 1) of the
+    /// whole sheet, converted to batch lines.
     pub async fn records_page(
         &self,
         sheet_id: &str,
         page_number: u64,
         page_size: u64,
     ) -> Result<RecordsPage, ApiError> {
+        self.records_selection_page(sheet_id, &RecordsSelection::All, page_number, page_size)
+            .await
+    }
+
+    /// `GET /v1/sheets/{id}/records?pageSize=&pageNumber=` plus the selection's keys (`ids=`
+    /// repeated, `commitId=` or `sinceCommitId=`): one page (numbered from 1) of the selected
+    /// records, converted to batch lines.
+    ///
+    /// Refused with [`ApiError::InvalidRequest`] before any request: page number or size 0, more
+    /// than [`RecordsSelection::MAX_IDS`] ids, an empty record or commit id (the API would
+    /// ignore it and answer with the whole sheet).
+    pub async fn records_selection_page(
+        &self,
+        sheet_id: &str,
+        selection: &RecordsSelection,
+        page_number: u64,
+        page_size: u64,
+    ) -> Result<RecordsPage, ApiError> {
+        check_paging(page_number, page_size)?;
         let mut url = endpoint(&self.inner.api_base, &["sheets", sheet_id, "records"])?;
-        url.query_pairs_mut()
-            .append_pair("pageSize", &page_size.to_string())
-            .append_pair("pageNumber", &page_number.to_string());
+        let mut query = Query::default();
+        query
+            .push("pageSize", &page_size.to_string())
+            .push("pageNumber", &page_number.to_string());
+        match selection {
+            RecordsSelection::All => {}
+            RecordsSelection::Ids(ids) => {
+                if ids.len() > RecordsSelection::MAX_IDS {
+                    return Err(ApiError::InvalidRequest {
+                        message: format!(
+                            "{} record ids asked for in one request; the API accepts at most {}",
+                            ids.len(),
+                            RecordsSelection::MAX_IDS
+                        ),
+                    });
+                }
+                if let Some(index) = ids.iter().position(String::is_empty) {
+                    return Err(ApiError::InvalidRequest {
+                        message: format!("record id {index} of the selection is empty"),
+                    });
+                }
+                if ids.is_empty() {
+                    return Ok(RecordsPage {
+                        ndjson: Vec::new(),
+                        rows: 0,
+                        commit_id: None,
+                    });
+                }
+                for id in ids {
+                    query.push("ids", id);
+                }
+            }
+            RecordsSelection::Commit(commit_id) => {
+                check_not_empty(commit_id, "the commit id of the selection")?;
+                query.push("commitId", commit_id);
+            }
+            RecordsSelection::SinceCommit(commit_id) => {
+                check_not_empty(commit_id, "the since-commit id of the selection")?;
+                query.push("sinceCommitId", commit_id);
+            }
+        }
+        query.set_on(&mut url);
         self.execute(
             HttpMethod::Get,
             Api::Platform,
@@ -500,6 +595,10 @@ impl FlatfileClient {
             request = request
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
+        } else if matches!(method, HttpMethod::Post) {
+            // Without a body the request would carry no length at all, which some proxies
+            // answer with 411 Length Required; browsers and Node send an explicit 0 too.
+            request = request.header(header::CONTENT_LENGTH, "0");
         }
         let transport = |error: reqwest::Error| AttemptError::Retryable {
             error: ApiError::Transport {
@@ -639,6 +738,65 @@ fn parse_base_url(raw: &str) -> Result<Url, ApiError> {
         ));
     }
     Ok(url)
+}
+
+/// A query string whose keys and values are percent-encoded strictly: every byte except
+/// `A-Za-z0-9-._~` becomes `%XX`. Unlike the form encoding of `Url::query_pairs_mut`, a space
+/// becomes `%20` rather than `+`, which a server that does not decode forms would keep as a `+`.
+#[derive(Default)]
+struct Query(String);
+
+impl Query {
+    fn push(&mut self, key: &str, value: &str) -> &mut Self {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        push_percent_encoded(&mut self.0, key);
+        self.0.push('=');
+        push_percent_encoded(&mut self.0, value);
+        self
+    }
+
+    fn set_on(&self, url: &mut Url) {
+        url.set_query(Some(&self.0));
+    }
+}
+
+fn push_percent_encoded(out: &mut String, text: &str) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            write!(out, "%{byte:02X}").expect("writing to a String cannot fail");
+        }
+    }
+}
+
+/// Page numbers start at 1, and a page of size 0 would make "a short page is the last" loop
+/// forever.
+fn check_paging(page_number: u64, page_size: u64) -> Result<(), ApiError> {
+    if page_number == 0 {
+        return Err(ApiError::InvalidRequest {
+            message: "page numbers start at 1, got 0".to_owned(),
+        });
+    }
+    if page_size == 0 {
+        return Err(ApiError::InvalidRequest {
+            message: "the page size must be at least 1".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// An empty filter value is ignored by the API, which would then answer with more than was
+/// asked for.
+fn check_not_empty(value: &str, what: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::InvalidRequest {
+            message: format!("{what} is empty"),
+        });
+    }
+    Ok(())
 }
 
 /// `base` with `segments` appended, each percent-encoded as one path segment, so an id from a
@@ -801,6 +959,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+mod events;
 mod probe;
 
 #[cfg(test)]

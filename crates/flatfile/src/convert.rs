@@ -1,5 +1,6 @@
-//! Response bodies to results: row pages into NDJSON batch lines, and the small Platform
-//! objects (workbooks, sheets, counts) into plain structs.
+//! Response bodies to results: row pages into NDJSON batch lines, event listings into one
+//! compact JSON body per event, and the small Platform objects (workbooks, sheets, counts) into
+//! plain structs.
 //!
 //! Row pages are the hot path (the daemon targets hundreds of thousands of rows per second), so
 //! they are converted in one pass with hand-written serde visitors: cell values are borrowed from
@@ -45,6 +46,32 @@ pub struct RecordsPage {
     pub rows: u64,
     /// `data.commitId` (or the older `data.versionId`).
     pub commit_id: Option<String>,
+}
+
+/// One page of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsPage {
+    /// The usable events, in the API's order.
+    pub events: Vec<ListedEvent>,
+    /// Items in the page's `data` array, unusable ones included. The listing has no pagination
+    /// object, so a page with fewer items than the requested page size is the last one.
+    pub items_on_page: u64,
+    /// Why each unusable item was left out, e.g. `event 3 of the page has no string "id"`.
+    pub skipped: Vec<String>,
+}
+
+/// One event from an events listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedEvent {
+    /// Event id (`us_evt_…`), never empty.
+    pub id: String,
+    /// Topic, e.g. `records:created`, never empty. Unknown topics are kept.
+    pub topic: String,
+    /// `createdAt` as sent, when it is a string.
+    pub created_at: Option<String>,
+    /// The event object as compact single-line JSON with every field kept, in the API's key
+    /// order and with numbers as sent: the same shape a Platform webhook body has.
+    pub body: Vec<u8>,
 }
 
 /// A Platform workbook with its sheets.
@@ -146,6 +173,120 @@ pub(crate) fn sheet(body: &[u8]) -> Result<Sheet, serde_json::Error> {
 pub(crate) fn record_count(body: &[u8]) -> Result<u64, serde_json::Error> {
     let envelope: DataEnvelope<WireCountsData> = serde_json::from_slice(body)?;
     Ok(envelope.data.counts.total)
+}
+
+/// `GET /v1/events` → `{data: Event[]}`.
+///
+/// The envelope must be an object with a `data` array; anything else is an error naming what was
+/// found. Items are judged one by one: an item that is not an object, or lacks a non-empty string
+/// `id` or `topic`, is recorded in [`EventsPage::skipped`] and still counted, so paging by page
+/// size stays right.
+pub(crate) fn events_page(body: &[u8]) -> Result<EventsPage, serde_json::Error> {
+    const EXPECTED: &str = "expected an object with a \"data\" array";
+    let whole: &RawValue = serde_json::from_slice(body)?;
+    let whole = whole.get().as_bytes();
+    if whole.first() != Some(&b'{') {
+        return Err(serde_json::Error::custom(format_args!(
+            "{EXPECTED}, found {}",
+            json_kind(whole)
+        )));
+    }
+    let envelope: EventsEnvelope<'_> = serde_json::from_slice(body)?;
+    let data = match envelope.data {
+        None => {
+            return Err(serde_json::Error::custom(format_args!(
+                "{EXPECTED}, found an object without \"data\""
+            )));
+        }
+        Some(data) if data.get().starts_with('[') => data,
+        Some(data) => {
+            return Err(serde_json::Error::custom(format_args!(
+                "{EXPECTED}, found \"data\" as {}",
+                json_kind(data.get().as_bytes())
+            )));
+        }
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(data.get())?;
+    let mut page = EventsPage {
+        events: Vec::with_capacity(items.len()),
+        items_on_page: u64::try_from(items.len()).expect("a page's length fits in u64"),
+        skipped: Vec::new(),
+    };
+    for (index, item) in items.into_iter().enumerate() {
+        match listed_event(item) {
+            Ok(event) => page.events.push(event),
+            Err(reason) => page
+                .skipped
+                .push(format!("event {index} of the page {reason}")),
+        }
+    }
+    Ok(page)
+}
+
+/// One listed event, or why it is unusable (phrased to follow "event N of the page").
+fn listed_event(item: &RawValue) -> Result<ListedEvent, String> {
+    let text = item.get().as_bytes();
+    if text.first() != Some(&b'{') {
+        return Err(format!("is {}, expected an object", json_kind(text)));
+    }
+    let head: EventHead =
+        serde_json::from_str(item.get()).map_err(|error| format!("cannot be read: {error}"))?;
+    let id = match head.id {
+        Value::String(id) if !id.is_empty() => id,
+        other => return Err(format!("has no usable \"id\": {}", describe(&other))),
+    };
+    let topic = match head.topic {
+        Value::String(topic) if !topic.is_empty() => topic,
+        other => {
+            return Err(format!(
+                "({id}) has no usable \"topic\": {}",
+                describe(&other)
+            ));
+        }
+    };
+    let created_at = match head.created_at {
+        Value::String(created_at) => Some(created_at),
+        _ => None,
+    };
+    let mut body = Vec::with_capacity(text.len());
+    push_compact(&mut body, text);
+    Ok(ListedEvent {
+        id,
+        topic,
+        created_at,
+        body,
+    })
+}
+
+/// What a field that should have been a non-empty string held, for a skip reason.
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "it is missing or null",
+        Value::String(_) => "it is an empty string",
+        Value::Bool(_) => "it is a boolean",
+        Value::Number(_) => "it is a number",
+        Value::Array(_) => "it is an array",
+        Value::Object(_) => "it is an object",
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsEnvelope<'a> {
+    // `Option` turns `"data": null` into `None`, reported like a missing `data`.
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// The fields of a listed event this crate reads; the rest travel in [`ListedEvent::body`].
+/// A missing field reads as `null`.
+#[derive(Deserialize)]
+struct EventHead {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    topic: Value,
+    #[serde(default, rename = "createdAt")]
+    created_at: Value,
 }
 
 #[derive(Deserialize)]
@@ -833,6 +974,12 @@ fn push_single_line(out: &mut Vec<u8>, raw: &[u8]) {
         out.extend_from_slice(raw);
         return;
     }
+    push_compact(out, raw);
+}
+
+/// Copies a raw JSON value without insignificant whitespace. Everything else (key order,
+/// duplicate keys, number and string spellings) stays as it was.
+fn push_compact(out: &mut Vec<u8>, raw: &[u8]) {
     out.reserve(raw.len());
     let mut in_string = false;
     let mut escaped = false;

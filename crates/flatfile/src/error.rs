@@ -64,6 +64,14 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
+    /// The caller asked for something this client refuses to send (e.g. more record ids than
+    /// the API accepts in one request, or an empty id that would widen the selection to a whole
+    /// sheet). No request was sent.
+    #[error("invalid Flatfile request: {message}")]
+    InvalidRequest {
+        /// What is wrong and, where there is one, the limit that was exceeded.
+        message: String,
+    },
     /// The HTTP client could not be set up (e.g. the TLS backend failed to initialise).
     #[error("could not set up the HTTP client: {message}")]
     HttpClient {
@@ -74,14 +82,16 @@ pub enum ApiError {
 
 impl ApiError {
     /// Whether repeating the same call later cannot succeed without a change of configuration
-    /// or data: bad credentials or URLs, 4xx answers other than 408 and 429, redirects, and
-    /// bodies that did not decode on any attempt (the API returns a shape this client does not
-    /// understand). Server errors, rate limiting and transport errors are not permanent.
+    /// or data: bad credentials, URLs or requests, 4xx answers other than 408 and 429,
+    /// redirects, and bodies that did not decode on any attempt (the API returns a shape this
+    /// client does not understand). Server errors, rate limiting and transport errors are not
+    /// permanent.
     pub fn is_permanent(&self) -> bool {
         match self {
             ApiError::MissingCredential { .. }
             | ApiError::InvalidCredential { .. }
             | ApiError::InvalidUrl { .. }
+            | ApiError::InvalidRequest { .. }
             | ApiError::HttpClient { .. }
             | ApiError::Decode { .. } => true,
             ApiError::Status { status, .. } => !is_retryable_status(*status),

@@ -17,12 +17,16 @@ mod error;
 mod secret;
 mod webhook;
 
-pub use client::{ClientConfig, FlatfileClient, RetryPolicy, error_chain};
-pub use convert::{LegacyPage, RecordsPage, Sheet, Workbook};
+pub use client::{
+    ClientConfig, EventsQuery, FlatfileClient, RecordsSelection, RetryPolicy, error_chain,
+};
+pub use convert::{EventsPage, LegacyPage, ListedEvent, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;
 pub use secret::Secret;
 pub use webhook::{
-    IncomingEvent, LegacyNotification, PlatformEvent, WebhookBodyError, parse_webhook_body,
+    IncomingEvent, LEGACY_TOPIC_IMPORT_SUBMITTED, LEGACY_TOPIC_RECORD_STATUS_MODIFIED,
+    LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, WebhookBodyError,
+    legacy_topic, parse_webhook_body,
 };
 
 /// Makes `s` safe to use as part of a stream id: every char outside `[A-Za-z0-9_.-]` becomes `_`.

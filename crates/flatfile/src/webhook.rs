@@ -70,9 +70,96 @@ impl PlatformEvent {
         self.context_str("jobId")
     }
 
-    /// `context.workbookId`.
+    /// `context.workbookId`, else `payload.workbookId`.
     pub fn workbook_id(&self) -> Option<&str> {
-        self.context_str("workbookId")
+        self.context_or_payload(&["workbookId"])
+    }
+
+    /// `context.environmentId`.
+    pub fn environment_id(&self) -> Option<&str> {
+        self.context_str("environmentId")
+    }
+
+    /// The sheet the event is about: `context.sheetId`, else `payload.sheetId`.
+    pub fn sheet_id(&self) -> Option<&str> {
+        self.context_or_payload(&["sheetId"])
+    }
+
+    /// `context.sheetSlug`, `context.slugs.sheet` or `payload.sheetSlug`.
+    pub fn sheet_slug(&self) -> Option<&str> {
+        self.context_str("sheetSlug")
+            .or_else(|| {
+                self.context
+                    .get("slugs")
+                    .and_then(|s| s.get("sheet"))
+                    .and_then(Value::as_str)
+            })
+            .or_else(|| self.payload_str("sheetSlug"))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The commit the event is about: `commitId`, or the deprecated `versionId`, from the
+    /// context or the payload.
+    pub fn commit_id(&self) -> Option<&str> {
+        self.context_or_payload(&["commitId", "versionId"])
+    }
+
+    /// `payload.sinceCommitId` (or the deprecated `sinceVersionId`): the event covers every
+    /// commit after that one.
+    pub fn since_commit_id(&self) -> Option<&str> {
+        self.payload_str("sinceCommitId")
+            .or_else(|| self.payload_str("sinceVersionId"))
+            .or_else(|| self.context_str("sinceCommitId"))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// `payload.recordIds`, the string ids in it; `None` when the payload has no such list.
+    pub fn record_ids(&self) -> Option<Vec<String>> {
+        let ids = self.payload.get("recordIds")?.as_array()?;
+        Some(
+            ids.iter()
+                .filter_map(|id| match id {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    fn payload_str(&self, key: &str) -> Option<&str> {
+        self.payload.get(key).and_then(Value::as_str)
+    }
+
+    fn context_or_payload(&self, keys: &[&str]) -> Option<&str> {
+        keys.iter()
+            .find_map(|k| self.context_str(k).or_else(|| self.payload_str(k)))
+            .filter(|s| !s.is_empty())
+    }
+}
+
+impl IncomingEvent {
+    /// The Flatfile environment the event belongs to, when it says.
+    pub fn environment_id(&self) -> Option<&str> {
+        match self {
+            IncomingEvent::Legacy(n) => n.environment_id.as_deref(),
+            IncomingEvent::Platform(e) => e.environment_id(),
+        }
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> &str {
+        match self {
+            IncomingEvent::Legacy(n) => &n.event_id,
+            IncomingEvent::Platform(e) => &e.id,
+        }
+    }
+
+    /// The topic routes match.
+    pub fn topic(&self) -> &str {
+        match self {
+            IncomingEvent::Legacy(n) => &n.topic,
+            IncomingEvent::Platform(e) => &e.topic,
+        }
     }
 }
 
@@ -106,8 +193,35 @@ const EXPECTED_KEYS: &str = "expected a Platform event (string \"id\" and \"topi
 /// Topic given to a legacy notification that names none and has no batch.
 const LEGACY_TOPIC_UNKNOWN: &str = "unknown";
 
-/// Topic of a Portal 3.0 notification that carries a batch but no `type`.
-const LEGACY_TOPIC_IMPORT_SUBMITTED: &str = "portalImportSubmitted";
+/// Topic of the Portal "Import submitted" notification, and of a Portal 3.0 notification that
+/// carries a batch but no `type`.
+pub const LEGACY_TOPIC_IMPORT_SUBMITTED: &str = "portalImportSubmitted";
+/// Topic of the Workspaces "New records added" notification.
+pub const LEGACY_TOPIC_RECORDS_ADDED: &str = "newRecordsAdded";
+/// Topic of the Portal and Workspaces "Record status modified" notification.
+pub const LEGACY_TOPIC_RECORD_STATUS_MODIFIED: &str = "recordStatusModified";
+
+/// The topic routes see for a legacy notification type. The dashboard shows the types as
+/// "Import submitted", "New records added" and "Record status modified"; what the body's `type`
+/// says is not documented, so spellings that differ only in case, spaces, `_`, `-` or `.` map
+/// to one topic each. Other types keep their own name.
+pub fn legacy_topic(type_name: &str) -> String {
+    let folded: String = type_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    match folded.as_str() {
+        "importsubmitted" | "portalimportsubmitted" => LEGACY_TOPIC_IMPORT_SUBMITTED.to_owned(),
+        "newrecordsadded" | "recordsadded" | "workspacerecordsadded" => {
+            LEGACY_TOPIC_RECORDS_ADDED.to_owned()
+        }
+        "recordstatusmodified" | "recordstatuschanged" => {
+            LEGACY_TOPIC_RECORD_STATUS_MODIFIED.to_owned()
+        }
+        _ => type_name.to_owned(),
+    }
+}
 
 /// Parses and classifies a webhook body. Pure: it only looks at `body`.
 pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError> {
@@ -197,7 +311,7 @@ fn legacy_notification(object: &Map<String, Value>, body: &[u8]) -> Option<Legac
         .or_else(|| event.and_then(|e| e.get("id")).and_then(id_string))
         .unwrap_or_else(|| body_event_id(body));
     let topic = match (type_field, event_type) {
-        (Some(topic), _) | (None, Some(topic)) => topic.to_owned(),
+        (Some(topic), _) | (None, Some(topic)) => legacy_topic(topic),
         (None, None) if batch_id.is_some() => LEGACY_TOPIC_IMPORT_SUBMITTED.to_owned(),
         (None, None) => LEGACY_TOPIC_UNKNOWN.to_owned(),
     };
@@ -395,6 +509,24 @@ mod tests {
         let n = legacy(br#"{"type":"recordStatusModified","scope":{"batchId":""}}"#);
         assert_eq!(n.batch_id, None, "an empty batch id cannot be fetched");
         assert_eq!(n.topic, "recordStatusModified");
+    }
+
+    #[test]
+    fn legacy_dashboard_names_map_to_one_topic_each() {
+        for (sent, topic) in [
+            ("Import submitted", "portalImportSubmitted"),
+            ("import_submitted", "portalImportSubmitted"),
+            ("New records added", "newRecordsAdded"),
+            ("new-records-added", "newRecordsAdded"),
+            ("Record status modified", "recordStatusModified"),
+            ("recordStatusModified", "recordStatusModified"),
+            ("batch.upload", "batch.upload"),
+        ] {
+            let body = format!(r#"{{"type":"{sent}","scope":{{"eventId":"e","sheetId":"us_sh_1"}}}}"#);
+            let n = legacy(body.as_bytes());
+            assert_eq!(n.topic, topic, "{sent}");
+            assert_eq!(n.sheet_id.as_deref(), Some("us_sh_1"));
+        }
     }
 
     #[test]

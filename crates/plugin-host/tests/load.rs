@@ -22,11 +22,11 @@ fn wrong_abi_fixture_is_refused_with_versions() {
         panic!("expected AbiMismatch, got {err:?}");
     };
     assert_eq!((*plugin_major, *plugin_minor), (999, 0));
-    assert_eq!((*host_major, *host_minor), (1, 0));
+    assert_eq!((*host_major, *host_minor), (1, flatsync_plugin_api::ABI_MINOR));
     let message = err.to_string();
     assert!(message.contains("libflatsync_fx_wrong_abi.so"), "{message}");
     assert!(
-        message.contains("built for ABI 999.0; this flatsync speaks 1.0"),
+        message.contains("built for ABI 999.0; this flatsync speaks 1.1"),
         "{message}"
     );
     assert!(message.contains("needs a newer flatsync"), "{message}");
@@ -192,7 +192,7 @@ fn c_plugin_loads_with_its_descriptor_and_is_shared() {
     assert_eq!(plugin.name(), "counter");
     assert_eq!(plugin.version(), "1.2.3");
     assert_eq!(plugin.build_info(), "cc, test fixture");
-    assert_eq!(plugin.abi(), (1, 0));
+    assert_eq!(plugin.abi(), (1, flatsync_plugin_api::ABI_MINOR));
     assert!(!plugin.unwinds(), "the C fixture does not set PANIC_UNWIND");
     assert_eq!(
         plugin.path(),

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `dir` | required | output folder, created if missing |
 //! | `neutralize_formulas` | `false` | prefix string cells starting with `=`, `+`, `-`, `@`, tab or CR with `'`, so spreadsheet programs do not run them as formulas (numbers are never touched) |
-//! | `meta_columns` | `true` | start every row with `_id` (record id) and `_valid` (`true`/`false`) |
+//! | `meta_columns` | `true` | start every row of a records file with `_id` (record id) and `_valid` (`true`/`false`) |
 //! | `delimiter` | `","` | one ASCII character |
 //!
 //! # Files
@@ -31,6 +31,17 @@
 //! `true`/`false`, null as an empty cell, and an array or object as compact JSON. Quoting is
 //! the `csv` crate's: only where needed.
 //!
+//! # Deletions
+//!
+//! A deletion stream (`<sheetSlug>-deleted-<eventId>`, whose rows name records deleted in
+//! Flatfile) becomes a deletions file, `<dir>/<stream>.csv`, with the fixed header
+//! `_id,_deleted_at` whatever `meta_columns` says, and one line per deleted record: its id and
+//! the time flatsync received the deletion (RFC 3339, UTC, milliseconds, e.g.
+//! `2024-05-02T14:03:11.517Z`). The stream name already tells it apart from the records files.
+//! It goes through the same partial file, state file and rename as any stream, so it too is
+//! complete or absent, and written exactly once. A stream is records or deletions from its
+//! first batch on (the state file remembers which); a batch of the other sort is FATAL.
+//!
 //! # Exactly once
 //!
 //! Each stream has a state file `<dir>/.<stream>.csv.state` recording the last applied batch
@@ -48,6 +59,7 @@
 //! course is to stop and resume from the last state file after a restart.
 
 mod stream;
+mod time;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -113,6 +125,8 @@ pub struct CsvFolder {
 }
 
 impl Sink for CsvFolder {
+    const HANDLES_DELETIONS: bool = true;
+
     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
         let config = Config::parse(config)?;
         std::fs::create_dir_all(&config.dir).map_err(|error| {
@@ -134,7 +148,7 @@ impl Sink for CsvFolder {
         let name = batch.stream();
         check_stream_name(name)?;
         if !self.streams.contains_key(name) {
-            match StreamFiles::open(&self.config, name, &self.logger)? {
+            match StreamFiles::open(&self.config, name, batch.is_deletions(), &self.logger)? {
                 Opened::Complete => return Ok(()),
                 Opened::Open(files) => {
                     self.streams.insert(name.to_owned(), *files);
@@ -145,6 +159,18 @@ impl Sink for CsvFolder {
             .streams
             .get_mut(name)
             .expect("the stream was inserted just above");
+        if files.is_deletions() != batch.is_deletions() {
+            // The header and the state file already say which sort the stream is.
+            let (batch_sort, stream_sort) = if batch.is_deletions() {
+                ("deletion", "records")
+            } else {
+                ("record", "deletions")
+            };
+            return Err(SinkError::fatal(format!(
+                "stream {name}: a {batch_sort} batch in a stream of {stream_sort}; a stream never \
+                 mixes the two"
+            )));
+        }
         let next = files.next_seq();
         if batch.seq() < next {
             // A re-delivered last batch whose finalisation failed earlier: finish the job.

@@ -10,7 +10,7 @@ use flatsync_plugin_sdk::serde_json::{self, value::RawValue};
 use flatsync_plugin_sdk::{Batch, CellValue, Logger, Row, SinkError};
 use serde::{Deserialize, Serialize};
 
-use crate::Config;
+use crate::{Config, time};
 
 // `lib.rs` calls these as `stream::...`.
 pub(crate) use flatsync_plugin_sdk::files::sync_dir;
@@ -22,6 +22,8 @@ pub(crate) const STATE_TMP_SUFFIX: &str = ".csv.state.tmp";
 pub(crate) const REWRITE_TMP_SUFFIX: &str = ".csv.rewrite.tmp";
 
 const META_COLUMNS: [&str; 2] = ["_id", "_valid"];
+/// The whole header of a deletions file, whatever the config.
+const DELETION_COLUMNS: [&str; 2] = ["_id", "_deleted_at"];
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Marks a column the current row has no value for.
 const NO_VALUE: usize = usize::MAX;
@@ -45,6 +47,9 @@ struct SavedState {
     columns: Vec<String>,
     /// How many of `columns` the partial's header line names.
     header_columns: usize,
+    /// Whether the stream is a deletions file. Absent (false) in record streams' state files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deletions: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +166,8 @@ pub(crate) struct StreamFiles {
     name: String,
     paths: Paths,
     delimiter: u8,
+    /// A deletions file (`_id,_deleted_at`) rather than records.
+    deletions: bool,
     /// `None` after a failed batch whose undo failed too; rebuilt before the next write.
     writer: Option<csv::Writer<PartialFile>>,
     columns: Columns,
@@ -180,8 +187,14 @@ pub(crate) struct StreamFiles {
 }
 
 impl StreamFiles {
-    /// Looks at the stream's files on its first batch in this process.
-    pub(crate) fn open(config: &Config, name: &str, logger: &Logger) -> Result<Opened, SinkError> {
+    /// Looks at the stream's files on its first batch in this process. `deletions` says what a
+    /// fresh stream holds; a resumed one knows from its state file.
+    pub(crate) fn open(
+        config: &Config,
+        name: &str,
+        deletions: bool,
+        logger: &Logger,
+    ) -> Result<Opened, SinkError> {
         let paths = Paths::new(&config.dir, name);
         if exists(&paths.final_file)? {
             for leftover in [
@@ -206,12 +219,17 @@ impl StreamFiles {
         }
         let files = match read_state(&paths.state)? {
             Some(saved) => Self::resume(config, name, paths, saved, logger)?,
-            None => Self::start(config, name, paths)?,
+            None => Self::start(config, name, paths, deletions)?,
         };
         Ok(Opened::Open(Box::new(files)))
     }
 
-    fn start(config: &Config, name: &str, paths: Paths) -> Result<Self, SinkError> {
+    fn start(
+        config: &Config,
+        name: &str,
+        paths: Paths,
+        deletions: bool,
+    ) -> Result<Self, SinkError> {
         // Truncating also discards a partial left by a run that never flushed.
         let file = OpenOptions::new()
             .read(true)
@@ -225,6 +243,7 @@ impl StreamFiles {
             name,
             paths,
             file,
+            deletions,
             Columns::default(),
             None,
             None,
@@ -242,7 +261,10 @@ impl StreamFiles {
         let corrupt =
             |what: String| SinkError::fatal(format!("state file {} {what}", paths.state.display()));
         let columns = Columns::from_names(saved.columns);
-        if columns.index.len() != columns.len() || saved.header_columns > columns.len() {
+        if columns.index.len() != columns.len()
+            || saved.header_columns > columns.len()
+            || (saved.deletions && columns.len() > 0)
+        {
             return Err(corrupt("has inconsistent columns".to_owned()));
         }
         let (file, len) = reopen_partial(
@@ -263,6 +285,7 @@ impl StreamFiles {
             name,
             paths,
             file,
+            saved.deletions,
             columns,
             Some(saved.header_columns),
             Some(saved.applied_seq),
@@ -278,6 +301,7 @@ impl StreamFiles {
         name: &str,
         paths: Paths,
         file: File,
+        deletions: bool,
         columns: Columns,
         header_columns: Option<usize>,
         written_seq: Option<u64>,
@@ -287,6 +311,7 @@ impl StreamFiles {
             name: name.to_owned(),
             paths,
             delimiter: config.delimiter,
+            deletions,
             writer: Some(csv_writer(file, offset, config.delimiter)),
             columns,
             header_columns,
@@ -307,6 +332,22 @@ impl StreamFiles {
     /// Rows appended by this process.
     pub(crate) fn rows_written(&self) -> u64 {
         self.rows_written
+    }
+
+    /// Whether the stream is a deletions file.
+    pub(crate) fn is_deletions(&self) -> bool {
+        self.deletions
+    }
+
+    /// The columns before the field columns: the whole header of a deletions file.
+    fn meta(&self, meta_columns: bool) -> &'static [&'static str] {
+        if self.deletions {
+            &DELETION_COLUMNS
+        } else if meta_columns {
+            &META_COLUMNS
+        } else {
+            &[]
+        }
     }
 
     /// Appends the next batch. On failure the partial, the columns and the header are exactly
@@ -349,6 +390,9 @@ impl StreamFiles {
         scratch: &mut String,
     ) -> Result<u64, SinkError> {
         self.ensure_writer()?;
+        if self.deletions {
+            return self.append_deletions(batch);
+        }
         for field in batch.fields()? {
             self.columns.add(&field);
         }
@@ -405,8 +449,31 @@ impl StreamFiles {
         Ok(count)
     }
 
+    /// One `_id,_deleted_at` line per deleted record; a deletion row's values are ignored.
+    fn append_deletions(&mut self, batch: &Batch<'_>) -> Result<u64, SinkError> {
+        if self.header_columns.is_none() {
+            self.write_header(false)?;
+        }
+        let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+        let writer = self.writer.as_mut().expect("ensure_writer made a writer");
+        let write_error = |error: csv::Error| csv_error(&self.name, &self.paths.partial, error);
+        let mut row = Row::default();
+        let mut rows = batch.rows();
+        let mut count = 0;
+        while rows.read_into(&mut row)? {
+            writer
+                .write_record([row.id.as_bytes(), deleted_at.as_bytes()])
+                .map_err(write_error)?;
+            count += 1;
+        }
+        writer
+            .flush()
+            .map_err(|error| io_retry("cannot write", &self.paths.partial, &error))?;
+        Ok(count)
+    }
+
     fn write_header(&mut self, meta_columns: bool) -> Result<(), SinkError> {
-        let meta: &[&str] = if meta_columns { &META_COLUMNS } else { &[] };
+        let meta = self.meta(meta_columns);
         let names = meta
             .iter()
             .copied()
@@ -475,6 +542,7 @@ impl StreamFiles {
             offset: self.offset,
             columns: self.columns.names.clone(),
             header_columns: self.header_columns.unwrap_or(0),
+            deletions: self.deletions,
         };
         let text = serde_json::to_vec(&saved).expect("the state serialises to JSON");
         let tmp = &self.paths.state_tmp;
@@ -558,7 +626,7 @@ impl StreamFiles {
     }
 
     fn rewrite_inner(&self, meta_columns: bool) -> Result<(), SinkError> {
-        let meta: &[&str] = if meta_columns { &META_COLUMNS } else { &[] };
+        let meta = self.meta(meta_columns);
         let width = meta.len() + self.columns.len();
         let old_header_width = meta.len() + self.header_columns.unwrap_or(0);
         let input = File::open(&self.paths.partial)

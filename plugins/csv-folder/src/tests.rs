@@ -46,6 +46,29 @@ fn send(
     }))
 }
 
+/// A batch of the deletion stream `stream`: one row per deleted record id.
+fn send_deletions(
+    sink: &mut CsvFolder,
+    stream: &str,
+    seq: u64,
+    ids: &[&str],
+    last: bool,
+) -> Result<(), SinkError> {
+    let ndjson: String = ids.iter().map(|id| row(id, true, "{}")).collect();
+    sink.write_batch(&Batch::from_parts(BatchParts {
+        stream,
+        kind: "contacts",
+        event_id: "ev2",
+        fields_json: "[]",
+        seq,
+        row_count: ids.len() as u64,
+        ndjson: ndjson.as_bytes(),
+        received_at_ms: 1_714_744_991_517,
+        last,
+        deletions: true,
+    }))
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("readable dir")
@@ -505,4 +528,112 @@ fn unsafe_stream_names_are_refused() {
         assert!(!error.is_retry(), "{name}");
     }
     assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn a_deletion_stream_writes_a_deletions_file() {
+    for config in [
+        json!({}),
+        json!({"meta_columns": false, "neutralize_formulas": true}),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sink = create(dir.path(), config.clone()).expect("valid config");
+        send_deletions(&mut sink, "contacts-deleted-ev2", 0, &["r1", "r,2"], false).expect("seq 0");
+        send_deletions(&mut sink, "contacts-deleted-ev2", 1, &["-r3"], true).expect("seq 1");
+        assert_eq!(
+            read(dir.path(), "contacts-deleted-ev2"),
+            "_id,_deleted_at\n\
+             r1,2024-05-03T14:03:11.517Z\n\
+             \"r,2\",2024-05-03T14:03:11.517Z\n\
+             -r3,2024-05-03T14:03:11.517Z\n",
+            "config {config}"
+        );
+        assert_eq!(entries(dir.path()), ["contacts-deleted-ev2.csv"]);
+    }
+}
+
+#[test]
+fn an_empty_deletion_stream_gives_a_header_only_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut sink = sink(dir.path());
+    send_deletions(&mut sink, "contacts-deleted-ev2", 0, &[], true).expect("written");
+    assert_eq!(
+        read(dir.path(), "contacts-deleted-ev2"),
+        "_id,_deleted_at\n"
+    );
+}
+
+#[test]
+fn deletions_are_written_exactly_once_across_a_crash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stream = "contacts-deleted-ev2";
+    let ids = |seq: u64| [format!("r{seq}a"), format!("r{seq}b")];
+    let send_seq = |sink: &mut CsvFolder, seq: u64, last: bool| {
+        let ids = ids(seq);
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        send_deletions(sink, stream, seq, &ids, last)
+    };
+    let mut first = sink(dir.path());
+    send_seq(&mut first, 0, false).expect("seq 0");
+    first.flush().expect("flush");
+    let state: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join(format!(".{stream}.csv.state"))).expect("state"),
+    )
+    .expect("JSON");
+    assert_eq!(state["deletions"], true, "{state}");
+    // Accepted but never flushed: lost with the "crash", sent again by the host.
+    send_seq(&mut first, 1, false).expect("seq 1");
+    drop(first);
+
+    let mut second = sink(dir.path());
+    for seq in 0..3 {
+        send_seq(&mut second, seq, seq == 2).expect("written");
+    }
+    // The whole stream once more, to a new instance: every batch is skipped.
+    let mut third = sink(dir.path());
+    for seq in 0..3 {
+        send_seq(&mut third, seq, seq == 2).expect("skipped");
+    }
+    let expected: String = std::iter::once("_id,_deleted_at\n".to_owned())
+        .chain(
+            (0..3)
+                .flat_map(ids)
+                .map(|id| format!("{id},2024-05-03T14:03:11.517Z\n")),
+        )
+        .collect();
+    assert_eq!(read(dir.path(), stream), expected);
+    assert_eq!(entries(dir.path()), [format!("{stream}.csv")]);
+}
+
+#[test]
+fn a_stream_never_mixes_records_and_deletions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = sink(dir.path());
+    send_deletions(&mut first, "d", 0, &["r1"], false).expect("seq 0");
+    first.flush().expect("flush");
+    let error = send(&mut first, "d", "[]", 1, &[row("r2", true, "{}")], true)
+        .expect_err("records in a deletion stream");
+    assert!(!error.is_retry());
+    assert_eq!(
+        error.message(),
+        "stream d: a record batch in a stream of deletions; a stream never mixes the two"
+    );
+    drop(first);
+
+    // After a restart the state file still says what the stream is.
+    let mut second = sink(dir.path());
+    let error = send(&mut second, "d", "[]", 1, &[row("r2", true, "{}")], true)
+        .expect_err("records in a resumed deletion stream");
+    assert!(!error.is_retry());
+    send(&mut second, "r", "[]", 0, &[row("r1", true, "{}")], false).expect("records");
+    let error = send_deletions(&mut second, "r", 1, &["r1"], true).expect_err("mixed");
+    assert_eq!(
+        error.message(),
+        "stream r: a deletion batch in a stream of records; a stream never mixes the two"
+    );
+    send_deletions(&mut second, "d", 1, &["r2"], true).expect("seq 1");
+    assert_eq!(
+        read(dir.path(), "d"),
+        "_id,_deleted_at\nr1,2024-05-03T14:03:11.517Z\nr2,2024-05-03T14:03:11.517Z\n"
+    );
 }

@@ -8,13 +8,26 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `dir` | required | output folder, created if missing |
-//! | `envelope` | `true` | write each row as `{"id":..,"valid":..,"values":{..}}`; with `false`, only the values object |
+//! | `envelope` | `true` | write each row as `{"id":..,"valid":..,"values":{..}}`; with `false`, only the values object (deletion lines are the same either way) |
 //!
 //! # Lines
 //!
 //! One line per row, in batch order. With `envelope = true` the line is the row as flatsync
 //! delivers it: `{"id":"<record id>","valid":true,"values":{...}}`. With `envelope = false` it is
 //! the `values` object alone. Keys keep the source's order and values are copied byte for byte.
+//!
+//! # Deletions
+//!
+//! A deletion stream (`<sheetSlug>-deleted-<eventId>`, whose rows name records deleted in
+//! Flatfile) gets its own file, `<dir>/<stream>.jsonl`, like any stream. Each line names one
+//! deleted record, the same with or without `envelope`:
+//!
+//! ```json
+//! {"_id":"<record id>","_deleted":true,"_deleted_at":"2024-05-02T14:03:11.517Z"}
+//! ```
+//!
+//! `_deleted_at` is when flatsync received the deletion (RFC 3339, UTC, milliseconds). The
+//! underscored keys cannot be mistaken for a record line's envelope or for field keys.
 //!
 //! # Files and exactly-once
 //!
@@ -32,6 +45,7 @@
 //! a gap is fatal.
 
 mod stream;
+mod time;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -58,6 +72,9 @@ pub struct JsonlFolder {
 }
 
 impl Sink for JsonlFolder {
+    // Deletion streams get their own files, one line per deleted record.
+    const HANDLES_DELETIONS: bool = true;
+
     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
         // ConfigReader names the key at fault and rejects unknown keys, so a typo in the
         // daemon's config stops start-up with a clear message.
@@ -181,6 +198,19 @@ fn render_lines(batch: &Batch<'_>, envelope: bool, out: &mut Vec<u8>) -> Result<
     out.clear();
     let mut rows = batch.rows();
     let mut row = Row::default();
+    if batch.is_deletions() {
+        // The same line with or without the envelope: it is no record, and without its id it
+        // would say nothing.
+        let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+        while rows.read_into(&mut row)? {
+            out.extend_from_slice(b"{\"_id\":");
+            write_json_string(out, &row.id);
+            out.extend_from_slice(b",\"_deleted\":true,\"_deleted_at\":\"");
+            out.extend_from_slice(deleted_at.as_bytes());
+            out.extend_from_slice(b"\"}\n");
+        }
+        return Ok(());
+    }
     while rows.read_into(&mut row)? {
         if envelope {
             out.extend_from_slice(b"{\"id\":");

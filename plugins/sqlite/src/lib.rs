@@ -7,6 +7,7 @@
 //! | `path` | required | database file; its parent folder is created if missing |
 //! | `synchronous` | `"full"` | `"full"` makes every batch survive a power cut; `"normal"` only an application crash |
 //! | `busy_timeout_ms` | `5000` | how long to wait for another connection's lock before asking the host to retry |
+//! | `deletions` | `"delete"` | what a deleted Flatfile record does to its row: `"delete"` removes it, `"mark"` keeps it and sets `_deleted_at` (see [Deletions](#deletions)) |
 //!
 //! The database runs in WAL mode.
 //!
@@ -17,21 +18,41 @@
 //! `_record_id TEXT PRIMARY KEY`, `_event_id TEXT NOT NULL`, `_valid INTEGER NOT NULL`,
 //! `_received_at TEXT NOT NULL` (RFC 3339, UTC, milliseconds), then one column per field key
 //! in schema order, then first-seen order, added with `ALTER TABLE ADD COLUMN` as keys appear.
-//! A field key equal to a reserved column, or two keys that differ only in letter case (SQLite
+//! With `deletions = "mark"` the table also has `_deleted_at TEXT` (nullable). A field key equal
+//! to a reserved column (those five), or two keys that differ only in letter case (SQLite
 //! column names ignore ASCII case), is a fatal error.
 //!
 //! Values keep their JSON type: strings as TEXT, integers that fit 64 bits as INTEGER, other
 //! numbers as REAL, booleans as INTEGER 0/1, null as NULL, arrays and objects as JSON TEXT.
 //! A row updates only the columns it has values for.
 //!
+//! A record that arrives again in a later event's stream (a `records:updated`, a new commit)
+//! is an upsert: its row takes the new values, `_event_id` and `_received_at`.
+//!
+//! # Deletions
+//!
+//! The sink handles deletion streams (`<sheetSlug>-deleted-<eventId>`, kind = the sheet slug):
+//! each row names a record deleted in Flatfile, and the sink acts on the kind's table.
+//!
+//! - `deletions = "delete"`: the rows with those `_record_id`s are removed.
+//! - `deletions = "mark"`: the rows stay, and `_deleted_at` is set to the time flatsync
+//!   received the deletion (RFC 3339, UTC, milliseconds). The column is added to a table that
+//!   lacks it (one written before mark mode was configured) the first time the table is used.
+//!   A later upsert of the same record id (the record re-created or restored) sets it back to
+//!   NULL, in either mode, whenever the table has the column.
+//!
+//! A record id the table does not hold changes nothing, and a kind without a table is left
+//! without one. A deletion batch is one transaction with the stream bookkeeping, like any
+//! batch, so it is applied exactly once and never by halves.
+//!
 //! # Exactly once
 //!
 //! `_flatsync_streams(stream, kind, applied_seq, complete, updated_at)` records each stream's
 //! progress. Every batch is one transaction that checks the stream's applied seq (skipping a
-//! batch already applied, failing on a gap), upserts the rows keyed by `_record_id`, and
-//! advances `applied_seq` (setting `complete` on the last batch) before committing. Data and
-//! position therefore commit together, and a re-delivered record updates its row instead of
-//! duplicating it. `SQLITE_BUSY`, `SQLITE_LOCKED` and a full disk are RETRY; other errors are
+//! batch already applied, failing on a gap), upserts (or deletes, or marks) the rows keyed by
+//! `_record_id`, and advances `applied_seq` (setting `complete` on the last batch) before
+//! committing. Data and position therefore commit together, and a re-delivered record updates
+//! its row instead of duplicating it. `SQLITE_BUSY`, `SQLITE_LOCKED` and a full disk are RETRY; other errors are
 //! FATAL and name the table and column.
 
 mod table;
@@ -51,6 +72,15 @@ use table::{Table, UpsertShape};
 const BOOKKEEPING_TABLE: &str = "_flatsync_streams";
 const STATEMENT_CACHE: usize = 64;
 
+/// What a deletion batch does to the rows of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletions {
+    /// Remove the rows.
+    Delete,
+    /// Keep the rows and set their `_deleted_at`.
+    Mark,
+}
+
 /// How hard SQLite syncs each commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Synchronous {
@@ -63,6 +93,7 @@ struct Config {
     path: PathBuf,
     synchronous: Synchronous,
     busy_timeout: Duration,
+    deletions: Deletions,
 }
 
 impl Config {
@@ -71,6 +102,7 @@ impl Config {
         let path: PathBuf = config.required("path")?;
         let synchronous: Option<String> = config.optional("synchronous")?;
         let busy_timeout_ms: Option<u32> = config.optional("busy_timeout_ms")?;
+        let deletions: Option<String> = config.optional("deletions")?;
         config.finish()?;
         if path.as_os_str().is_empty() {
             return Err(SinkError::fatal("config key `path` must not be empty"));
@@ -88,6 +120,15 @@ impl Config {
                 )));
             }
         };
+        let deletions = match deletions.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("delete") => Deletions::Delete,
+            Some("mark") => Deletions::Mark,
+            Some(other) => {
+                return Err(SinkError::fatal(format!(
+                    "config key `deletions` must be \"delete\" or \"mark\", got {other:?}"
+                )));
+            }
+        };
         let busy_timeout_ms = busy_timeout_ms.unwrap_or(5000);
         if busy_timeout_ms > i32::MAX as u32 {
             return Err(SinkError::fatal(format!(
@@ -99,6 +140,7 @@ impl Config {
             path,
             synchronous,
             busy_timeout: Duration::from_millis(busy_timeout_ms.into()),
+            deletions,
         })
     }
 }
@@ -109,11 +151,14 @@ pub struct SqliteSink {
     conn: Connection,
     path: PathBuf,
     logger: Logger,
+    deletions: Deletions,
     /// Columns of each table this process has written to, as committed.
     tables: HashMap<String, Table>,
 }
 
 impl Sink for SqliteSink {
+    const HANDLES_DELETIONS: bool = true;
+
     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
         let config = Config::parse(config)?;
         let path = config.path.clone();
@@ -164,6 +209,7 @@ impl Sink for SqliteSink {
             conn,
             path,
             logger: ctx.logger().clone(),
+            deletions: config.deletions,
             tables: HashMap::new(),
         })
     }
@@ -235,45 +281,18 @@ impl SqliteSink {
             )));
         }
 
-        let key = table_key(kind);
-        if !self.tables.contains_key(&key) {
-            let table = Table::load(&tx, kind)?;
-            self.tables.insert(key.clone(), table);
-        }
-        let table = self.tables.get_mut(&key).expect("inserted just above");
-        for field in batch.fields()? {
-            table.column(&tx, &field)?;
-        }
-
-        let received_at = time::rfc3339_millis(batch.received_at_ms());
-        let mut shape = UpsertShape::default();
-        let mut statement = None;
-        let mut row = Row::default();
-        let mut rows = batch.rows();
-        let mut count = 0_u64;
-        while rows.read_into(&mut row)? {
-            table.shape_row(&tx, &row, &mut shape)?;
-            if statement
-                .as_ref()
-                .is_none_or(|(columns, _)| *columns != shape.columns)
-            {
-                let prepared = tx
-                    .prepare_cached(&table.upsert_sql(&shape.columns))
-                    .map_err(|error| table.error("cannot prepare the upsert", error))?;
-                statement = Some((shape.columns.clone(), prepared));
-            }
-            let (_, prepared) = statement.as_mut().expect("prepared just above");
-            table::bind_and_run(
-                prepared,
-                &row,
-                batch.event_id(),
-                &received_at,
-                &shape,
-                table,
-            )?;
-            count += 1;
-        }
-        drop(statement);
+        // The rows and the stream's position commit together, so a crash applies all of the
+        // batch or none of it.
+        let count = if batch.is_deletions() {
+            apply_deletions(&tx, &mut self.tables, batch, self.deletions)?
+        } else {
+            upsert_rows(
+                &tx,
+                &mut self.tables,
+                batch,
+                self.deletions == Deletions::Mark,
+            )?
+        };
 
         tx.prepare_cached(&format!(
             "INSERT INTO {BOOKKEEPING_TABLE} (stream, kind, applied_seq, complete, updated_at)
@@ -298,12 +317,121 @@ impl SqliteSink {
             sql_error(format!("committing batch {seq} of stream {stream}"), error)
         })?;
         if batch.is_last() {
+            let what = match (batch.is_deletions(), self.deletions) {
+                (false, _) => "rows",
+                (true, Deletions::Delete) => "records deleted",
+                (true, Deletions::Mark) => "records marked deleted",
+            };
             self.logger.info(&format!(
-                "Stream complete: {stream} into table {kind} ({count} rows in its last batch)"
+                "Stream complete: {stream} into table {kind} ({count} {what} in its last batch)"
             ));
         }
         Ok(())
     }
+}
+
+/// The table of `kind` from the cache, loaded (and created) on first use.
+fn cached_table<'t>(
+    conn: &Connection,
+    tables: &'t mut HashMap<String, Table>,
+    kind: &str,
+    mark_deletions: bool,
+) -> Result<&'t mut Table, SinkError> {
+    let key = table_key(kind);
+    if !tables.contains_key(&key) {
+        let table = Table::load(conn, kind, mark_deletions)?;
+        tables.insert(key.clone(), table);
+    }
+    Ok(tables.get_mut(&key).expect("inserted just above"))
+}
+
+/// Upserts the rows of a record batch by `_record_id`. Returns how many rows it wrote.
+fn upsert_rows(
+    conn: &Connection,
+    tables: &mut HashMap<String, Table>,
+    batch: &Batch<'_>,
+    mark_deletions: bool,
+) -> Result<u64, SinkError> {
+    let table = cached_table(conn, tables, batch.kind(), mark_deletions)?;
+    for field in batch.fields()? {
+        table.column(conn, &field)?;
+    }
+    let received_at = time::rfc3339_millis(batch.received_at_ms());
+    let mut shape = UpsertShape::default();
+    let mut statement = None;
+    let mut row = Row::default();
+    let mut rows = batch.rows();
+    let mut count = 0_u64;
+    while rows.read_into(&mut row)? {
+        table.shape_row(conn, &row, &mut shape)?;
+        if statement
+            .as_ref()
+            .is_none_or(|(columns, _)| *columns != shape.columns)
+        {
+            let prepared = conn
+                .prepare_cached(&table.upsert_sql(&shape.columns))
+                .map_err(|error| table.error("cannot prepare the upsert", error))?;
+            statement = Some((shape.columns.clone(), prepared));
+        }
+        let (_, prepared) = statement.as_mut().expect("prepared just above");
+        table::bind_and_run(
+            prepared,
+            &row,
+            batch.event_id(),
+            &received_at,
+            &shape,
+            table,
+        )?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Deletes or marks the rows of the records a deletion batch names. Returns how many rows it
+/// changed: records never written here, or already deleted, change nothing.
+fn apply_deletions(
+    conn: &Connection,
+    tables: &mut HashMap<String, Table>,
+    batch: &Batch<'_>,
+    mode: Deletions,
+) -> Result<u64, SinkError> {
+    let kind = batch.kind();
+    let mark = mode == Deletions::Mark;
+    let key = table_key(kind);
+    if !tables.contains_key(&key) {
+        // Without a table no record of this kind was ever written: nothing to delete or mark,
+        // and no reason to create an empty table.
+        let Some(table) = Table::load_existing(conn, kind, mark)? else {
+            let mut rows = batch.rows();
+            // The rows are still read, so a malformed batch fails here as it would elsewhere.
+            while rows.next().transpose()?.is_some() {}
+            return Ok(0);
+        };
+        tables.insert(key.clone(), table);
+    }
+    let table = tables.get(&key).expect("inserted just above");
+    let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+    let (sql, what) = match mode {
+        Deletions::Delete => (table.delete_sql(), "delete"),
+        Deletions::Mark => (table.mark_deleted_sql(), "mark deleted"),
+    };
+    let mut statement = conn
+        .prepare_cached(&sql)
+        .map_err(|error| table.error(&format!("cannot prepare the statement to {what}"), error))?;
+    let mut row = Row::default();
+    let mut rows = batch.rows();
+    let mut changed = 0_u64;
+    while rows.read_into(&mut row)? {
+        let id = row.id.as_ref();
+        let result = match mode {
+            Deletions::Delete => statement.execute([id]),
+            Deletions::Mark => statement.execute([deleted_at.as_str(), id]),
+        };
+        changed += result
+            .map_err(|error| table.error(&format!("cannot {what} record `{id}`"), error))?
+            as u64;
+    }
+    Ok(changed)
 }
 
 /// SQLite matches table names without regard to ASCII case, so the cache does too.

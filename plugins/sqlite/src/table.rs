@@ -14,6 +14,10 @@ use crate::sql_error;
 pub(crate) const RESERVED_COLUMNS: [&str; 4] =
     ["_record_id", "_event_id", "_valid", "_received_at"];
 
+/// When the record was deleted in Flatfile, under `deletions = "mark"`; NULL while it lives.
+/// Reserved like the columns above, but only present in tables that have seen mark mode.
+pub(crate) const DELETED_AT_COLUMN: &str = "_deleted_at";
+
 /// Refuses kinds that would collide with the sink's or SQLite's own tables.
 pub(crate) fn check_table_name(kind: &str) -> Result<(), SinkError> {
     let lower = kind.to_ascii_lowercase();
@@ -55,6 +59,8 @@ pub(crate) struct Table {
     exact: HashMap<String, usize>,
     /// Lowercased name to column: SQLite treats `Email` and `email` as one column.
     folded: HashMap<String, usize>,
+    /// Whether the table has the `_deleted_at` column, which every upsert then clears.
+    has_deleted_at: bool,
     /// Column of the key at each position of the previous row (rows repeat their key order).
     by_position: Vec<usize>,
     /// Per column, the row generation that last used it, to spot repeated keys in a row.
@@ -63,27 +69,51 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// Creates the table if needed and reads its columns.
-    pub(crate) fn load(conn: &Connection, kind: &str) -> Result<Self, SinkError> {
+    /// Creates the table if needed and reads its columns. With `mark_deletions` the table gets
+    /// the `_deleted_at` column too.
+    pub(crate) fn load(
+        conn: &Connection,
+        kind: &str,
+        mark_deletions: bool,
+    ) -> Result<Self, SinkError> {
         let quoted = quote(kind);
-        let table_error = |what: &str, error| sql_error(format!("table `{kind}`: {what}"), error);
+        let deleted_at = if mark_deletions {
+            format!(",\n \"{DELETED_AT_COLUMN}\" TEXT")
+        } else {
+            String::new()
+        };
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {quoted} (
                  \"_record_id\" TEXT PRIMARY KEY,
                  \"_event_id\" TEXT NOT NULL,
                  \"_valid\" INTEGER NOT NULL,
-                 \"_received_at\" TEXT NOT NULL
+                 \"_received_at\" TEXT NOT NULL{deleted_at}
              )"
         ))
-        .map_err(|error| table_error("cannot create", error))?;
-        let names: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
-            .and_then(|mut statement| {
-                statement
-                    .query_map([kind], |row| row.get(0))?
-                    .collect::<Result<_, _>>()
-            })
-            .map_err(|error| table_error("cannot read its columns", error))?;
+        .map_err(|error| sql_error(format!("table `{kind}`: cannot create"), error))?;
+        let names = read_columns(conn, kind)?;
+        Self::from_columns(conn, kind, names, mark_deletions)
+    }
+
+    /// Like [`load`](Self::load), but a table that does not exist stays so: `None`.
+    pub(crate) fn load_existing(
+        conn: &Connection,
+        kind: &str,
+        mark_deletions: bool,
+    ) -> Result<Option<Self>, SinkError> {
+        let names = read_columns(conn, kind)?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Self::from_columns(conn, kind, names, mark_deletions).map(Some)
+    }
+
+    fn from_columns(
+        conn: &Connection,
+        kind: &str,
+        names: Vec<String>,
+        mark_deletions: bool,
+    ) -> Result<Self, SinkError> {
         for reserved in RESERVED_COLUMNS {
             if !names.iter().any(|name| name.eq_ignore_ascii_case(reserved)) {
                 return Err(SinkError::fatal(format!(
@@ -94,18 +124,32 @@ impl Table {
         }
         let mut table = Self {
             name: kind.to_owned(),
-            quoted,
+            quoted: quote(kind),
             columns: Vec::new(),
             exact: HashMap::new(),
             folded: HashMap::new(),
+            has_deleted_at: false,
             by_position: Vec::new(),
             seen_in_row: Vec::new(),
             row_generation: 0,
         };
         for name in names {
-            if !is_reserved(&name) {
+            if name.eq_ignore_ascii_case(DELETED_AT_COLUMN) {
+                table.has_deleted_at = true;
+            } else if !is_reserved(&name) {
                 table.remember(name);
             }
+        }
+        if mark_deletions && !table.has_deleted_at {
+            // A table from before mark mode was configured: its rows are all alive.
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN \"{DELETED_AT_COLUMN}\" TEXT",
+                table.quoted
+            ))
+            .map_err(|error| {
+                table.error(&format!("cannot add column `{DELETED_AT_COLUMN}`"), error)
+            })?;
+            table.has_deleted_at = true;
         }
         Ok(table)
     }
@@ -210,16 +254,33 @@ impl Table {
             .collect();
         let placeholders: Vec<String> =
             (1..=names.len()).map(|index| format!("?{index}")).collect();
-        let updates: Vec<String> = names[1..]
+        let mut updates: Vec<String> = names[1..]
             .iter()
             .map(|name| format!("{name} = excluded.{name}"))
             .collect();
+        if self.has_deleted_at {
+            // A record written again after its deletion was re-created (or restored): alive.
+            updates.push(format!("\"{DELETED_AT_COLUMN}\" = NULL"));
+        }
         format!(
             "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (\"_record_id\") DO UPDATE SET {}",
             self.quoted,
             names.join(", "),
             placeholders.join(", "),
             updates.join(", ")
+        )
+    }
+
+    /// Removes the row of one record: `?1` is the record id.
+    pub(crate) fn delete_sql(&self) -> String {
+        format!("DELETE FROM {} WHERE \"_record_id\" = ?1", self.quoted)
+    }
+
+    /// Marks the row of one record deleted: `?1` is the time, `?2` the record id.
+    pub(crate) fn mark_deleted_sql(&self) -> String {
+        format!(
+            "UPDATE {} SET \"{DELETED_AT_COLUMN}\" = ?1 WHERE \"_record_id\" = ?2",
+            self.quoted
         )
     }
 
@@ -232,7 +293,19 @@ impl Table {
 fn is_reserved(name: &str) -> bool {
     RESERVED_COLUMNS
         .iter()
+        .chain(&[DELETED_AT_COLUMN])
         .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
+/// The table's column names in order; none when there is no such table.
+fn read_columns(conn: &Connection, kind: &str) -> Result<Vec<String>, SinkError> {
+    conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+        .and_then(|mut statement| {
+            statement
+                .query_map([kind], |row| row.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|error| sql_error(format!("table `{kind}`: cannot read its columns"), error))
 }
 
 /// Binds one row to a prepared upsert of its shape and runs it.

@@ -22,6 +22,11 @@ impl Fixture {
         create(&self.path, json!({})).expect("valid config")
     }
 
+    /// A sink with `deletions = "mark"`.
+    fn marking_sink(&self) -> SqliteSink {
+        create(&self.path, json!({"deletions": "mark"})).expect("valid config")
+    }
+
     fn db(&self) -> Connection {
         Connection::open(&self.path).expect("database opens")
     }
@@ -78,9 +83,12 @@ fn row(id: &str, valid: bool, values: &str) -> String {
 struct Send<'a> {
     stream: &'a str,
     kind: &'a str,
+    event_id: &'a str,
     fields: &'a str,
     seq: u64,
     last: bool,
+    deletions: bool,
+    received_at_ms: i64,
 }
 
 impl Default for Send<'_> {
@@ -88,11 +96,33 @@ impl Default for Send<'_> {
         Self {
             stream: "contacts-ev1",
             kind: "contacts",
+            event_id: "ev1",
             fields: "[]",
             seq: 0,
             last: false,
+            deletions: false,
+            received_at_ms: 1_714_658_591_517,
         }
     }
+}
+
+/// A deletion stream of kind `contacts` for event `event_id`.
+fn deletion<'a>(event_id: &'a str, stream: &'a str, seq: u64, last: bool) -> Send<'a> {
+    Send {
+        stream,
+        event_id,
+        seq,
+        last,
+        deletions: true,
+        // A day after the records were received.
+        received_at_ms: 1_714_744_991_517,
+        ..Send::default()
+    }
+}
+
+/// A deletion row, as the host sends it.
+fn deleted(id: &str) -> String {
+    row(id, true, "{}")
 }
 
 fn send(sink: &mut SqliteSink, how: Send<'_>, rows: &[String]) -> Result<(), SinkError> {
@@ -100,14 +130,14 @@ fn send(sink: &mut SqliteSink, how: Send<'_>, rows: &[String]) -> Result<(), Sin
     sink.write_batch(&Batch::from_parts(BatchParts {
         stream: how.stream,
         kind: how.kind,
-        event_id: "ev1",
+        event_id: how.event_id,
         fields_json: how.fields,
         seq: how.seq,
         row_count: rows.len() as u64,
         ndjson: ndjson.as_bytes(),
-        received_at_ms: 1_714_658_591_517,
+        received_at_ms: how.received_at_ms,
         last: how.last,
-        deletions: false,
+        deletions: how.deletions,
     }))
 }
 
@@ -482,8 +512,355 @@ fn config_errors_name_the_key() {
         message(json!({"busy_timeout_ms": 4_000_000_000_u64}))
             .starts_with("config key `busy_timeout_ms`")
     );
+    assert_eq!(
+        message(json!({"deletions": "purge"})),
+        "config key `deletions` must be \"delete\" or \"mark\", got \"purge\""
+    );
+    assert!(message(json!({"deletions": true})).starts_with("config key `deletions`:"));
     assert!(message(json!({"journal": "wal"})).starts_with("unknown config key `journal`"));
     let missing = SqliteSink::create(&CreateContext::new("db", Logger::discard()), json!({}))
         .expect_err("no path");
     assert_eq!(missing.message(), "config key `path` is required");
+}
+
+#[test]
+fn an_update_stream_after_a_create_stream_upserts_the_record() {
+    let fx = Fixture::new();
+    let mut sink = fx.sink();
+    let created = Send {
+        fields: r#"["name","age"]"#,
+        last: true,
+        ..Send::default()
+    };
+    send(
+        &mut sink,
+        created,
+        &[
+            row("r1", true, r#"{"name":"Ada","age":36}"#),
+            row("r2", true, r#"{"name":"Bob","age":40}"#),
+        ],
+    )
+    .expect("records:created");
+    let updated = Send {
+        stream: "contacts-ev2",
+        event_id: "ev2",
+        fields: r#"["name","age"]"#,
+        last: true,
+        received_at_ms: 1_714_744_991_517,
+        ..Send::default()
+    };
+    send(
+        &mut sink,
+        updated,
+        &[row("r1", false, r#"{"name":"Ada L.","age":37}"#)],
+    )
+    .expect("records:updated");
+    assert_eq!(
+        fx.rows(
+            "SELECT _record_id, _event_id, _valid, _received_at, name, age FROM contacts ORDER BY 1"
+        ),
+        [
+            ["r1", "ev2", "0", "2024-05-03T14:03:11.517Z", "Ada L.", "37"],
+            ["r2", "ev1", "1", "2024-05-02T14:03:11.517Z", "Bob", "40"],
+        ]
+    );
+}
+
+#[test]
+fn deletions_remove_rows_exactly_once_across_a_restart() {
+    let fx = Fixture::new();
+    let mut first = fx.sink();
+    let rows = [
+        row("r1", true, r#"{"name":"Ada"}"#),
+        row("r2", true, r#"{"name":"Bob"}"#),
+        row("r3", true, r#"{"name":"Cy"}"#),
+    ];
+    send(
+        &mut first,
+        Send {
+            last: true,
+            ..Send::default()
+        },
+        &rows,
+    )
+    .expect("created");
+    let batch0 = [deleted("r1"), deleted("unknown")];
+    send(
+        &mut first,
+        deletion("ev2", "contacts-deleted-ev2", 0, false),
+        &batch0,
+    )
+    .expect("deletions seq 0");
+    drop(first);
+
+    let mut second = fx.sink();
+    // r1 is re-created by a later event before the deletion stream is re-delivered: the
+    // re-delivered batch must not delete it again.
+    send(
+        &mut second,
+        Send {
+            stream: "contacts-ev3",
+            event_id: "ev3",
+            last: true,
+            ..Send::default()
+        },
+        &[row("r1", true, r#"{"name":"Ada again"}"#)],
+    )
+    .expect("re-created");
+    send(
+        &mut second,
+        deletion("ev2", "contacts-deleted-ev2", 0, false),
+        &batch0,
+    )
+    .expect("skipped");
+    send(
+        &mut second,
+        deletion("ev2", "contacts-deleted-ev2", 1, true),
+        &[deleted("r2")],
+    )
+    .expect("deletions seq 1");
+    assert_eq!(
+        fx.rows("SELECT _record_id, _event_id, name FROM contacts ORDER BY 1"),
+        [["r1", "ev3", "Ada again"], ["r3", "ev1", "Cy"]]
+    );
+    assert_eq!(
+        fx.rows(
+            "SELECT stream, kind, applied_seq, complete FROM _flatsync_streams \
+             WHERE stream = 'contacts-deleted-ev2'"
+        ),
+        [["contacts-deleted-ev2", "contacts", "1", "1"]]
+    );
+    assert_eq!(
+        fx.columns("contacts"),
+        ["_record_id", "_event_id", "_valid", "_received_at", "name"],
+        "delete mode adds no column"
+    );
+}
+
+#[test]
+fn mark_mode_keeps_the_rows_and_an_upsert_clears_the_mark() {
+    let fx = Fixture::new();
+    let mut first = fx.marking_sink();
+    send(
+        &mut first,
+        Send {
+            last: true,
+            ..Send::default()
+        },
+        &[
+            row("r1", true, r#"{"name":"Ada"}"#),
+            row("r2", true, r#"{"name":"Bob"}"#),
+        ],
+    )
+    .expect("created");
+    assert_eq!(
+        fx.columns("contacts"),
+        [
+            "_record_id",
+            "_event_id",
+            "_valid",
+            "_received_at",
+            "_deleted_at",
+            "name"
+        ]
+    );
+    send(
+        &mut first,
+        deletion("ev2", "contacts-deleted-ev2", 0, true),
+        &[deleted("r1"), deleted("r2")],
+    )
+    .expect("deleted");
+    assert_eq!(
+        fx.rows("SELECT _record_id, name, _deleted_at FROM contacts ORDER BY 1"),
+        [
+            ["r1", "Ada", "2024-05-03T14:03:11.517Z"],
+            ["r2", "Bob", "2024-05-03T14:03:11.517Z"],
+        ]
+    );
+    drop(first);
+
+    let mut second = fx.marking_sink();
+    // r1 comes back: alive again, with its new values.
+    send(
+        &mut second,
+        Send {
+            stream: "contacts-ev3",
+            event_id: "ev3",
+            last: true,
+            ..Send::default()
+        },
+        &[row("r1", true, r#"{"name":"Ada again"}"#)],
+    )
+    .expect("re-created");
+    // The complete deletion stream delivered again after the restart changes nothing.
+    send(
+        &mut second,
+        deletion("ev2", "contacts-deleted-ev2", 0, true),
+        &[deleted("r1"), deleted("r2")],
+    )
+    .expect("skipped");
+    assert_eq!(
+        fx.rows("SELECT _record_id, _event_id, name, _deleted_at FROM contacts ORDER BY 1"),
+        [
+            ["r1", "ev3", "Ada again", "NULL"],
+            ["r2", "ev1", "Bob", "2024-05-03T14:03:11.517Z"],
+        ]
+    );
+}
+
+#[test]
+fn mark_mode_adds_deleted_at_to_an_existing_table() {
+    let fx = Fixture::new();
+    let mut before = fx.sink();
+    send(
+        &mut before,
+        Send {
+            last: true,
+            ..Send::default()
+        },
+        &[
+            row("r1", true, r#"{"name":"Ada"}"#),
+            row("r2", true, r#"{"name":"Bob"}"#),
+        ],
+    )
+    .expect("created in delete mode");
+    drop(before);
+    assert_eq!(
+        fx.columns("contacts"),
+        ["_record_id", "_event_id", "_valid", "_received_at", "name"]
+    );
+
+    let mut after = fx.marking_sink();
+    send(
+        &mut after,
+        deletion("ev2", "contacts-deleted-ev2", 0, true),
+        &[deleted("r2")],
+    )
+    .expect("marked");
+    assert_eq!(
+        fx.columns("contacts"),
+        [
+            "_record_id",
+            "_event_id",
+            "_valid",
+            "_received_at",
+            "name",
+            "_deleted_at"
+        ]
+    );
+    assert_eq!(
+        fx.rows("SELECT _record_id, name, _deleted_at FROM contacts ORDER BY 1"),
+        [
+            ["r1", "Ada", "NULL"],
+            ["r2", "Bob", "2024-05-03T14:03:11.517Z"]
+        ]
+    );
+
+    // Back in delete mode, the column stays, and an upsert still clears a mark.
+    drop(after);
+    let mut delete_mode = fx.sink();
+    send(
+        &mut delete_mode,
+        Send {
+            stream: "contacts-ev3",
+            event_id: "ev3",
+            last: true,
+            ..Send::default()
+        },
+        &[row("r2", true, r#"{"name":"Bob again"}"#)],
+    )
+    .expect("re-created");
+    assert_eq!(
+        fx.rows("SELECT _record_id, name, _deleted_at FROM contacts ORDER BY 1"),
+        [["r1", "Ada", "NULL"], ["r2", "Bob again", "NULL"]]
+    );
+    let error = send(
+        &mut delete_mode,
+        Send {
+            stream: "contacts-ev4",
+            ..Send::default()
+        },
+        &[row("r3", true, r#"{"_Deleted_At":"x"}"#)],
+    )
+    .expect_err("reserved key");
+    assert_eq!(
+        error.message(),
+        "table `contacts`: field key `_Deleted_At` clashes with the sink's column of that name"
+    );
+}
+
+#[test]
+fn deletions_of_a_kind_without_a_table_create_nothing() {
+    let fx = Fixture::new();
+    for (mut sink, stream) in [
+        (fx.sink(), "contacts-deleted-ev2"),
+        (fx.marking_sink(), "contacts-deleted-ev3"),
+    ] {
+        send(
+            &mut sink,
+            deletion("ev2", stream, 0, true),
+            &[deleted("r1")],
+        )
+        .expect("nothing to do");
+        assert_eq!(
+            fx.rows("SELECT count(*) FROM sqlite_master WHERE name = 'contacts'"),
+            [["0"]]
+        );
+        assert_eq!(
+            fx.rows(&format!(
+                "SELECT applied_seq, complete FROM _flatsync_streams WHERE stream = '{stream}'"
+            )),
+            [["0", "1"]]
+        );
+    }
+}
+
+#[test]
+fn a_failed_deletion_batch_deletes_nothing_and_can_be_sent_again() {
+    let fx = Fixture::new();
+    let mut before = fx.sink();
+    send(
+        &mut before,
+        Send {
+            last: true,
+            ..Send::default()
+        },
+        &[row("r1", true, "{}"), row("r2", true, "{}")],
+    )
+    .expect("created in delete mode");
+    drop(before);
+
+    let mut sink = fx.marking_sink();
+    let bad = [deleted("r1"), "{\"id\":\"r2\",\"valid\":tru\n".to_owned()];
+    let error = send(
+        &mut sink,
+        deletion("ev2", "contacts-deleted-ev2", 0, true),
+        &bad,
+    )
+    .expect_err("malformed line 2");
+    assert!(!error.is_retry());
+    assert!(error.message().contains("line 2"), "{}", error.message());
+    // Not even the column added on the way survived the rollback.
+    assert_eq!(
+        fx.columns("contacts"),
+        ["_record_id", "_event_id", "_valid", "_received_at"]
+    );
+    assert_eq!(
+        fx.rows("SELECT count(*) FROM _flatsync_streams WHERE stream = 'contacts-deleted-ev2'"),
+        [["0"]]
+    );
+
+    send(
+        &mut sink,
+        deletion("ev2", "contacts-deleted-ev2", 0, true),
+        &[deleted("r1"), deleted("r2")],
+    )
+    .expect("sent again");
+    assert_eq!(
+        fx.rows("SELECT _record_id, _deleted_at FROM contacts ORDER BY 1"),
+        [
+            ["r1", "2024-05-03T14:03:11.517Z"],
+            ["r2", "2024-05-03T14:03:11.517Z"]
+        ]
+    );
 }

@@ -899,3 +899,413 @@ fn envelope_messages() {
     assert_eq!(truncate_detail("é".repeat(300)).len(), 512);
     assert_eq!(truncate_detail(format!("a{}", "é".repeat(300))).len(), 511);
 }
+
+fn events_fixture() -> Vec<u8> {
+    include_bytes!("../convert/testdata/events-list-page.json").to_vec()
+}
+
+fn events_query() -> EventsQuery {
+    EventsQuery {
+        environment_id: "us_env_Rk2v9WqA".to_owned(),
+        since: Some("2024-05-01T12:00:00.000+00:00".to_owned()),
+        page_size: 4,
+        page_number: 2,
+        include_acknowledged: false,
+    }
+}
+
+#[tokio::test]
+async fn events_page_sends_the_documented_query_and_keeps_whole_events() {
+    let server = TestServer::start(vec![Reply::new(200, events_fixture())]).await;
+    let client = server.client();
+    let page = client.events_page(&events_query()).await.expect("page");
+    assert_eq!(page.items_on_page, 4);
+    assert!(page.skipped.is_empty(), "{:?}", page.skipped);
+    let topics: Vec<&str> = page.events.iter().map(|e| e.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "records:created",
+            "commit:created",
+            "workbook:updated",
+            "job:ready"
+        ]
+    );
+    // Each body is a Platform event the webhook parser accepts, with its context intact.
+    match crate::parse_webhook_body(&page.events[1].body).expect("an event body") {
+        crate::IncomingEvent::Platform(event) => {
+            assert_eq!(event.id, "us_evt_8Tn2Vc5Rb1Qx7Hk4");
+            assert_eq!(event.context_str("commitId"), Some("us_vr_Wc9Hx4Ra"));
+            assert_eq!(
+                event.created_at.as_deref(),
+                Some("2024-05-02T13:58:40.090Z")
+            );
+        }
+        other => panic!("expected a Platform event, got {other:?}"),
+    }
+
+    client
+        .events_page(&EventsQuery {
+            since: None,
+            page_size: 100,
+            page_number: 1,
+            include_acknowledged: true,
+            ..events_query()
+        })
+        .await
+        .expect("page");
+
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].path, "/api/v1/events");
+    assert_eq!(
+        seen[0].query.as_deref(),
+        Some(
+            "environmentId=us_env_Rk2v9WqA&since=2024-05-01T12%3A00%3A00.000%2B00%3A00\
+             &pageSize=4&pageNumber=2&includeAcknowledged=false"
+        )
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {SECRET_KEY_VALUE}").as_str())
+    );
+    assert_eq!(seen[0].header("x-disable-hooks"), Some("true"));
+    assert_eq!(
+        seen[1].query.as_deref(),
+        Some("environmentId=us_env_Rk2v9WqA&pageSize=100&pageNumber=1&includeAcknowledged=true")
+    );
+}
+
+#[tokio::test]
+async fn events_page_skips_bad_items_and_counts_them_for_paging() {
+    let body = json!({"data": [
+        {"id": "us_evt_a", "topic": "space:created", "createdAt": "2026-01-02T03:04:05.006Z"},
+        {"topic": "space:created"},
+        "us_evt_b",
+        {"id": "us_evt_c", "topic": 3},
+    ]});
+    let server = TestServer::start(vec![Reply::new(200, body.to_string())]).await;
+    let page = server
+        .client()
+        .events_page(&events_query())
+        .await
+        .expect("a page with bad items is still a page");
+    assert_eq!(page.items_on_page, 4, "a full page: there may be more");
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].id, "us_evt_a");
+    assert_eq!(
+        page.skipped,
+        [
+            "event 1 of the page has no usable \"id\": it is missing or null",
+            "event 2 of the page is a string, expected an object",
+            "event 3 of the page (us_evt_c) has no usable \"topic\": it is a number",
+        ]
+    );
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "bad items are not a reason to retry"
+    );
+}
+
+#[tokio::test]
+async fn events_envelope_of_the_wrong_shape_is_a_decode_error_naming_the_url() {
+    let server = TestServer::start(vec![Reply::new(200, r#"{"events":[]}"#)]).await;
+    let error = server
+        .client()
+        .events_page(&events_query())
+        .await
+        .expect_err("no data array");
+    match &error {
+        ApiError::Decode { url, message } => {
+            assert!(url.contains("/api/v1/events?environmentId="), "{url}");
+            assert_eq!(
+                message,
+                "expected an object with a \"data\" array, found an object without \"data\""
+            );
+        }
+        other => panic!("expected Decode, got {other:?}"),
+    }
+    assert!(error.to_string().contains("/api/v1/events"), "{error}");
+    assert!(error.is_permanent());
+    assert_eq!(
+        server.seen().len(),
+        3,
+        "decoded on every attempt, like the other calls"
+    );
+}
+
+#[tokio::test]
+async fn events_page_retries_a_503() {
+    let server = TestServer::start(vec![
+        Reply::new(503, "busy"),
+        Reply::new(502, "bad gateway"),
+        Reply::new(200, events_fixture()),
+    ])
+    .await;
+    let page = server
+        .client()
+        .events_page(&events_query())
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(page.events.len(), 4);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.query == seen[0].query),
+        "same request"
+    );
+}
+
+#[tokio::test]
+async fn event_ack_posts_nothing_and_accepts_any_success_body() {
+    let server = TestServer::start(vec![
+        Reply::new(200, r#"{"data":{"success":true}}"#),
+        Reply::new(204, ""),
+        Reply::new(200, ""),
+    ])
+    .await;
+    let client = server.client();
+    client
+        .event_ack("us_evt_5Pa8Lx2Nc6Vd3Mz9")
+        .await
+        .expect("ack");
+    client.event_ack("us_evt_2").await.expect("ack, no content");
+    client.event_ack("us/evt 3").await.expect("ack, empty body");
+
+    let seen = server.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/events/us_evt_5Pa8Lx2Nc6Vd3Mz9/ack",
+            "/api/v1/events/us_evt_2/ack",
+            "/api/v1/events/us%2Fevt%203/ack",
+        ]
+    );
+    for request in &seen {
+        assert_eq!(request.method, "POST");
+        assert!(request.body.is_empty());
+        assert_eq!(request.query, None);
+        assert_eq!(request.header("content-type"), None);
+        assert_eq!(request.header("content-length"), Some("0"));
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {SECRET_KEY_VALUE}").as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn event_ack_of_an_unknown_event_fails_at_once() {
+    let server = TestServer::start(vec![Reply::new(
+        404,
+        r#"{"errors":[{"key":"eventId","message":"Event us_evt_x not found"}]}"#,
+    )])
+    .await;
+    let error = server
+        .client()
+        .event_ack("us_evt_x")
+        .await
+        .expect_err("404");
+    assert!(
+        matches!(&error, ApiError::Status { method: "POST", status: 404, body, .. }
+            if body == "eventId: Event us_evt_x not found"),
+        "{error:?}"
+    );
+    assert!(error.is_permanent());
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn records_by_ids_repeat_the_key_and_encode_each_id() {
+    let server = TestServer::start(vec![Reply::new(200, fixture("records-page.json"))]).await;
+    let ids = vec![
+        "us_rc_7f3a9c2e41d84b0f9a6e2d1c5b8a7e30".to_owned(),
+        "a b+c&d=e/é".to_owned(),
+        "us_rc_0c9e8d7b6a5f4e3d2c1b0a9f8e7d6c5b".to_owned(),
+    ];
+    let page = server
+        .client()
+        .records_selection_page("us_sh_Jp4Ls8Dn", &RecordsSelection::Ids(ids), 1, 100)
+        .await
+        .expect("page");
+    assert_eq!(page.rows, 2);
+    let seen = server.seen();
+    assert_eq!(seen[0].path, "/api/v1/sheets/us_sh_Jp4Ls8Dn/records");
+    assert_eq!(
+        seen[0].query.as_deref(),
+        Some(
+            "pageSize=100&pageNumber=1&ids=us_rc_7f3a9c2e41d84b0f9a6e2d1c5b8a7e30\
+             &ids=a%20b%2Bc%26d%3De%2F%C3%A9&ids=us_rc_0c9e8d7b6a5f4e3d2c1b0a9f8e7d6c5b"
+        )
+    );
+}
+
+#[tokio::test]
+async fn more_than_a_hundred_ids_are_refused_without_a_request() {
+    let server = TestServer::start(vec![Reply::new(200, fixture("records-page.json"))]).await;
+    let client = server.client();
+    let ids = |n: usize| RecordsSelection::Ids((0..n).map(|i| format!("us_rc_{i}")).collect());
+
+    let error = client
+        .records_selection_page("us_sh_1", &ids(101), 1, 1000)
+        .await
+        .expect_err("too many ids");
+    assert!(
+        matches!(error, ApiError::InvalidRequest { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "invalid Flatfile request: 101 record ids asked for in one request; \
+         the API accepts at most 100"
+    );
+    assert!(error.is_permanent());
+    assert!(server.seen().is_empty());
+
+    client
+        .records_selection_page("us_sh_1", &ids(RecordsSelection::MAX_IDS), 1, 1000)
+        .await
+        .expect("exactly the limit is fine");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    let query = seen[0].query.as_deref().expect("a query");
+    assert_eq!(query.matches("ids=").count(), 100, "{query}");
+    assert!(query.ends_with("&ids=us_rc_98&ids=us_rc_99"), "{query}");
+}
+
+#[tokio::test]
+async fn selections_that_would_widen_or_page_wrongly_are_refused() {
+    let server = TestServer::start(vec![Reply::new(200, fixture("records-page.json"))]).await;
+    let client = server.client();
+
+    // No ids select no records: an empty page, without asking the API (which would answer
+    // with the whole sheet).
+    let page = client
+        .records_selection_page("us_sh_1", &RecordsSelection::Ids(Vec::new()), 1, 100)
+        .await
+        .expect("empty page");
+    assert_eq!((page.rows, page.ndjson.len(), page.commit_id), (0, 0, None));
+
+    let refused = [
+        (
+            RecordsSelection::Ids(vec!["us_rc_1".to_owned(), String::new()]),
+            1,
+            100,
+            "record id 1 of the selection is empty",
+        ),
+        (
+            RecordsSelection::Commit(String::new()),
+            1,
+            100,
+            "the commit id of the selection is empty",
+        ),
+        (
+            RecordsSelection::SinceCommit(String::new()),
+            1,
+            100,
+            "the since-commit id of the selection is empty",
+        ),
+        (
+            RecordsSelection::All,
+            0,
+            100,
+            "page numbers start at 1, got 0",
+        ),
+        (
+            RecordsSelection::All,
+            1,
+            0,
+            "the page size must be at least 1",
+        ),
+    ];
+    for (selection, page_number, page_size, expected) in refused {
+        let error = client
+            .records_selection_page("us_sh_1", &selection, page_number, page_size)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, ApiError::InvalidRequest { message } if message == expected),
+            "{selection:?}: {error:?}"
+        );
+    }
+    for (query, expected) in [
+        (
+            EventsQuery {
+                environment_id: String::new(),
+                ..events_query()
+            },
+            "the environment id of the events query is empty",
+        ),
+        (
+            EventsQuery {
+                since: Some(String::new()),
+                ..events_query()
+            },
+            "the \"since\" time of the events query is empty",
+        ),
+        (
+            EventsQuery {
+                page_size: 0,
+                ..events_query()
+            },
+            "the page size must be at least 1",
+        ),
+        (
+            EventsQuery {
+                page_number: 0,
+                ..events_query()
+            },
+            "page numbers start at 1, got 0",
+        ),
+    ] {
+        let error = client.events_page(&query).await.expect_err("refused");
+        assert!(
+            matches!(&error, ApiError::InvalidRequest { message } if message == expected),
+            "{query:?}: {error:?}"
+        );
+    }
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test]
+async fn records_by_commit_and_since_commit() {
+    let server = TestServer::start(vec![Reply::new(200, fixture("records-page.json"))]).await;
+    let client = server.client();
+    let page = client
+        .records_selection_page(
+            "us_sh_Jp4Ls8Dn",
+            &RecordsSelection::Commit("us_vr_Wc9Hx4Ra".to_owned()),
+            3,
+            500,
+        )
+        .await
+        .expect("page");
+    assert_eq!(page.rows, 2);
+    assert_eq!(page.commit_id.as_deref(), Some("us_vr_Wc9Hx4Ra"));
+    client
+        .records_selection_page(
+            "us_sh_Jp4Ls8Dn",
+            &RecordsSelection::SinceCommit("us_vr_Ab1".to_owned()),
+            1,
+            500,
+        )
+        .await
+        .expect("page");
+    client
+        .records_selection_page("us_sh_Jp4Ls8Dn", &RecordsSelection::All, 1, 500)
+        .await
+        .expect("page");
+
+    let queries: Vec<Option<String>> = server.seen().into_iter().map(|s| s.query).collect();
+    assert_eq!(
+        queries,
+        [
+            Some("pageSize=500&pageNumber=3&commitId=us_vr_Wc9Hx4Ra".to_owned()),
+            Some("pageSize=500&pageNumber=1&sinceCommitId=us_vr_Ab1".to_owned()),
+            Some("pageSize=500&pageNumber=1".to_owned()),
+        ]
+    );
+}

@@ -330,3 +330,146 @@ fn single_line_compaction_respects_strings() {
     );
     assert_eq!(out, b"{\"a b\":\"x \\\" y \\\\\",\"c\":[1,2]}");
 }
+
+#[test]
+fn events_fixture_page_keeps_every_field_of_every_event() {
+    let body = include_bytes!("testdata/events-list-page.json");
+    let page = events_page(body).expect("converts");
+    assert_eq!(page.items_on_page, 4);
+    assert!(page.skipped.is_empty(), "{:?}", page.skipped);
+    let heads: Vec<(&str, &str, Option<&str>)> = page
+        .events
+        .iter()
+        .map(|e| (e.id.as_str(), e.topic.as_str(), e.created_at.as_deref()))
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            (
+                "us_evt_5Pa8Lx2Nc6Vd3Mz9",
+                "records:created",
+                Some("2024-05-02T13:58:39.774Z")
+            ),
+            (
+                "us_evt_8Tn2Vc5Rb1Qx7Hk4",
+                "commit:created",
+                Some("2024-05-02T13:58:40.090Z")
+            ),
+            (
+                "us_evt_1Bv7Gh4Js9Kl2Qp6",
+                "workbook:updated",
+                Some("2024-05-02T13:58:41.300Z")
+            ),
+            (
+                "us_evt_3Kd9QwPz7Lm2Xa1B",
+                "job:ready",
+                Some("2024-05-02T14:03:11.517Z")
+            ),
+        ]
+    );
+    let fixture: Value = serde_json::from_slice(body).expect("fixture is JSON");
+    for (index, event) in page.events.iter().enumerate() {
+        assert!(
+            !event.body.contains(&b'\n') && !event.body.contains(&b' '),
+            "compact: {}",
+            String::from_utf8_lossy(&event.body)
+        );
+        let parsed: Value = serde_json::from_slice(&event.body).expect("body is JSON");
+        assert_eq!(parsed, fixture["data"][index], "event {index}");
+    }
+    // The API's key order is kept.
+    assert!(page.events[3].body.starts_with(
+        br#"{"id":"us_evt_3Kd9QwPz7Lm2Xa1B","topic":"job:ready","domain":"job","context":{"accountId""#
+    ));
+}
+
+#[test]
+fn events_body_keeps_numbers_and_strings_as_sent() {
+    let body = br#"{"data":[{"id":"e1","topic":"t:x","payload":{"n":1.50e2,"big":123456789012345678901234567890,"s":"a  b\n\"c\""}}]}"#;
+    let page = events_page(body).expect("converts");
+    assert_eq!(
+        page.events[0].body,
+        br#"{"id":"e1","topic":"t:x","payload":{"n":1.50e2,"big":123456789012345678901234567890,"s":"a  b\n\"c\""}}"#
+    );
+    assert_eq!(page.events[0].created_at, None);
+}
+
+#[test]
+fn events_unusable_items_are_skipped_and_counted() {
+    let body = br#"{"data":[
+        {"id":"e0","topic":"space:created","createdAt":"2026-01-02T03:04:05.006Z"},
+        "us_evt_1",
+        {"topic":"space:created"},
+        {"id":"","topic":"space:created"},
+        {"id":"e4","topic":7},
+        {"id":"e5","topic":"file:created","createdAt":5},
+        null,
+        {"id":"e7","id":"e7b","topic":"space:created"},
+        {"id":42,"topic":"space:created"},
+        {"id":"e9","topic":null}
+    ],"extra":{"ignored":true}}"#;
+    let page = events_page(body).expect("converts");
+    assert_eq!(page.items_on_page, 10);
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e0", "e5"]);
+    assert_eq!(page.events[1].created_at, None, "a non-string createdAt");
+    assert_eq!(page.skipped.len(), 8, "{:?}", page.skipped);
+    assert_eq!(
+        page.skipped[..5],
+        [
+            "event 1 of the page is a string, expected an object",
+            "event 2 of the page has no usable \"id\": it is missing or null",
+            "event 3 of the page has no usable \"id\": it is an empty string",
+            "event 4 of the page (e4) has no usable \"topic\": it is a number",
+            "event 6 of the page is null, expected an object",
+        ]
+    );
+    assert!(
+        page.skipped[5].starts_with("event 7 of the page cannot be read: duplicate field `id`"),
+        "{}",
+        page.skipped[5]
+    );
+    assert_eq!(
+        page.skipped[6..],
+        [
+            "event 8 of the page has no usable \"id\": it is a number",
+            "event 9 of the page (e9) has no usable \"topic\": it is missing or null",
+        ]
+    );
+}
+
+#[test]
+fn events_envelope_must_be_an_object_with_a_data_array() {
+    for (body, expected) in [
+        (
+            &br#"[{"id":"e1","topic":"t"}]"#[..],
+            "expected an object with a \"data\" array, found an array",
+        ),
+        (
+            br#"{"errors":[{"message":"nope"}]}"#,
+            "expected an object with a \"data\" array, found an object without \"data\"",
+        ),
+        (
+            br#"{"data":null}"#,
+            "expected an object with a \"data\" array, found an object without \"data\"",
+        ),
+        (
+            br#"{"data":{"id":"e1","topic":"t"}}"#,
+            "expected an object with a \"data\" array, found \"data\" as an object",
+        ),
+        (
+            br#""events""#,
+            "expected an object with a \"data\" array, found a string",
+        ),
+    ] {
+        let error = events_page(body).expect_err("not an events page");
+        assert_eq!(error.to_string(), expected);
+    }
+    let empty = events_page(b" {\"data\": []}\n").expect("an empty page");
+    assert_eq!(
+        (empty.events.len(), empty.items_on_page, empty.skipped.len()),
+        (0, 0, 0)
+    );
+    let truncated = events_page(br#"{"data":[{"id":"e1","#).expect_err("truncated");
+    assert!(truncated.is_eof(), "{truncated}");
+}
