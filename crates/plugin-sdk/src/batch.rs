@@ -129,6 +129,12 @@ impl<'a> Batch<'a> {
         self.received_at_ms
     }
 
+    /// [`received_at_ms`](Self::received_at_ms) as RFC 3339 UTC with milliseconds,
+    /// `2024-05-02T14:03:11.517Z`.
+    pub fn received_at_rfc3339(&self) -> String {
+        crate::time::rfc3339_millis(self.received_at_ms)
+    }
+
     /// Whether this is the last batch of its stream.
     pub fn is_last(&self) -> bool {
         self.last

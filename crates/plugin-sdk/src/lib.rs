@@ -130,6 +130,7 @@ mod error;
 mod ffi;
 pub mod files;
 mod host;
+pub mod time;
 
 pub use flatsync_plugin_api as abi;
 pub use serde_json;

@@ -59,7 +59,6 @@
 //! course is to stop and resume from the last state file after a restart.
 
 mod stream;
-mod time;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use flatsync_plugin_sdk::serde_json::{self, value::RawValue};
 use flatsync_plugin_sdk::{Batch, CellValue, Logger, Row, SinkError};
 use serde::{Deserialize, Serialize};
 
-use crate::{Config, time};
+use crate::Config;
 
 // `lib.rs` calls these as `stream::...`.
 pub(crate) use flatsync_plugin_sdk::files::sync_dir;
@@ -454,7 +454,7 @@ impl StreamFiles {
         if self.header_columns.is_none() {
             self.write_header(false)?;
         }
-        let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+        let deleted_at = batch.received_at_rfc3339();
         let writer = self.writer.as_mut().expect("ensure_writer made a writer");
         let write_error = |error: csv::Error| csv_error(&self.name, &self.paths.partial, error);
         let mut row = Row::default();

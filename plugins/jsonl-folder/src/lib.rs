@@ -45,7 +45,6 @@
 //! a gap is fatal.
 
 mod stream;
-mod time;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -201,7 +200,7 @@ fn render_lines(batch: &Batch<'_>, envelope: bool, out: &mut Vec<u8>) -> Result<
     if batch.is_deletions() {
         // The same line with or without the envelope: it is no record, and without its id it
         // would say nothing.
-        let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+        let deleted_at = batch.received_at_rfc3339();
         while rows.read_into(&mut row)? {
             out.extend_from_slice(b"{\"_id\":");
             write_json_string(out, &row.id);

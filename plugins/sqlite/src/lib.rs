@@ -56,7 +56,6 @@
 //! FATAL and name the table and column.
 
 mod table;
-mod time;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -309,7 +308,7 @@ impl SqliteSink {
                 kind,
                 seq,
                 batch.is_last(),
-                time::now_rfc3339_millis()
+                flatsync_plugin_sdk::time::now_rfc3339_millis()
             ])
         })
         .map_err(|error| sql_error(format!("recording the position of stream {stream}"), error))?;
@@ -356,7 +355,7 @@ fn upsert_rows(
     for field in batch.fields()? {
         table.column(conn, &field)?;
     }
-    let received_at = time::rfc3339_millis(batch.received_at_ms());
+    let received_at = batch.received_at_rfc3339();
     let mut shape = UpsertShape::default();
     let mut statement = None;
     let mut row = Row::default();
@@ -410,7 +409,7 @@ fn apply_deletions(
         tables.insert(key.clone(), table);
     }
     let table = tables.get(&key).expect("inserted just above");
-    let deleted_at = time::rfc3339_millis(batch.received_at_ms());
+    let deleted_at = batch.received_at_rfc3339();
     let (sql, what) = match mode {
         Deletions::Delete => (table.delete_sql(), "delete"),
         Deletions::Mark => (table.mark_deleted_sql(), "mark deleted"),

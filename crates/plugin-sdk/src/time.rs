@@ -1,9 +1,10 @@
-//! RFC 3339 timestamps without a date library.
+//! RFC 3339 timestamps without a date library, for the times sinks write (`_received_at`,
+//! `_deleted_at`, ...): the same text from every sink.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2024-05-02T14:03:11.517Z` for the given milliseconds since the Unix epoch (UTC).
-pub(crate) fn rfc3339_millis(ms: i64) -> String {
+pub fn rfc3339_millis(ms: i64) -> String {
     let seconds = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = seconds.div_euclid(86_400);
@@ -18,7 +19,7 @@ pub(crate) fn rfc3339_millis(ms: i64) -> String {
 }
 
 /// The current time, as [`rfc3339_millis`] formats it.
-pub(crate) fn now_rfc3339_millis() -> String {
+pub fn now_rfc3339_millis() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
