@@ -11,7 +11,7 @@ use flatsync_flatfile::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::route::TopicPattern;
+use crate::route::{RouteFilter, TopicPattern};
 
 /// A configuration error, located in the file when it can be.
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +112,51 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[fetch]`.
     pub fetch: FetchConfig,
+    /// `[environments.NAME]`, by name: Flatfile environments with their own key and cursor.
+    pub environments: BTreeMap<String, EnvironmentConfig>,
     /// `[sinks.NAME]`, by name.
     pub sinks: BTreeMap<String, SinkConfig>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The name of the `[environments.NAME]` entry whose `id` is `environment_id`.
+    pub fn environment_named_by_id(&self, environment_id: &str) -> Option<&str> {
+        self.environments
+            .iter()
+            .find(|(_, e)| e.id == environment_id)
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// `[environments.NAME]`: one Flatfile environment (test, production, ...). Events whose
+/// `context.environmentId` is `id` are fetched with this environment's key and can be routed by
+/// the environment's name.
+#[derive(Clone, Debug)]
+pub struct EnvironmentConfig {
+    /// Flatfile's environment id, `us_env_...`.
+    pub id: String,
+    /// Platform secret key of this environment; `None` falls back to `[flatfile]`'s.
+    pub secret_key: Option<SecretSource>,
+    /// Polling of the events API, when enabled.
+    pub poll: Option<PollConfig>,
+}
+
+/// Polling settings of one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Pause between two polls.
+    pub interval: Duration,
+    /// `pageSize` of each events request.
+    pub page_size: u64,
+    /// How far before the cursor each poll asks again (`since = cursor - overlap`), so events
+    /// that become visible late, or share the cursor's timestamp, are not missed.
+    pub overlap: Duration,
+    /// Ask for events other listeners already acknowledged too.
+    pub include_acknowledged: bool,
+    /// Where a new cursor starts: `None` = now, `Some(ms)` = that time (0 = the beginning).
+    pub start_ms: Option<i64>,
 }
 
 /// `[daemon]`.
@@ -206,12 +247,20 @@ pub struct RouteConfig {
     pub topics: Vec<TopicPattern>,
     /// Sinks the route delivers to.
     pub sinks: Vec<String>,
+    /// Names of `[environments.NAME]` the route is limited to; empty = any environment.
+    pub environments: Vec<String>,
+    /// `[routes.filter]`: every key must match a field of the event.
+    pub filter: RouteFilter,
+    /// Deliver the whole sheet instead of the records the event names.
+    pub snapshot: bool,
 }
 
-const DEFAULT_SUBMIT_JOBS: [&str; 3] = [
+const DEFAULT_SUBMIT_JOBS: [&str; 5] = [
     "workbook:submitActionFg",
     "workbook:submitAction",
     "workbook:simpleSubmitAction",
+    "sheet:submitActionFg",
+    "sheet:submitAction",
 ];
 
 #[derive(Deserialize)]
@@ -226,9 +275,26 @@ struct RawConfig {
     #[serde(default)]
     fetch: RawFetch,
     #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
     sinks: BTreeMap<String, RawSink>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    id: Spanned<String>,
+    secret_key_env: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    secret_key_credential: Option<String>,
+    poll: Option<bool>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    poll_page_size: Option<Spanned<u64>>,
+    poll_overlap_secs: Option<u64>,
+    poll_include_acknowledged: Option<bool>,
+    poll_start: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -297,6 +363,9 @@ struct RawSink {
 struct RawRoute {
     topics: Spanned<Vec<Spanned<String>>>,
     sinks: Spanned<Vec<Spanned<String>>>,
+    environments: Option<Vec<Spanned<String>>>,
+    filter: Option<Spanned<toml::Table>>,
+    snapshot: Option<bool>,
 }
 
 impl Config {
@@ -526,6 +595,94 @@ impl Config {
             pages_in_flight: positive_usize(raw.fetch.pages_in_flight, "fetch.pages_in_flight", 4)?,
         };
 
+        let mut environments = BTreeMap::new();
+        for (name, env) in raw.environments {
+            let key = |k: &str| format!("environments.{name}.{k}");
+            if env.id.get_ref().trim().is_empty() {
+                return Err(locate(
+                    Some(env.id.span()),
+                    Some(&key("id")),
+                    "is empty; set the Flatfile environment id (us_env_...)".to_owned(),
+                ));
+            }
+            if let Some((other, _)) = environments
+                .iter()
+                .find(|(_, e): &(&String, &EnvironmentConfig)| e.id == *env.id.get_ref())
+            {
+                return Err(locate(
+                    Some(env.id.span()),
+                    Some(&key("id")),
+                    format!(
+                        "`{}` is already the id of environment `{other}`",
+                        env.id.get_ref()
+                    ),
+                ));
+            }
+            let secret_key = secret(
+                env.secret_key_env,
+                env.secret_key_file,
+                env.secret_key_credential,
+                &key("secret_key"),
+            )?;
+            let poll_keys_set = env.poll_interval_ms.is_some()
+                || env.poll_page_size.is_some()
+                || env.poll_overlap_secs.is_some()
+                || env.poll_include_acknowledged.is_some()
+                || env.poll_start.is_some();
+            let poll = if env.poll.unwrap_or(false) {
+                if secret_key.is_none() && flatfile.secret_key.is_none() {
+                    return Err(locate(
+                        Some(env.id.span()),
+                        Some(&key("poll")),
+                        "polling needs a Platform secret key: set `secret_key_env`, \
+                         `secret_key_file` or `secret_key_credential` here or in [flatfile]"
+                            .to_owned(),
+                    ));
+                }
+                let start_ms = match env.poll_start {
+                    None => None,
+                    Some(v) => Some(parse_poll_start(v.get_ref()).ok_or_else(|| {
+                        locate(
+                            Some(v.span()),
+                            Some(&key("poll_start")),
+                            format!(
+                                "`{}` is not \"now\", \"beginning\" or a time like 2026-01-31T12:00:00Z",
+                                v.get_ref()
+                            ),
+                        )
+                    })?),
+                }
+                .flatten();
+                Some(PollConfig {
+                    interval: Duration::from_millis(positive(
+                        env.poll_interval_ms,
+                        &key("poll_interval_ms"),
+                        5000,
+                    )?),
+                    page_size: positive(env.poll_page_size, &key("poll_page_size"), 100)?,
+                    overlap: Duration::from_secs(env.poll_overlap_secs.unwrap_or(10)),
+                    include_acknowledged: env.poll_include_acknowledged.unwrap_or(true),
+                    start_ms,
+                })
+            } else if poll_keys_set {
+                return Err(locate(
+                    Some(env.id.span()),
+                    Some(&key("poll")),
+                    "poll_* settings are given but `poll = true` is not".to_owned(),
+                ));
+            } else {
+                None
+            };
+            environments.insert(
+                name,
+                EnvironmentConfig {
+                    id: env.id.into_inner(),
+                    secret_key,
+                    poll,
+                },
+            );
+        }
+
         let mut sinks = BTreeMap::new();
         for (name, sink) in raw.sinks {
             let key = format!("sinks.{name}.config");
@@ -588,6 +745,36 @@ impl Config {
                     names.push(sink.into_inner());
                 }
             }
+            let mut route_environments = Vec::new();
+            for env in route.environments.unwrap_or_default() {
+                if !environments.contains_key(env.get_ref()) {
+                    let known = environments
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(locate(
+                        Some(env.span()),
+                        Some(&format!("routes[{index}].environments")),
+                        format!(
+                            "no environment is named `{}` (defined: {})",
+                            env.get_ref(),
+                            if known.is_empty() { "none" } else { &known }
+                        ),
+                    ));
+                }
+                route_environments.push(env.into_inner());
+            }
+            let filter = match route.filter {
+                None => RouteFilter::default(),
+                Some(table) => RouteFilter::from_toml(table.get_ref()).map_err(|m| {
+                    locate(
+                        Some(table.span()),
+                        Some(&format!("routes[{index}].filter")),
+                        m,
+                    )
+                })?,
+            };
             routes.push(RouteConfig {
                 topics: route
                     .topics
@@ -596,6 +783,9 @@ impl Config {
                     .map(|t| TopicPattern::new(t.get_ref()))
                     .collect(),
                 sinks: names,
+                environments: route_environments,
+                filter,
+                snapshot: route.snapshot.unwrap_or(false),
             });
         }
 
@@ -606,9 +796,19 @@ impl Config {
             webhook,
             admin,
             fetch,
+            environments,
             sinks,
             routes,
         })
+    }
+}
+
+/// `poll_start`: `Some(None)` = now, `Some(Some(ms))` = a time, `None` = not understood.
+fn parse_poll_start(text: &str) -> Option<Option<i64>> {
+    match text.trim() {
+        "now" => Some(None),
+        "beginning" => Some(Some(0)),
+        other => crate::time::parse_rfc3339(other).map(Some),
     }
 }
 
@@ -794,10 +994,64 @@ sinks = ["archive"]
     }
 
     #[test]
+    fn environments_poll_with_their_own_key_and_name_their_mistakes() {
+        let config = parse(
+            "[environments.prod]\nid = \"us_env_1\"\nsecret_key_env = \"K\"\npoll = true\npoll_start = \"2026-01-01T00:00:00Z\"\n\
+             [environments.test]\nid = \"us_env_2\"\n",
+        )
+        .expect("valid");
+        let poll = config.environments["prod"].poll.clone().expect("polls");
+        assert_eq!(poll.page_size, 100);
+        assert_eq!(poll.start_ms, Some(1_767_225_600_000));
+        assert!(config.environments["test"].poll.is_none());
+        assert_eq!(config.environment_named_by_id("us_env_2"), Some("test"));
+
+        let err =
+            parse("[environments.a]\nid = \"x\"\n[environments.b]\nid = \"x\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("environments.b.id"), "{err}");
+        assert!(err.message.contains("environment `a`"), "{err}");
+        let err = parse("[environments.a]\nid = \"x\"\npoll = true\n").unwrap_err();
+        assert!(err.message.contains("secret key"), "{err}");
+        let err = parse("[environments.a]\nid = \"x\"\npoll_page_size = 5\n").unwrap_err();
+        assert!(err.message.contains("poll = true"), "{err}");
+        let err = parse(
+            "[flatfile]\nsecret_key_env = \"K\"\n[environments.a]\nid = \"x\"\npoll = true\npoll_start = \"yesterday\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.location.map(|l| l.0), Some(6), "{err}");
+    }
+
+    #[test]
+    fn routes_name_unknown_environments_and_bad_filters() {
+        let base = "[sinks.s]\nplugin = \"csv-folder\"\n[environments.prod]\nid = \"us_env_1\"\n";
+        let err = parse(&format!(
+            "{base}[[routes]]\ntopics = [\"*\"]\nsinks = [\"s\"]\nenvironments = [\"staging\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("routes[0].environments"), "{err}");
+        assert!(err.message.contains("defined: prod"), "{err}");
+        let err = parse(&format!(
+            "{base}[[routes]]\ntopics = [\"*\"]\nsinks = [\"s\"]\nfilter = {{ job = {{ a = 1 }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("routes[0].filter"), "{err}");
+        assert!(err.message.contains("`job`"), "{err}");
+        let config = parse(&format!(
+            "{base}[[routes]]\ntopics = [\"records:*\"]\nsinks = [\"s\"]\nsnapshot = true\nfilter = {{ sheetSlug = \"contacts\" }}\n"
+        ))
+        .expect("valid");
+        assert!(config.routes[0].snapshot);
+        assert!(!config.routes[0].filter.is_empty());
+    }
+
+    #[test]
     fn the_shipped_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.toml");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.sinks.len(), 2);
+        assert_eq!(config.sinks.len(), 3);
+        assert_eq!(config.environments.len(), 2);
+        assert!(config.environments["production"].poll.is_some());
+        assert!(config.routes.iter().any(|r| !r.filter.is_empty()));
         assert_eq!(
             config.routes[0].sinks,
             vec!["archive".to_owned(), "warehouse".to_owned()]

@@ -18,8 +18,11 @@ pub mod health;
 pub mod metrics;
 pub mod ops;
 mod pipeline;
+mod plan;
+mod poll;
 pub mod route;
 pub mod state;
+mod time;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -184,6 +187,34 @@ fn read_secret(
     }
 }
 
+/// Builds the Flatfile clients: `[flatfile]`'s, and one per `[environments.NAME]` that has a
+/// key of its own.
+fn flatfile_clients(config: &Config) -> Result<pipeline::Clients, StartError> {
+    let default = flatfile_client(config)?;
+    let mut by_environment = BTreeMap::new();
+    for (name, env) in &config.environments {
+        let Some(source) = &env.secret_key else {
+            continue;
+        };
+        let what = format!("environments.{name}.secret_key");
+        let key = source
+            .read()
+            .map_err(|message| StartError::Secret {
+                what: "an environment's secret key",
+                message: format!("{what}: {message}"),
+            })?
+            .ok_or_else(|| StartError::Secret {
+                what: "an environment's secret key",
+                message: format!("{what}: {} is not set or empty", source.describe()),
+            })?;
+        by_environment.insert(env.id.clone(), client_with_key(config, Some(key))?);
+    }
+    Ok(pipeline::Clients {
+        default,
+        by_environment,
+    })
+}
+
 /// Builds the Flatfile API client from the config, reading its secrets.
 pub fn flatfile_client(config: &Config) -> Result<FlatfileClient, StartError> {
     let legacy_api_key = read_secret(
@@ -207,7 +238,26 @@ pub fn flatfile_client(config: &Config) -> Result<FlatfileClient, StartError> {
             tracing::warn!(source = %source.describe(), "The {what} is not set; fetches that need it will fail");
         }
     }
-    let client = FlatfileClient::new(ClientConfig {
+    client_with_keys(config, legacy_api_key, secret_key)
+}
+
+fn client_with_key(
+    config: &Config,
+    secret_key: Option<Secret>,
+) -> Result<FlatfileClient, StartError> {
+    let legacy_api_key = read_secret(
+        config.flatfile.legacy_api_key.as_ref(),
+        "flatfile.legacy_api_key",
+    )?;
+    client_with_keys(config, legacy_api_key, secret_key)
+}
+
+fn client_with_keys(
+    config: &Config,
+    legacy_api_key: Option<Secret>,
+    secret_key: Option<Secret>,
+) -> Result<FlatfileClient, StartError> {
+    Ok(FlatfileClient::new(ClientConfig {
         legacy_api_url: config.flatfile.legacy_api_url.clone(),
         legacy_api_key,
         api_url: config.flatfile.api_url.clone(),
@@ -218,8 +268,7 @@ pub fn flatfile_client(config: &Config) -> Result<FlatfileClient, StartError> {
             max_attempts: config.flatfile.max_attempts,
             ..RetryPolicy::default()
         },
-    })?;
-    Ok(client)
+    })?)
 }
 
 /// Builds a [`RunningDaemon`], with sinks that run inside this program when wanted.
@@ -296,6 +345,8 @@ pub struct RunningDaemon {
     /// Turns true when a stop begins: the dispatcher drains.
     drain: watch::Sender<bool>,
     dispatcher: JoinHandle<DrainReport>,
+    /// Polls the events API of environments with `poll = true`; ends when the drain begins.
+    poller: JoinHandle<()>,
     /// Turns true once draining is over: the listeners close.
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -322,7 +373,7 @@ impl RunningDaemon {
             tracing::warn!(error = %e, "Metrics are not available on the admin listener");
         }
         let state = StateDb::open(&config.daemon.state_dir)?;
-        let client = flatfile_client(&config)?;
+        let clients = flatfile_clients(&config)?;
         let token = match &config.webhook {
             Some(webhook) => match &webhook.token {
                 Some(source) => {
@@ -421,18 +472,18 @@ impl RunningDaemon {
         let engine = Arc::new(pipeline::Engine {
             config: Arc::clone(&config),
             state: state.clone(),
-            client,
+            clients,
             sinks,
             health: Arc::clone(&health),
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
+        let poller = poll::spawn(&slot, accepted_tx, drain_rx.clone());
         let dispatcher = tokio::spawn(pipeline::dispatch(
             Arc::clone(&slot),
             accepted_rx,
             drain_rx,
             Arc::clone(&health),
         ));
-        drop(accepted_tx);
         health.set_ready();
         Ok(RunningDaemon {
             webhook_addr,
@@ -441,6 +492,7 @@ impl RunningDaemon {
             health,
             drain,
             dispatcher,
+            poller,
             stop,
             servers,
             engine: slot,
@@ -506,7 +558,7 @@ impl RunningDaemon {
         config.webhook = old.config.webhook.clone();
         config.admin = old.config.admin.clone();
 
-        let client = flatfile_client(&config)?;
+        let clients = flatfile_clients(&config)?;
         let mut reuse = BTreeMap::new();
         for (name, sink) in &config.sinks {
             match (old.config.sinks.get(name), old.sinks.get(name)) {
@@ -532,7 +584,7 @@ impl RunningDaemon {
         let engine = Arc::new(pipeline::Engine {
             config: Arc::new(config),
             state: self.state.clone(),
-            client,
+            clients,
             sinks,
             health: Arc::clone(&self.health),
         });
@@ -559,6 +611,9 @@ impl RunningDaemon {
     pub async fn shutdown(self) -> DrainReport {
         self.health.set_draining();
         let _ = self.drain.send(true);
+        if let Err(e) = self.poller.await {
+            tracing::error!(error = %e, "Poller ended abnormally");
+        }
         let report = match self.dispatcher.await {
             Ok(report) => report,
             Err(e) => {

@@ -6,18 +6,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flatsync_flatfile::{
-    ApiError, FlatfileClient, IncomingEvent, parse_webhook_body, sanitize_stream_component,
-};
+use flatsync_flatfile::{ApiError, FlatfileClient, RecordsSelection, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Config;
 use crate::health::{HEARTBEAT_INTERVAL, Health};
-use crate::route::sinks_for_topic;
+use crate::plan::{self, Family};
+use crate::route::{RoutedEvent, route_event};
 use crate::state::{
-    Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan, stream_for_generation,
+    Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan, StreamSource,
+    stream_for_generation,
 };
 
 /// Stream kind of legacy batches (the SQLite sink's table name for them).
@@ -27,7 +27,7 @@ pub const LEGACY_KIND: &str = "legacy_batch";
 pub(crate) struct Engine {
     pub(crate) config: Arc<Config>,
     pub(crate) state: StateDb,
-    pub(crate) client: FlatfileClient,
+    pub(crate) clients: Clients,
     pub(crate) sinks: BTreeMap<String, SinkWorker>,
     pub(crate) health: Arc<Health>,
 }
@@ -42,18 +42,21 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// What an event asks flatsync to do.
-enum Work {
-    LegacyBatch {
-        batch_id: String,
-    },
-    WorkbookSubmit {
-        job_id: Option<String>,
-        workbook_id: String,
-    },
-    Nothing {
-        reason: String,
-    },
+/// The Flatfile clients: one per `[environments.NAME]` with its own key, and the `[flatfile]`
+/// one for every other event.
+#[derive(Clone, Debug)]
+pub(crate) struct Clients {
+    pub(crate) default: FlatfileClient,
+    /// By environment id.
+    pub(crate) by_environment: BTreeMap<String, FlatfileClient>,
+}
+
+impl Clients {
+    pub(crate) fn for_environment(&self, environment_id: Option<&str>) -> &FlatfileClient {
+        environment_id
+            .and_then(|id| self.by_environment.get(id))
+            .unwrap_or(&self.default)
+    }
 }
 
 /// A failure that ends an event's processing for now without a final status: the event stays
@@ -88,53 +91,6 @@ struct Page {
 }
 
 impl Engine {
-    fn classify(&self, event: &IncomingEvent) -> Work {
-        match event {
-            IncomingEvent::Legacy(n) => match &n.batch_id {
-                Some(batch_id) => Work::LegacyBatch {
-                    batch_id: batch_id.clone(),
-                },
-                None => Work::Nothing {
-                    reason:
-                        "legacy notification without a batchId (the dashboard's sample payload?)"
-                            .to_owned(),
-                },
-            },
-            IncomingEvent::Platform(e) if e.topic == "job:ready" => {
-                let Some(job) = e.job_name() else {
-                    return Work::Nothing {
-                        reason: "job:ready event without payload.job".to_owned(),
-                    };
-                };
-                if !self
-                    .config
-                    .flatfile
-                    .submit_jobs
-                    .iter()
-                    .any(|p| p.matches(job))
-                {
-                    return Work::Nothing {
-                        reason: format!(
-                            "job `{job}` is not a submit job ([flatfile] submit_jobs); left for its own listener"
-                        ),
-                    };
-                }
-                match e.workbook_id() {
-                    Some(workbook_id) => Work::WorkbookSubmit {
-                        job_id: e.job_id().map(str::to_owned),
-                        workbook_id: workbook_id.to_owned(),
-                    },
-                    None => Work::Nothing {
-                        reason: format!("job `{job}` names no context.workbookId"),
-                    },
-                }
-            }
-            IncomingEvent::Platform(e) => Work::Nothing {
-                reason: format!("topic `{}` carries no rows flatsync fetches", e.topic),
-            },
-        }
-    }
-
     /// Processes one event to a final status, or leaves it pending when interrupted.
     pub(crate) async fn process(self: &Arc<Self>, event_id: &str) {
         match self.process_inner(event_id).await {
@@ -171,35 +127,62 @@ impl Engine {
                 return Ok(());
             }
         };
-        let work = self.classify(&incoming);
-        let job_id = match &work {
-            Work::WorkbookSubmit { job_id, .. } => job_id.clone(),
-            _ => None,
-        };
+        let job_id = plan::submit_job_id(&self.config, &incoming);
+        let environment_id = incoming.environment_id().map(str::to_owned);
+        let client = self
+            .clients
+            .for_environment(environment_id.as_deref())
+            .clone();
 
         if !self.state.is_planned(event_id).await? {
-            let sinks = sinks_for_topic(&self.config.routes, &event.topic);
-            if sinks.is_empty() {
-                let detail = format!("no route matches topic `{}`", event.topic);
+            let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
+            let environment = environment_id
+                .as_deref()
+                .and_then(|id| self.config.environment_named_by_id(id));
+            let routed = route_event(
+                &self.config.routes,
+                RoutedEvent {
+                    topic: &event.topic,
+                    environment,
+                    body: &body,
+                },
+            );
+            if routed.is_empty() {
+                let detail = format!(
+                    "no route matches topic `{}`{}",
+                    event.topic,
+                    environment.map_or(String::new(), |e| format!(" in environment `{e}`"))
+                );
                 tracing::info!(event_id, topic = %event.topic, "Event unrouted");
                 self.state
                     .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
                     .await?;
                 return Ok(());
             }
-            if let Work::Nothing { reason } = work {
+            let family = plan::family(&self.config, &incoming);
+            if let Family::Nothing { reason } = family {
                 tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
                 self.state
                     .set_event_status(event_id, EventStatus::Skipped, Some(reason))
                     .await?;
                 return Ok(());
             }
-            let streams = match self.plan_streams(&event, &work).await {
+            if let Some(job_id) = &job_id {
+                // Acknowledge first, as Flatfile's job handler does, so the user sees the job
+                // accepted while the workbook is read.
+                if let Err(e) = client.job_ack(job_id, "Accepted by flatsync", 0).await {
+                    tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
+                }
+            }
+            let planned =
+                plan::streams(&self.config, &client, event_id, &incoming, &family, &routed).await;
+            let sinks: Vec<String> = routed.into_iter().map(|r| r.sink).collect();
+            let streams = match planned {
                 Ok(streams) => streams,
                 Err(e) => {
                     let detail = format!("could not plan the event: {e}");
                     tracing::error!(event_id, error = %e, "Event failed");
-                    self.fail_job(job_id.as_deref(), &detail).await;
+                    self.fail_job(&client, job_id.as_deref(), &detail).await;
                     self.state
                         .set_event_status(event_id, EventStatus::Failed, Some(detail))
                         .await?;
@@ -261,6 +244,7 @@ impl Engine {
             let mut cursors = Vec::new();
             for sink in &pending {
                 if sink_errors.contains_key(sink)
+                    || !planned.is_for(sink)
                     || generation_of.get(sink.as_str()).copied().unwrap_or(0) != generation
                 {
                     continue;
@@ -292,7 +276,7 @@ impl Engine {
                 continue;
             }
             let cursors = self
-                .deliver_stream(&event, plan, cursors, job_id.as_deref())
+                .deliver_stream(&client, &event, plan, cursors, job_id.as_deref())
                 .await?;
             for cursor in cursors {
                 if let Some(error) = cursor.error {
@@ -337,7 +321,7 @@ impl Engine {
                     streams.len(),
                     pending.join(", ")
                 );
-                if let Err(e) = self.client.job_complete(job_id, &message).await {
+                if let Err(e) = client.job_complete(job_id, &message).await {
                     tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
                 }
             }
@@ -351,7 +335,7 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join("; ");
             tracing::error!(event_id, error = %detail, "Event failed");
-            self.fail_job(job_id.as_deref(), &detail).await;
+            self.fail_job(&client, job_id.as_deref(), &detail).await;
             self.state
                 .set_event_status(event_id, EventStatus::Failed, Some(detail))
                 .await?;
@@ -359,108 +343,112 @@ impl Engine {
         Ok(())
     }
 
-    async fn fail_job(&self, job_id: Option<&str>, detail: &str) {
+    async fn fail_job(&self, client: &FlatfileClient, job_id: Option<&str>, detail: &str) {
         if let Some(job_id) = job_id
-            && let Err(e) = self.client.job_fail(job_id, detail).await
+            && let Err(e) = client.job_fail(job_id, detail).await
         {
             tracing::warn!(job_id, error = %e, "Could not fail the Flatfile job");
         }
     }
 
-    /// Works out the streams of an event.
-    async fn plan_streams(
-        &self,
-        event: &StoredEvent,
-        work: &Work,
-    ) -> Result<Vec<StreamPlan>, ApiError> {
-        match work {
-            Work::Nothing { .. } => Ok(Vec::new()),
-            Work::LegacyBatch { batch_id } => Ok(vec![StreamPlan {
-                stream: format!("legacy-{}", sanitize_stream_component(batch_id)),
-                kind: LEGACY_KIND.to_owned(),
-                source_ref: batch_id.clone(),
-                fields_json: "[]".to_owned(),
-                page_size: self.config.fetch.legacy_page_size,
-            }]),
-            Work::WorkbookSubmit {
-                job_id,
-                workbook_id,
-            } => {
-                if let Some(job_id) = job_id {
-                    // Acknowledge first, as Flatfile's job handler does, so the user sees the
-                    // job accepted while the workbook is read.
-                    if let Err(e) = self.client.job_ack(job_id, "Accepted by flatsync", 0).await {
-                        tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
-                    }
-                }
-                let workbook = self.client.workbook(workbook_id).await?;
-                let sheets = if workbook.sheets.is_empty() {
-                    self.client.sheets(workbook_id).await?
-                } else {
-                    workbook.sheets
-                };
-                let event_part = sanitize_stream_component(&event.event_id);
-                Ok(sheets
-                    .into_iter()
-                    .map(|sheet| StreamPlan {
-                        stream: format!("{}-{event_part}", sanitize_stream_component(&sheet.slug)),
-                        kind: sheet.slug.clone(),
-                        source_ref: sheet.id.clone(),
-                        fields_json: serde_json::to_string(&sheet.field_keys)
-                            .unwrap_or_else(|_| "[]".to_owned()),
-                        page_size: self.config.fetch.records_page_size,
-                    })
-                    .collect())
-            }
-        }
-    }
-
     async fn fetch_page(
-        &self,
+        client: &FlatfileClient,
         event: &StoredEvent,
         plan: &StreamPlan,
         seq: u64,
     ) -> Result<Page, ApiError> {
-        if event.kind == "legacy" {
-            let page = self
-                .client
-                .legacy_rows_page(&plan.source_ref, seq * plan.page_size, plan.page_size)
-                .await?;
-            Ok(Page {
-                rows: page.rows_delivered,
-                rows_on_page: page.rows_on_page,
-                total: page.total_count,
-                ndjson: page.ndjson,
-            })
-        } else {
-            let page = self
-                .client
-                .records_page(&plan.source_ref, seq + 1, plan.page_size)
-                .await?;
-            Ok(Page {
-                rows: page.rows,
-                rows_on_page: page.rows,
+        let page_size = plan.page_size.max(1);
+        let records = |page: flatsync_flatfile::RecordsPage| Page {
+            rows: page.rows,
+            rows_on_page: page.rows,
+            total: None,
+            ndjson: page.ndjson,
+        };
+        let selected = |selection: RecordsSelection, page_number: u64, size: u64| async move {
+            client
+                .records_selection_page(&plan.source_ref, &selection, page_number, size)
+                .await
+                .map(records)
+        };
+        match &plan.source {
+            StreamSource::LegacyBatch => {
+                let page = client
+                    .legacy_rows_page(&plan.source_ref, seq * page_size, page_size)
+                    .await?;
+                Ok(Page {
+                    rows: page.rows_delivered,
+                    rows_on_page: page.rows_on_page,
+                    total: page.total_count,
+                    ndjson: page.ndjson,
+                })
+            }
+            StreamSource::Sheet => selected(RecordsSelection::All, seq + 1, page_size).await,
+            StreamSource::SheetCommit { commit_id } => {
+                selected(
+                    RecordsSelection::Commit(commit_id.clone()),
+                    seq + 1,
+                    page_size,
+                )
+                .await
+            }
+            StreamSource::SheetSinceCommit { commit_id } => {
+                selected(
+                    RecordsSelection::SinceCommit(commit_id.clone()),
+                    seq + 1,
+                    page_size,
+                )
+                .await
+            }
+            StreamSource::SheetIds { ids } => {
+                let chunk = chunk_of(ids, seq, page_size);
+                if chunk.is_empty() {
+                    return Ok(Page::empty());
+                }
+                // Records deleted since the event are simply absent from the answer.
+                let mut page =
+                    selected(RecordsSelection::Ids(chunk.to_vec()), 1, page_size).await?;
+                page.rows_on_page = page_size;
+                Ok(page)
+            }
+            StreamSource::Deletions { ids } => {
+                let chunk = chunk_of(ids, seq, page_size);
+                Ok(Page {
+                    ndjson: plan::deletion_rows(chunk),
+                    rows: chunk.len() as u64,
+                    rows_on_page: page_size,
+                    total: None,
+                })
+            }
+            StreamSource::Event => Ok(Page {
+                ndjson: plan::event_row(&event.event_id, &event.topic, &event.body),
+                rows: 1,
+                rows_on_page: page_size,
                 total: None,
-                ndjson: page.ndjson,
-            })
+            }),
         }
     }
 
     async fn total_rows(
-        &self,
-        event: &StoredEvent,
+        client: &FlatfileClient,
         plan: &StreamPlan,
     ) -> Result<Option<u64>, ApiError> {
-        if event.kind == "legacy" {
-            Ok(None) // Legacy pages carry pagination.totalCount; the first page tells.
-        } else {
-            self.client.record_count(&plan.source_ref).await.map(Some)
+        match &plan.source {
+            // Legacy pages carry pagination.totalCount; the first page tells.
+            StreamSource::LegacyBatch => Ok(None),
+            StreamSource::Sheet => client.record_count(&plan.source_ref).await.map(Some),
+            StreamSource::SheetIds { ids } | StreamSource::Deletions { ids } => {
+                Ok(Some(ids.len() as u64))
+            }
+            StreamSource::Event => Ok(Some(1)),
+            // A commit's size is only known once it has been paged through.
+            StreamSource::SheetCommit { .. } | StreamSource::SheetSinceCommit { .. } => Ok(None),
         }
     }
 
     /// Delivers one stream to the given sinks, resuming each from its checkpoint.
     async fn deliver_stream(
         self: &Arc<Self>,
+        client: &FlatfileClient,
         event: &StoredEvent,
         plan: &StreamPlan,
         mut cursors: Vec<Cursor>,
@@ -477,7 +465,7 @@ impl Engine {
             }
         };
 
-        let mut total_rows = match self.total_rows(event, plan).await {
+        let mut total_rows = match Self::total_rows(client, plan).await {
             Ok(total) => total,
             Err(e) => {
                 fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
@@ -485,7 +473,7 @@ impl Engine {
             }
         };
         let mut page_count = total_rows.map(|t| t.div_ceil(page_size).max(1));
-        let first = match self.fetch_page(event, plan, start).await {
+        let first = match Self::fetch_page(client, event, plan, start).await {
             Ok(page) => page,
             Err(e) => {
                 fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
@@ -505,17 +493,15 @@ impl Engine {
             1
         };
         let end = page_count.unwrap_or(u64::MAX);
-        let this = Arc::clone(self);
-        let (ev, pl) = (event.clone(), plan.clone());
+        let (ev, pl, cl) = (event.clone(), plan.clone(), client.clone());
         let mut rest = futures_util::stream::iter((start + 1)..end)
             .map(move |seq| {
-                let (this, ev, pl) = (Arc::clone(&this), ev.clone(), pl.clone());
+                let (ev, pl, cl) = (ev.clone(), pl.clone(), cl.clone());
                 // A spawned task keeps fetching while the loop below waits on the sinks; a
                 // plain future inside `buffered` would only progress while it is polled.
-                let mut task =
-                    AbortOnDrop(tokio::spawn(
-                        async move { this.fetch_page(&ev, &pl, seq).await },
-                    ));
+                let mut task = AbortOnDrop(tokio::spawn(async move {
+                    Self::fetch_page(&cl, &ev, &pl, seq).await
+                }));
                 async move {
                     (&mut task.0).await.unwrap_or_else(|e| {
                         Err(ApiError::Transport {
@@ -578,7 +564,7 @@ impl Engine {
                 ndjson: Bytes::from(current.ndjson),
                 received_at_ms: event.received_at_ms,
                 last,
-                deletions: false,
+                deletions: matches!(plan.source, StreamSource::Deletions { .. }),
             });
             let writes = cursors
                 .iter_mut()
@@ -624,7 +610,7 @@ impl Engine {
                         seq + 1,
                         page_count.unwrap_or(0)
                     );
-                    if let Err(e) = self.client.job_ack(job_id, &info, progress).await {
+                    if let Err(e) = client.job_ack(job_id, &info, progress).await {
                         tracing::warn!(job_id, error = %e, "Could not report job progress");
                     }
                     last_progress = Instant::now();
@@ -660,12 +646,7 @@ impl Engine {
             seq += 1;
             page = match rest.next().await {
                 Some(next) => next,
-                None => Ok(Page {
-                    ndjson: Vec::new(),
-                    rows: 0,
-                    rows_on_page: 0,
-                    total: None,
-                }),
+                None => Ok(Page::empty()),
             };
         }
         let rows = cursors.iter().map(|c| c.rows).max().unwrap_or(0);
@@ -729,6 +710,25 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+impl Page {
+    fn empty() -> Page {
+        Page {
+            ndjson: Vec::new(),
+            rows: 0,
+            rows_on_page: 0,
+            total: None,
+        }
+    }
+}
+
+/// The ids of batch `seq` when a stream pages through a list of ids.
+fn chunk_of(ids: &[String], seq: u64, page_size: u64) -> &[String] {
+    let start = usize::try_from(seq.saturating_mul(page_size)).unwrap_or(usize::MAX);
+    let end = start.saturating_add(usize::try_from(page_size).unwrap_or(usize::MAX));
+    ids.get(start.min(ids.len())..end.min(ids.len()))
+        .unwrap_or_default()
 }
 
 /// Aborts a spawned page fetch nobody waits for any more (the stream stopped early).

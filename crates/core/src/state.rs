@@ -150,12 +150,81 @@ pub struct StreamPlan {
     pub stream: String,
     /// Stream kind (table name).
     pub kind: String,
-    /// Legacy batch id or Platform sheet id.
+    /// Legacy batch id or Platform sheet id; empty for streams made from the event itself.
     pub source_ref: String,
     /// JSON array of field keys.
     pub fields_json: String,
     /// Rows per page.
     pub page_size: u64,
+    /// Where the rows come from.
+    pub source: StreamSource,
+    /// The sinks this stream is for; `None` = every sink of the event. Set when routes ask
+    /// some sinks for a snapshot and others for the delta of the same event.
+    pub sinks: Option<Vec<String>>,
+}
+
+impl StreamPlan {
+    /// Whether `sink` takes this stream.
+    pub fn is_for(&self, sink: &str) -> bool {
+        self.sinks
+            .as_ref()
+            .is_none_or(|sinks| sinks.iter().any(|s| s == sink))
+    }
+}
+
+/// Where a stream's rows come from. Stored as JSON in `streams.source`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamSource {
+    /// Every row of the legacy batch `source_ref`.
+    LegacyBatch,
+    /// Every record of the sheet `source_ref`.
+    Sheet,
+    /// The named records of the sheet, fetched in chunks of at most 100 ids.
+    SheetIds {
+        /// Record ids, in the event's order.
+        ids: Vec<String>,
+    },
+    /// The records a commit changed.
+    SheetCommit {
+        /// `commitId`.
+        commit_id: String,
+    },
+    /// The records changed by every commit after this one.
+    SheetSinceCommit {
+        /// `sinceCommitId`.
+        commit_id: String,
+    },
+    /// Deleted records of the sheet: rows made from the ids, nothing to fetch.
+    Deletions {
+        /// Record ids.
+        ids: Vec<String>,
+    },
+    /// One row describing the event itself (the `events` stream of row-less topics).
+    Event,
+}
+
+impl StreamSource {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a StreamSource always serializes")
+    }
+
+    fn from_json(text: &str) -> rusqlite::Result<StreamSource> {
+        serde_json::from_str(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+}
+
+/// A polled event on its way into the inbox, with the environment whose cursor found it.
+#[derive(Clone, Debug)]
+pub struct PolledEvent {
+    /// Event id.
+    pub event_id: String,
+    /// Topic.
+    pub topic: String,
+    /// The event as JSON.
+    pub body: Vec<u8>,
 }
 
 /// A sink's durable position in a stream.
@@ -174,8 +243,10 @@ pub struct Checkpoint {
 }
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added
-/// `deliveries.generation` (replays) and `deliveries.updated_at_ms`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
+/// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
+/// `event_acks` (polling).
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
@@ -208,8 +279,23 @@ CREATE TABLE IF NOT EXISTS streams (
     source_ref TEXT NOT NULL,
     fields_json TEXT NOT NULL,
     page_size INTEGER NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    sinks TEXT,
     PRIMARY KEY (event_id, stream)
 );
+CREATE TABLE IF NOT EXISTS poll_cursors (
+    environment_id TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_acks (
+    event_id TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    acked_at_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS event_acks_pending ON event_acks(acked_at_ms, environment_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     event_id TEXT NOT NULL,
     sink TEXT NOT NULL,
@@ -289,6 +375,24 @@ impl StateDb {
             )
             .map_err(err)?;
         }
+        let has_streams: bool = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'streams')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if (1..3).contains(&version) && has_streams {
+            // Streams planned before version 3 are whole legacy batches or whole sheets; an
+            // empty `source` says so (see `streams`).
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE streams ADD COLUMN source TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE streams ADD COLUMN sinks TEXT;
+                 COMMIT;",
+            )
+            .map_err(err)?;
+        }
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
@@ -339,6 +443,109 @@ impl StateDb {
                 params![event_id, kind, topic, body, received_at_ms],
             )?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Stores polled events and their pending acknowledgements in one transaction, then moves
+    /// the environment's cursor to `cursor_ms` (never backwards). Returns the ids that were
+    /// new; the others were in the inbox already (from the webhook or an earlier poll).
+    pub async fn insert_polled(
+        &self,
+        environment_id: &str,
+        events: Vec<PolledEvent>,
+        cursor_ms: Option<i64>,
+    ) -> Result<Vec<String>, StateError> {
+        let environment_id = environment_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            let mut fresh = Vec::new();
+            for e in events {
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO inbox
+                     (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
+                     VALUES (?1, 'platform', ?2, ?3, ?4, 'pending', ?4)",
+                    params![e.event_id, e.topic, e.body, now],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO event_acks (event_id, environment_id) VALUES (?1, ?2)",
+                    params![e.event_id, environment_id],
+                )?;
+                if n == 1 {
+                    fresh.push(e.event_id);
+                }
+            }
+            if let Some(cursor) = cursor_ms {
+                tx.execute(
+                    "INSERT INTO poll_cursors (environment_id, since_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (environment_id) DO UPDATE SET
+                         since_ms = max(since_ms, excluded.since_ms),
+                         updated_at_ms = excluded.updated_at_ms",
+                    params![environment_id, cursor, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(fresh)
+        })
+        .await
+    }
+
+    /// The polling cursor of an environment: the newest `createdAt` seen, in ms.
+    pub async fn poll_cursor(&self, environment_id: &str) -> Result<Option<i64>, StateError> {
+        let id = environment_id.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT since_ms FROM poll_cursors WHERE environment_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Events of an environment stored in the inbox but not yet acknowledged to Flatfile.
+    pub async fn unacked_events(
+        &self,
+        environment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        let id = environment_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT event_id FROM event_acks
+                 WHERE acked_at_ms IS NULL AND environment_id = ?1
+                 ORDER BY rowid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, limit as i64], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records the outcome of an acknowledgement: `Ok` = acknowledged, `Err` = try again later.
+    pub async fn set_acked(
+        &self,
+        event_id: &str,
+        outcome: Result<(), String>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            match outcome {
+                Ok(()) => c.execute(
+                    "UPDATE event_acks SET acked_at_ms = ?2, attempts = attempts + 1,
+                     last_error = NULL WHERE event_id = ?1",
+                    params![id, now_ms()],
+                )?,
+                Err(error) => c.execute(
+                    "UPDATE event_acks SET attempts = attempts + 1, last_error = ?2
+                     WHERE event_id = ?1",
+                    params![id, error],
+                )?,
+            };
+            Ok(())
         })
         .await
     }
@@ -457,8 +664,8 @@ impl StateDb {
             for (ordinal, s) in streams.iter().enumerate() {
                 tx.execute(
                     "INSERT OR IGNORE INTO streams
-                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size, source, sinks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         id,
                         ordinal as i64,
@@ -466,7 +673,11 @@ impl StateDb {
                         s.kind,
                         s.source_ref,
                         s.fields_json,
-                        s.page_size as i64
+                        s.page_size as i64,
+                        s.source.to_json(),
+                        s.sinks
+                            .as_ref()
+                            .map(|sinks| serde_json::Value::from(sinks.clone()).to_string()),
                     ],
                 )?;
             }
@@ -480,16 +691,33 @@ impl StateDb {
         let id = event_id.to_owned();
         self.call(move |c| {
             let mut stmt = c.prepare(
-                "SELECT stream, kind, source_ref, fields_json, page_size FROM streams
-                 WHERE event_id = ?1 ORDER BY ordinal",
+                "SELECT stream, kind, source_ref, fields_json, page_size,
+                     CASE WHEN source != '' THEN source
+                          WHEN (SELECT kind FROM inbox i WHERE i.event_id = streams.event_id) = 'legacy'
+                          THEN '{\"type\":\"legacy_batch\"}'
+                          ELSE '{\"type\":\"sheet\"}' END,
+                     sinks
+                 FROM streams WHERE event_id = ?1 ORDER BY ordinal",
             )?;
             let rows = stmt.query_map([id], |r| {
+                let sinks: Option<String> = r.get(6)?;
                 Ok(StreamPlan {
                     stream: r.get(0)?,
                     kind: r.get(1)?,
                     source_ref: r.get(2)?,
                     fields_json: r.get(3)?,
                     page_size: r.get::<_, i64>(4)? as u64,
+                    source: StreamSource::from_json(&r.get::<_, String>(5)?)?,
+                    sinks: match sinks {
+                        None => None,
+                        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                6,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?),
+                    },
                 })
             })?;
             rows.collect()

@@ -1,6 +1,6 @@
 //! Times as operators type and read them: RFC 3339 in UTC, and durations like `2h` or `7d`.
 
-use super::OpsError;
+use crate::ops::OpsError;
 
 const MS_PER_SECOND: i64 = 1_000;
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -52,7 +52,7 @@ fn parse_duration_ms(text: &str) -> Option<i64> {
 }
 
 /// `YYYY-MM-DD(T| )HH:MM:SS(.fraction)?(Z|±HH:MM)`.
-fn parse_rfc3339(text: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = text.get(range)?;
@@ -175,6 +175,17 @@ pub fn format_utc(ms: i64) -> String {
     )
 }
 
+/// Formats milliseconds since the Unix epoch the way JavaScript's `toISOString()` does, which
+/// is how Flatfile's own clients send `since`: `2024-05-01T12:00:00.250Z`.
+pub(crate) fn format_utc_millis(ms: i64) -> String {
+    let seconds = format_utc(ms);
+    format!(
+        "{}.{:03}Z",
+        seconds.trim_end_matches('Z'),
+        ms.rem_euclid(MS_PER_SECOND)
+    )
+}
+
 /// A compact UTC timestamp for directory names: `20240501T120000Z`.
 pub(crate) fn compact_utc(ms: i64) -> String {
     format_utc(ms).replace(['-', ':'], "")
@@ -183,6 +194,19 @@ pub(crate) fn compact_utc(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_are_formatted_like_to_iso_string() {
+        assert_eq!(
+            format_utc_millis(1_714_564_800_250),
+            "2024-05-01T12:00:00.250Z"
+        );
+        assert_eq!(format_utc_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            parse_rfc3339(&format_utc_millis(1_714_564_800_007)),
+            Some(1_714_564_800_007)
+        );
+    }
 
     #[test]
     fn rfc3339_times_are_read_with_their_offset() {

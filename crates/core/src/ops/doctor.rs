@@ -32,7 +32,7 @@ use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy, err
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params_from_iter};
 
-use super::time::compact_utc;
+use crate::time::compact_utc;
 
 use super::{BUSY_TIMEOUT, OpsError, SCHEMA_VERSION};
 use crate::config::{Config, SecretSource};
@@ -328,7 +328,7 @@ impl RepairReport {
 }
 
 /// Column lists of the state tables, each with the value used when an older schema lacks it.
-const TABLES: [(&str, &[(&str, &str)]); 4] = [
+const TABLES: [(&str, &[(&str, &str)]); 6] = [
     (
         "inbox",
         &[
@@ -364,6 +364,8 @@ const TABLES: [(&str, &[(&str, &str)]); 4] = [
             ("source_ref", "NULL"),
             ("fields_json", "NULL"),
             ("page_size", "NULL"),
+            ("source", "''"),
+            ("sinks", "NULL"),
         ],
     ),
     (
@@ -377,7 +379,29 @@ const TABLES: [(&str, &[(&str, &str)]); 4] = [
             ("rows", "NULL"),
         ],
     ),
+    // Polling cursors: losing one would make polling start again from "now" and skip events.
+    (
+        "poll_cursors",
+        &[
+            ("environment_id", "NULL"),
+            ("since_ms", "NULL"),
+            ("updated_at_ms", "0"),
+        ],
+    ),
+    (
+        "event_acks",
+        &[
+            ("event_id", "NULL"),
+            ("environment_id", "NULL"),
+            ("acked_at_ms", "NULL"),
+            ("attempts", "0"),
+            ("last_error", "NULL"),
+        ],
+    ),
 ];
+
+/// Tables a state database from before schema version 3 does not have: nothing to salvage.
+const TABLES_SINCE_V3: [&str; 2] = ["poll_cursors", "event_acks"];
 
 /// Quarantines a damaged `<state_dir>/state.db` and puts a salvaged copy in its place; see
 /// the module documentation. Call it only when no daemon uses the directory
@@ -522,6 +546,7 @@ fn salvage(source: &Path, target: &Path, report: &mut RepairReport) -> rusqlite:
                         stored
                     });
                 }
+                Err(_) if TABLES_SINCE_V3.contains(&table) && !has_table(src, table) => {}
                 Err(error) => {
                     if report.unreadable.is_none() {
                         report.unreadable = Some(error.clone());
@@ -589,6 +614,15 @@ fn salvage(source: &Path, target: &Path, report: &mut RepairReport) -> rusqlite:
 
 /// The SELECT list for `table` in the damaged database: its own column where it has one, the
 /// default where an older schema lacks it.
+fn has_table(src: &Connection, table: &str) -> bool {
+    src.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap_or(true)
+}
+
 fn source_columns(
     src: &Connection,
     table: &str,

@@ -15,12 +15,12 @@ mod doctor;
 mod plugins;
 mod query;
 mod repair;
-mod time;
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use crate::time::{format_utc, parse_since};
 pub use doctor::{
     ApiCheck, ApiOutcome, RepairReport, SinkCheck, StateHealth, StateInspection, TableSalvage,
     check_flatfile, check_sinks, daemon_using_state, inspect_state, repair_state,
@@ -34,7 +34,6 @@ pub use repair::{
     DeadLetter, DeadLetterReport, DeadLetterSelector, DeliveryRef, EventOutcome, QueuedDelivery,
     ReplayReport, ReplaySelector, SkippedItem,
 };
-pub use time::{format_utc, parse_since};
 
 use crate::state::{EventStatus, SCHEMA_VERSION, StateDb};
 

@@ -45,6 +45,8 @@ fn plan(stream: &str) -> StreamPlan {
         source_ref: stream.to_owned(),
         fields_json: "[]".to_owned(),
         page_size: 100,
+        source: crate::state::StreamSource::LegacyBatch,
+        sinks: None,
     }
 }
 
