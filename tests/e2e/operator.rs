@@ -481,6 +481,7 @@ fn plugins_lists_the_shipped_plugins_with_their_abi_and_the_sinks_using_them() {
         ("csv-folder", serde_json::json!(["archive"])),
         ("sqlite", serde_json::json!(["warehouse"])),
         ("jsonl-folder", serde_json::json!([])),
+        ("http-forward", serde_json::json!([])),
     ] {
         let plugin = plugins
             .iter()
@@ -488,7 +489,10 @@ fn plugins_lists_the_shipped_plugins_with_their_abi_and_the_sinks_using_them() {
             .unwrap_or_else(|| panic!("{name} not listed: {scan:#}"));
         assert_eq!(
             (&plugin["abi_major"], &plugin["abi_minor"]),
-            (&Value::from(1), &Value::from(0)),
+            (
+                &Value::from(flatsync_plugin_api::ABI_MAJOR),
+                &Value::from(flatsync_plugin_api::ABI_MINOR)
+            ),
             "{plugin:#}"
         );
         assert_eq!(plugin["used_by"], used_by, "{plugin:#}");
@@ -509,11 +513,16 @@ fn plugins_lists_the_shipped_plugins_with_their_abi_and_the_sinks_using_them() {
     );
 
     let human = cli_ok(&settings, &["plugins"]);
-    for name in ["csv-folder", "sqlite", "jsonl-folder"] {
+    let abi = format!(
+        " {}.{} ",
+        flatsync_plugin_api::ABI_MAJOR,
+        flatsync_plugin_api::ABI_MINOR
+    );
+    for name in ["csv-folder", "sqlite", "jsonl-folder", "http-forward"] {
         let line = human
             .lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no line for {name}:\n{human}"));
-        assert!(line.contains(" 1.0 "), "{line}");
+        assert!(line.contains(&abi), "{line}");
     }
 }

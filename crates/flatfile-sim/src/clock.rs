@@ -26,6 +26,103 @@ pub(crate) fn iso_millis(ms: u64) -> String {
     )
 }
 
+/// Parses an ISO 8601 date-time (`2024-05-02T13:58:40.012Z`, an offset such as `+02:00`
+/// instead of `Z`, or a bare date meaning midnight UTC) into milliseconds since the Unix epoch.
+///
+/// Digits beyond the millisecond round up, so `createdAt >= since` compared in milliseconds keeps
+/// the meaning it has with full precision. Instants before 1970 clamp to 0.
+pub(crate) fn parse_iso_millis(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = bytes.get(range)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let mut ms = days_from_civil(year, month, day) * 86_400_000;
+    let rest = &bytes[10..];
+    if !rest.is_empty() {
+        if !matches!(rest[0], b'T' | b't' | b' ')
+            || rest.get(3) != Some(&b':')
+            || rest.get(6) != Some(&b':')
+        {
+            return None;
+        }
+        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+        if hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        ms += ((hour * 60 + minute) * 60 + second) * 1000;
+        let mut at = 19;
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            let start = at;
+            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            let fraction = &bytes[start..at];
+            if fraction.is_empty() {
+                return None;
+            }
+            let mut millis = 0;
+            for position in 0..3 {
+                millis = millis * 10 + fraction.get(position).map_or(0, |d| i64::from(d - b'0'));
+            }
+            let beyond = fraction.get(3..).unwrap_or_default();
+            ms += millis + i64::from(beyond.iter().any(|d| *d != b'0'));
+        }
+        match bytes.get(at..)? {
+            b"Z" | b"z" => {}
+            [sign @ (b'+' | b'-'), ..] => {
+                if bytes.len() != at + 6 || bytes[at + 3] != b':' {
+                    return None;
+                }
+                let (hours, minutes) = (number(at + 1..at + 3)?, number(at + 4..at + 6)?);
+                if hours > 23 || minutes > 59 {
+                    return None;
+                }
+                let offset = (hours * 60 + minutes) * 60_000;
+                // The local time is ahead of UTC by a positive offset.
+                ms += if *sign == b'+' { -offset } else { offset };
+            }
+            _ => return None,
+        }
+    }
+    Some(u64::try_from(ms).unwrap_or(0))
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Day count since 1970-01-01 of a proleptic Gregorian date, the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01 (the usual era-based conversion:
 /// eras of 400 years are 146,097 days long, and counting years from March puts the leap day last).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -52,7 +149,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::iso_millis;
+    use super::{iso_millis, parse_iso_millis};
 
     #[test]
     fn formats_known_instants() {
@@ -61,5 +158,61 @@ mod tests {
         // 2024 is a leap year: the day after Feb 28 is Feb 29.
         assert_eq!(iso_millis(1_709_164_800_000), "2024-02-29T00:00:00.000Z");
         assert_eq!(iso_millis(951_868_799_999), "2000-02-29T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_common_variants() {
+        for ms in [
+            0,
+            1_714_658_320_012,
+            1_709_164_800_000,
+            951_868_799_999,
+            4_102_444_800_001,
+        ] {
+            assert_eq!(parse_iso_millis(&iso_millis(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(
+            parse_iso_millis("2024-05-02T13:58:40Z"),
+            Some(1_714_658_320_000)
+        );
+        assert_eq!(
+            parse_iso_millis("2024-05-02T15:58:40.012+02:00"),
+            Some(1_714_658_320_012)
+        );
+        assert_eq!(
+            parse_iso_millis("2024-05-02T12:58:40.012-01:00"),
+            Some(1_714_658_320_012)
+        );
+        assert_eq!(parse_iso_millis("2024-05-02"), Some(1_714_608_000_000));
+        // Sub-millisecond digits round up, so an event at .012 is not "since" .0121.
+        assert_eq!(
+            parse_iso_millis("2024-05-02T13:58:40.0121Z"),
+            Some(1_714_658_320_013)
+        );
+        assert_eq!(
+            parse_iso_millis("2024-05-02T13:58:40.0120000Z"),
+            Some(1_714_658_320_012)
+        );
+        assert_eq!(parse_iso_millis("1969-12-31T23:59:59.000Z"), Some(0));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_date_time() {
+        for text in [
+            "",
+            "yesterday",
+            "2024-5-2",
+            "2024-02-30",
+            "2023-02-29T00:00:00Z",
+            "2024-13-01",
+            "2024-05-02T25:00:00Z",
+            "2024-05-02T13:58:40",
+            "2024-05-02T13:58:40.Z",
+            "2024-05-02T13:58:40.012+0200",
+            "2024-05-02T13:58:40.012Zjunk",
+            "1714658320012",
+        ] {
+            assert_eq!(parse_iso_millis(text), None, "{text:?}");
+        }
     }
 }

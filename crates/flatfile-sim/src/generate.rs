@@ -19,7 +19,7 @@ const DAY_MS: u64 = 86_400_000;
 
 /// Ids the simulator uses for everything around the data, which it does not model.
 pub(crate) const ACCOUNT_ID: &str = "us_acc_sim";
-pub(crate) const ENVIRONMENT_ID: &str = "us_env_sim";
+pub(crate) const ENVIRONMENT_ID: &str = crate::DEFAULT_ENVIRONMENT_ID;
 pub(crate) const SPACE_ID: &str = "us_sp_sim";
 pub(crate) const ACTOR_ID: &str = "us_usr_sim";
 
@@ -101,6 +101,19 @@ pub(crate) enum Value {
 }
 
 impl Value {
+    /// The value as a JSON tree, for the few places that keep values around.
+    pub(crate) fn to_json(&self) -> Json {
+        match self {
+            Value::Null => Json::Null,
+            Value::Str(text) => Json::String(text.to_string()),
+            Value::Int(number) => Json::from(*number),
+            Value::Float(number) => {
+                serde_json::Number::from_f64(*number).map_or(Json::Null, Json::Number)
+            }
+            Value::Bool(flag) => Json::Bool(*flag),
+        }
+    }
+
     fn write_json(&self, out: &mut Vec<u8>) {
         match self {
             Value::Null => out.extend_from_slice(b"null"),
@@ -643,13 +656,19 @@ pub(crate) struct SheetRef {
 
 /// The sheets of `us_wb_<x>`, or `None` for an id of another form.
 pub(crate) fn workbook_sheet_refs(config: &SimConfig, workbook_id: &str) -> Option<Vec<SheetRef>> {
+    split_workbook(workbook_id, config.sheets_per_workbook, config.rows)
+}
+
+/// The first `sheets` sheets of workbook `us_wb_<x>`, sharing `rows` rows (the first sheets get
+/// one more when they do not divide evenly); `None` for an id of another form.
+pub(crate) fn split_workbook(workbook_id: &str, sheets: usize, rows: u64) -> Option<Vec<SheetRef>> {
     let suffix = workbook_id.strip_prefix("us_wb_")?;
     if suffix.is_empty() {
         return None;
     }
-    let count = config.sheets_per_workbook.clamp(1, SheetKind::ALL.len());
-    let per_sheet = config.rows / count as u64;
-    let remainder = config.rows % count as u64;
+    let count = sheets.clamp(1, SheetKind::ALL.len());
+    let per_sheet = rows / count as u64;
+    let remainder = rows % count as u64;
     Some(
         SheetKind::ALL[..count]
             .iter()
@@ -666,10 +685,16 @@ pub(crate) fn workbook_sheet_refs(config: &SimConfig, workbook_id: &str) -> Opti
 
 /// The sheet `us_sh_<x>-<slug>` of workbook `us_wb_<x>`; `<x>` may itself contain `-`.
 pub(crate) fn decode_sheet(config: &SimConfig, sheet_id: &str) -> Option<SheetRef> {
-    let (suffix, slug) = sheet_id.strip_prefix("us_sh_")?.rsplit_once('-')?;
-    workbook_sheet_refs(config, &format!("us_wb_{suffix}"))?
+    let (workbook_id, slug) = split_sheet_id(sheet_id)?;
+    workbook_sheet_refs(config, &workbook_id)?
         .into_iter()
         .find(|sheet| sheet.kind.slug() == slug)
+}
+
+/// `us_sh_<x>-<slug>` as (`us_wb_<x>`, slug).
+pub(crate) fn split_sheet_id(sheet_id: &str) -> Option<(String, &str)> {
+    let (suffix, slug) = sheet_id.strip_prefix("us_sh_")?.rsplit_once('-')?;
+    Some((format!("us_wb_{suffix}"), slug))
 }
 
 /// Identity of a sheet under a seed.
@@ -689,6 +714,25 @@ impl SheetKey {
         format!("us_rc_{:08x}_{index}", self.hash >> 32)
     }
 
+    /// The row index of a generated record id of this sheet, if it is one and below `rows`.
+    pub(crate) fn record_index(self, record_id: &str, rows: u64) -> Option<u64> {
+        let (hash, index) = record_id.strip_prefix("us_rc_")?.split_once('_')?;
+        if hash != format!("{:08x}", self.hash >> 32)
+            || index.is_empty()
+            || !index.bytes().all(|b| b.is_ascii_digit())
+            || (index.len() > 1 && index.starts_with('0'))
+        {
+            return None;
+        }
+        index.parse().ok().filter(|index| *index < rows)
+    }
+
+    /// Generated row `index` of a sheet of this kind.
+    pub(crate) fn row(self, kind: SheetKind, index: u64) -> Row {
+        sheet_row(kind, self.hash, index)
+    }
+
+    /// The commit that imported the generated rows.
     pub(crate) fn commit_id(self) -> String {
         format!("us_vr_{:08x}", self.hash & 0xFFFF_FFFF)
     }
@@ -698,7 +742,232 @@ impl SheetKey {
     }
 }
 
-/// Writes one page of `GET /v1/sheets/{id}/records` (`page_number` starts at 1).
+/// One value per field in schema order, and the invalid cell's position and message if any.
+pub(crate) type CellValues = (Vec<Json>, Option<(usize, &'static str)>);
+
+/// Cells of the `ordinal`-th record generated for `POST /_sim/sheets/{id}/records {count}`, with
+/// the message of the invalid cell if any. Drawn from another stream than the imported rows, so
+/// added records do not repeat them.
+pub(crate) fn added_row(seed: u64, sheet: &SheetRef, ordinal: u64) -> CellValues {
+    let row = sheet_row(sheet.kind, hash_str(seed, "added", &sheet.id), ordinal);
+    (row.cells.iter().map(Value::to_json).collect(), row.error)
+}
+
+/// Record counts of a sheet, as in `counts` of the records and counts endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) total: u64,
+    pub(crate) error: u64,
+}
+
+impl Counts {
+    /// Counts of the generated rows of a sheet.
+    pub(crate) fn generated(sheet: &SheetRef) -> Counts {
+        Counts {
+            total: sheet.rows,
+            error: invalid_rows(sheet.rows),
+        }
+    }
+}
+
+/// Cells of one record changed through the admin API, by field position.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CellEdits {
+    pub(crate) cells: Vec<(usize, Json)>,
+    pub(crate) updated_ms: u64,
+}
+
+impl CellEdits {
+    pub(crate) fn get(&self, position: usize) -> Option<&Json> {
+        self.cells
+            .iter()
+            .find(|(at, _)| *at == position)
+            .map(|(_, value)| value)
+    }
+
+    pub(crate) fn set(&mut self, position: usize, value: Json) {
+        match self.cells.iter_mut().find(|(at, _)| *at == position) {
+            Some((_, cell)) => *cell = value,
+            None => self.cells.push((position, value)),
+        }
+    }
+}
+
+/// Writes a `GET /v1/sheets/{id}/records` body record by record: [`RecordsWriter::start`], any
+/// mix of generated and custom records, then [`RecordsWriter::finish`].
+pub(crate) struct RecordsWriter {
+    kind: SheetKind,
+    key: SheetKey,
+    updated_at: String,
+    /// `"<key>":{"value":` per field, with the leading comma from the second field on.
+    cell_prefixes: Vec<Vec<u8>>,
+    /// The end of a valid cell that was not edited: the same bytes on every row.
+    valid_suffix: Vec<u8>,
+    written: u64,
+}
+
+impl RecordsWriter {
+    pub(crate) fn start(out: &mut Vec<u8>, seed: u64, sheet: &SheetRef) -> RecordsWriter {
+        let key = SheetKey::new(seed, sheet);
+        let updated_at = key.updated_at();
+        // The bytes around each cell value are the same on every row: build them once per page.
+        let cell_prefixes = sheet
+            .kind
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(position, field)| {
+                let mut prefix = Vec::new();
+                if position > 0 {
+                    put(&mut prefix, ",");
+                }
+                put_str(&mut prefix, field.key);
+                put(&mut prefix, ":{\"value\":");
+                prefix
+            })
+            .collect();
+        let mut valid_suffix = Vec::new();
+        put(
+            &mut valid_suffix,
+            ",\"messages\":[],\"valid\":true,\"updatedAt\":",
+        );
+        put_str(&mut valid_suffix, &updated_at);
+        put(&mut valid_suffix, "}");
+        put(out, "{\"data\":{\"records\":[");
+        RecordsWriter {
+            kind: sheet.kind,
+            key,
+            updated_at,
+            cell_prefixes,
+            valid_suffix,
+            written: 0,
+        }
+    }
+
+    fn open_record(&mut self, out: &mut Vec<u8>, id: &str) {
+        if self.written > 0 {
+            put(out, ",");
+        }
+        self.written += 1;
+        put(out, "{\"id\":");
+        put_str(out, id);
+        put(out, ",\"values\":{");
+    }
+
+    /// Ends a cell: its message if invalid, and its `updatedAt` (`None`: the import time).
+    fn cell_end(
+        &self,
+        out: &mut Vec<u8>,
+        position: usize,
+        error: Option<&str>,
+        updated_at: Option<&str>,
+    ) {
+        match (error, updated_at) {
+            (None, None) => out.extend_from_slice(&self.valid_suffix),
+            (None, Some(updated_at)) => {
+                put(out, ",\"messages\":[],\"valid\":true,\"updatedAt\":");
+                put_str(out, updated_at);
+                put(out, "}");
+            }
+            (Some(message), updated_at) => {
+                let field = self.kind.fields()[position].key;
+                put(out, ",\"messages\":[{\"field\":");
+                put_str(out, field);
+                put(
+                    out,
+                    ",\"type\":\"error\",\"source\":\"custom-logic\",\"message\":",
+                );
+                put_str(out, message);
+                put(out, "}],\"valid\":false,\"updatedAt\":");
+                put_str(out, updated_at.unwrap_or(&self.updated_at));
+                put(out, "}");
+            }
+        }
+    }
+
+    fn close_record(out: &mut Vec<u8>, valid: bool, import_row: Option<u64>) {
+        put(out, "},\"valid\":");
+        put_display(out, valid);
+        match import_row {
+            Some(row) => {
+                put(out, ",\"metadata\":{\"importRow\":");
+                put_display(out, row);
+                put(out, "},\"config\":{}}");
+            }
+            None => put(out, ",\"metadata\":{},\"config\":{}}"),
+        }
+    }
+
+    /// Generated row `index`, with `edits` applied: an edited cell is valid, so editing the
+    /// invalid cell of a row makes the row valid.
+    pub(crate) fn generated(&mut self, out: &mut Vec<u8>, index: u64, edits: Option<&CellEdits>) {
+        let row = sheet_row(self.kind, self.key.hash, index);
+        self.open_record(out, &self.key.record_id(index));
+        let edited_at = edits.map(|edits| clock::iso_millis(edits.updated_ms));
+        let mut valid = true;
+        for (position, value) in row.cells.iter().enumerate() {
+            out.extend_from_slice(&self.cell_prefixes[position]);
+            if let (Some(edited), Some(edited_at)) =
+                (edits.and_then(|edits| edits.get(position)), &edited_at)
+            {
+                write_json(out, edited);
+                self.cell_end(out, position, None, Some(edited_at));
+                continue;
+            }
+            value.write_json(out);
+            let error = match row.error {
+                Some((field, message)) if field == position => Some(message),
+                _ => None,
+            };
+            valid &= error.is_none();
+            self.cell_end(out, position, error, None);
+        }
+        Self::close_record(out, valid, Some(index + 1));
+    }
+
+    /// A record that is not a generated row: one JSON value per field, in schema order.
+    pub(crate) fn custom(
+        &mut self,
+        out: &mut Vec<u8>,
+        id: &str,
+        cells: &[Json],
+        error: Option<(usize, &str)>,
+        updated_ms: u64,
+    ) {
+        self.open_record(out, id);
+        let updated_at = clock::iso_millis(updated_ms);
+        for (position, value) in cells.iter().enumerate() {
+            out.extend_from_slice(&self.cell_prefixes[position]);
+            write_json(out, value);
+            let message = error
+                .filter(|(field, _)| *field == position)
+                .map(|(_, message)| message);
+            self.cell_end(out, position, message, Some(&updated_at));
+        }
+        Self::close_record(out, error.is_none(), None);
+    }
+
+    pub(crate) fn finish(self, out: &mut Vec<u8>, counts: Counts, commit_id: &str) {
+        put(out, "],\"counts\":{\"total\":");
+        put_display(out, counts.total);
+        put(out, ",\"valid\":");
+        put_display(out, counts.total - counts.error);
+        put(out, ",\"error\":");
+        put_display(out, counts.error);
+        put(out, "},\"commitId\":");
+        put_str(out, commit_id);
+        put(out, ",\"versionId\":");
+        put_str(out, commit_id);
+        put(out, ",\"success\":true}}");
+    }
+}
+
+fn write_json(out: &mut Vec<u8>, value: &Json) {
+    serde_json::to_writer(&mut *out, value).expect("writing JSON into a Vec cannot fail");
+}
+
+/// Writes one page of `GET /v1/sheets/{id}/records` of a sheet nobody changed (`page_number`
+/// starts at 1).
 pub(crate) fn write_records_page(
     out: &mut Vec<u8>,
     seed: u64,
@@ -706,90 +975,24 @@ pub(crate) fn write_records_page(
     page_number: u64,
     page_size: u64,
 ) {
-    let key = SheetKey::new(seed, sheet);
-    let fields = sheet.kind.fields();
-    let updated_at = key.updated_at();
-    // The bytes around each cell value are the same on every row: build them once per page.
-    let cell_prefixes: Vec<Vec<u8>> = fields
-        .iter()
-        .enumerate()
-        .map(|(position, field)| {
-            let mut prefix = Vec::new();
-            if position > 0 {
-                put(&mut prefix, ",");
-            }
-            put_str(&mut prefix, field.key);
-            put(&mut prefix, ":{\"value\":");
-            prefix
-        })
-        .collect();
-    let mut valid_suffix = Vec::new();
-    put(
-        &mut valid_suffix,
-        ",\"messages\":[],\"valid\":true,\"updatedAt\":",
-    );
-    put_str(&mut valid_suffix, &updated_at);
-    put(&mut valid_suffix, "}");
+    let mut writer = RecordsWriter::start(out, seed, sheet);
     let start = (page_number - 1).saturating_mul(page_size).min(sheet.rows);
     let end = start.saturating_add(page_size).min(sheet.rows);
-    put(out, "{\"data\":{\"records\":[");
     for index in start..end {
-        if index > start {
-            put(out, ",");
-        }
-        let row = sheet_row(sheet.kind, key.hash, index);
-        put(out, "{\"id\":");
-        put_str(out, &key.record_id(index));
-        put(out, ",\"values\":{");
-        for (position, (field, value)) in fields.iter().zip(&row.cells).enumerate() {
-            out.extend_from_slice(&cell_prefixes[position]);
-            value.write_json(out);
-            match row.error {
-                Some((error_field, message)) if error_field == position => {
-                    put(out, ",\"messages\":[{\"field\":");
-                    put_str(out, field.key);
-                    put(
-                        out,
-                        ",\"type\":\"error\",\"source\":\"custom-logic\",\"message\":",
-                    );
-                    put_str(out, message);
-                    put(out, "}],\"valid\":false,\"updatedAt\":");
-                    put_str(out, &updated_at);
-                    put(out, "}");
-                }
-                _ => out.extend_from_slice(&valid_suffix),
-            }
-        }
-        put(out, "},\"valid\":");
-        put_display(out, row.error.is_none());
-        put(out, ",\"metadata\":{\"importRow\":");
-        put_display(out, index + 1);
-        put(out, "},\"config\":{}}");
+        writer.generated(out, index, None);
     }
-    let error = invalid_rows(sheet.rows);
-    put(out, "],\"counts\":{\"total\":");
-    put_display(out, sheet.rows);
-    put(out, ",\"valid\":");
-    put_display(out, sheet.rows - error);
-    put(out, ",\"error\":");
-    put_display(out, error);
-    let commit_id = key.commit_id();
-    put(out, "},\"commitId\":");
-    put_str(out, &commit_id);
-    put(out, ",\"versionId\":");
-    put_str(out, &commit_id);
-    put(out, ",\"success\":true}}");
+    let commit_id = SheetKey::new(seed, sheet).commit_id();
+    writer.finish(out, Counts::generated(sheet), &commit_id);
 }
 
 /// `data.counts` of `GET /v1/sheets/{id}/counts`.
-pub(crate) fn counts_json(sheet: &SheetRef) -> Json {
-    let error = invalid_rows(sheet.rows);
+pub(crate) fn counts_json(sheet: &SheetRef, counts: Counts) -> Json {
     let invalid_key = sheet.kind.fields()[sheet.kind.invalid_field()].key;
     json!({
-        "total": sheet.rows,
-        "valid": sheet.rows - error,
-        "error": error,
-        "errorsByField": { invalid_key: error },
+        "total": counts.total,
+        "valid": counts.total - counts.error,
+        "error": counts.error,
+        "errorsByField": { invalid_key: counts.error },
     })
 }
 
@@ -847,14 +1050,19 @@ pub(crate) fn sheet_json(seed: u64, sheet: &SheetRef) -> Json {
 }
 
 /// A workbook object with its sheets, as in `GET /v1/workbooks/{id}`.
-pub(crate) fn workbook_json(seed: u64, workbook_id: &str, sheets: &[SheetRef]) -> Json {
+pub(crate) fn workbook_json(
+    seed: u64,
+    workbook_id: &str,
+    environment_id: &str,
+    sheets: &[SheetRef],
+) -> Json {
     let (created_at, updated_at) = workbook_timestamps(seed, workbook_id);
     let sheets: Vec<Json> = sheets.iter().map(|sheet| sheet_json(seed, sheet)).collect();
     json!({
         "id": workbook_id,
         "name": format!("Simulated import {workbook_id}"),
         "spaceId": SPACE_ID,
-        "environmentId": ENVIRONMENT_ID,
+        "environmentId": environment_id,
         "sheets": sheets,
         "labels": ["primary"],
         "actions": [{

@@ -18,18 +18,90 @@
 //! middle of a body, chosen by a deterministic generator so a failing run can be repeated.
 //! [`SimStats::early_retries`] counts clients that came back before a `Retry-After` had elapsed.
 //!
-//! Admin endpoints without auth: `GET /_sim/jobs/{id}` ([`JobState`]) and `GET /_sim/stats`
-//! ([`SimStats`]).
+//! # Environments and events
+//!
+//! Every configured environment ([`SimConfig::secret_key`] for [`DEFAULT_ENVIRONMENT_ID`], plus
+//! [`SimConfig::environments`]) has its own secret key, and every key is a valid bearer token.
+//! Workbooks created with `POST /_sim/submit` belong to one environment: the other environments'
+//! keys get 404 for them, their sheets, counts and records. The on-the-fly `us_wb_<x>` workbooks
+//! are readable with any key.
+//!
+//! The simulator keeps an event log per environment, served like the Platform's:
+//! `GET /v1/events?environmentId=&since=&pageSize=&pageNumber=&includeAcknowledged=&topic=&domain=&spaceId=`
+//! (`{"data": [Event]}`, ascending by `createdAt`, `since` inclusive, `pageSize` 10 by default,
+//! `pageNumber` from 1, acknowledged events left out unless `includeAcknowledged=true`; a key
+//! asking for another environment gets 403), `GET /v1/events/{id}` and
+//! `POST /v1/events/{id}/ack`. Events have ids `us_evt_<tag>_<n>`, where the tag is drawn when
+//! the simulator starts, so a restarted simulator never reuses an id a client may have stored.
+//! Their `createdAt` values are strictly increasing, at least 1 ms apart.
+//!
+//! # Record changes and commits
+//!
+//! Records can be added, edited and deleted through the admin API. The records and counts
+//! endpoints then serve the generated rows minus the deleted ones, with edited values, followed
+//! by the added records (ids `us_rc_<tag>_a<n>`). Each add or edit is one commit
+//! (`us_vr_<tag>_<n>`); the sheet's import itself is the commit named in `commitId` of a page of an
+//! unchanged sheet. `GET /v1/sheets/{id}/records` understands `ids` (repeated keys, at most 100),
+//! `commitId` (the records a commit touched, as they are now) and `sinceCommitId` (the records
+//! later commits touched); deleted records are never served.
+//!
+//! # Admin API
+//!
+//! No auth, JSON in and out; a refused request answers 400 or 404 with
+//! `{"errors": [{"key": "<the bad field>", "message": "..."}]}`. [`AdminClient`] calls it from
+//! another process; [`RunningSim`] has the same operations in-process.
+//!
+//! | Request | Does | Answers |
+//! |---|---|---|
+//! | `POST /_sim/submit` `{environmentId?, workbookId?, sheetSlug?, job?, rows?}` | creates a workbook (unless `workbookId`), a job, and the events `job:created`, `job:ready` | [`Submitted`] |
+//! | `POST /_sim/sheets/{sheetId}/records` `{records: [{field: value}]}` or `{count: n}` | adds records: `records:created`, `commit:created`, `commit:completed` | [`RecordsChange`] |
+//! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}]}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
+//! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id]}` | deletes records: `records:deleted` | [`RecordsChange`] |
+//! | `GET /_sim/sheets/{sheetId}/records` | the sheet as it is now | `[`[`SheetRow`]`]` |
+//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?}` | emits any event | [`SimEvent`] |
+//! | `GET /_sim/events?environmentId=` | every event, with `acknowledgedAt` and `ackCount` | `[`[`SimEvent`]`]` |
+//! | `GET /_sim/jobs`, `GET /_sim/jobs/{id}` | the jobs seen | `[`[`JobState`]`]`, [`JobState`] |
+//! | `GET /_sim/stats` | the counters | [`SimStats`] |
+//!
+//! Completing or failing a job created by a submit emits `job:completed` or `job:failed`.
+//!
+//! ```text
+//! $ curl -s -X POST localhost:8788/_sim/submit -d '{"rows": 50}'
+//! {"eventId":"us_evt_3f9a0c12_2","jobId":"us_jb_3f9a0c12_1","workbookId":"us_wb_3f9a0c12_1",
+//!  "environmentId":"us_env_demo","sheets":[{"id":"us_sh_3f9a0c12_1-contacts","slug":"contacts","rows":25},
+//!  {"id":"us_sh_3f9a0c12_1-companies","slug":"companies","rows":25}]}
+//! $ curl -s -X POST localhost:8788/_sim/sheets/us_sh_3f9a0c12_1-contacts/records \
+//!     -d '{"records": [{"firstName": "Ada", "email": "ada@example.com"}]}'
+//! {"recordIds":["us_rc_3f9a0c12_a1"],"commitId":"us_vr_3f9a0c12_1","events":[...]}
+//! $ curl -s -X PATCH localhost:8788/_sim/sheets/us_sh_3f9a0c12_1-contacts/records \
+//!     -d '{"records": [{"id": "us_rc_3f9a0c12_a1", "values": {"age": 36}}]}'
+//! $ curl -s -X DELETE localhost:8788/_sim/sheets/us_sh_3f9a0c12_1-contacts/records \
+//!     -d '{"ids": ["us_rc_3f9a0c12_a1"]}'
+//! $ curl -s -X POST localhost:8788/_sim/events -d '{"topic": "space:created"}'
+//! $ curl -s 'localhost:8788/_sim/events?environmentId=us_env_demo'
+//! $ curl -s -H 'Authorization: Bearer sk_demo' 'localhost:8788/v1/events?since=2024-05-02T00:00:00.000Z'
+//! ```
+//!
+//! Admin endpoints are never subject to fault injection and are not counted in [`SimStats`].
 
+mod admin;
+mod client;
 mod clock;
 mod generate;
+pub mod receiver;
 mod server;
+mod state;
 mod webhook;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::{
+    EmitEvent, EventRef, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest,
+    Submitted, SubmittedSheet,
+};
+pub use client::AdminClient;
 pub use server::RunningSim;
 pub use webhook::{
     WebhookReply, legacy_webhook_body, post_webhook, send_webhook, submit_event_body,
@@ -37,14 +109,18 @@ pub use webhook::{
 
 /// Default `X-Api-Key` of the legacy API (`<access key id>+<secret>`).
 pub const DEFAULT_LEGACY_API_KEY: &str = "demo-key+demo-secret";
-/// Default Platform secret key, expected as `Authorization: Bearer sk_demo`.
+/// Default Platform secret key, expected as `Authorization: Bearer sk_demo`; the key of
+/// [`DEFAULT_ENVIRONMENT_ID`].
 pub const DEFAULT_SECRET_KEY: &str = "sk_demo";
+/// Id of the environment whose key is [`SimConfig::secret_key`]. The on-the-fly workbooks and
+/// the events of the legacy-style helpers ([`submit_event_body`]) name it.
+pub const DEFAULT_ENVIRONMENT_ID: &str = "us_env_demo";
 /// Slugs of the sheets a workbook can have, in order; a workbook has the first
 /// [`SimConfig::sheets_per_workbook`] of them.
 pub const SHEET_SLUGS: [&str; 4] = ["contacts", "companies", "deals", "tickets"];
 
 /// What the simulator serves and how badly it behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimConfig {
     /// Rows per legacy batch, and rows per workbook in all (split over its sheets).
     pub rows: u64,
@@ -58,8 +134,11 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Expected `X-Api-Key` header of legacy requests.
     pub legacy_api_key: String,
-    /// Expected bearer token of Platform requests.
+    /// Secret key of the default environment, [`DEFAULT_ENVIRONMENT_ID`].
     pub secret_key: String,
+    /// Further environments, each with its own key. Every key is a valid bearer token; a
+    /// workbook created in one environment is invisible to the others' keys.
+    pub environments: Vec<SimEnvironment>,
     /// Cap for `take` (legacy) and `pageSize` (Platform).
     pub max_page_size: u64,
 }
@@ -74,8 +153,53 @@ impl Default for SimConfig {
             faults: Faults::default(),
             legacy_api_key: DEFAULT_LEGACY_API_KEY.to_owned(),
             secret_key: DEFAULT_SECRET_KEY.to_owned(),
+            environments: Vec::new(),
             max_page_size: 10_000,
         }
+    }
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("rows", &self.rows)
+            .field("seed", &self.seed)
+            .field("sheets_per_workbook", &self.sheets_per_workbook)
+            .field("page_latency", &self.page_latency)
+            .field("faults", &self.faults)
+            .field("legacy_api_key", &"<redacted>")
+            .field("secret_key", &"<redacted>")
+            .field("environments", &self.environments)
+            .field("max_page_size", &self.max_page_size)
+            .finish()
+    }
+}
+
+/// A Platform environment of the simulator and its secret key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimEnvironment {
+    /// Environment id, e.g. `us_env_other`.
+    pub id: String,
+    /// Its secret key, expected as `Authorization: Bearer <key>`.
+    pub secret_key: String,
+}
+
+impl SimEnvironment {
+    /// An environment with this id and key.
+    pub fn new(id: impl Into<String>, secret_key: impl Into<String>) -> SimEnvironment {
+        SimEnvironment {
+            id: id.into(),
+            secret_key: secret_key.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SimEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimEnvironment")
+            .field("id", &self.id)
+            .field("secret_key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -88,6 +212,43 @@ impl SimConfig {
                 SHEET_SLUGS.len(),
                 self.sheets_per_workbook
             )));
+        }
+        let mut ids = vec![DEFAULT_ENVIRONMENT_ID];
+        let mut keys = vec![self.secret_key.as_str()];
+        if self.secret_key.is_empty() {
+            return Err(SimError::InvalidConfig(
+                "the secret key of the default environment is empty".to_owned(),
+            ));
+        }
+        for environment in &self.environments {
+            let id = environment.id.as_str();
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(SimError::InvalidConfig(format!(
+                    "environment id {id:?} must be non-empty letters, digits, '_' or '-'"
+                )));
+            }
+            if ids.contains(&id) {
+                return Err(SimError::InvalidConfig(format!(
+                    "environment {id} is configured twice"
+                )));
+            }
+            // Keys are never repeated in messages; the environment names which one is wrong.
+            if environment.secret_key.is_empty() {
+                return Err(SimError::InvalidConfig(format!(
+                    "the secret key of environment {id} is empty"
+                )));
+            }
+            if keys.contains(&environment.secret_key.as_str()) {
+                return Err(SimError::InvalidConfig(format!(
+                    "the secret key of environment {id} is also another environment's key"
+                )));
+            }
+            ids.push(id);
+            keys.push(&environment.secret_key);
         }
         if self.max_page_size == 0 {
             return Err(SimError::InvalidConfig(
@@ -113,6 +274,35 @@ impl SimConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Ids of every environment, the default one first.
+    pub fn environment_ids(&self) -> Vec<&str> {
+        std::iter::once(DEFAULT_ENVIRONMENT_ID)
+            .chain(self.environments.iter().map(|e| e.id.as_str()))
+            .collect()
+    }
+
+    /// The environment a bearer token belongs to, if it is one of the configured keys.
+    pub fn environment_of_key(&self, token: &str) -> Option<&str> {
+        if token == self.secret_key {
+            return Some(DEFAULT_ENVIRONMENT_ID);
+        }
+        self.environments
+            .iter()
+            .find(|environment| environment.secret_key == token)
+            .map(|environment| environment.id.as_str())
+    }
+
+    /// The secret key of an environment.
+    pub fn key_of_environment(&self, environment_id: &str) -> Option<&str> {
+        if environment_id == DEFAULT_ENVIRONMENT_ID {
+            return Some(&self.secret_key);
+        }
+        self.environments
+            .iter()
+            .find(|environment| environment.id == environment_id)
+            .map(|environment| environment.secret_key.as_str())
     }
 }
 
@@ -147,7 +337,8 @@ impl Default for Faults {
 pub struct JobState {
     /// The job id, as the client sent it.
     pub id: String,
-    /// `created`, `executing`, `complete` or `failed`.
+    /// `created`, `ready` (a job of `POST /_sim/submit` not acknowledged yet), `executing`,
+    /// `complete` or `failed`.
     pub status: String,
     /// Every `progress` value sent with `ack`, in order.
     pub progress: Vec<u8>,
@@ -175,6 +366,15 @@ pub struct SimStats {
     pub records: u64,
     /// Any `/v1/jobs` request.
     pub jobs: u64,
+    /// `GET /v1/events` (the list).
+    #[serde(default)]
+    pub events: u64,
+    /// `GET /v1/events/{id}`.
+    #[serde(default)]
+    pub event_gets: u64,
+    /// `POST /v1/events/{id}/ack`.
+    #[serde(default)]
+    pub event_acks: u64,
     /// Any other `/rest` or `/v1` path (answered 404).
     pub other: u64,
     /// Requests refused for a missing or wrong key.
@@ -205,6 +405,24 @@ pub enum SimError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// The simulator refused an admin request (`POST /_sim/submit`, a record change...).
+    #[error("the simulator refused the request ({status}): {message}")]
+    Rejected {
+        /// HTTP status: 400 for a bad field, 404 for an unknown sheet or workbook.
+        status: u16,
+        /// The field at fault, e.g. `rows` or `records[2].id`.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// An admin request to a simulator in another process failed or got an unexpected answer.
+    #[error("admin request {what} failed: {detail}")]
+    Admin {
+        /// Method and path.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The webhook request failed before a complete response arrived.
     #[error("webhook request to {url} failed")]
     Request {
@@ -238,7 +456,9 @@ pub fn workbook_sheets(config: &SimConfig, workbook_id: &str) -> Vec<(String, St
         .collect()
 }
 
-/// Ids of the records of a sheet, in order; empty when the sheet does not exist.
+/// Ids of the generated records of an on-the-fly sheet, in order; empty when the sheet does not
+/// exist. Records changed through the admin API, and sheets of workbooks created by a submit
+/// with their own `rows`, are read with [`RunningSim::sheet_rows`] or [`AdminClient::sheet_rows`].
 pub fn record_ids(config: &SimConfig, sheet_id: &str) -> Vec<String> {
     match generate::decode_sheet(config, sheet_id) {
         Some(sheet) => {
@@ -247,4 +467,12 @@ pub fn record_ids(config: &SimConfig, sheet_id: &str) -> Vec<String> {
         }
         None => Vec::new(),
     }
+}
+
+/// The commit that imported a sheet's generated rows: the `commitId` of its pages until the admin
+/// API changes the sheet, and a valid `commitId` or `sinceCommitId` after that. `None` when the id
+/// is not a sheet id of this configuration.
+pub fn import_commit_id(config: &SimConfig, sheet_id: &str) -> Option<String> {
+    let sheet = generate::decode_sheet(config, sheet_id)?;
+    Some(generate::SheetKey::new(config.seed, &sheet).commit_id())
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use flatfile_sim::{
-    DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, RunningSim, SimConfig, legacy_webhook_body,
-    send_webhook, submit_event_body,
+    DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, RunningSim, SimConfig, SimEnvironment,
+    legacy_webhook_body, send_webhook, submit_event_body,
 };
 
 const LEGACY_KEY_ENV: &str = "FLATFILE_SIM_LEGACY_API_KEY";
 const SECRET_KEY_ENV: &str = "FLATFILE_SIM_SECRET_KEY";
+const ENVIRONMENTS_ENV: &str = "FLATFILE_SIM_ENVIRONMENTS";
 const WEBHOOK_TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
 
 #[derive(Debug, Parser)]
@@ -24,12 +25,18 @@ const WEBHOOK_TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
     long_about = "A local Flatfile API simulator for trying and testing flatsync without a Flatfile \
 account.\n\nWithout a subcommand it serves, on one address, the legacy Portal API \
 (GET /rest/batch/{batchId}/rows, header X-Api-Key) and the Platform API (/v1 workbooks, sheets, \
-counts, records and jobs, header Authorization: Bearer). Every batch id and every us_wb_<x> \
-workbook id exists; rows are generated from the seed, so runs are repeatable. Faults (5xx, 429 \
-with Retry-After, cut connections) can be injected. GET /_sim/stats and GET /_sim/jobs/{id} show \
-what happened.\n\nKeys come from the environment, never from the command line: \
-FLATFILE_SIM_LEGACY_API_KEY (default demo-key+demo-secret) and FLATFILE_SIM_SECRET_KEY (default \
-sk_demo). Logs go to stderr; set RUST_LOG=debug to see every request.",
+counts, records, jobs and events, header Authorization: Bearer). Every batch id and every \
+us_wb_<x> workbook id exists; rows are generated from the seed, so runs are repeatable. Faults \
+(5xx, 429 with Retry-After, cut connections) can be injected.\n\nThe admin API (no auth) drives \
+and inspects it: POST /_sim/submit creates a workbook and a submit job with its job:ready event; \
+POST, PATCH and DELETE /_sim/sheets/{sheetId}/records add, edit and delete records (with \
+records:* and commit:* events); POST /_sim/events emits any event; GET /_sim/events, \
+/_sim/jobs, /_sim/jobs/{id}, /_sim/sheets/{sheetId}/records and /_sim/stats show what \
+happened.\n\nKeys come from the environment: FLATFILE_SIM_LEGACY_API_KEY (default \
+demo-key+demo-secret), FLATFILE_SIM_SECRET_KEY (key of environment us_env_demo, default sk_demo) \
+and FLATFILE_SIM_ENVIRONMENTS (more environments, ID=KEY,ID=KEY). --environment ID=KEY adds one \
+too, but puts its key where other local users can read it. Keys are never printed. Logs go to \
+stderr; set RUST_LOG=debug to see every request.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -81,6 +88,10 @@ struct ServeArgs {
     /// Largest page served, whatever take or pageSize asks for.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_page_size: u64,
+    /// Another environment and its secret key (repeatable). The key ends up in the process list:
+    /// prefer FLATFILE_SIM_ENVIRONMENTS=ID=KEY,ID=KEY outside throwaway setups.
+    #[arg(long = "environment", value_name = "ID=KEY")]
+    environments: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -151,9 +162,38 @@ fn key_from_env(name: &str, default: &str) -> anyhow::Result<(String, bool)> {
     }
 }
 
+/// `ID=KEY`; the error never repeats the text, which holds a key.
+fn parse_environment(text: &str, source: &str) -> anyhow::Result<SimEnvironment> {
+    match text.trim().split_once('=') {
+        Some((id, key)) if !id.trim().is_empty() && !key.trim().is_empty() => {
+            Ok(SimEnvironment::new(id.trim(), key.trim()))
+        }
+        _ => bail!("{source}: each environment must be ID=KEY with both parts non-empty"),
+    }
+}
+
+/// Environments from FLATFILE_SIM_ENVIRONMENTS, then from --environment.
+fn environments(flags: &[String]) -> anyhow::Result<Vec<SimEnvironment>> {
+    let mut environments = Vec::new();
+    match std::env::var(ENVIRONMENTS_ENV) {
+        Ok(list) => {
+            for item in list.split(',').filter(|item| !item.trim().is_empty()) {
+                environments.push(parse_environment(item, ENVIRONMENTS_ENV)?);
+            }
+        }
+        Err(std::env::VarError::NotPresent) => {}
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{ENVIRONMENTS_ENV} is not valid UTF-8"),
+    }
+    for flag in flags {
+        environments.push(parse_environment(flag, "--environment")?);
+    }
+    Ok(environments)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (legacy_api_key, legacy_from_env) = key_from_env(LEGACY_KEY_ENV, DEFAULT_LEGACY_API_KEY)?;
     let (secret_key, secret_from_env) = key_from_env(SECRET_KEY_ENV, DEFAULT_SECRET_KEY)?;
+    let environments = environments(&args.environments)?;
     let config = SimConfig {
         rows: args.rows,
         seed: args.seed,
@@ -167,6 +207,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         legacy_api_key,
         secret_key,
+        environments,
         max_page_size: args.max_page_size,
     };
     let sim = RunningSim::start(config, args.listen)
@@ -181,8 +222,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (false, true) => format!("the demo default and {SECRET_KEY_ENV}"),
     };
     println!(
-        "flatfile-sim listening on {} (legacy key and secret key from {keys})",
-        sim.base_url()
+        "flatfile-sim listening on {} (legacy key and secret key from {keys}; environments {})",
+        sim.base_url(),
+        sim.config().environment_ids().join(", ")
     );
     // Scripts read this line through a pipe, where stdout is block-buffered.
     std::io::stdout()

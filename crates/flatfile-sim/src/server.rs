@@ -16,12 +16,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt as _;
-use serde_json::{Value as Json, json};
+use serde_json::{Map, Value as Json, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{
+    EmitEvent, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest, Submitted,
+};
 use crate::generate::{self, SheetRef};
-use crate::{JobState, SimConfig, SimStats, clock};
+use crate::state::{EventsQuery, JobRecord, RecordsQuery, Rejection, World};
+use crate::{JobState, SimConfig, SimError, SimStats, clock};
 
 /// A simulator serving on a local port until [`RunningSim::shutdown`] (or drop).
 pub struct RunningSim {
@@ -85,9 +89,83 @@ impl RunningSim {
         format!("http://{}", SocketAddr::new(ip, self.addr.port()))
     }
 
+    /// The configuration it serves.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
     /// The state of a job the server has seen, if any.
     pub fn job(&self, job_id: &str) -> Option<JobState> {
         self.shared.job_state(job_id)
+    }
+
+    /// Every job the server has seen, oldest first.
+    pub fn jobs(&self) -> Vec<JobState> {
+        self.shared.world().jobs()
+    }
+
+    /// Like `POST /_sim/submit`: a workbook (unless `request.workbook_id`), a job, and the
+    /// events `job:created` and `job:ready`.
+    pub fn submit(&self, request: &SubmitRequest) -> Result<Submitted, SimError> {
+        let shared = &self.shared;
+        Ok(shared.world().submit(&shared.config, request)?)
+    }
+
+    /// Like `POST /_sim/sheets/{sheet_id}/records`: adds records, emits `records:created`,
+    /// `commit:created` and `commit:completed`.
+    pub fn add_records(
+        &self,
+        sheet_id: &str,
+        records: &NewRecords,
+    ) -> Result<RecordsChange, SimError> {
+        let shared = &self.shared;
+        Ok(shared
+            .world()
+            .add_records(&shared.config, sheet_id, records)?)
+    }
+
+    /// Like `PATCH /_sim/sheets/{sheet_id}/records`: edits records, emits `records:updated`,
+    /// `commit:created` and `commit:completed`.
+    pub fn edit_records(
+        &self,
+        sheet_id: &str,
+        edits: &[RecordEdit],
+    ) -> Result<RecordsChange, SimError> {
+        let shared = &self.shared;
+        Ok(shared
+            .world()
+            .edit_records(&shared.config, sheet_id, edits)?)
+    }
+
+    /// Like `DELETE /_sim/sheets/{sheet_id}/records`: deletes records, emits `records:deleted`.
+    pub fn delete_records(
+        &self,
+        sheet_id: &str,
+        ids: &[String],
+    ) -> Result<RecordsChange, SimError> {
+        let shared = &self.shared;
+        Ok(shared
+            .world()
+            .delete_records(&shared.config, sheet_id, ids)?)
+    }
+
+    /// Like `POST /_sim/events`: emits an event of any topic.
+    pub fn emit_event(&self, event: &EmitEvent) -> Result<SimEvent, SimError> {
+        let shared = &self.shared;
+        Ok(shared.world().emit_custom(&shared.config, event)?)
+    }
+
+    /// Every event, or those of one environment, oldest first, with their acks.
+    pub fn events(&self, environment_id: Option<&str>) -> Vec<SimEvent> {
+        self.shared.world().events(environment_id)
+    }
+
+    /// A sheet's records as they are now (generated rows minus deletions, with edits, then the
+    /// added records); `None` when there is no such sheet.
+    pub fn sheet_rows(&self, sheet_id: &str) -> Option<Vec<SheetRow>> {
+        self.shared
+            .world()
+            .sheet_rows(&self.shared.config, sheet_id)
     }
 
     /// A snapshot of the counters.
@@ -133,83 +211,7 @@ struct Shared {
     stats: Mutex<SimStats>,
     /// Method + path + query -> instant before which a retry is early.
     retry_not_before: Mutex<HashMap<String, Instant>>,
-    jobs: Mutex<HashMap<String, JobRecord>>,
-}
-
-#[derive(Clone, Debug)]
-struct JobRecord {
-    status: &'static str,
-    progress: Vec<u8>,
-    info: Option<String>,
-    outcome: Option<Json>,
-    created_ms: u64,
-    updated_ms: u64,
-    started_ms: Option<u64>,
-    finished_ms: Option<u64>,
-}
-
-impl JobRecord {
-    fn new() -> JobRecord {
-        let now = clock::now_ms();
-        JobRecord {
-            status: "created",
-            progress: Vec::new(),
-            info: None,
-            outcome: None,
-            created_ms: now,
-            updated_ms: now,
-            started_ms: None,
-            finished_ms: None,
-        }
-    }
-
-    fn is_finished(&self) -> bool {
-        matches!(self.status, "complete" | "failed")
-    }
-
-    fn state(&self, id: &str) -> JobState {
-        JobState {
-            id: id.to_owned(),
-            status: self.status.to_owned(),
-            progress: self.progress.clone(),
-            info: self.info.clone(),
-            outcome_message: self
-                .outcome
-                .as_ref()
-                .and_then(|outcome| outcome.get("message"))
-                .and_then(Json::as_str)
-                .map(str::to_owned),
-        }
-    }
-
-    fn to_json(&self, id: &str) -> Json {
-        // The simulator does not link jobs to workbooks: the job:ready event carries the
-        // workbook id, and nothing in flatsync reads it from the job.
-        let source = "us_wb_sim";
-        json!({ "data": {
-            "id": id,
-            "createdBy": generate::ACTOR_ID,
-            "createdAt": clock::iso_millis(self.created_ms),
-            "updatedAt": clock::iso_millis(self.updated_ms),
-            "startedAt": self.started_ms.map(clock::iso_millis),
-            "finishedAt": self.finished_ms.map(clock::iso_millis),
-            "environmentId": generate::ENVIRONMENT_ID,
-            "spaceId": generate::SPACE_ID,
-            "type": "workbook",
-            "operation": "submitActionFg",
-            "source": source,
-            "config": {},
-            "trigger": "immediate",
-            "status": self.status,
-            "progress": self.progress.last().copied().unwrap_or(0),
-            "mode": "foreground",
-            "input": {},
-            "subject": { "type": "resource", "id": source },
-            "info": self.info,
-            "outcome": self.outcome,
-            "managed": true,
-        }})
-    }
+    world: Mutex<World>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,10 +230,13 @@ enum Kind {
     Counts,
     Records,
     Jobs,
+    Events,
+    EventGet,
+    EventAck,
     Other,
 }
 
-fn classify(path: &str) -> Kind {
+fn classify(method: &Method, path: &str) -> Kind {
     if let Some(rest) = path.strip_prefix("/rest/batch/") {
         return if rest.ends_with("/rows") && rest.matches('/').count() == 1 {
             Kind::LegacyRows
@@ -256,6 +261,16 @@ fn classify(path: &str) -> Kind {
     if path.starts_with("/v1/jobs/") {
         return Kind::Jobs;
     }
+    if path == "/v1/events" && method == Method::GET {
+        return Kind::Events;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/events/") {
+        return match rest.split_once('/') {
+            None if method == Method::GET => Kind::EventGet,
+            Some((_, "ack")) if method == Method::POST => Kind::EventAck,
+            _ => Kind::Other,
+        };
+    }
     Kind::Other
 }
 
@@ -267,8 +282,12 @@ impl Shared {
             requests: AtomicU64::new(0),
             stats: Mutex::new(SimStats::default()),
             retry_not_before: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(HashMap::new()),
+            world: Mutex::new(World::new(format!("{:08x}", fastrand::u32(..)))),
         }
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        lock(&self.world)
     }
 
     /// Fault for the `n`-th request: one uniform draw split into the configured fractions, so the
@@ -293,7 +312,7 @@ impl Shared {
     }
 
     fn job_state(&self, id: &str) -> Option<JobState> {
-        lock(&self.jobs).get(id).map(|job| job.state(id))
+        self.world().jobs.get(id).map(|job| job.state(id))
     }
 
     fn count_unauthorized(&self) {
@@ -314,8 +333,21 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/jobs/{job_id}/ack", post(ack_job))
         .route("/v1/jobs/{job_id}/complete", post(complete_job))
         .route("/v1/jobs/{job_id}/fail", post(fail_job))
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/{event_id}", get(get_event))
+        .route("/v1/events/{event_id}/ack", post(ack_event))
+        .route("/_sim/jobs", get(admin_jobs))
         .route("/_sim/jobs/{job_id}", get(admin_job))
         .route("/_sim/stats", get(admin_stats))
+        .route("/_sim/submit", post(admin_submit))
+        .route(
+            "/_sim/sheets/{sheet_id}/records",
+            get(admin_sheet_rows)
+                .post(admin_add_records)
+                .patch(admin_edit_records)
+                .delete(admin_delete_records),
+        )
+        .route("/_sim/events", get(admin_events).post(admin_emit_event))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -360,13 +392,16 @@ async fn count_and_inject_faults(
     let alternate_error = {
         let mut stats = lock(&sim.stats);
         stats.requests += 1;
-        match classify(&path) {
+        match classify(&method, &path) {
             Kind::LegacyRows => stats.legacy_rows += 1,
             Kind::Workbooks => stats.workbooks += 1,
             Kind::Sheets => stats.sheets += 1,
             Kind::Counts => stats.counts += 1,
             Kind::Records => stats.records += 1,
             Kind::Jobs => stats.jobs += 1,
+            Kind::Events => stats.events += 1,
+            Kind::EventGet => stats.event_gets += 1,
+            Kind::EventAck => stats.event_acks += 1,
             Kind::Other => stats.other += 1,
         }
         if early {
@@ -465,7 +500,7 @@ fn json_value(status: StatusCode, body: &Json) -> Response {
 }
 
 /// An error in the envelope of the API the request belongs to: legacy
-/// `{statusCode, message, error}`, Platform `{errors: [{key?, message}]}`.
+/// `{statusCode, message, error}`, Platform (and admin) `{errors: [{key?, message}]}`.
 fn api_error(legacy: bool, status: StatusCode, key: Option<&str>, message: &str) -> Response {
     let body = if legacy {
         json!({
@@ -488,7 +523,7 @@ fn api_error(legacy: bool, status: StatusCode, key: Option<&str>, message: &str)
 struct ApiError {
     legacy: bool,
     status: StatusCode,
-    key: Option<&'static str>,
+    key: Option<String>,
     message: String,
 }
 
@@ -502,23 +537,34 @@ impl ApiError {
         }
     }
 
-    fn platform(
-        status: StatusCode,
-        key: Option<&'static str>,
-        message: impl Into<String>,
-    ) -> ApiError {
+    fn platform(status: StatusCode, key: Option<&str>, message: impl Into<String>) -> ApiError {
         ApiError {
             legacy: false,
             status,
-            key,
+            key: key.map(str::to_owned),
             message: message.into(),
+        }
+    }
+
+    fn bad(key: &str, message: impl Into<String>) -> ApiError {
+        ApiError::platform(StatusCode::BAD_REQUEST, Some(key), message)
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        ApiError {
+            legacy: false,
+            status: rejection.status,
+            key: rejection.key,
+            message: rejection.message,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        api_error(self.legacy, self.status, self.key, &self.message)
+        api_error(self.legacy, self.status, self.key.as_deref(), &self.message)
     }
 }
 
@@ -531,13 +577,14 @@ fn legacy_auth(sim: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     Err(ApiError::legacy(StatusCode::UNAUTHORIZED, "Unauthorized"))
 }
 
-fn platform_auth(sim: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token and returns the environment it is the key of.
+fn platform_auth(sim: &Shared, headers: &HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token == Some(sim.config.secret_key.as_str()) {
-        return Ok(());
+    if let Some(environment_id) = token.and_then(|token| sim.config.environment_of_key(token)) {
+        return Ok(environment_id.to_owned());
     }
     sim.count_unauthorized();
     let message = if token.is_some() {
@@ -560,10 +607,27 @@ fn query_u64(
         Some(text) => text.trim().parse().map_err(|_| ApiError {
             legacy,
             status: StatusCode::BAD_REQUEST,
-            key: Some(name),
+            key: Some(name.to_owned()),
             message: format!("{name} must be a non-negative integer"),
         }),
     }
+}
+
+/// `pageSize` and `pageNumber` of a Platform list: both from 1, the size capped.
+fn platform_page(
+    sim: &Shared,
+    query: &HashMap<String, String>,
+    default_size: u64,
+) -> Result<(u64, u64), ApiError> {
+    let page_size = query_u64(query, "pageSize", default_size, false)?;
+    let page_number = query_u64(query, "pageNumber", 1, false)?;
+    if page_size == 0 {
+        return Err(ApiError::bad("pageSize", "pageSize starts at 1"));
+    }
+    if page_number == 0 {
+        return Err(ApiError::bad("pageNumber", "pageNumber starts at 1"));
+    }
+    Ok((page_size.min(sim.config.max_page_size), page_number))
 }
 
 async fn legacy_rows(
@@ -607,24 +671,36 @@ fn page_capacity(page_size: u64, rows: u64, bytes_per_row: u64) -> usize {
     usize::try_from(page_size.min(rows).min(20_000) * bytes_per_row + 256).unwrap_or(1 << 20)
 }
 
-fn find_sheet(sim: &Shared, sheet_id: &str) -> Result<SheetRef, ApiError> {
-    generate::decode_sheet(&sim.config, sheet_id).ok_or_else(|| {
-        ApiError::platform(
-            StatusCode::NOT_FOUND,
-            Some("sheetId"),
-            format!("Sheet {sheet_id} not found"),
-        )
-    })
+/// The sheet, if the key of `environment_id` may read it: another environment's sheet is
+/// answered like one that does not exist.
+fn find_sheet(sim: &Shared, sheet_id: &str, environment_id: &str) -> Result<SheetRef, ApiError> {
+    sim.world()
+        .find_sheet(&sim.config, sheet_id)
+        .filter(|scope| scope.readable_by(environment_id))
+        .map(|scope| scope.sheet)
+        .ok_or_else(|| Rejection::sheet_not_found(sheet_id).into())
 }
 
-fn find_workbook(sim: &Shared, workbook_id: &str) -> Result<Vec<SheetRef>, ApiError> {
-    generate::workbook_sheet_refs(&sim.config, workbook_id).ok_or_else(|| {
-        ApiError::platform(
-            StatusCode::NOT_FOUND,
-            Some("workbookId"),
-            format!("Workbook {workbook_id} not found"),
-        )
-    })
+/// The workbook's sheets and environment, if the key of `environment_id` may read it.
+fn find_workbook(
+    sim: &Shared,
+    workbook_id: &str,
+    environment_id: &str,
+) -> Result<(Vec<SheetRef>, String), ApiError> {
+    sim.world()
+        .find_workbook(&sim.config, workbook_id)
+        .filter(|scope| scope.readable_by(environment_id))
+        .map(|scope| {
+            let owner = scope.environment_id().to_owned();
+            (scope.sheets, owner)
+        })
+        .ok_or_else(|| {
+            ApiError::platform(
+                StatusCode::NOT_FOUND,
+                Some("workbookId"),
+                format!("Workbook {workbook_id} not found"),
+            )
+        })
 }
 
 async fn get_workbook(
@@ -632,9 +708,9 @@ async fn get_workbook(
     Path(workbook_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    let sheets = find_workbook(&sim, &workbook_id)?;
-    let workbook = generate::workbook_json(sim.config.seed, &workbook_id, &sheets);
+    let environment = platform_auth(&sim, &headers)?;
+    let (sheets, owner) = find_workbook(&sim, &workbook_id, &environment)?;
+    let workbook = generate::workbook_json(sim.config.seed, &workbook_id, &owner, &sheets);
     Ok(json_value(StatusCode::OK, &json!({ "data": workbook })))
 }
 
@@ -643,15 +719,12 @@ async fn list_sheets(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
+    let environment = platform_auth(&sim, &headers)?;
     let Some(workbook_id) = query.get("workbookId") else {
-        return Err(ApiError::platform(
-            StatusCode::BAD_REQUEST,
-            Some("workbookId"),
-            "workbookId is required",
-        ));
+        return Err(ApiError::bad("workbookId", "workbookId is required"));
     };
-    let sheets: Vec<Json> = find_workbook(&sim, workbook_id)?
+    let sheets: Vec<Json> = find_workbook(&sim, workbook_id, &environment)?
+        .0
         .iter()
         .map(|sheet| generate::sheet_json(sim.config.seed, sheet))
         .collect();
@@ -663,8 +736,8 @@ async fn get_sheet(
     Path(sheet_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    let sheet = find_sheet(&sim, &sheet_id)?;
+    let environment = platform_auth(&sim, &headers)?;
+    let sheet = find_sheet(&sim, &sheet_id, &environment)?;
     let body = json!({ "data": generate::sheet_json(sim.config.seed, &sheet) });
     Ok(json_value(StatusCode::OK, &body))
 }
@@ -674,44 +747,155 @@ async fn sheet_counts(
     Path(sheet_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    let sheet = find_sheet(&sim, &sheet_id)?;
-    let body = json!({ "data": { "counts": generate::counts_json(&sheet), "success": true } });
+    let environment = platform_auth(&sim, &headers)?;
+    let sheet = find_sheet(&sim, &sheet_id, &environment)?;
+    let counts = sim.world().counts(&sheet);
+    let body =
+        json!({ "data": { "counts": generate::counts_json(&sheet, counts), "success": true } });
     Ok(json_value(StatusCode::OK, &body))
 }
+
+/// Most record ids one records request may name, as on the Platform.
+const MAX_IDS: usize = 100;
 
 async fn sheet_records(
     State(sim): State<Arc<Shared>>,
     Path(sheet_id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    let sheet = find_sheet(&sim, &sheet_id)?;
-    let page_size = query_u64(&query, "pageSize", 10_000, false)?;
-    let page_number = query_u64(&query, "pageNumber", 1, false)?;
-    if page_size == 0 || page_number == 0 {
-        return Err(ApiError::platform(
-            StatusCode::BAD_REQUEST,
-            Some(if page_size == 0 {
-                "pageSize"
-            } else {
-                "pageNumber"
-            }),
-            "pageSize and pageNumber start at 1",
+    let environment = platform_auth(&sim, &headers)?;
+    // `ids` repeats; every other parameter is single (the last one wins).
+    let ids: Vec<String> = pairs
+        .iter()
+        .filter(|(name, _)| name == "ids")
+        .map(|(_, id)| id.clone())
+        .collect();
+    let query: HashMap<String, String> = pairs
+        .into_iter()
+        .filter(|(name, _)| name != "ids")
+        .collect();
+    let (page_size, page_number) = platform_page(&sim, &query, 10_000)?;
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::bad(
+            "ids",
+            format!("ids names at most {MAX_IDS} records, not {}", ids.len()),
         ));
     }
-    let page_size = page_size.min(sim.config.max_page_size);
+    let nonempty = |name: &str| query.get(name).filter(|value| !value.is_empty()).cloned();
+    let records_query = RecordsQuery {
+        page_number,
+        page_size,
+        ids,
+        // versionId and sinceVersionId are the deprecated names of the same parameters.
+        commit_id: nonempty("commitId").or_else(|| nonempty("versionId")),
+        since_commit_id: nonempty("sinceCommitId").or_else(|| nonempty("sinceVersionId")),
+    };
+    let sheet = find_sheet(&sim, &sheet_id, &environment)?;
+    let plain = records_query.is_plain() && !sim.world().has_overlay(&sheet.id);
     pause(&sim).await;
     let mut body = Vec::with_capacity(page_capacity(page_size, sheet.rows, 750));
-    generate::write_records_page(&mut body, sim.config.seed, &sheet, page_number, page_size);
+    if plain {
+        // No lock while generating: the common case of an unchanged sheet serves pages in
+        // parallel.
+        generate::write_records_page(&mut body, sim.config.seed, &sheet, page_number, page_size);
+    } else {
+        sim.world()
+            .write_records(sim.config.seed, &sheet, &records_query, &mut body)?;
+    }
     Ok(json_bytes(StatusCode::OK, body))
 }
 
+/// `GET /v1/events`: the caller's environment's events, oldest first.
+async fn list_events(
+    State(sim): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let environment = platform_auth(&sim, &headers)?;
+    if let Some(asked) = query.get("environmentId")
+        && *asked != environment
+    {
+        return Err(ApiError::platform(
+            StatusCode::FORBIDDEN,
+            Some("environmentId"),
+            format!("This key does not belong to environment {asked}"),
+        ));
+    }
+    let since_ms = match query.get("since") {
+        None => None,
+        Some(text) => Some(clock::parse_iso_millis(text.trim()).ok_or_else(|| {
+            ApiError::bad(
+                "since",
+                "since must be an ISO 8601 date-time, e.g. 2024-05-02T13:58:40.012Z",
+            )
+        })?),
+    };
+    let include_acknowledged = match query.get("includeAcknowledged").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "includeAcknowledged",
+                "includeAcknowledged must be true or false",
+            ));
+        }
+    };
+    let (page_size, page_number) = platform_page(&sim, &query, 10)?;
+    let events_query = EventsQuery {
+        environment_id: environment,
+        since_ms,
+        topic: query.get("topic").cloned(),
+        domain: query.get("domain").cloned(),
+        space_id: query.get("spaceId").cloned(),
+        include_acknowledged,
+        page_number,
+        page_size,
+    };
+    let data = sim.world().list_events(&events_query);
+    Ok(json_value(StatusCode::OK, &json!({ "data": data })))
+}
+
+fn event_not_found(event_id: &str) -> ApiError {
+    ApiError::platform(
+        StatusCode::NOT_FOUND,
+        Some("eventId"),
+        format!("Event {event_id} not found"),
+    )
+}
+
+async fn get_event(
+    State(sim): State<Arc<Shared>>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let environment = platform_auth(&sim, &headers)?;
+    let event = sim
+        .world()
+        .event(&event_id, &environment)
+        .ok_or_else(|| event_not_found(&event_id))?;
+    Ok(json_value(StatusCode::OK, &json!({ "data": event })))
+}
+
+async fn ack_event(
+    State(sim): State<Arc<Shared>>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let environment = platform_auth(&sim, &headers)?;
+    if !sim.world().ack_event(&event_id, &environment) {
+        return Err(event_not_found(&event_id));
+    }
+    Ok(json_value(
+        StatusCode::OK,
+        &json!({ "data": { "success": true } }),
+    ))
+}
+
 /// Parses an optional JSON object body (`{}` when empty).
-fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Json>, ApiError> {
+fn json_body(body: &Bytes) -> Result<Map<String, Json>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
+        return Ok(Map::new());
     }
     match serde_json::from_slice::<Json>(body) {
         Ok(Json::Object(object)) => Ok(object),
@@ -728,28 +912,17 @@ fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Json>, ApiError> {
     }
 }
 
-fn optional_string(
-    body: &serde_json::Map<String, Json>,
-    key: &'static str,
-) -> Result<Option<String>, ApiError> {
+fn optional_string(body: &Map<String, Json>, key: &str) -> Result<Option<String>, ApiError> {
     match body.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(ApiError::platform(
-            StatusCode::BAD_REQUEST,
-            Some(key),
-            format!("{key} must be a string"),
-        )),
+        Some(_) => Err(ApiError::bad(key, format!("{key} must be a string"))),
     }
 }
 
 /// Applies `change` to the job (creating it on first sight) and answers `{data: Job}`.
 fn with_job(sim: &Shared, job_id: &str, change: impl FnOnce(&mut JobRecord, u64)) -> Response {
-    let mut jobs = lock(&sim.jobs);
-    let job = jobs.entry(job_id.to_owned()).or_insert_with(JobRecord::new);
-    change(job, clock::now_ms());
-    let body = job.to_json(job_id);
-    drop(jobs);
+    let body = sim.world().change_job(job_id, change);
     json_value(StatusCode::OK, &body)
 }
 
@@ -763,19 +936,18 @@ async fn list_jobs(
     platform_auth(&sim, &headers)?;
     let page_size = query_u64(&query, "pageSize", 20, false)?.max(1);
     let page_number = query_u64(&query, "pageNumber", 1, false)?.max(1);
-    let jobs = lock(&sim.jobs);
-    let mut ids: Vec<&String> = jobs.keys().collect();
-    ids.sort_by_key(|id| (jobs[*id].created_ms, (*id).clone()));
-    let total = ids.len() as u64;
+    let world = sim.world();
+    let jobs = world.jobs();
+    let total = jobs.len() as u64;
     let skip = usize::try_from((page_number - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
     let take = usize::try_from(page_size).unwrap_or(usize::MAX);
-    let data: Vec<Json> = ids
-        .into_iter()
+    let data: Vec<Json> = jobs
+        .iter()
         .skip(skip)
         .take(take)
-        .map(|id| jobs[id].to_json(id)["data"].take())
+        .map(|job| world.jobs[&job.id].to_json(&job.id)["data"].take())
         .collect();
-    drop(jobs);
+    drop(world);
     Ok(json_value(
         StatusCode::OK,
         &json!({
@@ -815,11 +987,7 @@ async fn ack_job(
                 .filter(|p| *p <= 100)
                 .and_then(|p| u8::try_from(p).ok())
                 .ok_or_else(|| {
-                    ApiError::platform(
-                        StatusCode::BAD_REQUEST,
-                        Some("progress"),
-                        "progress must be an integer from 0 to 100",
-                    )
+                    ApiError::bad("progress", "progress must be an integer from 0 to 100")
                 })?,
         ),
     };
@@ -854,13 +1022,7 @@ async fn finish_job(
     let outcome = match body.get("outcome") {
         None | Some(Json::Null) => None,
         Some(outcome @ Json::Object(_)) => Some(outcome.clone()),
-        Some(_) => {
-            return Err(ApiError::platform(
-                StatusCode::BAD_REQUEST,
-                Some("outcome"),
-                "outcome must be an object",
-            ));
-        }
+        Some(_) => return Err(ApiError::bad("outcome", "outcome must be an object")),
     };
     Ok(with_job(sim, job_id, |job, now| {
         job.status = status;
@@ -906,12 +1068,227 @@ async fn admin_job(State(sim): State<Arc<Shared>>, Path(job_id): Path<String>) -
     }
 }
 
+async fn admin_jobs(State(sim): State<Arc<Shared>>) -> Response {
+    let jobs = sim.world().jobs();
+    json_value(
+        StatusCode::OK,
+        &serde_json::to_value(jobs).expect("JobState serializes"),
+    )
+}
+
 async fn admin_stats(State(sim): State<Arc<Shared>>) -> Response {
     let stats = lock(&sim.stats).clone();
     json_value(
         StatusCode::OK,
         &serde_json::to_value(stats).expect("SimStats serializes"),
     )
+}
+
+/// Refuses keys an admin request does not know, naming the first one.
+fn known_keys(body: &Map<String, Json>, at: &str, known: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(unknown) => {
+            let field = if at.is_empty() {
+                unknown.clone()
+            } else {
+                format!("{at}.{unknown}")
+            };
+            Err(ApiError::bad(
+                &field,
+                format!("unknown field {field}; expected {}", known.join(", ")),
+            ))
+        }
+    }
+}
+
+fn optional_u64(body: &Map<String, Json>, key: &str) -> Result<Option<u64>, ApiError> {
+    match body.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(key, format!("{key} must be a non-negative integer"))),
+    }
+}
+
+fn json_answer<T: serde::Serialize>(value: &T) -> Response {
+    // Straight to bytes: a detour through `serde_json::Value` would sort the keys of
+    // `SheetRow::values`, which are in schema order.
+    json_bytes(
+        StatusCode::OK,
+        serde_json::to_vec(value).expect("admin answers serialize"),
+    )
+}
+
+async fn admin_submit(State(sim): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(
+        &body,
+        "",
+        &["environmentId", "workbookId", "sheetSlug", "job", "rows"],
+    )?;
+    let request = SubmitRequest {
+        environment_id: optional_string(&body, "environmentId")?,
+        workbook_id: optional_string(&body, "workbookId")?,
+        sheet_slug: optional_string(&body, "sheetSlug")?,
+        job: optional_string(&body, "job")?,
+        rows: optional_u64(&body, "rows")?,
+    };
+    let submitted = sim.world().submit(&sim.config, &request)?;
+    Ok(json_answer(&submitted))
+}
+
+fn object_at<'a>(value: &'a Json, at: &str) -> Result<&'a Map<String, Json>, ApiError> {
+    value
+        .as_object()
+        .ok_or_else(|| ApiError::bad(at, format!("{at} must be an object")))
+}
+
+fn array_at<'a>(body: &'a Map<String, Json>, key: &str) -> Result<&'a Vec<Json>, ApiError> {
+    body.get(key)
+        .ok_or_else(|| ApiError::bad(key, format!("{key} is required")))?
+        .as_array()
+        .ok_or_else(|| ApiError::bad(key, format!("{key} must be an array")))
+}
+
+async fn admin_add_records(
+    State(sim): State<Arc<Shared>>,
+    Path(sheet_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(&body, "", &["records", "count"])?;
+    let records = match (body.contains_key("records"), optional_u64(&body, "count")?) {
+        (true, Some(_)) => {
+            return Err(ApiError::bad(
+                "count",
+                "give either records or count, not both",
+            ));
+        }
+        (false, Some(count)) => NewRecords::Count(count),
+        (true, None) => NewRecords::Values(
+            array_at(&body, "records")?
+                .iter()
+                .enumerate()
+                .map(|(at, record)| object_at(record, &format!("records[{at}]")).cloned())
+                .collect::<Result<_, _>>()?,
+        ),
+        (false, None) => {
+            return Err(ApiError::bad("records", "give records: [...] or count: n"));
+        }
+    };
+    let change = sim.world().add_records(&sim.config, &sheet_id, &records)?;
+    Ok(json_answer(&change))
+}
+
+async fn admin_edit_records(
+    State(sim): State<Arc<Shared>>,
+    Path(sheet_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(&body, "", &["records"])?;
+    let mut edits = Vec::new();
+    for (at, record) in array_at(&body, "records")?.iter().enumerate() {
+        let at = format!("records[{at}]");
+        let record = object_at(record, &at)?;
+        known_keys(record, &at, &["id", "values"])?;
+        let id = match record.get("id") {
+            Some(Json::String(id)) => id.clone(),
+            _ => {
+                return Err(ApiError::bad(
+                    &format!("{at}.id"),
+                    format!("{at}.id must be a string"),
+                ));
+            }
+        };
+        let values_at = format!("{at}.values");
+        let values = object_at(
+            record
+                .get("values")
+                .ok_or_else(|| ApiError::bad(&values_at, format!("{values_at} is required")))?,
+            &values_at,
+        )?
+        .clone();
+        edits.push(RecordEdit { id, values });
+    }
+    let change = sim.world().edit_records(&sim.config, &sheet_id, &edits)?;
+    Ok(json_answer(&change))
+}
+
+async fn admin_delete_records(
+    State(sim): State<Arc<Shared>>,
+    Path(sheet_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(&body, "", &["ids"])?;
+    let ids = array_at(&body, "ids")?
+        .iter()
+        .enumerate()
+        .map(|(at, id)| {
+            id.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::bad("ids", format!("ids[{at}] must be a string")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let change = sim.world().delete_records(&sim.config, &sheet_id, &ids)?;
+    Ok(json_answer(&change))
+}
+
+async fn admin_sheet_rows(
+    State(sim): State<Arc<Shared>>,
+    Path(sheet_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rows = sim
+        .world()
+        .sheet_rows(&sim.config, &sheet_id)
+        .ok_or_else(|| ApiError::from(Rejection::sheet_not_found(&sheet_id)))?;
+    Ok(json_answer(&rows))
+}
+
+async fn admin_emit_event(
+    State(sim): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(
+        &body,
+        "",
+        &["environmentId", "topic", "domain", "context", "payload"],
+    )?;
+    let context = match body.get("context") {
+        None | Some(Json::Null) => None,
+        Some(context) => Some(object_at(context, "context")?.clone()),
+    };
+    let request = EmitEvent {
+        environment_id: optional_string(&body, "environmentId")?,
+        topic: optional_string(&body, "topic")?
+            .ok_or_else(|| ApiError::bad("topic", "topic is required"))?,
+        domain: optional_string(&body, "domain")?,
+        context,
+        payload: body.get("payload").cloned(),
+    };
+    let event = sim.world().emit_custom(&sim.config, &request)?;
+    Ok(json_answer(&event))
+}
+
+async fn admin_events(
+    State(sim): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let environment = query.get("environmentId").map(String::as_str);
+    if let Some(environment) = environment
+        && !sim.config.environment_ids().contains(&environment)
+    {
+        return Err(ApiError::bad(
+            "environmentId",
+            format!("environment {environment} is not configured"),
+        ));
+    }
+    let events = sim.world().events(environment);
+    Ok(json_answer(&events))
 }
 
 async fn not_found(method: Method, request: Request) -> Response {
