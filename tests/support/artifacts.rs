@@ -54,6 +54,16 @@ impl Artifacts {
         self.required("libflatsync_sink_sqlite.so")
     }
 
+    /// The http-forward sink plugin.
+    pub fn http_forward_plugin(&self) -> PathBuf {
+        self.required("libflatsync_sink_http_forward.so")
+    }
+
+    /// The jsonl-folder sink plugin.
+    pub fn jsonl_folder_plugin(&self) -> PathBuf {
+        self.required("libflatsync_sink_jsonl_folder.so")
+    }
+
     /// The test plugin that panics where its config says.
     pub fn fx_panic_plugin(&self) -> PathBuf {
         self.required("libflatsync_fx_panic.so")
@@ -70,5 +80,7 @@ impl Artifacts {
         self.flatsync();
         self.csv_folder_plugin();
         self.sqlite_plugin();
+        self.jsonl_folder_plugin();
+        self.http_forward_plugin();
     }
 }

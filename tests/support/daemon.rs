@@ -42,6 +42,7 @@ pub struct Daemon {
     routes: Vec<(Vec<String>, Vec<String>)>,
     settings: Vec<(String, String, String)>,
     env: Vec<(String, String)>,
+    raw: Vec<String>,
 }
 
 impl Daemon {
@@ -60,6 +61,7 @@ impl Daemon {
             routes: Vec::new(),
             settings: Vec::new(),
             env: Vec::new(),
+            raw: Vec::new(),
         }
     }
 
@@ -139,6 +141,36 @@ impl Daemon {
     pub fn page_size(self, rows: u64) -> Daemon {
         self.set("fetch", "legacy_page_size", &rows.to_string())
             .set("fetch", "records_page_size", &rows.to_string())
+    }
+
+    /// Appends TOML text at the end of the config: `[environments.NAME]` tables, `[[routes]]`
+    /// with filters, anything the builder has no method for.
+    pub fn raw(mut self, toml: &str) -> Daemon {
+        self.raw.push(toml.to_owned());
+        self
+    }
+
+    /// An http-forward sink named `name` posting to `url`, signing with the `whsec_` secret
+    /// read from the environment variable `secret_env` (set it with [`Daemon::env`]).
+    /// `extra` is more of the config table, e.g. `batch_size = 100`.
+    pub fn sink_http(self, name: &str, url: &str, secret_env: &str, extra: &str) -> Daemon {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        let config = format!(
+            "{{ url = {}, secret_env = {}, retry_initial_ms = 100, retry_max_ms = 2000{extra} }}",
+            toml_string(url),
+            toml_string(secret_env)
+        );
+        self.sink(name, "http-forward", &config)
+    }
+
+    /// A jsonl-folder sink writing into `<dir>/<name>`.
+    pub fn sink_jsonl(self, name: &str) -> Daemon {
+        let config = format!("{{ dir = {} }}", toml_string(self.csv_dir(name)));
+        self.sink(name, "jsonl-folder", &config)
     }
 
     /// Sets `key = value` in `[section]`; `value` is TOML (quote strings yourself).
@@ -227,6 +259,10 @@ impl Daemon {
                 list(topics),
                 list(sinks)
             );
+        }
+        for raw in &self.raw {
+            text.push_str(raw);
+            text.push('\n');
         }
         text
     }

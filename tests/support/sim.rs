@@ -67,6 +67,15 @@ impl Sim {
             .args(["--max-page-size", &config.max_page_size.to_string()])
             .env("FLATFILE_SIM_LEGACY_API_KEY", &config.legacy_api_key)
             .env("FLATFILE_SIM_SECRET_KEY", &config.secret_key)
+            .env(
+                "FLATFILE_SIM_ENVIRONMENTS",
+                config
+                    .environments
+                    .iter()
+                    .map(|e| format!("{}={}", e.id, e.secret_key))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -126,6 +135,12 @@ impl Sim {
     /// The configuration the simulator was started with.
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// A client of the simulator's admin API: submit workbooks, add, edit and delete records,
+    /// emit events, read events and jobs.
+    pub fn admin(&self) -> flatfile_sim::AdminClient {
+        flatfile_sim::AdminClient::new(&self.url).expect("an admin client for the simulator")
     }
 
     /// What the simulator logged so far.
