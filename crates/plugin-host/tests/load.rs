@@ -22,7 +22,10 @@ fn wrong_abi_fixture_is_refused_with_versions() {
         panic!("expected AbiMismatch, got {err:?}");
     };
     assert_eq!((*plugin_major, *plugin_minor), (999, 0));
-    assert_eq!((*host_major, *host_minor), (1, flatsync_plugin_api::ABI_MINOR));
+    assert_eq!(
+        (*host_major, *host_minor),
+        (1, flatsync_plugin_api::ABI_MINOR)
+    );
     let message = err.to_string();
     assert!(message.contains("libflatsync_fx_wrong_abi.so"), "{message}");
     assert!(

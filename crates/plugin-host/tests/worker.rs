@@ -65,12 +65,68 @@ fn batch(seq: u64, last: bool) -> Arc<OwnedBatch> {
     })
 }
 
+fn deletion_batch() -> Arc<OwnedBatch> {
+    let ndjson = "{\"id\":\"r1\",\"valid\":true,\"values\":{}}\n";
+    Arc::new(OwnedBatch {
+        stream: "contacts-deleted-evt_2".to_owned(),
+        kind: "contacts".to_owned(),
+        event_id: "evt_2".to_owned(),
+        fields_json: "[]".to_owned(),
+        seq: 0,
+        row_count: 1,
+        ndjson: ndjson.as_bytes().to_vec().into(),
+        received_at_ms: 1_700_000_000_123,
+        last: true,
+        deletions: true,
+    })
+}
+
 fn byte_sum(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
 }
 
 fn writes(lines: &[String]) -> Vec<&String> {
     lines.iter().filter(|l| l.starts_with("write ")).collect()
+}
+
+/// What the counter sink recorded for one deletion batch, built with `defines`.
+async fn deletion_as_seen_by(defines: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = common::compile_c(
+        "counter_sink.c",
+        dir.path(),
+        "libflatsync_sink_counter.so",
+        defines,
+    );
+    let plugin = LoadedPlugin::load(&path, Some("counter")).expect("counter sink loads");
+    let record = dir.path().join("deletions.log");
+    let worker = SinkWorker::spawn(plugin, "d", config(&record, &[]), fast_options())
+        .await
+        .expect("sink starts");
+    worker
+        .write_batch(deletion_batch())
+        .await
+        .expect("accepted");
+    worker.shutdown().await;
+    let lines = common::recorded(&record);
+    writes(&lines)
+        .first()
+        .map(|l| (*l).clone())
+        .expect("one write recorded")
+}
+
+#[tokio::test]
+async fn deletions_go_flagged_only_to_plugins_that_declare_them() {
+    let declared = deletion_as_seen_by(&["VARIANT_DELETIONS"]).await;
+    assert!(
+        declared.contains(" flags=3 ") && declared.contains(" kind=contacts "),
+        "LAST|DELETIONS on the sheet's own kind: {declared}"
+    );
+    let undeclared = deletion_as_seen_by(&[]).await;
+    assert!(
+        undeclared.contains(" flags=1 ") && undeclared.contains(" kind=contacts_deleted "),
+        "a plugin that never heard of deletions gets them as rows of their own kind: {undeclared}"
+    );
 }
 
 #[tokio::test]

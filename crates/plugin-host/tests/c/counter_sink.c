@@ -240,7 +240,11 @@ __attribute__((unused)) static const flatsync_plugin descriptor = {
 #else
     .struct_size = sizeof(flatsync_plugin),
 #endif
+#ifdef VARIANT_DELETIONS
+    .flags = FLATSYNC_PLUGIN_FLAG_DELETIONS,
+#else
     .flags = 0,
+#endif
     .name = {(const uint8_t *)PLUGIN_NAME, sizeof PLUGIN_NAME - 1},
     .version = {(const uint8_t *)"1.2.3", 5},
     .build_info = {(const uint8_t *)"cc, test fixture", 16},
