@@ -396,6 +396,24 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             .collect();
         print!("{}", table(&["ROUTE", "TOPICS", "SINKS", "PENDING"], &rows));
     }
+    if !report.polling.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = report
+            .polling
+            .iter()
+            .map(|p| {
+                vec![
+                    p.environment_id.clone(),
+                    ops::format_utc(p.cursor_ms),
+                    p.unacknowledged.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["POLLED ENVIRONMENT", "CURSOR", "UNACKNOWLEDGED"], &rows)
+        );
+    }
     Ok(())
 }
 

@@ -46,6 +46,19 @@ pub struct StatusReport {
     /// The newest change to any delivery (planned, checkpointed into a final state, retried),
     /// ms since the Unix epoch; `None` before the first delivery.
     pub last_delivery_update_ms: Option<i64>,
+    /// Per polled environment: its cursor and the events not yet acknowledged to Flatfile.
+    pub polling: Vec<PollStatus>,
+}
+
+/// The polling state of one environment.
+#[derive(Clone, Debug, Serialize)]
+pub struct PollStatus {
+    /// Flatfile environment id.
+    pub environment_id: String,
+    /// The newest `createdAt` polled, ms since the Unix epoch.
+    pub cursor_ms: i64,
+    /// Events stored but not yet acknowledged to Flatfile.
+    pub unacknowledged: u64,
 }
 
 /// One sink's share of the work, in a [`StatusReport`].
@@ -449,6 +462,26 @@ impl OpsDb {
                 |r| r.get(0),
             )
             .map_err(&err)?;
+        // A database from before polling existed has no such tables: nothing polled yet.
+        let polling: Vec<PollStatus> = match tx.prepare(
+            "SELECT p.environment_id, p.since_ms,
+                 (SELECT COUNT(*) FROM event_acks a
+                  WHERE a.environment_id = p.environment_id AND a.acked_at_ms IS NULL)
+             FROM poll_cursors p ORDER BY p.environment_id",
+        ) {
+            Ok(mut stmt) => stmt
+                .query_map([], |r| {
+                    Ok(PollStatus {
+                        environment_id: r.get(0)?,
+                        cursor_ms: r.get(1)?,
+                        unacknowledged: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map_err(&err)?
+                .collect::<Result<_, _>>()
+                .map_err(&err)?,
+            Err(_) => Vec::new(),
+        };
         tx.finish().map_err(&err)?;
         Ok(StatusReport {
             generated_at_ms: now,
@@ -457,6 +490,7 @@ impl OpsDb {
             sinks: sinks.into_values().collect(),
             routes,
             last_delivery_update_ms,
+            polling,
         })
     }
 
