@@ -25,8 +25,8 @@ pub use error::ApiError;
 pub use secret::Secret;
 pub use webhook::{
     IncomingEvent, LEGACY_TOPIC_IMPORT_SUBMITTED, LEGACY_TOPIC_RECORD_STATUS_MODIFIED,
-    LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, WebhookBodyError,
-    legacy_topic, parse_webhook_body,
+    LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, WebhookBodyError, legacy_topic,
+    parse_webhook_body,
 };
 
 /// Makes `s` safe to use as part of a stream id: every char outside `[A-Za-z0-9_.-]` becomes `_`.

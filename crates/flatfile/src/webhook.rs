@@ -522,7 +522,8 @@ mod tests {
             ("recordStatusModified", "recordStatusModified"),
             ("batch.upload", "batch.upload"),
         ] {
-            let body = format!(r#"{{"type":"{sent}","scope":{{"eventId":"e","sheetId":"us_sh_1"}}}}"#);
+            let body =
+                format!(r#"{{"type":"{sent}","scope":{{"eventId":"e","sheetId":"us_sh_1"}}}}"#);
             let n = legacy(body.as_bytes());
             assert_eq!(n.topic, topic, "{sent}");
             assert_eq!(n.sheet_id.as_deref(), Some("us_sh_1"));
