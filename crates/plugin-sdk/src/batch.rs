@@ -182,6 +182,27 @@ impl<'a> Row<'a> {
             .find(|(candidate, _)| candidate.as_ref() == key)
             .map(|(_, value)| *value)
     }
+
+    /// Appends the values as one JSON object, `{"key":value,...}`, in line order, each value's
+    /// JSON text copied exactly as the batch has it (numbers keep their spelling). A batch line
+    /// holds no raw line break, so neither does the output.
+    pub fn write_values_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (index, (key, value)) in self.values.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_json_string(out, key);
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+        out.push(b'}');
+    }
+}
+
+/// Appends `text` as a JSON string.
+pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing JSON into a Vec cannot fail");
 }
 
 /// Iterator over the rows of a [`Batch`].

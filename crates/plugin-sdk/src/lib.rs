@@ -135,7 +135,7 @@ pub mod time;
 pub use flatsync_plugin_api as abi;
 pub use serde_json;
 
-pub use batch::{Batch, BatchParts, CellValue, Row, Rows, compact_json};
+pub use batch::{Batch, BatchParts, CellValue, Row, Rows, compact_json, write_json_string};
 pub use config::ConfigReader;
 pub use error::{ErrorKind, SinkError};
 pub use ffi::PluginDescriptor;

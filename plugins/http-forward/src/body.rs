@@ -5,8 +5,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use flatsync_plugin_sdk::serde_json::{self, value::RawValue};
-use flatsync_plugin_sdk::{Batch, Row};
+use flatsync_plugin_sdk::{Batch, Row, write_json_string};
 use sha2::{Digest, Sha256};
 
 use crate::config::Format;
@@ -79,21 +78,21 @@ impl Part<'_, '_> {
         out.extend_from_slice(b",\"fields\":");
         write_string_array(out, self.fields);
         out.extend_from_slice(b",\"receivedAt\":");
-        write_string(out, self.received_at);
+        write_json_string(out, self.received_at);
         out.extend_from_slice(b",\"rows\":[");
         for (index, row) in self.rows.iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"id\":");
-            write_string(out, &row.id);
+            write_json_string(out, &row.id);
             if !self.batch.is_deletions() {
                 out.extend_from_slice(if row.valid {
                     b",\"valid\":true,\"values\":"
                 } else {
                     b",\"valid\":false,\"values\":"
                 });
-                write_values(out, &row.values);
+                row.write_values_json(out);
             }
             out.push(b'}');
         }
@@ -105,22 +104,22 @@ impl Part<'_, '_> {
         out.extend_from_slice(b"{\"workbook\":{\"metadata\":{\"flatsync\":{");
         self.write_coordinates(out, false);
         out.extend_from_slice(b",\"receivedAt\":");
-        write_string(out, self.received_at);
+        write_json_string(out, self.received_at);
         out.extend_from_slice(b"}},\"sheets\":[{\"name\":");
-        write_string(out, kind);
+        write_json_string(out, kind);
         out.extend_from_slice(b",\"slug\":");
-        write_string(out, kind);
+        write_json_string(out, kind);
         out.extend_from_slice(b",\"config\":{\"name\":");
-        write_string(out, kind);
+        write_json_string(out, kind);
         out.extend_from_slice(b",\"slug\":");
-        write_string(out, kind);
+        write_json_string(out, kind);
         out.extend_from_slice(b",\"fields\":[");
         for (index, key) in self.fields.iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"key\":");
-            write_string(out, key);
+            write_json_string(out, key);
             out.push(b'}');
         }
         out.extend_from_slice(b"]},\"metadata\":{},\"records\":[");
@@ -133,7 +132,7 @@ impl Part<'_, '_> {
                     out.push(b',');
                 }
                 out.extend_from_slice(b"{\"id\":");
-                write_string(out, &row.id);
+                write_json_string(out, &row.id);
                 out.push(b'}');
             }
         } else {
@@ -151,15 +150,15 @@ impl Part<'_, '_> {
     /// (without `kind` when `with_kind` is false, where the sheet carries it).
     fn write_coordinates(&self, out: &mut Vec<u8>, with_kind: bool) {
         out.extend_from_slice(b"\"type\":");
-        write_string(out, self.body_type());
+        write_json_string(out, self.body_type());
         out.extend_from_slice(b",\"stream\":");
-        write_string(out, self.batch.stream());
+        write_json_string(out, self.batch.stream());
         if with_kind {
             out.extend_from_slice(b",\"kind\":");
-            write_string(out, self.batch.kind());
+            write_json_string(out, self.batch.kind());
         }
         out.extend_from_slice(b",\"eventId\":");
-        write_string(out, self.batch.event_id());
+        write_json_string(out, self.batch.event_id());
         let numbers = format!(
             ",\"seq\":{},\"part\":{},\"parts\":{},\"last\":{}",
             self.batch.seq(),
@@ -176,13 +175,13 @@ impl Part<'_, '_> {
 fn write_egress_record(out: &mut Vec<u8>, row: &Row<'_>) {
     let valid: &[u8] = if row.valid { b"true" } else { b"false" };
     out.extend_from_slice(b"{\"id\":");
-    write_string(out, &row.id);
+    write_json_string(out, &row.id);
     out.extend_from_slice(b",\"values\":{");
     for (index, (key, value)) in row.values.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        write_string(out, key);
+        write_json_string(out, key);
         out.extend_from_slice(b":{\"value\":");
         out.extend_from_slice(value.get().as_bytes());
         out.extend_from_slice(b",\"valid\":");
@@ -194,31 +193,13 @@ fn write_egress_record(out: &mut Vec<u8>, row: &Row<'_>) {
     out.extend_from_slice(b",\"metadata\":{}}");
 }
 
-/// `{"key":value,...}` with each value's JSON text copied as the batch has it.
-fn write_values(out: &mut Vec<u8>, values: &[(Cow<'_, str>, &RawValue)]) {
-    out.push(b'{');
-    for (index, (key, value)) in values.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        write_string(out, key);
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-    out.push(b'}');
-}
-
 fn write_string_array(out: &mut Vec<u8>, items: &[Cow<'_, str>]) {
     out.push(b'[');
     for (index, item) in items.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        write_string(out, item);
+        write_json_string(out, item);
     }
     out.push(b']');
-}
-
-fn write_string(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("a string serialises into a Vec");
 }

@@ -46,13 +46,13 @@
 
 mod stream;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use flatsync_plugin_sdk::serde_json::{self, value::RawValue};
+use flatsync_plugin_sdk::serde_json;
 use flatsync_plugin_sdk::{
     Batch, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, export_sink,
+    write_json_string,
 };
 
 use stream::{Opened, StreamFile};
@@ -219,33 +219,14 @@ fn render_lines(batch: &Batch<'_>, envelope: bool, out: &mut Vec<u8>) -> Result<
             } else {
                 b",\"valid\":false,\"values\":"
             });
-            write_values(out, &row.values);
+            row.write_values_json(out);
             out.push(b'}');
         } else {
-            write_values(out, &row.values);
+            row.write_values_json(out);
         }
         out.push(b'\n');
     }
     Ok(())
-}
-
-/// Writes `{"key":value,...}`. The values are the batch's own JSON text: a batch line holds no
-/// raw line break, so neither does the output line.
-fn write_values(out: &mut Vec<u8>, values: &[(Cow<'_, str>, &RawValue)]) {
-    out.push(b'{');
-    for (index, (key, value)) in values.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        write_json_string(out, key);
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-    out.push(b'}');
-}
-
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("a string serialises into a Vec");
 }
 
 export_sink!(JsonlFolder, name = "jsonl-folder");
