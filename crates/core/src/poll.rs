@@ -153,31 +153,16 @@ async fn poll_once(
             if let Some(created) = event.created_at.as_deref().and_then(parse_rfc3339) {
                 newest = newest.max(created);
             }
-            polled.push((
-                event.topic.clone(),
-                PolledEvent {
-                    event_id: event.id,
-                    topic: event.topic,
-                    body: event.body,
-                },
-            ));
+            polled.push(PolledEvent {
+                event_id: event.id,
+                topic: event.topic,
+                body: event.body,
+            });
         }
         report.seen += polled.len();
-        let topics: BTreeMap<String, String> = polled
-            .iter()
-            .map(|(topic, e)| (e.event_id.clone(), topic.clone()))
-            .collect();
-        let fresh = state
-            .insert_polled(
-                environment_id,
-                polled.into_iter().map(|(_, e)| e).collect(),
-                None,
-            )
-            .await?;
-        for id in fresh {
-            if let Some(topic) = topics.get(&id) {
-                crate::metrics::event_received("poll", topic);
-            }
+        let fresh = state.insert_polled(environment_id, polled, None).await?;
+        for (id, topic) in fresh {
+            crate::metrics::event_received("poll", &topic);
             report.fresh += 1;
             // The dispatcher also rescans the inbox, so a closed channel (stopping) loses
             // nothing.
@@ -226,14 +211,12 @@ async fn acknowledge(
     Ok(acked)
 }
 
-/// Shares the poll task's handle type with the daemon.
-pub(crate) type PollTask = tokio::task::JoinHandle<()>;
-
-/// Starts the poller when any environment polls now or may after a reload.
+/// Starts the poller. It runs even when no environment polls, since a reload may enable
+/// polling; idle, it only reads the current config every tick.
 pub(crate) fn spawn(
     slot: &EngineSlot,
     accepted: mpsc::UnboundedSender<String>,
     drain: watch::Receiver<bool>,
-) -> PollTask {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(Arc::clone(slot), accepted, drain))
 }

@@ -448,14 +448,15 @@ impl StateDb {
     }
 
     /// Stores polled events and their pending acknowledgements in one transaction, then moves
-    /// the environment's cursor to `cursor_ms` (never backwards). Returns the ids that were
-    /// new; the others were in the inbox already (from the webhook or an earlier poll).
+    /// the environment's cursor to `cursor_ms` (never backwards). Returns the ids and topics of
+    /// the events that were new; the others were in the inbox already (from the webhook or an
+    /// earlier poll).
     pub async fn insert_polled(
         &self,
         environment_id: &str,
         events: Vec<PolledEvent>,
         cursor_ms: Option<i64>,
-    ) -> Result<Vec<String>, StateError> {
+    ) -> Result<Vec<(String, String)>, StateError> {
         let environment_id = environment_id.to_owned();
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -473,7 +474,7 @@ impl StateDb {
                     params![e.event_id, environment_id],
                 )?;
                 if n == 1 {
-                    fresh.push(e.event_id);
+                    fresh.push((e.event_id, e.topic));
                 }
             }
             if let Some(cursor) = cursor_ms {
