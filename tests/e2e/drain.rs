@@ -132,18 +132,28 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
 
     let signalled = Instant::now();
     daemon.signal("TERM");
-    let refused = wait::until(
+    // A webhook already in flight when the signal lands is accepted (and must then be
+    // delivered); keep sending fresh ones until the drain refuses one.
+    let mut accepted_late: Vec<(String, String)> = Vec::new();
+    let mut attempt = 0;
+    let (refused, refused_id) = wait::until(
         "a webhook refused while draining",
         Duration::from_secs(5),
         || {
+            attempt += 1;
+            let (batch, event) = (format!("b-late-{attempt}"), format!("evt-late-{attempt}"));
             let reply = daemon
                 .post_raw(
-                    &serde_json::to_vec(&legacy_webhook_body("b-late", "evt-late", 10))
+                    &serde_json::to_vec(&legacy_webhook_body(&batch, &event, 10))
                         .expect("serialisable"),
                     None,
                 )
                 .ok()?;
-            (reply.status != 200 || daemon.event("evt-late").is_some()).then_some(reply)
+            if reply.status == 200 {
+                accepted_late.push((batch, event));
+                return None;
+            }
+            Some((reply, event))
         },
         || daemon.log_tail(),
     );
@@ -177,7 +187,7 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
         daemon.log_tail()
     );
     assert!(
-        daemon.event("evt-late").is_none(),
+        daemon.event(&refused_id).is_none(),
         "a refused webhook must not be in the inbox"
     );
 
@@ -190,8 +200,13 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
     });
     daemon.update_config(|s| s.sim(&fast));
     daemon.restart();
-    daemon.wait_done(&["evt-slow"], EVENT_DEADLINE);
-    let expected = legacy_row_ids(sim.config(), "b-slow");
+    let mut done: Vec<&str> = vec!["evt-slow"];
+    done.extend(accepted_late.iter().map(|(_, event)| event.as_str()));
+    daemon.wait_done(&done, EVENT_DEADLINE);
+    let mut expected = legacy_row_ids(sim.config(), "b-slow");
+    for (batch, _) in &accepted_late {
+        expected.extend(legacy_row_ids(sim.config(), batch));
+    }
     csv_rows(&csv_dir).assert_exactly(&expected, "csv sink across a cut drain");
     sqlite_rows(&db).assert_exactly(&expected, "sqlite sink across a cut drain");
     assert!(daemon.stop().success());
