@@ -253,6 +253,19 @@ pub struct RouteConfig {
     pub filter: RouteFilter,
     /// Deliver the whole sheet instead of the records the event names.
     pub snapshot: bool,
+    /// What a records or commit event that names no records (no `recordIds`, no commit, no
+    /// `dataUrl`) delivers to this route's sinks.
+    pub unnamed_records: UnnamedRecords,
+}
+
+/// `unnamed_records`: what to do with a records or commit event that names no records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnnamedRecords {
+    /// Deliver the whole sheet: every record the event could be about, and more.
+    #[default]
+    Snapshot,
+    /// Fail the delivery, naming what the event lacked.
+    Fail,
 }
 
 const DEFAULT_SUBMIT_JOBS: [&str; 5] = [
@@ -366,6 +379,7 @@ struct RawRoute {
     environments: Option<Vec<Spanned<String>>>,
     filter: Option<Spanned<toml::Table>>,
     snapshot: Option<bool>,
+    unnamed_records: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -775,6 +789,20 @@ impl Config {
                     )
                 })?,
             };
+            let unnamed_records = match route.unnamed_records {
+                None => UnnamedRecords::default(),
+                Some(v) => match v.get_ref().as_str() {
+                    "snapshot" => UnnamedRecords::Snapshot,
+                    "fail" => UnnamedRecords::Fail,
+                    other => {
+                        return Err(locate(
+                            Some(v.span()),
+                            Some(&format!("routes[{index}].unnamed_records")),
+                            format!("`{other}` is not \"snapshot\" or \"fail\""),
+                        ));
+                    }
+                },
+            };
             routes.push(RouteConfig {
                 topics: route
                     .topics
@@ -786,6 +814,7 @@ impl Config {
                 environments: route_environments,
                 filter,
                 snapshot: route.snapshot.unwrap_or(false),
+                unnamed_records,
             });
         }
 

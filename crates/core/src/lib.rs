@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod carried;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -6,14 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flatsync_flatfile::{ApiError, FlatfileClient, RecordsSelection, parse_webhook_body};
+use flatsync_flatfile::{
+    ApiError, FlatfileClient, IncomingEvent, RecordsSelection, parse_webhook_body,
+};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::carried::CARRIED_KIND;
 use crate::config::Config;
 use crate::health::{HEARTBEAT_INTERVAL, Health};
-use crate::plan::{self, Family};
+use crate::plan::{self, Family, SubmitJob};
 use crate::route::{RoutedEvent, route_event};
 use crate::state::{
     Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan, StreamSource,
@@ -21,7 +24,7 @@ use crate::state::{
 };
 
 /// Stream kind of legacy batches (the SQLite sink's table name for them).
-pub const LEGACY_KIND: &str = "legacy_batch";
+pub const LEGACY_KIND: &str = flatsync_flatfile::LEGACY_BATCH_KIND;
 
 /// Everything event processing needs, shared by all event tasks.
 pub(crate) struct Engine {
@@ -68,6 +71,17 @@ enum Interrupted {
     /// The daemon is stopping: delivery was cut at a checkpoint and resumes on the next start.
     #[error("the daemon is stopping")]
     Draining,
+}
+
+/// Why a page could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// A sink's progress through one stream during delivery.
@@ -117,79 +131,53 @@ impl Engine {
         if event.status.is_final() {
             return Ok(());
         }
-        let incoming = match parse_webhook_body(&event.body) {
-            Ok(incoming) => incoming,
-            Err(e) => {
-                let detail = format!("stored body no longer parses: {e}");
-                self.state
-                    .set_event_status(event_id, EventStatus::Failed, Some(detail))
-                    .await?;
-                return Ok(());
-            }
-        };
-        let job_id = plan::submit_job_id(&self.config, &incoming);
-        let environment_id = incoming.environment_id().map(str::to_owned);
-        let client = self
-            .clients
-            .for_environment(environment_id.as_deref())
-            .clone();
-
-        if !self.state.is_planned(event_id).await? {
-            let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
-            let environment = environment_id
-                .as_deref()
-                .and_then(|id| self.config.environment_named_by_id(id));
-            let routed = route_event(
-                &self.config.routes,
-                RoutedEvent {
-                    topic: &event.topic,
-                    environment,
-                    body: &body,
-                },
-            );
-            if routed.is_empty() {
-                let detail = format!(
-                    "no route matches topic `{}`{}",
-                    event.topic,
-                    environment.map_or(String::new(), |e| format!(" in environment `{e}`"))
-                );
-                tracing::info!(event_id, topic = %event.topic, "Event unrouted");
-                self.state
-                    .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
-                    .await?;
-                return Ok(());
-            }
-            let family = plan::family(&self.config, &incoming);
-            if let Family::Nothing { reason } = family {
-                tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
-                self.state
-                    .set_event_status(event_id, EventStatus::Skipped, Some(reason))
-                    .await?;
-                return Ok(());
-            }
-            if let Some(job_id) = &job_id {
-                // Acknowledge first, as Flatfile's job handler does, so the user sees the job
-                // accepted while the workbook is read.
-                if let Err(e) = client.job_ack(job_id, "Accepted by flatsync", 0).await {
-                    tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
-                }
-            }
-            let planned =
-                plan::streams(&self.config, &client, event_id, &incoming, &family, &routed).await;
-            let sinks: Vec<String> = routed.into_iter().map(|r| r.sink).collect();
-            let streams = match planned {
-                Ok(streams) => streams,
+        // A completed upload of rows carried in webhook bodies is described, not received, by
+        // its stored body; everything else is the event as received.
+        let incoming = if event.kind == CARRIED_KIND {
+            None
+        } else {
+            match parse_webhook_body(&event.body) {
+                Ok(incoming) => Some(incoming),
                 Err(e) => {
-                    let detail = format!("could not plan the event: {e}");
-                    tracing::error!(event_id, error = %e, "Event failed");
-                    self.fail_job(&client, job_id.as_deref(), &detail).await;
+                    let detail = format!("stored body no longer parses: {e}");
                     self.state
                         .set_event_status(event_id, EventStatus::Failed, Some(detail))
                         .await?;
                     return Ok(());
                 }
-            };
-            self.state.plan_event(event_id, sinks, streams).await?;
+            }
+        };
+        let environment_id = incoming
+            .as_ref()
+            .and_then(IncomingEvent::environment_id)
+            .map(str::to_owned);
+        let client = self
+            .clients
+            .for_environment(environment_id.as_deref())
+            .clone();
+        // Looked at on every run, since the job is completed or failed when delivery ends.
+        let job = match &incoming {
+            Some(incoming) => match plan::submit_job(&self.config, &client, incoming).await {
+                Ok(job) => job,
+                Err(e) => {
+                    let detail = format!("could not read the event's job: {e}");
+                    tracing::error!(event_id, error = %e, "Event failed");
+                    self.state
+                        .set_event_status(event_id, EventStatus::Failed, Some(detail))
+                        .await?;
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
+        let job_id = job.as_ref().map(|j| j.job_id.clone());
+
+        if !self.state.is_planned(event_id).await?
+            && !self
+                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref())
+                .await?
+        {
+            return Ok(());
         }
 
         let deliveries = self.state.deliveries(event_id).await?;
@@ -343,6 +331,153 @@ impl Engine {
         Ok(())
     }
 
+    /// Routes and plans an event the first time it is processed, and records both. Returns
+    /// `false` when that settled the event (unrouted, skipped, refused, a job part), `true`
+    /// when it has streams to deliver.
+    async fn route_and_plan(
+        &self,
+        event: &StoredEvent,
+        incoming: Option<&IncomingEvent>,
+        client: &FlatfileClient,
+        job: Option<&SubmitJob>,
+    ) -> Result<bool, Interrupted> {
+        let event_id = event.event_id.as_str();
+        let job_id = job.map(|j| j.job_id.as_str());
+        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
+        let environment = incoming
+            .and_then(IncomingEvent::environment_id)
+            .and_then(|id| self.config.environment_named_by_id(id));
+        let routed = route_event(
+            &self.config.routes,
+            RoutedEvent {
+                topic: &event.topic,
+                environment,
+                body: &body,
+            },
+        );
+        if routed.is_empty() {
+            let detail = format!(
+                "no route matches topic `{}`{}",
+                event.topic,
+                environment.map_or(String::new(), |e| format!(" in environment `{e}`"))
+            );
+            tracing::info!(event_id, topic = %event.topic, "Event unrouted");
+            self.state
+                .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
+                .await?;
+            return Ok(false);
+        }
+        let family = match incoming {
+            Some(incoming) => plan::family(client, incoming, job),
+            None => Family::Carried,
+        };
+        match family {
+            Family::Nothing { reason } => {
+                tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
+                self.state
+                    .set_event_status(event_id, EventStatus::Skipped, Some(reason))
+                    .await?;
+                return Ok(false);
+            }
+            Family::Refused { reason } => {
+                tracing::error!(event_id, topic = %event.topic, error = %reason, "Event failed");
+                self.fail_job(client, job_id, &reason).await;
+                self.state
+                    .set_event_status(event_id, EventStatus::Failed, Some(reason))
+                    .await?;
+                return Ok(false);
+            }
+            Family::JobPart { parent } => {
+                self.settle_job_part(event_id, client, job_id, parent.as_deref())
+                    .await?;
+                return Ok(false);
+            }
+            _ => {}
+        }
+        if let Some(job_id) = job_id {
+            // Acknowledge first, as Flatfile's job handler does, so the user sees the job
+            // accepted while the workbook is read.
+            if let Err(e) = client.job_ack(job_id, "Accepted by flatsync", 0).await {
+                tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
+            }
+        }
+        let planned = match (&family, incoming) {
+            (Family::Carried, _) | (_, None) => match self.state.carried_plan(event_id).await? {
+                Some(plan) => Ok(plan::Streams {
+                    plans: vec![plan],
+                    refused: Vec::new(),
+                }),
+                None => Err(format!(
+                    "upload {event_id} is not complete in the state database"
+                )),
+            },
+            (_, Some(incoming)) => {
+                plan::streams(&self.config, client, event_id, incoming, &family, &routed)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let streams = match planned {
+            Ok(streams) => streams,
+            Err(e) => {
+                let detail = format!("could not plan the event: {e}");
+                tracing::error!(event_id, error = %e, "Event failed");
+                self.fail_job(client, job_id, &detail).await;
+                self.state
+                    .set_event_status(event_id, EventStatus::Failed, Some(detail))
+                    .await?;
+                return Ok(false);
+            }
+        };
+        let sinks: Vec<String> = routed.into_iter().map(|r| r.sink).collect();
+        self.state
+            .plan_event(event_id, sinks, streams.plans)
+            .await?;
+        for (sink, reason) in streams.refused {
+            tracing::error!(event_id, sink = %sink, error = %reason, "Sink refused the event");
+            self.state
+                .set_delivery(event_id, &sink, "failed", 0, Some(reason))
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// A part of a multi-part submit job: the parent's `job:ready` exports the workbook once,
+    /// so the part is only acknowledged and completed, as Flatfile's job handler expects of
+    /// every job it is given.
+    async fn settle_job_part(
+        &self,
+        event_id: &str,
+        client: &FlatfileClient,
+        job_id: Option<&str>,
+        parent: Option<&str>,
+    ) -> Result<(), Interrupted> {
+        let parent_text = parent.map_or(String::new(), |p| format!(" of job {p}"));
+        let message =
+            format!("Part{parent_text}: flatsync exports the workbook once, with the parent job.");
+        if let Some(job_id) = job_id {
+            if let Err(e) = client.job_ack(job_id, "Accepted by flatsync", 0).await {
+                tracing::warn!(job_id, error = %e, "Could not acknowledge the Flatfile job");
+            }
+            if let Err(e) = client.job_complete(job_id, &message).await {
+                tracing::warn!(job_id, error = %e, "Could not complete the Flatfile job");
+            }
+        }
+        let reason = format!(
+            "part{parent_text} of a multi-part job: acknowledged and completed, nothing exported (the parent job exports the workbook)"
+        );
+        tracing::info!(
+            event_id,
+            job_id,
+            parent,
+            "Job part completed without export"
+        );
+        self.state
+            .set_event_status(event_id, EventStatus::Skipped, Some(reason))
+            .await?;
+        Ok(())
+    }
+
     async fn fail_job(&self, client: &FlatfileClient, job_id: Option<&str>, detail: &str) {
         if let Some(job_id) = job_id
             && let Err(e) = client.job_fail(job_id, detail).await
@@ -353,10 +488,11 @@ impl Engine {
 
     async fn fetch_page(
         client: &FlatfileClient,
+        state: &StateDb,
         event: &StoredEvent,
         plan: &StreamPlan,
         seq: u64,
-    ) -> Result<Page, ApiError> {
+    ) -> Result<Page, FetchError> {
         let page_size = plan.page_size.max(1);
         let records = |page: flatsync_flatfile::RecordsPage| Page {
             rows: page.rows,
@@ -369,6 +505,7 @@ impl Engine {
                 .records_selection_page(&plan.source_ref, &selection, page_number, size)
                 .await
                 .map(records)
+                .map_err(FetchError::from)
         };
         match &plan.source {
             StreamSource::LegacyBatch => {
@@ -425,6 +562,49 @@ impl Engine {
                 rows_on_page: page_size,
                 total: None,
             }),
+            StreamSource::Carried { parts, .. } => {
+                if seq >= *parts {
+                    return Ok(Page::empty());
+                }
+                let (ndjson, rows) = state
+                    .carried_rows(&plan.source_ref, seq)
+                    .await?
+                    .ok_or_else(|| {
+                        FetchError::Missing(format!(
+                            "part {} of upload {} is not in the state database",
+                            seq + 1,
+                            plan.source_ref
+                        ))
+                    })?;
+                // One stored part per batch, whatever its size.
+                Ok(Page {
+                    ndjson,
+                    rows,
+                    rows_on_page: page_size,
+                    total: None,
+                })
+            }
+            StreamSource::WorkspaceSheet { workspace_id } => {
+                let page = client
+                    .workspace_records_page(
+                        workspace_id,
+                        &plan.source_ref,
+                        seq * page_size,
+                        page_size,
+                    )
+                    .await?;
+                Ok(Page {
+                    rows: page.rows,
+                    rows_on_page: page.rows,
+                    total: page.total_count,
+                    ndjson: page.ndjson,
+                })
+            }
+            StreamSource::DataUrl { relative } => Ok(records(
+                client
+                    .data_url_records_page(relative, seq + 1, page_size)
+                    .await?,
+            )),
         }
     }
 
@@ -433,6 +613,10 @@ impl Engine {
         plan: &StreamPlan,
     ) -> Result<Option<u64>, ApiError> {
         match &plan.source {
+            StreamSource::Carried { parts, .. } => Ok(Some(*parts)),
+            // Legacy pages carry pagination.totalCount; the first page tells.
+            StreamSource::WorkspaceSheet { .. } => Ok(None),
+            StreamSource::DataUrl { .. } => Ok(None),
             // Legacy pages carry pagination.totalCount; the first page tells.
             StreamSource::LegacyBatch => Ok(None),
             StreamSource::Sheet => client.record_count(&plan.source_ref).await.map(Some),
@@ -473,7 +657,7 @@ impl Engine {
             }
         };
         let mut page_count = total_rows.map(|t| t.div_ceil(page_size).max(1));
-        let first = match Self::fetch_page(client, event, plan, start).await {
+        let first = match Self::fetch_page(client, &self.state, event, plan, start).await {
             Ok(page) => page,
             Err(e) => {
                 fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
@@ -493,23 +677,23 @@ impl Engine {
             1
         };
         let end = page_count.unwrap_or(u64::MAX);
-        let (ev, pl, cl) = (event.clone(), plan.clone(), client.clone());
+        let (ev, pl, cl, st) = (
+            event.clone(),
+            plan.clone(),
+            client.clone(),
+            self.state.clone(),
+        );
         let mut rest = futures_util::stream::iter((start + 1)..end)
             .map(move |seq| {
-                let (ev, pl, cl) = (ev.clone(), pl.clone(), cl.clone());
+                let (ev, pl, cl, st) = (ev.clone(), pl.clone(), cl.clone(), st.clone());
                 // A spawned task keeps fetching while the loop below waits on the sinks; a
                 // plain future inside `buffered` would only progress while it is polled.
                 let mut task = AbortOnDrop(tokio::spawn(async move {
-                    Self::fetch_page(&cl, &ev, &pl, seq).await
+                    Self::fetch_page(&cl, &st, &ev, &pl, seq).await
                 }));
                 async move {
                     (&mut task.0).await.unwrap_or_else(|e| {
-                        Err(ApiError::Transport {
-                            method: "GET",
-                            url: String::new(),
-                            attempts: 0,
-                            message: format!("page fetch task ended: {e}"),
-                        })
+                        Err(FetchError::Missing(format!("page fetch task ended: {e}")))
                     })
                 }
             })
@@ -564,7 +748,14 @@ impl Engine {
                 ndjson: Bytes::from(current.ndjson),
                 received_at_ms: event.received_at_ms,
                 last,
-                deletions: matches!(plan.source, StreamSource::Deletions { .. }),
+                deletions: matches!(
+                    plan.source,
+                    StreamSource::Deletions { .. }
+                        | StreamSource::Carried {
+                            deletions: true,
+                            ..
+                        }
+                ),
             });
             let writes = cursors
                 .iter_mut()

@@ -1,14 +1,24 @@
-//! What an event means for the sinks: its family (a legacy batch, a submitted workbook or
-//! sheet, a records delta, deletions, or an event without rows) and the streams that carry it.
+//! What an event means for the sinks: its family (a legacy batch or Workspaces sheet, a
+//! submitted workbook or sheet, a records delta, deletions, rows carried in webhook bodies, or an
+//! event without rows) and the streams that carry it.
 //!
 //! Planning happens once per event; the plan is stored with the event so a restart pages the
 //! same streams the same way.
+//!
+//! The records a records or commit event is about are found in this order, the first that is
+//! there winning: `payload.recordIds` (records events), `sinceCommitId` (commit events), the
+//! commit (`commitId`, else the deprecated `versionId`, in the payload, else the context), the
+//! event's `dataUrl`. An event naming none of them is delivered as its route says
+//! (`unnamed_records`: the whole sheet by default, or a failure); it never ends `done` with its
+//! records left out.
 
 use flatsync_flatfile::{
-    ApiError, FlatfileClient, IncomingEvent, PlatformEvent, Sheet, sanitize_stream_component,
+    ApiError, DataUrlTarget, FlatfileClient, IncomingEvent, JobInfo,
+    LEGACY_TOPIC_RECORD_STATUS_MODIFIED, LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification,
+    PlatformEvent, RecordsSelection, Sheet, sanitize_stream_component,
 };
 
-use crate::config::Config;
+use crate::config::{Config, UnnamedRecords};
 use crate::pipeline::LEGACY_KIND;
 use crate::route::RoutedSink;
 use crate::state::{StreamPlan, StreamSource};
@@ -32,117 +42,280 @@ const MAX_IDS_PER_REQUEST: usize = 100;
 /// What an event asks flatsync to deliver.
 #[derive(Debug)]
 pub(crate) enum Family {
-    /// Every row of a legacy Portal batch.
-    LegacyBatch { batch_id: String },
+    /// Every row of a legacy Portal batch, into `legacy-<batch>`, or, for a status change,
+    /// into a stream of the event's own so sinks that hold the batch take the rows again.
+    LegacyBatch { batch_id: String, per_event: bool },
+    /// Every record of a legacy Workspaces sheet.
+    WorkspaceSheet {
+        workspace_id: String,
+        sheet_id: String,
+    },
     /// Every record of a workbook's sheets (`job:ready` of a workbook submit action).
     Workbook { workbook_id: String },
-    /// Every record of one sheet (a sheet-level submit action, a legacy Workspaces
-    /// notification naming a sheet).
+    /// Every record of one sheet (a sheet-level submit action).
     WholeSheet { sheet_id: String },
     /// Records one event created or changed; a snapshot route takes the whole sheet instead.
     Delta {
         sheet_id: String,
         source: StreamSource,
     },
+    /// A records or commit event naming no records: each sink gets the whole sheet or a
+    /// failure, as its routes say.
+    Unnamed { sheet_id: String, why: String },
     /// Records deleted from a sheet.
     Deletions { sheet_id: String, ids: Vec<String> },
     /// No rows to fetch: the event itself is the row.
     EventRow,
+    /// One part of a multi-part submit job: acknowledged and completed, nothing exported (the
+    /// parent's `job:ready` exports the workbook once).
+    JobPart { parent: Option<String> },
+    /// Rows that arrived in webhook bodies, stored in the state database.
+    Carried,
     /// Nothing to deliver, and why.
     Nothing { reason: String },
+    /// The event cannot be delivered as it is, and why: it fails, naming what is missing.
+    Refused { reason: String },
 }
 
-/// The `job:ready` job id of a submit action flatsync handles, to acknowledge and complete.
-pub(crate) fn submit_job_id(config: &Config, event: &IncomingEvent) -> Option<String> {
-    match event {
-        IncomingEvent::Platform(e) if is_submit(config, e) => e.job_id().map(str::to_owned),
-        _ => None,
-    }
+/// A `job:ready` of a submit job flatsync handles: acknowledged, then completed or failed.
+#[derive(Debug, Clone)]
+pub(crate) struct SubmitJob {
+    /// `context.jobId`.
+    pub(crate) job_id: String,
+    /// `payload.job`, or `<type>:<operation>` of the job.
+    pub(crate) name: String,
+    /// The job as the API describes it, when the event alone did not say enough.
+    pub(crate) info: Option<JobInfo>,
+    /// The job is one part of a multi-part job.
+    pub(crate) is_part: bool,
 }
 
-fn is_submit(config: &Config, e: &PlatformEvent) -> bool {
-    e.topic == "job:ready"
-        && e.job_name()
-            .is_some_and(|job| config.flatfile.submit_jobs.iter().any(|p| p.matches(job)))
-}
-
-/// Sorts an event into its family.
-pub(crate) fn family(config: &Config, event: &IncomingEvent) -> Family {
-    let e = match event {
-        IncomingEvent::Legacy(n) => {
-            return match (&n.batch_id, &n.sheet_id) {
-                (Some(batch_id), _) => Family::LegacyBatch {
-                    batch_id: batch_id.clone(),
-                },
-                (None, Some(sheet_id)) => Family::WholeSheet {
-                    sheet_id: sheet_id.clone(),
-                },
-                (None, None) => Family::Nothing {
-                    reason: "legacy notification names no batchId or sheetId (the dashboard's sample payload?)"
-                        .to_owned(),
-                },
-            };
-        }
-        IncomingEvent::Platform(e) => e,
+/// Whether `event` is the `job:ready` of a submit job flatsync handles, and which. The job is
+/// read (`GET /v1/jobs/{id}`) when the event leaves out its name, whether it is a part, or what
+/// it is about (`context.workbookId` of a workbook job, `context.sheetId` of a sheet job).
+pub(crate) async fn submit_job(
+    config: &Config,
+    client: &FlatfileClient,
+    event: &IncomingEvent,
+) -> Result<Option<SubmitJob>, ApiError> {
+    let IncomingEvent::Platform(e) = event else {
+        return Ok(None);
     };
-    let sheet = e.sheet_id().map(str::to_owned);
-    match e.topic.as_str() {
-        "job:ready" if is_submit(config, e) => {
-            let job = e.job_name().unwrap_or_default();
-            let sheet_level = job.starts_with("sheet:") || e.workbook_id().is_none();
-            match (sheet_level, sheet, e.workbook_id()) {
-                (true, Some(sheet_id), _) => Family::WholeSheet { sheet_id },
-                (false, _, Some(workbook_id)) => Family::Workbook {
-                    workbook_id: workbook_id.to_owned(),
-                },
-                _ => Family::Nothing {
-                    reason: format!(
-                        "job `{job}` names no {}",
-                        if sheet_level {
-                            "context.sheetId"
-                        } else {
-                            "context.workbookId"
-                        }
-                    ),
-                },
-            }
-        }
-        "records:created" | "records:updated" => match (sheet, e.record_ids(), e.commit_id()) {
-            (Some(sheet_id), Some(ids), _) if !ids.is_empty() => Family::Delta {
-                sheet_id,
-                source: StreamSource::SheetIds { ids },
-            },
-            (Some(sheet_id), _, Some(commit)) => Family::Delta {
-                sheet_id,
-                source: StreamSource::SheetCommit {
-                    commit_id: commit.to_owned(),
-                },
-            },
-            _ => Family::EventRow,
-        },
-        "commit:created" | "commit:updated" | "commit:completed" => {
-            match (sheet, e.since_commit_id(), e.commit_id()) {
-                (Some(sheet_id), Some(since), _) => Family::Delta {
-                    sheet_id,
-                    source: StreamSource::SheetSinceCommit {
-                        commit_id: since.to_owned(),
-                    },
-                },
-                (Some(sheet_id), None, Some(commit)) => Family::Delta {
-                    sheet_id,
-                    source: StreamSource::SheetCommit {
-                        commit_id: commit.to_owned(),
-                    },
-                },
-                _ => Family::EventRow,
-            }
-        }
-        "records:deleted" => match (sheet, e.record_ids()) {
-            (Some(sheet_id), Some(ids)) if !ids.is_empty() => Family::Deletions { sheet_id, ids },
-            _ => Family::EventRow,
-        },
-        _ => Family::EventRow,
+    if e.topic != "job:ready" {
+        return Ok(None);
     }
+    let Some(job_id) = e.job_id() else {
+        return Ok(None);
+    };
+    let is_submit = |name: &str| config.flatfile.submit_jobs.iter().any(|p| p.matches(name));
+    if let Some(name) = e.job_name()
+        && !is_submit(name)
+    {
+        return Ok(None);
+    }
+    let names_target = match e.job_name() {
+        Some(name) if name.starts_with("sheet:") => e.sheet_id().is_some(),
+        Some(_) => e.workbook_id().is_some(),
+        None => false,
+    };
+    let info = if e.job_name().is_none() || e.is_part().is_none() || !names_target {
+        Some(client.job(job_id).await?)
+    } else {
+        None
+    };
+    let name = match (e.job_name(), info.as_ref().and_then(JobInfo::name)) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(name)) if is_submit(&name) => name,
+        _ => return Ok(None),
+    };
+    // Either the event or the job saying so makes it a part.
+    let is_part = e.is_part() == Some(true) || info.as_ref().is_some_and(JobInfo::is_part);
+    Ok(Some(SubmitJob {
+        job_id: job_id.to_owned(),
+        name,
+        info,
+        is_part,
+    }))
+}
+
+/// Sorts an event into its family. `submit` is what [`submit_job`] found.
+pub(crate) fn family(
+    client: &FlatfileClient,
+    event: &IncomingEvent,
+    submit: Option<&SubmitJob>,
+) -> Family {
+    match event {
+        IncomingEvent::Legacy(n) => legacy_family(n),
+        IncomingEvent::Carried(_) => Family::Carried,
+        IncomingEvent::Platform(e) => match submit {
+            Some(job) => submit_family(e, job),
+            None => platform_family(client, e),
+        },
+    }
+}
+
+fn legacy_family(n: &LegacyNotification) -> Family {
+    let workspace_sheet = || match (&n.workspace_id, &n.sheet_id) {
+        (Some(workspace_id), Some(sheet_id)) => Some(Family::WorkspaceSheet {
+            workspace_id: workspace_id.clone(),
+            sheet_id: sheet_id.clone(),
+        }),
+        _ => None,
+    };
+    let batch = |per_event| {
+        n.batch_id.as_ref().map(|batch_id| Family::LegacyBatch {
+            batch_id: batch_id.clone(),
+            per_event,
+        })
+    };
+    let found = if n.topic == LEGACY_TOPIC_RECORDS_ADDED {
+        // "New records added" is a Workspaces event: its sheet, not a batch it may also name.
+        workspace_sheet().or_else(|| batch(false))
+    } else if n.topic == LEGACY_TOPIC_RECORD_STATUS_MODIFIED {
+        batch(true).or_else(workspace_sheet)
+    } else {
+        batch(false).or_else(workspace_sheet)
+    };
+    match (found, &n.sheet_id) {
+        (Some(family), _) => family,
+        (None, Some(sheet_id)) => Family::Refused {
+            reason: format!(
+                "legacy notification `{}` names Workspaces sheet {sheet_id} but no scope.workspaceId, \
+                 which the legacy records endpoint needs",
+                n.topic
+            ),
+        },
+        (None, None) => Family::Nothing {
+            reason:
+                "legacy notification names no batchId or sheetId (the dashboard's sample payload?)"
+                    .to_owned(),
+        },
+    }
+}
+
+fn submit_family(e: &PlatformEvent, job: &SubmitJob) -> Family {
+    if job.is_part {
+        return Family::JobPart {
+            parent: job.info.as_ref().and_then(|i| i.parent_id.clone()),
+        };
+    }
+    let source = job.info.as_ref().and_then(|i| i.source.clone());
+    let sheet_level = job.name.starts_with("sheet:");
+    let workbook = e.workbook_id().map(str::to_owned).or_else(|| {
+        source
+            .clone()
+            .filter(|s| !sheet_level && !s.starts_with("us_sh_"))
+    });
+    let sheet = e
+        .sheet_id()
+        .map(str::to_owned)
+        .or_else(|| source.filter(|s| sheet_level && !s.starts_with("us_wb_")));
+    match (sheet_level, sheet, workbook) {
+        (true, Some(sheet_id), _) => Family::WholeSheet { sheet_id },
+        (false, _, Some(workbook_id)) => Family::Workbook { workbook_id },
+        // A sheet job naming only its workbook: export the workbook rather than nothing.
+        (true, None, Some(workbook_id)) => Family::Workbook { workbook_id },
+        _ => Family::Refused {
+            reason: format!(
+                "submit job {} (`{}`) names no {} in its event or its job",
+                job.job_id,
+                job.name,
+                if sheet_level { "sheet" } else { "workbook" }
+            ),
+        },
+    }
+}
+
+fn platform_family(client: &FlatfileClient, e: &PlatformEvent) -> Family {
+    let records_event = matches!(e.topic.as_str(), "records:created" | "records:updated");
+    let commit_event = matches!(
+        e.topic.as_str(),
+        "commit:created" | "commit:updated" | "commit:completed"
+    );
+    if e.topic == "records:deleted" {
+        return match (e.sheet_id(), e.record_ids()) {
+            (Some(sheet_id), Some(ids)) if !ids.is_empty() => Family::Deletions {
+                sheet_id: sheet_id.to_owned(),
+                ids,
+            },
+            (None, _) => Family::Refused {
+                reason: "records:deleted names no sheet (context.sheetId or payload.sheetId)"
+                    .to_owned(),
+            },
+            _ => Family::Refused {
+                reason: "records:deleted names no record ids (payload.recordIds); the deleted \
+                         records cannot be read back, so flatsync cannot tell the sinks which to delete"
+                    .to_owned(),
+            },
+        };
+    }
+    if !records_event && !commit_event {
+        return Family::EventRow;
+    }
+    let data_url = e
+        .data_url
+        .as_deref()
+        .map(|url| (url, client.resolve_data_url(url)));
+    let sheet = e.sheet_id().map(str::to_owned).or_else(|| match &data_url {
+        Some((_, Ok(DataUrlTarget::SheetRecords { sheet_id, .. }))) => Some(sheet_id.clone()),
+        Some((_, Ok(DataUrlTarget::Other { sheet_id, .. }))) => sheet_id.clone(),
+        _ => None,
+    });
+    let Some(sheet_id) = sheet else {
+        return Family::Refused {
+            reason: format!(
+                "{} names no sheet (context.sheetId, payload.sheetId or a dataUrl of a sheet)",
+                e.topic
+            ),
+        };
+    };
+    let delta = |source| Family::Delta {
+        sheet_id: sheet_id.clone(),
+        source,
+    };
+    if records_event && let Some(ids) = e.record_ids().filter(|ids| !ids.is_empty()) {
+        return delta(StreamSource::SheetIds { ids });
+    }
+    if commit_event && let Some(since) = e.since_commit_id() {
+        return delta(StreamSource::SheetSinceCommit {
+            commit_id: since.to_owned(),
+        });
+    }
+    if let Some(commit) = e.commit_id() {
+        return delta(StreamSource::SheetCommit {
+            commit_id: commit.to_owned(),
+        });
+    }
+    match data_url {
+        Some((_, Ok(DataUrlTarget::SheetRecords { selection, .. }))) => match selection {
+            RecordsSelection::Ids(ids) => delta(StreamSource::SheetIds { ids }),
+            RecordsSelection::Commit(commit_id) => delta(StreamSource::SheetCommit { commit_id }),
+            RecordsSelection::SinceCommit(commit_id) => {
+                delta(StreamSource::SheetSinceCommit { commit_id })
+            }
+            RecordsSelection::All => delta(StreamSource::Sheet),
+        },
+        Some((_, Ok(DataUrlTarget::Other { relative, .. }))) => {
+            delta(StreamSource::DataUrl { relative })
+        }
+        Some((url, Err(error))) => Family::Refused {
+            reason: format!("{}: its dataUrl `{url}` cannot be read: {error}", e.topic),
+        },
+        None => Family::Unnamed {
+            sheet_id,
+            why: format!(
+                "{} names no records: no payload.recordIds, commitId, versionId or dataUrl",
+                e.topic
+            ),
+        },
+    }
+}
+
+/// The streams of an event for the routed sinks, and the sinks refused outright with why.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    pub(crate) plans: Vec<StreamPlan>,
+    pub(crate) refused: Vec<(String, String)>,
 }
 
 /// Works out the streams of an event for the routed sinks.
@@ -153,7 +326,7 @@ pub(crate) async fn streams(
     incoming: &IncomingEvent,
     family: &Family,
     routed: &[RoutedSink],
-) -> Result<Vec<StreamPlan>, ApiError> {
+) -> Result<Streams, ApiError> {
     let event_part = sanitize_stream_component(event_id);
     let records_page_size = config.fetch.records_page_size;
     let sheet_stream = |sheet: &Sheet, infix: &str, source: StreamSource| StreamPlan {
@@ -171,15 +344,45 @@ pub(crate) async fn streams(
         source,
         sinks: None,
     };
-    Ok(match family {
-        Family::Nothing { .. } => Vec::new(),
-        Family::LegacyBatch { batch_id } => vec![StreamPlan {
-            stream: format!("legacy-{}", sanitize_stream_component(batch_id)),
+    let names = |sinks: &[&RoutedSink]| sinks.iter().map(|r| r.sink.clone()).collect();
+    let plans = match family {
+        Family::Nothing { .. } | Family::Refused { .. } | Family::JobPart { .. } => Vec::new(),
+        // Planned from the state database, where the parts are.
+        Family::Carried => Vec::new(),
+        Family::LegacyBatch {
+            batch_id,
+            per_event,
+        } => vec![StreamPlan {
+            stream: if *per_event {
+                format!(
+                    "legacy-{}-{event_part}",
+                    sanitize_stream_component(batch_id)
+                )
+            } else {
+                format!("legacy-{}", sanitize_stream_component(batch_id))
+            },
             kind: LEGACY_KIND.to_owned(),
             source_ref: batch_id.clone(),
             fields_json: "[]".to_owned(),
             page_size: config.fetch.legacy_page_size,
             source: StreamSource::LegacyBatch,
+            sinks: None,
+        }],
+        Family::WorkspaceSheet {
+            workspace_id,
+            sheet_id,
+        } => vec![StreamPlan {
+            stream: format!(
+                "workspace-{}-{event_part}",
+                sanitize_stream_component(sheet_id)
+            ),
+            kind: format!("workspace_{}", sanitize_stream_component(sheet_id)),
+            source_ref: sheet_id.clone(),
+            fields_json: "[]".to_owned(),
+            page_size: config.fetch.legacy_page_size,
+            source: StreamSource::WorkspaceSheet {
+                workspace_id: workspace_id.clone(),
+            },
             sinks: None,
         }],
         Family::Workbook { workbook_id } => {
@@ -202,7 +405,6 @@ pub(crate) async fn streams(
             let sheet = client.sheet(sheet_id).await?;
             let (snapshot, delta): (Vec<&RoutedSink>, Vec<&RoutedSink>) =
                 routed.iter().partition(|r| r.snapshot);
-            let names = |sinks: &[&RoutedSink]| sinks.iter().map(|r| r.sink.clone()).collect();
             match (snapshot.is_empty(), delta.is_empty()) {
                 (true, _) => vec![sheet_stream(&sheet, "", source.clone())],
                 (false, true) => vec![sheet_stream(&sheet, "", StreamSource::Sheet)],
@@ -218,12 +420,36 @@ pub(crate) async fn streams(
                 ],
             }
         }
+        Family::Unnamed { sheet_id, why } => {
+            let (snapshot, refused): (Vec<&RoutedSink>, Vec<&RoutedSink>) = routed
+                .iter()
+                .partition(|r| r.snapshot || r.unnamed_records == UnnamedRecords::Snapshot);
+            let refused = refused
+                .iter()
+                .map(|r| {
+                    (
+                        r.sink.clone(),
+                        format!("{why} (the sink's routes say unnamed_records = \"fail\")"),
+                    )
+                })
+                .collect();
+            let plans = if snapshot.is_empty() {
+                Vec::new()
+            } else {
+                let sheet = client.sheet(sheet_id).await?;
+                vec![StreamPlan {
+                    sinks: Some(names(&snapshot)),
+                    ..sheet_stream(&sheet, "-snapshot", StreamSource::Sheet)
+                }]
+            };
+            return Ok(Streams { plans, refused });
+        }
         Family::Deletions { sheet_id, ids } => {
             // The records are gone; the sheet usually is not, and its slug names the table the
             // deletions apply to. The event's own slug saves a request.
             let slug = match incoming {
                 IncomingEvent::Platform(e) => e.sheet_slug().map(str::to_owned),
-                IncomingEvent::Legacy(_) => None,
+                IncomingEvent::Legacy(_) | IncomingEvent::Carried(_) => None,
             };
             let sheet = match slug {
                 Some(slug) => Sheet {
@@ -252,6 +478,10 @@ pub(crate) async fn streams(
             source: StreamSource::Event,
             sinks: None,
         }],
+    };
+    Ok(Streams {
+        plans,
+        refused: Vec::new(),
     })
 }
 
@@ -319,18 +549,15 @@ mod tests {
     use super::*;
     use flatsync_flatfile::parse_webhook_body;
 
-    fn config() -> Config {
-        Config::parse(
-            "[daemon]\nstate_dir = \"/tmp/x\"\n",
-            std::path::Path::new("/tmp/flatsync.toml"),
-        )
-        .expect("config")
+    fn client() -> FlatfileClient {
+        FlatfileClient::new(flatsync_flatfile::ClientConfig::default()).expect("client")
     }
 
     fn family_of(body: &str) -> Family {
         family(
-            &config(),
+            &client(),
             &parse_webhook_body(body.as_bytes()).expect("parses"),
+            None,
         )
     }
 
@@ -368,30 +595,158 @@ mod tests {
             r#"{"id":"e","topic":"records:deleted","payload":{"sheetId":"s","recordIds":["x"]}}"#,
         );
         assert!(matches!(f, Family::Deletions { ref ids, .. } if ids == &["x"]));
-        let f = family_of(
-            r#"{"id":"e","topic":"job:ready","context":{"workbookId":"w","jobId":"j"},"payload":{"job":"workbook:submitActionFg"}}"#,
-        );
-        assert!(matches!(f, Family::Workbook { .. }));
-        let f = family_of(
-            r#"{"id":"e","topic":"job:ready","context":{"workbookId":"w","sheetId":"s","jobId":"j"},"payload":{"job":"sheet:submitActionFg"}}"#,
-        );
-        assert!(matches!(f, Family::WholeSheet { ref sheet_id } if sheet_id == "s"));
-        for topic in [
-            "job:ready",
-            "space:created",
-            "records:created",
-            "cron:hourly",
-            "something:new",
-        ] {
+        for topic in ["job:ready", "space:created", "cron:hourly", "something:new"] {
             let f = family_of(&format!(r#"{{"id":"e","topic":"{topic}","payload":{{}}}}"#));
             assert!(matches!(f, Family::EventRow), "{topic}: {f:?}");
         }
         let f = family_of(
-            r#"{"type":"New records added","scope":{"eventId":"e","sheetId":"us_sh_1"}}"#,
+            r#"{"type":"New records added","scope":{"eventId":"e","sheetId":"3","workspaceId":"w"}}"#,
         );
-        assert!(matches!(f, Family::WholeSheet { .. }));
+        assert!(
+            matches!(f, Family::WorkspaceSheet { ref workspace_id, ref sheet_id } if workspace_id == "w" && sheet_id == "3")
+        );
         let f = family_of(r#"{"scope":{"eventId":"e"}}"#);
         assert!(matches!(f, Family::Nothing { .. }));
+    }
+
+    #[test]
+    fn records_events_in_every_shape_name_their_records_or_say_they_do_not() {
+        // `{count}` only: the route decides; never an `events` row.
+        let f = family_of(
+            r#"{"id":"e","topic":"records:created","context":{"sheetId":"s"},"payload":{"count":2}}"#,
+        );
+        assert!(
+            matches!(f, Family::Unnamed { ref sheet_id, .. } if sheet_id == "s"),
+            "{f:?}"
+        );
+        // An empty id list names nothing either.
+        let f = family_of(
+            r#"{"id":"e","topic":"records:updated","context":{"sheetId":"s"},"payload":{"recordIds":[]}}"#,
+        );
+        assert!(matches!(f, Family::Unnamed { .. }), "{f:?}");
+        // `versionId` in the context.
+        let f = family_of(
+            r#"{"id":"e","topic":"records:created","context":{"sheetId":"s","versionId":"v"},"payload":{"count":2}}"#,
+        );
+        assert!(
+            matches!(f, Family::Delta { source: StreamSource::SheetCommit { ref commit_id }, .. } if commit_id == "v"),
+            "{f:?}"
+        );
+        // A dataUrl, relative to the API root, names the sheet and the commit.
+        let f = family_of(
+            r#"{"id":"e","topic":"records:created","payload":{"count":2},"dataUrl":"v1/sheets/us_sh_9/records?commitId=us_vr_3"}"#,
+        );
+        assert!(
+            matches!(f, Family::Delta { ref sheet_id, source: StreamSource::SheetCommit { ref commit_id } } if sheet_id == "us_sh_9" && commit_id == "us_vr_3"),
+            "{f:?}"
+        );
+        let f = family_of(
+            r#"{"id":"e","topic":"commit:created","context":{"sheetId":"s"},"dataUrl":"v1/sheets/s/records?for=e"}"#,
+        );
+        assert!(
+            matches!(f, Family::Delta { source: StreamSource::DataUrl { ref relative }, .. } if relative == "v1/sheets/s/records?for=e"),
+            "{f:?}"
+        );
+        let f = family_of(
+            r#"{"id":"e","topic":"records:created","context":{"sheetId":"s"},"dataUrl":"https://elsewhere.example/v1/sheets/s/records"}"#,
+        );
+        assert!(
+            matches!(f, Family::Refused { ref reason } if reason.contains("outside the configured API")),
+            "{f:?}"
+        );
+        // No sheet at all, and deletions without ids, fail by name.
+        let f = family_of(r#"{"id":"e","topic":"records:created","payload":{"count":2}}"#);
+        assert!(
+            matches!(f, Family::Refused { ref reason } if reason.contains("names no sheet")),
+            "{f:?}"
+        );
+        let f = family_of(
+            r#"{"id":"e","topic":"records:deleted","context":{"sheetId":"s"},"payload":{"count":2}}"#,
+        );
+        assert!(
+            matches!(f, Family::Refused { ref reason } if reason.contains("payload.recordIds")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn legacy_notifications_go_to_the_legacy_api() {
+        let f = family_of(
+            r#"{"type":"Record status modified","scope":{"eventId":"e","batchId":"b","sheetId":"3","workspaceId":"w"}}"#,
+        );
+        assert!(
+            matches!(
+                f,
+                Family::LegacyBatch {
+                    per_event: true,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        let f = family_of(
+            r#"{"type":"Record status modified","scope":{"eventId":"e","sheetId":"3","workspaceId":"w"}}"#,
+        );
+        assert!(matches!(f, Family::WorkspaceSheet { .. }), "{f:?}");
+        let f = family_of(r#"{"type":"New records added","scope":{"eventId":"e","sheetId":"3"}}"#);
+        assert!(
+            matches!(f, Family::Refused { ref reason } if reason.contains("workspaceId")),
+            "{f:?}"
+        );
+        let f = family_of(
+            r#"{"type":"Import submitted","scope":{"eventId":"e","batchId":"b","sheetId":"3","workspaceId":"w"}}"#,
+        );
+        assert!(
+            matches!(
+                f,
+                Family::LegacyBatch {
+                    per_event: false,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn submit_jobs_export_once_and_parts_export_nothing() {
+        let event = parse_webhook_body(
+            br#"{"id":"e","topic":"job:ready","context":{"jobId":"j"},"payload":{"job":"workbook:submitActionFg","isPart":false}}"#,
+        )
+        .expect("parses");
+        let IncomingEvent::Platform(platform) = &event else {
+            panic!("platform event")
+        };
+        let job = |is_part: bool, source: Option<&str>, name: &str| SubmitJob {
+            job_id: "j".to_owned(),
+            name: name.to_owned(),
+            info: Some(JobInfo {
+                id: "j".to_owned(),
+                job_type: None,
+                operation: None,
+                source: source.map(str::to_owned),
+                parent_id: is_part.then(|| "p".to_owned()),
+                part: None,
+                parts_total: None,
+            }),
+            is_part,
+        };
+        assert!(matches!(
+            submit_family(platform, &job(true, Some("us_wb_1"), "workbook:submitActionFg")),
+            Family::JobPart { parent: Some(ref p) } if p == "p"
+        ));
+        assert!(matches!(
+            submit_family(platform, &job(false, Some("us_wb_1"), "workbook:submitActionFg")),
+            Family::Workbook { ref workbook_id } if workbook_id == "us_wb_1"
+        ));
+        assert!(matches!(
+            submit_family(platform, &job(false, Some("us_sh_1"), "sheet:submitActionFg")),
+            Family::WholeSheet { ref sheet_id } if sheet_id == "us_sh_1"
+        ));
+        assert!(matches!(
+            submit_family(platform, &job(false, None, "workbook:submitActionFg")),
+            Family::Refused { .. }
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Routing: which sinks an event goes to.
 
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, UnnamedRecords};
 
 /// A topic or job-name pattern: an exact name, or a glob where `*` matches any run of
 /// characters (`records:*`, `*`, `workbook:submit*`).
@@ -173,11 +173,14 @@ pub struct RoutedSink {
     pub sink: String,
     /// A route asked for the whole sheet instead of the delta.
     pub snapshot: bool,
+    /// What an event naming no records delivers to the sink.
+    pub unnamed_records: UnnamedRecords,
 }
 
 /// The sinks of every route that matches the event, each once, in config order. A sink that
 /// two matching routes name gets a snapshot if either asks for one: a snapshot holds every row
-/// the delta would.
+/// the delta would; for the same reason an event naming no records is snapshotted for it unless
+/// every matching route says `unnamed_records = "fail"`.
 pub fn route_event(routes: &[RouteConfig], event: RoutedEvent<'_>) -> Vec<RoutedSink> {
     let mut sinks: Vec<RoutedSink> = Vec::new();
     let matching = routes.iter().filter(|r| {
@@ -191,10 +194,16 @@ pub fn route_event(routes: &[RouteConfig], event: RoutedEvent<'_>) -> Vec<Routed
     for route in matching {
         for sink in &route.sinks {
             match sinks.iter_mut().find(|s| &s.sink == sink) {
-                Some(existing) => existing.snapshot |= route.snapshot,
+                Some(existing) => {
+                    existing.snapshot |= route.snapshot;
+                    if route.unnamed_records == UnnamedRecords::Snapshot {
+                        existing.unnamed_records = UnnamedRecords::Snapshot;
+                    }
+                }
                 None => sinks.push(RoutedSink {
                     sink: sink.clone(),
                     snapshot: route.snapshot,
+                    unnamed_records: route.unnamed_records,
                 }),
             }
         }
@@ -228,6 +237,7 @@ mod tests {
             environments: Vec::new(),
             filter: RouteFilter::default(),
             snapshot: false,
+            unnamed_records: UnnamedRecords::Snapshot,
         }
     }
 
@@ -329,11 +339,13 @@ sheetSlug = "deals""#
             [
                 RoutedSink {
                     sink: "warehouse".into(),
-                    snapshot: true
+                    snapshot: true,
+                    unnamed_records: UnnamedRecords::Snapshot,
                 },
                 RoutedSink {
                     sink: "archive".into(),
-                    snapshot: true
+                    snapshot: true,
+                    unnamed_records: UnnamedRecords::Snapshot,
                 },
             ]
         );
@@ -347,5 +359,32 @@ sheetSlug = "deals""#
             },
         );
         assert!(routed.is_empty(), "another environment: {routed:?}");
+    }
+
+    #[test]
+    fn an_unnamed_records_event_fails_only_where_every_route_says_so() {
+        let mut strict = route(&["records:*"], &["warehouse", "archive"]);
+        strict.unnamed_records = UnnamedRecords::Fail;
+        let lenient = route(&["records:created"], &["archive"]);
+        let body = serde_json::json!({});
+        let routed = route_event(
+            &[strict, lenient],
+            RoutedEvent {
+                topic: "records:created",
+                environment: None,
+                body: &body,
+            },
+        );
+        let choice: Vec<(&str, UnnamedRecords)> = routed
+            .iter()
+            .map(|r| (r.sink.as_str(), r.unnamed_records))
+            .collect();
+        assert_eq!(
+            choice,
+            [
+                ("warehouse", UnnamedRecords::Fail),
+                ("archive", UnnamedRecords::Snapshot)
+            ]
+        );
     }
 }

@@ -202,6 +202,27 @@ pub enum StreamSource {
     },
     /// One row describing the event itself (the `events` stream of row-less topics).
     Event,
+    /// Rows that arrived in webhook bodies (Portal 2.0 `batch.upload`, a forwarded flatsync
+    /// batch), one stored part per batch, read from the state database in part order. The
+    /// upload is `source_ref`.
+    Carried {
+        /// Parts of the upload, the number of batches.
+        parts: u64,
+        /// The rows name deleted records.
+        deletions: bool,
+    },
+    /// The records of a legacy Workspaces sheet (`source_ref`), paged by skip/take with the
+    /// legacy key.
+    WorkspaceSheet {
+        /// `workspaceId`.
+        workspace_id: String,
+    },
+    /// The records behind an event's `dataUrl` that is not a plain records selection, paged by
+    /// `pageNumber`.
+    DataUrl {
+        /// The URL relative to the API root, as the event gave it.
+        relative: String,
+    },
 }
 
 impl StreamSource {
@@ -245,8 +266,9 @@ pub struct Checkpoint {
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
-/// `event_acks` (polling).
-pub const SCHEMA_VERSION: i64 = 3;
+/// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
+/// arrive in webhook bodies).
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
@@ -296,6 +318,31 @@ CREATE TABLE IF NOT EXISTS event_acks (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS event_acks_pending ON event_acks(acked_at_ms, environment_id);
+CREATE TABLE IF NOT EXISTS carried_uploads (
+    upload TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    sender_event_id TEXT,
+    kind TEXT NOT NULL,
+    fields_json TEXT NOT NULL,
+    deletions INTEGER NOT NULL,
+    first_received_at_ms INTEGER NOT NULL,
+    completed_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS carried_parts (
+    upload TEXT NOT NULL,
+    position_major INTEGER NOT NULL,
+    position_minor INTEGER NOT NULL,
+    parts_of_batch INTEGER NOT NULL DEFAULT 0,
+    last INTEGER NOT NULL DEFAULT 0,
+    part_count INTEGER,
+    rows INTEGER NOT NULL,
+    ndjson BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    ordinal INTEGER,
+    PRIMARY KEY (upload, position_major, position_minor, parts_of_batch)
+);
+CREATE INDEX IF NOT EXISTS carried_parts_by_ordinal ON carried_parts(upload, ordinal);
 CREATE TABLE IF NOT EXISTS checkpoints (
     event_id TEXT NOT NULL,
     sink TEXT NOT NULL,
@@ -408,7 +455,7 @@ impl StateDb {
     }
 
     /// Runs `f` on the connection on a blocking thread.
-    async fn call<T, F>(&self, f: F) -> Result<T, StateError>
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,

@@ -9,10 +9,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flatsync_flatfile::{IncomingEvent, Secret, WebhookBodyError, parse_webhook_body};
+use flatsync_flatfile::{CarriedPart, IncomingEvent, Secret, WebhookBodyError, parse_webhook_body};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::carried::PartOutcome;
 use crate::health::Health;
 use crate::state::{StateDb, now_ms};
 
@@ -145,10 +146,18 @@ async fn receive(
                 json!({ "message": e.to_string() }),
             );
         }
+        Err(e @ WebhookBodyError::BadRows { .. }) => {
+            return reject(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unusable rows",
+                json!({ "message": e.to_string() }),
+            );
+        }
     };
-    let (event_id, kind, topic) = match &event {
-        IncomingEvent::Legacy(n) => (n.event_id.clone(), "legacy", n.topic.clone()),
-        IncomingEvent::Platform(e) => (e.id.clone(), "platform", e.topic.clone()),
+    let (event_id, kind, topic) = match event {
+        IncomingEvent::Legacy(n) => (n.event_id, "legacy", n.topic),
+        IncomingEvent::Platform(e) => (e.id, "platform", e.topic),
+        IncomingEvent::Carried(part) => return accept_part(&state, part).await,
     };
 
     match state
@@ -185,6 +194,63 @@ async fn receive(
         Err(e) => {
             tracing::error!(error = %e, event_id = %event_id, "Could not store webhook");
             unavailable("could not store the event; retry later")
+        }
+    }
+}
+
+/// Stores one part of an upload whose rows travel in the bodies, before answering 2xx; the
+/// part that completes the upload also puts its event into the inbox.
+async fn accept_part(state: &WebhookState, part: CarriedPart) -> Response {
+    let upload = part.upload.clone();
+    let position = part.position;
+    let rows = part.rows;
+    match state.db.store_carried_part(part).await {
+        Ok(PartOutcome::Stored {
+            received,
+            expected,
+            completed,
+        }) => {
+            tracing::info!(
+                upload = %upload,
+                part = ?position,
+                rows,
+                received,
+                expected,
+                "Upload part accepted"
+            );
+            if let Some(event_id) = &completed {
+                crate::metrics::event_received("webhook", "upload");
+                tracing::info!(event_id = %event_id, parts = received, "Upload complete");
+                let _ = state.accepted.send(event_id.clone());
+            }
+            (
+                StatusCode::OK,
+                axum::Json(json!({
+                    "status": "accepted",
+                    "upload": upload,
+                    "partsReceived": received,
+                    "partsExpected": expected,
+                    "eventId": completed,
+                })),
+            )
+                .into_response()
+        }
+        Ok(PartOutcome::Duplicate) => {
+            tracing::info!(upload = %upload, part = ?position, "Upload part repeated, already accepted");
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "status": "duplicate", "upload": upload })),
+            )
+                .into_response()
+        }
+        Ok(PartOutcome::Refused(reason)) => reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "inconsistent upload part",
+            json!({ "message": reason }),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, upload = %upload, "Could not store upload part");
+            unavailable("could not store the upload part; retry later")
         }
     }
 }

@@ -959,8 +959,15 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+mod data_url;
 mod events;
+mod jobs;
 mod probe;
+mod workspace;
+
+pub use data_url::DataUrlTarget;
+pub use jobs::JobInfo;
+pub use workspace::WorkspacePage;
 
 #[cfg(test)]
 mod tests;

@@ -954,7 +954,7 @@ fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
 }
 
 /// Writes `s` as a JSON string literal.
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_string(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -979,7 +979,7 @@ fn push_single_line(out: &mut Vec<u8>, raw: &[u8]) {
 
 /// Copies a raw JSON value without insignificant whitespace. Everything else (key order,
 /// duplicate keys, number and string spellings) stays as it was.
-fn push_compact(out: &mut Vec<u8>, raw: &[u8]) {
+pub(crate) fn push_compact(out: &mut Vec<u8>, raw: &[u8]) {
     out.reserve(raw.len());
     let mut in_string = false;
     let mut escaped = false;

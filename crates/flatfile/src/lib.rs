@@ -11,14 +11,19 @@
 //! safe to print.
 #![warn(missing_docs)]
 
+mod carried;
 mod client;
 mod convert;
 mod error;
 mod secret;
 mod webhook;
 
+pub use carried::{
+    CarriedEnd, CarriedOrigin, CarriedPart, TOPIC_FORWARDED, TOPIC_PORTAL2_UPLOAD, portal2_stream,
+};
 pub use client::{
-    ClientConfig, EventsQuery, FlatfileClient, RecordsSelection, RetryPolicy, error_chain,
+    ClientConfig, DataUrlTarget, EventsQuery, FlatfileClient, JobInfo, RecordsSelection,
+    RetryPolicy, WorkspacePage, error_chain,
 };
 pub use convert::{EventsPage, LegacyPage, ListedEvent, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;
@@ -28,6 +33,9 @@ pub use webhook::{
     LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, WebhookBodyError, legacy_topic,
     parse_webhook_body,
 };
+
+/// Stream kind (and so SQLite table, CSV file prefix) of legacy Portal rows.
+pub const LEGACY_BATCH_KIND: &str = "legacy_batch";
 
 /// Makes `s` safe to use as part of a stream id: every char outside `[A-Za-z0-9_.-]` becomes `_`.
 ///

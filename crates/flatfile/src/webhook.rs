@@ -7,6 +7,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::carried::CarriedPart;
+
 /// A webhook body, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncomingEvent {
@@ -14,6 +16,9 @@ pub enum IncomingEvent {
     Legacy(LegacyNotification),
     /// A Platform event (`{id, topic, domain, context, payload, createdAt, …}`).
     Platform(PlatformEvent),
+    /// One request of an upload whose rows travel in the bodies: a Portal 2.0 `batch.upload`,
+    /// or a batch another flatsync's `http-forward` sink posted.
+    Carried(CarriedPart),
 }
 
 /// A legacy Portal webhook, reduced to what is needed to fetch its rows.
@@ -34,6 +39,8 @@ pub struct LegacyNotification {
     pub sheet_id: Option<String>,
     /// `scope.workbookId`.
     pub workbook_id: Option<String>,
+    /// `scope.workspaceId`: the legacy Workspaces workspace a sheet belongs to.
+    pub workspace_id: Option<String>,
 }
 
 /// A Platform event as delivered to a webhook.
@@ -52,6 +59,10 @@ pub struct PlatformEvent {
     pub payload: Value,
     /// `createdAt`, as sent.
     pub created_at: Option<String>,
+    /// `dataUrl`: where the event's data can be read, relative to the API root (e.g.
+    /// `v1/sheets/us_sh_1/records?commitId=us_vr_1`), as Flatfile's listener resolves it.
+    /// `None` when absent or empty.
+    pub data_url: Option<String>,
 }
 
 impl PlatformEvent {
@@ -113,6 +124,17 @@ impl PlatformEvent {
             .filter(|s| !s.is_empty())
     }
 
+    /// `payload.isPart`: whether a `job:*` event is about one part of a multi-part job. `None`
+    /// when the payload does not say (a boolean, or the strings `"true"`/`"false"`).
+    pub fn is_part(&self) -> Option<bool> {
+        match self.payload.get("isPart")? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if s == "true" => Some(true),
+            Value::String(s) if s == "false" => Some(false),
+            _ => None,
+        }
+    }
+
     /// `payload.recordIds`, the string ids in it; `None` when the payload has no such list.
     pub fn record_ids(&self) -> Option<Vec<String>> {
         let ids = self.payload.get("recordIds")?.as_array()?;
@@ -143,14 +165,16 @@ impl IncomingEvent {
         match self {
             IncomingEvent::Legacy(n) => n.environment_id.as_deref(),
             IncomingEvent::Platform(e) => e.environment_id(),
+            IncomingEvent::Carried(_) => None,
         }
     }
 
-    /// The event's id.
+    /// The event's id; for a carried part, the id of the upload it belongs to.
     pub fn id(&self) -> &str {
         match self {
             IncomingEvent::Legacy(n) => &n.event_id,
             IncomingEvent::Platform(e) => &e.id,
+            IncomingEvent::Carried(p) => &p.upload,
         }
     }
 
@@ -159,6 +183,7 @@ impl IncomingEvent {
         match self {
             IncomingEvent::Legacy(n) => &n.topic,
             IncomingEvent::Platform(e) => &e.topic,
+            IncomingEvent::Carried(p) => p.origin.topic(),
         }
     }
 }
@@ -181,6 +206,13 @@ pub enum WebhookBodyError {
     #[error("the webhook body is JSON but not a Flatfile event: {reason}")]
     UnknownShape {
         /// What was expected and what was found.
+        reason: String,
+    },
+    /// The body carries rows (a Portal 2.0 `batch.upload`, a forwarded flatsync batch) but
+    /// cannot be taken as it is. A server answers 422.
+    #[error("the webhook body carries rows but {reason}")]
+    BadRows {
+        /// What is wrong, naming the field.
         reason: String,
     },
 }
@@ -232,6 +264,11 @@ pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError
         });
     };
 
+    if crate::carried::looks_carried(&object) {
+        return crate::carried::parse_carried(body)
+            .map(IncomingEvent::Carried)
+            .map_err(|e| WebhookBodyError::BadRows { reason: e.0 });
+    }
     if let Some(event) = platform_event(&object) {
         return Ok(IncomingEvent::Platform(event));
     }
@@ -286,6 +323,11 @@ fn platform_event(object: &Map<String, Value>) -> Option<PlatformEvent> {
             .get("createdAt")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        data_url: object
+            .get("dataUrl")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned),
     })
 }
 
@@ -322,6 +364,7 @@ fn legacy_notification(object: &Map<String, Value>, body: &[u8]) -> Option<Legac
         environment_id: scope_id("environmentId"),
         sheet_id: scope_id("sheetId"),
         workbook_id: scope_id("workbookId"),
+        workspace_id: scope_id("workspaceId"),
     })
 }
 
@@ -429,6 +472,7 @@ mod tests {
                 environment_id: Some("1388de39-108b-4fc0-aa10-9eb35f43e7ec".to_owned()),
                 sheet_id: None,
                 workbook_id: None,
+                workspace_id: None,
             }
         );
     }
@@ -447,26 +491,34 @@ mod tests {
                 environment_id: Some("89793a77-8d53-46df-b562-5867f09fa1f8".to_owned()),
                 sheet_id: Some("1bcc9eab-6046-44d5-bdbd-0eb239232322".to_owned()),
                 workbook_id: Some("f5e72614-fa3b-4fa9-ba55-664d6814543e".to_owned()),
+                workspace_id: Some("1faa5914-1cb1-49cb-9031-50fc3c054686".to_owned()),
             }
         );
     }
 
     #[test]
-    fn portal_2_batch_upload_fixture() {
-        let n = legacy(include_bytes!(
+    fn portal_2_batch_upload_fixture_carries_its_rows() {
+        match parse_ok(include_bytes!(
             "../testdata/legacy-webhook-v2-batch-upload.json"
-        ));
-        assert_eq!(
-            n,
-            LegacyNotification {
-                event_id: "0bce4ec0-7058-4e71-a5a4-78b4155edd2f".to_owned(),
-                topic: "batch.upload".to_owned(),
-                batch_id: Some("596c2c5f-2884-4444-9ccb-2f0772877508".to_owned()),
-                environment_id: None,
-                sheet_id: None,
-                workbook_id: None,
+        )) {
+            IncomingEvent::Carried(part) => {
+                assert_eq!(part.upload, "596c2c5f-2884-4444-9ccb-2f0772877508");
+                assert_eq!(part.rows, 2);
             }
+            other => panic!("expected carried rows, got {other:?}"),
+        }
+        // A batch.upload without rows (a notification only) is still a legacy notification
+        // naming its batch.
+        let n = legacy(
+            br#"{"event":{"type":"batch.upload","id":"e1"},"data":{"meta":{"batch":{"id":"b1"}}}}"#,
         );
+        assert_eq!(n.batch_id.as_deref(), Some("b1"));
+        assert_eq!(n.topic, "batch.upload");
+        // Bad rows are refused with the field named.
+        match parse_webhook_body(br#"{"event":{"type":"batch.upload","id":"e","sequence":{"count":1,"index":2}},"data":{"validRows":[]}}"#) {
+            Err(WebhookBodyError::BadRows { reason }) => assert!(reason.contains("sequence"), "{reason}"),
+            other => panic!("expected BadRows, got {other:?}"),
+        }
     }
 
     #[test]
