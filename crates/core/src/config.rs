@@ -1071,6 +1071,22 @@ sinks = ["archive"]
         .expect("valid");
         assert!(config.routes[0].snapshot);
         assert!(!config.routes[0].filter.is_empty());
+        assert_eq!(config.routes[0].unnamed_records, UnnamedRecords::Snapshot);
+        let err = parse(&format!(
+            "{base}[[routes]]\ntopics = [\"records:*\"]\nsinks = [\"s\"]\nunnamed_records = \"maybe\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("routes[0].unnamed_records"),
+            "{err}"
+        );
+        assert_eq!(err.location.map(|l| l.0), Some(8), "{err}");
+        let config = parse(&format!(
+            "{base}[[routes]]\ntopics = [\"records:*\"]\nsinks = [\"s\"]\nunnamed_records = \"fail\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.routes[0].unnamed_records, UnnamedRecords::Fail);
     }
 
     #[test]
