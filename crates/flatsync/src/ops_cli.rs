@@ -414,6 +414,28 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             table(&["POLLED ENVIRONMENT", "CURSOR", "UNACKNOWLEDGED"], &rows)
         );
     }
+    if !report.incomplete_uploads.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = report
+            .incomplete_uploads
+            .iter()
+            .map(|u| {
+                vec![
+                    u.upload.clone(),
+                    u.origin.clone(),
+                    match u.parts_expected {
+                        Some(expected) => format!("{} of {expected}", u.parts_received),
+                        None => format!("{} (last not yet seen)", u.parts_received),
+                    },
+                    when(u.first_received_at_ms, now),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["INCOMPLETE UPLOAD", "FROM", "PARTS", "FIRST PART"], &rows)
+        );
+    }
     Ok(())
 }
 

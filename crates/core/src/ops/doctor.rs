@@ -328,7 +328,7 @@ impl RepairReport {
 }
 
 /// Column lists of the state tables, each with the value used when an older schema lacks it.
-const TABLES: [(&str, &[(&str, &str)]); 6] = [
+const TABLES: [(&str, &[(&str, &str)]); 8] = [
     (
         "inbox",
         &[
@@ -398,10 +398,47 @@ const TABLES: [(&str, &[(&str, &str)]); 6] = [
             ("last_error", "NULL"),
         ],
     ),
+    // Parts of uploads whose rows came in webhook bodies: answered 2xx, so as precious as the
+    // inbox.
+    (
+        "carried_uploads",
+        &[
+            ("upload", "NULL"),
+            ("origin", "NULL"),
+            ("upload_id", "NULL"),
+            ("sender_event_id", "NULL"),
+            ("kind", "NULL"),
+            ("fields_json", "'[]'"),
+            ("deletions", "0"),
+            ("first_received_at_ms", "0"),
+            ("completed_at_ms", "NULL"),
+        ],
+    ),
+    (
+        "carried_parts",
+        &[
+            ("upload", "NULL"),
+            ("position_major", "NULL"),
+            ("position_minor", "NULL"),
+            ("parts_of_batch", "0"),
+            ("last", "0"),
+            ("part_count", "NULL"),
+            ("rows", "0"),
+            ("ndjson", "NULL"),
+            ("received_at_ms", "0"),
+            ("ordinal", "NULL"),
+        ],
+    ),
 ];
 
-/// Tables a state database from before schema version 3 does not have: nothing to salvage.
-const TABLES_SINCE_V3: [&str; 2] = ["poll_cursors", "event_acks"];
+/// Tables a state database from before schema version 3 (polling) or 4 (uploads) does not
+/// have: nothing to salvage.
+const TABLES_ADDED_LATER: [&str; 4] = [
+    "poll_cursors",
+    "event_acks",
+    "carried_uploads",
+    "carried_parts",
+];
 
 /// Quarantines a damaged `<state_dir>/state.db` and puts a salvaged copy in its place; see
 /// the module documentation. Call it only when no daemon uses the directory
@@ -546,7 +583,7 @@ fn salvage(source: &Path, target: &Path, report: &mut RepairReport) -> rusqlite:
                         stored
                     });
                 }
-                Err(_) if TABLES_SINCE_V3.contains(&table) && !has_table(src, table) => {}
+                Err(_) if TABLES_ADDED_LATER.contains(&table) && !has_table(src, table) => {}
                 Err(error) => {
                     if report.unreadable.is_none() {
                         report.unreadable = Some(error.clone());

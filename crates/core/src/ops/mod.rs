@@ -28,7 +28,7 @@ pub use doctor::{
 pub use plugins::{InstalledPlugin, PluginScan, SinkPlugin, scan_plugins};
 pub use query::{
     CheckpointInfo, DeliveryInfo, DeliverySummary, EventDetail, EventFilter, EventSummary,
-    LastError, PollStatus, RouteStatus, SinkStatus, StatusReport,
+    LastError, PollStatus, RouteStatus, SinkStatus, StatusReport, UploadStatus,
 };
 pub use repair::{
     DeadLetter, DeadLetterReport, DeadLetterSelector, DeliveryRef, EventOutcome, QueuedDelivery,

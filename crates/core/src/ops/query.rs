@@ -48,6 +48,26 @@ pub struct StatusReport {
     pub last_delivery_update_ms: Option<i64>,
     /// Per polled environment: its cursor and the events not yet acknowledged to Flatfile.
     pub polling: Vec<PollStatus>,
+    /// Uploads whose rows travel in webhook bodies (Portal 2.0 `batch.upload`, a forwarded
+    /// flatsync stream) with parts still missing: nothing of them is delivered until the last
+    /// part arrives.
+    pub incomplete_uploads: Vec<UploadStatus>,
+}
+
+/// An upload still waiting for parts, in a [`StatusReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct UploadStatus {
+    /// `upload-<batch>` or `forwarded-<stream>`: the inbox event it becomes once complete.
+    pub upload: String,
+    /// `portal2` or `flatsync`.
+    pub origin: String,
+    /// Parts stored so far.
+    pub parts_received: u64,
+    /// Parts announced (Portal 2.0 `sequence.count`); `None` while unknown (a forwarded stream
+    /// before its last batch).
+    pub parts_expected: Option<u64>,
+    /// When the first part arrived, ms since the Unix epoch.
+    pub first_received_at_ms: i64,
 }
 
 /// The polling state of one environment.
@@ -482,6 +502,28 @@ impl OpsDb {
                 .map_err(&err)?,
             Err(_) => Vec::new(),
         };
+        // A database from before uploads existed has no such tables: none waiting.
+        let incomplete_uploads: Vec<UploadStatus> = match tx.prepare(
+            "SELECT u.upload, u.origin, u.first_received_at_ms,
+                 (SELECT COUNT(*) FROM carried_parts p WHERE p.upload = u.upload),
+                 (SELECT MAX(p.part_count) FROM carried_parts p WHERE p.upload = u.upload)
+             FROM carried_uploads u WHERE u.completed_at_ms IS NULL ORDER BY u.first_received_at_ms",
+        ) {
+            Ok(mut stmt) => stmt
+                .query_map([], |r| {
+                    Ok(UploadStatus {
+                        upload: r.get(0)?,
+                        origin: r.get(1)?,
+                        first_received_at_ms: r.get(2)?,
+                        parts_received: r.get::<_, i64>(3)? as u64,
+                        parts_expected: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+                    })
+                })
+                .map_err(&err)?
+                .collect::<Result<_, _>>()
+                .map_err(&err)?,
+            Err(_) => Vec::new(),
+        };
         tx.finish().map_err(&err)?;
         Ok(StatusReport {
             generated_at_ms: now,
@@ -491,6 +533,7 @@ impl OpsDb {
             routes,
             last_delivery_update_ms,
             polling,
+            incomplete_uploads,
         })
     }
 
