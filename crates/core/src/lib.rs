@@ -542,8 +542,10 @@ impl RunningDaemon {
     ///
     /// Everything new is started before anything is swapped: if a sink fails to start or a
     /// secret cannot be read, the error is returned and the running config stays as it was.
-    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`, the
-    /// `[webhook]` and `[admin]` sections) are listed in the summary and left as they were.
+    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`,
+    /// `[webhook]` `listen`, `path` and `max_body_bytes`, the `[admin]` section) are listed in
+    /// the summary and left as they were. Webhook credentials are read again and replaced for
+    /// the requests that arrive after this returns.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
