@@ -226,12 +226,13 @@ async fn receive(
         }
     };
     if method != Method::POST {
-        let mut response = reject(
+        // Health checkers and browsers GET the path; not worth a warning each time.
+        tracing::debug!(method = %method, path = %shown_path, "Webhook rejected: not a POST");
+        let mut response = (
             StatusCode::METHOD_NOT_ALLOWED,
-            "only POST is accepted",
-            json!({}),
-            &shown_path,
-        );
+            axum::Json(json!({ "error": "only POST is accepted" })),
+        )
+            .into_response();
         response
             .headers_mut()
             .insert(header::ALLOW, "POST".parse().expect("static header"));
