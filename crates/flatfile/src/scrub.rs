@@ -290,6 +290,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_credential_key() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .expect("README.md is readable");
+        let section = readme
+            .split("**What is stored.**")
+            .nth(1)
+            .expect("README has a 'What is stored.' paragraph");
+        let paragraph = section.split("\n\n").next().unwrap_or_default();
+        for key in CREDENTIAL_KEYS {
+            assert!(
+                paragraph.contains(&format!("`{key}`")),
+                "README's 'What is stored.' paragraph does not list `{key}`"
+            );
+        }
+    }
+
+    #[test]
     fn every_listed_key_is_recognised_in_any_case() {
         for key in CREDENTIAL_KEYS {
             assert!(is_credential_key(key), "{key}");
