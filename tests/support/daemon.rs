@@ -315,6 +315,32 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot run flatsync {args:?}: {e}"))
     }
 
+    /// Runs `flatsync run` on this config (written with `port`) and waits up to `limit` for it
+    /// to exit by itself, as it must when it refuses to start; panics if it still runs then.
+    pub fn run_expecting_exit(&self, port: u16, limit: Duration) -> Output {
+        let path = self.write_config(port);
+        let path = path.to_str().expect("test paths are UTF-8").to_owned();
+        let mut child = self
+            .command(&["run", "--config", &path])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start flatsync run");
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().expect("flatsync run's output");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("flatsync run's output");
+        panic!(
+            "flatsync run was expected to refuse to start but still ran after {limit:?}; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs `flatsync check --config <file>` on this config.
     pub fn check(&self) -> CheckOutput {
         let path = self.write_config(free_port());
@@ -626,6 +652,16 @@ impl DaemonProcess {
         .optional()
         .ok()
         .flatten()
+    }
+
+    /// How many events the inbox holds, whatever their status.
+    pub fn inbox_len(&self) -> usize {
+        open_read_only(&self.settings.state_db())
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))
+                    .ok()
+            })
+            .map_or(0, |n| n as usize)
     }
 
     /// Rows the sinks made durable so far, summed over every checkpoint in the state database.

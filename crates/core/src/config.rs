@@ -121,6 +121,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether any webhook credential is configured, in `[webhook]` or in any environment:
+    /// then every webhook request must present one.
+    pub fn webhook_auth_configured(&self) -> bool {
+        self.webhook.as_ref().is_some_and(|w| !w.auth.is_empty())
+            || self
+                .environments
+                .values()
+                .any(|e| !e.webhook_auth.is_empty())
+    }
+
     /// The name of the `[environments.NAME]` entry whose `id` is `environment_id`.
     pub fn environment_named_by_id(&self, environment_id: &str) -> Option<&str> {
         self.environments
@@ -141,6 +151,9 @@ pub struct EnvironmentConfig {
     pub secret_key: Option<SecretSource>,
     /// Polling of the events API, when enabled.
     pub poll: Option<PollConfig>,
+    /// Webhook credentials that admit this environment's events only (`webhook_token_*`,
+    /// `webhook_path_secret_*`, `webhook_signing_secret_*`, `legacy_jwt_secret_*`).
+    pub webhook_auth: SenderAuth,
 }
 
 /// Polling settings of one environment.
@@ -207,10 +220,54 @@ pub struct WebhookConfig {
     pub listen: SocketAddr,
     /// URL path that accepts POSTs.
     pub path: String,
-    /// Bearer token required from senders, when set.
-    pub token: Option<SecretSource>,
+    /// Credentials that admit events of any environment.
+    pub auth: SenderAuth,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+}
+
+/// The credentials webhook senders may present: in `[webhook]` they admit any event, in
+/// `[environments.NAME]` only that environment's events. Every secret may hold several
+/// whitespace-separated values, so a rotation can overlap.
+#[derive(Clone, Debug)]
+pub struct SenderAuth {
+    /// Bearer tokens: `Authorization: Bearer <token>`.
+    pub token: Option<SecretSource>,
+    /// Secret path segments: a POST to `{path}/{secret}` needs no header, for senders that can
+    /// only be given a URL.
+    pub path_secret: Option<SecretSource>,
+    /// Standard Webhooks secrets (`whsec_...`): `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` headers, as another flatsync's http-forward sink sends them.
+    pub signing_secret: Option<SecretSource>,
+    /// HS256 keys of the JWT a legacy Portal notification carries in its `env`.
+    pub legacy_jwt_secret: Option<SecretSource>,
+    /// The key of `env` that holds the JWT (`env` may also be the JWT itself).
+    pub legacy_jwt_field: String,
+}
+
+/// Where a legacy notification's JWT is looked for when `legacy_jwt_field` is not set.
+pub const DEFAULT_LEGACY_JWT_FIELD: &str = "token";
+
+impl Default for SenderAuth {
+    fn default() -> Self {
+        SenderAuth {
+            token: None,
+            path_secret: None,
+            signing_secret: None,
+            legacy_jwt_secret: None,
+            legacy_jwt_field: DEFAULT_LEGACY_JWT_FIELD.to_owned(),
+        }
+    }
+}
+
+impl SenderAuth {
+    /// Whether no credential is configured here.
+    pub fn is_empty(&self) -> bool {
+        self.token.is_none()
+            && self.path_secret.is_none()
+            && self.signing_secret.is_none()
+            && self.legacy_jwt_secret.is_none()
+    }
 }
 
 /// `[admin]`: health and metrics endpoints.
@@ -308,6 +365,19 @@ struct RawEnvironment {
     poll_overlap_secs: Option<u64>,
     poll_include_acknowledged: Option<bool>,
     poll_start: Option<Spanned<String>>,
+    webhook_token_env: Option<String>,
+    webhook_token_file: Option<PathBuf>,
+    webhook_token_credential: Option<String>,
+    webhook_path_secret_env: Option<String>,
+    webhook_path_secret_file: Option<PathBuf>,
+    webhook_path_secret_credential: Option<String>,
+    webhook_signing_secret_env: Option<String>,
+    webhook_signing_secret_file: Option<PathBuf>,
+    webhook_signing_secret_credential: Option<String>,
+    legacy_jwt_secret_env: Option<String>,
+    legacy_jwt_secret_file: Option<PathBuf>,
+    legacy_jwt_secret_credential: Option<String>,
+    legacy_jwt_field: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -347,6 +417,16 @@ struct RawWebhook {
     token_env: Option<String>,
     token_file: Option<PathBuf>,
     token_credential: Option<String>,
+    path_secret_env: Option<String>,
+    path_secret_file: Option<PathBuf>,
+    path_secret_credential: Option<String>,
+    signing_secret_env: Option<String>,
+    signing_secret_file: Option<PathBuf>,
+    signing_secret_credential: Option<String>,
+    legacy_jwt_secret_env: Option<String>,
+    legacy_jwt_secret_file: Option<PathBuf>,
+    legacy_jwt_secret_credential: Option<String>,
+    legacy_jwt_field: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<usize>>,
 }
 
@@ -450,6 +530,35 @@ impl Config {
                 format!("set one of `{key}_env`, `{key}_file` or `{key}_credential`, not several"),
             )),
         };
+        // `legacy_jwt_field` only says where the JWT is; without a key to check it with it would
+        // do nothing, which is worth an error rather than a silently open door.
+        let with_jwt_field =
+            |mut auth: SenderAuth, field: Option<Spanned<String>>, table: &str| match field {
+                None => Ok(auth),
+                Some(field) => {
+                    let key = format!("{table}.legacy_jwt_field");
+                    if field.get_ref().trim().is_empty() {
+                        return Err(locate(
+                            Some(field.span()),
+                            Some(&key),
+                            "is empty; name the key of `env` that holds the JWT".to_owned(),
+                        ));
+                    }
+                    if auth.legacy_jwt_secret.is_none() {
+                        return Err(locate(
+                            Some(field.span()),
+                            Some(&key),
+                            format!(
+                                "is set, but [{table}] has no `legacy_jwt_secret_env`, \
+                                 `legacy_jwt_secret_file` or `legacy_jwt_secret_credential` \
+                                 to check the JWT with"
+                            ),
+                        ));
+                    }
+                    auth.legacy_jwt_field = field.into_inner().trim().to_owned();
+                    Ok(auth)
+                }
+            };
         let address = |value: Spanned<String>, key: &str| {
             value.get_ref().parse::<SocketAddr>().map_err(|_| {
                 locate(
@@ -571,15 +680,38 @@ impl Config {
                         ));
                     }
                 };
-                Some(WebhookConfig {
-                    listen,
-                    path,
+                let auth = SenderAuth {
                     token: secret(
                         w.token_env,
                         w.token_file,
                         w.token_credential,
                         "webhook.token",
                     )?,
+                    path_secret: secret(
+                        w.path_secret_env,
+                        w.path_secret_file,
+                        w.path_secret_credential,
+                        "webhook.path_secret",
+                    )?,
+                    signing_secret: secret(
+                        w.signing_secret_env,
+                        w.signing_secret_file,
+                        w.signing_secret_credential,
+                        "webhook.signing_secret",
+                    )?,
+                    legacy_jwt_secret: secret(
+                        w.legacy_jwt_secret_env,
+                        w.legacy_jwt_secret_file,
+                        w.legacy_jwt_secret_credential,
+                        "webhook.legacy_jwt_secret",
+                    )?,
+                    legacy_jwt_field: DEFAULT_LEGACY_JWT_FIELD.to_owned(),
+                };
+                let auth = with_jwt_field(auth, w.legacy_jwt_field, "webhook")?;
+                Some(WebhookConfig {
+                    listen,
+                    path,
+                    auth,
                     max_body_bytes: positive_usize(
                         w.max_body_bytes,
                         "webhook.max_body_bytes",
@@ -687,12 +819,54 @@ impl Config {
             } else {
                 None
             };
+            let webhook_auth = SenderAuth {
+                token: secret(
+                    env.webhook_token_env,
+                    env.webhook_token_file,
+                    env.webhook_token_credential,
+                    &key("webhook_token"),
+                )?,
+                path_secret: secret(
+                    env.webhook_path_secret_env,
+                    env.webhook_path_secret_file,
+                    env.webhook_path_secret_credential,
+                    &key("webhook_path_secret"),
+                )?,
+                signing_secret: secret(
+                    env.webhook_signing_secret_env,
+                    env.webhook_signing_secret_file,
+                    env.webhook_signing_secret_credential,
+                    &key("webhook_signing_secret"),
+                )?,
+                legacy_jwt_secret: secret(
+                    env.legacy_jwt_secret_env,
+                    env.legacy_jwt_secret_file,
+                    env.legacy_jwt_secret_credential,
+                    &key("legacy_jwt_secret"),
+                )?,
+                legacy_jwt_field: DEFAULT_LEGACY_JWT_FIELD.to_owned(),
+            };
+            let webhook_auth = with_jwt_field(
+                webhook_auth,
+                env.legacy_jwt_field,
+                &format!("environments.{name}"),
+            )?;
+            if !webhook_auth.is_empty() && webhook.is_none() {
+                return Err(locate(
+                    Some(env.id.span()),
+                    Some(&format!("environments.{name}")),
+                    "sets webhook credentials, but there is no [webhook] section to receive \
+                     webhooks with"
+                        .to_owned(),
+                ));
+            }
             environments.insert(
                 name,
                 EnvironmentConfig {
                     id: env.id.into_inner(),
                     secret_key,
                     poll,
+                    webhook_auth,
                 },
             );
         }
@@ -1006,6 +1180,92 @@ sinks = ["archive"]
     }
 
     #[test]
+    fn webhook_credentials_parse_globally_and_per_environment() {
+        let config = parse(
+            "[webhook]\ntoken_env = \"T\"\npath_secret_file = \"path-secret\"\n\
+             signing_secret_credential = \"whsec\"\nlegacy_jwt_secret_env = \"J\"\n\
+             [environments.prod]\nid = \"us_env_1\"\nwebhook_token_env = \"PT\"\n\
+             webhook_path_secret_env = \"PP\"\nwebhook_signing_secret_file = \"/s\"\n\
+             legacy_jwt_secret_env = \"PJ\"\nlegacy_jwt_field = \"signed\"\n\
+             [environments.test]\nid = \"us_env_2\"\n",
+        )
+        .expect("valid");
+        let global = &config.webhook.as_ref().expect("[webhook]").auth;
+        let describe = |s: &Option<SecretSource>| s.as_ref().map(SecretSource::describe);
+        assert_eq!(
+            describe(&global.token).as_deref(),
+            Some("environment variable T")
+        );
+        assert_eq!(
+            describe(&global.path_secret).as_deref(),
+            Some("file /etc/flatsync/path-secret")
+        );
+        assert_eq!(
+            describe(&global.signing_secret).as_deref(),
+            Some("systemd credential whsec")
+        );
+        assert_eq!(global.legacy_jwt_field, "token", "the default field");
+        let prod = &config.environments["prod"].webhook_auth;
+        assert_eq!(
+            describe(&prod.token).as_deref(),
+            Some("environment variable PT")
+        );
+        assert_eq!(
+            describe(&prod.path_secret).as_deref(),
+            Some("environment variable PP")
+        );
+        assert_eq!(describe(&prod.signing_secret).as_deref(), Some("file /s"));
+        assert_eq!(
+            describe(&prod.legacy_jwt_secret).as_deref(),
+            Some("environment variable PJ")
+        );
+        assert_eq!(prod.legacy_jwt_field, "signed");
+        assert!(config.environments["test"].webhook_auth.is_empty());
+        assert!(config.webhook_auth_configured());
+        assert!(
+            !parse("[webhook]\n")
+                .expect("valid")
+                .webhook_auth_configured()
+        );
+    }
+
+    #[test]
+    fn webhook_credential_mistakes_are_named() {
+        let err =
+            parse("[webhook]\npath_secret_env = \"A\"\npath_secret_file = \"b\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("webhook.path_secret"), "{err}");
+        let err = parse("[webhook]\nlegacy_jwt_field = \"token\"\n").unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("webhook.legacy_jwt_field"),
+            "{err}"
+        );
+        assert!(err.message.contains("legacy_jwt_secret_env"), "{err}");
+        assert_eq!(err.location.map(|l| l.0), Some(2), "{err}");
+        let err = parse("[webhook]\nlegacy_jwt_secret_env = \"J\"\nlegacy_jwt_field = \" \"\n")
+            .unwrap_err();
+        assert!(err.message.contains("is empty"), "{err}");
+        let err = parse("[environments.prod]\nid = \"us_env_1\"\nwebhook_token_env = \"T\"\n")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("environments.prod"), "{err}");
+        assert!(err.message.contains("no [webhook] section"), "{err}");
+        let err = parse(
+            "[webhook]\n[environments.prod]\nid = \"x\"\nwebhook_signing_secret_credential = \"a/b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("environments.prod.webhook_signing_secret_credential"),
+            "{err}"
+        );
+        let err = parse("[webhook]\nsigning_secret = \"whsec_inline\"\n").unwrap_err();
+        assert!(
+            err.message.contains("unknown field `signing_secret`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_admin_listener_defaults_to_loopback() {
         let config = parse("[admin]\n").expect("valid config");
         assert_eq!(
@@ -1101,7 +1361,7 @@ sinks = ["archive"]
             config.routes[0].sinks,
             vec!["archive".to_owned(), "warehouse".to_owned()]
         );
-        assert!(config.webhook.is_some_and(|w| w.token.is_some()));
+        assert!(config.webhook.is_some_and(|w| w.auth.token.is_some()));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod route;
 pub mod state;
 mod time;
 mod webhook;
+mod webhook_auth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub use flatsync_flatfile::Secret;
 pub use health::Health;
 pub use pipeline::{DrainReport, LEGACY_KIND, STALL_FILE_ENV};
 pub use state::{EventStatus, StateDb, StateError};
+pub use webhook_auth::{PATH_SECRET_MIN_CHARS, WebhookAuthError};
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,16 @@ pub enum StartError {
     /// The Flatfile client could not be built.
     #[error("Flatfile client: {0}")]
     Client(#[from] ApiError),
+    /// A webhook credential is missing, unreadable or unusable.
+    #[error("webhook authentication: {0}")]
+    WebhookAuth(#[from] WebhookAuthError),
+}
+
+/// The webhook credentials `config` configures, one line per scope (`any environment: bearer
+/// token (2)`), after reading and checking every secret as `flatsync run` would: what
+/// `flatsync check` prints. Empty when the listener would be open.
+pub fn webhook_auth_summary(config: &Config) -> Result<Vec<String>, WebhookAuthError> {
+    Ok(webhook_auth::WebhookAuth::from_config(config)?.describe())
 }
 
 /// Plugins compiled into the embedding program, by the name a config's `plugin = "..."` uses.
@@ -352,6 +364,8 @@ pub struct RunningDaemon {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     engine: pipeline::EngineSlot,
+    /// The webhook credentials in force; `reload` swaps them.
+    webhook_auth: webhook::AuthSlot,
     in_process: InProcessPlugins,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -375,20 +389,9 @@ impl RunningDaemon {
         }
         let state = StateDb::open(&config.daemon.state_dir)?;
         let clients = flatfile_clients(&config)?;
-        let token = match &config.webhook {
-            Some(webhook) => match &webhook.token {
-                Some(source) => {
-                    Some(read_secret(Some(source), "webhook.token")?.ok_or_else(|| {
-                        StartError::Secret {
-                            what: "webhook.token",
-                            message: format!("{} is not set or empty", source.describe()),
-                        }
-                    })?)
-                }
-                None => None,
-            },
-            None => None,
-        };
+        let auth = webhook_auth::WebhookAuth::from_config(&config)?;
+        let auth_summary = auth.describe();
+        let webhook_auth: webhook::AuthSlot = Arc::new(std::sync::RwLock::new(Arc::new(auth)));
         let sinks = start_sinks(&config, &in_process).await?;
         let health = Arc::new(Health::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -415,16 +418,20 @@ impl RunningDaemon {
                 addr: webhook.listen,
                 error,
             })?;
-            let app = webhook::router(
-                &webhook.path,
-                Arc::new(webhook::WebhookState {
-                    db: state.clone(),
-                    token,
-                    max_body_bytes: webhook.max_body_bytes,
-                    accepted: accepted_tx.clone(),
-                    health: Arc::clone(&health),
-                }),
-            );
+            let app = webhook::router(Arc::new(webhook::WebhookState {
+                db: state.clone(),
+                path: webhook.path.clone(),
+                auth: Arc::clone(&webhook_auth),
+                max_body_bytes: webhook.max_body_bytes,
+                accepted: accepted_tx.clone(),
+                health: Arc::clone(&health),
+            }));
+            if auth_summary.is_empty() && !addr.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %addr,
+                    "Webhook listener is open to the network: no sender credential is configured"
+                );
+            }
             let mut stop_server = stop_rx.clone();
             servers.push(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
@@ -436,7 +443,7 @@ impl RunningDaemon {
                     tracing::error!(error = %e, "Webhook server stopped");
                 }
             }));
-            tracing::info!(addr = %addr, path = %webhook.path, "Webhook listener ready");
+            tracing::info!(addr = %addr, path = %webhook.path, auth = ?auth_summary, "Webhook listener ready");
             webhook_addr = Some(addr);
         }
 
@@ -497,6 +504,7 @@ impl RunningDaemon {
             stop,
             servers,
             engine: slot,
+            webhook_auth,
             in_process,
             reload_lock: tokio::sync::Mutex::new(()),
         })
@@ -535,8 +543,10 @@ impl RunningDaemon {
     ///
     /// Everything new is started before anything is swapped: if a sink fails to start or a
     /// secret cannot be read, the error is returned and the running config stays as it was.
-    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`, the
-    /// `[webhook]` and `[admin]` sections) are listed in the summary and left as they were.
+    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`,
+    /// `[webhook]` `listen`, `path` and `max_body_bytes`, the `[admin]` section) are listed in
+    /// the summary and left as they were. Webhook credentials are read again and replaced for
+    /// the requests that arrive after this returns.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
@@ -547,19 +557,42 @@ impl RunningDaemon {
         if config.daemon.max_concurrent_events != old.config.daemon.max_concurrent_events {
             summary.needs_restart.push("daemon.max_concurrent_events");
         }
-        if format!("{:?}", config.webhook) != format!("{:?}", old.config.webhook) {
-            summary.needs_restart.push("webhook");
-        }
+        // The listener's address, path and body limit are bound at start; its credentials are
+        // re-read on every reload, so a secret can be rotated without a restart.
+        let listener = |w: &config::WebhookConfig| (w.listen, w.path.clone(), w.max_body_bytes);
+        let webhook_kept = match (&config.webhook, &old.config.webhook) {
+            (Some(new), Some(old)) => {
+                if listener(new) != listener(old) {
+                    summary.needs_restart.push("webhook");
+                }
+                true
+            }
+            (None, None) => true,
+            _ => {
+                summary.needs_restart.push("webhook");
+                false
+            }
+        };
         if config.admin != old.config.admin {
             summary.needs_restart.push("admin");
         }
         let mut config = config;
         config.daemon.state_dir = old.config.daemon.state_dir.clone();
         config.daemon.max_concurrent_events = old.config.daemon.max_concurrent_events;
-        config.webhook = old.config.webhook.clone();
+        match (&mut config.webhook, &old.config.webhook) {
+            (Some(new), Some(old)) if webhook_kept => {
+                new.listen = old.listen;
+                new.path = old.path.clone();
+                new.max_body_bytes = old.max_body_bytes;
+            }
+            _ => config.webhook = old.config.webhook.clone(),
+        }
         config.admin = old.config.admin.clone();
 
         let clients = flatfile_clients(&config)?;
+        // Read before anything starts: an unreadable or invalid secret leaves everything as it
+        // was, the old credentials included.
+        let auth = Arc::new(webhook_auth::WebhookAuth::from_config(&config)?);
         let mut reuse = BTreeMap::new();
         for (name, sink) in &config.sinks {
             match (old.config.sinks.get(name), old.sinks.get(name)) {
@@ -593,11 +626,17 @@ impl RunningDaemon {
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = engine;
+        let auth_summary = auth.describe();
+        *self
+            .webhook_auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
         tracing::info!(
             added = ?summary.sinks_added,
             changed = ?summary.sinks_changed,
             removed = ?summary.sinks_removed,
             needs_restart = ?summary.needs_restart,
+            webhook_auth = ?auth_summary,
             "Config reloaded"
         );
         Ok(summary)

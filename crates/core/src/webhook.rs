@@ -1,25 +1,39 @@
-//! The webhook source: an HTTP endpoint that accepts Flatfile notifications and commits them to
-//! the inbox before answering 2xx.
+//! The webhook source: an HTTP endpoint that accepts Flatfile notifications, checks who sent
+//! them (`webhook_auth.rs`), scrubs credentials out of them and commits them to the inbox
+//! before answering 2xx.
+//!
+//! Order of the checks, so that nothing is read, parsed or stored for a request that cannot
+//! be let in: the path (404), draining (503), the headers (401), the body's size (413), the
+//! signature over the raw bytes (401), scrubbing and parsing (400, 422), a legacy
+//! notification's JWT (401), the event's environment against the credential's (403), then the
+//! inbox.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use flatsync_flatfile::{CarriedPart, IncomingEvent, Secret, WebhookBodyError, parse_webhook_body};
-use serde_json::json;
+use flatsync_flatfile::{
+    CarriedPart, IncomingEvent, WebhookBodyError, parse_webhook_body, scrub_webhook_body,
+};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::carried::PartOutcome;
 use crate::health::Health;
 use crate::state::{StateDb, now_ms};
+use crate::webhook_auth::{self, Gate, Rejection, WebhookAuth};
+
+/// The credentials in force; a reload swaps them for new requests.
+pub(crate) type AuthSlot = Arc<RwLock<Arc<WebhookAuth>>>;
 
 pub(crate) struct WebhookState {
     pub(crate) db: StateDb,
-    pub(crate) token: Option<Secret>,
+    /// `[webhook] path`.
+    pub(crate) path: String,
+    pub(crate) auth: AuthSlot,
     pub(crate) max_body_bytes: usize,
     pub(crate) accepted: mpsc::UnboundedSender<String>,
     pub(crate) health: Arc<Health>,
@@ -28,8 +42,12 @@ pub(crate) struct WebhookState {
 /// Seconds a sender is asked to wait before retrying while the daemon stops or cannot store.
 const RETRY_AFTER_SECS: &str = "10";
 
-fn unavailable(error: &str) -> Response {
-    let mut response = reject(StatusCode::SERVICE_UNAVAILABLE, error, json!({}));
+/// Answer to every path that is not served, secret paths with a wrong secret included, so a
+/// prober cannot tell a secret path from any other.
+const NOT_FOUND: &str = "not found";
+
+fn unavailable(error: &str, path: &str) -> Response {
+    let mut response = reject(StatusCode::SERVICE_UNAVAILABLE, error, json!({}), path);
     response.headers_mut().insert(
         header::RETRY_AFTER,
         RETRY_AFTER_SECS.parse().expect("static header"),
@@ -37,142 +55,309 @@ fn unavailable(error: &str) -> Response {
     response
 }
 
-pub(crate) fn router(path: &str, state: Arc<WebhookState>) -> Router {
-    Router::new().route(path, post(receive)).with_state(state)
+/// Every path goes to [`receive`], which does its own routing: a secret path is a path like
+/// any other until its secret is compared, and unknown paths get the same answer as wrong
+/// secrets.
+pub(crate) fn router(state: Arc<WebhookState>) -> Router {
+    Router::new().fallback(receive).with_state(state)
 }
 
-fn reject(status: StatusCode, error: &str, extra: serde_json::Value) -> Response {
+fn reject(status: StatusCode, error: &str, extra: serde_json::Value, path: &str) -> Response {
     let mut body = json!({ "error": error });
     if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
         body.extend(extra);
     }
-    tracing::warn!(status = status.as_u16(), error, "Webhook rejected");
+    tracing::warn!(
+        status = status.as_u16(),
+        reason = error,
+        path,
+        "Webhook rejected"
+    );
     (status, axum::Json(body)).into_response()
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a guessed
-/// token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+fn refuse(rejection: Rejection, path: &str) -> Response {
+    let mut response = reject(rejection.status, rejection.reason, json!({}), path);
+    if rejection.bearer_challenge {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    response
 }
 
-async fn receive(
-    State(state): State<Arc<WebhookState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if state.health.is_draining() {
-        // Refused before reading the body: nothing is accepted that a stopping daemon might not
-        // commit, and the sender's retry reaches the next instance.
-        return unavailable("flatsync is stopping; retry later");
-    }
-    if let Some(token) = &state.token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let ok =
-            presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes()));
-        if !ok {
-            let mut response = reject(
-                StatusCode::UNAUTHORIZED,
-                if presented.is_some() {
-                    "wrong bearer token"
-                } else {
-                    "missing bearer token"
-                },
-                json!({}),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("static header"),
-            );
-            return response;
-        }
-    }
+/// Where a request is going.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// `[webhook] path` itself.
+    Base,
+    /// `{path}/{secret}`, with the scope of the secret.
+    SecretPath(usize),
+    /// Anything else: 404.
+    Unknown,
+}
 
+fn target(path: &str, base: &str, auth: &WebhookAuth) -> Target {
+    if path == base {
+        return if auth.serves_base_path() {
+            Target::Base
+        } else {
+            Target::Unknown
+        };
+    }
+    let segment = path
+        .strip_prefix(base.trim_end_matches('/'))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|segment| !segment.is_empty() && !segment.contains('/'));
+    match segment.and_then(|segment| auth.path_secret_scope(segment)) {
+        Some(scope) => Target::SecretPath(scope),
+        None => Target::Unknown,
+    }
+}
+
+/// The request path as logs may show it: segments of `[webhook] path` as they are, every
+/// other segment `<redacted>`, since it may be a path secret (right or nearly right).
+fn redacted_path(path: &str, base: &str) -> String {
+    let mut base_segments = base.split('/');
+    path.split('/')
+        .map(|segment| match base_segments.next() {
+            Some(expected) if expected == segment => segment,
+            _ => "<redacted>",
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Legacy notifications whose `env` must carry a JWT when a JWT key applies: all of them but
+/// Portal 2.0 `batch.upload` bodies (an `event` object and no `scope`), which have no `env`.
+fn carries_env(event: &IncomingEvent, body: &Value) -> bool {
+    matches!(event, IncomingEvent::Legacy(_))
+        && !(body.get("scope").is_none() && body.get("event").is_some_and(Value::is_object))
+}
+
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    path: &str,
+) -> Result<Bytes, Response> {
     let too_large = || {
         reject(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body too large",
-            json!({ "limit_bytes": state.max_body_bytes }),
+            json!({ "limit_bytes": limit }),
+            path,
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
-        return too_large();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
-        Ok(bytes) => bytes,
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
         Err(e) => {
             // to_bytes reports the limit through a boxed error whose source is LengthLimitError.
             let over_limit = std::error::Error::source(&e)
                 .is_some_and(|s| s.to_string().contains("length limit"));
             if over_limit || e.to_string().contains("length limit") {
-                return too_large();
+                return Err(too_large());
             }
-            return reject(
+            Err(reject(
                 StatusCode::BAD_REQUEST,
                 "could not read the body",
                 json!({ "message": e.to_string() }),
-            );
+                path,
+            ))
         }
-    };
+    }
+}
 
-    let event = match parse_webhook_body(&bytes) {
-        Ok(event) => event,
-        Err(WebhookBodyError::Malformed {
+fn body_error(error: WebhookBodyError, path: &str) -> Response {
+    match error {
+        WebhookBodyError::Malformed {
             line,
             column,
             message,
-        }) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "malformed JSON",
-                json!({ "line": line, "column": column, "message": message }),
-            );
-        }
-        Err(e @ WebhookBodyError::UnknownShape { .. }) => {
-            return reject(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unrecognised event shape",
-                json!({ "message": e.to_string() }),
-            );
-        }
-        Err(e @ WebhookBodyError::BadRows { .. }) => {
-            return reject(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unusable rows",
-                json!({ "message": e.to_string() }),
-            );
+        } => reject(
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+            json!({ "line": line, "column": column, "message": message }),
+            path,
+        ),
+        e @ WebhookBodyError::UnknownShape { .. } => reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unrecognised event shape",
+            json!({ "message": e.to_string() }),
+            path,
+        ),
+        e @ WebhookBodyError::BadRows { .. } => reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unusable rows",
+            json!({ "message": e.to_string() }),
+            path,
+        ),
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<WebhookState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let auth = Arc::clone(
+        &state
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let shown_path = redacted_path(uri.path(), &state.path);
+    let path_scope = match target(uri.path(), &state.path, &auth) {
+        Target::Base => None,
+        Target::SecretPath(scope) => Some(scope),
+        Target::Unknown => {
+            // Under the webhook path it is most likely a sender with a wrong secret, which an
+            // operator wants to see; elsewhere it is a scanner, which they do not.
+            if shown_path.starts_with(state.path.trim_end_matches('/')) {
+                return reject(StatusCode::NOT_FOUND, NOT_FOUND, json!({}), &shown_path);
+            }
+            tracing::debug!(path = %shown_path, "Webhook rejected: unknown path");
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({ "error": NOT_FOUND })),
+            )
+                .into_response();
         }
     };
+    if method != Method::POST {
+        // Health checkers and browsers GET the path; not worth a warning each time.
+        tracing::debug!(method = %method, path = %shown_path, "Webhook rejected: not a POST");
+        let mut response = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(json!({ "error": "only POST is accepted" })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, "POST".parse().expect("static header"));
+        return response;
+    }
+    if state.health.is_draining() {
+        // Refused before reading the body: nothing is accepted that a stopping daemon might not
+        // commit, and the sender's retry reaches the next instance.
+        return unavailable("flatsync is stopping; retry later", &shown_path);
+    }
+
+    let gate = match auth.gate(path_scope, &headers) {
+        Ok(gate) => gate,
+        Err(rejection) => return refuse(rejection, &shown_path),
+    };
+    let bytes = match read_body(body, &headers, state.max_body_bytes, &shown_path).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let (mut method_used, request_scope) = match gate {
+        Gate::Open => (webhook_auth::Method::Open, None),
+        Gate::Admitted(method, scope) => (method, Some(scope)),
+        Gate::VerifySignature => match auth.verify_signature(&headers, &bytes) {
+            Ok((method, scope)) => (method, Some(scope)),
+            Err(rejection) => return refuse(rejection, &shown_path),
+        },
+        Gate::JwtOnly => (webhook_auth::Method::Jwt, None),
+    };
+
+    let scrubbed = match scrub_webhook_body(&bytes) {
+        Ok(scrubbed) => scrubbed,
+        Err(e) => return body_error(e, &shown_path),
+    };
+    if scrubbed.unwrapped || scrubbed.removed > 0 {
+        tracing::debug!(
+            unwrapped = scrubbed.unwrapped,
+            removed_keys = scrubbed.removed,
+            "Webhook body scrubbed"
+        );
+    }
+    let mut stored = scrubbed.body;
+    let mut event = match parse_webhook_body(&stored) {
+        Ok(event) => event,
+        Err(e) => return body_error(e, &shown_path),
+    };
+
+    let mut jwt_scope = None;
+    if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() {
+        let mut value: Value = serde_json::from_slice(&stored).expect("the scrubbed body is JSON");
+        if carries_env(&event, &value) {
+            match auth.verify_legacy_env(&value, request_scope, event.environment_id()) {
+                Ok(None) => {}
+                Ok(Some((claims, scope))) => {
+                    // Only verified claims reach route filters: the sender's own `env` (and
+                    // the JWT string in it) is not stored.
+                    value["env"] = Value::Object(claims);
+                    stored = serde_json::to_vec(&value).expect("a JSON value serialises");
+                    event = match parse_webhook_body(&stored) {
+                        Ok(event) => event,
+                        Err(e) => return body_error(e, &shown_path),
+                    };
+                    jwt_scope = Some(scope);
+                    if request_scope.is_none() {
+                        method_used = webhook_auth::Method::Jwt;
+                    }
+                }
+                Err(rejection) => return refuse(rejection, &shown_path),
+            }
+        }
+    }
+    if matches!(gate, Gate::JwtOnly) && jwt_scope.is_none() {
+        return refuse(
+            Rejection {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "missing credentials: only legacy notifications with a valid env JWT \
+                         are admitted",
+                bearer_challenge: false,
+            },
+            &shown_path,
+        );
+    }
+    for scope in [request_scope, jwt_scope].into_iter().flatten() {
+        if !auth.scope_admits(scope, event.environment_id()) {
+            return reject(
+                StatusCode::FORBIDDEN,
+                "the credential does not admit events of this environment",
+                json!({ "environmentId": event.environment_id() }),
+                &shown_path,
+            );
+        }
+    }
+    let scope_label = request_scope
+        .or(jwt_scope)
+        .map_or("*", |scope| auth.scope(scope).label())
+        .to_owned();
+
     let (event_id, kind, topic) = match event {
         IncomingEvent::Legacy(n) => (n.event_id, "legacy", n.topic),
         IncomingEvent::Platform(e) => (e.id, "platform", e.topic),
-        IncomingEvent::Carried(part) => return accept_part(&state, part).await,
+        IncomingEvent::Carried(part) => return accept_part(&state, part, &shown_path).await,
     };
 
     match state
         .db
-        .insert_event(
-            event_id.clone(),
-            kind,
-            topic.clone(),
-            bytes.to_vec(),
-            now_ms(),
-        )
+        .insert_event(event_id.clone(), kind, topic.clone(), stored, now_ms())
         .await
     {
         Ok(true) => {
-            tracing::info!(event_id = %event_id, topic = %topic, kind, "Webhook accepted");
+            tracing::info!(
+                event_id = %event_id,
+                topic = %topic,
+                kind,
+                auth = method_used.as_str(),
+                scope = %scope_label,
+                "Webhook accepted"
+            );
             crate::metrics::event_received("webhook", &topic);
             // The dispatcher also rescans the inbox on start, so a send error (daemon stopping)
             // loses nothing: the event is already committed.
@@ -193,14 +378,14 @@ async fn receive(
         }
         Err(e) => {
             tracing::error!(error = %e, event_id = %event_id, "Could not store webhook");
-            unavailable("could not store the event; retry later")
+            unavailable("could not store the event; retry later", &shown_path)
         }
     }
 }
 
 /// Stores one part of an upload whose rows travel in the bodies, before answering 2xx; the
 /// part that completes the upload also puts its event into the inbox.
-async fn accept_part(state: &WebhookState, part: CarriedPart) -> Response {
+async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Response {
     let upload = part.upload.clone();
     let position = part.position;
     let rows = part.rows;
@@ -247,22 +432,99 @@ async fn accept_part(state: &WebhookState, part: CarriedPart) -> Response {
             StatusCode::UNPROCESSABLE_ENTITY,
             "inconsistent upload part",
             json!({ "message": reason }),
+            path,
         ),
         Err(e) => {
             tracing::error!(error = %e, upload = %upload, "Could not store upload part");
-            unavailable("could not store the upload part; retry later")
+            unavailable("could not store the upload part; retry later", path)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
-    fn token_comparison_needs_equal_bytes() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn logged_paths_never_show_a_segment_beyond_the_webhook_path() {
+        let base = "/flatfile/webhook";
+        assert_eq!(redacted_path(base, base), base);
+        assert_eq!(
+            redacted_path("/flatfile/webhook/s3cr3t-s3cr3t-s3cr3t", base),
+            "/flatfile/webhook/<redacted>"
+        );
+        assert_eq!(
+            redacted_path("/flatfile/hook/abc", base),
+            "/flatfile/<redacted>/<redacted>"
+        );
+        assert_eq!(redacted_path("/x", "/"), "/<redacted>");
+    }
+
+    fn auth(text: &str) -> WebhookAuth {
+        let mut config =
+            crate::Config::parse(text, std::path::Path::new("/c.toml")).expect("valid config");
+        let webhook = &mut config.webhook.as_mut().expect("[webhook]").auth;
+        // The tests give values in code; the config only says which kinds are set.
+        for source in [
+            &mut webhook.token,
+            &mut webhook.path_secret,
+            &mut webhook.legacy_jwt_secret,
+        ] {
+            if let Some(crate::SecretSource::Env(name)) = source {
+                *source = Some(crate::SecretSource::Value(crate::Secret::new(format!(
+                    "{name}-0123456789abcdef"
+                ))));
+            }
+        }
+        WebhookAuth::from_config(&config).expect("credentials")
+    }
+
+    #[test]
+    fn secret_paths_route_like_unknown_paths_unless_the_secret_matches() {
+        let base = "/flatfile/webhook";
+        let only_path = auth("[webhook]\npath_secret_env = \"P\"\n");
+        let secret = "/flatfile/webhook/P-0123456789abcdef";
+        assert_eq!(target(secret, base, &only_path), Target::SecretPath(0));
+        assert_eq!(target(base, base, &only_path), Target::Unknown);
+        for other in [
+            "/flatfile/webhook/P-0123456789abcdeF",
+            "/flatfile/webhook/P-0123456789abcdef/",
+            "/flatfile/webhook/P-0123456789abcdef/x",
+            "/flatfile/webhook/",
+            "/flatfile/webhookP-0123456789abcdef",
+            "/P-0123456789abcdef",
+        ] {
+            assert_eq!(target(other, base, &only_path), Target::Unknown, "{other}");
+        }
+        let with_token = auth("[webhook]\npath_secret_env = \"P\"\ntoken_env = \"T\"\n");
+        assert_eq!(target(base, base, &with_token), Target::Base);
+        assert_eq!(target(secret, base, &with_token), Target::SecretPath(0));
+        let open = auth("[webhook]\n");
+        assert_eq!(target(base, base, &open), Target::Base);
+        assert_eq!(target(secret, base, &open), Target::Unknown);
+        let jwt_only = auth("[webhook]\nlegacy_jwt_secret_env = \"J\"\n");
+        assert_eq!(target(base, base, &jwt_only), Target::Base);
+        // A base path with a trailing slash still takes one segment after it.
+        assert_eq!(
+            target("/hook/P-0123456789abcdef", "/hook/", &only_path),
+            Target::SecretPath(0)
+        );
+    }
+
+    #[test]
+    fn only_portal_3_style_notifications_carry_an_env_jwt() {
+        let check = |body: serde_json::Value| {
+            let event = parse_webhook_body(body.to_string().as_bytes()).expect("parses");
+            carries_env(&event, &body)
+        };
+        assert!(check(json!({ "env": {}, "scope": { "batchId": "b" } })));
+        assert!(check(json!({ "type": "recordStatusModified", "env": {} })));
+        assert!(!check(json!({
+            "event": { "type": "batch.upload", "id": "e" },
+            "data": { "meta": { "batch": { "id": "b" } }, "validRows": [] }
+        })));
+        assert!(!check(
+            json!({ "id": "us_evt_1", "topic": "job:ready", "env": {} })
+        ));
     }
 }

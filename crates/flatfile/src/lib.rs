@@ -15,6 +15,7 @@ mod carried;
 mod client;
 mod convert;
 mod error;
+mod scrub;
 mod secret;
 mod webhook;
 
@@ -27,6 +28,10 @@ pub use client::{
 };
 pub use convert::{EventsPage, LegacyPage, ListedEvent, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;
+pub use scrub::{
+    CREDENTIAL_KEYS, ROW_DATA_LOCATIONS, ScrubbedBody, is_credential_key, scrub_value,
+    scrub_webhook_body,
+};
 pub use secret::Secret;
 pub use webhook::{
     IncomingEvent, LEGACY_TOPIC_IMPORT_SUBMITTED, LEGACY_TOPIC_RECORD_STATUS_MODIFIED,

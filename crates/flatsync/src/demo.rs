@@ -82,7 +82,7 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
         sim_config.secret_key.clone(),
     )));
     if let Some(webhook) = config.webhook.as_mut() {
-        webhook.token = Some(SecretSource::Value(Secret::new(DEMO_TOKEN.to_owned())));
+        webhook.auth.token = Some(SecretSource::Value(Secret::new(DEMO_TOKEN.to_owned())));
     }
 
     println!(

@@ -164,8 +164,50 @@ async fn check(config: Config) -> anyhow::Result<()> {
             route.sinks.join(", ")
         );
     }
-    if config.webhook.is_none() {
-        println!("warning: no [webhook] section: flatsync run would receive no events");
+    match &config.webhook {
+        None => {
+            println!("warning: no [webhook] section: flatsync run would receive no events");
+        }
+        Some(webhook) => check_webhook_auth(&config, webhook)?,
+    }
+    Ok(())
+}
+
+/// Reads every webhook credential as `flatsync run` would and says what each admits; warns
+/// when a listener reachable from the network lets anyone in.
+fn check_webhook_auth(
+    config: &Config,
+    webhook: &flatsync_core::config::WebhookConfig,
+) -> anyhow::Result<()> {
+    match flatsync_core::webhook_auth_summary(config) {
+        Ok(lines) if lines.is_empty() => {
+            if webhook.listen.ip().is_loopback() {
+                println!(
+                    "webhook authentication: none (the listener is on loopback; a proxy in \
+                     front of it must authenticate senders)"
+                );
+            } else {
+                println!(
+                    "warning: [webhook] listen = {} is not a loopback address and no sender \
+                     authentication is configured: anyone who can reach it can post events \
+                     (set token_*, path_secret_*, signing_secret_* or legacy_jwt_secret_*)",
+                    webhook.listen
+                );
+            }
+        }
+        Ok(lines) => {
+            for line in lines {
+                println!("webhook authentication: {line}");
+            }
+        }
+        // A secret the daemon reads from systemd credentials or its own environment may well
+        // be absent where `check` runs; a secret that is there but unusable is an error.
+        Err(e) if e.is_unreadable() => {
+            println!(
+                "warning: webhook authentication: {e} (flatsync run refuses to start without it)"
+            );
+        }
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
