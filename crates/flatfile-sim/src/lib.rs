@@ -88,6 +88,8 @@ mod admin;
 mod client;
 mod clock;
 mod generate;
+mod jobs;
+mod legacy;
 pub mod receiver;
 mod server;
 mod state;
@@ -98,13 +100,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{
-    EmitEvent, EventRef, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest,
-    Submitted, SubmittedSheet,
+    CreatedJob, EmitEvent, EventRef, EventShape, JobRequest, NewRecords, RecordEdit, RecordsChange,
+    SheetRow, SimEvent, SubmitRequest, Submitted, SubmittedPart, SubmittedSheet,
 };
 pub use client::AdminClient;
+pub use legacy::{
+    Portal2Row, WorkspaceNotification, WorkspaceRow, portal2_upload_bodies, portal2_upload_rows,
+    workspace_rows, workspace_webhook_body,
+};
 pub use server::RunningSim;
 pub use webhook::{
-    WebhookReply, legacy_webhook_body, post_webhook, send_webhook, submit_event_body,
+    WebhookReply, forwarded_event_body, legacy_webhook_body, post_webhook, send_webhook,
+    submit_event_body,
 };
 
 /// Default `X-Api-Key` of the legacy API (`<access key id>+<secret>`).
@@ -115,6 +122,44 @@ pub const DEFAULT_SECRET_KEY: &str = "sk_demo";
 /// Id of the environment whose key is [`SimConfig::secret_key`]. The on-the-fly workbooks and
 /// the events of the legacy-style helpers ([`submit_event_body`]) name it.
 pub const DEFAULT_ENVIRONMENT_ID: &str = "us_env_demo";
+/// The Platform's event domains (`Domain` of `@flatfile/api`). Every event the simulator emits
+/// has one of them, except an admin-emitted event with `allowUnknownDomain`.
+pub const DOMAINS: [&str; 15] = [
+    "file",
+    "space",
+    "workbook",
+    "flag",
+    "job",
+    "document",
+    "sheet",
+    "program",
+    "secret",
+    "cron",
+    "environment",
+    "data-clip",
+    "canvas",
+    "canvas-area",
+    "thread",
+];
+
+/// The domain of an event of `topic`, by its family (the part before `:`).
+///
+/// A family named like a domain is that domain. The others: `records:*` and `commit:*` are
+/// `workbook`, as in Flatfile's record-hook fixtures; `snapshot:*` and `layer:*` are `sheet`
+/// (both belong to one sheet's data); `agent:*` is `environment` (an agent is deployed to one);
+/// `action:*` is `space` (actions are mounted on a space or on what it holds). An unknown family
+/// is returned as it is, which is not a domain.
+pub fn domain_of_topic(topic: &str) -> &str {
+    let family = topic.split_once(':').map_or(topic, |(family, _)| family);
+    match family {
+        "records" | "commit" => "workbook",
+        "snapshot" | "layer" => "sheet",
+        "agent" => "environment",
+        "action" => "space",
+        other => other,
+    }
+}
+
 /// Slugs of the sheets a workbook can have, in order; a workbook has the first
 /// [`SimConfig::sheets_per_workbook`] of them.
 pub const SHEET_SLUGS: [&str; 4] = ["contacts", "companies", "deals", "tickets"];
@@ -348,7 +393,8 @@ pub struct JobState {
     pub outcome_message: Option<String>,
 }
 
-/// Counters of a running simulator. Request counters cover every `/rest` and `/v1` request,
+/// Counters of a running simulator. Request counters cover every `/rest`, `/workspace` and `/v1`
+/// request,
 /// including those answered with an injected fault or a 401.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {
@@ -356,6 +402,9 @@ pub struct SimStats {
     pub requests: u64,
     /// `GET /rest/batch/{id}/rows`.
     pub legacy_rows: u64,
+    /// `GET /workspace/{id}/sheet/{id}/records`.
+    #[serde(default)]
+    pub workspace_records: u64,
     /// `GET /v1/workbooks/{id}`.
     pub workbooks: u64,
     /// `GET /v1/sheets` and `GET /v1/sheets/{id}`.
