@@ -2,9 +2,14 @@
 //! for end-to-end, crash and fault tests.
 //!
 //! One server answers both APIs flatsync reads:
-//! - the legacy Portal REST API: `GET /rest/batch/{batchId}/rows` (auth: `X-Api-Key`);
-//! - the Platform API: workbooks, sheets, record counts, records and jobs under `/v1`
+//! - the legacy Portal REST API: `GET /rest/batch/{batchId}/rows` and the Workspaces records,
+//!   `GET /workspace/{workspaceId}/sheet/{sheetId}/records` (auth: `X-Api-Key`);
+//! - the Platform API: events, workbooks, sheets, record counts, records and jobs under `/v1`
 //!   (auth: `Authorization: Bearer <secret key>`).
+//!
+//! Its Platform answers are checked against the serialization schemas of Flatfile's own SDK,
+//! `@flatfile/api`, in strict mode by `tests/contract/check.mjs`: no key, enumeration value or
+//! union member the SDK does not know.
 //!
 //! Every batch id and every `us_wb_<x>` workbook id exists. Their rows are generated on the fly,
 //! deterministically from ([`SimConfig::seed`], id, row index), so the same configuration always
@@ -35,6 +40,30 @@
 //! the simulator starts, so a restarted simulator never reuses an id a client may have stored.
 //! Their `createdAt` values are strictly increasing, at least 1 ms apart.
 //!
+//! # Jobs
+//!
+//! A job exists only once created: by `POST /_sim/submit`, by `POST /_sim/jobs` or by
+//! `POST /v1/jobs`. `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/ack|complete|fail` and
+//! `PATCH /v1/jobs/{id}` answer any other id (or another environment's job) 404 with
+//! `{"errors": [{"key": "jobId", "message": "Job <id> not found"}]}`, as the Platform does.
+//! Their bodies are checked against the SDK's `JobAckDetails`, `JobCompleteDetails` and
+//! `JobUpdate`. A job reaching `complete` or `failed` emits `job:completed` or `job:failed`;
+//! the last part of a multi-part job to complete also emits the parent's `job:parts-completed`.
+//!
+//! # Event domains
+//!
+//! Every event's `domain` is one of [`DOMAINS`], the SDK's enumeration, chosen from the
+//! topic's family by [`domain_of_topic`] (`records:*` and `commit:*` are `workbook`).
+//! `POST /_sim/events` refuses any other domain unless the request says
+//! `"allowUnknownDomain": true`.
+//!
+//! # Legacy shapes and senders
+//!
+//! Beside the batch rows: the Workspaces records endpoint ([`workspace_rows`] lists what it
+//! serves, [`workspace_webhook_body`] builds its notification), the Portal 2.0 `batch.upload`
+//! request bodies ([`portal2_upload_bodies`], [`portal2_upload_rows`]) and the body
+//! `@flatfile/plugin-webhook-event-forwarder` POSTs ([`forwarded_event_body`]).
+//!
 //! # Record changes and commits
 //!
 //! Records can be added, edited and deleted through the admin API. The records and counts
@@ -53,17 +82,19 @@
 //!
 //! | Request | Does | Answers |
 //! |---|---|---|
-//! | `POST /_sim/submit` `{environmentId?, workbookId?, sheetSlug?, job?, rows?}` | creates a workbook (unless `workbookId`), a job, and the events `job:created`, `job:ready` | [`Submitted`] |
-//! | `POST /_sim/sheets/{sheetId}/records` `{records: [{field: value}]}` or `{count: n}` | adds records: `records:created`, `commit:created`, `commit:completed` | [`RecordsChange`] |
-//! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}]}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
-//! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id]}` | deletes records: `records:deleted` | [`RecordsChange`] |
+//! | `POST /_sim/submit` `{environmentId?, workbookId?, sheetSlug?, job?, rows?, parts?, contextIds?}` | creates a workbook (unless `workbookId`), a job, and the events `job:created`, `job:ready`; `parts: N` adds N part jobs with their `job:ready` (`isPart: true`); `contextIds: false` leaves the workbook and sheet ids out of the job events | [`Submitted`] |
+//! | `POST /_sim/jobs` `{job?, workbookId \| sheetId, environmentId?}` | creates a job, in status `ready`, without any event | [`CreatedJob`] |
+//! | `POST /_sim/sheets/{sheetId}/records` `{records: [{field: value}]}` or `{count: n}`, `eventShape?` | adds records: `records:created`, `commit:created`, `commit:completed` | [`RecordsChange`] |
+//! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}], eventShape?}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
+//! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id], eventShape?}` | deletes records: `records:deleted` | [`RecordsChange`] |
 //! | `GET /_sim/sheets/{sheetId}/records` | the sheet as it is now | `[`[`SheetRow`]`]` |
-//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?}` | emits any event | [`SimEvent`] |
+//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?, allowUnknownDomain?}` | emits any event | [`SimEvent`] |
 //! | `GET /_sim/events?environmentId=` | every event, with `acknowledgedAt` and `ackCount` | `[`[`SimEvent`]`]` |
 //! | `GET /_sim/jobs`, `GET /_sim/jobs/{id}` | the jobs seen | `[`[`JobState`]`]`, [`JobState`] |
 //! | `GET /_sim/stats` | the counters | [`SimStats`] |
 //!
-//! Completing or failing a job created by a submit emits `job:completed` or `job:failed`.
+//! `eventShape` ([`EventShape`]) is `recordIds` (the default), `count`, `dataUrl` or
+//! `versionId`: how the `records:*` and `commit:*` events name what changed.
 //!
 //! ```text
 //! $ curl -s -X POST localhost:8788/_sim/submit -d '{"rows": 50}'
