@@ -249,7 +249,7 @@ pub fn portal2_upload_bodies(
 ) -> Vec<Json> {
     let per_request = per_request.max(1);
     let hash = hash_str(config.seed, "portal2", batch_id);
-    let event_hash = generate::mix(hash ^ 0x2E7E_17);
+    let event_hash = generate::mix(hash ^ 0x002E_7E17);
     let event_id = format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         event_hash >> 32,
