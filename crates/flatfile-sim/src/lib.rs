@@ -411,12 +411,13 @@ impl Default for Faults {
 /// What happened to a job, as recorded by the simulator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobState {
-    /// The job id, as the client sent it.
+    /// The job id, `us_jb_...`.
     pub id: String,
-    /// `created`, `ready` (a job of `POST /_sim/submit` not acknowledged yet), `executing`,
-    /// `complete` or `failed`.
+    /// A Platform `JobStatus`: `ready` once created by the admin API, `created` by
+    /// `POST /v1/jobs`, then `executing` after an ack, `complete` or `failed`, or whatever a
+    /// `PATCH` set.
     pub status: String,
-    /// Every `progress` value sent with `ack`, in order.
+    /// Every `progress` value sent with `ack` or `PATCH`, in order.
     pub progress: Vec<u8>,
     /// The last `info` sent with `ack`, `complete` or `fail`.
     pub info: Option<String>,
