@@ -37,11 +37,11 @@ fn delivers_exactly(rows: u64) {
 
     let batch = format!("b-boundary-{rows}");
     let legacy_event = format!("evt-boundary-{rows}");
-    let (event, workbook, job) = (
+    let (event, workbook) = (
         format!("us_evt_boundary{rows}"),
         format!("us_wb_boundary{rows}"),
-        format!("us_jb_boundary{rows}"),
     );
+    let job = sim.job_for(&workbook);
     for body in [
         legacy_webhook_body(&batch, &legacy_event, rows),
         submit_event_body(&event, &workbook, &job),

@@ -172,10 +172,11 @@ fn a_sink_written_in_c_receives_every_row_once() {
 
     let mut daemon = settings.start();
     let (batch, legacy_event) = ("b-c-sink", "evt-c-sink");
-    let (submit_event, workbook, job) = ("us_evt_cSink1", "us_wb_cSink1", "us_jb_cSink1");
+    let (submit_event, workbook) = ("us_evt_cSink1", "us_wb_cSink1");
+    let job = sim.job_for(workbook);
     let reply = daemon.post(&legacy_webhook_body(batch, legacy_event, sim.config().rows));
     assert!(reply.is_success(), "legacy webhook: {}", reply.text());
-    let reply = daemon.post(&submit_event_body(submit_event, workbook, job));
+    let reply = daemon.post(&submit_event_body(submit_event, workbook, &job));
     assert!(reply.is_success(), "submit webhook: {}", reply.text());
     daemon.wait_done(&[legacy_event, submit_event], EVENT_DEADLINE);
 

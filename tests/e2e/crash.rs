@@ -73,11 +73,8 @@ impl Sims {
                 (sent, body)
             }
             Api::Platform => {
-                let (event, workbook, job) = (
-                    format!("us_evt_{name}"),
-                    format!("us_wb_{name}"),
-                    format!("us_jb_{name}"),
-                );
+                let (event, workbook) = (format!("us_evt_{name}"), format!("us_wb_{name}"));
+                let job = self.platform.job_for(&workbook);
                 let body = submit_event_body(&event, &workbook, &job);
                 let sent = Sent {
                     event_id: event,

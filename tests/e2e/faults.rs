@@ -42,10 +42,11 @@ fn injected_api_faults_lose_and_duplicate_nothing_and_retries_wait_for_retry_aft
     let daemon = settings.start();
 
     let (batch, legacy_event) = ("b-faults-1", "evt-faults-1");
-    let (event, workbook, job) = ("us_evt_faults1", "us_wb_faults1", "us_jb_faults1");
+    let (event, workbook) = ("us_evt_faults1", "us_wb_faults1");
+    let job = sim.job_for(workbook);
     for body in [
         legacy_webhook_body(batch, legacy_event, rows),
-        submit_event_body(event, workbook, job),
+        submit_event_body(event, workbook, &job),
     ] {
         let reply = daemon.post(&body);
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -60,7 +61,7 @@ fn injected_api_faults_lose_and_duplicate_nothing_and_retries_wait_for_retry_aft
     csv_rows(&csv_dir).assert_exactly(&expected, "csv-folder sink under API faults");
     sqlite_rows(&db).assert_exactly(&expected, "sqlite sink under API faults");
 
-    let job_state = sim.job(job).expect("the simulator saw the job");
+    let job_state = sim.job(&job).expect("the simulator saw the job");
     assert_eq!(job_state.status, "complete", "{job_state:?}");
 
     let stats = sim.stats();

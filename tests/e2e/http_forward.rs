@@ -309,11 +309,8 @@ fn signed_requests_verify_and_tampered_ones_are_refused(label: &str, daemon_secr
     let daemon = forwarding_daemon(dir.path(), &sim, &receiver, daemon_secrets, 100)
         .page_size(250)
         .start();
-    let (event, workbook, job) = (
-        format!("us_evt_{label}"),
-        format!("us_wb_{label}"),
-        format!("us_jb_{label}"),
-    );
+    let (event, workbook) = (format!("us_evt_{label}"), format!("us_wb_{label}"));
+    let job = sim.job_for(&workbook);
     let reply = daemon.post(&submit_event_body(&event, &workbook, &job));
     assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
     daemon.wait_done(&[&event], EVENT_DEADLINE);
@@ -451,8 +448,9 @@ fn kill_9_during_forwarding_of_100k_rows_repeats_batches_only_under_the_same_id(
         settings.state_db(),
     );
     let mut daemon = settings.start();
-    let (event, workbook, job) = ("us_evt_hfCrash", "us_wb_hfCrash", "us_jb_hfCrash");
-    let reply = daemon.post(&submit_event_body(event, workbook, job));
+    let (event, workbook) = ("us_evt_hfCrash", "us_wb_hfCrash");
+    let job = sim.job_for(workbook);
+    let reply = daemon.post(&submit_event_body(event, workbook, &job));
     assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
 
     let mut kills = 0;
@@ -526,7 +524,7 @@ fn kill_9_during_forwarding_of_100k_rows_repeats_batches_only_under_the_same_id(
         "sqlite sink database\n{journal}"
     );
     let job_state = sim
-        .job(job)
+        .job(&job)
         .unwrap_or_else(|| panic!("the simulator never saw job {job}\n{journal}"));
     assert_eq!(job_state.status, "complete", "{job_state:?}\n{journal}");
     println!("{journal}");
@@ -560,8 +558,9 @@ fn a_429_with_retry_after_and_a_503_outage_are_waited_out_and_every_row_arrives(
     let daemon = forwarding_daemon(dir.path(), &sim, &receiver, &[NEW_SECRET], 100)
         .page_size(200)
         .start();
-    let (event, workbook, job) = ("us_evt_hfBackoff", "us_wb_hfBackoff", "us_jb_hfBackoff");
-    let reply = daemon.post(&submit_event_body(event, workbook, job));
+    let (event, workbook) = ("us_evt_hfBackoff", "us_wb_hfBackoff");
+    let job = sim.job_for(workbook);
+    let reply = daemon.post(&submit_event_body(event, workbook, &job));
     assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
     daemon.wait_done(&[event], EVENT_DEADLINE);
 
@@ -655,8 +654,9 @@ fn a_422_dead_letters_the_delivery_with_its_body_and_a_retry_delivers_every_row(
     let daemon = forwarding_daemon(dir.path(), &sim, &receiver, &[NEW_SECRET], 100)
         .page_size(200)
         .start();
-    let (event, workbook, job) = ("us_evt_hfRefused", "us_wb_hfRefused", "us_jb_hfRefused");
-    let reply = daemon.post(&submit_event_body(event, workbook, job));
+    let (event, workbook) = ("us_evt_hfRefused", "us_wb_hfRefused");
+    let job = sim.job_for(workbook);
+    let reply = daemon.post(&submit_event_body(event, workbook, &job));
     assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
     let ended = daemon.wait_final(event, EVENT_DEADLINE);
     assert_eq!(ended.status, "failed", "{ended:?}\n{}", daemon.log_tail());

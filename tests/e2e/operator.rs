@@ -115,7 +115,8 @@ fn status_json_shows_rows_delivered_a_failed_delivery_with_its_error_and_nothing
     assert_eq!(reply.status, 200, "{}", reply.text());
     daemon.wait_done(&[legacy], EVENT_DEADLINE);
     let failing = "evt-op-submit";
-    let reply = daemon.post(&submit_event_body(failing, "us_wb_op", "us_jb_op"));
+    let job = sim.job_for("us_wb_op");
+    let reply = daemon.post(&submit_event_body(failing, "us_wb_op", &job));
     assert_eq!(reply.status, 200, "{}", reply.text());
     let event = daemon.wait_final(failing, EVENT_DEADLINE);
     assert_eq!(event.status, "failed", "{event:?}");

@@ -393,8 +393,9 @@ fn the_packaged_config_runs_with_its_secrets_as_systemd_credentials() {
     );
 
     let url = format!("http://127.0.0.1:{webhook_port}/flatfile/webhook");
-    let (event, workbook, job) = ("us_evt_pkgSubmit1", "us_wb_pkgSubmit1", "us_jb_pkgSubmit1");
-    let body = serde_json::to_vec(&submit_event_body(event, workbook, job)).expect("JSON");
+    let (event, workbook) = ("us_evt_pkgSubmit1", "us_wb_pkgSubmit1");
+    let job = sim.job_for(workbook);
+    let body = serde_json::to_vec(&submit_event_body(event, workbook, &job)).expect("JSON");
     let refused = http::post_json(&url, None, &body).expect("the listener answers");
     assert_eq!(
         refused.status,
@@ -410,7 +411,7 @@ fn the_packaged_config_runs_with_its_secrets_as_systemd_credentials() {
         "the Flatfile job to complete",
         EVENT_DEADLINE,
         || {
-            sim.job(job)
+            sim.job(&job)
                 .filter(|j| j.status == "complete" || j.status == "failed")
         },
         || service.log(),

@@ -29,8 +29,9 @@ fn workbook_submit_reaches_csv_and_sqlite_once_and_completes_the_job() {
     );
     let daemon = settings.start();
 
-    let (event, workbook, job) = ("us_evt_e2eSubmit1", "us_wb_e2eSubmit1", "us_jb_e2eSubmit1");
-    let reply = daemon.post(&submit_event_body(event, workbook, job));
+    let (event, workbook) = ("us_evt_e2eSubmit1", "us_wb_e2eSubmit1");
+    let job = sim.job_for(workbook);
+    let reply = daemon.post(&submit_event_body(event, workbook, &job));
     assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
     assert_eq!(reply.json()["status"], "accepted", "{}", reply.text());
     daemon.wait_done(&[event], EVENT_DEADLINE);
@@ -105,7 +106,7 @@ fn workbook_submit_reaches_csv_and_sqlite_once_and_completes_the_job() {
     sqlite.assert_exactly(&every_id, "sqlite sink");
 
     let job_state = sim
-        .job(job)
+        .job(&job)
         .unwrap_or_else(|| panic!("the simulator never saw job {job}\n{}", daemon.log_tail()));
     assert_eq!(
         job_state.status, "complete",

@@ -19,7 +19,6 @@ use crate::common::EVENT_DEADLINE;
 const LEGACY_BATCH: &str = "b-plugin-1";
 const LEGACY_EVENT: &str = "evt-plugin-legacy-1";
 const WORKBOOK: &str = "us_wb_plugin1";
-const JOB: &str = "us_jb_plugin1";
 const SUBMIT_EVENT: &str = "us_evt_plugin1";
 
 /// A simulator whose legacy batch and workbook (two sheets) together hold a few pages of rows.
@@ -31,11 +30,12 @@ fn sim() -> Sim {
     })
 }
 
-/// Sends one legacy import and one workbook submission and waits until both are delivered.
-fn import_both(daemon: &DaemonProcess, rows: u64) {
+/// Sends one legacy import and one workbook submission (of `job`) and waits until both are
+/// delivered.
+fn import_both(daemon: &DaemonProcess, rows: u64, job: &str) {
     for body in [
         legacy_webhook_body(LEGACY_BATCH, LEGACY_EVENT, rows),
-        submit_event_body(SUBMIT_EVENT, WORKBOOK, JOB),
+        submit_event_body(SUBMIT_EVENT, WORKBOOK, job),
     ] {
         let reply = daemon.post(&body);
         assert_eq!(reply.status, 200, "webhook answer: {}", reply.text());
@@ -171,7 +171,7 @@ fn scaffolded_plugin_builds_on_its_own_and_receives_every_row_once() {
         check.stdout
     );
     let daemon = settings.start();
-    import_both(&daemon, sim.config().rows);
+    import_both(&daemon, sim.config().rows, &sim.job_for(WORKBOOK));
 
     for (stream, rows) in streams(&sim) {
         let lines = read_lines(&out.join(format!("{stream}.rows")));
@@ -216,7 +216,7 @@ fn jsonl_folder_receives_legacy_and_platform_imports_once() {
         .route(&["portalImportSubmitted", "job:ready"], &["rows", "values"])
         .page_size(100)
         .start();
-    import_both(&daemon, sim.config().rows);
+    import_both(&daemon, sim.config().rows, &sim.job_for(WORKBOOK));
 
     let streams = streams(&sim);
     for sink_dir in [&rows_dir, &values_dir] {

@@ -143,6 +143,15 @@ impl Sim {
         flatfile_sim::AdminClient::new(&self.url).expect("an admin client for the simulator")
     }
 
+    /// Creates a `workbook:submitActionFg` job for `workbook_id` (`POST /_sim/jobs`, no events)
+    /// and returns its id: the job a test's own `job:ready` webhook names, since the simulator
+    /// answers 404 for any job it did not create.
+    pub fn job_for(&self, workbook_id: &str) -> String {
+        self.admin()
+            .workbook_job(workbook_id)
+            .unwrap_or_else(|e| panic!("cannot create a job for {workbook_id}: {e}"))
+    }
+
     /// What the simulator logged so far.
     pub fn log(&self) -> String {
         read_file(self.log.path())

@@ -167,9 +167,12 @@ async fn an_embedded_daemon_delivers_to_in_process_sinks_and_reloads() {
         summary.sinks_changed.is_empty() && summary.needs_restart.is_empty(),
         "{summary:?}"
     );
+    let job = sim
+        .workbook_job("us_wb_w1")
+        .expect("the simulator creates the job");
     deliver(
         &daemon,
-        flatfile_sim::submit_event_body("e2", "us_wb_w1", "us_jb_j1"),
+        flatfile_sim::submit_event_body("e2", "us_wb_w1", &job),
         "e2",
     )
     .await;
@@ -181,10 +184,7 @@ async fn an_embedded_daemon_delivers_to_in_process_sinks_and_reloads() {
     let mut both = flatfile_sim::legacy_row_ids(&sim_config, "b1");
     both.extend(workbook.iter().cloned());
     assert_once(&received_by("first"), &both);
-    assert_eq!(
-        sim.job("us_jb_j1").map(|j| j.status),
-        Some("complete".to_owned())
-    );
+    assert_eq!(sim.job(&job).map(|j| j.status), Some("complete".to_owned()));
 
     // A reload whose sink cannot start is refused, naming it; the running config goes on.
     let err = daemon

@@ -34,6 +34,17 @@ pub struct SubmitRequest {
     /// Rows of a new workbook in all, split over its sheets [default: `SimConfig::rows`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// Split the job into this many part jobs, as Flatfile does for a large submit: the parent's
+    /// `job:ready` says `payload.isPart = false`, and each part job (its own id, `parentId` = the
+    /// parent, `part` and `partData: {part, total}`) gets a `job:ready` of the same job name
+    /// with `payload.isPart = true`. At least 1 [default: no parts].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u64>,
+    /// `false` leaves `workbookId`, `sheetId` and `sheetSlug` out of the context of the submit's
+    /// job events, so a client must read the job (`GET /v1/jobs/{id}`, whose `source` names the
+    /// workbook or sheet) to know what to export [default: true].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_ids: Option<bool>,
 }
 
 /// The answer to a submit.
@@ -50,6 +61,125 @@ pub struct Submitted {
     pub environment_id: String,
     /// The sheets the job covers (one for a sheet submit), in order.
     pub sheets: Vec<SubmittedSheet>,
+    /// The part jobs of a submit with `parts`, in order; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<SubmittedPart>,
+}
+
+/// A part job of a multi-part submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmittedPart {
+    /// The part job, `us_jb_...`; its `parentId` is the submit's job.
+    pub job_id: String,
+    /// Its `job:ready` event (`payload.isPart = true`).
+    pub event_id: String,
+    /// Which part, from 1.
+    pub part: u64,
+    /// How many parts the submit has.
+    pub total: u64,
+}
+
+/// `POST /_sim/jobs`: a job for a workbook or a sheet, created without any event, as when a
+/// `job:ready` reaches a client by a way the simulator does not see (a webhook a test sends
+/// itself). Exactly one of `workbook_id` and `sheet_id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRequest {
+    /// The job name, `<type>:<operation>` [default: `workbook:submitActionFg`, or
+    /// `sheet:submitActionFg` with `sheet_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The workbook the job is for (its `source`): a submitted one or any `us_wb_<x>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workbook_id: Option<String>,
+    /// The sheet the job is for (its `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet_id: Option<String>,
+    /// Environment of the job [default: the workbook's, or the default environment].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_id: Option<String>,
+}
+
+impl JobRequest {
+    /// A `workbook:submitActionFg` job for this workbook.
+    pub fn workbook(workbook_id: impl Into<String>) -> JobRequest {
+        JobRequest {
+            workbook_id: Some(workbook_id.into()),
+            ..JobRequest::default()
+        }
+    }
+
+    /// A `sheet:submitActionFg` job for this sheet.
+    pub fn sheet(sheet_id: impl Into<String>) -> JobRequest {
+        JobRequest {
+            sheet_id: Some(sheet_id.into()),
+            ..JobRequest::default()
+        }
+    }
+}
+
+/// The answer to `POST /_sim/jobs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedJob {
+    /// The new job, `us_jb_...`, in status `ready`.
+    pub job_id: String,
+    /// Its name, `<type>:<operation>`.
+    pub job: String,
+    /// The workbook or sheet it is for.
+    pub source: String,
+    /// Its environment.
+    pub environment_id: String,
+}
+
+/// How the `records:*` and `commit:*` events of a record change name what changed
+/// (`"eventShape"` of the record admin requests). Flatfile has published several payloads over
+/// time; each shape is one a client must cope with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventShape {
+    /// `"recordIds"`: `records:*` carry `payload: {sheetId, recordIds, recordCount}`
+    /// (`records:updated`: `{sheetId, recordIds, changes}`); `commit:*` carry `commitId` and
+    /// `versionId` in the context, `commit:created` a `dataUrl`.
+    #[default]
+    RecordIds,
+    /// `"count"`: `records:*` carry `payload: {count}` only: no record ids, no commit id in
+    /// the context or the payload, no `dataUrl`, as the older published payloads. `commit:*` as
+    /// with `recordIds`. The only shape besides `recordIds` a deletion takes.
+    Count,
+    /// `"dataUrl"`: `records:*` carry `payload: {count}` and a top-level `dataUrl`,
+    /// `v1/sheets/<sheetId>/records?commitId=<commit>` relative to the API root (as Flatfile's
+    /// listener resolves it); the commit is named nowhere else. `commit:*` as with `recordIds`.
+    DataUrl,
+    /// `"versionId"`: `records:*` carry `payload: {count}`, and they and `commit:*` name the
+    /// commit only as `context.versionId` (the deprecated name), never `commitId`; no `dataUrl`,
+    /// no commit id in any payload.
+    VersionId,
+}
+
+impl EventShape {
+    /// The JSON name, e.g. `recordIds`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventShape::RecordIds => "recordIds",
+            EventShape::Count => "count",
+            EventShape::DataUrl => "dataUrl",
+            EventShape::VersionId => "versionId",
+        }
+    }
+
+    /// The shape of a JSON name.
+    pub fn parse(name: &str) -> Option<EventShape> {
+        [
+            EventShape::RecordIds,
+            EventShape::Count,
+            EventShape::DataUrl,
+            EventShape::VersionId,
+        ]
+        .into_iter()
+        .find(|shape| shape.as_str() == name)
+    }
 }
 
 /// A sheet covered by a submit.
@@ -127,7 +257,7 @@ pub struct EmitEvent {
     pub environment_id: Option<String>,
     /// Topic, e.g. `space:created`.
     pub topic: String,
-    /// Domain [default: the topic before `:`].
+    /// Domain [default: the domain of the topic's family, see [`crate::domain_of_topic`]].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Context, merged over `{accountId, environmentId, spaceId}`.
@@ -136,6 +266,14 @@ pub struct EmitEvent {
     /// Payload [default: `{}`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Json>,
+    /// Accept a domain outside the Platform's enumeration ([`crate::DOMAINS`]), to test how a
+    /// client copes with one; refused otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_unknown_domain: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 impl EmitEvent {
@@ -157,7 +295,7 @@ pub struct SimEvent {
     pub id: String,
     /// Topic, e.g. `records:created`.
     pub topic: String,
-    /// Domain, e.g. `records`.
+    /// Domain, one of [`crate::DOMAINS`] (unless emitted with `allowUnknownDomain`).
     pub domain: String,
     /// `accountId`, `environmentId`, `spaceId` and the topic's ids (`workbookId`, `sheetId`,
     /// `sheetSlug`, `jobId`, `commitId`...).
@@ -166,7 +304,8 @@ pub struct SimEvent {
     pub payload: Json,
     /// ISO 8601 UTC with milliseconds.
     pub created_at: String,
-    /// Where a commit's records are (`v1/sheets/{id}/records?commitId=...`), on `commit:created`.
+    /// Where a commit's records are (`v1/sheets/{id}/records?commitId=...`, relative to the API
+    /// root), on `commit:created`, and on `records:*` of the `dataUrl` [`EventShape`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_url: Option<String>,
     /// When the first ack arrived.

@@ -7,7 +7,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::de::DeserializeOwned;
 
 use crate::admin::{
-    EmitEvent, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest, Submitted,
+    CreatedJob, EmitEvent, EventShape, JobRequest, NewRecords, RecordEdit, RecordsChange, SheetRow,
+    SimEvent, SubmitRequest, Submitted,
 };
 use crate::{JobState, SimError, SimStats};
 
@@ -151,16 +152,40 @@ impl AdminClient {
         self.send(Method::POST, &["_sim", "submit"], request)
     }
 
+    /// `POST /_sim/jobs`: a job for a workbook or a sheet, without any event.
+    pub fn create_job(&self, request: &JobRequest) -> Result<CreatedJob, SimError> {
+        self.send(Method::POST, &["_sim", "jobs"], request)
+    }
+
+    /// The id of a new `workbook:submitActionFg` job for `workbook_id`
+    /// ([`AdminClient::create_job`]).
+    pub fn workbook_job(&self, workbook_id: &str) -> Result<String, SimError> {
+        self.create_job(&JobRequest::workbook(workbook_id))
+            .map(|created| created.job_id)
+    }
+
     /// `POST /_sim/sheets/{sheet_id}/records`.
     pub fn add_records(
         &self,
         sheet_id: &str,
         records: &NewRecords,
     ) -> Result<RecordsChange, SimError> {
+        self.add_records_as(sheet_id, records, EventShape::RecordIds)
+    }
+
+    /// `POST /_sim/sheets/{sheet_id}/records` with events of another [`EventShape`].
+    pub fn add_records_as(
+        &self,
+        sheet_id: &str,
+        records: &NewRecords,
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
+        let mut body = serde_json::to_value(records).expect("records serialize");
+        body["eventShape"] = serde_json::json!(shape);
         self.send(
             Method::POST,
             &["_sim", "sheets", sheet_id, "records"],
-            records,
+            &body,
         )
     }
 
@@ -170,10 +195,20 @@ impl AdminClient {
         sheet_id: &str,
         edits: &[RecordEdit],
     ) -> Result<RecordsChange, SimError> {
+        self.edit_records_as(sheet_id, edits, EventShape::RecordIds)
+    }
+
+    /// `PATCH /_sim/sheets/{sheet_id}/records` with events of another [`EventShape`].
+    pub fn edit_records_as(
+        &self,
+        sheet_id: &str,
+        edits: &[RecordEdit],
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
         self.send(
             Method::PATCH,
             &["_sim", "sheets", sheet_id, "records"],
-            &serde_json::json!({ "records": edits }),
+            &serde_json::json!({ "records": edits, "eventShape": shape }),
         )
     }
 
@@ -183,10 +218,20 @@ impl AdminClient {
         sheet_id: &str,
         ids: &[String],
     ) -> Result<RecordsChange, SimError> {
+        self.delete_records_as(sheet_id, ids, EventShape::RecordIds)
+    }
+
+    /// `DELETE /_sim/sheets/{sheet_id}/records` with an event of another [`EventShape`].
+    pub fn delete_records_as(
+        &self,
+        sheet_id: &str,
+        ids: &[String],
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
         self.send(
             Method::DELETE,
             &["_sim", "sheets", sheet_id, "records"],
-            &serde_json::json!({ "ids": ids }),
+            &serde_json::json!({ "ids": ids, "eventShape": shape }),
         )
     }
 
@@ -213,7 +258,7 @@ impl AdminClient {
         self.get(&["_sim", "jobs"], &[])
     }
 
-    /// `GET /_sim/jobs/{job_id}`; `None` when the simulator never saw the job.
+    /// `GET /_sim/jobs/{job_id}`; `None` when the simulator has no such job.
     pub fn job(&self, job_id: &str) -> Result<Option<JobState>, SimError> {
         let url = self.url(&["_sim", "jobs", job_id], &[]);
         self.call(Method::GET, url, None, true)

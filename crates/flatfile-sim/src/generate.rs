@@ -14,8 +14,8 @@ use crate::{SHEET_SLUGS, SimConfig, clock};
 
 /// Time the generated rows were imported, the fixtures' 2024-05-02T13:58:40.012Z; each batch or
 /// sheet is shifted from it by up to a day so timestamps differ between streams.
-const IMPORT_EPOCH_MS: u64 = 1_714_658_320_012;
-const DAY_MS: u64 = 86_400_000;
+pub(crate) const IMPORT_EPOCH_MS: u64 = 1_714_658_320_012;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 
 /// Ids the simulator uses for everything around the data, which it does not model.
 pub(crate) const ACCOUNT_ID: &str = "us_acc_sim";
@@ -32,7 +32,7 @@ pub(crate) fn mix(value: u64) -> u64 {
 }
 
 /// Hash of a string under a seed; `domain` keeps hashes of different kinds of ids apart.
-fn hash_str(seed: u64, domain: &str, text: &str) -> u64 {
+pub(crate) fn hash_str(seed: u64, domain: &str, text: &str) -> u64 {
     // FNV-1a over the bytes, then mixed with the seed: stable across platforms and Rust versions,
     // unlike `std`'s `DefaultHasher`.
     let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
@@ -114,7 +114,7 @@ impl Value {
         }
     }
 
-    fn write_json(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         match self {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Str(text) => put_str(out, text),
@@ -142,15 +142,15 @@ fn owned(text: String) -> Value {
     Value::Str(Cow::Owned(text))
 }
 
-fn put(out: &mut Vec<u8>, raw: &str) {
+pub(crate) fn put(out: &mut Vec<u8>, raw: &str) {
     out.extend_from_slice(raw.as_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, text: &str) {
     serde_json::to_writer(&mut *out, text).expect("writing JSON into a Vec cannot fail");
 }
 
-fn put_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+pub(crate) fn put_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
     write!(out, "{value}").expect("writing into a Vec cannot fail");
 }
 
@@ -489,7 +489,7 @@ fn email(invalid: bool, variant: usize, index: u64, rng: &mut RowRng) -> Value {
 }
 
 /// Legacy columns as (header in the uploaded file, mapped template key).
-const LEGACY_COLUMNS: [(&str, &str); 7] = [
+pub(crate) const LEGACY_COLUMNS: [(&str, &str); 7] = [
     ("First", "name"),
     ("Email Address", "email"),
     ("Age", "age"),

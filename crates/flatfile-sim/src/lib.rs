@@ -2,9 +2,14 @@
 //! for end-to-end, crash and fault tests.
 //!
 //! One server answers both APIs flatsync reads:
-//! - the legacy Portal REST API: `GET /rest/batch/{batchId}/rows` (auth: `X-Api-Key`);
-//! - the Platform API: workbooks, sheets, record counts, records and jobs under `/v1`
+//! - the legacy Portal REST API: `GET /rest/batch/{batchId}/rows` and the Workspaces records,
+//!   `GET /workspace/{workspaceId}/sheet/{sheetId}/records` (auth: `X-Api-Key`);
+//! - the Platform API: events, workbooks, sheets, record counts, records and jobs under `/v1`
 //!   (auth: `Authorization: Bearer <secret key>`).
+//!
+//! Its Platform answers are checked against the serialization schemas of Flatfile's own SDK,
+//! `@flatfile/api`, in strict mode by `tests/contract/check.mjs`: no key, enumeration value or
+//! union member the SDK does not know.
 //!
 //! Every batch id and every `us_wb_<x>` workbook id exists. Their rows are generated on the fly,
 //! deterministically from ([`SimConfig::seed`], id, row index), so the same configuration always
@@ -35,6 +40,30 @@
 //! the simulator starts, so a restarted simulator never reuses an id a client may have stored.
 //! Their `createdAt` values are strictly increasing, at least 1 ms apart.
 //!
+//! # Jobs
+//!
+//! A job exists only once created: by `POST /_sim/submit`, by `POST /_sim/jobs` or by
+//! `POST /v1/jobs`. `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/ack|complete|fail` and
+//! `PATCH /v1/jobs/{id}` answer any other id (or another environment's job) 404 with
+//! `{"errors": [{"key": "jobId", "message": "Job <id> not found"}]}`, as the Platform does.
+//! Their bodies are checked against the SDK's `JobAckDetails`, `JobCompleteDetails` and
+//! `JobUpdate`. A job reaching `complete` or `failed` emits `job:completed` or `job:failed`;
+//! the last part of a multi-part job to complete also emits the parent's `job:parts-completed`.
+//!
+//! # Event domains
+//!
+//! Every event's `domain` is one of [`DOMAINS`], the SDK's enumeration, chosen from the
+//! topic's family by [`domain_of_topic`] (`records:*` and `commit:*` are `workbook`).
+//! `POST /_sim/events` refuses any other domain unless the request says
+//! `"allowUnknownDomain": true`.
+//!
+//! # Legacy shapes and senders
+//!
+//! Beside the batch rows: the Workspaces records endpoint ([`workspace_rows`] lists what it
+//! serves, [`workspace_webhook_body`] builds its notification), the Portal 2.0 `batch.upload`
+//! request bodies ([`portal2_upload_bodies`], [`portal2_upload_rows`]) and the body
+//! `@flatfile/plugin-webhook-event-forwarder` POSTs ([`forwarded_event_body`]).
+//!
 //! # Record changes and commits
 //!
 //! Records can be added, edited and deleted through the admin API. The records and counts
@@ -53,17 +82,19 @@
 //!
 //! | Request | Does | Answers |
 //! |---|---|---|
-//! | `POST /_sim/submit` `{environmentId?, workbookId?, sheetSlug?, job?, rows?}` | creates a workbook (unless `workbookId`), a job, and the events `job:created`, `job:ready` | [`Submitted`] |
-//! | `POST /_sim/sheets/{sheetId}/records` `{records: [{field: value}]}` or `{count: n}` | adds records: `records:created`, `commit:created`, `commit:completed` | [`RecordsChange`] |
-//! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}]}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
-//! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id]}` | deletes records: `records:deleted` | [`RecordsChange`] |
+//! | `POST /_sim/submit` `{environmentId?, workbookId?, sheetSlug?, job?, rows?, parts?, contextIds?}` | creates a workbook (unless `workbookId`), a job, and the events `job:created`, `job:ready`; `parts: N` adds N part jobs with their `job:ready` (`isPart: true`); `contextIds: false` leaves the workbook and sheet ids out of the job events | [`Submitted`] |
+//! | `POST /_sim/jobs` `{job?, workbookId \| sheetId, environmentId?}` | creates a job, in status `ready`, without any event | [`CreatedJob`] |
+//! | `POST /_sim/sheets/{sheetId}/records` `{records: [{field: value}]}` or `{count: n}`, `eventShape?` | adds records: `records:created`, `commit:created`, `commit:completed` | [`RecordsChange`] |
+//! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}], eventShape?}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
+//! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id], eventShape?}` | deletes records: `records:deleted` | [`RecordsChange`] |
 //! | `GET /_sim/sheets/{sheetId}/records` | the sheet as it is now | `[`[`SheetRow`]`]` |
-//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?}` | emits any event | [`SimEvent`] |
+//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?, allowUnknownDomain?}` | emits any event | [`SimEvent`] |
 //! | `GET /_sim/events?environmentId=` | every event, with `acknowledgedAt` and `ackCount` | `[`[`SimEvent`]`]` |
 //! | `GET /_sim/jobs`, `GET /_sim/jobs/{id}` | the jobs seen | `[`[`JobState`]`]`, [`JobState`] |
 //! | `GET /_sim/stats` | the counters | [`SimStats`] |
 //!
-//! Completing or failing a job created by a submit emits `job:completed` or `job:failed`.
+//! `eventShape` ([`EventShape`]) is `recordIds` (the default), `count`, `dataUrl` or
+//! `versionId`: how the `records:*` and `commit:*` events name what changed.
 //!
 //! ```text
 //! $ curl -s -X POST localhost:8788/_sim/submit -d '{"rows": 50}'
@@ -88,6 +119,8 @@ mod admin;
 mod client;
 mod clock;
 mod generate;
+mod jobs;
+mod legacy;
 pub mod receiver;
 mod server;
 mod state;
@@ -98,13 +131,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{
-    EmitEvent, EventRef, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest,
-    Submitted, SubmittedSheet,
+    CreatedJob, EmitEvent, EventRef, EventShape, JobRequest, NewRecords, RecordEdit, RecordsChange,
+    SheetRow, SimEvent, SubmitRequest, Submitted, SubmittedPart, SubmittedSheet,
 };
 pub use client::AdminClient;
+pub use legacy::{
+    Portal2Row, WorkspaceNotification, WorkspaceRow, portal2_upload_bodies, portal2_upload_rows,
+    workspace_rows, workspace_webhook_body,
+};
 pub use server::RunningSim;
 pub use webhook::{
-    WebhookReply, legacy_webhook_body, post_webhook, send_webhook, submit_event_body,
+    WebhookReply, forwarded_event_body, legacy_webhook_body, post_webhook, send_webhook,
+    submit_event_body,
 };
 
 /// Default `X-Api-Key` of the legacy API (`<access key id>+<secret>`).
@@ -115,6 +153,44 @@ pub const DEFAULT_SECRET_KEY: &str = "sk_demo";
 /// Id of the environment whose key is [`SimConfig::secret_key`]. The on-the-fly workbooks and
 /// the events of the legacy-style helpers ([`submit_event_body`]) name it.
 pub const DEFAULT_ENVIRONMENT_ID: &str = "us_env_demo";
+/// The Platform's event domains (`Domain` of `@flatfile/api`). Every event the simulator emits
+/// has one of them, except an admin-emitted event with `allowUnknownDomain`.
+pub const DOMAINS: [&str; 15] = [
+    "file",
+    "space",
+    "workbook",
+    "flag",
+    "job",
+    "document",
+    "sheet",
+    "program",
+    "secret",
+    "cron",
+    "environment",
+    "data-clip",
+    "canvas",
+    "canvas-area",
+    "thread",
+];
+
+/// The domain of an event of `topic`, by its family (the part before `:`).
+///
+/// A family named like a domain is that domain. The others: `records:*` and `commit:*` are
+/// `workbook`, as in Flatfile's record-hook fixtures; `snapshot:*` and `layer:*` are `sheet`
+/// (both belong to one sheet's data); `agent:*` is `environment` (an agent is deployed to one);
+/// `action:*` is `space` (actions are mounted on a space or on what it holds). An unknown family
+/// is returned as it is, which is not a domain.
+pub fn domain_of_topic(topic: &str) -> &str {
+    let family = topic.split_once(':').map_or(topic, |(family, _)| family);
+    match family {
+        "records" | "commit" => "workbook",
+        "snapshot" | "layer" => "sheet",
+        "agent" => "environment",
+        "action" => "space",
+        other => other,
+    }
+}
+
 /// Slugs of the sheets a workbook can have, in order; a workbook has the first
 /// [`SimConfig::sheets_per_workbook`] of them.
 pub const SHEET_SLUGS: [&str; 4] = ["contacts", "companies", "deals", "tickets"];
@@ -335,12 +411,13 @@ impl Default for Faults {
 /// What happened to a job, as recorded by the simulator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobState {
-    /// The job id, as the client sent it.
+    /// The job id, `us_jb_...`.
     pub id: String,
-    /// `created`, `ready` (a job of `POST /_sim/submit` not acknowledged yet), `executing`,
-    /// `complete` or `failed`.
+    /// A Platform `JobStatus`: `ready` once created by the admin API, `created` by
+    /// `POST /v1/jobs`, then `executing` after an ack, `complete` or `failed`, or whatever a
+    /// `PATCH` set.
     pub status: String,
-    /// Every `progress` value sent with `ack`, in order.
+    /// Every `progress` value sent with `ack` or `PATCH`, in order.
     pub progress: Vec<u8>,
     /// The last `info` sent with `ack`, `complete` or `fail`.
     pub info: Option<String>,
@@ -348,7 +425,8 @@ pub struct JobState {
     pub outcome_message: Option<String>,
 }
 
-/// Counters of a running simulator. Request counters cover every `/rest` and `/v1` request,
+/// Counters of a running simulator. Request counters cover every `/rest`, `/workspace` and `/v1`
+/// request,
 /// including those answered with an injected fault or a 401.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {
@@ -356,6 +434,9 @@ pub struct SimStats {
     pub requests: u64,
     /// `GET /rest/batch/{id}/rows`.
     pub legacy_rows: u64,
+    /// `GET /workspace/{id}/sheet/{id}/records`.
+    #[serde(default)]
+    pub workspace_records: u64,
     /// `GET /v1/workbooks/{id}`.
     pub workbooks: u64,
     /// `GET /v1/sheets` and `GET /v1/sheets/{id}`.

@@ -8,14 +8,19 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use flatfile_sim::{
-    DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, RunningSim, SimConfig, SimEnvironment,
-    legacy_webhook_body, send_webhook, submit_event_body,
+    AdminClient, DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, JobRequest, RunningSim,
+    SimConfig, SimEnvironment, forwarded_event_body, legacy_webhook_body, portal2_upload_bodies,
+    send_webhook, submit_event_body,
 };
 
 const LEGACY_KEY_ENV: &str = "FLATFILE_SIM_LEGACY_API_KEY";
 const SECRET_KEY_ENV: &str = "FLATFILE_SIM_SECRET_KEY";
 const ENVIRONMENTS_ENV: &str = "FLATFILE_SIM_ENVIRONMENTS";
 const WEBHOOK_TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
+/// The listener's own variable for its bearer token, which the forwarder copies into the body.
+const FORWARDED_TOKEN_ENV: &str = "FLATFILE_BEARER_TOKEN";
+/// The API root a Flatfile listener uses when nothing else is configured.
+const LISTENER_API_URL: &str = "https://platform.flatfile.com/api";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,14 +30,19 @@ const WEBHOOK_TOKEN_ENV: &str = "FLATSYNC_WEBHOOK_TOKEN";
     long_about = "A local Flatfile API simulator for trying and testing flatsync without a Flatfile \
 account.\n\nWithout a subcommand it serves, on one address, the legacy Portal API \
 (GET /rest/batch/{batchId}/rows, header X-Api-Key) and the Platform API (/v1 workbooks, sheets, \
-counts, records, jobs and events, header Authorization: Bearer). Every batch id and every \
-us_wb_<x> workbook id exists; rows are generated from the seed, so runs are repeatable. Faults \
-(5xx, 429 with Retry-After, cut connections) can be injected.\n\nThe admin API (no auth) drives \
-and inspects it: POST /_sim/submit creates a workbook and a submit job with its job:ready event; \
-POST, PATCH and DELETE /_sim/sheets/{sheetId}/records add, edit and delete records (with \
-records:* and commit:* events); POST /_sim/events emits any event; GET /_sim/events, \
-/_sim/jobs, /_sim/jobs/{id}, /_sim/sheets/{sheetId}/records and /_sim/stats show what \
-happened.\n\nKeys come from the environment: FLATFILE_SIM_LEGACY_API_KEY (default \
+counts, records, jobs and events, header Authorization: Bearer), and the legacy Workspaces \
+records (GET /workspace/{workspaceId}/sheet/{sheetId}/records, header X-Api-Key). Every batch \
+id, every (workspace, sheet) and every us_wb_<x> workbook id exists; rows are generated from \
+the seed, so runs are repeatable. Jobs exist only once created; any other job id is answered \
+404. Faults (5xx, 429 with Retry-After, cut connections) can be injected.\n\nThe admin API \
+(no auth) drives and inspects it: POST /_sim/submit creates a workbook and a submit job with \
+its job:ready event (\"parts\": N splits it into N part jobs, \"contextIds\": false leaves \
+the workbook and sheet ids out of the job events); POST /_sim/jobs creates a job for a \
+workbook or sheet without any event; POST, PATCH and DELETE /_sim/sheets/{sheetId}/records add, \
+edit and delete records (with records:* and commit:* events; \"eventShape\" picks how they \
+name the change: recordIds, count, dataUrl or versionId); POST /_sim/events emits any event of \
+a Platform domain (\"allowUnknownDomain\": true for others); GET /_sim/events, /_sim/jobs, \
+/_sim/jobs/{id}, /_sim/sheets/{sheetId}/records and /_sim/stats show what happened.\n\nKeys come from the environment: FLATFILE_SIM_LEGACY_API_KEY (default \
 demo-key+demo-secret), FLATFILE_SIM_SECRET_KEY (key of environment us_env_demo, default sk_demo) \
 and FLATFILE_SIM_ENVIRONMENTS (more environments, ID=KEY,ID=KEY). --environment ID=KEY adds one \
 too, but puts its key where other local users can read it. Keys are never printed. Logs go to \
@@ -48,11 +58,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Send one webhook as Flatfile would, print the answer, and exit 0 on a 2xx status.
+    /// Send a webhook as Flatfile would, print the answer, and exit 0 on a 2xx status.
     ///
-    /// Sends either a legacy Portal "Import submitted" notification (--legacy-batch) or a
-    /// Platform job:ready event of a workbook submit (--workbook and --job). The bearer token,
-    /// if any, comes from the environment variable FLATSYNC_WEBHOOK_TOKEN.
+    /// Sends a legacy Portal "Import submitted" notification (--legacy-batch), a Platform
+    /// job:ready event of a workbook submit (--workbook with --job, or with --sim to create the
+    /// job in the simulator first; --forwarded wraps it as
+    /// @flatfile/plugin-webhook-event-forwarder does), or every request of a Portal 2.0
+    /// batch.upload (--portal2-upload, stopping at the first non-2xx answer). The bearer token
+    /// of the request, if any, comes from the environment variable FLATSYNC_WEBHOOK_TOKEN; the
+    /// access token a forwarded body carries from FLATFILE_BEARER_TOKEN.
     SendWebhook(SendWebhookArgs),
 }
 
@@ -95,7 +109,7 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("kind").required(true).args(["legacy_batch", "workbook"])))]
+#[command(group(ArgGroup::new("kind").required(true).args(["legacy_batch", "workbook", "portal2_upload"])))]
 struct SendWebhookArgs {
     /// URL of the receiving webhook endpoint, the daemon's [webhook] path, e.g.
     /// http://127.0.0.1:8787/flatfile/webhook.
@@ -104,17 +118,41 @@ struct SendWebhookArgs {
     /// Send a legacy Portal "Import submitted" notification for this batch id.
     #[arg(long, value_name = "ID")]
     legacy_batch: Option<String>,
-    /// Row count announced in the legacy notification (the simulator's --rows) [default: 1000].
-    #[arg(long, requires = "legacy_batch")]
+    /// Rows: announced in the legacy notification (the simulator's --rows), or uploaded by
+    /// --portal2-upload [default: 1000].
+    #[arg(long)]
     rows: Option<u64>,
     /// Send a Platform job:ready event for a submit of this workbook (us_wb_...).
-    #[arg(long, value_name = "ID", requires = "job")]
-    workbook: Option<String>,
-    /// Job id of the Platform submit event (us_jb_...).
-    #[arg(long, value_name = "ID", requires = "workbook")]
-    job: Option<String>,
-    /// Event id to send [default: a random one].
     #[arg(long, value_name = "ID")]
+    workbook: Option<String>,
+    /// Job id of the Platform submit event (us_jb_...): a job that exists in the simulator the
+    /// receiver reads from (POST /_sim/jobs creates one).
+    #[arg(long, value_name = "ID", requires = "workbook", conflicts_with = "sim")]
+    job: Option<String>,
+    /// Base URL of the simulator the receiver reads from: create the job there first
+    /// (POST /_sim/jobs) and send the job:ready of that job.
+    #[arg(long, value_name = "URL", requires = "workbook")]
+    sim: Option<String>,
+    /// Wrap the job:ready event as @flatfile/plugin-webhook-event-forwarder POSTs it: the
+    /// listener's FlatfileEvent with the access token from FLATFILE_BEARER_TOKEN (as the
+    /// listener, "..." when unset) and --api-url in the body.
+    #[arg(long, requires = "workbook")]
+    forwarded: bool,
+    /// The listener's API root carried in a forwarded body [default: --sim's URL, else
+    /// https://platform.flatfile.com/api].
+    #[arg(long, value_name = "URL", requires = "forwarded")]
+    api_url: Option<String>,
+    /// Send every request of a Portal 2.0 batch.upload of this batch id (--rows rows).
+    #[arg(long, value_name = "BATCH")]
+    portal2_upload: Option<String>,
+    /// Rows per request of a Portal 2.0 upload.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    per_request: u64,
+    /// Seed of the uploaded rows (the simulator's --seed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Event id to send [default: a random one].
+    #[arg(long, value_name = "ID", conflicts_with = "portal2_upload")]
     event_id: Option<String>,
 }
 
@@ -260,14 +298,68 @@ fn random_hex(len: usize) -> String {
         .collect()
 }
 
+fn env_token(name: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(token) if !token.is_empty() => Ok(Some(token)),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
+    }
+}
+
+/// Creates a job for the workbook in the simulator at `sim_url`.
+async fn create_job(sim_url: &str, workbook_id: &str) -> anyhow::Result<String> {
+    let (sim_url, workbook_id) = (sim_url.to_owned(), workbook_id.to_owned());
+    // The admin client blocks on a runtime of its own, which must not run inside this one.
+    let created = tokio::task::spawn_blocking(move || {
+        AdminClient::new(&sim_url)?.create_job(&JobRequest::workbook(workbook_id))
+    })
+    .await
+    .context("the job creation did not finish")?
+    .context("cannot create the job in the simulator")?;
+    Ok(created.job_id)
+}
+
 async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
-    let token = match std::env::var(WEBHOOK_TOKEN_ENV) {
-        Ok(token) if !token.is_empty() => Some(token),
-        Ok(_) | Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{WEBHOOK_TOKEN_ENV} is not valid UTF-8"),
-    };
-    let (event_id, body) = match (&args.legacy_batch, &args.workbook, &args.job) {
-        (Some(batch_id), _, _) => {
+    let token = env_token(WEBHOOK_TOKEN_ENV)?;
+    if let Some(batch_id) = &args.portal2_upload {
+        let config = SimConfig {
+            seed: args.seed,
+            ..SimConfig::default()
+        };
+        let bodies = portal2_upload_bodies(
+            &config,
+            batch_id,
+            args.rows.unwrap_or(1000),
+            args.per_request,
+        );
+        let count = bodies.len();
+        for (at, body) in bodies.iter().enumerate() {
+            let reply = send_webhook(&args.to, token.as_deref(), body)
+                .await
+                .with_context(|| format!("cannot send request {} of {count}", at + 1))?;
+            println!("HTTP {} (request {} of {count})", reply.status, at + 1);
+            if !reply.body.is_empty() {
+                println!("{}", reply.body);
+            }
+            if !(200..300).contains(&reply.status) {
+                eprintln!(
+                    "flatfile-sim: stopped the upload at request {} of {count}",
+                    at + 1
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        eprintln!(
+            "flatfile-sim: sent upload {} in {count} requests",
+            bodies[0]["event"]["id"].as_str().unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.rows.is_some() && args.workbook.is_some() {
+        bail!("--rows goes with --legacy-batch or --portal2-upload, not --workbook");
+    }
+    let (event_id, body) = match (&args.legacy_batch, &args.workbook) {
+        (Some(batch_id), _) => {
             let event_id = args.event_id.unwrap_or_else(|| {
                 format!(
                     "{}-{}-4{}-a{}-{}",
@@ -281,14 +373,29 @@ async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
             let body = legacy_webhook_body(batch_id, &event_id, args.rows.unwrap_or(1000));
             (event_id, body)
         }
-        (None, Some(workbook_id), Some(job_id)) => {
+        (None, Some(workbook_id)) => {
+            let job_id = match (&args.job, &args.sim) {
+                (Some(job_id), _) => job_id.clone(),
+                (None, Some(sim_url)) => create_job(sim_url, workbook_id).await?,
+                (None, None) => bail!("--workbook needs --job ID or --sim URL"),
+            };
             let event_id = args
                 .event_id
                 .unwrap_or_else(|| format!("us_evt_{}", random_hex(16)));
-            let body = submit_event_body(&event_id, workbook_id, job_id);
+            let mut body = submit_event_body(&event_id, workbook_id, &job_id);
+            if args.forwarded {
+                let access_token =
+                    env_token(FORWARDED_TOKEN_ENV)?.unwrap_or_else(|| "...".to_owned());
+                let api_url = args
+                    .api_url
+                    .or(args.sim)
+                    .unwrap_or_else(|| LISTENER_API_URL.to_owned());
+                body = forwarded_event_body(&body, &access_token, &api_url);
+            }
+            eprintln!("flatfile-sim: job {job_id}");
             (event_id, body)
         }
-        _ => bail!("pass either --legacy-batch ID or --workbook ID --job ID"),
+        _ => bail!("pass --legacy-batch ID, --workbook ID or --portal2-upload BATCH"),
     };
     let reply = send_webhook(&args.to, token.as_deref(), &body)
         .await

@@ -21,11 +21,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin::{
-    EmitEvent, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest, Submitted,
+    CreatedJob, EmitEvent, EventShape, JobRequest, NewRecords, RecordEdit, RecordsChange, SheetRow,
+    SimEvent, SubmitRequest, Submitted,
 };
 use crate::generate::{self, SheetRef};
-use crate::state::{EventsQuery, JobRecord, RecordsQuery, Rejection, World};
+use crate::state::{EventsQuery, RecordsQuery, Rejection, World};
 use crate::{JobState, SimConfig, SimError, SimStats, clock};
+use crate::{jobs, legacy};
 
 /// A simulator serving on a local port until [`RunningSim::shutdown`] (or drop).
 pub struct RunningSim {
@@ -94,12 +96,12 @@ impl RunningSim {
         &self.shared.config
     }
 
-    /// The state of a job the server has seen, if any.
+    /// The state of a job, if the simulator created it.
     pub fn job(&self, job_id: &str) -> Option<JobState> {
         self.shared.job_state(job_id)
     }
 
-    /// Every job the server has seen, oldest first.
+    /// Every job, oldest first.
     pub fn jobs(&self) -> Vec<JobState> {
         self.shared.world().jobs()
     }
@@ -111,6 +113,19 @@ impl RunningSim {
         Ok(shared.world().submit(&shared.config, request)?)
     }
 
+    /// Like `POST /_sim/jobs`: a job for a workbook or a sheet, in status `ready`, without any
+    /// event (a test then sends its `job:ready` itself, e.g. with [`crate::submit_event_body`]).
+    pub fn create_job(&self, request: &JobRequest) -> Result<CreatedJob, SimError> {
+        let shared = &self.shared;
+        Ok(shared.world().create_job(&shared.config, request)?)
+    }
+
+    /// The id of a new `workbook:submitActionFg` job for `workbook_id` ([`RunningSim::create_job`]).
+    pub fn workbook_job(&self, workbook_id: &str) -> Result<String, SimError> {
+        self.create_job(&JobRequest::workbook(workbook_id))
+            .map(|created| created.job_id)
+    }
+
     /// Like `POST /_sim/sheets/{sheet_id}/records`: adds records, emits `records:created`,
     /// `commit:created` and `commit:completed`.
     pub fn add_records(
@@ -118,10 +133,20 @@ impl RunningSim {
         sheet_id: &str,
         records: &NewRecords,
     ) -> Result<RecordsChange, SimError> {
+        self.add_records_as(sheet_id, records, EventShape::RecordIds)
+    }
+
+    /// [`RunningSim::add_records`] with events of another [`EventShape`].
+    pub fn add_records_as(
+        &self,
+        sheet_id: &str,
+        records: &NewRecords,
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
         let shared = &self.shared;
         Ok(shared
             .world()
-            .add_records(&shared.config, sheet_id, records)?)
+            .add_records(&shared.config, sheet_id, records, shape)?)
     }
 
     /// Like `PATCH /_sim/sheets/{sheet_id}/records`: edits records, emits `records:updated`,
@@ -131,10 +156,20 @@ impl RunningSim {
         sheet_id: &str,
         edits: &[RecordEdit],
     ) -> Result<RecordsChange, SimError> {
+        self.edit_records_as(sheet_id, edits, EventShape::RecordIds)
+    }
+
+    /// [`RunningSim::edit_records`] with events of another [`EventShape`].
+    pub fn edit_records_as(
+        &self,
+        sheet_id: &str,
+        edits: &[RecordEdit],
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
         let shared = &self.shared;
         Ok(shared
             .world()
-            .edit_records(&shared.config, sheet_id, edits)?)
+            .edit_records(&shared.config, sheet_id, edits, shape)?)
     }
 
     /// Like `DELETE /_sim/sheets/{sheet_id}/records`: deletes records, emits `records:deleted`.
@@ -143,10 +178,21 @@ impl RunningSim {
         sheet_id: &str,
         ids: &[String],
     ) -> Result<RecordsChange, SimError> {
+        self.delete_records_as(sheet_id, ids, EventShape::RecordIds)
+    }
+
+    /// [`RunningSim::delete_records`] with an event of another [`EventShape`] (`RecordIds` or
+    /// `Count`: a deletion makes no commit to name).
+    pub fn delete_records_as(
+        &self,
+        sheet_id: &str,
+        ids: &[String],
+        shape: EventShape,
+    ) -> Result<RecordsChange, SimError> {
         let shared = &self.shared;
         Ok(shared
             .world()
-            .delete_records(&shared.config, sheet_id, ids)?)
+            .delete_records(&shared.config, sheet_id, ids, shape)?)
     }
 
     /// Like `POST /_sim/events`: emits an event of any topic.
@@ -225,6 +271,7 @@ enum Fault {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     LegacyRows,
+    WorkspaceRecords,
     Workbooks,
     Sheets,
     Counts,
@@ -244,6 +291,13 @@ fn classify(method: &Method, path: &str) -> Kind {
             Kind::Other
         };
     }
+    if let Some(rest) = path.strip_prefix("/workspace/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        return match parts.as_slice() {
+            [_, "sheet", _, "records"] => Kind::WorkspaceRecords,
+            _ => Kind::Other,
+        };
+    }
     if path.starts_with("/v1/workbooks/") {
         return Kind::Workbooks;
     }
@@ -258,7 +312,7 @@ fn classify(method: &Method, path: &str) -> Kind {
             Some(_) => Kind::Other,
         };
     }
-    if path.starts_with("/v1/jobs/") {
+    if path == "/v1/jobs" || path.starts_with("/v1/jobs/") {
         return Kind::Jobs;
     }
     if path == "/v1/events" && method == Method::GET {
@@ -312,7 +366,7 @@ impl Shared {
     }
 
     fn job_state(&self, id: &str) -> Option<JobState> {
-        self.world().jobs.get(id).map(|job| job.state(id))
+        self.world().job_state(id)
     }
 
     fn count_unauthorized(&self) {
@@ -328,15 +382,19 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/sheets/{sheet_id}", get(get_sheet))
         .route("/v1/sheets/{sheet_id}/counts", get(sheet_counts))
         .route("/v1/sheets/{sheet_id}/records", get(sheet_records))
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{job_id}", get(get_job))
+        .route(
+            "/workspace/{workspace_id}/sheet/{sheet_id}/records",
+            get(workspace_records),
+        )
+        .route("/v1/jobs", get(list_jobs).post(create_job))
+        .route("/v1/jobs/{job_id}", get(get_job).patch(patch_job))
         .route("/v1/jobs/{job_id}/ack", post(ack_job))
         .route("/v1/jobs/{job_id}/complete", post(complete_job))
         .route("/v1/jobs/{job_id}/fail", post(fail_job))
         .route("/v1/events", get(list_events))
         .route("/v1/events/{event_id}", get(get_event))
         .route("/v1/events/{event_id}/ack", post(ack_event))
-        .route("/_sim/jobs", get(admin_jobs))
+        .route("/_sim/jobs", get(admin_jobs).post(admin_create_job))
         .route("/_sim/jobs/{job_id}", get(admin_job))
         .route("/_sim/stats", get(admin_stats))
         .route("/_sim/submit", post(admin_submit))
@@ -364,7 +422,8 @@ async fn count_and_inject_faults(
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_owned();
-    if !(path.starts_with("/rest/") || path.starts_with("/v1/") || path == "/v1") {
+    let legacy = path.starts_with("/rest/") || path.starts_with("/workspace/");
+    if !(legacy || path.starts_with("/v1/") || path == "/v1") {
         return next.run(request).await;
     }
     let method = request.method().clone();
@@ -388,12 +447,12 @@ async fn count_and_inject_faults(
         }
     };
     let fault = sim.fault_for(sim.requests.fetch_add(1, Ordering::Relaxed));
-    let legacy = path.starts_with("/rest/");
     let alternate_error = {
         let mut stats = lock(&sim.stats);
         stats.requests += 1;
         match classify(&method, &path) {
             Kind::LegacyRows => stats.legacy_rows += 1,
+            Kind::WorkspaceRecords => stats.workspace_records += 1,
             Kind::Workbooks => stats.workbooks += 1,
             Kind::Sheets => stats.sheets += 1,
             Kind::Counts => stats.counts += 1,
@@ -652,6 +711,37 @@ async fn legacy_rows(
         &mut body,
         sim.config.seed,
         &batch_id,
+        sim.config.rows,
+        skip,
+        take,
+    );
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// `GET /workspace/{workspaceId}/sheet/{sheetId}/records?skip=&take=`: a legacy Workspaces
+/// sheet, [`SimConfig::rows`] records for every (workspace, sheet).
+async fn workspace_records(
+    State(sim): State<Arc<Shared>>,
+    Path((workspace_id, sheet_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    legacy_auth(&sim, &headers)?;
+    let skip = query_u64(&query, "skip", 0, true)?;
+    let take = query_u64(&query, "take", 50, true)?;
+    if take == 0 {
+        return Err(ApiError::legacy(
+            StatusCode::BAD_REQUEST,
+            "take must be at least 1",
+        ));
+    }
+    let take = take.min(sim.config.max_page_size);
+    pause(&sim).await;
+    let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, 300));
+    legacy::write_workspace_page(
+        &mut body,
+        sim.config.seed,
+        (&workspace_id, &sheet_id),
         sim.config.rows,
         skip,
         take,
@@ -920,34 +1010,35 @@ fn optional_string(body: &Map<String, Json>, key: &str) -> Result<Option<String>
     }
 }
 
-/// Applies `change` to the job (creating it on first sight) and answers `{data: Job}`.
-fn with_job(sim: &Shared, job_id: &str, change: impl FnOnce(&mut JobRecord, u64)) -> Response {
-    let body = sim.world().change_job(job_id, change);
-    json_value(StatusCode::OK, &body)
+fn optional_bool(body: &Map<String, Json>, key: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Bool(flag)) => Ok(Some(*flag)),
+        Some(_) => Err(ApiError::bad(key, format!("{key} must be true or false"))),
+    }
 }
 
-/// `GET /v1/jobs?pageSize=&pageNumber=`: the jobs the server has seen, oldest first, in the
-/// Platform's list envelope `{pagination: {currentPage, pageCount, totalCount}, data: Job[]}`.
+fn job_answer(job: Result<Json, Rejection>) -> Result<Response, ApiError> {
+    Ok(json_value(StatusCode::OK, &json!({ "data": job? })))
+}
+
+/// `GET /v1/jobs?pageSize=&pageNumber=&parentId=`: the key's environment's jobs, oldest first,
+/// in the Platform's list envelope `{pagination: {currentPage, pageCount, totalCount}, data}`.
 async fn list_jobs(
     State(sim): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
+    let environment = platform_auth(&sim, &headers)?;
     let page_size = query_u64(&query, "pageSize", 20, false)?.max(1);
     let page_number = query_u64(&query, "pageNumber", 1, false)?.max(1);
-    let world = sim.world();
-    let jobs = world.jobs();
+    let jobs = sim
+        .world()
+        .list_jobs(&environment, query.get("parentId").map(String::as_str));
     let total = jobs.len() as u64;
     let skip = usize::try_from((page_number - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
     let take = usize::try_from(page_size).unwrap_or(usize::MAX);
-    let data: Vec<Json> = jobs
-        .iter()
-        .skip(skip)
-        .take(take)
-        .map(|job| world.jobs[&job.id].to_json(&job.id)["data"].take())
-        .collect();
-    drop(world);
+    let data: Vec<Json> = jobs.into_iter().skip(skip).take(take).collect();
     Ok(json_value(
         StatusCode::OK,
         &json!({
@@ -961,13 +1052,38 @@ async fn list_jobs(
     ))
 }
 
+/// `POST /v1/jobs` with a `JobConfig`: a job of the key's environment, and its `job:created`.
+async fn create_job(
+    State(sim): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let environment = platform_auth(&sim, &headers)?;
+    let request = jobs::parse_config(&json_body(&body)?)?;
+    job_answer(
+        sim.world()
+            .api_create_job(&sim.config, &environment, request),
+    )
+}
+
 async fn get_job(
     State(sim): State<Arc<Shared>>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    Ok(with_job(&sim, &job_id, |_, _| {}))
+    let environment = platform_auth(&sim, &headers)?;
+    job_answer(sim.world().job_json(&environment, &job_id))
+}
+
+async fn patch_job(
+    State(sim): State<Arc<Shared>>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let environment = platform_auth(&sim, &headers)?;
+    let update = jobs::parse_update(&json_body(&body)?)?;
+    job_answer(sim.world().update_job(&environment, &job_id, update))
 }
 
 async fn ack_job(
@@ -976,37 +1092,9 @@ async fn ack_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    platform_auth(&sim, &headers)?;
-    let body = json_body(&body)?;
-    let info = optional_string(&body, "info")?;
-    let progress = match body.get("progress") {
-        None | Some(Json::Null) => None,
-        Some(value) => Some(
-            value
-                .as_u64()
-                .filter(|p| *p <= 100)
-                .and_then(|p| u8::try_from(p).ok())
-                .ok_or_else(|| {
-                    ApiError::bad("progress", "progress must be an integer from 0 to 100")
-                })?,
-        ),
-    };
-    Ok(with_job(&sim, &job_id, |job, now| {
-        // A finished job stays finished: a late ack (say, a retry whose first answer was lost)
-        // must not reopen it.
-        if job.is_finished() {
-            return;
-        }
-        job.status = "executing";
-        job.started_ms.get_or_insert(now);
-        job.updated_ms = now;
-        if let Some(progress) = progress {
-            job.progress.push(progress);
-        }
-        if info.is_some() {
-            job.info = info;
-        }
-    }))
+    let environment = platform_auth(&sim, &headers)?;
+    let details = jobs::parse_ack(&json_body(&body)?)?;
+    job_answer(sim.world().ack_job(&environment, &job_id, details))
 }
 
 async fn finish_job(
@@ -1016,23 +1104,12 @@ async fn finish_job(
     body: &Bytes,
     status: &'static str,
 ) -> Result<Response, ApiError> {
-    platform_auth(sim, headers)?;
-    let body = json_body(body)?;
-    let info = optional_string(&body, "info")?;
-    let outcome = match body.get("outcome") {
-        None | Some(Json::Null) => None,
-        Some(outcome @ Json::Object(_)) => Some(outcome.clone()),
-        Some(_) => return Err(ApiError::bad("outcome", "outcome must be an object")),
-    };
-    Ok(with_job(sim, job_id, |job, now| {
-        job.status = status;
-        job.updated_ms = now;
-        job.finished_ms = Some(now);
-        if info.is_some() {
-            job.info = info;
-        }
-        job.outcome = outcome;
-    }))
+    let environment = platform_auth(sim, headers)?;
+    let details = jobs::parse_complete(&json_body(body)?)?;
+    job_answer(
+        sim.world()
+            .finish_job(&environment, job_id, status, details),
+    )
 }
 
 async fn complete_job(
@@ -1063,7 +1140,7 @@ async fn admin_job(State(sim): State<Arc<Shared>>, Path(job_id): Path<String>) -
             false,
             StatusCode::NOT_FOUND,
             Some("jobId"),
-            &format!("Job {job_id} was never seen"),
+            &format!("Job {job_id} not found"),
         ),
     }
 }
@@ -1074,6 +1151,26 @@ async fn admin_jobs(State(sim): State<Arc<Shared>>) -> Response {
         StatusCode::OK,
         &serde_json::to_value(jobs).expect("JobState serializes"),
     )
+}
+
+async fn admin_create_job(
+    State(sim): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_body(&body)?;
+    known_keys(
+        &body,
+        "",
+        &["job", "workbookId", "sheetId", "environmentId"],
+    )?;
+    let request = JobRequest {
+        job: optional_string(&body, "job")?,
+        workbook_id: optional_string(&body, "workbookId")?,
+        sheet_id: optional_string(&body, "sheetId")?,
+        environment_id: optional_string(&body, "environmentId")?,
+    };
+    let created = sim.world().create_job(&sim.config, &request)?;
+    Ok(json_answer(&created))
 }
 
 async fn admin_stats(State(sim): State<Arc<Shared>>) -> Response {
@@ -1126,7 +1223,15 @@ async fn admin_submit(State(sim): State<Arc<Shared>>, body: Bytes) -> Result<Res
     known_keys(
         &body,
         "",
-        &["environmentId", "workbookId", "sheetSlug", "job", "rows"],
+        &[
+            "environmentId",
+            "workbookId",
+            "sheetSlug",
+            "job",
+            "rows",
+            "parts",
+            "contextIds",
+        ],
     )?;
     let request = SubmitRequest {
         environment_id: optional_string(&body, "environmentId")?,
@@ -1134,9 +1239,24 @@ async fn admin_submit(State(sim): State<Arc<Shared>>, body: Bytes) -> Result<Res
         sheet_slug: optional_string(&body, "sheetSlug")?,
         job: optional_string(&body, "job")?,
         rows: optional_u64(&body, "rows")?,
+        parts: optional_u64(&body, "parts")?,
+        context_ids: optional_bool(&body, "contextIds")?,
     };
     let submitted = sim.world().submit(&sim.config, &request)?;
     Ok(json_answer(&submitted))
+}
+
+/// `eventShape` of a record change [default: `recordIds`].
+fn event_shape(body: &Map<String, Json>) -> Result<EventShape, ApiError> {
+    match optional_string(body, "eventShape")? {
+        None => Ok(EventShape::RecordIds),
+        Some(name) => EventShape::parse(&name).ok_or_else(|| {
+            ApiError::bad(
+                "eventShape",
+                format!("eventShape {name:?} is not one of recordIds, count, dataUrl, versionId"),
+            )
+        }),
+    }
 }
 
 fn object_at<'a>(value: &'a Json, at: &str) -> Result<&'a Map<String, Json>, ApiError> {
@@ -1158,7 +1278,8 @@ async fn admin_add_records(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_body(&body)?;
-    known_keys(&body, "", &["records", "count"])?;
+    known_keys(&body, "", &["records", "count", "eventShape"])?;
+    let shape = event_shape(&body)?;
     let records = match (body.contains_key("records"), optional_u64(&body, "count")?) {
         (true, Some(_)) => {
             return Err(ApiError::bad(
@@ -1178,7 +1299,9 @@ async fn admin_add_records(
             return Err(ApiError::bad("records", "give records: [...] or count: n"));
         }
     };
-    let change = sim.world().add_records(&sim.config, &sheet_id, &records)?;
+    let change = sim
+        .world()
+        .add_records(&sim.config, &sheet_id, &records, shape)?;
     Ok(json_answer(&change))
 }
 
@@ -1188,7 +1311,8 @@ async fn admin_edit_records(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_body(&body)?;
-    known_keys(&body, "", &["records"])?;
+    known_keys(&body, "", &["records", "eventShape"])?;
+    let shape = event_shape(&body)?;
     let mut edits = Vec::new();
     for (at, record) in array_at(&body, "records")?.iter().enumerate() {
         let at = format!("records[{at}]");
@@ -1213,7 +1337,9 @@ async fn admin_edit_records(
         .clone();
         edits.push(RecordEdit { id, values });
     }
-    let change = sim.world().edit_records(&sim.config, &sheet_id, &edits)?;
+    let change = sim
+        .world()
+        .edit_records(&sim.config, &sheet_id, &edits, shape)?;
     Ok(json_answer(&change))
 }
 
@@ -1223,7 +1349,8 @@ async fn admin_delete_records(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_body(&body)?;
-    known_keys(&body, "", &["ids"])?;
+    known_keys(&body, "", &["ids", "eventShape"])?;
+    let shape = event_shape(&body)?;
     let ids = array_at(&body, "ids")?
         .iter()
         .enumerate()
@@ -1233,7 +1360,9 @@ async fn admin_delete_records(
                 .ok_or_else(|| ApiError::bad("ids", format!("ids[{at}] must be a string")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let change = sim.world().delete_records(&sim.config, &sheet_id, &ids)?;
+    let change = sim
+        .world()
+        .delete_records(&sim.config, &sheet_id, &ids, shape)?;
     Ok(json_answer(&change))
 }
 
@@ -1256,7 +1385,14 @@ async fn admin_emit_event(
     known_keys(
         &body,
         "",
-        &["environmentId", "topic", "domain", "context", "payload"],
+        &[
+            "environmentId",
+            "topic",
+            "domain",
+            "context",
+            "payload",
+            "allowUnknownDomain",
+        ],
     )?;
     let context = match body.get("context") {
         None | Some(Json::Null) => None,
@@ -1269,6 +1405,7 @@ async fn admin_emit_event(
         domain: optional_string(&body, "domain")?,
         context,
         payload: body.get("payload").cloned(),
+        allow_unknown_domain: optional_bool(&body, "allowUnknownDomain")?.unwrap_or(false),
     };
     let event = sim.world().emit_custom(&sim.config, &request)?;
     Ok(json_answer(&event))
@@ -1292,7 +1429,8 @@ async fn admin_events(
 }
 
 async fn not_found(method: Method, request: Request) -> Response {
-    let legacy = request.uri().path().starts_with("/rest/");
+    let path = request.uri().path();
+    let legacy = path.starts_with("/rest/") || path.starts_with("/workspace/");
     api_error(
         legacy,
         StatusCode::NOT_FOUND,

@@ -9,16 +9,21 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value as Json, json};
 
 use crate::admin::{
-    EmitEvent, EventRef, NewRecords, RecordEdit, RecordsChange, SheetRow, SimEvent, SubmitRequest,
-    Submitted, SubmittedSheet,
+    CreatedJob, EmitEvent, EventRef, EventShape, JobRequest, NewRecords, RecordEdit, RecordsChange,
+    SheetRow, SimEvent, SubmitRequest, Submitted, SubmittedPart, SubmittedSheet,
 };
 use crate::generate::{self, CellEdits, Counts, RecordsWriter, SheetKey, SheetRef};
-use crate::{DEFAULT_ENVIRONMENT_ID, JobState, SimConfig, SimError, clock};
+use crate::jobs::{AckDetails, CompleteDetails, JOB_TYPES, JobRecord, JobUpdate, NewJob};
+use crate::{
+    DEFAULT_ENVIRONMENT_ID, DOMAINS, JobState, SimConfig, SimError, clock, domain_of_topic,
+};
 
 /// Who acknowledges events: the simulator does not tell API keys apart beyond environments.
 const ACK_ACTOR: &str = "us_key_sim";
 /// Most records one `{count}` request may add: enough for any test, small enough to answer fast.
 const MAX_ADDED_AT_ONCE: u64 = 1_000_000;
+/// Most part jobs one submit may be split into.
+const MAX_PARTS: u64 = 1_000;
 
 /// A refused operation: HTTP status, the field at fault, and why.
 #[derive(Debug)]
@@ -47,6 +52,10 @@ impl Rejection {
 
     pub(crate) fn sheet_not_found(sheet_id: &str) -> Rejection {
         Rejection::not_found("sheetId", format!("Sheet {sheet_id} not found"))
+    }
+
+    pub(crate) fn job_not_found(job_id: &str) -> Rejection {
+        Rejection::not_found("jobId", format!("Job {job_id} not found"))
     }
 }
 
@@ -305,131 +314,6 @@ struct EventRecord {
     created_ms: u64,
 }
 
-/// Where a job created by a submit came from, to describe it and to emit its lifecycle events.
-#[derive(Clone, Debug)]
-struct JobOrigin {
-    environment_id: String,
-    /// `<domain>:<operation>`.
-    job: String,
-    /// The workbook or sheet submitted.
-    subject_id: String,
-    context: Map<String, Json>,
-}
-
-impl JobOrigin {
-    fn split(&self) -> (&str, &str) {
-        self.job.split_once(':').unwrap_or((&self.job, ""))
-    }
-
-    fn payload(&self, status: &str, info: Option<&str>) -> Json {
-        let (domain, operation) = self.split();
-        json!({
-            "job": self.job,
-            "operation": operation,
-            "domain": domain,
-            "status": status,
-            "isPart": false,
-            "info": info,
-            "input": {},
-        })
-    }
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct JobRecord {
-    pub(crate) status: &'static str,
-    pub(crate) progress: Vec<u8>,
-    pub(crate) info: Option<String>,
-    pub(crate) outcome: Option<Json>,
-    created_ms: u64,
-    pub(crate) updated_ms: u64,
-    pub(crate) started_ms: Option<u64>,
-    pub(crate) finished_ms: Option<u64>,
-    origin: Option<JobOrigin>,
-}
-
-impl JobRecord {
-    /// A job first seen through the jobs API (its submit event came from elsewhere).
-    pub(crate) fn new() -> JobRecord {
-        let now = clock::now_ms();
-        JobRecord {
-            status: "created",
-            progress: Vec::new(),
-            info: None,
-            outcome: None,
-            created_ms: now,
-            updated_ms: now,
-            started_ms: None,
-            finished_ms: None,
-            origin: None,
-        }
-    }
-
-    pub(crate) fn is_finished(&self) -> bool {
-        matches!(self.status, "complete" | "failed")
-    }
-
-    pub(crate) fn state(&self, id: &str) -> JobState {
-        JobState {
-            id: id.to_owned(),
-            status: self.status.to_owned(),
-            progress: self.progress.clone(),
-            info: self.info.clone(),
-            outcome_message: self
-                .outcome
-                .as_ref()
-                .and_then(|outcome| outcome.get("message"))
-                .and_then(Json::as_str)
-                .map(str::to_owned),
-        }
-    }
-
-    pub(crate) fn to_json(&self, id: &str) -> Json {
-        // A job the simulator did not create is not linked to a workbook: its job:ready event
-        // carried the workbook id, and nothing in flatsync reads it from the job.
-        let (environment_id, kind, operation, source) = match &self.origin {
-            Some(origin) => {
-                let (kind, operation) = origin.split();
-                (
-                    origin.environment_id.as_str(),
-                    kind,
-                    operation,
-                    origin.subject_id.as_str(),
-                )
-            }
-            None => (
-                DEFAULT_ENVIRONMENT_ID,
-                "workbook",
-                "submitActionFg",
-                "us_wb_sim",
-            ),
-        };
-        json!({ "data": {
-            "id": id,
-            "createdBy": generate::ACTOR_ID,
-            "createdAt": clock::iso_millis(self.created_ms),
-            "updatedAt": clock::iso_millis(self.updated_ms),
-            "startedAt": self.started_ms.map(clock::iso_millis),
-            "finishedAt": self.finished_ms.map(clock::iso_millis),
-            "environmentId": environment_id,
-            "spaceId": generate::SPACE_ID,
-            "type": kind,
-            "operation": operation,
-            "source": source,
-            "config": {},
-            "trigger": "immediate",
-            "status": self.status,
-            "progress": self.progress.last().copied().unwrap_or(0),
-            "mode": "foreground",
-            "input": {},
-            "subject": { "type": "resource", "id": source },
-            "info": self.info,
-            "outcome": self.outcome,
-            "managed": true,
-        }})
-    }
-}
-
 /// Everything the simulator remembers.
 #[derive(Debug)]
 pub(crate) struct World {
@@ -444,7 +328,7 @@ pub(crate) struct World {
     events: Vec<EventRecord>,
     event_positions: HashMap<String, usize>,
     last_event_ms: u64,
-    pub(crate) jobs: HashMap<String, JobRecord>,
+    jobs: HashMap<String, JobRecord>,
 }
 
 fn base_context(environment_id: &str) -> Map<String, Json> {
@@ -498,6 +382,44 @@ fn field_list(sheet: &SheetRef) -> String {
         .map(|field| field.key)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `<type>:<operation>`, the type one of the Platform's `JobType`s.
+fn split_job_name(name: &str) -> Result<(&'static str, &str), Rejection> {
+    let refused = || {
+        Rejection::bad(
+            "job",
+            format!(
+                "job {name:?} is not <type>:<operation> with a type of {}, e.g. \
+                 workbook:submitActionFg",
+                JOB_TYPES.join(", ")
+            ),
+        )
+    };
+    let (kind, operation) = name.split_once(':').ok_or_else(refused)?;
+    let kind = JOB_TYPES
+        .iter()
+        .copied()
+        .find(|known| *known == kind)
+        .ok_or_else(refused)?;
+    if operation.is_empty() {
+        return Err(refused());
+    }
+    Ok((kind, operation))
+}
+
+/// The workbook (and sheet) a job works on, in the context of its events.
+fn add_source_ids(context: &mut Map<String, Json>, workbook_id: &str, sheet: Option<&SheetRef>) {
+    context.insert("workbookId".to_owned(), json!(workbook_id));
+    if let Some(sheet) = sheet {
+        context.insert("sheetId".to_owned(), json!(sheet.id));
+        context.insert("sheetSlug".to_owned(), json!(sheet.kind.slug()));
+    }
+}
+
+/// `dataUrl` of a commit's records, relative to the API root as Flatfile's listener resolves it.
+fn commit_data_url(sheet_id: &str, commit_id: &str) -> String {
+    format!("v1/sheets/{sheet_id}/records?commitId={commit_id}")
 }
 
 fn check_environment(config: &SimConfig, environment_id: &str, key: &str) -> Result<(), Rejection> {
@@ -754,9 +676,7 @@ impl World {
         self.last_event_ms = created_ms;
         self.next.event += 1;
         let id = format!("us_evt_{}_{}", self.tag, self.next.event);
-        let domain = domain
-            .unwrap_or_else(|| topic.split_once(':').map_or(topic, |(domain, _)| domain))
-            .to_owned();
+        let domain = domain.unwrap_or_else(|| domain_of_topic(topic)).to_owned();
         let event = SimEvent {
             id: id.clone(),
             topic: topic.to_owned(),
@@ -794,41 +714,91 @@ impl World {
         id
     }
 
-    fn emit_commit_events(&mut self, scope: &SheetScope, commit_id: &str) -> Vec<EventRef> {
+    fn emit_commit_events(
+        &mut self,
+        scope: &SheetScope,
+        commit_id: &str,
+        shape: EventShape,
+    ) -> Vec<EventRef> {
         let sheet = &scope.sheet;
         let mut context = sheet_context(scope);
-        context.insert("commitId".to_owned(), json!(commit_id));
+        if shape != EventShape::VersionId {
+            context.insert("commitId".to_owned(), json!(commit_id));
+        }
         context.insert("versionId".to_owned(), json!(commit_id));
+        let (created, completed, data_url) = if shape == EventShape::VersionId {
+            // Only the context's deprecated versionId names the commit.
+            (
+                json!({
+                    "sheetId": sheet.id,
+                    "workbookId": sheet.workbook_id,
+                    "sheetSlug": sheet.kind.slug(),
+                }),
+                json!({ "sheetId": sheet.id, "workbookId": sheet.workbook_id }),
+                None,
+            )
+        } else {
+            (
+                json!({
+                    "sheetId": sheet.id,
+                    "workbookId": sheet.workbook_id,
+                    "versionId": commit_id,
+                    "sheetSlug": sheet.kind.slug(),
+                }),
+                json!({
+                    "sheetId": sheet.id,
+                    "workbookId": sheet.workbook_id,
+                    "versionId": commit_id,
+                    "commitId": commit_id,
+                }),
+                Some(commit_data_url(&sheet.id, commit_id)),
+            )
+        };
+        let environment_id = scope.environment_id().to_owned();
         let created = self.emit(
-            scope.environment_id(),
+            &environment_id,
             "commit:created",
             None,
             context.clone(),
-            json!({
-                "sheetId": sheet.id,
-                "workbookId": sheet.workbook_id,
-                "versionId": commit_id,
-                "sheetSlug": sheet.kind.slug(),
-            }),
-            Some(format!(
-                "v1/sheets/{}/records?commitId={commit_id}",
-                sheet.id
-            )),
+            created,
+            data_url,
         );
         let completed = self.emit(
-            scope.environment_id(),
+            &environment_id,
             "commit:completed",
             None,
             context,
-            json!({
-                "sheetId": sheet.id,
-                "workbookId": sheet.workbook_id,
-                "versionId": commit_id,
-                "commitId": commit_id,
-            }),
+            completed,
             None,
         );
         vec![created, completed]
+    }
+
+    /// Emits a `records:*` event in `shape`; `full` is the payload of the `recordIds` shape.
+    fn emit_records_event(
+        &mut self,
+        scope: &SheetScope,
+        topic: &str,
+        shape: EventShape,
+        commit_id: Option<&str>,
+        full: Json,
+        count: usize,
+    ) -> EventRef {
+        let mut context = sheet_context(scope);
+        let (payload, data_url) = match (shape, commit_id) {
+            (EventShape::RecordIds, _) => (full, None),
+            (EventShape::DataUrl, Some(commit_id)) => (
+                json!({ "count": count }),
+                Some(commit_data_url(&scope.sheet.id, commit_id)),
+            ),
+            (EventShape::VersionId, Some(commit_id)) => {
+                context.insert("versionId".to_owned(), json!(commit_id));
+                (json!({ "count": count }), None)
+            }
+            _ => (json!({ "count": count }), None),
+        };
+        let environment_id = scope.environment_id().to_owned();
+        self.emit(&environment_id, topic, None, context, payload, data_url)
     }
 
     pub(crate) fn add_records(
@@ -836,6 +806,7 @@ impl World {
         config: &SimConfig,
         sheet_id: &str,
         records: &NewRecords,
+        shape: EventShape,
     ) -> Result<RecordsChange, Rejection> {
         let scope = self
             .find_sheet(config, sheet_id)
@@ -889,16 +860,16 @@ impl World {
             ids.push(id);
         }
         let commit_id = self.new_commit(&sheet.id, &ids);
-        let created = self.emit(
-            scope.environment_id(),
+        let created = self.emit_records_event(
+            &scope,
             "records:created",
-            None,
-            sheet_context(&scope),
+            shape,
+            Some(&commit_id),
             json!({ "sheetId": sheet.id, "recordIds": ids, "recordCount": ids.len() }),
-            None,
+            ids.len(),
         );
         let mut events = vec![created];
-        events.extend(self.emit_commit_events(&scope, &commit_id));
+        events.extend(self.emit_commit_events(&scope, &commit_id, shape));
         Ok(RecordsChange {
             record_ids: ids,
             commit_id: Some(commit_id),
@@ -911,6 +882,7 @@ impl World {
         config: &SimConfig,
         sheet_id: &str,
         edits: &[RecordEdit],
+        shape: EventShape,
     ) -> Result<RecordsChange, Rejection> {
         let scope = self
             .find_sheet(config, sheet_id)
@@ -992,16 +964,16 @@ impl World {
             }
         }
         let commit_id = self.new_commit(&sheet.id, &touched);
-        let updated = self.emit(
-            scope.environment_id(),
+        let updated = self.emit_records_event(
+            &scope,
             "records:updated",
-            None,
-            sheet_context(&scope),
+            shape,
+            Some(&commit_id),
             json!({ "sheetId": sheet.id, "recordIds": touched, "changes": changes }),
-            None,
+            touched.len(),
         );
         let mut events = vec![updated];
-        events.extend(self.emit_commit_events(&scope, &commit_id));
+        events.extend(self.emit_commit_events(&scope, &commit_id, shape));
         Ok(RecordsChange {
             record_ids: touched,
             commit_id: Some(commit_id),
@@ -1014,7 +986,17 @@ impl World {
         config: &SimConfig,
         sheet_id: &str,
         ids: &[String],
+        shape: EventShape,
     ) -> Result<RecordsChange, Rejection> {
+        if matches!(shape, EventShape::DataUrl | EventShape::VersionId) {
+            return Err(Rejection::bad(
+                "eventShape",
+                format!(
+                    "a deletion makes no commit, so it has no {} shape; use recordIds or count",
+                    shape.as_str()
+                ),
+            ));
+        }
         let scope = self
             .find_sheet(config, sheet_id)
             .ok_or_else(|| Rejection::sheet_not_found(sheet_id))?;
@@ -1056,13 +1038,13 @@ impl World {
                 }
             }
         }
-        let deleted = self.emit(
-            scope.environment_id(),
+        let deleted = self.emit_records_event(
+            &scope,
             "records:deleted",
+            shape,
             None,
-            sheet_context(&scope),
             json!({ "sheetId": sheet.id, "recordIds": ids, "recordCount": ids.len() }),
-            None,
+            ids.len(),
         );
         Ok(RecordsChange {
             record_ids: ids.to_vec(),
@@ -1152,17 +1134,17 @@ impl World {
             (None, Some(_)) => "sheet:submitActionFg".to_owned(),
             (None, None) => "workbook:submitActionFg".to_owned(),
         };
-        if !job_name
-            .split_once(':')
-            .is_some_and(|(domain, operation)| !domain.is_empty() && !operation.is_empty())
-        {
-            return Err(Rejection::bad(
-                "job",
-                format!(
-                    "job {job_name:?} is not <domain>:<operation>, e.g. workbook:submitActionFg"
-                ),
-            ));
-        }
+        let name = split_job_name(&job_name)?;
+        let parts = match request.parts {
+            None => 0,
+            Some(parts) if (1..=MAX_PARTS).contains(&parts) => parts,
+            Some(_) => {
+                return Err(Rejection::bad(
+                    "parts",
+                    format!("parts must be between 1 and {MAX_PARTS}"),
+                ));
+            }
+        };
 
         // Everything is checked: change the world.
         if new_workbook {
@@ -1175,46 +1157,57 @@ impl World {
                 },
             );
         }
-        self.next.job += 1;
-        let job_id = format!("us_jb_{}_{}", self.tag, self.next.job);
-        let mut context = base_context(&environment_id);
-        context.insert("workbookId".to_owned(), json!(workbook_id));
-        if let (Some(_), [sheet]) = (&request.sheet_slug, sheets.as_slice()) {
-            context.insert("sheetId".to_owned(), json!(sheet.id));
-            context.insert("sheetSlug".to_owned(), json!(sheet.kind.slug()));
-        }
-        context.insert("jobId".to_owned(), json!(job_id));
-        context.insert("actorId".to_owned(), json!(generate::ACTOR_ID));
-        let subject_id = match (&request.sheet_slug, sheets.as_slice()) {
-            (Some(_), [sheet]) => sheet.id.clone(),
-            _ => workbook_id.clone(),
+        let sheet = match (&request.sheet_slug, sheets.as_slice()) {
+            (Some(_), [sheet]) => Some(sheet),
+            _ => None,
         };
-        let origin = JobOrigin {
-            environment_id: environment_id.clone(),
-            job: job_name,
-            subject_id,
-            context: context.clone(),
-        };
-        let mut job = JobRecord::new();
-        job.status = "ready";
-        job.origin = Some(origin.clone());
-        self.jobs.insert(job_id.clone(), job);
+        let source = sheet.map_or_else(|| workbook_id.clone(), |sheet| sheet.id.clone());
+        let context_ids = request.context_ids.unwrap_or(true);
+        let job_id = self.new_job(&environment_id, name, &source, |context| {
+            if context_ids {
+                add_source_ids(context, &workbook_id, sheet);
+            }
+        });
+        self.set_status(&job_id, "ready");
+        let job = &self.jobs[&job_id];
+        let (context, created, ready) = (
+            job.context.clone(),
+            job.payload_with_status("created"),
+            job.payload(),
+        );
         self.emit(
             &environment_id,
             "job:created",
             None,
             context.clone(),
-            origin.payload("created", None),
+            created,
             None,
         );
-        let ready = self.emit(
-            &environment_id,
-            "job:ready",
-            None,
-            context,
-            origin.payload("ready", None),
-            None,
-        );
+        let ready = self.emit(&environment_id, "job:ready", None, context, ready, None);
+        let mut submitted_parts = Vec::new();
+        for part in 1..=parts {
+            let part_id = self.new_job(&environment_id, name, &source, |context| {
+                if context_ids {
+                    add_source_ids(context, &workbook_id, sheet);
+                }
+            });
+            let job = self.jobs.get_mut(&part_id).expect("just created");
+            job.status = "ready";
+            job.parent_id = Some(job_id.clone());
+            job.fields.insert("part".to_owned(), json!(part));
+            job.fields.insert(
+                "partData".to_owned(),
+                json!({ "part": part, "total": parts }),
+            );
+            let (context, payload) = (job.context.clone(), job.payload());
+            let event = self.emit(&environment_id, "job:ready", None, context, payload, None);
+            submitted_parts.push(SubmittedPart {
+                job_id: part_id,
+                event_id: event.id,
+                part,
+                total: parts,
+            });
+        }
         let sheets = sheets
             .iter()
             .map(|sheet| SubmittedSheet {
@@ -1229,49 +1222,339 @@ impl World {
             workbook_id,
             environment_id,
             sheets,
+            parts: submitted_parts,
         })
     }
 
-    /// Applies `change` to a job (creating it on first sight), then emits `job:completed` or
-    /// `job:failed` when a submit's job just reached that status.
-    pub(crate) fn change_job(
+    /// Creates a job in status `created`; `context` adds to the context of its events.
+    fn new_job(
         &mut self,
+        environment_id: &str,
+        name: (&str, &str),
+        source: &str,
+        context: impl FnOnce(&mut Map<String, Json>),
+    ) -> String {
+        self.next.job += 1;
+        let job_id = format!("us_jb_{}_{}", self.tag, self.next.job);
+        let mut job_context = base_context(environment_id);
+        context(&mut job_context);
+        job_context.insert("jobId".to_owned(), json!(job_id));
+        job_context.insert("actorId".to_owned(), json!(generate::ACTOR_ID));
+        let job = JobRecord::new(self.next.job, environment_id, name, source, job_context);
+        self.jobs.insert(job_id.clone(), job);
+        job_id
+    }
+
+    fn set_status(&mut self, job_id: &str, status: &'static str) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.status = status;
+        }
+    }
+
+    /// `POST /_sim/jobs`: a job for a workbook or sheet, in status `ready`, without events.
+    pub(crate) fn create_job(
+        &mut self,
+        config: &SimConfig,
+        request: &JobRequest,
+    ) -> Result<CreatedJob, Rejection> {
+        if let Some(environment_id) = &request.environment_id {
+            check_environment(config, environment_id, "environmentId")?;
+        }
+        let (owner, workbook_id, sheet) = match (&request.workbook_id, &request.sheet_id) {
+            (Some(workbook_id), None) => {
+                let workbook = self.find_workbook(config, workbook_id).ok_or_else(|| {
+                    Rejection::not_found("workbookId", format!("Workbook {workbook_id} not found"))
+                })?;
+                (workbook.owner, workbook_id.clone(), None)
+            }
+            (None, Some(sheet_id)) => {
+                let scope = self
+                    .find_sheet(config, sheet_id)
+                    .ok_or_else(|| Rejection::sheet_not_found(sheet_id))?;
+                (
+                    scope.owner.clone(),
+                    scope.sheet.workbook_id.clone(),
+                    Some(scope.sheet),
+                )
+            }
+            _ => {
+                return Err(Rejection::bad(
+                    "workbookId",
+                    "give either workbookId or sheetId",
+                ));
+            }
+        };
+        let environment_id = match (owner, &request.environment_id) {
+            (Some(owner), Some(asked)) if owner != *asked => {
+                return Err(Rejection::bad(
+                    "environmentId",
+                    format!("workbook {workbook_id} belongs to environment {owner}, not {asked}"),
+                ));
+            }
+            (Some(owner), _) => owner,
+            (None, Some(asked)) => asked.clone(),
+            (None, None) => DEFAULT_ENVIRONMENT_ID.to_owned(),
+        };
+        let job_name = match (&request.job, &sheet) {
+            (Some(job), _) => job.clone(),
+            (None, Some(_)) => "sheet:submitActionFg".to_owned(),
+            (None, None) => "workbook:submitActionFg".to_owned(),
+        };
+        let name = split_job_name(&job_name)?;
+        let source = sheet
+            .as_ref()
+            .map_or_else(|| workbook_id.clone(), |sheet| sheet.id.clone());
+        let job_id = self.new_job(&environment_id, name, &source, |context| {
+            add_source_ids(context, &workbook_id, sheet.as_ref());
+        });
+        self.set_status(&job_id, "ready");
+        Ok(CreatedJob {
+            job_id,
+            job: job_name,
+            source,
+            environment_id,
+        })
+    }
+
+    /// `POST /v1/jobs` with a key of `environment_id`: the job, and its `job:created` event.
+    pub(crate) fn api_create_job(
+        &mut self,
+        config: &SimConfig,
+        environment_id: &str,
+        request: NewJob,
+    ) -> Result<Json, Rejection> {
+        if request
+            .environment_id
+            .as_deref()
+            .is_some_and(|asked| asked != environment_id)
+        {
+            return Err(Rejection::bad(
+                "environmentId",
+                format!("this key belongs to environment {environment_id}"),
+            ));
+        }
+        let ids: Option<(String, Option<SheetRef>)> = match request.kind {
+            "workbook" => {
+                if self
+                    .find_workbook(config, &request.source)
+                    .is_none_or(|workbook| !workbook.readable_by(environment_id))
+                {
+                    return Err(Rejection::not_found(
+                        "source",
+                        format!("Workbook {} not found", request.source),
+                    ));
+                }
+                Some((request.source.clone(), None))
+            }
+            "sheet" => {
+                let scope = self
+                    .find_sheet(config, &request.source)
+                    .filter(|scope| scope.readable_by(environment_id))
+                    .ok_or_else(|| {
+                        Rejection::not_found(
+                            "source",
+                            format!("Sheet {} not found", request.source),
+                        )
+                    })?;
+                Some((scope.sheet.workbook_id.clone(), Some(scope.sheet)))
+            }
+            _ => None,
+        };
+        if let Some(parent) = &request.parent_id
+            && self
+                .jobs
+                .get(parent)
+                .is_none_or(|job| job.environment_id != environment_id)
+        {
+            return Err(Rejection::not_found(
+                "parentId",
+                format!("Job {parent} not found"),
+            ));
+        }
+        let job_id = self.new_job(
+            environment_id,
+            (request.kind, &request.operation),
+            &request.source,
+            |context| {
+                if let Some((workbook_id, sheet)) = &ids {
+                    add_source_ids(context, workbook_id, sheet.as_ref());
+                }
+            },
+        );
+        let job = self.jobs.get_mut(&job_id).expect("just created");
+        job.fields = request.fields;
+        job.parent_id = request.parent_id;
+        if let Some(status) = request.status {
+            job.status = status;
+        }
+        let (body, context, payload) = (job.to_json(&job_id), job.context.clone(), job.payload());
+        self.emit(environment_id, "job:created", None, context, payload, None);
+        Ok(body)
+    }
+
+    /// A job a key of `environment_id` may see.
+    fn job_of(&self, environment_id: &str, job_id: &str) -> Result<&JobRecord, Rejection> {
+        self.jobs
+            .get(job_id)
+            .filter(|job| job.environment_id == environment_id)
+            .ok_or_else(|| Rejection::job_not_found(job_id))
+    }
+
+    /// `GET /v1/jobs/{id}`: the `Job` object.
+    pub(crate) fn job_json(&self, environment_id: &str, job_id: &str) -> Result<Json, Rejection> {
+        Ok(self.job_of(environment_id, job_id)?.to_json(job_id))
+    }
+
+    /// `POST /v1/jobs/{id}/ack`: the job is executing (a finished job stays finished: a late ack,
+    /// say a retry whose first answer was lost, must not reopen it).
+    pub(crate) fn ack_job(
+        &mut self,
+        environment_id: &str,
+        job_id: &str,
+        details: AckDetails,
+    ) -> Result<Json, Rejection> {
+        self.change_job(environment_id, job_id, |job, now| {
+            if job.is_finished() {
+                return;
+            }
+            job.status = "executing";
+            job.started_ms.get_or_insert(now);
+            job.updated_ms = now;
+            if let Some(progress) = details.progress {
+                job.progress.push(progress);
+            }
+            if details.info.is_some() {
+                job.info = details.info;
+            }
+        })
+    }
+
+    /// `POST /v1/jobs/{id}/complete` (`status` `complete`) or `/fail` (`failed`).
+    pub(crate) fn finish_job(
+        &mut self,
+        environment_id: &str,
+        job_id: &str,
+        status: &'static str,
+        details: CompleteDetails,
+    ) -> Result<Json, Rejection> {
+        self.change_job(environment_id, job_id, |job, now| {
+            job.status = status;
+            job.updated_ms = now;
+            job.finished_ms = Some(now);
+            if details.info.is_some() {
+                job.info = details.info;
+            }
+            job.outcome = details.outcome;
+        })
+    }
+
+    /// `PATCH /v1/jobs/{id}`.
+    pub(crate) fn update_job(
+        &mut self,
+        environment_id: &str,
+        job_id: &str,
+        update: JobUpdate,
+    ) -> Result<Json, Rejection> {
+        self.change_job(environment_id, job_id, |job, now| {
+            job.updated_ms = now;
+            if let Some(config) = update.config {
+                job.fields.insert("config".to_owned(), config);
+            }
+            if let Some(metadata) = update.metadata {
+                job.fields.insert("metadata".to_owned(), metadata);
+            }
+            if let Some(progress) = update.progress {
+                job.progress.push(progress);
+            }
+            if update.info.is_some() {
+                job.info = update.info;
+            }
+            if update.outcome_acknowledged_at.is_some() {
+                job.outcome_acknowledged_at = update.outcome_acknowledged_at;
+            }
+            if let Some(status) = update.status {
+                job.status = status;
+                if status == "executing" {
+                    job.started_ms.get_or_insert(now);
+                }
+                if job.is_finished() {
+                    job.finished_ms.get_or_insert(now);
+                }
+            }
+        })
+    }
+
+    /// Applies `change` to a job, then emits `job:completed` or `job:failed` when it just reached
+    /// that status, and the parent's `job:parts-completed` when the last part completed.
+    fn change_job(
+        &mut self,
+        environment_id: &str,
         job_id: &str,
         change: impl FnOnce(&mut JobRecord, u64),
-    ) -> Json {
-        let job = self
-            .jobs
-            .entry(job_id.to_owned())
-            .or_insert_with(JobRecord::new);
+    ) -> Result<Json, Rejection> {
+        self.job_of(environment_id, job_id)?;
+        let job = self.jobs.get_mut(job_id).expect("checked above");
         let before = job.status;
         change(job, clock::now_ms());
         let body = job.to_json(job_id);
         let topic = match job.status {
             "complete" => "job:completed",
             "failed" => "job:failed",
-            _ => return body,
+            _ => return Ok(body),
         };
         if before == job.status {
-            return body;
+            return Ok(body);
         }
-        if let Some(origin) = job.origin.clone() {
-            let payload = origin.payload(job.status, job.info.as_deref());
-            self.emit(
-                &origin.environment_id,
-                topic,
-                None,
-                origin.context.clone(),
-                payload,
-                None,
-            );
+        let (context, payload, parent) =
+            (job.context.clone(), job.payload(), job.parent_id.clone());
+        let environment = job.environment_id.clone();
+        self.emit(&environment, topic, None, context, payload, None);
+        if let (Some(parent), "job:completed") = (parent, topic) {
+            let all_done = self
+                .jobs
+                .values()
+                .filter(|job| job.parent_id.as_deref() == Some(parent.as_str()))
+                .all(|job| job.status == "complete");
+            if all_done && let Some(parent_job) = self.jobs.get(&parent) {
+                let (context, payload) = (parent_job.context.clone(), parent_job.payload());
+                self.emit(
+                    &environment,
+                    "job:parts-completed",
+                    None,
+                    context,
+                    payload,
+                    None,
+                );
+            }
         }
-        body
+        Ok(body)
     }
 
+    /// Every job, oldest first.
     pub(crate) fn jobs(&self) -> Vec<JobState> {
         let mut jobs: Vec<(&String, &JobRecord)> = self.jobs.iter().collect();
-        jobs.sort_by_key(|(id, job)| (job.created_ms, (*id).clone()));
+        jobs.sort_by_key(|(_, job)| job.seq);
         jobs.into_iter().map(|(id, job)| job.state(id)).collect()
+    }
+
+    /// A job's state, whatever its environment.
+    pub(crate) fn job_state(&self, job_id: &str) -> Option<JobState> {
+        self.jobs.get(job_id).map(|job| job.state(job_id))
+    }
+
+    /// `GET /v1/jobs` for a key of `environment_id`: its jobs, oldest first, those of one parent
+    /// when `parent_id` is given.
+    pub(crate) fn list_jobs(&self, environment_id: &str, parent_id: Option<&str>) -> Vec<Json> {
+        let mut jobs: Vec<(&String, &JobRecord)> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.environment_id == environment_id)
+            .filter(|(_, job)| {
+                parent_id.is_none_or(|parent| job.parent_id.as_deref() == Some(parent))
+            })
+            .collect();
+        jobs.sort_by_key(|(_, job)| job.seq);
+        jobs.into_iter().map(|(id, job)| job.to_json(id)).collect()
     }
 
     pub(crate) fn emit_custom(
@@ -1284,6 +1567,20 @@ impl World {
         }
         if request.domain.as_deref().is_some_and(str::is_empty) {
             return Err(Rejection::bad("domain", "domain must not be empty"));
+        }
+        let domain = request
+            .domain
+            .as_deref()
+            .unwrap_or_else(|| domain_of_topic(&request.topic));
+        if !request.allow_unknown_domain && !DOMAINS.contains(&domain) {
+            return Err(Rejection::bad(
+                "domain",
+                format!(
+                    "domain {domain:?} is not one of the Platform's domains ({}); give one, or \
+                     set allowUnknownDomain to test a client with it",
+                    DOMAINS.join(", ")
+                ),
+            ));
         }
         let from_context = match request
             .context
@@ -1319,10 +1616,11 @@ impl World {
             context.extend(extra.clone());
         }
         let payload = request.payload.clone().unwrap_or_else(|| json!({}));
+        let domain = domain.to_owned();
         let emitted = self.emit(
             &environment_id,
             &request.topic,
-            request.domain.as_deref(),
+            Some(&domain),
             context,
             payload,
             None,
@@ -1458,10 +1756,15 @@ mod tests {
             generated[9].clone(),
         ];
         world
-            .delete_records(&config, sheet_id, &deleted)
+            .delete_records(&config, sheet_id, &deleted, EventShape::RecordIds)
             .expect("deleted");
         let added = world
-            .add_records(&config, sheet_id, &NewRecords::Count(3))
+            .add_records(
+                &config,
+                sheet_id,
+                &NewRecords::Count(3),
+                EventShape::RecordIds,
+            )
             .expect("added");
         let mut expected: Vec<String> = generated
             .iter()
@@ -1517,6 +1820,7 @@ mod tests {
                     id: generated[9].clone(),
                     values,
                 }],
+                EventShape::RecordIds,
             )
             .expect("edited");
         assert_eq!(
@@ -1532,6 +1836,7 @@ mod tests {
                 &config,
                 sheet_id,
                 &[generated[19].clone(), generated[0].clone()],
+                EventShape::RecordIds,
             )
             .expect("deleted");
         assert_eq!(
@@ -1543,7 +1848,12 @@ mod tests {
         );
         // Ten generated added records: the tenth is invalid.
         world
-            .add_records(&config, sheet_id, &NewRecords::Count(10))
+            .add_records(
+                &config,
+                sheet_id,
+                &NewRecords::Count(10),
+                EventShape::RecordIds,
+            )
             .expect("added");
         assert_eq!(
             world.counts(&scope.sheet),

@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 use crate::generate::{self, ACCOUNT_ID, ACTOR_ID, ENVIRONMENT_ID, SPACE_ID};
 use crate::{SimError, clock};
 
+/// The legacy environment id of the simulator's legacy notifications (a UUID, as the legacy
+/// dashboard's).
+pub(crate) const LEGACY_ENVIRONMENT_ID: &str = "00000000-0000-4000-8000-000000000002";
+
 /// The Portal 3.0 "Import submitted" notification for a legacy batch of `rows` rows.
 ///
 /// `validRows`/`invalidRows` match what the simulator serves for a batch of that size.
@@ -21,7 +25,7 @@ pub fn legacy_webhook_body(batch_id: &str, event_id: &str, rows: u64) -> Value {
             "company": { "id": "1", "name": "Simulated Company" },
             "endUser": { "id": "sim-user", "email": "demo@example.com", "name": "Demo User" },
             "embedId": "00000000-0000-4000-8000-000000000001",
-            "environmentId": "00000000-0000-4000-8000-000000000002",
+            "environmentId": LEGACY_ENVIRONMENT_ID,
             "teamId": 1,
             "batchId": batch_id,
         },
@@ -67,6 +71,57 @@ pub fn submit_event_body(event_id: &str, workbook_id: &str, job_id: &str) -> Val
         "namespaces": ["space:portal"],
         "origin": { "id": job_id },
     })
+}
+
+/// What `@flatfile/plugin-webhook-event-forwarder` POSTs for the Platform event `event`: the
+/// JSON of the listener's `FlatfileEvent` instance, which is the raw event as `src` beside the
+/// fields the class copies from it (`topic`, `domain`, `context`, `payload`, `target` or `""`,
+/// `origin` or `{}`, `action` = `context.actionName` or `""`, `namespace` = `namespaces` or `[]`,
+/// `createdAt` when set), its empty `cache` (`{"eventCache": {}}`: an `EventCache` holding an
+/// empty `Map`) and `afterAllCallbacks` (`{}`), and the `_accessToken` and `_apiUrl` (with one
+/// trailing slash) of its client: the bearer token travels in the body. There is no top-level
+/// `id`: the class declares the field but never assigns it.
+///
+/// Facts from FlatFilers/flatfile-core-libraries,
+/// `packages/listener/src/events/{flatfile.event,authenticated.client,cache}.ts`.
+pub fn forwarded_event_body(event: &Value, access_token: &str, api_url: &str) -> Value {
+    // `a || b` in the class: a falsy value (absent, null, "") gives the fallback.
+    let or = |key: &str, fallback: Value| {
+        event
+            .get(key)
+            .filter(|value| !value.is_null() && value.as_str() != Some(""))
+            .cloned()
+            .unwrap_or(fallback)
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("_accessToken".to_owned(), json!(access_token));
+    body.insert(
+        "_apiUrl".to_owned(),
+        json!(format!("{}/", api_url.trim_end_matches('/'))),
+    );
+    body.insert("src".to_owned(), event.clone());
+    body.insert("afterAllCallbacks".to_owned(), json!({}));
+    body.insert("cache".to_owned(), json!({ "eventCache": {} }));
+    // Copied as they are: JSON.stringify leaves out what the event does not have (undefined).
+    for key in ["domain", "topic", "context", "payload"] {
+        if let Some(value) = event.get(key) {
+            body.insert(key.to_owned(), value.clone());
+        }
+    }
+    body.insert("target".to_owned(), or("target", json!("")));
+    body.insert("origin".to_owned(), or("origin", json!({})));
+    let action = event
+        .pointer("/context/actionName")
+        .filter(|name| !name.is_null() && name.as_str() != Some(""))
+        .cloned()
+        .unwrap_or_else(|| json!(""));
+    body.insert("action".to_owned(), action);
+    body.insert("namespace".to_owned(), or("namespaces", json!([])));
+    let created_at = or("createdAt", Value::Null);
+    if !created_at.is_null() {
+        body.insert("createdAt".to_owned(), created_at);
+    }
+    Value::Object(body)
 }
 
 /// The answer to a webhook.

@@ -801,6 +801,8 @@ async fn admin_requests_with_bad_fields_are_refused_naming_the_field() {
         (json!({"count": -1}), "count"),
         (json!({"count": 1, "records": []}), "count"),
         (json!({"rows": 1}), "rows"),
+        (json!({"count": 1, "eventShape": "ids"}), "eventShape"),
+        (json!({"count": 1, "eventShape": 1}), "eventShape"),
     ] {
         h.refused(Method::POST, path, body, 400, key).await;
     }
@@ -838,6 +840,41 @@ async fn admin_requests_with_bad_fields_are_refused_naming_the_field() {
     ] {
         h.refused(Method::DELETE, path, body, 400, "ids").await;
     }
+    // A deletion makes no commit: no shape that names one.
+    for shape in ["dataUrl", "versionId", "nope"] {
+        h.refused(
+            Method::DELETE,
+            path,
+            json!({"ids": [live], "eventShape": shape}),
+            400,
+            "eventShape",
+        )
+        .await;
+    }
+    for (body, status, key) in [
+        (json!({}), 400, "workbookId"),
+        (
+            json!({"workbookId": "us_wb_w", "sheetId": "us_sh_w-contacts"}),
+            400,
+            "workbookId",
+        ),
+        (json!({"workbookId": "nope"}), 404, "workbookId"),
+        (json!({"sheetId": "us_sh_w-tickets"}), 404, "sheetId"),
+        (
+            json!({"workbookId": "us_wb_w", "job": "robot:go"}),
+            400,
+            "job",
+        ),
+        (
+            json!({"workbookId": "us_wb_w", "environmentId": "us_env_nope"}),
+            400,
+            "environmentId",
+        ),
+        (json!({"workbookId": "us_wb_w", "jobId": "x"}), 400, "jobId"),
+    ] {
+        h.refused(Method::POST, "/_sim/jobs", body, status, key)
+            .await;
+    }
     h.refused(
         Method::POST,
         "/_sim/sheets/us_sh_w-deals/records",
@@ -853,6 +890,11 @@ async fn admin_requests_with_bad_fields_are_refused_naming_the_field() {
         (json!({"sheetSlug": "tickets"}), "sheetSlug"),
         (json!({"job": "submit"}), "job"),
         (json!({"job": ":submit"}), "job"),
+        (json!({"job": "robot:submit"}), "job"),
+        (json!({"job": "workbook:"}), "job"),
+        (json!({"parts": 0}), "parts"),
+        (json!({"parts": 1001}), "parts"),
+        (json!({"contextIds": "no"}), "contextIds"),
         (json!({"rows": "many"}), "rows"),
         (json!({"colour": "red"}), "colour"),
     ] {
@@ -863,20 +905,29 @@ async fn admin_requests_with_bad_fields_are_refused_naming_the_field() {
     for (body, key) in [
         (json!({}), "topic"),
         (json!({"topic": ""}), "topic"),
-        (json!({"topic": "a:b", "domain": ""}), "domain"),
+        (json!({"topic": "space:b", "domain": ""}), "domain"),
+        (json!({"topic": "acme:custom"}), "domain"),
         (
-            json!({"topic": "a:b", "environmentId": "us_env_nope"}),
+            json!({"topic": "space:created", "domain": "records"}),
+            "domain",
+        ),
+        (
+            json!({"topic": "acme:custom", "allowUnknownDomain": "yes"}),
+            "allowUnknownDomain",
+        ),
+        (
+            json!({"topic": "space:b", "environmentId": "us_env_nope"}),
             "environmentId",
         ),
         (
-            json!({"topic": "a:b", "context": {"environmentId": "us_env_nope"}}),
+            json!({"topic": "space:b", "context": {"environmentId": "us_env_nope"}}),
             "context.environmentId",
         ),
         (
-            json!({"topic": "a:b", "environmentId": OTHER_ENV, "context": {"environmentId": DEFAULT_ENVIRONMENT_ID}}),
+            json!({"topic": "space:b", "environmentId": OTHER_ENV, "context": {"environmentId": DEFAULT_ENVIRONMENT_ID}}),
             "context.environmentId",
         ),
-        (json!({"topic": "a:b", "context": []}), "context"),
+        (json!({"topic": "space:b", "context": []}), "context"),
     ] {
         h.refused(Method::POST, "/_sim/events", body, 400, key)
             .await;
@@ -1020,14 +1071,16 @@ async fn submits_emit_job_events_and_finishing_the_job_emits_its_outcome() {
         (Some("workbook:exportAll"), Some("exportAll"))
     );
 
-    // A job the simulator did not create emits nothing when finished.
+    // A job the simulator did not create does not exist: completing it changes nothing.
     let before = h.sim.events(None).len();
-    h.http
+    let unknown = h
+        .http
         .post(h.url("/v1/jobs/us_jb_external/complete"))
         .bearer_auth(SECRET)
         .send()
         .await
-        .expect("completed");
+        .expect("answered");
+    assert_eq!(unknown.status(), 404);
     assert_eq!(h.sim.events(None).len(), before);
 
     let jobs = h.admin_ok(Method::GET, "/_sim/jobs", Value::Null).await;
@@ -1045,8 +1098,8 @@ async fn submits_emit_job_events_and_finishing_the_job_emits_its_outcome() {
     assert!(listed.contains(&(job_id.as_str(), "complete")));
     assert!(listed.contains(&(sheet_job.job_id.as_str(), "failed")));
     assert!(listed.contains(&(custom.job_id.as_str(), "ready")));
-    assert!(listed.contains(&("us_jb_external", "complete")));
-    assert_eq!(h.sim.jobs().len(), 4);
+    assert_eq!(h.sim.jobs().len(), 3);
+    assert_eq!(h.sim.job("us_jb_external"), None);
     h.sim.shutdown().await;
 }
 
@@ -1067,11 +1120,20 @@ async fn emitted_events_merge_their_context_over_the_defaults() {
     );
     assert_eq!(event["payload"], json!({"a": 1}));
     assert_eq!(event["ackCount"], 0);
+    // A domain outside the Platform's enumeration only when asked for.
+    h.refused(
+        Method::POST,
+        "/_sim/events",
+        json!({"topic": "custom-thing", "domain": "agent"}),
+        400,
+        "domain",
+    )
+    .await;
     let other = h
         .admin_ok(
             Method::POST,
             "/_sim/events",
-            json!({"topic": "custom-thing", "domain": "agent", "context": {"environmentId": OTHER_ENV}}),
+            json!({"topic": "custom-thing", "domain": "agent", "allowUnknownDomain": true, "context": {"environmentId": OTHER_ENV}}),
         )
         .await;
     assert_eq!(other["domain"], "agent");

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flatfile_sim::{
-    Faults, RunningSim, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body, post_webhook,
-    record_ids, submit_event_body, workbook_sheets,
+    Faults, JobRequest, RunningSim, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body,
+    post_webhook, record_ids, submit_event_body, workbook_sheets,
 };
 use serde_json::{Value, json};
 
@@ -233,9 +233,10 @@ async fn platform_responses_have_the_fixture_shapes() {
             .all(|r| r["values"].as_object().expect("values").len() == 6)
     );
 
+    let job_id = h.sim.workbook_job("us_wb_Qm5Zt1Xc").expect("job created");
     let job = h
         .post(
-            "/v1/jobs/us_jb_T7uY3kPz/ack",
+            &format!("/v1/jobs/{job_id}/ack"),
             json!({"info": "Accepted", "progress": 0}),
         )
         .await;
@@ -515,23 +516,30 @@ async fn missing_or_wrong_keys_are_refused_with_401() {
 async fn job_lifecycle_is_recorded() {
     let h = Harness::start(small(3)).await;
     let admin = |id: &str| h.http.get(h.url(&format!("/_sim/jobs/{id}"))).send();
-    assert_eq!(admin("us_jb_a").await.expect("answered").status(), 404);
-    assert_eq!(h.sim.job("us_jb_a"), None);
+    let a = h.sim.workbook_job("us_wb_life").expect("job created");
+    assert!(a.starts_with("us_jb_"), "{a}");
+    assert!(
+        h.sim.events(None).is_empty(),
+        "creating a job emits nothing"
+    );
 
-    let first = h.get_json("/v1/jobs/us_jb_a").await;
-    assert_eq!(first["data"]["id"], "us_jb_a");
-    assert_eq!(first["data"]["status"], "created");
+    let first = h.get_json(&format!("/v1/jobs/{a}")).await;
+    assert_eq!(first["data"]["id"], a.as_str());
+    assert_eq!(first["data"]["status"], "ready");
+    assert_eq!(first["data"]["source"], "us_wb_life");
+    assert_eq!(first["data"]["type"], "workbook");
+    assert_eq!(first["data"]["operation"], "submitActionFg");
 
     let ack = h
         .post(
-            "/v1/jobs/us_jb_a/ack",
+            &format!("/v1/jobs/{a}/ack"),
             json!({"info": "Accepted", "progress": 0}),
         )
         .await;
     assert_eq!(ack.status(), 200);
     let tick = h
         .post(
-            "/v1/jobs/us_jb_a/ack",
+            &format!("/v1/jobs/{a}/ack"),
             json!({"progress": 60, "info": "Posting data"}),
         )
         .await;
@@ -541,13 +549,13 @@ async fn job_lifecycle_is_recorded() {
     assert!(tick["data"]["startedAt"].is_string());
 
     let bad = h
-        .post("/v1/jobs/us_jb_a/ack", json!({"progress": 101}))
+        .post(&format!("/v1/jobs/{a}/ack"), json!({"progress": 101}))
         .await;
     assert_eq!(bad.status(), 400);
 
     let done = h
         .post(
-            "/v1/jobs/us_jb_a/complete",
+            &format!("/v1/jobs/{a}/complete"),
             json!({"outcome": {"acknowledge": true, "message": "Imported 3 records."}, "info": "Job is Complete"}),
         )
         .await;
@@ -555,46 +563,265 @@ async fn job_lifecycle_is_recorded() {
     assert_eq!(done["data"]["status"], "complete");
     assert_eq!(done["data"]["outcome"]["message"], "Imported 3 records.");
     // A late ack does not reopen a finished job.
-    h.post("/v1/jobs/us_jb_a/ack", json!({"progress": 10}))
+    h.post(&format!("/v1/jobs/{a}/ack"), json!({"progress": 10}))
         .await;
 
     let expected = flatfile_sim::JobState {
-        id: "us_jb_a".to_owned(),
+        id: a.clone(),
         status: "complete".to_owned(),
         progress: vec![0, 60],
         info: Some("Job is Complete".to_owned()),
         outcome_message: Some("Imported 3 records.".to_owned()),
     };
-    assert_eq!(h.sim.job("us_jb_a"), Some(expected.clone()));
-    let via_admin: flatfile_sim::JobState = admin("us_jb_a")
+    assert_eq!(h.sim.job(&a), Some(expected.clone()));
+    let via_admin: flatfile_sim::JobState = admin(&a)
         .await
         .expect("answered")
         .json()
         .await
         .expect("JSON");
     assert_eq!(via_admin, expected);
+    // Finishing any job emits its outcome event.
+    let completed = h.sim.events(None);
+    assert_eq!(
+        completed
+            .iter()
+            .map(|e| e.topic.as_str())
+            .collect::<Vec<_>>(),
+        ["job:completed"]
+    );
+    assert_eq!(completed[0].context["jobId"], a.as_str());
+    assert_eq!(completed[0].context["workbookId"], "us_wb_life");
 
-    // fail works on a job never seen before, with or without a body.
+    // fail, with or without a body, on jobs of a sheet.
+    let b = h
+        .sim
+        .create_job(&JobRequest::sheet("us_sh_life-contacts"))
+        .expect("job created");
+    assert_eq!(b.job, "sheet:submitActionFg");
+    assert_eq!(b.source, "us_sh_life-contacts");
     let failed = h
         .post(
-            "/v1/jobs/us_jb_b/fail",
+            &format!("/v1/jobs/{}/fail", b.job_id),
             json!({"info": "Sink refused", "outcome": {"acknowledge": true, "message": "Sink refused"}}),
         )
         .await;
     assert_eq!(failed.status(), 200);
+    let c = h.sim.workbook_job("us_wb_life").expect("job created");
     let empty_body = h
         .http
-        .post(h.url("/v1/jobs/us_jb_c/ack"))
+        .post(h.url(&format!("/v1/jobs/{c}/ack")))
         .bearer_auth(SECRET)
         .send()
         .await
         .expect("answered");
     assert_eq!(empty_body.status(), 200);
-    let b = h.sim.job("us_jb_b").expect("job b seen");
+    let b = h.sim.job(&b.job_id).expect("job b exists");
     assert_eq!(b.status, "failed");
     assert_eq!(b.outcome_message.as_deref(), Some("Sink refused"));
-    let c = h.sim.job("us_jb_c").expect("job c seen");
+    let c = h.sim.job(&c).expect("job c exists");
     assert_eq!((c.status.as_str(), c.progress.len()), ("executing", 0));
+    h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_jobs_are_404_with_the_platform_error_envelope() {
+    let h = Harness::start(small(3)).await;
+    let known = h.sim.workbook_job("us_wb_known").expect("job created");
+    let unknown = "us_jb_T7uY3kPz";
+    let requests = [
+        (reqwest::Method::GET, format!("/v1/jobs/{unknown}"), None),
+        (
+            reqwest::Method::POST,
+            format!("/v1/jobs/{unknown}/ack"),
+            Some(json!({"info": "Accepted", "progress": 0})),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/jobs/{unknown}/complete"),
+            Some(
+                json!({"outcome": {"acknowledge": true, "heading": "Success", "message": "Done"}, "info": "Done"}),
+            ),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/jobs/{unknown}/fail"),
+            Some(json!({"info": "No", "outcome": {"acknowledge": true, "message": "No"}})),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/jobs/{unknown}"),
+            Some(json!({"progress": 10})),
+        ),
+    ];
+    for (method, path, body) in requests {
+        let mut request = h
+            .http
+            .request(method.clone(), h.url(&path))
+            .bearer_auth(SECRET);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("answered");
+        assert_eq!(response.status(), 404, "{method} {path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_fixture_keys(&fixture("error-envelope"), &body, "$");
+        assert_eq!(body["errors"][0]["key"], "jobId", "{method} {path}: {body}");
+        assert_eq!(
+            body["errors"][0]["message"],
+            format!("Job {unknown} not found"),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(h.sim.job(unknown), None, "a 404 creates nothing");
+    assert_eq!(
+        h.sim
+            .jobs()
+            .into_iter()
+            .map(|job| job.id)
+            .collect::<Vec<_>>(),
+        [known]
+    );
+    // Another environment's key does not see the job either.
+    let config = SimConfig {
+        environments: vec![flatfile_sim::SimEnvironment::new("us_env_b", "sk_b")],
+        ..small(3)
+    };
+    let two = Harness::start(config).await;
+    let mine = two.sim.workbook_job("us_wb_two").expect("job created");
+    let theirs = two
+        .http
+        .get(two.url(&format!("/v1/jobs/{mine}")))
+        .bearer_auth("sk_b")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(theirs.status(), 404);
+    two.sim.shutdown().await;
+    h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn patch_updates_a_job_and_post_creates_one() {
+    let h = Harness::start(small(3)).await;
+    let id = h.sim.workbook_job("us_wb_patch").expect("job created");
+    let patch = |body: Value| {
+        h.http
+            .patch(h.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(SECRET)
+            .json(&body)
+            .send()
+    };
+    let answer = patch(json!({
+        "status": "executing", "progress": 30, "info": "Working",
+        "metadata": {"step": 1}, "config": {}
+    }))
+    .await
+    .expect("answered");
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.expect("JSON");
+    assert_fixture_keys(&fixture("job-response"), &answer, "$");
+    assert_eq!(answer["data"]["status"], "executing");
+    assert_eq!(answer["data"]["progress"], 30);
+    assert_eq!(answer["data"]["info"], "Working");
+    assert_eq!(answer["data"]["metadata"], json!({"step": 1}));
+    assert!(answer["data"]["startedAt"].is_string());
+    for (body, key) in [
+        (json!({"status": "done"}), "status"),
+        (json!({"progress": 101}), "progress"),
+        (
+            json!({"outcomeAcknowledgedAt": "soon"}),
+            "outcomeAcknowledgedAt",
+        ),
+        (json!({"metadata": 3}), "metadata"),
+        (json!({"colour": "red"}), "colour"),
+    ] {
+        let refused = patch(body.clone()).await.expect("answered");
+        assert_eq!(refused.status(), 400, "{body}");
+        let refused: Value = refused.json().await.expect("JSON");
+        assert_eq!(refused["errors"][0]["key"], key, "{body}: {refused}");
+    }
+    let acknowledged =
+        patch(json!({"status": "complete", "outcomeAcknowledgedAt": "2024-05-02T13:58:40.012Z"}))
+            .await
+            .expect("answered");
+    let acknowledged: Value = acknowledged.json().await.expect("JSON");
+    assert_eq!(acknowledged["data"]["status"], "complete");
+    assert_eq!(
+        acknowledged["data"]["outcomeAcknowledgedAt"],
+        "2024-05-02T13:58:40.012Z"
+    );
+    assert!(acknowledged["data"]["finishedAt"].is_string());
+    let state = h.sim.job(&id).expect("job exists");
+    assert_eq!(
+        (state.status.as_str(), state.progress),
+        ("complete", vec![30])
+    );
+    assert_eq!(
+        h.sim
+            .events(None)
+            .iter()
+            .map(|e| e.topic.as_str())
+            .collect::<Vec<_>>(),
+        ["job:completed"],
+        "reaching complete by PATCH emits job:completed"
+    );
+
+    // POST /v1/jobs with a JobConfig.
+    let created = h
+        .post(
+            "/v1/jobs",
+            json!({"type": "sheet", "operation": "export", "source": "us_sh_patch-contacts", "mode": "background", "input": {"format": "csv"}}),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let created: Value = created.json().await.expect("JSON");
+    assert_fixture_keys(&fixture("job-response"), &created, "$");
+    let new_id = created["data"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["data"]["status"], "created");
+    assert_eq!(created["data"]["mode"], "background");
+    assert_eq!(created["data"]["input"], json!({"format": "csv"}));
+    assert_eq!(
+        h.get_json(&format!("/v1/jobs/{new_id}")).await,
+        created,
+        "the created job is served as it was answered"
+    );
+    let event = h.sim.events(None).pop().expect("job:created");
+    assert_eq!(event.topic, "job:created");
+    assert_eq!(event.context["jobId"], new_id.as_str());
+    assert_eq!(event.context["sheetId"], "us_sh_patch-contacts");
+    assert_eq!(event.payload["job"], "sheet:export");
+    for (body, status, key) in [
+        (json!({"operation": "x", "source": "y"}), 400, "type"),
+        (
+            json!({"type": "robot", "operation": "x", "source": "y"}),
+            400,
+            "type",
+        ),
+        (
+            json!({"type": "workbook", "operation": "x", "source": "us_wb_"}),
+            404,
+            "source",
+        ),
+        (
+            json!({"type": "file", "operation": "x", "source": "us_fl_1", "wat": 1}),
+            400,
+            "wat",
+        ),
+        (
+            json!({"type": "file", "operation": "x", "source": "us_fl_1", "parentId": "us_jb_nope"}),
+            404,
+            "parentId",
+        ),
+    ] {
+        let refused = h.post("/v1/jobs", body.clone()).await;
+        assert_eq!(refused.status(), status, "{body}");
+        let refused: Value = refused.json().await.expect("JSON");
+        assert_eq!(refused["errors"][0]["key"], key, "{body}: {refused}");
+    }
+    let listed = h.get_json("/v1/jobs").await;
+    assert_eq!(listed["pagination"]["totalCount"], 2);
+    assert_eq!(listed["data"][1]["id"], new_id.as_str());
     h.sim.shutdown().await;
 }
 

@@ -106,7 +106,9 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
     let batch_id = format!("demo-batch-{stamp}");
     let platform_event = format!("us_evt_demo{stamp}");
     let workbook_id = format!("us_wb_demo{stamp}");
-    let job_id = format!("us_jb_demo{stamp}");
+    let job_id = sim
+        .workbook_job(&workbook_id)
+        .context("the simulator cannot create the demo's submit job")?;
     for (what, body) in [
         (
             "legacy import",
