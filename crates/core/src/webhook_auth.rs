@@ -356,8 +356,7 @@ impl WebhookAuth {
                         scope: index,
                     }),
                     _ => self.jwt.push(JwtKey {
-                        key: DecodingKey::from_secret(value.as_bytes())
-                            .map_err(|e| invalid(format!("cannot be used as an HS256 key: {e}")))?,
+                        key: DecodingKey::from_secret(value.as_bytes()),
                         field: auth.legacy_jwt_field.clone(),
                         scope: index,
                     }),
@@ -651,6 +650,15 @@ pub(crate) fn verify_jwt(token: &str, key: &DecodingKey) -> Result<Map<String, V
     validation.validate_aud = false;
     match jsonwebtoken::decode::<Value>(token, key, &validation) {
         Ok(data) => match data.claims {
+            // jsonwebtoken skips a time claim it cannot read as a number, which would let a
+            // token with `"exp": "tomorrow"` through as one that never expires.
+            Value::Object(claims)
+                if ["exp", "nbf"]
+                    .iter()
+                    .any(|k| claims.get(*k).is_some_and(|v| !v.is_number())) =>
+            {
+                Err(JwtFailure::BadClaims)
+            }
             Value::Object(claims) => Ok(claims),
             // Unreachable in practice: the claims check already wants an object.
             _ => Err(JwtFailure::Malformed),
@@ -659,7 +667,8 @@ pub(crate) fn verify_jwt(token: &str, key: &DecodingKey) -> Result<Map<String, V
             ErrorKind::ExpiredSignature => JwtFailure::Expired,
             ErrorKind::ImmatureSignature => JwtFailure::NotYetValid,
             ErrorKind::InvalidSignature => JwtFailure::BadSignature,
-            ErrorKind::InvalidClaimFormat(_) => JwtFailure::BadClaims,
+            // An `exp` or `nbf` that is there but not a number.
+            ErrorKind::MissingRequiredClaim(_) => JwtFailure::BadClaims,
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => JwtFailure::WrongAlgorithm,
             _ => JwtFailure::Malformed,
         }),
@@ -1016,7 +1025,7 @@ mod tests {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             claims,
-            &EncodingKey::from_secret(key.as_bytes()).expect("key"),
+            &EncodingKey::from_secret(key.as_bytes()),
         )
         .expect("encodes")
     }
@@ -1100,7 +1109,7 @@ mod tests {
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &claims,
-            &EncodingKey::from_secret(JWT_KEY.as_bytes()).expect("key"),
+            &EncodingKey::from_secret(JWT_KEY.as_bytes()),
         )
         .expect("encodes");
         assert_eq!(
