@@ -136,6 +136,11 @@ pub struct EmitEvent {
     /// Payload [default: `{}`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Json>,
+    /// `createdAt`, ISO 8601 [default: now, and after the previous event]. It may repeat the
+    /// previous event's time, so that a burst of events shares one timestamp as on a busy
+    /// Platform, but never be earlier than it: listings are ordered by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 impl EmitEvent {

@@ -806,7 +806,7 @@ async fn sheet_records(
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-/// `GET /v1/events`: the caller's environment's events, oldest first.
+/// `GET /v1/events`: the caller's environment's events, in the configured `events_order`.
 async fn list_events(
     State(sim): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
@@ -851,6 +851,7 @@ async fn list_events(
         include_acknowledged,
         page_number,
         page_size,
+        order: sim.config.events_order,
     };
     let data = sim.world().list_events(&events_query);
     Ok(json_value(StatusCode::OK, &json!({ "data": data })))
@@ -1256,7 +1257,14 @@ async fn admin_emit_event(
     known_keys(
         &body,
         "",
-        &["environmentId", "topic", "domain", "context", "payload"],
+        &[
+            "environmentId",
+            "topic",
+            "domain",
+            "context",
+            "payload",
+            "createdAt",
+        ],
     )?;
     let context = match body.get("context") {
         None | Some(Json::Null) => None,
@@ -1269,6 +1277,7 @@ async fn admin_emit_event(
         domain: optional_string(&body, "domain")?,
         context,
         payload: body.get("payload").cloned(),
+        created_at: optional_string(&body, "createdAt")?,
     };
     let event = sim.world().emit_custom(&sim.config, &request)?;
     Ok(json_answer(&event))
