@@ -14,6 +14,7 @@
 
 mod admin;
 pub mod config;
+mod fetch;
 pub mod health;
 pub mod metrics;
 pub mod ops;
