@@ -6,6 +6,7 @@ mod abi;
 mod bad_input;
 mod boundaries;
 mod c_plugin;
+mod caps;
 mod common;
 mod crash;
 mod drain;

@@ -50,8 +50,8 @@ pub(crate) async fn run(
     mut drain: watch::Receiver<bool>,
 ) {
     let mut next_due: BTreeMap<String, Instant> = BTreeMap::new();
-    // The page cap each environment's events API showed, by environment id: logged once.
-    let mut caps: BTreeMap<String, u64> = BTreeMap::new();
+    // What each environment's events API showed of a page cap, by environment id.
+    let mut caps: BTreeMap<String, CapSightings> = BTreeMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -87,7 +87,7 @@ pub(crate) async fn run(
                 Err(failure) => failure.cap,
             };
             if let Some(cap) = cap
-                && caps.insert(env.id.clone(), cap) != Some(cap)
+                && caps.entry(env.id.clone()).or_default().confirms(cap)
             {
                 tracing::info!(environment = %name, page_size = cap, "Events API caps pages");
             }
@@ -214,6 +214,27 @@ async fn poll_once(
     }
 }
 
+/// The page caps one environment's polls showed. Events arriving between two pages of a poll
+/// can make the end of a listing look like a cap, so a cap is believed (and logged, once) only
+/// when two polls in a row show the same one.
+#[derive(Debug, Default)]
+struct CapSightings {
+    last: Option<u64>,
+    believed: Option<u64>,
+}
+
+impl CapSightings {
+    /// Records a cap a poll showed; true when it is newly believed.
+    fn confirms(&mut self, cap: u64) -> bool {
+        let again = self.last.replace(cap) == Some(cap);
+        if again && self.believed != Some(cap) {
+            self.believed = Some(cap);
+            return true;
+        }
+        false
+    }
+}
+
 /// How one poll's listing ended.
 #[derive(Debug, Default)]
 struct Listing {
@@ -221,7 +242,8 @@ struct Listing {
     cursor: Option<i64>,
     /// An empty page was reached.
     complete: bool,
-    /// Events on the first page when it held fewer than asked and more followed: the cap.
+    /// Events on the first page when it held fewer than asked and the second page, asked for
+    /// that many, was full: the cap, unless events arrived between the two requests.
     cap: Option<u64>,
     /// Why the listing stopped early, if it failed.
     error: Option<PollError>,
@@ -274,8 +296,8 @@ where
             );
             break;
         }
-        if offset > 0 && offset < page_size && listing.cap.is_none() && page_number == 2 {
-            // Page 1 held fewer than asked, and more followed: the server caps pages.
+        if page_number == 2 && offset < page_size && items == size {
+            // Page 1 held fewer than asked, and as many followed: the server caps pages.
             listing.cap = Some(offset);
         }
         let created: Vec<Option<i64>> = page

@@ -261,3 +261,62 @@ fn a_page_repeats_the_previous_one_when_it_starts_with_the_same_events() {
         "the first page repeats nothing"
     );
 }
+
+#[test]
+fn a_cap_is_believed_once_two_polls_in_a_row_show_it() {
+    let mut sightings = CapSightings::default();
+    // The end of a listing looked like a cap once, as events arrived mid-poll.
+    assert!(!sightings.confirms(2));
+    assert!(!sightings.confirms(50));
+    assert!(
+        sightings.confirms(50),
+        "the second sighting in a row is believed"
+    );
+    assert!(!sightings.confirms(50), "and logged once");
+    assert!(!sightings.confirms(3));
+    assert!(
+        !sightings.confirms(50),
+        "a believed cap is not announced again"
+    );
+    assert!(!sightings.confirms(80));
+    assert!(
+        sightings.confirms(80),
+        "a changed cap is announced when confirmed"
+    );
+}
+
+#[tokio::test]
+async fn a_short_first_page_is_a_cap_only_when_the_next_is_full() {
+    // Three events when the poll starts; two more arrive before the second page is asked for.
+    let (log, _) = log_with_burst(5, 0);
+    let server = FakeEvents::new(log, Listed::OldestFirst, 10_000, Offsets::Requested);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = StateDb::open(dir.path()).expect("state database");
+    let (accepted, _received) = mpsc::unbounded_channel();
+    let mut report = PollReport::default();
+    let listing = list_events(
+        |number, size| {
+            let mut page = server.page(number, size).into_inner().expect("page");
+            if number == 1 {
+                page.events.truncate(3);
+                page.items_on_page = 3;
+            }
+            std::future::ready(Ok(page))
+        },
+        100,
+        &state,
+        "us_env_test",
+        &accepted,
+        &mut report,
+    )
+    .await;
+    assert!(listing.complete);
+    assert_eq!(
+        report.fresh, 5,
+        "the late events are read on the following pages"
+    );
+    assert_eq!(
+        listing.cap, None,
+        "2 events after a first page of 3 are no cap"
+    );
+}
