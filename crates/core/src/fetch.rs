@@ -247,6 +247,14 @@ where
                 out.end = true;
                 return Ok(out);
             }
+            if let End::Counted(total) = end
+                && out.items > 0
+                && offset >= total
+            {
+                // Sub-pages reached the counted end: no request needed to prove it.
+                out.end = true;
+                return Ok(out);
+            }
             size = fit(offset, size.min(len - out.items));
             let page = fetch(offset / size + 1, size).await?;
             let got = page.items;

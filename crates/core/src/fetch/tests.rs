@@ -543,3 +543,21 @@ fn a_shortfall_names_what_was_received_and_who_said_more() {
          the API returned fewer records than asked for"
     );
 }
+
+#[tokio::test]
+async fn what_a_cap_and_a_resume_cost_in_requests() {
+    for offsets in BOTH {
+        // 500 records in batches of 1000, pages capped at 100: the capped page is read again
+        // as five sub-pages, the last of which reaches the count.
+        let server = Numbered::counting(500, 100, offsets);
+        let batches = counted_stream(&server, 500, 1000, 0).await.expect("read");
+        assert_exact_batches(&batches, 500, 1000, 0, "capped");
+        assert_eq!(server.requests(), 6, "{offsets:?}");
+        // Resuming at the last, partial batch without a cap: the first page is ambiguous, so
+        // the batch is read again in one sub-page that reaches the count.
+        let server = Numbered::counting(250, 10_000, offsets);
+        let batches = counted_stream(&server, 250, 100, 2).await.expect("read");
+        assert_exact_batches(&batches, 250, 100, 2, "resumed");
+        assert_eq!(server.requests(), 2, "{offsets:?}");
+    }
+}
