@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod boundaries;
 mod c_plugin;
+mod caps;
 mod common;
 mod crash;
 mod drain;

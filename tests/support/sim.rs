@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flatfile_sim::{JobState, SimConfig, SimStats};
+use flatfile_sim::{EventsOrder, JobState, SimConfig, SimStats};
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -65,6 +65,13 @@ impl Sim {
             .args(["--retry-after-secs", &f.retry_after_secs.to_string()])
             .args(["--drop-rate", &f.drop_rate.to_string()])
             .args(["--max-page-size", &config.max_page_size.to_string()])
+            .args([
+                "--events-order",
+                match config.events_order {
+                    EventsOrder::Oldest => "oldest",
+                    EventsOrder::Newest => "newest",
+                },
+            ])
             .env("FLATFILE_SIM_LEGACY_API_KEY", &config.legacy_api_key)
             .env("FLATFILE_SIM_SECRET_KEY", &config.secret_key)
             .env(

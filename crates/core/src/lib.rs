@@ -15,6 +15,7 @@
 mod admin;
 mod carried;
 pub mod config;
+mod fetch;
 pub mod health;
 pub mod metrics;
 pub mod ops;

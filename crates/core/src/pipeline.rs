@@ -6,15 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flatsync_flatfile::{
-    ApiError, FlatfileClient, IncomingEvent, RecordsSelection, parse_webhook_body,
-};
+use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::carried::CARRIED_KIND;
 use crate::config::Config;
+use crate::fetch::{Batch, FetchError, StreamReader};
 use crate::health::{HEARTBEAT_INTERVAL, Health};
 use crate::plan::{self, Family, SubmitJob};
 use crate::route::{RoutedEvent, route_event};
@@ -73,17 +72,6 @@ enum Interrupted {
     Draining,
 }
 
-/// Why a page could not be read.
-#[derive(Debug, thiserror::Error)]
-enum FetchError {
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("{0}")]
-    Missing(String),
-}
-
 /// A sink's progress through one stream during delivery.
 struct Cursor {
     sink: String,
@@ -93,15 +81,6 @@ struct Cursor {
     unflushed_rows: u64,
     unflushed_next_seq: u64,
     error: Option<String>,
-}
-
-/// One page, turned into batch rows.
-struct Page {
-    ndjson: Vec<u8>,
-    rows: u64,
-    /// Rows the API returned on the page, counting rows flatsync does not deliver.
-    rows_on_page: u64,
-    total: Option<u64>,
 }
 
 impl Engine {
@@ -486,149 +465,6 @@ impl Engine {
         }
     }
 
-    async fn fetch_page(
-        client: &FlatfileClient,
-        state: &StateDb,
-        event: &StoredEvent,
-        plan: &StreamPlan,
-        seq: u64,
-    ) -> Result<Page, FetchError> {
-        let page_size = plan.page_size.max(1);
-        let records = |page: flatsync_flatfile::RecordsPage| Page {
-            rows: page.rows,
-            rows_on_page: page.rows,
-            total: None,
-            ndjson: page.ndjson,
-        };
-        let selected = |selection: RecordsSelection, page_number: u64, size: u64| async move {
-            client
-                .records_selection_page(&plan.source_ref, &selection, page_number, size)
-                .await
-                .map(records)
-                .map_err(FetchError::from)
-        };
-        match &plan.source {
-            StreamSource::LegacyBatch => {
-                let page = client
-                    .legacy_rows_page(&plan.source_ref, seq * page_size, page_size)
-                    .await?;
-                Ok(Page {
-                    rows: page.rows_delivered,
-                    rows_on_page: page.rows_on_page,
-                    total: page.total_count,
-                    ndjson: page.ndjson,
-                })
-            }
-            StreamSource::Sheet => selected(RecordsSelection::All, seq + 1, page_size).await,
-            StreamSource::SheetCommit { commit_id } => {
-                selected(
-                    RecordsSelection::Commit(commit_id.clone()),
-                    seq + 1,
-                    page_size,
-                )
-                .await
-            }
-            StreamSource::SheetSinceCommit { commit_id } => {
-                selected(
-                    RecordsSelection::SinceCommit(commit_id.clone()),
-                    seq + 1,
-                    page_size,
-                )
-                .await
-            }
-            StreamSource::SheetIds { ids } => {
-                let chunk = chunk_of(ids, seq, page_size);
-                if chunk.is_empty() {
-                    return Ok(Page::empty());
-                }
-                // Records deleted since the event are simply absent from the answer.
-                let mut page =
-                    selected(RecordsSelection::Ids(chunk.to_vec()), 1, page_size).await?;
-                page.rows_on_page = page_size;
-                Ok(page)
-            }
-            StreamSource::Deletions { ids } => {
-                let chunk = chunk_of(ids, seq, page_size);
-                Ok(Page {
-                    ndjson: plan::deletion_rows(chunk),
-                    rows: chunk.len() as u64,
-                    rows_on_page: page_size,
-                    total: None,
-                })
-            }
-            StreamSource::Event => Ok(Page {
-                ndjson: plan::event_row(&event.event_id, &event.topic, &event.body),
-                rows: 1,
-                rows_on_page: page_size,
-                total: None,
-            }),
-            StreamSource::Carried { parts, .. } => {
-                if seq >= *parts {
-                    return Ok(Page::empty());
-                }
-                let (ndjson, rows) = state
-                    .carried_rows(&plan.source_ref, seq)
-                    .await?
-                    .ok_or_else(|| {
-                        FetchError::Missing(format!(
-                            "part {} of upload {} is not in the state database",
-                            seq + 1,
-                            plan.source_ref
-                        ))
-                    })?;
-                // One stored part per batch, whatever its size.
-                Ok(Page {
-                    ndjson,
-                    rows,
-                    rows_on_page: page_size,
-                    total: None,
-                })
-            }
-            StreamSource::WorkspaceSheet { workspace_id } => {
-                let page = client
-                    .workspace_records_page(
-                        workspace_id,
-                        &plan.source_ref,
-                        seq * page_size,
-                        page_size,
-                    )
-                    .await?;
-                Ok(Page {
-                    rows: page.rows,
-                    rows_on_page: page.rows,
-                    total: page.total_count,
-                    ndjson: page.ndjson,
-                })
-            }
-            StreamSource::DataUrl { relative } => Ok(records(
-                client
-                    .data_url_records_page(relative, seq + 1, page_size)
-                    .await?,
-            )),
-        }
-    }
-
-    async fn total_rows(
-        client: &FlatfileClient,
-        plan: &StreamPlan,
-    ) -> Result<Option<u64>, ApiError> {
-        match &plan.source {
-            StreamSource::Carried { parts, .. } => Ok(Some(*parts)),
-            // Legacy pages carry pagination.totalCount; the first page tells.
-            StreamSource::WorkspaceSheet { .. } => Ok(None),
-            StreamSource::DataUrl { .. } => Ok(None),
-            // Legacy pages carry pagination.totalCount; the first page tells.
-            StreamSource::LegacyBatch => Ok(None),
-            StreamSource::Sheet => client.record_count(&plan.source_ref).await.map(Some),
-            StreamSource::SheetIds { ids } | StreamSource::Deletions { ids } => {
-                Ok(Some(ids.len() as u64))
-            }
-            StreamSource::Event => Ok(Some(1)),
-            // A commit's size is only known once it has been paged through.
-            StreamSource::SheetCommit { .. } | StreamSource::SheetSinceCommit { .. } => Ok(None),
-        }
-    }
-
     /// Delivers one stream to the given sinks, resuming each from its checkpoint.
     async fn deliver_stream(
         self: &Arc<Self>,
@@ -649,51 +485,45 @@ impl Engine {
             }
         };
 
-        let mut total_rows = match Self::total_rows(client, plan).await {
-            Ok(total) => total,
+        let mut reader = match StreamReader::open(client, &self.state, event, plan).await {
+            Ok(reader) => reader,
             Err(e) => {
                 fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
                 return Ok(cursors);
             }
         };
-        let mut page_count = total_rows.map(|t| t.div_ceil(page_size).max(1));
-        let first = match Self::fetch_page(client, &self.state, event, plan, start).await {
-            Ok(page) => page,
-            Err(e) => {
-                fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
-                return Ok(cursors);
-            }
-        };
-        if page_count.is_none() {
-            total_rows = first.total;
-            page_count = first.total.map(|t| t.div_ceil(page_size).max(1));
+        // The first batch is read alone: what it shows about the server's paging (whole pages
+        // or a cap) is known before any batch is fetched ahead.
+        let first = reader.batch(start).await;
+        if let Ok(batch) = &first {
+            reader.learn_total(batch.total);
         }
+        let total_rows = reader.total();
+        let page_count = reader.page_count();
 
-        // With a known page count, keep `pages_in_flight` requests going ahead of delivery;
-        // without one, page sequentially until a short page.
+        // With a known page count, keep `pages_in_flight` batches going ahead of delivery;
+        // without one, read sequentially until a batch proves the end.
         let in_flight = if page_count.is_some() {
             self.config.fetch.pages_in_flight
         } else {
             1
         };
         let end = page_count.unwrap_or(u64::MAX);
-        let (ev, pl, cl, st) = (
-            event.clone(),
-            plan.clone(),
-            client.clone(),
-            self.state.clone(),
-        );
+        let ahead = reader.clone();
         let mut rest = futures_util::stream::iter((start + 1)..end)
             .map(move |seq| {
-                let (ev, pl, cl, st) = (ev.clone(), pl.clone(), cl.clone(), st.clone());
+                let reader = ahead.clone();
                 // A spawned task keeps fetching while the loop below waits on the sinks; a
                 // plain future inside `buffered` would only progress while it is polled.
-                let mut task = AbortOnDrop(tokio::spawn(async move {
-                    Self::fetch_page(&cl, &st, &ev, &pl, seq).await
-                }));
+                let mut task = AbortOnDrop(tokio::spawn(async move { reader.batch(seq).await }));
                 async move {
                     (&mut task.0).await.unwrap_or_else(|e| {
-                        Err(FetchError::Missing(format!("page fetch task ended: {e}")))
+                        Err(FetchError::Api(ApiError::Transport {
+                            method: "GET",
+                            url: String::new(),
+                            attempts: 0,
+                            message: format!("page fetch task ended: {e}"),
+                        }))
                     })
                 }
             })
@@ -705,39 +535,19 @@ impl Engine {
         let mut last_progress_log = Instant::now();
         let mut rows_this_run = 0u64;
         let mut seq = start;
-        let mut page = Ok(first);
+        let mut page = first;
         loop {
             let current = match page {
-                Ok(p) => p,
+                Ok(batch) => batch,
                 Err(e) => {
+                    // A batch whose end is not proven is never delivered: the stream fails here,
+                    // checkpointed after the last whole batch.
                     self.checkpoint(event, plan, &mut cursors, false).await?;
                     fail_all(&mut cursors, format!("stream {}: {e}", plan.stream));
                     break;
                 }
             };
-            let short = current.rows_on_page < page_size;
-            if short && page_count.is_some_and(|count| seq + 1 < count) {
-                // Either the API caps the page size below ours (then `skip` arithmetic would
-                // jump over rows) or rows vanished mid-export. Both would lose rows silently.
-                self.checkpoint(event, plan, &mut cursors, false).await?;
-                fail_all(
-                    &mut cursors,
-                    format!(
-                        "stream {}: page {} held {} rows where {} were asked for, before the last of {} pages; \
-                         the API may cap the page size (lower [fetch] page sizes) or the data changed during export",
-                        plan.stream,
-                        seq + 1,
-                        current.rows_on_page,
-                        page_size,
-                        page_count.unwrap_or(0)
-                    ),
-                );
-                break;
-            }
-            let last = match page_count {
-                Some(count) => seq + 1 >= count,
-                None => short,
-            };
+            let last = current.end || page_count.is_some_and(|count| seq + 1 >= count);
             let batch = Arc::new(OwnedBatch {
                 stream: plan.stream.clone(),
                 kind: plan.kind.clone(),
@@ -837,7 +647,14 @@ impl Engine {
             seq += 1;
             page = match rest.next().await {
                 Some(next) => next,
-                None => Ok(Page::empty()),
+                // Only a stream of known page count runs out, and its last batch ended the
+                // loop before.
+                None => Ok(Batch {
+                    ndjson: Vec::new(),
+                    rows: 0,
+                    end: true,
+                    total: None,
+                }),
             };
         }
         let rows = cursors.iter().map(|c| c.rows).max().unwrap_or(0);
@@ -901,25 +718,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-impl Page {
-    fn empty() -> Page {
-        Page {
-            ndjson: Vec::new(),
-            rows: 0,
-            rows_on_page: 0,
-            total: None,
-        }
-    }
-}
-
-/// The ids of batch `seq` when a stream pages through a list of ids.
-fn chunk_of(ids: &[String], seq: u64, page_size: u64) -> &[String] {
-    let start = usize::try_from(seq.saturating_mul(page_size)).unwrap_or(usize::MAX);
-    let end = start.saturating_add(usize::try_from(page_size).unwrap_or(usize::MAX));
-    ids.get(start.min(ids.len())..end.min(ids.len()))
-        .unwrap_or_default()
 }
 
 /// Aborts a spawned page fetch nobody waits for any more (the stream stopped early).

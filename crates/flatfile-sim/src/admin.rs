@@ -270,6 +270,11 @@ pub struct EmitEvent {
     /// client copes with one; refused otherwise.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_unknown_domain: bool,
+    /// `createdAt`, ISO 8601 [default: now, and after the previous event]. It may repeat the
+    /// previous event's time, so that a burst of events shares one timestamp as on a busy
+    /// Platform, but never be earlier than it: listings are ordered by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 fn is_false(flag: &bool) -> bool {

@@ -33,12 +33,14 @@
 //!
 //! The simulator keeps an event log per environment, served like the Platform's:
 //! `GET /v1/events?environmentId=&since=&pageSize=&pageNumber=&includeAcknowledged=&topic=&domain=&spaceId=`
-//! (`{"data": [Event]}`, ascending by `createdAt`, `since` inclusive, `pageSize` 10 by default,
+//! (`{"data": [Event]}`, ascending by `createdAt` unless [`SimConfig::events_order`] says
+//! newest first, `since` inclusive, `pageSize` 10 by default,
 //! `pageNumber` from 1, acknowledged events left out unless `includeAcknowledged=true`; a key
 //! asking for another environment gets 403), `GET /v1/events/{id}` and
 //! `POST /v1/events/{id}/ack`. Events have ids `us_evt_<tag>_<n>`, where the tag is drawn when
 //! the simulator starts, so a restarted simulator never reuses an id a client may have stored.
-//! Their `createdAt` values are strictly increasing, at least 1 ms apart.
+//! Their `createdAt` values are strictly increasing, at least 1 ms apart, except that an event
+//! emitted through the admin API may name its `createdAt`: the previous event's time or later.
 //!
 //! # Jobs
 //!
@@ -88,7 +90,7 @@
 //! | `PATCH /_sim/sheets/{sheetId}/records` `{records: [{id, values: {field: value}}], eventShape?}` | edits records: `records:updated` and the commit events | [`RecordsChange`] |
 //! | `DELETE /_sim/sheets/{sheetId}/records` `{ids: [id], eventShape?}` | deletes records: `records:deleted` | [`RecordsChange`] |
 //! | `GET /_sim/sheets/{sheetId}/records` | the sheet as it is now | `[`[`SheetRow`]`]` |
-//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?, allowUnknownDomain?}` | emits any event | [`SimEvent`] |
+//! | `POST /_sim/events` `{environmentId?, topic, domain?, context?, payload?, allowUnknownDomain?, createdAt?}` | emits any event | [`SimEvent`] |
 //! | `GET /_sim/events?environmentId=` | every event, with `acknowledgedAt` and `ackCount` | `[`[`SimEvent`]`]` |
 //! | `GET /_sim/jobs`, `GET /_sim/jobs/{id}` | the jobs seen | `[`[`JobState`]`]`, [`JobState`] |
 //! | `GET /_sim/stats` | the counters | [`SimStats`] |
@@ -217,6 +219,19 @@ pub struct SimConfig {
     pub environments: Vec<SimEnvironment>,
     /// Cap for `take` (legacy) and `pageSize` (Platform).
     pub max_page_size: u64,
+    /// Order of `GET /v1/events` listings. Flatfile documents none, so clients must cope with
+    /// both.
+    pub events_order: EventsOrder,
+}
+
+/// The order `GET /v1/events` lists events in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventsOrder {
+    /// Oldest first (ascending `createdAt`; emission order among equal timestamps).
+    #[default]
+    Oldest,
+    /// Newest first (descending `createdAt`; the latest emitted first among equal timestamps).
+    Newest,
 }
 
 impl Default for SimConfig {
@@ -231,6 +246,7 @@ impl Default for SimConfig {
             secret_key: DEFAULT_SECRET_KEY.to_owned(),
             environments: Vec::new(),
             max_page_size: 10_000,
+            events_order: EventsOrder::Oldest,
         }
     }
 }
@@ -247,6 +263,7 @@ impl std::fmt::Debug for SimConfig {
             .field("secret_key", &"<redacted>")
             .field("environments", &self.environments)
             .field("max_page_size", &self.max_page_size)
+            .field("events_order", &self.events_order)
             .finish()
     }
 }

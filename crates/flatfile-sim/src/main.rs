@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use flatfile_sim::{
-    AdminClient, DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, Faults, JobRequest, RunningSim,
-    SimConfig, SimEnvironment, forwarded_event_body, legacy_webhook_body, portal2_upload_bodies,
-    send_webhook, submit_event_body,
+    AdminClient, DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, EventsOrder, Faults, JobRequest,
+    RunningSim, SimConfig, SimEnvironment, forwarded_event_body, legacy_webhook_body,
+    portal2_upload_bodies, send_webhook, submit_event_body,
 };
 
 const LEGACY_KEY_ENV: &str = "FLATFILE_SIM_LEGACY_API_KEY";
@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Largest page served, whatever take or pageSize asks for.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_page_size: u64,
+    /// Order of GET /v1/events listings: oldest or newest first.
+    #[arg(long, value_enum, default_value_t = EventsOrderArg::Oldest)]
+    events_order: EventsOrderArg,
     /// Another environment and its secret key (repeatable). The key ends up in the process list:
     /// prefer FLATFILE_SIM_ENVIRONMENTS=ID=KEY,ID=KEY outside throwaway setups.
     #[arg(long = "environment", value_name = "ID=KEY")]
@@ -154,6 +157,15 @@ struct SendWebhookArgs {
     /// Event id to send [default: a random one].
     #[arg(long, value_name = "ID", conflicts_with = "portal2_upload")]
     event_id: Option<String>,
+}
+
+/// `--events-order`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EventsOrderArg {
+    /// Ascending createdAt.
+    Oldest,
+    /// Descending createdAt.
+    Newest,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -247,6 +259,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         secret_key,
         environments,
         max_page_size: args.max_page_size,
+        events_order: match args.events_order {
+            EventsOrderArg::Oldest => EventsOrder::Oldest,
+            EventsOrderArg::Newest => EventsOrder::Newest,
+        },
     };
     let sim = RunningSim::start(config, args.listen)
         .await

@@ -896,7 +896,7 @@ async fn sheet_records(
     Ok(json_bytes(StatusCode::OK, body))
 }
 
-/// `GET /v1/events`: the caller's environment's events, oldest first.
+/// `GET /v1/events`: the caller's environment's events, in the configured `events_order`.
 async fn list_events(
     State(sim): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
@@ -941,6 +941,7 @@ async fn list_events(
         include_acknowledged,
         page_number,
         page_size,
+        order: sim.config.events_order,
     };
     let data = sim.world().list_events(&events_query);
     Ok(json_value(StatusCode::OK, &json!({ "data": data })))
@@ -1392,6 +1393,7 @@ async fn admin_emit_event(
             "context",
             "payload",
             "allowUnknownDomain",
+            "createdAt",
         ],
     )?;
     let context = match body.get("context") {
@@ -1406,6 +1408,7 @@ async fn admin_emit_event(
         context,
         payload: body.get("payload").cloned(),
         allow_unknown_domain: optional_bool(&body, "allowUnknownDomain")?.unwrap_or(false),
+        created_at: optional_string(&body, "createdAt")?,
     };
     let event = sim.world().emit_custom(&sim.config, &request)?;
     Ok(json_answer(&event))

@@ -136,6 +136,7 @@ pub(crate) struct EventsQuery {
     pub(crate) include_acknowledged: bool,
     pub(crate) page_number: u64,
     pub(crate) page_size: u64,
+    pub(crate) order: crate::EventsOrder,
 }
 
 #[derive(Debug, Default)]
@@ -1610,6 +1611,27 @@ impl World {
             (None, None) => (DEFAULT_ENVIRONMENT_ID, "environmentId"),
         };
         check_environment(config, environment_id, key)?;
+        let pinned_ms = match request.created_at.as_deref() {
+            None => None,
+            Some(text) => {
+                let ms = clock::parse_iso_millis(text.trim()).ok_or_else(|| {
+                    Rejection::bad(
+                        "createdAt",
+                        "createdAt must be an ISO 8601 date-time, e.g. 2024-05-02T13:58:40.012Z",
+                    )
+                })?;
+                if ms < self.last_event_ms {
+                    return Err(Rejection::bad(
+                        "createdAt",
+                        format!(
+                            "createdAt must not be earlier than the last event's, {}",
+                            clock::iso_millis(self.last_event_ms)
+                        ),
+                    ));
+                }
+                Some(ms)
+            }
+        };
         let environment_id = environment_id.to_owned();
         let mut context = base_context(&environment_id);
         if let Some(extra) = &request.context {
@@ -1625,7 +1647,15 @@ impl World {
             payload,
             None,
         );
-        Ok(self.events[self.event_positions[&emitted.id]].event.clone())
+        let position = self.event_positions[&emitted.id];
+        if let Some(ms) = pinned_ms {
+            // Checked above not to be earlier than any event, so the log stays in order.
+            let record = &mut self.events[position];
+            record.created_ms = ms;
+            record.event.created_at = clock::iso_millis(ms);
+            self.last_event_ms = ms;
+        }
+        Ok(self.events[position].event.clone())
     }
 
     /// Every event, or those of one environment, oldest first.
@@ -1675,9 +1705,12 @@ impl World {
                 record.event.context.get(key).and_then(Json::as_str) == Some(wanted)
             })
         };
-        // Emission order is createdAt order: timestamps are strictly increasing.
-        self.events
-            .iter()
+        // Emission order is createdAt order: timestamps never decrease.
+        let ordered: Box<dyn Iterator<Item = &EventRecord>> = match query.order {
+            crate::EventsOrder::Oldest => Box::new(self.events.iter()),
+            crate::EventsOrder::Newest => Box::new(self.events.iter().rev()),
+        };
+        ordered
             .filter(|record| record.environment_id == query.environment_id)
             .filter(|record| {
                 query

@@ -1356,3 +1356,79 @@ async fn the_binary_takes_environments_from_its_environment_and_flags_without_pr
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn events_can_share_a_timestamp_and_be_listed_newest_first() {
+    let h = Harness::start(SimConfig {
+        events_order: flatfile_sim::EventsOrder::Newest,
+        max_page_size: 3,
+        ..config(4)
+    })
+    .await;
+    let first = h
+        .admin_ok(
+            Method::POST,
+            "/_sim/events",
+            json!({"topic": "file:created"}),
+        )
+        .await;
+    let at = first["createdAt"].as_str().expect("createdAt").to_owned();
+    let mut burst = vec![first["id"].as_str().expect("id").to_owned()];
+    for n in 1..5 {
+        let event = h
+            .admin_ok(
+                Method::POST,
+                "/_sim/events",
+                json!({"topic": "file:created", "createdAt": at, "payload": {"n": n}}),
+            )
+            .await;
+        assert_eq!(
+            event["createdAt"],
+            at.as_str(),
+            "a pinned createdAt is kept"
+        );
+        burst.push(event["id"].as_str().expect("id").to_owned());
+    }
+    let later = h
+        .admin_ok(
+            Method::POST,
+            "/_sim/events",
+            json!({"topic": "file:updated"}),
+        )
+        .await;
+    assert!(
+        later["createdAt"].as_str().expect("createdAt") > at.as_str(),
+        "an event without createdAt comes after the burst: {later}"
+    );
+    let earlier = h
+        .admin(
+            Method::POST,
+            "/_sim/events",
+            json!({"topic": "file:created", "createdAt": at}),
+        )
+        .await;
+    assert_eq!(earlier.status, 400, "{}", earlier.body);
+    assert_eq!(earlier.body["errors"][0]["key"], "createdAt");
+
+    // Newest first, pages capped at 3 whatever pageSize asks, offsets from the capped size.
+    let mut listed = Vec::new();
+    for page in 1..=3 {
+        let body = h
+            .ok_as(SECRET, &format!("/v1/events?pageSize=10&pageNumber={page}"))
+            .await;
+        let data = body["data"].as_array().expect("data");
+        assert!(data.len() <= 3, "page {page} holds {}", data.len());
+        listed.extend(
+            data.iter()
+                .map(|e| e["id"].as_str().expect("id").to_owned()),
+        );
+    }
+    let mut want = burst.clone();
+    want.push(later["id"].as_str().expect("id").to_owned());
+    want.reverse();
+    assert_eq!(
+        listed, want,
+        "newest first, the burst in reverse emission order"
+    );
+    h.sim.shutdown().await;
+}

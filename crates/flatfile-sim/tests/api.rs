@@ -348,6 +348,7 @@ async fn legacy_pages_of_any_size_add_up_to_the_batch() {
             assert_eq!(pagination["totalCount"], 23);
             assert_eq!(pagination["pageCount"], 23_u64.div_ceil(limit));
             assert_eq!(pagination["currentPage"], skip / limit + 1);
+            assert_eq!(pagination["nextOffset"], skip + limit, "take={take}");
             let rows = page["data"].as_array().expect("data");
             assert_eq!(pagination["onPage"], rows.len());
             ids.extend(

@@ -33,6 +33,11 @@ pub struct LegacyPage {
     pub rows_skipped_deleted: u64,
     /// `pagination.totalCount`, when present.
     pub total_count: Option<u64>,
+    /// `pagination.limit`, the `take` the server applied, when present. Below the `take` asked
+    /// for, the server caps pages: the rest of the range needs further requests.
+    pub limit: Option<u64>,
+    /// `pagination.nextOffset`, when present: where the server says the next page starts.
+    pub next_offset: Option<u64>,
 }
 
 /// One page of `GET /v1/sheets/{sheetId}/records`, converted to batch lines.
@@ -54,7 +59,8 @@ pub struct EventsPage {
     /// The usable events, in the API's order.
     pub events: Vec<ListedEvent>,
     /// Items in the page's `data` array, unusable ones included. The listing has no pagination
-    /// object, so a page with fewer items than the requested page size is the last one.
+    /// object and the API may serve fewer items than the page size asked for, so only an empty
+    /// page proves the end of the listing.
     pub items_on_page: u64,
     /// Why each unusable item was left out, e.g. `event 3 of the page has no string "id"`.
     pub skipped: Vec<String>,
@@ -119,6 +125,8 @@ pub(crate) fn legacy_page(
         rows_on_page: summary.on_page,
         rows_skipped_deleted: summary.skipped,
         total_count: summary.total_count,
+        limit: summary.limit,
+        next_offset: summary.next_offset,
     })
 }
 
@@ -372,6 +380,8 @@ struct LegacySummary {
     on_page: u64,
     skipped: u64,
     total_count: Option<u64>,
+    limit: Option<u64>,
+    next_offset: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -392,17 +402,22 @@ impl<'de> Visitor<'de> for LegacyBody<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut rows: Option<LegacyRowCounts> = None;
-        let mut total_count = None;
+        let (mut total_count, mut limit, mut next_offset) = (None, None, None);
         while let Some(field) = map.next_key::<LegacyBodyField>()? {
             match field {
                 LegacyBodyField::Pagination => {
                     // Small and once per page, and its keys are only partly verified: a `Value`
                     // is the lenient choice.
                     let pagination = map.next_value::<Option<Value>>()?;
-                    total_count = pagination
-                        .as_ref()
-                        .and_then(|p| p.get("totalCount"))
-                        .and_then(count_value);
+                    let count = |key: &str| {
+                        pagination
+                            .as_ref()
+                            .and_then(|p| p.get(key))
+                            .and_then(count_value)
+                    };
+                    total_count = count("totalCount");
+                    limit = count("limit");
+                    next_offset = count("nextOffset");
                 }
                 LegacyBodyField::Data => {
                     if rows.is_some() {
@@ -425,6 +440,8 @@ impl<'de> Visitor<'de> for LegacyBody<'_> {
             on_page: rows.on_page,
             skipped: rows.skipped,
             total_count,
+            limit,
+            next_offset,
         })
     }
 }

@@ -40,6 +40,8 @@ fn legacy_fixture_page() {
     assert_eq!(page.rows_on_page, 2);
     assert_eq!(page.rows_skipped_deleted, 0);
     assert_eq!(page.total_count, Some(2));
+    assert_eq!(page.limit, Some(50), "pagination.limit is the take applied");
+    assert_eq!(page.next_offset, Some(50));
     assert_row_format(&page.ndjson);
 }
 
@@ -52,6 +54,7 @@ fn legacy_mapped_on_one_line_is_copied_byte_for_byte() {
         b"{\"id\":\"r1\",\"valid\":true,\"values\":{\"b\" : \"x  y\", \"a\":[1, 2.50, -0.0e3],\"c\":{\"d\":null}}}\n"
     );
     assert_eq!(page.total_count, None, "no pagination object");
+    assert_eq!((page.limit, page.next_offset), (None, None));
 }
 
 #[test]
@@ -86,7 +89,22 @@ fn legacy_rows_lenient_fields_and_deleted_rows() {
     assert_eq!(page.rows_delivered, 5);
     assert_eq!(page.rows_skipped_deleted, 1);
     assert_eq!(page.total_count, Some(7));
+    assert_eq!(
+        (page.limit, page.next_offset),
+        (None, None),
+        "keys missing from pagination"
+    );
     assert_row_format(&page.ndjson);
+}
+
+#[test]
+fn legacy_pagination_counts_may_be_strings() {
+    let body = br#"{"pagination":{"limit":"100","nextOffset":"600","totalCount":500,"pageCount":"5"},"data":[]}"#;
+    let page = legacy_page(body, "b", 500).expect("converts");
+    assert_eq!(
+        (page.limit, page.next_offset, page.total_count),
+        (Some(100), Some(600), Some(500))
+    );
 }
 
 #[test]
