@@ -349,7 +349,7 @@ mod tests {
         );
         assert!(scrubbed["data"].get("password").is_none(), "{scrubbed}");
         let reparsed = parse_webhook_body(scrubbed.to_string().as_bytes()).expect("parses");
-        assert_eq!(reparsed.id(), "b-1");
+        assert_eq!(reparsed.id(), "batch-1", "an upload is known by its batch");
     }
 
     #[test]
