@@ -11,6 +11,7 @@ use flatfile_sim::receiver::{ReceiverConfig, RunningReceiver};
 use flatfile_sim::{
     AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, NewRecords, RecordEdit, RecordsChange,
     SheetRow, SimConfig, SimEnvironment, SimError, SimEvent, SubmitRequest, Submitted,
+    WorkspaceNotification, workspace_rows, workspace_webhook_body,
 };
 use flatsync_tests::check::{
     CsvFile, SqlValue, Tally, assert_csv_matches, csv_files, csv_leftovers, sqlite_rows,
@@ -739,22 +740,24 @@ fn each_topic_family_reaches_its_sinks() {
         expected_files.insert(format!("events-{}.csv", event.id), vec![event.id.clone()]);
     }
 
-    // A legacy Workspaces "New records added" naming a sheet: the whole sheet as it is now.
+    // A legacy Workspaces "New records added" naming a sheet: the whole sheet, read from the
+    // legacy Workspaces records endpoint with the legacy key, not from the Platform.
     let legacy_event = "nra-e2e-1";
-    let reply = daemon.post(&json!({
-        "type": "New records added",
-        "scope": {
-            "eventId": legacy_event,
-            "sheetId": contacts,
-            "environmentId": DEFAULT_ENVIRONMENT_ID,
-        }
-    }));
+    let (workspace, workspace_sheet) = ("ws-e2e", "wsheet-e2e");
+    let reply = daemon.post(&workspace_webhook_body(
+        legacy_event,
+        workspace,
+        workspace_sheet,
+        WorkspaceNotification::NewRecordsAdded,
+    ));
     assert_eq!(reply.status, 200, "{}", reply.text());
     daemon.wait_done(&[legacy_event], EVENT_DEADLINE);
-    let contacts_now = admin_ok(admin.sheet_rows(&contacts), "sheet rows");
     expected_files.insert(
-        format!("contacts-{legacy_event}.csv"),
-        ids_of(&contacts_now),
+        format!("workspace-{workspace_sheet}-{legacy_event}.csv"),
+        workspace_rows(sim.config(), workspace, workspace_sheet)
+            .into_iter()
+            .map(|r| r.id)
+            .collect(),
     );
 
     // CSV: exactly one file per stream, each with its records once.
@@ -773,9 +776,20 @@ fn each_topic_family_reaches_its_sinks() {
         csv_ids(&files[name]).assert_exactly(ids, name);
     }
     assert_csv_matches(&files[&format!("contacts-{updated}.csv")], &updated_rows);
-    assert_csv_matches(
-        &files[&format!("contacts-{legacy_event}.csv")],
-        &sim.sheet_records(&contacts),
+    let workspace_file = &files[&format!("workspace-{workspace_sheet}-{legacy_event}.csv")];
+    let status = workspace_file
+        .column("_status")
+        .expect("Workspaces records carry their status as `_status`");
+    let statuses: BTreeSet<&str> = workspace_file
+        .records
+        .iter()
+        .map(|r| r[status].as_str())
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| ["accepted", "review", "dismissed"].contains(s)),
+        "{statuses:?}"
     );
     let deletions_file = &files[&deletions_name];
     assert_eq!(deletions_file.headers, ["_id", "_deleted_at"]);
@@ -791,11 +805,44 @@ fn each_topic_family_reaches_its_sinks() {
         );
     }
 
-    // SQLite: the sheets as they are now, and one `events` row per row-less event.
+    // SQLite: the sheets as they are now, the Workspaces sheet with each record's status, and
+    // one `events` row per row-less event.
+    let workspace_table = format!("workspace_{workspace_sheet}");
     let mut tables = sqlite_tables(&db);
     tables.sort();
-    assert_eq!(tables, ["companies", "contacts", "events"]);
-    assert_table_equals_sheet(&db, "contacts", &contacts_now);
+    assert_eq!(
+        tables,
+        ["companies", "contacts", "events", workspace_table.as_str()]
+    );
+    assert_table_equals_sheet(
+        &db,
+        "contacts",
+        &admin_ok(admin.sheet_rows(&contacts), "sheet rows"),
+    );
+    let workspace_stored = sqlite_table(&db, &workspace_table);
+    let served = workspace_rows(sim.config(), workspace, workspace_sheet);
+    assert_eq!(
+        workspace_stored.len(),
+        served.len(),
+        "{workspace_table} rows"
+    );
+    for row in &served {
+        let stored = workspace_stored
+            .get(&row.id)
+            .unwrap_or_else(|| panic!("{workspace_table} lacks record {}", row.id));
+        assert_eq!(
+            stored.get("_status"),
+            Some(&SqlValue::Text(row.status.clone())),
+            "record {}",
+            row.id
+        );
+        assert_eq!(
+            stored.get("_valid"),
+            Some(&SqlValue::Integer(i64::from(row.valid))),
+            "record {}",
+            row.id
+        );
+    }
     assert_table_equals_sheet(
         &db,
         "companies",
