@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use flatfile_sim::SimError;
+use flatsync_tests::check::{CsvFile, Tally};
+use flatsync_tests::daemon::toml_string;
 use flatsync_tests::sim::SourceRow;
 
 /// Generous limit for an event of a few thousand rows in a debug build on 2 busy cores.
@@ -30,4 +35,44 @@ pub(crate) fn assert_has_csv_edge_cases(rows: &[SourceRow]) {
         rows.iter().any(|r| !r.valid) && rows.iter().any(|r| r.valid),
         "the simulator's data should mix valid and invalid rows"
     );
+}
+
+/// Unwraps an admin API answer, naming the request that failed.
+pub(crate) fn admin_ok<T>(result: Result<T, SimError>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("simulator admin request `{what}` failed: {e}"))
+}
+
+/// An `[environments.NAME]` table that polls from the beginning of the simulator's event log,
+/// five times a second.
+pub(crate) fn polling_environment(name: &str, id: &str, key_env: Option<&str>) -> String {
+    let key = key_env.map_or_else(String::new, |var| {
+        format!("secret_key_env = {}\n", toml_string(var))
+    });
+    format!(
+        "[environments.{name}]\nid = {}\n{key}poll = true\npoll_interval_ms = 200\npoll_page_size = 25\npoll_start = \"beginning\"\n",
+        toml_string(id)
+    )
+}
+
+/// Record id counts of one CSV file (column `_id`).
+pub(crate) fn csv_ids(file: &CsvFile) -> Tally {
+    let id = file.column("_id").unwrap_or_else(|| {
+        panic!(
+            "{} has no _id column: {:?}",
+            file.path.display(),
+            file.headers
+        )
+    });
+    let mut tally = Tally::default();
+    for record in &file.records {
+        *tally.seen.entry(record[id].clone()).or_default() += 1;
+    }
+    tally
+}
+
+/// The file `name` of a csv-folder listing.
+pub(crate) fn csv_file<'a>(files: &'a BTreeMap<String, CsvFile>, name: &str) -> &'a CsvFile {
+    files
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} among {:?}", files.keys()))
 }

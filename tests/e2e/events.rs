@@ -10,19 +10,19 @@ use std::time::Duration;
 use flatfile_sim::receiver::{ReceiverConfig, RunningReceiver};
 use flatfile_sim::{
     AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, NewRecords, RecordEdit, RecordsChange,
-    SheetRow, SimConfig, SimEnvironment, SimError, SimEvent, SubmitRequest, Submitted,
-    WorkspaceNotification, workspace_rows, workspace_webhook_body,
+    SheetRow, SimConfig, SimEnvironment, SimEvent, SubmitRequest, Submitted, WorkspaceNotification,
+    workspace_rows, workspace_webhook_body,
 };
 use flatsync_tests::check::{
-    CsvFile, SqlValue, Tally, assert_csv_matches, csv_files, csv_leftovers, sqlite_rows,
-    sqlite_table, sqlite_tables,
+    SqlValue, Tally, assert_csv_matches, csv_files, csv_leftovers, sqlite_rows, sqlite_table,
+    sqlite_tables,
 };
 use flatsync_tests::daemon::{open_read_only, toml_string};
 use flatsync_tests::sim::SourceRow;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, Value as Json, json};
 
-use crate::common::EVENT_DEADLINE;
+use crate::common::{EVENT_DEADLINE, admin_ok, csv_file, csv_ids, polling_environment};
 
 /// How long every event the simulator logged may take to be polled, stored and acknowledged.
 const ACK_DEADLINE: Duration = Duration::from_secs(120);
@@ -32,23 +32,6 @@ const OTHER_ENVIRONMENT_ID: &str = "us_env_other";
 
 /// A `whsec_` secret: the padded base64 of 36 bytes.
 const FORWARD_SECRET: &str = "whsec_ZmxhdHN5bmMtZTJlLWV2ZW50cy1kZWxldGlvbi1zZWNyZXQh";
-
-/// Unwraps an admin API answer, naming the request that failed.
-fn admin_ok<T>(result: Result<T, SimError>, what: &str) -> T {
-    result.unwrap_or_else(|e| panic!("simulator admin request `{what}` failed: {e}"))
-}
-
-/// An `[environments.NAME]` table that polls from the beginning of the simulator's event log,
-/// five times a second.
-fn polling_environment(name: &str, id: &str, key_env: Option<&str>) -> String {
-    let key = key_env.map_or_else(String::new, |var| {
-        format!("secret_key_env = {}\n", toml_string(var))
-    });
-    format!(
-        "[environments.{name}]\nid = {}\n{key}poll = true\npoll_interval_ms = 200\npoll_page_size = 25\npoll_start = \"beginning\"\n",
-        toml_string(id)
-    )
-}
 
 /// Every event of the inbox and its status.
 fn inbox(daemon: &DaemonProcess) -> BTreeMap<String, String> {
@@ -223,29 +206,6 @@ fn assert_table_equals_sheet(db: &Path, table: &str, rows: &[SheetRow]) {
             .collect::<Vec<_>>()
             .join("\n")
     );
-}
-
-/// Record id counts of one CSV file (column `_id`).
-fn csv_ids(file: &CsvFile) -> Tally {
-    let id = file.column("_id").unwrap_or_else(|| {
-        panic!(
-            "{} has no _id column: {:?}",
-            file.path.display(),
-            file.headers
-        )
-    });
-    let mut tally = Tally::default();
-    for record in &file.records {
-        *tally.seen.entry(record[id].clone()).or_default() += 1;
-    }
-    tally
-}
-
-/// The file `name` of a csv-folder listing.
-fn csv_file<'a>(files: &'a BTreeMap<String, CsvFile>, name: &str) -> &'a CsvFile {
-    files
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} among {:?}", files.keys()))
 }
 
 /// The records of `sheet` as the records API serves them now, limited to `ids`.

@@ -23,3 +23,4 @@ mod platform;
 mod reload;
 mod scaffold;
 mod service;
+mod shapes;
