@@ -1,13 +1,18 @@
-//! A Platform workbook submit, end to end.
+//! A Platform workbook submit, end to end, and a multi-part one.
 
-use flatfile_sim::{SimConfig, record_ids, submit_event_body, workbook_sheets};
+use flatfile_sim::{
+    DEFAULT_ENVIRONMENT_ID, SimConfig, SubmitRequest, record_ids, submit_event_body,
+    workbook_sheets,
+};
 use flatsync_tests::check::{
     Tally, assert_csv_matches, assert_sqlite_matches, csv_files, csv_leftovers, sqlite_rows,
     sqlite_tables,
 };
 use flatsync_tests::{Daemon, Sim, TestDir};
 
-use crate::common::{EVENT_DEADLINE, assert_has_csv_edge_cases};
+use crate::common::{
+    EVENT_DEADLINE, admin_ok, assert_has_csv_edge_cases, csv_file, csv_ids, polling_environment,
+};
 
 #[test]
 fn workbook_submit_reaches_csv_and_sqlite_once_and_completes_the_job() {
@@ -111,5 +116,82 @@ fn workbook_submit_reaches_csv_and_sqlite_once_and_completes_the_job() {
     assert_eq!(
         job_state.status, "complete",
         "Flatfile job after delivery: {job_state:?}"
+    );
+}
+
+#[test]
+fn a_multi_part_submit_is_exported_once_and_every_part_is_completed() {
+    let sim = Sim::start(SimConfig {
+        rows: 400,
+        sheets_per_workbook: 2,
+        ..SimConfig::default()
+    });
+    let admin = sim.admin();
+    // Three parts, and job events that name neither workbook nor sheet: flatsync must read
+    // each job to know what it is about and whether it is a part.
+    let submitted = admin_ok(
+        admin.submit(&SubmitRequest {
+            parts: Some(3),
+            context_ids: Some(false),
+            ..SubmitRequest::default()
+        }),
+        "submit in parts",
+    );
+    assert_eq!(submitted.parts.len(), 3, "{submitted:?}");
+    let dir = TestDir::new("platform-parts");
+    let settings = Daemon::new(dir.path())
+        .sim(&sim)
+        .sink_csv("archive")
+        .sink_sqlite("warehouse")
+        .route(&["job:ready"], &["archive", "warehouse"])
+        .page_size(150)
+        .raw(&polling_environment("demo", DEFAULT_ENVIRONMENT_ID, None));
+    let (csv_dir, db) = (
+        settings.csv_dir("archive"),
+        settings.sqlite_path("warehouse"),
+    );
+    let daemon = settings.start();
+
+    daemon.wait_done(&[&submitted.event_id], EVENT_DEADLINE);
+    for part in &submitted.parts {
+        let row = daemon.wait_final(&part.event_id, EVENT_DEADLINE);
+        assert_eq!(row.status, "skipped", "part {}: {row:?}", part.part);
+        assert!(
+            row.detail
+                .as_deref()
+                .is_some_and(|d| d.contains(&submitted.job_id) && d.contains("nothing exported")),
+            "the reason names the parent job: {row:?}"
+        );
+        let job = sim
+            .job(&part.job_id)
+            .unwrap_or_else(|| panic!("no part job {}", part.job_id));
+        assert_eq!(job.status, "complete", "part job {}: {job:?}", part.job_id);
+    }
+    let parent = sim.job(&submitted.job_id).expect("the parent job");
+    assert_eq!(parent.status, "complete", "{parent:?}");
+
+    // The workbook, exactly once: one file per sheet, all from the parent's event (whose
+    // workbook only the job named).
+    let files = csv_files(&csv_dir);
+    assert_eq!(files.len(), submitted.sheets.len(), "{:?}", files.keys());
+    let sqlite = sqlite_rows(&db);
+    for sheet in &submitted.sheets {
+        let expected = record_ids(sim.config(), &sheet.id);
+        let name = format!("{}-{}.csv", sheet.slug, submitted.event_id);
+        csv_ids(csv_file(&files, &name)).assert_exactly(&expected, &name);
+        let in_table = Tally {
+            seen: expected
+                .iter()
+                .filter_map(|id| sqlite.seen.get_key_value(id))
+                .map(|(id, n)| (id.clone(), *n))
+                .collect(),
+        };
+        in_table.assert_exactly(&expected, &format!("table {}", sheet.slug));
+    }
+    assert_eq!(
+        sqlite.total(),
+        400,
+        "the parts exported nothing more: {}",
+        sqlite.total()
     );
 }
