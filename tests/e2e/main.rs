@@ -24,3 +24,4 @@ mod reload;
 mod scaffold;
 mod service;
 mod shapes;
+mod uploads;
