@@ -113,6 +113,15 @@ fn a_portal2_upload_is_stored_part_by_part_and_delivered_once_complete() {
     let order: Vec<&str> = file.records.iter().map(|r| r[id].as_str()).collect();
     assert_eq!(order, expected, "rows in sequence.index order");
 
+    // Columns in the order the sender wrote the fields (Portal 2.0 rows have no schema).
+    let first = portal2_upload_rows(&config, batch, 1, per_request);
+    let source_keys: Vec<&str> = first[0]
+        .values
+        .iter()
+        .map(|(key, _)| key.as_str())
+        .collect();
+    assert_eq!(file.headers[2..], source_keys, "{:?}", file.headers);
+
     // Every value as sent, validity from the list a row came in.
     let table = sqlite_table(&db, "legacy_batch");
     assert_eq!(table.len(), 2_500);

@@ -536,10 +536,13 @@ async fn workspace_records_page_like_the_legacy_batch_rows() {
     }
     assert_eq!(served.len() as u64, rows);
     for (record, row) in served.iter().zip(&expected) {
-        let keys: Vec<&String> = record.as_object().expect("record").keys().collect();
-        let mut sorted = vec!["createdAt", "id", "mapped", "status", "updatedAt", "valid"];
-        sorted.sort_unstable();
-        assert_eq!(keys, sorted, "{record}");
+        let mut keys: Vec<&String> = record.as_object().expect("record").keys().collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["createdAt", "id", "mapped", "status", "updatedAt", "valid"],
+            "{record}"
+        );
         assert_eq!(record["id"].to_string(), row.id, "ids are numbers");
         assert_eq!(record["valid"], row.valid);
         assert_eq!(record["status"], row.status.as_str());
@@ -549,9 +552,7 @@ async fn workspace_records_page_like_the_legacy_batch_rows() {
             .iter()
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        let mut values = row.values.clone();
-        values.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(mapped, values);
+        assert_eq!(mapped, row.values, "values in the served order");
     }
     let statuses: std::collections::HashSet<&str> =
         expected.iter().map(|row| row.status.as_str()).collect();
