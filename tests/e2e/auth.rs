@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flatfile_sim::{
-    SimConfig, legacy_row_ids, legacy_webhook_body, record_ids, submit_event_body, workbook_sheets,
+    DEFAULT_ENVIRONMENT_ID, EmitEvent, SimConfig, legacy_row_ids, legacy_webhook_body, record_ids,
+    submit_event_body, workbook_sheets,
 };
 use flatsync_tests::check::csv_rows;
 use flatsync_tests::daemon::{check_config_file, free_port, toml_string};
@@ -16,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
 
-use crate::common::EVENT_DEADLINE;
+use crate::common::{EVENT_DEADLINE, polling_environment};
 
 /// A path secret: 31 characters of the allowed set.
 const PATH_SECRET: &str = "e2e-path-secret_0123456789.abc~";
@@ -832,4 +833,40 @@ fn check_warns_about_an_open_network_listener_and_a_weak_path_secret_stops_run()
         "flatsync run names the key it refuses: {stderr}"
     );
     assert!(!stderr.contains("tiny-secret"), "{stderr}");
+}
+
+#[test]
+fn a_polled_event_carrying_a_credential_is_scrubbed_before_it_is_stored() {
+    const POLLED_TOKEN: &str = "sk_polled_e2e_token_4f1b";
+    let sim = Sim::start(SimConfig {
+        rows: 10,
+        ..SimConfig::default()
+    });
+    let admin = sim.admin();
+    let emitted = admin
+        .emit_event(&EmitEvent {
+            topic: "space:created".to_owned(),
+            payload: Some(json!({ "name": "polled-marker", "accessToken": POLLED_TOKEN })),
+            ..EmitEvent::default()
+        })
+        .expect("the simulator emits the event");
+    let dir = TestDir::new("auth-polled");
+    let daemon = Daemon::new(dir.path())
+        .sim(&sim)
+        .sink_csv("archive")
+        .route(&["*"], &["archive"])
+        .raw(&polling_environment("demo", DEFAULT_ENVIRONMENT_ID, None))
+        .start();
+    daemon.wait_done(&[&emitted.id], EVENT_DEADLINE);
+    assert_state_never_holds(
+        &dir.path().join("state"),
+        POLLED_TOKEN,
+        "polled-marker",
+        "after polling",
+    );
+    let shown = cli(daemon.settings(), &["events", "show", &emitted.id]);
+    assert!(
+        shown.contains("polled-marker") && !shown.contains(POLLED_TOKEN),
+        "{shown}"
+    );
 }

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flatsync_flatfile::{ApiError, EventsPage, EventsQuery, FlatfileClient};
+use flatsync_flatfile::{ApiError, EventsPage, EventsQuery, FlatfileClient, scrub_webhook_body};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -311,7 +311,14 @@ where
             .map(|event| PolledEvent {
                 event_id: event.id,
                 topic: event.topic,
-                body: event.body,
+                // The API's events carry no credentials that flatsync knows of, but what reaches
+                // the inbox is scrubbed the same way whichever source it came from.
+                // A listed body is a JSON object flatsync compacted itself, which scrubbing
+                // always takes; the fallback only keeps this total.
+                body: match scrub_webhook_body(&event.body) {
+                    Ok(scrubbed) => scrubbed.body,
+                    Err(_) => event.body,
+                },
             })
             .collect();
         report.seen += polled.len();
