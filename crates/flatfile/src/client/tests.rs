@@ -1309,3 +1309,39 @@ async fn records_by_commit_and_since_commit() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_data_url_is_read_under_the_api_root_with_flatsyncs_paging_and_the_key() {
+    let page = include_bytes!("../../testdata/records-page.json").to_vec();
+    let server = TestServer::start(vec![Reply::new(200, page)]).await;
+    let client = server.client();
+    let records = client
+        .data_url_records_page("v1/sheets/us_sh_1/records?for=us_evt_1&pageSize=5", 3, 200)
+        .await
+        .expect("the page is read");
+    assert!(records.rows > 0, "{records:?}");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET");
+    assert!(
+        seen[0].path.ends_with("/v1/sheets/us_sh_1/records"),
+        "under the configured root: {}",
+        seen[0].path
+    );
+    assert_eq!(
+        seen[0].query.as_deref(),
+        Some("for=us_evt_1&pageSize=200&pageNumber=3"),
+        "the event's own keys kept, paging flatsync's"
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {SECRET_KEY_VALUE}").as_str())
+    );
+    // A dataUrl on another host is never sent the key.
+    let err = client
+        .data_url_records_page("https://elsewhere.example/v1/sheets/s/records", 1, 10)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, ApiError::InvalidRequest { .. }), "{err}");
+    assert_eq!(server.seen().len(), 1, "no request was sent");
+}
