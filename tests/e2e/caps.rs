@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use flatfile_sim::{
     AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, EventsOrder, NewRecords, SimConfig, SimError,
-    SimEvent, SubmitRequest, Submitted, legacy_row_ids, legacy_webhook_body,
+    SimEvent, SubmitRequest, legacy_row_ids, legacy_webhook_body,
 };
 use flatsync_tests::check::{assert_csv_matches, csv_files, csv_leftovers, sqlite_rows};
 use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, json};
 
-use crate::common::EVENT_DEADLINE;
+use crate::common::{EVENT_DEADLINE, event_of, sheet_of};
 
 /// How long the events of a burst may take to be polled, stored and acknowledged.
 const POLL_DEADLINE: Duration = Duration::from_secs(180);
@@ -216,26 +216,6 @@ fn post_sim_event(admin: &AdminClient, daemon: &DaemonProcess, id: &str) {
         "webhook answer to {id}: {}",
         reply.text()
     );
-}
-
-fn event_of(change: &flatfile_sim::RecordsChange, topic: &str) -> String {
-    change
-        .events
-        .iter()
-        .find(|e| e.topic == topic)
-        .unwrap_or_else(|| panic!("the change emitted no {topic}: {:?}", change.events))
-        .id
-        .clone()
-}
-
-fn sheet_of(submitted: &Submitted, slug: &str) -> String {
-    submitted
-        .sheets
-        .iter()
-        .find(|s| s.slug == slug)
-        .unwrap_or_else(|| panic!("the submit has no {slug} sheet: {submitted:?}"))
-        .id
-        .clone()
 }
 
 /// Asserts both sinks hold the stream complete with exactly `rows` rows (the checkpoints), and

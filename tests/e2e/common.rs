@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use flatfile_sim::SimError;
+use flatfile_sim::{RecordsChange, SimError, Submitted};
 use flatsync_tests::check::{CsvFile, Tally};
 use flatsync_tests::daemon::toml_string;
 use flatsync_tests::sim::SourceRow;
@@ -75,4 +75,26 @@ pub(crate) fn csv_file<'a>(files: &'a BTreeMap<String, CsvFile>, name: &str) -> 
     files
         .get(name)
         .unwrap_or_else(|| panic!("no {name} among {:?}", files.keys()))
+}
+
+/// The id of the change's event of `topic`.
+pub(crate) fn event_of(change: &RecordsChange, topic: &str) -> String {
+    change
+        .events
+        .iter()
+        .find(|e| e.topic == topic)
+        .unwrap_or_else(|| panic!("the change emitted no {topic}: {:?}", change.events))
+        .id
+        .clone()
+}
+
+/// The id of the submit's sheet with this slug.
+pub(crate) fn sheet_of(submitted: &Submitted, slug: &str) -> String {
+    submitted
+        .sheets
+        .iter()
+        .find(|s| s.slug == slug)
+        .unwrap_or_else(|| panic!("the submit has no {slug} sheet: {submitted:?}"))
+        .id
+        .clone()
 }

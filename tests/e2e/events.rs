@@ -22,7 +22,9 @@ use flatsync_tests::sim::SourceRow;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, Value as Json, json};
 
-use crate::common::{EVENT_DEADLINE, admin_ok, csv_file, csv_ids, polling_environment};
+use crate::common::{
+    EVENT_DEADLINE, admin_ok, csv_file, csv_ids, event_of, polling_environment, sheet_of,
+};
 
 /// How long every event the simulator logged may take to be polled, stored and acknowledged.
 const ACK_DEADLINE: Duration = Duration::from_secs(120);
@@ -120,28 +122,6 @@ fn wait_change(daemon: &DaemonProcess, change: &RecordsChange, routed: &[&str]) 
             daemon.log_tail()
         );
     }
-}
-
-/// The id of the change's event of `topic`.
-fn event_of(change: &RecordsChange, topic: &str) -> String {
-    change
-        .events
-        .iter()
-        .find(|e| e.topic == topic)
-        .unwrap_or_else(|| panic!("the change emitted no {topic}: {:?}", change.events))
-        .id
-        .clone()
-}
-
-/// The id of the submit's sheet with this slug.
-fn sheet_of(submitted: &Submitted, slug: &str) -> String {
-    submitted
-        .sheets
-        .iter()
-        .find(|s| s.slug == slug)
-        .unwrap_or_else(|| panic!("the submit has no {slug} sheet: {submitted:?}"))
-        .id
-        .clone()
 }
 
 /// Whether the sqlite sink stored `value` the way it promises: NULL, 0/1, INTEGER, REAL, TEXT,

@@ -6,34 +6,15 @@ use std::collections::BTreeSet;
 
 use flatfile_sim::{
     DEFAULT_ENVIRONMENT_ID, EventShape, NewRecords, RecordEdit, RecordsChange, SimConfig,
-    SubmitRequest, Submitted,
+    SubmitRequest,
 };
 use flatsync_tests::check::{SqlValue, csv_files, sqlite_table};
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir};
 use serde_json::json;
 
-use crate::common::{EVENT_DEADLINE, admin_ok, csv_file, csv_ids, polling_environment};
-
-/// The id of the change's event of `topic`.
-fn event_of(change: &RecordsChange, topic: &str) -> String {
-    change
-        .events
-        .iter()
-        .find(|e| e.topic == topic)
-        .unwrap_or_else(|| panic!("the change emitted no {topic}: {:?}", change.events))
-        .id
-        .clone()
-}
-
-fn contacts_of(submitted: &Submitted) -> String {
-    submitted
-        .sheets
-        .iter()
-        .find(|s| s.slug == "contacts")
-        .expect("a contacts sheet")
-        .id
-        .clone()
-}
+use crate::common::{
+    EVENT_DEADLINE, admin_ok, csv_file, csv_ids, event_of, polling_environment, sheet_of,
+};
 
 /// Waits until each event of `topics` in the change is final, and returns those events' ids.
 fn wait_topics(daemon: &DaemonProcess, change: &RecordsChange, topics: &[&str]) -> Vec<String> {
@@ -51,7 +32,7 @@ fn records_and_commit_events_in_every_shape_deliver_their_records() {
     });
     let admin = sim.admin();
     let submitted = admin_ok(admin.submit(&SubmitRequest::default()), "submit");
-    let contacts = contacts_of(&submitted);
+    let contacts = sheet_of(&submitted, "contacts");
     let dir = TestDir::new("shapes-every");
     let settings = Daemon::new(dir.path())
         .sim(&sim)
@@ -154,7 +135,7 @@ fn unnamed_records_fail_where_the_route_says_so_and_deletions_without_ids_fail()
     });
     let admin = sim.admin();
     let submitted = admin_ok(admin.submit(&SubmitRequest::default()), "submit");
-    let contacts = contacts_of(&submitted);
+    let contacts = sheet_of(&submitted, "contacts");
     let dir = TestDir::new("shapes-unnamed");
     let settings = Daemon::new(dir.path())
         .sim(&sim)

@@ -689,22 +689,32 @@ fn platform_page(
     Ok((page_size.min(sim.config.max_page_size), page_number))
 }
 
-async fn legacy_rows(
-    State(sim): State<Arc<Shared>>,
-    Path(batch_id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    legacy_auth(&sim, &headers)?;
-    let skip = query_u64(&query, "skip", 0, true)?;
-    let take = query_u64(&query, "take", 50, true)?;
+/// Checks the legacy key and reads `skip` and `take` (default 50, capped at `--max-page-size`)
+/// of a legacy list.
+fn legacy_paging(
+    sim: &Shared,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(u64, u64), ApiError> {
+    legacy_auth(sim, headers)?;
+    let skip = query_u64(query, "skip", 0, true)?;
+    let take = query_u64(query, "take", 50, true)?;
     if take == 0 {
         return Err(ApiError::legacy(
             StatusCode::BAD_REQUEST,
             "take must be at least 1",
         ));
     }
-    let take = take.min(sim.config.max_page_size);
+    Ok((skip, take.min(sim.config.max_page_size)))
+}
+
+async fn legacy_rows(
+    State(sim): State<Arc<Shared>>,
+    Path(batch_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (skip, take) = legacy_paging(&sim, &headers, &query)?;
     pause(&sim).await;
     let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, 500));
     generate::write_legacy_page(
@@ -726,16 +736,7 @@ async fn workspace_records(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    legacy_auth(&sim, &headers)?;
-    let skip = query_u64(&query, "skip", 0, true)?;
-    let take = query_u64(&query, "take", 50, true)?;
-    if take == 0 {
-        return Err(ApiError::legacy(
-            StatusCode::BAD_REQUEST,
-            "take must be at least 1",
-        ));
-    }
-    let take = take.min(sim.config.max_page_size);
+    let (skip, take) = legacy_paging(&sim, &headers, &query)?;
     pause(&sim).await;
     let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, 300));
     legacy::write_workspace_page(

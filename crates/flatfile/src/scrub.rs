@@ -11,6 +11,7 @@
 use serde_json::{Map, Value};
 
 use crate::WebhookBodyError;
+use crate::webhook::malformed;
 
 /// Keys that hold credentials, removed at any depth of an event's envelope (compared
 /// case-insensitively). Row data is never searched: see [`ROW_DATA_LOCATIONS`].
@@ -166,20 +167,6 @@ fn scrub_in_place(value: &mut Value, place: Place, exempt_rows: bool, removed: &
             }
         }
         _ => {}
-    }
-}
-
-/// The same error [`crate::parse_webhook_body`] reports for a body that is not JSON, so the
-/// webhook answers 400 with the same line, column and message whichever looks first.
-fn malformed(error: serde_json::Error) -> WebhookBodyError {
-    let (line, column) = (error.line(), error.column());
-    let full = error.to_string();
-    let suffix = format!(" at line {line} column {column}");
-    let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
-    WebhookBodyError::Malformed {
-        line,
-        column,
-        message,
     }
 }
 

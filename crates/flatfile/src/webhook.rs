@@ -289,7 +289,9 @@ pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError
     })
 }
 
-fn malformed(error: serde_json::Error) -> WebhookBodyError {
+/// The error for a body that is not JSON; the scrubber reports its parse errors with it too, so
+/// the webhook answers 400 with the same line, column and message whichever looks first.
+pub(crate) fn malformed(error: serde_json::Error) -> WebhookBodyError {
     let (line, column) = (error.line(), error.column());
     let full = error.to_string();
     // serde_json appends the position to its message; it is reported in its own fields.
