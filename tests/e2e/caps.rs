@@ -23,20 +23,6 @@ fn admin_ok<T>(result: Result<T, SimError>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("simulator admin request `{what}` failed: {e}"))
 }
 
-/// Every event of the inbox and its status.
-fn inbox(daemon: &DaemonProcess) -> BTreeMap<String, String> {
-    let Some(conn) = open_read_only(&daemon.settings().state_db()) else {
-        return BTreeMap::new();
-    };
-    let mut stmt = conn
-        .prepare("SELECT event_id, status FROM inbox")
-        .expect("the inbox table is readable");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("inbox query")
-        .map(|row| row.expect("inbox row"))
-        .collect()
-}
-
 /// The polling cursor of the default environment, in ms.
 fn poll_cursor(daemon: &DaemonProcess) -> Option<i64> {
     let conn = open_read_only(&daemon.settings().state_db())?;
@@ -74,7 +60,7 @@ fn wait_all_stored_and_acknowledged(admin: &AdminClient, daemon: &DaemonProcess)
         || {
             daemon.assert_alive("while events were polled");
             let events = admin_ok(admin.events(None), "GET /_sim/events");
-            let inbox = inbox(daemon);
+            let inbox = daemon.inbox();
             events
                 .iter()
                 .all(|e| e.ack_count >= 1 && inbox.contains_key(&e.id))
@@ -82,7 +68,7 @@ fn wait_all_stored_and_acknowledged(admin: &AdminClient, daemon: &DaemonProcess)
         },
         || {
             let events = admin.events(None).unwrap_or_default();
-            let inbox = inbox(daemon);
+            let inbox = daemon.inbox();
             let stored = events.iter().filter(|e| inbox.contains_key(&e.id)).count();
             let acked = events.iter().filter(|e| e.ack_count >= 1).count();
             format!(
@@ -138,7 +124,7 @@ fn polls_a_capped_burst(order: EventsOrder, label: &str) {
     );
 
     let events = wait_all_stored_and_acknowledged(&admin, &daemon);
-    let stored = inbox(&daemon);
+    let stored = daemon.inbox();
     let logged: BTreeSet<&String> = events.iter().map(|e| &e.id).collect();
     assert_eq!(
         stored.keys().collect::<BTreeSet<_>>(),
@@ -155,7 +141,7 @@ fn polls_a_capped_burst(order: EventsOrder, label: &str) {
     assert!(later.created_at > first.created_at);
     let events = wait_all_stored_and_acknowledged(&admin, &daemon);
     assert_eq!(events.len(), 501);
-    let stored = inbox(&daemon);
+    let stored = daemon.inbox();
     assert_eq!(stored.len(), 501, "each event stored once");
     assert!(
         stored.values().all(|status| status == "unrouted"),

@@ -35,19 +35,6 @@ const OTHER_ENVIRONMENT_ID: &str = "us_env_other";
 /// A `whsec_` secret: the padded base64 of 36 bytes.
 const FORWARD_SECRET: &str = "whsec_ZmxhdHN5bmMtZTJlLWV2ZW50cy1kZWxldGlvbi1zZWNyZXQh";
 
-/// Every event of the inbox and its status.
-fn inbox(daemon: &DaemonProcess) -> BTreeMap<String, String> {
-    let db = daemon.settings().state_db();
-    let conn = open_read_only(&db).expect("the state database exists once the daemon runs");
-    let mut stmt = conn
-        .prepare("SELECT event_id, status FROM inbox")
-        .expect("the inbox table is readable");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("inbox query")
-        .map(|row| row.expect("inbox row"))
-        .collect()
-}
-
 /// The environment ids the state database keeps a polling cursor for, sorted.
 fn poll_cursor_environments(daemon: &DaemonProcess) -> Vec<String> {
     let db = daemon.settings().state_db();
@@ -73,7 +60,7 @@ fn wait_every_event_polled_and_acknowledged(
         || {
             daemon.assert_alive("while events were polled");
             let events = admin_ok(admin.events(None), "GET /_sim/events");
-            let inbox = inbox(daemon);
+            let inbox = daemon.inbox();
             let all = events.iter().all(|e| {
                 e.ack_count >= 1 && inbox.get(&e.id).is_some_and(|status| status != "pending")
             });
@@ -81,7 +68,7 @@ fn wait_every_event_polled_and_acknowledged(
         },
         || {
             let events = admin.events(None).unwrap_or_default();
-            let inbox = inbox(daemon);
+            let inbox = daemon.inbox();
             let behind: Vec<String> = events
                 .iter()
                 .filter(|e| {
@@ -375,7 +362,7 @@ fn polling_delivers_a_submit_and_record_mutations_without_any_webhook() {
         "the simulator logged no job:completed: {:?}",
         events.iter().map(|e| &e.topic).collect::<Vec<_>>()
     );
-    let stored = inbox(&daemon);
+    let stored = daemon.inbox();
     let logged: BTreeSet<&String> = events.iter().map(|e| &e.id).collect();
     assert_eq!(
         stored.keys().collect::<BTreeSet<_>>(),
@@ -469,7 +456,7 @@ fn an_event_both_posted_and_polled_is_delivered_once() {
         );
     }
 
-    let stored = inbox(&daemon);
+    let stored = daemon.inbox();
     let logged: BTreeSet<&String> = events_after.iter().map(|e| &e.id).collect();
     assert_eq!(
         stored.keys().collect::<BTreeSet<_>>(),

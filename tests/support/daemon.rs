@@ -654,6 +654,20 @@ impl DaemonProcess {
         .flatten()
     }
 
+    /// Every event of the inbox and its status; empty before the state database exists.
+    pub fn inbox(&self) -> std::collections::BTreeMap<String, String> {
+        let Some(conn) = open_read_only(&self.settings.state_db()) else {
+            return std::collections::BTreeMap::new();
+        };
+        let mut stmt = conn
+            .prepare("SELECT event_id, status FROM inbox")
+            .expect("the inbox table is readable");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("inbox query")
+            .map(|row| row.expect("inbox row"))
+            .collect()
+    }
+
     /// How many events the inbox holds, whatever their status.
     pub fn inbox_len(&self) -> usize {
         open_read_only(&self.settings.state_db())
