@@ -195,3 +195,55 @@ fn a_multi_part_submit_is_exported_once_and_every_part_is_completed() {
         sqlite.total()
     );
 }
+
+#[test]
+fn a_webhook_egress_body_exports_every_record_of_its_workbook() {
+    let sim = Sim::start(SimConfig {
+        rows: 700,
+        sheets_per_workbook: 2,
+        ..SimConfig::default()
+    });
+    let dir = TestDir::new("platform-egress");
+    let settings = Daemon::new(dir.path())
+        .sim(&sim)
+        .sink_csv("archive")
+        .route(&["webhook-egress"], &["archive"])
+        .page_size(100);
+    let csv_dir = settings.csv_dir("archive");
+    let daemon = settings.start();
+
+    // What @flatfile/plugin-webhook-egress posts: the workbook, each sheet with the first page
+    // of its records only (here, two of them).
+    let workbook = "us_wb_egress1";
+    let sheets = workbook_sheets(sim.config(), workbook);
+    let body = serde_json::json!({
+        "workbook": {
+            "id": workbook,
+            "environmentId": DEFAULT_ENVIRONMENT_ID,
+            "sheets": sheets.iter().map(|(id, slug, _)| serde_json::json!({
+                "id": id,
+                "slug": slug,
+                "records": record_ids(sim.config(), id).iter().take(2)
+                    .map(|rid| serde_json::json!({ "id": rid, "values": {}, "valid": true }))
+                    .collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }
+    });
+    let reply = daemon.post(&body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let event = reply.json()["eventId"]
+        .as_str()
+        .expect("the answer names the event")
+        .to_owned();
+    assert!(event.starts_with("egress-"), "{event}");
+    daemon.wait_done(&[&event], EVENT_DEADLINE);
+    assert_eq!(daemon.post(&body).json()["status"], "duplicate");
+
+    let files = csv_files(&csv_dir);
+    for (sheet_id, slug, rows) in &sheets {
+        let expected = record_ids(sim.config(), sheet_id);
+        assert_eq!(expected.len() as u64, *rows);
+        let name = format!("{slug}-{event}.csv");
+        csv_ids(csv_file(&files, &name)).assert_exactly(&expected, &name);
+    }
+}

@@ -15,7 +15,7 @@
 use flatsync_flatfile::{
     ApiError, DataUrlTarget, FlatfileClient, IncomingEvent, JobInfo,
     LEGACY_TOPIC_RECORD_STATUS_MODIFIED, LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification,
-    PlatformEvent, RecordsSelection, Sheet, sanitize_stream_component,
+    PlatformEvent, RecordsSelection, Sheet, TOPIC_WEBHOOK_EGRESS, sanitize_stream_component,
 };
 
 use crate::config::{Config, UnnamedRecords};
@@ -232,6 +232,17 @@ fn platform_family(client: &FlatfileClient, e: &PlatformEvent) -> Family {
         e.topic.as_str(),
         "commit:created" | "commit:updated" | "commit:completed"
     );
+    if e.topic == TOPIC_WEBHOOK_EGRESS {
+        // The body held the first page of each sheet only; the API has every record.
+        return match e.workbook_id() {
+            Some(workbook_id) => Family::Workbook {
+                workbook_id: workbook_id.to_owned(),
+            },
+            None => Family::Refused {
+                reason: "the webhook-egress body names no workbook".to_owned(),
+            },
+        };
+    }
     if e.topic == "records:deleted" {
         return match (e.sheet_id(), e.record_ids()) {
             (Some(sheet_id), Some(ids)) if !ids.is_empty() => Family::Deletions {

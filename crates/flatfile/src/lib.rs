@@ -35,8 +35,8 @@ pub use scrub::{
 pub use secret::Secret;
 pub use webhook::{
     IncomingEvent, LEGACY_TOPIC_IMPORT_SUBMITTED, LEGACY_TOPIC_RECORD_STATUS_MODIFIED,
-    LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, WebhookBodyError, legacy_topic,
-    parse_webhook_body,
+    LEGACY_TOPIC_RECORDS_ADDED, LegacyNotification, PlatformEvent, TOPIC_WEBHOOK_EGRESS,
+    WebhookBodyError, legacy_topic, parse_webhook_body,
 };
 
 /// Stream kind (and so SQLite table, CSV file prefix) of legacy Portal rows.

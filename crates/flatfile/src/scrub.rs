@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use crate::WebhookBodyError;
-use crate::webhook::malformed;
+use crate::webhook::{egress_event, is_egress, malformed};
 
 /// Keys that hold credentials, removed at any depth of an event's envelope (compared
 /// case-insensitively). Row data is never searched: see [`ROW_DATA_LOCATIONS`].
@@ -96,6 +96,15 @@ pub fn scrub_value(value: Value) -> (Value, bool, usize) {
     );
     let mut removed = 0;
     scrub_in_place(&mut value, Place::Root, exempt_rows, &mut removed);
+    // An egress body is a workbook with its first page of records; flatsync keeps the event it
+    // stands for and reads the records from the API.
+    let value = match &value {
+        Value::Object(object) if is_egress(object) => {
+            let bytes = serde_json::to_vec(&value).expect("a JSON value always serialises");
+            egress_event(object, &bytes).unwrap_or(value)
+        }
+        _ => value,
+    };
     (value, unwrapped, removed)
 }
 
@@ -354,22 +363,38 @@ mod tests {
             scrub_json(&body)["rows"],
             json!([{ "id": "us_rc_1", "valid": true, "values": {} }])
         );
+    }
 
+    #[test]
+    fn an_egress_body_becomes_the_workbook_submit_it_stands_for() {
         let mut egress: Value =
             serde_json::from_slice(include_bytes!("../testdata/webhook-egress-body.json"))
                 .expect("fixture is JSON");
-        egress["workbook"]["sheets"][0]["records"][0]["values"]["password"] =
-            json!({ "value": "cell" });
-        egress["workbook"]["sheets"][0]["deletedRecords"] = json!([{ "id": "r", "apiKey": "k" }]);
         egress["workbook"]["sheets"][0]["config"]["apiKey"] = json!("envelope secret");
         let scrubbed = scrub_json(&egress);
-        let sheet = &scrubbed["workbook"]["sheets"][0];
-        assert_eq!(sheet["records"], egress["workbook"]["sheets"][0]["records"]);
-        assert_eq!(
-            sheet["deletedRecords"],
-            json!([{ "id": "r", "apiKey": "k" }])
+        assert_eq!(scrubbed["topic"], crate::TOPIC_WEBHOOK_EGRESS, "{scrubbed}");
+        assert_eq!(scrubbed["context"]["workbookId"], "us_wb_Qm5Zt1Xc");
+        assert_eq!(scrubbed["context"]["environmentId"], "us_env_Rk2v9WqA");
+        assert_eq!(scrubbed["payload"]["sheets"][0]["id"], "us_sh_Jp4Ls8Dn");
+        assert_eq!(scrubbed["payload"]["sheets"][0]["recordsInBody"], 2);
+        let text = scrubbed.to_string();
+        assert!(
+            !text.contains("envelope secret") && !text.contains("john.smith"),
+            "neither credentials nor the body's records are kept: {text}"
         );
-        assert!(sheet["config"].get("apiKey").is_none(), "{sheet}");
+        // The same delivery is the same event; another one is another.
+        assert_eq!(scrub_json(&egress)["id"], scrubbed["id"]);
+        egress["workbook"]["updatedAt"] = json!("2024-05-02T14:00:00.000Z");
+        assert_ne!(scrub_json(&egress)["id"], scrubbed["id"]);
+        assert!(
+            scrubbed["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("egress-")),
+            "{scrubbed}"
+        );
+        let event = parse_webhook_body(text.as_bytes()).expect("a Platform event");
+        assert_eq!(event.topic(), crate::TOPIC_WEBHOOK_EGRESS);
+        assert_eq!(event.environment_id(), Some("us_env_Rk2v9WqA"));
     }
 
     #[test]

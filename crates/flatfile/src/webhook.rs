@@ -225,6 +225,11 @@ const EXPECTED_KEYS: &str = "expected a Platform event (string \"id\" and \"topi
 /// Topic given to a legacy notification that names none and has no batch.
 const LEGACY_TOPIC_UNKNOWN: &str = "unknown";
 
+/// Topic of the event flatsync makes of a body `@flatfile/plugin-webhook-egress` posted: a
+/// workbook submitted, whose records flatsync reads from the API (the body holds only the first
+/// page of each sheet).
+pub const TOPIC_WEBHOOK_EGRESS: &str = "webhook-egress";
+
 /// Topic of the Portal "Import submitted" notification, and of a Portal 3.0 notification that
 /// carries a batch but no `type`.
 pub const LEGACY_TOPIC_IMPORT_SUBMITTED: &str = "portalImportSubmitted";
@@ -283,6 +288,15 @@ pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError
     }
     if let Some(notification) = legacy_notification(&object, body) {
         return Ok(IncomingEvent::Legacy(notification));
+    }
+    if is_egress(&object) {
+        return Err(WebhookBodyError::UnknownShape {
+            reason:
+                "a webhook-egress body (`workbook` with `sheets`) whose workbook has no \"id\", \
+                     so its records cannot be read; another flatsync's http-forward sink must use \
+                     format = \"flatsync\" (the default) to chain instances"
+                    .to_owned(),
+        });
     }
     Err(WebhookBodyError::UnknownShape {
         reason: format!("{EXPECTED_KEYS}, found {}", describe_keys(&object)),
@@ -368,6 +382,60 @@ fn legacy_notification(object: &Map<String, Value>, body: &[u8]) -> Option<Legac
         workbook_id: scope_id("workbookId"),
         workspace_id: scope_id("workspaceId"),
     })
+}
+
+/// Whether `object` is the body `@flatfile/plugin-webhook-egress` posts:
+/// `{"workbook": {…, "sheets": [{…, "records": […]}]}}`.
+pub(crate) fn is_egress(object: &Map<String, Value>) -> bool {
+    object
+        .get("workbook")
+        .and_then(|w| w.get("sheets"))
+        .is_some_and(Value::is_array)
+}
+
+/// The Platform event flatsync stores for an egress body (`is_egress`) whose workbook has an
+/// id: topic [`TOPIC_WEBHOOK_EGRESS`], the workbook, space and environment in the context, the
+/// sheets and how many records the body carried in the payload. The body's records are not
+/// kept: the workbook is read from the API, every page, like a submit's. The id is derived from
+/// the body, so a re-delivery of the same body is a duplicate. `None` without a workbook id.
+pub(crate) fn egress_event(object: &Map<String, Value>, body: &[u8]) -> Option<Value> {
+    let workbook = object.get("workbook")?.as_object()?;
+    let workbook_id = workbook
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())?;
+    let mut context = Map::new();
+    context.insert("workbookId".to_owned(), Value::from(workbook_id));
+    for key in ["environmentId", "spaceId"] {
+        if let Some(value) = workbook.get(key).and_then(Value::as_str) {
+            context.insert(key.to_owned(), Value::from(value));
+        }
+    }
+    let sheets: Vec<Value> = workbook
+        .get("sheets")
+        .and_then(Value::as_array)
+        .map(|sheets| {
+            sheets
+                .iter()
+                .map(|sheet| {
+                    serde_json::json!({
+                        "id": sheet.get("id"),
+                        "slug": sheet.get("slug"),
+                        "recordsInBody": sheet.get("records").and_then(Value::as_array).map_or(0, Vec::len),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut id = body_event_id(body);
+    id.replace_range(..id.find('-').map_or(0, |dash| dash + 1), "egress-");
+    Some(serde_json::json!({
+        "id": id,
+        "topic": TOPIC_WEBHOOK_EGRESS,
+        "domain": "workbook",
+        "context": context,
+        "payload": { "sheets": sheets },
+    }))
 }
 
 /// An id that may be sent as a string or a number. Empty strings count as absent: they cannot
@@ -698,12 +766,12 @@ mod tests {
         unknown_shape_reason(br#"{"event":{"id":"x"}}"#);
         // The `GET /events/{id}` response wraps the event in `data`; it is not a webhook body.
         unknown_shape_reason(include_bytes!("../testdata/event-get-response.json"));
-        // `@flatfile/plugin-webhook-egress` posts a workbook with its records, not an event.
-        let reason = unknown_shape_reason(include_bytes!("../testdata/webhook-egress-body.json"));
-        assert!(
-            reason.ends_with(r#"found an object with keys "workbook""#),
-            "{reason}"
+        // An egress body without a workbook id (http-forward's flatfile-egress format) cannot
+        // be read back from the API.
+        let reason = unknown_shape_reason(
+            br#"{"workbook":{"metadata":{"flatsync":{"seq":0}},"sheets":[{"records":[]}]}}"#,
         );
+        assert!(reason.contains("format = \"flatsync\""), "{reason}");
 
         let error = parse_webhook_body(b"{}").expect_err("empty object");
         assert!(error.to_string().starts_with(
