@@ -389,6 +389,7 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
     let upload = part.upload.clone();
     let position = part.position;
     let rows = part.rows;
+    let topic = part.origin.topic();
     match state.db.store_carried_part(part).await {
         Ok(PartOutcome::Stored {
             received,
@@ -404,7 +405,7 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
                 "Upload part accepted"
             );
             if let Some(event_id) = &completed {
-                crate::metrics::event_received("webhook", "upload");
+                crate::metrics::event_received("webhook", topic);
                 tracing::info!(event_id = %event_id, parts = received, "Upload complete");
                 let _ = state.accepted.send(event_id.clone());
             }
