@@ -205,3 +205,44 @@ fn unnamed_records_fail_where_the_route_says_so_and_deletions_without_ids_fail()
     assert_eq!(table.len(), before, "nothing was deleted");
     assert!(doomed.iter().all(|id| table.contains_key(id)));
 }
+
+#[test]
+fn a_data_url_flatsync_cannot_map_is_read_as_given_past_a_page_cap() {
+    // `filter=all` is not a selection flatsync knows, so the dataUrl is read as it is, page by
+    // page, under a cap of 100 records a page while flatsync asks for 1,000.
+    let sim = Sim::start(SimConfig {
+        rows: 500,
+        max_page_size: 100,
+        ..SimConfig::default()
+    });
+    let admin = sim.admin();
+    let submitted = admin_ok(admin.submit(&SubmitRequest::default()), "submit");
+    let contacts = sheet_of(&submitted, "contacts");
+    let dir = TestDir::new("shapes-data-url");
+    let settings = Daemon::new(dir.path())
+        .sim(&sim)
+        .sink_csv("archive")
+        .route(&["records:created"], &["archive"])
+        .page_size(1000);
+    let csv_dir = settings.csv_dir("archive");
+    let daemon = settings.start();
+    let event = "us_evt_dataUrlAll";
+    let reply = daemon.post(&json!({
+        "id": event,
+        "topic": "records:created",
+        "domain": "workbook",
+        "context": { "environmentId": DEFAULT_ENVIRONMENT_ID, "sheetId": contacts },
+        "payload": { "count": 250 },
+        "dataUrl": format!("v1/sheets/{contacts}/records?filter=all"),
+    }));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    daemon.wait_done(&[event], EVENT_DEADLINE);
+    let expected: Vec<String> = admin_ok(admin.sheet_rows(&contacts), "sheet rows")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(expected.len(), 250);
+    let files = csv_files(&csv_dir);
+    let name = format!("contacts-{event}.csv");
+    csv_ids(csv_file(&files, &name)).assert_exactly(&expected, &name);
+}
