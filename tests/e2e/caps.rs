@@ -6,22 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flatfile_sim::{
-    AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, EventsOrder, NewRecords, SimConfig, SimError,
-    SimEvent, SubmitRequest, legacy_row_ids, legacy_webhook_body,
+    AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, EventsOrder, NewRecords, SimConfig, SimEvent,
+    SubmitRequest, legacy_row_ids, legacy_webhook_body,
 };
 use flatsync_tests::check::{assert_csv_matches, csv_files, csv_leftovers, sqlite_rows};
 use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, json};
 
-use crate::common::{EVENT_DEADLINE, event_of, sheet_of};
+use crate::common::{EVENT_DEADLINE, admin_ok, event_of, sheet_of};
 
 /// How long the events of a burst may take to be polled, stored and acknowledged.
 const POLL_DEADLINE: Duration = Duration::from_secs(180);
-
-fn admin_ok<T>(result: Result<T, SimError>, what: &str) -> T {
-    result.unwrap_or_else(|e| panic!("simulator admin request `{what}` failed: {e}"))
-}
 
 /// The polling cursor of the default environment, in ms.
 fn poll_cursor(daemon: &DaemonProcess) -> Option<i64> {
