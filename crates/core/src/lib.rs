@@ -36,7 +36,7 @@ use flatsync_flatfile::{ApiError, ClientConfig, FlatfileClient, RetryPolicy};
 pub use flatsync_plugin_api::FlatsyncPlugin;
 pub use flatsync_plugin_host::LoadedPlugin;
 use flatsync_plugin_host::{LoadError, SinkError, SinkOptions, SinkWorker};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError, SecretSource};
@@ -397,7 +397,7 @@ impl RunningDaemon {
         let health = Arc::new(Health::default());
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
-        let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
+        let (accepted_tx, accepted_rx) = pipeline::AcceptedTx::channel();
         let mut servers = Vec::new();
 
         let mut webhook_addr = None;

@@ -741,6 +741,33 @@ pub(crate) fn current(slot: &EngineSlot) -> Arc<Engine> {
     )
 }
 
+/// Ids of events just committed to the inbox, for the dispatcher to start them at once.
+///
+/// Bounded, and only a hint: when the dispatcher is behind and the channel is full, the id is
+/// dropped. Nothing is lost, since the event is already committed and the dispatcher rescans
+/// the inbox every [`RESCAN_INTERVAL`]; memory stays flat however fast events arrive.
+#[derive(Clone, Debug)]
+pub(crate) struct AcceptedTx(mpsc::Sender<String>);
+
+/// Ids the [`AcceptedTx`] channel holds at most.
+const ACCEPTED_HINTS: usize = 1024;
+
+impl AcceptedTx {
+    /// A new channel; the receiver goes to [`dispatch`].
+    pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(ACCEPTED_HINTS);
+        (AcceptedTx(tx), rx)
+    }
+
+    /// Tells the dispatcher about a committed event, if it has room to hear it (see above);
+    /// a closed channel (the daemon stopping) loses nothing either.
+    pub(crate) fn notify(&self, event_id: String) {
+        if let Err(mpsc::error::TrySendError::Full(id)) = self.0.try_send(event_id) {
+            tracing::debug!(event_id = %id, "Dispatcher busy; the event starts at the next rescan");
+        }
+    }
+}
+
 /// How often the dispatcher looks for pending events it was not told about: events an operator
 /// set back to pending (`flatsync replay`, `dead-letter retry`) and events whose processing was
 /// interrupted by a state database error.
@@ -769,7 +796,7 @@ pub struct DrainReport {
 /// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
 pub(crate) async fn dispatch(
     slot: EngineSlot,
-    mut accepted: mpsc::UnboundedReceiver<String>,
+    mut accepted: mpsc::Receiver<String>,
     mut drain: watch::Receiver<bool>,
     health: Arc<Health>,
 ) -> DrainReport {

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flatsync_flatfile::{ApiError, EventsPage, EventsQuery, FlatfileClient, scrub_webhook_body};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{EnvironmentConfig, PollConfig};
 use crate::fetch::fit;
-use crate::pipeline::{EngineSlot, current};
+use crate::pipeline::{AcceptedTx, EngineSlot, current};
 use crate::state::{PolledEvent, StateDb, StateError, now_ms};
 use crate::time::{format_utc_millis, parse_rfc3339};
 
@@ -44,11 +44,7 @@ const ACKS_PER_POLL: usize = 1_000;
 /// Polls every environment with polling enabled until `drain` turns true. The environments,
 /// their intervals and keys are read from the current engine before each poll, so a reload
 /// applies to the next poll.
-pub(crate) async fn run(
-    slot: EngineSlot,
-    accepted: mpsc::UnboundedSender<String>,
-    mut drain: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(slot: EngineSlot, accepted: AcceptedTx, mut drain: watch::Receiver<bool>) {
     let mut next_due: BTreeMap<String, Instant> = BTreeMap::new();
     // What each environment's events API showed of a page cap, by environment id.
     let mut caps: BTreeMap<String, CapSightings> = BTreeMap::new();
@@ -153,7 +149,7 @@ async fn poll_once(
     client: &FlatfileClient,
     environment_id: &str,
     poll: &PollConfig,
-    accepted: &mpsc::UnboundedSender<String>,
+    accepted: &AcceptedTx,
 ) -> Result<PollReport, PollFailure> {
     let cursor = match state.poll_cursor(environment_id).await? {
         Some(cursor) => cursor,
@@ -256,7 +252,7 @@ async fn list_events<F, Fut>(
     page_size: u64,
     state: &StateDb,
     environment_id: &str,
-    accepted: &mpsc::UnboundedSender<String>,
+    accepted: &AcceptedTx,
     report: &mut PollReport,
 ) -> Listing
 where
@@ -327,9 +323,7 @@ where
                 for (id, topic) in fresh {
                     crate::metrics::event_received("poll", &topic);
                     report.fresh += 1;
-                    // The dispatcher also rescans the inbox, so a closed channel (stopping)
-                    // loses nothing.
-                    let _ = accepted.send(id);
+                    accepted.notify(id);
                 }
             }
             Err(e) => {
@@ -428,7 +422,7 @@ async fn acknowledge(
 /// polling; idle, it only reads the current config every tick.
 pub(crate) fn spawn(
     slot: &EngineSlot,
-    accepted: mpsc::UnboundedSender<String>,
+    accepted: AcceptedTx,
     drain: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(Arc::clone(slot), accepted, drain))

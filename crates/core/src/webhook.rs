@@ -19,10 +19,10 @@ use flatsync_flatfile::{
     CarriedPart, IncomingEvent, WebhookBodyError, parse_webhook_body, scrub_webhook_body,
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::carried::PartOutcome;
 use crate::health::Health;
+use crate::pipeline::AcceptedTx;
 use crate::state::{StateDb, now_ms};
 use crate::webhook_auth::{self, Gate, Rejection, WebhookAuth};
 
@@ -35,7 +35,7 @@ pub(crate) struct WebhookState {
     pub(crate) path: String,
     pub(crate) auth: AuthSlot,
     pub(crate) max_body_bytes: usize,
-    pub(crate) accepted: mpsc::UnboundedSender<String>,
+    pub(crate) accepted: AcceptedTx,
     pub(crate) health: Arc<Health>,
 }
 
@@ -359,9 +359,7 @@ async fn receive(
                 "Webhook accepted"
             );
             crate::metrics::event_received("webhook", &topic);
-            // The dispatcher also rescans the inbox on start, so a send error (daemon stopping)
-            // loses nothing: the event is already committed.
-            let _ = state.accepted.send(event_id.clone());
+            state.accepted.notify(event_id.clone());
             (
                 StatusCode::OK,
                 axum::Json(json!({ "status": "accepted", "eventId": event_id })),
@@ -407,7 +405,7 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
             if let Some(event_id) = &completed {
                 crate::metrics::event_received("webhook", topic);
                 tracing::info!(event_id = %event_id, parts = received, "Upload complete");
-                let _ = state.accepted.send(event_id.clone());
+                state.accepted.notify(event_id.clone());
             }
             (
                 StatusCode::OK,

@@ -119,7 +119,7 @@ async fn listing_of(
 ) -> (Listing, PollReport, BTreeSet<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = StateDb::open(dir.path()).expect("state database");
-    let (accepted, mut received) = mpsc::unbounded_channel();
+    let (accepted, mut received) = AcceptedTx::channel();
     let mut report = PollReport::default();
     let listing = list_events(
         |number, size| server.page(number, size),
@@ -292,7 +292,7 @@ async fn a_short_first_page_is_a_cap_only_when_the_next_is_full() {
     let server = FakeEvents::new(log, Listed::OldestFirst, 10_000, Offsets::Requested);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = StateDb::open(dir.path()).expect("state database");
-    let (accepted, _received) = mpsc::unbounded_channel();
+    let (accepted, _received) = AcceptedTx::channel();
     let mut report = PollReport::default();
     let listing = list_events(
         |number, size| {
