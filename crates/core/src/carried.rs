@@ -167,55 +167,7 @@ impl StateDb {
             let (expected, order) = delivery_order(part.origin, &heads);
             let mut completed = None;
             if !completed_before && let Some(order) = order {
-                for (ordinal, (major, minor, parts_of_batch)) in order.iter().enumerate() {
-                    tx.execute(
-                        "UPDATE carried_parts SET ordinal = ?5
-                         WHERE upload = ?1 AND position_major = ?2 AND position_minor = ?3 AND parts_of_batch = ?4",
-                        params![
-                            key,
-                            *major as i64,
-                            *minor as i64,
-                            *parts_of_batch as i64,
-                            ordinal as i64
-                        ],
-                    )?;
-                }
-                let rows: u64 = order
-                    .iter()
-                    .filter_map(|(major, minor, pb)| {
-                        heads
-                            .iter()
-                            .find(|h| h.major == *major && h.minor == *minor && h.parts_of_batch == *pb)
-                    })
-                    .map(|h| h.rows)
-                    .sum();
-                let descriptor = serde_json::json!({
-                    "upload": {
-                        "origin": part.origin.as_str(),
-                        "id": part.upload,
-                        "eventId": part.event_id,
-                        "kind": part.kind,
-                        "deletions": part.deletions,
-                        "parts": order.len(),
-                        "rows": rows,
-                    }
-                });
-                tx.execute(
-                    "INSERT OR IGNORE INTO inbox
-                     (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)",
-                    params![
-                        key,
-                        CARRIED_KIND,
-                        part.origin.topic(),
-                        serde_json::to_vec(&descriptor).expect("a JSON value serializes"),
-                        now
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE carried_uploads SET completed_at_ms = ?2 WHERE upload = ?1",
-                    params![key, now],
-                )?;
+                complete_upload(&tx, &key, &part, &heads, &order, now)?;
                 completed = Some(key.clone());
             }
             tx.commit()?;
@@ -290,6 +242,64 @@ impl StateDb {
         })
         .await
     }
+}
+
+/// Numbers an upload's parts in delivery order and puts its event into the inbox, in the
+/// transaction that stored its last part.
+fn complete_upload(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    part: &CarriedPart,
+    heads: &[PartHead],
+    order: &[PartKey],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut rows = 0;
+    for (ordinal, &(major, minor, parts_of_batch)) in order.iter().enumerate() {
+        tx.execute(
+            "UPDATE carried_parts SET ordinal = ?5
+             WHERE upload = ?1 AND position_major = ?2 AND position_minor = ?3 AND parts_of_batch = ?4",
+            params![
+                key,
+                major as i64,
+                minor as i64,
+                parts_of_batch as i64,
+                ordinal as i64
+            ],
+        )?;
+        rows += heads
+            .iter()
+            .find(|h| h.major == major && h.minor == minor && h.parts_of_batch == parts_of_batch)
+            .map_or(0, |h| h.rows);
+    }
+    let descriptor = serde_json::json!({
+        "upload": {
+            "origin": part.origin.as_str(),
+            "id": part.upload,
+            "eventId": part.event_id,
+            "kind": part.kind,
+            "deletions": part.deletions,
+            "parts": order.len(),
+            "rows": rows,
+        }
+    });
+    tx.execute(
+        "INSERT OR IGNORE INTO inbox
+         (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)",
+        params![
+            key,
+            CARRIED_KIND,
+            part.origin.topic(),
+            serde_json::to_vec(&descriptor).expect("a JSON value serializes"),
+            now
+        ],
+    )?;
+    tx.execute(
+        "UPDATE carried_uploads SET completed_at_ms = ?2 WHERE upload = ?1",
+        params![key, now],
+    )?;
+    Ok(())
 }
 
 /// A stored part's key: `(position_major, position_minor, parts_of_batch)`.

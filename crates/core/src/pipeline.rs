@@ -380,8 +380,9 @@ impl Engine {
                 tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
             }
         }
-        let planned = match (&family, incoming) {
-            (Family::Carried, _) | (_, None) => match self.state.carried_plan(event_id).await? {
+        // A completed upload is planned from its stored parts; everything else from the event.
+        let planned = match incoming {
+            None => match self.state.carried_plan(event_id).await? {
                 Some(plan) => Ok(plan::Streams {
                     plans: vec![plan],
                     refused: Vec::new(),
@@ -390,7 +391,7 @@ impl Engine {
                     "upload {event_id} is not complete in the state database"
                 )),
             },
-            (_, Some(incoming)) => {
+            Some(incoming) => {
                 plan::streams(&self.config, client, event_id, incoming, &family, &routed)
                     .await
                     .map_err(|e| e.to_string())

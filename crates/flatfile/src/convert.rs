@@ -447,7 +447,7 @@ impl<'de> Visitor<'de> for LegacyBody<'_> {
 }
 
 /// A count that may arrive as a number or a numeric string.
-fn count_value(value: &Value) -> Option<u64> {
+pub(crate) fn count_value(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),

@@ -427,10 +427,8 @@ pub(crate) fn egress_event(object: &Map<String, Value>, body: &[u8]) -> Option<V
                 .collect()
         })
         .unwrap_or_default();
-    let mut id = body_event_id(body);
-    id.replace_range(..id.find('-').map_or(0, |dash| dash + 1), "egress-");
     Some(serde_json::json!({
-        "id": id,
+        "id": body_digest_id("egress-", body),
         "topic": TOPIC_WEBHOOK_EGRESS,
         "domain": "workbook",
         "context": context,
@@ -451,9 +449,14 @@ fn id_string(value: &Value) -> Option<String> {
 /// A stable id for a notification that carries none: the same body always maps to the same id,
 /// so a re-delivery is recognised as a duplicate.
 fn body_event_id(body: &[u8]) -> String {
+    body_digest_id("legacy-", body)
+}
+
+/// `prefix` and the first 32 hex digits of the SHA-256 of `body`.
+fn body_digest_id(prefix: &str, body: &[u8]) -> String {
     let digest = Sha256::digest(body);
-    let mut id = String::with_capacity(7 + 32);
-    id.push_str("legacy-");
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
     for byte in &digest[..16] {
         id.push(hex_digit(byte >> 4));
         id.push(hex_digit(byte & 0x0f));

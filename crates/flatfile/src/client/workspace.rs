@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Api, FlatfileClient, HttpMethod, check_paging, endpoint};
-use crate::convert::{push_compact, push_json_string};
+use crate::convert::{count_value, push_compact, push_json_string};
 use crate::error::ApiError;
 
 /// One page of a legacy Workspaces sheet, converted to batch lines.
@@ -84,11 +84,7 @@ struct Row<'a> {
 }
 
 fn count(pagination: Option<&serde_json::Value>, key: &str) -> Option<u64> {
-    match pagination?.get(key)? {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    pagination?.get(key).and_then(count_value)
 }
 
 /// Converts one page; rows without an id are named `<sheet>#<position in the sheet>`.
