@@ -15,6 +15,7 @@
 mod admin;
 mod carried;
 pub mod config;
+mod dispatch;
 mod fetch;
 pub mod health;
 pub mod metrics;
@@ -40,9 +41,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError, SecretSource};
+pub use dispatch::{DrainReport, STALL_FILE_ENV};
 pub use flatsync_flatfile::Secret;
 pub use health::Health;
-pub use pipeline::{DrainReport, LEGACY_KIND, STALL_FILE_ENV};
+pub use pipeline::LEGACY_KIND;
 pub use state::{EventStatus, StateDb, StateError};
 pub use webhook_auth::{PATH_SECRET_MIN_CHARS, WebhookAuthError};
 
@@ -397,7 +399,7 @@ impl RunningDaemon {
         let health = Arc::new(Health::default());
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
-        let (accepted_tx, accepted_rx) = pipeline::AcceptedTx::channel();
+        let (accepted_tx, accepted_rx) = dispatch::AcceptedTx::channel();
         let mut servers = Vec::new();
 
         let mut webhook_addr = None;
@@ -487,7 +489,7 @@ impl RunningDaemon {
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
         let poller = poll::spawn(&slot, accepted_tx, drain_rx.clone());
-        let dispatcher = tokio::spawn(pipeline::dispatch(
+        let dispatcher = tokio::spawn(dispatch::dispatch(
             Arc::clone(&slot),
             accepted_rx,
             drain_rx,

@@ -2,19 +2,18 @@
 //! every routed sink in order, and advance checkpoints only after the sinks flushed.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::carried::CARRIED_KIND;
 use crate::config::Config;
 use crate::fetch::{Batch, FetchError, StreamReader};
-use crate::health::{HEARTBEAT_INTERVAL, Health};
+use crate::health::Health;
 use crate::plan::{self, Family, SubmitJob};
 use crate::route::{RoutedEvent, route_event};
 use crate::state::{
@@ -740,184 +739,4 @@ pub(crate) fn current(slot: &EngineSlot) -> Arc<Engine> {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     )
-}
-
-/// Ids of events just committed to the inbox, for the dispatcher to start them at once.
-///
-/// Bounded, and only a hint: when the dispatcher is behind and the channel is full, the id is
-/// dropped. Nothing is lost, since the event is already committed and the dispatcher rescans
-/// the inbox every [`RESCAN_INTERVAL`]; memory stays flat however fast events arrive.
-#[derive(Clone, Debug)]
-pub(crate) struct AcceptedTx(mpsc::Sender<String>);
-
-/// Ids the [`AcceptedTx`] channel holds at most.
-const ACCEPTED_HINTS: usize = 1024;
-
-impl AcceptedTx {
-    /// A new channel; the receiver goes to [`dispatch`].
-    pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(ACCEPTED_HINTS);
-        (AcceptedTx(tx), rx)
-    }
-
-    /// Tells the dispatcher about a committed event, if it has room to hear it (see above);
-    /// a closed channel (the daemon stopping) loses nothing either.
-    pub(crate) fn notify(&self, event_id: String) {
-        if let Err(mpsc::error::TrySendError::Full(id)) = self.0.try_send(event_id) {
-            tracing::debug!(event_id = %id, "Dispatcher busy; the event starts at the next rescan");
-        }
-    }
-}
-
-/// How often the dispatcher looks for pending events it was not told about: events an operator
-/// set back to pending (`flatsync replay`, `dead-letter retry`) and events whose processing was
-/// interrupted by a state database error.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Test hook: while the file this variable names exists, the dispatcher loop stops turning, as
-/// a wedged main loop would, so a test can see the systemd watchdog pings stop.
-pub const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";
-
-/// How a stop ended for the events being processed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Events still being processed when the drain began.
-    pub in_flight: usize,
-    /// Events cut by the deadline instead of pausing at a checkpoint on their own. They resume
-    /// from their last checkpoint like the others; sinks skip the batches they already hold.
-    pub cut_at_deadline: usize,
-}
-
-/// Feeds accepted events to `Engine::process`, at most `max_concurrent_events` at a time,
-/// each event id by one task at a time. Pending events in the inbox are picked up first, and
-/// again every [`RESCAN_INTERVAL`]. The loop beats the heartbeat of [`Health`] at least every
-/// [`HEARTBEAT_INTERVAL`] after proving the state database answers.
-///
-/// When `drain` turns true: no new event starts, running events pause at their next batch
-/// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
-pub(crate) async fn dispatch(
-    slot: EngineSlot,
-    mut accepted: mpsc::Receiver<String>,
-    mut drain: watch::Receiver<bool>,
-    health: Arc<Health>,
-) -> DrainReport {
-    // Read once: a reload cannot resize the pool (documented as needing a restart), and the
-    // dispatcher must not keep an old engine and its sink instances alive.
-    let (permits, state) = {
-        let engine = current(&slot);
-        (
-            Arc::new(Semaphore::new(engine.config.daemon.max_concurrent_events)),
-            engine.state.clone(),
-        )
-    };
-    let stall_file = std::env::var_os(STALL_FILE_ENV).map(std::path::PathBuf::from);
-    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    let spawn = |tasks: &mut tokio::task::JoinSet<()>, id: String| {
-        let fresh = running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone());
-        if !fresh {
-            return;
-        }
-        let (slot, permits, running) = (
-            Arc::clone(&slot),
-            Arc::clone(&permits),
-            Arc::clone(&running),
-        );
-        tasks.spawn(async move {
-            if let Ok(_permit) = permits.acquire().await {
-                current(&slot).process(&id).await;
-            }
-            running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
-        });
-    };
-    match state.pending_events().await {
-        Ok(ids) => {
-            if !ids.is_empty() {
-                tracing::info!(events = ids.len(), "Resuming pending events");
-            }
-            for id in ids {
-                spawn(&mut tasks, id);
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "Could not read pending events"),
-    }
-    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_rescan = Instant::now();
-    let mut intake_open = true;
-    loop {
-        tokio::select! {
-            id = accepted.recv(), if intake_open => match id {
-                Some(id) => spawn(&mut tasks, id),
-                // No webhook source (or it stopped): keep working on what is running.
-                None => intake_open = false,
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tick.tick() => {
-                while stall_file.as_ref().is_some_and(|f| f.exists()) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                match state.probe().await {
-                    Ok(()) => health.beat(),
-                    Err(e) => tracing::error!(error = %e, "State database does not answer"),
-                }
-                if last_rescan.elapsed() >= RESCAN_INTERVAL {
-                    last_rescan = Instant::now();
-                    match state.pending_events().await {
-                        Ok(ids) => {
-                            for id in ids {
-                                spawn(&mut tasks, id);
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "Could not read pending events"),
-                    }
-                }
-            }
-            changed = drain.changed() => {
-                if changed.is_err() || *drain.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-
-    let in_flight = tasks.len();
-    let drain_timeout = current(&slot).config.daemon.drain_timeout;
-    tracing::info!(
-        events = in_flight,
-        deadline_secs = drain_timeout.as_secs_f64(),
-        "Draining: intake stopped, in-flight events pause at their next checkpoint"
-    );
-    let deadline = tokio::time::Instant::now() + drain_timeout;
-    loop {
-        tokio::select! {
-            joined = tasks.join_next() => if joined.is_none() { break },
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = tick.tick() => {
-                if state.probe().await.is_ok() {
-                    health.beat();
-                }
-            }
-        }
-    }
-    let cut_at_deadline = tasks.len();
-    if cut_at_deadline > 0 {
-        tracing::warn!(
-            events = cut_at_deadline,
-            "Drain deadline reached; cutting the remaining events at their last checkpoint"
-        );
-    }
-    // Dropping in-flight work is safe: checkpoints lag what sinks made durable, and sinks skip
-    // batches they already hold when the work is resumed.
-    tasks.shutdown().await;
-    DrainReport {
-        in_flight,
-        cut_at_deadline,
-    }
 }

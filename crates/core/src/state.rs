@@ -600,11 +600,20 @@ impl StateDb {
 
     /// Ids of events that still need work, oldest first.
     pub async fn pending_events(&self) -> Result<Vec<String>, StateError> {
-        self.call(|c| {
+        self.pending_events_first(usize::MAX).await
+    }
+
+    /// The `limit` oldest of [`StateDb::pending_events`], so a caller's memory does not grow
+    /// with the backlog.
+    pub async fn pending_events_first(&self, limit: usize) -> Result<Vec<String>, StateError> {
+        // SQLite reads a negative LIMIT as "no limit".
+        let limit = i64::try_from(limit).unwrap_or(-1);
+        self.call(move |c| {
             let mut stmt = c.prepare(
-                "SELECT event_id FROM inbox WHERE status = 'pending' ORDER BY received_at_ms, event_id",
+                "SELECT event_id FROM inbox WHERE status = 'pending'
+                 ORDER BY received_at_ms, event_id LIMIT ?1",
             )?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
+            let rows = stmt.query_map([limit], |r| r.get(0))?;
             rows.collect()
         })
         .await

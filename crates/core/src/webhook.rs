@@ -21,8 +21,8 @@ use flatsync_flatfile::{
 use serde_json::{Value, json};
 
 use crate::carried::PartOutcome;
+use crate::dispatch::AcceptedTx;
 use crate::health::Health;
-use crate::pipeline::AcceptedTx;
 use crate::state::{StateDb, now_ms};
 use crate::webhook_auth::{self, Gate, Rejection, WebhookAuth};
 

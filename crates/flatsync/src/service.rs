@@ -36,7 +36,8 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let (file_events, mut file_changed) = mpsc::unbounded_channel();
+    // One pending "changed" is all a reload needs: a burst of file events coalesces into it.
+    let (file_events, mut file_changed) = mpsc::channel(1);
     // Kept alive for the life of the loop; dropping it stops the watch.
     let _watcher = match watch_config(&config_path, file_events) {
         Ok(watcher) => Some(watcher),
@@ -142,7 +143,7 @@ async fn report_status(state: StateDb) {
 /// replace the file by renaming a new one over it, which a watch on the file itself misses.
 fn watch_config(
     path: &Path,
-    changed: mpsc::UnboundedSender<()>,
+    changed: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let file_name = path.file_name().map(|n| n.to_owned());
     let dir = match path.parent() {
@@ -159,7 +160,8 @@ fn watch_config(
             .iter()
             .any(|p| p.file_name() == file_name.as_deref());
         if relevant {
-            let _ = changed.send(());
+            // Full means a reload is already due; closed means the daemon is stopping.
+            let _ = changed.try_send(());
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;

@@ -1,0 +1,359 @@
+//! The dispatcher: starts pending events on the engine, at most `max_concurrent_events` at a
+//! time, in memory that stays flat however large the backlog.
+//!
+//! The inbox in the state database is the queue. The dispatcher holds only a window of the
+//! oldest pending ids (at most [`WINDOW_PER_EVENT_SLOT`] per concurrent event), refilled from
+//! the database when it runs low, and one task per event running now. Ids sent through
+//! [`AcceptedTx`] are hints that save a rescan: a hint that finds the window full is dropped and
+//! marks the window stale, and the next refill finds the event in the inbox.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::health::{HEARTBEAT_INTERVAL, Health};
+use crate::pipeline::{EngineSlot, current};
+use crate::state::StateDb;
+
+/// How often the dispatcher looks for pending events it was not told about: events an operator
+/// set back to pending (`flatsync replay`, `dead-letter retry`), events whose processing was
+/// interrupted by a state database error, and events whose hint was dropped.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Pause before reading the inbox again after a read failed, so a broken database is not
+/// hammered from the loop.
+const REFILL_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Pending ids held in memory per concurrent event slot: enough that a finished event is
+/// replaced without waiting for the database, few enough that a million-event backlog costs
+/// nothing.
+const WINDOW_PER_EVENT_SLOT: usize = 4;
+
+/// Ids the [`AcceptedTx`] channel holds at most.
+const ACCEPTED_HINTS: usize = 1024;
+
+/// Test hook: while the file this variable names exists, the dispatcher loop stops turning, as
+/// a wedged main loop would, so a test can see the systemd watchdog pings stop.
+pub const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";
+
+/// Ids of events just committed to the inbox, for the dispatcher to start them at once.
+///
+/// Bounded, and only a hint: when the dispatcher is behind and the channel is full, the id is
+/// dropped. Nothing is lost, since the event is already committed and the dispatcher rescans
+/// the inbox every [`RESCAN_INTERVAL`]; memory stays flat however fast events arrive.
+#[derive(Clone, Debug)]
+pub(crate) struct AcceptedTx(mpsc::Sender<String>);
+
+impl AcceptedTx {
+    /// A new channel; the receiver goes to [`dispatch`].
+    pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(ACCEPTED_HINTS);
+        (AcceptedTx(tx), rx)
+    }
+
+    /// Tells the dispatcher about a committed event, if it has room to hear it (see above);
+    /// a closed channel (the daemon stopping) loses nothing either.
+    pub(crate) fn notify(&self, event_id: String) {
+        if let Err(mpsc::error::TrySendError::Full(id)) = self.0.try_send(event_id) {
+            tracing::debug!(event_id = %id, "Dispatcher busy; the event starts at the next rescan");
+        }
+    }
+}
+
+/// How a stop ended for the events being processed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Events still being processed when the drain began.
+    pub in_flight: usize,
+    /// Events cut by the deadline instead of pausing at a checkpoint on their own. They resume
+    /// from their last checkpoint like the others; sinks skip the batches they already hold.
+    pub cut_at_deadline: usize,
+}
+
+/// The pending ids the dispatcher knows of: the window waiting for a slot, and the running.
+#[derive(Debug)]
+struct Window {
+    capacity: usize,
+    waiting: VecDeque<String>,
+    /// Every id in `waiting` or running, so an id is never queued or started twice.
+    known: HashSet<String>,
+    running: HashMap<tokio::task::Id, String>,
+    /// The inbox may hold pending events that are not in `waiting`.
+    stale: bool,
+    refill_not_before: Instant,
+}
+
+impl Window {
+    fn new(event_slots: usize) -> Window {
+        Window {
+            capacity: event_slots.max(1) * WINDOW_PER_EVENT_SLOT,
+            waiting: VecDeque::new(),
+            known: HashSet::new(),
+            running: HashMap::new(),
+            stale: true,
+            refill_not_before: Instant::now(),
+        }
+    }
+
+    /// Takes a hint: queued if there is room, else left for the next refill.
+    fn hint(&mut self, id: String) {
+        if self.known.contains(&id) {
+            return;
+        }
+        if self.waiting.len() < self.capacity {
+            self.known.insert(id.clone());
+            self.waiting.push_back(id);
+        } else {
+            self.stale = true;
+        }
+    }
+
+    fn wants_refill(&self) -> bool {
+        self.stale
+            && self.waiting.len() <= self.capacity / 2
+            && Instant::now() >= self.refill_not_before
+    }
+
+    /// Tops the window up with the oldest pending events it does not hold yet.
+    async fn refill(&mut self, state: &StateDb) {
+        let room = self.capacity - self.waiting.len();
+        // Asking for `room` more than is known guarantees `room` new ids when that many exist.
+        let limit = room + self.known.len();
+        match state.pending_events_first(limit).await {
+            Ok(ids) => {
+                let complete = ids.len() < limit;
+                for id in ids {
+                    if self.waiting.len() >= self.capacity {
+                        break;
+                    }
+                    if self.known.insert(id.clone()) {
+                        self.waiting.push_back(id);
+                    }
+                }
+                self.stale = !complete;
+                self.refill_not_before = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Could not read pending events");
+                self.refill_not_before = Instant::now() + REFILL_BACKOFF;
+            }
+        }
+    }
+
+    fn finished(&mut self, task: tokio::task::Id) {
+        if let Some(id) = self.running.remove(&task) {
+            self.known.remove(&id);
+        }
+    }
+}
+
+/// Feeds pending events to `Engine::process`, at most `max_concurrent_events` at a time, each
+/// event id by one task at a time, oldest first. The loop beats the heartbeat of [`Health`] at
+/// least every [`HEARTBEAT_INTERVAL`] after proving the state database answers.
+///
+/// When `drain` turns true: no new event starts, running events pause at their next batch
+/// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
+pub(crate) async fn dispatch(
+    slot: EngineSlot,
+    mut accepted: mpsc::Receiver<String>,
+    mut drain: watch::Receiver<bool>,
+    health: Arc<Health>,
+) -> DrainReport {
+    // Read once: a reload cannot resize the pool (documented as needing a restart), and the
+    // dispatcher must not keep an old engine and its sink instances alive.
+    let (event_slots, state) = {
+        let engine = current(&slot);
+        (
+            engine.config.daemon.max_concurrent_events,
+            engine.state.clone(),
+        )
+    };
+    log_backlog(&state).await;
+    let stall_file = std::env::var_os(STALL_FILE_ENV).map(std::path::PathBuf::from);
+    let mut window = Window::new(event_slots);
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rescan = Instant::now();
+    let mut intake_open = true;
+    loop {
+        if window.wants_refill() {
+            window.refill(&state).await;
+        }
+        while tasks.len() < event_slots {
+            let Some(id) = window.waiting.pop_front() else {
+                break;
+            };
+            let engine = Arc::clone(&slot);
+            let task_id = id.clone();
+            let started = tasks.spawn(async move {
+                current(&engine).process(&task_id).await;
+            });
+            window.running.insert(started.id(), id);
+        }
+        tokio::select! {
+            id = accepted.recv(), if intake_open => match id {
+                Some(id) => window.hint(id),
+                // No webhook source (or it stopped): keep working on what is running.
+                None => intake_open = false,
+            },
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => match joined {
+                Ok((task, ())) => window.finished(task),
+                Err(e) => {
+                    let id = window.running.get(&e.id()).cloned().unwrap_or_default();
+                    tracing::error!(event_id = %id, error = %e, "Event task ended abnormally; the event stays pending");
+                    window.finished(e.id());
+                    // Found again by the next rescan, not retried in a hot loop.
+                }
+            },
+            _ = tick.tick() => {
+                while stall_file.as_ref().is_some_and(|f| f.exists()) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                match state.probe().await {
+                    Ok(()) => health.beat(),
+                    Err(e) => tracing::error!(error = %e, "State database does not answer"),
+                }
+                if last_rescan.elapsed() >= RESCAN_INTERVAL {
+                    last_rescan = Instant::now();
+                    window.stale = true;
+                }
+            }
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drain_running(&slot, tasks, &state, &health, tick).await
+}
+
+/// Says at start how many events wait, so an operator sees a backlog being resumed.
+async fn log_backlog(state: &StateDb) {
+    match state.event_counts().await {
+        Ok(counts) => {
+            let pending = counts
+                .iter()
+                .find(|(status, _)| status == "pending")
+                .map_or(0, |(_, n)| *n);
+            if pending > 0 {
+                tracing::info!(events = pending, "Resuming pending events");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "Could not read pending events"),
+    }
+}
+
+/// Waits for running events to pause at a checkpoint, up to the drain deadline, then drops
+/// what is left.
+async fn drain_running(
+    slot: &EngineSlot,
+    mut tasks: JoinSet<()>,
+    state: &StateDb,
+    health: &Health,
+    mut tick: tokio::time::Interval,
+) -> DrainReport {
+    let in_flight = tasks.len();
+    let drain_timeout = current(slot).config.daemon.drain_timeout;
+    tracing::info!(
+        events = in_flight,
+        deadline_secs = drain_timeout.as_secs_f64(),
+        "Draining: intake stopped, in-flight events pause at their next checkpoint"
+    );
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tick.tick() => {
+                if state.probe().await.is_ok() {
+                    health.beat();
+                }
+            }
+        }
+    }
+    let cut_at_deadline = tasks.len();
+    if cut_at_deadline > 0 {
+        tracing::warn!(
+            events = cut_at_deadline,
+            "Drain deadline reached; cutting the remaining events at their last checkpoint"
+        );
+    }
+    // Dropping in-flight work is safe: checkpoints lag what sinks made durable, and sinks skip
+    // batches they already hold when the work is resumed.
+    tasks.shutdown().await;
+    DrainReport {
+        in_flight,
+        cut_at_deadline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_window_drops_hints_and_marks_itself_stale() {
+        let mut window = Window::new(1);
+        window.stale = false;
+        for n in 0..WINDOW_PER_EVENT_SLOT {
+            window.hint(format!("e{n}"));
+        }
+        assert!(!window.stale, "room was left for every hint");
+        window.hint("late".to_owned());
+        assert!(
+            window.stale,
+            "a dropped hint must send the dispatcher to the inbox"
+        );
+        assert_eq!(window.waiting.len(), WINDOW_PER_EVENT_SLOT);
+        assert!(!window.known.contains("late"));
+    }
+
+    #[test]
+    fn a_hint_for_a_known_event_is_not_queued_twice() {
+        let mut window = Window::new(2);
+        window.hint("e1".to_owned());
+        window.hint("e1".to_owned());
+        assert_eq!(window.waiting, ["e1"]);
+    }
+
+    #[tokio::test]
+    async fn refills_hold_a_bounded_window_and_reach_every_pending_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let total = 100;
+        for n in 0..total {
+            // Received in order, so "oldest first" is the id order.
+            db.insert_event(
+                format!("e{n:03}"),
+                "platform",
+                "t".into(),
+                b"{}".to_vec(),
+                n,
+            )
+            .await
+            .unwrap();
+        }
+        let mut window = Window::new(2);
+        let mut started = Vec::new();
+        while window.stale || !window.waiting.is_empty() {
+            window.refill(&db).await;
+            assert!(window.waiting.len() <= window.capacity);
+            // Start one event and finish it, as the loop would with one free slot.
+            let Some(id) = window.waiting.pop_front() else {
+                break;
+            };
+            db.set_event_status(&id, crate::state::EventStatus::Done, None)
+                .await
+                .unwrap();
+            window.known.remove(&id);
+            started.push(id);
+        }
+        let expected: Vec<String> = (0..total).map(|n| format!("e{n:03}")).collect();
+        assert_eq!(started, expected, "every pending event once, oldest first");
+    }
+}
