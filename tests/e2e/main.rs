@@ -10,6 +10,7 @@ mod c_plugin;
 mod caps;
 mod common;
 mod crash;
+mod disk;
 mod drain;
 mod duplicates;
 mod events;

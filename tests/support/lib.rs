@@ -17,6 +17,7 @@
 pub mod artifacts;
 pub mod check;
 pub mod daemon;
+pub mod disk;
 pub mod http;
 pub mod sim;
 pub mod wait;

@@ -50,8 +50,22 @@ pub fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 /// An I/O error that may pass (a full disk, say): the host backs off and sends the batch again.
+/// A full disk or quota is named by its errno too (`ENOSPC`, `EDQUOT`), the word operators
+/// search logs and alerts for.
 pub fn io_retry(what: &str, path: &Path, error: &io::Error) -> SinkError {
-    SinkError::retry(format!("{what} {}: {error}", path.display()))
+    match errno_name(error) {
+        Some(name) => SinkError::retry(format!("{what} {}: {name}: {error}", path.display())),
+        None => SinkError::retry(format!("{what} {}: {error}", path.display())),
+    }
+}
+
+/// The symbolic name of the errors that mean "no room", which pass once space is freed.
+fn errno_name(error: &io::Error) -> Option<&'static str> {
+    match error.kind() {
+        io::ErrorKind::StorageFull => Some("ENOSPC"),
+        io::ErrorKind::QuotaExceeded => Some("EDQUOT"),
+        _ => None,
+    }
 }
 
 /// A failed sync. The kernel may have dropped the unsynced pages while a second fsync reports
@@ -102,4 +116,27 @@ pub fn reopen_partial(
         .and_then(|()| file.seek(SeekFrom::Start(durable_len)))
         .map_err(|error| io_retry("cannot cut back", partial, &error))?;
     Ok((file, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_retried_and_named_with_its_path_and_errno() {
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        let error = io_retry("cannot write", Path::new("/data/out/s.csv.partial"), &full);
+        assert!(error.is_retry());
+        let message = error.to_string();
+        assert!(message.contains("/data/out/s.csv.partial"), "{message}");
+        assert!(message.contains("ENOSPC"), "{message}");
+    }
+
+    #[test]
+    fn other_errors_keep_their_own_words() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let message = io_retry("cannot create", Path::new("/x"), &denied).to_string();
+        assert!(!message.contains("ENOSPC"), "{message}");
+        assert!(message.contains("/x"), "{message}");
+    }
 }

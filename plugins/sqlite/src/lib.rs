@@ -216,7 +216,14 @@ impl Sink for SqliteSink {
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
         let kind = batch.kind();
         table::check_table_name(kind)?;
-        let result = self.apply(batch);
+        let result = self.apply(batch).map_err(|error| {
+            // An operator reading a full-disk retry needs to know which file to make room for.
+            if error.is_retry() && error.message().contains("ENOSPC") {
+                error.context(self.path.display())
+            } else {
+                error
+            }
+        });
         if result.is_err() {
             // The transaction rolled back, and with it any column added on its way; the
             // next batch reloads the columns from the database.
@@ -440,12 +447,13 @@ fn table_key(kind: &str) -> String {
 
 /// Busy and locked databases and a full disk can pass; anything else will not.
 fn sql_error(context: impl std::fmt::Display, error: rusqlite::Error) -> SinkError {
-    let message = format!("{context}: {error}");
     match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => {
-            SinkError::retry(message)
+        // Named by its errno as the folder sinks name it, the word alerts search for.
+        Some(ErrorCode::DiskFull) => SinkError::retry(format!("{context}: ENOSPC: {error}")),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            SinkError::retry(format!("{context}: {error}"))
         }
-        _ => SinkError::fatal(message),
+        _ => SinkError::fatal(format!("{context}: {error}")),
     }
 }
 
