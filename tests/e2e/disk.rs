@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
-use flatsync_tests::check::{CsvFile, csv_rows, jsonl_files, line_ids};
-use flatsync_tests::daemon::open_read_only;
+use flatsync_tests::check::{CsvFile, csv_rows, jsonl_files, line_ids, sqlite_rows};
+use flatsync_tests::daemon::{open_read_only, toml_string};
 use flatsync_tests::disk::SmallDisk;
 use flatsync_tests::{Daemon, HttpReply, Sim, TestDir, wait};
 
@@ -173,16 +173,57 @@ fn csv_records_on_disk(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Where the sink under test keeps its rows, and how to count them there.
+struct SinkOnSmallDisk {
+    plugin: &'static str,
+    /// The sink's inline config, given the mounted directory.
+    config: fn(&Path) -> String,
+    /// Rows on the disk now, finished or not.
+    rows_on_disk: fn(&Path) -> u64,
+    /// Record ids once the event is done.
+    final_ids: fn(&Path) -> flatsync_tests::Tally,
+}
+
+fn sqlite_db(dir: &Path) -> std::path::PathBuf {
+    dir.join("full.db")
+}
+
+const CSV_ON_SMALL_DISK: SinkOnSmallDisk = SinkOnSmallDisk {
+    plugin: "csv-folder",
+    config: |dir| format!("{{ dir = {} }}", toml_string(dir)),
+    rows_on_disk: csv_records_on_disk,
+    final_ids: csv_rows,
+};
+
+const SQLITE_ON_SMALL_DISK: SinkOnSmallDisk = SinkOnSmallDisk {
+    plugin: "sqlite",
+    config: |dir| format!("{{ path = {} }}", toml_string(sqlite_db(dir))),
+    rows_on_disk: |dir| {
+        open_read_only(&sqlite_db(dir)).map_or(0, |_| sqlite_rows(&sqlite_db(dir)).total())
+    },
+    final_ids: |dir| sqlite_rows(&sqlite_db(dir)),
+};
+
 #[test]
 fn a_full_sink_folder_pauses_only_that_sink_and_it_resumes_from_its_checkpoint() {
+    full_sink_disk(&CSV_ON_SMALL_DISK, "disk-csv");
+}
+
+#[test]
+fn a_full_sink_database_disk_pauses_only_that_sink_and_it_resumes_from_its_checkpoint() {
+    full_sink_disk(&SQLITE_ON_SMALL_DISK, "disk-sqlite");
+}
+
+fn full_sink_disk(sink: &SinkOnSmallDisk, name: &str) {
     let sim = Sim::start(SimConfig {
         rows: ROWS,
         ..SimConfig::default()
     });
-    let dir = TestDir::new("disk-sink");
+    let dir = TestDir::new(name);
+    let full_dir = dir.path().join("small-disk");
     let settings = Daemon::new(dir.path())
         .sim(&sim)
-        .sink_csv("full")
+        .sink("full", sink.plugin, &(sink.config)(&full_dir))
         .sink_jsonl("spare")
         .route(&["portalImportSubmitted"], &["spare"])
         .raw(
@@ -191,10 +232,10 @@ fn a_full_sink_folder_pauses_only_that_sink_and_it_resumes_from_its_checkpoint()
         )
         .page_size(500)
         .set("daemon", "checkpoint_batches", "1");
-    let (full_dir, spare_dir) = (settings.csv_dir("full"), settings.csv_dir("spare"));
+    let spare_dir = settings.csv_dir("spare");
     let disk = SmallDisk::mount(&full_dir, 1 << 20);
-    // Filled after the start, which checks that the folder is writable. The room left takes
-    // a few batches, so the disk fills up in the middle of the stream.
+    // Filled after the start, which checks that the sink can write. The room left takes a
+    // few batches, so the disk fills up in the middle of the stream.
     let daemon = settings.start();
     disk.fill_leaving(160 * 1024);
 
@@ -226,7 +267,7 @@ fn a_full_sink_folder_pauses_only_that_sink_and_it_resumes_from_its_checkpoint()
         "the event of the full sink must wait, neither done nor failed"
     );
     let counted = checkpointed_rows_of(daemon.settings(), "full");
-    let on_disk = csv_records_on_disk(&full_dir);
+    let on_disk = (sink.rows_on_disk)(&full_dir);
     assert!(
         counted > 0,
         "no batch fitted before the disk filled: the test would prove nothing"
@@ -239,10 +280,13 @@ fn a_full_sink_folder_pauses_only_that_sink_and_it_resumes_from_its_checkpoint()
     disk.empty();
     daemon.wait_done(&["evt-both"], EVENT_DEADLINE * 2);
     let both = legacy_row_ids(sim.config(), "b-full-1");
-    csv_rows(&full_dir).assert_exactly(&both, "the sink whose disk was full");
+    (sink.final_ids)(&full_dir).assert_exactly(&both, "the sink whose disk was full");
     let spare_lines: Vec<String> = jsonl_files(&spare_dir).into_values().flatten().collect();
     let mut expected = both.clone();
     expected.extend(legacy_row_ids(sim.config(), "b-other-1"));
     line_ids(&spare_lines).assert_exactly(&expected, "the other sink");
-    eprintln!("sink disk full: {counted} rows checkpointed with {on_disk} on disk while full");
+    eprintln!(
+        "{} on a full disk: {counted} rows checkpointed with {on_disk} on disk while full",
+        sink.plugin
+    );
 }
