@@ -4,7 +4,7 @@
 //! store nothing, and a forwarded listener's API token is stored, logged and printed nowhere.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flatfile_sim::{
     DEFAULT_ENVIRONMENT_ID, EmitEvent, SimConfig, legacy_row_ids, legacy_webhook_body, record_ids,
@@ -13,11 +13,11 @@ use flatfile_sim::{
 use flatsync_tests::check::csv_rows;
 use flatsync_tests::daemon::{check_config_file, free_port, toml_string};
 use flatsync_tests::{Daemon, DaemonProcess, HttpReply, Sim, TestDir, http, wait};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use standardwebhooks::Webhook;
 
-use crate::common::{EVENT_DEADLINE, polling_environment};
+use crate::common::{
+    EVENT_DEADLINE, contains, forwarded, jwt, now, polling_environment, signed, state_files,
+};
 
 /// A path secret: 31 characters of the allowed set.
 const PATH_SECRET: &str = "e2e-path-secret_0123456789.abc~";
@@ -64,28 +64,6 @@ fn unrouted_event(id: &str, environment: Option<&str>) -> Vec<u8> {
     .expect("JSON")
 }
 
-/// The body `@flatfile/plugin-webhook-event-forwarder` posts: `JSON.stringify` of the
-/// listener's event object, the raw event under `src`, the listener's token and API URL next
-/// to it, and no `id` of its own.
-fn forwarded(raw: &Value, token: &str) -> Value {
-    json!({
-        "src": raw,
-        "topic": raw["topic"],
-        "domain": raw["domain"],
-        "context": raw["context"],
-        "payload": raw["payload"],
-        "target": "",
-        "origin": raw["origin"],
-        "action": "",
-        "namespace": ["space:portal"],
-        "createdAt": raw["createdAt"],
-        "cache": { "cache": {} },
-        "afterAllCallbacks": {},
-        "_accessToken": token,
-        "_apiUrl": "https://platform.flatfile.com/api",
-    })
-}
-
 /// Runs `flatsync ARGS --config <the daemon's config>` and returns its stdout; panics unless it
 /// succeeds.
 fn cli(settings: &Daemon, args: &[&str]) -> String {
@@ -103,26 +81,6 @@ fn cli(settings: &Daemon, args: &[&str]) -> String {
     stdout
 }
 
-/// Every file of the state directory, by name, as bytes: the database, its WAL and anything
-/// else SQLite keeps there.
-fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("the state directory exists") {
-        let path = entry.expect("a directory entry").path();
-        if path.is_file() {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            files.push((path.display().to_string(), bytes));
-        }
-    }
-    files
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
 /// Asserts `secret` is in none of the state directory's files, and that `marker` (something
 /// stored with it) is in one of them, so the search looked at the right bytes.
 fn assert_state_never_holds(dir: &Path, secret: &str, marker: &str, when: &str) {
@@ -138,39 +96,6 @@ fn assert_state_never_holds(dir: &Path, secret: &str, marker: &str, when: &str) 
             "{when}: {name} holds the secret {secret:?}"
         );
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
-
-/// Standard Webhooks headers for `body`, one `v1,` signature per secret (as http-forward sends
-/// them during a rotation).
-fn signed(
-    secrets: &[&str],
-    webhook_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Vec<(String, String)> {
-    let signature = secrets
-        .iter()
-        .map(|secret| {
-            Webhook::new(secret)
-                .expect("a whsec_ secret")
-                .sign(webhook_id, timestamp, body)
-                .expect("a UTF-8 body")
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    vec![
-        ("Content-Type".to_owned(), "application/json".to_owned()),
-        ("webhook-id".to_owned(), webhook_id.to_owned()),
-        ("webhook-timestamp".to_owned(), timestamp.to_string()),
-        ("webhook-signature".to_owned(), signature),
-    ]
 }
 
 fn post_signed(daemon: &DaemonProcess, headers: &[(String, String)], body: &[u8]) -> HttpReply {
@@ -532,15 +457,6 @@ fn another_flatsyncs_http_forward_sink_gets_past_authentication_and_a_wrong_secr
     }
     let log = central.log();
     assert!(!log.contains(NEW_SECRET) && !log.contains(UNKNOWN_SECRET));
-}
-
-fn jwt(claims: &Value, key: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(key.as_bytes()),
-    )
-    .expect("a JWT")
 }
 
 /// base64url without padding, for a token jsonwebtoken will not make (`alg: none`).

@@ -1,13 +1,16 @@
 //! Helpers shared by the test modules.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flatfile_sim::{RecordsChange, SimError, Submitted};
 use flatsync_tests::check::{CsvFile, Tally};
 use flatsync_tests::daemon::toml_string;
 use flatsync_tests::sim::SourceRow;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use standardwebhooks::Webhook;
 
 /// Generous limit for an event of a few thousand rows in a debug build on 2 busy cores.
 pub(crate) const EVENT_DEADLINE: Duration = Duration::from_secs(180);
@@ -97,4 +100,88 @@ pub(crate) fn sheet_of(submitted: &Submitted, slug: &str) -> String {
         .unwrap_or_else(|| panic!("the submit has no {slug} sheet: {submitted:?}"))
         .id
         .clone()
+}
+
+/// The body `@flatfile/plugin-webhook-event-forwarder` posts: `JSON.stringify` of the
+/// listener's event object, the raw event under `src`, the listener's token and API URL next
+/// to it, and no `id` of its own.
+pub(crate) fn forwarded(raw: &Value, token: &str) -> Value {
+    json!({
+        "src": raw,
+        "topic": raw["topic"],
+        "domain": raw["domain"],
+        "context": raw["context"],
+        "payload": raw["payload"],
+        "target": "",
+        "origin": raw["origin"],
+        "action": "",
+        "namespace": ["space:portal"],
+        "createdAt": raw["createdAt"],
+        "cache": { "cache": {} },
+        "afterAllCallbacks": {},
+        "_accessToken": token,
+        "_apiUrl": "https://platform.flatfile.com/api",
+    })
+}
+
+/// Every file of the state directory, by name, as bytes: the database, its WAL and anything
+/// else SQLite keeps there.
+pub(crate) fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("the state directory exists") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            files.push((path.display().to_string(), bytes));
+        }
+    }
+    files
+}
+
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+/// Standard Webhooks headers for `body`, one `v1,` signature per secret (as http-forward sends
+/// them during a rotation).
+pub(crate) fn signed(
+    secrets: &[&str],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let signature = secrets
+        .iter()
+        .map(|secret| {
+            Webhook::new(secret)
+                .expect("a whsec_ secret")
+                .sign(webhook_id, timestamp, body)
+                .expect("a UTF-8 body")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("webhook-id".to_owned(), webhook_id.to_owned()),
+        ("webhook-timestamp".to_owned(), timestamp.to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ]
+}
+
+pub(crate) fn jwt(claims: &Value, key: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .expect("a JWT")
 }

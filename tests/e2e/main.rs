@@ -23,6 +23,7 @@ mod packaging;
 mod platform;
 mod reload;
 mod scaffold;
+mod secrets;
 mod service;
 mod shapes;
 mod uploads;
