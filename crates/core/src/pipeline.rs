@@ -579,6 +579,7 @@ impl Engine {
                     }
                 });
             for (cursor, result) in futures_util::future::join_all(writes).await {
+                crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
                 match result {
                     Ok(()) => {
                         cursor.unflushed_rows += current.rows;
@@ -690,6 +691,7 @@ impl Engine {
         let mut advanced = Vec::new();
         let mut flushed_rows = Vec::new();
         for (cursor, result) in futures_util::future::join_all(flushes).await {
+            crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
             match result {
                 Ok(()) => {
                     cursor.next_seq = cursor.unflushed_next_seq;

@@ -207,7 +207,10 @@ pub enum SinkError {
     },
 
     /// The plugin kept returning RETRY until the attempts ran out.
-    #[error("sink `{sink}` (plugin `{plugin}`) still failing after {attempts} attempts: {message}")]
+    #[error(
+        "sink `{sink}` (plugin `{plugin}`): retries exhausted, still asking to retry after \
+         {attempts} attempts: {message}"
+    )]
     RetriesExhausted {
         /// Instance name.
         sink: String,
@@ -223,7 +226,7 @@ pub enum SinkError {
     /// thread is still inside the plugin and cannot be stopped.
     #[error(
         "sink `{sink}` (plugin `{plugin}`) did not answer within {after:?}; it is stalled and \
-         takes no more calls until flatsync restarts"
+         takes no more calls until flatsync restarts or reloads its config"
     )]
     Stalled {
         /// Instance name.
