@@ -18,6 +18,7 @@ mod faults;
 mod http_forward;
 mod legacy;
 mod metrics;
+mod misbehave;
 mod operator;
 mod packaging;
 mod platform;

@@ -69,6 +69,11 @@ impl Artifacts {
         self.required("libflatsync_fx_panic.so")
     }
 
+    /// The test plugin that hangs, retries forever or panics, as its config says.
+    pub fn fx_misbehave_plugin(&self) -> PathBuf {
+        self.required("libflatsync_fx_misbehave.so")
+    }
+
     /// The test plugin that claims ABI major 999.
     pub fn fx_wrong_abi_plugin(&self) -> PathBuf {
         self.required("libflatsync_fx_wrong_abi.so")

@@ -187,6 +187,11 @@ pub struct DaemonConfig {
     pub checkpoint_batches: u64,
     /// Longest wait for a plugin call before the sink is declared stalled.
     pub sink_call_timeout: Duration,
+    /// Calls made for one batch or flush while the plugin answers RETRY, the first included,
+    /// before the delivery fails.
+    pub sink_retry_attempts: u32,
+    /// Largest pause between two of those calls (the pause doubles from 200 ms up to this).
+    pub sink_retry_backoff_max: Duration,
     /// How long a stop (SIGTERM, SIGINT) lets in-flight batches finish before cutting them at
     /// their last checkpoint.
     pub drain_timeout: Duration,
@@ -389,6 +394,8 @@ struct RawDaemon {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_batches: Option<Spanned<u64>>,
     sink_call_timeout_secs: Option<u64>,
+    sink_retry_attempts: Option<Spanned<u32>>,
+    sink_retry_backoff_max_ms: Option<u64>,
     drain_timeout_secs: Option<u64>,
     progress_interval_secs: Option<Spanned<u64>>,
 }
@@ -609,6 +616,16 @@ impl Config {
             )?,
             sink_call_timeout: Duration::from_secs(
                 raw.daemon.sink_call_timeout_secs.unwrap_or(120),
+            ),
+            sink_retry_attempts: positive(
+                raw.daemon
+                    .sink_retry_attempts
+                    .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref()))),
+                "daemon.sink_retry_attempts",
+                10,
+            )? as u32,
+            sink_retry_backoff_max: Duration::from_millis(
+                raw.daemon.sink_retry_backoff_max_ms.unwrap_or(30_000),
             ),
             drain_timeout: Duration::from_secs(raw.daemon.drain_timeout_secs.unwrap_or(30)),
             progress_interval: Duration::from_secs(positive(
@@ -1362,6 +1379,37 @@ sinks = ["archive"]
             vec!["archive".to_owned(), "warehouse".to_owned()]
         );
         assert!(config.webhook.is_some_and(|w| w.auth.token.is_some()));
+    }
+
+    #[test]
+    fn sink_retries_default_to_ten_calls_up_to_30_s_apart_and_can_be_lowered() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.daemon.sink_retry_attempts, 10);
+        assert_eq!(
+            config.daemon.sink_retry_backoff_max,
+            Duration::from_secs(30)
+        );
+        let text = GOOD.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nsink_retry_attempts = 3\nsink_retry_backoff_max_ms = 50",
+        );
+        let config = parse(&text).expect("valid config");
+        assert_eq!(config.daemon.sink_retry_attempts, 3);
+        assert_eq!(
+            config.daemon.sink_retry_backoff_max,
+            Duration::from_millis(50)
+        );
+        let err = parse(&GOOD.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nsink_retry_attempts = 0",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("daemon.sink_retry_attempts"),
+            "{err}"
+        );
+        assert!(err.message.contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub fn webhook_auth_summary(config: &Config) -> Result<Vec<String>, WebhookAuthE
     Ok(webhook_auth::WebhookAuth::from_config(config)?.describe())
 }
 
+/// How long sinks still get to be destroyed after a drain that used its whole deadline.
+const SINK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Plugins compiled into the embedding program, by the name a config's `plugin = "..."` uses.
 pub type InProcessPlugins = BTreeMap<String, &'static FlatsyncPlugin>;
 
@@ -147,9 +150,13 @@ async fn start_sink(
     );
     let options = SinkOptions {
         call_timeout: config.daemon.sink_call_timeout,
+        max_attempts: config.daemon.sink_retry_attempts,
+        retry_max: config.daemon.sink_retry_backoff_max,
         ..SinkOptions::default()
     };
-    Ok(SinkWorker::spawn(plugin, name, sink.config_json.clone(), options).await?)
+    let worker = SinkWorker::spawn(plugin, name, sink.config_json.clone(), options).await?;
+    metrics::sink_started(name);
+    Ok(worker)
 }
 
 /// Starts every sink of `config` except those in `reuse`, which are taken as they are.
@@ -648,10 +655,15 @@ impl RunningDaemon {
     /// Stops gracefully: webhooks are answered 503 with `Retry-After` from now on, no new
     /// event starts, events in flight pause at their next batch boundary after a flush and a
     /// checkpoint, and whatever still runs when `[daemon] drain_timeout_secs` is up is cut at
-    /// its last checkpoint. Then the listeners close and the sink instances are destroyed.
+    /// its last checkpoint. Then the listeners close and the sink instances are destroyed, all
+    /// by that same deadline (or 1 s after the drain when it used the whole deadline): a sink
+    /// whose thread is stuck inside a plugin call is left behind, since it cannot be
+    /// interrupted, and the process exits anyway.
     /// Nothing accepted is lost: paused and cut events resume on the next start, and sinks
     /// skip the batches they already hold.
     pub async fn shutdown(self) -> DrainReport {
+        let drain_deadline = tokio::time::Instant::now()
+            + pipeline::current(&self.engine).config.daemon.drain_timeout;
         self.health.set_draining();
         let _ = self.drain.send(true);
         if let Err(e) = self.poller.await {
@@ -668,10 +680,19 @@ impl RunningDaemon {
         for server in self.servers {
             let _ = server.await;
         }
+        // A thread stuck inside a plugin call cannot be joined, and waiting a whole call
+        // timeout for it would outlast the drain deadline the operator set: every sink gets
+        // until that deadline (a moment more when the drain used it up, so idle sinks are
+        // still destroyed), all at once, and a thread still busy then is left behind.
+        let sinks_deadline = drain_deadline.max(tokio::time::Instant::now() + SINK_STOP_GRACE);
         let engine = pipeline::current(&self.engine);
-        for sink in engine.sinks.values() {
-            sink.shutdown().await;
-        }
+        futures_util::future::join_all(
+            engine
+                .sinks
+                .values()
+                .map(|sink| sink.shutdown_by(sinks_deadline)),
+        )
+        .await;
         report
     }
 }

@@ -37,6 +37,12 @@ pub const FETCH_SECONDS: &str = "flatsync_fetch_seconds";
 /// (`http_<status>`, `transport` or `decode`). Recorded by `flatsync-flatfile`, which spells
 /// the same name.
 pub const FETCH_RETRIES: &str = "flatsync_fetch_retries_total";
+/// Per sink: 1 while it takes calls and its last call succeeded, 0 once a call failed (FATAL,
+/// a panic, retries exhausted) or it stalled; label `sink`, one series per sink started.
+pub const SINK_UP: &str = "flatsync_sink_up";
+/// Per sink: 1 once a plugin call outran `[daemon] sink_call_timeout_secs`, so the sink takes
+/// no more calls until a restart or a config reload replaces its instance; label `sink`.
+pub const SINK_STALLED: &str = "flatsync_sink_stalled";
 /// Deliveries that failed for good (dead letters), per sink, read from the state database.
 pub const DEAD_LETTERS: &str = "flatsync_dead_letters";
 /// Per sink: seconds since the oldest event with a delivery to it still pending was received,
@@ -134,6 +140,14 @@ fn describe() {
         "Rows a sink made durable, counted when its checkpoint advanced."
     );
     metrics::describe_counter!(ROWS_FAILED, Unit::Count, "Rows of batches a sink refused.");
+    metrics::describe_gauge!(
+        SINK_UP,
+        "1 while the sink takes calls and its last call succeeded, 0 once one failed or it stalled."
+    );
+    metrics::describe_gauge!(
+        SINK_STALLED,
+        "1 once a plugin call outran sink_call_timeout_secs: the sink takes no more calls until a restart or reload."
+    );
     metrics::describe_histogram!(
         FETCH_SECONDS,
         Unit::Seconds,
@@ -144,6 +158,22 @@ fn describe() {
         Unit::Count,
         "Flatfile API requests repeated after a retryable failure, by endpoint and reason."
     );
+}
+
+/// Marks a freshly started sink instance as up and not stalled.
+pub(crate) fn sink_started(sink: &str) {
+    metrics::gauge!(SINK_UP, "sink" => sink.to_owned()).set(1.0);
+    metrics::gauge!(SINK_STALLED, "sink" => sink.to_owned()).set(0.0);
+}
+
+/// Records how a call on a sink instance ended: up after a success, down after any failure,
+/// and stalled for good after a timeout.
+pub(crate) fn sink_call(sink: &str, result: Result<(), &flatsync_plugin_host::SinkError>) {
+    let up = if result.is_ok() { 1.0 } else { 0.0 };
+    metrics::gauge!(SINK_UP, "sink" => sink.to_owned()).set(up);
+    if let Err(flatsync_plugin_host::SinkError::Stalled { .. }) = result {
+        metrics::gauge!(SINK_STALLED, "sink" => sink.to_owned()).set(1.0);
+    }
 }
 
 /// Counts an event accepted into the inbox. `source` is `"webhook"` or `"poll"`.

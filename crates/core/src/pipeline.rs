@@ -578,6 +578,7 @@ impl Engine {
                     }
                 });
             for (cursor, result) in futures_util::future::join_all(writes).await {
+                crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
                 match result {
                     Ok(()) => {
                         cursor.unflushed_rows += current.rows;
@@ -689,6 +690,7 @@ impl Engine {
         let mut advanced = Vec::new();
         let mut flushed_rows = Vec::new();
         for (cursor, result) in futures_util::future::join_all(flushes).await {
+            crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
             match result {
                 Ok(()) => {
                     cursor.next_seq = cursor.unflushed_next_seq;

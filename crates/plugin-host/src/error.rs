@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ALLOW_INSECURE_PLUGINS_ENV;
+
 /// Why a plugin could not be found or loaded.
 ///
 /// Every message names the file, what was expected, what was found, and the likely cause.
@@ -22,20 +24,30 @@ pub enum LoadError {
         searched: Vec<PathBuf>,
     },
 
-    /// The file is writable by its group or by everyone; loading it would run code anyone
-    /// in that group could have put there.
-    #[error(
-        "refusing to load plugin {}: its mode is {mode:04o}, writable by group or others; expected \
-         no group/world write bit (e.g. `chmod go-w {}`), because whoever can write the file can \
-         run code as flatsync",
-        .path.display(),
-        .path.display()
-    )]
+    /// The plugin file, or the directory holding it, is writable by its group or by everyone:
+    /// loading it would run code that anyone in that group could have put there.
+    #[error("{}", insecure_mode_message(.plugin, .path, *.mode))]
     InsecurePermissions {
-        /// The plugin file.
+        /// The plugin file (canonical path).
+        plugin: PathBuf,
+        /// What has the loose mode: the plugin file itself or its directory.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+
+    /// The plugin file, or the directory holding it, belongs to a user other than root and the
+    /// user flatsync runs as, who could replace the code flatsync runs.
+    #[error("{}", foreign_owner_message(.plugin, .path, *.owner, *.expected))]
+    ForeignOwner {
+        /// The plugin file (canonical path).
+        plugin: PathBuf,
+        /// What has the foreign owner: the plugin file itself or its directory.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// The effective uid of this process (root, uid 0, is accepted as well).
+        expected: u32,
     },
 
     /// `dlopen` failed (or the file could not even be inspected).
@@ -195,7 +207,10 @@ pub enum SinkError {
     },
 
     /// The plugin kept returning RETRY until the attempts ran out.
-    #[error("sink `{sink}` (plugin `{plugin}`) still failing after {attempts} attempts: {message}")]
+    #[error(
+        "sink `{sink}` (plugin `{plugin}`): retries exhausted, still asking to retry after \
+         {attempts} attempts: {message}"
+    )]
     RetriesExhausted {
         /// Instance name.
         sink: String,
@@ -211,7 +226,7 @@ pub enum SinkError {
     /// thread is still inside the plugin and cannot be stopped.
     #[error(
         "sink `{sink}` (plugin `{plugin}`) did not answer within {after:?}; it is stalled and \
-         takes no more calls until flatsync restarts"
+         takes no more calls until flatsync restarts or reloads its config"
     )]
     Stalled {
         /// Instance name.
@@ -228,6 +243,37 @@ pub enum SinkError {
         /// Instance name.
         sink: String,
     },
+}
+
+/// "the plugin" or "its directory D", for the messages about what a plugin's trust rests on.
+fn what_is_loose(plugin: &Path, path: &Path) -> String {
+    if plugin == path {
+        "the file".to_owned()
+    } else {
+        format!("its directory {}", path.display())
+    }
+}
+
+fn insecure_mode_message(plugin: &Path, path: &Path, mode: u32) -> String {
+    format!(
+        "refusing to load plugin {}: {} has mode {mode:04o}, writable by group or others, and \
+         whoever can write there can run code as flatsync; fix it with `chmod go-w {}` (for \
+         development only, {ALLOW_INSECURE_PLUGINS_ENV}=1 loads it anyway)",
+        plugin.display(),
+        what_is_loose(plugin, path),
+        path.display()
+    )
+}
+
+fn foreign_owner_message(plugin: &Path, path: &Path, owner: u32, expected: u32) -> String {
+    format!(
+        "refusing to load plugin {}: {} is owned by uid {owner}, not by root or the user flatsync \
+         runs as (uid {expected}), and its owner can replace the code flatsync runs; fix it with \
+         `chown root {}` (for development only, {ALLOW_INSECURE_PLUGINS_ENV}=1 loads it anyway)",
+        plugin.display(),
+        what_is_loose(plugin, path),
+        path.display()
+    )
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {
@@ -362,13 +408,50 @@ mod tests {
     }
 
     #[test]
-    fn insecure_permissions_show_octal_mode() {
+    fn insecure_permissions_show_octal_mode_and_the_fix() {
         let message = LoadError::InsecurePermissions {
+            plugin: PathBuf::from("/p/x.so"),
             path: PathBuf::from("/p/x.so"),
-            mode: 0o775,
+            mode: 0o666,
         }
         .to_string();
-        assert!(message.contains("mode is 0775"), "{message}");
+        assert!(
+            message.starts_with("refusing to load plugin /p/x.so: the file has mode 0666"),
+            "{message}"
+        );
         assert!(message.contains("chmod go-w /p/x.so"), "{message}");
+        assert!(
+            message.contains("FLATSYNC_ALLOW_INSECURE_PLUGINS=1"),
+            "{message}"
+        );
+
+        let message = LoadError::InsecurePermissions {
+            plugin: PathBuf::from("/p/x.so"),
+            path: PathBuf::from("/p"),
+            mode: 0o1777,
+        }
+        .to_string();
+        assert!(
+            message.contains("its directory /p has mode 1777"),
+            "{message}"
+        );
+        assert!(message.contains("`chmod go-w /p`"), "{message}");
+    }
+
+    #[test]
+    fn foreign_owner_names_both_uids_and_the_fix() {
+        let message = LoadError::ForeignOwner {
+            plugin: PathBuf::from("/p/x.so"),
+            path: PathBuf::from("/p"),
+            owner: 1234,
+            expected: 999,
+        }
+        .to_string();
+        assert!(
+            message.contains("/p/x.so: its directory /p is owned by uid 1234"),
+            "{message}"
+        );
+        assert!(message.contains("(uid 999)"), "{message}");
+        assert!(message.contains("`chown root /p`"), "{message}");
     }
 }

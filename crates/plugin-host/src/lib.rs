@@ -21,3 +21,8 @@ pub use error::{LoadError, SinkError};
 pub use load::LoadedPlugin;
 pub use search::{default_search_dirs, resolve_plugin};
 pub use worker::{OwnedBatch, SinkOptions, SinkWorker};
+
+/// Environment variable that, set to `1` or `true`, lets a plugin load although its file or
+/// directory is writable by group or others or belongs to another user (see
+/// [`LoadedPlugin::load`]). For development only: each such load logs a warning.
+pub const ALLOW_INSECURE_PLUGINS_ENV: &str = "FLATSYNC_ALLOW_INSECURE_PLUGINS";

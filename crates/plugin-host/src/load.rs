@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +13,7 @@ use flatsync_plugin_api::{
 };
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
-use crate::LoadError;
+use crate::{ALLOW_INSECURE_PLUGINS_ENV, LoadError};
 
 /// `RTLD_NODELETE`: keeps the library mapped even if something calls `dlclose` on it. libloading
 /// does not export it; the value is the platform's (glibc and musl agree on Linux).
@@ -71,13 +71,18 @@ impl LoadedPlugin {
     /// Loads the plugin at `path` and checks it.
     ///
     /// `expected_name` (the config's plugin name) must equal the descriptor's name when given.
-    /// Checks, in order: the file is not group- or world-writable; `dlopen` succeeds; the library
+    /// Checks, in order: the file and the directory holding it (after symlinks are resolved)
+    /// are neither group- nor world-writable and belong to root or to this process's effective
+    /// user, as sudo and ssh demand of what they trust (unless
+    /// [`ALLOW_INSECURE_PLUGINS_ENV`](crate::ALLOW_INSECURE_PLUGINS_ENV) is `1` or `true`,
+    /// which loads it with a warning); `dlopen` succeeds; the library
     /// exports `flatsync_plugin_entry`; the entry returns a non-null descriptor; magic; ABI major;
     /// descriptor size; required functions present; name, version and build info are UTF-8; the
     /// name matches. A plugin built without panic unwinding loads with a warning.
     ///
     /// Loading the same file again (same canonical path) returns the same `Arc` without opening
-    /// it twice. The library is never unloaded, even when a check fails.
+    /// it twice, after checking the permissions again. The library is never unloaded, even when
+    /// a check fails.
     pub fn load(path: &Path, expected_name: Option<&str>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let canonical = std::fs::canonicalize(path).map_err(|err| {
             if err.kind() == std::io::ErrorKind::NotFound {
@@ -92,6 +97,7 @@ impl LoadedPlugin {
                 }
             }
         })?;
+        check_trusted(&canonical)?;
 
         // Held across the load so that two sinks naming the same plugin never dlopen it twice.
         let mut registry = REGISTRY
@@ -178,20 +184,8 @@ impl LoadedPlugin {
 }
 
 fn open_and_check(path: &Path) -> Result<LoadedPlugin, LoadError> {
-    let metadata = std::fs::metadata(path).map_err(|err| LoadError::Open {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })?;
-    let mode = metadata.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(LoadError::InsecurePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-
     // SAFETY: opening a library runs its initialisers, arbitrary code we trust because the file
-    // passed the permission check and comes from the configured plugin directories. Its
+    // passed `check_trusted` and comes from the configured plugin directories. Its
     // termination routines never run: the library is leaked below and opened with NODELETE.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) }
         .map_err(|err| LoadError::Open {
@@ -225,6 +219,71 @@ fn open_and_check(path: &Path) -> Result<LoadedPlugin, LoadError> {
     // SAFETY: non-null, and per the ABI the entry returns a static descriptor of the library,
     // which stays loaded for the rest of the process.
     unsafe { check_descriptor(path, descriptor) }
+}
+
+/// Refuses a plugin that someone other than root or this process's user could have written:
+/// the file, or the directory holding it (which decides who can replace the file), writable by
+/// group or others or owned by another user. `plugin` is the canonical path.
+///
+/// With [`ALLOW_INSECURE_PLUGINS_ENV`] set to `1` or `true` the plugin loads anyway and the
+/// refusal is logged as a warning.
+fn check_trusted(plugin: &Path) -> Result<(), LoadError> {
+    let Err(refusal) = trust_problem(plugin, effective_uid()) else {
+        return Ok(());
+    };
+    if !matches!(
+        refusal,
+        LoadError::InsecurePermissions { .. } | LoadError::ForeignOwner { .. }
+    ) || !insecure_plugins_allowed()
+    {
+        return Err(refusal);
+    }
+    tracing::warn!(
+        plugin = %plugin.display(),
+        reason = %refusal,
+        "Loading an untrusted plugin because {ALLOW_INSECURE_PLUGINS_ENV} is set; never do this in production"
+    );
+    Ok(())
+}
+
+/// Whether the development override is on.
+fn insecure_plugins_allowed() -> bool {
+    std::env::var(ALLOW_INSECURE_PLUGINS_ENV)
+        .is_ok_and(|value| matches!(value.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+}
+
+/// The checks of [`check_trusted`], for a process whose effective uid is `euid`.
+fn trust_problem(plugin: &Path, euid: u32) -> Result<(), LoadError> {
+    let directory = plugin.parent().unwrap_or(Path::new("/"));
+    for path in [plugin, directory] {
+        let metadata = std::fs::metadata(path).map_err(|err| LoadError::Open {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(LoadError::InsecurePermissions {
+                plugin: plugin.to_path_buf(),
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let owner = metadata.uid();
+        if owner != 0 && owner != euid {
+            return Err(LoadError::ForeignOwner {
+                plugin: plugin.to_path_buf(),
+                path: path.to_path_buf(),
+                owner,
+                expected: euid,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
 }
 
 /// Checks a descriptor and copies what flatsync needs out of it.
@@ -353,5 +412,138 @@ fn dl_message(path: &Path, err: &libloading::Error) -> String {
     match text.strip_prefix(&prefix) {
         Some(rest) => rest.to_owned(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A plugin file (its content does not matter to the checks) in a fresh private directory.
+    fn plugin_in_private_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let plugin = dir.path().join("libflatsync_sink_x.so");
+        std::fs::write(&plugin, b"not really a library").expect("write plugin");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod plugin");
+        let canonical = std::fs::canonicalize(&plugin).expect("canonical");
+        (dir, canonical)
+    }
+
+    #[test]
+    fn a_private_file_in_a_private_directory_is_trusted() {
+        let (_dir, plugin) = plugin_in_private_dir();
+        trust_problem(&plugin, effective_uid()).expect("0755 file in a 0755 dir, owned by us");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod 644");
+        trust_problem(&plugin, effective_uid()).expect("0644 is fine too");
+    }
+
+    #[test]
+    fn a_world_writable_file_is_refused_with_its_octal_mode() {
+        let (_dir, plugin) = plugin_in_private_dir();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod 666");
+        let err = trust_problem(&plugin, effective_uid()).expect_err("0666 refused");
+        let LoadError::InsecurePermissions { path, mode, .. } = &err else {
+            panic!("expected InsecurePermissions, got {err:?}");
+        };
+        assert_eq!((path, *mode), (&plugin, 0o666));
+        let message = err.to_string();
+        assert!(message.contains("mode 0666"), "{message}");
+        assert!(
+            message.contains(&format!("chmod go-w {}", plugin.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_world_writable_directory_is_refused_naming_the_directory() {
+        let (dir, plugin) = plugin_in_private_dir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod 777");
+        let err = trust_problem(&plugin, effective_uid()).expect_err("0777 dir refused");
+        let LoadError::InsecurePermissions {
+            plugin: named,
+            path,
+            mode,
+        } = &err
+        else {
+            panic!("expected InsecurePermissions, got {err:?}");
+        };
+        let canonical_dir = std::fs::canonicalize(dir.path()).expect("canonical dir");
+        assert_eq!((named, path, *mode), (&plugin, &canonical_dir, 0o777));
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!(
+                "its directory {} has mode 0777",
+                canonical_dir.display()
+            )),
+            "{message}"
+        );
+
+        // Group-writable alone is as bad; the sticky bit (as on /tmp) does not make it safe.
+        for mode in [0o775, 0o1777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode))
+                .expect("chmod dir");
+            let err = trust_problem(&plugin, effective_uid()).expect_err("loose dir refused");
+            assert!(
+                matches!(err, LoadError::InsecurePermissions { mode: found, .. } if found == mode),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_or_directory_of_another_user_is_refused() {
+        let (dir, plugin) = plugin_in_private_dir();
+        // Owned by us (root in CI): trusted whatever euid is compared, since root always is.
+        let ours = effective_uid();
+        trust_problem(&plugin, ours).expect("ours");
+
+        if ours != 0 {
+            // Without root nothing can be given away; a file of ours seen by another uid
+            // stands in for a file of another user.
+            let err = trust_problem(&plugin, ours + 1).expect_err("someone else's file");
+            assert!(
+                matches!(&err, LoadError::ForeignOwner { owner, .. } if *owner == ours),
+                "{err:?}"
+            );
+            return;
+        }
+        let stranger = 54_321;
+        std::os::unix::fs::chown(&plugin, Some(stranger), None).expect("chown file");
+        let err = trust_problem(&plugin, ours).expect_err("foreign file");
+        let LoadError::ForeignOwner {
+            path,
+            owner,
+            expected,
+            ..
+        } = &err
+        else {
+            panic!("expected ForeignOwner, got {err:?}");
+        };
+        assert_eq!((path, *owner, *expected), (&plugin, stranger, 0));
+        let message = err.to_string();
+        assert!(message.contains("owned by uid 54321"), "{message}");
+        assert!(
+            message.contains(&format!("chown root {}", plugin.display())),
+            "{message}"
+        );
+        // The same file is trusted by a process running as its owner.
+        trust_problem(&plugin, stranger).expect("its owner may load it; the directory is root's");
+
+        std::os::unix::fs::chown(&plugin, Some(0), None).expect("chown file back");
+        std::os::unix::fs::chown(dir.path(), Some(stranger), None).expect("chown dir");
+        let err = trust_problem(&plugin, ours).expect_err("foreign directory");
+        let canonical_dir = std::fs::canonicalize(dir.path()).expect("canonical dir");
+        assert!(
+            matches!(&err, LoadError::ForeignOwner { path, owner, .. } if *path == canonical_dir && *owner == stranger),
+            "{err:?}"
+        );
     }
 }

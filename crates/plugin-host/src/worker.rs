@@ -262,12 +262,21 @@ impl SinkWorker {
             .await
     }
 
-    /// Destroys the instance on its thread and joins the thread.
-    ///
-    /// Waits at most `call_timeout` (after any call already running on the thread); past that,
-    /// or when the worker is stalled, it logs and leaves the thread behind. Later calls fail
-    /// with [`SinkError::Stopped`]. Calling it again does nothing.
+    /// Destroys the instance on its thread and joins the thread, waiting at most
+    /// `call_timeout`; see [`shutdown_by`](Self::shutdown_by).
     pub async fn shutdown(&self) {
+        self.shutdown_by(tokio::time::Instant::now() + self.inner.options.call_timeout)
+            .await;
+    }
+
+    /// Destroys the instance on its thread and joins the thread, giving up at `deadline`.
+    ///
+    /// The thread runs destroy after any call it is in; one stuck inside the plugin never gets
+    /// there. So when the worker is stalled, or the deadline passes first, this logs and leaves
+    /// the thread behind: a process that is stopping exits anyway (the thread dies with it),
+    /// and what the sink made durable is what the checkpoints say. Later calls fail with
+    /// [`SinkError::Stopped`]. Calling it again does nothing.
+    pub async fn shutdown_by(&self, deadline: tokio::time::Instant) {
         let Some(sender) = lock(&self.inner.commands).take() else {
             return;
         };
@@ -286,7 +295,6 @@ impl SinkWorker {
             tracing::warn!(sink = %sink, plugin = %plugin, "Sink thread already gone");
             return;
         }
-        let deadline = tokio::time::Instant::now() + self.inner.options.call_timeout;
         match tokio::time::timeout_at(deadline, reply_rx).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -297,8 +305,7 @@ impl SinkWorker {
                 tracing::warn!(
                     sink = %sink,
                     plugin = %plugin,
-                    timeout = ?self.inner.options.call_timeout,
-                    "Sink did not shut down in time; leaving its thread behind"
+                    "Sink did not shut down in time (busy in a plugin call); leaving its thread behind"
                 );
                 return;
             }

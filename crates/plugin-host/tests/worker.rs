@@ -476,6 +476,53 @@ async fn shutdown_gives_up_on_a_slow_destroy() {
     assert!(!common::recorded(&record).contains(&"destroy".to_owned()));
 }
 
+/// What a stopping daemon does with a sink whose thread is inside a call that outlives the
+/// drain: the caller gave up (its task was aborted), the worker is not yet stalled, and
+/// `shutdown_by` must return at its deadline instead of after the call timeout.
+#[tokio::test]
+async fn shutdown_by_leaves_a_thread_busy_in_a_call_at_its_deadline() {
+    let fx = fixture();
+    let record = fx.root.join("busy.log");
+    let options = SinkOptions {
+        call_timeout: Duration::from_secs(3600),
+        ..fast_options()
+    };
+    let worker = SinkWorker::spawn(
+        Arc::clone(&fx.plugin),
+        "busy",
+        config(&record, &[("sleep_ms", 20_000)]),
+        options,
+    )
+    .await
+    .expect("sink starts");
+    let caller = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.write_batch(batch(0, true)).await })
+    };
+    // The call is on the sink thread once the caller is waiting for its reply.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    caller.abort();
+    assert!(!worker.is_stalled(), "the call timeout is far away");
+
+    worker
+        .shutdown_by(tokio::time::Instant::now() + Duration::from_millis(300))
+        .await;
+    // Returned while the plugin still sleeps in write_batch: neither the write nor destroy
+    // has been recorded, and the worker takes no more calls.
+    let lines = common::recorded(&record);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("write") || l == "destroy"),
+        "{lines:#?}"
+    );
+    assert!(worker.is_stalled());
+    assert!(matches!(
+        worker.flush().await,
+        Err(SinkError::Stalled { .. })
+    ));
+}
+
 #[tokio::test]
 async fn dropping_every_handle_destroys_the_instance() {
     let fx = fixture();
