@@ -43,7 +43,10 @@ fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
             Err(_) => break,
         }
     }
-    (String::from_utf8_lossy(&seen).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&seen).into_owned(),
+        started.elapsed(),
+    )
 }
 
 /// Whether the server has closed `stream`, looking for at most a moment.
@@ -115,7 +118,10 @@ fn a_trickled_body_is_answered_408_after_the_body_timeout_and_nothing_is_stored(
     let (sent, _) = read_until_closed(&mut attacker);
     let took = started.elapsed();
     // The 408 is written before the close; a reset for the unread bytes may overtake it.
-    assert!(sent.is_empty() || sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(
+        sent.is_empty() || sent.starts_with("HTTP/1.1 408"),
+        "{sent}"
+    );
     let answer = if sent.is_empty() { "closed" } else { "408" };
     println!("trickled body: {answer} after {took:?} (body_timeout_secs = 2)");
     let _ = attacker.shutdown(std::net::Shutdown::Both);
@@ -262,7 +268,8 @@ fn a_write_locked_state_database_answers_503_with_retry_after_and_stores_nothing
     let lock = Connection::open(daemon.settings().state_db()).expect("open the state database");
     lock.busy_timeout(HANG_GUARD).expect("busy timeout");
     // Another process holding the write lock, as a backup tool or a stuck operator might.
-    lock.execute_batch("BEGIN EXCLUSIVE").expect("take the write lock");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
 
     let body = legit_body("evt-locked");
     let started = Instant::now();
@@ -270,7 +277,10 @@ fn a_write_locked_state_database_answers_503_with_retry_after_and_stores_nothing
     let took = started.elapsed();
     assert_eq!(refused.status, 503, "{}", refused.text());
     let retry_after = refused.header("retry-after").expect("a Retry-After header");
-    assert!(retry_after.parse::<u64>().is_ok_and(|s| s > 0), "{retry_after}");
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s > 0),
+        "{retry_after}"
+    );
     println!("webhook against a locked state database answered 503 after {took:?}");
     let stored: i64 = lock
         .query_row(
