@@ -257,8 +257,29 @@ fn with_twice_max_connections_idle_attackers_webhooks_and_health_checks_are_stil
     let health = http::get(&format!("http://{admin_addr}/healthz"), &[]).expect("answered");
     assert_eq!(health.status, 200, "{}", health.text());
     println!("/healthz under attack answered in {:?}", started.elapsed());
+
+    // An operator sees the attack in the metrics.
+    let metrics = http::get(&format!("http://{admin_addr}/metrics"), &[]).expect("answered");
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    let evicted = |listener: &str| {
+        closed_connections(&metrics.text(), listener, "evicted")
+            .unwrap_or_else(|| panic!("no {listener} eviction counted:\n{}", metrics.text()))
+    };
+    assert!(evicted("webhook") >= (2 * MAX - MAX) as f64);
+    assert!(evicted("admin") >= (2 * ADMIN_MAX - ADMIN_MAX) as f64);
     daemon.assert_alive("under the connection flood");
     drop(attackers);
+}
+
+/// The value of `flatsync_connections_closed_total` for a listener and reason.
+fn closed_connections(exposition: &str, listener: &str, reason: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with("flatsync_connections_closed_total{"))
+        .filter(|line| line.contains(&format!("listener=\"{listener}\"")))
+        .find(|line| line.contains(&format!("reason=\"{reason}\"")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
 
 #[test]

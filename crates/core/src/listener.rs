@@ -155,6 +155,7 @@ impl Server {
                     stream,
                     self.app.clone(),
                     self.limits,
+                    self.name,
                     tracker,
                     self.stop.clone(),
                     permit,
@@ -163,6 +164,7 @@ impl Server {
             None => {
                 // Best effort and never waiting; dropping the stream closes it.
                 let _ = stream.try_write(SHED_ANSWER);
+                crate::metrics::connection_closed(self.name, "shed");
             }
         }
     }
@@ -318,11 +320,24 @@ enum Closed {
     Stopping,
 }
 
+impl Closed {
+    /// The `reason` label of [`crate::metrics::CONNECTIONS_CLOSED`]; `None` for a stop.
+    fn reason(&self) -> Option<&'static str> {
+        match self {
+            Closed::HeaderTimeout => Some("header_timeout"),
+            Closed::IdleTimeout => Some("idle_timeout"),
+            Closed::Evicted => Some("evicted"),
+            Closed::Stopping => None,
+        }
+    }
+}
+
 /// Serves one connection until it ends, its phase runs over or it is evicted.
 async fn connection(
     stream: TcpStream,
     app: Router,
     limits: ListenerLimits,
+    name: &'static str,
     entry: Registered,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
@@ -345,7 +360,12 @@ async fn connection(
     let ended = loop {
         tokio::select! {
             served = conn.as_mut() => break served.err().map(|e| e.to_string()),
-            closed = watchdog(tracker, &limits, stopping) => break Some(format!("{closed:?}")),
+            closed = watchdog(tracker, &limits, stopping) => {
+                if let Some(reason) = closed.reason() {
+                    crate::metrics::connection_closed(name, reason);
+                }
+                break Some(format!("{closed:?}"));
+            }
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 // Finish a request in progress, without keep-alive; the watchdog closes the
                 // connection at once if none is.
@@ -355,7 +375,7 @@ async fn connection(
         }
     };
     if let Some(reason) = ended {
-        tracing::debug!(reason, "Connection closed");
+        tracing::debug!(listener = name, reason, "Connection closed");
     }
 }
 
@@ -363,10 +383,15 @@ async fn connection(
 /// evicted, or the listener is stopping and no request is in progress.
 async fn watchdog(tracker: &Tracker, limits: &ListenerLimits, stopping: bool) -> Closed {
     loop {
-        if tracker.evicted.load(Ordering::Acquire) {
-            return Closed::Evicted;
-        }
         let (phase, since) = tracker.snapshot();
+        if tracker.evicted.load(Ordering::Acquire) {
+            if phase != Phase::Busy {
+                return Closed::Evicted;
+            }
+            // Chosen just as its request started: a request in progress is never cut, so the
+            // newcomer waiting for this place is shed instead.
+            tracker.evicted.store(false, Ordering::Release);
+        }
         let (limit, closed) = match phase {
             _ if stopping && phase != Phase::Busy => return Closed::Stopping,
             Phase::Idle => (limits.idle_timeout, Closed::IdleTimeout),
