@@ -15,6 +15,7 @@ mod drain;
 mod duplicates;
 mod events;
 mod faults;
+mod hostile;
 mod http_forward;
 mod legacy;
 mod metrics;

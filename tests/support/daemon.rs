@@ -43,6 +43,7 @@ pub struct Daemon {
     settings: Vec<(String, String, String)>,
     env: Vec<(String, String)>,
     raw: Vec<String>,
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -62,6 +63,7 @@ impl Daemon {
             settings: Vec::new(),
             env: Vec::new(),
             raw: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -134,6 +136,14 @@ impl Daemon {
     /// Requires this bearer token from webhook senders (`token_env`, value in the environment).
     pub fn token(mut self, token: &str) -> Daemon {
         self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Runs the binary (daemon and CLI) with at most `files` open file descriptors, soft and
+    /// hard limit, through util-linux `prlimit`, which sets the limit and then execs the
+    /// binary, so the process id stays the daemon's.
+    pub fn nofile_limit(mut self, files: u64) -> Daemon {
+        self.nofile = Some(files);
         self
     }
 
@@ -276,7 +286,17 @@ impl Daemon {
 
     fn command(&self, args: &[&str]) -> Command {
         let binary = Artifacts::locate().flatsync();
-        let mut command = Command::new(binary);
+        let mut command = match self.nofile {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={files}:{files}"))
+                    .arg("--")
+                    .arg(binary);
+                prlimit
+            }
+        };
         command
             .args(args)
             .env("FLATSYNC_LOG", "info")

@@ -19,6 +19,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::ListenerLimits;
 use crate::health::Health;
 use crate::state::{StateDb, now_ms};
 
@@ -62,16 +63,23 @@ impl Shared {
     }
 }
 
-/// Serves the admin endpoints on `listener` until `stop` turns true (or its sender is gone),
-/// then returns within [`STOP_GRACE`] even if a client holds a connection open. Counters
-/// recorded before [`crate::metrics::install`] was called are lost, so call that first.
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, stop: watch::Receiver<bool>) {
-    serve_with(listener, state, stop, STALL_AFTER).await;
+/// Serves the admin endpoints on `listener` within `limits` until `stop` turns true (or its
+/// sender is gone), then returns within [`STOP_GRACE`] even if a client holds a connection
+/// open. Counters recorded before [`crate::metrics::install`] was called are lost, so call
+/// that first.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: ListenerLimits,
+    stop: watch::Receiver<bool>,
+) {
+    serve_with(listener, state, limits, stop, STALL_AFTER).await;
 }
 
 async fn serve_with(
     listener: TcpListener,
     state: AdminState,
+    limits: ListenerLimits,
     stop: watch::Receiver<bool>,
     stall_after: Duration,
 ) {
@@ -93,30 +101,14 @@ async fn serve_with(
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&shared));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(addr = %addr, "Admin listener ready");
+        tracing::info!(
+            addr = %addr,
+            max_connections = limits.max_connections,
+            "Admin listener ready"
+        );
     }
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped(stop.clone()))
-        .into_future();
-    tokio::select! {
-        served = server => {
-            if let Err(e) = served {
-                tracing::error!(error = %e, "Admin server stopped");
-            }
-        }
-        () = async {
-            stopped(stop).await;
-            tokio::time::sleep(STOP_GRACE).await;
-        } => {
-            tracing::debug!("Admin connections still open at stop were left behind");
-        }
-    }
+    crate::listener::serve(listener, app, limits, "admin", stop, Some(STOP_GRACE)).await;
     beats.abort();
-}
-
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    // A dropped sender also means stop.
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Notes when the heartbeat moves. If the `Health` goes away, the beats stop and `/healthz`
@@ -283,7 +275,13 @@ mod tests {
             db: db.clone(),
             health: Arc::clone(&health),
         };
-        let server = tokio::spawn(serve_with(listener, state, stop_rx, stall_after));
+        let server = tokio::spawn(serve_with(
+            listener,
+            state,
+            ListenerLimits::ADMIN_DEFAULTS,
+            stop_rx,
+            stall_after,
+        ));
         Running {
             addr,
             health,

@@ -229,7 +229,49 @@ pub struct WebhookConfig {
     pub auth: SenderAuth,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Longest time to read a request body, from the moment the handler starts reading it.
+    pub body_timeout: Duration,
+    /// Connection and time limits of the listener.
+    pub limits: ListenerLimits,
 }
+
+/// Connection and time limits of an HTTP listener (`[webhook]`, `[admin]`), so that clients
+/// that connect and then stall cannot hold the process's file descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Longest time from the first byte of a request head to its end (`header_timeout_secs`).
+    pub header_timeout: Duration,
+    /// Longest time a connection may sit with no request in progress, before its first request
+    /// or between two (`idle_timeout_secs`).
+    pub idle_timeout: Duration,
+    /// Most connections open at once (`max_connections`). Past it, the connection idle the
+    /// longest (no request in progress) is closed to make room; when every connection is in
+    /// the middle of a request the new one is answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request head, request line included (`max_header_bytes`); larger heads are
+    /// answered 431 and the connection closed.
+    pub max_header_bytes: usize,
+}
+
+impl ListenerLimits {
+    /// The webhook listener's defaults. 1024 connections stay well below the shipped unit's
+    /// `LimitNOFILE=4096`, leaving room for the state database, sinks and plugins.
+    pub const WEBHOOK_DEFAULTS: ListenerLimits = ListenerLimits {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1024,
+        max_header_bytes: 16 * 1024,
+    };
+
+    /// The admin listener's defaults: scrapers and health checkers need few connections.
+    pub const ADMIN_DEFAULTS: ListenerLimits = ListenerLimits {
+        max_connections: 64,
+        ..ListenerLimits::WEBHOOK_DEFAULTS
+    };
+}
+
+/// `[webhook] body_timeout_secs` when not set.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The credentials webhook senders may present: in `[webhook]` they admit any event, in
 /// `[environments.NAME]` only that environment's events. Every secret may hold several
@@ -280,6 +322,9 @@ impl SenderAuth {
 pub struct AdminConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// Connection and time limits of the listener. The admin endpoints read no request body,
+    /// so there is no body timeout: a request's unread body ends its connection.
+    pub limits: ListenerLimits,
 }
 
 /// `[fetch]`.
@@ -435,13 +480,39 @@ struct RawWebhook {
     legacy_jwt_secret_credential: Option<String>,
     legacy_jwt_field: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<usize>>,
+    body_timeout_secs: Option<Spanned<u64>>,
+    header_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    header_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<u64>>,
 }
+
+/// The listener limit keys, which `[webhook]` and `[admin]` share. (serde cannot flatten them
+/// into both tables and still refuse unknown keys.)
+struct RawLimits {
+    header_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<u64>>,
+}
+
+/// Accepted ranges of the listener settings: wide enough for any real deployment, narrow
+/// enough that a typo (a timeout in milliseconds, a missing digit) is caught.
+const TIMEOUT_SECS: (u64, u64) = (1, 3600);
+const MAX_CONNECTIONS: (u64, u64) = (1, 65_536);
+/// hyper needs at least 1 KiB to read any real request line; 256 KiB stays below the read
+/// buffer hyper keeps per connection, so the limit and not the buffer decides.
+const MAX_HEADER_BYTES: (u64, u64) = (1024, 256 * 1024);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -725,6 +796,12 @@ impl Config {
                     legacy_jwt_field: DEFAULT_LEGACY_JWT_FIELD.to_owned(),
                 };
                 let auth = with_jwt_field(auth, w.legacy_jwt_field, "webhook")?;
+                let limits = RawLimits {
+                    header_timeout_secs: w.header_timeout_secs,
+                    idle_timeout_secs: w.idle_timeout_secs,
+                    max_connections: w.max_connections,
+                    max_header_bytes: w.max_header_bytes,
+                };
                 Some(WebhookConfig {
                     listen,
                     path,
@@ -733,6 +810,19 @@ impl Config {
                         w.max_body_bytes,
                         "webhook.max_body_bytes",
                         1 << 20,
+                    )?,
+                    body_timeout: Duration::from_secs(within(
+                        w.body_timeout_secs,
+                        "webhook.body_timeout_secs",
+                        DEFAULT_BODY_TIMEOUT.as_secs(),
+                        TIMEOUT_SECS,
+                        &locate,
+                    )?),
+                    limits: listener_limits(
+                        limits,
+                        "webhook",
+                        ListenerLimits::WEBHOOK_DEFAULTS,
+                        &locate,
                     )?,
                 })
             }
@@ -745,6 +835,17 @@ impl Config {
                     None => SocketAddr::from(([127, 0, 0, 1], 9187)),
                     Some(v) => address(v, "admin.listen")?,
                 },
+                limits: listener_limits(
+                    RawLimits {
+                        header_timeout_secs: a.header_timeout_secs,
+                        idle_timeout_secs: a.idle_timeout_secs,
+                        max_connections: a.max_connections,
+                        max_header_bytes: a.max_header_bytes,
+                    },
+                    "admin",
+                    ListenerLimits::ADMIN_DEFAULTS,
+                    &locate,
+                )?,
             }),
         };
 
@@ -1023,6 +1124,81 @@ impl Config {
     }
 }
 
+/// Builds a [`ConfigError`] located at a span, for a key.
+type Locate<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
+
+/// `value`, or `default` when unset; an error naming `key` when outside `min..=max`.
+fn within(
+    value: Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+    (min, max): (u64, u64),
+    locate: &Locate<'_>,
+) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(v.get_ref()) => Ok(v.into_inner()),
+        Some(v) => Err(locate(
+            Some(v.span()),
+            Some(key),
+            format!("{} is out of range: use {min} to {max}", v.get_ref()),
+        )),
+    }
+}
+
+/// The listener limits of `[table]`, each key defaulting to `defaults`.
+fn listener_limits(
+    raw: RawLimits,
+    table: &str,
+    defaults: ListenerLimits,
+    locate: &Locate<'_>,
+) -> Result<ListenerLimits, ConfigError> {
+    let secs = |value, name: &str, default: Duration| {
+        within(
+            value,
+            &format!("{table}.{name}"),
+            default.as_secs(),
+            TIMEOUT_SECS,
+            locate,
+        )
+        .map(Duration::from_secs)
+    };
+    let count = |value, name: &str, default: usize, range| {
+        within(
+            value,
+            &format!("{table}.{name}"),
+            default as u64,
+            range,
+            locate,
+        )
+        .map(|n| n as usize)
+    };
+    Ok(ListenerLimits {
+        header_timeout: secs(
+            raw.header_timeout_secs,
+            "header_timeout_secs",
+            defaults.header_timeout,
+        )?,
+        idle_timeout: secs(
+            raw.idle_timeout_secs,
+            "idle_timeout_secs",
+            defaults.idle_timeout,
+        )?,
+        max_connections: count(
+            raw.max_connections,
+            "max_connections",
+            defaults.max_connections,
+            MAX_CONNECTIONS,
+        )?,
+        max_header_bytes: count(
+            raw.max_header_bytes,
+            "max_header_bytes",
+            defaults.max_header_bytes,
+            MAX_HEADER_BYTES,
+        )?,
+    })
+}
+
 /// `poll_start`: `Some(None)` = now, `Some(Some(ms))` = a time, `None` = not understood.
 fn parse_poll_start(text: &str) -> Option<Option<i64>> {
     match text.trim() {
@@ -1291,6 +1467,101 @@ sinks = ["archive"]
         );
         let err = parse("[admin]\nlisten = \"nowhere\"\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("admin.listen"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_have_safe_defaults_and_name_a_bad_value() {
+        let config = parse("[webhook]\n[admin]\n").expect("valid config");
+        let webhook = config.webhook.expect("[webhook]");
+        assert_eq!(webhook.limits, ListenerLimits::WEBHOOK_DEFAULTS);
+        assert_eq!(webhook.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(webhook.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(webhook.limits.max_connections, 1024);
+        assert_eq!(webhook.limits.max_header_bytes, 16384);
+        assert_eq!(webhook.body_timeout, Duration::from_secs(30));
+        let admin = config.admin.expect("[admin]");
+        assert_eq!(admin.limits.max_connections, 64);
+        assert_eq!(admin.limits.header_timeout, Duration::from_secs(10));
+
+        let config = parse(
+            "[webhook]\nheader_timeout_secs = 2\nbody_timeout_secs = 3\nidle_timeout_secs = 4\n\
+             max_connections = 5\nmax_header_bytes = 2048\n\
+             [admin]\nheader_timeout_secs = 6\nidle_timeout_secs = 7\nmax_connections = 8\n\
+             max_header_bytes = 4096\n",
+        )
+        .expect("valid config");
+        let webhook = config.webhook.expect("[webhook]");
+        assert_eq!(
+            (webhook.limits, webhook.body_timeout),
+            (
+                ListenerLimits {
+                    header_timeout: Duration::from_secs(2),
+                    idle_timeout: Duration::from_secs(4),
+                    max_connections: 5,
+                    max_header_bytes: 2048,
+                },
+                Duration::from_secs(3)
+            )
+        );
+        assert_eq!(
+            config.admin.expect("[admin]").limits,
+            ListenerLimits {
+                header_timeout: Duration::from_secs(6),
+                idle_timeout: Duration::from_secs(7),
+                max_connections: 8,
+                max_header_bytes: 4096,
+            }
+        );
+
+        for (text, key, location) in [
+            (
+                "[webhook]\nheader_timeout_secs = 0\n",
+                "webhook.header_timeout_secs",
+                (2, 23),
+            ),
+            (
+                "[webhook]\nbody_timeout_secs = 0\n",
+                "webhook.body_timeout_secs",
+                (2, 21),
+            ),
+            (
+                "[webhook]\nidle_timeout_secs = 9000\n",
+                "webhook.idle_timeout_secs",
+                (2, 21),
+            ),
+            (
+                "[webhook]\nmax_connections = 0\n",
+                "webhook.max_connections",
+                (2, 19),
+            ),
+            (
+                "[webhook]\nmax_header_bytes = 100\n",
+                "webhook.max_header_bytes",
+                (2, 20),
+            ),
+            (
+                "[admin]\nmax_connections = 100000\n",
+                "admin.max_connections",
+                (2, 19),
+            ),
+            (
+                "[admin]\nheader_timeout_secs = 0\n",
+                "admin.header_timeout_secs",
+                (2, 23),
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert_eq!(err.location, Some(location), "{err}");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
+        // The admin endpoints read no body, so a body timeout there would do nothing.
+        let err = parse("[admin]\nbody_timeout_secs = 5\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown field `body_timeout_secs`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config;
 mod dispatch;
 mod fetch;
 pub mod health;
+mod listener;
 pub mod metrics;
 pub mod ops;
 mod pipeline;
@@ -433,8 +434,10 @@ impl RunningDaemon {
                 path: webhook.path.clone(),
                 auth: Arc::clone(&webhook_auth),
                 max_body_bytes: webhook.max_body_bytes,
+                body_timeout: webhook.body_timeout,
                 accepted: accepted_tx.clone(),
                 health: Arc::clone(&health),
+                inbox_writers: webhook::inbox_writers(),
             }));
             if auth_summary.is_empty() && !addr.ip().is_loopback() {
                 tracing::warn!(
@@ -442,18 +445,23 @@ impl RunningDaemon {
                     "Webhook listener is open to the network: no sender credential is configured"
                 );
             }
-            let mut stop_server = stop_rx.clone();
-            servers.push(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_server.changed().await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "Webhook server stopped");
-                }
-            }));
-            tracing::info!(addr = %addr, path = %webhook.path, auth = ?auth_summary, "Webhook listener ready");
+            // No grace: connections with a request in progress finish it (the limits bound
+            // how long that takes), so no accepted webhook goes unanswered.
+            servers.push(tokio::spawn(listener::serve(
+                listener,
+                app,
+                webhook.limits,
+                "webhook",
+                stop_rx.clone(),
+                None,
+            )));
+            tracing::info!(
+                addr = %addr,
+                path = %webhook.path,
+                auth = ?auth_summary,
+                max_connections = webhook.limits.max_connections,
+                "Webhook listener ready"
+            );
             webhook_addr = Some(addr);
         }
 
@@ -482,6 +490,7 @@ impl RunningDaemon {
                     db: state.clone(),
                     health: Arc::clone(&health),
                 },
+                admin.limits,
                 stop_rx.clone(),
             )));
             admin_addr = Some(addr);
@@ -554,9 +563,9 @@ impl RunningDaemon {
     /// Everything new is started before anything is swapped: if a sink fails to start or a
     /// secret cannot be read, the error is returned and the running config stays as it was.
     /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`,
-    /// `[webhook]` `listen`, `path` and `max_body_bytes`, the `[admin]` section) are listed in
-    /// the summary and left as they were. Webhook credentials are read again and replaced for
-    /// the requests that arrive after this returns.
+    /// `[webhook]` `listen`, `path`, `max_body_bytes` and the listener limits, the `[admin]`
+    /// section) are listed in the summary and left as they were. Webhook credentials are read
+    /// again and replaced for the requests that arrive after this returns.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
@@ -567,9 +576,17 @@ impl RunningDaemon {
         if config.daemon.max_concurrent_events != old.config.daemon.max_concurrent_events {
             summary.needs_restart.push("daemon.max_concurrent_events");
         }
-        // The listener's address, path and body limit are bound at start; its credentials are
+        // The listener's address, path and limits are bound at start; its credentials are
         // re-read on every reload, so a secret can be rotated without a restart.
-        let listener = |w: &config::WebhookConfig| (w.listen, w.path.clone(), w.max_body_bytes);
+        let listener = |w: &config::WebhookConfig| {
+            (
+                w.listen,
+                w.path.clone(),
+                w.max_body_bytes,
+                w.body_timeout,
+                w.limits,
+            )
+        };
         let webhook_kept = match (&config.webhook, &old.config.webhook) {
             (Some(new), Some(old)) => {
                 if listener(new) != listener(old) {
@@ -594,6 +611,8 @@ impl RunningDaemon {
                 new.listen = old.listen;
                 new.path = old.path.clone();
                 new.max_body_bytes = old.max_body_bytes;
+                new.body_timeout = old.body_timeout;
+                new.limits = old.limits;
             }
             _ => config.webhook = old.config.webhook.clone(),
         }

@@ -43,6 +43,10 @@ pub const SINK_UP: &str = "flatsync_sink_up";
 /// Per sink: 1 once a plugin call outran `[daemon] sink_call_timeout_secs`, so the sink takes
 /// no more calls until a restart or a config reload replaces its instance; label `sink`.
 pub const SINK_STALLED: &str = "flatsync_sink_stalled";
+/// Connections a listener closed to protect itself; labels `listener` (`webhook` or `admin`)
+/// and `reason` (`header_timeout`, `idle_timeout`, `evicted` to make room at
+/// `max_connections`, `shed` when every connection was busy).
+pub const CONNECTIONS_CLOSED: &str = "flatsync_connections_closed_total";
 /// Deliveries that failed for good (dead letters), per sink, read from the state database.
 pub const DEAD_LETTERS: &str = "flatsync_dead_letters";
 /// Per sink: seconds since the oldest event with a delivery to it still pending was received,
@@ -154,6 +158,11 @@ fn describe() {
         "Duration of one Flatfile API request, by endpoint."
     );
     metrics::describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Connections a listener closed to protect itself, by listener and reason."
+    );
+    metrics::describe_counter!(
         FETCH_RETRIES,
         Unit::Count,
         "Flatfile API requests repeated after a retryable failure, by endpoint and reason."
@@ -180,6 +189,11 @@ pub(crate) fn sink_call(sink: &str, result: Result<(), &flatsync_plugin_host::Si
 pub(crate) fn event_received(source: &'static str, topic: &str) {
     let topic = topic_label(&TOPIC_LABELS, topic);
     metrics::counter!(EVENTS_RECEIVED, "source" => source, "topic" => topic).increment(1);
+}
+
+/// Counts a connection a listener closed: timed out, evicted or shed.
+pub(crate) fn connection_closed(listener: &'static str, reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason).increment(1);
 }
 
 /// Counts rows a sink made durable; call after the checkpoint that covers them advanced.

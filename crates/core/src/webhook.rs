@@ -8,7 +8,9 @@
 //! notification's JWT (401), the event's environment against the credential's (403), then the
 //! inbox.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -19,6 +21,7 @@ use flatsync_flatfile::{
     CarriedPart, IncomingEvent, WebhookBodyError, parse_webhook_body, scrub_webhook_body,
 };
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::carried::PartOutcome;
 use crate::dispatch::AcceptedTx;
@@ -35,8 +38,28 @@ pub(crate) struct WebhookState {
     pub(crate) path: String,
     pub(crate) auth: AuthSlot,
     pub(crate) max_body_bytes: usize,
+    /// `[webhook] body_timeout_secs`.
+    pub(crate) body_timeout: Duration,
     pub(crate) accepted: AcceptedTx,
     pub(crate) health: Arc<Health>,
+    /// Writes to the inbox in progress; see [`INBOX_WRITERS`].
+    pub(crate) inbox_writers: Arc<Semaphore>,
+}
+
+/// Webhook writes to the inbox at once. The state database has one connection, so writes are
+/// serial anyway; letting one at a time into the blocking pool keeps the others waiting here,
+/// for at most [`INBOX_WAIT`], instead of piling up behind a database another process holds
+/// locked (each write there waits out SQLite's busy timeout).
+const INBOX_WRITERS: usize = 1;
+
+/// How long a webhook waits for its turn to write before it is answered 503: a few busy
+/// timeouts of the state database, so a burst of senders on a slow disk is served, and one
+/// that cannot be is told to retry while it still waits for an answer.
+const INBOX_WAIT: Duration = Duration::from_secs(5);
+
+/// The inbox writer slots of one webhook listener.
+pub(crate) fn inbox_writers() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(INBOX_WRITERS))
 }
 
 /// Seconds a sender is asked to wait before retrying while the daemon stops or cannot store.
@@ -136,7 +159,52 @@ fn carries_env(event: &IncomingEvent, body: &Value) -> bool {
         && !(body.get("scope").is_none() && body.get("event").is_some_and(Value::is_object))
 }
 
+/// Runs an inbox write once a writer slot is free, keeping the slot until the write is done
+/// even if the sender hangs up meanwhile. `None` when no slot is free within [`INBOX_WAIT`]
+/// (nothing was written) or the write task failed.
+async fn write_inbox<T: Send + 'static>(
+    state: &WebhookState,
+    write: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let slot = Arc::clone(&state.inbox_writers).acquire_owned();
+    let slot = tokio::time::timeout(INBOX_WAIT, slot).await.ok()?.ok()?;
+    tokio::spawn(async move {
+        let written = write.await;
+        drop(slot);
+        written
+    })
+    .await
+    .ok()
+}
+
+/// Reads the body within `[webhook] body_timeout_secs`; a sender that trickles it is answered
+/// 408 and its connection closed.
 async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    state: &WebhookState,
+    path: &str,
+) -> Result<Bytes, Response> {
+    let reading = read_body_unbounded(body, headers, state.max_body_bytes, path);
+    match tokio::time::timeout(state.body_timeout, reading).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut response = reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body was not received in time",
+                json!({ "timeout_secs": state.body_timeout.as_secs() }),
+                path,
+            );
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Err(response)
+        }
+    }
+}
+
+async fn read_body_unbounded(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
@@ -257,7 +325,7 @@ async fn receive(
         Ok(gate) => gate,
         Err(rejection) => return refuse(rejection, &shown_path),
     };
-    let bytes = match read_body(body, &headers, state.max_body_bytes, &shown_path).await {
+    let bytes = match read_body(body, &headers, &state, &shown_path).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
@@ -344,11 +412,19 @@ async fn receive(
         IncomingEvent::Carried(part) => return accept_part(&state, part, &shown_path).await,
     };
 
-    match state
-        .db
-        .insert_event(event_id.clone(), kind, topic.clone(), stored, now_ms())
-        .await
-    {
+    let db = state.db.clone();
+    let insert = {
+        let (event_id, topic) = (event_id.clone(), topic.clone());
+        async move {
+            db.insert_event(event_id, kind, topic, stored, now_ms())
+                .await
+        }
+    };
+    let Some(inserted) = write_inbox(&state, insert).await else {
+        tracing::warn!(event_id = %event_id, "Webhook refused: the inbox is busy");
+        return unavailable("the inbox is busy; retry later", &shown_path);
+    };
+    match inserted {
         Ok(true) => {
             tracing::info!(
                 event_id = %event_id,
@@ -388,7 +464,13 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
     let position = part.position;
     let rows = part.rows;
     let topic = part.origin.topic();
-    match state.db.store_carried_part(part).await {
+    let db = state.db.clone();
+    let Some(stored) = write_inbox(state, async move { db.store_carried_part(part).await }).await
+    else {
+        tracing::warn!(upload = %upload, "Upload part refused: the inbox is busy");
+        return unavailable("the inbox is busy; retry later", path);
+    };
+    match stored {
         Ok(PartOutcome::Stored {
             received,
             expected,

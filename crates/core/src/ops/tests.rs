@@ -805,6 +805,7 @@ async fn a_repair_waits_while_a_process_holds_the_database_or_the_daemon_port_an
     let mut config = config(dir.path());
     config.admin = Some(crate::config::AdminConfig {
         listen: listener.local_addr().unwrap(),
+        limits: crate::config::ListenerLimits::ADMIN_DEFAULTS,
     });
     let found = daemon_using_state(dir.path(), Some(&config)).expect("the port answers");
     assert!(found.contains("[admin] listen"), "{found}");
