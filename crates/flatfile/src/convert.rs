@@ -104,6 +104,35 @@ pub struct Sheet {
     pub field_keys: Vec<String>,
 }
 
+impl LegacyPage {
+    /// Converts the body of a legacy rows page, as [`FlatfileClient::legacy_rows_page`] does with
+    /// the response it receives: the entry point for tools and fuzzers that have the bytes.
+    ///
+    /// [`FlatfileClient::legacy_rows_page`]: crate::FlatfileClient::legacy_rows_page
+    pub fn parse(body: &[u8], batch_id: &str, skip: u64) -> Result<LegacyPage, serde_json::Error> {
+        legacy_page(body, batch_id, skip)
+    }
+}
+
+impl RecordsPage {
+    /// Converts the body of a Platform records page, as [`FlatfileClient::records_page`] does
+    /// with the response it receives.
+    ///
+    /// [`FlatfileClient::records_page`]: crate::FlatfileClient::records_page
+    pub fn parse(body: &[u8]) -> Result<RecordsPage, serde_json::Error> {
+        records_page(body)
+    }
+}
+
+impl EventsPage {
+    /// Reads the body of a `GET /v1/events` response, as [`FlatfileClient::events_page`] does.
+    ///
+    /// [`FlatfileClient::events_page`]: crate::FlatfileClient::events_page
+    pub fn parse(body: &[u8]) -> Result<EventsPage, serde_json::Error> {
+        events_page(body)
+    }
+}
+
 /// Converts a legacy rows page. `batch_id` and `skip` name rows that arrive without an id.
 pub(crate) fn legacy_page(
     body: &[u8],
