@@ -268,6 +268,11 @@ fn listed_event(item: &RawValue) -> Result<ListedEvent, String> {
     }
     let head: EventHead =
         serde_json::from_str(item.get()).map_err(|error| format!("cannot be read: {error}"))?;
+    // The poller hands each event to the scrubber and the classifier, which read a `Value`: an
+    // item they would refuse (a number beyond f64, such as `1e400`) is skipped here, with its
+    // reason, rather than stored unscrubbed and then never processed.
+    serde_json::from_str::<Value>(item.get())
+        .map_err(|error| format!("cannot be read: {error}"))?;
     let id = match head.id {
         Value::String(id) if !id.is_empty() => id,
         other => return Err(format!("has no usable \"id\": {}", describe(&other))),

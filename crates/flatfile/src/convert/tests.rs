@@ -491,3 +491,40 @@ fn events_envelope_must_be_an_object_with_a_data_array() {
     let truncated = events_page(br#"{"data":[{"id":"e1","#).expect_err("truncated");
     assert!(truncated.is_eof(), "{truncated}");
 }
+
+/// Found by the `events_page` fuzz target (its input is kept in the corpus): a listed event
+/// with a number beyond f64 was listed as usable, but the poller's scrubber could not read it,
+/// so the event was stored unscrubbed and could never be classified.
+#[test]
+fn events_an_item_the_scrubber_cannot_read_is_skipped_with_its_reason() {
+    let body =
+        include_bytes!("../../../../fuzz/corpus/events_page/regression-number-beyond-f64.json");
+    let page = events_page(body).expect("the page itself reads");
+    assert!(
+        page.skipped
+            .iter()
+            .any(|r| r.contains("number out of range")),
+        "{:?}",
+        page.skipped
+    );
+    for event in &page.events {
+        crate::scrub_webhook_body(&event.body).expect("every listed event scrubs");
+    }
+    assert_eq!(
+        (page.events.len() + page.skipped.len()) as u64,
+        page.items_on_page
+    );
+
+    let page = events_page(
+        br#"{"data":[{"id":"e1","topic":"t:x","payload":{"n":1e400}},{"id":"e2","topic":"t:x"}]}"#,
+    )
+    .expect("converts");
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e2"]);
+    assert_eq!(page.items_on_page, 2);
+    assert!(
+        page.skipped[0].starts_with("event 0 of the page cannot be read: number out of range"),
+        "{:?}",
+        page.skipped
+    );
+}
