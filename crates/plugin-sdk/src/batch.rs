@@ -299,7 +299,8 @@ pub enum CellValue<'a> {
     Bool(bool),
     /// A JSON number, as its exact source text (no rounding through `f64`).
     Number(&'a str),
-    /// A JSON string, unescaped; borrowed when the source had no escapes.
+    /// A JSON string, unescaped; borrowed when the source had no escapes. An escaped half of a
+    /// surrogate pair (`\ud83d` alone), which no Rust string can hold, becomes U+FFFD.
     String(Cow<'a, str>),
     /// An array or object as compact JSON text; borrowed when the source was already compact.
     Json(Cow<'a, str>),
