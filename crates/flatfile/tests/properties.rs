@@ -394,7 +394,13 @@ fn scrubbing_keeps_every_float_and_is_idempotent_on_it() {
     let text = br#"{"type":"rows","stream":"s","kind":"k","seq":0,"part":0,"parts":1,"last":true,"rows":[{"id":"r1","valid":true,"values":{"x":0.1,"y":2.2250738585072014e-308,"z":60e210}}]}"#;
     let scrubbed = scrub_webhook_body(text).expect("scrubs");
     let stored: Value = serde_json::from_slice(&scrubbed.body).expect("JSON");
-    assert_eq!(stored["rows"][0]["values"]["x"], row["rows"][0]["values"]["x"]);
-    assert_eq!(stored["rows"][0]["values"]["y"], row["rows"][0]["values"]["y"]);
+    assert_eq!(
+        stored["rows"][0]["values"]["x"],
+        row["rows"][0]["values"]["x"]
+    );
+    assert_eq!(
+        stored["rows"][0]["values"]["y"],
+        row["rows"][0]["values"]["y"]
+    );
     assert_eq!(stored["rows"][0]["values"]["z"].as_f64(), Some(60e210));
 }
