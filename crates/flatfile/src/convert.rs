@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 /// One page of `GET /rest/batch/{batchId}/rows`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyPage {
-    /// One line per delivered row: `id` is the row's id (a number becomes a string; a missing id
-    /// becomes `<batchId>#<skip + index on page>`), `valid` the row's flag (missing: `true`),
+    /// One line per delivered row: `id` is the row's id (a number becomes a string; a missing or
+    /// empty id becomes `<batchId>#<skip + index on page>`), `valid` the row's flag (missing: `true`),
     /// `values` the row's `mapped` object as sent (missing or `null`: `{}`).
     pub ndjson: Vec<u8>,
     /// Lines in `ndjson`.
@@ -43,7 +43,8 @@ pub struct LegacyPage {
 /// One page of `GET /v1/sheets/{sheetId}/records`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordsPage {
-    /// One line per record: `id` is the record id, `valid` the record's flag (missing: `true`),
+    /// One line per record: `id` is the record id (a record without one, or with `""`, fails
+    /// the page), `valid` the record's flag (missing: `true`),
     /// `values` maps each field key to its cell's `value` (a cell without one: `null`), in the
     /// record's key order.
     pub ndjson: Vec<u8>,
@@ -561,7 +562,8 @@ fn write_legacy_row(
     position: u64,
 ) -> Result<(), String> {
     out.extend_from_slice(b"{\"id\":");
-    match row.id {
+    // An empty id is named like a missing one: sinks key rows on the id.
+    match row.id.filter(|id| !is_empty_string(id)) {
         Some(id) => push_id(out, id)?,
         None => push_json_string(out, &format!("{batch_id}#{position}")),
     }
@@ -811,7 +813,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 }
             }
         }
-        let id = id.ok_or_else(|| A::Error::custom(format_args!("record {index} has no id")))?;
+        // An empty id names nothing: sinks key rows on it, so two such records would be one.
+        let id = id
+            .filter(|id| !is_empty_string(id))
+            .ok_or_else(|| A::Error::custom(format_args!("record {index} has no id")))?;
 
         let out = &mut *self.out;
         out.extend_from_slice(b"{\"id\":");
@@ -1002,6 +1007,11 @@ fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a raw id is `""`, the only JSON text of an empty string.
+fn is_empty_string(id: &RawValue) -> bool {
+    id.get() == "\"\""
 }
 
 /// Writes `s` as a JSON string literal.

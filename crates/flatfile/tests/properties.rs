@@ -198,7 +198,7 @@ struct LegacyRowSpec {
 
 fn legacy_row() -> impl Strategy<Value = LegacyRowSpec> {
     let id = prop::option::of(prop_oneof![
-        "[a-z0-9-]{1,12}".prop_map(Value::from),
+        "[a-z0-9-]{0,12}".prop_map(Value::from),
         any::<u32>().prop_map(Value::from),
     ]);
     let mapped = prop::option::of(
@@ -266,9 +266,9 @@ proptest! {
         prop_assert_eq!(out.len(), kept.len());
         for (line, (index, row)) in out.iter().zip(&kept) {
             let id = match &row.id {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => format!("b1#{}", skip + *index as u64),
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => format!("b1#{}", skip + *index as u64),
             };
             prop_assert_eq!(&line["id"], &Value::from(id));
             prop_assert_eq!(&line["valid"], &Value::from(row.valid.unwrap_or(true)));

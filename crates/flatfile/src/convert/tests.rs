@@ -528,3 +528,27 @@ fn events_an_item_the_scrubber_cannot_read_is_skipped_with_its_reason() {
         page.skipped
     );
 }
+
+/// Found by the `row_pages` fuzz target (its input is kept in the corpus): a record whose id
+/// was `""` became a batch row with an empty id, and sinks key rows on the id (the sqlite
+/// sink's `_record_id` is the primary key), so two such records would have been one.
+#[test]
+fn an_empty_record_id_fails_the_page_like_a_missing_one() {
+    let input = include_bytes!("../../../../fuzz/corpus/row_pages/regression-empty-record-id");
+    // The target's first byte picks the converter; an odd one is the records page.
+    assert_eq!(input[0] & 1, 1);
+    let error = records_page(&input[1..]).expect_err("an empty id is refused");
+    assert!(error.to_string().contains("record 0 has no id"), "{error}");
+
+    let page = legacy_page(
+        br#"{"data":[{"id":"","mapped":{"a":1}},{"id":"r2"},{"mapped":{}}]}"#,
+        "b9",
+        40,
+    )
+    .expect("converts");
+    let ids: Vec<Value> = lines(&page.ndjson)
+        .into_iter()
+        .map(|line| serde_json::from_str::<Value>(line).expect("JSON")["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("b9#40"), json!("r2"), json!("b9#42")]);
+}
