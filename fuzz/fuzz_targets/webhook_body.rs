@@ -40,7 +40,10 @@ fuzz_target!(|body: &[u8]| {
             // An id is always found or derived from the body: the inbox keys on it.
             assert!(!notification.event_id.is_empty());
         }
-        Ok(IncomingEvent::Platform(_)) => {}
+        Ok(IncomingEvent::Platform(event)) => {
+            // The inbox keys on the id and routes on the topic.
+            assert!(!event.id.is_empty() && !event.topic.is_empty(), "{event:?}");
+        }
         Ok(IncomingEvent::Carried(part)) => {
             assert!(!part.upload.is_empty(), "an upload without a key");
             assert_batch_lines(&part.ndjson, part.rows, "carried part");
