@@ -149,6 +149,7 @@ pub(crate) fn legacy_page(
         skip,
     })?;
     de.end()?;
+    replace_lone_surrogates(&mut ndjson);
     Ok(LegacyPage {
         ndjson,
         rows_delivered: summary.delivered,
@@ -172,6 +173,7 @@ pub(crate) fn records_page(body: &[u8]) -> Result<RecordsPage, serde_json::Error
         scratch: &mut scratch,
     })?;
     de.end()?;
+    replace_lone_surrogates(&mut ndjson);
     Ok(RecordsPage {
         ndjson,
         rows: summary.rows,
@@ -1007,6 +1009,44 @@ fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Rewrites in place each `\uXXXX` escape of half a surrogate pair as `\uFFFD` (same length).
+///
+/// Cells, keys and ids are copied from the API's JSON as sent, and JSON allows such an escape
+/// (JavaScript writes one for a string cut inside an emoji), but no Rust string can hold one:
+/// a sink could not read the row's id or keys. U+FFFD is what JavaScript's own UTF-8 encoder
+/// puts in its place, and what the SDK makes of such a cell. `json` is batch lines, valid JSON,
+/// so every backslash is inside a string; whole pairs are left alone.
+fn replace_lone_surrogates(json: &mut [u8]) {
+    fn unit_at(json: &[u8], at: usize) -> Option<u16> {
+        let escape = json.get(at..at + 6)?;
+        if escape[0] != b'\\' || escape[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
+    }
+    let mut at = 0;
+    while let Some(offset) = json
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
+    {
+        at += offset;
+        match unit_at(json, at) {
+            Some(0xD800..=0xDBFF)
+                if unit_at(json, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                at += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                json[at + 2..at + 6].copy_from_slice(b"FFFD");
+                at += 6;
+            }
+            Some(_) => at += 6,
+            // `\\`, `\"` and the other two-byte escapes.
+            None => at += 2,
+        }
+    }
 }
 
 /// Whether a raw id is `""`, the only JSON text of an empty string.

@@ -552,3 +552,28 @@ fn an_empty_record_id_fails_the_page_like_a_missing_one() {
         .collect();
     assert_eq!(ids, [json!("b9#40"), json!("r2"), json!("b9#42")]);
 }
+
+/// Found by the `row_pages` fuzz target (its input is kept in the corpus): a record id holding
+/// half a surrogate pair (`"\udbbd"`) was copied into the batch line as sent, and no sink
+/// could read the line. Lone halves become U+FFFD in ids, keys and cells; pairs stay.
+#[test]
+fn half_a_surrogate_pair_becomes_a_replacement_character_in_batch_lines() {
+    let input = include_bytes!("../../../../fuzz/corpus/row_pages/regression-lone-surrogate-id");
+    assert_eq!(input[0] & 1, 1, "an odd first byte is the records page");
+    let page = records_page(&input[1..]).expect("converts");
+    let first: Value = serde_json::from_str(lines(&page.ndjson)[0]).expect("JSON");
+    assert_eq!(first["id"], "pbdd\u{fffd}our1");
+
+    let page = legacy_page(
+        br#"{"data":[{"id":"a\ud83d","mapped":{"k\udc00":"\ud83d\ude00 \\ud83d \ud83d\ud83d\ude00"}}]}"#,
+        "b",
+        0,
+    )
+    .expect("converts");
+    assert_eq!(
+        lines(&page.ndjson),
+        [
+            r#"{"id":"a\uFFFD","valid":true,"values":{"k\uFFFD":"\ud83d\ude00 \\ud83d \uFFFD\ud83d\ude00"}}"#
+        ]
+    );
+}
