@@ -310,6 +310,12 @@ fn forwarded(head: Head<'_>) -> Result<CarriedPart, CarriedError> {
     for (position, row) in head.rows.unwrap_or_default().iter().enumerate() {
         let line: ForwardedRow<'_> = serde_json::from_str(row.get())
             .map_err(|e| CarriedError(format!("rows[{position}] of a forwarded batch: {e}")))?;
+        if line.id.is_empty() {
+            // Sinks key rows on the id: two rows without one would be one.
+            return Err(CarriedError(format!(
+                "rows[{position}] of a forwarded batch has an empty \"id\""
+            )));
+        }
         ndjson.extend_from_slice(b"{\"id\":");
         push_json_string(&mut ndjson, &line.id);
         ndjson.extend_from_slice(if line.valid.unwrap_or(true) {
@@ -364,6 +370,15 @@ mod tests {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).expect("each line is JSON"))
             .collect()
+    }
+
+    #[test]
+    fn a_forwarded_row_with_an_empty_id_is_refused_naming_it() {
+        let error = parse_carried(
+            br#"{"type":"rows","stream":"s","kind":"k","seq":0,"part":0,"parts":1,"last":true,"rows":[{"id":"r1"},{"id":""}]}"#,
+        )
+        .expect_err("an empty id is refused");
+        assert_eq!(error.0, "rows[1] of a forwarded batch has an empty \"id\"");
     }
 
     #[test]

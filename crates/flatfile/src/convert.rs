@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 /// One page of `GET /rest/batch/{batchId}/rows`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyPage {
-    /// One line per delivered row: `id` is the row's id (a number becomes a string; a missing id
-    /// becomes `<batchId>#<skip + index on page>`), `valid` the row's flag (missing: `true`),
+    /// One line per delivered row: `id` is the row's id (a number becomes a string; a missing or
+    /// empty id becomes `<batchId>#<skip + index on page>`), `valid` the row's flag (missing: `true`),
     /// `values` the row's `mapped` object as sent (missing or `null`: `{}`).
     pub ndjson: Vec<u8>,
     /// Lines in `ndjson`.
@@ -43,7 +43,8 @@ pub struct LegacyPage {
 /// One page of `GET /v1/sheets/{sheetId}/records`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordsPage {
-    /// One line per record: `id` is the record id, `valid` the record's flag (missing: `true`),
+    /// One line per record: `id` is the record id (a record without one, or with `""`, fails
+    /// the page), `valid` the record's flag (missing: `true`),
     /// `values` maps each field key to its cell's `value` (a cell without one: `null`), in the
     /// record's key order.
     pub ndjson: Vec<u8>,
@@ -104,6 +105,35 @@ pub struct Sheet {
     pub field_keys: Vec<String>,
 }
 
+impl LegacyPage {
+    /// Converts the body of a legacy rows page, as [`FlatfileClient::legacy_rows_page`] does with
+    /// the response it receives: the entry point for tools and fuzzers that have the bytes.
+    ///
+    /// [`FlatfileClient::legacy_rows_page`]: crate::FlatfileClient::legacy_rows_page
+    pub fn parse(body: &[u8], batch_id: &str, skip: u64) -> Result<LegacyPage, serde_json::Error> {
+        legacy_page(body, batch_id, skip)
+    }
+}
+
+impl RecordsPage {
+    /// Converts the body of a Platform records page, as [`FlatfileClient::records_page`] does
+    /// with the response it receives.
+    ///
+    /// [`FlatfileClient::records_page`]: crate::FlatfileClient::records_page
+    pub fn parse(body: &[u8]) -> Result<RecordsPage, serde_json::Error> {
+        records_page(body)
+    }
+}
+
+impl EventsPage {
+    /// Reads the body of a `GET /v1/events` response, as [`FlatfileClient::events_page`] does.
+    ///
+    /// [`FlatfileClient::events_page`]: crate::FlatfileClient::events_page
+    pub fn parse(body: &[u8]) -> Result<EventsPage, serde_json::Error> {
+        events_page(body)
+    }
+}
+
 /// Converts a legacy rows page. `batch_id` and `skip` name rows that arrive without an id.
 pub(crate) fn legacy_page(
     body: &[u8],
@@ -119,6 +149,7 @@ pub(crate) fn legacy_page(
         skip,
     })?;
     de.end()?;
+    replace_lone_surrogates(&mut ndjson);
     Ok(LegacyPage {
         ndjson,
         rows_delivered: summary.delivered,
@@ -142,6 +173,7 @@ pub(crate) fn records_page(body: &[u8]) -> Result<RecordsPage, serde_json::Error
         scratch: &mut scratch,
     })?;
     de.end()?;
+    replace_lone_surrogates(&mut ndjson);
     Ok(RecordsPage {
         ndjson,
         rows: summary.rows,
@@ -239,6 +271,11 @@ fn listed_event(item: &RawValue) -> Result<ListedEvent, String> {
     }
     let head: EventHead =
         serde_json::from_str(item.get()).map_err(|error| format!("cannot be read: {error}"))?;
+    // The poller hands each event to the scrubber and the classifier, which read a `Value`: an
+    // item they would refuse (a number beyond f64, such as `1e400`) is skipped here, with its
+    // reason, rather than stored unscrubbed and then never processed.
+    serde_json::from_str::<Value>(item.get())
+        .map_err(|error| format!("cannot be read: {error}"))?;
     let id = match head.id {
         Value::String(id) if !id.is_empty() => id,
         other => return Err(format!("has no usable \"id\": {}", describe(&other))),
@@ -527,7 +564,8 @@ fn write_legacy_row(
     position: u64,
 ) -> Result<(), String> {
     out.extend_from_slice(b"{\"id\":");
-    match row.id {
+    // An empty id is named like a missing one: sinks key rows on the id.
+    match row.id.filter(|id| !is_empty_string(id)) {
         Some(id) => push_id(out, id)?,
         None => push_json_string(out, &format!("{batch_id}#{position}")),
     }
@@ -777,7 +815,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 }
             }
         }
-        let id = id.ok_or_else(|| A::Error::custom(format_args!("record {index} has no id")))?;
+        // An empty id names nothing: sinks key rows on it, so two such records would be one.
+        let id = id
+            .filter(|id| !is_empty_string(id))
+            .ok_or_else(|| A::Error::custom(format_args!("record {index} has no id")))?;
 
         let out = &mut *self.out;
         out.extend_from_slice(b"{\"id\":");
@@ -968,6 +1009,49 @@ fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Rewrites in place each `\uXXXX` escape of half a surrogate pair as `\uFFFD` (same length).
+///
+/// Cells, keys and ids are copied from the API's JSON as sent, and JSON allows such an escape
+/// (JavaScript writes one for a string cut inside an emoji), but no Rust string can hold one:
+/// a sink could not read the row's id or keys. U+FFFD is what JavaScript's own UTF-8 encoder
+/// puts in its place, and what the SDK makes of such a cell. `json` is batch lines, valid JSON,
+/// so every backslash is inside a string; whole pairs are left alone.
+fn replace_lone_surrogates(json: &mut [u8]) {
+    fn unit_at(json: &[u8], at: usize) -> Option<u16> {
+        let escape = json.get(at..at + 6)?;
+        if escape[0] != b'\\' || escape[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
+    }
+    let mut at = 0;
+    while let Some(offset) = json
+        .get(at..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
+    {
+        at += offset;
+        match unit_at(json, at) {
+            Some(0xD800..=0xDBFF)
+                if unit_at(json, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                at += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                json[at + 2..at + 6].copy_from_slice(b"FFFD");
+                at += 6;
+            }
+            Some(_) => at += 6,
+            // `\\`, `\"` and the other two-byte escapes.
+            None => at += 2,
+        }
+    }
+}
+
+/// Whether a raw id is `""`, the only JSON text of an empty string.
+fn is_empty_string(id: &RawValue) -> bool {
+    id.get() == "\"\""
 }
 
 /// Writes `s` as a JSON string literal.

@@ -46,9 +46,9 @@ pub struct LegacyNotification {
 /// A Platform event as delivered to a webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformEvent {
-    /// Event id (`us_evt_…`).
+    /// Event id (`us_evt_…`), never empty.
     pub id: String,
-    /// Topic, e.g. `job:ready` or `commit:created`.
+    /// Topic, e.g. `job:ready` or `commit:created`, never empty.
     pub topic: String,
     /// `domain`, or the part of `topic` before `:` when the body has none.
     pub domain: String,
@@ -219,7 +219,7 @@ pub enum WebhookBodyError {
 
 /// Keys looked for, quoted in [`WebhookBodyError::UnknownShape`] so the sender can see what is
 /// missing.
-const EXPECTED_KEYS: &str = "expected a Platform event (string \"id\" and \"topic\") or a legacy \
+const EXPECTED_KEYS: &str = "expected a Platform event (non-empty string \"id\" and \"topic\") or a legacy \
      Portal notification (a \"scope\" object, a string \"type\", or \"event.type\")";
 
 /// Topic given to a legacy notification that names none and has no batch.
@@ -319,8 +319,10 @@ pub(crate) fn malformed(error: serde_json::Error) -> WebhookBodyError {
 }
 
 fn platform_event(object: &Map<String, Value>) -> Option<PlatformEvent> {
-    let id = object.get("id")?.as_str()?;
-    let topic = object.get("topic")?.as_str()?;
+    // The inbox keys on the id and routes on the topic: empty ones name nothing (a second event
+    // with an empty id would be taken for a repeat of the first and dropped).
+    let id = object.get("id")?.as_str().filter(|s| !s.is_empty())?;
+    let topic = object.get("topic")?.as_str().filter(|s| !s.is_empty())?;
     let domain = match object.get("domain").and_then(Value::as_str) {
         Some(domain) => domain.to_owned(),
         None => topic.split_once(':').map_or(topic, |(d, _)| d).to_owned(),
@@ -502,6 +504,22 @@ fn describe_keys(object: &Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_platform_event_needs_a_non_empty_id_and_topic() {
+        for body in [
+            r#"{"id":"","topic":"job:ready"}"#,
+            r#"{"id":"us_evt_1","topic":""}"#,
+            r#"{"src":{"id":"","topic":"job:ready"}}"#,
+        ] {
+            match parse_webhook_body(body.as_bytes()) {
+                Err(WebhookBodyError::UnknownShape { reason }) => {
+                    assert!(reason.contains("non-empty string \"id\""), "{reason}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
 
     fn parse_ok(body: &[u8]) -> IncomingEvent {
         match parse_webhook_body(body) {

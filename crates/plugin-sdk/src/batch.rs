@@ -299,7 +299,8 @@ pub enum CellValue<'a> {
     Bool(bool),
     /// A JSON number, as its exact source text (no rounding through `f64`).
     Number(&'a str),
-    /// A JSON string, unescaped; borrowed when the source had no escapes.
+    /// A JSON string, unescaped; borrowed when the source had no escapes. An escaped half of a
+    /// surrogate pair (`\ud83d` alone), which no Rust string can hold, becomes U+FFFD.
     String(Cow<'a, str>),
     /// An array or object as compact JSON text; borrowed when the source was already compact.
     Json(Cow<'a, str>),
@@ -323,6 +324,7 @@ impl<'a> CellValue<'a> {
                     .ok_or_else(invalid)?;
                 if inner.contains('\\') {
                     let unescaped: String = serde_json::from_str(text)
+                        .or_else(|_| serde_json::from_str(&replace_lone_surrogates(text)))
                         .map_err(|error| SinkError::fatal(format!("bad JSON string: {error}")))?;
                     Ok(CellValue::String(Cow::Owned(unescaped)))
                 } else {
@@ -336,6 +338,50 @@ impl<'a> CellValue<'a> {
 }
 
 const JSON_WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
+
+/// JSON text with each `\uXXXX` escape of half a surrogate pair (one without its other half)
+/// replaced by `\uFFFD`. JSON allows such escapes and JavaScript writes one for a string cut
+/// inside an emoji, but no Rust string holds one; U+FFFD is what JavaScript's own UTF-8
+/// encoder puts in its place. Whole pairs and every other escape are left as they are.
+fn replace_lone_surrogates(text: &str) -> String {
+    fn escape_at(bytes: &[u8], at: usize) -> Option<u16> {
+        let hex = bytes.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        let Some(unit) = escape_at(bytes, at) else {
+            // Another escape (`\\`, `\"`, …): skip both bytes so an escaped backslash is not
+            // read as the start of the next escape.
+            at += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&unit)
+            && escape_at(bytes, at + 6).is_some_and(|low| (0xDC00..0xE000).contains(&low));
+        if paired {
+            at += 12;
+        } else if (0xD800..0xE000).contains(&unit) {
+            out.push_str(&text[copied..at]);
+            out.push_str("\\uFFFD");
+            at += 6;
+            copied = at;
+        } else {
+            at += 6;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
 
 /// Removes the insignificant whitespace of valid JSON text, leaving strings untouched.
 pub fn compact_json(text: &str) -> Cow<'_, str> {

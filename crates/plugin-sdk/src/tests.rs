@@ -871,3 +871,48 @@ fn logger_from_fn_receives_lines() {
         [(crate::LogLevel::Warn, "careful".to_owned())]
     );
 }
+
+/// Found by the `sdk_rows` fuzz target (its input is kept in the corpus): a cell holding an
+/// escaped half of a surrogate pair, which JSON allows and JavaScript writes for a string cut
+/// inside an emoji, failed `CellValue::parse` and so the whole batch.
+#[test]
+fn a_cell_with_half_a_surrogate_pair_types_as_a_string_with_a_replacement_character() {
+    let input = include_bytes!("../../../fuzz/corpus/sdk_rows/regression-lone-surrogate");
+    let nul = input
+        .iter()
+        .position(|&b| b == 0)
+        .expect("fields, NUL, rows");
+    let ndjson = &input[nul + 1..];
+    let batch = Batch::from_parts(BatchParts {
+        row_count: 1,
+        ndjson,
+        ..BatchParts::default()
+    });
+    let row = batch
+        .rows()
+        .next()
+        .expect("one row")
+        .expect("the row reads");
+    let (_, cell) = row.values[0];
+    assert_eq!(
+        CellValue::parse(cell).expect("the cell types"),
+        CellValue::String(Cow::Owned("\u{e83d}\u{fffd}".to_owned()))
+    );
+
+    let cases = [
+        (r#""\ud83d""#, "\u{fffd}"),
+        (r#""a\udE00b""#, "a\u{fffd}b"),
+        (r#""\ud83d\ude00""#, "😀"),
+        (r#""\ud83d\ud83d\ude00""#, "\u{fffd}😀"),
+        (r#""\\ud83d""#, "\\ud83d"),
+        (r#""\"\ud800\n""#, "\"\u{fffd}\n"),
+    ];
+    for (text, want) in cases {
+        let raw = RawValue::from_string(text.to_owned()).expect("JSON");
+        assert_eq!(
+            CellValue::parse(&raw).expect(text),
+            CellValue::String(Cow::Owned(want.to_owned())),
+            "{text}"
+        );
+    }
+}

@@ -491,3 +491,89 @@ fn events_envelope_must_be_an_object_with_a_data_array() {
     let truncated = events_page(br#"{"data":[{"id":"e1","#).expect_err("truncated");
     assert!(truncated.is_eof(), "{truncated}");
 }
+
+/// Found by the `events_page` fuzz target (its input is kept in the corpus): a listed event
+/// with a number beyond f64 was listed as usable, but the poller's scrubber could not read it,
+/// so the event was stored unscrubbed and could never be classified.
+#[test]
+fn events_an_item_the_scrubber_cannot_read_is_skipped_with_its_reason() {
+    let body =
+        include_bytes!("../../../../fuzz/corpus/events_page/regression-number-beyond-f64.json");
+    let page = events_page(body).expect("the page itself reads");
+    assert!(
+        page.skipped
+            .iter()
+            .any(|r| r.contains("number out of range")),
+        "{:?}",
+        page.skipped
+    );
+    for event in &page.events {
+        crate::scrub_webhook_body(&event.body).expect("every listed event scrubs");
+    }
+    assert_eq!(
+        (page.events.len() + page.skipped.len()) as u64,
+        page.items_on_page
+    );
+
+    let page = events_page(
+        br#"{"data":[{"id":"e1","topic":"t:x","payload":{"n":1e400}},{"id":"e2","topic":"t:x"}]}"#,
+    )
+    .expect("converts");
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e2"]);
+    assert_eq!(page.items_on_page, 2);
+    assert!(
+        page.skipped[0].starts_with("event 0 of the page cannot be read: number out of range"),
+        "{:?}",
+        page.skipped
+    );
+}
+
+/// Found by the `row_pages` fuzz target (its input is kept in the corpus): a record whose id
+/// was `""` became a batch row with an empty id, and sinks key rows on the id (the sqlite
+/// sink's `_record_id` is the primary key), so two such records would have been one.
+#[test]
+fn an_empty_record_id_fails_the_page_like_a_missing_one() {
+    let input = include_bytes!("../../../../fuzz/corpus/row_pages/regression-empty-record-id");
+    // The target's first byte picks the converter; an odd one is the records page.
+    assert_eq!(input[0] & 1, 1);
+    let error = records_page(&input[1..]).expect_err("an empty id is refused");
+    assert!(error.to_string().contains("record 0 has no id"), "{error}");
+
+    let page = legacy_page(
+        br#"{"data":[{"id":"","mapped":{"a":1}},{"id":"r2"},{"mapped":{}}]}"#,
+        "b9",
+        40,
+    )
+    .expect("converts");
+    let ids: Vec<Value> = lines(&page.ndjson)
+        .into_iter()
+        .map(|line| serde_json::from_str::<Value>(line).expect("JSON")["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("b9#40"), json!("r2"), json!("b9#42")]);
+}
+
+/// Found by the `row_pages` fuzz target (its input is kept in the corpus): a record id holding
+/// half a surrogate pair (`"\udbbd"`) was copied into the batch line as sent, and no sink
+/// could read the line. Lone halves become U+FFFD in ids, keys and cells; pairs stay.
+#[test]
+fn half_a_surrogate_pair_becomes_a_replacement_character_in_batch_lines() {
+    let input = include_bytes!("../../../../fuzz/corpus/row_pages/regression-lone-surrogate-id");
+    assert_eq!(input[0] & 1, 1, "an odd first byte is the records page");
+    let page = records_page(&input[1..]).expect("converts");
+    let first: Value = serde_json::from_str(lines(&page.ndjson)[0]).expect("JSON");
+    assert_eq!(first["id"], "pbdd\u{fffd}our1");
+
+    let page = legacy_page(
+        br#"{"data":[{"id":"a\ud83d","mapped":{"k\udc00":"\ud83d\ude00 \\ud83d \ud83d\ud83d\ude00"}}]}"#,
+        "b",
+        0,
+    )
+    .expect("converts");
+    assert_eq!(
+        lines(&page.ndjson),
+        [
+            r#"{"id":"a\uFFFD","valid":true,"values":{"k\uFFFD":"\ud83d\ude00 \\ud83d \uFFFD\ud83d\ude00"}}"#
+        ]
+    );
+}
