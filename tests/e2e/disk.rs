@@ -143,20 +143,6 @@ fn a_full_state_disk_answers_503_keeps_every_accepted_event_and_recovers_by_itse
     );
 }
 
-/// Rows each sink's checkpoints say are durable.
-fn checkpointed_rows_of(settings: &Daemon, sink: &str) -> u64 {
-    open_read_only(&settings.state_db())
-        .and_then(|c| {
-            c.query_row(
-                "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE sink = ?1",
-                [sink],
-                |r| r.get::<_, i64>(0),
-            )
-            .ok()
-        })
-        .map_or(0, |n| n as u64)
-}
-
 /// CSV records in every file of a csv-folder directory, finished or partial.
 fn csv_records_on_disk(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -266,7 +252,7 @@ fn full_sink_disk(sink: &SinkOnSmallDisk, name: &str) {
         Some("pending"),
         "the event of the full sink must wait, neither done nor failed"
     );
-    let counted = checkpointed_rows_of(daemon.settings(), "full");
+    let counted = daemon.checkpointed_rows_of("full");
     let on_disk = (sink.rows_on_disk)(&full_dir);
     assert!(
         counted > 0,

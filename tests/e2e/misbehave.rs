@@ -64,17 +64,6 @@ fn sink_gauge(daemon: &DaemonProcess, admin_port: u16, name: &str, sink: &str) -
     values[0]
 }
 
-/// Rows the state database counts as made durable by `sink`.
-fn checkpointed_rows_of(settings: &Daemon, sink: &str) -> u64 {
-    let conn = open_read_only(&settings.state_db()).expect("the state database exists");
-    conn.query_row(
-        "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE sink = ?1",
-        [sink],
-        |r| r.get::<_, i64>(0),
-    )
-    .expect("checkpoints are readable") as u64
-}
-
 /// The row ids a `fx-misbehave` ledger holds, with their counts.
 fn ledger_rows(path: &Path) -> Tally {
     let mut tally = Tally::default();
@@ -157,8 +146,8 @@ fn bad_sink_fails_alone(mode: &str, reasons: &[&str], stalls: bool) {
     }
     csv_rows(&csv_dir).assert_exactly(&expected, "the csv sink beside the misbehaving one");
     // 0 rows counted that are not on disk: the bad sink made nothing durable.
-    assert_eq!(checkpointed_rows_of(daemon.settings(), "archive"), 3 * rows);
-    assert_eq!(checkpointed_rows_of(daemon.settings(), "flaky"), 0);
+    assert_eq!(daemon.checkpointed_rows_of("archive"), 3 * rows);
+    assert_eq!(daemon.checkpointed_rows_of("flaky"), 0);
 
     let letters = cli_json(daemon.settings(), &["dead-letter", "list", "--json"]);
     let letters = letters.as_array().expect("an array");
@@ -307,7 +296,7 @@ fn sigterm_with_a_thread_stuck_in_a_plugin_exits_0_and_the_restart_completes_fro
         },
         || daemon.log_tail(),
     );
-    let flaky_before = checkpointed_rows_of(daemon.settings(), "flaky");
+    let flaky_before = daemon.checkpointed_rows_of("flaky");
     assert!(
         flaky_before > 0,
         "the two good calls were checkpointed before the hang"
@@ -343,7 +332,7 @@ fn sigterm_with_a_thread_stuck_in_a_plugin_exits_0_and_the_restart_completes_fro
     // What the checkpoints count for the plugin is what it made durable, nothing more.
     assert_eq!(
         ledger_rows(&ledger).total(),
-        checkpointed_rows_of(daemon.settings(), "flaky")
+        daemon.checkpointed_rows_of("flaky")
     );
 
     daemon.update_config(|s| s.replace_sink("flaky", &plugin, &flaky_config("ok")));
@@ -354,10 +343,10 @@ fn sigterm_with_a_thread_stuck_in_a_plugin_exits_0_and_the_restart_completes_fro
     expected.extend(legacy_row_ids(sim.config(), "b-stuck-2"));
     csv_rows(&csv_dir).assert_exactly(&expected, "the csv sink after the restart");
     ledger_rows(&ledger).assert_exactly(&expected, "the fixed plugin's ledger after the restart");
-    assert_eq!(checkpointed_rows_of(daemon.settings(), "archive"), 2 * rows);
-    assert_eq!(checkpointed_rows_of(daemon.settings(), "flaky"), 2 * rows);
+    assert_eq!(daemon.checkpointed_rows_of("archive"), 2 * rows);
+    assert_eq!(daemon.checkpointed_rows_of("flaky"), 2 * rows);
     assert!(
-        checkpointed_rows_of(daemon.settings(), "flaky") > flaky_before,
+        daemon.checkpointed_rows_of("flaky") > flaky_before,
         "the restart resumed the plugin's delivery"
     );
     let stop = daemon.stop();

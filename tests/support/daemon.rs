@@ -700,11 +700,22 @@ impl DaemonProcess {
 
     /// Rows the sinks made durable so far, summed over every checkpoint in the state database.
     pub fn checkpointed_rows(&self) -> u64 {
+        self.sum_checkpointed_rows(None)
+    }
+
+    /// Rows the state database counts as made durable by `sink`.
+    pub fn checkpointed_rows_of(&self, sink: &str) -> u64 {
+        self.sum_checkpointed_rows(Some(sink))
+    }
+
+    fn sum_checkpointed_rows(&self, sink: Option<&str>) -> u64 {
         open_read_only(&self.settings.state_db())
             .and_then(|c| {
-                c.query_row("SELECT COALESCE(SUM(rows), 0) FROM checkpoints", [], |r| {
-                    r.get::<_, i64>(0)
-                })
+                c.query_row(
+                    "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
+                    [sink],
+                    |r| r.get::<_, i64>(0),
+                )
                 .ok()
             })
             .map_or(0, |n| n as u64)
