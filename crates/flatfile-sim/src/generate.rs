@@ -142,6 +142,29 @@ fn owned(text: String) -> Value {
     Value::Str(Cow::Owned(text))
 }
 
+/// Opens a legacy page: its `pagination` object and the start of `data`, for `total` rows read
+/// `take` at a time from `skip`.
+pub(crate) fn put_legacy_pagination(out: &mut Vec<u8>, total: u64, skip: u64, take: u64) {
+    let on_page = skip.saturating_add(take).min(total) - skip.min(total);
+    put(out, "{\"pagination\":{\"currentPage\":");
+    put_display(out, skip / take + 1);
+    put(out, ",\"limit\":");
+    put_display(out, take);
+    put(out, ",\"offset\":");
+    put_display(out, skip);
+    put(out, ",\"onPage\":");
+    put_display(out, on_page);
+    // Always present, as in the one captured response, even past the last page: clients must
+    // stop on totalCount/pageCount, not on a missing nextOffset.
+    put(out, ",\"nextOffset\":");
+    put_display(out, skip.saturating_add(take));
+    put(out, ",\"totalCount\":");
+    put_display(out, total);
+    put(out, ",\"pageCount\":");
+    put_display(out, total.div_ceil(take));
+    put(out, "},\"data\":[");
+}
+
 pub(crate) fn put(out: &mut Vec<u8>, raw: &str) {
     out.extend_from_slice(raw.as_bytes());
 }
@@ -576,23 +599,7 @@ pub(crate) fn write_legacy_page(
     let batch = BatchKey::new(seed, batch_id);
     let start = skip.min(total);
     let end = skip.saturating_add(take).min(total);
-    put(out, "{\"pagination\":{\"currentPage\":");
-    put_display(out, skip / take + 1);
-    put(out, ",\"limit\":");
-    put_display(out, take);
-    put(out, ",\"offset\":");
-    put_display(out, skip);
-    put(out, ",\"onPage\":");
-    put_display(out, end - start);
-    // Always present, as in the one captured response, even past the last page: clients must
-    // stop on totalCount/pageCount, not on a missing nextOffset.
-    put(out, ",\"nextOffset\":");
-    put_display(out, skip.saturating_add(take));
-    put(out, ",\"totalCount\":");
-    put_display(out, total);
-    put(out, ",\"pageCount\":");
-    put_display(out, total.div_ceil(take));
-    put(out, "},\"data\":[");
+    put_legacy_pagination(out, total, skip, take);
     // Bytes repeated on every row, built once per page.
     let key_prefixes = |keys: &mut dyn Iterator<Item = &str>| -> Vec<Vec<u8>> {
         keys.enumerate()

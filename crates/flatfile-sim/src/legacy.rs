@@ -11,7 +11,7 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::generate::{
     self, DAY_MS, IMPORT_EPOCH_MS, LEGACY_COLUMNS, hash_str, is_invalid_row, legacy_row, put,
-    put_display, put_str,
+    put_display, put_legacy_pagination, put_str,
 };
 use crate::{SimConfig, clock};
 
@@ -103,21 +103,7 @@ pub(crate) fn write_workspace_page(
     let key = WorkspaceKey::new(seed, workspace_id, sheet_id);
     let start = skip.min(total);
     let end = skip.saturating_add(take).min(total);
-    put(out, "{\"pagination\":{\"currentPage\":");
-    put_display(out, skip / take + 1);
-    put(out, ",\"limit\":");
-    put_display(out, take);
-    put(out, ",\"offset\":");
-    put_display(out, skip);
-    put(out, ",\"onPage\":");
-    put_display(out, end - start);
-    put(out, ",\"nextOffset\":");
-    put_display(out, skip.saturating_add(take));
-    put(out, ",\"totalCount\":");
-    put_display(out, total);
-    put(out, ",\"pageCount\":");
-    put_display(out, total.div_ceil(take));
-    put(out, "},\"data\":[");
+    put_legacy_pagination(out, total, skip, take);
     let mut tail = Vec::new();
     put(&mut tail, ",\"createdAt\":");
     put_str(&mut tail, &key.created_at());
