@@ -9,7 +9,7 @@ use flatfile_sim::{
     AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, EventsOrder, NewRecords, SimConfig, SimEvent,
     SubmitRequest, legacy_row_ids, legacy_webhook_body,
 };
-use flatsync_tests::check::{assert_csv_matches, csv_files, csv_leftovers, sqlite_rows};
+use flatsync_tests::check::{assert_csv_matches, assert_no_csv_leftovers, csv_files, sqlite_rows};
 use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, json};
@@ -389,11 +389,7 @@ fn capped_record_pages_deliver_every_row_of_every_stream_once() {
         more.record_ids.clone(),
     ));
 
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let files = csv_files(&csv_dir);
     assert_eq!(
         files.len(),

@@ -14,8 +14,8 @@ use flatfile_sim::{
     workspace_rows, workspace_webhook_body,
 };
 use flatsync_tests::check::{
-    SqlValue, Tally, assert_csv_matches, csv_files, csv_leftovers, sqlite_rows, sqlite_table,
-    sqlite_tables,
+    SqlValue, Tally, assert_csv_matches, assert_no_csv_leftovers, csv_files, sqlite_rows,
+    sqlite_table, sqlite_tables,
 };
 use flatsync_tests::daemon::{open_read_only, toml_string};
 use flatsync_tests::sim::SourceRow;
@@ -327,11 +327,7 @@ fn polling_delivers_a_submit_and_record_mutations_without_any_webhook() {
     }
 
     let files = csv_files(&csv_dir);
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let created_file = csv_file(
         &files,
         &format!("contacts-{}.csv", event_of(&added, "records:created")),
@@ -493,11 +489,7 @@ fn an_event_both_posted_and_polled_is_delivered_once() {
         format!("contacts-{}.csv", event_of(&edited, "records:updated")),
         edited.record_ids.clone(),
     );
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let files = csv_files(&csv_dir);
     assert_eq!(
         files.keys().collect::<Vec<_>>(),
@@ -688,11 +680,7 @@ fn each_topic_family_reaches_its_sinks() {
     );
 
     // CSV: exactly one file per stream, each with its records once.
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let files = csv_files(&csv_dir);
     let deletions_name = format!("contacts-deleted-{deletion}.csv");
     let mut want_names: Vec<&String> = expected_files.keys().collect();
@@ -867,11 +855,7 @@ fn deletions_reach_sqlite_marked_sqlite_csv_and_http_forward() {
     }
 
     // csv-folder: a deletions file listing the ids.
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let files = csv_files(&csv_dir);
     let name = format!("contacts-deleted-{deletion}.csv");
     let file = csv_file(&files, &name);
@@ -1050,8 +1034,8 @@ fn route_filters_and_snapshots_choose_what_each_sink_gets() {
     sqlite_rows(&filtered_db).assert_exactly(contacts_record, "the sheetSlug = contacts sink");
 
     // The unfiltered delta route: one file per event, with the one new record.
-    assert!(csv_leftovers(&delta_dir).is_empty());
-    assert!(csv_leftovers(&snapshot_dir).is_empty());
+    assert_no_csv_leftovers(&delta_dir);
+    assert_no_csv_leftovers(&snapshot_dir);
     let delta = csv_files(&delta_dir);
     let snapshot = csv_files(&snapshot_dir);
     let mut delta_names = Vec::new();

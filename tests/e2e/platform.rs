@@ -5,8 +5,8 @@ use flatfile_sim::{
     workbook_sheets,
 };
 use flatsync_tests::check::{
-    Tally, assert_csv_matches, assert_sqlite_matches, csv_files, csv_leftovers, sqlite_rows,
-    sqlite_tables,
+    Tally, assert_csv_matches, assert_no_csv_leftovers, assert_sqlite_matches, csv_files,
+    sqlite_rows, sqlite_tables,
 };
 use flatsync_tests::{Daemon, Sim, TestDir};
 
@@ -56,11 +56,7 @@ fn workbook_submit_reaches_csv_and_sqlite_once_and_completes_the_job() {
         "one CSV file per sheet: {:?}",
         files.keys()
     );
-    assert!(
-        csv_leftovers(&csv_dir).is_empty(),
-        "{:?}",
-        csv_leftovers(&csv_dir)
-    );
+    assert_no_csv_leftovers(&csv_dir);
     let mut tables = sqlite_tables(&db);
     tables.sort();
     let mut slugs: Vec<String> = sheets.iter().map(|s| s.1.clone()).collect();

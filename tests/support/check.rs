@@ -190,15 +190,20 @@ pub fn csv_leftovers(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Record id counts over every finished CSV file of a csv-folder sink (column `_id`). Also
-/// asserts the sink left no in-progress files behind: call it once the events are done.
-pub fn csv_rows(dir: &Path) -> Tally {
+/// Asserts a csv-folder directory holds no in-progress files: call it once the events are done.
+pub fn assert_no_csv_leftovers(dir: &Path) {
     let leftovers = csv_leftovers(dir);
     assert!(
         leftovers.is_empty(),
         "{} holds in-progress files after every event finished: {leftovers:?}",
         dir.display()
     );
+}
+
+/// Record id counts over every finished CSV file of a csv-folder sink (column `_id`). Also
+/// asserts the sink left no in-progress files behind: call it once the events are done.
+pub fn csv_rows(dir: &Path) -> Tally {
+    assert_no_csv_leftovers(dir);
     let mut tally = Tally::default();
     for (name, file) in csv_files(dir) {
         let id = file
