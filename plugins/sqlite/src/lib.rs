@@ -217,8 +217,8 @@ impl Sink for SqliteSink {
         let kind = batch.kind();
         table::check_table_name(kind)?;
         let result = self.apply(batch).map_err(|error| {
-            // An operator reading a full-disk retry needs to know which file to make room for.
-            if error.is_retry() && error.message().contains("ENOSPC") {
+            // A retry waits on the file (room on its disk, a lock held elsewhere): name it.
+            if error.is_retry() {
                 error.context(self.path.display())
             } else {
                 error
