@@ -1,29 +1,22 @@
 //! Times as operators type and read them: RFC 3339 in UTC, and durations like `2h` or `7d`.
 
-use crate::ops::OpsError;
-
 const MS_PER_SECOND: i64 = 1_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 
 /// Turns `--since` text into milliseconds since the Unix epoch: an RFC 3339 time
 /// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`) or a duration back from `now_ms`
 /// made of numbers with units `s`, `m`, `h`, `d`, `w` (`30m`, `2h`, `7d`, `1h30m`).
-pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, OpsError> {
+/// `None` when the text is neither.
+pub(crate) fn parse_since(text: &str, now_ms: i64) -> Option<i64> {
     let text = text.trim();
-    let invalid = || {
-        OpsError::Refused(format!(
-            "`{text}` is neither an RFC 3339 time like 2024-05-01T12:00:00Z nor a duration like \
-             30m, 2h or 7d"
-        ))
-    };
     if text.is_empty() {
-        return Err(invalid());
+        return None;
     }
     if text.as_bytes()[0].is_ascii_digit() && text.len() >= 10 && text.as_bytes()[4] == b'-' {
-        return parse_rfc3339(text).ok_or_else(invalid);
+        return parse_rfc3339(text);
     }
-    let back = parse_duration_ms(text).ok_or_else(invalid)?;
-    Ok(now_ms.saturating_sub(back))
+    let back = parse_duration_ms(text)?;
+    Some(now_ms.saturating_sub(back))
 }
 
 fn parse_duration_ms(text: &str) -> Option<i64> {
@@ -230,7 +223,7 @@ mod tests {
             "2024-13-01T00:00:00Z",
             "2024-05-01T12:00:00.Z",
         ] {
-            assert!(parse_since(bad, 0).is_err(), "{bad}");
+            assert!(parse_since(bad, 0).is_none(), "{bad}");
         }
     }
 
@@ -242,7 +235,7 @@ mod tests {
         assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400_000);
         assert_eq!(parse_since("1h30m", now).unwrap(), now - 5_400_000);
         for bad in ["", "h", "5", "5x", "-5m", "2h5"] {
-            assert!(parse_since(bad, now).is_err(), "{bad:?}");
+            assert!(parse_since(bad, now).is_none(), "{bad:?}");
         }
     }
 

@@ -848,7 +848,7 @@ pub async fn check_sinks(config: &Config, create: bool) -> Vec<SinkCheck> {
         let (ok, message) = if create {
             let mut alone = config.clone();
             alone.sinks = BTreeMap::from([(name.clone(), sink.clone())]);
-            match crate::start_sinks(&alone, &Default::default()).await {
+            match crate::daemon::start_sinks(&alone, &Default::default()).await {
                 Ok(workers) => {
                     let mut message = String::new();
                     for worker in workers.values() {
@@ -860,7 +860,7 @@ pub async fn check_sinks(config: &Config, create: bool) -> Vec<SinkCheck> {
                 Err(error) => (false, error_chain(&error)),
             }
         } else {
-            match crate::load_sink_plugin(config, name, sink, &Default::default()) {
+            match crate::daemon::load_sink_plugin(config, name, sink, &Default::default()) {
                 Ok(plugin) => (
                     true,
                     format!(

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use crate::time::{format_utc, parse_since};
+pub use crate::time::format_utc;
 pub use doctor::{
     ApiCheck, ApiOutcome, RepairReport, SinkCheck, StateHealth, StateInspection, TableSalvage,
     check_flatfile, check_sinks, daemon_using_state, inspect_state, repair_state,
@@ -36,6 +36,19 @@ pub use repair::{
 };
 
 use crate::state::{EventStatus, SCHEMA_VERSION, StateDb};
+
+/// Turns `--since` text into milliseconds since the Unix epoch: an RFC 3339 time
+/// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`) or a duration back from `now_ms`
+/// made of numbers with units `s`, `m`, `h`, `d`, `w` (`30m`, `2h`, `7d`, `1h30m`).
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, OpsError> {
+    crate::time::parse_since(text, now_ms).ok_or_else(|| {
+        OpsError::Refused(format!(
+            "`{}` is neither an RFC 3339 time like 2024-05-01T12:00:00Z nor a duration like \
+             30m, 2h or 7d",
+            text.trim()
+        ))
+    })
+}
 
 /// How long a command waits for the daemon's locks.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{OpsDb, OpsError};
 use crate::config::Config;
-use crate::route::TopicPattern;
+use crate::pipeline::route::TopicPattern;
 use crate::state::{EventStatus, now_ms, stream_for_generation};
 
 /// What `flatsync status --json` prints.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::{Config, SecretSource};
-use crate::route::TopicPattern;
+use crate::pipeline::route::TopicPattern;
 use crate::state::{Checkpoint, StreamPlan, now_ms};
 
 const TOPIC: &str = "portalImportSubmitted";

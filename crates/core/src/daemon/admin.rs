@@ -107,7 +107,7 @@ async fn serve_with(
             "Admin listener ready"
         );
     }
-    crate::listener::serve(listener, app, limits, "admin", stop, Some(STOP_GRACE)).await;
+    crate::daemon::listener::serve(listener, app, limits, "admin", stop, Some(STOP_GRACE)).await;
     beats.abort();
 }
 

@@ -263,6 +263,10 @@ pub struct Checkpoint {
     pub rows: u64,
 }
 
+/// Inbox `kind` of an upload whose rows came in webhook bodies (`carried_parts`), stored
+/// when its last part arrived.
+pub(crate) const CARRIED_KIND: &str = "carried";
+
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and

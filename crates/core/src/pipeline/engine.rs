@@ -10,19 +10,15 @@ use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_b
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
 
-use crate::carried::CARRIED_KIND;
 use crate::config::Config;
-use crate::fetch::{Batch, FetchError, StreamReader};
 use crate::health::Health;
-use crate::plan::{self, Family, SubmitJob};
-use crate::route::{RoutedEvent, route_event};
+use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
+use crate::pipeline::plan::{self, Family, SubmitJob};
+use crate::pipeline::route::{RoutedEvent, route_event};
 use crate::state::{
-    Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan, StreamSource,
-    stream_for_generation,
+    CARRIED_KIND, Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan,
+    StreamSource, stream_for_generation,
 };
-
-/// Stream kind of legacy batches (the SQLite sink's table name for them).
-pub const LEGACY_KIND: &str = flatsync_flatfile::LEGACY_BATCH_KIND;
 
 /// Everything event processing needs, shared by all event tasks.
 pub(crate) struct Engine {

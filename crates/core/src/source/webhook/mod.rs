@@ -1,5 +1,5 @@
 //! The webhook source: an HTTP endpoint that accepts Flatfile notifications, checks who sent
-//! them (`webhook_auth.rs`), scrubs credentials out of them and commits them to the inbox
+//! them (`auth`), scrubs credentials out of them and commits them to the inbox
 //! before answering 2xx.
 //!
 //! Order of the checks, so that nothing is read, parsed or stored for a request that cannot
@@ -7,6 +7,9 @@
 //! signature over the raw bytes (401), scrubbing and parsing (400, 422), a legacy
 //! notification's JWT (401), the event's environment against the credential's (403), then the
 //! inbox.
+
+pub(crate) mod auth;
+pub(crate) mod carried;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -23,11 +26,11 @@ use flatsync_flatfile::{
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::carried::PartOutcome;
-use crate::dispatch::AcceptedTx;
+use self::auth::{Gate, Rejection, WebhookAuth};
+use self::carried::PartOutcome;
 use crate::health::Health;
+use crate::pipeline::dispatch::AcceptedTx;
 use crate::state::{StateDb, now_ms};
-use crate::webhook_auth::{self, Gate, Rejection, WebhookAuth};
 
 /// The credentials in force; a reload swaps them for new requests.
 pub(crate) type AuthSlot = Arc<RwLock<Arc<WebhookAuth>>>;
@@ -330,13 +333,13 @@ async fn receive(
         Err(response) => return response,
     };
     let (mut method_used, request_scope) = match gate {
-        Gate::Open => (webhook_auth::Method::Open, None),
+        Gate::Open => (auth::Method::Open, None),
         Gate::Admitted(method, scope) => (method, Some(scope)),
         Gate::VerifySignature => match auth.verify_signature(&headers, &bytes) {
             Ok((method, scope)) => (method, Some(scope)),
             Err(rejection) => return refuse(rejection, &shown_path),
         },
-        Gate::JwtOnly => (webhook_auth::Method::Jwt, None),
+        Gate::JwtOnly => (auth::Method::Jwt, None),
     };
 
     let scrubbed = match scrub_webhook_body(&bytes) {
@@ -373,7 +376,7 @@ async fn receive(
                     };
                     jwt_scope = Some(scope);
                     if request_scope.is_none() {
-                        method_used = webhook_auth::Method::Jwt;
+                        method_used = auth::Method::Jwt;
                     }
                 }
                 Err(rejection) => return refuse(rejection, &shown_path),

@@ -19,9 +19,11 @@ use flatsync_flatfile::{
 };
 
 use crate::config::{Config, UnnamedRecords};
-use crate::pipeline::LEGACY_KIND;
-use crate::route::RoutedSink;
+use crate::pipeline::route::RoutedSink;
 use crate::state::{StreamPlan, StreamSource};
+
+/// Stream kind of legacy batches (the SQLite sink's table name for them).
+pub const LEGACY_KIND: &str = flatsync_flatfile::LEGACY_BATCH_KIND;
 
 /// Stream kind (and so SQLite table, CSV file prefix) of row-less events.
 pub(crate) const EVENTS_KIND: &str = "events";

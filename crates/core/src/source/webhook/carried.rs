@@ -10,10 +10,7 @@
 use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart, portal2_stream};
 use rusqlite::{OptionalExtension, params};
 
-use crate::state::{StateDb, StateError, StreamPlan, StreamSource, now_ms};
-
-/// Inbox `kind` of a completed upload.
-pub(crate) const CARRIED_KIND: &str = "carried";
+use crate::state::{CARRIED_KIND, StateDb, StateError, StreamPlan, StreamSource, now_ms};
 
 /// What storing a part did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,9 @@ use flatsync_flatfile::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::route::{RouteFilter, TopicPattern};
+pub mod filter;
+
+use filter::{RouteFilter, TopicPattern};
 
 /// A configuration error, located in the file when it can be.
 #[derive(Debug, thiserror::Error)]

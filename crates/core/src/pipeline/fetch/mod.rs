@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use flatsync_flatfile::{ApiError, FlatfileClient, LegacyPage, RecordsPage, RecordsSelection};
 
-use crate::plan;
+use crate::pipeline::plan;
 use crate::state::{StateDb, StateError, StoredEvent, StreamPlan, StreamSource};
 
 /// One page as a source answered it.

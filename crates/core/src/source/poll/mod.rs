@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{EnvironmentConfig, PollConfig};
-use crate::dispatch::AcceptedTx;
-use crate::fetch::fit;
-use crate::pipeline::{EngineSlot, current};
+use crate::pipeline::dispatch::AcceptedTx;
+use crate::pipeline::engine::{EngineSlot, current};
+use crate::pipeline::fetch::fit;
 use crate::state::{PolledEvent, StateDb, StateError, now_ms};
 use crate::time::{format_utc_millis, parse_rfc3339};
 

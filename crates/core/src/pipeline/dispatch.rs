@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::health::{HEARTBEAT_INTERVAL, Health};
-use crate::pipeline::{EngineSlot, current};
+use crate::pipeline::engine::{EngineSlot, current};
 use crate::state::StateDb;
 
 /// How often the dispatcher looks for pending events it was not told about: events an operator
