@@ -130,16 +130,20 @@ mod error;
 mod ffi;
 pub mod files;
 mod host;
+mod seq;
 pub mod time;
 
 pub use flatsync_plugin_api as abi;
 pub use serde_json;
 
-pub use batch::{Batch, BatchParts, CellValue, Row, Rows, compact_json, write_json_string};
+pub use batch::{
+    Batch, BatchParts, CellValue, Row, RowJson, Rows, compact_json, write_json_string,
+};
 pub use config::ConfigReader;
 pub use error::{ErrorKind, SinkError};
 pub use ffi::PluginDescriptor;
 pub use host::{CreateContext, LogLevel, Logger};
+pub use seq::{BatchStep, StreamPosition};
 
 /// The descriptor of sink type `S`, for running it inside the program that embeds flatsync,
 /// with no shared library: hand it to `flatsync_core::DaemonBuilder::plugin`. Calls go through
