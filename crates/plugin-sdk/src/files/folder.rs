@@ -213,6 +213,35 @@ impl<F: FolderStream> StreamFolder<F> {
         &self.dir
     }
 
+    /// Removes every temporary file of every stream in the folder (the state file's and the
+    /// kinds named in [`with_temporaries`](Self::with_temporaries)): at start-up none is worth
+    /// keeping, since the files they would have replaced are still in place. One that cannot be
+    /// removed is logged and left for when its stream is next opened.
+    pub fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let suffixes: Vec<String> = std::iter::once("state")
+            .chain(self.temporaries.iter().copied())
+            .map(|kind| format!(".{}.{kind}.tmp", self.extension))
+            .collect();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if file_name.starts_with('.')
+                && suffixes.iter().any(|suffix| file_name.ends_with(suffix))
+                && let Err(error) = fs::remove_file(entry.path())
+            {
+                self.logger.warn(&format!(
+                    "Cannot remove stale temporary file {}: {error}",
+                    entry.path().display()
+                ));
+            }
+        }
+    }
+
     /// The stream `name` in progress, opened from its files on its first batch in this process
     /// (`start` turns what was found into the sink's stream); `None` when the stream is
     /// complete. Refuses a stream id that could not safely be a file name.
@@ -404,7 +433,8 @@ impl StreamFile {
             SinkError::fatal(format!("state file {} {what}", layout.state.display()))
         })?;
         let (applied_seq, len) = (saved.applied_seq(), saved.durable_len());
-        let (file, found) = reopen_partial(&layout.partial, &layout.state, applied_seq, len, false)?;
+        let (file, found) =
+            reopen_partial(&layout.partial, &layout.state, applied_seq, len, false)?;
         logger.info(&format!(
             "Stream resumed: {} after seq {applied_seq} ({len} bytes kept, {} dropped)",
             layout.name,

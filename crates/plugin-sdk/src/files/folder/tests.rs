@@ -94,7 +94,13 @@ fn a_restart_cuts_back_what_was_never_flushed_and_resumes_after_the_recorded_seq
     let file = second
         .open("s", |found| match found {
             Found::Resumed(file, saved) => {
-                assert_eq!(saved, Position { applied_seq: 0, len: 5 });
+                assert_eq!(
+                    saved,
+                    Position {
+                        applied_seq: 0,
+                        len: 5
+                    }
+                );
                 Ok(file)
             }
             Found::Fresh(_) => panic!("the state file was not found"),
@@ -225,6 +231,33 @@ fn temporaries_of_an_unfinished_stream_are_removed_when_it_opens() {
         dir.path().join(".s.txt.copy.tmp")
     );
     assert_eq!(entries(dir.path()), [".s.txt.partial"]);
+}
+
+#[test]
+fn stale_temporaries_of_every_stream_go_at_start_up_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in [
+        ".a.txt.state.tmp",
+        ".b.txt.copy.tmp",
+        ".c.txt.state",
+        ".c.txt.partial",
+        "d.txt",
+        ".e.csv.state.tmp",
+    ] {
+        fs::write(dir.path().join(name), "x").expect("write");
+    }
+    folder(dir.path())
+        .with_temporaries(&["copy"])
+        .remove_stale_temporaries();
+    assert_eq!(
+        entries(dir.path()),
+        [
+            ".c.txt.partial",
+            ".c.txt.state",
+            ".e.csv.state.tmp",
+            "d.txt"
+        ]
+    );
 }
 
 #[test]
@@ -374,10 +407,7 @@ fn a_state_file_longer_than_its_partial_is_fatal() {
         .open("s", |found| Ok(found.into_file()))
         .expect_err("the data and the state disagree");
     assert!(!error.is_retry());
-    assert!(
-        error.message().contains("records 9 bytes but"),
-        "{error}"
-    );
+    assert!(error.message().contains("records 9 bytes but"), "{error}");
 }
 
 type LogLines = std::sync::Arc<std::sync::Mutex<Vec<(LogLevel, String)>>>;
