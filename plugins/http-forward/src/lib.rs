@@ -143,7 +143,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use flatsync_plugin_sdk::{
-    Batch, CreateContext, Logger, Row, Sink, SinkError, export_sink, serde_json,
+    Batch, BatchStep, CreateContext, Logger, Row, Sink, SinkError, StreamPosition, export_sink,
+    serde_json,
 };
 
 use body::Part;
@@ -155,8 +156,8 @@ use deliver::{Deliverer, Request};
 pub struct HttpForward {
     deliverer: Deliverer,
     logger: Logger,
-    /// Next expected seq per stream seen in this process and not finished yet.
-    next_seq: HashMap<String, u64>,
+    /// How far each stream seen in this process and not finished yet was accepted.
+    positions: HashMap<String, StreamPosition>,
     /// The batch that last ran out of budget, and which of its parts got a 2xx.
     pending: Option<Pending>,
 }
@@ -182,12 +183,13 @@ impl Sink for HttpForward {
         let deadline = started + self.deliverer.config().retry_budget;
         let stream = batch.stream();
         let seq = batch.seq();
-        if let Some(&next) = self.next_seq.get(stream)
-            && seq > next
-        {
-            return Err(SinkError::fatal(format!(
-                "stream {stream}: got batch seq {seq} but the next expected is {next}; batches are missing"
-            )));
+        if let Some(position) = self.positions.get(stream) {
+            match position.step(batch)? {
+                // Only a gap stops a batch here. One the receiver accepted before is sent
+                // again under the same ids, for its deduplication to drop: without a durable
+                // position of its own, the sink leaves "already held" to the receiver.
+                BatchStep::Skip | BatchStep::Finish | BatchStep::Apply => {}
+            }
         }
         let rows: Vec<Row<'_>> = batch.rows().collect::<Result<_, _>>()?;
         let fields = batch.fields()?;
@@ -245,10 +247,14 @@ impl Sink for HttpForward {
             sent += 1;
         }
         if batch.is_last() {
-            self.next_seq.remove(stream);
+            self.positions.remove(stream);
         } else {
-            let next = self.next_seq.entry(stream.to_owned()).or_insert(0);
-            *next = (*next).max(seq + 1);
+            let held = match self.positions.get(stream) {
+                Some(StreamPosition::Applied(held)) => (*held).max(seq),
+                _ => seq,
+            };
+            self.positions
+                .insert(stream.to_owned(), StreamPosition::Applied(held));
         }
         self.logger.debug(&format!(
             "Batch forwarded: stream={stream} seq={seq} rows={} parts={parts} sent={sent} elapsed_ms={}",
@@ -291,7 +297,7 @@ impl HttpForward {
         Ok(Self {
             deliverer: Deliverer::new(config, logger.clone()),
             logger,
-            next_seq: HashMap::new(),
+            positions: HashMap::new(),
             pending: None,
         })
     }
