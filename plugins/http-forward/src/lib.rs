@@ -140,7 +140,7 @@ mod config;
 mod deliver;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
 
 use flatsync_plugin_sdk::{
     Batch, BatchStep, CreateContext, Logger, Row, Sink, SinkError, StreamPosition, export_sink,
@@ -149,7 +149,7 @@ use flatsync_plugin_sdk::{
 
 use body::Part;
 use config::Config;
-use deliver::{Deliverer, Request};
+use deliver::{Clock, Deliverer, Request, SystemClock};
 
 /// An http-forward sink instance: one per `[sinks.NAME]` entry of the daemon's config.
 #[derive(Debug)]
@@ -175,11 +175,11 @@ impl Sink for HttpForward {
 
     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
         let env = |name: &str| std::env::var_os(name);
-        Self::with_env(ctx, config, &env)
+        Self::with_env(ctx, config, &env, Arc::new(SystemClock))
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let started = Instant::now();
+        let started = self.deliverer.now();
         let deadline = started + self.deliverer.config().retry_budget;
         let stream = batch.stream();
         let seq = batch.seq();
@@ -259,7 +259,10 @@ impl Sink for HttpForward {
         self.logger.debug(&format!(
             "Batch forwarded: stream={stream} seq={seq} rows={} parts={parts} sent={sent} elapsed_ms={}",
             rows.len(),
-            started.elapsed().as_millis()
+            self.deliverer
+                .now()
+                .saturating_duration_since(started)
+                .as_millis()
         ));
         Ok(())
     }
@@ -286,16 +289,18 @@ impl Sink for HttpForward {
 
 impl HttpForward {
     /// `create` with environment lookups (`secret_env`, `$CREDENTIALS_DIRECTORY`) served by
-    /// `env`, so tests need not change the process environment.
+    /// `env` and time read from `clock`, so tests need not change the process environment or
+    /// wait for the machine's clock.
     fn with_env(
         ctx: &CreateContext<'_>,
         config: serde_json::Value,
         env: config::EnvLookup<'_>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, SinkError> {
         let config = Config::parse(config, env)?;
         let logger = ctx.logger().clone();
         Ok(Self {
-            deliverer: Deliverer::new(config, logger.clone()),
+            deliverer: Deliverer::new(config, logger.clone(), clock),
             logger,
             positions: HashMap::new(),
             pending: None,
