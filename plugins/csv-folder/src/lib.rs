@@ -182,14 +182,7 @@ impl Sink for CsvFolder {
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
-        let probe = self.config.dir.join(".csv-folder-check.tmp");
-        let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
-        result.map_err(|error| {
-            SinkError::retry(format!(
-                "{} is not writable: {error}",
-                self.config.dir.display()
-            ))
-        })
+        self.streams.check_writable()
     }
 }
 

@@ -248,6 +248,16 @@ impl Table {
         }
     }
 
+    /// Rows of any width: a row written before a column was added is short until the rewrite.
+    fn writer_builder(&self) -> csv::WriterBuilder {
+        let mut builder = csv::WriterBuilder::new();
+        builder
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .buffer_capacity(WRITE_BUFFER);
+        builder
+    }
+
     /// Writes the rows of `batch` (and the header, on the first batch). After a failure the
     /// writer is dropped before the partial is cut back, so whatever it still buffered is cut
     /// off too.
@@ -258,11 +268,7 @@ impl Table {
         scratch: &mut String,
     ) -> Result<(), SinkError> {
         let path = partial.path().to_path_buf();
-        let mut writer = csv::WriterBuilder::new()
-            .flexible(true)
-            .delimiter(self.delimiter)
-            .buffer_capacity(WRITE_BUFFER)
-            .from_writer(partial);
+        let mut writer = self.writer_builder().from_writer(partial);
         let out = Out {
             stream: batch.stream(),
             path: &path,
@@ -394,11 +400,7 @@ impl Table {
             .from_reader(input.take(file.written_len()));
         let output =
             File::create(target).map_err(|error| io_retry("cannot create", target, &error))?;
-        let mut writer = csv::WriterBuilder::new()
-            .flexible(true)
-            .delimiter(self.delimiter)
-            .buffer_capacity(WRITE_BUFFER)
-            .from_writer(output);
+        let mut writer = self.writer_builder().from_writer(output);
         let read_error = |error: csv::Error| csv_error(file.name(), partial, error);
         let write_error = |error: csv::Error| csv_error(file.name(), target, error);
         if width > 0 {

@@ -56,7 +56,6 @@ use flatsync_plugin_sdk::{
 /// A jsonl-folder sink instance: one per `[sinks.NAME]` entry of the daemon's config.
 #[derive(Debug)]
 pub struct JsonlFolder {
-    dir: PathBuf,
     envelope: bool,
     /// The streams' files: partial, state file, and final name once complete.
     streams: StreamFolder<StreamFile>,
@@ -86,7 +85,6 @@ impl Sink for JsonlFolder {
         })?;
         Ok(Self {
             streams: StreamFolder::new(&dir, "jsonl", ctx.logger().clone()),
-            dir,
             envelope,
             lines: Vec::new(),
         })
@@ -124,11 +122,7 @@ impl Sink for JsonlFolder {
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
-        let probe = self.dir.join(".jsonl-folder-check.tmp");
-        let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
-        result.map_err(|error| {
-            SinkError::retry(format!("{} is not writable: {error}", self.dir.display()))
-        })
+        self.streams.check_writable()
     }
 }
 

@@ -213,6 +213,19 @@ impl<F: FolderStream> StreamFolder<F> {
         &self.dir
     }
 
+    /// A start-up check for [`Sink::check`](crate::Sink::check): writes and removes a probe
+    /// file, `<dir>/.<extension>-folder-check.tmp`. Failing is RETRY, naming the folder.
+    pub fn check_writable(&self) -> Result<(), SinkError> {
+        let probe = self
+            .dir
+            .join(format!(".{}-folder-check.tmp", self.extension));
+        fs::write(&probe, b"ok")
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|error| {
+                SinkError::retry(format!("{} is not writable: {error}", self.dir.display()))
+            })
+    }
+
     /// Removes every temporary file of every stream in the folder (the state file's and the
     /// kinds named in [`with_temporaries`](Self::with_temporaries)): at start-up none is worth
     /// keeping, since the files they would have replaced are still in place. One that cannot be

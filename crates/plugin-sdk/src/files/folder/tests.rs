@@ -43,6 +43,14 @@ fn write(
     Ok(())
 }
 
+/// The stream `name`, which an earlier batch opened in this process.
+fn in_progress<'f>(folder: &'f mut StreamFolder<StreamFile>, name: &str) -> &'f mut StreamFile {
+    folder
+        .open(name, |_| panic!("{name} is opened again"))
+        .expect("open")
+        .expect("in progress")
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("readable dir")
@@ -137,10 +145,7 @@ fn a_failed_write_is_cut_back_so_the_retry_appends_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut folder = folder(dir.path());
     write(&mut folder, "s", 0, "a\n", false).expect("seq 0");
-    let file = folder
-        .open("s", |_| panic!("already open"))
-        .expect("open")
-        .expect("in progress");
+    let file = in_progress(&mut folder, "s");
     let error = file
         .append(&batch("s", 1, false), |partial| {
             partial.write_bytes(b"half a ba")?;
@@ -159,10 +164,7 @@ fn append_refuses_a_batch_that_is_not_the_next_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut folder = folder(dir.path());
     write(&mut folder, "s", 0, "a\n", false).expect("seq 0");
-    let file = folder
-        .open("s", |_| panic!("already open"))
-        .expect("open")
-        .expect("in progress");
+    let file = in_progress(&mut folder, "s");
     let again = file
         .append(&batch("s", 0, false), |partial| partial.write_bytes(b"a\n"))
         .expect_err("seq 0 is in the partial already");
@@ -257,6 +259,24 @@ fn stale_temporaries_of_every_stream_go_at_start_up_and_nothing_else() {
             ".e.csv.state.tmp",
             "d.txt"
         ]
+    );
+}
+
+#[test]
+fn check_writable_leaves_no_probe_and_names_a_folder_it_cannot_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    folder(dir.path()).check_writable().expect("writable");
+    assert!(entries(dir.path()).is_empty(), "the probe is removed");
+    let missing = dir.path().join("missing");
+    let error = folder(&missing)
+        .check_writable()
+        .expect_err("no such folder");
+    assert!(error.is_retry());
+    assert!(
+        error
+            .message()
+            .starts_with(&format!("{} is not writable: ", missing.display())),
+        "{error}"
     );
 }
 
