@@ -62,9 +62,9 @@ mod stream;
 
 use std::path::PathBuf;
 
-use flatsync_plugin_sdk::files::{FolderStream, StreamFolder};
+use flatsync_plugin_sdk::files::StreamFolder;
 use flatsync_plugin_sdk::{
-    Batch, BatchStep, ConfigReader, CreateContext, Sink, SinkError, export_sink, serde_json,
+    Batch, ConfigReader, CreateContext, Sink, SinkError, export_sink, serde_json,
 };
 
 use stream::CsvStream;
@@ -144,37 +144,17 @@ impl Sink for CsvFolder {
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let name = batch.stream();
         let config = &self.config;
-        let opened = self.streams.open(name, |found| {
-            Ok(CsvStream::new(found, config, batch.is_deletions()))
-        })?;
-        let Some(stream) = opened else {
+        let start = |found| Ok(CsvStream::new(found, config, batch.is_deletions()));
+        let Some(stream) = self.streams.open(batch.stream(), start)? else {
             return Ok(()); // Its final file is in place: every batch is written.
         };
-        if stream.is_deletions() != batch.is_deletions() {
-            // The header and the state file already say which sort the stream is.
-            let (batch_sort, stream_sort) = if batch.is_deletions() {
-                ("deletion", "records")
-            } else {
-                ("record", "deletions")
-            };
-            return Err(SinkError::fatal(format!(
-                "stream {name}: a {batch_sort} batch in a stream of {stream_sort}; a stream never \
-                 mixes the two"
-            )));
-        }
-        match stream.file().position().step(batch)? {
-            BatchStep::Skip => return Ok(()),
-            // A re-delivered last batch whose finalisation failed earlier: finish the job.
-            BatchStep::Finish => return self.streams.publish(name),
-            BatchStep::Apply => {}
-        }
-        stream.append(batch, &mut self.scratch)?;
-        if batch.is_last() {
-            return self.streams.publish(name);
-        }
-        Ok(())
+        // Checked on every batch, held or not: the header and the state file already say
+        // which sort the stream is.
+        stream.check_sort(batch)?;
+        let scratch = &mut self.scratch;
+        self.streams
+            .write_batch(batch, start, |stream| stream.append(batch, scratch))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

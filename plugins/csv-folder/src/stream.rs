@@ -210,9 +210,22 @@ impl CsvStream {
         }
     }
 
-    /// Whether the stream is a deletions file.
-    pub(crate) fn is_deletions(&self) -> bool {
-        self.table.deletions
+    /// Refuses a batch of the other sort than the stream's: a stream never mixes records and
+    /// deletions.
+    pub(crate) fn check_sort(&self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        if self.table.deletions == batch.is_deletions() {
+            return Ok(());
+        }
+        let (batch_sort, stream_sort) = if batch.is_deletions() {
+            ("deletion", "records")
+        } else {
+            ("record", "deletions")
+        };
+        Err(SinkError::fatal(format!(
+            "stream {}: a {batch_sort} batch in a stream of {stream_sort}; a stream never mixes \
+             the two",
+            batch.stream()
+        )))
     }
 
     /// Appends the next batch. On failure the partial, the columns and the header are exactly

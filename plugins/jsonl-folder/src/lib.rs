@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use flatsync_plugin_sdk::files::{StreamFile, StreamFolder};
 use flatsync_plugin_sdk::serde_json;
 use flatsync_plugin_sdk::{
-    Batch, BatchStep, ConfigReader, CreateContext, Row, RowJson, Sink, SinkError, export_sink,
+    Batch, ConfigReader, CreateContext, Row, RowJson, Sink, SinkError, export_sink,
     write_json_string,
 };
 
@@ -91,28 +91,19 @@ impl Sink for JsonlFolder {
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let name = batch.stream();
+        let (envelope, lines) = (self.envelope, &mut self.lines);
         // The first batch of a stream in this process opens it: its files say where it stands.
-        let Some(stream) = self.streams.open(name, |found| Ok(found.into_file()))? else {
-            return Ok(()); // Its final file is in place: every batch is written.
-        };
-        match stream.position().step(batch)? {
-            // Already written: the host re-sends from its own checkpoint, which may be behind
-            // ours.
-            BatchStep::Skip => return Ok(()),
-            // The last batch was appended but publishing the file failed, and the host is
-            // retrying that batch.
-            BatchStep::Finish => return self.streams.publish(name),
-            BatchStep::Apply => {}
-        }
-        // Every row is parsed before a byte is written, so a malformed batch leaves the file
-        // as it was.
-        render_lines(batch, self.envelope, &mut self.lines)?;
-        stream.append(batch, |partial| partial.write_bytes(&self.lines))?;
-        if batch.is_last() {
-            return self.streams.publish(name);
-        }
-        Ok(())
+        // Then the seq rule skips what the file holds, and the next batch comes here.
+        self.streams.write_batch(
+            batch,
+            |found| Ok(found.into_file()),
+            |stream| {
+                // Every row is parsed before a byte is written, so a malformed batch leaves
+                // the file as it was.
+                render_lines(batch, envelope, lines)?;
+                stream.append(batch, |partial| partial.write_bytes(lines))
+            },
+        )
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

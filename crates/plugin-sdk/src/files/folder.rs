@@ -121,14 +121,12 @@ impl<S> Found<S> {
 /// is cut back to the recorded length (the host sends the later batches again); nothing means
 /// a fresh start.
 ///
-/// With [`StreamPosition::step`] deciding each batch, this is the whole exactly-once protocol
-/// of a file sink:
+/// [`write_batch`](Self::write_batch) applies the seq rule ([`StreamPosition::step`]) to each
+/// batch, so a file sink only says how a batch becomes bytes:
 ///
 /// ```
-/// use std::path::PathBuf;
-///
 /// use flatsync_plugin_sdk::files::{StreamFile, StreamFolder};
-/// use flatsync_plugin_sdk::{Batch, BatchParts, BatchStep, Logger, RowJson, SinkError};
+/// use flatsync_plugin_sdk::{Batch, BatchParts, Logger, RowJson, SinkError};
 ///
 /// /// Writes each row as a JSON line to `<dir>/<stream>.rows`.
 /// struct Rows {
@@ -137,27 +135,14 @@ impl<S> Found<S> {
 ///
 /// impl Rows {
 ///     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-///         let name = batch.stream();
-///         let Some(stream) = self.streams.open(name, |found| Ok(found.into_file()))? else {
-///             return Ok(()); // Complete: its final file is in place.
-///         };
-///         match stream.position().step(batch)? {
-///             BatchStep::Skip => return Ok(()),
-///             BatchStep::Finish => return self.streams.publish(name),
-///             BatchStep::Apply => {}
-///         }
-///         stream.append(batch, |partial| {
+///         self.streams.write_batch(batch, |found| Ok(found.into_file()), |stream| {
 ///             let mut lines = Vec::new();
 ///             for row in batch.rows() {
 ///                 row?.write_json(RowJson::Full, &mut lines);
 ///                 lines.push(b'\n');
 ///             }
-///             partial.write_bytes(&lines)
-///         })?;
-///         if batch.is_last() {
-///             return self.streams.publish(name);
-///         }
-///         Ok(())
+///             stream.append(batch, |partial| partial.write_bytes(&lines))
+///         })
 ///     }
 /// }
 ///
@@ -271,6 +256,36 @@ impl<F: FolderStream> StreamFolder<F> {
             self.open.insert(name.to_owned(), start(found)?);
         }
         Ok(self.open.get_mut(name))
+    }
+
+    /// The seq rule for one batch of a file sink: opens the batch's stream as
+    /// [`open`](Self::open) does, then asks [`StreamPosition::step`]. A batch the partial holds
+    /// is skipped; the last batch coming again after a failed publish publishes again; the next
+    /// batch goes to `apply`, which appends it with [`StreamFile::append`], and is published
+    /// when it is the stream's last. A gap is the step's FATAL error.
+    pub fn write_batch(
+        &mut self,
+        batch: &Batch<'_>,
+        start: impl FnOnce(Found<F::Saved>) -> Result<F, SinkError>,
+        apply: impl FnOnce(&mut F) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        let name = batch.stream();
+        let Some(stream) = self.open(name, start)? else {
+            return Ok(()); // Complete: its final file is in place.
+        };
+        match stream.file().position().step(batch)? {
+            // Held already: the host re-sends from its own checkpoint, which may be behind the
+            // partial.
+            BatchStep::Skip => Ok(()),
+            BatchStep::Finish => self.publish(name),
+            BatchStep::Apply => {
+                apply(stream)?;
+                if batch.is_last() {
+                    return self.publish(name);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Gives the complete stream `name` its final name, durably, and forgets it. Safe to call

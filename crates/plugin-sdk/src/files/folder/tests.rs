@@ -28,19 +28,11 @@ fn write(
     last: bool,
 ) -> Result<(), SinkError> {
     let batch = batch(stream, seq, last);
-    let Some(file) = folder.open(stream, |found| Ok(found.into_file()))? else {
-        return Ok(());
-    };
-    match file.position().step(&batch)? {
-        BatchStep::Skip => return Ok(()),
-        BatchStep::Finish => return folder.publish(stream),
-        BatchStep::Apply => {}
-    }
-    file.append(&batch, |partial| partial.write_bytes(text.as_bytes()))?;
-    if last {
-        return folder.publish(stream);
-    }
-    Ok(())
+    folder.write_batch(
+        &batch,
+        |found| Ok(found.into_file()),
+        |file| file.append(&batch, |partial| partial.write_bytes(text.as_bytes())),
+    )
 }
 
 /// The stream `name`, which an earlier batch opened in this process.
