@@ -190,16 +190,23 @@ impl<'a> Row<'a> {
     /// use flatsync_plugin_sdk::{Batch, BatchParts, RowJson};
     ///
     /// let line = br#"{"id":"r1","valid":false,"values":{"n":1.50,"tags":["a"]}}"#;
-    /// let batch = Batch::from_parts(BatchParts { row_count: 1, ndjson: line, ..BatchParts::default() });
-    /// let row = batch.rows().next().unwrap()?;
+    /// let batch = Batch::from_parts(BatchParts {
+    ///     row_count: 1,
+    ///     ndjson: line,
+    ///     ..BatchParts::default()
+    /// });
+    /// let row = batch.rows().next().expect("one row")?;
     /// let written = |shape| {
     ///     let mut out = Vec::new();
     ///     row.write_json(shape, &mut out);
-    ///     String::from_utf8(out).unwrap()
+    ///     String::from_utf8(out).expect("JSON is UTF-8")
     /// };
     /// // A line in flatsync's own layout comes out as it went in, byte for byte.
     /// assert_eq!(written(RowJson::Full).as_bytes(), line);
-    /// assert_eq!(written(RowJson::IdAndValues), r#"{"id":"r1","values":{"n":1.50,"tags":["a"]}}"#);
+    /// assert_eq!(
+    ///     written(RowJson::IdAndValues),
+    ///     r#"{"id":"r1","values":{"n":1.50,"tags":["a"]}}"#
+    /// );
     /// assert_eq!(written(RowJson::Values), r#"{"n":1.50,"tags":["a"]}"#);
     /// assert_eq!(written(RowJson::Id), r#"{"id":"r1"}"#);
     /// # Ok::<(), flatsync_plugin_sdk::SinkError>(())
