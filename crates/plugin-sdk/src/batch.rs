@@ -183,6 +183,53 @@ impl<'a> Row<'a> {
             .map(|(_, value)| *value)
     }
 
+    /// Appends the row as one JSON object of the given shape, without a line break. The id is
+    /// escaped as JSON requires; the values are written as [`write_values_json`] does.
+    ///
+    /// ```
+    /// use flatsync_plugin_sdk::{Batch, BatchParts, RowJson};
+    ///
+    /// let line = br#"{"id":"r1","valid":false,"values":{"n":1.50,"tags":["a"]}}"#;
+    /// let batch = Batch::from_parts(BatchParts {
+    ///     row_count: 1,
+    ///     ndjson: line,
+    ///     ..BatchParts::default()
+    /// });
+    /// let row = batch.rows().next().expect("one row")?;
+    /// let written = |shape| {
+    ///     let mut out = Vec::new();
+    ///     row.write_json(shape, &mut out);
+    ///     String::from_utf8(out).expect("JSON is UTF-8")
+    /// };
+    /// // A line in flatsync's own layout comes out as it went in, byte for byte.
+    /// assert_eq!(written(RowJson::Full).as_bytes(), line);
+    /// assert_eq!(
+    ///     written(RowJson::IdAndValues),
+    ///     r#"{"id":"r1","values":{"n":1.50,"tags":["a"]}}"#
+    /// );
+    /// assert_eq!(written(RowJson::Values), r#"{"n":1.50,"tags":["a"]}"#);
+    /// assert_eq!(written(RowJson::Id), r#"{"id":"r1"}"#);
+    /// # Ok::<(), flatsync_plugin_sdk::SinkError>(())
+    /// ```
+    ///
+    /// [`write_values_json`]: Self::write_values_json
+    pub fn write_json(&self, shape: RowJson, out: &mut Vec<u8>) {
+        let after_id: &[u8] = match shape {
+            RowJson::Values => return self.write_values_json(out),
+            RowJson::Full if self.valid => b",\"valid\":true,\"values\":",
+            RowJson::Full => b",\"valid\":false,\"values\":",
+            RowJson::IdAndValues => b",\"values\":",
+            RowJson::Id => b"",
+        };
+        out.extend_from_slice(b"{\"id\":");
+        write_json_string(out, &self.id);
+        out.extend_from_slice(after_id);
+        if shape != RowJson::Id {
+            self.write_values_json(out);
+        }
+        out.push(b'}');
+    }
+
     /// Appends the values as one JSON object, `{"key":value,...}`, in line order, each value's
     /// JSON text copied exactly as the batch has it (numbers keep their spelling). A batch line
     /// holds no raw line break, so neither does the output.
@@ -198,6 +245,20 @@ impl<'a> Row<'a> {
         }
         out.push(b'}');
     }
+}
+
+/// Which keys [`Row::write_json`] writes. Every shape keeps the values' key order and JSON text
+/// exactly as the batch has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowJson {
+    /// `{"id":"..","valid":true,"values":{..}}`: the row as flatsync delivers it.
+    Full,
+    /// `{"id":"..","values":{..}}`.
+    IdAndValues,
+    /// `{..}`: the values object alone.
+    Values,
+    /// `{"id":".."}`: the record id alone, as for a deleted record.
+    Id,
 }
 
 /// Appends `text` as a JSON string.

@@ -1,11 +1,21 @@
 //! File helpers for sinks that write one file per stream, with the error kinds the host
 //! expects: I/O that may pass is RETRY, a failed sync is FATAL.
+//!
+//! [`StreamFolder`] is the whole file protocol of such a sink (partial file, state file, sync,
+//! publish under the final name); the functions below are its parts, for a sink that needs
+//! another layout.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::SinkError;
+
+mod folder;
+
+pub use folder::{
+    FolderStream, Found, PartialWriter, Position, SavedPosition, StreamFile, StreamFolder,
+};
 
 /// Refuses a stream id that could not safely be a file name: stream ids become file names, so
 /// anything that could leave the folder (`..`, `/`) is refused.

@@ -39,6 +39,11 @@
 //! - `seq` equal to the next expected one: apply it;
 //! - `seq` beyond that: a gap, which must not happen; return a fatal error.
 //!
+//! [`StreamPosition::step`] is this rule: build the position from what the sink stored and do
+//! what the [`BatchStep`] says. A sink writing one file per stream gets the rest too from
+//! [`files::StreamFolder`]: the partial file, the state file holding the position, the syncs in
+//! a crash-safe order, and the final name once the stream is complete.
+//!
 //! **Threads.** The host gives every instance its own thread: all calls on one instance come
 //! from that thread, one at a time, so the sink needs `Send` but not `Sync` and may hold
 //! non-thread-safe handles (a database connection). Different instances, possibly of the same
@@ -56,31 +61,31 @@
 //! use std::collections::HashMap;
 //!
 //! use flatsync_plugin_sdk::{
-//!     Batch, BatchParts, CellValue, ConfigReader, CreateContext, Logger, Sink, SinkError,
-//!     export_sink, serde_json,
+//!     Batch, BatchParts, BatchStep, CellValue, ConfigReader, CreateContext, Logger, Sink,
+//!     SinkError, StreamPosition, export_sink, serde_json,
 //! };
 //!
-//! /// Sums the numeric cells of every row. A real sink would store its position durably.
+//! /// Sums the numeric cells of every row. A real sink would store its positions durably.
 //! struct Summer {
 //!     logger: Logger,
-//!     /// Next seq expected per stream, so that re-delivered batches are skipped.
-//!     next_seq: HashMap<String, u64>,
+//!     /// How far each stream is applied, so that re-delivered batches are skipped.
+//!     positions: HashMap<String, StreamPosition>,
 //!     total: f64,
 //! }
 //!
 //! impl Sink for Summer {
 //!     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
 //!         ConfigReader::new(config)?.finish()?;
-//!         Ok(Self { logger: ctx.logger().clone(), next_seq: HashMap::new(), total: 0.0 })
+//!         Ok(Self { logger: ctx.logger().clone(), positions: HashMap::new(), total: 0.0 })
 //!     }
 //!
 //!     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-//!         let next = self.next_seq.entry(batch.stream().to_owned()).or_insert(0);
-//!         if batch.seq() < *next {
-//!             return Ok(()); // Already applied: a re-delivery.
-//!         }
-//!         if batch.seq() > *next {
-//!             return Err(SinkError::fatal(format!("gap in stream {}", batch.stream())));
+//!         let position = self.positions.get(batch.stream()).copied().unwrap_or_default();
+//!         match position.step(batch)? {
+//!             // Already applied: a re-delivery. (Nothing here needs finishing after the
+//!             // last batch.)
+//!             BatchStep::Skip | BatchStep::Finish => return Ok(()),
+//!             BatchStep::Apply => {}
 //!         }
 //!         for row in batch.rows() {
 //!             for (_key, raw) in row?.values {
@@ -89,7 +94,7 @@
 //!                 }
 //!             }
 //!         }
-//!         *next += 1;
+//!         self.positions.insert(batch.stream().to_owned(), StreamPosition::Applied(batch.seq()));
 //!         Ok(())
 //!     }
 //!
@@ -130,16 +135,20 @@ mod error;
 mod ffi;
 pub mod files;
 mod host;
+mod seq;
 pub mod time;
 
 pub use flatsync_plugin_api as abi;
 pub use serde_json;
 
-pub use batch::{Batch, BatchParts, CellValue, Row, Rows, compact_json, write_json_string};
+pub use batch::{
+    Batch, BatchParts, CellValue, Row, RowJson, Rows, compact_json, write_json_string,
+};
 pub use config::ConfigReader;
 pub use error::{ErrorKind, SinkError};
 pub use ffi::PluginDescriptor;
 pub use host::{CreateContext, LogLevel, Logger};
+pub use seq::{BatchStep, StreamPosition};
 
 /// The descriptor of sink type `S`, for running it inside the program that embeds flatsync,
 /// with no shared library: hand it to `flatsync_core::DaemonBuilder::plugin`. Calls go through

@@ -1,7 +1,9 @@
 //! Property tests of how a sink reads a batch: rows written as the host writes them read back
 //! as the same ids, flags and values; the fuzz target `sdk_rows` feeds the same parser bytes.
 
-use flatsync_plugin_sdk::{Batch, BatchParts, CellValue, Row, compact_json, write_json_string};
+use flatsync_plugin_sdk::{
+    Batch, BatchParts, CellValue, Row, RowJson, compact_json, write_json_string,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -124,8 +126,16 @@ proptest! {
             got.write_values_json(&mut written);
             prop_assert!(!written.contains(&b'\n'));
             let written: Value = serde_json::from_slice(&written).expect("written values are JSON");
-            let want: serde_json::Map<String, Value> = want.values.iter().cloned().collect();
-            prop_assert_eq!(written, Value::Object(want));
+            let want_values: serde_json::Map<String, Value> = want.values.iter().cloned().collect();
+            prop_assert_eq!(written, Value::Object(want_values));
+            // Without the spaces, the whole row comes back as the line the host wrote.
+            if !spaced {
+                let (mut line, mut want_line) = (Vec::new(), Vec::new());
+                got.write_json(RowJson::Full, &mut line);
+                line.push(b'\n');
+                write_line(&mut want_line, want, false);
+                prop_assert_eq!(line, want_line);
+            }
         }
     }
 

@@ -60,15 +60,14 @@
 
 mod stream;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use flatsync_plugin_sdk::files::StreamFolder;
 use flatsync_plugin_sdk::{
-    Batch, ConfigReader, CreateContext, Logger, Sink, SinkError, export_sink, serde_json,
+    Batch, ConfigReader, CreateContext, Sink, SinkError, export_sink, serde_json,
 };
 
-use flatsync_plugin_sdk::files::check_stream_name;
-use stream::{Opened, StreamFiles};
+use stream::CsvStream;
 
 /// Validated `[sink.config]` of a csv-folder instance.
 #[derive(Debug, Clone)]
@@ -115,10 +114,8 @@ impl Config {
 #[derive(Debug)]
 pub struct CsvFolder {
     config: Config,
-    logger: Logger,
-    /// Streams with a partial file open in this process. Finished streams are dropped from the
-    /// map; their final file is what marks them complete.
-    streams: HashMap<String, StreamFiles>,
+    /// The streams' files: partial, state file, and final name once complete.
+    streams: StreamFolder<CsvStream>,
     /// Reused cell text buffer for formula neutralisation.
     scratch: String,
 }
@@ -134,124 +131,38 @@ impl Sink for CsvFolder {
                 config.dir.display()
             ))
         })?;
-        remove_stale_temporaries(&config.dir, ctx.logger());
+        let streams = StreamFolder::new(&config.dir, "csv", ctx.logger().clone())
+            .with_temporaries(&[stream::REWRITE]);
+        // Temporary files are never worth keeping after a restart: the state and partial files
+        // they would have replaced are still in place.
+        streams.remove_stale_temporaries();
         Ok(Self {
             config,
-            logger: ctx.logger().clone(),
-            streams: HashMap::new(),
+            streams,
             scratch: String::new(),
         })
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let name = batch.stream();
-        check_stream_name(name)?;
-        if !self.streams.contains_key(name) {
-            match StreamFiles::open(&self.config, name, batch.is_deletions(), &self.logger)? {
-                Opened::Complete => return Ok(()),
-                Opened::Open(files) => {
-                    self.streams.insert(name.to_owned(), *files);
-                }
-            }
-        }
-        let files = self
-            .streams
-            .get_mut(name)
-            .expect("the stream was inserted just above");
-        if files.is_deletions() != batch.is_deletions() {
-            // The header and the state file already say which sort the stream is.
-            let (batch_sort, stream_sort) = if batch.is_deletions() {
-                ("deletion", "records")
-            } else {
-                ("record", "deletions")
-            };
-            return Err(SinkError::fatal(format!(
-                "stream {name}: a {batch_sort} batch in a stream of {stream_sort}; a stream never \
-                 mixes the two"
-            )));
-        }
-        let next = files.next_seq();
-        if batch.seq() < next {
-            // A re-delivered last batch whose finalisation failed earlier: finish the job.
-            if batch.is_last() && batch.seq() + 1 == next {
-                return self.finalize(name);
-            }
-            return Ok(());
-        }
-        if batch.seq() > next {
-            return Err(SinkError::fatal(format!(
-                "stream {name}: got batch seq {} but the next expected is {next}; batches are missing",
-                batch.seq()
-            )));
-        }
-        files.append(batch, &self.config, &mut self.scratch)?;
-        if batch.is_last() {
-            return self.finalize(name);
-        }
-        Ok(())
+        let config = &self.config;
+        let start = |found| Ok(CsvStream::new(found, config, batch.is_deletions()));
+        let Some(stream) = self.streams.open(batch.stream(), start)? else {
+            return Ok(()); // Its final file is in place: every batch is written.
+        };
+        // Checked on every batch, held or not: the header and the state file already say
+        // which sort the stream is.
+        stream.check_sort(batch)?;
+        let scratch = &mut self.scratch;
+        self.streams
+            .write_batch(batch, start, |stream| stream.append(batch, scratch))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        let mut renamed_any = false;
-        for files in self.streams.values_mut() {
-            renamed_any |= files.persist_state()?;
-        }
-        if renamed_any {
-            stream::sync_dir(&self.config.dir)?;
-        }
-        Ok(())
+        self.streams.flush()
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
-        let probe = self.config.dir.join(".csv-folder-check.tmp");
-        let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
-        result.map_err(|error| {
-            SinkError::retry(format!(
-                "{} is not writable: {error}",
-                self.config.dir.display()
-            ))
-        })
-    }
-}
-
-impl CsvFolder {
-    fn finalize(&mut self, name: &str) -> Result<(), SinkError> {
-        let files = self
-            .streams
-            .get_mut(name)
-            .expect("finalize is called for open streams");
-        let rows = files.rows_written();
-        let final_path = files.finalize(&self.config)?;
-        self.streams.remove(name);
-        self.logger.info(&format!(
-            "Stream complete: {} ({rows} rows written in this process)",
-            final_path.display()
-        ));
-        Ok(())
-    }
-}
-
-/// Temporary files are never worth keeping after a restart: the state and partial files they
-/// would have replaced are still in place.
-fn remove_stale_temporaries(dir: &Path, logger: &Logger) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        if file_name.starts_with('.')
-            && (file_name.ends_with(stream::STATE_TMP_SUFFIX)
-                || file_name.ends_with(stream::REWRITE_TMP_SUFFIX))
-            && let Err(error) = std::fs::remove_file(entry.path())
-        {
-            logger.warn(&format!(
-                "Cannot remove stale temporary file {}: {error}",
-                entry.path().display()
-            ));
-        }
+        self.streams.check_writable()
     }
 }
 

@@ -1,25 +1,23 @@
-//! One stream's files: the partial CSV being appended to, its state file, and finalisation.
+//! One stream's CSV: its columns and header, written into the partial file that the SDK's
+//! `StreamFolder` keeps, and the rewrite that pads the rows when columns were added.
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use flatsync_plugin_sdk::serde_json::{self, value::RawValue};
-use flatsync_plugin_sdk::{Batch, CellValue, Logger, Row, SinkError};
+use flatsync_plugin_sdk::files::{
+    FolderStream, Found, PartialWriter, SavedPosition, StreamFile, io_fatal, io_retry,
+    remove_if_present,
+};
+use flatsync_plugin_sdk::serde_json::value::RawValue;
+use flatsync_plugin_sdk::{Batch, CellValue, Row, SinkError};
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
 
-// `lib.rs` calls these as `stream::...`.
-pub(crate) use flatsync_plugin_sdk::files::sync_dir;
-use flatsync_plugin_sdk::files::{exists, io_fatal, io_retry, remove_if_present, reopen_partial};
-
-/// Suffix of the temporary file a state file is written to before its rename.
-pub(crate) const STATE_TMP_SUFFIX: &str = ".csv.state.tmp";
-/// Suffix of the temporary file a partial is rewritten to when columns were added.
-pub(crate) const REWRITE_TMP_SUFFIX: &str = ".csv.rewrite.tmp";
+/// The temporary a partial is rewritten to when columns were added after its header.
+pub(crate) const REWRITE: &str = "rewrite";
 
 const META_COLUMNS: [&str; 2] = ["_id", "_valid"];
 /// The whole header of a deletions file, whatever the config.
@@ -28,18 +26,10 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Marks a column the current row has no value for.
 const NO_VALUE: usize = usize::MAX;
 
-/// What a stream's first batch in this process found on disk.
-pub(crate) enum Opened {
-    /// The final file exists: every batch of the stream is already written.
-    Complete,
-    /// The stream is in progress (fresh or resumed).
-    Open(Box<StreamFiles>),
-}
-
 /// What `<dir>/.<stream>.csv.state` holds: the position `flush()` made durable.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SavedState {
+pub(crate) struct SavedState {
     applied_seq: u64,
     /// Length of the partial file once batch `applied_seq` was appended.
     offset: u64,
@@ -52,50 +42,25 @@ struct SavedState {
     deletions: bool,
 }
 
-#[derive(Debug)]
-struct Paths {
-    dir: PathBuf,
-    partial: PathBuf,
-    state: PathBuf,
-    state_tmp: PathBuf,
-    rewrite_tmp: PathBuf,
-    final_file: PathBuf,
-}
-
-impl Paths {
-    fn new(dir: &Path, stream: &str) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            partial: dir.join(format!(".{stream}.csv.partial")),
-            state: dir.join(format!(".{stream}.csv.state")),
-            state_tmp: dir.join(format!(".{stream}{STATE_TMP_SUFFIX}")),
-            rewrite_tmp: dir.join(format!(".{stream}{REWRITE_TMP_SUFFIX}")),
-            final_file: dir.join(format!("{stream}.csv")),
-        }
-    }
-}
-
-/// The partial file under the CSV writer. It counts what reaches the file so the sink knows the
-/// length at each batch boundary, and can be told to swallow the writer's leftover buffer when
-/// a failed batch is being undone (the CSV writer flushes its buffer when dropped).
-#[derive(Debug)]
-struct PartialFile {
-    file: File,
-    len: u64,
-    discard: Cell<bool>,
-}
-
-impl Write for PartialFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.discard.get() {
-            return Ok(buf.len());
-        }
-        let written = self.file.write(buf)?;
-        self.len += written as u64;
-        Ok(written)
+impl SavedPosition for SavedState {
+    fn applied_seq(&self) -> u64 {
+        self.applied_seq
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn durable_len(&self) -> u64 {
+        self.offset
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut distinct: Vec<&String> = self.columns.iter().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != self.columns.len()
+            || self.header_columns > self.columns.len()
+            || (self.deletions && !self.columns.is_empty())
+        {
+            return Err("has inconsistent columns".to_owned());
+        }
         Ok(())
     }
 }
@@ -160,194 +125,107 @@ impl Columns {
     }
 }
 
-/// A stream in progress.
+/// A stream in progress: its partial file and what is written into it.
 #[derive(Debug)]
-pub(crate) struct StreamFiles {
-    name: String,
-    paths: Paths,
+pub(crate) struct CsvStream {
+    file: StreamFile,
+    table: Table,
+}
+
+/// The CSV side of a stream: the columns, the header, and how rows become lines.
+#[derive(Debug)]
+struct Table {
     delimiter: u8,
+    meta_columns: bool,
+    neutralize_formulas: bool,
     /// A deletions file (`_id,_deleted_at`) rather than records.
     deletions: bool,
-    /// `None` after a failed batch whose undo failed too; rebuilt before the next write.
-    writer: Option<csv::Writer<PartialFile>>,
     columns: Columns,
     /// How many field columns the partial's header names; `None` until the header is written.
     header_columns: Option<usize>,
-    /// Last seq appended, in this process or restored from the state file.
-    written_seq: Option<u64>,
-    /// Length of the partial after `written_seq`.
-    offset: u64,
-    /// Whether `written_seq`/`offset`/`columns` are ahead of the state file.
-    dirty: bool,
-    /// Whether the partial's directory entry is known to be durable.
-    entry_synced: bool,
     /// Per column, the position of the current row's value for it (or `NO_VALUE`).
     slots: Vec<usize>,
-    rows_written: u64,
 }
 
-impl StreamFiles {
-    /// Looks at the stream's files on its first batch in this process. `deletions` says what a
-    /// fresh stream holds; a resumed one knows from its state file.
-    pub(crate) fn open(
-        config: &Config,
-        name: &str,
-        deletions: bool,
-        logger: &Logger,
-    ) -> Result<Opened, SinkError> {
-        let paths = Paths::new(&config.dir, name);
-        if exists(&paths.final_file)? {
-            for leftover in [
-                &paths.partial,
-                &paths.state,
-                &paths.state_tmp,
-                &paths.rewrite_tmp,
-            ] {
-                if let Err(error) = remove_if_present(leftover) {
-                    logger.warn(&format!(
-                        "Cannot remove leftover {}: {error}",
-                        leftover.display()
-                    ));
-                }
-            }
-            return Ok(Opened::Complete);
+impl FolderStream for CsvStream {
+    type Saved = SavedState;
+
+    fn file(&self) -> &StreamFile {
+        &self.file
+    }
+
+    fn file_mut(&mut self) -> &mut StreamFile {
+        &mut self.file
+    }
+
+    fn saved(&self, applied_seq: u64, len: u64) -> SavedState {
+        SavedState {
+            applied_seq,
+            offset: len,
+            columns: self.table.columns.names.clone(),
+            header_columns: self.table.header_columns.unwrap_or(0),
+            deletions: self.table.deletions,
         }
-        for temporary in [&paths.state_tmp, &paths.rewrite_tmp] {
-            remove_if_present(temporary).map_err(|error| {
-                SinkError::retry(format!("cannot remove {}: {error}", temporary.display()))
-            })?;
+    }
+
+    /// The header is settled here: if columns were added after it was written, the partial is
+    /// copied under the full header, short rows padded, and the copy is published instead.
+    fn prepare_publish(&mut self) -> Result<Option<PathBuf>, SinkError> {
+        if self.table.header_columns == Some(self.table.columns.len()) {
+            return Ok(None);
         }
-        let files = match read_state(&paths.state)? {
-            Some(saved) => Self::resume(config, name, paths, saved, logger)?,
-            None => Self::start(config, name, paths, deletions)?,
+        let rewrite = self.file.temporary_path(REWRITE);
+        let result = self.table.rewrite(&self.file, &rewrite);
+        if result.is_err() {
+            remove_if_present(&rewrite).ok();
+        }
+        result.map(|()| Some(rewrite))
+    }
+}
+
+impl CsvStream {
+    /// The stream as its files were found. `deletions` says what a fresh stream holds; a
+    /// resumed one knows from its state file.
+    pub(crate) fn new(found: Found<SavedState>, config: &Config, deletions: bool) -> Self {
+        let (file, deletions, columns, header_columns) = match found {
+            Found::Fresh(file) => (file, deletions, Columns::default(), None),
+            Found::Resumed(file, saved) => (
+                file,
+                saved.deletions,
+                Columns::from_names(saved.columns),
+                Some(saved.header_columns),
+            ),
         };
-        Ok(Opened::Open(Box::new(files)))
-    }
-
-    fn start(
-        config: &Config,
-        name: &str,
-        paths: Paths,
-        deletions: bool,
-    ) -> Result<Self, SinkError> {
-        // Truncating also discards a partial left by a run that never flushed.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&paths.partial)
-            .map_err(|error| io_retry("cannot create", &paths.partial, &error))?;
-        Ok(Self::new(
-            config,
-            name,
-            paths,
-            file,
-            deletions,
-            Columns::default(),
-            None,
-            None,
-            0,
-        ))
-    }
-
-    fn resume(
-        config: &Config,
-        name: &str,
-        paths: Paths,
-        saved: SavedState,
-        logger: &Logger,
-    ) -> Result<Self, SinkError> {
-        let corrupt =
-            |what: String| SinkError::fatal(format!("state file {} {what}", paths.state.display()));
-        let columns = Columns::from_names(saved.columns);
-        if columns.index.len() != columns.len()
-            || saved.header_columns > columns.len()
-            || (saved.deletions && columns.len() > 0)
-        {
-            return Err(corrupt("has inconsistent columns".to_owned()));
-        }
-        let (file, len) = reopen_partial(
-            &paths.partial,
-            &paths.state,
-            saved.applied_seq,
-            saved.offset,
-            true,
-        )?;
-        logger.info(&format!(
-            "Stream resumed: {name} after seq {} ({} bytes kept, {} dropped)",
-            saved.applied_seq,
-            saved.offset,
-            len - saved.offset
-        ));
-        let mut files = Self::new(
-            config,
-            name,
-            paths,
-            file,
-            saved.deletions,
-            columns,
-            Some(saved.header_columns),
-            Some(saved.applied_seq),
-            saved.offset,
-        );
-        files.entry_synced = true;
-        Ok(files)
-    }
-
-    #[allow(clippy::too_many_arguments)] // reason: private constructor shared by start and resume
-    fn new(
-        config: &Config,
-        name: &str,
-        paths: Paths,
-        file: File,
-        deletions: bool,
-        columns: Columns,
-        header_columns: Option<usize>,
-        written_seq: Option<u64>,
-        offset: u64,
-    ) -> Self {
         Self {
-            name: name.to_owned(),
-            paths,
-            delimiter: config.delimiter,
-            deletions,
-            writer: Some(csv_writer(file, offset, config.delimiter)),
-            columns,
-            header_columns,
-            written_seq,
-            offset,
-            dirty: false,
-            entry_synced: false,
-            slots: Vec::new(),
-            rows_written: 0,
+            file,
+            table: Table {
+                delimiter: config.delimiter,
+                meta_columns: config.meta_columns,
+                neutralize_formulas: config.neutralize_formulas,
+                deletions,
+                columns,
+                header_columns,
+                slots: Vec::new(),
+            },
         }
     }
 
-    /// The seq the stream expects next.
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.written_seq.map_or(0, |seq| seq + 1)
-    }
-
-    /// Rows appended by this process.
-    pub(crate) fn rows_written(&self) -> u64 {
-        self.rows_written
-    }
-
-    /// Whether the stream is a deletions file.
-    pub(crate) fn is_deletions(&self) -> bool {
-        self.deletions
-    }
-
-    /// The columns before the field columns: the whole header of a deletions file.
-    fn meta(&self, meta_columns: bool) -> &'static [&'static str] {
-        if self.deletions {
-            &DELETION_COLUMNS
-        } else if meta_columns {
-            &META_COLUMNS
+    /// Refuses a batch of the other sort than the stream's: a stream never mixes records and
+    /// deletions.
+    pub(crate) fn check_sort(&self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        if self.table.deletions == batch.is_deletions() {
+            return Ok(());
+        }
+        let (batch_sort, stream_sort) = if batch.is_deletions() {
+            ("deletion", "records")
         } else {
-            &[]
-        }
+            ("record", "deletions")
+        };
+        Err(SinkError::fatal(format!(
+            "stream {}: a {batch_sort} batch in a stream of {stream_sort}; a stream never mixes \
+             the two",
+            batch.stream()
+        )))
     }
 
     /// Appends the next batch. On failure the partial, the columns and the header are exactly
@@ -355,44 +233,76 @@ impl StreamFiles {
     pub(crate) fn append(
         &mut self,
         batch: &Batch<'_>,
-        config: &Config,
         scratch: &mut String,
     ) -> Result<(), SinkError> {
-        let columns_before = self.columns.len();
-        let header_before = self.header_columns;
-        match self.append_rows(batch, config, scratch) {
-            Ok(rows) => {
-                self.offset = self.writer_mut().get_ref().len;
-                self.written_seq = Some(batch.seq());
-                self.dirty = true;
-                self.rows_written += rows;
-                Ok(())
-            }
-            Err(error) => {
-                self.columns.truncate(columns_before);
-                self.header_columns = header_before;
-                match self.undo_partial_write() {
-                    Ok(()) => Err(error),
-                    Err(undo_error) => Err(SinkError::retry(format!(
-                        "{}; cutting the partial back failed too: {}",
-                        error.message(),
-                        undo_error.message()
-                    ))),
-                }
-            }
+        let columns_before = self.table.columns.len();
+        let header_before = self.table.header_columns;
+        let table = &mut self.table;
+        let result = self
+            .file
+            .append(batch, |partial| table.write_batch(partial, batch, scratch));
+        if result.is_err() {
+            self.table.columns.truncate(columns_before);
+            self.table.header_columns = header_before;
+        }
+        result
+    }
+}
+
+impl Table {
+    /// The columns before the field columns: the whole header of a deletions file.
+    fn meta(&self) -> &'static [&'static str] {
+        if self.deletions {
+            &DELETION_COLUMNS
+        } else if self.meta_columns {
+            &META_COLUMNS
+        } else {
+            &[]
         }
     }
 
-    fn append_rows(
+    /// Rows of any width: a row written before a column was added is short until the rewrite.
+    fn writer_builder(&self) -> csv::WriterBuilder {
+        let mut builder = csv::WriterBuilder::new();
+        builder
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .buffer_capacity(WRITE_BUFFER);
+        builder
+    }
+
+    /// Writes the rows of `batch` (and the header, on the first batch). After a failure the
+    /// writer is dropped before the partial is cut back, so whatever it still buffered is cut
+    /// off too.
+    fn write_batch(
         &mut self,
+        partial: &mut PartialWriter<'_>,
         batch: &Batch<'_>,
-        config: &Config,
         scratch: &mut String,
-    ) -> Result<u64, SinkError> {
-        self.ensure_writer()?;
+    ) -> Result<(), SinkError> {
+        let path = partial.path().to_path_buf();
+        let mut writer = self.writer_builder().from_writer(partial);
+        let out = Out {
+            stream: batch.stream(),
+            path: &path,
+        };
         if self.deletions {
-            return self.append_deletions(batch);
+            self.write_deletions(&mut writer, &out, batch)?;
+        } else {
+            self.write_records(&mut writer, &out, batch, scratch)?;
         }
+        writer
+            .flush()
+            .map_err(|error| io_retry("cannot write", &path, &error))
+    }
+
+    fn write_records<W: Write>(
+        &mut self,
+        writer: &mut csv::Writer<W>,
+        out: &Out<'_>,
+        batch: &Batch<'_>,
+        scratch: &mut String,
+    ) -> Result<(), SinkError> {
         for field in batch.fields()? {
             self.columns.add(&field);
         }
@@ -406,252 +316,108 @@ impl StreamFiles {
                     self.columns.column_at(position, key);
                 }
             }
-            self.write_header(config.meta_columns)?;
+            self.write_header(writer, out)?;
         }
-        let Self {
-            name,
-            paths,
-            writer,
-            columns,
-            slots,
-            ..
-        } = self;
-        let writer = writer.as_mut().expect("ensure_writer made a writer");
-        let write_error = |error: csv::Error| csv_error(name, &paths.partial, error);
         let mut rows = batch.rows();
-        let mut count = 0;
         while rows.read_into(&mut row)? {
-            slots.clear();
+            self.slots.clear();
             for (position, (key, _)) in row.values.iter().enumerate() {
-                let column = columns.column_at(position, key);
-                if slots.len() <= column {
-                    slots.resize(column + 1, NO_VALUE);
+                let column = self.columns.column_at(position, key);
+                if self.slots.len() <= column {
+                    self.slots.resize(column + 1, NO_VALUE);
                 }
-                slots[column] = position;
+                self.slots[column] = position;
             }
-            slots.resize(columns.len(), NO_VALUE);
-            if config.meta_columns {
-                writer.write_field(row.id.as_bytes()).map_err(write_error)?;
+            self.slots.resize(self.columns.len(), NO_VALUE);
+            if self.meta_columns {
+                writer
+                    .write_field(row.id.as_bytes())
+                    .map_err(|error| out.error(error))?;
                 let valid: &[u8] = if row.valid { b"true" } else { b"false" };
-                writer.write_field(valid).map_err(write_error)?;
+                writer
+                    .write_field(valid)
+                    .map_err(|error| out.error(error))?;
             }
-            for &position in slots.iter() {
+            for &position in &self.slots {
                 let value = row.values.get(position).map(|(_, value)| *value);
-                write_cell(writer, value, config.neutralize_formulas, scratch)
-                    .map_err(|error| error.context(format!("stream {name}")))?;
+                write_cell(writer, value, self.neutralize_formulas, scratch)
+                    .map_err(|error| error.context(format!("stream {}", out.stream)))?;
             }
-            writer.write_record(None::<&[u8]>).map_err(write_error)?;
-            count += 1;
+            writer
+                .write_record(None::<&[u8]>)
+                .map_err(|error| out.error(error))?;
         }
-        writer
-            .flush()
-            .map_err(|error| io_retry("cannot write", &paths.partial, &error))?;
-        Ok(count)
+        Ok(())
     }
 
     /// One `_id,_deleted_at` line per deleted record; a deletion row's values are ignored.
-    fn append_deletions(&mut self, batch: &Batch<'_>) -> Result<u64, SinkError> {
+    fn write_deletions<W: Write>(
+        &mut self,
+        writer: &mut csv::Writer<W>,
+        out: &Out<'_>,
+        batch: &Batch<'_>,
+    ) -> Result<(), SinkError> {
         if self.header_columns.is_none() {
-            self.write_header(false)?;
+            self.write_header(writer, out)?;
         }
         let deleted_at = batch.received_at_rfc3339();
-        let writer = self.writer.as_mut().expect("ensure_writer made a writer");
-        let write_error = |error: csv::Error| csv_error(&self.name, &self.paths.partial, error);
         let mut row = Row::default();
         let mut rows = batch.rows();
-        let mut count = 0;
         while rows.read_into(&mut row)? {
             writer
                 .write_record([row.id.as_bytes(), deleted_at.as_bytes()])
-                .map_err(write_error)?;
-            count += 1;
+                .map_err(|error| out.error(error))?;
         }
-        writer
-            .flush()
-            .map_err(|error| io_retry("cannot write", &self.paths.partial, &error))?;
-        Ok(count)
+        Ok(())
     }
 
-    fn write_header(&mut self, meta_columns: bool) -> Result<(), SinkError> {
-        let meta = self.meta(meta_columns);
-        let names = meta
-            .iter()
-            .copied()
-            .chain(self.columns.names.iter().map(String::as_str));
+    fn write_header<W: Write>(
+        &mut self,
+        writer: &mut csv::Writer<W>,
+        out: &Out<'_>,
+    ) -> Result<(), SinkError> {
+        let meta = self.meta();
         // A record with no fields would come out as `""`; with no columns at all the file
         // simply has no header line.
         if meta.len() + self.columns.len() > 0 {
-            let writer = self.writer.as_mut().expect("ensure_writer made a writer");
             writer
-                .write_record(names)
-                .map_err(|error| csv_error(&self.name, &self.paths.partial, error))?;
+                .write_record(self.header())
+                .map_err(|error| out.error(error))?;
         }
         self.header_columns = Some(self.columns.len());
         Ok(())
     }
 
-    fn writer_mut(&mut self) -> &mut csv::Writer<PartialFile> {
-        self.writer
-            .as_mut()
-            .expect("the writer exists after a successful write")
+    /// Every column name: the meta columns, then the field columns.
+    fn header(&self) -> impl Iterator<Item = &str> {
+        self.meta()
+            .iter()
+            .copied()
+            .chain(self.columns.names.iter().map(String::as_str))
     }
 
-    fn ensure_writer(&mut self) -> Result<(), SinkError> {
-        if self.writer.is_none() {
-            self.undo_partial_write()?;
-        }
-        Ok(())
-    }
-
-    /// Drops whatever the writer still buffers and cuts the partial back to `offset`, the end
-    /// of the last accepted batch.
-    fn undo_partial_write(&mut self) -> Result<(), SinkError> {
-        if let Some(writer) = self.writer.take() {
-            writer.get_ref().discard.set(true);
-            drop(writer);
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.paths.partial)
-            .map_err(|error| io_retry("cannot reopen", &self.paths.partial, &error))?;
-        file.set_len(self.offset)
-            .and_then(|()| file.seek(SeekFrom::Start(self.offset)))
-            .map_err(|error| io_retry("cannot cut back", &self.paths.partial, &error))?;
-        self.writer = Some(csv_writer(file, self.offset, self.delimiter));
-        Ok(())
-    }
-
-    /// Makes the accepted batches durable and records them in the state file. Returns whether
-    /// a state file was renamed, so the caller syncs the folder once for all streams.
-    pub(crate) fn persist_state(&mut self) -> Result<bool, SinkError> {
-        if !self.dirty {
-            return Ok(false);
-        }
-        let written_seq = self
-            .written_seq
-            .expect("a dirty stream has appended a batch");
-        self.ensure_writer()?;
-        self.sync_partial()?;
-        if !self.entry_synced {
-            sync_dir(&self.paths.dir)?;
-            self.entry_synced = true;
-        }
-        let saved = SavedState {
-            applied_seq: written_seq,
-            offset: self.offset,
-            columns: self.columns.names.clone(),
-            header_columns: self.header_columns.unwrap_or(0),
-            deletions: self.deletions,
-        };
-        let text = serde_json::to_vec(&saved).expect("the state serialises to JSON");
-        let tmp = &self.paths.state_tmp;
-        let mut file = File::create(tmp).map_err(|error| io_retry("cannot create", tmp, &error))?;
-        file.write_all(&text)
-            .map_err(|error| io_retry("cannot write", tmp, &error))?;
-        file.sync_all()
-            .map_err(|error| io_fatal("cannot sync", tmp, &error))?;
-        drop(file);
-        fs::rename(tmp, &self.paths.state).map_err(|error| {
-            SinkError::retry(format!(
-                "cannot rename {} to {}: {error}",
-                tmp.display(),
-                self.paths.state.display()
-            ))
-        })?;
-        self.dirty = false;
-        Ok(true)
-    }
-
-    fn sync_partial(&mut self) -> Result<(), SinkError> {
-        let writer = self.writer_mut();
-        writer
-            .flush()
-            .map_err(|error| io_retry("cannot write", &self.paths.partial, &error))?;
-        let writer = self.writer.as_ref().expect("flushed just above");
-        writer
-            .get_ref()
-            .file
-            .sync_data()
-            .map_err(|error| io_fatal("cannot sync", &self.paths.partial, &error))
-    }
-
-    /// Publishes the complete stream under its final name and removes its bookkeeping.
-    pub(crate) fn finalize(&mut self, config: &Config) -> Result<PathBuf, SinkError> {
-        self.ensure_writer()?;
-        self.sync_partial()?;
-        let rewritten = self.header_columns != Some(self.columns.len());
-        if rewritten {
-            self.rewrite(config.meta_columns)?;
-        }
-        let source = if rewritten {
-            &self.paths.rewrite_tmp
-        } else {
-            &self.paths.partial
-        };
-        match fs::rename(source, &self.paths.final_file) {
-            Ok(()) => {}
-            // An earlier attempt renamed the partial and then failed to sync the folder.
-            Err(error)
-                if error.kind() == io::ErrorKind::NotFound && exists(&self.paths.final_file)? => {}
-            Err(error) => {
-                return Err(SinkError::retry(format!(
-                    "cannot rename {} to {}: {error}",
-                    source.display(),
-                    self.paths.final_file.display()
-                )));
-            }
-        }
-        sync_dir(&self.paths.dir)?;
-        self.writer = None;
-        // From here the final file marks the stream complete; a leftover is removed the next
-        // time the stream shows up.
-        let mut leftovers = vec![&self.paths.state];
-        if rewritten {
-            leftovers.push(&self.paths.partial);
-        }
-        for leftover in leftovers {
-            remove_if_present(leftover).ok();
-        }
-        Ok(self.paths.final_file.clone())
-    }
-
-    /// Copies the partial into `rewrite_tmp` under the full header, padding short rows.
-    fn rewrite(&self, meta_columns: bool) -> Result<(), SinkError> {
-        let result = self.rewrite_inner(meta_columns);
-        if result.is_err() {
-            remove_if_present(&self.paths.rewrite_tmp).ok();
-        }
-        result
-    }
-
-    fn rewrite_inner(&self, meta_columns: bool) -> Result<(), SinkError> {
-        let meta = self.meta(meta_columns);
+    /// Copies the partial of `file` into `target` under the full header, padding short rows,
+    /// and syncs the copy.
+    fn rewrite(&self, file: &StreamFile, target: &Path) -> Result<(), SinkError> {
+        let meta = self.meta();
         let width = meta.len() + self.columns.len();
         let old_header_width = meta.len() + self.header_columns.unwrap_or(0);
-        let input = File::open(&self.paths.partial)
-            .map_err(|error| io_retry("cannot open", &self.paths.partial, &error))?;
+        let partial = file.partial_path();
+        let input =
+            File::open(partial).map_err(|error| io_retry("cannot open", partial, &error))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .delimiter(self.delimiter)
             .buffer_capacity(WRITE_BUFFER)
-            .from_reader(input.take(self.offset));
-        let output = File::create(&self.paths.rewrite_tmp)
-            .map_err(|error| io_retry("cannot create", &self.paths.rewrite_tmp, &error))?;
-        let mut writer = csv::WriterBuilder::new()
-            .flexible(true)
-            .delimiter(self.delimiter)
-            .buffer_capacity(WRITE_BUFFER)
-            .from_writer(output);
-        let read_error = |error: csv::Error| csv_error(&self.name, &self.paths.partial, error);
-        let write_error = |error: csv::Error| csv_error(&self.name, &self.paths.rewrite_tmp, error);
+            .from_reader(input.take(file.written_len()));
+        let output =
+            File::create(target).map_err(|error| io_retry("cannot create", target, &error))?;
+        let mut writer = self.writer_builder().from_writer(output);
+        let read_error = |error: csv::Error| csv_error(file.name(), partial, error);
+        let write_error = |error: csv::Error| csv_error(file.name(), target, error);
         if width > 0 {
-            let names = meta
-                .iter()
-                .copied()
-                .chain(self.columns.names.iter().map(String::as_str));
-            writer.write_record(names).map_err(write_error)?;
+            writer.write_record(self.header()).map_err(write_error)?;
         }
         let mut record = csv::ByteRecord::new();
         let mut skip_header = old_header_width > 0;
@@ -670,23 +436,23 @@ impl StreamFiles {
         }
         let output = writer
             .into_inner()
-            .map_err(|error| io_retry("cannot write", &self.paths.rewrite_tmp, error.error()))?;
+            .map_err(|error| io_retry("cannot write", target, error.error()))?;
         output
             .sync_data()
-            .map_err(|error| io_fatal("cannot sync", &self.paths.rewrite_tmp, &error))
+            .map_err(|error| io_fatal("cannot sync", target, &error))
     }
 }
 
-fn csv_writer(file: File, len: u64, delimiter: u8) -> csv::Writer<PartialFile> {
-    csv::WriterBuilder::new()
-        .flexible(true)
-        .delimiter(delimiter)
-        .buffer_capacity(WRITE_BUFFER)
-        .from_writer(PartialFile {
-            file,
-            len,
-            discard: Cell::new(false),
-        })
+/// Where a batch's lines go, for error messages.
+struct Out<'a> {
+    stream: &'a str,
+    path: &'a Path,
+}
+
+impl Out<'_> {
+    fn error(&self, error: csv::Error) -> SinkError {
+        csv_error(self.stream, self.path, error)
+    }
 }
 
 /// Characters that make a spreadsheet treat a cell as a formula.
@@ -697,8 +463,8 @@ fn is_formula_start(text: &str) -> bool {
     )
 }
 
-fn write_cell(
-    writer: &mut csv::Writer<PartialFile>,
+fn write_cell<W: Write>(
+    writer: &mut csv::Writer<W>,
     value: Option<&RawValue>,
     neutralize_formulas: bool,
     scratch: &mut String,
@@ -738,18 +504,4 @@ fn csv_error(stream: &str, path: &Path, error: csv::Error) -> SinkError {
     } else {
         SinkError::fatal(message)
     }
-}
-
-fn read_state(path: &Path) -> Result<Option<SavedState>, SinkError> {
-    let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_retry("cannot read", path, &error)),
-    };
-    serde_json::from_slice(&text).map(Some).map_err(|error| {
-        SinkError::fatal(format!(
-            "state file {} is unreadable: {error}",
-            path.display()
-        ))
-    })
 }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use flatsync_plugin_sdk::{Batch, Row, write_json_string};
+use flatsync_plugin_sdk::{Batch, Row, RowJson, write_json_string};
 use sha2::{Digest, Sha256};
 
 use crate::config::Format;
@@ -80,22 +80,12 @@ impl Part<'_, '_> {
         out.extend_from_slice(b",\"receivedAt\":");
         write_json_string(out, self.received_at);
         out.extend_from_slice(b",\"rows\":[");
-        for (index, row) in self.rows.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"id\":");
-            write_json_string(out, &row.id);
-            if !self.batch.is_deletions() {
-                out.extend_from_slice(if row.valid {
-                    b",\"valid\":true,\"values\":"
-                } else {
-                    b",\"valid\":false,\"values\":"
-                });
-                row.write_values_json(out);
-            }
-            out.push(b'}');
-        }
+        let shape = if self.batch.is_deletions() {
+            RowJson::Id
+        } else {
+            RowJson::Full
+        };
+        write_rows(out, self.rows, shape);
         out.extend_from_slice(b"]}");
     }
 
@@ -127,14 +117,7 @@ impl Part<'_, '_> {
             // Kept out of `records`, so a receiver written for Flatfile's egress (which knows
             // nothing of deletions) sees an empty submit rather than blank records.
             out.extend_from_slice(b"],\"deletedRecords\":[");
-            for (index, row) in self.rows.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"id\":");
-                write_json_string(out, &row.id);
-                out.push(b'}');
-            }
+            write_rows(out, self.rows, RowJson::Id);
         } else {
             for (index, row) in self.rows.iter().enumerate() {
                 if index > 0 {
@@ -191,6 +174,16 @@ fn write_egress_record(out: &mut Vec<u8>, row: &Row<'_>) {
     out.extend_from_slice(b"},\"valid\":");
     out.extend_from_slice(valid);
     out.extend_from_slice(b",\"metadata\":{}}");
+}
+
+/// The rows as JSON objects of `shape`, separated by commas.
+fn write_rows(out: &mut Vec<u8>, rows: &[Row<'_>], shape: RowJson) {
+    for (index, row) in rows.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        row.write_json(shape, out);
+    }
 }
 
 fn write_string_array(out: &mut Vec<u8>, items: &[Cow<'_, str>]) {

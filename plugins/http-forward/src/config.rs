@@ -280,78 +280,46 @@ impl Signer {
     }
 
     fn from_config(reader: &mut ConfigReader, env: EnvLookup<'_>) -> Result<Self, SinkError> {
-        let secret_env: Option<String> = reader.optional("secret_env")?;
-        let secret_file: Option<PathBuf> = reader.optional("secret_file")?;
-        let secret_credential: Option<String> = reader.optional("secret_credential")?;
-        let secrets: Option<Value> = reader.optional("secrets")?;
-        let present = [
-            secret_env.is_some(),
-            secret_file.is_some(),
-            secret_credential.is_some(),
-            secrets.is_some(),
-        ];
-        let set: Vec<String> = SECRET_KEYS
-            .iter()
-            .zip(present)
-            .filter(|(_, is_set)| *is_set)
-            .map(|(key, _)| format!("`{key}`"))
-            .collect();
-        let all = "`secret_env`, `secret_file`, `secret_credential` or `secrets`";
-        if set.is_empty() {
+        match SecretSource::read(reader)? {
+            SecretSource::Env(name) => {
+                let source = format!("config key `secret_env` (variable {name})");
+                let value = env(&name).ok_or_else(|| {
+                    SinkError::fatal(format!("{source}: the variable is not set"))
+                })?;
+                let text = value
+                    .into_string()
+                    .map_err(|_| SinkError::fatal(format!("{source}: the value is not UTF-8")))?;
+                Self::new(text.split_whitespace(), &source)
+            }
+            SecretSource::File(path) => {
+                let source = format!("config key `secret_file` ({})", path.display());
+                Self::from_file(&path, &source)
+            }
+            SecretSource::Credential(name) => Self::from_credential(&name, env),
+            SecretSource::Inline(secrets) => Self::from_inline(secrets),
+        }
+    }
+
+    /// A file in `$CREDENTIALS_DIRECTORY`, which systemd fills from `LoadCredential=`.
+    fn from_credential(name: &str, env: EnvLookup<'_>) -> Result<Self, SinkError> {
+        let source = format!("config key `secret_credential` ({name})");
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
             return Err(SinkError::fatal(format!(
-                "requests must be signed: set one of the config keys {all}"
+                "{source}: must be a plain file name inside $CREDENTIALS_DIRECTORY"
             )));
         }
-        // These keys take a name, not a secret; a secret pasted here by mistake must not end
-        // up quoted in the error below.
-        let names = [
-            ("secret_env", secret_env.as_deref()),
-            ("secret_file", secret_file.as_deref().and_then(Path::to_str)),
-            ("secret_credential", secret_credential.as_deref()),
-        ];
-        for (key, name) in names {
-            if name.is_some_and(|name| name.trim_start().starts_with("whsec_")) {
-                return Err(SinkError::fatal(format!(
-                    "config key `{key}` holds a secret itself; it takes the name of where the \
-                     secret is (use `secrets` for secrets written in the config)"
-                )));
-            }
-        }
-        if set.len() > 1 {
-            return Err(SinkError::fatal(format!(
-                "config keys {} are all set; set exactly one of {all}",
-                set.join(" and ")
-            )));
-        }
-        if let Some(name) = secret_env {
-            let source = format!("config key `secret_env` (variable {name})");
-            let value = env(&name)
-                .ok_or_else(|| SinkError::fatal(format!("{source}: the variable is not set")))?;
-            let text = value
-                .into_string()
-                .map_err(|_| SinkError::fatal(format!("{source}: the value is not UTF-8")))?;
-            return Self::new(text.split_whitespace(), &source);
-        }
-        if let Some(path) = secret_file {
-            let source = format!("config key `secret_file` ({})", path.display());
-            return Self::from_file(&path, &source);
-        }
-        if let Some(name) = secret_credential {
-            let source = format!("config key `secret_credential` ({name})");
-            if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-                return Err(SinkError::fatal(format!(
-                    "{source}: must be a plain file name inside $CREDENTIALS_DIRECTORY"
-                )));
-            }
-            let dir = env("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                SinkError::fatal(format!(
-                    "{source}: $CREDENTIALS_DIRECTORY is not set (give the service the \
-                     credential with LoadCredential= in its systemd unit)"
-                ))
-            })?;
-            return Self::from_file(&PathBuf::from(dir).join(&name), &source);
-        }
-        let Some(Value::Array(items)) = secrets else {
+        let dir = env("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+            SinkError::fatal(format!(
+                "{source}: $CREDENTIALS_DIRECTORY is not set (give the service the \
+                 credential with LoadCredential= in its systemd unit)"
+            ))
+        })?;
+        Self::from_file(&PathBuf::from(dir).join(name), &source)
+    }
+
+    /// The `secrets` array of the config. Read as raw JSON: serde's type errors would quote it.
+    fn from_inline(secrets: Value) -> Result<Self, SinkError> {
+        let Value::Array(items) = secrets else {
             return Err(SinkError::fatal(
                 "config key `secrets` must be an array of strings",
             ));
@@ -394,5 +362,71 @@ impl Signer {
             header.push_str(&signature);
         }
         Ok(header)
+    }
+}
+
+/// Where the signing secrets come from: the one of the secret keys the config sets.
+enum SecretSource {
+    Env(String),
+    File(PathBuf),
+    Credential(String),
+    Inline(Value),
+}
+
+impl SecretSource {
+    /// Reads the secret keys, refusing a config that sets none or several of them, or that puts
+    /// a secret where a name belongs.
+    fn read(reader: &mut ConfigReader) -> Result<Self, SinkError> {
+        let secret_env: Option<String> = reader.optional("secret_env")?;
+        let secret_file: Option<PathBuf> = reader.optional("secret_file")?;
+        let secret_credential: Option<String> = reader.optional("secret_credential")?;
+        let secrets: Option<Value> = reader.optional("secrets")?;
+        let present = [
+            secret_env.is_some(),
+            secret_file.is_some(),
+            secret_credential.is_some(),
+            secrets.is_some(),
+        ];
+        let set: Vec<String> = SECRET_KEYS
+            .iter()
+            .zip(present)
+            .filter(|(_, is_set)| *is_set)
+            .map(|(key, _)| format!("`{key}`"))
+            .collect();
+        let all = "`secret_env`, `secret_file`, `secret_credential` or `secrets`";
+        // These keys take a name, not a secret; a secret pasted here by mistake must not end
+        // up quoted in the error below.
+        let names = [
+            ("secret_env", secret_env.as_deref()),
+            ("secret_file", secret_file.as_deref().and_then(Path::to_str)),
+            ("secret_credential", secret_credential.as_deref()),
+        ];
+        for (key, name) in names {
+            if name.is_some_and(|name| name.trim_start().starts_with("whsec_")) {
+                return Err(SinkError::fatal(format!(
+                    "config key `{key}` holds a secret itself; it takes the name of where the \
+                     secret is (use `secrets` for secrets written in the config)"
+                )));
+            }
+        }
+        if set.len() > 1 {
+            return Err(SinkError::fatal(format!(
+                "config keys {} are all set; set exactly one of {all}",
+                set.join(" and ")
+            )));
+        }
+        Ok(
+            match (secret_env, secret_file, secret_credential, secrets) {
+                (Some(name), ..) => Self::Env(name),
+                (_, Some(path), ..) => Self::File(path),
+                (_, _, Some(name), _) => Self::Credential(name),
+                (.., Some(secrets)) => Self::Inline(secrets),
+                (None, None, None, None) => {
+                    return Err(SinkError::fatal(format!(
+                        "requests must be signed: set one of the config keys {all}"
+                    )));
+                }
+            },
+        )
     }
 }

@@ -1,7 +1,9 @@
 //! Sending one request until the receiver accepts it, gives a final answer, or the call's
 //! time budget runs out.
 
+use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flatsync_plugin_sdk::{Logger, SinkError};
@@ -16,6 +18,27 @@ const ERROR_BODY_LIMIT: u64 = 2048;
 const ACCEPTED_BODY_LIMIT: u64 = 64 * 1024;
 /// A `Retry-After` beyond this is treated as this, so a bogus value cannot overflow a clock.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
+
+/// The time the deliverer reads and waits by. The plugin uses the machine's; tests move their
+/// own, to prove what the budget and the waits do without racing a loaded machine.
+pub(crate) trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> Instant;
+    fn sleep(&self, duration: Duration);
+}
+
+/// The machine's monotonic clock.
+#[derive(Debug)]
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+}
 
 /// One request to send: a part of a batch, already rendered.
 #[derive(Debug)]
@@ -33,6 +56,7 @@ pub(crate) struct Deliverer {
     config: Config,
     agent: Agent,
     logger: Logger,
+    clock: Arc<dyn Clock>,
     /// No request goes out before this instant: the receiver asked so with `Retry-After`.
     /// Kept across calls, because the host's own backoff may be shorter.
     not_before: Option<Instant>,
@@ -50,7 +74,7 @@ enum Outcome {
 }
 
 impl Deliverer {
-    pub(crate) fn new(config: Config, logger: Logger) -> Self {
+    pub(crate) fn new(config: Config, logger: Logger, clock: Arc<dyn Clock>) -> Self {
         let agent: Agent = Agent::config_builder()
             // A redirect is the receiver's configuration problem: following it would re-send
             // the signed body to a URL nobody configured.
@@ -63,12 +87,18 @@ impl Deliverer {
             config,
             agent,
             logger,
+            clock,
             not_before: None,
         }
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The time by the deliverer's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// Sends `request` until a 2xx (`Ok`), a final refusal (FATAL) or `deadline` (RETRY).
@@ -81,17 +111,17 @@ impl Deliverer {
         let mut last_failure: Option<String> = None;
         loop {
             if let Some(not_before) = self.not_before {
-                let now = Instant::now();
+                let now = self.clock.now();
                 if not_before > deadline {
                     // Sleeping out the budget spaces the host's repeated calls over the wait
                     // the receiver asked for, instead of burning them in quick succession.
-                    std::thread::sleep(deadline.saturating_duration_since(now));
+                    self.clock.sleep(deadline.saturating_duration_since(now));
                     return Err(self.budget_spent(request, attempt, last_failure.as_deref(), true));
                 }
-                std::thread::sleep(not_before.saturating_duration_since(now));
+                self.clock.sleep(not_before.saturating_duration_since(now));
                 self.not_before = None;
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 return Err(self.budget_spent(request, attempt, last_failure.as_deref(), false));
@@ -109,7 +139,7 @@ impl Deliverer {
                         retry_after,
                     } => (reason, status, retry_after),
                 };
-            let now = Instant::now();
+            let now = self.clock.now();
             let backoff = self.backoff(attempt);
             let mut delay = backoff;
             if let Some(wait) = retry_after {
@@ -132,7 +162,7 @@ impl Deliverer {
                 last_failure.as_deref().unwrap_or(""),
             ));
             // Any longer wait asked by Retry-After is done at the top of the loop.
-            std::thread::sleep(backoff);
+            self.clock.sleep(backoff);
         }
     }
 
@@ -195,7 +225,7 @@ impl Deliverer {
                 "{what}: redirects are not followed (Location: {location}); set `url` to the final address"
             )));
         }
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers(), SystemTime::now());
         let mut body = Vec::new();
         let read = response
             .body_mut()
@@ -289,15 +319,12 @@ fn redact_location(location: &str) -> String {
     }
 }
 
-/// `Retry-After` as a wait from now: delay-seconds or an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(text).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }

@@ -140,23 +140,24 @@ mod config;
 mod deliver;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
 
 use flatsync_plugin_sdk::{
-    Batch, CreateContext, Logger, Row, Sink, SinkError, export_sink, serde_json,
+    Batch, BatchStep, CreateContext, Logger, Row, Sink, SinkError, StreamPosition, export_sink,
+    serde_json,
 };
 
 use body::Part;
 use config::Config;
-use deliver::{Deliverer, Request};
+use deliver::{Clock, Deliverer, Request, SystemClock};
 
 /// An http-forward sink instance: one per `[sinks.NAME]` entry of the daemon's config.
 #[derive(Debug)]
 pub struct HttpForward {
     deliverer: Deliverer,
     logger: Logger,
-    /// Next expected seq per stream seen in this process and not finished yet.
-    next_seq: HashMap<String, u64>,
+    /// How far each stream seen in this process and not finished yet was accepted.
+    positions: HashMap<String, StreamPosition>,
     /// The batch that last ran out of budget, and which of its parts got a 2xx.
     pending: Option<Pending>,
 }
@@ -174,20 +175,21 @@ impl Sink for HttpForward {
 
     fn create(ctx: &CreateContext<'_>, config: serde_json::Value) -> Result<Self, SinkError> {
         let env = |name: &str| std::env::var_os(name);
-        Self::with_env(ctx, config, &env)
+        Self::with_env(ctx, config, &env, Arc::new(SystemClock))
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let started = Instant::now();
+        let started = self.deliverer.now();
         let deadline = started + self.deliverer.config().retry_budget;
         let stream = batch.stream();
         let seq = batch.seq();
-        if let Some(&next) = self.next_seq.get(stream)
-            && seq > next
-        {
-            return Err(SinkError::fatal(format!(
-                "stream {stream}: got batch seq {seq} but the next expected is {next}; batches are missing"
-            )));
+        if let Some(position) = self.positions.get(stream) {
+            match position.step(batch)? {
+                // Only a gap stops a batch here. One the receiver accepted before is sent
+                // again under the same ids, for its deduplication to drop: without a durable
+                // position of its own, the sink leaves "already held" to the receiver.
+                BatchStep::Skip | BatchStep::Finish | BatchStep::Apply => {}
+            }
         }
         let rows: Vec<Row<'_>> = batch.rows().collect::<Result<_, _>>()?;
         let fields = batch.fields()?;
@@ -245,15 +247,22 @@ impl Sink for HttpForward {
             sent += 1;
         }
         if batch.is_last() {
-            self.next_seq.remove(stream);
+            self.positions.remove(stream);
         } else {
-            let next = self.next_seq.entry(stream.to_owned()).or_insert(0);
-            *next = (*next).max(seq + 1);
+            let held = match self.positions.get(stream) {
+                Some(StreamPosition::Applied(held)) => (*held).max(seq),
+                _ => seq,
+            };
+            self.positions
+                .insert(stream.to_owned(), StreamPosition::Applied(held));
         }
         self.logger.debug(&format!(
             "Batch forwarded: stream={stream} seq={seq} rows={} parts={parts} sent={sent} elapsed_ms={}",
             rows.len(),
-            started.elapsed().as_millis()
+            self.deliverer
+                .now()
+                .saturating_duration_since(started)
+                .as_millis()
         ));
         Ok(())
     }
@@ -280,18 +289,20 @@ impl Sink for HttpForward {
 
 impl HttpForward {
     /// `create` with environment lookups (`secret_env`, `$CREDENTIALS_DIRECTORY`) served by
-    /// `env`, so tests need not change the process environment.
+    /// `env` and time read from `clock`, so tests need not change the process environment or
+    /// wait for the machine's clock.
     fn with_env(
         ctx: &CreateContext<'_>,
         config: serde_json::Value,
         env: config::EnvLookup<'_>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, SinkError> {
         let config = Config::parse(config, env)?;
         let logger = ctx.logger().clone();
         Ok(Self {
-            deliverer: Deliverer::new(config, logger.clone()),
+            deliverer: Deliverer::new(config, logger.clone(), clock),
             logger,
-            next_seq: HashMap::new(),
+            positions: HashMap::new(),
             pending: None,
         })
     }

@@ -3,7 +3,7 @@ mod server;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flatsync_plugin_sdk::{
@@ -15,7 +15,7 @@ use ureq::http::{HeaderMap, HeaderValue, header};
 
 use crate::HttpForward;
 use crate::config::Signer;
-use crate::deliver::retry_after;
+use crate::deliver::{Clock, SystemClock, retry_after};
 use server::{Received, Reply, TestServer};
 
 /// Published Standard Webhooks vector A (reliability.md (c)).
@@ -30,7 +30,12 @@ fn no_env(_: &str) -> Option<OsString> {
 }
 
 fn create_with_logger(config: Value, logger: Logger) -> Result<HttpForward, SinkError> {
-    HttpForward::with_env(&CreateContext::new("http", logger), config, &no_env)
+    HttpForward::with_env(
+        &CreateContext::new("http", logger),
+        config,
+        &no_env,
+        Arc::new(SystemClock),
+    )
 }
 
 fn create(config: Value) -> Result<HttpForward, SinkError> {
@@ -54,6 +59,50 @@ fn config(url: &str, extra: Value) -> Value {
 
 fn sink(url: &str, extra: Value) -> HttpForward {
     create(config(url, extra)).expect("valid config")
+}
+
+/// A sink whose time is `clock`'s.
+fn sink_with_clock(url: &str, extra: Value, clock: &Arc<ManualClock>) -> HttpForward {
+    let clock: Arc<dyn Clock> = Arc::clone(clock) as _;
+    HttpForward::with_env(
+        &CreateContext::new("http", Logger::discard()),
+        config(url, extra),
+        &no_env,
+        clock,
+    )
+    .expect("valid config")
+}
+
+/// A clock that moves only when the sink sleeps: a test reads how long the sink waited,
+/// exactly, whatever the load on the machine. The requests still go over real sockets.
+#[derive(Debug)]
+struct ManualClock {
+    start: Instant,
+    slept: Mutex<Duration>,
+}
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            slept: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    /// How long the sink has slept in all.
+    fn elapsed(&self) -> Duration {
+        *self.slept.lock().expect("clock lock")
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + self.elapsed()
+    }
+
+    fn sleep(&self, duration: Duration) {
+        *self.slept.lock().expect("clock lock") += duration;
+    }
 }
 
 fn row(id: &str, values: &str) -> String {
@@ -358,15 +407,30 @@ fn retry_after_is_honoured_even_when_the_backoff_is_shorter() {
 
 #[test]
 fn retry_after_beyond_the_budget_holds_the_next_call_back_too() {
-    let server = TestServer::scripted(vec![
-        Reply::status(503, "maintenance").with_header("Retry-After", "2"),
-    ]);
-    let mut sink = sink(&server.url(), json!({"retry_budget_secs": 1}));
-    let started = Instant::now();
+    let clock = ManualClock::new();
+    // When each request arrived, by the sink's clock.
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let mut replies =
+        vec![Reply::status(503, "maintenance").with_header("Retry-After", "2")].into_iter();
+    let server = TestServer::start({
+        let (clock, arrivals) = (Arc::clone(&clock), Arc::clone(&arrivals));
+        move |_| {
+            arrivals
+                .lock()
+                .expect("arrivals lock")
+                .push(clock.elapsed());
+            replies.next().unwrap_or_else(Reply::ok)
+        }
+    });
+    let mut sink = sink_with_clock(&server.url(), json!({"retry_budget_secs": 1}), &clock);
     let error = write(&mut sink, 0, &rows(1), true, false).expect_err("budget too short");
     assert!(error.is_retry(), "{error}");
     assert!(error.message().contains("Retry-After"), "{error}");
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(
+        clock.elapsed(),
+        Duration::from_secs(1),
+        "the call waits out its own budget, not the receiver's two seconds"
+    );
     // The host repeats the call at once; the sink still waits for the receiver's time, across
     // as many calls as that takes.
     let mut calls = 1;
@@ -375,10 +439,12 @@ fn retry_after_beyond_the_budget_holds_the_next_call_back_too() {
         calls += 1;
         assert!(calls <= 4, "still failing after {calls} calls: {error}");
     }
-    let requests = server.requests();
-    assert_eq!(requests.len(), 2);
-    let waited = requests[1].at.duration_since(requests[0].replied_at);
-    assert!(waited >= Duration::from_secs(2), "waited only {waited:?}");
+    let arrivals = arrivals.lock().expect("arrivals lock").clone();
+    assert_eq!(arrivals.len(), 2, "{arrivals:?}");
+    assert!(
+        arrivals[1] >= arrivals[0] + Duration::from_secs(2),
+        "the second request went out before the receiver's Retry-After: {arrivals:?}"
+    );
 }
 
 #[test]
@@ -475,18 +541,22 @@ fn an_exhausted_budget_is_a_retry_and_the_next_call_skips_accepted_parts() {
             }
         }
     });
-    let mut sink = sink(
+    let clock = ManualClock::new();
+    let mut sink = sink_with_clock(
         &server.url(),
         json!({"batch_size": 1, "retry_budget_secs": 1}),
+        &clock,
     );
     let lines = rows(3);
-    let started = Instant::now();
     let error = write(&mut sink, 0, &lines, true, false).expect_err("part 1 keeps failing");
-    let elapsed = started.elapsed();
     assert!(error.is_retry(), "{error}");
     assert!(error.message().contains("retry budget of 1 s"), "{error}");
     assert!(error.message().contains("HTTP 503"), "{error}");
-    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+    assert!(
+        clock.elapsed() <= Duration::from_secs(1),
+        "the sink backed off past its budget: {:?}",
+        clock.elapsed()
+    );
 
     failing.store(false, Ordering::SeqCst);
     write(&mut sink, 0, &lines, true, false).expect("the host's repeat goes through");
@@ -514,35 +584,54 @@ fn an_unreachable_receiver_is_a_retry() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
     };
-    let mut sink = sink(
+    let clock = ManualClock::new();
+    let mut sink = sink_with_clock(
         &format!("http://127.0.0.1:{port}/hook"),
         json!({"retry_budget_secs": 1}),
+        &clock,
     );
-    let started = Instant::now();
     let error = write(&mut sink, 0, &rows(1), true, false).expect_err("nobody listens");
     assert!(error.is_retry(), "{error}");
     assert!(error.message().contains("retry budget"), "{error}");
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(
+        error.message().contains("last failure:"),
+        "it tried at least once: {error}"
+    );
+    assert!(
+        clock.elapsed() <= Duration::from_secs(1),
+        "the sink backed off past its budget: {:?}",
+        clock.elapsed()
+    );
 }
 
 #[test]
 fn a_slow_receiver_times_out_within_the_budget() {
-    let server = TestServer::start(|_| {
-        std::thread::sleep(Duration::from_millis(2500));
-        Reply::ok()
+    // The receiver holds the request until the test lets it go. Its minute of patience only
+    // turns a sink that waits for the answer into a failure instead of a hang.
+    let (release, released) = mpsc::channel::<()>();
+    let held = Arc::new(AtomicBool::new(false));
+    let server = TestServer::start({
+        let held = Arc::clone(&held);
+        move |_| {
+            held.store(true, Ordering::SeqCst);
+            let _ = released.recv_timeout(Duration::from_secs(60));
+            Reply::ok()
+        }
     });
     let mut sink = sink(
         &server.url(),
-        json!({"timeout_secs": 30, "retry_budget_secs": 1}),
+        json!({"timeout_secs": 600, "retry_budget_secs": 1}),
     );
-    let started = Instant::now();
-    let error = write(&mut sink, 0, &rows(1), true, false).expect_err("too slow");
+    let error = write(&mut sink, 0, &rows(1), true, false).expect_err(
+        "a request must not outlive the budget: it gives up while the receiver holds it",
+    );
     assert!(error.is_retry(), "{error}");
+    assert!(error.message().contains("retry budget of 1 s"), "{error}");
     assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "a request must not outlive the budget: {:?}",
-        started.elapsed()
+        held.load(Ordering::SeqCst),
+        "the request reached the receiver"
     );
+    release.send(()).expect("the server is still running");
 }
 
 #[test]
@@ -799,9 +888,13 @@ fn secrets_load_from_env_file_and_credentials_directory() {
         if let (Value::Object(base), Value::Object(source)) = (&mut config, source.clone()) {
             base.extend(source);
         }
-        let mut sink =
-            HttpForward::with_env(&CreateContext::new("http", Logger::discard()), config, &env)
-                .unwrap_or_else(|error| panic!("{source}: {error}"));
+        let mut sink = HttpForward::with_env(
+            &CreateContext::new("http", Logger::discard()),
+            config,
+            &env,
+            Arc::new(SystemClock),
+        )
+        .unwrap_or_else(|error| panic!("{source}: {error}"));
         write(&mut sink, 0, &rows(1), true, false).expect("delivered");
         let request = server.requests().pop().expect("a request");
         let headers = request.header_map();
@@ -837,27 +930,31 @@ fn sink_for_closed_port() -> HttpForward {
 
 #[test]
 fn retry_after_reads_seconds_and_http_dates() {
+    // 2015-10-21T07:28:00.5Z: half a second past the date below.
+    let now = UNIX_EPOCH + Duration::from_millis(1_445_412_480_500);
     let with = |value: &str| {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::RETRY_AFTER,
             HeaderValue::from_str(value).expect("header value"),
         );
-        retry_after(&headers)
+        retry_after(&headers, now)
     };
     assert_eq!(with("7"), Some(Duration::from_secs(7)));
     assert_eq!(with(" 0 "), Some(Duration::ZERO));
     assert_eq!(with("soon"), None);
     assert_eq!(with("-3"), None);
-    let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
-    let wait = with(&in_a_minute).expect("an HTTP date");
-    assert!(wait > Duration::from_secs(55) && wait <= Duration::from_secs(60));
+    assert_eq!(
+        with("Wed, 21 Oct 2015 07:29:00 GMT"),
+        Some(Duration::from_millis(59_500)),
+        "a date is a wait from now"
+    );
     assert_eq!(
         with("Wed, 21 Oct 2015 07:28:00 GMT"),
         Some(Duration::ZERO),
         "a date in the past means now"
     );
-    assert_eq!(retry_after(&HeaderMap::new()), None);
+    assert_eq!(retry_after(&HeaderMap::new(), now), None);
 }
 
 #[test]

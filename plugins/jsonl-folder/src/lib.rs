@@ -1,7 +1,7 @@
 //! The `jsonl-folder` sink: one JSON Lines file per stream, `<dir>/<stream>.jsonl`.
 //!
 //! This sink is the worked example of `docs/writing-a-sink-plugin.md`. It is kept small on
-//! purpose: read it top to bottom, then `stream.rs`.
+//! purpose: the SDK's `StreamFolder` does the file work, and this file renders the lines.
 //!
 //! # Config
 //!
@@ -44,28 +44,21 @@
 //! start. Then every batch at or below the applied seq is skipped, the next one is appended, and
 //! a gap is fatal.
 
-mod stream;
-
-use std::collections::HashMap;
 use std::path::PathBuf;
 
+use flatsync_plugin_sdk::files::{StreamFile, StreamFolder};
 use flatsync_plugin_sdk::serde_json;
 use flatsync_plugin_sdk::{
-    Batch, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, export_sink,
+    Batch, ConfigReader, CreateContext, Row, RowJson, Sink, SinkError, export_sink,
     write_json_string,
 };
-
-use stream::{Opened, StreamFile};
 
 /// A jsonl-folder sink instance: one per `[sinks.NAME]` entry of the daemon's config.
 #[derive(Debug)]
 pub struct JsonlFolder {
-    dir: PathBuf,
     envelope: bool,
-    logger: Logger,
-    /// Streams in progress in this process. A finished stream leaves the map: from then on its
-    /// final file is what marks it complete.
-    streams: HashMap<String, StreamFile>,
+    /// The streams' files: partial, state file, and final name once complete.
+    streams: StreamFolder<StreamFile>,
     /// The lines of the batch being written, reused from batch to batch.
     lines: Vec<u8>,
 }
@@ -91,104 +84,36 @@ impl Sink for JsonlFolder {
             ))
         })?;
         Ok(Self {
-            dir,
+            streams: StreamFolder::new(&dir, "jsonl", ctx.logger().clone()),
             envelope,
-            logger: ctx.logger().clone(),
-            streams: HashMap::new(),
             lines: Vec::new(),
         })
     }
 
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
-        let name = batch.stream();
-        if !self.streams.contains_key(name) {
-            // First batch of this stream in this process: the files on disk say where it stands.
-            match StreamFile::open(&self.dir, name, &self.logger)? {
-                Opened::Complete => return Ok(()),
-                Opened::InProgress(stream) => {
-                    self.streams.insert(name.to_owned(), stream);
-                }
-            }
-        }
-        let stream = self
-            .streams
-            .get_mut(name)
-            .expect("the stream was inserted just above");
-        let next = stream.next_seq();
-        if batch.seq() < next {
-            // Already applied: the host re-sends from its own checkpoint, which may be behind
-            // ours. One case still has work to do: the last batch was appended but publishing
-            // the file failed, and the host is retrying that batch.
-            if batch.is_last() && batch.seq() + 1 == next {
-                return self.publish(name);
-            }
-            return Ok(());
-        }
-        if batch.seq() > next {
-            return Err(SinkError::fatal(format!(
-                "stream {name}: got batch seq {} but the next expected is {next}; batches are missing",
-                batch.seq()
-            )));
-        }
-        // Every row is parsed before a byte is written, so a malformed batch leaves the file
-        // as it was.
-        render_lines(batch, self.envelope, &mut self.lines)?;
-        stream.append(batch.seq(), &self.lines, batch.row_count())?;
-        if batch.is_last() {
-            return self.publish(name);
-        }
-        Ok(())
+        let (envelope, lines) = (self.envelope, &mut self.lines);
+        // The first batch of a stream in this process opens it: its files say where it stands.
+        // Then the seq rule skips what the file holds, and the next batch comes here.
+        self.streams.write_batch(
+            batch,
+            |found| Ok(found.into_file()),
+            |stream| {
+                // Every row is parsed before a byte is written, so a malformed batch leaves
+                // the file as it was.
+                render_lines(batch, envelope, lines)?;
+                stream.append(batch, |partial| partial.write_bytes(lines))
+            },
+        )
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        let mut dirty: Vec<&mut StreamFile> = self
-            .streams
-            .values_mut()
-            .filter(|stream| stream.is_dirty())
-            .collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        // The order is what makes a crash safe: a state file may only ever point at bytes
-        // that are already on disk, under a name that is already on disk.
-        for stream in &dirty {
-            stream.sync_data()?;
-        }
-        stream::sync_dir(&self.dir)?;
-        for stream in &dirty {
-            stream.write_state()?;
-        }
-        stream::sync_dir(&self.dir)?;
-        for stream in &mut dirty {
-            stream.mark_clean();
-        }
-        Ok(())
+        // Syncs the partials, then records each stream's applied seq and length in its state
+        // file: a state file never points at bytes that are not on disk.
+        self.streams.flush()
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
-        let probe = self.dir.join(".jsonl-folder-check.tmp");
-        let result = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
-        result.map_err(|error| {
-            SinkError::retry(format!("{} is not writable: {error}", self.dir.display()))
-        })
-    }
-}
-
-impl JsonlFolder {
-    /// Gives a complete stream its final name and forgets it.
-    fn publish(&mut self, name: &str) -> Result<(), SinkError> {
-        let stream = self
-            .streams
-            .get_mut(name)
-            .expect("publish is called for streams in progress");
-        let rows = stream.rows_written();
-        let path = stream.publish()?;
-        self.streams.remove(name);
-        self.logger.info(&format!(
-            "Stream complete: {} ({rows} rows written in this process)",
-            path.display()
-        ));
-        Ok(())
+        self.streams.check_writable()
     }
 }
 
@@ -210,20 +135,13 @@ fn render_lines(batch: &Batch<'_>, envelope: bool, out: &mut Vec<u8>) -> Result<
         }
         return Ok(());
     }
+    let shape = if envelope {
+        RowJson::Full
+    } else {
+        RowJson::Values
+    };
     while rows.read_into(&mut row)? {
-        if envelope {
-            out.extend_from_slice(b"{\"id\":");
-            write_json_string(out, &row.id);
-            out.extend_from_slice(if row.valid {
-                b",\"valid\":true,\"values\":"
-            } else {
-                b",\"valid\":false,\"values\":"
-            });
-            row.write_values_json(out);
-            out.push(b'}');
-        } else {
-            row.write_values_json(out);
-        }
+        row.write_json(shape, out);
         out.push(b'\n');
     }
     Ok(())

@@ -62,7 +62,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flatsync_plugin_sdk::{
-    Batch, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, export_sink, serde_json,
+    Batch, BatchStep, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, StreamPosition,
+    export_sink, serde_json,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -261,30 +262,11 @@ impl SqliteSink {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|error| sql_error("cannot start a transaction", error))?;
 
-        let position: Option<(i64, bool)> = tx
-            .prepare_cached(&format!(
-                "SELECT applied_seq, complete FROM {BOOKKEEPING_TABLE} WHERE stream = ?1"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_row([stream], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()
-            })
-            .map_err(|error| {
-                sql_error(format!("reading the position of stream {stream}"), error)
-            })?;
-        let next = match position {
-            Some((_, true)) => return Ok(()),
-            Some((applied, false)) => applied + 1,
-            None => 0,
-        };
-        if seq < next {
-            return Ok(());
-        }
-        if seq > next {
-            return Err(SinkError::fatal(format!(
-                "stream {stream}: got batch seq {seq} but the next expected is {next}; batches are missing"
-            )));
+        match stream_position(&tx, stream)?.step(batch)? {
+            // The last batch commits the stream's completion with its rows, so a batch held
+            // here never leaves anything to finish.
+            BatchStep::Skip | BatchStep::Finish => return Ok(()),
+            BatchStep::Apply => {}
         }
 
         // The rows and the stream's position commit together, so a crash applies all of the
@@ -334,6 +316,32 @@ impl SqliteSink {
         }
         Ok(())
     }
+}
+
+/// How far the database holds `stream`, from its bookkeeping row.
+fn stream_position(conn: &Connection, stream: &str) -> Result<StreamPosition, SinkError> {
+    let position: Option<(i64, bool)> = conn
+        .prepare_cached(&format!(
+            "SELECT applied_seq, complete FROM {BOOKKEEPING_TABLE} WHERE stream = ?1"
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_row([stream], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map_err(|error| sql_error(format!("reading the position of stream {stream}"), error))?;
+    Ok(match position {
+        None => StreamPosition::Start,
+        Some((_, true)) => StreamPosition::Complete,
+        Some((applied, false)) => {
+            StreamPosition::Applied(u64::try_from(applied).map_err(|_| {
+                SinkError::fatal(format!(
+                    "stream {stream}: {BOOKKEEPING_TABLE} records applied seq {applied}, which \
+                     no batch has"
+                ))
+            })?)
+        }
+    })
 }
 
 /// The table of `kind` from the cache, loaded (and created) on first use.
