@@ -27,23 +27,14 @@ fn http() -> reqwest::Client {
         .expect("HTTP client builds")
 }
 
+/// A reference fixture of the flatfile crate's `testdata` folder, the one copy the workspace keeps.
 fn fixture(name: &str) -> Value {
-    let text = match name {
-        "legacy-batch-rows-page" => include_str!("fixtures/legacy-batch-rows-page.json"),
-        "records-page" => include_str!("fixtures/records-page.json"),
-        "workbook-get" => include_str!("fixtures/workbook-get.json"),
-        "sheets-list" => include_str!("fixtures/sheets-list.json"),
-        "record-counts-response" => include_str!("fixtures/record-counts-response.json"),
-        "job-response" => include_str!("fixtures/job-response.json"),
-        "error-envelope" => include_str!("fixtures/error-envelope.json"),
-        "legacy-error" => include_str!("fixtures/legacy-error.json"),
-        "event-job-ready-submit" => include_str!("fixtures/event-job-ready-submit.json"),
-        "legacy-webhook-portal-import-submitted" => {
-            include_str!("fixtures/legacy-webhook-portal-import-submitted.json")
-        }
-        other => panic!("no fixture {other}"),
-    };
-    serde_json::from_str(text).expect("fixture is JSON")
+    let path = format!(
+        "{}/../flatfile/testdata/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
 }
 
 /// Every key of the fixture is present in `actual`, recursively (first element of arrays), and

@@ -610,9 +610,11 @@ fn the_workspace_notification_names_the_workspace_and_sheet() {
 
 #[test]
 fn a_portal2_upload_is_split_into_numbered_requests_of_the_fixture_shape() {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/legacy-webhook-v2-batch-upload.json"))
-            .expect("fixture is JSON");
+    // The flatfile crate's copy of the reference fixture, the one the workspace keeps.
+    let fixture: Value = serde_json::from_str(include_str!(
+        "../../flatfile/testdata/legacy-webhook-v2-batch-upload.json"
+    ))
+    .expect("fixture is JSON");
     let config = SimConfig {
         seed: 4,
         ..SimConfig::default()
