@@ -1209,23 +1209,21 @@ mod tests {
     }
 
     #[test]
-    fn a_ten_thousand_row_page_is_produced_quickly() {
+    fn a_ten_thousand_row_page_is_one_json_document_with_every_record() {
+        // Its speed is a figure of `cargo bench -p flatfile-sim --bench generate`.
         let sheet = contacts(10_000);
         let mut out = Vec::with_capacity(4 << 20);
-        let started = std::time::Instant::now();
         write_records_page(&mut out, 0, &sheet, 1, 10_000);
-        let elapsed = started.elapsed();
-        // Generous for unoptimised test builds on a busy 2-core machine; release builds take a
-        // few milliseconds.
-        assert!(
-            elapsed < std::time::Duration::from_millis(1500),
-            "took {elapsed:?}"
-        );
         let page: Json = serde_json::from_slice(&out).expect("valid JSON");
-        assert_eq!(
-            page["data"]["records"].as_array().map(Vec::len),
-            Some(10_000)
-        );
+        let served: Vec<&str> = page["data"]["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|record| record["id"].as_str().expect("id"))
+            .collect();
+        let key = SheetKey::new(0, &sheet);
+        let expected: Vec<String> = (0..10_000).map(|index| key.record_id(index)).collect();
+        assert_eq!(served, expected);
     }
 
     #[test]

@@ -1145,7 +1145,7 @@ async fn emitted_events_merge_their_context_over_the_defaults() {
 }
 
 #[tokio::test]
-async fn a_changed_hundred_thousand_row_sheet_still_pages_quickly() {
+async fn a_changed_hundred_thousand_row_sheet_pages_by_position() {
     let h = Harness::start(config(200_000)).await;
     let sheet = "us_sh_big-contacts";
     let ids = record_ids(h.sim.config(), sheet);
@@ -1154,16 +1154,13 @@ async fn a_changed_hundred_thousand_row_sheet_still_pages_quickly() {
     h.sim
         .add_records(sheet, &NewRecords::Count(3))
         .expect("added");
-    let started = std::time::Instant::now();
+    // How fast this page is served is a figure of `cargo bench -p flatfile-sim --bench generate`.
     let page = h
         .ok_as(
             SECRET,
             &format!("/v1/sheets/{sheet}/records?pageSize=1000&pageNumber=90"),
         )
         .await;
-    let elapsed = started.elapsed();
-    // Generous for unoptimised builds on a busy 2-core machine.
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     let live: Vec<&String> = ids.iter().filter(|id| !doomed.contains(id)).collect();
     let served = ids_of(&page);
     assert_eq!(served.len(), 1000);

@@ -960,21 +960,25 @@ async fn a_dropped_connection_fails_on_the_client_after_part_of_the_body() {
     h.sim.shutdown().await;
 }
 
-#[tokio::test]
-async fn retries_before_retry_after_are_counted_as_early() {
-    let config = SimConfig {
+fn rate_limited(retry_after_secs: u64) -> SimConfig {
+    SimConfig {
         rows: 3,
         faults: Faults {
             rate_limit_rate: 1.0,
-            retry_after_secs: 1,
+            retry_after_secs,
             ..Faults::default()
         },
         ..SimConfig::default()
-    };
-    let h = Harness::start(config).await;
+    }
+}
+
+#[tokio::test]
+async fn retries_before_retry_after_are_counted_as_early() {
+    // An hour of Retry-After: the retry below comes before it elapses however slow the machine.
+    let h = Harness::start(rate_limited(3600)).await;
     let first = h.legacy("/rest/batch/b/rows?take=2").await;
     assert_eq!(first.status(), 429);
-    assert_eq!(first.headers()["retry-after"], "1");
+    assert_eq!(first.headers()["retry-after"], "3600");
     let body: Value = first.json().await.expect("JSON");
     assert_eq!(body["statusCode"], 429);
     let too_soon = h.legacy("/rest/batch/b/rows?take=2").await;
@@ -982,22 +986,44 @@ async fn retries_before_retry_after_are_counted_as_early() {
     assert_eq!(h.sim.stats().early_retries, 1);
     // Another query is another URL; another method would be too.
     h.legacy("/rest/batch/b/rows?take=3").await;
-    h.get("/v1/sheets/us_sh_w-contacts/counts").await;
-    assert_eq!(h.sim.stats().early_retries, 1);
-    tokio::time::sleep(Duration::from_millis(1050)).await;
-    let patient = h.legacy("/rest/batch/b/rows?take=2").await;
-    assert_eq!(patient.status(), 429);
     let platform = h.get("/v1/sheets/us_sh_w-contacts/counts").await;
     let body: Value = platform.json().await.expect("JSON");
     assert!(body["errors"][0]["message"].is_string());
     let stats = h.admin_stats().await;
     assert_eq!(stats.early_retries, 1);
-    assert_eq!(stats.injected_rate_limits, 6);
+    assert_eq!(stats.injected_rate_limits, 4);
     h.sim.shutdown().await;
 }
 
 #[tokio::test]
-async fn page_latency_delays_data_requests_only() {
+async fn retries_after_retry_after_are_not_early() {
+    let h = Harness::start(rate_limited(1)).await;
+    let paths = [
+        "/rest/batch/b/rows?take=2",
+        "/v1/sheets/us_sh_w-contacts/counts",
+    ];
+    for path in paths {
+        let refused = if path.starts_with("/rest/") {
+            h.legacy(path).await
+        } else {
+            h.get(path).await
+        };
+        assert_eq!(refused.status(), 429, "{path}");
+        assert_eq!(refused.headers()["retry-after"], "1", "{path}");
+    }
+    // Waiting the whole Retry-After after the answers arrived is a lower bound: the retries
+    // reach the simulator later than it asked.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.legacy(paths[0]).await.status(), 429);
+    assert_eq!(h.get(paths[1]).await.status(), 429);
+    let stats = h.admin_stats().await;
+    assert_eq!(stats.early_retries, 0);
+    assert_eq!(stats.injected_rate_limits, 4);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_latency_delays_data_requests() {
     let latency = Duration::from_millis(400);
     let config = SimConfig {
         rows: 3,
@@ -1011,10 +1037,40 @@ async fn page_latency_delays_data_requests_only() {
     let started = Instant::now();
     h.get_json("/v1/sheets/us_sh_w-contacts/records").await;
     assert!(started.elapsed() >= latency);
-    let started = Instant::now();
-    h.get_json("/v1/sheets/us_sh_w-contacts/counts").await;
-    assert!(started.elapsed() < latency);
     h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_latency_leaves_other_requests_alone() {
+    // A latency no test outlasts: a request that paid it could not be answered at all.
+    let config = SimConfig {
+        rows: 3,
+        page_latency: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let h = Harness::start(config).await;
+    let held = tokio::spawn({
+        let request = h
+            .http
+            .get(h.url("/v1/sheets/us_sh_w-contacts/records"))
+            .bearer_auth(SECRET);
+        async move { request.send().await }
+    });
+    // The records request is counted before its handler pauses: from here it is held.
+    while h.sim.stats().records == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let counts = h.get_json("/v1/sheets/us_sh_w-contacts/counts").await;
+    assert_eq!(counts["data"]["counts"]["total"], 2);
+    let workbook = h.get_json("/v1/workbooks/us_wb_w").await;
+    assert_eq!(workbook["data"]["id"], "us_wb_w");
+    assert!(
+        !held.is_finished(),
+        "the records request is still held while the others are answered"
+    );
+    held.abort();
+    // No graceful shutdown: it would wait for the held request.
+    drop(h);
 }
 
 type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
