@@ -120,10 +120,12 @@
 mod admin;
 mod client;
 mod clock;
+mod fields;
 mod generate;
 mod jobs;
 mod legacy;
 pub mod receiver;
+mod rejection;
 mod server;
 mod state;
 mod webhook;

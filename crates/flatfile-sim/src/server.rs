@@ -25,7 +25,8 @@ use crate::admin::{
     SimEvent, SubmitRequest, Submitted,
 };
 use crate::generate::{self, SheetRef};
-use crate::state::{EventsQuery, RecordsQuery, Rejection, World};
+use crate::rejection::Rejection;
+use crate::state::{EventsQuery, RecordsQuery, World};
 use crate::{JobState, SimConfig, SimError, SimStats, clock};
 use crate::{jobs, legacy};
 
