@@ -124,6 +124,7 @@ mod fields;
 mod generate;
 mod jobs;
 mod legacy;
+mod lock;
 pub mod receiver;
 mod rejection;
 mod server;

@@ -25,7 +25,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use standardwebhooks::{Webhook, WebhookError};
 use tokio::sync::oneshot;
 
 use crate::clock;
+use crate::lock::lock;
 
 /// The longest timestamp tolerance: [`Webhook::verify`] enforces 5 minutes itself, so a wider
 /// window could not be honoured.
@@ -504,13 +505,6 @@ fn serve(
             }
         }
     });
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section leaves the data consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Shared {

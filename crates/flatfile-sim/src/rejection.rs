@@ -23,6 +23,15 @@ impl Rejection {
         }
     }
 
+    /// A body that is not a JSON object at all: no field to name.
+    pub(crate) fn bad_body(message: impl Into<String>) -> Rejection {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            key: None,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn not_found(key: impl Into<String>, message: impl Into<String>) -> Rejection {
         Rejection {
             status: StatusCode::NOT_FOUND,
