@@ -125,6 +125,7 @@ mod generate;
 mod jobs;
 mod legacy;
 mod lock;
+mod net;
 pub mod receiver;
 mod rejection;
 mod server;

@@ -24,7 +24,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -422,15 +422,7 @@ impl RunningReceiver {
     /// `http://IP:PORT/hook`, the URL to configure in the sink. A wildcard listen address is
     /// replaced by loopback.
     pub fn url(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!(
-            "http://{}{HOOK_PATH}",
-            SocketAddr::new(ip, self.addr.port())
-        )
+        format!("http://{}{HOOK_PATH}", crate::net::reachable(self.addr))
     }
 
     /// Every request so far, in arrival order.

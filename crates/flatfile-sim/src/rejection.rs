@@ -47,6 +47,14 @@ impl Rejection {
     pub(crate) fn job_not_found(job_id: &str) -> Rejection {
         Rejection::not_found("jobId", format!("Job {job_id} not found"))
     }
+
+    pub(crate) fn workbook_not_found(workbook_id: &str) -> Rejection {
+        Rejection::not_found("workbookId", format!("Workbook {workbook_id} not found"))
+    }
+
+    pub(crate) fn event_not_found(event_id: &str) -> Rejection {
+        Rejection::not_found("eventId", format!("Event {event_id} not found"))
+    }
 }
 
 impl From<Rejection> for SimError {

@@ -111,6 +111,14 @@ pub(super) async fn submit(
     Ok(json_answer(&submitted))
 }
 
+/// The body of a record change, with no key but `known`, and its `eventShape`.
+fn change_body(body: &Bytes, known: &[&str]) -> Result<(Map<String, Json>, EventShape), ApiError> {
+    let body = object_body(body)?;
+    known_keys(&body, "", known)?;
+    let shape = event_shape(&body)?;
+    Ok((body, shape))
+}
+
 /// `eventShape` of a record change [default: `recordIds`].
 fn event_shape(body: &Map<String, Json>) -> Result<EventShape, ApiError> {
     match string(body, "eventShape")? {
@@ -130,9 +138,7 @@ pub(super) async fn add_records(
     Path(sheet_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = object_body(&body)?;
-    known_keys(&body, "", &["records", "count", "eventShape"])?;
-    let shape = event_shape(&body)?;
+    let (body, shape) = change_body(&body, &["records", "count", "eventShape"])?;
     let records = match (body.contains_key("records"), unsigned(&body, "count")?) {
         (true, Some(_)) => {
             return Err(ApiError::bad(
@@ -164,9 +170,7 @@ pub(super) async fn edit_records(
     Path(sheet_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = object_body(&body)?;
-    known_keys(&body, "", &["records", "eventShape"])?;
-    let shape = event_shape(&body)?;
+    let (body, shape) = change_body(&body, &["records", "eventShape"])?;
     let mut edits = Vec::new();
     for (at, record) in array(&body, "records")?.iter().enumerate() {
         let at = format!("records[{at}]");
@@ -203,9 +207,7 @@ pub(super) async fn delete_records(
     Path(sheet_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = object_body(&body)?;
-    known_keys(&body, "", &["ids", "eventShape"])?;
-    let shape = event_shape(&body)?;
+    let (body, shape) = change_body(&body, &["ids", "eventShape"])?;
     let ids = array(&body, "ids")?
         .iter()
         .enumerate()

@@ -13,6 +13,7 @@ use super::params::platform_page;
 use super::reply::{ApiError, data};
 use super::shared::Shared;
 use crate::clock;
+use crate::rejection::Rejection;
 use crate::state::EventsQuery;
 
 /// `GET /v1/events`: the caller's environment's events, in the configured `events_order`.
@@ -65,14 +66,6 @@ pub(super) async fn list_events(
     Ok(data(Json::Array(sim.world().list_events(&events_query))))
 }
 
-fn event_not_found(event_id: &str) -> ApiError {
-    ApiError::platform(
-        StatusCode::NOT_FOUND,
-        Some("eventId"),
-        format!("Event {event_id} not found"),
-    )
-}
-
 /// `GET /v1/events/{eventId}`.
 pub(super) async fn get_event(
     State(sim): State<Arc<Shared>>,
@@ -83,7 +76,7 @@ pub(super) async fn get_event(
     let event = sim
         .world()
         .event(&event_id, &environment)
-        .ok_or_else(|| event_not_found(&event_id))?;
+        .ok_or_else(|| Rejection::event_not_found(&event_id))?;
     Ok(data(event))
 }
 
@@ -95,7 +88,7 @@ pub(super) async fn ack_event(
 ) -> Result<Response, ApiError> {
     let environment = platform_auth(&sim, &headers)?;
     if !sim.world().ack_event(&event_id, &environment) {
-        return Err(event_not_found(&event_id));
+        return Err(Rejection::event_not_found(&event_id).into());
     }
     Ok(data(json!({ "success": true })))
 }

@@ -22,19 +22,11 @@ pub(super) async fn batch_rows(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    legacy_auth(&sim, &headers)?;
-    let (skip, take) = legacy_page(&sim, &query)?;
-    sim.page_pause().await;
-    let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, 500));
-    generate::write_legacy_page(
-        &mut body,
-        sim.config.seed,
-        &batch_id,
-        sim.config.rows,
-        skip,
-        take,
-    );
-    Ok(json_bytes(StatusCode::OK, body))
+    let (seed, rows) = (sim.config.seed, sim.config.rows);
+    serve_page(&sim, &headers, &query, 500, |out, skip, take| {
+        generate::write_legacy_page(out, seed, &batch_id, rows, skip, take);
+    })
+    .await
 }
 
 /// `GET /workspace/{workspaceId}/sheet/{sheetId}/records?skip=&take=`: a legacy Workspaces
@@ -45,17 +37,27 @@ pub(super) async fn workspace_records(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    legacy_auth(&sim, &headers)?;
-    let (skip, take) = legacy_page(&sim, &query)?;
+    let (seed, rows) = (sim.config.seed, sim.config.rows);
+    serve_page(&sim, &headers, &query, 300, |out, skip, take| {
+        let sheet = (workspace_id.as_str(), sheet_id.as_str());
+        crate::legacy::write_workspace_page(out, seed, sheet, rows, skip, take);
+    })
+    .await
+}
+
+/// Checks the key and the paging, waits the page latency, and answers the page `write` writes
+/// for `skip` and `take`; `bytes_per_row` sizes its buffer.
+async fn serve_page(
+    sim: &Shared,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    bytes_per_row: u64,
+    write: impl FnOnce(&mut Vec<u8>, u64, u64),
+) -> Result<Response, ApiError> {
+    legacy_auth(sim, headers)?;
+    let (skip, take) = legacy_page(sim, query)?;
     sim.page_pause().await;
-    let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, 300));
-    crate::legacy::write_workspace_page(
-        &mut body,
-        sim.config.seed,
-        (&workspace_id, &sheet_id),
-        sim.config.rows,
-        skip,
-        take,
-    );
+    let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, bytes_per_row));
+    write(&mut body, skip, take);
     Ok(json_bytes(StatusCode::OK, body))
 }

@@ -26,7 +26,7 @@ mod shared;
 mod stats;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,12 +98,7 @@ impl RunningSim {
     /// `http://IP:PORT`, the base URL of both the legacy and the Platform API (Platform paths
     /// start with `/v1`). A wildcard listen address is replaced by loopback.
     pub fn base_url(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        format!("http://{}", crate::net::reachable(self.addr))
     }
 
     /// The configuration it serves.

@@ -43,13 +43,7 @@ fn find_workbook(
             let owner = scope.environment_id().to_owned();
             (scope.sheets, owner)
         })
-        .ok_or_else(|| {
-            ApiError::platform(
-                StatusCode::NOT_FOUND,
-                Some("workbookId"),
-                format!("Workbook {workbook_id} not found"),
-            )
-        })
+        .ok_or_else(|| Rejection::workbook_not_found(workbook_id).into())
 }
 
 /// `GET /v1/workbooks/{workbookId}`.

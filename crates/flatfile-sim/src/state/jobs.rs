@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use super::{World, base_context, check_environment, job_environment, workbook_not_found};
+use super::{World, base_context, check_environment, job_environment};
 use crate::admin::{CreatedJob, JobRequest};
 use crate::generate::{self, SheetRef};
 use crate::jobs::{AckDetails, CompleteDetails, JOB_TYPES, JobRecord, JobUpdate, NewJob};
@@ -124,7 +124,7 @@ impl World {
             (Some(workbook_id), None) => {
                 let workbook = self
                     .find_workbook(config, workbook_id)
-                    .ok_or_else(|| workbook_not_found(workbook_id))?;
+                    .ok_or_else(|| Rejection::workbook_not_found(workbook_id))?;
                 Ok((workbook.owner, workbook_id.clone(), None))
             }
             (None, Some(sheet_id)) => {

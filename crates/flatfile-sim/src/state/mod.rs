@@ -148,10 +148,6 @@ fn job_environment(
     }
 }
 
-fn workbook_not_found(workbook_id: &str) -> Rejection {
-    Rejection::not_found("workbookId", format!("Workbook {workbook_id} not found"))
-}
-
 impl World {
     pub(crate) fn new(tag: String) -> World {
         World {

@@ -4,9 +4,7 @@
 use serde_json::json;
 
 use super::jobs::{add_source_ids, job_name, split_job_name};
-use super::{
-    CreatedWorkbook, WorkbookScope, World, check_environment, job_environment, workbook_not_found,
-};
+use super::{CreatedWorkbook, WorkbookScope, World, check_environment, job_environment};
 use crate::admin::{SubmitRequest, Submitted, SubmittedPart, SubmittedSheet};
 use crate::generate::{self, SheetRef};
 use crate::rejection::Rejection;
@@ -132,7 +130,7 @@ impl World {
             }
             let workbook = self
                 .find_workbook(config, workbook_id)
-                .ok_or_else(|| workbook_not_found(workbook_id))?;
+                .ok_or_else(|| Rejection::workbook_not_found(workbook_id))?;
             return Ok((workbook_id.clone(), workbook));
         }
         let workbook_id = format!("us_wb_{}_{}", self.tag, self.next.workbook + 1);
