@@ -2,30 +2,17 @@
 //! determinism, paging totals, auth, jobs, 404s and fault injection.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flatfile_sim::{
-    Faults, JobRequest, RunningSim, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body,
-    post_webhook, record_ids, submit_event_body, workbook_sheets,
+    Faults, JobRequest, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body, post_webhook,
+    record_ids, submit_event_body, workbook_sheets,
 };
 use serde_json::{Value, json};
 
-const LEGACY_KEY: &str = "demo-key+demo-secret";
-const SECRET: &str = "sk_demo";
+mod common;
 
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("HTTP client builds")
-}
+use common::{Harness, LEGACY_KEY, SECRET, http, receiver, start_binary};
 
 /// A reference fixture of the flatfile crate's `testdata` folder, the one copy the workspace keeps.
 fn fixture(name: &str) -> Value {
@@ -70,23 +57,7 @@ fn assert_fixture_keys(fixture: &Value, actual: &Value, at: &str) {
     }
 }
 
-struct Harness {
-    sim: RunningSim,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start(config: SimConfig) -> Harness {
-        let sim = RunningSim::start(config, local())
-            .await
-            .expect("simulator starts");
-        Harness { sim, http: http() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sim.base_url())
-    }
-
     async fn legacy(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
@@ -1073,43 +1044,9 @@ async fn page_latency_leaves_other_requests_alone() {
     drop(h);
 }
 
-type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// A webhook receiver on 127.0.0.1 that records the Authorization header and the body.
-async fn receiver(status: u16) -> (SocketAddr, Received, tokio::task::JoinHandle<()>) {
-    use axum::http::{HeaderMap, StatusCode};
-    let received: Received = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            async move {
-                let auth = headers
-                    .get("authorization")
-                    .map(|v| v.to_str().expect("ASCII").to_owned());
-                let body: Value = serde_json::from_slice(&body).expect("webhook body is JSON");
-                store.lock().expect("not poisoned").push((auth, body));
-                (
-                    StatusCode::from_u16(status).expect("valid status"),
-                    "{\"accepted\":true}",
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(local())
-        .await
-        .expect("receiver binds");
-    let addr = listener.local_addr().expect("bound address");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("receiver serves");
-    });
-    (addr, received, task)
-}
-
 #[tokio::test]
 async fn post_webhook_sends_the_body_with_the_bearer_token() {
-    let (addr, received, task) = receiver(202).await;
+    let (addr, received, task) = receiver(vec![202]).await;
     let url = format!("http://{addr}/hook");
     let body = submit_event_body("us_evt_9", "us_wb_9", "us_jb_9");
     assert_eq!(
@@ -1142,25 +1079,14 @@ async fn post_webhook_sends_the_body_with_the_bearer_token() {
 
 #[tokio::test]
 async fn the_binary_serves_and_sends_webhooks() {
-    use tokio::io::AsyncBufReadExt as _;
     let exe = env!("CARGO_BIN_EXE_flatfile-sim");
-    let mut server = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["--listen", "127.0.0.1:0", "--rows", "12", "--seed", "5"])
         .env("FLATFILE_SIM_SECRET_KEY", "sk_from_env")
-        .env_remove("FLATFILE_SIM_LEGACY_API_KEY")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let stdout = server.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .expect("start line within 10 s")
-    .expect("stdout readable");
+        .env_remove("FLATFILE_SIM_LEGACY_API_KEY");
+    let mut server = start_binary(command).await;
+    let line = &server.start_line;
     assert!(
         line.starts_with("flatfile-sim listening on http://127.0.0.1:"),
         "{line}"
@@ -1169,11 +1095,7 @@ async fn the_binary_serves_and_sends_webhooks() {
         !line.contains("sk_from_env"),
         "keys are never printed: {line}"
     );
-    let base = line
-        .split_whitespace()
-        .nth(3)
-        .expect("URL in the start line")
-        .to_owned();
+    let base = server.base_url.clone();
     let client = http();
     let counts: Value = client
         .get(format!("{base}/v1/sheets/us_sh_a-contacts/counts"))
@@ -1192,9 +1114,9 @@ async fn the_binary_serves_and_sends_webhooks() {
         .await
         .expect("answered");
     assert_eq!(legacy.status(), 200, "legacy key defaults to the demo key");
-    server.kill().await.expect("server stops");
+    server.child.kill().await.expect("server stops");
 
-    let (addr, received, task) = receiver(200).await;
+    let (addr, received, task) = receiver(vec![200]).await;
     let output = tokio::process::Command::new(exe)
         .args([
             "send-webhook",
