@@ -50,67 +50,13 @@ impl Sim {
         let stderr = log
             .reopen()
             .expect("cannot reopen the simulator's log file");
-        let f = &config.faults;
-        let mut child = Command::new(&binary)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--rows", &config.rows.to_string()])
-            .args(["--seed", &config.seed.to_string()])
-            .args(["--sheets", &config.sheets_per_workbook.to_string()])
-            .args([
-                "--page-latency-ms",
-                &config.page_latency.as_millis().to_string(),
-            ])
-            .args(["--error-rate", &f.error_rate.to_string()])
-            .args(["--rate-limit-rate", &f.rate_limit_rate.to_string()])
-            .args(["--retry-after-secs", &f.retry_after_secs.to_string()])
-            .args(["--drop-rate", &f.drop_rate.to_string()])
-            .args(["--max-page-size", &config.max_page_size.to_string()])
-            .args([
-                "--events-order",
-                match config.events_order {
-                    EventsOrder::Oldest => "oldest",
-                    EventsOrder::Newest => "newest",
-                },
-            ])
-            .env("FLATFILE_SIM_LEGACY_API_KEY", &config.legacy_api_key)
-            .env("FLATFILE_SIM_SECRET_KEY", &config.secret_key)
-            .env(
-                "FLATFILE_SIM_ENVIRONMENTS",
-                config
-                    .environments
-                    .iter()
-                    .map(|e| format!("{}={}", e.id, e.secret_key))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .env_remove("RUST_LOG")
+        let mut child = command(&binary, &config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            // Keep draining so the simulator never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let first_line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "flatfile-sim printed no start line within {START_TIMEOUT:?}; its log:\n{}",
-                    read_file(log.path())
-                );
-            }
-        };
+        let first_line = start_line(&mut child, &log);
         let url = first_line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
@@ -353,6 +299,72 @@ impl Drop for Sim {
                     tail(&log, 80)
                 );
             }
+        }
+    }
+}
+
+/// `flatfile-sim` with the flags and environment that make it serve `config`.
+fn command(binary: &std::path::Path, config: &SimConfig) -> Command {
+    let f = &config.faults;
+    let mut command = Command::new(binary);
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--rows", &config.rows.to_string()])
+        .args(["--seed", &config.seed.to_string()])
+        .args(["--sheets", &config.sheets_per_workbook.to_string()])
+        .args([
+            "--page-latency-ms",
+            &config.page_latency.as_millis().to_string(),
+        ])
+        .args(["--error-rate", &f.error_rate.to_string()])
+        .args(["--rate-limit-rate", &f.rate_limit_rate.to_string()])
+        .args(["--retry-after-secs", &f.retry_after_secs.to_string()])
+        .args(["--drop-rate", &f.drop_rate.to_string()])
+        .args(["--max-page-size", &config.max_page_size.to_string()])
+        .args([
+            "--events-order",
+            match config.events_order {
+                EventsOrder::Oldest => "oldest",
+                EventsOrder::Newest => "newest",
+            },
+        ])
+        .env("FLATFILE_SIM_LEGACY_API_KEY", &config.legacy_api_key)
+        .env("FLATFILE_SIM_SECRET_KEY", &config.secret_key)
+        .env(
+            "FLATFILE_SIM_ENVIRONMENTS",
+            config
+                .environments
+                .iter()
+                .map(|e| format!("{}={}", e.id, e.secret_key))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// The first line the simulator prints, which names its URL; kills it and shows its log when
+/// none comes within [`START_TIMEOUT`].
+fn start_line(child: &mut Child, log: &tempfile::NamedTempFile) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        // Keep draining so the simulator never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "flatfile-sim printed no start line within {START_TIMEOUT:?}; its log:\n{}",
+                read_file(log.path())
+            );
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use serde_json::{Map, Value as Json, json};
 
-use crate::state::Rejection;
+use crate::fields::{object, string};
+use crate::rejection::Rejection;
 use crate::{JobState, clock, generate};
 
 /// `JobType` of the Platform.
@@ -258,14 +259,6 @@ fn unknown_key(body: &Map<String, Json>, known: &[&str], what: &str) -> Result<(
     }
 }
 
-fn string(body: &Map<String, Json>, key: &str) -> Result<Option<String>, Rejection> {
-    match body.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(Rejection::bad(key, format!("{key} must be a string"))),
-    }
-}
-
 fn one_of(
     body: &Map<String, Json>,
     key: &str,
@@ -296,14 +289,6 @@ fn progress(body: &Map<String, Json>) -> Result<Option<u8>, Rejection> {
             .and_then(|progress| u8::try_from(progress).ok())
             .map(Some)
             .ok_or_else(|| Rejection::bad("progress", "progress must be an integer from 0 to 100")),
-    }
-}
-
-fn object(body: &Map<String, Json>, key: &str) -> Result<Option<Json>, Rejection> {
-    match body.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(value @ Json::Object(_)) => Ok(Some(value.clone())),
-        Some(_) => Err(Rejection::bad(key, format!("{key} must be an object"))),
     }
 }
 

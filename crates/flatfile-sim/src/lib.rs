@@ -120,10 +120,14 @@
 mod admin;
 mod client;
 mod clock;
+mod fields;
 mod generate;
 mod jobs;
 mod legacy;
+mod lock;
+mod net;
 pub mod receiver;
+mod rejection;
 mod server;
 mod state;
 mod webhook;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use flatfile_sim::{
     AdminClient, DEFAULT_LEGACY_API_KEY, DEFAULT_SECRET_KEY, EventsOrder, Faults, JobRequest,
-    RunningSim, SimConfig, SimEnvironment, forwarded_event_body, legacy_webhook_body,
+    RunningSim, SimConfig, SimEnvironment, WebhookReply, forwarded_event_body, legacy_webhook_body,
     portal2_upload_bodies, send_webhook, submit_event_body,
 };
 
@@ -338,45 +338,66 @@ async fn create_job(sim_url: &str, workbook_id: &str) -> anyhow::Result<String> 
 async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
     let token = env_token(WEBHOOK_TOKEN_ENV)?;
     if let Some(batch_id) = &args.portal2_upload {
-        let config = SimConfig {
-            seed: args.seed,
-            ..SimConfig::default()
-        };
-        let bodies = portal2_upload_bodies(
-            &config,
-            batch_id,
-            args.rows.unwrap_or(1000),
-            args.per_request,
-        );
-        let count = bodies.len();
-        for (at, body) in bodies.iter().enumerate() {
-            let reply = send_webhook(&args.to, token.as_deref(), body)
-                .await
-                .with_context(|| format!("cannot send request {} of {count}", at + 1))?;
-            println!("HTTP {} (request {} of {count})", reply.status, at + 1);
-            if !reply.body.is_empty() {
-                println!("{}", reply.body);
-            }
-            if !(200..300).contains(&reply.status) {
-                eprintln!(
-                    "flatfile-sim: stopped the upload at request {} of {count}",
-                    at + 1
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        eprintln!(
-            "flatfile-sim: sent upload {} in {count} requests",
-            bodies[0]["event"]["id"].as_str().unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
+        return send_upload(&args, batch_id, token.as_deref()).await;
     }
     if args.rows.is_some() && args.workbook.is_some() {
         bail!("--rows goes with --legacy-batch or --portal2-upload, not --workbook");
     }
-    let (event_id, body) = match (&args.legacy_batch, &args.workbook) {
+    let (event_id, body) = event_body(&args).await?;
+    let reply = send_webhook(&args.to, token.as_deref(), &body)
+        .await
+        .context("cannot send the webhook")?;
+    eprintln!("flatfile-sim: sent event {event_id}");
+    print_reply(&reply, "");
+    Ok(if is_success(&reply) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Sends every request of a Portal 2.0 upload, stopping at the first answer that is not 2xx.
+async fn send_upload(
+    args: &SendWebhookArgs,
+    batch_id: &str,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = SimConfig {
+        seed: args.seed,
+        ..SimConfig::default()
+    };
+    let bodies = portal2_upload_bodies(
+        &config,
+        batch_id,
+        args.rows.unwrap_or(1000),
+        args.per_request,
+    );
+    let count = bodies.len();
+    for (at, body) in bodies.iter().enumerate() {
+        let reply = send_webhook(&args.to, token, body)
+            .await
+            .with_context(|| format!("cannot send request {} of {count}", at + 1))?;
+        print_reply(&reply, &format!(" (request {} of {count})", at + 1));
+        if !is_success(&reply) {
+            eprintln!(
+                "flatfile-sim: stopped the upload at request {} of {count}",
+                at + 1
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    eprintln!(
+        "flatfile-sim: sent upload {} in {count} requests",
+        bodies[0]["event"]["id"].as_str().unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The event id and body of a legacy notification or of a workbook submit's `job:ready`.
+async fn event_body(args: &SendWebhookArgs) -> anyhow::Result<(String, serde_json::Value)> {
+    match (&args.legacy_batch, &args.workbook) {
         (Some(batch_id), _) => {
-            let event_id = args.event_id.unwrap_or_else(|| {
+            let event_id = args.event_id.clone().unwrap_or_else(|| {
                 format!(
                     "{}-{}-4{}-a{}-{}",
                     random_hex(8),
@@ -387,7 +408,7 @@ async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
                 )
             });
             let body = legacy_webhook_body(batch_id, &event_id, args.rows.unwrap_or(1000));
-            (event_id, body)
+            Ok((event_id, body))
         }
         (None, Some(workbook_id)) => {
             let job_id = match (&args.job, &args.sim) {
@@ -397,6 +418,7 @@ async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
             };
             let event_id = args
                 .event_id
+                .clone()
                 .unwrap_or_else(|| format!("us_evt_{}", random_hex(16)));
             let mut body = submit_event_body(&event_id, workbook_id, &job_id);
             if args.forwarded {
@@ -404,26 +426,26 @@ async fn send(args: SendWebhookArgs) -> anyhow::Result<ExitCode> {
                     env_token(FORWARDED_TOKEN_ENV)?.unwrap_or_else(|| "...".to_owned());
                 let api_url = args
                     .api_url
-                    .or(args.sim)
+                    .clone()
+                    .or_else(|| args.sim.clone())
                     .unwrap_or_else(|| LISTENER_API_URL.to_owned());
                 body = forwarded_event_body(&body, &access_token, &api_url);
             }
             eprintln!("flatfile-sim: job {job_id}");
-            (event_id, body)
+            Ok((event_id, body))
         }
         _ => bail!("pass --legacy-batch ID, --workbook ID or --portal2-upload BATCH"),
-    };
-    let reply = send_webhook(&args.to, token.as_deref(), &body)
-        .await
-        .context("cannot send the webhook")?;
-    eprintln!("flatfile-sim: sent event {event_id}");
-    println!("HTTP {}", reply.status);
+    }
+}
+
+/// Prints the status line (with `note` after it) and the body, if any.
+fn print_reply(reply: &WebhookReply, note: &str) {
+    println!("HTTP {}{note}", reply.status);
     if !reply.body.is_empty() {
         println!("{}", reply.body);
     }
-    Ok(if (200..300).contains(&reply.status) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+}
+
+fn is_success(reply: &WebhookReply) -> bool {
+    (200..300).contains(&reply.status)
 }

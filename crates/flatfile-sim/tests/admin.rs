@@ -2,8 +2,6 @@
 //! on 127.0.0.1, plus the blocking [`AdminClient`] and the binary's environment options.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use flatfile_sim::{
     AdminClient, DEFAULT_ENVIRONMENT_ID, EmitEvent, Faults, NewRecords, RecordEdit, RunningSim,
@@ -12,13 +10,12 @@ use flatfile_sim::{
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-const SECRET: &str = "sk_demo";
+mod common;
+
+use common::{Harness, SECRET, local, record_ids_of as ids_of, start_binary};
+
 const OTHER_ENV: &str = "us_env_other";
 const OTHER_KEY: &str = "sk_other";
-
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 fn config(rows: u64) -> SimConfig {
     SimConfig {
@@ -28,33 +25,12 @@ fn config(rows: u64) -> SimConfig {
     }
 }
 
-struct Harness {
-    sim: RunningSim,
-    http: reqwest::Client,
-}
-
 struct Reply {
     status: u16,
     body: Value,
 }
 
 impl Harness {
-    async fn start(config: SimConfig) -> Harness {
-        let sim = RunningSim::start(config, local())
-            .await
-            .expect("simulator starts");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("HTTP client builds");
-        Harness { sim, http }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sim.base_url())
-    }
-
     async fn reply(request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request is answered");
         let status = response.status().as_u16();
@@ -113,15 +89,6 @@ impl Harness {
         );
         assert!(reply.body["errors"][0]["message"].is_string());
     }
-}
-
-fn ids_of(page: &Value) -> Vec<String> {
-    page["data"]["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|record| record["id"].as_str().expect("id").to_owned())
-        .collect()
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -1145,7 +1112,7 @@ async fn emitted_events_merge_their_context_over_the_defaults() {
 }
 
 #[tokio::test]
-async fn a_changed_hundred_thousand_row_sheet_still_pages_quickly() {
+async fn a_changed_hundred_thousand_row_sheet_pages_by_position() {
     let h = Harness::start(config(200_000)).await;
     let sheet = "us_sh_big-contacts";
     let ids = record_ids(h.sim.config(), sheet);
@@ -1154,16 +1121,13 @@ async fn a_changed_hundred_thousand_row_sheet_still_pages_quickly() {
     h.sim
         .add_records(sheet, &NewRecords::Count(3))
         .expect("added");
-    let started = std::time::Instant::now();
+    // How fast this page is served is a figure of `cargo bench -p flatfile-sim --bench generate`.
     let page = h
         .ok_as(
             SECRET,
             &format!("/v1/sheets/{sheet}/records?pageSize=1000&pageNumber=90"),
         )
         .await;
-    let elapsed = started.elapsed();
-    // Generous for unoptimised builds on a busy 2-core machine.
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
     let live: Vec<&String> = ids.iter().filter(|id| !doomed.contains(id)).collect();
     let served = ids_of(&page);
     assert_eq!(served.len(), 1000);
@@ -1276,35 +1240,24 @@ fn the_admin_client_drives_a_simulator_in_another_runtime() {
 
 #[tokio::test]
 async fn the_binary_takes_environments_from_its_environment_and_flags_without_printing_keys() {
-    use tokio::io::AsyncBufReadExt as _;
     let exe = env!("CARGO_BIN_EXE_flatfile-sim");
-    let mut server = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["--listen", "127.0.0.1:0", "--rows", "4"])
         .args(["--environment", "us_env_flag=sk_flag_zq9x"])
         .env(
             "FLATFILE_SIM_ENVIRONMENTS",
             "us_env_a=sk_a_zq9x, us_env_b=sk_b_zq9x",
         )
-        .env_remove("FLATFILE_SIM_SECRET_KEY")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let stdout = server.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .expect("start line within 10 s")
-    .expect("stdout readable");
+        .env_remove("FLATFILE_SIM_SECRET_KEY");
+    let mut server = start_binary(command).await;
+    let line = &server.start_line;
     assert!(
         line.contains("us_env_demo, us_env_a, us_env_b, us_env_flag"),
         "{line}"
     );
     assert!(!line.contains("zq9x"), "keys are never printed: {line}");
-    let base = line.split_whitespace().nth(3).expect("URL").to_owned();
+    let base = server.base_url.clone();
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -1323,7 +1276,7 @@ async fn the_binary_takes_environments_from_its_environment_and_flags_without_pr
             .expect("answered");
         assert_eq!(answer.status(), 200, "{environment}");
     }
-    server.kill().await.expect("server stops");
+    server.child.kill().await.expect("server stops");
 
     let output = tokio::process::Command::new(exe)
         .args([

@@ -2,48 +2,26 @@
 //! determinism, paging totals, auth, jobs, 404s and fault injection.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flatfile_sim::{
-    Faults, JobRequest, RunningSim, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body,
-    post_webhook, record_ids, submit_event_body, workbook_sheets,
+    Faults, JobRequest, SimConfig, SimStats, legacy_row_ids, legacy_webhook_body, post_webhook,
+    record_ids, submit_event_body, workbook_sheets,
 };
 use serde_json::{Value, json};
 
-const LEGACY_KEY: &str = "demo-key+demo-secret";
-const SECRET: &str = "sk_demo";
+mod common;
 
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+use common::{Harness, LEGACY_KEY, SECRET, http, receiver, start_binary};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("HTTP client builds")
-}
-
+/// A reference fixture of the flatfile crate's `testdata` folder, the one copy the workspace keeps.
 fn fixture(name: &str) -> Value {
-    let text = match name {
-        "legacy-batch-rows-page" => include_str!("fixtures/legacy-batch-rows-page.json"),
-        "records-page" => include_str!("fixtures/records-page.json"),
-        "workbook-get" => include_str!("fixtures/workbook-get.json"),
-        "sheets-list" => include_str!("fixtures/sheets-list.json"),
-        "record-counts-response" => include_str!("fixtures/record-counts-response.json"),
-        "job-response" => include_str!("fixtures/job-response.json"),
-        "error-envelope" => include_str!("fixtures/error-envelope.json"),
-        "legacy-error" => include_str!("fixtures/legacy-error.json"),
-        "event-job-ready-submit" => include_str!("fixtures/event-job-ready-submit.json"),
-        "legacy-webhook-portal-import-submitted" => {
-            include_str!("fixtures/legacy-webhook-portal-import-submitted.json")
-        }
-        other => panic!("no fixture {other}"),
-    };
-    serde_json::from_str(text).expect("fixture is JSON")
+    let path = format!(
+        "{}/../flatfile/testdata/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
 }
 
 /// Every key of the fixture is present in `actual`, recursively (first element of arrays), and
@@ -79,23 +57,7 @@ fn assert_fixture_keys(fixture: &Value, actual: &Value, at: &str) {
     }
 }
 
-struct Harness {
-    sim: RunningSim,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start(config: SimConfig) -> Harness {
-        let sim = RunningSim::start(config, local())
-            .await
-            .expect("simulator starts");
-        Harness { sim, http: http() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sim.base_url())
-    }
-
     async fn legacy(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
@@ -969,21 +931,25 @@ async fn a_dropped_connection_fails_on_the_client_after_part_of_the_body() {
     h.sim.shutdown().await;
 }
 
-#[tokio::test]
-async fn retries_before_retry_after_are_counted_as_early() {
-    let config = SimConfig {
+fn rate_limited(retry_after_secs: u64) -> SimConfig {
+    SimConfig {
         rows: 3,
         faults: Faults {
             rate_limit_rate: 1.0,
-            retry_after_secs: 1,
+            retry_after_secs,
             ..Faults::default()
         },
         ..SimConfig::default()
-    };
-    let h = Harness::start(config).await;
+    }
+}
+
+#[tokio::test]
+async fn retries_before_retry_after_are_counted_as_early() {
+    // An hour of Retry-After: the retry below comes before it elapses however slow the machine.
+    let h = Harness::start(rate_limited(3600)).await;
     let first = h.legacy("/rest/batch/b/rows?take=2").await;
     assert_eq!(first.status(), 429);
-    assert_eq!(first.headers()["retry-after"], "1");
+    assert_eq!(first.headers()["retry-after"], "3600");
     let body: Value = first.json().await.expect("JSON");
     assert_eq!(body["statusCode"], 429);
     let too_soon = h.legacy("/rest/batch/b/rows?take=2").await;
@@ -991,22 +957,44 @@ async fn retries_before_retry_after_are_counted_as_early() {
     assert_eq!(h.sim.stats().early_retries, 1);
     // Another query is another URL; another method would be too.
     h.legacy("/rest/batch/b/rows?take=3").await;
-    h.get("/v1/sheets/us_sh_w-contacts/counts").await;
-    assert_eq!(h.sim.stats().early_retries, 1);
-    tokio::time::sleep(Duration::from_millis(1050)).await;
-    let patient = h.legacy("/rest/batch/b/rows?take=2").await;
-    assert_eq!(patient.status(), 429);
     let platform = h.get("/v1/sheets/us_sh_w-contacts/counts").await;
     let body: Value = platform.json().await.expect("JSON");
     assert!(body["errors"][0]["message"].is_string());
     let stats = h.admin_stats().await;
     assert_eq!(stats.early_retries, 1);
-    assert_eq!(stats.injected_rate_limits, 6);
+    assert_eq!(stats.injected_rate_limits, 4);
     h.sim.shutdown().await;
 }
 
 #[tokio::test]
-async fn page_latency_delays_data_requests_only() {
+async fn retries_after_retry_after_are_not_early() {
+    let h = Harness::start(rate_limited(1)).await;
+    let paths = [
+        "/rest/batch/b/rows?take=2",
+        "/v1/sheets/us_sh_w-contacts/counts",
+    ];
+    for path in paths {
+        let refused = if path.starts_with("/rest/") {
+            h.legacy(path).await
+        } else {
+            h.get(path).await
+        };
+        assert_eq!(refused.status(), 429, "{path}");
+        assert_eq!(refused.headers()["retry-after"], "1", "{path}");
+    }
+    // Waiting the whole Retry-After after the answers arrived is a lower bound: the retries
+    // reach the simulator later than it asked.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.legacy(paths[0]).await.status(), 429);
+    assert_eq!(h.get(paths[1]).await.status(), 429);
+    let stats = h.admin_stats().await;
+    assert_eq!(stats.early_retries, 0);
+    assert_eq!(stats.injected_rate_limits, 4);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_latency_delays_data_requests() {
     let latency = Duration::from_millis(400);
     let config = SimConfig {
         rows: 3,
@@ -1020,49 +1008,45 @@ async fn page_latency_delays_data_requests_only() {
     let started = Instant::now();
     h.get_json("/v1/sheets/us_sh_w-contacts/records").await;
     assert!(started.elapsed() >= latency);
-    let started = Instant::now();
-    h.get_json("/v1/sheets/us_sh_w-contacts/counts").await;
-    assert!(started.elapsed() < latency);
     h.sim.shutdown().await;
 }
 
-type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// A webhook receiver on 127.0.0.1 that records the Authorization header and the body.
-async fn receiver(status: u16) -> (SocketAddr, Received, tokio::task::JoinHandle<()>) {
-    use axum::http::{HeaderMap, StatusCode};
-    let received: Received = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            async move {
-                let auth = headers
-                    .get("authorization")
-                    .map(|v| v.to_str().expect("ASCII").to_owned());
-                let body: Value = serde_json::from_slice(&body).expect("webhook body is JSON");
-                store.lock().expect("not poisoned").push((auth, body));
-                (
-                    StatusCode::from_u16(status).expect("valid status"),
-                    "{\"accepted\":true}",
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(local())
-        .await
-        .expect("receiver binds");
-    let addr = listener.local_addr().expect("bound address");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("receiver serves");
+#[tokio::test]
+async fn page_latency_leaves_other_requests_alone() {
+    // A latency no test outlasts: a request that paid it could not be answered at all.
+    let config = SimConfig {
+        rows: 3,
+        page_latency: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let h = Harness::start(config).await;
+    let held = tokio::spawn({
+        let request = h
+            .http
+            .get(h.url("/v1/sheets/us_sh_w-contacts/records"))
+            .bearer_auth(SECRET);
+        async move { request.send().await }
     });
-    (addr, received, task)
+    // The records request is counted before its handler pauses: from here it is held.
+    while h.sim.stats().records == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let counts = h.get_json("/v1/sheets/us_sh_w-contacts/counts").await;
+    assert_eq!(counts["data"]["counts"]["total"], 2);
+    let workbook = h.get_json("/v1/workbooks/us_wb_w").await;
+    assert_eq!(workbook["data"]["id"], "us_wb_w");
+    assert!(
+        !held.is_finished(),
+        "the records request is still held while the others are answered"
+    );
+    held.abort();
+    // No graceful shutdown: it would wait for the held request.
+    drop(h);
 }
 
 #[tokio::test]
 async fn post_webhook_sends_the_body_with_the_bearer_token() {
-    let (addr, received, task) = receiver(202).await;
+    let (addr, received, task) = receiver(vec![202]).await;
     let url = format!("http://{addr}/hook");
     let body = submit_event_body("us_evt_9", "us_wb_9", "us_jb_9");
     assert_eq!(
@@ -1095,25 +1079,14 @@ async fn post_webhook_sends_the_body_with_the_bearer_token() {
 
 #[tokio::test]
 async fn the_binary_serves_and_sends_webhooks() {
-    use tokio::io::AsyncBufReadExt as _;
     let exe = env!("CARGO_BIN_EXE_flatfile-sim");
-    let mut server = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args(["--listen", "127.0.0.1:0", "--rows", "12", "--seed", "5"])
         .env("FLATFILE_SIM_SECRET_KEY", "sk_from_env")
-        .env_remove("FLATFILE_SIM_LEGACY_API_KEY")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("binary starts");
-    let stdout = server.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .expect("start line within 10 s")
-    .expect("stdout readable");
+        .env_remove("FLATFILE_SIM_LEGACY_API_KEY");
+    let mut server = start_binary(command).await;
+    let line = &server.start_line;
     assert!(
         line.starts_with("flatfile-sim listening on http://127.0.0.1:"),
         "{line}"
@@ -1122,11 +1095,7 @@ async fn the_binary_serves_and_sends_webhooks() {
         !line.contains("sk_from_env"),
         "keys are never printed: {line}"
     );
-    let base = line
-        .split_whitespace()
-        .nth(3)
-        .expect("URL in the start line")
-        .to_owned();
+    let base = server.base_url.clone();
     let client = http();
     let counts: Value = client
         .get(format!("{base}/v1/sheets/us_sh_a-contacts/counts"))
@@ -1145,9 +1114,9 @@ async fn the_binary_serves_and_sends_webhooks() {
         .await
         .expect("answered");
     assert_eq!(legacy.status(), 200, "legacy key defaults to the demo key");
-    server.kill().await.expect("server stops");
+    server.child.kill().await.expect("server stops");
 
-    let (addr, received, task) = receiver(200).await;
+    let (addr, received, task) = receiver(vec![200]).await;
     let output = tokio::process::Command::new(exe)
         .args([
             "send-webhook",

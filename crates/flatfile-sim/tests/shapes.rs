@@ -2,25 +2,18 @@
 //! submits, created jobs, event domains, the legacy Workspaces endpoint and notification, the
 //! Portal 2.0 upload bodies, the forwarder's body and the `send-webhook` modes that send them.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use flatfile_sim::{
-    AdminClient, DOMAINS, EmitEvent, EventShape, JobRequest, NewRecords, RecordEdit, RunningSim,
-    SimConfig, SimEvent, SubmitRequest, WorkspaceNotification, domain_of_topic,
-    forwarded_event_body, portal2_upload_bodies, portal2_upload_rows, record_ids,
-    submit_event_body, workspace_rows, workspace_webhook_body,
+    AdminClient, DOMAINS, EmitEvent, EventShape, JobRequest, NewRecords, RecordEdit, SimConfig,
+    SimEvent, SubmitRequest, WorkspaceNotification, domain_of_topic, forwarded_event_body,
+    portal2_upload_bodies, portal2_upload_rows, record_ids, submit_event_body, workspace_rows,
+    workspace_webhook_body,
 };
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-const SECRET: &str = "sk_demo";
-const LEGACY_KEY: &str = "demo-key+demo-secret";
+mod common;
 
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+use common::{Harness, LEGACY_KEY, SECRET, receiver, record_ids_of as ids};
 
 fn config(rows: u64) -> SimConfig {
     SimConfig {
@@ -29,28 +22,7 @@ fn config(rows: u64) -> SimConfig {
     }
 }
 
-struct Harness {
-    sim: RunningSim,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start(config: SimConfig) -> Harness {
-        let sim = RunningSim::start(config, local())
-            .await
-            .expect("simulator starts");
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("HTTP client builds");
-        Harness { sim, http }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.sim.base_url())
-    }
-
     /// GET with the secret key; the status and the JSON body.
     async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
@@ -91,15 +63,6 @@ impl Harness {
             .find(|event| event.id == id)
             .unwrap_or_else(|| panic!("no event {id}"))
     }
-}
-
-fn ids(page: &Value) -> Vec<String> {
-    page["data"]["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .map(|record| record["id"].as_str().expect("id").to_owned())
-        .collect()
 }
 
 fn object(value: Value) -> Map<String, Value> {
@@ -610,9 +573,11 @@ fn the_workspace_notification_names_the_workspace_and_sheet() {
 
 #[test]
 fn a_portal2_upload_is_split_into_numbered_requests_of_the_fixture_shape() {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/legacy-webhook-v2-batch-upload.json"))
-            .expect("fixture is JSON");
+    // The flatfile crate's copy of the reference fixture, the one the workspace keeps.
+    let fixture: Value = serde_json::from_str(include_str!(
+        "../../flatfile/testdata/legacy-webhook-v2-batch-upload.json"
+    ))
+    .expect("fixture is JSON");
     let config = SimConfig {
         seed: 4,
         ..SimConfig::default()
@@ -751,39 +716,6 @@ fn the_forwarded_body_is_the_listeners_event_object() {
     assert!(body.get("id").is_none());
 }
 
-type Received = Arc<Mutex<Vec<Value>>>;
-
-/// A webhook receiver answering `statuses` in turn (the last one from then on).
-async fn receiver(statuses: Vec<u16>) -> (SocketAddr, Received, tokio::task::JoinHandle<()>) {
-    let received: Received = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            let statuses = statuses.clone();
-            async move {
-                let body: Value = serde_json::from_slice(&body).expect("webhook body is JSON");
-                let mut store = store.lock().expect("not poisoned");
-                let status = statuses[store.len().min(statuses.len() - 1)];
-                store.push(body);
-                (
-                    axum::http::StatusCode::from_u16(status).expect("valid status"),
-                    "{}",
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(local())
-        .await
-        .expect("receiver binds");
-    let addr = listener.local_addr().expect("bound address");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("receiver serves");
-    });
-    (addr, received, task)
-}
-
 #[tokio::test]
 async fn send_webhook_creates_the_job_forwards_and_uploads() {
     let exe = env!("CARGO_BIN_EXE_flatfile-sim");
@@ -806,7 +738,7 @@ async fn send_webhook_creates_the_job_forwards_and_uploads() {
     assert_eq!(jobs.len(), 1, "the job was created: {jobs:?}");
     {
         let received = received.lock().expect("not poisoned");
-        let body = &received[0];
+        let body = &received[0].1;
         assert_eq!(body["_accessToken"], "sk_fw_zq9x");
         assert_eq!(body["_apiUrl"], format!("{}/", h.sim.base_url()));
         assert_eq!(body["src"]["context"]["jobId"], jobs[0].id.as_str());
@@ -831,7 +763,11 @@ async fn send_webhook_creates_the_job_forwards_and_uploads() {
         25,
         10,
     );
-    assert_eq!(received.lock().expect("not poisoned")[1..], expected[..]);
+    let bodies: Vec<Value> = received.lock().expect("not poisoned")[1..]
+        .iter()
+        .map(|(_, body)| body.clone())
+        .collect();
+    assert_eq!(bodies, expected);
     task.abort();
 
     // It stops at the first non-2xx answer.

@@ -901,7 +901,7 @@ fn envelope_messages() {
 }
 
 fn events_fixture() -> Vec<u8> {
-    include_bytes!("../convert/testdata/events-list-page.json").to_vec()
+    include_bytes!("../../testdata/events-list-page.json").to_vec()
 }
 
 fn events_query() -> EventsQuery {

@@ -351,7 +351,7 @@ fn single_line_compaction_respects_strings() {
 
 #[test]
 fn events_fixture_page_keeps_every_field_of_every_event() {
-    let body = include_bytes!("testdata/events-list-page.json");
+    let body = include_bytes!("../../testdata/events-list-page.json");
     let page = events_page(body).expect("converts");
     assert_eq!(page.items_on_page, 4);
     assert!(page.skipped.is_empty(), "{:?}", page.skipped);
