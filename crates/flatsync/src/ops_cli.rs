@@ -483,7 +483,7 @@ fn events(command: EventsCommand) -> anyhow::Result<()> {
                     vec![
                         ops::format_utc(e.received_at_ms),
                         e.event_id.clone(),
-                        e.status.clone(),
+                        e.status.to_string(),
                         e.topic.clone(),
                         if sinks.is_empty() {
                             "-".to_owned()
