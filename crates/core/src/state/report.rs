@@ -267,6 +267,28 @@ impl<'a> Snapshot<'a> {
         )
     }
 
+    /// Every inbox event's id and status, by id.
+    pub fn event_statuses(&self) -> Result<Vec<(String, EventStatus)>, StateError> {
+        self.rows(
+            "SELECT event_id, status FROM inbox ORDER BY event_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Rows the checkpoints count as made durable, of every sink or of `sink`, over every
+    /// event and generation.
+    pub fn checkpointed_rows(&self, sink: Option<&str>) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
+                [sink],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.error(e))
+    }
+
     /// Deliveries by sink and status.
     pub fn delivery_counts(&self) -> Result<Vec<DeliveryCount>, StateError> {
         self.rows(
