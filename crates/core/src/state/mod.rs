@@ -7,14 +7,14 @@
 //!
 //! # One owner
 //!
-//! This module alone knows the tables: the DDL and migrations ([`schema`]), every query, and
+//! This module alone knows the tables: the DDL and migrations (`schema`), every query, and
 //! the text of the status columns ([`EventStatus`], [`DeliveryStatus`]). Nothing outside it
 //! holds SQL, a `rusqlite` type or a `Connection`; `.ci/state-sql` checks the SQL part. By
 //! job:
-//! - [`inbox`](self::inbox): accepted events and their status;
-//! - [`streams`](self::streams): routing (deliveries), stream plans and checkpoints;
-//! - [`poll`](self::poll): polling cursors and pending acknowledgements;
-//! - [`carried`](self::carried): uploads whose rows arrive in webhook bodies;
+//! - `inbox`: accepted events and their status;
+//! - `streams`: routing (deliveries), stream plans and checkpoints;
+//! - `poll`: polling cursors and pending acknowledgements;
+//! - `carried`: uploads whose rows arrive in webhook bodies;
 //! - [`operator`]: the operator commands' own handle ([`OperatorDb`]), opened while a daemon
 //!   runs, with [`report`] (reads) and [`repair`] (writes) on it;
 //! - [`health`]: the integrity check and the salvage of a damaged file.

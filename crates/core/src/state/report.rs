@@ -1,6 +1,6 @@
 //! What the operator commands and `/metrics` read: typed rows of one snapshot
 //! ([`Snapshot`]), shaped as the commands print them (`flatsync status`, `events list`,
-//! `events show`, `dead-letter list`), and the gauges of a scrape ([`read_gauges`]).
+//! `events show`, `dead-letter list`), and the gauges of a scrape (`read_gauges`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
