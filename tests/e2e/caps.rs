@@ -10,7 +10,6 @@ use flatfile_sim::{
     SubmitRequest, legacy_row_ids, legacy_webhook_body,
 };
 use flatsync_tests::check::{assert_csv_matches, assert_no_csv_leftovers, csv_files, sqlite_rows};
-use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, json};
 
@@ -21,30 +20,22 @@ const POLL_DEADLINE: Duration = Duration::from_secs(180);
 
 /// The polling cursor of the default environment, in ms.
 fn poll_cursor(daemon: &DaemonProcess) -> Option<i64> {
-    let conn = open_read_only(&daemon.settings().state_db())?;
-    conn.query_row(
-        "SELECT since_ms FROM poll_cursors WHERE environment_id = ?1",
-        [DEFAULT_ENVIRONMENT_ID],
-        |r| r.get(0),
-    )
-    .ok()
+    daemon
+        .polling()
+        .into_iter()
+        .find(|p| p.environment_id == DEFAULT_ENVIRONMENT_ID)
+        .map(|p| p.cursor_ms)
 }
 
 /// `(sink, stream) -> (complete, rows)` of an event's checkpoints.
 fn checkpoints(daemon: &DaemonProcess, event_id: &str) -> BTreeMap<(String, String), (bool, u64)> {
-    let conn = open_read_only(&daemon.settings().state_db()).expect("the state database exists");
-    let mut stmt = conn
-        .prepare("SELECT sink, stream, complete, rows FROM checkpoints WHERE event_id = ?1")
-        .expect("the checkpoints table is readable");
-    stmt.query_map([event_id], |r| {
-        Ok((
-            (r.get(0)?, r.get(1)?),
-            (r.get::<_, i64>(2)? != 0, r.get::<_, i64>(3)? as u64),
-        ))
-    })
-    .expect("checkpoints query")
-    .map(|row| row.expect("checkpoint row"))
-    .collect()
+    daemon
+        .event_detail(event_id)
+        .expect("the event is in the state database")
+        .checkpoints
+        .into_iter()
+        .map(|c| ((c.sink, c.stream), (c.complete, c.rows)))
+        .collect()
 }
 
 /// Waits until every event the simulator logged is in the inbox and acknowledged at least

@@ -17,7 +17,7 @@ use flatsync_tests::check::{
     SqlValue, Tally, assert_csv_matches, assert_no_csv_leftovers, csv_files, sqlite_rows,
     sqlite_table, sqlite_tables,
 };
-use flatsync_tests::daemon::{open_read_only, toml_string};
+use flatsync_tests::daemon::toml_string;
 use flatsync_tests::sim::SourceRow;
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::{Map, Value as Json, json};
@@ -37,14 +37,10 @@ const FORWARD_SECRET: &str = "whsec_ZmxhdHN5bmMtZTJlLWV2ZW50cy1kZWxldGlvbi1zZWNy
 
 /// The environment ids the state database keeps a polling cursor for, sorted.
 fn poll_cursor_environments(daemon: &DaemonProcess) -> Vec<String> {
-    let db = daemon.settings().state_db();
-    let conn = open_read_only(&db).expect("the state database exists once the daemon runs");
-    let mut stmt = conn
-        .prepare("SELECT environment_id FROM poll_cursors ORDER BY environment_id")
-        .expect("the poll_cursors table is readable");
-    stmt.query_map([], |r| r.get(0))
-        .expect("poll_cursors query")
-        .map(|row| row.expect("poll_cursors row"))
+    daemon
+        .polling()
+        .into_iter()
+        .map(|p| p.environment_id)
         .collect()
 }
 

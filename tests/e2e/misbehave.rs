@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flatfile_sim::{legacy_row_ids, legacy_webhook_body};
 use flatsync_tests::check::{Tally, csv_rows};
-use flatsync_tests::daemon::{free_port, open_read_only, toml_string};
+use flatsync_tests::daemon::{free_port, toml_string};
 use flatsync_tests::{Artifacts, Daemon, DaemonProcess, Sim, TestDir, http, wait};
 use serde_json::Value;
 
@@ -283,15 +283,9 @@ fn sigterm_with_a_thread_stuck_in_a_plugin_exits_0_and_the_restart_completes_fro
         "the second event to be planned",
         EVENT_DEADLINE,
         || {
-            open_read_only(&daemon.settings().state_db())
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT COUNT(*) FROM streams WHERE event_id = 'evt-stuck-2'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .ok()
-                })
+            daemon
+                .event_detail("evt-stuck-2")
+                .map(|event| event.streams.len())
                 .filter(|n| *n > 0)
         },
         || daemon.log_tail(),

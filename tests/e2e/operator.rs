@@ -8,12 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use flatfile_sim::{legacy_row_ids, legacy_webhook_body, submit_event_body};
+use flatsync_core::{EventStatus, StateDb};
 use flatsync_tests::check::{csv_files, csv_rows, sqlite_rows};
 use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Artifacts, Daemon, DaemonProcess, Sim, TestDir, wait};
 use serde_json::Value;
 
 use crate::common::EVENT_DEADLINE;
+
+/// Topic of the legacy imports the doctor test stores by hand.
+const TOPIC: &str = "portalImportSubmitted";
 
 /// Runs `flatsync ARGS --config <the daemon's config>` and returns its output.
 fn cli(settings: &Daemon, args: &[&str]) -> Output {
@@ -22,6 +26,40 @@ fn cli(settings: &Daemon, args: &[&str]) -> Output {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--config", config]);
     settings.cli(&all)
+}
+
+/// Stores, through core's state API as the daemon would, three imports accepted but not
+/// delivered yet and sixty finished events whose 3 kB bodies take a page each (marked
+/// `BODYMARK-<i>-`). The daemon must be stopped; closing the database folds its WAL in, so
+/// the rows are in the main file.
+fn store_events_while_stopped(settings: &Daemon, rows: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let db = StateDb::open(&settings.state_dir()).expect("open the state database");
+        for i in 0..3 {
+            let body =
+                legacy_webhook_body(&format!("b-op-keep-{i}"), &format!("evt-keep-{i}"), rows);
+            let body = serde_json::to_vec(&body).expect("JSON");
+            let id = format!("evt-keep-{i}");
+            assert!(
+                db.insert_event(id, "legacy", TOPIC.to_owned(), body, 1_000 + i)
+                    .await
+                    .expect("insert a pending event")
+            );
+        }
+        for i in 0..60 {
+            let body = format!("BODYMARK-{i:02}-").repeat(250).into_bytes();
+            let id = format!("evt-filler-{i:02}");
+            db.insert_event(id.clone(), "legacy", TOPIC.to_owned(), body, 2_000 + i)
+                .await
+                .expect("insert a finished event");
+            db.set_event_status(&id, EventStatus::Done, None)
+                .await
+                .expect("finish it");
+        }
+    });
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -368,34 +406,7 @@ fn doctor_names_a_damaged_state_file_and_repair_salvages_the_pending_events() {
     // While it is stopped: three imports accepted but not delivered yet, then sixty finished
     // events whose 3 kB bodies take a page each; then two of those pages are destroyed.
     let state_db = daemon.settings().state_db();
-    {
-        let conn = rusqlite::Connection::open(&state_db).expect("open the state database");
-        for i in 0..3 {
-            let body =
-                legacy_webhook_body(&format!("b-op-keep-{i}"), &format!("evt-keep-{i}"), rows);
-            conn.execute(
-                "INSERT INTO inbox
-                 (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
-                 VALUES (?1, 'legacy', 'portalImportSubmitted', ?2, ?3, 'pending', ?3)",
-                rusqlite::params![
-                    format!("evt-keep-{i}"),
-                    serde_json::to_vec(&body).expect("JSON"),
-                    1_000 + i
-                ],
-            )
-            .expect("insert a pending event");
-        }
-        for i in 0..60 {
-            let body = format!("BODYMARK-{i:02}-").repeat(250);
-            conn.execute(
-                "INSERT INTO inbox
-                 (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
-                 VALUES (?1, 'legacy', 'portalImportSubmitted', ?2, ?3, 'done', ?3)",
-                rusqlite::params![format!("evt-filler-{i:02}"), body.into_bytes(), 2_000 + i],
-            )
-            .expect("insert a finished event");
-        }
-    }
+    store_events_while_stopped(daemon.settings(), rows);
     assert_eq!(damage_pages_holding(&state_db, b"BODYMARK-30-"), 1);
     assert_eq!(damage_pages_holding(&state_db, b"BODYMARK-31-"), 1);
     let damaged_bytes = std::fs::read(&state_db).expect("read");

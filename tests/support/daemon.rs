@@ -9,7 +9,10 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use flatsync_core::ops::{EventDetail, PollStatus};
+use flatsync_core::state::report::Snapshot;
+use flatsync_core::state::{EventStatus, OperatorDb, StateError};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::artifacts::Artifacts;
 use crate::http::{self, HttpReply};
@@ -202,7 +205,12 @@ impl Daemon {
 
     /// The state database.
     pub fn state_db(&self) -> PathBuf {
-        self.dir.join("state").join("state.db")
+        self.state_dir().join("state.db")
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// Where the config file is written.
@@ -655,84 +663,72 @@ impl DaemonProcess {
         }
     }
 
-    /// An event from the state database (opened read-only), if it is there yet.
+    /// Runs `read` on one snapshot of the daemon's state database, opened read-only through
+    /// flatsync-core's operator handle (the one `flatsync status` uses); `None` while the
+    /// database does not exist or cannot be read yet.
+    pub fn read_state<T>(
+        &self,
+        read: impl FnOnce(&Snapshot<'_>) -> Result<T, StateError>,
+    ) -> Option<T> {
+        let db = OperatorDb::open_read_only(&self.settings.state_dir()).ok()?;
+        db.read(read).ok()
+    }
+
+    /// An event from the state database, if it is there yet.
     pub fn event(&self, event_id: &str) -> Option<EventRow> {
-        let conn = open_read_only(&self.settings.state_db())?;
-        conn.query_row(
-            "SELECT event_id, status, detail FROM inbox WHERE event_id = ?1",
-            [event_id],
-            |r| {
-                Ok(EventRow {
-                    event_id: r.get(0)?,
-                    status: r.get(1)?,
-                    detail: r.get(2)?,
-                })
-            },
-        )
-        .optional()
-        .ok()
-        .flatten()
+        self.event_detail(event_id).map(|e| EventRow {
+            event_id: e.event_id,
+            status: e.status.as_str().to_owned(),
+            detail: e.detail,
+        })
+    }
+
+    /// Everything the state database holds about an event (deliveries, stream plan,
+    /// checkpoints), if it is there yet.
+    pub fn event_detail(&self, event_id: &str) -> Option<EventDetail> {
+        self.read_state(|s| s.event_detail(event_id)).flatten()
     }
 
     /// Every event of the inbox and its status; empty before the state database exists.
     pub fn inbox(&self) -> std::collections::BTreeMap<String, String> {
-        let Some(conn) = open_read_only(&self.settings.state_db()) else {
-            return std::collections::BTreeMap::new();
-        };
-        let mut stmt = conn
-            .prepare("SELECT event_id, status FROM inbox")
-            .expect("the inbox table is readable");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("inbox query")
-            .map(|row| row.expect("inbox row"))
+        self.read_state(|s| s.event_statuses())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, status)| (id, status.as_str().to_owned()))
             .collect()
     }
 
     /// How many events the inbox holds, whatever their status.
     pub fn inbox_len(&self) -> usize {
-        open_read_only(&self.settings.state_db())
-            .and_then(|c| {
-                c.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get::<_, i64>(0))
-                    .ok()
-            })
-            .map_or(0, |n| n as usize)
+        self.read_state(|s| s.event_statuses())
+            .map_or(0, |events| events.len())
     }
 
     /// Rows the sinks made durable so far, summed over every checkpoint in the state database.
     pub fn checkpointed_rows(&self) -> u64 {
-        self.sum_checkpointed_rows(None)
+        self.read_state(|s| s.checkpointed_rows(None)).unwrap_or(0)
     }
 
     /// Rows the state database counts as made durable by `sink`.
     pub fn checkpointed_rows_of(&self, sink: &str) -> u64 {
-        self.sum_checkpointed_rows(Some(sink))
-    }
-
-    fn sum_checkpointed_rows(&self, sink: Option<&str>) -> u64 {
-        open_read_only(&self.settings.state_db())
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
-                    [sink],
-                    |r| r.get::<_, i64>(0),
-                )
-                .ok()
-            })
-            .map_or(0, |n| n as u64)
+        self.read_state(|s| s.checkpointed_rows(Some(sink)))
+            .unwrap_or(0)
     }
 
     /// Ids of the events still pending in the state database.
     pub fn pending_events(&self) -> Vec<String> {
-        let Some(conn) = open_read_only(&self.settings.state_db()) else {
-            return Vec::new();
-        };
-        let Ok(mut stmt) = conn.prepare("SELECT event_id FROM inbox WHERE status = 'pending'")
-        else {
-            return Vec::new();
-        };
-        stmt.query_map([], |r| r.get(0))
-            .map(|rows| rows.filter_map(Result::ok).collect())
+        self.read_state(|s| s.event_statuses())
             .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, status)| *status == EventStatus::Pending)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Each polled environment's cursor and unacknowledged events, by environment id; empty
+    /// before the state database exists.
+    pub fn polling(&self) -> Vec<PollStatus> {
+        self.read_state(|s| s.polling()).unwrap_or_default()
     }
 
     /// Waits until the event has a final status and returns it.
@@ -775,7 +771,8 @@ impl Drop for DaemonProcess {
     }
 }
 
-/// Opens an SQLite database read-only; `None` while it does not exist or cannot be read yet.
+/// Opens an SQLite database (a sink's) read-only; `None` while it does not exist or cannot be
+/// read yet. The state database is read through [`DaemonProcess::read_state`].
 pub fn open_read_only(path: &Path) -> Option<Connection> {
     if !path.is_file() {
         return None;

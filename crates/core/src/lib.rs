@@ -42,4 +42,4 @@ pub use health::Health;
 pub use pipeline::dispatch::{DrainReport, STALL_FILE_ENV};
 pub use pipeline::plan::LEGACY_KIND;
 pub use source::webhook::auth::{PATH_SECRET_MIN_CHARS, WebhookAuthError};
-pub use state::{EventStatus, StateDb, StateError};
+pub use state::{DeliveryStatus, EventStatus, StateDb, StateError};

@@ -12,15 +12,18 @@
 //! calls, and `topic` (which a webhook sender chooses) is cut short, reduced to safe characters
 //! and limited to [`MAX_TOPIC_LABELS`] distinct values per process.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::Unit;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+// The tests build gauges by hand.
+#[cfg_attr(not(test), allow(unused_imports))]
+use crate::state::report::SinkGauges;
+use crate::state::report::StateGauges;
 
 /// Events accepted into the inbox; labels `source` (`webhook` or `poll`) and `topic`.
 pub const EVENTS_RECEIVED: &str = "flatsync_events_received_total";
@@ -241,94 +244,6 @@ pub fn sanitize_topic(topic: &str) -> String {
             }
         })
         .collect()
-}
-
-/// What the state database says at one moment, for the gauges.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct StateGauges {
-    /// Events with status `pending`.
-    pub(crate) events_pending: u64,
-    /// Every sink that has ever had a delivery.
-    pub(crate) sinks: BTreeMap<String, SinkGauges>,
-}
-
-/// One sink's share of [`StateGauges`].
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct SinkGauges {
-    /// Deliveries with status `failed`.
-    pub(crate) dead_letters: u64,
-    /// Receipt time (ms since the epoch) of the oldest event with a pending delivery here.
-    pub(crate) oldest_pending_ms: Option<i64>,
-}
-
-/// How long a scrape waits for a database lock before it gives up.
-const SCRAPE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Reads the gauges from the state database at `path`, on a connection of its own (read-only,
-/// so a scrape can never change or lock out the daemon's writes), in one read transaction.
-/// Blocking: call it from a blocking thread.
-pub(crate) fn read_state_gauges(path: &Path) -> rusqlite::Result<StateGauges> {
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(SCRAPE_BUSY_TIMEOUT)?;
-    let tx = conn.transaction()?;
-    let mut gauges = StateGauges {
-        events_pending: tx.query_row(
-            "SELECT COUNT(*) FROM inbox WHERE status = 'pending'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64,
-        sinks: BTreeMap::new(),
-    };
-    for sink in delivery_sinks(&tx)? {
-        gauges.sinks.insert(sink, SinkGauges::default());
-    }
-    let mut dead =
-        tx.prepare("SELECT sink, COUNT(*) FROM deliveries WHERE status = 'failed' GROUP BY sink")?;
-    for row in dead.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (sink, count) = row?;
-        gauges.sinks.entry(sink).or_default().dead_letters = count as u64;
-    }
-    let mut oldest = tx.prepare(
-        "SELECT d.sink, MIN(i.received_at_ms) FROM deliveries d
-         JOIN inbox i ON i.event_id = d.event_id
-         WHERE d.status = 'pending' GROUP BY d.sink",
-    )?;
-    for row in oldest.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (sink, received_at_ms) = row?;
-        gauges.sinks.entry(sink).or_default().oldest_pending_ms = Some(received_at_ms);
-    }
-    Ok(gauges)
-}
-
-/// The distinct sinks of the deliveries table. `SELECT DISTINCT` would read every delivery
-/// ever made on each scrape; this hops through the `(status, sink)` index instead, one seek
-/// per status and sink, so a scrape costs the same after a million events as after ten.
-fn delivery_sinks(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
-    let mut next_status =
-        conn.prepare("SELECT status FROM deliveries WHERE status > ?1 ORDER BY status LIMIT 1")?;
-    let mut next_sink = conn.prepare(
-        "SELECT sink FROM deliveries WHERE status = ?1 AND sink > ?2 ORDER BY sink LIMIT 1",
-    )?;
-    let mut sinks = BTreeSet::new();
-    let mut status = String::new();
-    while let Some(found) = next_status
-        .query_row([&status], |r| r.get::<_, String>(0))
-        .optional()?
-    {
-        status = found;
-        let mut sink = String::new();
-        while let Some(found) = next_sink
-            .query_row([&status, &sink], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            sink = found;
-            sinks.insert(sink.clone());
-        }
-    }
-    Ok(sinks)
 }
 
 /// Appends the gauges in the Prometheus text format (0.0.4), lag measured up to `now_ms`.

@@ -8,10 +8,11 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use flatsync_core::Config;
 use flatsync_core::ops::{
-    self, DeadLetterReport, DeadLetterSelector, EventFilter, OpsDb, ReplaySelector, StateHealth,
+    self, DeadLetterReport, DeadLetterSelector, EventDetail, EventFilter, EventSummary, OpsDb,
+    ReplaySelector, StateHealth, StatusReport,
 };
 use flatsync_core::route::TopicPattern;
-use flatsync_core::state::now_ms;
+use flatsync_core::state::{EventStatus, now_ms};
 
 /// Where the config is read from when neither `--config` nor `FLATSYNC_CONFIG` says.
 const DEFAULT_CONFIG: &str = "/etc/flatsync/config.toml";
@@ -324,14 +325,27 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
     }
     let now = report.generated_at_ms;
     println!("State database: {}", report.state_db);
-    let events: Vec<String> = ["pending", "done", "failed", "skipped", "unrouted"]
+    let events: Vec<String> = EventStatus::ALL
         .iter()
-        .map(|s| format!("{} {s}", report.events.get(*s).copied().unwrap_or(0)))
+        .map(|s| {
+            format!(
+                "{} {s}",
+                report.events.get(s.as_str()).copied().unwrap_or(0)
+            )
+        })
         .collect();
     println!("Events: {}", events.join(", "));
     if let Some(ms) = report.last_delivery_update_ms {
         println!("Last delivery update: {}", when(ms, now));
     }
+    print_sinks(&report);
+    print_routes(&report);
+    print_polling(&report);
+    print_uploads(&report, now);
+    Ok(())
+}
+
+fn print_sinks(report: &StatusReport) {
     println!();
     if report.sinks.is_empty() {
         println!("No sinks: nothing has been routed yet and no config was read.");
@@ -381,6 +395,9 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn print_routes(report: &StatusReport) {
     if let Some(routes) = &report.routes {
         println!();
         let rows: Vec<Vec<String>> = routes
@@ -396,6 +413,9 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             .collect();
         print!("{}", table(&["ROUTE", "TOPICS", "SINKS", "PENDING"], &rows));
     }
+}
+
+fn print_polling(report: &StatusReport) {
     if !report.polling.is_empty() {
         println!();
         let rows: Vec<Vec<String>> = report
@@ -414,6 +434,9 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             table(&["POLLED ENVIRONMENT", "CURSOR", "UNACKNOWLEDGED"], &rows)
         );
     }
+}
+
+fn print_uploads(report: &StatusReport, now: i64) {
     if !report.incomplete_uploads.is_empty() {
         println!();
         let rows: Vec<Vec<String>> = report
@@ -436,7 +459,6 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             table(&["INCOMPLETE UPLOAD", "FROM", "PARTS", "FIRST PART"], &rows)
         );
     }
-    Ok(())
 }
 
 fn events(command: EventsCommand) -> anyhow::Result<()> {
@@ -467,42 +489,7 @@ fn events(command: EventsCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&events);
             }
-            if events.is_empty() {
-                println!("No events.");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
-                    let sinks = e
-                        .deliveries
-                        .iter()
-                        .map(|d| format!("{}:{}", d.sink, d.status))
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    vec![
-                        ops::format_utc(e.received_at_ms),
-                        e.event_id.clone(),
-                        e.status.clone(),
-                        e.topic.clone(),
-                        if sinks.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            sinks
-                        },
-                        e.detail
-                            .as_deref()
-                            .map_or_else(String::new, |d| short(d, 80)),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["RECEIVED", "EVENT", "STATUS", "TOPIC", "SINKS", "DETAIL"],
-                    &rows
-                )
-            );
+            print_events(&events);
             Ok(())
         }
         EventsCommand::Show { id, target, json } => {
@@ -514,59 +501,102 @@ fn events(command: EventsCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&event);
             }
-            let now = now_ms();
-            println!("Event {}", event.event_id);
-            println!("  kind:     {}", event.kind);
-            println!("  topic:    {}", event.topic);
-            println!("  status:   {}", event.status);
-            if let Some(detail) = &event.detail {
-                println!("  detail:   {detail}");
-            }
-            println!("  received: {}", when(event.received_at_ms, now));
-            println!("  updated:  {}", when(event.updated_at_ms, now));
-            println!("Deliveries:");
-            if event.deliveries.is_empty() {
-                println!("  none: the event was not planned");
-            }
-            for d in &event.deliveries {
-                println!(
-                    "  {}: {}, {} rows, generation {}, streams [{}]{}",
-                    d.sink,
-                    d.status,
-                    d.rows,
-                    d.generation,
-                    d.streams.join(", "),
-                    d.error
-                        .as_deref()
-                        .map_or_else(String::new, |e| format!("\n    error: {e}"))
-                );
-            }
-            println!("Streams:");
-            for s in &event.streams {
-                println!(
-                    "  {}. {} (kind {}, source {}, {} rows per page)",
-                    s.ordinal, s.stream, s.kind, s.source_ref, s.page_size
-                );
-            }
-            println!("Checkpoints:");
-            for c in &event.checkpoints {
-                println!(
-                    "  {} {}: next batch {}, {} rows{}",
-                    c.sink,
-                    c.stream,
-                    c.next_seq,
-                    c.rows,
-                    if c.complete { ", complete" } else { "" }
-                );
-            }
-            println!("Body:");
-            match &event.body {
-                serde_json::Value::String(text) => println!("{text}"),
-                body => println!("{}", serde_json::to_string_pretty(body)?),
-            }
-            Ok(())
+            print_event(&event)
         }
     }
+}
+
+fn print_events(events: &[EventSummary]) {
+    if events.is_empty() {
+        println!("No events.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let sinks = e
+                .deliveries
+                .iter()
+                .map(|d| format!("{}:{}", d.sink, d.status))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                ops::format_utc(e.received_at_ms),
+                e.event_id.clone(),
+                e.status.to_string(),
+                e.topic.clone(),
+                if sinks.is_empty() {
+                    "-".to_owned()
+                } else {
+                    sinks
+                },
+                e.detail
+                    .as_deref()
+                    .map_or_else(String::new, |d| short(d, 80)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["RECEIVED", "EVENT", "STATUS", "TOPIC", "SINKS", "DETAIL"],
+            &rows
+        )
+    );
+}
+
+fn print_event(event: &EventDetail) -> anyhow::Result<()> {
+    let now = now_ms();
+    println!("Event {}", event.event_id);
+    println!("  kind:     {}", event.kind);
+    println!("  topic:    {}", event.topic);
+    println!("  status:   {}", event.status);
+    if let Some(detail) = &event.detail {
+        println!("  detail:   {detail}");
+    }
+    println!("  received: {}", when(event.received_at_ms, now));
+    println!("  updated:  {}", when(event.updated_at_ms, now));
+    println!("Deliveries:");
+    if event.deliveries.is_empty() {
+        println!("  none: the event was not planned");
+    }
+    for d in &event.deliveries {
+        println!(
+            "  {}: {}, {} rows, generation {}, streams [{}]{}",
+            d.sink,
+            d.status,
+            d.rows,
+            d.generation,
+            d.streams.join(", "),
+            d.error
+                .as_deref()
+                .map_or_else(String::new, |e| format!("\n    error: {e}"))
+        );
+    }
+    println!("Streams:");
+    for s in &event.streams {
+        println!(
+            "  {}. {} (kind {}, source {}, {} rows per page)",
+            s.ordinal, s.stream, s.kind, s.source_ref, s.page_size
+        );
+    }
+    println!("Checkpoints:");
+    for c in &event.checkpoints {
+        println!(
+            "  {} {}: next batch {}, {} rows{}",
+            c.sink,
+            c.stream,
+            c.next_seq,
+            c.rows,
+            if c.complete { ", complete" } else { "" }
+        );
+    }
+    println!("Body:");
+    match &event.body {
+        serde_json::Value::String(text) => println!("{text}"),
+        body => println!("{}", serde_json::to_string_pretty(body)?),
+    }
+    Ok(())
 }
 
 fn replay(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flatsync_core::{Config, ConfigError, Health, RunningDaemon, StateDb};
+use flatsync_core::{Config, ConfigError, EventStatus, Health, RunningDaemon, StateDb};
 use notify::Watcher;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -120,17 +120,17 @@ async fn report_status(state: StateDb) {
         tick.tick().await;
         match state.event_counts().await {
             Ok(counts) => {
-                let count = |status: &str| {
+                let count = |status: EventStatus| {
                     counts
                         .iter()
-                        .find(|(s, _)| s == status)
+                        .find(|(s, _)| *s == status)
                         .map_or(0, |(_, n)| *n)
                 };
                 let line = format!(
                     "Running: {} pending, {} done, {} failed events",
-                    count("pending"),
-                    count("done"),
-                    count("failed")
+                    count(EventStatus::Pending),
+                    count(EventStatus::Done),
+                    count(EventStatus::Failed)
                 );
                 notify(&[NotifyState::Status(&line)]);
             }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::ListenerLimits;
 use crate::health::Health;
-use crate::state::{StateDb, now_ms};
+use crate::state::{StateDb, StateError, now_ms};
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -164,10 +164,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
     let path = shared.state_db.clone();
-    let read = tokio::task::spawn_blocking(move || crate::metrics::read_state_gauges(&path)).await;
+    let read = tokio::task::spawn_blocking(move || crate::state::report::read_gauges(&path)).await;
     let gauges = match read {
         Ok(Ok(gauges)) => gauges,
         Ok(Err(e)) => {
+            // The body names SQLite's complaint only; the file's path goes to the log.
+            let e = match e {
+                StateError::Sqlite { error, .. } => error.to_string(),
+                other => other.to_string(),
+            };
             // Failing the whole scrape is loud on purpose: gauges left out would read as
             // "no dead letters, no lag".
             tracing::warn!(error = %e, path = %shared.state_db.display(), "Metrics cannot read the state database");
@@ -358,16 +363,22 @@ mod tests {
                 .expect("plan");
         }
         for sink in &sinks {
-            db.set_delivery("e1", sink, "done", 10, None)
+            db.set_delivery("e1", sink, crate::state::DeliveryStatus::Done, 10, None)
                 .await
                 .expect("done");
         }
         db.set_event_status("e1", crate::EventStatus::Done, None)
             .await
             .expect("status");
-        db.set_delivery("e2", "admin-test-a", "failed", 0, Some("refused".into()))
-            .await
-            .expect("failed");
+        db.set_delivery(
+            "e2",
+            "admin-test-a",
+            crate::state::DeliveryStatus::Failed,
+            0,
+            Some("refused".into()),
+        )
+        .await
+        .expect("failed");
         crate::metrics::rows_delivered("admin-test-a", 10);
 
         let reply = get(admin.addr, "/metrics").await;
@@ -386,9 +397,15 @@ mod tests {
         assert!((30.0..60.0).contains(&lag), "lag {lag}");
 
         // A retried dead letter leaves the gauge at once.
-        db.set_delivery("e2", "admin-test-a", "pending", 0, None)
-            .await
-            .expect("retry");
+        db.set_delivery(
+            "e2",
+            "admin-test-a",
+            crate::state::DeliveryStatus::Pending,
+            0,
+            None,
+        )
+        .await
+        .expect("retry");
         let samples = parse_exposition(&get(admin.addr, "/metrics").await.body).expect("parses");
         assert_eq!(value_of(&samples, DEAD_LETTERS, &a), Some(0.0));
         assert!(value_of(&samples, CHECKPOINT_LAG, &a).is_some_and(|lag| lag >= 30.0));

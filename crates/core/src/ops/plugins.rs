@@ -73,15 +73,7 @@ pub struct SinkPlugin {
 /// config) are resolved as the daemon resolves them, and each file notes the sinks using it.
 pub fn scan_plugins(plugin_dir: Option<&Path>, sinks: &BTreeMap<String, SinkConfig>) -> PluginScan {
     let search_dirs = default_search_dirs(plugin_dir);
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut seen: Vec<PathBuf> = Vec::new();
-    let mut add = |path: PathBuf, files: &mut Vec<PathBuf>| {
-        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if !seen.contains(&canonical) {
-            seen.push(canonical);
-            files.push(path);
-        }
-    };
+    let mut files = PluginFiles::default();
     for dir in &search_dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
@@ -93,74 +85,92 @@ pub fn scan_plugins(plugin_dir: Option<&Path>, sinks: &BTreeMap<String, SinkConf
             .collect();
         found.sort();
         for path in found {
-            add(path, &mut files);
+            files.add(path);
         }
     }
-
-    let mut sink_plugins = Vec::new();
-    for (name, sink) in sinks {
-        match resolve_plugin(&sink.plugin, &search_dirs) {
-            Ok(path) => {
-                add(path.clone(), &mut files);
-                sink_plugins.push(SinkPlugin {
-                    sink: name.clone(),
-                    plugin: sink.plugin.clone(),
-                    path: Some(path),
-                    error: None,
-                });
+    let sink_plugins: Vec<SinkPlugin> = sinks
+        .iter()
+        .map(|(name, sink)| {
+            let resolved = resolve_plugin(&sink.plugin, &search_dirs);
+            if let Ok(path) = &resolved {
+                files.add(path.clone());
             }
-            Err(error) => sink_plugins.push(SinkPlugin {
+            SinkPlugin {
                 sink: name.clone(),
                 plugin: sink.plugin.clone(),
-                path: None,
-                error: Some(error.to_string()),
-            }),
-        }
-    }
-
-    let canonical = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let plugins = files
-        .into_iter()
-        .map(|path| {
-            let used_by: Vec<String> = sink_plugins
-                .iter()
-                .filter(|s| {
-                    s.path
-                        .as_deref()
-                        .is_some_and(|p| canonical(p) == canonical(&path))
-                })
-                .map(|s| s.sink.clone())
-                .collect();
-            match LoadedPlugin::load(&path, None) {
-                Ok(plugin) => {
-                    let (major, minor) = plugin.abi();
-                    InstalledPlugin {
-                        path,
-                        name: Some(plugin.name().to_owned()),
-                        version: Some(plugin.version().to_owned()),
-                        abi_major: Some(major),
-                        abi_minor: Some(minor),
-                        build_info: Some(plugin.build_info().to_owned()),
-                        used_by,
-                        error: None,
-                    }
-                }
-                Err(error) => InstalledPlugin {
-                    path,
-                    name: None,
-                    version: None,
-                    abi_major: None,
-                    abi_minor: None,
-                    build_info: None,
-                    used_by,
-                    error: Some(error.to_string()),
-                },
+                path: resolved.as_ref().ok().cloned(),
+                error: resolved.err().map(|e| e.to_string()),
             }
         })
+        .collect();
+    let plugins = files
+        .files
+        .into_iter()
+        .map(|path| describe_file(path, &sink_plugins))
         .collect();
     PluginScan {
         search_dirs,
         plugins,
         sinks: sink_plugins,
+    }
+}
+
+/// Library files in search order, each once however it is reached (a link, a path a sink
+/// names).
+#[derive(Default)]
+struct PluginFiles {
+    files: Vec<PathBuf>,
+    seen: Vec<PathBuf>,
+}
+
+impl PluginFiles {
+    fn add(&mut self, path: PathBuf) {
+        let canonical = canonical(&path);
+        if !self.seen.contains(&canonical) {
+            self.seen.push(canonical);
+            self.files.push(path);
+        }
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Loads `path` to read its descriptor, and notes the sinks that use it.
+fn describe_file(path: PathBuf, sinks: &[SinkPlugin]) -> InstalledPlugin {
+    let used_by: Vec<String> = sinks
+        .iter()
+        .filter(|s| {
+            s.path
+                .as_deref()
+                .is_some_and(|p| canonical(p) == canonical(&path))
+        })
+        .map(|s| s.sink.clone())
+        .collect();
+    match LoadedPlugin::load(&path, None) {
+        Ok(plugin) => {
+            let (major, minor) = plugin.abi();
+            InstalledPlugin {
+                path,
+                name: Some(plugin.name().to_owned()),
+                version: Some(plugin.version().to_owned()),
+                abi_major: Some(major),
+                abi_minor: Some(minor),
+                build_info: Some(plugin.build_info().to_owned()),
+                used_by,
+                error: None,
+            }
+        }
+        Err(error) => InstalledPlugin {
+            path,
+            name: None,
+            version: None,
+            abi_major: None,
+            abi_minor: None,
+            build_info: None,
+            used_by,
+            error: Some(error.to_string()),
+        },
     }
 }

@@ -1,11 +1,11 @@
 //! Changes an operator makes: `flatsync replay` and `flatsync dead-letter list|retry|drop`.
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{OpsDb, OpsError};
+use super::{DeadLetter, OpsDb, OpsError};
 use crate::config::Config;
-use crate::state::now_ms;
+use crate::state::repair::{Change as StateChange, DeliveryState, FailedDelivery};
+use crate::state::{DeliveryStatus, EventStatus, StateError, now_ms};
 
 /// Which events `flatsync replay` re-delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,31 +79,6 @@ pub enum DeadLetterSelector {
     },
 }
 
-/// A failed delivery, as `dead-letter list --json` prints them (a JSON array, newest first).
-///
-/// ```json
-/// {"event_id": "evt-1", "topic": "portalImportSubmitted", "sink": "bomb", "rows": 0,
-///  "error": "sink `bomb`: plugin fx-panic: panicked: ...", "failed_at_ms": 1714564800000,
-///  "generation": 0}
-/// ```
-#[derive(Clone, Debug, Serialize)]
-pub struct DeadLetter {
-    /// The event.
-    pub event_id: String,
-    /// Its topic.
-    pub topic: String,
-    /// The sink that failed.
-    pub sink: String,
-    /// Rows the sink made durable before it failed; a retry resumes after them.
-    pub rows: u64,
-    /// The sink's error.
-    pub error: Option<String>,
-    /// When it failed, ms since the Unix epoch.
-    pub failed_at_ms: i64,
-    /// Replays so far.
-    pub generation: u32,
-}
-
 /// What `dead-letter retry` or `drop` changed, as `--json` prints it.
 ///
 /// ```json
@@ -136,7 +111,7 @@ pub struct EventOutcome {
     /// The event.
     pub event_id: String,
     /// Its status now.
-    pub status: String,
+    pub status: EventStatus,
     /// Its detail now.
     pub detail: Option<String>,
 }
@@ -145,13 +120,6 @@ const BEING_PROCESSED: &str =
     "the event is pending: the daemon is working on it; try again once it has finished";
 
 impl OpsDb {
-    fn write_transaction(&mut self) -> Result<Transaction<'_>, OpsError> {
-        let path = self.path.clone();
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|error| OpsError::Sqlite { path, error })
-    }
-
     /// Re-delivers events in full, in one transaction; see the module documentation of
     /// [`crate::ops`] for how the daemon picks them up.
     ///
@@ -179,158 +147,36 @@ impl OpsDb {
                 config.path.display()
             )));
         }
-        let path = self.path.clone();
-        let err = |error| OpsError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self.write_transaction()?;
-        let now = now_ms();
-        let single = matches!(selector, ReplaySelector::Event(_));
-        let events: Vec<(String, String)> = match selector {
-            ReplaySelector::Event(id) => {
-                let status: Option<String> = tx
-                    .query_row("SELECT status FROM inbox WHERE event_id = ?1", [id], |r| {
-                        r.get(0)
-                    })
-                    .optional()
-                    .map_err(err)?;
-                match status {
+        self.db.change(|tx| {
+            let now = now_ms();
+            let single = matches!(selector, ReplaySelector::Event(_));
+            let events = match selector {
+                ReplaySelector::Event(id) => match tx.event_status(id)? {
                     Some(status) => vec![(id.clone(), status)],
                     None => return Err(OpsError::UnknownEvent(id.clone())),
-                }
-            }
-            ReplaySelector::Since(since_ms) => tx
-                .prepare(
-                    "SELECT event_id, status FROM inbox WHERE received_at_ms >= ?1
-                     ORDER BY received_at_ms, event_id",
-                )
-                .map_err(err)?
-                .query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(err)?
-                .collect::<Result<_, _>>()
-                .map_err(err)?,
-        };
-
-        let mut report = ReplayReport::default();
-        for (event_id, status) in events {
-            if status == "pending" {
-                if single {
-                    return Err(OpsError::Refused(format!(
-                        "event `{event_id}`: {BEING_PROCESSED}"
-                    )));
-                }
-                report.skipped.push(SkippedItem {
-                    event_id,
-                    sink: None,
-                    reason: BEING_PROCESSED.to_owned(),
-                });
-                continue;
-            }
-            let deliveries: Vec<(String, u32)> = tx
-                .prepare_cached(
-                    "SELECT sink, generation FROM deliveries WHERE event_id = ?1 ORDER BY rowid",
-                )
-                .map_err(err)?
-                .query_map([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(err)?
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            if deliveries.is_empty() {
-                if let Some(sink) = sink {
-                    let reason = format!(
-                        "never planned (it is {status}); replay it without --sink and the daemon \
-                         routes it with the current config"
-                    );
-                    if single {
+                },
+                ReplaySelector::Since(since_ms) => tx.events_since(*since_ms)?,
+            };
+            let mut report = ReplayReport::default();
+            for (event_id, status) in events {
+                match replay_event(tx, &event_id, status, sink, now, &mut report)? {
+                    Ok(()) => {}
+                    Err(skipped) if single => {
                         return Err(OpsError::Refused(format!(
-                            "event `{event_id}` was {reason}"
+                            "event `{event_id}`{}",
+                            skipped.refusal
                         )));
                     }
-                    report.skipped.push(SkippedItem {
-                        event_id,
-                        sink: Some(sink.to_owned()),
-                        reason,
-                    });
-                    continue;
-                }
-                set_event_pending(&tx, &event_id, now).map_err(err)?;
-                report.replanned.push(event_id);
-                continue;
-            }
-            let chosen: Vec<&(String, u32)> = deliveries
-                .iter()
-                .filter(|(name, _)| sink.is_none_or(|s| s == name))
-                .collect();
-            match (chosen.is_empty(), sink) {
-                (true, Some(sink)) => {
-                    tx.execute(
-                        "INSERT INTO deliveries
-                         (event_id, sink, status, rows, error, generation, updated_at_ms)
-                         VALUES (?1, ?2, 'pending', 0, NULL, 0, ?3)",
-                        params![event_id, sink, now],
-                    )
-                    .map_err(err)?;
-                    report.queued.push(QueuedDelivery {
-                        event_id: event_id.clone(),
-                        sink: sink.to_owned(),
-                        generation: 0,
-                        added: true,
-                    });
-                }
-                _ => {
-                    for (name, generation) in chosen {
-                        tx.execute(
-                            "UPDATE deliveries SET generation = generation + 1, status = 'pending',
-                                    error = NULL, rows = 0, updated_at_ms = ?3
-                             WHERE event_id = ?1 AND sink = ?2",
-                            params![event_id, name, now],
-                        )
-                        .map_err(err)?;
-                        report.queued.push(QueuedDelivery {
-                            event_id: event_id.clone(),
-                            sink: name.clone(),
-                            generation: generation + 1,
-                            added: false,
-                        });
-                    }
+                    Err(skipped) => report.skipped.push(skipped.item),
                 }
             }
-            set_event_pending(&tx, &event_id, now).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(report)
+            Ok(report)
+        })
     }
 
     /// Failed deliveries, newest first, optionally of one sink.
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, OpsError> {
-        let err = self.sql_error();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT d.event_id, COALESCE(i.topic, ''), d.sink, d.rows, d.error,
-                        d.updated_at_ms, d.generation
-                 FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
-                 WHERE d.status = 'failed' AND (?1 IS NULL OR d.sink = ?1)
-                 ORDER BY d.updated_at_ms DESC, d.rowid DESC",
-            )
-            .map_err(&err)?;
-        let letters = stmt
-            .query_map([sink], |r| {
-                Ok(DeadLetter {
-                    event_id: r.get(0)?,
-                    topic: r.get(1)?,
-                    sink: r.get(2)?,
-                    rows: r.get::<_, i64>(3)?.max(0) as u64,
-                    error: r.get(4)?,
-                    failed_at_ms: r.get(5)?,
-                    generation: r.get(6)?,
-                })
-            })
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
-        Ok(letters)
+        Ok(self.db.read(|snapshot| snapshot.dead_letters(sink))?)
     }
 
     /// Sets the selected dead letters back to pending, in one transaction: the error is
@@ -359,105 +205,49 @@ impl OpsDb {
         selector: &DeadLetterSelector,
         change: Change,
     ) -> Result<DeadLetterReport, OpsError> {
-        let path = self.path.clone();
-        let err = |error| OpsError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self.write_transaction()?;
-        let now = now_ms();
-        // (event, sink, event status), oldest failure first.
-        let selected: Vec<(String, String, String)> = {
-            let (event_id, sink) = match selector {
-                DeadLetterSelector::Event { event_id, sink } => (Some(event_id), sink.as_ref()),
-                DeadLetterSelector::All { sink } => (None, sink.as_ref()),
-            };
-            if let Some(event_id) = event_id {
-                let known: bool = tx
-                    .query_row(
-                        "SELECT EXISTS(SELECT 1 FROM inbox WHERE event_id = ?1)",
-                        [event_id],
-                        |r| r.get(0),
-                    )
-                    .map_err(err)?;
-                if !known {
-                    return Err(OpsError::UnknownEvent(event_id.clone()));
+        self.db.change(|tx| {
+            let now = now_ms();
+            let selected = select_dead_letters(tx, selector)?;
+            let mut report = DeadLetterReport::default();
+            let mut touched: Vec<String> = Vec::new();
+            for letter in selected {
+                if letter.event_status == Some(EventStatus::Pending) {
+                    report.skipped.push(SkippedItem {
+                        event_id: letter.event_id,
+                        sink: Some(letter.sink),
+                        reason: BEING_PROCESSED.to_owned(),
+                    });
+                    continue;
                 }
-            }
-            tx.prepare(
-                "SELECT d.event_id, d.sink, COALESCE(i.status, '')
-                 FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
-                 WHERE d.status = 'failed' AND (?1 IS NULL OR d.event_id = ?1)
-                   AND (?2 IS NULL OR d.sink = ?2)
-                 ORDER BY d.updated_at_ms, d.rowid",
-            )
-            .map_err(err)?
-            .query_map(params![event_id, sink], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?
-        };
-        if let DeadLetterSelector::Event { event_id, sink } = selector {
-            if selected.is_empty() {
-                return Err(OpsError::Refused(match sink {
-                    Some(sink) => {
-                        format!("event `{event_id}` has no dead letter for sink `{sink}`")
-                    }
-                    None => format!("event `{event_id}` has no dead letter"),
-                }));
-            }
-            if selected.iter().any(|(_, _, status)| status == "pending") {
-                return Err(OpsError::Refused(format!(
-                    "event `{event_id}`: {BEING_PROCESSED}"
-                )));
-            }
-        }
-
-        let mut report = DeadLetterReport::default();
-        let mut touched: Vec<String> = Vec::new();
-        for (event_id, sink, status) in selected {
-            if status == "pending" {
-                report.skipped.push(SkippedItem {
-                    event_id,
-                    sink: Some(sink),
-                    reason: BEING_PROCESSED.to_owned(),
+                let new_status = match change {
+                    Change::Retry => DeliveryStatus::Pending,
+                    Change::Drop => DeliveryStatus::Dropped,
+                };
+                tx.set_dead_letter(&letter.event_id, &letter.sink, new_status, now)?;
+                if !touched.contains(&letter.event_id) {
+                    touched.push(letter.event_id.clone());
+                }
+                report.changed.push(DeliveryRef {
+                    event_id: letter.event_id,
+                    sink: letter.sink,
                 });
-                continue;
             }
-            let new_status = match change {
-                Change::Retry => "pending",
-                Change::Drop => "dropped",
-            };
-            tx.execute(
-                "UPDATE deliveries SET status = ?3, updated_at_ms = ?4,
-                        error = CASE WHEN ?3 = 'pending' THEN NULL ELSE error END
-                 WHERE event_id = ?1 AND sink = ?2 AND status = 'failed'",
-                params![event_id, sink, new_status, now],
-            )
-            .map_err(err)?;
-            if !touched.contains(&event_id) {
-                touched.push(event_id.clone());
-            }
-            report.changed.push(DeliveryRef { event_id, sink });
-        }
-        for event_id in touched {
-            let outcome = match change {
-                Change::Retry => {
-                    set_event_pending(&tx, &event_id, now).map_err(err)?;
-                    EventOutcome {
-                        event_id,
-                        status: "pending".to_owned(),
-                        detail: None,
+            for event_id in touched {
+                let outcome = match change {
+                    Change::Retry => {
+                        tx.set_event_status(&event_id, EventStatus::Pending, None, now)?;
+                        EventOutcome {
+                            event_id,
+                            status: EventStatus::Pending,
+                            detail: None,
+                        }
                     }
-                }
-                Change::Drop => settle_event(&tx, &event_id, now).map_err(err)?,
-            };
-            report.events.push(outcome);
-        }
-        tx.commit().map_err(err)?;
-        Ok(report)
+                    Change::Drop => settle_event(tx, &event_id, now)?,
+                };
+                report.events.push(outcome);
+            }
+            Ok(report)
+        })
     }
 }
 
@@ -467,53 +257,151 @@ enum Change {
     Drop,
 }
 
-fn set_event_pending(tx: &Transaction<'_>, event_id: &str, now: i64) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE inbox SET status = 'pending', detail = NULL, updated_at_ms = ?2
-         WHERE event_id = ?1",
-        params![event_id, now],
-    )?;
-    Ok(())
+/// Why a replay left an event alone: the item for a `--since` report, and the rest of the
+/// sentence refusing a replay of that one event.
+struct NotReplayed {
+    item: SkippedItem,
+    refusal: String,
+}
+
+/// Queues one event of a replay; `Err` when it is left alone.
+fn replay_event(
+    tx: &StateChange<'_>,
+    event_id: &str,
+    status: EventStatus,
+    sink: Option<&str>,
+    now: i64,
+    report: &mut ReplayReport,
+) -> Result<Result<(), NotReplayed>, StateError> {
+    if status == EventStatus::Pending {
+        return Ok(Err(NotReplayed {
+            item: SkippedItem {
+                event_id: event_id.to_owned(),
+                sink: None,
+                reason: BEING_PROCESSED.to_owned(),
+            },
+            refusal: format!(": {BEING_PROCESSED}"),
+        }));
+    }
+    let deliveries = tx.deliveries(event_id)?;
+    if deliveries.is_empty() {
+        if let Some(sink) = sink {
+            let reason = format!(
+                "never planned (it is {status}); replay it without --sink and the daemon \
+                 routes it with the current config"
+            );
+            return Ok(Err(NotReplayed {
+                item: SkippedItem {
+                    event_id: event_id.to_owned(),
+                    sink: Some(sink.to_owned()),
+                    reason: reason.clone(),
+                },
+                refusal: format!(" was {reason}"),
+            }));
+        }
+        tx.set_event_status(event_id, EventStatus::Pending, None, now)?;
+        report.replanned.push(event_id.to_owned());
+        return Ok(Ok(()));
+    }
+    let chosen: Vec<&DeliveryState> = deliveries
+        .iter()
+        .filter(|d| sink.is_none_or(|s| s == d.sink))
+        .collect();
+    match (chosen.is_empty(), sink) {
+        (true, Some(sink)) => {
+            tx.add_delivery(event_id, sink, now)?;
+            report.queued.push(QueuedDelivery {
+                event_id: event_id.to_owned(),
+                sink: sink.to_owned(),
+                generation: 0,
+                added: true,
+            });
+        }
+        _ => {
+            for delivery in chosen {
+                tx.next_generation(event_id, &delivery.sink, now)?;
+                report.queued.push(QueuedDelivery {
+                    event_id: event_id.to_owned(),
+                    sink: delivery.sink.clone(),
+                    generation: delivery.generation + 1,
+                    added: false,
+                });
+            }
+        }
+    }
+    tx.set_event_status(event_id, EventStatus::Pending, None, now)?;
+    Ok(Ok(()))
+}
+
+/// The dead letters a selector names, oldest failure first; a selector naming one event is
+/// refused when the event is unknown, has no such dead letter, or is being worked on.
+fn select_dead_letters(
+    tx: &StateChange<'_>,
+    selector: &DeadLetterSelector,
+) -> Result<Vec<FailedDelivery>, OpsError> {
+    let (event_id, sink) = match selector {
+        DeadLetterSelector::Event { event_id, sink } => (Some(event_id), sink.as_deref()),
+        DeadLetterSelector::All { sink } => (None, sink.as_deref()),
+    };
+    if let Some(event_id) = event_id
+        && !tx.event_exists(event_id)?
+    {
+        return Err(OpsError::UnknownEvent(event_id.clone()));
+    }
+    let selected = tx.failed_deliveries(event_id.map(String::as_str), sink)?;
+    if let Some(event_id) = event_id {
+        if selected.is_empty() {
+            return Err(OpsError::Refused(match sink {
+                Some(sink) => format!("event `{event_id}` has no dead letter for sink `{sink}`"),
+                None => format!("event `{event_id}` has no dead letter"),
+            }));
+        }
+        if selected
+            .iter()
+            .any(|d| d.event_status == Some(EventStatus::Pending))
+        {
+            return Err(OpsError::Refused(format!(
+                "event `{event_id}`: {BEING_PROCESSED}"
+            )));
+        }
+    }
+    Ok(selected)
 }
 
 /// Works out an event's status from its deliveries after dead letters were dropped, with a
 /// detail in the pipeline's words.
-fn settle_event(tx: &Transaction<'_>, event_id: &str, now: i64) -> rusqlite::Result<EventOutcome> {
-    let deliveries: Vec<(String, String, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT sink, status, error FROM deliveries WHERE event_id = ?1 ORDER BY sink",
-        )?
-        .query_map([event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let named = |wanted: &str| -> Vec<&(String, String, Option<String>)> {
-        deliveries.iter().filter(|d| d.1 == wanted).collect()
+fn settle_event(
+    tx: &StateChange<'_>,
+    event_id: &str,
+    now: i64,
+) -> Result<EventOutcome, StateError> {
+    let deliveries = tx.deliveries_by_sink(event_id)?;
+    let named = |wanted: DeliveryStatus| -> Vec<&DeliveryState> {
+        deliveries.iter().filter(|d| d.status == wanted).collect()
     };
-    let (status, detail) = if !named("failed").is_empty() {
-        let detail = named("failed")
+    let (status, detail) = if !named(DeliveryStatus::Failed).is_empty() {
+        let detail = named(DeliveryStatus::Failed)
             .iter()
-            .map(|(sink, _, error)| format!("sink `{sink}`: {}", error.as_deref().unwrap_or("")))
+            .map(|d| format!("sink `{}`: {}", d.sink, d.error.as_deref().unwrap_or("")))
             .collect::<Vec<_>>()
             .join("; ");
-        ("failed", Some(detail))
-    } else if !named("pending").is_empty() {
-        ("pending", None)
+        (EventStatus::Failed, Some(detail))
+    } else if !named(DeliveryStatus::Pending).is_empty() {
+        (EventStatus::Pending, None)
     } else {
-        let dropped = named("dropped")
+        let dropped = named(DeliveryStatus::Dropped)
             .iter()
-            .map(|(sink, _, _)| format!("`{sink}`"))
+            .map(|d| format!("`{}`", d.sink))
             .collect::<Vec<_>>()
             .join(", ");
         let detail =
             (!dropped.is_empty()).then(|| format!("dead letters dropped for sink(s) {dropped}"));
-        ("done", detail)
+        (EventStatus::Done, detail)
     };
-    tx.execute(
-        "UPDATE inbox SET status = ?2, detail = ?3, updated_at_ms = ?4 WHERE event_id = ?1",
-        params![event_id, status, detail, now],
-    )?;
+    tx.set_event_status(event_id, status, detail.as_deref(), now)?;
     Ok(EventOutcome {
         event_id: event_id.to_owned(),
-        status: status.to_owned(),
+        status,
         detail,
     })
 }

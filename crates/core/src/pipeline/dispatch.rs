@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::health::{HEARTBEAT_INTERVAL, Health};
 use crate::pipeline::engine::{EngineSlot, current};
-use crate::state::StateDb;
+use crate::state::{EventStatus, StateDb};
 
 /// How often the dispatcher looks for pending events it was not told about: events an operator
 /// set back to pending (`flatsync replay`, `dead-letter retry`), events whose processing was
@@ -238,7 +238,7 @@ async fn log_backlog(state: &StateDb) {
         Ok(counts) => {
             let pending = counts
                 .iter()
-                .find(|(status, _)| status == "pending")
+                .find(|(status, _)| *status == EventStatus::Pending)
                 .map_or(0, |(_, n)| *n);
             if pending > 0 {
                 tracing::info!(events = pending, "Resuming pending events");

@@ -16,8 +16,8 @@ use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
 use crate::pipeline::plan::{self, Family, SubmitJob};
 use crate::pipeline::route::{RoutedEvent, route_event};
 use crate::state::{
-    CARRIED_KIND, Checkpoint, EventStatus, StateDb, StateError, StoredEvent, StreamPlan,
-    StreamSource, stream_for_generation,
+    CARRIED_KIND, Checkpoint, DeliveryStatus, EventStatus, StateDb, StateError, StoredEvent,
+    StreamPlan, StreamSource, stream_for_generation,
 };
 
 /// Everything event processing needs, shared by all event tasks.
@@ -169,12 +169,12 @@ impl Engine {
         // A sink that failed before keeps its error; only pending deliveries are worked on.
         let mut sink_errors: BTreeMap<String, String> = deliveries
             .iter()
-            .filter(|d| d.status == "failed")
+            .filter(|d| d.status == DeliveryStatus::Failed)
             .map(|d| (d.sink.clone(), d.error.clone().unwrap_or_default()))
             .collect();
         let pending: Vec<String> = deliveries
             .iter()
-            .filter(|d| d.status == "pending")
+            .filter(|d| d.status == DeliveryStatus::Pending)
             .map(|d| d.sink.clone())
             .collect();
 
@@ -263,13 +263,19 @@ impl Engine {
             match sink_errors.get(sink) {
                 Some(error) => {
                     self.state
-                        .set_delivery(event_id, sink, "failed", rows, Some(error.clone()))
+                        .set_delivery(
+                            event_id,
+                            sink,
+                            DeliveryStatus::Failed,
+                            rows,
+                            Some(error.clone()),
+                        )
                         .await?;
                 }
                 None => {
                     total_rows = total_rows.max(rows);
                     self.state
-                        .set_delivery(event_id, sink, "done", rows, None)
+                        .set_delivery(event_id, sink, DeliveryStatus::Done, rows, None)
                         .await?;
                 }
             }
@@ -411,7 +417,7 @@ impl Engine {
         for (sink, reason) in streams.refused {
             tracing::error!(event_id, sink = %sink, error = %reason, "Sink refused the event");
             self.state
-                .set_delivery(event_id, &sink, "failed", 0, Some(reason))
+                .set_delivery(event_id, &sink, DeliveryStatus::Failed, 0, Some(reason))
                 .await?;
         }
         Ok(true)

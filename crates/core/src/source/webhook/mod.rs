@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use self::auth::{Gate, Rejection, WebhookAuth};
-use self::carried::PartOutcome;
 use crate::health::Health;
 use crate::pipeline::dispatch::AcceptedTx;
+use crate::state::PartOutcome;
 use crate::state::{StateDb, now_ms};
 
 /// The credentials in force; a reload swaps them for new requests.
@@ -468,7 +468,8 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
     let rows = part.rows;
     let topic = part.origin.topic();
     let db = state.db.clone();
-    let Some(stored) = write_inbox(state, async move { db.store_carried_part(part).await }).await
+    let Some(stored) =
+        write_inbox(state, async move { carried::store_part(&db, part).await }).await
     else {
         tracing::warn!(upload = %upload, "Upload part refused: the inbox is busy");
         return unavailable("the inbox is busy; retry later", path);

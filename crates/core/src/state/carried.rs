@@ -1,0 +1,327 @@
+//! Uploads whose rows travel in webhook bodies: `carried_uploads` (one row per upload: origin,
+//! kind, fields, when complete) and `carried_parts` (one row per stored part, numbered in
+//! delivery order once the upload is complete). When the last missing part is stored, the
+//! upload's event enters the inbox in the same transaction. Which parts make an upload
+//! complete is the source's rule, handed in as a [`CompletionRule`].
+
+use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::inbox::{CARRIED_KIND, insert_pending};
+use super::{StateDb, StateError, StreamPlan, StreamSource, now_ms};
+
+/// What storing a part did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartOutcome {
+    /// The part is stored. `complete` names the inbox event when it was the last one missing.
+    Stored {
+        /// Parts of the upload stored so far.
+        received: u64,
+        /// Parts the upload has, once known.
+        expected: Option<u64>,
+        /// The inbox event, when this part completed the upload.
+        completed: Option<String>,
+    },
+    /// This part was stored before (a retry); nothing changed.
+    Duplicate,
+    /// The part contradicts the parts stored before it; nothing was stored.
+    Refused(String),
+}
+
+/// A stored part's place, as the completeness check reads it.
+pub(crate) struct PartHead {
+    pub(crate) major: u64,
+    pub(crate) minor: u64,
+    pub(crate) parts_of_batch: u64,
+    pub(crate) last: bool,
+    pub(crate) part_count: Option<u64>,
+    pub(crate) rows: u64,
+}
+
+/// A stored part's key: `(position_major, position_minor, parts_of_batch)`.
+pub(crate) type PartKey = (u64, u64, u64);
+
+/// Given an upload's stored parts: how many it has (once known) and, when every one is
+/// stored, the order to deliver them in.
+pub(crate) type CompletionRule =
+    fn(CarriedOrigin, &[PartHead]) -> (Option<u64>, Option<Vec<PartKey>>);
+
+impl StateDb {
+    /// Stores one part of the upload `key` in one transaction; when `complete` says it
+    /// completes the upload, also numbers the parts in delivery order and puts the upload's
+    /// event (id `key`) into the inbox.
+    pub(crate) async fn store_carried_part(
+        &self,
+        key: String,
+        part: CarriedPart,
+        complete: CompletionRule,
+    ) -> Result<PartOutcome, StateError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            let existing = match contradiction(&tx, &key, &part)? {
+                Ok(existing) => existing,
+                Err(reason) => return Ok(PartOutcome::Refused(reason)),
+            };
+            if !existing {
+                insert_upload(&tx, &key, &part, now)?;
+            }
+            if !insert_part(&tx, &key, &part, now)? {
+                tx.commit()?;
+                return Ok(PartOutcome::Duplicate);
+            }
+            let completed_before: bool = tx.query_row(
+                "SELECT completed_at_ms IS NOT NULL FROM carried_uploads WHERE upload = ?1",
+                [&key],
+                |r| r.get(0),
+            )?;
+            let heads = part_heads(&tx, &key)?;
+            let received = heads.len() as u64;
+            let (expected, order) = complete(part.origin, &heads);
+            let mut completed = None;
+            if !completed_before && let Some(order) = order {
+                complete_upload(&tx, &key, &part, &heads, &order, now)?;
+                completed = Some(key.clone());
+            }
+            tx.commit()?;
+            Ok(PartOutcome::Stored {
+                received,
+                expected,
+                completed,
+            })
+        })
+        .await
+    }
+
+    /// The stream plan of a completed upload: one stream, one batch per part.
+    pub(crate) async fn carried_plan(
+        &self,
+        upload: &str,
+    ) -> Result<Option<StreamPlan>, StateError> {
+        let key = upload.to_owned();
+        self.call(move |c| {
+            let head: Option<(String, String, String, String, bool)> = c
+                .query_row(
+                    "SELECT origin, upload_id, kind, fields_json, deletions FROM carried_uploads
+                     WHERE upload = ?1 AND completed_at_ms IS NOT NULL",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((origin, upload_id, kind, fields_json, deletions)) = head else {
+                return Ok(None);
+            };
+            let parts: i64 = c.query_row(
+                "SELECT COUNT(*) FROM carried_parts WHERE upload = ?1 AND ordinal IS NOT NULL",
+                [&key],
+                |r| r.get(0),
+            )?;
+            let stream = match CarriedOrigin::parse(&origin) {
+                Some(CarriedOrigin::FlatsyncForward) => {
+                    flatsync_flatfile::sanitize_stream_component(&upload_id)
+                }
+                _ => key.clone(),
+            };
+            Ok(Some(StreamPlan {
+                stream,
+                kind,
+                source_ref: key.clone(),
+                fields_json,
+                page_size: 1,
+                source: StreamSource::Carried {
+                    parts: parts as u64,
+                    deletions,
+                },
+                sinks: None,
+            }))
+        })
+        .await
+    }
+
+    /// The rows of part `ordinal` (from 0) of a completed upload, and how many there are.
+    pub(crate) async fn carried_rows(
+        &self,
+        upload: &str,
+        ordinal: u64,
+    ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
+        let key = upload.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT ndjson, rows FROM carried_parts WHERE upload = ?1 AND ordinal = ?2",
+                params![key, ordinal as i64],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+        })
+        .await
+    }
+}
+
+/// Whether the upload is known (`Ok(true)`), or why `part` contradicts the parts stored
+/// before it (`Err`): another kind, origin or deletions flag, or another Portal 2.0 count.
+fn contradiction(
+    tx: &Transaction<'_>,
+    key: &str,
+    part: &CarriedPart,
+) -> rusqlite::Result<Result<bool, String>> {
+    let existing: Option<(String, String, bool)> = tx
+        .query_row(
+            "SELECT kind, origin, deletions FROM carried_uploads WHERE upload = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((kind, origin, deletions)) = &existing
+        && (kind != &part.kind || origin != part.origin.as_str() || *deletions != part.deletions)
+    {
+        return Ok(Err(format!(
+            "upload {}: this part says kind `{}`{}, earlier parts said kind `{kind}`{}",
+            part.upload,
+            part.kind,
+            if part.deletions { " (deletions)" } else { "" },
+            if *deletions { " (deletions)" } else { "" },
+        )));
+    }
+    if let CarriedEnd::Count(count) = part.end {
+        let other: Option<u64> = tx
+            .query_row(
+                "SELECT part_count FROM carried_parts WHERE upload = ?1 AND part_count != ?2 LIMIT 1",
+                params![key, count as i64],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
+            .optional()?;
+        if let Some(other) = other {
+            return Ok(Err(format!(
+                "upload {}: this part says sequence.count {count}, earlier parts said {other}",
+                part.upload
+            )));
+        }
+    }
+    Ok(Ok(existing.is_some()))
+}
+
+fn insert_upload(
+    tx: &Transaction<'_>,
+    key: &str,
+    part: &CarriedPart,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO carried_uploads
+         (upload, origin, upload_id, sender_event_id, kind, fields_json, deletions, first_received_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            key,
+            part.origin.as_str(),
+            part.upload,
+            part.event_id,
+            part.kind,
+            serde_json::to_string(&part.fields).unwrap_or_else(|_| "[]".to_owned()),
+            part.deletions,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores the part unless it is there already; whether it was new.
+fn insert_part(
+    tx: &Transaction<'_>,
+    key: &str,
+    part: &CarriedPart,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let (count, parts_of_batch, last) = match part.end {
+        CarriedEnd::Count(count) => (Some(count), 0, false),
+        CarriedEnd::Batch { parts, last } => (None, parts, last),
+    };
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO carried_parts
+         (upload, position_major, position_minor, parts_of_batch, last, part_count, rows, ndjson, received_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            key,
+            part.position.0 as i64,
+            part.position.1 as i64,
+            parts_of_batch as i64,
+            last,
+            count.map(|c| c as i64),
+            part.rows as i64,
+            part.ndjson,
+            now
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
+fn part_heads(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Vec<PartHead>> {
+    let mut stmt = tx.prepare(
+        "SELECT position_major, position_minor, parts_of_batch, last, part_count, rows
+         FROM carried_parts WHERE upload = ?1",
+    )?;
+    stmt.query_map([key], |r| {
+        Ok(PartHead {
+            major: r.get::<_, i64>(0)? as u64,
+            minor: r.get::<_, i64>(1)? as u64,
+            parts_of_batch: r.get::<_, i64>(2)? as u64,
+            last: r.get(3)?,
+            part_count: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+            rows: r.get::<_, i64>(5)? as u64,
+        })
+    })?
+    .collect()
+}
+
+/// Numbers an upload's parts in delivery order and puts its event into the inbox, in the
+/// transaction that stored its last part.
+fn complete_upload(
+    tx: &Transaction<'_>,
+    key: &str,
+    part: &CarriedPart,
+    heads: &[PartHead],
+    order: &[PartKey],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut rows = 0;
+    for (ordinal, &(major, minor, parts_of_batch)) in order.iter().enumerate() {
+        tx.execute(
+            "UPDATE carried_parts SET ordinal = ?5
+             WHERE upload = ?1 AND position_major = ?2 AND position_minor = ?3 AND parts_of_batch = ?4",
+            params![
+                key,
+                major as i64,
+                minor as i64,
+                parts_of_batch as i64,
+                ordinal as i64
+            ],
+        )?;
+        rows += heads
+            .iter()
+            .find(|h| h.major == major && h.minor == minor && h.parts_of_batch == parts_of_batch)
+            .map_or(0, |h| h.rows);
+    }
+    let descriptor = serde_json::json!({
+        "upload": {
+            "origin": part.origin.as_str(),
+            "id": part.upload,
+            "eventId": part.event_id,
+            "kind": part.kind,
+            "deletions": part.deletions,
+            "parts": order.len(),
+            "rows": rows,
+        }
+    });
+    insert_pending(
+        tx,
+        key,
+        CARRIED_KIND,
+        part.origin.topic(),
+        &serde_json::to_vec(&descriptor).expect("a JSON value serializes"),
+        now,
+    )?;
+    tx.execute(
+        "UPDATE carried_uploads SET completed_at_ms = ?2 WHERE upload = ?1",
+        params![key, now],
+    )?;
+    Ok(())
+}

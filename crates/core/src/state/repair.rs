@@ -1,0 +1,216 @@
+//! What the operator commands change (`flatsync replay`, `dead-letter retry|drop`): typed
+//! reads and writes on one write transaction ([`Change`], from
+//! [`super::OperatorDb::change`]). The decisions (what to replay, which status an event ends
+//! with) are the commands' own, in `crate::ops`; this holds only how they are stored.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use super::{DeliveryStatus, EventStatus, StateError, inbox};
+
+/// A delivery as a replay or a dead-letter change reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// Sink name.
+    pub sink: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Replays so far.
+    pub generation: u32,
+    /// Last error, for failed deliveries.
+    pub error: Option<String>,
+}
+
+/// A dead letter selected for a change, with its event's status (`None` when the event is
+/// not in the inbox).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedDelivery {
+    /// The event.
+    pub event_id: String,
+    /// The sink.
+    pub sink: String,
+    /// The event's status.
+    pub event_status: Option<EventStatus>,
+}
+
+/// One write transaction of an operator command.
+#[derive(Debug)]
+pub struct Change<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+}
+
+impl<'a> Change<'a> {
+    pub(super) fn new(conn: &'a Connection, path: &'a Path) -> Change<'a> {
+        Change { conn, path }
+    }
+
+    fn error(&self, error: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.to_owned(),
+            error,
+        }
+    }
+
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let run = || -> rusqlite::Result<Vec<T>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.error(e))
+    }
+
+    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StateError> {
+        self.conn
+            .execute(sql, params)
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    /// An event's status; `None` when it is not in the inbox.
+    pub fn event_status(&self, event_id: &str) -> Result<Option<EventStatus>, StateError> {
+        let mut found = self.rows(
+            "SELECT status FROM inbox WHERE event_id = ?1",
+            [event_id],
+            |r| r.get(0),
+        )?;
+        Ok(found.pop())
+    }
+
+    /// Events received at or after `since_ms`, oldest first, with their status.
+    pub fn events_since(&self, since_ms: i64) -> Result<Vec<(String, EventStatus)>, StateError> {
+        self.rows(
+            "SELECT event_id, status FROM inbox WHERE received_at_ms >= ?1
+             ORDER BY received_at_ms, event_id",
+            [since_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// An event's deliveries in the order they were planned.
+    pub fn deliveries(&self, event_id: &str) -> Result<Vec<DeliveryState>, StateError> {
+        self.delivery_rows(event_id, "rowid")
+    }
+
+    /// An event's deliveries by sink name.
+    pub fn deliveries_by_sink(&self, event_id: &str) -> Result<Vec<DeliveryState>, StateError> {
+        self.delivery_rows(event_id, "sink")
+    }
+
+    fn delivery_rows(
+        &self,
+        event_id: &str,
+        order: &'static str,
+    ) -> Result<Vec<DeliveryState>, StateError> {
+        self.rows(
+            &format!(
+                "SELECT sink, status, generation, error FROM deliveries WHERE event_id = ?1
+                 ORDER BY {order}"
+            ),
+            [event_id],
+            |r| {
+                Ok(DeliveryState {
+                    sink: r.get(0)?,
+                    status: r.get(1)?,
+                    generation: r.get(2)?,
+                    error: r.get(3)?,
+                })
+            },
+        )
+    }
+
+    /// Routes an event to one more sink: a pending delivery of generation 0.
+    pub fn add_delivery(&self, event_id: &str, sink: &str, now: i64) -> Result<(), StateError> {
+        self.execute(
+            "INSERT INTO deliveries
+             (event_id, sink, status, rows, error, generation, updated_at_ms)
+             VALUES (?1, ?2, ?3, 0, NULL, 0, ?4)",
+            params![event_id, sink, DeliveryStatus::Pending, now],
+        )
+    }
+
+    /// Sets a delivery back to pending in its next generation, with no error and 0 rows.
+    pub fn next_generation(&self, event_id: &str, sink: &str, now: i64) -> Result<(), StateError> {
+        self.execute(
+            "UPDATE deliveries SET generation = generation + 1, status = ?3,
+                    error = NULL, rows = 0, updated_at_ms = ?4
+             WHERE event_id = ?1 AND sink = ?2",
+            params![event_id, sink, DeliveryStatus::Pending, now],
+        )
+    }
+
+    /// Sets an event's status and detail.
+    pub fn set_event_status(
+        &self,
+        event_id: &str,
+        status: EventStatus,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<(), StateError> {
+        inbox::set_status(self.conn, event_id, status, detail, now).map_err(|e| self.error(e))
+    }
+
+    /// Whether the inbox holds the event.
+    pub fn event_exists(&self, event_id: &str) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM inbox WHERE event_id = ?1)",
+                [event_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(e))
+    }
+
+    /// Failed deliveries, of one event and one sink when given, oldest failure first.
+    pub fn failed_deliveries(
+        &self,
+        event_id: Option<&str>,
+        sink: Option<&str>,
+    ) -> Result<Vec<FailedDelivery>, StateError> {
+        self.rows(
+            "SELECT d.event_id, d.sink, i.status
+             FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
+             WHERE d.status = ?3 AND (?1 IS NULL OR d.event_id = ?1)
+               AND (?2 IS NULL OR d.sink = ?2)
+             ORDER BY d.updated_at_ms, d.rowid",
+            params![event_id, sink, DeliveryStatus::Failed],
+            |r| {
+                Ok(FailedDelivery {
+                    event_id: r.get(0)?,
+                    sink: r.get(1)?,
+                    event_status: r.get(2)?,
+                })
+            },
+        )
+    }
+
+    /// Moves a failed delivery to `status`; its error is cleared when it becomes pending.
+    pub fn set_dead_letter(
+        &self,
+        event_id: &str,
+        sink: &str,
+        status: DeliveryStatus,
+        now: i64,
+    ) -> Result<(), StateError> {
+        self.execute(
+            "UPDATE deliveries SET status = ?3, updated_at_ms = ?4,
+                    error = CASE WHEN ?3 = ?5 THEN NULL ELSE error END
+             WHERE event_id = ?1 AND sink = ?2 AND status = ?6",
+            params![
+                event_id,
+                sink,
+                status,
+                now,
+                DeliveryStatus::Pending,
+                DeliveryStatus::Failed
+            ],
+        )
+    }
+}

@@ -1,0 +1,702 @@
+//! What the operator commands and `/metrics` read: typed rows of one snapshot
+//! ([`Snapshot`]), shaped as the commands print them (`flatsync status`, `events list`,
+//! `events show`, `dead-letter list`), and the gauges of a scrape (`read_gauges`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{DeliveryStatus, EventStatus, StateError, stream_for_generation};
+
+/// An upload still waiting for parts, in `flatsync status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UploadStatus {
+    /// `upload-<batch>` or `forwarded-<stream>`: the inbox event it becomes once complete.
+    pub upload: String,
+    /// `portal2` or `flatsync`.
+    pub origin: String,
+    /// Parts stored so far.
+    pub parts_received: u64,
+    /// Parts announced (Portal 2.0 `sequence.count`); `None` while unknown (a forwarded stream
+    /// before its last batch).
+    pub parts_expected: Option<u64>,
+    /// When the first part arrived, ms since the Unix epoch.
+    pub first_received_at_ms: i64,
+}
+
+/// The polling state of one environment.
+#[derive(Clone, Debug, Serialize)]
+pub struct PollStatus {
+    /// Flatfile environment id.
+    pub environment_id: String,
+    /// The newest `createdAt` polled, ms since the Unix epoch.
+    pub cursor_ms: i64,
+    /// Events stored but not yet acknowledged to Flatfile.
+    pub unacknowledged: u64,
+}
+
+/// The newest dead letter of a sink.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastError {
+    /// The event.
+    pub event_id: String,
+    /// When the delivery failed, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The sink's error.
+    pub error: String,
+}
+
+/// An event in `events list --json` (a JSON array of these, newest first).
+///
+/// ```json
+/// {"event_id": "evt-1", "kind": "legacy", "topic": "portalImportSubmitted",
+///  "status": "failed", "detail": "sink `bomb`: ...", "received_at_ms": 1714564800000,
+///  "updated_at_ms": 1714564801000,
+///  "deliveries": [{"sink": "archive", "status": "done", "rows": 250, "generation": 0}]}
+/// ```
+#[derive(Clone, Debug, Serialize)]
+pub struct EventSummary {
+    /// Event id.
+    pub event_id: String,
+    /// `legacy` or `platform`.
+    pub kind: String,
+    /// Topic used for routing.
+    pub topic: String,
+    /// Where it stands.
+    pub status: EventStatus,
+    /// Error or reason.
+    pub detail: Option<String>,
+    /// Receipt time, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Last status change, ms since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// The sinks it was routed to; empty until planned.
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+/// A delivery in an [`EventSummary`].
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliverySummary {
+    /// Sink name.
+    pub sink: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Rows made durable (for pending deliveries: as of the last finished attempt).
+    pub rows: u64,
+    /// Replays so far.
+    pub generation: u32,
+}
+
+/// What `events show ID --json` prints.
+///
+/// ```json
+/// {"event_id": "evt-1", "kind": "legacy", "topic": "portalImportSubmitted",
+///  "status": "done", "detail": null, "received_at_ms": 1714564800000,
+///  "updated_at_ms": 1714564801000,
+///  "body": {"...": "the webhook body as received, parsed"},
+///  "deliveries": [{"sink": "archive", "status": "done", "rows": 250, "error": null,
+///                  "generation": 1, "updated_at_ms": 1714564801000,
+///                  "streams": ["legacy-b1-r1"]}],
+///  "streams": [{"ordinal": 0, "stream": "legacy-b1", "kind": "legacy_batch",
+///               "source_ref": "b1", "fields": [], "page_size": 1000}],
+///  "checkpoints": [{"sink": "archive", "stream": "legacy-b1", "next_seq": 1,
+///                   "complete": true, "rows": 250}]}
+/// ```
+///
+/// `body` is the parsed JSON body, or a string holding the body's text when it is not JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventDetail {
+    /// Event id.
+    pub event_id: String,
+    /// `legacy` or `platform`.
+    pub kind: String,
+    /// Topic used for routing.
+    pub topic: String,
+    /// Where it stands.
+    pub status: EventStatus,
+    /// Error or reason.
+    pub detail: Option<String>,
+    /// Receipt time, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Last status change, ms since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// The body as received.
+    pub body: serde_json::Value,
+    /// Per routed sink.
+    pub deliveries: Vec<DeliveryInfo>,
+    /// The stream plan, in order; empty until planned.
+    pub streams: Vec<StreamInfo>,
+    /// Every checkpoint of the event, of every generation.
+    pub checkpoints: Vec<CheckpointInfo>,
+}
+
+/// A delivery in an [`EventDetail`].
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryInfo {
+    /// Sink name.
+    pub sink: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Rows made durable.
+    pub rows: u64,
+    /// Error of a failed delivery.
+    pub error: Option<String>,
+    /// Replays so far.
+    pub generation: u32,
+    /// Last change, ms since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// The streams this generation delivers into.
+    pub streams: Vec<String>,
+}
+
+/// A planned stream in an [`EventDetail`].
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamInfo {
+    /// Position in the plan, from 0.
+    pub ordinal: u64,
+    /// Stream id of the first delivery; replays add `-r<generation>`.
+    pub stream: String,
+    /// Stream kind (table name).
+    pub kind: String,
+    /// Legacy batch id or Platform sheet id.
+    pub source_ref: String,
+    /// Field keys in schema order.
+    pub fields: serde_json::Value,
+    /// Rows per page.
+    pub page_size: u64,
+}
+
+/// A checkpoint in an [`EventDetail`].
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointInfo {
+    /// Sink name.
+    pub sink: String,
+    /// Stream id (with the generation suffix of a replay).
+    pub stream: String,
+    /// First batch the sink has not made durable.
+    pub next_seq: u64,
+    /// The last batch is durable.
+    pub complete: bool,
+    /// Rows made durable.
+    pub rows: u64,
+}
+
+/// A failed delivery, as `dead-letter list --json` prints them (a JSON array, newest first).
+///
+/// ```json
+/// {"event_id": "evt-1", "topic": "portalImportSubmitted", "sink": "bomb", "rows": 0,
+///  "error": "sink `bomb`: plugin fx-panic: panicked: ...", "failed_at_ms": 1714564800000,
+///  "generation": 0}
+/// ```
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    /// The event.
+    pub event_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// The sink that failed.
+    pub sink: String,
+    /// Rows the sink made durable before it failed; a retry resumes after them.
+    pub rows: u64,
+    /// The sink's error.
+    pub error: Option<String>,
+    /// When it failed, ms since the Unix epoch.
+    pub failed_at_ms: i64,
+    /// Replays so far.
+    pub generation: u32,
+}
+
+/// One sink's deliveries of one status, for `flatsync status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryCount {
+    /// Sink name.
+    pub sink: String,
+    /// The status counted.
+    pub status: DeliveryStatus,
+    /// Deliveries with it.
+    pub count: u64,
+    /// Rows of those deliveries, when they are done; 0 otherwise.
+    pub done_rows: u64,
+    /// The newest change to one of them, ms since the Unix epoch.
+    pub last_update_ms: Option<i64>,
+}
+
+/// One read snapshot of the state database, from [`super::OperatorDb::read`].
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+}
+
+impl<'a> Snapshot<'a> {
+    pub(super) fn new(conn: &'a Connection, path: &'a Path) -> Snapshot<'a> {
+        Snapshot { conn, path }
+    }
+
+    fn error(&self, error: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.to_owned(),
+            error,
+        }
+    }
+
+    /// Runs `query` and collects its rows.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let run = || -> rusqlite::Result<Vec<T>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.error(e))
+    }
+
+    /// Inbox events by status.
+    pub fn event_counts(&self) -> Result<Vec<(EventStatus, u64)>, StateError> {
+        self.rows(
+            "SELECT status, COUNT(*) FROM inbox GROUP BY status",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+    }
+
+    /// Every inbox event's id and status, by id.
+    pub fn event_statuses(&self) -> Result<Vec<(String, EventStatus)>, StateError> {
+        self.rows(
+            "SELECT event_id, status FROM inbox ORDER BY event_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Rows the checkpoints count as made durable, of every sink or of `sink`, over every
+    /// event and generation.
+    pub fn checkpointed_rows(&self, sink: Option<&str>) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
+                [sink],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Deliveries by sink and status.
+    pub fn delivery_counts(&self) -> Result<Vec<DeliveryCount>, StateError> {
+        self.rows(
+            "SELECT sink, status, COUNT(*),
+                    SUM(CASE WHEN status = ?1 THEN rows ELSE 0 END),
+                    MAX(updated_at_ms)
+             FROM deliveries GROUP BY sink, status",
+            [DeliveryStatus::Done],
+            |r| {
+                Ok(DeliveryCount {
+                    sink: r.get(0)?,
+                    status: r.get(1)?,
+                    count: r.get::<_, i64>(2)? as u64,
+                    done_rows: r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
+                    last_update_ms: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    /// Per sink, the rows already checkpointed for its pending deliveries, in the streams of
+    /// their current generation (older generations' checkpoints belong to earlier deliveries).
+    pub fn pending_checkpointed_rows(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let streams: Vec<(String, String, u32, String)> = self.rows(
+            "SELECT d.event_id, d.sink, d.generation, s.stream
+             FROM deliveries d JOIN streams s ON s.event_id = d.event_id
+             WHERE d.status = ?1",
+            [DeliveryStatus::Pending],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let mut rows = Vec::with_capacity(streams.len());
+        for (event_id, sink, generation, stream) in streams {
+            let stream = stream_for_generation(&stream, generation);
+            let found: Vec<i64> = self.rows(
+                "SELECT rows FROM checkpoints WHERE event_id = ?1 AND sink = ?2 AND stream = ?3",
+                params![event_id, sink, stream],
+                |r| r.get(0),
+            )?;
+            let n = found.first().copied().unwrap_or(0).max(0) as u64;
+            rows.push((sink, n));
+        }
+        Ok(rows)
+    }
+
+    /// Per sink, the receipt time of the oldest event with a pending delivery to it.
+    pub fn oldest_pending(&self) -> Result<Vec<(String, i64)>, StateError> {
+        oldest_pending(self.conn).map_err(|e| self.error(e))
+    }
+
+    /// The newest dead letter of `sink`.
+    pub fn last_error(&self, sink: &str) -> Result<Option<LastError>, StateError> {
+        let mut found = self.rows(
+            "SELECT event_id, updated_at_ms, COALESCE(error, '') FROM deliveries
+             WHERE sink = ?1 AND status = ?2
+             ORDER BY updated_at_ms DESC, rowid DESC LIMIT 1",
+            params![sink, DeliveryStatus::Failed],
+            |r| {
+                Ok(LastError {
+                    event_id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    error: r.get(2)?,
+                })
+            },
+        )?;
+        Ok(found.pop())
+    }
+
+    /// Pending inbox events by topic.
+    pub fn pending_topics(&self) -> Result<Vec<(String, u64)>, StateError> {
+        self.rows(
+            "SELECT topic, COUNT(*) FROM inbox WHERE status = ?1 GROUP BY topic",
+            [EventStatus::Pending],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+    }
+
+    /// The newest change to any delivery, ms since the Unix epoch.
+    pub fn last_delivery_update_ms(&self) -> Result<Option<i64>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT MAX(updated_at_ms) FROM deliveries WHERE updated_at_ms > 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(e))
+    }
+
+    /// Per polled environment, its cursor and the events not yet acknowledged.
+    pub fn polling(&self) -> Result<Vec<PollStatus>, StateError> {
+        // A database from before polling existed has no such tables: nothing polled yet.
+        if self
+            .conn
+            .prepare("SELECT 1 FROM poll_cursors, event_acks")
+            .is_err()
+        {
+            return Ok(Vec::new());
+        }
+        self.rows(
+            "SELECT p.environment_id, p.since_ms,
+                 (SELECT COUNT(*) FROM event_acks a
+                  WHERE a.environment_id = p.environment_id AND a.acked_at_ms IS NULL)
+             FROM poll_cursors p ORDER BY p.environment_id",
+            [],
+            |r| {
+                Ok(PollStatus {
+                    environment_id: r.get(0)?,
+                    cursor_ms: r.get(1)?,
+                    unacknowledged: r.get::<_, i64>(2)? as u64,
+                })
+            },
+        )
+    }
+
+    /// Uploads with parts still missing, oldest first.
+    pub fn incomplete_uploads(&self) -> Result<Vec<UploadStatus>, StateError> {
+        // A database from before uploads existed has no such tables: none waiting.
+        if self
+            .conn
+            .prepare("SELECT 1 FROM carried_uploads, carried_parts")
+            .is_err()
+        {
+            return Ok(Vec::new());
+        }
+        self.rows(
+            "SELECT u.upload, u.origin, u.first_received_at_ms,
+                 (SELECT COUNT(*) FROM carried_parts p WHERE p.upload = u.upload),
+                 (SELECT MAX(p.part_count) FROM carried_parts p WHERE p.upload = u.upload)
+             FROM carried_uploads u WHERE u.completed_at_ms IS NULL ORDER BY u.first_received_at_ms",
+            [],
+            |r| {
+                Ok(UploadStatus {
+                    upload: r.get(0)?,
+                    origin: r.get(1)?,
+                    first_received_at_ms: r.get(2)?,
+                    parts_received: r.get::<_, i64>(3)? as u64,
+                    parts_expected: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+                })
+            },
+        )
+    }
+
+    /// Events newest first, only those of `status` when given and those `keep` accepts, at
+    /// most `limit`; each with its deliveries.
+    pub fn events(
+        &self,
+        status: Option<EventStatus>,
+        mut keep: impl FnMut(&EventSummary) -> bool,
+        limit: usize,
+    ) -> Result<Vec<EventSummary>, StateError> {
+        let mut events = Vec::new();
+        let mut read = || -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare(
+                "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms
+                 FROM inbox WHERE ?1 IS NULL OR status = ?1
+                 ORDER BY received_at_ms DESC, event_id DESC",
+            )?;
+            let mut rows = stmt.query([status])?;
+            while let Some(r) = rows.next()? {
+                let event = EventSummary {
+                    event_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    topic: r.get(2)?,
+                    status: r.get(3)?,
+                    detail: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                    updated_at_ms: r.get(6)?,
+                    deliveries: Vec::new(),
+                };
+                if !keep(&event) {
+                    continue;
+                }
+                events.push(event);
+                if events.len() >= limit {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        read().map_err(|e| self.error(e))?;
+        for event in &mut events {
+            event.deliveries = self.rows(
+                "SELECT sink, status, rows, generation FROM deliveries
+                 WHERE event_id = ?1 ORDER BY rowid",
+                [&event.event_id],
+                |r| {
+                    Ok(DeliverySummary {
+                        sink: r.get(0)?,
+                        status: r.get(1)?,
+                        rows: r.get::<_, i64>(2)?.max(0) as u64,
+                        generation: r.get(3)?,
+                    })
+                },
+            )?;
+        }
+        Ok(events)
+    }
+
+    /// Everything about one event; `None` when it is not in the inbox.
+    pub fn event_detail(&self, event_id: &str) -> Result<Option<EventDetail>, StateError> {
+        let Some(mut event) = self.event_head(event_id)? else {
+            return Ok(None);
+        };
+        event.streams = self.rows(
+            "SELECT ordinal, stream, kind, source_ref, fields_json, page_size FROM streams
+             WHERE event_id = ?1 ORDER BY ordinal",
+            [event_id],
+            |r| {
+                let fields: String = r.get(4)?;
+                Ok(StreamInfo {
+                    ordinal: r.get::<_, i64>(0)?.max(0) as u64,
+                    stream: r.get(1)?,
+                    kind: r.get(2)?,
+                    source_ref: r.get(3)?,
+                    fields: serde_json::from_str(&fields)
+                        .unwrap_or(serde_json::Value::String(fields)),
+                    page_size: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            },
+        )?;
+        let plan: Vec<String> = event.streams.iter().map(|s| s.stream.clone()).collect();
+        event.deliveries = self.rows(
+            "SELECT sink, status, rows, error, generation, updated_at_ms FROM deliveries
+             WHERE event_id = ?1 ORDER BY rowid",
+            [event_id],
+            |r| {
+                let generation: u32 = r.get(4)?;
+                Ok(DeliveryInfo {
+                    sink: r.get(0)?,
+                    status: r.get(1)?,
+                    rows: r.get::<_, i64>(2)?.max(0) as u64,
+                    error: r.get(3)?,
+                    generation,
+                    updated_at_ms: r.get(5)?,
+                    streams: plan
+                        .iter()
+                        .map(|s| stream_for_generation(s, generation))
+                        .collect(),
+                })
+            },
+        )?;
+        event.checkpoints = self.rows(
+            "SELECT sink, stream, next_seq, complete, rows FROM checkpoints
+             WHERE event_id = ?1 ORDER BY sink, stream",
+            [event_id],
+            |r| {
+                Ok(CheckpointInfo {
+                    sink: r.get(0)?,
+                    stream: r.get(1)?,
+                    next_seq: r.get::<_, i64>(2)?.max(0) as u64,
+                    complete: r.get(3)?,
+                    rows: r.get::<_, i64>(4)?.max(0) as u64,
+                })
+            },
+        )?;
+        Ok(Some(event))
+    }
+
+    /// The inbox row of an event, its body parsed, without deliveries, streams or checkpoints.
+    fn event_head(&self, event_id: &str) -> Result<Option<EventDetail>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms, body
+                 FROM inbox WHERE event_id = ?1",
+                [event_id],
+                |r| {
+                    let body: Vec<u8> = r.get(7)?;
+                    Ok(EventDetail {
+                        event_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        topic: r.get(2)?,
+                        status: r.get(3)?,
+                        detail: r.get(4)?,
+                        received_at_ms: r.get(5)?,
+                        updated_at_ms: r.get(6)?,
+                        body: serde_json::from_slice(&body).unwrap_or_else(|_| {
+                            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                        }),
+                        deliveries: Vec::new(),
+                        streams: Vec::new(),
+                        checkpoints: Vec::new(),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    /// Failed deliveries, newest first, optionally of one sink.
+    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
+        self.rows(
+            "SELECT d.event_id, COALESCE(i.topic, ''), d.sink, d.rows, d.error,
+                    d.updated_at_ms, d.generation
+             FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
+             WHERE d.status = ?2 AND (?1 IS NULL OR d.sink = ?1)
+             ORDER BY d.updated_at_ms DESC, d.rowid DESC",
+            params![sink, DeliveryStatus::Failed],
+            |r| {
+                Ok(DeadLetter {
+                    event_id: r.get(0)?,
+                    topic: r.get(1)?,
+                    sink: r.get(2)?,
+                    rows: r.get::<_, i64>(3)?.max(0) as u64,
+                    error: r.get(4)?,
+                    failed_at_ms: r.get(5)?,
+                    generation: r.get(6)?,
+                })
+            },
+        )
+    }
+}
+
+fn oldest_pending(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.sink, MIN(i.received_at_ms) FROM deliveries d
+         JOIN inbox i ON i.event_id = d.event_id
+         WHERE d.status = ?1 GROUP BY d.sink",
+    )?;
+    let rows = stmt.query_map([DeliveryStatus::Pending], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// What the state database says at one moment, for the gauges of `/metrics`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct StateGauges {
+    /// Events with status `pending`.
+    pub(crate) events_pending: u64,
+    /// Every sink that has ever had a delivery.
+    pub(crate) sinks: BTreeMap<String, SinkGauges>,
+}
+
+/// One sink's share of [`StateGauges`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SinkGauges {
+    /// Deliveries with status `failed`.
+    pub(crate) dead_letters: u64,
+    /// Receipt time (ms since the epoch) of the oldest event with a pending delivery here.
+    pub(crate) oldest_pending_ms: Option<i64>,
+}
+
+/// How long a scrape waits for a database lock before it gives up.
+const SCRAPE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads the gauges from the state database at `path`, on a connection of its own (read-only,
+/// so a scrape can never change or lock out the daemon's writes), in one read transaction.
+/// Blocking: call it from a blocking thread.
+pub(crate) fn read_gauges(path: &Path) -> Result<StateGauges, StateError> {
+    gauges(path).map_err(|error| StateError::Sqlite {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+fn gauges(path: &Path) -> rusqlite::Result<StateGauges> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(SCRAPE_BUSY_TIMEOUT)?;
+    let tx = conn.transaction()?;
+    let mut gauges = StateGauges {
+        events_pending: tx.query_row(
+            "SELECT COUNT(*) FROM inbox WHERE status = ?1",
+            [EventStatus::Pending],
+            |r| r.get::<_, i64>(0),
+        )? as u64,
+        sinks: BTreeMap::new(),
+    };
+    for sink in delivery_sinks(&tx)? {
+        gauges.sinks.insert(sink, SinkGauges::default());
+    }
+    let mut dead =
+        tx.prepare("SELECT sink, COUNT(*) FROM deliveries WHERE status = ?1 GROUP BY sink")?;
+    for row in dead.query_map([DeliveryStatus::Failed], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        let (sink, count) = row?;
+        gauges.sinks.entry(sink).or_default().dead_letters = count as u64;
+    }
+    for (sink, received_at_ms) in oldest_pending(&tx)? {
+        gauges.sinks.entry(sink).or_default().oldest_pending_ms = Some(received_at_ms);
+    }
+    Ok(gauges)
+}
+
+/// The distinct sinks of the deliveries table. `SELECT DISTINCT` would read every delivery
+/// ever made on each scrape; this hops through the `(status, sink)` index instead, one seek
+/// per status and sink, so a scrape costs the same after a million events as after ten.
+fn delivery_sinks(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
+    let mut next_status =
+        conn.prepare("SELECT status FROM deliveries WHERE status > ?1 ORDER BY status LIMIT 1")?;
+    let mut next_sink = conn.prepare(
+        "SELECT sink FROM deliveries WHERE status = ?1 AND sink > ?2 ORDER BY sink LIMIT 1",
+    )?;
+    let mut sinks = BTreeSet::new();
+    let mut status = String::new();
+    while let Some(found) = next_status
+        .query_row([&status], |r| r.get::<_, String>(0))
+        .optional()?
+    {
+        status = found;
+        let mut sink = String::new();
+        while let Some(found) = next_sink
+            .query_row([&status, &sink], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            sink = found;
+            sinks.insert(sink.clone());
+        }
+    }
+    Ok(sinks)
+}

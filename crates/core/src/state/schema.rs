@@ -1,0 +1,246 @@
+//! The state database's tables: the DDL, [`SCHEMA_VERSION`] and the migrations from older
+//! versions, and the column list the doctor's salvage copies table by table. A schema change
+//! is made here and nowhere else (`.ci/state-sql` reads the table names from [`SCHEMA`]).
+
+use rusqlite::Connection;
+
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 added
+/// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
+/// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
+/// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
+/// arrive in webhook bodies).
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// Every table and index of the current version; `IF NOT EXISTS` so that it also completes an
+/// older database after [`migrate`] added the columns its tables lack.
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_by_status ON inbox(status, received_at_ms);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (event_id, sink)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, sink);
+CREATE TABLE IF NOT EXISTS streams (
+    event_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source_ref TEXT NOT NULL,
+    fields_json TEXT NOT NULL,
+    page_size INTEGER NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    sinks TEXT,
+    PRIMARY KEY (event_id, stream)
+);
+CREATE TABLE IF NOT EXISTS poll_cursors (
+    environment_id TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_acks (
+    event_id TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    acked_at_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS event_acks_pending ON event_acks(acked_at_ms, environment_id);
+CREATE TABLE IF NOT EXISTS carried_uploads (
+    upload TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    sender_event_id TEXT,
+    kind TEXT NOT NULL,
+    fields_json TEXT NOT NULL,
+    deletions INTEGER NOT NULL,
+    first_received_at_ms INTEGER NOT NULL,
+    completed_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS carried_parts (
+    upload TEXT NOT NULL,
+    position_major INTEGER NOT NULL,
+    position_minor INTEGER NOT NULL,
+    parts_of_batch INTEGER NOT NULL DEFAULT 0,
+    last INTEGER NOT NULL DEFAULT 0,
+    part_count INTEGER,
+    rows INTEGER NOT NULL,
+    ndjson BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    ordinal INTEGER,
+    PRIMARY KEY (upload, position_major, position_minor, parts_of_batch)
+);
+CREATE INDEX IF NOT EXISTS carried_parts_by_ordinal ON carried_parts(upload, ordinal);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (event_id, sink, stream)
+);
+";
+
+/// Brings a database of `version` (0 for a new file) up to [`SCHEMA_VERSION`]. The caller has
+/// refused versions newer than this build.
+pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
+    if version == 1 {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE deliveries ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE deliveries ADD COLUMN updated_at_ms INTEGER NOT NULL DEFAULT 0;
+             COMMIT;",
+        )?;
+    }
+    if (1..3).contains(&version) && has_table(conn, "streams")? {
+        // Streams planned before version 3 are whole legacy batches or whole sheets; an
+        // empty `source` says so (see `streams`).
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE streams ADD COLUMN source TEXT NOT NULL DEFAULT '';
+             ALTER TABLE streams ADD COLUMN sinks TEXT;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
+
+/// Whether the database has `table`.
+pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )
+}
+
+/// Column lists of the state tables, in the order the salvage copies them (the inbox first),
+/// each column with the value used when an older schema lacks it.
+pub(crate) const TABLES: [(&str, &[(&str, &str)]); 8] = [
+    (
+        "inbox",
+        &[
+            ("event_id", "NULL"),
+            ("kind", "NULL"),
+            ("topic", "NULL"),
+            ("body", "NULL"),
+            ("received_at_ms", "NULL"),
+            ("status", "NULL"),
+            ("detail", "NULL"),
+            ("updated_at_ms", "0"),
+        ],
+    ),
+    (
+        "deliveries",
+        &[
+            ("event_id", "NULL"),
+            ("sink", "NULL"),
+            ("status", "NULL"),
+            ("rows", "0"),
+            ("error", "NULL"),
+            ("generation", "0"),
+            ("updated_at_ms", "0"),
+        ],
+    ),
+    (
+        "streams",
+        &[
+            ("event_id", "NULL"),
+            ("ordinal", "NULL"),
+            ("stream", "NULL"),
+            ("kind", "NULL"),
+            ("source_ref", "NULL"),
+            ("fields_json", "NULL"),
+            ("page_size", "NULL"),
+            ("source", "''"),
+            ("sinks", "NULL"),
+        ],
+    ),
+    (
+        "checkpoints",
+        &[
+            ("event_id", "NULL"),
+            ("sink", "NULL"),
+            ("stream", "NULL"),
+            ("next_seq", "NULL"),
+            ("complete", "NULL"),
+            ("rows", "NULL"),
+        ],
+    ),
+    // Polling cursors: losing one would make polling start again from "now" and skip events.
+    (
+        "poll_cursors",
+        &[
+            ("environment_id", "NULL"),
+            ("since_ms", "NULL"),
+            ("updated_at_ms", "0"),
+        ],
+    ),
+    (
+        "event_acks",
+        &[
+            ("event_id", "NULL"),
+            ("environment_id", "NULL"),
+            ("acked_at_ms", "NULL"),
+            ("attempts", "0"),
+            ("last_error", "NULL"),
+        ],
+    ),
+    // Parts of uploads whose rows came in webhook bodies: answered 2xx, so as precious as the
+    // inbox.
+    (
+        "carried_uploads",
+        &[
+            ("upload", "NULL"),
+            ("origin", "NULL"),
+            ("upload_id", "NULL"),
+            ("sender_event_id", "NULL"),
+            ("kind", "NULL"),
+            ("fields_json", "'[]'"),
+            ("deletions", "0"),
+            ("first_received_at_ms", "0"),
+            ("completed_at_ms", "NULL"),
+        ],
+    ),
+    (
+        "carried_parts",
+        &[
+            ("upload", "NULL"),
+            ("position_major", "NULL"),
+            ("position_minor", "NULL"),
+            ("parts_of_batch", "0"),
+            ("last", "0"),
+            ("part_count", "NULL"),
+            ("rows", "0"),
+            ("ndjson", "NULL"),
+            ("received_at_ms", "0"),
+            ("ordinal", "NULL"),
+        ],
+    ),
+];
+
+/// Tables a state database from before schema version 3 (polling) or 4 (uploads) does not
+/// have: nothing to salvage.
+pub(crate) const TABLES_ADDED_LATER: [&str; 4] = [
+    "poll_cursors",
+    "event_acks",
+    "carried_uploads",
+    "carried_parts",
+];

@@ -1,0 +1,336 @@
+//! What the pipeline records per event once it is planned: the sinks it is routed to and each
+//! one's [`DeliveryStatus`] (`deliveries`), the stream plan (`streams`), and every sink's
+//! durable position in each stream (`checkpoints`), which only ever moves forward.
+
+use rusqlite::params;
+
+use super::{DeliveryStatus, StateDb, StateError, now_ms};
+
+/// A sink's share of an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sink name.
+    pub sink: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Rows made durable in the sink for this event.
+    pub rows: u64,
+    /// Last error, for failed deliveries.
+    pub error: Option<String>,
+    /// How many times the delivery was replayed; each replay delivers into fresh streams (see
+    /// [`stream_for_generation`]) so sinks that skip batches they hold take the rows again.
+    pub generation: u32,
+}
+
+/// The stream a sink's `generation` of an event's stream delivers into: the planned name for
+/// the first delivery, `<stream>-r<generation>` for replays.
+pub fn stream_for_generation(stream: &str, generation: u32) -> String {
+    if generation == 0 {
+        stream.to_owned()
+    } else {
+        format!("{stream}-r{generation}")
+    }
+}
+
+/// One stream of an event, fixed when the event is first planned so that a restart pages the
+/// same way even if the config's page size changed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// Stream id.
+    pub stream: String,
+    /// Stream kind (table name).
+    pub kind: String,
+    /// Legacy batch id or Platform sheet id; empty for streams made from the event itself.
+    pub source_ref: String,
+    /// JSON array of field keys.
+    pub fields_json: String,
+    /// Rows per page.
+    pub page_size: u64,
+    /// Where the rows come from.
+    pub source: StreamSource,
+    /// The sinks this stream is for; `None` = every sink of the event. Set when routes ask
+    /// some sinks for a snapshot and others for the delta of the same event.
+    pub sinks: Option<Vec<String>>,
+}
+
+impl StreamPlan {
+    /// Whether `sink` takes this stream.
+    pub fn is_for(&self, sink: &str) -> bool {
+        self.sinks
+            .as_ref()
+            .is_none_or(|sinks| sinks.iter().any(|s| s == sink))
+    }
+}
+
+/// Where a stream's rows come from. Stored as JSON in `streams.source`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamSource {
+    /// Every row of the legacy batch `source_ref`.
+    LegacyBatch,
+    /// Every record of the sheet `source_ref`.
+    Sheet,
+    /// The named records of the sheet, fetched in chunks of at most 100 ids.
+    SheetIds {
+        /// Record ids, in the event's order.
+        ids: Vec<String>,
+    },
+    /// The records a commit changed.
+    SheetCommit {
+        /// `commitId`.
+        commit_id: String,
+    },
+    /// The records changed by every commit after this one.
+    SheetSinceCommit {
+        /// `sinceCommitId`.
+        commit_id: String,
+    },
+    /// Deleted records of the sheet: rows made from the ids, nothing to fetch.
+    Deletions {
+        /// Record ids.
+        ids: Vec<String>,
+    },
+    /// One row describing the event itself (the `events` stream of row-less topics).
+    Event,
+    /// Rows that arrived in webhook bodies (Portal 2.0 `batch.upload`, a forwarded flatsync
+    /// batch), one stored part per batch, read from the state database in part order. The
+    /// upload is `source_ref`.
+    Carried {
+        /// Parts of the upload, the number of batches.
+        parts: u64,
+        /// The rows name deleted records.
+        deletions: bool,
+    },
+    /// The records of a legacy Workspaces sheet (`source_ref`), paged by skip/take with the
+    /// legacy key.
+    WorkspaceSheet {
+        /// `workspaceId`.
+        workspace_id: String,
+    },
+    /// The records behind an event's `dataUrl` that is not a plain records selection, paged by
+    /// `pageNumber`.
+    DataUrl {
+        /// The URL relative to the API root, as the event gave it.
+        relative: String,
+    },
+}
+
+impl StreamSource {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a StreamSource always serializes")
+    }
+
+    fn from_json(text: &str) -> rusqlite::Result<StreamSource> {
+        serde_json::from_str(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+}
+
+/// A sink's durable position in a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sink name.
+    pub sink: String,
+    /// Stream id.
+    pub stream: String,
+    /// First batch the sink has not made durable.
+    pub next_seq: u64,
+    /// The last batch is durable.
+    pub complete: bool,
+    /// Rows made durable.
+    pub rows: u64,
+}
+
+impl StateDb {
+    /// The sinks an event was routed to, once routed.
+    pub async fn deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT sink, status, rows, error, generation FROM deliveries
+                 WHERE event_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Delivery {
+                    sink: r.get(0)?,
+                    status: r.get(1)?,
+                    rows: r.get::<_, i64>(2)? as u64,
+                    error: r.get(3)?,
+                    generation: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records the routing decision and the stream plan of an event in one transaction, so a
+    /// restart resumes with the same sinks and the same paging.
+    pub async fn plan_event(
+        &self,
+        event_id: &str,
+        sinks: Vec<String>,
+        streams: Vec<StreamPlan>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for sink in &sinks {
+                tx.execute(
+                    "INSERT OR IGNORE INTO deliveries (event_id, sink, status, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id, sink, DeliveryStatus::Pending, now_ms()],
+                )?;
+            }
+            for (ordinal, s) in streams.iter().enumerate() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO streams
+                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size, source, sinks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        id,
+                        ordinal as i64,
+                        s.stream,
+                        s.kind,
+                        s.source_ref,
+                        s.fields_json,
+                        s.page_size as i64,
+                        s.source.to_json(),
+                        s.sinks
+                            .as_ref()
+                            .map(|sinks| serde_json::Value::from(sinks.clone()).to_string()),
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The stream plan of an event, in order; empty until planned.
+    pub async fn streams(&self, event_id: &str) -> Result<Vec<StreamPlan>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT stream, kind, source_ref, fields_json, page_size,
+                     CASE WHEN source != '' THEN source
+                          WHEN (SELECT kind FROM inbox i WHERE i.event_id = streams.event_id) = 'legacy'
+                          THEN '{\"type\":\"legacy_batch\"}'
+                          ELSE '{\"type\":\"sheet\"}' END,
+                     sinks
+                 FROM streams WHERE event_id = ?1 ORDER BY ordinal",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                let sinks: Option<String> = r.get(6)?;
+                Ok(StreamPlan {
+                    stream: r.get(0)?,
+                    kind: r.get(1)?,
+                    source_ref: r.get(2)?,
+                    fields_json: r.get(3)?,
+                    page_size: r.get::<_, i64>(4)? as u64,
+                    source: StreamSource::from_json(&r.get::<_, String>(5)?)?,
+                    sinks: match sinks {
+                        None => None,
+                        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                6,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?),
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Whether the event has been planned already (routing and streams recorded).
+    pub async fn is_planned(&self, event_id: &str) -> Result<bool, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// All checkpoints of an event.
+    pub async fn checkpoints(&self, event_id: &str) -> Result<Vec<Checkpoint>, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT sink, stream, next_seq, complete, rows FROM checkpoints WHERE event_id = ?1",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Checkpoint {
+                    sink: r.get(0)?,
+                    stream: r.get(1)?,
+                    next_seq: r.get::<_, i64>(2)? as u64,
+                    complete: r.get(3)?,
+                    rows: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Advances checkpoints after the sinks named in them reported a successful flush.
+    pub async fn advance(
+        &self,
+        event_id: &str,
+        checkpoints: Vec<Checkpoint>,
+    ) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for cp in &checkpoints {
+                tx.execute(
+                    "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (event_id, sink, stream) DO UPDATE SET
+                       next_seq = MAX(next_seq, excluded.next_seq),
+                       complete = MAX(complete, excluded.complete),
+                       rows = MAX(rows, excluded.rows)",
+                    params![
+                        id,
+                        cp.sink,
+                        cp.stream,
+                        cp.next_seq as i64,
+                        cp.complete,
+                        cp.rows as i64
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Marks a sink's share of an event done or failed, with the rows it holds.
+    pub async fn set_delivery(
+        &self,
+        event_id: &str,
+        sink: &str,
+        status: DeliveryStatus,
+        rows: u64,
+        error: Option<String>,
+    ) -> Result<(), StateError> {
+        let (id, sink) = (event_id.to_owned(), sink.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5, updated_at_ms = ?6
+                 WHERE event_id = ?1 AND sink = ?2",
+                params![id, sink, status, rows as i64, error, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
