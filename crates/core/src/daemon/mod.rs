@@ -21,7 +21,6 @@ pub(crate) use clients::flatfile_clients;
 pub(crate) use sinks::start_sinks_reusing;
 pub use sinks::{InProcessPlugins, load_sink_plugin, start_sinks};
 
-use flatsync_plugin_api::FlatsyncPlugin;
 use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics;
@@ -31,6 +30,7 @@ use crate::source::webhook::auth as webhook_auth;
 use crate::source::webhook::auth::WebhookAuthError;
 use crate::source::{poll, webhook};
 use crate::state::{StateDb, StateError};
+use flatsync_plugin_api::FlatsyncPlugin;
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
