@@ -141,6 +141,7 @@ mod deliver;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flatsync_plugin_sdk::{
     Batch, BatchStep, CreateContext, Logger, Row, Sink, SinkError, StreamPosition, export_sink,
@@ -181,9 +182,47 @@ impl Sink for HttpForward {
     fn write_batch(&mut self, batch: &Batch<'_>) -> Result<(), SinkError> {
         let started = self.deliverer.now();
         let deadline = started + self.deliverer.config().retry_budget;
-        let stream = batch.stream();
-        let seq = batch.seq();
-        if let Some(position) = self.positions.get(stream) {
+        self.refuse_gap(batch)?;
+        let rows: Vec<Row<'_>> = batch.rows().collect::<Result<_, _>>()?;
+        let (parts, sent) = self.send_parts(batch, &rows, deadline)?;
+        self.record_position(batch);
+        self.logger.debug(&format!(
+            "Batch forwarded: stream={} seq={} rows={} parts={parts} sent={sent} elapsed_ms={}",
+            batch.stream(),
+            batch.seq(),
+            rows.len(),
+            self.deliverer
+                .now()
+                .saturating_duration_since(started)
+                .as_millis()
+        ));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        // A part counts as written only once the receiver answered 2xx.
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), SinkError> {
+        // The receiver may legitimately be down at start-up; the config was validated in
+        // `create`, and the first write will retry until it is up.
+        let config = self.deliverer.config();
+        self.logger.info(&format!(
+            "Forwarding to {} (format {:?}, batch_size {}, retry budget {} s)",
+            config.url_display,
+            config.format,
+            config.batch_size,
+            config.retry_budget.as_secs()
+        ));
+        Ok(())
+    }
+}
+
+impl HttpForward {
+    /// Refuses a batch beyond the next one of a stream seen in this process.
+    fn refuse_gap(&self, batch: &Batch<'_>) -> Result<(), SinkError> {
+        if let Some(position) = self.positions.get(batch.stream()) {
             match position.step(batch)? {
                 // Only a gap stops a batch here. One the receiver accepted before is sent
                 // again under the same ids, for its deduplication to drop: without a durable
@@ -191,7 +230,34 @@ impl Sink for HttpForward {
                 BatchStep::Skip | BatchStep::Finish | BatchStep::Apply => {}
             }
         }
-        let rows: Vec<Row<'_>> = batch.rows().collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// Remembers how far the stream was accepted; a finished stream is forgotten.
+    fn record_position(&mut self, batch: &Batch<'_>) {
+        let stream = batch.stream();
+        if batch.is_last() {
+            self.positions.remove(stream);
+            return;
+        }
+        let held = match self.positions.get(stream) {
+            Some(StreamPosition::Applied(held)) => (*held).max(batch.seq()),
+            _ => batch.seq(),
+        };
+        self.positions
+            .insert(stream.to_owned(), StreamPosition::Applied(held));
+    }
+
+    /// Sends the parts of `batch` the receiver has not accepted yet, in order, until `deadline`.
+    /// Returns how many parts the batch has and how many were sent now. A part refused with
+    /// RETRY leaves the accepted ones in `pending`, so the host's repeat skips them.
+    fn send_parts(
+        &mut self,
+        batch: &Batch<'_>,
+        rows: &[Row<'_>],
+        deadline: Instant,
+    ) -> Result<(usize, usize), SinkError> {
+        let (stream, seq) = (batch.stream(), batch.seq());
         let fields = batch.fields()?;
         let received_at = batch.received_at_rfc3339();
         let batch_size = self.deliverer.config().batch_size;
@@ -246,48 +312,9 @@ impl Sink for HttpForward {
             accepted[index] = true;
             sent += 1;
         }
-        if batch.is_last() {
-            self.positions.remove(stream);
-        } else {
-            let held = match self.positions.get(stream) {
-                Some(StreamPosition::Applied(held)) => (*held).max(seq),
-                _ => seq,
-            };
-            self.positions
-                .insert(stream.to_owned(), StreamPosition::Applied(held));
-        }
-        self.logger.debug(&format!(
-            "Batch forwarded: stream={stream} seq={seq} rows={} parts={parts} sent={sent} elapsed_ms={}",
-            rows.len(),
-            self.deliverer
-                .now()
-                .saturating_duration_since(started)
-                .as_millis()
-        ));
-        Ok(())
+        Ok((parts, sent))
     }
 
-    fn flush(&mut self) -> Result<(), SinkError> {
-        // A part counts as written only once the receiver answered 2xx.
-        Ok(())
-    }
-
-    fn check(&mut self) -> Result<(), SinkError> {
-        // The receiver may legitimately be down at start-up; the config was validated in
-        // `create`, and the first write will retry until it is up.
-        let config = self.deliverer.config();
-        self.logger.info(&format!(
-            "Forwarding to {} (format {:?}, batch_size {}, retry budget {} s)",
-            config.url_display,
-            config.format,
-            config.batch_size,
-            config.retry_budget.as_secs()
-        ));
-        Ok(())
-    }
-}
-
-impl HttpForward {
     /// `create` with environment lookups (`secret_env`, `$CREDENTIALS_DIRECTORY`) served by
     /// `env` and time read from `clock`, so tests need not change the process environment or
     /// wait for the machine's clock.

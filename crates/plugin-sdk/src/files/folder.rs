@@ -528,13 +528,13 @@ impl StreamFile {
         batch: &Batch<'_>,
         write: impl FnOnce(&mut PartialWriter<'_>) -> Result<(), SinkError>,
     ) -> Result<(), SinkError> {
+        // A gap is the step's own error; a batch held already must not be appended twice.
         if self.position().step(batch)? != BatchStep::Apply {
             return Err(SinkError::fatal(format!(
-                "stream {}: batch seq {} is not the next one to append (the partial holds up to \
-                 {:?}); ask StreamPosition::step first",
+                "stream {}: batch seq {} is already in the partial; only the next batch is \
+                 appended",
                 self.layout.name,
-                batch.seq(),
-                self.applied_seq
+                batch.seq()
             )));
         }
         self.cut_back()?;

@@ -161,6 +161,10 @@ fn append_refuses_a_batch_that_is_not_the_next_one() {
         .append(&batch("s", 0, false), |partial| partial.write_bytes(b"a\n"))
         .expect_err("seq 0 is in the partial already");
     assert!(!again.is_retry());
+    assert_eq!(
+        again.message(),
+        "stream s: batch seq 0 is already in the partial; only the next batch is appended"
+    );
     let gap = file
         .append(&batch("s", 2, false), |partial| partial.write_bytes(b"c\n"))
         .expect_err("seq 1 is missing");
