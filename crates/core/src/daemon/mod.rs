@@ -196,49 +196,25 @@ impl RunningDaemon {
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let (accepted_tx, accepted_rx) = dispatch::AcceptedTx::channel();
-        let mut servers = Vec::new();
-
-        let mut webhook_addr = None;
-        if let Some(webhook) = &config.webhook {
-            let webhook_state = webhook::WebhookState {
-                db: state.clone(),
-                path: webhook.path.clone(),
-                auth: Arc::clone(&webhook_auth),
-                max_body_bytes: webhook.max_body_bytes,
-                body_timeout: webhook.body_timeout,
-                accepted: accepted_tx.clone(),
-                health: Arc::clone(&health),
-                inbox_writers: webhook::inbox_writers(),
-            };
-            let bound = serve_webhook(webhook, webhook_state, &auth_summary, stop_rx.clone()).await;
-            let (addr, server) = match bound {
-                Ok(started) => started,
-                Err(e) => {
-                    shut_down_sinks(&sinks).await;
-                    return Err(e);
-                }
-            };
-            servers.push(server);
-            webhook_addr = Some(addr);
-        }
-
-        let mut admin_addr = None;
-        if let Some(admin) = &config.admin {
-            let admin_state = admin::AdminState {
-                db: state.clone(),
-                health: Arc::clone(&health),
-            };
-            let (addr, server) = match serve_admin(admin, admin_state, stop_rx.clone()).await {
-                Ok(started) => started,
-                Err(e) => {
-                    let _ = stop.send(true);
-                    shut_down_sinks(&sinks).await;
-                    return Err(e);
-                }
-            };
-            servers.push(server);
-            admin_addr = Some(addr);
-        }
+        let listeners = Listeners::start(
+            &config,
+            &state,
+            &webhook_auth,
+            &auth_summary,
+            &accepted_tx,
+            &health,
+            stop_rx,
+        )
+        .await;
+        let listeners = match listeners {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                // Stops a listener already serving, if any.
+                let _ = stop.send(true);
+                shut_down_sinks(&sinks).await;
+                return Err(e);
+            }
+        };
 
         let engine = Arc::new(pipeline::Engine {
             config: Arc::clone(&config),
@@ -257,15 +233,15 @@ impl RunningDaemon {
         ));
         health.set_ready();
         Ok(RunningDaemon {
-            webhook_addr,
-            admin_addr,
+            webhook_addr: listeners.webhook_addr,
+            admin_addr: listeners.admin_addr,
             state,
             health,
             drain,
             dispatcher,
             poller,
             stop,
-            servers,
+            servers: listeners.servers,
             engine: slot,
             webhook_auth,
             in_process,
@@ -391,6 +367,59 @@ impl RunningDaemon {
         )
         .await;
         report
+    }
+}
+
+/// The HTTP listeners a config asks for, bound and serving.
+struct Listeners {
+    webhook_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Binds and serves the webhook listener, then the admin one, until `stop` turns true.
+    /// On an error the caller stops the ones already serving.
+    async fn start(
+        config: &Config,
+        state: &StateDb,
+        webhook_auth: &webhook::AuthSlot,
+        auth_summary: &[String],
+        accepted: &dispatch::AcceptedTx,
+        health: &Arc<Health>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Listeners, StartError> {
+        let mut listeners = Listeners {
+            webhook_addr: None,
+            admin_addr: None,
+            servers: Vec::new(),
+        };
+        if let Some(webhook) = &config.webhook {
+            let webhook_state = webhook::WebhookState {
+                db: state.clone(),
+                path: webhook.path.clone(),
+                auth: Arc::clone(webhook_auth),
+                max_body_bytes: webhook.max_body_bytes,
+                body_timeout: webhook.body_timeout,
+                accepted: accepted.clone(),
+                health: Arc::clone(health),
+                inbox_writers: webhook::inbox_writers(),
+            };
+            let (addr, server) =
+                serve_webhook(webhook, webhook_state, auth_summary, stop.clone()).await?;
+            listeners.servers.push(server);
+            listeners.webhook_addr = Some(addr);
+        }
+        if let Some(admin) = &config.admin {
+            let admin_state = admin::AdminState {
+                db: state.clone(),
+                health: Arc::clone(health),
+            };
+            let (addr, server) = serve_admin(admin, admin_state, stop).await?;
+            listeners.servers.push(server);
+            listeners.admin_addr = Some(addr);
+        }
+        Ok(listeners)
     }
 }
 

@@ -348,6 +348,10 @@ async fn receive(
 
 /// Refuses a request that is not for the webhook path, not a POST, or comes while the daemon
 /// stops, before anything else is looked at. Returns the scope of the secret path it came on.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response to send; it exists only on the refusal path"
+)]
 fn admit_request(
     state: &WebhookState,
     auth: &WebhookAuth,
@@ -420,6 +424,10 @@ struct Verified {
 /// Parses the scrubbed body and proves the sender may send it: a legacy notification's `env`
 /// JWT is verified (its claims replace `env`), and every scope that let the request in must
 /// admit the event's environment.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response to send; it exists only on the refusal path"
+)]
 fn verify_event(
     auth: &WebhookAuth,
     admitted: Admitted,
