@@ -6,9 +6,9 @@ use std::sync::Arc;
 use flatsync_plugin_host::{LoadedPlugin, SinkOptions, SinkWorker};
 
 use super::StartError;
-use flatsync_plugin_api::FlatsyncPlugin;
 use crate::config::{self, Config};
 use crate::metrics;
+use flatsync_plugin_api::FlatsyncPlugin;
 
 /// Plugins compiled into the embedding program, by the name a config's `plugin = "..."` uses.
 pub type InProcessPlugins = BTreeMap<String, &'static FlatsyncPlugin>;
