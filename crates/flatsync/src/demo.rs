@@ -47,22 +47,7 @@ sinks = ["archive", "warehouse"]
 
 pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let out = out
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", out.display()))?;
-    // Each demo starts from nothing, so the counts printed are this run's.
-    for stale in ["csv", "state"] {
-        let path = out.join(stale);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot clear {}", path.display()))?;
-        }
-    }
-    for stale in ["warehouse.db", "warehouse.db-wal", "warehouse.db-shm"] {
-        let _ = std::fs::remove_file(out.join(stale));
-    }
-
+    let out = prepare_out_dir(out)?;
     let sim_config = SimConfig {
         rows,
         ..SimConfig::default()
@@ -70,20 +55,7 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
     let sim = RunningSim::start(sim_config.clone(), ([127, 0, 0, 1], 0).into())
         .await
         .context("cannot start the Flatfile simulator")?;
-    let text = demo_config_text(&out, &sim.base_url());
-    let config_path = out.join("demo-config.toml");
-    std::fs::write(&config_path, &text)
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let mut config = Config::parse(&text, &config_path)?;
-    config.flatfile.legacy_api_key = Some(SecretSource::Value(Secret::new(
-        sim_config.legacy_api_key.clone(),
-    )));
-    config.flatfile.secret_key = Some(SecretSource::Value(Secret::new(
-        sim_config.secret_key.clone(),
-    )));
-    if let Some(webhook) = config.webhook.as_mut() {
-        webhook.auth.token = Some(SecretSource::Value(Secret::new(DEMO_TOKEN.to_owned())));
-    }
+    let (config, config_path) = write_demo_config(&out, &sim, &sim_config)?;
 
     println!(
         "flatsync demo: {rows} legacy rows and {rows} Platform records into {}",
@@ -99,6 +71,91 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
     let url = format!("http://{addr}/flatfile/webhook");
     println!("  webhook:   {url}");
 
+    let sent = send_webhooks(&sim, &url, rows).await?;
+    let events = [sent.legacy_event.as_str(), sent.platform_event.as_str()];
+    let daemon = wait_until_done(daemon, &events, started).await?;
+    let delivered_in = started.elapsed();
+    daemon.shutdown().await;
+    let job = sim.job(&sent.job_id);
+    sim.shutdown().await;
+
+    println!("delivered in {:.2} s", delivered_in.as_secs_f64());
+    let csv_total = report_csv(&out.join("csv"))?;
+    let sqlite_total = report_sqlite(&out.join("warehouse.db"))?;
+    match job {
+        Some(job) => println!(
+            "Flatfile job {}: {}{}",
+            job.id,
+            job.status,
+            job.outcome_message
+                .map(|m| format!(" (\"{m}\")"))
+                .unwrap_or_default()
+        ),
+        None => println!("Flatfile job {}: never seen by the simulator", sent.job_id),
+    }
+    println!("config used: {}", config_path.display());
+    let expected = rows * 2;
+    if csv_total != expected || sqlite_total != expected {
+        bail!(
+            "expected {expected} rows in each sink, found {csv_total} in CSV and {sqlite_total} in SQLite"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the output folder and clears what an earlier demo left in it, so the counts
+/// printed are this run's. Returns the folder's absolute path.
+fn prepare_out_dir(out: PathBuf) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", out.display()))?;
+    for stale in ["csv", "state"] {
+        let path = out.join(stale);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot clear {}", path.display()))?;
+        }
+    }
+    for stale in ["warehouse.db", "warehouse.db-wal", "warehouse.db-shm"] {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
+    Ok(out)
+}
+
+/// Writes the demo config next to the outputs and parses it, with the simulator's keys and
+/// the demo token set in code. Returns the config and where it was written.
+fn write_demo_config(
+    out: &Path,
+    sim: &RunningSim,
+    sim_config: &SimConfig,
+) -> anyhow::Result<(Config, PathBuf)> {
+    let text = demo_config_text(out, &sim.base_url());
+    let config_path = out.join("demo-config.toml");
+    std::fs::write(&config_path, &text)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let mut config = Config::parse(&text, &config_path)?;
+    config.flatfile.legacy_api_key = Some(SecretSource::Value(Secret::new(
+        sim_config.legacy_api_key.clone(),
+    )));
+    config.flatfile.secret_key = Some(SecretSource::Value(Secret::new(
+        sim_config.secret_key.clone(),
+    )));
+    if let Some(webhook) = config.webhook.as_mut() {
+        webhook.auth.token = Some(SecretSource::Value(Secret::new(DEMO_TOKEN.to_owned())));
+    }
+    Ok((config, config_path))
+}
+
+/// The demo's two events and the submit job of the Platform one.
+struct Sent {
+    legacy_event: String,
+    platform_event: String,
+    job_id: String,
+}
+
+/// Sends a legacy import and a workbook submit webhook, as Flatfile would.
+async fn send_webhooks(sim: &RunningSim, url: &str, rows: u64) -> anyhow::Result<Sent> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
@@ -119,7 +176,7 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
             flatfile_sim::submit_event_body(&platform_event, &workbook_id, &job_id),
         ),
     ] {
-        let status = flatfile_sim::post_webhook(&url, Some(DEMO_TOKEN), &body)
+        let status = flatfile_sim::post_webhook(url, Some(DEMO_TOKEN), &body)
             .await
             .with_context(|| format!("cannot send the {what} webhook"))?;
         if !(200..300).contains(&status) {
@@ -127,8 +184,20 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
         }
         println!("  sent {what} webhook: {status}");
     }
+    Ok(Sent {
+        legacy_event,
+        platform_event,
+        job_id,
+    })
+}
 
-    let events = [legacy_event.as_str(), platform_event.as_str()];
+/// Waits until every event has a final status, saying so every 5 s, and hands the daemon
+/// back; an event that did not end `done` stops the daemon and fails the demo.
+async fn wait_until_done(
+    daemon: RunningDaemon,
+    events: &[&str],
+    started: Instant,
+) -> anyhow::Result<RunningDaemon> {
     let mut last_report = Instant::now();
     loop {
         let mut finished = Vec::new();
@@ -151,7 +220,7 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
                     );
                 }
             }
-            break;
+            return Ok(daemon);
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             println!(
@@ -162,33 +231,6 @@ pub(crate) async fn run(rows: u64, out: PathBuf) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let delivered_in = started.elapsed();
-    daemon.shutdown().await;
-    let job = sim.job(&job_id);
-    sim.shutdown().await;
-
-    println!("delivered in {:.2} s", delivered_in.as_secs_f64());
-    let csv_total = report_csv(&out.join("csv"))?;
-    let sqlite_total = report_sqlite(&out.join("warehouse.db"))?;
-    match job {
-        Some(job) => println!(
-            "Flatfile job {}: {}{}",
-            job.id,
-            job.status,
-            job.outcome_message
-                .map(|m| format!(" (\"{m}\")"))
-                .unwrap_or_default()
-        ),
-        None => println!("Flatfile job {job_id}: never seen by the simulator"),
-    }
-    println!("config used: {}", config_path.display());
-    let expected = rows * 2;
-    if csv_total != expected || sqlite_total != expected {
-        bail!(
-            "expected {expected} rows in each sink, found {csv_total} in CSV and {sqlite_total} in SQLite"
-        );
-    }
-    Ok(())
 }
 
 fn report_csv(dir: &Path) -> anyhow::Result<u64> {

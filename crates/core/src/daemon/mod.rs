@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use flatsync_flatfile::ApiError;
-use flatsync_plugin_host::{LoadError, SinkError};
+use flatsync_plugin_host::{LoadError, SinkError, SinkWorker};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -196,93 +196,25 @@ impl RunningDaemon {
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let (accepted_tx, accepted_rx) = dispatch::AcceptedTx::channel();
-        let mut servers = Vec::new();
-
-        let mut webhook_addr = None;
-        if let Some(webhook) = &config.webhook {
-            let bound = tokio::net::TcpListener::bind(webhook.listen).await;
-            let listener = match bound {
-                Ok(listener) => listener,
-                Err(source) => {
-                    for worker in sinks.values() {
-                        worker.shutdown().await;
-                    }
-                    return Err(StartError::Bind {
-                        addr: webhook.listen,
-                        error: source,
-                    });
-                }
-            };
-            let addr = listener.local_addr().map_err(|error| StartError::Bind {
-                addr: webhook.listen,
-                error,
-            })?;
-            let app = webhook::router(Arc::new(webhook::WebhookState {
-                db: state.clone(),
-                path: webhook.path.clone(),
-                auth: Arc::clone(&webhook_auth),
-                max_body_bytes: webhook.max_body_bytes,
-                body_timeout: webhook.body_timeout,
-                accepted: accepted_tx.clone(),
-                health: Arc::clone(&health),
-                inbox_writers: webhook::inbox_writers(),
-            }));
-            if auth_summary.is_empty() && !addr.ip().is_loopback() {
-                tracing::warn!(
-                    addr = %addr,
-                    "Webhook listener is open to the network: no sender credential is configured"
-                );
+        let listeners = Listeners::start(
+            &config,
+            &state,
+            &webhook_auth,
+            &auth_summary,
+            &accepted_tx,
+            &health,
+            stop_rx,
+        )
+        .await;
+        let listeners = match listeners {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                // Stops a listener already serving, if any.
+                let _ = stop.send(true);
+                shut_down_sinks(&sinks).await;
+                return Err(e);
             }
-            // No grace: connections with a request in progress finish it (the limits bound
-            // how long that takes), so no accepted webhook goes unanswered.
-            servers.push(tokio::spawn(listener::serve(
-                listener,
-                app,
-                webhook.limits,
-                "webhook",
-                stop_rx.clone(),
-                None,
-            )));
-            tracing::info!(
-                addr = %addr,
-                path = %webhook.path,
-                auth = ?auth_summary,
-                max_connections = webhook.limits.max_connections,
-                "Webhook listener ready"
-            );
-            webhook_addr = Some(addr);
-        }
-
-        let mut admin_addr = None;
-        if let Some(admin) = &config.admin {
-            let bound = match tokio::net::TcpListener::bind(admin.listen).await {
-                Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
-                Err(e) => Err(e),
-            };
-            let (listener, addr) = match bound {
-                Ok(bound) => bound,
-                Err(error) => {
-                    let _ = stop.send(true);
-                    for worker in sinks.values() {
-                        worker.shutdown().await;
-                    }
-                    return Err(StartError::Bind {
-                        addr: admin.listen,
-                        error,
-                    });
-                }
-            };
-            servers.push(tokio::spawn(admin::serve(
-                listener,
-                admin::AdminState {
-                    db: state.clone(),
-                    health: Arc::clone(&health),
-                },
-                admin.limits,
-                stop_rx.clone(),
-            )));
-            admin_addr = Some(addr);
-        }
+        };
 
         let engine = Arc::new(pipeline::Engine {
             config: Arc::clone(&config),
@@ -301,15 +233,15 @@ impl RunningDaemon {
         ));
         health.set_ready();
         Ok(RunningDaemon {
-            webhook_addr,
-            admin_addr,
+            webhook_addr: listeners.webhook_addr,
+            admin_addr: listeners.admin_addr,
             state,
             health,
             drain,
             dispatcher,
             poller,
             stop,
-            servers,
+            servers: listeners.servers,
             engine: slot,
             webhook_auth,
             in_process,
@@ -358,79 +290,13 @@ impl RunningDaemon {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
         let mut summary = ReloadSummary::default();
-        if config.daemon.state_dir != old.config.daemon.state_dir {
-            summary.needs_restart.push("daemon.state_dir");
-        }
-        if config.daemon.max_concurrent_events != old.config.daemon.max_concurrent_events {
-            summary.needs_restart.push("daemon.max_concurrent_events");
-        }
-        // The listener's address, path and limits are bound at start; its credentials are
-        // re-read on every reload, so a secret can be rotated without a restart.
-        let listener = |w: &config::WebhookConfig| {
-            (
-                w.listen,
-                w.path.clone(),
-                w.max_body_bytes,
-                w.body_timeout,
-                w.limits,
-            )
-        };
-        let webhook_kept = match (&config.webhook, &old.config.webhook) {
-            (Some(new), Some(old)) => {
-                if listener(new) != listener(old) {
-                    summary.needs_restart.push("webhook");
-                }
-                true
-            }
-            (None, None) => true,
-            _ => {
-                summary.needs_restart.push("webhook");
-                false
-            }
-        };
-        if config.admin != old.config.admin {
-            summary.needs_restart.push("admin");
-        }
-        let mut config = config;
-        config.daemon.state_dir = old.config.daemon.state_dir.clone();
-        config.daemon.max_concurrent_events = old.config.daemon.max_concurrent_events;
-        match (&mut config.webhook, &old.config.webhook) {
-            (Some(new), Some(old)) if webhook_kept => {
-                new.listen = old.listen;
-                new.path = old.path.clone();
-                new.max_body_bytes = old.max_body_bytes;
-                new.body_timeout = old.body_timeout;
-                new.limits = old.limits;
-            }
-            _ => config.webhook = old.config.webhook.clone(),
-        }
-        config.admin = old.config.admin.clone();
+        let config = keep_start_settings(config, &old.config, &mut summary);
 
         let clients = flatfile_clients(&config)?;
         // Read before anything starts: an unreadable or invalid secret leaves everything as it
         // was, the old credentials included.
         let auth = Arc::new(webhook_auth::WebhookAuth::from_config(&config)?);
-        let mut reuse = BTreeMap::new();
-        for (name, sink) in &config.sinks {
-            match (old.config.sinks.get(name), old.sinks.get(name)) {
-                (Some(before), Some(worker))
-                    if before.plugin == sink.plugin
-                        && before.config_json == sink.config_json
-                        && !worker.is_stalled() =>
-                {
-                    reuse.insert(name.clone(), worker.clone());
-                }
-                (Some(_), _) => summary.sinks_changed.push(name.clone()),
-                (None, _) => summary.sinks_added.push(name.clone()),
-            }
-        }
-        summary.sinks_removed = old
-            .config
-            .sinks
-            .keys()
-            .filter(|name| !config.sinks.contains_key(*name))
-            .cloned()
-            .collect();
+        let reuse = reusable_sinks(&config, &old, &mut summary);
         let sinks = start_sinks_reusing(&config, &self.in_process, reuse).await?;
         let engine = Arc::new(pipeline::Engine {
             config: Arc::new(config),
@@ -502,4 +368,211 @@ impl RunningDaemon {
         .await;
         report
     }
+}
+
+/// The HTTP listeners a config asks for, bound and serving.
+struct Listeners {
+    webhook_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Binds and serves the webhook listener, then the admin one, until `stop` turns true.
+    /// On an error the caller stops the ones already serving.
+    async fn start(
+        config: &Config,
+        state: &StateDb,
+        webhook_auth: &webhook::AuthSlot,
+        auth_summary: &[String],
+        accepted: &dispatch::AcceptedTx,
+        health: &Arc<Health>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Listeners, StartError> {
+        let mut listeners = Listeners {
+            webhook_addr: None,
+            admin_addr: None,
+            servers: Vec::new(),
+        };
+        if let Some(webhook) = &config.webhook {
+            let webhook_state = webhook::WebhookState {
+                db: state.clone(),
+                path: webhook.path.clone(),
+                auth: Arc::clone(webhook_auth),
+                max_body_bytes: webhook.max_body_bytes,
+                body_timeout: webhook.body_timeout,
+                accepted: accepted.clone(),
+                health: Arc::clone(health),
+                inbox_writers: webhook::inbox_writers(),
+            };
+            let (addr, server) =
+                serve_webhook(webhook, webhook_state, auth_summary, stop.clone()).await?;
+            listeners.servers.push(server);
+            listeners.webhook_addr = Some(addr);
+        }
+        if let Some(admin) = &config.admin {
+            let admin_state = admin::AdminState {
+                db: state.clone(),
+                health: Arc::clone(health),
+            };
+            let (addr, server) = serve_admin(admin, admin_state, stop).await?;
+            listeners.servers.push(server);
+            listeners.admin_addr = Some(addr);
+        }
+        Ok(listeners)
+    }
+}
+
+/// Binds the webhook listener and serves it until `stop` turns true; returns where it is bound.
+/// A bind failure is returned as it is: the caller stops what it started before.
+async fn serve_webhook(
+    webhook: &config::WebhookConfig,
+    webhook_state: webhook::WebhookState,
+    auth_summary: &[String],
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let listener = tokio::net::TcpListener::bind(webhook.listen)
+        .await
+        .map_err(|error| StartError::Bind {
+            addr: webhook.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Bind {
+        addr: webhook.listen,
+        error,
+    })?;
+    let app = webhook::router(Arc::new(webhook_state));
+    if auth_summary.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "Webhook listener is open to the network: no sender credential is configured"
+        );
+    }
+    // No grace: connections with a request in progress finish it (the limits bound
+    // how long that takes), so no accepted webhook goes unanswered.
+    let server = tokio::spawn(listener::serve(
+        listener,
+        app,
+        webhook.limits,
+        "webhook",
+        stop,
+        None,
+    ));
+    tracing::info!(
+        addr = %addr,
+        path = %webhook.path,
+        auth = ?auth_summary,
+        max_connections = webhook.limits.max_connections,
+        "Webhook listener ready"
+    );
+    Ok((addr, server))
+}
+
+/// Binds the admin listener and serves it until `stop` turns true; returns where it is bound.
+async fn serve_admin(
+    admin: &config::AdminConfig,
+    admin_state: admin::AdminState,
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let bound = match tokio::net::TcpListener::bind(admin.listen).await {
+        Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
+        Err(e) => Err(e),
+    };
+    let (listener, addr) = bound.map_err(|error| StartError::Bind {
+        addr: admin.listen,
+        error,
+    })?;
+    let server = tokio::spawn(admin::serve(listener, admin_state, admin.limits, stop));
+    Ok((addr, server))
+}
+
+/// Stops the sinks of a start that failed part way.
+async fn shut_down_sinks(sinks: &BTreeMap<String, SinkWorker>) {
+    for worker in sinks.values() {
+        worker.shutdown().await;
+    }
+}
+
+/// `config` with the settings only a restart applies (`[daemon] state_dir` and
+/// `max_concurrent_events`, the `[webhook]` listener, `[admin]`) put back as `old` has them;
+/// each one that differed is listed in `summary`.
+fn keep_start_settings(mut config: Config, old: &Config, summary: &mut ReloadSummary) -> Config {
+    if config.daemon.state_dir != old.daemon.state_dir {
+        summary.needs_restart.push("daemon.state_dir");
+    }
+    if config.daemon.max_concurrent_events != old.daemon.max_concurrent_events {
+        summary.needs_restart.push("daemon.max_concurrent_events");
+    }
+    // The listener's address, path and limits are bound at start; its credentials are
+    // re-read on every reload, so a secret can be rotated without a restart.
+    let listener = |w: &config::WebhookConfig| {
+        (
+            w.listen,
+            w.path.clone(),
+            w.max_body_bytes,
+            w.body_timeout,
+            w.limits,
+        )
+    };
+    let webhook_kept = match (&config.webhook, &old.webhook) {
+        (Some(new), Some(old)) => {
+            if listener(new) != listener(old) {
+                summary.needs_restart.push("webhook");
+            }
+            true
+        }
+        (None, None) => true,
+        _ => {
+            summary.needs_restart.push("webhook");
+            false
+        }
+    };
+    if config.admin != old.admin {
+        summary.needs_restart.push("admin");
+    }
+    config.daemon.state_dir = old.daemon.state_dir.clone();
+    config.daemon.max_concurrent_events = old.daemon.max_concurrent_events;
+    match (&mut config.webhook, &old.webhook) {
+        (Some(new), Some(old)) if webhook_kept => {
+            new.listen = old.listen;
+            new.path = old.path.clone();
+            new.max_body_bytes = old.max_body_bytes;
+            new.body_timeout = old.body_timeout;
+            new.limits = old.limits;
+        }
+        _ => config.webhook = old.webhook.clone(),
+    }
+    config.admin = old.admin.clone();
+    config
+}
+
+/// The running sink instances the new config can keep: same plugin, same config, not stalled.
+/// Sinks added and changed are listed in `summary`, and so are the removed ones.
+fn reusable_sinks(
+    config: &Config,
+    old: &pipeline::Engine,
+    summary: &mut ReloadSummary,
+) -> BTreeMap<String, SinkWorker> {
+    let mut reuse = BTreeMap::new();
+    for (name, sink) in &config.sinks {
+        match (old.config.sinks.get(name), old.sinks.get(name)) {
+            (Some(before), Some(worker))
+                if before.plugin == sink.plugin
+                    && before.config_json == sink.config_json
+                    && !worker.is_stalled() =>
+            {
+                reuse.insert(name.clone(), worker.clone());
+            }
+            (Some(_), _) => summary.sinks_changed.push(name.clone()),
+            (None, _) => summary.sinks_added.push(name.clone()),
+        }
+    }
+    summary.sinks_removed = old
+        .config
+        .sinks
+        .keys()
+        .filter(|name| !config.sinks.contains_key(*name))
+        .cloned()
+        .collect();
+    reuse
 }

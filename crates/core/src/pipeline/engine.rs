@@ -9,15 +9,16 @@ use bytes::Bytes;
 use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
-use crate::config::Config;
+use crate::config::{Config, DaemonConfig};
 use crate::health::Health;
 use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
 use crate::pipeline::plan::{self, Family, SubmitJob};
-use crate::pipeline::route::{RoutedEvent, route_event};
+use crate::pipeline::route::{RoutedEvent, RoutedSink, route_event};
 use crate::state::{
-    CARRIED_KIND, Checkpoint, DeliveryStatus, EventStatus, StateDb, StateError, StoredEvent,
-    StreamPlan, StreamSource, stream_for_generation,
+    CARRIED_KIND, Checkpoint, Delivery, DeliveryStatus, EventStatus, StateDb, StateError,
+    StoredEvent, StreamPlan, StreamSource, stream_for_generation,
 };
 
 /// Everything event processing needs, shared by all event tasks.
@@ -105,6 +106,51 @@ impl Engine {
         if event.status.is_final() {
             return Ok(());
         }
+        let Some(received) = self.read_received(&event).await? else {
+            return Ok(());
+        };
+        let Received {
+            incoming,
+            client,
+            job,
+        } = received;
+        let job_id = job.as_ref().map(|j| j.job_id.clone());
+
+        if !self.state.is_planned(event_id).await?
+            && !self
+                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref())
+                .await?
+        {
+            return Ok(());
+        }
+
+        let deliveries = self.state.deliveries(event_id).await?;
+        let streams = self.state.streams(event_id).await?;
+        let started = Instant::now();
+        tracing::info!(
+            event_id,
+            topic = %event.topic,
+            streams = streams.len(),
+            sinks = %deliveries.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>().join(","),
+            "Event processing started"
+        );
+        let mut work = SinkWork::from_deliveries(&deliveries);
+        self.deliver_streams(&client, &event, &streams, &mut work, job_id.as_deref())
+            .await?;
+        let run = Run {
+            event_id,
+            client: &client,
+            job_id: job_id.as_deref(),
+            started,
+        };
+        self.settle(&run, &streams, &work).await
+    }
+
+    /// Reads what a run of the event works with from its stored body and its Flatfile job.
+    /// `None` when that settled the event: a body that no longer parses, a job that cannot be
+    /// read.
+    async fn read_received(&self, event: &StoredEvent) -> Result<Option<Received>, Interrupted> {
+        let event_id = event.event_id.as_str();
         // A completed upload of rows carried in webhook bodies is described, not received, by
         // its stored body; everything else is the event as received.
         let incoming = if event.kind == CARRIED_KIND {
@@ -117,7 +163,7 @@ impl Engine {
                     self.state
                         .set_event_status(event_id, EventStatus::Failed, Some(detail))
                         .await?;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         };
@@ -139,63 +185,30 @@ impl Engine {
                     self.state
                         .set_event_status(event_id, EventStatus::Failed, Some(detail))
                         .await?;
-                    return Ok(());
+                    return Ok(None);
                 }
             },
             None => None,
         };
-        let job_id = job.as_ref().map(|j| j.job_id.clone());
+        Ok(Some(Received {
+            incoming,
+            client,
+            job,
+        }))
+    }
 
-        if !self.state.is_planned(event_id).await?
-            && !self
-                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref())
-                .await?
-        {
-            return Ok(());
-        }
-
-        let deliveries = self.state.deliveries(event_id).await?;
-        let streams = self.state.streams(event_id).await?;
-        let mut checkpoints = self.state.checkpoints(event_id).await?;
-        let started = Instant::now();
-        tracing::info!(
-            event_id,
-            topic = %event.topic,
-            streams = streams.len(),
-            sinks = %deliveries.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>().join(","),
-            "Event processing started"
-        );
-
-        // A sink that failed before keeps its error; only pending deliveries are worked on.
-        let mut sink_errors: BTreeMap<String, String> = deliveries
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Failed)
-            .map(|d| (d.sink.clone(), d.error.clone().unwrap_or_default()))
-            .collect();
-        let pending: Vec<String> = deliveries
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Pending)
-            .map(|d| d.sink.clone())
-            .collect();
-
-        // A replayed sink delivers into streams of its own generation, so sinks that skip
-        // batches they already hold take every row again; sinks on the same generation share
-        // one pass over the source.
-        let generation_of: BTreeMap<&str, u32> = deliveries
-            .iter()
-            .map(|d| (d.sink.as_str(), d.generation))
-            .collect();
-        let mut generations: Vec<u32> = pending
-            .iter()
-            .map(|s| generation_of.get(s.as_str()).copied().unwrap_or(0))
-            .collect();
-        generations.sort_unstable();
-        generations.dedup();
-        let passes: Vec<(&StreamPlan, u32)> = streams
-            .iter()
-            .flat_map(|p| generations.iter().map(|g| (p, *g)).collect::<Vec<_>>())
-            .collect();
-        for (planned, generation) in passes {
+    /// Delivers every stream to the pending sinks that still need it, one pass per stream and
+    /// replay generation, recording the sinks that failed in `work`.
+    async fn deliver_streams(
+        self: &Arc<Self>,
+        client: &FlatfileClient,
+        event: &StoredEvent,
+        streams: &[StreamPlan],
+        work: &mut SinkWork,
+        job_id: Option<&str>,
+    ) -> Result<(), Interrupted> {
+        let checkpoints = self.state.checkpoints(&event.event_id).await?;
+        for (planned, generation) in work.passes(streams) {
             if self.health.is_draining() {
                 return Err(Interrupted::Draining);
             }
@@ -203,54 +216,79 @@ impl Engine {
                 stream: stream_for_generation(&planned.stream, generation),
                 ..planned.clone()
             };
-            let mut cursors = Vec::new();
-            for sink in &pending {
-                if sink_errors.contains_key(sink)
-                    || !planned.is_for(sink)
-                    || generation_of.get(sink.as_str()).copied().unwrap_or(0) != generation
-                {
-                    continue;
-                }
-                let cp = checkpoints
-                    .iter()
-                    .find(|c| &c.sink == sink && c.stream == plan.stream);
-                if cp.is_some_and(|c| c.complete) {
-                    continue;
-                }
-                let Some(worker) = self.sinks.get(sink) else {
-                    sink_errors.insert(
-                        sink.clone(),
-                        format!("sink `{sink}` is not configured any more"),
-                    );
-                    continue;
-                };
-                cursors.push(Cursor {
-                    sink: sink.clone(),
-                    worker: worker.clone(),
-                    next_seq: cp.map_or(0, |c| c.next_seq),
-                    rows: cp.map_or(0, |c| c.rows),
-                    unflushed_rows: 0,
-                    unflushed_next_seq: cp.map_or(0, |c| c.next_seq),
-                    error: None,
-                });
-            }
+            let cursors = self.cursors(planned, plan, generation, &checkpoints, work);
             if cursors.is_empty() {
                 continue;
             }
             let cursors = self
-                .deliver_stream(&client, &event, plan, cursors, job_id.as_deref())
+                .deliver_stream(client, event, plan, cursors, job_id)
                 .await?;
             for cursor in cursors {
                 if let Some(error) = cursor.error {
-                    sink_errors.insert(cursor.sink.clone(), error);
+                    work.sink_errors.insert(cursor.sink.clone(), error);
                 }
             }
         }
+        Ok(())
+    }
 
-        checkpoints = self.state.checkpoints(event_id).await?;
+    /// A cursor at its checkpoint for each pending sink of `generation` that `planned` is for
+    /// and that has not completed `plan`'s stream. A sink no longer configured fails here.
+    fn cursors(
+        &self,
+        planned: &StreamPlan,
+        plan: &StreamPlan,
+        generation: u32,
+        checkpoints: &[Checkpoint],
+        work: &mut SinkWork,
+    ) -> Vec<Cursor> {
+        let mut cursors = Vec::new();
+        for sink in &work.pending {
+            if work.sink_errors.contains_key(sink)
+                || !planned.is_for(sink)
+                || work.generation(sink) != generation
+            {
+                continue;
+            }
+            let cp = checkpoints
+                .iter()
+                .find(|c| &c.sink == sink && c.stream == plan.stream);
+            if cp.is_some_and(|c| c.complete) {
+                continue;
+            }
+            let Some(worker) = self.sinks.get(sink) else {
+                work.sink_errors.insert(
+                    sink.clone(),
+                    format!("sink `{sink}` is not configured any more"),
+                );
+                continue;
+            };
+            cursors.push(Cursor {
+                sink: sink.clone(),
+                worker: worker.clone(),
+                next_seq: cp.map_or(0, |c| c.next_seq),
+                rows: cp.map_or(0, |c| c.rows),
+                unflushed_rows: 0,
+                unflushed_next_seq: cp.map_or(0, |c| c.next_seq),
+                error: None,
+            });
+        }
+        cursors
+    }
+
+    /// Records each pending sink's delivery as done or failed with the rows its checkpoints
+    /// hold, then the event's final status, completing or failing its Flatfile job.
+    async fn settle(
+        &self,
+        run: &Run<'_>,
+        streams: &[StreamPlan],
+        work: &SinkWork,
+    ) -> Result<(), Interrupted> {
+        let event_id = run.event_id;
+        let checkpoints = self.state.checkpoints(event_id).await?;
         let mut total_rows = 0;
-        for sink in &pending {
-            let generation = generation_of.get(sink.as_str()).copied().unwrap_or(0);
+        for sink in &work.pending {
+            let generation = work.generation(sink);
             let own_streams: HashSet<String> = streams
                 .iter()
                 .map(|p| stream_for_generation(&p.stream, generation))
@@ -260,7 +298,7 @@ impl Engine {
                 .filter(|c| &c.sink == sink && own_streams.contains(&c.stream))
                 .map(|c| c.rows)
                 .sum();
-            match sink_errors.get(sink) {
+            match work.sink_errors.get(sink) {
                 Some(error) => {
                     self.state
                         .set_delivery(
@@ -280,34 +318,54 @@ impl Engine {
                 }
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        if sink_errors.is_empty() {
-            tracing::info!(event_id, rows = total_rows, seconds, "Event delivered");
-            if let Some(job_id) = &job_id {
-                let message = format!(
-                    "Delivered {total_rows} records from {} sheet(s) to {}.",
-                    streams.len(),
-                    pending.join(", ")
-                );
-                if let Err(e) = client.job_complete(job_id, &message).await {
-                    tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
-                }
-            }
-            self.state
-                .set_event_status(event_id, EventStatus::Done, None)
-                .await?;
+        if work.sink_errors.is_empty() {
+            self.settle_done(run, total_rows, streams.len(), &work.pending)
+                .await
         } else {
-            let detail = sink_errors
-                .iter()
-                .map(|(sink, error)| format!("sink `{sink}`: {error}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            tracing::error!(event_id, error = %detail, "Event failed");
-            self.fail_job(&client, job_id.as_deref(), &detail).await;
-            self.state
-                .set_event_status(event_id, EventStatus::Failed, Some(detail))
-                .await?;
+            self.settle_failed(run, &work.sink_errors).await
         }
+    }
+
+    async fn settle_done(
+        &self,
+        run: &Run<'_>,
+        total_rows: u64,
+        stream_count: usize,
+        sinks: &[String],
+    ) -> Result<(), Interrupted> {
+        let event_id = run.event_id;
+        let seconds = run.started.elapsed().as_secs_f64();
+        tracing::info!(event_id, rows = total_rows, seconds, "Event delivered");
+        if let Some(job_id) = run.job_id {
+            let message = format!(
+                "Delivered {total_rows} records from {stream_count} sheet(s) to {}.",
+                sinks.join(", ")
+            );
+            if let Err(e) = run.client.job_complete(job_id, &message).await {
+                tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
+            }
+        }
+        self.state
+            .set_event_status(event_id, EventStatus::Done, None)
+            .await?;
+        Ok(())
+    }
+
+    async fn settle_failed(
+        &self,
+        run: &Run<'_>,
+        sink_errors: &BTreeMap<String, String>,
+    ) -> Result<(), Interrupted> {
+        let detail = sink_errors
+            .iter()
+            .map(|(sink, error)| format!("sink `{sink}`: {error}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::error!(event_id = run.event_id, error = %detail, "Event failed");
+        self.fail_job(run.client, run.job_id, &detail).await;
+        self.state
+            .set_event_status(run.event_id, EventStatus::Failed, Some(detail))
+            .await?;
         Ok(())
     }
 
@@ -323,56 +381,18 @@ impl Engine {
     ) -> Result<bool, Interrupted> {
         let event_id = event.event_id.as_str();
         let job_id = job.map(|j| j.job_id.as_str());
-        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
-        let environment = incoming
-            .and_then(IncomingEvent::environment_id)
-            .and_then(|id| self.config.environment_named_by_id(id));
-        let routed = route_event(
-            &self.config.routes,
-            RoutedEvent {
-                topic: &event.topic,
-                environment,
-                body: &body,
-            },
-        );
-        if routed.is_empty() {
-            let detail = format!(
-                "no route matches topic `{}`{}",
-                event.topic,
-                environment.map_or(String::new(), |e| format!(" in environment `{e}`"))
-            );
-            tracing::info!(event_id, topic = %event.topic, "Event unrouted");
-            self.state
-                .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
-                .await?;
+        let Some(routed) = self.route(event, incoming).await? else {
             return Ok(false);
-        }
+        };
         let family = match incoming {
             Some(incoming) => plan::family(client, incoming, job),
             None => Family::Carried,
         };
-        match family {
-            Family::Nothing { reason } => {
-                tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
-                self.state
-                    .set_event_status(event_id, EventStatus::Skipped, Some(reason))
-                    .await?;
-                return Ok(false);
-            }
-            Family::Refused { reason } => {
-                tracing::error!(event_id, topic = %event.topic, error = %reason, "Event failed");
-                self.fail_job(client, job_id, &reason).await;
-                self.state
-                    .set_event_status(event_id, EventStatus::Failed, Some(reason))
-                    .await?;
-                return Ok(false);
-            }
-            Family::JobPart { parent } => {
-                self.settle_job_part(event_id, client, job_id, parent.as_deref())
-                    .await?;
-                return Ok(false);
-            }
-            _ => {}
+        if self
+            .settle_without_streams(event, &family, client, job_id)
+            .await?
+        {
+            return Ok(false);
         }
         if let Some(job_id) = job_id {
             // Acknowledge first, as Flatfile's job handler does, so the user sees the job
@@ -381,24 +401,10 @@ impl Engine {
                 tracing::warn!(job_id = %job_id, error = %e, "Could not acknowledge the Flatfile job");
             }
         }
-        // A completed upload is planned from its stored parts; everything else from the event.
-        let planned = match incoming {
-            None => match self.state.carried_plan(event_id).await? {
-                Some(plan) => Ok(plan::Streams {
-                    plans: vec![plan],
-                    refused: Vec::new(),
-                }),
-                None => Err(format!(
-                    "upload {event_id} is not complete in the state database"
-                )),
-            },
-            Some(incoming) => {
-                plan::streams(&self.config, client, event_id, incoming, &family, &routed)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        let streams = match planned {
+        let streams = match self
+            .plan_streams(event_id, incoming, client, &family, &routed)
+            .await?
+        {
             Ok(streams) => streams,
             Err(e) => {
                 let detail = format!("could not plan the event: {e}");
@@ -421,6 +427,102 @@ impl Engine {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// The sinks the event's routes send it to; `None` when no route matches, which settles
+    /// the event as unrouted.
+    async fn route(
+        &self,
+        event: &StoredEvent,
+        incoming: Option<&IncomingEvent>,
+    ) -> Result<Option<Vec<RoutedSink>>, Interrupted> {
+        let event_id = event.event_id.as_str();
+        let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
+        let environment = incoming
+            .and_then(IncomingEvent::environment_id)
+            .and_then(|id| self.config.environment_named_by_id(id));
+        let routed = route_event(
+            &self.config.routes,
+            RoutedEvent {
+                topic: &event.topic,
+                environment,
+                body: &body,
+            },
+        );
+        if !routed.is_empty() {
+            return Ok(Some(routed));
+        }
+        let detail = format!(
+            "no route matches topic `{}`{}",
+            event.topic,
+            environment.map_or(String::new(), |e| format!(" in environment `{e}`"))
+        );
+        tracing::info!(event_id, topic = %event.topic, "Event unrouted");
+        self.state
+            .set_event_status(event_id, EventStatus::Unrouted, Some(detail))
+            .await?;
+        Ok(None)
+    }
+
+    /// Settles an event whose family has no streams (skipped, refused, a job part) and
+    /// returns `true`; `false` for every family that is planned into streams.
+    async fn settle_without_streams(
+        &self,
+        event: &StoredEvent,
+        family: &Family,
+        client: &FlatfileClient,
+        job_id: Option<&str>,
+    ) -> Result<bool, Interrupted> {
+        let event_id = event.event_id.as_str();
+        match family {
+            Family::Nothing { reason } => {
+                tracing::info!(event_id, topic = %event.topic, reason = %reason, "Event skipped");
+                self.state
+                    .set_event_status(event_id, EventStatus::Skipped, Some(reason.clone()))
+                    .await?;
+            }
+            Family::Refused { reason } => {
+                tracing::error!(event_id, topic = %event.topic, error = %reason, "Event failed");
+                self.fail_job(client, job_id, reason).await;
+                self.state
+                    .set_event_status(event_id, EventStatus::Failed, Some(reason.clone()))
+                    .await?;
+            }
+            Family::JobPart { parent } => {
+                self.settle_job_part(event_id, client, job_id, parent.as_deref())
+                    .await?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The event's streams: a completed upload's from its stored parts, every other event's
+    /// from the event. The inner error is why the event cannot be planned.
+    async fn plan_streams(
+        &self,
+        event_id: &str,
+        incoming: Option<&IncomingEvent>,
+        client: &FlatfileClient,
+        family: &Family,
+        routed: &[RoutedSink],
+    ) -> Result<Result<plan::Streams, String>, Interrupted> {
+        Ok(match incoming {
+            None => match self.state.carried_plan(event_id).await? {
+                Some(plan) => Ok(plan::Streams {
+                    plans: vec![plan],
+                    refused: Vec::new(),
+                }),
+                None => Err(format!(
+                    "upload {event_id} is not complete in the state database"
+                )),
+            },
+            Some(incoming) => {
+                plan::streams(&self.config, client, event_id, incoming, family, routed)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
     }
 
     /// A part of a multi-part submit job: the parent's `job:ready` exports the workbook once,
@@ -477,16 +579,8 @@ impl Engine {
         job_id: Option<&str>,
     ) -> Result<Vec<Cursor>, Interrupted> {
         let start = cursors.iter().map(|c| c.next_seq).min().unwrap_or(0);
-        let page_size = plan.page_size.max(1);
-        let stream_started = Instant::now();
+        let started = Instant::now();
         tracing::info!(event_id = %event.event_id, stream = %plan.stream, from_seq = start, "Stream delivery started");
-
-        let fail_all = |cursors: &mut Vec<Cursor>, message: String| {
-            for c in cursors.iter_mut().filter(|c| c.error.is_none()) {
-                c.error = Some(message.clone());
-            }
-        };
-
         let mut reader = match StreamReader::open(client, &self.state, event, plan).await {
             Ok(reader) => reader,
             Err(e) => {
@@ -494,52 +588,13 @@ impl Engine {
                 return Ok(cursors);
             }
         };
-        // The first batch is read alone: what it shows about the server's paging (whole pages
-        // or a cap) is known before any batch is fetched ahead.
-        let first = reader.batch(start).await;
-        if let Ok(batch) = &first {
-            reader.learn_total(batch.total);
-        }
-        let total_rows = reader.total();
-        let page_count = reader.page_count();
-
-        // With a known page count, keep `pages_in_flight` batches going ahead of delivery;
-        // without one, read sequentially until a batch proves the end.
-        let in_flight = if page_count.is_some() {
-            self.config.fetch.pages_in_flight
-        } else {
-            1
-        };
-        let end = page_count.unwrap_or(u64::MAX);
-        let ahead = reader.clone();
-        let mut rest = futures_util::stream::iter((start + 1)..end)
-            .map(move |seq| {
-                let reader = ahead.clone();
-                // A spawned task keeps fetching while the loop below waits on the sinks; a
-                // plain future inside `buffered` would only progress while it is polled.
-                let mut task = AbortOnDrop(tokio::spawn(async move { reader.batch(seq).await }));
-                async move {
-                    (&mut task.0).await.unwrap_or_else(|e| {
-                        Err(FetchError::Api(ApiError::Transport {
-                            method: "GET",
-                            url: String::new(),
-                            attempts: 0,
-                            message: format!("page fetch task ended: {e}"),
-                        }))
-                    })
-                }
-            })
-            .buffered(in_flight.max(1));
-
-        let mut since_flush = 0u64;
-        let mut last_flush = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut last_progress_log = Instant::now();
-        let mut rows_this_run = 0u64;
+        let mut pages =
+            ReadAhead::open(&mut reader, start, self.config.fetch.pages_in_flight).await;
+        let mut flushes = FlushClock::new();
+        let mut progress = Progress::new(event, plan, started);
         let mut seq = start;
-        let mut page = first;
         loop {
-            let current = match page {
+            let current = match pages.next().await {
                 Ok(batch) => batch,
                 Err(e) => {
                     // A batch whose end is not proven is never delivered: the stream fails here,
@@ -549,75 +604,24 @@ impl Engine {
                     break;
                 }
             };
-            let last = current.end || page_count.is_some_and(|count| seq + 1 >= count);
-            let batch = Arc::new(OwnedBatch {
-                stream: plan.stream.clone(),
-                kind: plan.kind.clone(),
-                event_id: event.event_id.clone(),
-                fields_json: plan.fields_json.clone(),
-                seq,
-                row_count: current.rows,
-                ndjson: Bytes::from(current.ndjson),
-                received_at_ms: event.received_at_ms,
-                last,
-                deletions: matches!(
-                    plan.source,
-                    StreamSource::Deletions { .. }
-                        | StreamSource::Carried {
-                            deletions: true,
-                            ..
-                        }
-                ),
-            });
-            let writes = cursors
-                .iter_mut()
-                .filter(|c| c.error.is_none() && c.next_seq <= seq && c.unflushed_next_seq <= seq)
-                .map(|c| {
-                    let batch = Arc::clone(&batch);
-                    async move {
-                        let result = c.worker.write_batch(batch).await;
-                        (c, result)
-                    }
-                });
-            for (cursor, result) in futures_util::future::join_all(writes).await {
-                crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
-                match result {
-                    Ok(()) => {
-                        cursor.unflushed_rows += current.rows;
-                        cursor.unflushed_next_seq = seq + 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(sink = %cursor.sink, stream = %plan.stream, seq, error = %e, "Sink failed");
-                        crate::metrics::rows_failed(&cursor.sink, current.rows);
-                        cursor.error = Some(e.to_string());
-                    }
-                }
-            }
-            rows_this_run += current.rows;
-            since_flush += 1;
-            let due = last
-                || since_flush >= self.config.daemon.checkpoint_batches
-                || last_flush.elapsed() >= self.config.daemon.checkpoint_interval;
-            if due {
+            let last = current.end || pages.page_count.is_some_and(|count| seq + 1 >= count);
+            let rows = current.rows;
+            write_to_sinks(
+                &mut cursors,
+                owned_batch(event, plan, seq, current, last),
+                plan,
+            )
+            .await;
+            progress.rows_this_run += rows;
+            if flushes.due(last, &self.config.daemon) {
                 self.checkpoint(event, plan, &mut cursors, last).await?;
-                since_flush = 0;
-                last_flush = Instant::now();
+                flushes.flushed();
                 if let Some(job_id) = job_id
                     && !last
-                    && last_progress.elapsed() >= Duration::from_secs(2)
                 {
-                    let progress =
-                        page_count.map_or(0, |c| ((seq + 1) * 100 / c.max(1)).min(99) as u8);
-                    let info = format!(
-                        "Delivering {}: page {} of {}",
-                        plan.kind,
-                        seq + 1,
-                        page_count.unwrap_or(0)
-                    );
-                    if let Err(e) = client.job_ack(job_id, &info, progress).await {
-                        tracing::warn!(job_id, error = %e, "Could not report job progress");
-                    }
-                    last_progress = Instant::now();
+                    progress
+                        .report_to_job(client, job_id, seq, pages.page_count)
+                        .await;
                 }
             }
             if last || cursors.iter().all(|c| c.error.is_some()) {
@@ -629,47 +633,10 @@ impl Engine {
                 self.checkpoint(event, plan, &mut cursors, false).await?;
                 return Err(Interrupted::Draining);
             }
-            if last_progress_log.elapsed() >= self.config.daemon.progress_interval {
-                let seconds = stream_started.elapsed().as_secs_f64().max(1e-9);
-                let rows_per_sec = rows_this_run as f64 / seconds;
-                let done = (seq + 1) * page_size;
-                let eta_secs = total_rows
-                    .filter(|_| rows_per_sec > 0.0)
-                    .map(|total| (total.saturating_sub(done) as f64 / rows_per_sec).ceil() as u64);
-                tracing::info!(
-                    event_id = %event.event_id,
-                    stream = %plan.stream,
-                    rows = done.min(total_rows.unwrap_or(u64::MAX)),
-                    total = total_rows,
-                    rows_per_sec = rows_per_sec as u64,
-                    eta_secs,
-                    "Stream progress"
-                );
-                last_progress_log = Instant::now();
-            }
+            progress.log_if_due(self.config.daemon.progress_interval, seq, pages.total_rows);
             seq += 1;
-            page = match rest.next().await {
-                Some(next) => next,
-                // Only a stream of known page count runs out, and its last batch ended the
-                // loop before.
-                None => Ok(Batch {
-                    ndjson: Vec::new(),
-                    rows: 0,
-                    end: true,
-                    total: None,
-                }),
-            };
         }
-        let rows = cursors.iter().map(|c| c.rows).max().unwrap_or(0);
-        let seconds = stream_started.elapsed().as_secs_f64();
-        tracing::info!(
-            event_id = %event.event_id,
-            stream = %plan.stream,
-            rows,
-            seconds,
-            rows_per_sec = (rows as f64 / seconds.max(1e-9)) as u64,
-            "Stream delivery finished"
-        );
+        progress.finished(&cursors);
         Ok(cursors)
     }
 
@@ -721,6 +688,325 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// What a run of an event works with: the event as received (`None` for a completed upload
+/// of carried rows), the Flatfile client of its environment and the job it answers, if any.
+struct Received {
+    incoming: Option<IncomingEvent>,
+    client: FlatfileClient,
+    job: Option<SubmitJob>,
+}
+
+/// What settling a run needs to know about it.
+struct Run<'a> {
+    event_id: &'a str,
+    client: &'a FlatfileClient,
+    job_id: Option<&'a str>,
+    started: Instant,
+}
+
+/// The sinks a run works on: the pending deliveries with their replay generations, and the
+/// errors of the sinks that failed, before this run (kept) or during it.
+struct SinkWork {
+    pending: Vec<String>,
+    generation_of: BTreeMap<String, u32>,
+    sink_errors: BTreeMap<String, String>,
+}
+
+impl SinkWork {
+    fn from_deliveries(deliveries: &[Delivery]) -> SinkWork {
+        // A sink that failed before keeps its error; only pending deliveries are worked on.
+        SinkWork {
+            sink_errors: deliveries
+                .iter()
+                .filter(|d| d.status == DeliveryStatus::Failed)
+                .map(|d| (d.sink.clone(), d.error.clone().unwrap_or_default()))
+                .collect(),
+            pending: deliveries
+                .iter()
+                .filter(|d| d.status == DeliveryStatus::Pending)
+                .map(|d| d.sink.clone())
+                .collect(),
+            generation_of: deliveries
+                .iter()
+                .map(|d| (d.sink.clone(), d.generation))
+                .collect(),
+        }
+    }
+
+    fn generation(&self, sink: &str) -> u32 {
+        self.generation_of.get(sink).copied().unwrap_or(0)
+    }
+
+    /// Each stream once per generation of the pending sinks. A replayed sink delivers into
+    /// streams of its own generation, so sinks that skip batches they already hold take every
+    /// row again; sinks on the same generation share one pass over the source.
+    fn passes<'p>(&self, streams: &'p [StreamPlan]) -> Vec<(&'p StreamPlan, u32)> {
+        let mut generations: Vec<u32> = self.pending.iter().map(|s| self.generation(s)).collect();
+        generations.sort_unstable();
+        generations.dedup();
+        streams
+            .iter()
+            .flat_map(|p| generations.iter().map(|g| (p, *g)).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+/// Marks every sink still going as failed with `message`.
+fn fail_all(cursors: &mut [Cursor], message: String) {
+    for c in cursors.iter_mut().filter(|c| c.error.is_none()) {
+        c.error = Some(message.clone());
+    }
+}
+
+/// Batch `seq` of `plan`'s stream as handed to the sinks.
+fn owned_batch(
+    event: &StoredEvent,
+    plan: &StreamPlan,
+    seq: u64,
+    page: Batch,
+    last: bool,
+) -> Arc<OwnedBatch> {
+    Arc::new(OwnedBatch {
+        stream: plan.stream.clone(),
+        kind: plan.kind.clone(),
+        event_id: event.event_id.clone(),
+        fields_json: plan.fields_json.clone(),
+        seq,
+        row_count: page.rows,
+        ndjson: Bytes::from(page.ndjson),
+        received_at_ms: event.received_at_ms,
+        last,
+        deletions: matches!(
+            plan.source,
+            StreamSource::Deletions { .. }
+                | StreamSource::Carried {
+                    deletions: true,
+                    ..
+                }
+        ),
+    })
+}
+
+/// Writes `batch` to every sink still going that has not taken it yet, all at once, and
+/// moves each one's unflushed position past it or records its failure.
+async fn write_to_sinks(cursors: &mut [Cursor], batch: Arc<OwnedBatch>, plan: &StreamPlan) {
+    let seq = batch.seq;
+    let rows = batch.row_count;
+    let writes = cursors
+        .iter_mut()
+        .filter(|c| c.error.is_none() && c.next_seq <= seq && c.unflushed_next_seq <= seq)
+        .map(|c| {
+            let batch = Arc::clone(&batch);
+            async move {
+                let result = c.worker.write_batch(batch).await;
+                (c, result)
+            }
+        });
+    for (cursor, result) in futures_util::future::join_all(writes).await {
+        crate::metrics::sink_call(&cursor.sink, result.as_ref().map(|_| ()));
+        match result {
+            Ok(()) => {
+                cursor.unflushed_rows += rows;
+                cursor.unflushed_next_seq = seq + 1;
+            }
+            Err(e) => {
+                tracing::error!(sink = %cursor.sink, stream = %plan.stream, seq, error = %e, "Sink failed");
+                crate::metrics::rows_failed(&cursor.sink, rows);
+                cursor.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// When the sinks flush next: every `checkpoint_batches` batches, every
+/// `checkpoint_interval` and at the last batch.
+struct FlushClock {
+    since_flush: u64,
+    last_flush: Instant,
+}
+
+impl FlushClock {
+    fn new() -> FlushClock {
+        FlushClock {
+            since_flush: 0,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Counts one more batch written and says whether a flush is due.
+    fn due(&mut self, last: bool, daemon: &DaemonConfig) -> bool {
+        self.since_flush += 1;
+        last || self.since_flush >= daemon.checkpoint_batches
+            || self.last_flush.elapsed() >= daemon.checkpoint_interval
+    }
+
+    fn flushed(&mut self) {
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+    }
+}
+
+/// A stream's pages in order: the first read alone, the rest fetched ahead.
+struct ReadAhead {
+    first: Option<Result<Batch, FetchError>>,
+    rest: BoxStream<'static, Result<Batch, FetchError>>,
+    /// Rows in the stream, when known.
+    total_rows: Option<u64>,
+    /// Batches in the stream, when known.
+    page_count: Option<u64>,
+}
+
+impl ReadAhead {
+    async fn open(reader: &mut StreamReader, start: u64, pages_in_flight: usize) -> ReadAhead {
+        // The first batch is read alone: what it shows about the server's paging (whole pages
+        // or a cap) is known before any batch is fetched ahead.
+        let first = reader.batch(start).await;
+        if let Ok(batch) = &first {
+            reader.learn_total(batch.total);
+        }
+        let total_rows = reader.total();
+        let page_count = reader.page_count();
+
+        // With a known page count, keep `pages_in_flight` batches going ahead of delivery;
+        // without one, read sequentially until a batch proves the end.
+        let in_flight = if page_count.is_some() {
+            pages_in_flight
+        } else {
+            1
+        };
+        let end = page_count.unwrap_or(u64::MAX);
+        let ahead = reader.clone();
+        let rest = futures_util::stream::iter((start + 1)..end)
+            .map(move |seq| {
+                let reader = ahead.clone();
+                // A spawned task keeps fetching while the delivery loop waits on the sinks; a
+                // plain future inside `buffered` would only progress while it is polled.
+                let mut task = AbortOnDrop(tokio::spawn(async move { reader.batch(seq).await }));
+                async move {
+                    (&mut task.0).await.unwrap_or_else(|e| {
+                        Err(FetchError::Api(ApiError::Transport {
+                            method: "GET",
+                            url: String::new(),
+                            attempts: 0,
+                            message: format!("page fetch task ended: {e}"),
+                        }))
+                    })
+                }
+            })
+            .buffered(in_flight.max(1))
+            .boxed();
+        ReadAhead {
+            first: Some(first),
+            rest,
+            total_rows,
+            page_count,
+        }
+    }
+
+    /// The next batch of the stream.
+    async fn next(&mut self) -> Result<Batch, FetchError> {
+        if let Some(first) = self.first.take() {
+            return first;
+        }
+        match self.rest.next().await {
+            Some(next) => next,
+            // Only a stream of known page count runs out, and its last batch ended the
+            // delivery loop before.
+            None => Ok(Batch {
+                ndjson: Vec::new(),
+                rows: 0,
+                end: true,
+                total: None,
+            }),
+        }
+    }
+}
+
+/// A stream delivery's progress: the `Stream progress` and `Stream delivery finished` logs and
+/// the progress of the Flatfile job it works for.
+struct Progress<'a> {
+    event: &'a StoredEvent,
+    plan: &'a StreamPlan,
+    started: Instant,
+    rows_this_run: u64,
+    last_job_report: Instant,
+    last_log: Instant,
+}
+
+impl<'a> Progress<'a> {
+    /// Progress of a delivery that started at `started`, counted from its first batch.
+    fn new(event: &'a StoredEvent, plan: &'a StreamPlan, started: Instant) -> Progress<'a> {
+        Progress {
+            event,
+            plan,
+            started,
+            rows_this_run: 0,
+            last_job_report: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    /// Tells the job how far delivery got, at most every 2 s.
+    async fn report_to_job(
+        &mut self,
+        client: &FlatfileClient,
+        job_id: &str,
+        seq: u64,
+        page_count: Option<u64>,
+    ) {
+        if self.last_job_report.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        let progress = page_count.map_or(0, |c| ((seq + 1) * 100 / c.max(1)).min(99) as u8);
+        let info = format!(
+            "Delivering {}: page {} of {}",
+            self.plan.kind,
+            seq + 1,
+            page_count.unwrap_or(0)
+        );
+        if let Err(e) = client.job_ack(job_id, &info, progress).await {
+            tracing::warn!(job_id, error = %e, "Could not report job progress");
+        }
+        self.last_job_report = Instant::now();
+    }
+
+    /// Logs rows, rows/s and the ETA when `every` has passed since the last time.
+    fn log_if_due(&mut self, every: Duration, seq: u64, total_rows: Option<u64>) {
+        if self.last_log.elapsed() < every {
+            return;
+        }
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rows_per_sec = self.rows_this_run as f64 / seconds;
+        let done = (seq + 1) * self.plan.page_size.max(1);
+        let eta_secs = total_rows
+            .filter(|_| rows_per_sec > 0.0)
+            .map(|total| (total.saturating_sub(done) as f64 / rows_per_sec).ceil() as u64);
+        tracing::info!(
+            event_id = %self.event.event_id,
+            stream = %self.plan.stream,
+            rows = done.min(total_rows.unwrap_or(u64::MAX)),
+            total = total_rows,
+            rows_per_sec = rows_per_sec as u64,
+            eta_secs,
+            "Stream progress"
+        );
+        self.last_log = Instant::now();
+    }
+
+    fn finished(&self, cursors: &[Cursor]) {
+        let rows = cursors.iter().map(|c| c.rows).max().unwrap_or(0);
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            event_id = %self.event.event_id,
+            stream = %self.plan.stream,
+            rows,
+            seconds,
+            rows_per_sec = (rows as f64 / seconds.max(1e-9)) as u64,
+            "Stream delivery finished"
+        );
     }
 }
 

@@ -235,36 +235,56 @@ fn platform_family(client: &FlatfileClient, e: &PlatformEvent) -> Family {
         "commit:created" | "commit:updated" | "commit:completed"
     );
     if e.topic == TOPIC_WEBHOOK_EGRESS {
-        // The body held the first page of each sheet only; the API has every record.
-        return match e.workbook_id() {
-            Some(workbook_id) => Family::Workbook {
-                workbook_id: workbook_id.to_owned(),
-            },
-            None => Family::Refused {
-                reason: "the webhook-egress body names no workbook".to_owned(),
-            },
-        };
+        return egress_family(e);
     }
     if e.topic == "records:deleted" {
-        return match (e.sheet_id(), e.record_ids()) {
-            (Some(sheet_id), Some(ids)) if !ids.is_empty() => Family::Deletions {
-                sheet_id: sheet_id.to_owned(),
-                ids,
-            },
-            (None, _) => Family::Refused {
-                reason: "records:deleted names no sheet (context.sheetId or payload.sheetId)"
-                    .to_owned(),
-            },
-            _ => Family::Refused {
-                reason: "records:deleted names no record ids (payload.recordIds); the deleted \
-                         records cannot be read back, so flatsync cannot tell the sinks which to delete"
-                    .to_owned(),
-            },
-        };
+        return deletions_family(e);
     }
     if !records_event && !commit_event {
         return Family::EventRow;
     }
+    records_family(client, e, records_event, commit_event)
+}
+
+/// A webhook-egress body stands for its workbook's submit.
+fn egress_family(e: &PlatformEvent) -> Family {
+    // The body held the first page of each sheet only; the API has every record.
+    match e.workbook_id() {
+        Some(workbook_id) => Family::Workbook {
+            workbook_id: workbook_id.to_owned(),
+        },
+        None => Family::Refused {
+            reason: "the webhook-egress body names no workbook".to_owned(),
+        },
+    }
+}
+
+/// `records:deleted` must name its sheet and the deleted ids: the records cannot be read back.
+fn deletions_family(e: &PlatformEvent) -> Family {
+    match (e.sheet_id(), e.record_ids()) {
+        (Some(sheet_id), Some(ids)) if !ids.is_empty() => Family::Deletions {
+            sheet_id: sheet_id.to_owned(),
+            ids,
+        },
+        (None, _) => Family::Refused {
+            reason: "records:deleted names no sheet (context.sheetId or payload.sheetId)"
+                .to_owned(),
+        },
+        _ => Family::Refused {
+            reason: "records:deleted names no record ids (payload.recordIds); the deleted \
+                     records cannot be read back, so flatsync cannot tell the sinks which to delete"
+                .to_owned(),
+        },
+    }
+}
+
+/// A records or commit event: the records it names (ids, a commit, a `dataUrl`) of its sheet.
+fn records_family(
+    client: &FlatfileClient,
+    e: &PlatformEvent,
+    records_event: bool,
+    commit_event: bool,
+) -> Family {
     let data_url = e
         .data_url
         .as_deref()
@@ -340,24 +360,11 @@ pub(crate) async fn streams(
     family: &Family,
     routed: &[RoutedSink],
 ) -> Result<Streams, ApiError> {
-    let event_part = sanitize_stream_component(event_id);
-    let records_page_size = config.fetch.records_page_size;
-    let sheet_stream = |sheet: &Sheet, infix: &str, source: StreamSource| StreamPlan {
-        stream: format!(
-            "{}{infix}-{event_part}",
-            sanitize_stream_component(&sheet.slug)
-        ),
-        kind: sheet.slug.clone(),
-        source_ref: sheet.id.clone(),
-        fields_json: serde_json::to_string(&sheet.field_keys).unwrap_or_else(|_| "[]".to_owned()),
-        page_size: match &source {
-            StreamSource::SheetIds { .. } => records_page_size.min(MAX_IDS_PER_REQUEST as u64),
-            _ => records_page_size,
-        },
-        source,
-        sinks: None,
+    let planner = Planner {
+        config,
+        client,
+        event_part: sanitize_stream_component(event_id),
     };
-    let names = |sinks: &[&RoutedSink]| sinks.iter().map(|r| r.sink.clone()).collect();
     let plans = match family {
         Family::Nothing { .. } | Family::Refused { .. } | Family::JobPart { .. } => Vec::new(),
         // Planned from the state database, where the parts are.
@@ -365,137 +372,216 @@ pub(crate) async fn streams(
         Family::LegacyBatch {
             batch_id,
             per_event,
-        } => vec![StreamPlan {
-            stream: if *per_event {
+        } => vec![planner.legacy_batch(batch_id, *per_event)],
+        Family::WorkspaceSheet {
+            workspace_id,
+            sheet_id,
+        } => vec![planner.workspace_sheet(workspace_id, sheet_id)],
+        Family::Workbook { workbook_id } => planner.workbook(workbook_id).await?,
+        Family::WholeSheet { sheet_id } => {
+            let sheet = client.sheet(sheet_id).await?;
+            vec![planner.sheet_stream(&sheet, "", StreamSource::Sheet)]
+        }
+        Family::Delta { sheet_id, source } => planner.delta(sheet_id, source, routed).await?,
+        Family::Unnamed { sheet_id, why } => return planner.unnamed(sheet_id, why, routed).await,
+        Family::Deletions { sheet_id, ids } => {
+            vec![planner.deletions(incoming, sheet_id, ids).await?]
+        }
+        Family::EventRow => vec![planner.event_row()],
+    };
+    Ok(Streams {
+        plans,
+        refused: Vec::new(),
+    })
+}
+
+/// Builds the stream plans of one event; stream names end with the event's id.
+struct Planner<'a> {
+    config: &'a Config,
+    client: &'a FlatfileClient,
+    event_part: String,
+}
+
+impl Planner<'_> {
+    /// A stream of a Platform sheet's records, named after its slug.
+    fn sheet_stream(&self, sheet: &Sheet, infix: &str, source: StreamSource) -> StreamPlan {
+        let records_page_size = self.config.fetch.records_page_size;
+        StreamPlan {
+            stream: format!(
+                "{}{infix}-{}",
+                sanitize_stream_component(&sheet.slug),
+                self.event_part
+            ),
+            kind: sheet.slug.clone(),
+            source_ref: sheet.id.clone(),
+            fields_json: serde_json::to_string(&sheet.field_keys)
+                .unwrap_or_else(|_| "[]".to_owned()),
+            page_size: match &source {
+                StreamSource::SheetIds { .. } => records_page_size.min(MAX_IDS_PER_REQUEST as u64),
+                _ => records_page_size,
+            },
+            source,
+            sinks: None,
+        }
+    }
+
+    fn legacy_batch(&self, batch_id: &str, per_event: bool) -> StreamPlan {
+        StreamPlan {
+            stream: if per_event {
                 format!(
-                    "legacy-{}-{event_part}",
-                    sanitize_stream_component(batch_id)
+                    "legacy-{}-{}",
+                    sanitize_stream_component(batch_id),
+                    self.event_part
                 )
             } else {
                 format!("legacy-{}", sanitize_stream_component(batch_id))
             },
             kind: LEGACY_KIND.to_owned(),
-            source_ref: batch_id.clone(),
+            source_ref: batch_id.to_owned(),
             fields_json: "[]".to_owned(),
-            page_size: config.fetch.legacy_page_size,
+            page_size: self.config.fetch.legacy_page_size,
             source: StreamSource::LegacyBatch,
             sinks: None,
-        }],
-        Family::WorkspaceSheet {
-            workspace_id,
-            sheet_id,
-        } => vec![StreamPlan {
+        }
+    }
+
+    fn workspace_sheet(&self, workspace_id: &str, sheet_id: &str) -> StreamPlan {
+        StreamPlan {
             stream: format!(
-                "workspace-{}-{event_part}",
-                sanitize_stream_component(sheet_id)
+                "workspace-{}-{}",
+                sanitize_stream_component(sheet_id),
+                self.event_part
             ),
             kind: format!("workspace_{}", sanitize_stream_component(sheet_id)),
-            source_ref: sheet_id.clone(),
+            source_ref: sheet_id.to_owned(),
             fields_json: "[]".to_owned(),
-            page_size: config.fetch.legacy_page_size,
+            page_size: self.config.fetch.legacy_page_size,
             source: StreamSource::WorkspaceSheet {
-                workspace_id: workspace_id.clone(),
+                workspace_id: workspace_id.to_owned(),
             },
             sinks: None,
-        }],
-        Family::Workbook { workbook_id } => {
-            let workbook = client.workbook(workbook_id).await?;
-            let sheets = if workbook.sheets.is_empty() {
-                client.sheets(workbook_id).await?
-            } else {
-                workbook.sheets
-            };
-            sheets
-                .iter()
-                .map(|sheet| sheet_stream(sheet, "", StreamSource::Sheet))
-                .collect()
         }
-        Family::WholeSheet { sheet_id } => {
-            let sheet = client.sheet(sheet_id).await?;
-            vec![sheet_stream(&sheet, "", StreamSource::Sheet)]
-        }
-        Family::Delta { sheet_id, source } => {
-            let sheet = client.sheet(sheet_id).await?;
-            let (snapshot, delta): (Vec<&RoutedSink>, Vec<&RoutedSink>) =
-                routed.iter().partition(|r| r.snapshot);
-            match (snapshot.is_empty(), delta.is_empty()) {
-                (true, _) => vec![sheet_stream(&sheet, "", source.clone())],
-                (false, true) => vec![sheet_stream(&sheet, "", StreamSource::Sheet)],
-                (false, false) => vec![
-                    StreamPlan {
-                        sinks: Some(names(&delta)),
-                        ..sheet_stream(&sheet, "", source.clone())
-                    },
-                    StreamPlan {
-                        sinks: Some(names(&snapshot)),
-                        ..sheet_stream(&sheet, "-snapshot", StreamSource::Sheet)
-                    },
-                ],
-            }
-        }
-        Family::Unnamed { sheet_id, why } => {
-            let (snapshot, refused): (Vec<&RoutedSink>, Vec<&RoutedSink>) = routed
-                .iter()
-                .partition(|r| r.snapshot || r.unnamed_records == UnnamedRecords::Snapshot);
-            let refused = refused
-                .iter()
-                .map(|r| {
-                    (
-                        r.sink.clone(),
-                        format!("{why} (the sink's routes say unnamed_records = \"fail\")"),
-                    )
-                })
-                .collect();
-            let plans = if snapshot.is_empty() {
-                Vec::new()
-            } else {
-                let sheet = client.sheet(sheet_id).await?;
-                vec![StreamPlan {
-                    sinks: Some(names(&snapshot)),
-                    ..sheet_stream(&sheet, "-snapshot", StreamSource::Sheet)
-                }]
-            };
-            return Ok(Streams { plans, refused });
-        }
-        Family::Deletions { sheet_id, ids } => {
-            // The records are gone; the sheet usually is not, and its slug names the table the
-            // deletions apply to. The event's own slug saves a request.
-            let slug = match incoming {
-                IncomingEvent::Platform(e) => e.sheet_slug().map(str::to_owned),
-                IncomingEvent::Legacy(_) | IncomingEvent::Carried(_) => None,
-            };
-            let sheet = match slug {
-                Some(slug) => Sheet {
-                    id: sheet_id.clone(),
-                    slug,
-                    name: None,
-                    field_keys: Vec::new(),
+    }
+
+    /// One stream per sheet of the workbook.
+    async fn workbook(&self, workbook_id: &str) -> Result<Vec<StreamPlan>, ApiError> {
+        let workbook = self.client.workbook(workbook_id).await?;
+        let sheets = if workbook.sheets.is_empty() {
+            self.client.sheets(workbook_id).await?
+        } else {
+            workbook.sheets
+        };
+        Ok(sheets
+            .iter()
+            .map(|sheet| self.sheet_stream(sheet, "", StreamSource::Sheet))
+            .collect())
+    }
+
+    /// The records the event names, and the whole sheet for sinks whose routes ask for a
+    /// snapshot: one stream when every sink wants the same, two when they differ.
+    async fn delta(
+        &self,
+        sheet_id: &str,
+        source: &StreamSource,
+        routed: &[RoutedSink],
+    ) -> Result<Vec<StreamPlan>, ApiError> {
+        let sheet = self.client.sheet(sheet_id).await?;
+        let (snapshot, delta): (Vec<&RoutedSink>, Vec<&RoutedSink>) =
+            routed.iter().partition(|r| r.snapshot);
+        Ok(match (snapshot.is_empty(), delta.is_empty()) {
+            (true, _) => vec![self.sheet_stream(&sheet, "", source.clone())],
+            (false, true) => vec![self.sheet_stream(&sheet, "", StreamSource::Sheet)],
+            (false, false) => vec![
+                StreamPlan {
+                    sinks: Some(sink_names(&delta)),
+                    ..self.sheet_stream(&sheet, "", source.clone())
                 },
-                None => client.sheet(sheet_id).await?,
-            };
-            vec![StreamPlan {
-                fields_json: "[]".to_owned(),
-                ..sheet_stream(
-                    &sheet,
-                    "-deleted",
-                    StreamSource::Deletions { ids: ids.clone() },
+                StreamPlan {
+                    sinks: Some(sink_names(&snapshot)),
+                    ..self.sheet_stream(&sheet, "-snapshot", StreamSource::Sheet)
+                },
+            ],
+        })
+    }
+
+    /// A records or commit event naming no records: the whole sheet for sinks whose routes
+    /// take a snapshot then, a refusal for the others.
+    async fn unnamed(
+        &self,
+        sheet_id: &str,
+        why: &str,
+        routed: &[RoutedSink],
+    ) -> Result<Streams, ApiError> {
+        let (snapshot, refused): (Vec<&RoutedSink>, Vec<&RoutedSink>) = routed
+            .iter()
+            .partition(|r| r.snapshot || r.unnamed_records == UnnamedRecords::Snapshot);
+        let refused = refused
+            .iter()
+            .map(|r| {
+                (
+                    r.sink.clone(),
+                    format!("{why} (the sink's routes say unnamed_records = \"fail\")"),
                 )
+            })
+            .collect();
+        let plans = if snapshot.is_empty() {
+            Vec::new()
+        } else {
+            let sheet = self.client.sheet(sheet_id).await?;
+            vec![StreamPlan {
+                sinks: Some(sink_names(&snapshot)),
+                ..self.sheet_stream(&sheet, "-snapshot", StreamSource::Sheet)
             }]
-        }
-        Family::EventRow => vec![StreamPlan {
-            stream: format!("{EVENTS_KIND}-{event_part}"),
+        };
+        Ok(Streams { plans, refused })
+    }
+
+    async fn deletions(
+        &self,
+        incoming: &IncomingEvent,
+        sheet_id: &str,
+        ids: &[String],
+    ) -> Result<StreamPlan, ApiError> {
+        // The records are gone; the sheet usually is not, and its slug names the table the
+        // deletions apply to. The event's own slug saves a request.
+        let slug = match incoming {
+            IncomingEvent::Platform(e) => e.sheet_slug().map(str::to_owned),
+            IncomingEvent::Legacy(_) | IncomingEvent::Carried(_) => None,
+        };
+        let sheet = match slug {
+            Some(slug) => Sheet {
+                id: sheet_id.to_owned(),
+                slug,
+                name: None,
+                field_keys: Vec::new(),
+            },
+            None => self.client.sheet(sheet_id).await?,
+        };
+        Ok(StreamPlan {
+            fields_json: "[]".to_owned(),
+            ..self.sheet_stream(
+                &sheet,
+                "-deleted",
+                StreamSource::Deletions { ids: ids.to_vec() },
+            )
+        })
+    }
+
+    fn event_row(&self) -> StreamPlan {
+        StreamPlan {
+            stream: format!("{EVENTS_KIND}-{}", self.event_part),
             kind: EVENTS_KIND.to_owned(),
             source_ref: String::new(),
             fields_json: serde_json::to_string(&EVENT_FIELDS).unwrap_or_else(|_| "[]".to_owned()),
             page_size: 1,
             source: StreamSource::Event,
             sinks: None,
-        }],
-    };
-    Ok(Streams {
-        plans,
-        refused: Vec::new(),
-    })
+        }
+    }
+}
+
+fn sink_names(sinks: &[&RoutedSink]) -> Vec<String> {
+    sinks.iter().map(|r| r.sink.clone()).collect()
 }
 
 /// The one row of an `events` stream: the event itself, with `context` and `payload` as JSON

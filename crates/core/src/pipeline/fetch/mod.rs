@@ -208,6 +208,31 @@ pub(crate) fn fit(offset: u64, at_most: u64) -> u64 {
     best
 }
 
+/// Whether a numbered batch holding `items` of its `len`, the next at `offset`, is complete
+/// without another request: `Some(end)`, with `end` saying whether the source ends with it.
+fn complete_without_request(end: End, items: u64, len: u64, offset: u64) -> Option<bool> {
+    let bound = match end {
+        End::Counted(total) | End::AtMost(total) => Some(total),
+        End::Unknown => None,
+    };
+    if items >= len {
+        return Some(bound.is_some_and(|total| offset >= total));
+    }
+    if let End::AtMost(most) = end
+        && offset >= most
+    {
+        return Some(true);
+    }
+    if let End::Counted(total) = end
+        && items > 0
+        && offset >= total
+    {
+        // Sub-pages reached the counted end: no request needed to prove it.
+        return Some(true);
+    }
+    None
+}
+
 /// Reads items `[start, start + page_size)` of a numbered-page source (`start` a multiple of
 /// `page_size`). `fetch(page_number, page_size)` answers one page, numbered from 1.
 pub(crate) async fn read_numbered_batch<F, Fut>(
@@ -233,26 +258,8 @@ where
         let mut short: Option<u64> = None;
         loop {
             let offset = start + out.items;
-            let bound = match end {
-                End::Counted(total) | End::AtMost(total) => Some(total),
-                End::Unknown => None,
-            };
-            if out.items >= len {
-                out.end = bound.is_some_and(|total| offset >= total);
-                return Ok(out);
-            }
-            if let End::AtMost(most) = end
-                && offset >= most
-            {
-                out.end = true;
-                return Ok(out);
-            }
-            if let End::Counted(total) = end
-                && out.items > 0
-                && offset >= total
-            {
-                // Sub-pages reached the counted end: no request needed to prove it.
-                out.end = true;
+            if let Some(ended) = complete_without_request(end, out.items, len, offset) {
+                out.end = ended;
                 return Ok(out);
             }
             size = fit(offset, size.min(len - out.items));
@@ -468,7 +475,7 @@ impl StreamReader {
 
     /// Batches of the stream when its size is known (at least one, even when empty).
     pub(crate) fn page_count(&self) -> Option<u64> {
-        let page_size = self.plan.page_size.max(1);
+        let page_size = self.page_size();
         self.total.map(|total| total.div_ceil(page_size).max(1))
     }
 
@@ -482,156 +489,182 @@ impl StreamReader {
     /// Reads batch `seq`: the items `[seq·P, (seq+1)·P)` of the source (for id streams, the
     /// records of the `seq`th chunk of ids).
     pub(crate) async fn batch(&self, seq: u64) -> Result<Batch, FetchError> {
-        let page_size = self.plan.page_size.max(1);
-        let start = seq.saturating_mul(page_size);
-        let client = &self.client;
-        let source_ref = self.plan.source_ref.as_str();
-        let after_ids = |ids: &[String]| start.saturating_add(page_size) >= ids.len() as u64;
-        let records = |selection: RecordsSelection, start: u64, end: End| async move {
-            let selection = &selection;
-            read_numbered_batch(
-                |page_number, size| async move {
-                    client
-                        .records_selection_page(source_ref, selection, page_number, size)
-                        .await
-                        .map(PageRead::from)
-                },
-                start,
-                page_size,
-                end,
-                &self.paging,
-            )
-            .await
-        };
-        let read = match &self.plan.source {
-            StreamSource::LegacyBatch => {
-                let read = read_skip_take_batch(
-                    |skip, take| async move {
-                        client
-                            .legacy_rows_page(source_ref, skip, take)
-                            .await
-                            .map(|page| PageRead::from_legacy(page, skip))
-                    },
-                    start,
-                    page_size,
-                    self.total,
-                )
-                .await;
-                return self.finish(read, None);
-            }
+        let start = seq.saturating_mul(self.page_size());
+        match &self.plan.source {
+            StreamSource::LegacyBatch => self.finish(self.read_legacy(start).await, None),
             StreamSource::Sheet => {
                 let end = self.total.map_or(End::Unknown, End::Counted);
-                records(RecordsSelection::All, start, end).await
+                let read = self.read_records(RecordsSelection::All, start, end).await;
+                self.finish(read, None)
             }
             StreamSource::SheetCommit { commit_id } => {
-                records(
-                    RecordsSelection::Commit(commit_id.clone()),
-                    start,
-                    End::Unknown,
-                )
-                .await
+                let selection = RecordsSelection::Commit(commit_id.clone());
+                let read = self.read_records(selection, start, End::Unknown).await;
+                self.finish(read, None)
             }
             StreamSource::SheetSinceCommit { commit_id } => {
-                records(
-                    RecordsSelection::SinceCommit(commit_id.clone()),
-                    start,
-                    End::Unknown,
-                )
-                .await
+                let selection = RecordsSelection::SinceCommit(commit_id.clone());
+                let read = self.read_records(selection, start, End::Unknown).await;
+                self.finish(read, None)
             }
-            StreamSource::SheetIds { ids } => {
-                let chunk = chunk_of(ids, seq, page_size);
-                if chunk.is_empty() {
-                    return Ok(Batch {
-                        ndjson: Vec::new(),
-                        rows: 0,
-                        end: true,
-                        total: None,
-                    });
-                }
-                // Each chunk is its own selection, paged from 1. Records deleted since the
-                // event are simply absent from the answer.
-                let bound = End::AtMost(chunk.len() as u64);
-                let read = records(RecordsSelection::Ids(chunk.to_vec()), 0, bound).await;
-                return self.finish(read, Some(after_ids(ids)));
-            }
+            StreamSource::SheetIds { ids } => self.read_id_chunk(ids, seq).await,
             StreamSource::Deletions { ids } => {
-                let chunk = chunk_of(ids, seq, page_size);
-                return Ok(Batch {
+                let chunk = chunk_of(ids, seq, self.page_size());
+                Ok(Batch {
                     ndjson: plan::deletion_rows(chunk),
                     rows: chunk.len() as u64,
-                    end: after_ids(ids),
+                    end: self.chunk_is_last(ids, seq),
                     total: None,
-                });
+                })
             }
-            StreamSource::Event => {
-                return Ok(Batch {
-                    ndjson: plan::event_row(
-                        &self.event.event_id,
-                        &self.event.topic,
-                        &self.event.body,
-                    ),
-                    rows: 1,
-                    end: true,
-                    total: None,
-                });
-            }
-            StreamSource::Carried { parts, .. } => {
-                let (ndjson, rows) =
-                    self.state
-                        .carried_rows(source_ref, seq)
-                        .await?
-                        .ok_or_else(|| FetchError::MissingPart {
-                            upload: source_ref.to_owned(),
-                            part: seq + 1,
-                        })?;
-                return Ok(Batch {
-                    ndjson,
-                    rows,
-                    end: seq + 1 >= *parts,
-                    total: None,
-                });
-            }
+            StreamSource::Event => Ok(Batch {
+                ndjson: plan::event_row(&self.event.event_id, &self.event.topic, &self.event.body),
+                rows: 1,
+                end: true,
+                total: None,
+            }),
+            StreamSource::Carried { parts, .. } => self.read_carried_part(seq, *parts).await,
             StreamSource::WorkspaceSheet { workspace_id } => {
-                let workspace_id = workspace_id.as_str();
-                let read = read_skip_take_batch(
-                    |skip, take| async move {
-                        client
-                            .workspace_records_page(workspace_id, source_ref, skip, take)
-                            .await
-                            .map(|page| PageRead {
-                                ndjson: page.ndjson,
-                                rows: page.rows,
-                                items: page.rows,
-                                total: page.total_count,
-                                limit: page.limit,
-                            })
-                    },
-                    start,
-                    page_size,
-                    self.total,
-                )
-                .await;
-                return self.finish(read, None);
+                self.finish(self.read_workspace(workspace_id, start).await, None)
             }
             StreamSource::DataUrl { relative } => {
-                let relative = relative.as_str();
-                read_numbered_batch(
-                    |page_number, size| async move {
-                        client
-                            .data_url_records_page(relative, page_number, size)
-                            .await
-                            .map(PageRead::from)
-                    },
-                    start,
-                    page_size,
-                    End::Unknown,
-                    &self.paging,
-                )
-                .await
+                self.finish(self.read_data_url(relative, start).await, None)
             }
-        };
-        self.finish(read, None)
+        }
+    }
+
+    fn page_size(&self) -> u64 {
+        self.plan.page_size.max(1)
+    }
+
+    /// Whether chunk `seq` of `ids` is the last one.
+    fn chunk_is_last(&self, ids: &[String], seq: u64) -> bool {
+        let start = seq.saturating_mul(self.page_size());
+        start.saturating_add(self.page_size()) >= ids.len() as u64
+    }
+
+    /// A batch of a legacy Portal batch's rows (skip/take).
+    async fn read_legacy(&self, start: u64) -> Result<BatchRead, ReadError> {
+        let client = &self.client;
+        let source_ref = self.plan.source_ref.as_str();
+        read_skip_take_batch(
+            |skip, take| async move {
+                client
+                    .legacy_rows_page(source_ref, skip, take)
+                    .await
+                    .map(|page| PageRead::from_legacy(page, skip))
+            },
+            start,
+            self.page_size(),
+            self.total,
+        )
+        .await
+    }
+
+    /// A batch of a Platform sheet's records (numbered pages) as `selection` picks them.
+    async fn read_records(
+        &self,
+        selection: RecordsSelection,
+        start: u64,
+        end: End,
+    ) -> Result<BatchRead, ReadError> {
+        let client = &self.client;
+        let source_ref = self.plan.source_ref.as_str();
+        let selection = &selection;
+        read_numbered_batch(
+            |page_number, size| async move {
+                client
+                    .records_selection_page(source_ref, selection, page_number, size)
+                    .await
+                    .map(PageRead::from)
+            },
+            start,
+            self.page_size(),
+            end,
+            &self.paging,
+        )
+        .await
+    }
+
+    /// The records of chunk `seq` of the ids an event named.
+    async fn read_id_chunk(&self, ids: &[String], seq: u64) -> Result<Batch, FetchError> {
+        let chunk = chunk_of(ids, seq, self.page_size());
+        if chunk.is_empty() {
+            return Ok(Batch {
+                ndjson: Vec::new(),
+                rows: 0,
+                end: true,
+                total: None,
+            });
+        }
+        // Each chunk is its own selection, paged from 1. Records deleted since the
+        // event are simply absent from the answer.
+        let bound = End::AtMost(chunk.len() as u64);
+        let read = self
+            .read_records(RecordsSelection::Ids(chunk.to_vec()), 0, bound)
+            .await;
+        self.finish(read, Some(self.chunk_is_last(ids, seq)))
+    }
+
+    /// Stored part `seq` of an upload whose rows came in webhook bodies.
+    async fn read_carried_part(&self, seq: u64, parts: u64) -> Result<Batch, FetchError> {
+        let source_ref = self.plan.source_ref.as_str();
+        let (ndjson, rows) = self
+            .state
+            .carried_rows(source_ref, seq)
+            .await?
+            .ok_or_else(|| FetchError::MissingPart {
+                upload: source_ref.to_owned(),
+                part: seq + 1,
+            })?;
+        Ok(Batch {
+            ndjson,
+            rows,
+            end: seq + 1 >= parts,
+            total: None,
+        })
+    }
+
+    /// A batch of a Workspaces sheet's records (skip/take).
+    async fn read_workspace(&self, workspace_id: &str, start: u64) -> Result<BatchRead, ReadError> {
+        let client = &self.client;
+        let source_ref = self.plan.source_ref.as_str();
+        read_skip_take_batch(
+            |skip, take| async move {
+                client
+                    .workspace_records_page(workspace_id, source_ref, skip, take)
+                    .await
+                    .map(|page| PageRead {
+                        ndjson: page.ndjson,
+                        rows: page.rows,
+                        items: page.rows,
+                        total: page.total_count,
+                        limit: page.limit,
+                    })
+            },
+            start,
+            self.page_size(),
+            self.total,
+        )
+        .await
+    }
+
+    /// A batch of the records behind an event's `dataUrl` (numbered pages).
+    async fn read_data_url(&self, relative: &str, start: u64) -> Result<BatchRead, ReadError> {
+        let client = &self.client;
+        read_numbered_batch(
+            |page_number, size| async move {
+                client
+                    .data_url_records_page(relative, page_number, size)
+                    .await
+                    .map(PageRead::from)
+            },
+            start,
+            self.page_size(),
+            End::Unknown,
+            &self.paging,
+        )
+        .await
     }
 
     /// Names the counts and requests of a failed read; `end` overrides the read's own end.

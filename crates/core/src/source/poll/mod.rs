@@ -21,7 +21,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flatsync_flatfile::{ApiError, EventsPage, EventsQuery, FlatfileClient, scrub_webhook_body};
+use flatsync_flatfile::{
+    ApiError, EventsPage, EventsQuery, FlatfileClient, ListedEvent, scrub_webhook_body,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -297,42 +299,14 @@ where
             // Page 1 held fewer than asked, and as many followed: the server caps pages.
             listing.cap = Some(offset);
         }
-        let created: Vec<Option<i64>> = page
-            .events
-            .iter()
-            .map(|e| e.created_at.as_deref().and_then(parse_rfc3339))
-            .collect();
-        let polled: Vec<PolledEvent> = page
-            .events
-            .into_iter()
-            .map(|event| PolledEvent {
-                event_id: event.id,
-                topic: event.topic,
-                // The API's events carry no credentials that flatsync knows of, but what reaches
-                // the inbox is scrubbed the same way whichever source it came from.
-                // A listed body is a JSON object flatsync compacted itself, which scrubbing
-                // always takes; the fallback only keeps this total.
-                body: match scrub_webhook_body(&event.body) {
-                    Ok(scrubbed) => scrubbed.body,
-                    Err(_) => event.body,
-                },
-            })
-            .collect();
-        report.seen += polled.len();
-        match state.insert_polled(environment_id, polled, None).await {
-            Ok(fresh) => {
-                for (id, topic) in fresh {
-                    crate::metrics::event_received("poll", &topic);
-                    report.fresh += 1;
-                    accepted.notify(id);
-                }
-            }
+        let stored = store_page(page.events, state, environment_id, accepted, report).await;
+        match stored {
+            Ok(created) => created.into_iter().for_each(|at| order.observe(at)),
             Err(e) => {
                 listing.error = Some(e.into());
                 break;
             }
         }
-        created.into_iter().for_each(|at| order.observe(at));
         if items > size {
             // Stored, but where the next page would start is unknown.
             tracing::warn!(
@@ -354,6 +328,43 @@ where
     }
     listing.cursor = order.proven(listing.complete);
     listing
+}
+
+/// Stores a page's events in the inbox, scrubbed, and hints the dispatcher of the new ones.
+/// Returns the events' `createdAt` times, for the cursor.
+async fn store_page(
+    events: Vec<ListedEvent>,
+    state: &StateDb,
+    environment_id: &str,
+    accepted: &AcceptedTx,
+    report: &mut PollReport,
+) -> Result<Vec<Option<i64>>, StateError> {
+    let created: Vec<Option<i64>> = events
+        .iter()
+        .map(|e| e.created_at.as_deref().and_then(parse_rfc3339))
+        .collect();
+    let polled: Vec<PolledEvent> = events
+        .into_iter()
+        .map(|event| PolledEvent {
+            event_id: event.id,
+            topic: event.topic,
+            // The API's events carry no credentials that flatsync knows of, but what reaches
+            // the inbox is scrubbed the same way whichever source it came from.
+            // A listed body is a JSON object flatsync compacted itself, which scrubbing
+            // always takes; the fallback only keeps this total.
+            body: match scrub_webhook_body(&event.body) {
+                Ok(scrubbed) => scrubbed.body,
+                Err(_) => event.body,
+            },
+        })
+        .collect();
+    report.seen += polled.len();
+    for (id, topic) in state.insert_polled(environment_id, polled, None).await? {
+        crate::metrics::event_received("poll", &topic);
+        report.fresh += 1;
+        accepted.notify(id);
+    }
+    Ok(created)
 }
 
 /// Whether a page repeats the previous one (the same events from the start, the shorter a

@@ -288,42 +288,10 @@ async fn receive(
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     let shown_path = redacted_path(uri.path(), &state.path);
-    let path_scope = match target(uri.path(), &state.path, &auth) {
-        Target::Base => None,
-        Target::SecretPath(scope) => Some(scope),
-        Target::Unknown => {
-            // Under the webhook path it is most likely a sender with a wrong secret, which an
-            // operator wants to see; elsewhere it is a scanner, which they do not.
-            if shown_path.starts_with(state.path.trim_end_matches('/')) {
-                return reject(StatusCode::NOT_FOUND, NOT_FOUND, json!({}), &shown_path);
-            }
-            tracing::debug!(path = %shown_path, "Webhook rejected: unknown path");
-            return (
-                StatusCode::NOT_FOUND,
-                axum::Json(json!({ "error": NOT_FOUND })),
-            )
-                .into_response();
-        }
+    let path_scope = match admit_request(&state, &auth, &method, uri.path(), &shown_path) {
+        Ok(path_scope) => path_scope,
+        Err(response) => return response,
     };
-    if method != Method::POST {
-        // Health checkers and browsers GET the path; not worth a warning each time.
-        tracing::debug!(method = %method, path = %shown_path, "Webhook rejected: not a POST");
-        let mut response = (
-            StatusCode::METHOD_NOT_ALLOWED,
-            axum::Json(json!({ "error": "only POST is accepted" })),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::ALLOW, "POST".parse().expect("static header"));
-        return response;
-    }
-    if state.health.is_draining() {
-        // Refused before reading the body: nothing is accepted that a stopping daemon might not
-        // commit, and the sender's retry reaches the next instance.
-        return unavailable("flatsync is stopping; retry later", &shown_path);
-    }
-
     let gate = match auth.gate(path_scope, &headers) {
         Ok(gate) => gate,
         Err(rejection) => return refuse(rejection, &shown_path),
@@ -332,7 +300,7 @@ async fn receive(
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
-    let (mut method_used, request_scope) = match gate {
+    let (method_used, request_scope) = match gate {
         Gate::Open => (auth::Method::Open, None),
         Gate::Admitted(method, scope) => (method, Some(scope)),
         Gate::VerifySignature => match auth.verify_signature(&headers, &bytes) {
@@ -353,12 +321,125 @@ async fn receive(
             "Webhook body scrubbed"
         );
     }
-    let mut stored = scrubbed.body;
-    let mut event = match parse_webhook_body(&stored) {
-        Ok(event) => event,
-        Err(e) => return body_error(e, &shown_path),
+    let admitted = Admitted {
+        method: method_used,
+        request_scope,
+        jwt_only: matches!(gate, Gate::JwtOnly),
     };
+    let verified = match verify_event(&auth, admitted, scrubbed.body, &shown_path) {
+        Ok(verified) => verified,
+        Err(response) => return response,
+    };
+    let (event_id, kind, topic) = match verified.event {
+        IncomingEvent::Legacy(n) => (n.event_id, "legacy", n.topic),
+        IncomingEvent::Platform(e) => (e.id, "platform", e.topic),
+        IncomingEvent::Carried(part) => return accept_part(&state, part, &shown_path).await,
+    };
+    let accepted = Accepted {
+        event_id,
+        kind,
+        topic,
+        body: verified.body,
+        method: verified.method,
+        scope_label: verified.scope_label,
+    };
+    accept_event(&state, accepted, &shown_path).await
+}
 
+/// Refuses a request that is not for the webhook path, not a POST, or comes while the daemon
+/// stops, before anything else is looked at. Returns the scope of the secret path it came on.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response to send; it exists only on the refusal path"
+)]
+fn admit_request(
+    state: &WebhookState,
+    auth: &WebhookAuth,
+    method: &Method,
+    path: &str,
+    shown_path: &str,
+) -> Result<Option<usize>, Response> {
+    let path_scope = match target(path, &state.path, auth) {
+        Target::Base => None,
+        Target::SecretPath(scope) => Some(scope),
+        Target::Unknown => {
+            // Under the webhook path it is most likely a sender with a wrong secret, which an
+            // operator wants to see; elsewhere it is a scanner, which they do not.
+            if shown_path.starts_with(state.path.trim_end_matches('/')) {
+                return Err(reject(
+                    StatusCode::NOT_FOUND,
+                    NOT_FOUND,
+                    json!({}),
+                    shown_path,
+                ));
+            }
+            tracing::debug!(path = %shown_path, "Webhook rejected: unknown path");
+            return Err((
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({ "error": NOT_FOUND })),
+            )
+                .into_response());
+        }
+    };
+    if *method != Method::POST {
+        // Health checkers and browsers GET the path; not worth a warning each time.
+        tracing::debug!(method = %method, path = %shown_path, "Webhook rejected: not a POST");
+        let mut response = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(json!({ "error": "only POST is accepted" })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, "POST".parse().expect("static header"));
+        return Err(response);
+    }
+    if state.health.is_draining() {
+        // Refused before reading the body: nothing is accepted that a stopping daemon might not
+        // commit, and the sender's retry reaches the next instance.
+        return Err(unavailable("flatsync is stopping; retry later", shown_path));
+    }
+    Ok(path_scope)
+}
+
+/// How the request itself was let in, before its body was looked at.
+struct Admitted {
+    method: auth::Method,
+    /// The scope the request's credential admits, when it had one.
+    request_scope: Option<usize>,
+    /// Only a legacy notification with a valid `env` JWT may be let in.
+    jwt_only: bool,
+}
+
+/// An event whose sender is proven for its environment.
+struct Verified {
+    event: IncomingEvent,
+    /// The body to store: scrubbed, and for a legacy notification with a JWT, with the JWT's
+    /// verified claims as its `env`.
+    body: Vec<u8>,
+    method: auth::Method,
+    scope_label: String,
+}
+
+/// Parses the scrubbed body and proves the sender may send it: a legacy notification's `env`
+/// JWT is verified (its claims replace `env`), and every scope that let the request in must
+/// admit the event's environment.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response to send; it exists only on the refusal path"
+)]
+fn verify_event(
+    auth: &WebhookAuth,
+    admitted: Admitted,
+    mut stored: Vec<u8>,
+    shown_path: &str,
+) -> Result<Verified, Response> {
+    let Admitted {
+        method: mut method_used,
+        request_scope,
+        jwt_only,
+    } = admitted;
+    let mut event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
     let mut jwt_scope = None;
     if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() {
         let mut value: Value = serde_json::from_slice(&stored).expect("the scrubbed body is JSON");
@@ -370,51 +451,70 @@ async fn receive(
                     // the JWT string in it) is not stored.
                     value["env"] = Value::Object(claims);
                     stored = serde_json::to_vec(&value).expect("a JSON value serialises");
-                    event = match parse_webhook_body(&stored) {
-                        Ok(event) => event,
-                        Err(e) => return body_error(e, &shown_path),
-                    };
+                    event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
                     jwt_scope = Some(scope);
                     if request_scope.is_none() {
                         method_used = auth::Method::Jwt;
                     }
                 }
-                Err(rejection) => return refuse(rejection, &shown_path),
+                Err(rejection) => return Err(refuse(rejection, shown_path)),
             }
         }
     }
-    if matches!(gate, Gate::JwtOnly) && jwt_scope.is_none() {
-        return refuse(
+    if jwt_only && jwt_scope.is_none() {
+        return Err(refuse(
             Rejection {
                 status: StatusCode::UNAUTHORIZED,
                 reason: "missing credentials: only legacy notifications with a valid env JWT \
                          are admitted",
                 bearer_challenge: false,
             },
-            &shown_path,
-        );
+            shown_path,
+        ));
     }
     for scope in [request_scope, jwt_scope].into_iter().flatten() {
         if !auth.scope_admits(scope, event.environment_id()) {
-            return reject(
+            return Err(reject(
                 StatusCode::FORBIDDEN,
                 "the credential does not admit events of this environment",
                 json!({ "environmentId": event.environment_id() }),
-                &shown_path,
-            );
+                shown_path,
+            ));
         }
     }
     let scope_label = request_scope
         .or(jwt_scope)
         .map_or("*", |scope| auth.scope(scope).label())
         .to_owned();
+    Ok(Verified {
+        event,
+        body: stored,
+        method: method_used,
+        scope_label,
+    })
+}
 
-    let (event_id, kind, topic) = match event {
-        IncomingEvent::Legacy(n) => (n.event_id, "legacy", n.topic),
-        IncomingEvent::Platform(e) => (e.id, "platform", e.topic),
-        IncomingEvent::Carried(part) => return accept_part(&state, part, &shown_path).await,
-    };
+/// A verified event to commit to the inbox.
+struct Accepted {
+    event_id: String,
+    kind: &'static str,
+    topic: String,
+    body: Vec<u8>,
+    method: auth::Method,
+    scope_label: String,
+}
 
+/// Commits the event to the inbox before answering: 200 once it is stored (or was before),
+/// 503 when it could not be.
+async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str) -> Response {
+    let Accepted {
+        event_id,
+        kind,
+        topic,
+        body: stored,
+        method: method_used,
+        scope_label,
+    } = accepted;
     let db = state.db.clone();
     let insert = {
         let (event_id, topic) = (event_id.clone(), topic.clone());
@@ -423,9 +523,9 @@ async fn receive(
                 .await
         }
     };
-    let Some(inserted) = write_inbox(&state, insert).await else {
+    let Some(inserted) = write_inbox(state, insert).await else {
         tracing::warn!(event_id = %event_id, "Webhook refused: the inbox is busy");
-        return unavailable("the inbox is busy; retry later", &shown_path);
+        return unavailable("the inbox is busy; retry later", shown_path);
     };
     match inserted {
         Ok(true) => {
@@ -455,7 +555,7 @@ async fn receive(
         }
         Err(e) => {
             tracing::error!(error = %e, event_id = %event_id, "Could not store webhook");
-            unavailable("could not store the event; retry later", &shown_path)
+            unavailable("could not store the event; retry later", shown_path)
         }
     }
 }
