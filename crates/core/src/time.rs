@@ -235,6 +235,87 @@ mod tests {
     }
 
     #[test]
+    fn calendar_edges_are_read_and_written_as_the_gregorian_calendar_has_them() {
+        // Leap years: every fourth, but not every hundredth, but every four hundredth.
+        for (text, accepted) in [
+            ("2024-02-29T00:00:00Z", true),
+            ("2023-02-29T00:00:00Z", false),
+            ("1900-02-29T00:00:00Z", false),
+            ("2000-02-29T00:00:00Z", true),
+            ("2100-02-29T00:00:00Z", false),
+            ("2400-02-29T00:00:00Z", true),
+            ("2024-04-31T00:00:00Z", false),
+            ("2024-12-31T00:00:00Z", true),
+            ("2024-00-10T00:00:00Z", false),
+            ("2024-05-00T00:00:00Z", false),
+            ("2024-05-32T00:00:00Z", false),
+        ] {
+            assert_eq!(parse_rfc3339(text).is_some(), accepted, "{text}");
+        }
+        for (text, ms) in [
+            ("0000-01-01T00:00:00Z", -62_167_219_200_000),
+            ("0001-01-01T00:00:00Z", -62_135_596_800_000),
+            ("1900-03-01T00:00:00Z", -2_203_891_200_000),
+            ("1969-12-31T23:59:59.999Z", -1),
+            ("2400-02-29T00:00:00Z", 13_574_563_200_000),
+            ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for (ms, text) in [
+            (-62_167_219_200_000, "0000-01-01T00:00:00.000Z"),
+            (-2_203_891_200_001, "1900-02-28T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+            (13_574_563_200_000, "2400-02-29T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(format_utc_millis(ms), text, "{ms}");
+        }
+        assert_eq!(format_utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(compact_utc(-1), "19691231T235959Z");
+    }
+
+    #[test]
+    fn offsets_fractions_and_separators_are_read_as_they_always_were() {
+        let noon = 1_714_564_800_000; // 2024-05-01T12:00:00Z
+        for (text, ms) in [
+            ("2024-05-01t12:00:00z", noon),
+            ("2024-05-01 12:00:00Z", noon),
+            ("2024-05-01T12:00:00-00:00", noon),
+            ("2024-05-02T02:00:00+14:00", noon),
+            ("2024-04-30T12:01:00-23:59", noon),
+            // Fractions of any length, cut to the millisecond.
+            ("2024-05-01T12:00:00.5Z", noon + 500),
+            ("2024-05-01T12:00:00.05Z", noon + 50),
+            ("2024-05-01T12:00:00.123999999999Z", noon + 123),
+            // A leap second reads as the second before it.
+            ("2024-05-01T12:00:60Z", noon + 59_000),
+            // An offset can move the instant into the previous year.
+            ("2000-01-01T00:30:00+01:00", 946_683_000_000),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for bad in [
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:60:00Z",
+            "2024-05-01T12:00:61Z",
+            "2024-05-01T12:00:00+24:00",
+            "2024-05-01T12:00:00+02:60",
+            "2024-05-01T12:00:00+0200",
+            "2024-05-01T12:00:00+02",
+            "2024-05-01T12:00:00Zjunk",
+            "2024-05-01X12:00:00Z",
+            "2024-05-01T12:00Z",
+            "+024-05-01T12:00:00Z",
+            "2024-5-01T12:00:00Z",
+            "2024-05-01T12:00:00,5Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn durations_count_back_from_now() {
         let now = 10 * 86_400_000;
         assert_eq!(parse_since("30m", now).unwrap(), now - 1_800_000);
