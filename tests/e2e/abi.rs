@@ -13,9 +13,10 @@ use flatsync_plugin_api as api;
 use flatsync_plugin_api::{
     FlatsyncBatch, FlatsyncError, FlatsyncHost, FlatsyncPlugin, FlatsyncStr,
 };
+use flatsync_test_kit::cc::{CBuild, plugin_header_dir};
 use flatsync_tests::{Artifacts, Daemon, Sim, TestDir};
 
-use crate::c_plugin::{build_c_sink, header_dir};
+use crate::c_plugin::{build_c_sink, c_fixture};
 use crate::common::EVENT_DEADLINE;
 
 // ---- the header and the Rust definitions agree ----
@@ -248,32 +249,9 @@ fn rust_facts() -> BTreeMap<String, String> {
 
 /// What the header says: layout.c compiled with the system `cc` and run.
 fn header_facts(dir: &Path) -> BTreeMap<String, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("c-plugin")
-        .join("layout.c");
-    let program = dir.join("layout");
-    let output = Command::new("cc")
-        .args([
-            "-std=c11",
-            "-pedantic-errors",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .arg("-I")
-        .arg(header_dir())
-        .arg("-o")
-        .arg(&program)
-        .arg(&source)
-        .output()
-        .expect("cannot run `cc`: these tests need the system C compiler");
-    assert!(
-        output.status.success(),
-        "cc {} failed:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let program = CBuild::new(c_fixture("layout.c"), "c11")
+        .pedantic()
+        .program(&dir.join("layout"));
     let output = Command::new(&program)
         .output()
         .expect("cannot run the compiled layout program");
@@ -354,7 +332,7 @@ fn the_header_is_plain_c99_and_cplusplus() {
                 "-c",
             ])
             .arg("-I")
-            .arg(header_dir())
+            .arg(plugin_header_dir())
             .arg("-o")
             .arg(dir.path().join("probe.o"))
             .arg(&source)

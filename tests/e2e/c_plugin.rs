@@ -2,14 +2,13 @@
 //! system `cc` and run by the real daemon: plugins need neither Rust nor flatsync's compiler.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flatfile_sim::{
     SimConfig, legacy_row_ids, legacy_webhook_body, record_ids, submit_event_body, workbook_sheets,
 };
+use flatsync_test_kit::cc::CBuild;
 use flatsync_tests::check::Tally;
 use flatsync_tests::daemon::toml_string;
 use flatsync_tests::sim::SourceRow;
@@ -20,53 +19,21 @@ use crate::common::EVENT_DEADLINE;
 /// The plugin's name in its descriptor.
 const PLUGIN_NAME: &str = "c-ndjson";
 
-/// `crates/plugin-api/include`, where `flatsync_plugin.h` lives.
-pub(crate) fn header_dir() -> PathBuf {
+/// `tests/fixtures/c-plugin/<name>`.
+pub(crate) fn c_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("crates")
-        .join("plugin-api")
-        .join("include")
+        .join("fixtures")
+        .join("c-plugin")
+        .join(name)
 }
 
 /// Compiles `tests/fixtures/c-plugin/sink.c` as strict C99 into `<dir>/<file_name>`, with `-D`
-/// `defines` (e.g. `SINK_ABI_MAJOR=2`), and returns its canonical path. Mode 0755 whatever the
-/// umask: flatsync refuses a plugin that group or others can write.
+/// `defines` (e.g. `SINK_ABI_MAJOR=2`), and returns its canonical path.
 pub(crate) fn build_c_sink(dir: &Path, file_name: &str, defines: &[&str]) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("c-plugin")
-        .join("sink.c");
-    let out = dir.join(file_name);
-    let mut command = Command::new("cc");
-    command
-        .args([
-            "-std=c99",
-            "-pedantic-errors",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .args(["-shared", "-fPIC"])
-        .arg("-I")
-        .arg(header_dir())
-        .arg("-o")
-        .arg(&out)
-        .arg(&source);
-    for define in defines {
-        command.arg(format!("-D{define}"));
-    }
-    let output = command
-        .output()
-        .expect("cannot run `cc`: these tests need the system C compiler");
-    assert!(
-        output.status.success(),
-        "cc {} failed:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))
-        .expect("cannot chmod the compiled plugin");
+    let out = CBuild::new(c_fixture("sink.c"), "c99")
+        .pedantic()
+        .defines(defines)
+        .shared_library(&dir.join(file_name));
     // flatsync names a plugin by its canonical path; compare like with like.
     std::fs::canonicalize(&out).expect("the compiled plugin exists")
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
 use flatsync_tests::check::{csv_leftovers, csv_rows, integrity_check, sqlite_rows};
-use flatsync_tests::{Daemon, Sim, TestDir, wait};
+use flatsync_tests::{Daemon, RequestGate, Sim, TestDir, wait};
 
 use crate::common::EVENT_DEADLINE;
 
@@ -36,7 +36,11 @@ fn big_import(page_latency: Duration, drain_timeout_secs: u64, name: &str) -> (S
 #[test]
 fn sigterm_during_a_100k_row_delivery_exits_0_and_the_restart_loses_nothing() {
     let drain_timeout = Duration::from_secs(20);
-    let (sim, settings) = big_import(Duration::from_millis(40), 20, "drain-pause");
+    let (sim, settings) = big_import(
+        Duration::from_millis(40),
+        drain_timeout.as_secs(),
+        "drain-pause",
+    );
     let (csv_dir, db) = (
         settings.csv_dir("archive"),
         settings.sqlite_path("warehouse"),
@@ -59,22 +63,22 @@ fn sigterm_during_a_100k_row_delivery_exits_0_and_the_restart_loses_nothing() {
         "the delivery ended before SIGTERM: the test would prove nothing"
     );
 
-    let signalled = Instant::now();
     daemon.signal("TERM");
     let exit = daemon
-        .wait_exit(drain_timeout + Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no exit within the drain deadline\n{}", daemon.log_tail()));
-    let took = signalled.elapsed();
+        .wait_exit(EVENT_DEADLINE)
+        .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", daemon.log_tail()));
     assert!(
         exit.success(),
         "SIGTERM ended with {exit}\n{}",
         daemon.log_tail()
     );
-    assert!(
-        took <= drain_timeout,
-        "the stop took {took:?}, longer than the {drain_timeout:?} drain deadline"
-    );
     let log = daemon.log();
+    assert!(
+        !log.contains("Drain deadline reached"),
+        "the delivery had to be cut at the {drain_timeout:?} drain deadline instead of \
+         pausing at a checkpoint:\n{}",
+        daemon.log_tail()
+    );
     let progress = log
         .lines()
         .find(|l| l.contains("Stream progress"))
@@ -112,10 +116,16 @@ fn sigterm_during_a_100k_row_delivery_exits_0_and_the_restart_loses_nothing() {
 
 #[test]
 fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
-    // Each page takes 3 s to arrive, and the drain may last 1 s: the event is cut at its
-    // last checkpoint instead of waiting for the page.
-    let (sim, settings) = big_import(Duration::from_secs(3), 1, "drain-cut");
-    let settings = settings.set("fetch", "pages_in_flight", "1");
+    // The daemon reads the legacy API through a gate that lets the first page through and
+    // holds every later request: the event has a checkpoint and waits for a page that cannot
+    // arrive, so only the 1 s drain deadline can end it.
+    let drain_timeout = Duration::from_secs(1);
+    let (sim, settings) = big_import(Duration::ZERO, drain_timeout.as_secs(), "drain-cut");
+    let gate = RequestGate::start(sim.url(), 1);
+    let settings = settings
+        .legacy_api_url(&gate.url())
+        .set("fetch", "pages_in_flight", "1")
+        .set("daemon", "checkpoint_batches", "1");
     let (csv_dir, db) = (
         settings.csv_dir("archive"),
         settings.sqlite_path("warehouse"),
@@ -124,9 +134,14 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
     let reply = daemon.post(&legacy_webhook_body("b-slow", "evt-slow", 100_000));
     assert_eq!(reply.status, 200, "{}", reply.text());
     wait::until(
-        "the first page delivered",
+        "the first page checkpointed in both sinks and the next request held at the gate",
         EVENT_DEADLINE,
-        || (daemon.checkpointed_rows() >= 500).then_some(()),
+        || {
+            (daemon.checkpointed_rows_of("archive") >= 500
+                && daemon.checkpointed_rows_of("warehouse") >= 500
+                && gate.held() >= 1)
+                .then_some(())
+        },
         || daemon.log_tail(),
     );
 
@@ -173,13 +188,21 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
     );
 
     let exit = daemon
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(EVENT_DEADLINE)
         .unwrap_or_else(|| panic!("no exit after the drain deadline\n{}", daemon.log_tail()));
+    let took = signalled.elapsed();
     assert!(exit.success(), "the stop ended with {exit}");
+    // Order, not speed: the daemon is gone while the request for its next page still waits at
+    // the gate, so it cut the event instead of waiting for the page.
     assert!(
-        signalled.elapsed() < Duration::from_secs(3),
-        "the stop took {:?}: it waited for the slow page instead of cutting at the deadline",
-        signalled.elapsed()
+        gate.held() >= 1,
+        "the held page request was answered: {} passed, {} held",
+        gate.passed(),
+        gate.held()
+    );
+    assert!(
+        took >= drain_timeout,
+        "the stop took {took:?}: it did not wait the {drain_timeout:?} drain deadline"
     );
     assert!(
         daemon.log().contains("Drain deadline reached"),
@@ -191,14 +214,10 @@ fn webhooks_during_a_drain_get_503_and_the_deadline_cuts_slow_work() {
         "a refused webhook must not be in the inbox"
     );
 
-    // The next start resumes the cut event from its checkpoint: every row once. The sim's
-    // latency would make 200 pages take 10 minutes, so this daemon reads a fast simulator
-    // serving the same data.
-    let fast = Sim::start(SimConfig {
-        page_latency: Duration::ZERO,
-        ..sim.config().clone()
-    });
-    daemon.update_config(|s| s.sim(&fast));
+    // The next start, reading the simulator directly, resumes the cut event from its
+    // checkpoint: every row once.
+    drop(gate);
+    daemon.update_config(|s| s.sim(&sim));
     daemon.restart();
     let mut done: Vec<&str> = vec!["evt-slow"];
     done.extend(accepted_late.iter().map(|(_, event)| event.as_str()));

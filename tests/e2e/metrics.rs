@@ -1,172 +1,13 @@
 //! The admin listener: `/healthz`, `/readyz` and a `/metrics` scrape parsed line by line.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flatfile_sim::{Faults, SimConfig, legacy_webhook_body};
+use flatsync_test_kit::prometheus::Scrape;
 use flatsync_tests::daemon::free_port;
 use flatsync_tests::{Daemon, DaemonProcess, HttpReply, Sim, TestDir, http};
 
 use crate::common::EVENT_DEADLINE;
-
-/// One sample of the Prometheus text format.
-#[derive(Clone, Debug, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the text format (0.0.4) strictly: a line is blank, a `# HELP` or `# TYPE` comment,
-/// or `name{label="value",...} value [timestamp]`. Anything else fails with the line.
-fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
-    let mut samples = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let words: Vec<&str> = comment.split_whitespace().collect();
-            let known_type =
-                |t: &str| matches!(t, "counter" | "gauge" | "histogram" | "summary" | "untyped");
-            match words.as_slice() {
-                ["HELP", name, ..] if valid_name(name) => {}
-                ["TYPE", name, kind] if valid_name(name) && known_type(kind) => {}
-                _ => return Err(bad("unknown comment")),
-            }
-            continue;
-        }
-        let name_end = line
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-            .ok_or_else(|| bad("no value"))?;
-        let name = &line[..name_end];
-        if !valid_name(name) {
-            return Err(bad("bad metric name"));
-        }
-        let mut rest = &line[name_end..];
-        let mut labels = BTreeMap::new();
-        if let Some(after) = rest.strip_prefix('{') {
-            rest = after;
-            loop {
-                if let Some(after) = rest.strip_prefix('}') {
-                    rest = after;
-                    break;
-                }
-                let eq = rest.find('=').ok_or_else(|| bad("label without '='"))?;
-                let key = &rest[..eq];
-                if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(bad("bad label name"));
-                }
-                rest = rest[eq + 1..]
-                    .strip_prefix('"')
-                    .ok_or_else(|| bad("label value not quoted"))?;
-                let mut value = String::new();
-                let mut chars = rest.char_indices();
-                let end = loop {
-                    match chars.next() {
-                        Some((i, '"')) => break i,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, 'n')) => value.push('\n'),
-                            Some((_, c @ ('\\' | '"'))) => value.push(c),
-                            _ => return Err(bad("bad escape in a label value")),
-                        },
-                        Some((_, c)) => value.push(c),
-                        None => return Err(bad("unterminated label value")),
-                    }
-                };
-                if labels.insert(key.to_owned(), value).is_some() {
-                    return Err(bad("repeated label"));
-                }
-                rest = &rest[end + 1..];
-                if let Some(after) = rest.strip_prefix(',') {
-                    rest = after;
-                } else if !rest.starts_with('}') {
-                    return Err(bad("labels not separated by ','"));
-                }
-            }
-        }
-        let fields: Vec<&str> = rest.split(' ').filter(|f| !f.is_empty()).collect();
-        if !rest.starts_with(' ') {
-            return Err(bad("no space before the value"));
-        }
-        let value = match fields.as_slice() {
-            [value] | [value, _] => match *value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                "NaN" => f64::NAN,
-                v => v.parse::<f64>().map_err(|_| bad("bad value"))?,
-            },
-            _ => return Err(bad("expected a value and at most a timestamp")),
-        };
-        if let [_, timestamp] = fields.as_slice() {
-            timestamp.parse::<i64>().map_err(|_| bad("bad timestamp"))?;
-        }
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    Ok(samples)
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// A parsed scrape, with lookups that explain themselves.
-struct Scrape {
-    text: String,
-    samples: Vec<Sample>,
-}
-
-impl Scrape {
-    /// The value of the one series with this name and exactly these labels.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let found: Vec<f64> = self
-            .samples
-            .iter()
-            .filter(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-            .collect();
-        assert!(
-            found.len() <= 1,
-            "{name}{want:?} appears {} times in\n{}",
-            found.len(),
-            self.text
-        );
-        found.first().copied()
-    }
-
-    /// Like [`Scrape::value`], but the series must exist.
-    fn expect(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.value(name, labels)
-            .unwrap_or_else(|| panic!("no series {name}{labels:?} in the scrape:\n{}", self.text))
-    }
-
-    /// Sum over every series with this name whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-}
 
 /// Adds `[admin] listen` on a free port to a daemon's settings.
 fn with_admin(settings: Daemon) -> (Daemon, u16) {
@@ -197,9 +38,7 @@ fn scrape(daemon: &DaemonProcess, port: u16) -> Scrape {
         Some("text/plain; version=0.0.4; charset=utf-8"),
         "the Prometheus text format's content type"
     );
-    let text = reply.text();
-    let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
-    Scrape { text, samples }
+    Scrape::parse(reply.text()).unwrap_or_else(|e| panic!("{e}\nin:\n{}", reply.text()))
 }
 
 #[test]
@@ -284,11 +123,11 @@ fn metrics_count_a_legacy_import_and_health_endpoints_answer() {
     assert_eq!(metrics.sum("flatsync_fetch_retries_total", &[]), 0.0);
     assert!(
         metrics
-            .samples
+            .samples()
             .iter()
             .all(|s| s.name.starts_with("flatsync_")),
         "only flatsync's own series:\n{}",
-        metrics.text
+        metrics.text()
     );
 
     let status = daemon.stop();
@@ -336,9 +175,10 @@ fn retried_fetches_are_counted_by_endpoint_and_reason() {
         &[("endpoint", "legacy_rows")],
     );
     assert_eq!(
-        retries, stats.injected_errors as f64,
+        retries,
+        stats.injected_errors as f64,
         "every injected 500/503 was retried once: {stats:?}\n{}",
-        metrics.text
+        metrics.text()
     );
     let by_reason = metrics.sum(
         "flatsync_fetch_retries_total",
@@ -348,9 +188,10 @@ fn retried_fetches_are_counted_by_endpoint_and_reason() {
         &[("endpoint", "legacy_rows"), ("reason", "http_503")],
     );
     assert_eq!(
-        by_reason, retries,
+        by_reason,
+        retries,
         "reasons name the status:\n{}",
-        metrics.text
+        metrics.text()
     );
     assert_eq!(
         metrics.expect(

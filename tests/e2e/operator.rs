@@ -9,6 +9,7 @@ use std::process::Output;
 
 use flatfile_sim::{legacy_row_ids, legacy_webhook_body, submit_event_body};
 use flatsync_core::{EventStatus, StateDb};
+use flatsync_test_kit::sqlite::damage_pages_holding;
 use flatsync_tests::check::{csv_files, csv_rows, sqlite_rows};
 use flatsync_tests::daemon::open_read_only;
 use flatsync_tests::{Artifacts, Daemon, DaemonProcess, Sim, TestDir, wait};
@@ -357,26 +358,6 @@ fn a_dead_letter_retried_after_the_fault_is_fixed_delivers_every_row_exactly_onc
         (&Value::from(1), &Value::from(0), &Value::from(rows)),
         "{archive:#}"
     );
-}
-
-/// Overwrites with garbage every page of an SQLite file that holds `marker`; returns how many.
-fn damage_pages_holding(path: &Path, marker: &[u8]) -> usize {
-    let mut bytes = std::fs::read(path).expect("read the state database");
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65_536,
-        n => usize::from(n),
-    };
-    let mut damaged = 0;
-    for page in bytes.chunks_mut(page_size) {
-        if page.windows(marker.len()).any(|w| w == marker) {
-            for (i, byte) in page.iter_mut().enumerate() {
-                *byte = b"garbage!"[i % 8];
-            }
-            damaged += 1;
-        }
-    }
-    std::fs::write(path, bytes).expect("write the state database");
-    damaged
 }
 
 fn quarantined(state_dir: &Path) -> Vec<PathBuf> {

@@ -89,6 +89,13 @@ impl Daemon {
         self
     }
 
+    /// Reads the legacy API from `url` (e.g. a [`crate::RequestGate`] in front of a simulator)
+    /// with the key already set.
+    pub fn legacy_api_url(mut self, url: &str) -> Daemon {
+        url.clone_into(&mut self.legacy_api_url);
+        self
+    }
+
     /// Reads the Platform API from `sim`.
     pub fn platform_sim(mut self, sim: &Sim) -> Daemon {
         self.api_url = sim.url().to_owned();

@@ -10,6 +10,8 @@
 //! - [`http`] is a tiny blocking HTTP/1.1 client for webhooks and the simulator.
 //! - [`check`] reads what the sinks wrote and compares it with what the simulator served.
 //! - [`wait`] polls with deadlines and explains what it was waiting for when it gives up.
+//! - [`gate`] holds the daemon's requests to the simulator, so a test can stop the daemon while
+//!   a page it waits for cannot arrive.
 //!
 //! Everything binds 127.0.0.1 and lives in its own temporary directory, so tests run in
 //! parallel. Every loop is bounded in time.
@@ -18,6 +20,7 @@ pub mod artifacts;
 pub mod check;
 pub mod daemon;
 pub mod disk;
+pub mod gate;
 pub mod http;
 pub mod sim;
 pub mod wait;
@@ -25,6 +28,7 @@ pub mod wait;
 pub use artifacts::Artifacts;
 pub use check::{CsvFile, Tally};
 pub use daemon::{Daemon, DaemonProcess, EventRow};
+pub use gate::RequestGate;
 pub use http::HttpReply;
 pub use sim::Sim;
 pub use wait::TestDir;

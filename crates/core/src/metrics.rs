@@ -309,124 +309,12 @@ fn escape_label_value(value: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    // The scrape parser is shared with the e2e tests; admin's tests import it from here.
+    pub(crate) use flatsync_test_kit::prometheus::{parse_exposition, value_of};
+
     use std::collections::BTreeMap;
 
     use super::*;
-
-    /// One sample of the text format.
-    #[derive(Clone, Debug, PartialEq)]
-    pub(crate) struct Sample {
-        pub(crate) name: String,
-        pub(crate) labels: BTreeMap<String, String>,
-        pub(crate) value: f64,
-    }
-
-    /// Parses the Prometheus text format strictly: every line is blank, a `# HELP`/`# TYPE`
-    /// comment, or `name{labels} value`; anything else is an error naming the line.
-    pub(crate) fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
-        let mut samples = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(comment) = line.strip_prefix('#') {
-                let mut words = comment.split_whitespace();
-                match (words.next(), words.next(), words.next()) {
-                    (Some("HELP"), Some(_), _) => {}
-                    (
-                        Some("TYPE"),
-                        Some(_),
-                        Some("counter" | "gauge" | "histogram" | "summary" | "untyped"),
-                    ) => {}
-                    _ => return Err(bad("unknown comment")),
-                }
-                continue;
-            }
-            let name_end = line
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-                .ok_or_else(|| bad("no value"))?;
-            let name = &line[..name_end];
-            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err(bad("bad metric name"));
-            }
-            let mut rest = &line[name_end..];
-            let mut labels = BTreeMap::new();
-            if let Some(after) = rest.strip_prefix('{') {
-                rest = after;
-                loop {
-                    if let Some(after) = rest.strip_prefix('}') {
-                        rest = after;
-                        break;
-                    }
-                    let eq = rest.find('=').ok_or_else(|| bad("label without ="))?;
-                    let key = &rest[..eq];
-                    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
-                        return Err(bad("bad label name"));
-                    }
-                    rest = rest[eq + 1..]
-                        .strip_prefix('"')
-                        .ok_or_else(|| bad("label value not quoted"))?;
-                    let mut value = String::new();
-                    let mut chars = rest.char_indices();
-                    let end = loop {
-                        match chars.next() {
-                            Some((i, '"')) => break i,
-                            Some((_, '\\')) => match chars.next() {
-                                Some((_, 'n')) => value.push('\n'),
-                                Some((_, c @ ('\\' | '"'))) => value.push(c),
-                                _ => return Err(bad("bad escape")),
-                            },
-                            Some((_, c)) => value.push(c),
-                            None => return Err(bad("unterminated label value")),
-                        }
-                    };
-                    labels.insert(key.to_owned(), value);
-                    rest = &rest[end + 1..];
-                    rest = rest.strip_prefix(',').unwrap_or(rest);
-                }
-            }
-            let mut fields = rest.split_whitespace();
-            let value = match fields.next() {
-                Some("+Inf") => f64::INFINITY,
-                Some("-Inf") => f64::NEG_INFINITY,
-                Some(v) => v.parse::<f64>().map_err(|_| bad("bad value"))?,
-                None => return Err(bad("no value")),
-            };
-            if let Some(ts) = fields.next() {
-                ts.parse::<i64>().map_err(|_| bad("bad timestamp"))?;
-            }
-            if fields.next().is_some() || !rest.starts_with(' ') {
-                return Err(bad("unexpected text"));
-            }
-            samples.push(Sample {
-                name: name.to_owned(),
-                labels,
-                value,
-            });
-        }
-        Ok(samples)
-    }
-
-    /// The value of the one sample with this name and exactly these labels.
-    pub(crate) fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let found: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-            .collect();
-        assert!(
-            found.len() <= 1,
-            "{name}{want:?} appears {} times",
-            found.len()
-        );
-        found.first().copied()
-    }
 
     #[test]
     fn topics_are_cut_and_reduced_to_safe_characters() {
@@ -638,24 +526,5 @@ pub(crate) mod tests {
             Some(0.0),
             "{text}"
         );
-    }
-
-    #[test]
-    fn the_parser_rejects_malformed_lines() {
-        for bad in [
-            "flatsync_x",
-            "flatsync_x{a=\"b\"}",
-            "flatsync_x{a=b} 1",
-            "flatsync_x{a=\"b} 1",
-            "flatsync_x one",
-            "# NOPE x",
-            "9x 1",
-            "flatsync_x 1 2 3",
-        ] {
-            assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
-        }
-        let ok = parse_exposition("a_b{x=\"1\",y=\"q\\\"\"} 2.5\nc +Inf\n").expect("valid");
-        assert_eq!(ok.len(), 2);
-        assert_eq!(ok[0].labels["y"], "q\"");
     }
 }

@@ -1,5 +1,7 @@
 //! Times as operators type and read them: RFC 3339 in UTC, and durations like `2h` or `7d`.
 
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime};
+
 const MS_PER_SECOND: i64 = 1_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -65,13 +67,7 @@ pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
     let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut rest = &text[19..];
@@ -103,80 +99,57 @@ pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let seconds = days_from_civil(year, month, day) * SECONDS_PER_DAY
-        + hour * 3_600
-        + minute * 60
-        + second.min(59)
-        - offset_seconds;
+    let midnight = calendar_date(year, month, day)?
+        .midnight()
+        .assume_utc()
+        .unix_timestamp();
+    let seconds = midnight + hour * 3_600 + minute * 60 + second.min(59) - offset_seconds;
     Some(seconds * MS_PER_SECOND + millis)
 }
 
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+/// The Gregorian date, if there is one with these numbers.
+fn calendar_date(year: i64, month: i64, day: i64) -> Option<Date> {
+    let month = Month::try_from(u8::try_from(month).ok()?).ok()?;
+    Date::from_calendar_date(i32::try_from(year).ok()?, month, u8::try_from(day).ok()?).ok()
 }
 
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+/// The UTC time `ms` milliseconds after the Unix epoch. `time` counts years -9999 to 9999;
+/// instants beyond them, which no clock or stored timestamp comes near, clamp to those ends.
+fn utc(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or_else(|_| {
+        let end = if ms < 0 {
+            PrimitiveDateTime::MIN
+        } else {
+            PrimitiveDateTime::MAX
+        };
+        end.assume_utc()
+    })
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let shifted_month = (month + 9) % 12;
-    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// `2024-05-01T12:00:00`: an RFC 3339 time up to its fraction and offset.
+fn date_and_time(at: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
 }
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, to the second:
 /// `2024-05-01T12:00:00Z`.
 pub fn format_utc(ms: i64) -> String {
-    let seconds = ms.div_euclid(MS_PER_SECOND);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
-    let of_day = seconds.rem_euclid(SECONDS_PER_DAY);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60
-    )
+    format!("{}Z", date_and_time(utc(ms)))
 }
 
 /// Formats milliseconds since the Unix epoch the way JavaScript's `toISOString()` does, which
 /// is how Flatfile's own clients send `since`: `2024-05-01T12:00:00.250Z`.
 pub(crate) fn format_utc_millis(ms: i64) -> String {
-    let seconds = format_utc(ms);
-    format!(
-        "{}.{:03}Z",
-        seconds.trim_end_matches('Z'),
-        ms.rem_euclid(MS_PER_SECOND)
-    )
+    let at = utc(ms);
+    format!("{}.{:03}Z", date_and_time(at), at.millisecond())
 }
 
 /// A compact UTC timestamp for directory names: `20240501T120000Z`.
@@ -228,6 +201,87 @@ mod tests {
     }
 
     #[test]
+    fn calendar_edges_are_read_and_written_as_the_gregorian_calendar_has_them() {
+        // Leap years: every fourth, but not every hundredth, but every four hundredth.
+        for (text, accepted) in [
+            ("2024-02-29T00:00:00Z", true),
+            ("2023-02-29T00:00:00Z", false),
+            ("1900-02-29T00:00:00Z", false),
+            ("2000-02-29T00:00:00Z", true),
+            ("2100-02-29T00:00:00Z", false),
+            ("2400-02-29T00:00:00Z", true),
+            ("2024-04-31T00:00:00Z", false),
+            ("2024-12-31T00:00:00Z", true),
+            ("2024-00-10T00:00:00Z", false),
+            ("2024-05-00T00:00:00Z", false),
+            ("2024-05-32T00:00:00Z", false),
+        ] {
+            assert_eq!(parse_rfc3339(text).is_some(), accepted, "{text}");
+        }
+        for (text, ms) in [
+            ("0000-01-01T00:00:00Z", -62_167_219_200_000),
+            ("0001-01-01T00:00:00Z", -62_135_596_800_000),
+            ("1900-03-01T00:00:00Z", -2_203_891_200_000),
+            ("1969-12-31T23:59:59.999Z", -1),
+            ("2400-02-29T00:00:00Z", 13_574_563_200_000),
+            ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for (ms, text) in [
+            (-62_167_219_200_000, "0000-01-01T00:00:00.000Z"),
+            (-2_203_891_200_001, "1900-02-28T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+            (13_574_563_200_000, "2400-02-29T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(format_utc_millis(ms), text, "{ms}");
+        }
+        assert_eq!(format_utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(compact_utc(-1), "19691231T235959Z");
+    }
+
+    #[test]
+    fn offsets_fractions_and_separators_are_read_as_they_always_were() {
+        let noon = 1_714_564_800_000; // 2024-05-01T12:00:00Z
+        for (text, ms) in [
+            ("2024-05-01t12:00:00z", noon),
+            ("2024-05-01 12:00:00Z", noon),
+            ("2024-05-01T12:00:00-00:00", noon),
+            ("2024-05-02T02:00:00+14:00", noon),
+            ("2024-04-30T12:01:00-23:59", noon),
+            // Fractions of any length, cut to the millisecond.
+            ("2024-05-01T12:00:00.5Z", noon + 500),
+            ("2024-05-01T12:00:00.05Z", noon + 50),
+            ("2024-05-01T12:00:00.123999999999Z", noon + 123),
+            // A leap second reads as the second before it.
+            ("2024-05-01T12:00:60Z", noon + 59_000),
+            // An offset can move the instant into the previous year.
+            ("2000-01-01T00:30:00+01:00", 946_683_000_000),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for bad in [
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:60:00Z",
+            "2024-05-01T12:00:61Z",
+            "2024-05-01T12:00:00+24:00",
+            "2024-05-01T12:00:00+02:60",
+            "2024-05-01T12:00:00+0200",
+            "2024-05-01T12:00:00+02",
+            "2024-05-01T12:00:00Zjunk",
+            "2024-05-01X12:00:00Z",
+            "2024-05-01T12:00Z",
+            "+024-05-01T12:00:00Z",
+            "2024-5-01T12:00:00Z",
+            "2024-05-01T12:00:00,5Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn durations_count_back_from_now() {
         let now = 10 * 86_400_000;
         assert_eq!(parse_since("30m", now).unwrap(), now - 1_800_000);
@@ -252,5 +306,11 @@ mod tests {
         }
         assert_eq!(format_utc(1_714_564_800_999), "2024-05-01T12:00:00Z");
         assert_eq!(compact_utc(1_714_564_800_000), "20240501T120000Z");
+    }
+
+    #[test]
+    fn instants_beyond_the_calendar_clamp_to_its_ends() {
+        assert_eq!(format_utc_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_utc(i64::MIN), "-9999-01-01T00:00:00Z");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime};
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -11,18 +13,20 @@ pub(crate) fn now_ms() -> u64 {
         })
 }
 
-/// Formats milliseconds since the Unix epoch as UTC with millisecond precision.
+/// Formats milliseconds since the Unix epoch as UTC with millisecond precision. Instants past
+/// the year 9999, which `time` does not count, clamp to its last millisecond.
 pub(crate) fn iso_millis(ms: u64) -> String {
-    let secs = ms / 1000;
-    let millis = ms % 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let second_of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(PrimitiveDateTime::MAX.assume_utc());
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        (second_of_day / 60) % 60,
-        second_of_day % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
     )
 }
 
@@ -44,10 +48,13 @@ pub(crate) fn parse_iso_millis(text: &str) -> Option<u64> {
         return None;
     }
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    let mut ms = days_from_civil(year, month, day) * 86_400_000;
+    let date = Date::from_calendar_date(
+        i32::try_from(year).ok()?,
+        Month::try_from(u8::try_from(month).ok()?).ok()?,
+        u8::try_from(day).ok()?,
+    )
+    .ok()?;
+    let mut ms = date.midnight().assume_utc().unix_timestamp() * 1000;
     let rest = &bytes[10..];
     if !rest.is_empty() {
         if !matches!(rest[0], b'T' | b't' | b' ')
@@ -99,54 +106,6 @@ pub(crate) fn parse_iso_millis(text: &str) -> Option<u64> {
     Some(u64::try_from(ms).unwrap_or(0))
 }
 
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Day count since 1970-01-01 of a proleptic Gregorian date, the inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (the usual era-based conversion:
-/// eras of 400 years are 146,097 days long, and counting years from March puts the leap day last).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).expect("a month is between 1 and 12"),
-        u32::try_from(day).expect("a day is between 1 and 31"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::{iso_millis, parse_iso_millis};
@@ -194,6 +153,67 @@ mod tests {
             Some(1_714_658_320_012)
         );
         assert_eq!(parse_iso_millis("1969-12-31T23:59:59.000Z"), Some(0));
+    }
+
+    #[test]
+    fn calendar_edges_are_read_and_written_as_the_gregorian_calendar_has_them() {
+        for (text, ms) in [
+            ("2000-02-29", Some(951_782_400_000)),
+            ("2400-02-29", Some(13_574_563_200_000)),
+            ("1900-02-29", None),
+            ("2100-02-29", None),
+            ("2024-04-31", None),
+            ("2024-00-01", None),
+            ("2024-01-00", None),
+            ("2024-12-31", Some(1_735_603_200_000)),
+            ("9999-12-31T23:59:59.999Z", Some(253_402_300_799_999)),
+            ("0000-01-01", Some(0)),
+            ("1970-01-01T00:00:00.001Z", Some(1)),
+        ] {
+            assert_eq!(parse_iso_millis(text), ms, "{text}");
+        }
+        for (ms, text) in [
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+            (13_574_563_200_000, "2400-02-29T00:00:00.000Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(iso_millis(ms), text, "{ms}");
+        }
+        // Past the year 9999, which no clock reaches, the last millisecond.
+        assert_eq!(iso_millis(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn offsets_fractions_and_separators_are_read_as_they_always_were() {
+        let at = 1_714_658_320_000; // 2024-05-02T13:58:40Z
+        for (text, ms) in [
+            ("2024-05-02t13:58:40z", at),
+            ("2024-05-02 13:58:40Z", at),
+            ("2024-05-02T13:58:40-00:00", at),
+            ("2024-05-03T03:58:40+14:00", at),
+            ("2024-05-01T13:59:40-23:59", at),
+            ("2024-05-02T13:58:40.5Z", at + 500),
+            ("2024-05-02T13:58:40.999000001Z", at + 1_000),
+            // A leap second counts as the first second of the next minute.
+            ("2016-12-31T23:59:60Z", 1_483_228_800_000),
+            ("2000-01-01T00:30:00+01:00", 946_683_000_000),
+        ] {
+            assert_eq!(parse_iso_millis(text), Some(ms), "{text}");
+        }
+        for bad in [
+            "2024-05-02T",
+            "2024-05-02T13:58Z",
+            "2024-05-02T13:60:00Z",
+            "2024-05-02T13:58:61Z",
+            "2024-05-02T13:58:40+24:00",
+            "2024-05-02T13:58:40+02:60",
+            "2024-05-02T13:58:40+02",
+            "2024-05-02X13:58:40Z",
+            "2024-05-02T13:58:40,5Z",
+        ] {
+            assert_eq!(parse_iso_millis(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

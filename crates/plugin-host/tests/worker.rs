@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flatsync_plugin_host::{LoadedPlugin, OwnedBatch, SinkError, SinkOptions, SinkWorker};
 
@@ -25,6 +25,78 @@ fn fixture() -> Fixture {
         plugin,
         root,
     }
+}
+
+impl Fixture {
+    /// Starts an instance of the counter sink that is expected to start.
+    async fn start(&self, name: &str, config: String, options: SinkOptions) -> SinkWorker {
+        SinkWorker::spawn(Arc::clone(&self.plugin), name, config, options)
+            .await
+            .unwrap_or_else(|e| panic!("sink {name} does not start: {e}"))
+    }
+}
+
+/// A file the counter sink waits for before going on with a call (its `gate` and
+/// `destroy_gate` keys). While it is shut, a test knows the call is still inside the plugin,
+/// however slow the machine, instead of guessing it from a sleep.
+struct Gate {
+    path: PathBuf,
+}
+
+impl Gate {
+    fn new(dir: &Path, name: &str) -> Gate {
+        Gate {
+            path: dir.join(name),
+        }
+    }
+
+    /// `config` with `key` naming this gate.
+    fn in_config(&self, config: String, key: &str) -> String {
+        let object = config.strip_suffix('}').expect("a JSON object");
+        format!(r#"{object}, "{key}": "{}"}}"#, self.path.display())
+    }
+
+    fn open(&self) {
+        std::fs::write(&self.path, b"").expect("open the gate");
+    }
+}
+
+/// A guard against a hang, not a speed claim: only a broken worker comes near it.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// The call timeout of the tests about timeouts: far beyond what a loaded machine takes for a
+/// quick call on the real clock, and reached at once on the paused one. Below [`HANG_GUARD`].
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `call`, failing instead of hanging if it never returns. On a paused clock the guard fires
+/// as soon as nothing else can happen, so a broken worker fails at once.
+async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG_GUARD, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+/// Waits until the counter sink recorded `line`.
+async fn until_recorded(record: &Path, line: &str) {
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while !common::recorded(record).iter().any(|l| l == line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never recorded {line:?}: {:#?}",
+            record.display(),
+            common::recorded(record)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asserts that the paused clock moved by `expected`, up to the millisecond tokio's timer
+/// rounds a deadline up to: a wait on a paused clock ends at the timer that fires, never later.
+fn assert_waited(elapsed: Duration, expected: Duration, what: &str) {
+    assert!(
+        elapsed >= expected && elapsed <= expected + Duration::from_millis(1),
+        "waited {elapsed:?} for {what}, expected {expected:?}"
+    );
 }
 
 /// Config for the counter sink: records into `record`, plus extra integer keys.
@@ -133,14 +205,9 @@ async fn deletions_go_flagged_only_to_plugins_that_declare_them() {
 async fn create_write_flush_shutdown_round_trip() {
     let fx = fixture();
     let record = fx.root.join("round-trip.log");
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "orders",
-        config(&record, &[]),
-        fast_options(),
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start("orders", config(&record, &[]), fast_options())
+        .await;
     assert_eq!(worker.instance_name(), "orders");
     assert_eq!(worker.plugin().name(), "counter");
 
@@ -199,14 +266,13 @@ async fn create_write_flush_shutdown_round_trip() {
 async fn retry_resends_the_same_batch_until_ok() {
     let fx = fixture();
     let record = fx.root.join("retry.log");
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "flaky",
-        config(&record, &[("retries", 2), ("flush_retries", 1)]),
-        fast_options(),
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start(
+            "flaky",
+            config(&record, &[("retries", 2), ("flush_retries", 1)]),
+            fast_options(),
+        )
+        .await;
 
     worker
         .write_batch(batch(0, false))
@@ -244,14 +310,9 @@ async fn retries_run_out_with_the_last_message() {
         max_attempts: 3,
         ..fast_options()
     };
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "busy",
-        config(&record, &[("retries", 100)]),
-        options,
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start("busy", config(&record, &[("retries", 100)]), options)
+        .await;
     let err = worker
         .write_batch(batch(0, false))
         .await
@@ -279,14 +340,9 @@ async fn retries_run_out_with_the_last_message() {
 async fn fatal_carries_the_plugin_message() {
     let fx = fixture();
     let record = fx.root.join("fatal.log");
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "full",
-        config(&record, &[("fatal", 1)]),
-        fast_options(),
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start("full", config(&record, &[("fatal", 1)]), fast_options())
+        .await;
     let err = worker
         .write_batch(batch(0, false))
         .await
@@ -309,14 +365,13 @@ async fn unknown_status_is_fatal() {
     let fx = fixture();
     for status in [7_i64, -1] {
         let record = fx.root.join(format!("status{status}.log"));
-        let worker = SinkWorker::spawn(
-            Arc::clone(&fx.plugin),
-            "odd",
-            config(&record, &[("status", status)]),
-            fast_options(),
-        )
-        .await
-        .expect("sink starts");
+        let worker = fx
+            .start(
+                "odd",
+                config(&record, &[("status", status)]),
+                fast_options(),
+            )
+            .await;
         let err = worker
             .write_batch(batch(0, false))
             .await
@@ -402,78 +457,84 @@ async fn failed_check_destroys_the_instance() {
 async fn slow_call_stalls_the_worker_and_shutdown_does_not_wait() {
     let fx = fixture();
     let record = fx.root.join("slow.log");
+    let gate = Gate::new(&fx.root, "slow.gate");
+    let call_timeout = CALL_TIMEOUT;
     let options = SinkOptions {
-        call_timeout: Duration::from_millis(300),
+        call_timeout,
         ..fast_options()
     };
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "slow",
-        config(&record, &[("sleep_ms", 3_000)]),
-        options,
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start(
+            "slow",
+            gate.in_config(config(&record, &[]), "gate"),
+            options,
+        )
+        .await;
 
-    let started = Instant::now();
-    let err = worker
-        .write_batch(batch(0, false))
+    // From here the clock moves only when every task waits for a timer: a wait is measured
+    // exactly, and "at once" means no time passed at all.
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let err = bounded("the slow write", worker.write_batch(batch(0, false)))
         .await
         .expect_err("times out");
-    let waited = started.elapsed();
     assert!(
-        matches!(err, SinkError::Stalled { after, .. } if after == Duration::from_millis(300)),
+        matches!(err, SinkError::Stalled { after, .. } if after == call_timeout),
         "{err:?}"
     );
-    assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
-        "{waited:?}"
-    );
+    assert_waited(started.elapsed(), call_timeout, "the call timeout");
     assert!(worker.is_stalled());
 
     // Later calls fail at once rather than queueing behind the stuck one.
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     assert!(matches!(
-        worker.flush().await,
+        bounded("flush", worker.flush()).await,
         Err(SinkError::Stalled { .. })
     ));
     assert!(matches!(
-        worker.write_batch(batch(1, false)).await,
+        bounded("a second write", worker.write_batch(batch(1, false))).await,
         Err(SinkError::Stalled { .. })
     ));
-    worker.shutdown().await;
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
+    bounded("shutdown", worker.shutdown()).await;
+    assert_eq!(started.elapsed(), Duration::ZERO, "no call waited");
+
+    // All of that happened while the first write was inside the plugin, and it still is.
+    tokio::time::resume();
+    until_recorded(&record, "enter seq=0").await;
+    let lines = common::recorded(&record);
+    assert!(writes(&lines).is_empty(), "{lines:#?}");
+    gate.open();
 }
 
 #[tokio::test]
 async fn shutdown_gives_up_on_a_slow_destroy() {
     let fx = fixture();
     let record = fx.root.join("slow-destroy.log");
+    let gate = Gate::new(&fx.root, "destroy.gate");
+    let call_timeout = CALL_TIMEOUT;
     let options = SinkOptions {
-        call_timeout: Duration::from_millis(300),
+        call_timeout,
         ..fast_options()
     };
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "lingering",
-        config(&record, &[("destroy_sleep_ms", 3_000)]),
-        options,
-    )
-    .await
-    .expect("sink starts");
+    let config = gate.in_config(config(&record, &[]), "destroy_gate");
+    let worker = fx.start("lingering", config, options).await;
     worker.write_batch(batch(0, true)).await.expect("accepted");
-    let started = Instant::now();
-    worker.shutdown().await;
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
-        "{waited:?}"
+
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    bounded("shutdown", worker.shutdown()).await;
+    assert_waited(
+        started.elapsed(),
+        call_timeout,
+        "destroy, up to the call timeout",
     );
+    tokio::time::resume();
+    until_recorded(&record, "enter destroy").await;
     assert!(!common::recorded(&record).contains(&"destroy".to_owned()));
+
+    // The thread left behind finishes destroy once the plugin returns.
+    gate.open();
+    until_recorded(&record, "destroy").await;
 }
 
 /// What a stopping daemon does with a sink whose thread is inside a call that outlives the
@@ -483,31 +544,32 @@ async fn shutdown_gives_up_on_a_slow_destroy() {
 async fn shutdown_by_leaves_a_thread_busy_in_a_call_at_its_deadline() {
     let fx = fixture();
     let record = fx.root.join("busy.log");
+    let gate = Gate::new(&fx.root, "busy.gate");
     let options = SinkOptions {
         call_timeout: Duration::from_secs(3600),
         ..fast_options()
     };
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "busy",
-        config(&record, &[("sleep_ms", 20_000)]),
-        options,
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start(
+            "busy",
+            gate.in_config(config(&record, &[]), "gate"),
+            options,
+        )
+        .await;
     let caller = {
         let worker = worker.clone();
         tokio::spawn(async move { worker.write_batch(batch(0, true)).await })
     };
-    // The call is on the sink thread once the caller is waiting for its reply.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_recorded(&record, "enter seq=0").await;
     caller.abort();
     assert!(!worker.is_stalled(), "the call timeout is far away");
 
-    worker
-        .shutdown_by(tokio::time::Instant::now() + Duration::from_millis(300))
-        .await;
-    // Returned while the plugin still sleeps in write_batch: neither the write nor destroy
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let drain = Duration::from_millis(300);
+    bounded("shutdown_by", worker.shutdown_by(started + drain)).await;
+    assert_waited(started.elapsed(), drain, "its deadline");
+    // Returned while the plugin still waits in write_batch: neither the write nor destroy
     // has been recorded, and the worker takes no more calls.
     let lines = common::recorded(&record);
     assert!(
@@ -518,32 +580,24 @@ async fn shutdown_by_leaves_a_thread_busy_in_a_call_at_its_deadline() {
     );
     assert!(worker.is_stalled());
     assert!(matches!(
-        worker.flush().await,
+        bounded("flush", worker.flush()).await,
         Err(SinkError::Stalled { .. })
     ));
+    gate.open();
 }
 
 #[tokio::test]
 async fn dropping_every_handle_destroys_the_instance() {
     let fx = fixture();
     let record = fx.root.join("dropped.log");
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "dropped",
-        config(&record, &[]),
-        fast_options(),
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start("dropped", config(&record, &[]), fast_options())
+        .await;
     let clone = worker.clone();
     worker.write_batch(batch(0, true)).await.expect("accepted");
     drop(worker);
     drop(clone);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !common::recorded(&record).contains(&"destroy".to_owned()) {
-        assert!(Instant::now() < deadline, "destroy never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_recorded(&record, "destroy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,26 +605,28 @@ async fn instances_run_on_their_own_threads_in_parallel() {
     let fx = fixture();
     let record_a = fx.root.join("a.log");
     let record_b = fx.root.join("b.log");
-    // Each write takes 400 ms; run in parallel, 3 writes on each of two sinks take ~1.2 s,
-    // one after the other they would take 2.4 s.
-    let a = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "alpha",
-        config(&record_a, &[("sleep_ms", 400)]),
-        fast_options(),
-    )
-    .await
-    .expect("alpha starts");
-    let b = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "beta",
-        config(&record_b, &[("sleep_ms", 400)]),
-        fast_options(),
-    )
-    .await
-    .expect("beta starts");
+    // Every write waits at one gate, opened only once both sinks are inside a write: if one
+    // sink's call held up the other's, the second would never get in.
+    let gate = Gate::new(&fx.root, "parallel.gate");
+    let options = SinkOptions {
+        call_timeout: Duration::from_secs(3600),
+        ..fast_options()
+    };
+    let a = fx
+        .start(
+            "alpha",
+            gate.in_config(config(&record_a, &[]), "gate"),
+            options.clone(),
+        )
+        .await;
+    let b = fx
+        .start(
+            "beta",
+            gate.in_config(config(&record_b, &[]), "gate"),
+            options,
+        )
+        .await;
 
-    let started = Instant::now();
     let run = |worker: SinkWorker| async move {
         for seq in 0..3 {
             worker.write_batch(batch(seq, seq == 2)).await?;
@@ -579,14 +635,12 @@ async fn instances_run_on_their_own_threads_in_parallel() {
         worker.shutdown().await;
         Ok::<_, SinkError>(())
     };
-    let (ra, rb) = tokio::join!(run(a), run(b));
-    ra.expect("alpha ok");
-    rb.expect("beta ok");
-    assert!(
-        started.elapsed() < Duration::from_millis(2_000),
-        "{:?}",
-        started.elapsed()
-    );
+    let (ra, rb) = (tokio::spawn(run(a)), tokio::spawn(run(b)));
+    until_recorded(&record_a, "enter seq=0").await;
+    until_recorded(&record_b, "enter seq=0").await;
+    gate.open();
+    ra.await.expect("alpha task").expect("alpha ok");
+    rb.await.expect("beta task").expect("beta ok");
 
     for (record, thread) in [(&record_a, "sink-alpha"), (&record_b, "sink-beta")] {
         let lines = common::recorded(record);
@@ -604,14 +658,9 @@ async fn instances_run_on_their_own_threads_in_parallel() {
 async fn concurrent_callers_never_interleave_a_retried_batch() {
     let fx = fixture();
     let record = fx.root.join("serial.log");
-    let worker = SinkWorker::spawn(
-        Arc::clone(&fx.plugin),
-        "serial",
-        config(&record, &[("retries", 2)]),
-        fast_options(),
-    )
-    .await
-    .expect("sink starts");
+    let worker = fx
+        .start("serial", config(&record, &[("retries", 2)]), fast_options())
+        .await;
     let other = worker.clone();
     let (first, second) = tokio::join!(
         worker.write_batch(batch(0, false)),

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use flatsync_test_kit::sqlite::damage_pages_holding;
+
 use super::*;
 use crate::config::{Config, SecretSource};
 use crate::pipeline::route::TopicPattern;
@@ -628,26 +630,6 @@ async fn commands_need_an_existing_database_and_read_only_ones_cannot_write() {
     // `state::operator`'s test.
     let _db = sample(dir.path()).await;
     assert!(OpsDb::open_read_only(dir.path()).is_ok());
-}
-
-/// Overwrites with garbage every page of the database file holding `marker`; returns how many.
-fn damage_pages_holding(path: &Path, marker: &[u8]) -> usize {
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65_536,
-        n => usize::from(n),
-    };
-    let mut damaged = 0;
-    for page in bytes.chunks_mut(page_size) {
-        if page.windows(marker.len()).any(|w| w == marker) {
-            for (i, byte) in page.iter_mut().enumerate() {
-                *byte = b"garbage!"[i % 8];
-            }
-            damaged += 1;
-        }
-    }
-    std::fs::write(path, bytes).unwrap();
-    damaged
 }
 
 /// Five pending events (one planned, with a checkpoint) then 60 done events whose 3 kB bodies

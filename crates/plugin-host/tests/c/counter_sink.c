@@ -7,11 +7,14 @@
  *   flush_retries  RETRY this many times per flush before OK
  *   status         write_batch returns this status, without a message
  *   fatal          write_batch returns FATAL with the message "disk full"
- *   sleep_ms       write_batch sleeps this long first
- *   destroy_sleep_ms  destroy sleeps this long first
  *   fail_create    create returns FATAL with a message
  *   create_status  create returns this status, without a message
  *   fail_check     check returns FATAL with a message
+ * and by path keys naming gates, files the test creates to let a call go on:
+ *   gate           write_batch records "enter seq=N", then waits until this file exists
+ *   destroy_gate   destroy records "enter destroy", then waits until this file exists
+ * A gated call is one a test knows to be running inside the plugin, for as long as it likes,
+ * without timing anything.
  *
  * Broken variants for the loader tests are selected with -D: VARIANT_BAD_MAGIC,
  * VARIANT_NULL_WRITE, VARIANT_SMALL, VARIANT_NULL_DESCRIPTOR, VARIANT_BAD_NAME.
@@ -23,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "flatsync_plugin.h"
 
@@ -30,7 +34,9 @@ typedef struct {
     const flatsync_host *host;
     char name[64];
     char record[1024];
-    long retries, flush_retries, status, fatal, sleep_ms, destroy_sleep_ms, fail_check;
+    char gate[1024];
+    char destroy_gate[1024];
+    long retries, flush_retries, status, fatal, fail_check;
     long pending, flush_pending;
 } counter;
 
@@ -47,9 +53,13 @@ static void host_log(const flatsync_host *host, uint32_t level, const char *mess
     if (host && host->log) host->log(host->ctx, level, text(message));
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
+/* Returns once the file at `path` exists; an empty path is an open gate. */
+static void wait_for_gate(const char *path) {
+    if (!path[0]) return;
+    while (access(path, F_OK) != 0) {
+        struct timespec ts = {0, 2 * 1000000L};
+        while (nanosleep(&ts, &ts) != 0) {
+        }
     }
 }
 
@@ -136,8 +146,8 @@ static flatsync_status counter_create(flatsync_str instance_name, flatsync_str c
     self->flush_retries = config_int(cfg, "flush_retries");
     self->status = config_int(cfg, "status");
     self->fatal = config_int(cfg, "fatal");
-    self->sleep_ms = config_int(cfg, "sleep_ms");
-    self->destroy_sleep_ms = config_int(cfg, "destroy_sleep_ms");
+    config_string(cfg, "gate", self->gate, sizeof self->gate);
+    config_string(cfg, "destroy_gate", self->destroy_gate, sizeof self->destroy_gate);
     self->fail_check = config_int(cfg, "fail_check");
     free(cfg);
 
@@ -169,7 +179,10 @@ static flatsync_status counter_check(flatsync_instance *instance, const flatsync
 __attribute__((unused)) static flatsync_status counter_write_batch(flatsync_instance *instance, const flatsync_batch *b,
                                            const flatsync_error *err) {
     counter *self = (counter *)instance;
-    if (self->sleep_ms) sleep_ms(self->sleep_ms);
+    if (self->gate[0]) {
+        record(self, "enter seq=%llu", (unsigned long long)b->seq);
+        wait_for_gate(self->gate);
+    }
 
     unsigned long sum = 0;
     for (size_t i = 0; i < b->ndjson.len; i++) sum += b->ndjson.ptr[i];
@@ -215,7 +228,10 @@ static flatsync_status counter_flush(flatsync_instance *instance, const flatsync
 
 static void counter_destroy(flatsync_instance *instance) {
     counter *self = (counter *)instance;
-    if (self->destroy_sleep_ms) sleep_ms(self->destroy_sleep_ms);
+    if (self->destroy_gate[0]) {
+        record(self, "enter destroy");
+        wait_for_gate(self->destroy_gate);
+    }
     record(self, "destroy");
     free(self);
 }

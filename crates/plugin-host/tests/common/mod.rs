@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests: building C plugins and finding fixture cdylibs.
 #![allow(dead_code, unreachable_pub)] // reason: each test binary uses a different subset
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use flatsync_test_kit::cc::CBuild;
 
 /// `target/<profile>`: integration test binaries run from its `deps` directory, and cargo puts
 /// the workspace's cdylibs in it.
@@ -30,38 +30,16 @@ pub fn fixture_library(crate_name_underscored: &str) -> PathBuf {
 }
 
 /// Compiles a C file from `tests/c/` into `<dir>/<out_name>` as a shared library, with the
-/// plugin header on the include path and the given `-D` defines. Mode 0755 whatever the umask,
-/// since the host refuses group-writable files.
+/// given `-D` defines.
 pub fn compile_c(source: &str, dir: &Path, out_name: &str, defines: &[&str]) -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let source = manifest_dir.join("tests").join("c").join(source);
-    let include = manifest_dir.join("..").join("plugin-api").join("include");
-    let out = dir.join(out_name);
-    let mut command = Command::new("cc");
-    command
-        .args([
-            "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread",
-        ])
-        .arg("-I")
-        .arg(&include)
-        .arg("-o")
-        .arg(&out)
-        .arg(&source);
-    for define in defines {
-        command.arg(format!("-D{define}"));
-    }
-    let output = command
-        .output()
-        .expect("`cc` runs (a C compiler is required for these tests)");
-    assert!(
-        output.status.success(),
-        "cc failed for {}:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))
-        .expect("chmod the built library");
-    out
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("c")
+        .join(source);
+    CBuild::new(source, "c11")
+        .arg("-pthread")
+        .defines(defines)
+        .shared_library(&dir.join(out_name))
 }
 
 /// Builds the counter sink (tests/c/counter_sink.c) into a fresh directory.

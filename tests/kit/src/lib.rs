@@ -1,0 +1,17 @@
+//! Test helpers that more than one of flatsync's test suites needs, kept here once.
+//!
+//! `flatsync-core`'s unit tests cannot depend on the end-to-end harness (`flatsync-tests`
+//! depends on the simulator and runs binaries), and the plugin host's tests cannot depend on
+//! core; so what they share lives in this small crate, a dev-dependency of each. It depends on
+//! nothing, and on no flatsync crate in particular, so it can never close a cycle.
+//!
+//! - [`prometheus`]: a strict parser of the Prometheus text format and lookups over a scrape.
+//! - [`sqlite`]: damaging the pages of an SQLite file that hold a marker.
+//! - [`cc`]: compiling a C test plugin or program with the system compiler and the plugin
+//!   header.
+//!
+//! Helpers panic with a message instead of returning errors: they run only inside tests.
+
+pub mod cc;
+pub mod prometheus;
+pub mod sqlite;
