@@ -349,7 +349,6 @@ async fn waits_for_retry_after_on_429() {
         Reply::new(200, fixture("record-counts-response.json")),
     ])
     .await;
-    let started = Instant::now();
     let count = server
         .client()
         .record_count("us_sh_1")
@@ -363,7 +362,6 @@ async fn waits_for_retry_after_on_429() {
         gap >= Duration::from_secs(1),
         "retried after {gap:?}, before the server's Retry-After"
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]
@@ -577,7 +575,8 @@ async fn connection_refused_is_a_transport_error_after_all_attempts() {
 #[tokio::test]
 async fn a_slow_response_times_out_and_is_retried() {
     let server = TestServer::start(vec![
-        Reply::new(200, fixture("record-counts-response.json")).delayed(Duration::from_secs(3)),
+        // Never answered within the test: only the client's timeout can end this request.
+        Reply::new(200, fixture("record-counts-response.json")).delayed(Duration::from_secs(3600)),
         Reply::new(200, fixture("record-counts-response.json")),
     ])
     .await;
@@ -586,10 +585,12 @@ async fn a_slow_response_times_out_and_is_retried() {
         ..config(&server.url)
     })
     .expect("client");
-    let started = Instant::now();
-    assert_eq!(client.record_count("us_sh_1").await.expect("count"), 2);
+    // A hang guard, not a speed claim: without the request timeout this never returns.
+    let count = tokio::time::timeout(Duration::from_secs(120), client.record_count("us_sh_1"))
+        .await
+        .expect("the stalled request was abandoned and retried");
+    assert_eq!(count.expect("count"), 2);
     assert_eq!(server.seen().len(), 2);
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 /// A raw server whose first response announces more body than it sends and then closes the
