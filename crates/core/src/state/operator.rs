@@ -78,7 +78,10 @@ impl OperatorDb {
             .conn
             .unchecked_transaction()
             .map_err(|e| self.error(e))?;
-        let value = f(&Snapshot::new(&tx, &self.path))?;
+        let value = f(&Snapshot::new(Tx {
+            conn: &tx,
+            path: &self.path,
+        }))?;
         tx.finish().map_err(|e| self.error(e))?;
         Ok(value)
     }
@@ -98,7 +101,10 @@ impl OperatorDb {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(error)?;
-        let value = f(&Change::new(&tx, &path))?;
+        let value = f(&Change::new(Tx {
+            conn: &tx,
+            path: &path,
+        }))?;
         tx.commit().map_err(error)?;
         Ok(value)
     }
@@ -108,6 +114,49 @@ impl OperatorDb {
             path: self.path.clone(),
             error,
         }
+    }
+}
+
+/// The connection and file of one operator transaction, with the helpers its reads
+/// ([`Snapshot`]) and changes ([`Change`]) share.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tx<'a> {
+    pub(super) conn: &'a Connection,
+    pub(super) path: &'a Path,
+}
+
+impl Tx<'_> {
+    pub(super) fn error(&self, error: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.to_owned(),
+            error,
+        }
+    }
+
+    /// Runs `sql` and collects its rows.
+    pub(super) fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        let run = || -> rusqlite::Result<Vec<T>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.error(e))
+    }
+
+    pub(super) fn execute(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(sql, params)
+            .map(drop)
+            .map_err(|e| self.error(e))
     }
 }
 

@@ -3,10 +3,9 @@
 //! [`super::OperatorDb::change`]). The decisions (what to replay, which status an event ends
 //! with) are the commands' own, in `crate::ops`; this holds only how they are stored.
 
-use std::path::Path;
+use rusqlite::params;
 
-use rusqlite::{Connection, params};
-
+use super::operator::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, inbox};
 
 /// A delivery as a replay or a dead-letter change reads it.
@@ -37,46 +36,17 @@ pub struct FailedDelivery {
 /// One write transaction of an operator command.
 #[derive(Debug)]
 pub struct Change<'a> {
-    conn: &'a Connection,
-    path: &'a Path,
+    tx: Tx<'a>,
 }
 
 impl<'a> Change<'a> {
-    pub(super) fn new(conn: &'a Connection, path: &'a Path) -> Change<'a> {
-        Change { conn, path }
-    }
-
-    fn error(&self, error: rusqlite::Error) -> StateError {
-        StateError::Sqlite {
-            path: self.path.to_owned(),
-            error,
-        }
-    }
-
-    fn rows<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, StateError> {
-        let run = || -> rusqlite::Result<Vec<T>> {
-            let mut stmt = self.conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params, row)?;
-            rows.collect()
-        };
-        run().map_err(|e| self.error(e))
-    }
-
-    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StateError> {
-        self.conn
-            .execute(sql, params)
-            .map(drop)
-            .map_err(|e| self.error(e))
+    pub(super) fn new(tx: Tx<'a>) -> Change<'a> {
+        Change { tx }
     }
 
     /// An event's status; `None` when it is not in the inbox.
     pub fn event_status(&self, event_id: &str) -> Result<Option<EventStatus>, StateError> {
-        let mut found = self.rows(
+        let mut found = self.tx.rows(
             "SELECT status FROM inbox WHERE event_id = ?1",
             [event_id],
             |r| r.get(0),
@@ -86,7 +56,7 @@ impl<'a> Change<'a> {
 
     /// Events received at or after `since_ms`, oldest first, with their status.
     pub fn events_since(&self, since_ms: i64) -> Result<Vec<(String, EventStatus)>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT event_id, status FROM inbox WHERE received_at_ms >= ?1
              ORDER BY received_at_ms, event_id",
             [since_ms],
@@ -109,7 +79,7 @@ impl<'a> Change<'a> {
         event_id: &str,
         order: &'static str,
     ) -> Result<Vec<DeliveryState>, StateError> {
-        self.rows(
+        self.tx.rows(
             &format!(
                 "SELECT sink, status, generation, error FROM deliveries WHERE event_id = ?1
                  ORDER BY {order}"
@@ -128,7 +98,7 @@ impl<'a> Change<'a> {
 
     /// Routes an event to one more sink: a pending delivery of generation 0.
     pub fn add_delivery(&self, event_id: &str, sink: &str, now: i64) -> Result<(), StateError> {
-        self.execute(
+        self.tx.execute(
             "INSERT INTO deliveries
              (event_id, sink, status, rows, error, generation, updated_at_ms)
              VALUES (?1, ?2, ?3, 0, NULL, 0, ?4)",
@@ -138,7 +108,7 @@ impl<'a> Change<'a> {
 
     /// Sets a delivery back to pending in its next generation, with no error and 0 rows.
     pub fn next_generation(&self, event_id: &str, sink: &str, now: i64) -> Result<(), StateError> {
-        self.execute(
+        self.tx.execute(
             "UPDATE deliveries SET generation = generation + 1, status = ?3,
                     error = NULL, rows = 0, updated_at_ms = ?4
              WHERE event_id = ?1 AND sink = ?2",
@@ -154,18 +124,19 @@ impl<'a> Change<'a> {
         detail: Option<&str>,
         now: i64,
     ) -> Result<(), StateError> {
-        inbox::set_status(self.conn, event_id, status, detail, now).map_err(|e| self.error(e))
+        inbox::set_status(self.tx.conn, event_id, status, detail, now).map_err(|e| self.tx.error(e))
     }
 
     /// Whether the inbox holds the event.
     pub fn event_exists(&self, event_id: &str) -> Result<bool, StateError> {
-        self.conn
+        self.tx
+            .conn
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM inbox WHERE event_id = ?1)",
                 [event_id],
                 |r| r.get(0),
             )
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.tx.error(e))
     }
 
     /// Failed deliveries, of one event and one sink when given, oldest failure first.
@@ -174,7 +145,7 @@ impl<'a> Change<'a> {
         event_id: Option<&str>,
         sink: Option<&str>,
     ) -> Result<Vec<FailedDelivery>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT d.event_id, d.sink, i.status
              FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
              WHERE d.status = ?3 AND (?1 IS NULL OR d.event_id = ?1)
@@ -199,7 +170,7 @@ impl<'a> Change<'a> {
         status: DeliveryStatus,
         now: i64,
     ) -> Result<(), StateError> {
-        self.execute(
+        self.tx.execute(
             "UPDATE deliveries SET status = ?3, updated_at_ms = ?4,
                     error = CASE WHEN ?3 = ?5 THEN NULL ELSE error END
              WHERE event_id = ?1 AND sink = ?2 AND status = ?6",

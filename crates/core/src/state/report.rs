@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
+use super::operator::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, stream_for_generation};
 
 /// An upload still waiting for parts, in `flatsync status`.
@@ -227,40 +228,17 @@ pub struct DeliveryCount {
 /// One read snapshot of the state database, from [`super::OperatorDb::read`].
 #[derive(Debug)]
 pub struct Snapshot<'a> {
-    conn: &'a Connection,
-    path: &'a Path,
+    tx: Tx<'a>,
 }
 
 impl<'a> Snapshot<'a> {
-    pub(super) fn new(conn: &'a Connection, path: &'a Path) -> Snapshot<'a> {
-        Snapshot { conn, path }
-    }
-
-    fn error(&self, error: rusqlite::Error) -> StateError {
-        StateError::Sqlite {
-            path: self.path.to_owned(),
-            error,
-        }
-    }
-
-    /// Runs `query` and collects its rows.
-    fn rows<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, StateError> {
-        let run = || -> rusqlite::Result<Vec<T>> {
-            let mut stmt = self.conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params, row)?;
-            rows.collect()
-        };
-        run().map_err(|e| self.error(e))
+    pub(super) fn new(tx: Tx<'a>) -> Snapshot<'a> {
+        Snapshot { tx }
     }
 
     /// Inbox events by status.
     pub fn event_counts(&self) -> Result<Vec<(EventStatus, u64)>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT status, COUNT(*) FROM inbox GROUP BY status",
             [],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
@@ -269,7 +247,7 @@ impl<'a> Snapshot<'a> {
 
     /// Every inbox event's id and status, by id.
     pub fn event_statuses(&self) -> Result<Vec<(String, EventStatus)>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT event_id, status FROM inbox ORDER BY event_id",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -279,19 +257,20 @@ impl<'a> Snapshot<'a> {
     /// Rows the checkpoints count as made durable, of every sink or of `sink`, over every
     /// event and generation.
     pub fn checkpointed_rows(&self, sink: Option<&str>) -> Result<u64, StateError> {
-        self.conn
+        self.tx
+            .conn
             .query_row(
                 "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
                 [sink],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n.max(0) as u64)
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.tx.error(e))
     }
 
     /// Deliveries by sink and status.
     pub fn delivery_counts(&self) -> Result<Vec<DeliveryCount>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT sink, status, COUNT(*),
                     SUM(CASE WHEN status = ?1 THEN rows ELSE 0 END),
                     MAX(updated_at_ms)
@@ -312,7 +291,7 @@ impl<'a> Snapshot<'a> {
     /// Per sink, the rows already checkpointed for its pending deliveries, in the streams of
     /// their current generation (older generations' checkpoints belong to earlier deliveries).
     pub fn pending_checkpointed_rows(&self) -> Result<Vec<(String, u64)>, StateError> {
-        let streams: Vec<(String, String, u32, String)> = self.rows(
+        let streams: Vec<(String, String, u32, String)> = self.tx.rows(
             "SELECT d.event_id, d.sink, d.generation, s.stream
              FROM deliveries d JOIN streams s ON s.event_id = d.event_id
              WHERE d.status = ?1",
@@ -322,7 +301,7 @@ impl<'a> Snapshot<'a> {
         let mut rows = Vec::with_capacity(streams.len());
         for (event_id, sink, generation, stream) in streams {
             let stream = stream_for_generation(&stream, generation);
-            let found: Vec<i64> = self.rows(
+            let found: Vec<i64> = self.tx.rows(
                 "SELECT rows FROM checkpoints WHERE event_id = ?1 AND sink = ?2 AND stream = ?3",
                 params![event_id, sink, stream],
                 |r| r.get(0),
@@ -335,12 +314,12 @@ impl<'a> Snapshot<'a> {
 
     /// Per sink, the receipt time of the oldest event with a pending delivery to it.
     pub fn oldest_pending(&self) -> Result<Vec<(String, i64)>, StateError> {
-        oldest_pending(self.conn).map_err(|e| self.error(e))
+        oldest_pending(self.tx.conn).map_err(|e| self.tx.error(e))
     }
 
     /// The newest dead letter of `sink`.
     pub fn last_error(&self, sink: &str) -> Result<Option<LastError>, StateError> {
-        let mut found = self.rows(
+        let mut found = self.tx.rows(
             "SELECT event_id, updated_at_ms, COALESCE(error, '') FROM deliveries
              WHERE sink = ?1 AND status = ?2
              ORDER BY updated_at_ms DESC, rowid DESC LIMIT 1",
@@ -358,7 +337,7 @@ impl<'a> Snapshot<'a> {
 
     /// Pending inbox events by topic.
     pub fn pending_topics(&self) -> Result<Vec<(String, u64)>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT topic, COUNT(*) FROM inbox WHERE status = ?1 GROUP BY topic",
             [EventStatus::Pending],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
@@ -367,26 +346,28 @@ impl<'a> Snapshot<'a> {
 
     /// The newest change to any delivery, ms since the Unix epoch.
     pub fn last_delivery_update_ms(&self) -> Result<Option<i64>, StateError> {
-        self.conn
+        self.tx
+            .conn
             .query_row(
                 "SELECT MAX(updated_at_ms) FROM deliveries WHERE updated_at_ms > 0",
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.tx.error(e))
     }
 
     /// Per polled environment, its cursor and the events not yet acknowledged.
     pub fn polling(&self) -> Result<Vec<PollStatus>, StateError> {
         // A database from before polling existed has no such tables: nothing polled yet.
         if self
+            .tx
             .conn
             .prepare("SELECT 1 FROM poll_cursors, event_acks")
             .is_err()
         {
             return Ok(Vec::new());
         }
-        self.rows(
+        self.tx.rows(
             "SELECT p.environment_id, p.since_ms,
                  (SELECT COUNT(*) FROM event_acks a
                   WHERE a.environment_id = p.environment_id AND a.acked_at_ms IS NULL)
@@ -406,13 +387,14 @@ impl<'a> Snapshot<'a> {
     pub fn incomplete_uploads(&self) -> Result<Vec<UploadStatus>, StateError> {
         // A database from before uploads existed has no such tables: none waiting.
         if self
+            .tx
             .conn
             .prepare("SELECT 1 FROM carried_uploads, carried_parts")
             .is_err()
         {
             return Ok(Vec::new());
         }
-        self.rows(
+        self.tx.rows(
             "SELECT u.upload, u.origin, u.first_received_at_ms,
                  (SELECT COUNT(*) FROM carried_parts p WHERE p.upload = u.upload),
                  (SELECT MAX(p.part_count) FROM carried_parts p WHERE p.upload = u.upload)
@@ -440,7 +422,7 @@ impl<'a> Snapshot<'a> {
     ) -> Result<Vec<EventSummary>, StateError> {
         let mut events = Vec::new();
         let mut read = || -> rusqlite::Result<()> {
-            let mut stmt = self.conn.prepare(
+            let mut stmt = self.tx.conn.prepare(
                 "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms
                  FROM inbox WHERE ?1 IS NULL OR status = ?1
                  ORDER BY received_at_ms DESC, event_id DESC",
@@ -467,9 +449,9 @@ impl<'a> Snapshot<'a> {
             }
             Ok(())
         };
-        read().map_err(|e| self.error(e))?;
+        read().map_err(|e| self.tx.error(e))?;
         for event in &mut events {
-            event.deliveries = self.rows(
+            event.deliveries = self.tx.rows(
                 "SELECT sink, status, rows, generation FROM deliveries
                  WHERE event_id = ?1 ORDER BY rowid",
                 [&event.event_id],
@@ -491,7 +473,7 @@ impl<'a> Snapshot<'a> {
         let Some(mut event) = self.event_head(event_id)? else {
             return Ok(None);
         };
-        event.streams = self.rows(
+        event.streams = self.tx.rows(
             "SELECT ordinal, stream, kind, source_ref, fields_json, page_size FROM streams
              WHERE event_id = ?1 ORDER BY ordinal",
             [event_id],
@@ -509,7 +491,7 @@ impl<'a> Snapshot<'a> {
             },
         )?;
         let plan: Vec<String> = event.streams.iter().map(|s| s.stream.clone()).collect();
-        event.deliveries = self.rows(
+        event.deliveries = self.tx.rows(
             "SELECT sink, status, rows, error, generation, updated_at_ms FROM deliveries
              WHERE event_id = ?1 ORDER BY rowid",
             [event_id],
@@ -529,7 +511,7 @@ impl<'a> Snapshot<'a> {
                 })
             },
         )?;
-        event.checkpoints = self.rows(
+        event.checkpoints = self.tx.rows(
             "SELECT sink, stream, next_seq, complete, rows FROM checkpoints
              WHERE event_id = ?1 ORDER BY sink, stream",
             [event_id],
@@ -548,7 +530,8 @@ impl<'a> Snapshot<'a> {
 
     /// The inbox row of an event, its body parsed, without deliveries, streams or checkpoints.
     fn event_head(&self, event_id: &str) -> Result<Option<EventDetail>, StateError> {
-        self.conn
+        self.tx
+            .conn
             .query_row(
                 "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms, body
                  FROM inbox WHERE event_id = ?1",
@@ -573,12 +556,12 @@ impl<'a> Snapshot<'a> {
                 },
             )
             .optional()
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.tx.error(e))
     }
 
     /// Failed deliveries, newest first, optionally of one sink.
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
-        self.rows(
+        self.tx.rows(
             "SELECT d.event_id, COALESCE(i.topic, ''), d.sink, d.rows, d.error,
                     d.updated_at_ms, d.generation
              FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
