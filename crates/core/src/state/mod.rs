@@ -18,6 +18,7 @@
 //! - [`operator`]: the operator commands' own handle ([`OperatorDb`]), opened while a daemon
 //!   runs, with [`report`] (reads) and [`repair`] (writes) on it;
 //! - [`health`]: the integrity check and the salvage of a damaged file.
+//! - `tx`: the transaction an operator read or change runs in, with the row helpers both use.
 //!
 //! # What a second backend provides
 //!
@@ -47,6 +48,7 @@ pub mod report;
 mod schema;
 mod status;
 mod streams;
+mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 
 use rusqlite::params;
 
-use super::operator::Tx;
+use super::tx::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, inbox};
 
 /// A delivery as a replay or a dead-letter change reads it.

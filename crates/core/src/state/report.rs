@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use super::operator::Tx;
+use super::tx::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, stream_for_generation};
 
 /// An upload still waiting for parts, in `flatsync status`.
