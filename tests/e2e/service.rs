@@ -242,3 +242,40 @@ fn without_a_service_manager_nothing_is_sent_and_logs_can_be_json() {
         "no Stopped line in:\n{log}"
     );
 }
+
+/// Text logs written to a file carry no colour codes, so grep and log shippers read them as
+/// they are; `CLICOLOR_FORCE` still forces colours, and `NO_COLOR` wins over it.
+#[test]
+fn text_logs_in_a_file_carry_colour_codes_only_when_forced() {
+    /// A case: its name, the environment the daemon gets, whether colour codes are expected.
+    type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+    let cases: [Case; 3] = [
+        ("plain", &[("NO_COLOR", "")], false),
+        ("forced", &[("NO_COLOR", ""), ("CLICOLOR_FORCE", "1")], true),
+        (
+            "no-color-wins",
+            &[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")],
+            false,
+        ),
+    ];
+    for (name, env, coloured) in cases {
+        let dir = TestDir::new(&format!("service-colour-{name}"));
+        let mut daemon = Daemon::new(dir.path()).env("FLATSYNC_LOG_FORMAT", "text");
+        for (key, value) in env {
+            daemon = daemon.env(key, value);
+        }
+        let mut daemon = daemon.start();
+        let status = daemon.stop();
+        assert!(status.success(), "{name}: stop ended {status}");
+        let log = daemon.log();
+        assert!(
+            log.contains("Stopped"),
+            "{name}: no Stopped line in:\n{log}"
+        );
+        assert_eq!(
+            log.contains('\u{1b}'),
+            coloured,
+            "{name} ({env:?}): escape codes in the log file should be {coloured}:\n{log}"
+        );
+    }
+}

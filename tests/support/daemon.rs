@@ -330,6 +330,8 @@ impl Daemon {
             "WATCHDOG_USEC",
             "WATCHDOG_PID",
             "JOURNAL_STREAM",
+            "CLICOLOR",
+            "CLICOLOR_FORCE",
         ] {
             command.env_remove(var);
         }

@@ -5,6 +5,7 @@ mod ops_cli;
 mod scaffold;
 mod service;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,6 +97,7 @@ fn main() -> ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(!json && text_log_colours(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     if json {
         builder
@@ -135,6 +137,20 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Colours in text logs only for a person at a terminal: a file, a pipe or the journal gets
+/// plain text that grep and log shippers read as it is. `NO_COLOR` (no-color.org) turns them off
+/// and `CLICOLOR=0` keeps them off; `CLICOLOR_FORCE` (bixense.com/clicolors) turns them on even
+/// into a file. `NO_COLOR` wins over `CLICOLOR_FORCE`.
+fn text_log_colours(stderr_is_terminal: bool) -> bool {
+    if anstyle_query::no_color() {
+        false
+    } else if anstyle_query::clicolor_force() {
+        true
+    } else {
+        stderr_is_terminal && anstyle_query::clicolor().unwrap_or(true)
     }
 }
 
