@@ -90,14 +90,14 @@ impl ManualClock {
     }
 
     /// How long the sink has slept in all.
-    fn elapsed(&self) -> Duration {
+    fn slept(&self) -> Duration {
         *self.slept.lock().expect("clock lock")
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.start + self.elapsed()
+        self.start + self.slept()
     }
 
     fn sleep(&self, duration: Duration) {
@@ -418,7 +418,7 @@ fn retry_after_beyond_the_budget_holds_the_next_call_back_too() {
             arrivals
                 .lock()
                 .expect("arrivals lock")
-                .push(clock.elapsed());
+                .push(clock.slept());
             replies.next().unwrap_or_else(Reply::ok)
         }
     });
@@ -427,7 +427,7 @@ fn retry_after_beyond_the_budget_holds_the_next_call_back_too() {
     assert!(error.is_retry(), "{error}");
     assert!(error.message().contains("Retry-After"), "{error}");
     assert_eq!(
-        clock.elapsed(),
+        clock.slept(),
         Duration::from_secs(1),
         "the call waits out its own budget, not the receiver's two seconds"
     );
@@ -553,9 +553,9 @@ fn an_exhausted_budget_is_a_retry_and_the_next_call_skips_accepted_parts() {
     assert!(error.message().contains("retry budget of 1 s"), "{error}");
     assert!(error.message().contains("HTTP 503"), "{error}");
     assert!(
-        clock.elapsed() <= Duration::from_secs(1),
+        clock.slept() <= Duration::from_secs(1),
         "the sink backed off past its budget: {:?}",
-        clock.elapsed()
+        clock.slept()
     );
 
     failing.store(false, Ordering::SeqCst);
@@ -598,9 +598,9 @@ fn an_unreachable_receiver_is_a_retry() {
         "it tried at least once: {error}"
     );
     assert!(
-        clock.elapsed() <= Duration::from_secs(1),
+        clock.slept() <= Duration::from_secs(1),
         "the sink backed off past its budget: {:?}",
-        clock.elapsed()
+        clock.slept()
     );
 }
 
