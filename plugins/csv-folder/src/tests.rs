@@ -1,3 +1,4 @@
+use flatsync_test_kit::fs::entries;
 use std::fs;
 use std::path::Path;
 
@@ -67,21 +68,6 @@ fn send_deletions(
         last,
         deletions: true,
     }))
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("readable dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("UTF-8 name")
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 fn read(dir: &Path, stream: &str) -> String {

@@ -415,10 +415,7 @@ fn retry_after_beyond_the_budget_holds_the_next_call_back_too() {
     let server = TestServer::start({
         let (clock, arrivals) = (Arc::clone(&clock), Arc::clone(&arrivals));
         move |_| {
-            arrivals
-                .lock()
-                .expect("arrivals lock")
-                .push(clock.slept());
+            arrivals.lock().expect("arrivals lock").push(clock.slept());
             replies.next().unwrap_or_else(Reply::ok)
         }
     });

@@ -1,3 +1,4 @@
+use flatsync_test_kit::fs::entries;
 use std::fs;
 use std::path::Path;
 
@@ -72,21 +73,6 @@ fn deletion_line(id: &str) -> String {
 /// One row per batch, seq `seq`, id `r<seq>`.
 fn numbered(seq: u64) -> [String; 1] {
     [row(&format!("r{seq}"), true, &format!(r#"{{"n":{seq}}}"#))]
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("readable dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("UTF-8 name")
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 fn read(dir: &Path, stream: &str) -> String {

@@ -6,6 +6,7 @@
 //! nothing, and on no flatsync crate in particular, so it can never close a cycle.
 //!
 //! - [`prometheus`]: a strict parser of the Prometheus text format and lookups over a scrape.
+//! - [`fs`]: the sorted names in a folder a sink wrote.
 //! - [`sqlite`]: damaging the pages of an SQLite file that hold a marker.
 //! - [`cc`]: compiling a C test plugin or program with the system compiler and the plugin
 //!   header.
@@ -13,5 +14,6 @@
 //! Helpers panic with a message instead of returning errors: they run only inside tests.
 
 pub mod cc;
+pub mod fs;
 pub mod prometheus;
 pub mod sqlite;

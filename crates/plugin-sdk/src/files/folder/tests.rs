@@ -1,3 +1,4 @@
+use flatsync_test_kit::fs::entries;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -41,21 +42,6 @@ fn in_progress<'f>(folder: &'f mut StreamFolder<StreamFile>, name: &str) -> &'f 
         .open(name, |_| panic!("{name} is opened again"))
         .expect("open")
         .expect("in progress")
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("readable dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .into_string()
-                .expect("UTF-8 name")
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 fn read(path: PathBuf) -> String {
