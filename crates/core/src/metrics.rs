@@ -293,10 +293,13 @@ fn build_info() {
     .set(1.0);
 }
 
-/// Marks a freshly started sink instance as up and not stalled.
+/// Marks a freshly started sink instance as up and not stalled, and shows its row counters
+/// from 0, so that a rate or an alert on them has a series before the first row arrives.
 pub(crate) fn sink_started(sink: &str) {
     metrics::gauge!(SINK_UP, "sink" => sink.to_owned()).set(1.0);
     metrics::gauge!(SINK_STALLED, "sink" => sink.to_owned()).set(0.0);
+    metrics::counter!(ROWS_DELIVERED, "sink" => sink.to_owned()).increment(0);
+    metrics::counter!(ROWS_FAILED, "sink" => sink.to_owned()).increment(0);
 }
 
 /// Records how a call on a sink instance ended: up after a success, down after any failure,
@@ -696,7 +699,11 @@ pub(crate) mod tests {
                 ),
                 1.0
             );
-            assert_eq!(delta(API_REQUESTS, &labels), 1.0, "requests answered {status}");
+            assert_eq!(
+                delta(API_REQUESTS, &labels),
+                1.0,
+                "requests answered {status}"
+            );
         }
         assert_eq!(
             delta(
@@ -782,7 +789,9 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(
-            text.contains(&format!("{SINK_CALL_SECONDS}_bucket{{sink=\"{sink}\",call=\"flush\",le=\"0.001\"}}")),
+            text.contains(&format!(
+                "{SINK_CALL_SECONDS}_bucket{{sink=\"{sink}\",call=\"flush\",le=\"0.001\"}}"
+            )),
             "the sink call buckets start at a millisecond:\n{text}"
         );
     }
