@@ -57,40 +57,47 @@ pub(super) fn error_status(error: &ApiError) -> &'static str {
 /// answer or that an operator acts on, its class (`2xx`, `4xx`, ...) for any other, so a
 /// misbehaving server or proxy cannot grow the number of series.
 pub(super) fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        202 => "202",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        307 => "307",
-        308 => "308",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        409 => "409",
-        410 => "410",
-        413 => "413",
-        422 => "422",
-        425 => "425",
-        429 => "429",
-        500 => "500",
-        501 => "501",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
+    if let Some((_, label)) = CODES.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
         _ => "other",
     }
 }
+
+/// The statuses labelled by their own code.
+const CODES: [(u16, &str); 25] = [
+    (200, "200"),
+    (201, "201"),
+    (202, "202"),
+    (204, "204"),
+    (301, "301"),
+    (302, "302"),
+    (307, "307"),
+    (308, "308"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (409, "409"),
+    (410, "410"),
+    (413, "413"),
+    (422, "422"),
+    (425, "425"),
+    (429, "429"),
+    (500, "500"),
+    (501, "501"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
 
 /// The `reason` label of a retry: `http_<status>` (only 408, 429 and 5xx are retried, so at
 /// most a hundred values), `transport` or `decode`.
