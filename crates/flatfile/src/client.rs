@@ -87,14 +87,6 @@ const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
 /// A `Retry-After` longer than this is taken as a refusal: the call fails instead of hanging.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-// Metrics go to the process-wide `metrics` recorder (a no-op until one is installed). This crate
-// cannot depend on flatsync-core, so the names are spelled here too: they MUST equal
-// `flatsync_core::metrics::FETCH_SECONDS` and `FETCH_RETRIES` (a core test renders them).
-/// Histogram of one HTTP attempt's duration in seconds, label `endpoint`.
-const FETCH_SECONDS_METRIC: &str = "flatsync_fetch_seconds";
-/// Counter of attempts repeated after a retryable failure, labels `endpoint` and `reason`.
-const FETCH_RETRIES_METRIC: &str = "flatsync_fetch_retries_total";
-
 /// One [`FlatfileClient::events_page`] request (`GET /v1/events`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventsQuery {
@@ -191,6 +183,23 @@ impl HttpMethod {
             HttpMethod::Post => Method::POST,
         }
     }
+}
+
+/// One request as every attempt sends it.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    method: HttpMethod,
+    /// The `endpoint` label of its metrics.
+    endpoint: &'static str,
+    url: &'a Url,
+    headers: &'a HeaderMap,
+    body: Option<&'a Bytes>,
+}
+
+/// A 2xx answer to one attempt, its body read whole but not decoded yet.
+struct Answered {
+    status: u16,
+    body: Bytes,
 }
 
 /// Why one attempt failed.
@@ -510,15 +519,17 @@ impl FlatfileClient {
         decode: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
     ) -> Result<T, ApiError> {
         let headers = self.headers(api)?;
+        let call = Call {
+            method,
+            endpoint,
+            url: &url,
+            headers: &headers,
+            body: body.as_ref(),
+        };
         let max_attempts = self.inner.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            let started = Instant::now();
-            let outcome = self
-                .attempt(method, &url, &headers, body.as_ref(), &decode, attempt)
-                .await;
-            metrics::histogram!(FETCH_SECONDS_METRIC, "endpoint" => endpoint)
-                .record(started.elapsed().as_secs_f64());
+            let outcome = self.attempt_and_decode(call, &decode, attempt).await;
             let (error, retry_after) = match outcome {
                 Ok(value) => return Ok(value),
                 Err(AttemptError::Fatal(error)) => return Err(error),
@@ -538,12 +549,7 @@ impl FlatfileClient {
             }
             let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            metrics::counter!(
-                FETCH_RETRIES_METRIC,
-                "endpoint" => endpoint,
-                "reason" => retry_reason(&error)
-            )
-            .increment(1);
+            recording::retried(endpoint, &error);
             match &error {
                 ApiError::Status { status, .. } => tracing::warn!(
                     method = method.as_str(),
@@ -577,15 +583,52 @@ impl FlatfileClient {
         }
     }
 
-    async fn attempt<T>(
+    /// One attempt, its answer decoded, recorded in the metrics (duration, status, bytes) by
+    /// `endpoint`.
+    async fn attempt_and_decode<T>(
         &self,
-        method: HttpMethod,
-        url: &Url,
-        headers: &HeaderMap,
-        body: Option<&Bytes>,
+        call: Call<'_>,
         decode: &impl Fn(&[u8]) -> Result<T, serde_json::Error>,
         attempt: u32,
     ) -> Result<T, AttemptError> {
+        let Call { endpoint, url, .. } = call;
+        let started = Instant::now();
+        let outcome = match self.attempt(call, attempt).await {
+            Ok(answered) => {
+                recording::body_received(endpoint, answered.body.len());
+                // A connection that drops mid-body can leave a truncated but well-framed body
+                // (e.g. a proxy that ends a chunked response early), so a decode failure is
+                // retried.
+                decode(&answered.body)
+                    .map(|value| (value, answered.status))
+                    .map_err(|error| AttemptError::Retryable {
+                        error: ApiError::Decode {
+                            url: url.to_string(),
+                            message: error.to_string(),
+                        },
+                        retry_after: None,
+                    })
+            }
+            Err(error) => Err(error),
+        };
+        let status = match &outcome {
+            Ok((_, status)) => recording::status_label(*status),
+            Err(AttemptError::Retryable { error, .. } | AttemptError::Fatal(error)) => {
+                recording::error_status(error)
+            }
+        };
+        recording::attempt_finished(endpoint, status, started.elapsed());
+        outcome.map(|(value, _)| value)
+    }
+
+    async fn attempt(&self, call: Call<'_>, attempt: u32) -> Result<Answered, AttemptError> {
+        let Call {
+            method,
+            url,
+            headers,
+            body,
+            ..
+        } = call;
         let mut request = self
             .inner
             .http
@@ -621,14 +664,9 @@ impl FlatfileClient {
                 bytes = bytes.len(),
                 "Flatfile response"
             );
-            // A connection that drops mid-body can leave a truncated but well-framed body
-            // (e.g. a proxy that ends a chunked response early), so a decode failure is retried.
-            return decode(&bytes).map_err(|error| AttemptError::Retryable {
-                error: ApiError::Decode {
-                    url: url.to_string(),
-                    message: error.to_string(),
-                },
-                retry_after: None,
+            return Ok(Answered {
+                status: status.as_u16(),
+                body: bytes,
             });
         }
 
@@ -860,16 +898,6 @@ fn header_value(
     Ok(value)
 }
 
-/// The `reason` label of a retry: bounded, since only a few statuses are retried.
-fn retry_reason(error: &ApiError) -> String {
-    match error {
-        ApiError::Status { status, .. } => format!("http_{status}"),
-        ApiError::Transport { .. } => "transport".to_owned(),
-        ApiError::Decode { .. } => "decode".to_owned(),
-        _ => "other".to_owned(),
-    }
-}
-
 /// `Retry-After` as delta-seconds or an HTTP-date; a date in the past means "now".
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -963,6 +991,7 @@ mod data_url;
 mod events;
 mod jobs;
 mod probe;
+mod recording;
 mod workspace;
 
 pub use data_url::DataUrlTarget;

@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flatsync_plugin_api::{
     BATCH_FLAG_DELETIONS, BATCH_FLAG_LAST, FlatsyncBatch, FlatsyncError, FlatsyncHost,
@@ -29,6 +29,20 @@ use crate::{LoadedPlugin, SinkError};
 
 /// Target of the log lines plugins write through the host API, so they can be filtered apart.
 const PLUGIN_LOG_TARGET: &str = "flatsync::plugin";
+
+/// Histogram of one plugin call's duration in seconds, labels `sink` (the instance name, from
+/// the config) and `call` (`create`, `write_batch`, `flush`), sent to the process-wide `metrics`
+/// recorder (a no-op until one is installed). This crate cannot depend on flatsync-core, so the
+/// name is spelled here too: it MUST equal `flatsync_core::metrics::SINK_CALL_SECONDS` (a core
+/// test drives a worker and looks for it).
+const SINK_CALL_SECONDS: &str = "flatsync_sink_call_seconds";
+
+/// Records how long one plugin call took, as seen from the async side: from handing the
+/// command to the instance's thread until its answer, or until the call timeout gave up on it.
+fn record_call(sink: &str, call: &'static str, took: Duration) {
+    metrics::histogram!(SINK_CALL_SECONDS, "sink" => sink.to_owned(), "call" => call)
+        .record(took.as_secs_f64());
+}
 
 const HOST_STRUCT_SIZE: u32 = size_of::<FlatsyncHost>() as u32;
 const BATCH_STRUCT_SIZE: u32 = size_of::<FlatsyncBatch>() as u32;
@@ -197,7 +211,11 @@ impl SinkWorker {
                 message: format!("cannot start the worker thread: {err}"),
             })?;
 
-        match tokio::time::timeout(options.call_timeout, ready_rx).await {
+        let started = Instant::now();
+        let ready = tokio::time::timeout(options.call_timeout, ready_rx).await;
+        // `create` and `check` run back to back on the thread and are timed as one call.
+        record_call(instance_name, "create", started.elapsed());
+        match ready {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(result))) => {
                 return Err(SinkError::Create {
@@ -354,7 +372,7 @@ impl SinkWorker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.call_once(&command).await?;
+            let result = self.call_once(operation, &command).await?;
             match result.status {
                 STATUS_OK => return Ok(()),
                 STATUS_RETRY => {
@@ -397,6 +415,7 @@ impl SinkWorker {
 
     async fn call_once(
         &self,
+        operation: Operation,
         command: &impl Fn(oneshot::Sender<CallResult>) -> Command,
     ) -> Result<CallResult, SinkError> {
         if self.is_stalled() {
@@ -412,7 +431,14 @@ impl SinkWorker {
                 return Err(self.stopped_error());
             }
         }
-        match tokio::time::timeout(self.inner.options.call_timeout, reply_rx).await {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(self.inner.options.call_timeout, reply_rx).await;
+        record_call(
+            &self.inner.instance_name,
+            operation.as_str(),
+            started.elapsed(),
+        );
+        match reply {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(self.stopped_error()),
             Err(_) => {

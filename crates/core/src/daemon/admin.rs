@@ -379,7 +379,7 @@ mod tests {
         )
         .await
         .expect("failed");
-        crate::metrics::rows_delivered("admin-test-a", 10);
+        crate::metrics::rows_delivered("admin-test-a", "admin_test", 10);
 
         let reply = get(admin.addr, "/metrics").await;
         assert_eq!(reply.status, 200, "{}", reply.body);

@@ -684,7 +684,7 @@ impl Engine {
         if !advanced.is_empty() {
             self.state.advance(&event.event_id, advanced).await?;
             for (sink, rows) in flushed_rows {
-                crate::metrics::rows_delivered(&sink, rows);
+                crate::metrics::rows_delivered(&sink, &plan.kind, rows);
             }
         }
         Ok(())

@@ -85,7 +85,16 @@ fn unavailable(error: &str, path: &str) -> Response {
 /// any other until its secret is compared, and unknown paths get the same answer as wrong
 /// secrets.
 pub(crate) fn router(state: Arc<WebhookState>) -> Router {
-    Router::new().fallback(receive).with_state(state)
+    Router::new()
+        .fallback(receive)
+        .with_state(state)
+        .layer(axum::middleware::map_response(count_answer))
+}
+
+/// Counts every answer [`receive`] gives, whichever of its many returns gave it.
+async fn count_answer(response: Response) -> Response {
+    crate::metrics::webhook_response(response.status());
+    response
 }
 
 fn reject(status: StatusCode, error: &str, extra: serde_json::Value, path: &str) -> Response {
