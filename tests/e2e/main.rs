@@ -3,6 +3,7 @@
 //! artifact from the target directory this test binary was built into.
 
 mod abi;
+mod addresses;
 mod auth;
 mod bad_input;
 mod boundaries;

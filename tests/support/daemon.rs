@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
@@ -384,21 +384,41 @@ impl Daemon {
         check_config_file(self, &path)
     }
 
-    /// Writes the config and starts `flatsync run`, returning once the webhook port accepts
-    /// connections.
-    pub fn start(self) -> DaemonProcess {
+    fn process(self, listen_port: u16) -> DaemonProcess {
         Artifacts::locate().require_daemon_and_sinks();
         let log_path = self.dir.join("flatsync.log");
-        let mut process = DaemonProcess {
+        let stdout_path = self.dir.join("flatsync.stdout");
+        DaemonProcess {
             settings: self,
             child: Mutex::new(None),
             port: 0,
+            listen_port,
             log_path,
+            stdout_path,
             starts: 0,
-        };
+        }
+    }
+
+    /// Writes the config with the webhook listener on `127.0.0.1:0` and starts `flatsync
+    /// run`, returning once it printed its ready line on stdout; [`DaemonProcess::port`] is
+    /// then the port the system chose, read from that line.
+    pub fn start_on_any_port(self) -> DaemonProcess {
+        let mut process = self.process(0);
+        process.settings.write_config(0);
+        if let Err(why) = process.spawn_and_wait() {
+            panic!("{why}");
+        }
+        process
+    }
+
+    /// Writes the config and starts `flatsync run`, returning once it printed its ready line:
+    /// the webhook port accepts connections and the start is complete.
+    pub fn start(self) -> DaemonProcess {
+        let mut process = self.process(0);
         // Another process can take the probed port before the daemon binds it; try another.
         for attempt in 1..=3 {
             process.port = free_port();
+            process.listen_port = process.port;
             process.settings.write_config(process.port);
             match process.spawn_and_wait() {
                 Ok(()) => return process,
@@ -454,8 +474,13 @@ pub struct DaemonProcess {
     settings: Daemon,
     /// Behind a mutex so that waiting helpers taking `&self` can notice a daemon that died.
     child: Mutex<Option<Child>>,
+    /// Where the webhook listener is bound.
     port: u16,
+    /// The port the config names: `port`, or 0 for [`Daemon::start_on_any_port`].
+    listen_port: u16,
     log_path: PathBuf,
+    /// The daemon's stdout (its ready line) of the latest start.
+    stdout_path: PathBuf,
     starts: u32,
 }
 
@@ -470,33 +495,36 @@ impl DaemonProcess {
         let _ = writeln!(log, "=== flatsync run, start {} ===", self.starts);
         let config = self.settings.config_path();
         let config = config.to_str().expect("test paths are UTF-8").to_owned();
+        let stdout = std::fs::File::create(&self.stdout_path)
+            .expect("cannot create the daemon's stdout file");
         let child = self
             .settings
             .command(&["run", "--config", &config])
-            .stdout(Stdio::from(
-                log.try_clone().expect("cannot share the log file"),
-            ))
+            .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(log))
             .spawn()
             .map_err(|e| format!("cannot start flatsync: {e}"))?;
         *self.child_slot() = Some(child);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        // The ready line comes once the start is complete, the listeners accepting; it also
+        // says where the listener is bound, which on port 0 nothing else does.
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.listen_port));
         let started = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if let Some(port) = self.ready_line_port() {
+                self.port = port;
                 return Ok(());
             }
             let exited = self.exit_status();
             if let Some(status) = exited {
                 *self.child_slot() = None;
                 return Err(format!(
-                    "flatsync run exited ({status}) before listening on {addr}; log:\n{}",
+                    "flatsync run exited ({status}) before it was ready on {addr}; log:\n{}",
                     tail(&self.log(), 60)
                 ));
             }
             if started.elapsed() > START_TIMEOUT {
                 return Err(format!(
-                    "flatsync run did not listen on {addr} within {START_TIMEOUT:?}; log:\n{}",
+                    "flatsync run was not ready on {addr} within {START_TIMEOUT:?}; log:\n{}",
                     tail(&self.log(), 60)
                 ));
             }
@@ -540,11 +568,25 @@ impl DaemonProcess {
         }
     }
 
+    /// The webhook port of the ready line the latest start printed, once it is complete.
+    fn ready_line_port(&self) -> Option<u16> {
+        let stdout = read_file(&self.stdout_path);
+        let line = stdout.lines().next().filter(|_| stdout.contains('\n'))?;
+        let ready: serde_json::Value = serde_json::from_str(line).ok()?;
+        let webhook: SocketAddr = ready["webhook"].as_str()?.parse().ok()?;
+        Some(webhook.port())
+    }
+
+    /// What the daemon printed on stdout since its latest start: its ready line.
+    pub fn stdout(&self) -> String {
+        read_file(&self.stdout_path)
+    }
+
     /// Changes the settings and rewrites the config file the running daemon watches, the way
     /// config management does: a new file renamed over the old one.
     pub fn update_config(&mut self, change: impl FnOnce(Daemon) -> Daemon) {
         self.settings = change(self.settings.clone());
-        self.replace_config_text(&self.settings.config_text(self.port));
+        self.replace_config_text(&self.settings.config_text(self.listen_port));
     }
 
     /// Replaces the config file with `text` (renamed over it), valid or not; the settings the
@@ -556,7 +598,8 @@ impl DaemonProcess {
         std::fs::rename(&staged, &path).expect("cannot replace the config");
     }
 
-    /// The webhook listener's port on 127.0.0.1; the same across restarts.
+    /// The webhook listener's port on 127.0.0.1; the same across restarts (but for
+    /// [`Daemon::start_on_any_port`], where each start may get another).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -566,7 +609,7 @@ impl DaemonProcess {
         format!("http://127.0.0.1:{}{WEBHOOK_PATH}", self.port)
     }
 
-    /// Everything the daemon wrote to stdout and stderr, across restarts.
+    /// Everything the daemon logged (stderr), across restarts.
     pub fn log(&self) -> String {
         read_file(&self.log_path)
     }

@@ -32,8 +32,8 @@ pub use pipeline::route;
 
 pub use config::{Config, ConfigError, SecretSource};
 pub use daemon::{
-    DaemonBuilder, InProcessPlugins, ReloadSummary, RunningDaemon, StartError, flatfile_client,
-    load_sink_plugin, start_sinks, webhook_auth_summary,
+    DaemonBuilder, InProcessPlugins, ReadyInfo, ReloadSummary, RunningDaemon, StartError,
+    flatfile_client, load_sink_plugin, start_sinks, webhook_auth_summary,
 };
 pub use flatsync_flatfile::Secret;
 pub use flatsync_plugin_api::FlatsyncPlugin;

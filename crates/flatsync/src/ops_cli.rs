@@ -62,7 +62,8 @@ pub(crate) enum OpsCommand {
     /// Show per sink and route: deliveries pending, done and failed, rows delivered, lag.
     ///
     /// Reads the state database, so it works while the daemon runs. Also shows each sink's
-    /// last error and the totals of events by status.
+    /// last error, the totals of events by status, and the daemons on this state with their
+    /// bound addresses: running, stopped, or gone (killed without stopping).
     Status {
         #[command(flatten)]
         target: Target,
@@ -342,7 +343,44 @@ fn status(target: &Target, json: bool) -> anyhow::Result<()> {
     print_routes(&report);
     print_polling(&report);
     print_uploads(&report, now);
+    print_daemons(&report, now);
     Ok(())
+}
+
+fn print_daemons(report: &StatusReport, now: i64) {
+    println!();
+    if report.daemons.is_empty() {
+        println!("No daemon has run on this state yet.");
+        return;
+    }
+    let address = |addr: &Option<String>| addr.clone().unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<Vec<String>> = report
+        .daemons
+        .iter()
+        .map(|d| {
+            let status = &d.daemon;
+            let seen = match status.stopped_at_ms {
+                Some(ms) => format!("stopped {}", when(ms, now)),
+                None => format!("seen {}", when(status.last_seen_ms, now)),
+            };
+            vec![
+                status.daemon_id.clone(),
+                d.state.as_str().to_owned(),
+                status.pid.to_string(),
+                status.hostname.clone(),
+                address(&status.webhook_addr),
+                address(&status.admin_addr),
+                seen,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["DAEMON", "STATE", "PID", "HOST", "WEBHOOK", "ADMIN", "LAST"],
+            &rows
+        )
+    );
 }
 
 fn print_sinks(report: &StatusReport) {

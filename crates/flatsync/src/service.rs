@@ -1,7 +1,10 @@
 //! `flatsync run`: the daemon as a service. It speaks systemd's notify protocol (READY,
-//! WATCHDOG, STATUS, RELOADING, STOPPING), reloads its config when the file changes or on
-//! SIGHUP, and drains on SIGTERM or SIGINT.
+//! WATCHDOG, STATUS, RELOADING, STOPPING), prints one JSON line on stdout once ready (its bound
+//! addresses, for scripts), reloads its config when the file changes or on SIGHUP, and drains
+//! on SIGTERM or SIGINT.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,19 +26,34 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let mut applied_text = std::fs::read(&config_path).ok();
-    let daemon = RunningDaemon::start(config)
-        .await
-        .with_context(|| format!("cannot start with {}", config_path.display()))?;
+    // Watched before the start, which can take a while (sinks, the state database's locks)
+    // while the webhook port already accepts: a stop then ends the start (what was accepted is
+    // stored), and a SIGHUP is a reload once it is over, not the end of the process.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let started = tokio::select! {
+        started = RunningDaemon::start(config) => started,
+        _ = term.recv() => return stopped_while_starting("SIGTERM"),
+        _ = interrupt.recv() => return stopped_while_starting("SIGINT"),
+    };
+    let daemon = started.with_context(|| format!("cannot start with {}", config_path.display()))?;
     notify(&[NotifyState::Ready, NotifyState::Status("Running")]);
-    tracing::info!(config = %config_path.display(), "Flatsync running");
+    let ready = daemon.ready_info();
+    announce_ready(&ready.to_json());
+    tracing::info!(
+        config = %config_path.display(),
+        webhook = %address(ready.webhook),
+        admin = %address(ready.admin),
+        pid = ready.pid,
+        daemon_id = %ready.daemon_id,
+        "Flatsync running"
+    );
 
     let health = daemon.health();
     tokio::spawn(watchdog(Arc::clone(&health)));
     let status_task = tokio::spawn(report_status(daemon.state().clone()));
 
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     // One pending "changed" is all a reload needs: a burst of file events coalesces into it.
     let (file_events, mut file_changed) = mpsc::channel(1);
     // Kept alive for the life of the loop; dropping it stops the watch.
@@ -81,6 +99,28 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "Stopped"
     );
     Ok(())
+}
+
+fn stopped_while_starting(signal_name: &str) -> anyhow::Result<()> {
+    tracing::info!(
+        signal = signal_name,
+        "Stopped before the start was complete"
+    );
+    Ok(())
+}
+
+/// Prints the ready line on stdout, which `run` uses for nothing else, and flushes it: a script
+/// reading the pipe gets it at once. A closed stdout is not a reason to stop.
+fn announce_ready(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, "Cannot print the ready line on stdout");
+    }
+}
+
+/// A bound address for the log, `none` for a listener not configured.
+fn address(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "none".to_owned(), |a| a.to_string())
 }
 
 /// Sends a notification to the service manager when there is one (`NOTIFY_SOCKET`).

@@ -1,4 +1,5 @@
-//! `[daemon]`: the state folder, plugins, concurrency, checkpoints and sink call limits.
+//! `[daemon]`: the state folder, plugins, concurrency, checkpoints, sink call limits and the
+//! ready file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
     /// How often a long delivery logs its progress.
     pub progress_interval: Duration,
+    /// Where the daemon writes the JSON of its start line once it is ready (bound addresses,
+    /// pid); removed when it stops cleanly. `None`: no file.
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -48,6 +52,7 @@ pub(super) struct RawDaemon {
     sink_retry_backoff_max_ms: Option<u64>,
     drain_timeout_secs: Option<u64>,
     progress_interval_secs: Option<Spanned<u64>>,
+    ready_file: Option<Spanned<PathBuf>>,
 }
 
 pub(super) fn parse(raw: RawDaemon, p: &Parser<'_>) -> Result<DaemonConfig, ConfigError> {
@@ -79,5 +84,78 @@ pub(super) fn parse(raw: RawDaemon, p: &Parser<'_>) -> Result<DaemonConfig, Conf
             "daemon.progress_interval_secs",
             10,
         )?),
+        ready_file: raw.ready_file.map(|f| ready_file(f, p)).transpose()?,
     })
+}
+
+/// `ready_file`, resolved like `state_dir`; it must name a file, since it is replaced by a
+/// rename in its folder.
+fn ready_file(value: Spanned<PathBuf>, p: &Parser<'_>) -> Result<PathBuf, ConfigError> {
+    let span = value.span();
+    let path = value.into_inner();
+    let names_a_file =
+        path.file_name().is_some() && !path.as_os_str().to_string_lossy().ends_with('/');
+    if !names_a_file {
+        return Err(p.locate(
+            Some(span),
+            Some("daemon.ready_file"),
+            format!(
+                "`{}` does not name a file (say \"/run/flatsync/ready.json\")",
+                path.display()
+            ),
+        ));
+    }
+    Ok(p.absolute(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::parse(text, Path::new("/etc/flatsync/config.toml"))
+    }
+
+    #[test]
+    fn the_ready_file_is_optional_and_resolved_like_the_state_dir() {
+        let config = parse("[daemon]\n").expect("valid config");
+        assert_eq!(config.daemon.ready_file, None, "no ready file unless asked");
+        let config =
+            parse("[daemon]\nready_file = \"/run/flatsync/ready.json\"\n").expect("valid config");
+        assert_eq!(
+            config.daemon.ready_file,
+            Some(PathBuf::from("/run/flatsync/ready.json"))
+        );
+        let config = parse("[daemon]\nstate_dir = \"state\"\nready_file = \"run/ready.json\"\n")
+            .expect("valid config");
+        assert_eq!(
+            config.daemon.ready_file,
+            Some(PathBuf::from("/etc/flatsync/run/ready.json")),
+            "a relative ready_file is read from the config file's folder, as state_dir is"
+        );
+        assert_eq!(
+            config.daemon.state_dir,
+            PathBuf::from("/etc/flatsync/state")
+        );
+    }
+
+    #[test]
+    fn a_ready_file_that_names_no_file_is_refused_where_it_is_written() {
+        for bad in ["", "/run/flatsync/", "..", "."] {
+            let err = parse(&format!("[daemon]\nready_file = \"{bad}\"\n"))
+                .expect_err("a folder is not a ready file");
+            assert_eq!(
+                err.key.as_deref(),
+                Some("daemon.ready_file"),
+                "`{bad}`: {err}"
+            );
+            assert_eq!(err.location, Some((2, 14)), "`{bad}`: {err}");
+            assert!(
+                err.message.contains("does not name a file"),
+                "`{bad}`: {err}"
+            );
+        }
+    }
 }

@@ -5,6 +5,8 @@
 pub(crate) mod admin;
 mod clients;
 pub(crate) mod listener;
+pub(crate) mod presence;
+mod ready_file;
 mod sinks;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use tokio::task::JoinHandle;
 
 pub use clients::flatfile_client;
 pub(crate) use clients::flatfile_clients;
+pub use presence::{DaemonState, ReadyInfo};
 pub(crate) use sinks::start_sinks_reusing;
 pub use sinks::{InProcessPlugins, load_sink_plugin, start_sinks};
 
@@ -71,6 +74,14 @@ pub enum StartError {
     /// A webhook credential is missing, unreadable or unusable.
     #[error("webhook authentication: {0}")]
     WebhookAuth(#[from] WebhookAuthError),
+    /// `[daemon] ready_file` could not be written.
+    #[error("cannot write daemon.ready_file {path}: {error}")]
+    ReadyFile {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
 }
 
 /// The webhook credentials `config` configures, one line per scope (`any environment: bearer
@@ -150,8 +161,12 @@ pub struct ReloadSummary {
 /// A running flatsync instance: webhook listener, dispatcher and sink workers.
 #[derive(Debug)]
 pub struct RunningDaemon {
-    webhook_addr: Option<SocketAddr>,
-    admin_addr: Option<SocketAddr>,
+    /// Who this daemon is and where its listeners are bound.
+    ready: ReadyInfo,
+    /// `[daemon] ready_file` as it was at start; a reload does not move it.
+    ready_file: Option<std::path::PathBuf>,
+    /// Keeps the daemon's row in the state fresh; aborted when it stops.
+    presence: JoinHandle<()>,
     state: StateDb,
     health: Arc<Health>,
     /// Turns true when a stop begins: the dispatcher drains.
@@ -171,7 +186,8 @@ pub struct RunningDaemon {
 
 impl RunningDaemon {
     /// Opens the state database, starts every sink, binds the webhook listener and resumes any
-    /// pending events. Returns once the listener accepts connections.
+    /// pending events. Returns once the listener accepts connections, the daemon is recorded
+    /// in the state database and `[daemon] ready_file`, if set, is written.
     pub async fn start(config: Config) -> Result<RunningDaemon, StartError> {
         RunningDaemon::start_with(config, BTreeMap::new()).await
     }
@@ -206,8 +222,12 @@ impl RunningDaemon {
             stop_rx,
         )
         .await;
-        let listeners = match listeners {
-            Ok(listeners) => listeners,
+        let started = match listeners {
+            Ok(listeners) => listeners.register(&config, &state).await,
+            Err(e) => Err(e),
+        };
+        let (listeners, ready) = match started {
+            Ok(started) => started,
             Err(e) => {
                 // Stops a listener already serving, if any.
                 let _ = stop.send(true);
@@ -231,10 +251,12 @@ impl RunningDaemon {
             drain_rx,
             Arc::clone(&health),
         ));
+        let presence = presence::spawn(&state, &ready, &health);
         health.set_ready();
-        Ok(RunningDaemon {
-            webhook_addr: listeners.webhook_addr,
-            admin_addr: listeners.admin_addr,
+        RunningDaemon {
+            ready,
+            ready_file: config.daemon.ready_file.clone(),
+            presence,
             state,
             health,
             drain,
@@ -246,17 +268,41 @@ impl RunningDaemon {
             webhook_auth,
             in_process,
             reload_lock: tokio::sync::Mutex::new(()),
-        })
+        }
+        .announce()
+        .await
     }
 
-    /// Where the webhook listener is bound, when there is one.
+    /// Writes `[daemon] ready_file` when one is set; a daemon that cannot is stopped again,
+    /// since a script waiting for the file would wait forever.
+    async fn announce(self) -> Result<RunningDaemon, StartError> {
+        let Some(path) = self.ready_file.clone() else {
+            return Ok(self);
+        };
+        match ready_file::write(&path, &self.ready) {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                self.shutdown().await;
+                Err(StartError::ReadyFile { path, error })
+            }
+        }
+    }
+
+    /// Where the webhook listener is bound, when there is one: with `listen = "127.0.0.1:0"`,
+    /// the port the system chose.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
-        self.webhook_addr
+        self.ready.webhook
     }
 
     /// Where the admin listener (`/healthz`, `/readyz`, `/metrics`) is bound, when there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.ready.admin
+    }
+
+    /// What the daemon announces once ready: its id, pid, version and bound addresses, as
+    /// `flatsync run` prints them on stdout and `[daemon] ready_file` holds them.
+    pub fn ready_info(&self) -> &ReadyInfo {
+        &self.ready
     }
 
     /// The state database.
@@ -282,10 +328,10 @@ impl RunningDaemon {
     ///
     /// Everything new is started before anything is swapped: if a sink fails to start or a
     /// secret cannot be read, the error is returned and the running config stays as it was.
-    /// Settings that need a restart (`[daemon] state_dir` and `max_concurrent_events`,
-    /// `[webhook]` `listen`, `path`, `max_body_bytes` and the listener limits, the `[admin]`
-    /// section) are listed in the summary and left as they were. Webhook credentials are read
-    /// again and replaced for the requests that arrive after this returns.
+    /// Settings that need a restart (`[daemon] state_dir`, `max_concurrent_events` and
+    /// `ready_file`, `[webhook]` `listen`, `path`, `max_body_bytes` and the listener limits,
+    /// the `[admin]` section) are listed in the summary and left as they were. Webhook
+    /// credentials are read again and replaced for the requests that arrive after this returns.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = pipeline::current(&self.engine);
@@ -334,9 +380,15 @@ impl RunningDaemon {
     /// interrupted, and the process exits anyway.
     /// Nothing accepted is lost: paused and cut events resume on the next start, and sinks
     /// skip the batches they already hold.
+    ///
+    /// `[daemon] ready_file` is removed as the stop begins; once everything is stopped, the
+    /// daemon's row in the state database is marked stopped.
     pub async fn shutdown(self) -> DrainReport {
         let drain_deadline = tokio::time::Instant::now()
             + pipeline::current(&self.engine).config.daemon.drain_timeout;
+        if let Some(path) = &self.ready_file {
+            ready_file::remove(path, &self.ready);
+        }
         self.health.set_draining();
         let _ = self.drain.send(true);
         if let Err(e) = self.poller.await {
@@ -366,6 +418,14 @@ impl RunningDaemon {
                 .map(|sink| sink.shutdown_by(sinks_deadline)),
         )
         .await;
+        self.presence.abort();
+        if let Err(e) = self
+            .state
+            .mark_daemon_stopped(&self.ready.daemon_id, crate::state::now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, "Cannot record in the state database that the daemon stopped");
+        }
         report
     }
 }
@@ -420,6 +480,18 @@ impl Listeners {
             listeners.admin_addr = Some(addr);
         }
         Ok(listeners)
+    }
+
+    /// Records the daemon in the state database, with the addresses these listeners are bound
+    /// to.
+    async fn register(
+        self,
+        config: &Config,
+        state: &StateDb,
+    ) -> Result<(Listeners, ReadyInfo), StartError> {
+        let ready = ReadyInfo::new(&config.daemon.state_dir, self.webhook_addr, self.admin_addr);
+        presence::register(state, &ready).await?;
+        Ok((self, ready))
     }
 }
 
@@ -493,15 +565,18 @@ async fn shut_down_sinks(sinks: &BTreeMap<String, SinkWorker>) {
     }
 }
 
-/// `config` with the settings only a restart applies (`[daemon] state_dir` and
-/// `max_concurrent_events`, the `[webhook]` listener, `[admin]`) put back as `old` has them;
-/// each one that differed is listed in `summary`.
+/// `config` with the settings only a restart applies (`[daemon] state_dir`,
+/// `max_concurrent_events` and `ready_file`, the `[webhook]` listener, `[admin]`) put back as
+/// `old` has them; each one that differed is listed in `summary`.
 fn keep_start_settings(mut config: Config, old: &Config, summary: &mut ReloadSummary) -> Config {
     if config.daemon.state_dir != old.daemon.state_dir {
         summary.needs_restart.push("daemon.state_dir");
     }
     if config.daemon.max_concurrent_events != old.daemon.max_concurrent_events {
         summary.needs_restart.push("daemon.max_concurrent_events");
+    }
+    if config.daemon.ready_file != old.daemon.ready_file {
+        summary.needs_restart.push("daemon.ready_file");
     }
     // The listener's address, path and limits are bound at start; its credentials are
     // re-read on every reload, so a secret can be rotated without a restart.
@@ -532,6 +607,7 @@ fn keep_start_settings(mut config: Config, old: &Config, summary: &mut ReloadSum
     }
     config.daemon.state_dir = old.daemon.state_dir.clone();
     config.daemon.max_concurrent_events = old.daemon.max_concurrent_events;
+    config.daemon.ready_file = old.daemon.ready_file.clone();
     match (&mut config.webhook, &old.webhook) {
         (Some(new), Some(old)) if webhook_kept => {
             new.listen = old.listen;
@@ -575,4 +651,37 @@ fn reusable_sinks(
         .cloned()
         .collect();
     reuse
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn config(daemon: &str) -> Config {
+        Config::parse(
+            &format!("[daemon]\nstate_dir = \"/var/lib/flatsync\"\n{daemon}\n"),
+            Path::new("/etc/flatsync/config.toml"),
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn a_changed_ready_file_waits_for_a_restart() {
+        let old = config("ready_file = \"/run/flatsync/ready.json\"");
+        for new in [config("ready_file = \"/run/other.json\""), config("")] {
+            let mut summary = ReloadSummary::default();
+            let kept = keep_start_settings(new, &old, &mut summary);
+            assert_eq!(summary.needs_restart, ["daemon.ready_file"]);
+            assert_eq!(
+                kept.daemon.ready_file,
+                Some(PathBuf::from("/run/flatsync/ready.json")),
+                "the running daemon keeps the file it wrote"
+            );
+        }
+        let mut summary = ReloadSummary::default();
+        keep_start_settings(old.clone(), &old, &mut summary);
+        assert!(summary.needs_restart.is_empty(), "{summary:?}");
+    }
 }

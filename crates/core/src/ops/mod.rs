@@ -18,13 +18,15 @@ mod repair;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::daemon::DaemonState;
+pub use crate::state::DaemonRecord;
 pub use crate::time::format_utc;
 pub use doctor::{
     ApiCheck, ApiOutcome, RepairReport, SinkCheck, check_flatfile, check_sinks, daemon_using_state,
     repair_state,
 };
 pub use plugins::{InstalledPlugin, PluginScan, SinkPlugin, scan_plugins};
-pub use query::{EventFilter, RouteStatus, SinkStatus, StatusReport};
+pub use query::{DaemonStatus, EventFilter, RouteStatus, SinkStatus, StatusReport};
 pub use repair::{
     DeadLetterReport, DeadLetterSelector, DeliveryRef, EventOutcome, QueuedDelivery, ReplayReport,
     ReplaySelector, SkippedItem,

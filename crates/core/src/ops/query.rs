@@ -6,9 +6,14 @@ use serde::Serialize;
 
 use super::{EventDetail, EventSummary, LastError, OpsDb, OpsError, PollStatus, UploadStatus};
 use crate::config::Config;
+use crate::daemon::DaemonState;
+use crate::daemon::presence::{daemon_state, hostname, process_exists};
 use crate::pipeline::route::TopicPattern;
 use crate::state::report::Snapshot;
-use crate::state::{DeliveryStatus, EventStatus, StateError, now_ms};
+use crate::state::{DaemonRecord, DeliveryStatus, EventStatus, StateError, now_ms};
+
+/// How many daemons `flatsync status` lists, the ones seen last first.
+const DAEMONS_LISTED: usize = 20;
 
 /// What `flatsync status --json` prints.
 ///
@@ -25,12 +30,18 @@ use crate::state::{DeliveryStatus, EventStatus, StateError, now_ms};
 ///   }],
 ///   "routes": [{"index": 0, "topics": ["portalImportSubmitted"], "sinks": ["archive"],
 ///               "events_pending": 0}],
-///   "last_delivery_update_ms": 1714564790000
+///   "last_delivery_update_ms": 1714564790000,
+///   "daemons": [{
+///     "daemon_id": "5f0c3a9e1b7d2468", "pid": 4242, "hostname": "sync-1", "version": "0.1.0",
+///     "started_at_ms": 1714564000000, "last_seen_ms": 1714564798000, "stopped_at_ms": null,
+///     "webhook_addr": "127.0.0.1:8787", "admin_addr": "127.0.0.1:9187", "state": "running"
+///   }]
 /// }
 /// ```
 ///
 /// `events` always has the five statuses. `sinks` lists every sink that has deliveries, plus
 /// the configured ones, by name. `routes` is `null` when no config was read (`--state-dir`).
+/// `daemons` lists the 20 daemons (one per start) seen last on this state, most recent first.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
     /// When the report was made, ms since the Unix epoch.
@@ -52,6 +63,19 @@ pub struct StatusReport {
     /// flatsync stream) with parts still missing: nothing of them is delivered until the last
     /// part arrives.
     pub incomplete_uploads: Vec<UploadStatus>,
+    /// The daemons that run or ran on this state (one per start), seen last first.
+    pub daemons: Vec<DaemonStatus>,
+}
+
+/// A daemon of this state, in a [`StatusReport`]: its row, and where it stands now.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonStatus {
+    /// Who it is, where it listens, when it was last seen.
+    #[serde(flatten)]
+    pub daemon: DaemonRecord,
+    /// `running` (seen within the last 15 s and, when it ran on this host, its process
+    /// exists), `stopped` (stopped cleanly) or `gone` (killed, crashed, or its host is down).
+    pub state: DaemonState,
 }
 
 /// One sink's share of the work, in a [`StatusReport`].
@@ -132,6 +156,7 @@ impl OpsDb {
                 last_delivery_update_ms: snapshot.last_delivery_update_ms()?,
                 polling: snapshot.polling()?,
                 incomplete_uploads: snapshot.incomplete_uploads()?,
+                daemons: daemon_statuses(snapshot, now)?,
             })
         })
     }
@@ -153,6 +178,19 @@ impl OpsDb {
     pub fn show_event(&self, event_id: &str) -> Result<Option<EventDetail>, OpsError> {
         Ok(self.db.read(|snapshot| snapshot.event_detail(event_id))?)
     }
+}
+
+/// The daemons seen last, each with where it stands at `now`.
+fn daemon_statuses(snapshot: &Snapshot<'_>, now: i64) -> Result<Vec<DaemonStatus>, StateError> {
+    let this_host = hostname();
+    Ok(snapshot
+        .daemons(DAEMONS_LISTED)?
+        .into_iter()
+        .map(|daemon| DaemonStatus {
+            state: daemon_state(&daemon, now, &this_host, process_exists),
+            daemon,
+        })
+        .collect())
 }
 
 /// Inbox events by status, every status listed.

@@ -1,6 +1,6 @@
 //! The state database: the inbox of accepted events, routing decisions, stream plans,
-//! per-sink checkpoints, polling cursors and carried uploads, in one SQLite file (WAL,
-//! `synchronous=FULL`).
+//! per-sink checkpoints, polling cursors, carried uploads and the daemons using it, in one
+//! SQLite file (WAL, `synchronous=FULL`).
 //!
 //! Every write that precedes an externally visible promise (a 2xx to a webhook sender, a
 //! checkpoint advance) is committed with a full sync before the promise is made.
@@ -15,6 +15,8 @@
 //! - `streams`: routing (deliveries), stream plans and checkpoints;
 //! - `poll`: polling cursors and pending acknowledgements;
 //! - `carried`: uploads whose rows arrive in webhook bodies;
+//! - `daemons`: the daemons that run or ran on this state, where they listen and when they
+//!   were last seen ([`DaemonRecord`]);
 //! - [`operator`]: the operator commands' own handle ([`OperatorDb`]), opened while a daemon
 //!   runs, with [`report`] (reads) and [`repair`] (writes) on it;
 //! - [`health`]: the integrity check and the salvage of a damaged file.
@@ -33,12 +35,15 @@
 //! - a checkpoint never moves backwards ([`StateDb::advance`] keeps the maximum);
 //! - a part of a carried upload is stored once, and completing the upload (numbering its
 //!   parts, its inbox event) happens in the transaction of its last part;
+//! - a daemon's row is registered at its start, its `last_seen_ms` only moves forwards and
+//!   stops moving once it is marked stopped ([`StateDb::touch_daemon`]);
 //! - every operator read sees one snapshot, every operator change is one transaction that
 //!   waits for the daemon's writes rather than interleaving with them.
 //!
 //! [`health`] is SQLite's own (page-level salvage); another backend brings its own checks.
 
 mod carried;
+mod daemons;
 pub mod health;
 mod inbox;
 pub mod operator;
@@ -56,6 +61,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub(crate) use carried::{PartHead, PartKey, PartOutcome};
+pub use daemons::{DAEMON_RETENTION, DAEMON_TOUCH_INTERVAL, DaemonRecord};
 pub(crate) use inbox::CARRIED_KIND;
 pub use inbox::StoredEvent;
 pub use operator::OperatorDb;

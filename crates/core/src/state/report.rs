@@ -228,7 +228,7 @@ pub struct DeliveryCount {
 /// One read snapshot of the state database, from [`super::OperatorDb::read`].
 #[derive(Debug)]
 pub struct Snapshot<'a> {
-    tx: Tx<'a>,
+    pub(super) tx: Tx<'a>,
 }
 
 impl<'a> Snapshot<'a> {

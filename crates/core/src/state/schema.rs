@@ -8,11 +8,12 @@ use rusqlite::Connection;
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
 /// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
-/// arrive in webhook bodies).
-pub const SCHEMA_VERSION: i64 = 4;
+/// arrive in webhook bodies); version 6 added `daemons` (who runs on this state, and where).
+pub const SCHEMA_VERSION: i64 = 6;
 
-/// Every table and index of the current version; `IF NOT EXISTS` so that it also completes an
-/// older database after [`migrate`] added the columns its tables lack.
+/// Every table and index of the current version but those a migration block creates
+/// ([`DAEMONS`]); `IF NOT EXISTS` so that it also completes an older database after [`migrate`]
+/// added the columns its tables lack.
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
     event_id TEXT PRIMARY KEY,
@@ -118,9 +119,28 @@ pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if version < 6 {
+        conn.execute_batch(DAEMONS)?;
+    }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
+
+/// Version 6: one row per daemon start on this state (`state::daemons`), for `flatsync status`
+/// and for several daemons sharing one state.
+const DAEMONS: &str = "
+CREATE TABLE IF NOT EXISTS daemons (
+    daemon_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    hostname TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    stopped_at_ms INTEGER,
+    webhook_addr TEXT,
+    admin_addr TEXT
+);
+";
 
 /// Whether the database has `table`.
 pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
@@ -133,7 +153,7 @@ pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool
 
 /// Column lists of the state tables, in the order the salvage copies them (the inbox first),
 /// each column with the value used when an older schema lacks it.
-pub(crate) const TABLES: [(&str, &[(&str, &str)]); 8] = [
+pub(crate) const TABLES: [(&str, &[(&str, &str)]); 9] = [
     (
         "inbox",
         &[
@@ -234,13 +254,30 @@ pub(crate) const TABLES: [(&str, &[(&str, &str)]); 8] = [
             ("ordinal", "NULL"),
         ],
     ),
+    // Which daemons ran on this state: history for `flatsync status`, nothing delivery
+    // depends on.
+    (
+        "daemons",
+        &[
+            ("daemon_id", "NULL"),
+            ("pid", "0"),
+            ("hostname", "''"),
+            ("version", "''"),
+            ("started_at_ms", "0"),
+            ("last_seen_ms", "0"),
+            ("stopped_at_ms", "NULL"),
+            ("webhook_addr", "NULL"),
+            ("admin_addr", "NULL"),
+        ],
+    ),
 ];
 
-/// Tables a state database from before schema version 3 (polling) or 4 (uploads) does not
-/// have: nothing to salvage.
-pub(crate) const TABLES_ADDED_LATER: [&str; 4] = [
+/// Tables a state database from before schema version 3 (polling), 4 (uploads) or 6
+/// (daemons) does not have: nothing to salvage.
+pub(crate) const TABLES_ADDED_LATER: [&str; 5] = [
     "poll_cursors",
     "event_acks",
     "carried_uploads",
     "carried_parts",
+    "daemons",
 ];
