@@ -28,4 +28,5 @@ mod scaffold;
 mod secrets;
 mod service;
 mod shapes;
+mod top;
 mod uploads;

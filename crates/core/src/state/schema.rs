@@ -8,8 +8,9 @@ use rusqlite::Connection;
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
 /// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
-/// arrive in webhook bodies).
-pub const SCHEMA_VERSION: i64 = 4;
+/// arrive in webhook bodies); version 5 added `streams.total_rows` (the rows a stream holds,
+/// once its fetch learned them, for `flatsync top`).
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Every table and index of the current version; `IF NOT EXISTS` so that it also completes an
 /// older database after [`migrate`] added the columns its tables lack.
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS streams (
     page_size INTEGER NOT NULL,
     source TEXT NOT NULL DEFAULT '',
     sinks TEXT,
+    total_rows INTEGER,
     PRIMARY KEY (event_id, stream)
 );
 CREATE TABLE IF NOT EXISTS poll_cursors (
@@ -118,6 +120,15 @@ pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if (1..5).contains(&version)
+        && has_table(conn, "streams")?
+        && !has_column(conn, "streams", "total_rows")?
+    {
+        // Streams planned before version 5 have no known total: NULL, as for a stream whose
+        // fetch has not learned it yet. The column check makes a migration cut short by a crash
+        // (before `user_version` was written) safe to run again.
+        conn.execute_batch("ALTER TABLE streams ADD COLUMN total_rows INTEGER;")?;
+    }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
@@ -127,6 +138,15 @@ pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         [table],
+        |r| r.get(0),
+    )
+}
+
+/// Whether `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
         |r| r.get(0),
     )
 }
@@ -171,6 +191,7 @@ pub(crate) const TABLES: [(&str, &[(&str, &str)]); 8] = [
             ("page_size", "NULL"),
             ("source", "''"),
             ("sinks", "NULL"),
+            ("total_rows", "NULL"),
         ],
     ),
     (
