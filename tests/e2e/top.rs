@@ -125,9 +125,12 @@ impl Tmux {
 
     /// Waits until the screen satisfies `test`, which returns what it found.
     fn wait_for<T>(&self, what: &str, mut test: impl FnMut(&str) -> Option<T>) -> T {
-        wait::until(what, SCREEN_DEADLINE, || test(&self.screen()), || {
-            format!("screen:\n{}", self.screen())
-        })
+        wait::until(
+            what,
+            SCREEN_DEADLINE,
+            || test(&self.screen()),
+            || format!("screen:\n{}", self.screen()),
+        )
     }
 }
 
@@ -201,7 +204,9 @@ fn top_in_a_terminal_shows_growing_progress_and_restores_the_terminal_on_q() {
 
     tmux.keys("q");
     let screen = tmux.wait_for("top to exit", |screen| {
-        screen.contains("top exited with").then(|| screen.to_owned())
+        screen
+            .contains("top exited with")
+            .then(|| screen.to_owned())
     });
     assert!(
         screen.contains("top exited with 0"),
@@ -230,7 +235,9 @@ fn top_into_a_pipe_prints_plain_blocks_naming_the_event_sink_and_rows() {
     let config = daemon.settings().config_path();
     let config = config.to_str().expect("test paths are UTF-8");
 
-    let once = daemon.settings().cli(&["top", "--once", "--config", config]);
+    let once = daemon
+        .settings()
+        .cli(&["top", "--once", "--config", config]);
     let text = String::from_utf8_lossy(&once.stdout).into_owned();
     assert!(
         once.status.success(),
@@ -248,7 +255,10 @@ fn top_into_a_pipe_prints_plain_blocks_naming_the_event_sink_and_rows() {
     assert!(line.contains("archive"), "the line names the sink: {line}");
     let done = rows_done(&text, event)
         .unwrap_or_else(|| panic!("no rows done/expected (`N/{ROWS}`) in: {line}"));
-    assert!(done > 0 && done < ROWS, "rows done {done} of {ROWS}: {line}");
+    assert!(
+        done > 0 && done < ROWS,
+        "rows done {done} of {ROWS}: {line}"
+    );
     assert_eq!(
         text.matches("flatsync top at").count(),
         1,
@@ -256,9 +266,15 @@ fn top_into_a_pipe_prints_plain_blocks_naming_the_event_sink_and_rows() {
     );
 
     // Without --plain or --once: stdout is a pipe, so blocks of plain text, one per interval.
-    let two = daemon
-        .settings()
-        .cli(&["top", "--iterations", "2", "--interval", "0.5", "--config", config]);
+    let two = daemon.settings().cli(&[
+        "top",
+        "--iterations",
+        "2",
+        "--interval",
+        "0.5",
+        "--config",
+        config,
+    ]);
     let text = String::from_utf8_lossy(&two.stdout).into_owned();
     assert!(
         two.status.success(),

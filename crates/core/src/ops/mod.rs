@@ -34,8 +34,8 @@ pub use repair::{
 
 pub use crate::state::health::{StateHealth, StateInspection, TableSalvage, inspect_state};
 pub use crate::state::report::{
-    CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary,
-    InFlight, LastError, PollStatus, StreamInfo, StreamProgress, UploadStatus,
+    CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary, InFlight,
+    LastError, PollStatus, StreamInfo, StreamProgress, UploadStatus,
 };
 use crate::state::{EventStatus, OperatorDb, StateError};
 

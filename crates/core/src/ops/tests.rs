@@ -331,7 +331,11 @@ async fn live_lists_pending_deliveries_with_each_stream_s_rows_and_total() {
             },
         ]
     );
-    assert_eq!(sink(&live.status, "archive").pending, 2, "the status comes along");
+    assert_eq!(
+        sink(&live.status, "archive").pending,
+        2,
+        "the status comes along"
+    );
 
     let one = ops.live(None, 1).unwrap();
     assert_eq!(one.in_flight.len(), 1, "the limit holds");

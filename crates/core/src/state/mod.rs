@@ -325,7 +325,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(stream_total(&db).await, None, "a stream planned before has no total");
+        assert_eq!(
+            stream_total(&db).await,
+            None,
+            "a stream planned before has no total"
+        );
         assert_eq!(db.streams("e").await.unwrap().len(), 1, "the plan is kept");
         db.set_stream_total("e", "legacy-b", 20_000).await.unwrap();
         assert_eq!(stream_total(&db).await, Some(20_000));
@@ -334,7 +338,11 @@ mod tests {
         assert_eq!(stream_total(&db).await, Some(20_000));
         drop(db);
         let db = StateDb::open(dir.path()).expect("reopens at the current version");
-        assert_eq!(stream_total(&db).await, Some(20_000), "the total is durable");
+        assert_eq!(
+            stream_total(&db).await,
+            Some(20_000),
+            "the total is durable"
+        );
     }
 
     #[tokio::test]

@@ -157,7 +157,10 @@ impl App {
             }
             Err(e) => self.error = Some(format!("{e:#}")),
         }
-        if let Screen::Detail { event_id, detail, .. } = &mut self.screen {
+        if let Screen::Detail {
+            event_id, detail, ..
+        } = &mut self.screen
+        {
             match sampler.detail(event_id) {
                 Ok(found) => *detail = found.map(Box::new),
                 Err(e) => self.error = Some(format!("{e:#}")),

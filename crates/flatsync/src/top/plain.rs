@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use flatsync_core::ops;
 use flatsync_core::state::{EventStatus, now_ms};
 
-use super::sample::{
-    Sample, Sampler, SortBy, eta_text, percent_text, rate_text, rows_text,
-};
+use super::sample::{Sample, Sampler, SortBy, eta_text, percent_text, rate_text, rows_text};
 use super::scrape::Scrape;
 use crate::ops_cli::{age, short, table};
 
@@ -30,7 +28,10 @@ pub(super) fn run(
         if iterations.is_none_or(|n| taken < n) {
             text.push('\n');
         }
-        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
             Ok(()) => {}
             // `flatsync top | head` closes the pipe: that is the reader's way to say enough.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
@@ -91,7 +92,10 @@ fn in_flight(sample: &Sample) -> String {
     }
     let shown = sample.in_flight.len() as u64;
     let mut out = if shown < sample.in_flight_total {
-        format!("In flight: {shown} of {} deliveries\n", sample.in_flight_total)
+        format!(
+            "In flight: {shown} of {} deliveries\n",
+            sample.in_flight_total
+        )
     } else {
         format!("In flight: {shown} deliveries\n")
     };
@@ -150,7 +154,14 @@ fn sinks(sample: &Sample, now: i64) -> String {
         .collect();
     table(
         &[
-            "SINK", "RATE", "DONE", "PENDING", "FAILED", "ROWS", "LAG", "LAST ERROR",
+            "SINK",
+            "RATE",
+            "DONE",
+            "PENDING",
+            "FAILED",
+            "ROWS",
+            "LAG",
+            "LAST ERROR",
         ],
         &rows,
     )

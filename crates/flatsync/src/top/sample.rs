@@ -257,7 +257,10 @@ pub(crate) struct Sampler {
 impl Sampler {
     /// A sampler of the state database in `state_dir`; `config`, when read, names the sinks
     /// and routes and says where the admin listener is.
-    pub(crate) fn open(state_dir: &std::path::Path, config: Option<Config>) -> anyhow::Result<Sampler> {
+    pub(crate) fn open(
+        state_dir: &std::path::Path,
+        config: Option<Config>,
+    ) -> anyhow::Result<Sampler> {
         Ok(Sampler {
             db: OpsDb::open_read_only(state_dir)?,
             admin: Admin::of(config.as_ref()),
@@ -293,7 +296,10 @@ pub(crate) fn rows_text(done: u64, expected: Option<u64>) -> String {
 
 /// `1520 rows/s`, or `-` without a rate.
 pub(crate) fn rate_text(rate: Option<f64>) -> String {
-    rate.map_or_else(|| "-".to_owned(), |r| format!("{} rows/s", r.round() as u64))
+    rate.map_or_else(
+        || "-".to_owned(),
+        |r| format!("{} rows/s", r.round() as u64),
+    )
 }
 
 /// `17s`, `2m05s`, `1h02m`, or `-` when unknown.
@@ -311,7 +317,10 @@ pub(crate) fn eta_text(eta: Option<Duration>) -> String {
 
 /// `15%`, or `-` while the total is unknown.
 pub(crate) fn percent_text(fraction: Option<f64>) -> String {
-    fraction.map_or_else(|| "-".to_owned(), |f| format!("{}%", (f * 100.0).floor() as u64))
+    fraction.map_or_else(
+        || "-".to_owned(),
+        |f| format!("{}%", (f * 100.0).floor() as u64),
+    )
 }
 
 #[cfg(test)]
@@ -352,7 +361,11 @@ mod tests {
         for i in 0..10_000 {
             window.push(f64::from(i) * 0.001, u64::from(i as u32));
         }
-        assert!(window.points.len() <= RATE_POINTS, "{} points", window.points.len());
+        assert!(
+            window.points.len() <= RATE_POINTS,
+            "{} points",
+            window.points.len()
+        );
         let rate = window.rate().expect("a rate");
         assert!((rate - 1_000.0).abs() < 1e-6, "{rate}");
     }
@@ -363,26 +376,44 @@ mod tests {
         window.push(0.0, 5_000);
         window.push(1.0, 6_000);
         window.push(2.0, 100);
-        assert_eq!(window.rate(), None, "a replay started from 0: no negative rate");
+        assert_eq!(
+            window.rate(),
+            None,
+            "a replay started from 0: no negative rate"
+        );
         window.push(4.0, 500);
         assert_eq!(window.rate(), Some(200.0));
     }
 
     #[test]
     fn eta_is_the_remaining_rows_over_the_rate() {
-        assert_eq!(eta(3_000, Some(20_000), Some(1_000.0)), Some(Duration::from_secs(17)));
+        assert_eq!(
+            eta(3_000, Some(20_000), Some(1_000.0)),
+            Some(Duration::from_secs(17))
+        );
         assert_eq!(
             eta(3_000, Some(20_000), Some(3_000.0)),
             Some(Duration::from_secs(6)),
             "17,000 rows at 3,000/s is 5.67 s, rounded up"
         );
-        assert_eq!(eta(20_000, Some(20_000), None), Some(Duration::ZERO), "done");
+        assert_eq!(
+            eta(20_000, Some(20_000), None),
+            Some(Duration::ZERO),
+            "done"
+        );
         assert_eq!(eta(3_000, None, Some(1_000.0)), None, "total unknown");
         assert_eq!(eta(3_000, Some(20_000), None), None, "no rate yet");
         assert_eq!(eta(3_000, Some(20_000), Some(0.0)), None, "stalled");
     }
 
-    fn bar(event: &str, sink: &str, received: i64, done: u64, expected: Option<u64>, rate: Option<f64>) -> Progress {
+    fn bar(
+        event: &str,
+        sink: &str,
+        received: i64,
+        done: u64,
+        expected: Option<u64>,
+        rate: Option<f64>,
+    ) -> Progress {
         Progress {
             event_id: event.to_owned(),
             topic: "t".to_owned(),
@@ -402,19 +433,28 @@ mod tests {
             bar("new-small", "a", 3, 10, Some(1_000), Some(2_000.0)),
             bar("mid-stuck", "a", 2, 0, None, None),
         ];
-        let order = |bars: &[Progress]| bars.iter().map(|b| b.event_id.as_str()).collect::<Vec<_>>();
+        fn order(bars: &[Progress]) -> Vec<&str> {
+            bars.iter().map(|b| b.event_id.as_str()).collect()
+        }
         SortBy::Newest.sort(&mut bars);
         assert_eq!(order(&bars), ["new-small", "mid-stuck", "old-big"]);
         SortBy::Slowest.sort(&mut bars);
         assert_eq!(order(&bars), ["mid-stuck", "new-small", "old-big"]);
         SortBy::MostRows.sort(&mut bars);
         assert_eq!(order(&bars), ["old-big", "new-small", "mid-stuck"]);
-        assert_eq!(SortBy::Newest.next().next().next(), SortBy::Newest, "s cycles through three");
+        assert_eq!(
+            SortBy::Newest.next().next().next(),
+            SortBy::Newest,
+            "s cycles through three"
+        );
     }
 
     #[test]
     fn a_bar_fraction_is_clamped_and_an_empty_stream_is_full() {
-        assert_eq!(bar("e", "s", 0, 5_000, Some(20_000), None).fraction(), Some(0.25));
+        assert_eq!(
+            bar("e", "s", 0, 5_000, Some(20_000), None).fraction(),
+            Some(0.25)
+        );
         assert_eq!(bar("e", "s", 0, 0, Some(0), None).fraction(), Some(1.0));
         assert_eq!(bar("e", "s", 0, 30, Some(20), None).fraction(), Some(1.0));
         assert_eq!(bar("e", "s", 0, 30, None, None).fraction(), None);

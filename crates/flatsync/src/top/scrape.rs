@@ -43,7 +43,10 @@ impl Admin {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        Admin::At(format!("http://{}/metrics", SocketAddr::new(ip, listen.port())))
+        Admin::At(format!(
+            "http://{}/metrics",
+            SocketAddr::new(ip, listen.port())
+        ))
     }
 
     /// Reads `/metrics` now; what cannot be read says why.
@@ -132,9 +135,12 @@ impl Metrics {
     }
 }
 
+/// A sample's labels, as (name, value) pairs in the order written.
+type Labels = Vec<(String, String)>;
+
 /// One sample line of the text format, `name{label="value",...} value [timestamp]`, as name,
 /// labels and value; `None` for comments, blank lines and lines that do not parse.
-fn sample_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn sample_line(line: &str) -> Option<(&str, Labels, f64)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -161,7 +167,7 @@ fn sample_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
 
 /// Reads `key="value",...}` (after the opening brace) with the format's escapes; returns the
 /// pairs and the text after the closing brace.
-fn label_set(mut text: &str) -> Option<(Vec<(String, String)>, &str)> {
+fn label_set(mut text: &str) -> Option<(Labels, &str)> {
     let mut labels = Vec::new();
     loop {
         text = text.trim_start_matches([' ', ',']);
@@ -231,7 +237,11 @@ flatsync_events_pending 4
         assert_eq!(sample_line("x not-a-number"), None);
         assert_eq!(
             sample_line("x{le=\"+Inf\"} +Inf"),
-            Some(("x", vec![("le".to_owned(), "+Inf".to_owned())], f64::INFINITY))
+            Some((
+                "x",
+                vec![("le".to_owned(), "+Inf".to_owned())],
+                f64::INFINITY
+            ))
         );
     }
 

@@ -112,8 +112,7 @@ fn overview(frame: &mut Frame<'_>, app: &App, sample: &Sample, area: Rect) {
     frame.render_stateful_widget(in_flight(sample), bars, &mut state);
     frame.render_widget(sink_table(sample), sinks);
     let [polls, metrics] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-            .areas(bottom);
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom);
     frame.render_widget(poll_table(sample), polls);
     let lines: Vec<Line<'_>> = metrics_lines(&sample.metrics)
         .into_iter()
@@ -134,7 +133,10 @@ fn bar(fraction: Option<f64>) -> String {
     let mut text = String::with_capacity(BAR_WIDTH * 3 + 2);
     text.push('[');
     text.extend(std::iter::repeat_n('█', filled.min(BAR_WIDTH)));
-    text.extend(std::iter::repeat_n(unknown, BAR_WIDTH - filled.min(BAR_WIDTH)));
+    text.extend(std::iter::repeat_n(
+        unknown,
+        BAR_WIDTH - filled.min(BAR_WIDTH),
+    ));
     text.push(']');
     text
 }
@@ -176,8 +178,10 @@ fn in_flight(sample: &Sample) -> Table<'static> {
         ],
     )
     .header(
-        Row::new(["EVENT", "SINK", "PROGRESS", "", "ROWS", "RATE", "ETA", "TOPIC"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new([
+            "EVENT", "SINK", "PROGRESS", "", "ROWS", "RATE", "ETA", "TOPIC",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(titled(&title))
     .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -187,14 +191,12 @@ fn in_flight(sample: &Sample) -> Table<'static> {
 fn sink_table(sample: &Sample) -> Table<'static> {
     let now = now_ms();
     let up = |sink: &str| match &sample.metrics {
-        super::scrape::Scrape::Read(m) => {
-            match (m.sink_stalled.get(sink), m.sink_up.get(sink)) {
-                (Some(true), _) => "stalled",
-                (_, Some(true)) => "up",
-                (_, Some(false)) => "down",
-                _ => "-",
-            }
-        }
+        super::scrape::Scrape::Read(m) => match (m.sink_stalled.get(sink), m.sink_up.get(sink)) {
+            (Some(true), _) => "stalled",
+            (_, Some(true)) => "up",
+            (_, Some(false)) => "down",
+            _ => "-",
+        },
         _ => "-",
     };
     let rows: Vec<Row<'_>> = sample
@@ -244,7 +246,15 @@ fn sink_table(sample: &Sample) -> Table<'static> {
     )
     .header(
         Row::new([
-            "SINK", "STATE", "RATE", "DONE", "PENDING", "FAILED", "ROWS", "LAG", "LAST ERROR",
+            "SINK",
+            "STATE",
+            "RATE",
+            "DONE",
+            "PENDING",
+            "FAILED",
+            "ROWS",
+            "LAG",
+            "LAST ERROR",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
@@ -304,7 +314,10 @@ fn detail_lines(event: &EventDetail) -> Vec<Line<'static>> {
         lines.push(Line::from(format!("detail:   {detail}")));
     }
     lines.push(Line::from(""));
-    lines.push(Line::styled("Deliveries", Style::new().add_modifier(Modifier::BOLD)));
+    lines.push(Line::styled(
+        "Deliveries",
+        Style::new().add_modifier(Modifier::BOLD),
+    ));
     for d in &event.deliveries {
         lines.push(Line::from(format!(
             "  {}: {}, {} rows, generation {}, streams [{}]",
@@ -315,11 +328,17 @@ fn detail_lines(event: &EventDetail) -> Vec<Line<'static>> {
             d.streams.join(", ")
         )));
         if let Some(error) = &d.error {
-            lines.push(Line::styled(format!("    error: {error}"), Style::new().fg(Color::Red)));
+            lines.push(Line::styled(
+                format!("    error: {error}"),
+                Style::new().fg(Color::Red),
+            ));
         }
     }
     lines.push(Line::from(""));
-    lines.push(Line::styled("Streams", Style::new().add_modifier(Modifier::BOLD)));
+    lines.push(Line::styled(
+        "Streams",
+        Style::new().add_modifier(Modifier::BOLD),
+    ));
     for s in &event.streams {
         let total = s
             .total_rows
@@ -330,7 +349,10 @@ fn detail_lines(event: &EventDetail) -> Vec<Line<'static>> {
         )));
     }
     lines.push(Line::from(""));
-    lines.push(Line::styled("Checkpoints", Style::new().add_modifier(Modifier::BOLD)));
+    lines.push(Line::styled(
+        "Checkpoints",
+        Style::new().add_modifier(Modifier::BOLD),
+    ));
     for c in &event.checkpoints {
         lines.push(Line::from(format!(
             "  {} {}: next batch {}, {} rows{}",
@@ -351,7 +373,10 @@ mod tests {
     #[test]
     fn a_bar_fills_with_the_fraction_and_stays_blank_without_a_total() {
         assert_eq!(bar(Some(0.0)), format!("[{}]", "░".repeat(20)));
-        assert_eq!(bar(Some(0.25)), format!("[{}{}]", "█".repeat(5), "░".repeat(15)));
+        assert_eq!(
+            bar(Some(0.25)),
+            format!("[{}{}]", "█".repeat(5), "░".repeat(15))
+        );
         assert_eq!(bar(Some(1.0)), format!("[{}]", "█".repeat(20)));
         assert_eq!(bar(None), format!("[{}]", " ".repeat(20)));
     }
