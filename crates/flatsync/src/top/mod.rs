@@ -4,6 +4,8 @@
 //! crossterm: keys only, so it works over SSH); otherwise, or with `--plain`, it prints a plain
 //! text block per interval.
 
+#[cfg(test)]
+mod fixtures;
 mod plain;
 mod sample;
 mod scrape;
@@ -257,5 +259,99 @@ impl App {
             _ => {}
         }
         Action::Redraw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn press(app: &mut App, code: KeyCode) -> Action {
+        app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    fn selected(app: &App) -> Option<&str> {
+        app.selected.as_ref().map(|(event, _)| event.as_str())
+    }
+
+    #[test]
+    fn keys_sort_select_open_the_detail_go_back_and_quit() {
+        // evt-new is the newest and the furthest along.
+        let mut app = App {
+            sample: Some(fixtures::sample(&[("evt-old", 3_000), ("evt-new", 9_000)])),
+            ..App::default()
+        };
+        app.sort.sort(&mut app.sample.as_mut().unwrap().in_flight);
+        app.keep_selection();
+        assert_eq!(selected(&app), Some("evt-new"), "the first bar is selected");
+
+        assert_eq!(press(&mut app, KeyCode::Down), Action::Redraw);
+        assert_eq!(selected(&app), Some("evt-old"));
+        press(&mut app, KeyCode::Char('j'));
+        assert_eq!(
+            selected(&app),
+            Some("evt-old"),
+            "the last bar stays selected"
+        );
+        press(&mut app, KeyCode::Char('k'));
+        assert_eq!(selected(&app), Some("evt-new"));
+
+        press(&mut app, KeyCode::Char('s'));
+        assert_eq!(app.sort, SortBy::Slowest);
+        let bars = &app.sample.as_ref().unwrap().in_flight;
+        assert_eq!(bars[0].event_id, "evt-new", "same rate: newest first");
+        assert_eq!(
+            selected(&app),
+            Some("evt-new"),
+            "the selection follows its bar"
+        );
+        press(&mut app, KeyCode::Char('s'));
+        assert_eq!(app.sort, SortBy::MostRows);
+
+        press(&mut app, KeyCode::Down);
+        assert_eq!(press(&mut app, KeyCode::Enter), Action::Refresh);
+        let Screen::Detail { event_id, .. } = &app.screen else {
+            panic!("Enter opens the detail: {:?}", app.screen);
+        };
+        assert_eq!(event_id, "evt-old");
+        assert_eq!(press(&mut app, KeyCode::Down), Action::Redraw);
+        assert!(matches!(app.screen, Screen::Detail { scroll: 1, .. }));
+        assert_eq!(
+            press(&mut app, KeyCode::Esc),
+            Action::Redraw,
+            "Esc in the detail goes back, it does not quit"
+        );
+        assert!(matches!(app.screen, Screen::Overview));
+
+        assert_eq!(press(&mut app, KeyCode::Char('q')), Action::Quit);
+        assert_eq!(press(&mut app, KeyCode::Esc), Action::Quit);
+        assert_eq!(
+            app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Action::Quit,
+            "Ctrl-C quits in raw mode too"
+        );
+    }
+
+    #[test]
+    fn enter_without_bars_stays_on_the_overview() {
+        let mut app = App {
+            sample: Some(fixtures::sample(&[])),
+            ..App::default()
+        };
+        assert_eq!(press(&mut app, KeyCode::Enter), Action::Redraw);
+        assert!(matches!(app.screen, Screen::Overview));
+        assert_eq!(press(&mut app, KeyCode::Down), Action::Redraw);
+    }
+
+    #[test]
+    fn an_interval_is_a_number_of_seconds_within_bounds() {
+        assert_eq!(parse_interval("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_interval("0").unwrap_err().contains("0.1 to 3600"));
+        assert!(
+            parse_interval("1s")
+                .unwrap_err()
+                .contains("not a number of seconds")
+        );
     }
 }

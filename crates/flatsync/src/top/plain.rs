@@ -90,15 +90,7 @@ fn in_flight(sample: &Sample) -> String {
     if sample.in_flight.is_empty() {
         return "In flight: nothing\n".to_owned();
     }
-    let shown = sample.in_flight.len() as u64;
-    let mut out = if shown < sample.in_flight_total {
-        format!(
-            "In flight: {shown} of {} deliveries\n",
-            sample.in_flight_total
-        )
-    } else {
-        format!("In flight: {shown} deliveries\n")
-    };
+    let mut out = format!("In flight: {}\n", in_flight_count(sample));
     let rows: Vec<Vec<String>> = sample
         .in_flight
         .iter()
@@ -119,6 +111,17 @@ fn in_flight(sample: &Sample) -> String {
         &rows,
     ));
     out
+}
+
+/// `1 delivery`, `3 deliveries`, or `500 of 2000 deliveries` past the sample's limit.
+pub(super) fn in_flight_count(sample: &Sample) -> String {
+    let (shown, total) = (sample.in_flight.len() as u64, sample.in_flight_total);
+    let noun = if total == 1 { "delivery" } else { "deliveries" };
+    if shown < total {
+        format!("{shown} of {total} {noun}")
+    } else {
+        format!("{total} {noun}")
+    }
 }
 
 fn sinks(sample: &Sample, now: i64) -> String {
@@ -236,4 +239,57 @@ fn metrics(scrape: &Scrape) -> String {
         .into_iter()
         .map(|line| line + "\n")
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::fixtures::{NOW, sample};
+    use crate::top::scrape::Metrics;
+
+    #[test]
+    fn a_block_names_the_event_sink_rows_rate_and_eta_without_escape_codes() {
+        let text = render(&sample(&[("evt-1", 5_000)]), NOW);
+        assert!(!text.contains('\x1b'), "escape codes in:\n{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("evt-1"))
+            .unwrap_or_else(|| panic!("no line for evt-1 in:\n{text}"));
+        for figure in ["archive", "5000/20000", "25%", "1000 rows/s", "15s"] {
+            assert!(line.contains(figure), "{figure} missing from: {line}");
+        }
+        for part in [
+            "Events: 1 pending, 4 done, 0 failed, 0 skipped, 0 unrouted; dead letters: 1",
+            "In flight: 1 delivery",
+            "2m ago, event evt-bad: disk full",
+            "us_env_1",
+            "Metrics: no [admin] listener configured",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn metrics_lines_add_retries_up_and_refused_rows() {
+        let metrics = Metrics::parse(
+            "flatsync_fetch_retries_total{endpoint=\"records\",reason=\"http_429\"} 4\n\
+             flatsync_sink_up{sink=\"archive\"} 1\n\
+             flatsync_sink_up{sink=\"warehouse\"} 0\n\
+             flatsync_sink_stalled{sink=\"warehouse\"} 1\n\
+             flatsync_rows_failed_total{sink=\"warehouse\"} 500\n",
+        );
+        assert_eq!(
+            metrics_lines(&Scrape::Read(metrics)),
+            [
+                "API retries: records 4",
+                "Sinks: archive up, warehouse stalled (500 rows refused)"
+            ]
+        );
+        assert_eq!(
+            metrics_lines(&Scrape::Failed(
+                "GET http://127.0.0.1:9/metrics: refused".to_owned()
+            )),
+            ["Metrics: cannot read: GET http://127.0.0.1:9/metrics: refused"]
+        );
+    }
 }

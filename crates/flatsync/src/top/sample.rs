@@ -473,4 +473,47 @@ mod tests {
         assert_eq!(percent_text(Some(0.159)), "15%");
         assert_eq!(percent_text(None), "-");
     }
+
+    #[test]
+    fn rates_come_from_the_difference_between_samples_and_gone_bars_are_forgotten() {
+        use crate::top::fixtures::report;
+        use crate::top::scrape::Scrape;
+        let none = || Scrape::Unavailable(String::new());
+        let mut rates = Rates::default();
+        let first = rates.apply(0.0, report(&[("evt-1", 3_000)]), none());
+        assert_eq!(first.in_flight[0].rate, None, "one sample has no rate");
+        assert_eq!(first.in_flight[0].eta, None);
+        assert_eq!(first.in_flight[0].expected, Some(20_000));
+
+        let second = rates.apply(2.0, report(&[("evt-1", 5_000)]), none());
+        let bar = &second.in_flight[0];
+        assert_eq!((bar.done, bar.rate), (5_000, Some(1_000.0)));
+        assert_eq!(
+            bar.eta,
+            Some(Duration::from_secs(15)),
+            "15,000 rows left at 1,000/s"
+        );
+        assert_eq!(second.sinks[0].status.name, "archive");
+        assert_eq!(
+            second.sinks[0].rate,
+            Some(1_000.0),
+            "the sink's rows grew as much"
+        );
+        assert_eq!(
+            second.sinks[1].rate,
+            Some(0.0),
+            "warehouse delivered nothing"
+        );
+
+        rates.apply(3.0, report(&[]), none());
+        assert!(
+            rates.deliveries.is_empty(),
+            "a finished delivery's window is dropped"
+        );
+        let again = rates.apply(4.0, report(&[("evt-1", 6_000)]), none());
+        assert_eq!(
+            again.in_flight[0].rate, None,
+            "a bar back on screen starts afresh"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, Wrap};
 
-use super::plain::{event_counts, metrics_lines};
+use super::plain::{event_counts, in_flight_count, metrics_lines};
 use super::sample::{Sample, eta_text, percent_text, rate_text, rows_text};
 use super::{App, Screen};
 use crate::ops_cli::{age, short};
@@ -84,8 +84,8 @@ fn header(app: &App) -> Paragraph<'static> {
             event_counts(sample)
         )));
         lines.push(Line::from(format!(
-            "In flight: {} deliveries  Dead letters: {}",
-            sample.in_flight_total,
+            "In flight: {}  Dead letters: {}",
+            in_flight_count(sample),
             sample.dead_letters()
         )));
     }
@@ -158,12 +158,7 @@ fn in_flight(sample: &Sample) -> Table<'static> {
             ])
         })
         .collect();
-    let shown = sample.in_flight.len() as u64;
-    let title = if shown < sample.in_flight_total {
-        format!("In flight ({shown} of {})", sample.in_flight_total)
-    } else {
-        format!("In flight ({shown})")
-    };
+    let title = format!("In flight ({})", in_flight_count(sample));
     Table::new(
         rows,
         [
@@ -379,5 +374,40 @@ mod tests {
         );
         assert_eq!(bar(Some(1.0)), format!("[{}]", "█".repeat(20)));
         assert_eq!(bar(None), format!("[{}]", " ".repeat(20)));
+    }
+
+    #[test]
+    fn the_overview_shows_each_bar_with_rows_rate_and_eta() {
+        let app = App {
+            sample: Some(crate::top::fixtures::sample(&[("evt-1", 5_000)])),
+            ..App::default()
+        };
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 30)).unwrap();
+        terminal.draw(|frame| draw(frame, &app)).unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .chunks(160)
+            .map(|row| row.iter().map(|cell| cell.symbol()).collect::<String>() + "\n")
+            .collect();
+        let line = screen
+            .lines()
+            .find(|l| l.contains("evt-1"))
+            .unwrap_or_else(|| panic!("no bar for evt-1:\n{screen}"));
+        for figure in [
+            "archive",
+            "rows 5000/20000",
+            "25%",
+            "1000 rows/s",
+            "ETA 15s",
+            "█████",
+        ] {
+            assert!(line.contains(figure), "{figure} missing from: {line}");
+        }
+        assert!(screen.contains("Dead letters: 1"), "{screen}");
+        assert!(screen.contains("disk full"), "the last error: {screen}");
+        assert!(screen.contains("q quit"), "the keys: {screen}");
     }
 }
