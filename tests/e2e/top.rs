@@ -154,12 +154,13 @@ fn top_in_a_terminal_shows_growing_progress_and_restores_the_terminal_on_q() {
     let config = daemon.settings().config_path();
     // After top exits, the shell reports its status and the terminal's modes, and waits to be
     // read; the tmux server is killed when the test ends.
-    let command = format!(
+    let script = format!(
         "{} top --config {} --interval 0.5; echo \"top exited with $?\"; stty -a; sleep 600",
         sh_quote(&flatsync.to_string_lossy()),
         sh_quote(&config.to_string_lossy()),
     );
-    let tmux = Tmux::start("top", 160, 40, &command);
+    // Through `sh` whatever the user's shell is, for `$?`.
+    let tmux = Tmux::start("top", 160, 40, &format!("sh -c {}", sh_quote(&script)));
 
     let first = tmux.wait_for("the event's progress bar on screen", |screen| {
         rows_done(screen, event).filter(|&n| n > 0)

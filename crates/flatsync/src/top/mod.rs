@@ -70,9 +70,15 @@ fn interactive(
     interval: Duration,
     iterations: Option<u64>,
 ) -> anyhow::Result<()> {
-    // `init` enters raw mode and the alternate screen, and installs a panic hook that leaves
-    // them before the panic message prints; `restore` leaves them on every other way out.
-    let mut terminal = ratatui::init();
+    // `try_init` enters raw mode and the alternate screen, and installs a panic hook that
+    // leaves them before the panic message prints; `restore` leaves them on every other way out.
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            ratatui::restore();
+            anyhow::bail!("cannot take over the terminal ({e}); try `flatsync top --plain`");
+        }
+    };
     let result = event_loop(&mut terminal, sampler, interval, iterations);
     ratatui::restore();
     result
