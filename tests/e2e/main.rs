@@ -29,4 +29,5 @@ mod scaffold;
 mod secrets;
 mod service;
 mod shapes;
+mod top;
 mod uploads;

@@ -4,6 +4,7 @@ mod demo;
 mod ops_cli;
 mod scaffold;
 mod service;
+mod top;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,6 +67,14 @@ enum Command {
         #[command(subcommand)]
         command: scaffold::PluginCommand,
     },
+    /// Watch deliveries live: progress bars per event and sink, sink throughput, dead letters,
+    /// poll cursors, retries.
+    ///
+    /// Reads the state database read-only (and the admin listener's /metrics when the config
+    /// has one), every --interval. Keys: q quit, s sort, arrows or j/k select, Enter detail,
+    /// Esc back. When stdout is not a terminal, or with --plain, prints a plain text block per
+    /// interval instead; --once prints one.
+    Top(top::TopArgs),
     #[command(flatten)]
     Ops(ops_cli::OpsCommand),
 }
@@ -125,6 +134,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(load(&config)?).await,
             Command::Demo { rows, out } => demo::run(rows, out).await,
             Command::Plugin { command } => scaffold::run(command),
+            Command::Top(args) => top::run(args),
             Command::Ops(command) => ops_cli::run(command).await,
         }
     });

@@ -31,13 +31,13 @@ pub(crate) struct Target {
 }
 
 /// The state directory, and the config when one was read.
-struct Located {
-    state_dir: PathBuf,
-    config: Option<Config>,
+pub(crate) struct Located {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) config: Option<Config>,
 }
 
 impl Target {
-    fn locate(&self) -> anyhow::Result<Located> {
+    pub(crate) fn locate(&self) -> anyhow::Result<Located> {
         if let Some(state_dir) = &self.state_dir {
             return Ok(Located {
                 state_dir: state_dir.clone(),
@@ -269,7 +269,7 @@ fn when(ms: i64, now: i64) -> String {
 }
 
 /// `42s`, `3m`, `5h`, `2d`.
-fn age(seconds: i64) -> String {
+pub(crate) fn age(seconds: i64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 7_200 => format!("{}m", s / 60),
@@ -279,7 +279,7 @@ fn age(seconds: i64) -> String {
 }
 
 /// Lays rows out in left-aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -307,7 +307,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The first line of a message, at most `max` characters.
-fn short(text: &str, max: usize) -> String {
+pub(crate) fn short(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or("");
     if line.chars().count() <= max && !text.contains('\n') {
         line.to_owned()
@@ -614,8 +614,14 @@ fn print_event(event: &EventDetail) -> anyhow::Result<()> {
     println!("Streams:");
     for s in &event.streams {
         println!(
-            "  {}. {} (kind {}, source {}, {} rows per page)",
-            s.ordinal, s.stream, s.kind, s.source_ref, s.page_size
+            "  {}. {} (kind {}, source {}, {} rows per page{})",
+            s.ordinal,
+            s.stream,
+            s.kind,
+            s.source_ref,
+            s.page_size,
+            s.total_rows
+                .map_or_else(String::new, |t| format!(", {t} rows"))
         );
     }
     println!("Checkpoints:");

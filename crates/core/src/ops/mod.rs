@@ -12,6 +12,7 @@
 //! change under the pipeline's feet could be overwritten when it records its result.
 
 mod doctor;
+mod live;
 mod plugins;
 mod query;
 mod repair;
@@ -25,6 +26,7 @@ pub use doctor::{
     ApiCheck, ApiOutcome, RepairReport, SinkCheck, check_flatfile, check_sinks, daemon_using_state,
     repair_state,
 };
+pub use live::LiveReport;
 pub use plugins::{InstalledPlugin, PluginScan, SinkPlugin, scan_plugins};
 pub use query::{DaemonStatus, EventFilter, RouteStatus, SinkStatus, StatusReport};
 pub use repair::{
@@ -34,8 +36,8 @@ pub use repair::{
 
 pub use crate::state::health::{StateHealth, StateInspection, TableSalvage, inspect_state};
 pub use crate::state::report::{
-    CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary,
-    LastError, PollStatus, StreamInfo, UploadStatus,
+    CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary, InFlight,
+    LastError, PollStatus, StreamInfo, StreamProgress, UploadStatus,
 };
 use crate::state::{EventStatus, OperatorDb, StateError};
 

@@ -146,18 +146,27 @@ impl OpsDb {
     pub fn status(&self, config: Option<&Config>) -> Result<StatusReport, OpsError> {
         let now = now_ms();
         // One snapshot: every number comes from the same moment.
-        self.db.read(|snapshot| {
-            Ok(StatusReport {
-                generated_at_ms: now,
-                state_db: self.path().display().to_string(),
-                events: event_totals(snapshot)?,
-                sinks: sink_statuses(snapshot, config, now)?,
-                routes: config.map(|c| route_statuses(snapshot, c)).transpose()?,
-                last_delivery_update_ms: snapshot.last_delivery_update_ms()?,
-                polling: snapshot.polling()?,
-                incomplete_uploads: snapshot.incomplete_uploads()?,
-                daemons: daemon_statuses(snapshot, now)?,
-            })
+        self.db
+            .read(|snapshot| Ok(self.status_in(snapshot, config, now)?))
+    }
+
+    /// The overview of [`OpsDb::status`], read from `snapshot` as of `now`.
+    pub(super) fn status_in(
+        &self,
+        snapshot: &Snapshot<'_>,
+        config: Option<&Config>,
+        now: i64,
+    ) -> Result<StatusReport, StateError> {
+        Ok(StatusReport {
+            generated_at_ms: now,
+            state_db: self.path().display().to_string(),
+            events: event_totals(snapshot)?,
+            sinks: sink_statuses(snapshot, config, now)?,
+            routes: config.map(|c| route_statuses(snapshot, c)).transpose()?,
+            last_delivery_update_ms: snapshot.last_delivery_update_ms()?,
+            polling: snapshot.polling()?,
+            incomplete_uploads: snapshot.incomplete_uploads()?,
+            daemons: daemon_statuses(snapshot, now)?,
         })
     }
 

@@ -258,6 +258,117 @@ async fn status_counts_events_deliveries_rows_lag_and_errors() {
 }
 
 #[tokio::test]
+async fn live_lists_pending_deliveries_with_each_stream_s_rows_and_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sample(dir.path()).await;
+    db.set_stream_total("e-pend", "legacy-b3", 1_000)
+        .await
+        .unwrap();
+    // A newer event with two streams: `contacts` for both sinks, `extra` for archive only,
+    // whose total is not known yet.
+    add_event(&db, "e-two", TOPIC, now_ms() - 1_000).await;
+    let mut extra = plan("extra");
+    extra.sinks = Some(vec!["archive".to_owned()]);
+    db.plan_event(
+        "e-two",
+        vec!["archive".to_owned(), "warehouse".to_owned()],
+        vec![plan("contacts"), extra],
+    )
+    .await
+    .unwrap();
+    db.set_stream_total("e-two", "contacts", 500).await.unwrap();
+    db.advance(
+        "e-two",
+        vec![
+            checkpoint("archive", "contacts", 2, 200, false),
+            checkpoint("archive", "extra", 1, 50, false),
+            checkpoint("warehouse", "contacts", 5, 500, true),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let ops = OpsDb::open_read_only(dir.path()).unwrap();
+    let live = ops.live(Some(&config(dir.path())), 10).unwrap();
+    let bars: Vec<(&str, &str, u64, Option<u64>)> = live
+        .in_flight
+        .iter()
+        .map(|d| {
+            (
+                d.event_id.as_str(),
+                d.sink.as_str(),
+                d.rows_done(),
+                d.rows_expected(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bars,
+        [
+            ("e-two", "archive", 250, None),
+            ("e-two", "warehouse", 500, Some(500)),
+            ("e-pend", "archive", 30, Some(1_000)),
+            ("e-pend", "warehouse", 0, Some(1_000)),
+        ],
+        "newest event first; a sink counts only the streams it takes; one unknown total \
+         leaves the expected rows unknown"
+    );
+    assert_eq!(live.in_flight_total, 4);
+    assert_eq!(
+        live.in_flight[0].streams,
+        [
+            StreamProgress {
+                stream: "contacts".to_owned(),
+                rows: 200,
+                total_rows: Some(500),
+                complete: false,
+            },
+            StreamProgress {
+                stream: "extra".to_owned(),
+                rows: 50,
+                total_rows: None,
+                complete: false,
+            },
+        ]
+    );
+    assert_eq!(
+        sink(&live.status, "archive").pending,
+        2,
+        "the status comes along"
+    );
+
+    let one = ops.live(None, 1).unwrap();
+    assert_eq!(one.in_flight.len(), 1, "the limit holds");
+    assert_eq!(one.in_flight_total, 4, "the total counts past the limit");
+
+    let detail = ops.show_event("e-two").unwrap().expect("stored");
+    let totals: Vec<Option<u64>> = detail.streams.iter().map(|s| s.total_rows).collect();
+    assert_eq!(totals, [Some(500), None], "events show carries the totals");
+
+    // A replay delivers into fresh streams: its bars start from 0, not from the old checkpoints.
+    drop(ops);
+    OpsDb::open_for_update(dir.path())
+        .unwrap()
+        .replay(&ReplaySelector::Event("e-done".to_owned()), None, None)
+        .unwrap();
+    let live = OpsDb::open_read_only(dir.path())
+        .unwrap()
+        .live(None, 10)
+        .unwrap();
+    let replayed: Vec<_> = live
+        .in_flight
+        .iter()
+        .filter(|d| d.event_id == "e-done")
+        .collect();
+    assert_eq!(replayed.len(), 2, "{live:?}");
+    for delivery in replayed {
+        assert_eq!(delivery.generation, 1);
+        assert_eq!(delivery.streams[0].stream, "legacy-b1-r1");
+        assert_eq!(delivery.rows_done(), 0, "{delivery:?}");
+    }
+}
+
+#[tokio::test]
 async fn events_are_listed_newest_first_with_filters_and_shown_in_full() {
     let dir = tempfile::tempdir().unwrap();
     let _db = sample(dir.path()).await;
@@ -646,6 +757,9 @@ async fn damaged_database(dir: &Path) {
     )
     .await
     .unwrap();
+    db.set_stream_total("keep-0", "legacy-k0", 900)
+        .await
+        .unwrap();
     db.advance(
         "keep-0",
         vec![checkpoint("archive", "legacy-k0", 2, 200, false)],
@@ -726,6 +840,16 @@ async fn a_damaged_database_is_quarantined_and_every_readable_row_salvaged() {
         [checkpoint("archive", "legacy-k0", 2, 200, false)]
     );
     assert_eq!(db.streams("keep-0").await.unwrap(), [plan("legacy-k0")]);
+    let kept = OpsDb::open_read_only(dir.path())
+        .unwrap()
+        .show_event("keep-0")
+        .unwrap()
+        .expect("salvaged");
+    assert_eq!(
+        kept.streams[0].total_rows,
+        Some(900),
+        "the salvage copies the stream's total"
+    );
     assert!(db.event("filler-29").await.unwrap().is_some());
     assert!(db.event("filler-30").await.unwrap().is_none());
     assert_eq!(

@@ -590,6 +590,11 @@ impl Engine {
         };
         let mut pages =
             ReadAhead::open(&mut reader, start, self.config.fetch.pages_in_flight).await;
+        if let Some(total) = pages.total_rows {
+            self.state
+                .set_stream_total(&event.event_id, &plan.stream, total)
+                .await?;
+        }
         let mut flushes = FlushClock::new();
         let mut progress = Progress::new(event, plan, started);
         let mut seq = start;

@@ -294,6 +294,78 @@ mod tests {
         assert_eq!(stream_for_generation("contacts-e", 2), "contacts-e-r2");
     }
 
+    /// The `streams` table as schema version 4 had it, with one planned stream.
+    const VERSION_4_STREAMS: &str = "
+        CREATE TABLE streams (event_id TEXT NOT NULL, ordinal INTEGER NOT NULL,
+            stream TEXT NOT NULL, kind TEXT NOT NULL, source_ref TEXT NOT NULL,
+            fields_json TEXT NOT NULL, page_size INTEGER NOT NULL,
+            source TEXT NOT NULL DEFAULT '', sinks TEXT, PRIMARY KEY (event_id, stream));
+        INSERT INTO streams (event_id, ordinal, stream, kind, source_ref, fields_json, page_size,
+            source) VALUES ('e', 0, 'legacy-b', 'legacy_batch', 'b', '[]', 100,
+            '{\"type\":\"legacy_batch\"}');
+        PRAGMA user_version = 4;";
+
+    async fn stream_total(db: &StateDb) -> Option<i64> {
+        db.call(|c| {
+            c.query_row(
+                "SELECT total_rows FROM streams WHERE event_id = 'e' AND stream = 'legacy-b'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .expect("read total_rows")
+    }
+
+    #[tokio::test]
+    async fn a_version_4_database_gains_stream_totals_written_by_the_fetch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
+            conn.execute_batch(VERSION_4_STREAMS)
+                .expect("version 4 schema");
+        }
+        let db = StateDb::open(dir.path()).expect("migrates");
+        let version: i64 = db
+            .call(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            stream_total(&db).await,
+            None,
+            "a stream planned before has no total"
+        );
+        assert_eq!(db.streams("e").await.unwrap().len(), 1, "the plan is kept");
+        db.set_stream_total("e", "legacy-b", 20_000).await.unwrap();
+        assert_eq!(stream_total(&db).await, Some(20_000));
+        db.set_stream_total("e", "legacy-b", 20_000).await.unwrap();
+        db.set_stream_total("e", "no-such-stream", 5).await.unwrap();
+        assert_eq!(stream_total(&db).await, Some(20_000));
+        drop(db);
+        let db = StateDb::open(dir.path()).expect("reopens at the current version");
+        assert_eq!(
+            stream_total(&db).await,
+            Some(20_000),
+            "the total is durable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_4_migration_cut_short_after_the_alter_runs_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
+            conn.execute_batch(VERSION_4_STREAMS)
+                .expect("version 4 schema");
+            // A crash between the ALTER and the new user_version leaves this.
+            conn.execute_batch("ALTER TABLE streams ADD COLUMN total_rows INTEGER;")
+                .expect("alter");
+        }
+        let db = StateDb::open(dir.path()).expect("migrates without a duplicate column");
+        assert_eq!(stream_total(&db).await, None);
+    }
+
     #[test]
     fn a_damaged_file_is_refused_untouched() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -102,7 +102,7 @@ pub struct DeliverySummary {
 ///                  "generation": 1, "updated_at_ms": 1714564801000,
 ///                  "streams": ["legacy-b1-r1"]}],
 ///  "streams": [{"ordinal": 0, "stream": "legacy-b1", "kind": "legacy_batch",
-///               "source_ref": "b1", "fields": [], "page_size": 1000}],
+///               "source_ref": "b1", "fields": [], "page_size": 1000, "total_rows": 250}],
 ///  "checkpoints": [{"sink": "archive", "stream": "legacy-b1", "next_seq": 1,
 ///                   "complete": true, "rows": 250}]}
 /// ```
@@ -168,6 +168,9 @@ pub struct StreamInfo {
     pub fields: serde_json::Value,
     /// Rows per page.
     pub page_size: u64,
+    /// Rows the stream holds, once its fetch learned them; `None` before, or when the source
+    /// does not say until its last page.
+    pub total_rows: Option<u64>,
 }
 
 /// A checkpoint in an [`EventDetail`].
@@ -208,6 +211,51 @@ pub struct DeadLetter {
     pub failed_at_ms: i64,
     /// Replays so far.
     pub generation: u32,
+}
+
+/// A pending delivery with its progress, for `flatsync top`: one progress bar.
+#[derive(Clone, Debug, Serialize)]
+pub struct InFlight {
+    /// The event.
+    pub event_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Receipt time of the event, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The sink.
+    pub sink: String,
+    /// Replays so far; the streams below are this generation's.
+    pub generation: u32,
+    /// The streams of the event this sink takes, in plan order.
+    pub streams: Vec<StreamProgress>,
+}
+
+impl InFlight {
+    /// Rows checkpointed in every stream.
+    pub fn rows_done(&self) -> u64 {
+        self.streams.iter().map(|s| s.rows).sum()
+    }
+
+    /// Rows in every stream, when every stream's total is known.
+    pub fn rows_expected(&self) -> Option<u64> {
+        if self.streams.is_empty() {
+            return None;
+        }
+        self.streams.iter().map(|s| s.total_rows).sum()
+    }
+}
+
+/// One stream of an [`InFlight`] delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamProgress {
+    /// The stream delivered into (with the generation suffix of a replay).
+    pub stream: String,
+    /// Rows checkpointed.
+    pub rows: u64,
+    /// Rows the stream holds, once its fetch learned them.
+    pub total_rows: Option<u64>,
+    /// The last batch is checkpointed.
+    pub complete: bool,
 }
 
 /// One sink's deliveries of one status, for `flatsync status`.
@@ -310,6 +358,77 @@ impl<'a> Snapshot<'a> {
             rows.push((sink, n));
         }
         Ok(rows)
+    }
+
+    /// Pending deliveries, newest event first, at most `limit`, each with the checkpointed rows
+    /// and the known total of every stream it takes.
+    pub fn in_flight(&self, limit: usize) -> Result<Vec<InFlight>, StateError> {
+        let mut deliveries: Vec<InFlight> = self.tx.rows(
+            "SELECT d.event_id, COALESCE(i.topic, ''), COALESCE(i.received_at_ms, 0), d.sink,
+                    d.generation
+             FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
+             WHERE d.status = ?1
+             ORDER BY i.received_at_ms DESC, d.event_id DESC, d.rowid LIMIT ?2",
+            params![DeliveryStatus::Pending, limit as i64],
+            |r| {
+                Ok(InFlight {
+                    event_id: r.get(0)?,
+                    topic: r.get(1)?,
+                    received_at_ms: r.get(2)?,
+                    sink: r.get(3)?,
+                    generation: r.get(4)?,
+                    streams: Vec::new(),
+                })
+            },
+        )?;
+        for delivery in &mut deliveries {
+            delivery.streams =
+                self.stream_progress(&delivery.event_id, &delivery.sink, delivery.generation)?;
+        }
+        Ok(deliveries)
+    }
+
+    /// The streams of an event that `sink` takes, with its checkpoint in each, in plan order.
+    fn stream_progress(
+        &self,
+        event_id: &str,
+        sink: &str,
+        generation: u32,
+    ) -> Result<Vec<StreamProgress>, StateError> {
+        let plan: Vec<(String, Option<i64>, Option<String>)> = self.tx.rows(
+            "SELECT stream, total_rows, sinks FROM streams WHERE event_id = ?1 ORDER BY ordinal",
+            [event_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let checkpoints: BTreeMap<String, (u64, bool)> = self
+            .tx
+            .rows(
+                "SELECT stream, rows, complete FROM checkpoints WHERE event_id = ?1 AND sink = ?2",
+                params![event_id, sink],
+                |r| Ok((r.get(0)?, (r.get::<_, i64>(1)?.max(0) as u64, r.get(2)?))),
+            )?
+            .into_iter()
+            .collect();
+        let takes = |sinks: &Option<String>| {
+            sinks.as_deref().is_none_or(|text| {
+                serde_json::from_str::<Vec<String>>(text)
+                    .map_or(true, |sinks| sinks.iter().any(|s| s == sink))
+            })
+        };
+        Ok(plan
+            .into_iter()
+            .filter(|(_, _, sinks)| takes(sinks))
+            .map(|(stream, total, _)| {
+                let stream = stream_for_generation(&stream, generation);
+                let (rows, complete) = checkpoints.get(&stream).copied().unwrap_or((0, false));
+                StreamProgress {
+                    stream,
+                    rows,
+                    total_rows: total.map(|n| n.max(0) as u64),
+                    complete,
+                }
+            })
+            .collect())
     }
 
     /// Per sink, the receipt time of the oldest event with a pending delivery to it.
@@ -474,8 +593,8 @@ impl<'a> Snapshot<'a> {
             return Ok(None);
         };
         event.streams = self.tx.rows(
-            "SELECT ordinal, stream, kind, source_ref, fields_json, page_size FROM streams
-             WHERE event_id = ?1 ORDER BY ordinal",
+            "SELECT ordinal, stream, kind, source_ref, fields_json, page_size, total_rows
+             FROM streams WHERE event_id = ?1 ORDER BY ordinal",
             [event_id],
             |r| {
                 let fields: String = r.get(4)?;
@@ -487,6 +606,7 @@ impl<'a> Snapshot<'a> {
                     fields: serde_json::from_str(&fields)
                         .unwrap_or(serde_json::Value::String(fields)),
                     page_size: r.get::<_, i64>(5)?.max(0) as u64,
+                    total_rows: r.get::<_, Option<i64>>(6)?.map(|n| n.max(0) as u64),
                 })
             },
         )?;

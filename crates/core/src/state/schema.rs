@@ -8,7 +8,9 @@ use rusqlite::Connection;
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
 /// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
-/// arrive in webhook bodies); version 6 added `daemons` (who runs on this state, and where).
+/// arrive in webhook bodies); version 5 added `streams.total_rows` (the rows a stream holds,
+/// once its fetch learned them, for `flatsync top`); version 6 added `daemons` (who runs on
+/// this state, and where).
 pub const SCHEMA_VERSION: i64 = 6;
 
 /// Every table and index of the current version but those a migration block creates
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS streams (
     page_size INTEGER NOT NULL,
     source TEXT NOT NULL DEFAULT '',
     sinks TEXT,
+    total_rows INTEGER,
     PRIMARY KEY (event_id, stream)
 );
 CREATE TABLE IF NOT EXISTS poll_cursors (
@@ -119,6 +122,15 @@ pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if (1..5).contains(&version)
+        && has_table(conn, "streams")?
+        && !has_column(conn, "streams", "total_rows")?
+    {
+        // Streams planned before version 5 have no known total: NULL, as for a stream whose
+        // fetch has not learned it yet. The column check makes a migration cut short by a crash
+        // (before `user_version` was written) safe to run again.
+        conn.execute_batch("ALTER TABLE streams ADD COLUMN total_rows INTEGER;")?;
+    }
     if version < 6 {
         conn.execute_batch(DAEMONS)?;
     }
@@ -147,6 +159,15 @@ pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
         [table],
+        |r| r.get(0),
+    )
+}
+
+/// Whether `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
         |r| r.get(0),
     )
 }
@@ -191,6 +212,7 @@ pub(crate) const TABLES: [(&str, &[(&str, &str)]); 9] = [
             ("page_size", "NULL"),
             ("source", "''"),
             ("sinks", "NULL"),
+            ("total_rows", "NULL"),
         ],
     ),
     (

@@ -247,6 +247,27 @@ impl StateDb {
         .await
     }
 
+    /// Records how many rows the stream `stream` of an event holds, once its fetch learned it
+    /// (from `/counts`, a page's total or the ids), for the progress `flatsync top` shows.
+    /// Written when it changes, so a delivery resumed or replayed writes it at most once more.
+    pub async fn set_stream_total(
+        &self,
+        event_id: &str,
+        stream: &str,
+        total_rows: u64,
+    ) -> Result<(), StateError> {
+        let (id, stream) = (event_id.to_owned(), stream.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE streams SET total_rows = ?3
+                 WHERE event_id = ?1 AND stream = ?2 AND total_rows IS NOT ?3",
+                params![id, stream, total_rows as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether the event has been planned already (routing and streams recorded).
     pub async fn is_planned(&self, event_id: &str) -> Result<bool, StateError> {
         let id = event_id.to_owned();
