@@ -1,6 +1,8 @@
 //! The `flatsync` command: run the daemon, check a config, or try everything with `demo`.
 
 mod demo;
+mod generate;
+mod init;
 mod ops_cli;
 mod scaffold;
 mod service;
@@ -9,7 +11,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flatsync_core::Config;
 
 #[derive(Parser)]
@@ -65,6 +67,25 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: scaffold::PluginCommand,
+    },
+    /// Write a first config from a few answers (asked on a terminal, or given as flags), then
+    /// check it.
+    ///
+    /// The config has one source (webhook or polling), one sink and one route, each key
+    /// explained; secrets are named by environment variables, never written or asked for.
+    /// Choices left out are asked for when stdin is a terminal; otherwise --source, --sink and,
+    /// to poll, --environment are required.
+    Init(init::InitArgs),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For example `flatsync completions bash > ~/.local/share/bash-completion/completions/flatsync`.
+    /// The Debian package installs them for bash, zsh and fish.
+    Completions(generate::CompletionsArgs),
+    /// Write the manual pages: flatsync.1 and one per subcommand (flatsync-events-list.1, ...).
+    Man {
+        /// The folder to write them into, created if missing.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     #[command(flatten)]
     Ops(ops_cli::OpsCommand),
@@ -125,6 +146,9 @@ fn main() -> ExitCode {
             Command::Check { config } => check(load(&config)?).await,
             Command::Demo { rows, out } => demo::run(rows, out).await,
             Command::Plugin { command } => scaffold::run(command),
+            Command::Init(args) => init::run(args).await,
+            Command::Completions(args) => generate::completions(Cli::command(), args),
+            Command::Man { out } => generate::man(Cli::command(), &out),
             Command::Ops(command) => ops_cli::run(command).await,
         }
     });
@@ -132,9 +156,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            match e.downcast_ref::<flatsync_core::ConfigError>() {
-                Some(_) => ExitCode::from(2),
-                None => ExitCode::FAILURE,
+            let usage = e.downcast_ref::<flatsync_core::ConfigError>().is_some()
+                || e.downcast_ref::<init::MissingChoice>().is_some();
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
@@ -180,10 +207,23 @@ async fn check(config: Config) -> anyhow::Result<()> {
             route.sinks.join(", ")
         );
     }
+    let polled: Vec<&str> = config
+        .environments
+        .iter()
+        .filter(|(_, environment)| environment.poll.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !polled.is_empty() {
+        println!("polling: environment(s) {}", polled.join(", "));
+    }
     match &config.webhook {
-        None => {
-            println!("warning: no [webhook] section: flatsync run would receive no events");
+        None if polled.is_empty() => {
+            println!(
+                "warning: no [webhook] section and no environment with `poll = true`: \
+                 flatsync run would receive no events"
+            );
         }
+        None => {}
         Some(webhook) => check_webhook_auth(&config, webhook)?,
     }
     Ok(())
