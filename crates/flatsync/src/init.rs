@@ -244,10 +244,11 @@ impl<R: BufRead, W: Write> Prompts<R, W> {
         };
         loop {
             let answer = self.line(question, &prompt)?;
-            if answer.is_empty()
-                && let Some(d) = default
-            {
-                return Ok(d);
+            if answer.is_empty() {
+                match default {
+                    Some(d) => return Ok(d),
+                    None => continue,
+                }
             }
             if let Some(value) = answer
                 .parse::<usize>()
