@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use flatfile_sim::{DEFAULT_ENVIRONMENT_ID, SimConfig, SubmitRequest, legacy_row_ids, legacy_webhook_body};
+use flatfile_sim::{
+    DEFAULT_ENVIRONMENT_ID, SimConfig, SubmitRequest, legacy_row_ids, legacy_webhook_body,
+};
 use flatsync_tests::check::{csv_rows, sqlite_rows};
 use flatsync_tests::daemon::free_port;
 use flatsync_tests::{Artifacts, Sim, TestDir, http, wait};
@@ -34,10 +36,7 @@ const CLEARED: [&str; 12] = [
 /// `flatsync ARGS` with stdin not a terminal, in a clean environment.
 fn flatsync(args: &[&str]) -> Command {
     let mut command = Command::new(Artifacts::locate().flatsync());
-    command
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
+    command.args(args).env("NO_COLOR", "1").stdin(Stdio::null());
     for var in CLEARED {
         command.env_remove(var);
     }
@@ -125,7 +124,10 @@ fn init_with_flags_writes_a_config_that_checks_and_delivers_a_legacy_import() {
     }
     let written = std::fs::read_to_string(&config).expect("the config was written");
     for secret in [&sim.config().secret_key, &sim.config().legacy_api_key] {
-        assert!(!written.contains(secret.as_str()), "a secret in the file:\n{written}");
+        assert!(
+            !written.contains(secret.as_str()),
+            "a secret in the file:\n{written}"
+        );
     }
 
     let path_secret = "init-e2e-path-secret-0123456789";
@@ -161,8 +163,8 @@ fn init_with_flags_writes_a_config_that_checks_and_delivers_a_legacy_import() {
         "without the secret path segment the listener knows no such path: {}",
         refused.text()
     );
-    let accepted =
-        http::post_json(&format!("{base}/{path_secret}"), None, &body).expect("the listener answers");
+    let accepted = http::post_json(&format!("{base}/{path_secret}"), None, &body)
+        .expect("the listener answers");
     assert_eq!(accepted.status, 200, "{}", accepted.text());
 
     let expected = legacy_row_ids(sim.config(), batch);
@@ -175,7 +177,11 @@ fn init_with_flags_writes_a_config_that_checks_and_delivers_a_legacy_import() {
     );
     csv_rows(&csv).assert_exactly(&expected, "the csv-folder sink init configured");
     let status = service.terminate(Duration::from_secs(60));
-    assert!(status.success(), "SIGTERM ends flatsync with {status}\n{}", service.log());
+    assert!(
+        status.success(),
+        "SIGTERM ends flatsync with {status}\n{}",
+        service.log()
+    );
 }
 
 #[test]
@@ -231,7 +237,12 @@ fn the_polling_variant_passes_check_and_delivers_a_submit_it_polls() {
         "the first poll's cursor in `flatsync status`",
         Duration::from_secs(60),
         || {
-            let status = output(with_key(&["status", "--json", "--config", path_arg(&config)]));
+            let status = output(with_key(&[
+                "status",
+                "--json",
+                "--config",
+                path_arg(&config),
+            ]));
             let report: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
             let polling = report["polling"].as_array()?;
             polling
@@ -261,7 +272,11 @@ fn the_polling_variant_passes_check_and_delivers_a_submit_it_polls() {
     assert_eq!(expected.len(), 240, "the workbook's records in all");
     sqlite_rows(&db).assert_exactly(&expected, "the sqlite sink init configured");
     let status = service.terminate(Duration::from_secs(60));
-    assert!(status.success(), "SIGTERM ends flatsync with {status}\n{}", service.log());
+    assert!(
+        status.success(),
+        "SIGTERM ends flatsync with {status}\n{}",
+        service.log()
+    );
 }
 
 /// Flags that answer every choice, writing into `dir`, with no Flatfile URL leaving 127.0.0.1.
@@ -305,7 +320,11 @@ fn init_refuses_to_replace_a_file_unless_forced() {
     let flags = full_flags(dir.path(), &config);
 
     let refused = init_with(&flags, &[]);
-    assert!(!refused.status.success(), "init replaced a file: {}", text(&refused));
+    assert!(
+        !refused.status.success(),
+        "init replaced a file: {}",
+        text(&refused)
+    );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("exists") && stderr.contains("--force"),
@@ -319,7 +338,11 @@ fn init_refuses_to_replace_a_file_unless_forced() {
     );
 
     let forced = init_with(&flags, &["--force"]);
-    assert!(forced.status.success(), "init --force failed: {}", text(&forced));
+    assert!(
+        forced.status.success(),
+        "init --force failed: {}",
+        text(&forced)
+    );
     let written = std::fs::read_to_string(&config).expect("the config is there");
     assert!(
         written.starts_with("# flatsync config written by `flatsync init`"),
@@ -388,7 +411,10 @@ fn default_paths_sit_next_to_the_config_file() {
     assert!(
         std::fs::read_to_string(&config)
             .expect("the config")
-            .contains(&format!("path = \"{}\"", folder.join("imports.db").display())),
+            .contains(&format!(
+                "path = \"{}\"",
+                folder.join("imports.db").display()
+            )),
         "the sqlite database defaults to imports.db next to the config"
     );
 }

@@ -470,7 +470,16 @@ fn listed_subcommands(args: &[&str]) -> Vec<String> {
 #[test]
 fn completions_name_every_subcommand_and_bash_parses_its_script() {
     let commands = listed_subcommands(&[]);
-    for expected in ["run", "check", "init", "status", "events", "dead-letter", "completions", "man"] {
+    for expected in [
+        "run",
+        "check",
+        "init",
+        "status",
+        "events",
+        "dead-letter",
+        "completions",
+        "man",
+    ] {
         assert!(
             commands.iter().any(|c| c == expected),
             "`flatsync --help` lists no `{expected}`: {commands:?}"
@@ -532,12 +541,25 @@ fn man_writes_a_page_for_flatsync_and_every_subcommand() {
             expected.push(format!("flatsync-{command}-{nested}"));
         }
     }
-    for nested in ["flatsync-events-list", "flatsync-dead-letter-retry", "flatsync-plugin-new"] {
-        assert!(expected.iter().any(|e| e == nested), "{nested} is a command: {expected:?}");
+    for nested in [
+        "flatsync-events-list",
+        "flatsync-dead-letter-retry",
+        "flatsync-plugin-new",
+    ] {
+        assert!(
+            expected.iter().any(|e| e == nested),
+            "{nested} is a command: {expected:?}"
+        );
     }
     let mut written: Vec<String> = std::fs::read_dir(&out)
         .expect("the man folder exists")
-        .map(|entry| entry.expect("a folder entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("a folder entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     written.sort();
     let mut pages: Vec<String> = expected.iter().map(|name| format!("{name}.1")).collect();
@@ -545,7 +567,10 @@ fn man_writes_a_page_for_flatsync_and_every_subcommand() {
     assert_eq!(written, pages, "one page per command, nested ones included");
     for name in &expected {
         let page = std::fs::read_to_string(out.join(format!("{name}.1"))).expect("a page");
-        let title = page.lines().find(|l| l.starts_with(".TH ")).unwrap_or_default();
+        let title = page
+            .lines()
+            .find(|l| l.starts_with(".TH "))
+            .unwrap_or_default();
         assert!(
             title.starts_with(&format!(".TH {name} 1")),
             "{name}.1 is titled `{title}`"

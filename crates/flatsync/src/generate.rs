@@ -37,9 +37,13 @@ pub(crate) fn completions(mut command: clap::Command, args: CompletionsArgs) -> 
     let dir = args.out.context("give a shell or --out")?;
     create_dir(&dir)?;
     for shell in Shell::value_variants() {
-        let path = clap_complete::generate_to(*shell, &mut command, &name, &dir).with_context(
-            || format!("cannot write the {shell} completions into {}", dir.display()),
-        )?;
+        let path =
+            clap_complete::generate_to(*shell, &mut command, &name, &dir).with_context(|| {
+                format!(
+                    "cannot write the {shell} completions into {}",
+                    dir.display()
+                )
+            })?;
         writeln!(stdout, "wrote {}", path.display())?;
     }
     Ok(())

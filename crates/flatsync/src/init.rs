@@ -236,7 +236,11 @@ impl<R: BufRead, W: Write> Prompts<R, W> {
         for (number, variant) in variants.iter().enumerate() {
             let value = possible_value(variant);
             let help = value.get_help().map(|h| h.to_string()).unwrap_or_default();
-            self.say(&format!("  {}) {:<12} {help}", number + 1, value.get_name()))?;
+            self.say(&format!(
+                "  {}) {:<12} {help}",
+                number + 1,
+                value.get_name()
+            ))?;
         }
         let prompt = match default {
             Some(d) => format!("{} [{}]: ", question.flag, possible_value(&d).get_name()),
@@ -260,7 +264,9 @@ impl<R: BufRead, W: Write> Prompts<R, W> {
             if let Ok(value) = T::from_str(&answer, true) {
                 return Ok(value);
             }
-            self.say(&format!("`{answer}` is none of these: type its number or name"))?;
+            self.say(&format!(
+                "`{answer}` is none of these: type its number or name"
+            ))?;
         }
     }
 
@@ -388,7 +394,11 @@ fn answers<R: BufRead, W: Write>(
                 text.parse()
                     .map_err(|_| format!("`{text}` is not an address such as {DEFAULT_LISTEN}"))
             })?,
-            auth: prompts.choice(args.webhook_auth, &WEBHOOK_AUTH, Some(WebhookAuth::PathSecret))?,
+            auth: prompts.choice(
+                args.webhook_auth,
+                &WEBHOOK_AUTH,
+                Some(WebhookAuth::PathSecret),
+            )?,
         }),
         Source::Poll => {
             refuse_webhook_flags(args)?;
@@ -416,7 +426,11 @@ fn answers<R: BufRead, W: Write>(
         sink,
         out: absolute(&out, OUT.flag)?,
         state_dir: absolute(&state_dir, STATE_DIR.flag)?,
-        api_url: args.api_url.as_deref().unwrap_or(DEFAULT_API_URL).to_owned(),
+        api_url: args
+            .api_url
+            .as_deref()
+            .unwrap_or(DEFAULT_API_URL)
+            .to_owned(),
         legacy_api_url: args
             .legacy_api_url
             .as_deref()
@@ -561,10 +575,12 @@ fn webhook_section(text: &mut String, answers: &Answers) {
              token_env = {}\n",
             toml_string(TOKEN_ENV)
         ),
-        WebhookAuth::None => write!(
-            text,
-            "# No sender authentication: keep the listener on loopback behind a proxy that authenticates.\n"
-        ),
+        WebhookAuth::None => {
+            text.push_str(
+                "# No sender authentication: keep the listener on loopback behind a proxy that authenticates.\n",
+            );
+            Ok(())
+        }
     };
     text.push('\n');
 }
@@ -574,7 +590,10 @@ fn sink_and_route(text: &mut String, answers: &Answers) {
     let (what, key) = match sink {
         SinkKind::Csv => ("One CSV file per import or sheet, <stream>.csv", "dir"),
         SinkKind::Sqlite => ("One table per sheet, one row per record id", "path"),
-        SinkKind::Jsonl => ("One JSON Lines file per import or sheet, <stream>.jsonl", "dir"),
+        SinkKind::Jsonl => (
+            "One JSON Lines file per import or sheet, <stream>.jsonl",
+            "dir",
+        ),
     };
     let output = match sink {
         SinkKind::Sqlite => "the database file, created if missing",
@@ -636,9 +655,12 @@ pub(crate) async fn run(args: InitArgs) -> anyhow::Result<()> {
     write_new(&path, &text, args.force)?;
     println!("wrote {}", path.display());
     let config = crate::load(&path)?;
-    crate::check(config)
-        .await
-        .with_context(|| format!("{} was written, but it does not pass the check", path.display()))?;
+    crate::check(config).await.with_context(|| {
+        format!(
+            "{} was written, but it does not pass the check",
+            path.display()
+        )
+    })?;
     print!("{}", next_steps(&answers, &path));
     Ok(())
 }
@@ -748,7 +770,10 @@ mod tests {
         };
         let answers = answers(&args(flags), Path::new("/srv/imports"), &mut prompts);
         let shown = prompts.terminal.map(|(_, out)| out).unwrap_or_default();
-        (answers, String::from_utf8(shown).expect("prompts are UTF-8"))
+        (
+            answers,
+            String::from_utf8(shown).expect("prompts are UTF-8"),
+        )
     }
 
     fn without_terminal(flags: &[&str]) -> anyhow::Result<Answers> {
@@ -766,7 +791,13 @@ mod tests {
         assert_eq!(answers.sink, SinkKind::Sqlite);
         assert_eq!(answers.out, Path::new("/srv/imports/imports.db"));
         assert_eq!(answers.state_dir, Path::new("/srv/imports/state"));
-        for asked in [SOURCE.text, ENVIRONMENT.text, SINK.text, OUT.text, STATE_DIR.text] {
+        for asked in [
+            SOURCE.text,
+            ENVIRONMENT.text,
+            SINK.text,
+            OUT.text,
+            STATE_DIR.text,
+        ] {
             assert!(shown.contains(asked), "not asked `{asked}`:\n{shown}");
         }
         assert!(
@@ -791,7 +822,10 @@ mod tests {
             "an id without its part after _env_ is refused:\n{shown}"
         );
         assert_eq!(answers.environment, None, "an empty answer means none");
-        assert!(shown.contains("`carrier-pigeon` is none of these"), "{shown}");
+        assert!(
+            shown.contains("`carrier-pigeon` is none of these"),
+            "{shown}"
+        );
         assert!(shown.contains("`9` is none of these"), "{shown}");
         let webhook = answers.webhook.expect("a webhook config");
         assert_eq!(webhook.listen, DEFAULT_LISTEN.parse().expect("an address"));
@@ -819,7 +853,9 @@ mod tests {
         ] {
             let error = without_terminal(flags).expect_err("a choice is missing");
             assert!(
-                error.to_string().starts_with(&format!("{flag} is required")),
+                error
+                    .to_string()
+                    .starts_with(&format!("{flag} is required")),
                 "flags {flags:?}: {error}"
             );
         }
@@ -852,7 +888,9 @@ mod tests {
         let parsed = Cli::try_parse_from(["init", "--environment", "production"]);
         let error = parsed.err().expect("`production` is a name, not an id");
         assert!(
-            error.to_string().contains("is not a Flatfile environment id"),
+            error
+                .to_string()
+                .contains("is not a Flatfile environment id"),
             "{error}"
         );
     }
@@ -871,13 +909,19 @@ mod tests {
             ];
             configs.push(poll.join(" "));
             for auth in ["path-secret", "token", "none"] {
-                let webhook = ["--source", "webhook", "--sink", sink, "--webhook-auth", auth];
+                let webhook = [
+                    "--source",
+                    "webhook",
+                    "--sink",
+                    sink,
+                    "--webhook-auth",
+                    auth,
+                ];
                 configs.push(webhook.join(" "));
             }
         }
         configs.push(
-            "--source webhook --environment us_env_x1 --sink csv --out /tmp/a\"quote\\d"
-                .to_owned(),
+            "--source webhook --environment us_env_x1 --sink csv --out /tmp/a\"quote\\d".to_owned(),
         );
         configs
             .into_iter()
