@@ -53,11 +53,18 @@ pub(crate) struct InitArgs {
     /// How webhook senders prove who they are (webhook source) [default: path-secret].
     #[arg(long, value_enum, value_name = "HOW")]
     webhook_auth: Option<WebhookAuth>,
-    /// Flatfile's Platform API root [default: https://platform.flatfile.com/api].
-    #[arg(long, value_name = "URL")]
+    // The help is an attribute, not a doc comment: rustdoc would want the URLs as links.
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "Flatfile's Platform API root [default: https://platform.flatfile.com/api]"
+    )]
     api_url: Option<String>,
-    /// Flatfile's legacy Portal API (webhook source) [default: https://api.us.flatfile.io].
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "Flatfile's legacy Portal API (webhook source) [default: https://api.us.flatfile.io]"
+    )]
     legacy_api_url: Option<String>,
     /// The config file to write.
     #[arg(long, short, value_name = "PATH", default_value = "flatsync.toml")]
