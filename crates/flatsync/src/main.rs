@@ -1,4 +1,5 @@
-//! The `flatsync` command: run the daemon, check a config, or try everything with `demo`.
+//! The `flatsync` command: write a first config (`init`), check it, run the daemon, or try
+//! everything with `demo`.
 
 mod demo;
 mod generate;
