@@ -18,6 +18,7 @@ mod events;
 mod faults;
 mod hostile;
 mod http_forward;
+mod init;
 mod legacy;
 mod metrics;
 mod misbehave;

@@ -65,7 +65,7 @@ fn unit_seconds(span: &str) -> u64 {
 
 /// `(key, value)` of every `key = "value"` or `key = number` line of a TOML text, top level of
 /// each table; inline tables are kept whole as the value.
-fn toml_assignments(text: &str) -> Vec<(String, String)> {
+pub(crate) fn toml_assignments(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.starts_with('#') && !line.starts_with('['))
@@ -205,17 +205,35 @@ fn the_unit_the_packaged_config_and_the_readme_agree() {
 }
 
 /// `flatsync run` on a config, killed when dropped.
-struct Service {
+pub(crate) struct Service {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Service {
-    fn log(&self) -> String {
+    /// Starts `command` (a `flatsync run`) with stdout and stderr in the file `log`.
+    pub(crate) fn spawn(mut command: Command, log: PathBuf) -> Service {
+        let log_file = File::create(&log).expect("cannot create the log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                log_file.try_clone().expect("the log file can be shared"),
+            ))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("flatsync run starts");
+        Service {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn terminate(&mut self, limit: Duration) -> ExitStatus {
+    /// Sends SIGTERM and waits up to `limit` for the exit, as systemd would before SIGKILL.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("the service runs");
         let sent = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -371,20 +389,10 @@ fn the_packaged_config_runs_with_its_secrets_as_systemd_credentials() {
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let log = dir.path().join("flatsync.log");
-    let log_file = File::create(&log).expect("cannot create the log file");
-    let child = flatsync(&["run", "--config", config_arg])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            log_file.try_clone().expect("the log file can be shared"),
-        ))
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("flatsync run starts");
-    let mut service = Service {
-        child: Some(child),
-        log,
-    };
+    let mut service = Service::spawn(
+        flatsync(&["run", "--config", config_arg]),
+        dir.path().join("flatsync.log"),
+    );
     wait::until(
         "the packaged config's webhook listener",
         Duration::from_secs(60),
@@ -438,4 +446,138 @@ fn the_packaged_config_runs_with_its_secrets_as_systemd_credentials() {
         "SIGTERM ends the service with {status}\n{}",
         service.log()
     );
+}
+
+/// `flatsync --help`'s (or a command group's) subcommands, from its `Commands:` list.
+fn listed_subcommands(args: &[&str]) -> Vec<String> {
+    let help = Command::new(Artifacts::locate().flatsync())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("flatsync --help runs");
+    assert!(help.status.success(), "flatsync {args:?} --help failed");
+    String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .skip_while(|line| line.trim() != "Commands:")
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn completions_name_every_subcommand_and_bash_parses_its_script() {
+    let commands = listed_subcommands(&[]);
+    for expected in [
+        "run",
+        "check",
+        "init",
+        "status",
+        "events",
+        "dead-letter",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            commands.iter().any(|c| c == expected),
+            "`flatsync --help` lists no `{expected}`: {commands:?}"
+        );
+    }
+    let dir = TestDir::new("completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let generated = Command::new(Artifacts::locate().flatsync())
+            .args(["completions", shell])
+            .output()
+            .expect("flatsync completions runs");
+        assert!(
+            generated.status.success(),
+            "flatsync completions {shell}: {}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        let script = String::from_utf8(generated.stdout).expect("a script is text");
+        for command in &commands {
+            assert!(
+                script.contains(command.as_str()),
+                "the {shell} completions never name `{command}`"
+            );
+        }
+        let path = dir.path().join(format!("flatsync.{shell}"));
+        std::fs::write(&path, &script).expect("cannot write the script");
+        if shell == "bash" {
+            let parsed = Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .output()
+                .expect("bash runs");
+            assert!(
+                parsed.status.success(),
+                "bash -n refuses the completion script: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn man_writes_a_page_for_flatsync_and_every_subcommand() {
+    let dir = TestDir::new("man");
+    let out = dir.path().join("man1");
+    let generated = Command::new(Artifacts::locate().flatsync())
+        .args(["man", "--out"])
+        .arg(&out)
+        .output()
+        .expect("flatsync man runs");
+    assert!(
+        generated.status.success(),
+        "flatsync man: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let mut expected = vec!["flatsync".to_owned()];
+    for command in listed_subcommands(&[]) {
+        expected.push(format!("flatsync-{command}"));
+        for nested in listed_subcommands(&[command.as_str()]) {
+            expected.push(format!("flatsync-{command}-{nested}"));
+        }
+    }
+    for nested in [
+        "flatsync-events-list",
+        "flatsync-dead-letter-retry",
+        "flatsync-plugin-new",
+    ] {
+        assert!(
+            expected.iter().any(|e| e == nested),
+            "{nested} is a command: {expected:?}"
+        );
+    }
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .expect("the man folder exists")
+        .map(|entry| {
+            entry
+                .expect("a folder entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    written.sort();
+    let mut pages: Vec<String> = expected.iter().map(|name| format!("{name}.1")).collect();
+    pages.sort();
+    assert_eq!(written, pages, "one page per command, nested ones included");
+    for name in &expected {
+        let page = std::fs::read_to_string(out.join(format!("{name}.1"))).expect("a page");
+        let title = page
+            .lines()
+            .find(|l| l.starts_with(".TH "))
+            .unwrap_or_default();
+        assert!(
+            title.starts_with(&format!(".TH {name} 1")),
+            "{name}.1 is titled `{title}`"
+        );
+        assert!(
+            page.contains(".SH NAME") && page.contains(".SH SYNOPSIS"),
+            "{name}.1 lacks its NAME or SYNOPSIS section"
+        );
+    }
 }

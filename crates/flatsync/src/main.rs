@@ -1,6 +1,9 @@
-//! The `flatsync` command: run the daemon, check a config, or try everything with `demo`.
+//! The `flatsync` command: write a first config (`init`), check it, run the daemon, or try
+//! everything with `demo`.
 
 mod demo;
+mod generate;
+mod init;
 mod ops_cli;
 mod scaffold;
 mod service;
@@ -10,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flatsync_core::Config;
 
 #[derive(Parser)]
@@ -75,6 +78,25 @@ enum Command {
     /// Esc back. When stdout is not a terminal, or with --plain, prints a plain text block per
     /// interval instead; --once prints one.
     Top(top::TopArgs),
+    /// Write a first config from a few answers (asked on a terminal, or given as flags), then
+    /// check it.
+    ///
+    /// The config has one source (webhook or polling), one sink and one route, each key
+    /// explained; secrets are named by environment variables, never written or asked for.
+    /// Choices left out are asked for when stdin is a terminal; otherwise --source, --sink and,
+    /// to poll, --environment are required.
+    Init(init::InitArgs),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For example `flatsync completions bash > ~/.local/share/bash-completion/completions/flatsync`.
+    /// The Debian package installs them for bash, zsh and fish.
+    Completions(generate::CompletionsArgs),
+    /// Write the manual pages: flatsync.1 and one per subcommand (flatsync-events-list.1, ...).
+    Man {
+        /// The folder to write them into, created if missing.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     #[command(flatten)]
     Ops(ops_cli::OpsCommand),
 }
@@ -135,6 +157,9 @@ fn main() -> ExitCode {
             Command::Demo { rows, out } => demo::run(rows, out).await,
             Command::Plugin { command } => scaffold::run(command),
             Command::Top(args) => top::run(args),
+            Command::Init(args) => init::run(args).await,
+            Command::Completions(args) => generate::completions(Cli::command(), args),
+            Command::Man { out } => generate::man(Cli::command(), &out),
             Command::Ops(command) => ops_cli::run(command).await,
         }
     });
@@ -142,9 +167,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            match e.downcast_ref::<flatsync_core::ConfigError>() {
-                Some(_) => ExitCode::from(2),
-                None => ExitCode::FAILURE,
+            let usage = e.downcast_ref::<flatsync_core::ConfigError>().is_some()
+                || e.downcast_ref::<init::MissingChoice>().is_some();
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
@@ -190,10 +218,23 @@ async fn check(config: Config) -> anyhow::Result<()> {
             route.sinks.join(", ")
         );
     }
+    let polled: Vec<&str> = config
+        .environments
+        .iter()
+        .filter(|(_, environment)| environment.poll.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !polled.is_empty() {
+        println!("polling: environment(s) {}", polled.join(", "));
+    }
     match &config.webhook {
-        None => {
-            println!("warning: no [webhook] section: flatsync run would receive no events");
+        None if polled.is_empty() => {
+            println!(
+                "warning: no [webhook] section and no environment with `poll = true`: \
+                 flatsync run would receive no events"
+            );
         }
+        None => {}
         Some(webhook) => check_webhook_auth(&config, webhook)?,
     }
     Ok(())
