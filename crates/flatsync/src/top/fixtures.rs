@@ -63,6 +63,7 @@ pub(super) fn report(events: &[(&str, u64)]) -> LiveReport {
             ],
             routes: None,
             last_delivery_update_ms: Some(NOW),
+            daemons: Vec::new(),
             polling: vec![PollStatus {
                 environment_id: "us_env_1".to_owned(),
                 cursor_ms: NOW - 30_000,
