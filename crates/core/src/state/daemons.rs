@@ -149,94 +149,9 @@ impl Snapshot<'_> {
 mod tests {
     use rusqlite::Connection;
 
-    use super::super::schema::{SCHEMA_VERSION, has_table};
+    use super::super::schema::{SCHEMA_VERSION, VERSION_4_SCHEMA, has_table};
     use super::super::{OperatorDb, StateDb};
     use super::DaemonRecord;
-
-    /// Every table of a version-4 database, as flatsync 0.1 with uploads created them.
-    const VERSION_4: &str = "
-CREATE TABLE IF NOT EXISTS inbox (
-    event_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    detail TEXT,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS inbox_by_status ON inbox(status, received_at_ms);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    status TEXT NOT NULL,
-    rows INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    generation INTEGER NOT NULL DEFAULT 0,
-    updated_at_ms INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (event_id, sink)
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries(status, sink);
-CREATE TABLE IF NOT EXISTS streams (
-    event_id TEXT NOT NULL,
-    ordinal INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    source_ref TEXT NOT NULL,
-    fields_json TEXT NOT NULL,
-    page_size INTEGER NOT NULL,
-    source TEXT NOT NULL DEFAULT '',
-    sinks TEXT,
-    PRIMARY KEY (event_id, stream)
-);
-CREATE TABLE IF NOT EXISTS poll_cursors (
-    environment_id TEXT PRIMARY KEY,
-    since_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS event_acks (
-    event_id TEXT PRIMARY KEY,
-    environment_id TEXT NOT NULL,
-    acked_at_ms INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS event_acks_pending ON event_acks(acked_at_ms, environment_id);
-CREATE TABLE IF NOT EXISTS carried_uploads (
-    upload TEXT PRIMARY KEY,
-    origin TEXT NOT NULL,
-    upload_id TEXT NOT NULL,
-    sender_event_id TEXT,
-    kind TEXT NOT NULL,
-    fields_json TEXT NOT NULL,
-    deletions INTEGER NOT NULL,
-    first_received_at_ms INTEGER NOT NULL,
-    completed_at_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS carried_parts (
-    upload TEXT NOT NULL,
-    position_major INTEGER NOT NULL,
-    position_minor INTEGER NOT NULL,
-    parts_of_batch INTEGER NOT NULL DEFAULT 0,
-    last INTEGER NOT NULL DEFAULT 0,
-    part_count INTEGER,
-    rows INTEGER NOT NULL,
-    ndjson BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    ordinal INTEGER,
-    PRIMARY KEY (upload, position_major, position_minor, parts_of_batch)
-);
-CREATE INDEX IF NOT EXISTS carried_parts_by_ordinal ON carried_parts(upload, ordinal);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    event_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    next_seq INTEGER NOT NULL,
-    complete INTEGER NOT NULL,
-    rows INTEGER NOT NULL,
-    PRIMARY KEY (event_id, sink, stream)
-);
-";
 
     fn daemon(id: &str, started_at_ms: i64) -> DaemonRecord {
         DaemonRecord {
@@ -334,7 +249,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
-            conn.execute_batch(VERSION_4).expect("version 4 schema");
+            conn.execute_batch(VERSION_4_SCHEMA)
+                .expect("version 4 schema");
             conn.execute_batch(
                 "INSERT INTO inbox (event_id, kind, topic, body, received_at_ms, status,
                      updated_at_ms) VALUES ('e4', 'legacy', 't', x'7b7d', 1, 'pending', 1);

@@ -294,12 +294,8 @@ mod tests {
         assert_eq!(stream_for_generation("contacts-e", 2), "contacts-e-r2");
     }
 
-    /// The `streams` table as schema version 4 had it, with one planned stream.
-    const VERSION_4_STREAMS: &str = "
-        CREATE TABLE streams (event_id TEXT NOT NULL, ordinal INTEGER NOT NULL,
-            stream TEXT NOT NULL, kind TEXT NOT NULL, source_ref TEXT NOT NULL,
-            fields_json TEXT NOT NULL, page_size INTEGER NOT NULL,
-            source TEXT NOT NULL DEFAULT '', sinks TEXT, PRIMARY KEY (event_id, stream));
+    /// One planned stream in a version-4 database ([`schema::VERSION_4_SCHEMA`]).
+    const VERSION_4_STREAM: &str = "
         INSERT INTO streams (event_id, ordinal, stream, kind, source_ref, fields_json, page_size,
             source) VALUES ('e', 0, 'legacy-b', 'legacy_batch', 'b', '[]', 100,
             '{\"type\":\"legacy_batch\"}');
@@ -322,7 +318,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
-            conn.execute_batch(VERSION_4_STREAMS)
+            conn.execute_batch(schema::VERSION_4_SCHEMA)
+                .and_then(|()| conn.execute_batch(VERSION_4_STREAM))
                 .expect("version 4 schema");
         }
         let db = StateDb::open(dir.path()).expect("migrates");
@@ -356,7 +353,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let conn = Connection::open(dir.path().join(StateDb::FILE_NAME)).expect("create");
-            conn.execute_batch(VERSION_4_STREAMS)
+            conn.execute_batch(schema::VERSION_4_SCHEMA)
+                .and_then(|()| conn.execute_batch(VERSION_4_STREAM))
                 .expect("version 4 schema");
             // A crash between the ALTER and the new user_version leaves this.
             conn.execute_batch("ALTER TABLE streams ADD COLUMN total_rows INTEGER;")
