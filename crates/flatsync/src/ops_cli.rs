@@ -626,14 +626,7 @@ fn print_event(event: &EventDetail) -> anyhow::Result<()> {
     }
     println!("Checkpoints:");
     for c in &event.checkpoints {
-        println!(
-            "  {} {}: next batch {}, {} rows{}",
-            c.sink,
-            c.stream,
-            c.next_seq,
-            c.rows,
-            if c.complete { ", complete" } else { "" }
-        );
+        println!("  {}", checkpoint_line(c));
     }
     println!("Body:");
     match &event.body {
@@ -1002,6 +995,18 @@ fn plugins(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One checkpoint as `events show` and `flatsync top`'s detail print it.
+pub(crate) fn checkpoint_line(c: &flatsync_core::ops::CheckpointInfo) -> String {
+    format!(
+        "{} {}: next batch {}, {} rows{}",
+        c.sink,
+        c.stream,
+        c.next_seq,
+        c.rows,
+        if c.complete { ", complete" } else { "" }
+    )
 }
 
 #[cfg(test)]

@@ -350,12 +350,8 @@ fn detail_lines(event: &EventDetail) -> Vec<Line<'static>> {
     ));
     for c in &event.checkpoints {
         lines.push(Line::from(format!(
-            "  {} {}: next batch {}, {} rows{}",
-            c.sink,
-            c.stream,
-            c.next_seq,
-            c.rows,
-            if c.complete { ", complete" } else { "" }
+            "  {}",
+            crate::ops_cli::checkpoint_line(c)
         )));
     }
     lines
