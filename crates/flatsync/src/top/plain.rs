@@ -207,7 +207,21 @@ pub(super) fn metrics_lines(scrape: &Scrape) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut lines = vec![format!("API retries: {retries}")];
+    let failures: Vec<String> = metrics
+        .api_failures
+        .iter()
+        .filter(|(_, n)| **n > 0.0)
+        .map(|(status, n)| format!("{status} {n}"))
+        .collect();
+    let failures = if failures.is_empty() {
+        "none".to_owned()
+    } else {
+        failures.join(", ")
+    };
+    let mut lines = vec![
+        format!("API retries: {retries}"),
+        format!("API failed answers: {failures}"),
+    ];
     let health: Vec<String> = metrics
         .sink_up
         .iter()
@@ -273,6 +287,10 @@ mod tests {
     fn metrics_lines_add_retries_up_and_refused_rows() {
         let metrics = Metrics::parse(
             "flatsync_fetch_retries_total{endpoint=\"records\",reason=\"http_429\"} 4\n\
+             flatsync_api_requests_total{endpoint=\"records\",status=\"200\"} 40\n\
+             flatsync_api_requests_total{endpoint=\"records\",status=\"429\"} 3\n\
+             flatsync_api_requests_total{endpoint=\"counts\",status=\"429\"} 1\n\
+             flatsync_api_requests_total{endpoint=\"records\",status=\"transport\"} 2\n\
              flatsync_sink_up{sink=\"archive\"} 1\n\
              flatsync_sink_up{sink=\"warehouse\"} 0\n\
              flatsync_sink_stalled{sink=\"warehouse\"} 1\n\
@@ -282,6 +300,7 @@ mod tests {
             metrics_lines(&Scrape::Read(metrics)),
             [
                 "API retries: records 4",
+                "API failed answers: 429 4, transport 2",
                 "Sinks: archive up, warehouse stalled (500 rows refused)"
             ]
         );

@@ -1,12 +1,13 @@
 //! The admin listener's `/metrics`, read for the panes the state database cannot fill: API
-//! retries by endpoint, sinks up or stalled, rows the sinks refused.
+//! retries by endpoint, API answers that were not a success by status, sinks up or stalled,
+//! rows the sinks refused.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use flatsync_core::Config;
-use flatsync_core::metrics::{FETCH_RETRIES, ROWS_FAILED, SINK_STALLED, SINK_UP};
+use flatsync_core::metrics::{API_REQUESTS, FETCH_RETRIES, ROWS_FAILED, SINK_STALLED, SINK_UP};
 
 /// How long one scrape may take: a daemon that does not answer in time is reported, not
 /// waited for, so the view keeps its pace.
@@ -99,6 +100,9 @@ pub(crate) enum Scrape {
 pub(crate) struct Metrics {
     /// API requests retried, by endpoint (all reasons added up).
     pub(crate) retries: BTreeMap<String, f64>,
+    /// API requests that did not succeed, by status (`429`, `503`, `5xx`, `transport`, ...;
+    /// all endpoints added up): tells a slow or refusing Flatfile from a slow sink.
+    pub(crate) api_failures: BTreeMap<String, f64>,
     /// Per sink: whether its last call succeeded.
     pub(crate) sink_up: BTreeMap<String, bool>,
     /// Per sink: whether it stalled.
@@ -121,6 +125,12 @@ impl Metrics {
             };
             match name {
                 FETCH_RETRIES => *metrics.retries.entry(label("endpoint")).or_default() += value,
+                API_REQUESTS => {
+                    let status = label("status");
+                    if !status.starts_with('2') {
+                        *metrics.api_failures.entry(status).or_default() += value;
+                    }
+                }
                 SINK_UP => {
                     metrics.sink_up.insert(label("sink"), value > 0.0);
                 }

@@ -101,7 +101,8 @@ fn header(app: &App) -> Paragraph<'static> {
 
 fn overview(frame: &mut Frame<'_>, app: &App, sample: &Sample, area: Rect) {
     let sink_height = sample.sinks.len().max(1) as u16 + 3;
-    let lower = sample.status.polling.len().max(2) as u16 + 3;
+    // Room for the three metrics lines (retries, failed answers, sinks) even without polling.
+    let lower = sample.status.polling.len().max(3) as u16 + 3;
     let [bars, sinks, bottom] = Layout::vertical([
         Constraint::Min(5),
         Constraint::Length(sink_height),
