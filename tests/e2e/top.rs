@@ -152,10 +152,11 @@ fn top_in_a_terminal_shows_growing_progress_and_restores_the_terminal_on_q() {
     let (_sim, mut daemon) = slow_import(&dir, event);
     let flatsync = Artifacts::locate().flatsync();
     let config = daemon.settings().config_path();
-    // After top exits, the shell reports its status and the terminal's modes, and waits to be
-    // read; the tmux server is killed when the test ends.
+    // After top exits, the shell prints the terminal's modes, then top's status: the status
+    // line comes last, so a screen that shows it shows the modes too. It then waits to be read;
+    // the tmux server is killed when the test ends.
     let script = format!(
-        "{} top --config {} --interval 0.5; echo \"top exited with $?\"; stty -a; sleep 600",
+        "{} top --config {} --interval 0.5; status=$?; stty -a; echo \"top exited with $status\"; sleep 600",
         sh_quote(&flatsync.to_string_lossy()),
         sh_quote(&config.to_string_lossy()),
     );
