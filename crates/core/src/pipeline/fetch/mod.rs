@@ -26,6 +26,8 @@
 //!
 //! [`StreamReader`] applies these readers to each kind of stream source.
 
+pub(crate) mod read_ahead;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
