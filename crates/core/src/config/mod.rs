@@ -513,10 +513,17 @@ sinks = ["archive"]
         let text = "[fetch]\npages_in_flight = 8\nadaptive_pages_in_flight = true\n";
         let config = parse(text).expect("valid");
         assert!(config.fetch.adaptive_pages_in_flight);
-        assert_eq!(config.fetch.max_pages_in_flight, 32, "four times the start by default");
+        assert_eq!(
+            config.fetch.max_pages_in_flight, 32,
+            "four times the start by default"
+        );
         let err = parse("[fetch]\npages_in_flight = 8\nmax_pages_in_flight = 4\n")
             .expect_err("a maximum below the start");
-        assert_eq!(err.key.as_deref(), Some("fetch.max_pages_in_flight"), "{err}");
+        assert_eq!(
+            err.key.as_deref(),
+            Some("fetch.max_pages_in_flight"),
+            "{err}"
+        );
         assert!(err.message.contains("use 8 to 256"), "{err}");
     }
 

@@ -226,7 +226,7 @@ impl<S: BatchSource> ReadAhead<S> {
     pub(crate) async fn next(&mut self) -> Result<Batch, FetchError> {
         if let Some(first) = self.first.take() {
             if let Ok(batch) = &first {
-                self.learn_size(batch.ndjson.len() as u64);
+                self.learn_size(held_bytes(batch));
                 if batch.end {
                     self.end = self.end.min(self.next_seq);
                 }
@@ -256,7 +256,7 @@ impl<S: BatchSource> ReadAhead<S> {
             (Err(error), Duration::ZERO)
         });
         if let Ok(batch) = &result {
-            self.learn_size(batch.ndjson.len() as u64);
+            self.learn_size(held_bytes(batch));
             if batch.end {
                 self.end = self.end.min(fetch.seq + 1);
             }
@@ -289,7 +289,7 @@ impl<S: BatchSource> ReadAhead<S> {
             let task = tokio::spawn(async move {
                 let started = Instant::now();
                 let result = source.batch(seq).await;
-                let size = result.as_ref().map_or(0, |batch| batch.ndjson.len() as u64);
+                let size = result.as_ref().map_or(0, held_bytes);
                 fetched.store(size, Ordering::Release);
                 (result, started.elapsed())
             });
@@ -332,6 +332,12 @@ impl<S: BatchSource> ReadAhead<S> {
     pub(crate) fn never_throttled(&mut self) {
         self.window.throttled_delay = Duration::MAX;
     }
+}
+
+/// The memory a fetched batch holds: its buffer's capacity, which the converters size from the
+/// page's body before they know how many bytes of lines it makes.
+fn held_bytes(batch: &Batch) -> u64 {
+    batch.ndjson.capacity() as u64
 }
 
 /// Aborts a spawned page fetch nobody waits for any more (the stream stopped early).

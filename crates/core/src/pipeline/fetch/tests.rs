@@ -732,11 +732,14 @@ mod ahead {
 
     /// `bytes` bytes of lines naming `seq`.
     fn batch_bytes(seq: u64, bytes: u64) -> Vec<u8> {
+        let bytes = usize::try_from(bytes).expect("small");
         let line = format!("{seq}\n");
-        let mut ndjson = line
-            .repeat(usize::try_from(bytes).expect("small") / line.len())
-            .into_bytes();
-        ndjson.resize(usize::try_from(bytes).expect("small"), b'\n');
+        // Exactly `bytes` of capacity: the read-ahead counts what a batch holds.
+        let mut ndjson = Vec::with_capacity(bytes);
+        while ndjson.len() + line.len() <= bytes {
+            ndjson.extend_from_slice(line.as_bytes());
+        }
+        ndjson.resize(bytes, b'\n');
         ndjson
     }
 
