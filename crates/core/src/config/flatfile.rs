@@ -35,9 +35,19 @@ pub struct FetchConfig {
     pub legacy_page_size: u64,
     /// Records per Platform page (`pageSize`).
     pub records_page_size: u64,
-    /// Pages requested ahead of the one being delivered.
+    /// Pages requested ahead of the one being delivered; where the adaptive window starts.
     pub pages_in_flight: usize,
+    /// Bytes of batches fetched ahead and not yet delivered, fetches in flight estimated,
+    /// beyond which no more are requested (one batch is always allowed).
+    pub read_ahead_bytes: u64,
+    /// Grow the pages in flight while the wire is the bottleneck, halve on throttling.
+    pub adaptive_pages_in_flight: bool,
+    /// The most pages in flight the adaptive window grows to.
+    pub max_pages_in_flight: usize,
 }
+
+/// `[fetch] read_ahead_bytes` when unset: 16 MiB.
+const DEFAULT_READ_AHEAD_BYTES: u64 = 16 << 20;
 
 const DEFAULT_SUBMIT_JOBS: [&str; 5] = [
     "workbook:submitActionFg",
@@ -69,6 +79,35 @@ pub(super) struct RawFetch {
     legacy_page_size: Option<Spanned<u64>>,
     records_page_size: Option<Spanned<u64>>,
     pages_in_flight: Option<Spanned<usize>>,
+    read_ahead_bytes: Option<Spanned<ByteSize>>,
+    adaptive_pages_in_flight: Option<bool>,
+    max_pages_in_flight: Option<Spanned<u64>>,
+}
+
+/// A size in bytes: a number, or a string such as `"16MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// `"16MiB"`, `"512 KiB"`, `"1GiB"`, `"4096"` (bytes); binary units only, as memory is counted.
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 pub(super) fn parse(f: RawFlatfile, p: &Parser<'_>) -> Result<FlatfileConfig, ConfigError> {
@@ -111,10 +150,53 @@ pub(super) fn parse(f: RawFlatfile, p: &Parser<'_>) -> Result<FlatfileConfig, Co
     })
 }
 
+/// Bounds of `[fetch] read_ahead_bytes`: below 64 KiB not even small pages overlap; above
+/// 16 GiB is a typo.
+const READ_AHEAD_BYTES: (u64, u64) = (64 << 10, 16 << 30);
+
+/// Bounds of `[fetch] max_pages_in_flight` (its least is `pages_in_flight`).
+const MAX_PAGES_IN_FLIGHT: u64 = 256;
+
 pub(super) fn parse_fetch(raw: RawFetch, p: &Parser<'_>) -> Result<FetchConfig, ConfigError> {
+    let pages_in_flight = p.positive_usize(raw.pages_in_flight, "fetch.pages_in_flight", 4)?;
+    let read_ahead_bytes = match raw.read_ahead_bytes {
+        None => DEFAULT_READ_AHEAD_BYTES,
+        Some(size) => {
+            let span = size.span();
+            let key = "fetch.read_ahead_bytes";
+            let bytes = match size.into_inner() {
+                ByteSize::Bytes(bytes) => bytes,
+                ByteSize::Text(text) => parse_byte_size(&text).ok_or_else(|| {
+                    p.locate(
+                        Some(span.clone()),
+                        Some(key),
+                        format!(
+                            "`{text}` is not a size: use bytes or e.g. \"16MiB\" (KiB, MiB, GiB)"
+                        ),
+                    )
+                })?,
+            };
+            p.within(
+                Some(Spanned::new(span, bytes)),
+                key,
+                DEFAULT_READ_AHEAD_BYTES,
+                READ_AHEAD_BYTES,
+            )?
+        }
+    };
+    let most = pages_in_flight as u64;
+    let max_pages_in_flight = p.within(
+        raw.max_pages_in_flight,
+        "fetch.max_pages_in_flight",
+        (4 * most).clamp(16, MAX_PAGES_IN_FLIGHT.max(most)),
+        (most, MAX_PAGES_IN_FLIGHT.max(most)),
+    )?;
     Ok(FetchConfig {
         legacy_page_size: p.positive(raw.legacy_page_size, "fetch.legacy_page_size", 1000)?,
         records_page_size: p.positive(raw.records_page_size, "fetch.records_page_size", 1000)?,
-        pages_in_flight: p.positive_usize(raw.pages_in_flight, "fetch.pages_in_flight", 4)?,
+        pages_in_flight,
+        read_ahead_bytes,
+        adaptive_pages_in_flight: raw.adaptive_pages_in_flight.unwrap_or(false),
+        max_pages_in_flight: usize::try_from(max_pages_in_flight).unwrap_or(usize::MAX),
     })
 }

@@ -481,6 +481,53 @@ sinks = ["archive"]
     }
 
     #[test]
+    fn the_read_ahead_budget_and_window_default_and_name_bad_values() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.fetch.read_ahead_bytes, 16 << 20);
+        assert!(!config.fetch.adaptive_pages_in_flight);
+        assert_eq!(config.fetch.max_pages_in_flight, 16);
+        for (value, bytes) in [
+            ("\"16MiB\"", 16 << 20),
+            ("\"512 KiB\"", 512 << 10),
+            ("\"1GiB\"", 1 << 30),
+            ("1048576", 1 << 20),
+            ("\"65536\"", 65536),
+        ] {
+            let text = format!("[fetch]\nread_ahead_bytes = {value}\n");
+            let config = parse(&text).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(config.fetch.read_ahead_bytes, bytes, "{value}");
+        }
+        for (value, says) in [
+            ("\"16MB\"", "is not a size"),
+            ("\"lots\"", "is not a size"),
+            ("\"\"", "is not a size"),
+            ("1000", "out of range"),
+            ("\"32GiB\"", "out of range"),
+        ] {
+            let text = format!("[fetch]\npages_in_flight = 2\nread_ahead_bytes = {value}\n");
+            let err = parse(&text).expect_err(value);
+            assert_eq!(err.key.as_deref(), Some("fetch.read_ahead_bytes"), "{err}");
+            assert_eq!(err.location.map(|l| l.0), Some(3), "{err}");
+            assert!(err.message.contains(says), "{value}: {err}");
+        }
+        let text = "[fetch]\npages_in_flight = 8\nadaptive_pages_in_flight = true\n";
+        let config = parse(text).expect("valid");
+        assert!(config.fetch.adaptive_pages_in_flight);
+        assert_eq!(
+            config.fetch.max_pages_in_flight, 32,
+            "four times the start by default"
+        );
+        let err = parse("[fetch]\npages_in_flight = 8\nmax_pages_in_flight = 4\n")
+            .expect_err("a maximum below the start");
+        assert_eq!(
+            err.key.as_deref(),
+            Some("fetch.max_pages_in_flight"),
+            "{err}"
+        );
+        assert!(err.message.contains("use 8 to 256"), "{err}");
+    }
+
+    #[test]
     fn a_route_to_a_missing_sink_names_it() {
         let text = GOOD.replace(
             "sinks = [\"archive\"]",

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_body};
+use flatsync_flatfile::{FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 
 use crate::config::{Config, DaemonConfig};
 use crate::health::Health;
 use crate::pipeline::fetch::read_ahead::ReadAhead;
-use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
+use crate::pipeline::fetch::{Batch, StreamReader};
 use crate::pipeline::plan::{self, Family, SubmitJob};
 use crate::pipeline::route::{RoutedEvent, RoutedSink, route_event};
 use crate::state::{
@@ -589,8 +587,7 @@ impl Engine {
                 return Ok(cursors);
             }
         };
-        let mut pages =
-            ReadAhead::open(&mut reader, start, self.config.fetch.pages_in_flight).await;
+        let mut pages = ReadAhead::open(&mut reader, start, &self.config.fetch).await;
         if let Some(total) = pages.total_rows {
             self.state
                 .set_stream_total(&event.event_id, &plan.stream, total)

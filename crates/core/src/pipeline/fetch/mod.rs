@@ -21,8 +21,12 @@
 //!
 //! Only page 1 means the same items under both `pageNumber` conventions. A later batch read
 //! before anything is known about the server's pages therefore takes a short first page as
-//! ambiguous and reads the batch again in sub-pages; the pipeline reads a stream's first batch
-//! alone before fetching ahead, so this happens at most once per stream, when it resumes.
+//! ambiguous and reads the batch again in sub-pages. With a known total the pipeline fetches
+//! the first batches together ([`read_ahead`]), so this can happen to each batch of the first
+//! window (or of the first window after a resume): a short page holding fewer items than the
+//! count leaves proves a cap, kept for the stream; one holding exactly what the count leaves
+//! (the last batch) may be the end or a cap of that size, so only that batch is read again.
+//! Without a total the pipeline reads a stream's first batch alone before fetching ahead.
 //!
 //! [`StreamReader`] applies these readers to each kind of stream source.
 
@@ -249,11 +253,14 @@ where
     Fut: Future<Output = Result<PageRead, ApiError>>,
 {
     let len = page_size.max(1);
+    // Sub-pages for this batch alone, when its first page was ambiguous but proved no cap.
+    let mut alone: Option<u64> = None;
     'batch: loop {
-        let (mut size, trusted, mut probing) = match paging.learned() {
-            Learned::SubPages(sub_page) => (sub_page.min(len), true, false),
-            Learned::Whole => (len, false, false),
-            Learned::Unknown => (len, false, start > 0),
+        let (mut size, trusted, mut probing) = match (paging.learned(), alone) {
+            (Learned::SubPages(sub_page), _) => (sub_page.min(len), true, false),
+            (_, Some(sub_page)) => (sub_page, true, false),
+            (Learned::Whole, None) => (len, false, false),
+            (Learned::Unknown, None) => (len, false, start > 0),
         };
         let mut out = BatchRead::default();
         // Items of the last short page while the end is unknown: a cap if more items follow.
@@ -273,7 +280,14 @@ where
             if std::mem::take(&mut probing) && got > 0 && got < size {
                 // Under one convention these are the batch's first items, under the other
                 // items of an earlier batch: read the batch again in sub-pages below the cap.
-                paging.cap(fit(len, got), len);
+                if matches!(end, End::Counted(total) if got == total.saturating_sub(start)) {
+                    // Exactly what the count leaves for this last batch: a cap of that size,
+                    // or none at all. Only this batch is read again, the stream's paging
+                    // stays as it was.
+                    alone = Some(fit(len, got));
+                } else {
+                    paging.cap(fit(len, got), len);
+                }
                 continue 'batch;
             }
             if got == len {

@@ -1,69 +1,223 @@
 //! A stream's batches in order, fetched ahead of delivery so the wire is busy while the sinks
-//! write.
+//! write, within a memory budget.
+//!
+//! Three bounds hold the batches requested ahead of the one being delivered:
+//!
+//! - **Bytes**: the batches fetched but not yet handed out, plus an estimate for each fetch in
+//!   flight (the largest batch of the stream so far), stay within `[fetch] read_ahead_bytes`.
+//!   One batch is always allowed in flight, so a batch larger than the budget still progresses.
+//! - **Pages**: at most the window of pages in flight: `[fetch] pages_in_flight`, or, when
+//!   `adaptive_pages_in_flight` is on, a window that grows by one after a full window of batches
+//!   the delivery loop had to wait for (the wire, not the sinks, is slow), up to
+//!   `max_pages_in_flight`, and halves when a fetch is throttled ([`Window`]).
+//! - **The end**: with a known page count every request is of a batch that exists; without one
+//!   the stream is read one batch at a time until a batch proves the end.
+//!
+//! When the total is known before the first batch (a sheet's `/counts`, an event's ids, stored
+//! parts), the window opens at once: batches read early are safe because the numbered-page
+//! reader re-reads a batch whose first page is ambiguous (see the parent module).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use flatsync_flatfile::ApiError;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
+use tokio::time::Instant;
 
+use crate::config::FetchConfig;
 use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
 
-/// A stream's pages in order: the first read alone, the rest fetched ahead.
-pub(crate) struct ReadAhead {
+/// Bytes per row assumed before a stream's first batch is seen: generous for flat records of a
+/// dozen short fields, so the first window rarely overshoots the budget.
+const PRIOR_ROW_BYTES: u64 = 256;
+
+/// A fetch slower than this many times the stream's fastest, and by at least
+/// [`THROTTLED_DELAY`], counts as throttled: the client retries a 429 after its `Retry-After`
+/// (or a backoff), which shows here as a slow fetch.
+const THROTTLED_FACTOR: u32 = 4;
+const THROTTLED_DELAY: Duration = Duration::from_millis(250);
+
+/// Where batches come from: a [`StreamReader`], or a fake in tests.
+pub(crate) trait BatchSource: Clone + Send + Sync + 'static {
+    /// Reads batch `seq`.
+    fn batch(&self, seq: u64) -> impl Future<Output = Result<Batch, FetchError>> + Send;
+}
+
+impl BatchSource for StreamReader {
+    fn batch(&self, seq: u64) -> impl Future<Output = Result<Batch, FetchError>> + Send {
+        StreamReader::batch(self, seq)
+    }
+}
+
+/// How many pages may be in flight, and, when adaptive, how that changes (AIMD).
+#[derive(Debug)]
+pub(crate) struct Window {
+    size: usize,
+    max: usize,
+    adaptive: bool,
+    /// Batches in a row the delivery loop had to wait for.
+    waited_in_row: usize,
+    /// The fastest fetch of the stream so far.
+    fastest: Option<Duration>,
+    /// Throttled fetches requested before this batch do not halve the window again: they were
+    /// in flight when it was halved.
+    calm_from: u64,
+    /// How much slower than the fastest a throttled fetch is at least.
+    throttled_delay: Duration,
+}
+
+impl Window {
+    pub(crate) fn new(config: &FetchConfig) -> Window {
+        let size = config.pages_in_flight.max(1);
+        Window {
+            size,
+            max: config.max_pages_in_flight.max(size),
+            adaptive: config.adaptive_pages_in_flight,
+            waited_in_row: 0,
+            fastest: None,
+            calm_from: 0,
+            throttled_delay: THROTTLED_DELAY,
+        }
+    }
+
+    /// Pages that may be in flight now.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Learns from batch `seq`, fetched in `elapsed`, handed out after the delivery loop
+    /// `waited` for it; `next_seq` is the next batch to be requested.
+    pub(crate) fn delivered(&mut self, seq: u64, elapsed: Duration, waited: bool, next_seq: u64) {
+        let fastest = *self.fastest.get_or_insert(elapsed);
+        self.fastest = Some(fastest.min(elapsed));
+        if !self.adaptive {
+            return;
+        }
+        let threshold = fastest
+            .saturating_mul(THROTTLED_FACTOR)
+            .max(fastest.saturating_add(self.throttled_delay));
+        let throttled = elapsed > threshold;
+        if throttled && seq < self.calm_from {
+            // In flight when the window was halved for the same throttling; no reason to grow.
+            self.waited_in_row = 0;
+            return;
+        }
+        if throttled {
+            let halved = (self.size / 2).max(1);
+            tracing::info!(
+                seq,
+                pages_in_flight = halved,
+                elapsed_ms = elapsed.as_millis(),
+                "Fetch throttled; halving pages in flight"
+            );
+            self.size = halved;
+            self.waited_in_row = 0;
+            self.calm_from = next_seq;
+            return;
+        }
+        if !waited {
+            // The batch was ready: the sinks, not the wire, set the pace.
+            self.waited_in_row = 0;
+            return;
+        }
+        self.waited_in_row += 1;
+        if self.waited_in_row >= self.size && self.size < self.max {
+            self.size += 1;
+            self.waited_in_row = 0;
+            tracing::debug!(
+                pages_in_flight = self.size,
+                "Wire-bound; one more page in flight"
+            );
+        }
+    }
+}
+
+/// One batch requested ahead.
+struct Fetch {
+    seq: u64,
+    task: AbortOnDrop<(Result<Batch, FetchError>, Duration)>,
+    /// The batch's bytes once fetched; [`PENDING`] until then.
+    bytes: Arc<AtomicU64>,
+}
+
+const PENDING: u64 = u64::MAX;
+
+/// A stream's batches in order, fetched ahead within the budget.
+pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
+    source: S,
+    /// A batch read alone before the window opened (when the total was not known).
     first: Option<Result<Batch, FetchError>>,
-    rest: BoxStream<'static, Result<Batch, FetchError>>,
+    /// Requested, not yet handed out, in order.
+    queue: VecDeque<Fetch>,
+    /// The next batch to request.
+    next_seq: u64,
+    /// Batches end before this one (`u64::MAX` while unknown).
+    end: u64,
+    /// Whether batches may be requested before the one before them is handed out.
+    ahead: bool,
+    budget: u64,
+    /// The largest batch so far, or the prior guess before any.
+    estimate: u64,
+    seen_batch: bool,
+    window: Window,
     /// Rows in the stream, when known.
     pub(crate) total_rows: Option<u64>,
     /// Batches in the stream, when known.
     pub(crate) page_count: Option<u64>,
 }
 
-impl ReadAhead {
+impl ReadAhead<StreamReader> {
+    /// Starts reading `reader`'s stream at batch `start`.
     pub(crate) async fn open(
         reader: &mut StreamReader,
         start: u64,
-        pages_in_flight: usize,
-    ) -> ReadAhead {
-        // The first batch is read alone: what it shows about the server's paging (whole pages
-        // or a cap) is known before any batch is fetched ahead.
-        let first = reader.batch(start).await;
-        if let Ok(batch) = &first {
-            reader.learn_total(batch.total);
+        config: &FetchConfig,
+    ) -> ReadAhead<StreamReader> {
+        let mut first = None;
+        if reader.page_count().is_none() {
+            // Only a batch tells the total (legacy pages) or the end (a commit's records):
+            // read the first alone, then fetch ahead if it told the total.
+            let batch = reader.batch(start).await;
+            if let Ok(batch) = &batch {
+                reader.learn_total(batch.total);
+            }
+            first = Some(batch);
         }
-        let total_rows = reader.total();
-        let page_count = reader.page_count();
+        let prior = reader.page_size().saturating_mul(PRIOR_ROW_BYTES);
+        let mut pages = ReadAhead::new(reader.clone(), start, reader.page_count(), config, prior);
+        pages.total_rows = reader.total();
+        if let Some(first) = first {
+            pages.first = Some(first);
+            pages.next_seq = start + 1;
+        }
+        pages
+    }
+}
 
-        // With a known page count, keep `pages_in_flight` batches going ahead of delivery;
-        // without one, read sequentially until a batch proves the end.
-        let in_flight = if page_count.is_some() {
-            pages_in_flight
-        } else {
-            1
-        };
-        let end = page_count.unwrap_or(u64::MAX);
-        let ahead = reader.clone();
-        let rest = futures_util::stream::iter((start + 1)..end)
-            .map(move |seq| {
-                let reader = ahead.clone();
-                // A spawned task keeps fetching while the delivery loop waits on the sinks; a
-                // plain future inside `buffered` would only progress while it is polled.
-                let mut task = AbortOnDrop(tokio::spawn(async move { reader.batch(seq).await }));
-                async move {
-                    (&mut task.0).await.unwrap_or_else(|e| {
-                        Err(FetchError::Api(ApiError::Transport {
-                            method: "GET",
-                            url: String::new(),
-                            attempts: 0,
-                            message: format!("page fetch task ended: {e}"),
-                        }))
-                    })
-                }
-            })
-            .buffered(in_flight.max(1))
-            .boxed();
+impl<S: BatchSource> ReadAhead<S> {
+    /// Batches `start..page_count` of `source` (or until a batch proves the end), each batch
+    /// guessed at `prior` bytes until one is seen.
+    pub(crate) fn new(
+        source: S,
+        start: u64,
+        page_count: Option<u64>,
+        config: &FetchConfig,
+        prior: u64,
+    ) -> ReadAhead<S> {
         ReadAhead {
-            first: Some(first),
-            rest,
-            total_rows,
+            source,
+            first: None,
+            queue: VecDeque::new(),
+            next_seq: start,
+            end: page_count.unwrap_or(u64::MAX),
+            ahead: page_count.is_some(),
+            budget: config.read_ahead_bytes,
+            estimate: prior,
+            seen_batch: false,
+            window: Window::new(config),
+            total_rows: None,
             page_count,
         }
     }
@@ -71,20 +225,119 @@ impl ReadAhead {
     /// The next batch of the stream.
     pub(crate) async fn next(&mut self) -> Result<Batch, FetchError> {
         if let Some(first) = self.first.take() {
+            if let Ok(batch) = &first {
+                self.learn_size(held_bytes(batch));
+                if batch.end {
+                    self.end = self.end.min(self.next_seq);
+                }
+                self.request_more();
+            }
             return first;
         }
-        match self.rest.next().await {
-            Some(next) => next,
+        self.request_more();
+        let Some(mut fetch) = self.queue.pop_front() else {
             // Only a stream of known page count runs out, and its last batch ended the
             // delivery loop before.
-            None => Ok(Batch {
+            return Ok(Batch {
                 ndjson: Vec::new(),
                 rows: 0,
                 end: true,
                 total: None,
-            }),
+            });
+        };
+        let waited = !fetch.task.0.is_finished();
+        let (result, elapsed) = (&mut fetch.task.0).await.unwrap_or_else(|e| {
+            let error = FetchError::Api(ApiError::Transport {
+                method: "GET",
+                url: String::new(),
+                attempts: 0,
+                message: format!("page fetch task ended: {e}"),
+            });
+            (Err(error), Duration::ZERO)
+        });
+        if let Ok(batch) = &result {
+            self.learn_size(held_bytes(batch));
+            if batch.end {
+                self.end = self.end.min(fetch.seq + 1);
+            }
+            self.window
+                .delivered(fetch.seq, elapsed, waited, self.next_seq);
+            // The batch leaves the budget now: what it freed is fetched while the sinks write.
+            self.request_more();
+        }
+        result
+    }
+
+    fn learn_size(&mut self, bytes: u64) {
+        self.estimate = if self.seen_batch {
+            self.estimate.max(bytes)
+        } else {
+            bytes
+        };
+        self.seen_batch = true;
+    }
+
+    /// Requests batches while the window, the budget and the end allow.
+    fn request_more(&mut self) {
+        while self.next_seq < self.end && self.may_request() {
+            let seq = self.next_seq;
+            let source = self.source.clone();
+            let bytes = Arc::new(AtomicU64::new(PENDING));
+            let fetched = Arc::clone(&bytes);
+            // A spawned task keeps fetching while the delivery loop waits on the sinks; a plain
+            // future would only progress while polled.
+            let task = tokio::spawn(async move {
+                let started = Instant::now();
+                let result = source.batch(seq).await;
+                let size = result.as_ref().map_or(0, held_bytes);
+                fetched.store(size, Ordering::Release);
+                (result, started.elapsed())
+            });
+            self.queue.push_back(Fetch {
+                seq,
+                task: AbortOnDrop(task),
+                bytes,
+            });
+            self.next_seq += 1;
         }
     }
+
+    fn may_request(&self) -> bool {
+        if self.queue.is_empty() {
+            // At least one batch in flight, however large: the stream must progress.
+            return true;
+        }
+        if !self.ahead || self.queue.len() >= self.window.size() {
+            return false;
+        }
+        let mut held = 0_u64;
+        for fetch in &self.queue {
+            match fetch.bytes.load(Ordering::Acquire) {
+                PENDING => held = held.saturating_add(self.estimate),
+                bytes => held = held.saturating_add(bytes),
+            }
+        }
+        held.saturating_add(self.estimate) <= self.budget
+    }
+
+    /// Pages that may be in flight now (the adaptive window's current size).
+    #[cfg(test)]
+    pub(crate) fn window_size(&self) -> usize {
+        self.window.size()
+    }
+
+    /// Takes no fetch as throttled, so that a test on a loaded machine grows the window
+    /// whatever its scheduling delays.
+    #[cfg(test)]
+    pub(crate) fn never_throttled(&mut self) {
+        self.window.throttled_delay = Duration::MAX;
+    }
+}
+
+/// The memory a fetched batch holds: its buffer's capacity, which the converters size from the
+/// page's body before they know how many bytes of lines it makes.
+fn held_bytes(batch: &Batch) -> u64 {
+    batch.ndjson.capacity() as u64
 }
 
 /// Aborts a spawned page fetch nobody waits for any more (the stream stopped early).

@@ -561,3 +561,508 @@ async fn what_a_cap_and_a_resume_cost_in_requests() {
         assert_eq!(server.requests(), 2, "{offsets:?}");
     }
 }
+
+/// Reads every batch of a counted stream from `from_seq` at once, each page answered only
+/// after every read has had its turn: no batch knows what the others learned when it starts.
+async fn counted_stream_at_once(
+    server: &Numbered,
+    total: u64,
+    page_size: u64,
+    from_seq: u64,
+) -> Result<Vec<BatchRead>, ReadError> {
+    let paging = Paging::new("test");
+    let page_count = total.div_ceil(page_size).max(1);
+    let end = End::Counted(total);
+    let reads = (from_seq..page_count).map(|seq| {
+        read_numbered_batch(
+            |number, size| async move {
+                tokio::task::yield_now().await;
+                server.page(number, size).await
+            },
+            seq * page_size,
+            page_size,
+            end,
+            &paging,
+        )
+    });
+    futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn counted_streams_read_all_at_once_hold_every_item_once_whatever_the_cap() {
+    for page_size in [100, 1000] {
+        for total in totals(page_size) {
+            for cap in CAPS {
+                for offsets in BOTH {
+                    let page_count = total.div_ceil(page_size).max(1);
+                    for from_seq in [0, 1, page_count - 1] {
+                        if from_seq >= page_count {
+                            continue;
+                        }
+                        let what = format!(
+                            "P={page_size} total={total} cap={cap} {offsets:?} from batch {from_seq}"
+                        );
+                        let server = Numbered::counting(total, cap, offsets);
+                        let batches = counted_stream_at_once(&server, total, page_size, from_seq)
+                            .await
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert_exact_batches(&batches, total, page_size, from_seq, &what);
+                        assert!(batches.last().expect("a batch").end, "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_last_batch_read_early_is_read_again_alone_without_capping_the_stream() {
+    for offsets in BOTH {
+        // 250 counted in batches of 100, no cap: batch 2's first page holds exactly the 50 the
+        // count leaves, which a cap of 50 under the applied convention would also serve.
+        let server = Numbered::counting(250, 10_000, offsets);
+        let paging = Paging::new("test");
+        let last = numbered(&server, 2, 100, End::Counted(250), &paging)
+            .await
+            .expect("read");
+        assert_eq!(items_of(&last.ndjson), (200..250).collect::<Vec<_>>());
+        assert!(last.end);
+        assert_eq!(
+            server.requests(),
+            2,
+            "{offsets:?}: the page, then one sub-page"
+        );
+        assert_eq!(
+            paging.learned(),
+            Learned::Unknown,
+            "{offsets:?}: the other batches still read whole pages"
+        );
+        // A short page holding less than the count leaves proves a cap, for the whole stream.
+        let server = Numbered::counting(250, 30, offsets);
+        let paging = Paging::new("test");
+        let middle = numbered(&server, 1, 100, End::Counted(250), &paging)
+            .await
+            .expect("read");
+        assert_eq!(items_of(&middle.ndjson), (100..200).collect::<Vec<_>>());
+        assert_eq!(paging.learned(), Learned::SubPages(25), "{offsets:?}");
+    }
+}
+
+mod ahead {
+    //! The read-ahead against fake batch sources: bytes held, order, the window opening before
+    //! the first batch, and the adaptive window.
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    use super::{End, Numbered, Offsets, Paging, items_of, read_numbered_batch};
+    use crate::config::FetchConfig;
+    use crate::pipeline::fetch::read_ahead::{BatchSource, ReadAhead, Window};
+    use crate::pipeline::fetch::{Batch, FetchError};
+
+    fn config(pages_in_flight: usize, read_ahead_bytes: u64) -> FetchConfig {
+        FetchConfig {
+            legacy_page_size: 1000,
+            records_page_size: 1000,
+            pages_in_flight,
+            read_ahead_bytes,
+            adaptive_pages_in_flight: false,
+            max_pages_in_flight: pages_in_flight,
+        }
+    }
+
+    /// What a fake source saw.
+    #[derive(Default)]
+    struct Log {
+        /// Batches requested, in order.
+        requested: Vec<u64>,
+        /// Bytes of batches requested and not yet handed to the delivery loop.
+        outstanding: u64,
+        /// The most `outstanding` ever was.
+        peak_outstanding: u64,
+        /// Requests started and not answered.
+        in_flight: usize,
+        peak_in_flight: usize,
+    }
+
+    /// Batches of `sizes[seq]` bytes whose lines name their batch, each answered once the
+    /// test lets it (`released` passes its seq) and after a few turns of the scheduler.
+    #[derive(Clone)]
+    struct Fake {
+        sizes: Arc<Vec<u64>>,
+        log: Arc<Mutex<Log>>,
+        released: watch::Receiver<u64>,
+    }
+
+    impl Fake {
+        /// A source whose batches are answered as soon as asked; the sender releases nothing.
+        fn new(sizes: Vec<u64>) -> (Fake, watch::Sender<u64>) {
+            let (release, released) = watch::channel(u64::MAX);
+            let fake = Fake {
+                sizes: Arc::new(sizes),
+                log: Arc::default(),
+                released,
+            };
+            (fake, release)
+        }
+
+        /// A source whose batch `seq` is answered once the sender holds more than `seq`.
+        fn gated(sizes: Vec<u64>) -> (Fake, watch::Sender<u64>) {
+            let (fake, release) = Fake::new(sizes);
+            release.send_replace(0);
+            (fake, release)
+        }
+
+        fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+            self.log.lock().expect("lock")
+        }
+
+        /// Counts a batch as handed to the delivery loop.
+        fn delivered(&self, batch: &Batch) {
+            self.log().outstanding -= batch.ndjson.len() as u64;
+        }
+    }
+
+    /// `bytes` bytes of lines naming `seq`.
+    fn batch_bytes(seq: u64, bytes: u64) -> Vec<u8> {
+        let bytes = usize::try_from(bytes).expect("small");
+        let line = format!("{seq}\n");
+        // Exactly `bytes` of capacity: the read-ahead counts what a batch holds.
+        let mut ndjson = Vec::with_capacity(bytes);
+        while ndjson.len() + line.len() <= bytes {
+            ndjson.extend_from_slice(line.as_bytes());
+        }
+        ndjson.resize(bytes, b'\n');
+        ndjson
+    }
+
+    impl BatchSource for Fake {
+        async fn batch(&self, seq: u64) -> Result<Batch, FetchError> {
+            let size = self.sizes[usize::try_from(seq).expect("small")];
+            {
+                let mut log = self.log();
+                log.requested.push(seq);
+                log.outstanding += size;
+                log.peak_outstanding = log.peak_outstanding.max(log.outstanding);
+                log.in_flight += 1;
+                log.peak_in_flight = log.peak_in_flight.max(log.in_flight);
+            }
+            let mut released = self.released.clone();
+            released
+                .wait_for(|released| *released > seq)
+                .await
+                .expect("the test holds the sender");
+            // Later batches take fewer turns, so they finish out of order.
+            for _ in 0..(seq % 5) * 3 {
+                tokio::task::yield_now().await;
+            }
+            self.log().in_flight -= 1;
+            Ok(Batch {
+                ndjson: batch_bytes(seq, size),
+                rows: 1,
+                end: seq + 1 == self.sizes.len() as u64,
+                total: None,
+            })
+        }
+    }
+
+    /// Delivers every batch, checking each holds its own seq's lines.
+    async fn deliver_all(pages: &mut ReadAhead<Fake>, fake: &Fake, from_seq: u64) -> u64 {
+        let mut seq = from_seq;
+        loop {
+            let batch = pages.next().await.expect("a batch");
+            fake.delivered(&batch);
+            let want = batch_bytes(seq, fake.sizes[usize::try_from(seq).expect("small")]);
+            assert!(batch.ndjson == want, "batch {seq} holds its own lines");
+            if batch.end {
+                return seq + 1 - from_seq;
+            }
+            seq += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_held_ahead_stay_within_the_budget_and_fill_it() {
+        // Batches of 3,000 bytes, a budget of 10,000: three ahead at most, whatever the window.
+        let (fake, _release) = Fake::new(vec![3_000; 40]);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(40), &config(64, 10_000), 3_000);
+        assert_eq!(deliver_all(&mut pages, &fake, 0).await, 40);
+        let log = fake.log();
+        assert_eq!(
+            log.requested,
+            (0..40).collect::<Vec<_>>(),
+            "each batch once, in order"
+        );
+        assert!(
+            log.peak_outstanding <= 10_000 + 3_000,
+            "held {} bytes, budget 10,000 and one batch",
+            log.peak_outstanding
+        );
+        assert_eq!(
+            log.peak_in_flight, 3,
+            "the budget is used, not just respected"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_budget_holds_when_the_first_guess_was_too_small() {
+        // Guessed at 100 bytes, batches are 4,000: the first window overshoots at most by its
+        // own guess, then the largest batch seen bounds every request.
+        let (fake, _release) = Fake::new(vec![4_000; 30]);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(4, 10_000), 100);
+        assert_eq!(deliver_all(&mut pages, &fake, 0).await, 30);
+        let log = fake.log();
+        assert_eq!(log.requested, (0..30).collect::<Vec<_>>());
+        assert!(
+            log.peak_outstanding <= 4 * 4_000 + 4_000,
+            "the first window of four"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_bigger_than_the_budget_still_delivers_one_at_a_time() {
+        let (fake, _release) = Fake::new(vec![50_000; 8]);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(8), &config(4, 10_000), 50_000);
+        assert_eq!(deliver_all(&mut pages, &fake, 0).await, 8);
+        let log = fake.log();
+        assert_eq!(log.requested, (0..8).collect::<Vec<_>>());
+        assert_eq!(log.peak_in_flight, 1);
+        assert!(
+            log.peak_outstanding <= 2 * 50_000,
+            "the one fetched and the one delivered"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_page_count_batches_are_read_one_at_a_time_until_the_end() {
+        let (fake, _release) = Fake::new(vec![300; 6]);
+        let mut pages = ReadAhead::new(fake.clone(), 2, None, &config(4, 1 << 20), 300);
+        assert_eq!(deliver_all(&mut pages, &fake, 2).await, 4);
+        let log = fake.log();
+        assert_eq!(
+            log.requested,
+            vec![2, 3, 4, 5],
+            "nothing past the batch that ends it"
+        );
+        assert_eq!(log.peak_in_flight, 1);
+    }
+
+    /// Polls `next` until the source has seen `want` requests, asserting `next` stays pending.
+    async fn until_requested<F: Future>(
+        next: &mut std::pin::Pin<&mut F>,
+        fake: &Fake,
+        want: usize,
+    ) {
+        for _ in 0..1000 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_ready()));
+            assert!(
+                !polled.await,
+                "no batch can be ready before the test releases it"
+            );
+            if fake.log().requested.len() >= want {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{} requests, want {want}", fake.log().requested.len());
+    }
+
+    #[tokio::test]
+    async fn with_a_known_page_count_the_window_opens_before_the_first_batch() {
+        let (fake, release) = Fake::gated(vec![1_000; 10]);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(10), &config(4, 1 << 20), 1_000);
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            until_requested(&mut next, &fake, 4).await;
+            assert_eq!(fake.log().requested, vec![0, 1, 2, 3]);
+            assert_eq!(
+                fake.log().in_flight,
+                4,
+                "batches 0..4 wait on the wire together"
+            );
+            release.send_replace(u64::MAX);
+            let first = next.await.expect("batch 0");
+            fake.delivered(&first);
+        }
+        assert_eq!(deliver_all(&mut pages, &fake, 1).await, 9);
+        assert_eq!(fake.log().requested, (0..10).collect::<Vec<_>>());
+    }
+
+    /// A counted numbered-page stream through the read-ahead, as `StreamReader` reads sheets.
+    #[derive(Clone)]
+    struct Sheet {
+        server: Arc<Numbered>,
+        paging: Arc<Paging>,
+        total: u64,
+        page_size: u64,
+    }
+
+    impl BatchSource for Sheet {
+        async fn batch(&self, seq: u64) -> Result<Batch, FetchError> {
+            let server = &self.server;
+            let read = read_numbered_batch(
+                |number, size| async move {
+                    tokio::task::yield_now().await;
+                    server.page(number, size).await
+                },
+                seq * self.page_size,
+                self.page_size,
+                End::Counted(self.total),
+                &self.paging,
+            )
+            .await
+            .map_err(|e| {
+                FetchError::Api(flatsync_flatfile::ApiError::Decode {
+                    url: String::new(),
+                    message: e.to_string(),
+                })
+            })?;
+            Ok(Batch {
+                ndjson: read.ndjson,
+                rows: read.rows,
+                end: read.end,
+                total: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capped_sheet_read_ahead_from_the_start_yields_every_record_once() {
+        for cap in [7, 50, 99, 100, 10_000] {
+            for offsets in [Offsets::Requested, Offsets::Applied] {
+                for (total, from_seq) in [(250, 0), (1_000, 0), (1_250, 0), (1_250, 3), (999, 9)] {
+                    let what = format!("total={total} cap={cap} {offsets:?} from {from_seq}");
+                    let sheet = Sheet {
+                        server: Arc::new(Numbered::counting(total, cap, offsets)),
+                        paging: Arc::new(Paging::new("test")),
+                        total,
+                        page_size: 100,
+                    };
+                    let page_count = total.div_ceil(100);
+                    let mut pages =
+                        ReadAhead::new(sheet, from_seq, Some(page_count), &config(4, 1 << 20), 1);
+                    let mut items = Vec::new();
+                    for seq in from_seq..page_count {
+                        let batch = pages.next().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+                        let want: Vec<u64> = (seq * 100..((seq + 1) * 100).min(total)).collect();
+                        assert_eq!(items_of(&batch.ndjson), want, "{what}: batch {seq}");
+                        assert_eq!(batch.end, seq + 1 == page_count, "{what}: batch {seq}");
+                        items.extend(items_of(&batch.ndjson));
+                    }
+                    assert_eq!(items, (from_seq * 100..total).collect::<Vec<_>>(), "{what}");
+                }
+            }
+        }
+    }
+
+    fn adaptive(start: usize, max: usize) -> Window {
+        Window::new(&FetchConfig {
+            adaptive_pages_in_flight: true,
+            max_pages_in_flight: max,
+            ..config(start, 1 << 20)
+        })
+    }
+
+    const FAST: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn the_adaptive_window_grows_by_one_per_window_of_batches_waited_for() {
+        let mut window = adaptive(2, 4);
+        let mut sizes = BTreeMap::new();
+        for seq in 0..20 {
+            window.delivered(seq, FAST, true, seq + 5);
+            sizes.insert(seq, window.size());
+        }
+        // Two waits grow 2 to 3, three more grow 3 to 4, then the maximum holds.
+        assert_eq!(sizes[&0], 2);
+        assert_eq!(sizes[&1], 3);
+        assert_eq!(sizes[&3], 3);
+        assert_eq!(sizes[&4], 4);
+        assert_eq!(sizes[&19], 4);
+    }
+
+    #[test]
+    fn the_adaptive_window_holds_while_the_sinks_set_the_pace() {
+        let mut window = adaptive(3, 16);
+        for seq in 0..30 {
+            // Every other batch was ready when asked for: never a whole window of waits.
+            window.delivered(seq, FAST, seq % 2 == 0, seq + 4);
+        }
+        assert_eq!(window.size(), 3);
+    }
+
+    #[test]
+    fn the_adaptive_window_halves_once_per_throttling() {
+        let mut window = adaptive(8, 16);
+        window.delivered(0, FAST, false, 8);
+        // Batches 1 to 7 were all in flight when a 429 held them for a second.
+        window.delivered(1, Duration::from_secs(1), true, 9);
+        assert_eq!(window.size(), 4);
+        for seq in 2..8 {
+            window.delivered(seq, Duration::from_secs(1), true, 9);
+        }
+        assert_eq!(
+            window.size(),
+            4,
+            "fetches requested before the halving count once"
+        );
+        // A batch requested after it, throttled again.
+        window.delivered(9, Duration::from_secs(1), true, 13);
+        assert_eq!(window.size(), 2);
+        window.delivered(13, Duration::from_secs(1), true, 15);
+        window.delivered(15, Duration::from_secs(1), true, 17);
+        assert_eq!(window.size(), 1, "never below one page");
+        // Slower than the fastest but within the margin: not throttled.
+        let mut window = adaptive(8, 16);
+        window.delivered(0, FAST, false, 8);
+        window.delivered(1, FAST * 5, false, 9);
+        assert_eq!(window.size(), 8);
+    }
+
+    #[test]
+    fn a_fixed_window_never_changes() {
+        let mut window = Window::new(&config(4, 1 << 20));
+        window.delivered(0, FAST, true, 4);
+        for seq in 1..40 {
+            let elapsed = if seq % 10 == 0 {
+                Duration::from_secs(2)
+            } else {
+                FAST
+            };
+            window.delivered(seq, elapsed, true, seq + 4);
+        }
+        assert_eq!(window.size(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_adaptive_read_ahead_grows_while_every_batch_is_waited_for() {
+        let (fake, release) = Fake::gated(vec![100; 40]);
+        let config = FetchConfig {
+            adaptive_pages_in_flight: true,
+            max_pages_in_flight: 6,
+            ..config(1, 1 << 20)
+        };
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(40), &config, 100);
+        pages.never_throttled();
+        for seq in 0..40 {
+            let next = pages.next();
+            tokio::pin!(next);
+            until_requested(&mut next, &fake, usize::try_from(seq).expect("small") + 1).await;
+            // Only the batch asked for comes off the wire: the loop waits on every one.
+            release.send_replace(seq + 1);
+            let batch = next.await.expect("a batch");
+            fake.delivered(&batch);
+        }
+        assert_eq!(pages.window_size(), 6);
+        assert_eq!(fake.log().peak_in_flight, 6);
+        assert_eq!(fake.log().requested, (0..40).collect::<Vec<_>>());
+    }
+}
