@@ -62,8 +62,8 @@ use rusqlite::Connection;
 
 pub(crate) use carried::{PartHead, PartKey, PartOutcome};
 pub use daemons::{DAEMON_RETENTION, DAEMON_TOUCH_INTERVAL, DaemonRecord};
-pub(crate) use inbox::CARRIED_KIND;
 pub use inbox::StoredEvent;
+pub(crate) use inbox::{CARRIED_KIND, InboxOutcome, InboxWrite};
 pub use operator::OperatorDb;
 pub use poll::PolledEvent;
 pub use schema::SCHEMA_VERSION;
