@@ -456,14 +456,12 @@ impl Listeners {
         };
         if let Some(webhook) = &config.webhook {
             let webhook_state = webhook::WebhookState {
-                db: state.clone(),
                 path: webhook.path.clone(),
                 auth: Arc::clone(webhook_auth),
                 max_body_bytes: webhook.max_body_bytes,
                 body_timeout: webhook.body_timeout,
-                accepted: accepted.clone(),
                 health: Arc::clone(health),
-                inbox_writers: webhook::inbox_writers(),
+                inbox: webhook::commit::start(state.clone(), accepted.clone()),
             };
             let (addr, server) =
                 serve_webhook(webhook, webhook_state, auth_summary, stop.clone()).await?;

@@ -5,7 +5,7 @@
 //! complete is the source's rule, handed in as a [`CompletionRule`].
 
 use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::inbox::{CARRIED_KIND, insert_pending};
 use super::{StateDb, StateError, StreamPlan, StreamSource, now_ms};
@@ -46,53 +46,49 @@ pub(crate) type PartKey = (u64, u64, u64);
 pub(crate) type CompletionRule =
     fn(CarriedOrigin, &[PartHead]) -> (Option<u64>, Option<Vec<PartKey>>);
 
-impl StateDb {
-    /// Stores one part of the upload `key` in one transaction; when `complete` says it
-    /// completes the upload, also numbers the parts in delivery order and puts the upload's
-    /// event (id `key`) into the inbox.
-    pub(crate) async fn store_carried_part(
-        &self,
-        key: String,
-        part: CarriedPart,
-        complete: CompletionRule,
-    ) -> Result<PartOutcome, StateError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            let existing = match contradiction(&tx, &key, &part)? {
-                Ok(existing) => existing,
-                Err(reason) => return Ok(PartOutcome::Refused(reason)),
-            };
-            if !existing {
-                insert_upload(&tx, &key, &part, now)?;
-            }
-            if !insert_part(&tx, &key, &part, now)? {
-                tx.commit()?;
-                return Ok(PartOutcome::Duplicate);
-            }
-            let completed_before: bool = tx.query_row(
-                "SELECT completed_at_ms IS NOT NULL FROM carried_uploads WHERE upload = ?1",
-                [&key],
-                |r| r.get(0),
-            )?;
-            let heads = part_heads(&tx, &key)?;
-            let received = heads.len() as u64;
-            let (expected, order) = complete(part.origin, &heads);
-            let mut completed = None;
-            if !completed_before && let Some(order) = order {
-                complete_upload(&tx, &key, &part, &heads, &order, now)?;
-                completed = Some(key.clone());
-            }
-            tx.commit()?;
-            Ok(PartOutcome::Stored {
-                received,
-                expected,
-                completed,
-            })
-        })
-        .await
+/// Stores one part of the upload `key` in the transaction `c` is in; when `complete` says it
+/// completes the upload, also numbers the parts in delivery order and puts the upload's event
+/// (id `key`) into the inbox. A [`PartOutcome::Refused`] part has written nothing. The caller
+/// runs it in a savepoint of a group commit ([`StateDb::write_group`]), so a failure part-way
+/// is undone without undoing the group.
+pub(super) fn store_part(
+    c: &Connection,
+    key: &str,
+    part: &CarriedPart,
+    complete: CompletionRule,
+) -> rusqlite::Result<PartOutcome> {
+    let now = now_ms();
+    let existing = match contradiction(c, key, part)? {
+        Ok(existing) => existing,
+        Err(reason) => return Ok(PartOutcome::Refused(reason)),
+    };
+    if !existing {
+        insert_upload(c, key, part, now)?;
     }
+    if !insert_part(c, key, part, now)? {
+        return Ok(PartOutcome::Duplicate);
+    }
+    let completed_before: bool = c.query_row(
+        "SELECT completed_at_ms IS NOT NULL FROM carried_uploads WHERE upload = ?1",
+        [key],
+        |r| r.get(0),
+    )?;
+    let heads = part_heads(c, key)?;
+    let received = heads.len() as u64;
+    let (expected, order) = complete(part.origin, &heads);
+    let mut completed = None;
+    if !completed_before && let Some(order) = order {
+        complete_upload(c, key, part, &heads, &order, now)?;
+        completed = Some(key.to_owned());
+    }
+    Ok(PartOutcome::Stored {
+        received,
+        expected,
+        completed,
+    })
+}
 
+impl StateDb {
     /// The stream plan of a completed upload: one stream, one batch per part.
     pub(crate) async fn carried_plan(
         &self,
@@ -160,11 +156,11 @@ impl StateDb {
 /// Whether the upload is known (`Ok(true)`), or why `part` contradicts the parts stored
 /// before it (`Err`): another kind, origin or deletions flag, or another Portal 2.0 count.
 fn contradiction(
-    tx: &Transaction<'_>,
+    c: &Connection,
     key: &str,
     part: &CarriedPart,
 ) -> rusqlite::Result<Result<bool, String>> {
-    let existing: Option<(String, String, bool)> = tx
+    let existing: Option<(String, String, bool)> = c
         .query_row(
             "SELECT kind, origin, deletions FROM carried_uploads WHERE upload = ?1",
             [key],
@@ -183,7 +179,7 @@ fn contradiction(
         )));
     }
     if let CarriedEnd::Count(count) = part.end {
-        let other: Option<u64> = tx
+        let other: Option<u64> = c
             .query_row(
                 "SELECT part_count FROM carried_parts WHERE upload = ?1 AND part_count != ?2 LIMIT 1",
                 params![key, count as i64],
@@ -200,13 +196,8 @@ fn contradiction(
     Ok(Ok(existing.is_some()))
 }
 
-fn insert_upload(
-    tx: &Transaction<'_>,
-    key: &str,
-    part: &CarriedPart,
-    now: i64,
-) -> rusqlite::Result<()> {
-    tx.execute(
+fn insert_upload(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rusqlite::Result<()> {
+    c.execute(
         "INSERT INTO carried_uploads
          (upload, origin, upload_id, sender_event_id, kind, fields_json, deletions, first_received_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -225,17 +216,12 @@ fn insert_upload(
 }
 
 /// Stores the part unless it is there already; whether it was new.
-fn insert_part(
-    tx: &Transaction<'_>,
-    key: &str,
-    part: &CarriedPart,
-    now: i64,
-) -> rusqlite::Result<bool> {
+fn insert_part(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rusqlite::Result<bool> {
     let (count, parts_of_batch, last) = match part.end {
         CarriedEnd::Count(count) => (Some(count), 0, false),
         CarriedEnd::Batch { parts, last } => (None, parts, last),
     };
-    let inserted = tx.execute(
+    let inserted = c.execute(
         "INSERT OR IGNORE INTO carried_parts
          (upload, position_major, position_minor, parts_of_batch, last, part_count, rows, ndjson, received_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -254,8 +240,8 @@ fn insert_part(
     Ok(inserted == 1)
 }
 
-fn part_heads(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Vec<PartHead>> {
-    let mut stmt = tx.prepare(
+fn part_heads(c: &Connection, key: &str) -> rusqlite::Result<Vec<PartHead>> {
+    let mut stmt = c.prepare(
         "SELECT position_major, position_minor, parts_of_batch, last, part_count, rows
          FROM carried_parts WHERE upload = ?1",
     )?;
@@ -275,7 +261,7 @@ fn part_heads(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Vec<PartHead>
 /// Numbers an upload's parts in delivery order and puts its event into the inbox, in the
 /// transaction that stored its last part.
 fn complete_upload(
-    tx: &Transaction<'_>,
+    c: &Connection,
     key: &str,
     part: &CarriedPart,
     heads: &[PartHead],
@@ -284,7 +270,7 @@ fn complete_upload(
 ) -> rusqlite::Result<()> {
     let mut rows = 0;
     for (ordinal, &(major, minor, parts_of_batch)) in order.iter().enumerate() {
-        tx.execute(
+        c.execute(
             "UPDATE carried_parts SET ordinal = ?5
              WHERE upload = ?1 AND position_major = ?2 AND position_minor = ?3 AND parts_of_batch = ?4",
             params![
@@ -312,14 +298,14 @@ fn complete_upload(
         }
     });
     insert_pending(
-        tx,
+        c,
         key,
         CARRIED_KIND,
         part.origin.topic(),
         &serde_json::to_vec(&descriptor).expect("a JSON value serializes"),
         now,
     )?;
-    tx.execute(
+    c.execute(
         "UPDATE carried_uploads SET completed_at_ms = ?2 WHERE upload = ?1",
         params![key, now],
     )?;

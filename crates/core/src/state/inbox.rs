@@ -37,19 +37,20 @@ pub(super) fn insert_pending(
     body: &[u8],
     received_at_ms: i64,
 ) -> rusqlite::Result<bool> {
-    let n = c.execute(
+    // Cached: a group commit runs this once per webhook, thousands of times a second.
+    let mut insert = c.prepare_cached(
         "INSERT OR IGNORE INTO inbox
          (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
-        params![
-            event_id,
-            kind,
-            topic,
-            body,
-            received_at_ms,
-            EventStatus::Pending
-        ],
     )?;
+    let n = insert.execute(params![
+        event_id,
+        kind,
+        topic,
+        body,
+        received_at_ms,
+        EventStatus::Pending
+    ])?;
     Ok(n == 1)
 }
 
@@ -155,5 +156,39 @@ impl StateDb {
             rows.collect()
         })
         .await
+    }
+}
+
+/// Faults a test puts into the state database to see what a group commit does with them.
+#[cfg(test)]
+impl StateDb {
+    /// Every later commit that added an event to the inbox fails, as a commit on a full disk
+    /// would: each insert leaves a deferred foreign key violation, which only the commit checks.
+    pub(crate) async fn fail_commits_for_tests(&self) {
+        self.call(|c| {
+            c.execute_batch(
+                "PRAGMA foreign_keys = ON;
+                 CREATE TEMP TABLE commit_guard (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE commit_breaker (
+                     guard INTEGER REFERENCES commit_guard (id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TEMP TRIGGER break_commit AFTER INSERT ON main.inbox
+                 BEGIN INSERT INTO commit_breaker (guard) VALUES (1); END;",
+            )
+        })
+        .await
+        .expect("install the failing commit");
+    }
+
+    /// Inserting the event `event_id` fails, alone: the statement is aborted, not the
+    /// transaction it is in.
+    pub(crate) async fn refuse_event_for_tests(&self, event_id: &str) {
+        let sql = format!(
+            "CREATE TEMP TRIGGER refuse_event BEFORE INSERT ON main.inbox
+             WHEN NEW.event_id = '{event_id}'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        );
+        self.call(move |c| c.execute_batch(&sql))
+            .await
+            .expect("install the refusing trigger");
     }
 }

@@ -12,6 +12,7 @@
 //! holds SQL, a `rusqlite` type or a `Connection`; `.ci/state-sql` checks the SQL part. By
 //! job:
 //! - `inbox`: accepted events and their status;
+//! - `intake`: the group commit of webhook events and carried parts;
 //! - `streams`: routing (deliveries), stream plans and checkpoints;
 //! - `poll`: polling cursors and pending acknowledgements;
 //! - `carried`: uploads whose rows arrive in webhook bodies;
@@ -46,6 +47,7 @@ mod carried;
 mod daemons;
 pub mod health;
 mod inbox;
+mod intake;
 pub mod operator;
 mod poll;
 pub mod repair;
@@ -64,6 +66,7 @@ pub(crate) use carried::{PartHead, PartKey, PartOutcome};
 pub use daemons::{DAEMON_RETENTION, DAEMON_TOUCH_INTERVAL, DaemonRecord};
 pub(crate) use inbox::CARRIED_KIND;
 pub use inbox::StoredEvent;
+pub(crate) use intake::{InboxOutcome, InboxWrite};
 pub use operator::OperatorDb;
 pub use poll::PolledEvent;
 pub use schema::SCHEMA_VERSION;

@@ -9,7 +9,7 @@
 
 use flatsync_flatfile::{CarriedOrigin, CarriedPart, portal2_stream};
 
-use crate::state::{PartHead, PartKey, PartOutcome, StateDb, StateError};
+use crate::state::{InboxWrite, PartHead, PartKey};
 
 /// The key of an upload in the state database, and the id of its inbox event.
 pub(crate) fn upload_key(part: &CarriedPart) -> String {
@@ -22,11 +22,14 @@ pub(crate) fn upload_key(part: &CarriedPart) -> String {
     }
 }
 
-/// Stores one part; when it completes the upload, the upload's event enters the inbox in
-/// the same transaction (see [`StateDb::store_carried_part`]).
-pub(crate) async fn store_part(db: &StateDb, part: CarriedPart) -> Result<PartOutcome, StateError> {
-    db.store_carried_part(upload_key(&part), part, delivery_order)
-        .await
+/// The write that stores one part; when it completes the upload, the upload's event enters
+/// the inbox in the same transaction.
+pub(crate) fn part_write(part: CarriedPart) -> InboxWrite {
+    InboxWrite::Part {
+        key: upload_key(&part),
+        part,
+        complete: delivery_order,
+    }
 }
 
 /// The parts an upload has (once known) and, when every one of them is stored, the order to
@@ -81,8 +84,17 @@ fn delivery_order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StreamSource;
+    use crate::state::{InboxOutcome, PartOutcome, StateDb, StateError, StreamSource};
     use flatsync_flatfile::CarriedEnd;
+
+    /// Stores one part in a group of its own.
+    async fn store_part(db: &StateDb, part: CarriedPart) -> Result<PartOutcome, StateError> {
+        let mut outcomes = db.write_group(vec![part_write(part)]).await?;
+        match outcomes.pop().expect("one outcome per write")? {
+            InboxOutcome::Part(outcome) => Ok(outcome),
+            other => panic!("a part answered {other:?}"),
+        }
+    }
 
     fn forwarded(seq: u64, part: u64, parts: u64, last: bool) -> CarriedPart {
         CarriedPart {

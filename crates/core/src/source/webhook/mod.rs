@@ -10,8 +10,8 @@
 
 pub(crate) mod auth;
 pub(crate) mod carried;
+pub(crate) mod commit;
 
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,45 +24,25 @@ use flatsync_flatfile::{
     CarriedPart, IncomingEvent, WebhookBodyError, parse_webhook_body, scrub_webhook_body,
 };
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use self::auth::{Gate, Rejection, WebhookAuth};
+use self::commit::{InboxQueue, Unstored};
 use crate::health::Health;
-use crate::pipeline::dispatch::AcceptedTx;
-use crate::state::PartOutcome;
-use crate::state::{StateDb, now_ms};
+use crate::state::{InboxWrite, PartOutcome, now_ms};
 
 /// The credentials in force; a reload swaps them for new requests.
 pub(crate) type AuthSlot = Arc<RwLock<Arc<WebhookAuth>>>;
 
 pub(crate) struct WebhookState {
-    pub(crate) db: StateDb,
     /// `[webhook] path`.
     pub(crate) path: String,
     pub(crate) auth: AuthSlot,
     pub(crate) max_body_bytes: usize,
     /// `[webhook] body_timeout_secs`.
     pub(crate) body_timeout: Duration,
-    pub(crate) accepted: AcceptedTx,
     pub(crate) health: Arc<Health>,
-    /// Writes to the inbox in progress; see [`INBOX_WRITERS`].
-    pub(crate) inbox_writers: Arc<Semaphore>,
-}
-
-/// Webhook writes to the inbox at once. The state database has one connection, so writes are
-/// serial anyway; letting one at a time into the blocking pool keeps the others waiting here,
-/// for at most [`INBOX_WAIT`], instead of piling up behind a database another process holds
-/// locked (each write there waits out SQLite's busy timeout).
-const INBOX_WRITERS: usize = 1;
-
-/// How long a webhook waits for its turn to write before it is answered 503: a few busy
-/// timeouts of the state database, so a burst of senders on a slow disk is served, and one
-/// that cannot be is told to retry while it still waits for an answer.
-const INBOX_WAIT: Duration = Duration::from_secs(5);
-
-/// The inbox writer slots of one webhook listener.
-pub(crate) fn inbox_writers() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(INBOX_WRITERS))
+    /// Where accepted events and parts go to be committed, in groups, to the inbox.
+    pub(crate) inbox: InboxQueue,
 }
 
 /// Seconds a sender is asked to wait before retrying while the daemon stops or cannot store.
@@ -169,24 +149,6 @@ fn redacted_path(path: &str, base: &str) -> String {
 fn carries_env(event: &IncomingEvent, body: &Value) -> bool {
     matches!(event, IncomingEvent::Legacy(_))
         && !(body.get("scope").is_none() && body.get("event").is_some_and(Value::is_object))
-}
-
-/// Runs an inbox write once a writer slot is free, keeping the slot until the write is done
-/// even if the sender hangs up meanwhile. `None` when no slot is free within [`INBOX_WAIT`]
-/// (nothing was written) or the write task failed.
-async fn write_inbox<T: Send + 'static>(
-    state: &WebhookState,
-    write: impl Future<Output = T> + Send + 'static,
-) -> Option<T> {
-    let slot = Arc::clone(&state.inbox_writers).acquire_owned();
-    let slot = tokio::time::timeout(INBOX_WAIT, slot).await.ok()?.ok()?;
-    tokio::spawn(async move {
-        let written = write.await;
-        drop(slot);
-        written
-    })
-    .await
-    .ok()
 }
 
 /// Reads the body within `[webhook] body_timeout_secs`; a sender that trickles it is answered
@@ -520,25 +482,20 @@ async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str
         event_id,
         kind,
         topic,
-        body: stored,
+        body,
         method: method_used,
         scope_label,
     } = accepted;
-    let db = state.db.clone();
-    let insert = {
-        let (event_id, topic) = (event_id.clone(), topic.clone());
-        async move {
-            db.insert_event(event_id, kind, topic, stored, now_ms())
-                .await
-        }
+    let write = InboxWrite::Event {
+        event_id: event_id.clone(),
+        kind,
+        topic: topic.clone(),
+        body,
+        received_at_ms: now_ms(),
     };
-    let Some(inserted) = write_inbox(state, insert).await else {
-        tracing::warn!(event_id = %event_id, "Webhook refused: the inbox is busy");
-        return unavailable("the inbox is busy; retry later", shown_path);
-    };
-    match inserted {
+    match state.inbox.event(write).await {
         Ok(true) => {
-            tracing::info!(
+            tracing::debug!(
                 event_id = %event_id,
                 topic = %topic,
                 kind,
@@ -547,7 +504,6 @@ async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str
                 "Webhook accepted"
             );
             crate::metrics::event_received("webhook", &topic);
-            state.accepted.notify(event_id.clone());
             (
                 StatusCode::OK,
                 axum::Json(json!({ "status": "accepted", "eventId": event_id })),
@@ -555,14 +511,18 @@ async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str
                 .into_response()
         }
         Ok(false) => {
-            tracing::info!(event_id = %event_id, topic = %topic, "Webhook repeated, already accepted");
+            tracing::debug!(event_id = %event_id, topic = %topic, "Webhook repeated, already accepted");
             (
                 StatusCode::OK,
                 axum::Json(json!({ "status": "duplicate", "eventId": event_id })),
             )
                 .into_response()
         }
-        Err(e) => {
+        Err(Unstored::Busy) => {
+            tracing::warn!(event_id = %event_id, "Webhook refused: the inbox is busy");
+            unavailable("the inbox is busy; retry later", shown_path)
+        }
+        Err(Unstored::Failed(e)) => {
             tracing::error!(error = %e, event_id = %event_id, "Could not store webhook");
             unavailable("could not store the event; retry later", shown_path)
         }
@@ -576,14 +536,7 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
     let position = part.position;
     let rows = part.rows;
     let topic = part.origin.topic();
-    let db = state.db.clone();
-    let Some(stored) =
-        write_inbox(state, async move { carried::store_part(&db, part).await }).await
-    else {
-        tracing::warn!(upload = %upload, "Upload part refused: the inbox is busy");
-        return unavailable("the inbox is busy; retry later", path);
-    };
-    match stored {
+    match state.inbox.part(carried::part_write(part)).await {
         Ok(PartOutcome::Stored {
             received,
             expected,
@@ -600,7 +553,6 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
             if let Some(event_id) = &completed {
                 crate::metrics::event_received("webhook", topic);
                 tracing::info!(event_id = %event_id, parts = received, "Upload complete");
-                state.accepted.notify(event_id.clone());
             }
             (
                 StatusCode::OK,
@@ -628,7 +580,11 @@ async fn accept_part(state: &WebhookState, part: CarriedPart, path: &str) -> Res
             json!({ "message": reason }),
             path,
         ),
-        Err(e) => {
+        Err(Unstored::Busy) => {
+            tracing::warn!(upload = %upload, "Upload part refused: the inbox is busy");
+            unavailable("the inbox is busy; retry later", path)
+        }
+        Err(Unstored::Failed(e)) => {
             tracing::error!(error = %e, upload = %upload, "Could not store upload part");
             unavailable("could not store the upload part; retry later", path)
         }
