@@ -51,7 +51,9 @@ impl Setup {
             "[daemon]\nstate_dir = {}",
             path(&self.dir.join("state"))
         );
-        let _ = writeln!(text, "plugin_dir = {}\n", path(&self.bin_dir));
+        // The config's folder is not the working directory: a relative path would miss.
+        let bin_dir = std::path::absolute(&self.bin_dir).unwrap_or_else(|_| self.bin_dir.clone());
+        let _ = writeln!(text, "plugin_dir = {}\n", path(&bin_dir));
         let _ = writeln!(text, "[flatfile]\nlegacy_api_url = {}", quote(api));
         let _ = writeln!(text, "legacy_api_key_env = {}", quote(LEGACY_KEY_ENV));
         let _ = writeln!(text, "api_url = {}", quote(api));

@@ -166,6 +166,7 @@ pub(crate) fn intake_and_backlog(
         let dir = plan.run_dir("intake")?;
         intakes.push(fill(plan, dir.path(), intake_case.to_owned(), events, 32)?);
         if !take_drain {
+            dir.done();
             continue;
         }
         let (wall_s, _, _, usage) = resume(plan, dir.path(), "the backlog", DRAIN_LIMIT, |p| {
@@ -177,6 +178,7 @@ pub(crate) fn intake_and_backlog(
                 "the folder sink holds {held} event rows after {events} events were acknowledged"
             )));
         }
+        dir.done();
         drains.push(Line {
             case: drain_case.to_owned(),
             count: events,
@@ -213,6 +215,7 @@ pub(crate) fn intake_4(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), B
             plan.intake_events_4,
             4,
         )?);
+        dir.done();
     }
     keep(median(&runs).expect("at least one run"));
     Ok(())
@@ -237,6 +240,7 @@ pub(crate) fn memory(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), Ben
             watch * 2,
             watch_for(Instant::now()),
         )?;
+        idle_dir.done();
         let dir = plan.run_dir("pending")?;
         fill(plan, dir.path(), case.clone(), plan.pending_events, 32)?;
         let (wall_s, first, last, usage) = resume(
@@ -246,6 +250,7 @@ pub(crate) fn memory(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), Ben
             watch * 2,
             watch_for(Instant::now()),
         )?;
+        dir.done();
         runs.push(Line {
             case: case.clone(),
             count: first,

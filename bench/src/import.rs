@@ -122,6 +122,7 @@ pub(crate) fn group(
         }
     }
     sim.stop()?;
+    dir.done();
     for lines in runs {
         keep(median(&lines).expect("at least one run"));
     }
@@ -176,6 +177,7 @@ fn import_once(
             sink.label()
         )));
     }
+    dir.done();
     Ok(Line {
         case: String::new(),
         count: rows,

@@ -105,14 +105,41 @@ impl Plan {
             .is_none_or(|pattern| case.contains(pattern))
     }
 
-    fn run_dir(&self, what: &str) -> Result<tempfile::TempDir, BenchError> {
+    fn run_dir(&self, what: &str) -> Result<RunDir, BenchError> {
         tempfile::Builder::new()
             .prefix(&format!("flatsync-bench-{what}-"))
             .tempdir_in(&self.work_dir)
+            .map(|dir| RunDir(Some(dir)))
             .map_err(BenchError::io(format!(
                 "cannot make a directory in {}",
                 self.work_dir.display()
             )))
+    }
+}
+
+/// A run's temporary directory: removed by [`RunDir::done`]; dropped without it (the run
+/// failed) it stays, so the logs an error names can be read.
+#[derive(Debug)]
+struct RunDir(Option<tempfile::TempDir>);
+
+impl RunDir {
+    fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .expect("a RunDir holds its directory until dropped")
+            .path()
+    }
+
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = dir.keep();
+        }
     }
 }
 

@@ -95,6 +95,8 @@ fn once(plan: &Plan, run: u64) -> Result<Line, BenchError> {
             "csv holds {held} rows after a restarted import of {rows}"
         )));
     }
+    dir.done();
+    sim_dir.done();
     Ok(Line {
         case: String::new(),
         count: last.rows_delivered,

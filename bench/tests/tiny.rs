@@ -38,9 +38,10 @@ fn tiny_plan() -> Plan {
         intake_events_4: 100,
         pending_events: 300,
         watch_s: 1.0,
-        // Slow pages, so the kill surely lands while the stream runs.
-        restart_rows: 20_000,
-        restart_latency_ms: 20,
+        // Slow pages, so the kill surely lands while the stream runs: a third of 40 pages is
+        // served when it comes, and the other 27 take at least 7 rounds of 50 ms.
+        restart_rows: 40_000,
+        restart_latency_ms: 50,
         ..Plan::quick(debug_dir())
     }
 }
@@ -72,7 +73,7 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
         "backlog drain",
         "intake 4 conns",
         "memory 300 pending",
-        "restart after SIGKILL 20k",
+        "restart after SIGKILL 40k",
     ] {
         expected.push(case.to_owned());
     }
@@ -103,7 +104,7 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
     assert_eq!(find(&lines, "backlog drain").count, 300, "{table}");
     let memory = find(&lines, "memory 300 pending");
     assert!(memory.extra("idle MiB").is_some_and(|m| m > 0.0), "{table}");
-    let restart = find(&lines, "restart after SIGKILL 20k");
+    let restart = find(&lines, "restart after SIGKILL 40k");
     assert!(
         restart.extra("first row s").is_some_and(|s| s > 0.0),
         "{table}"
