@@ -42,7 +42,7 @@ pub struct Plan {
     pub rows: Vec<u64>,
     /// Page latencies of the imports, in milliseconds.
     pub latencies_ms: Vec<u64>,
-    /// Only cases whose name contains this.
+    /// Only cases whose name contains one of these comma-separated patterns.
     pub only: Option<String>,
     /// Connections of the wire floor: the daemon's pages in flight.
     pub wire_connections: usize,
@@ -102,7 +102,7 @@ impl Plan {
     fn selected(&self, case: &str) -> bool {
         self.only
             .as_deref()
-            .is_none_or(|pattern| case.contains(pattern))
+            .is_none_or(|patterns| patterns.split(',').any(|p| case.contains(p.trim())))
     }
 
     fn run_dir(&self, what: &str) -> Result<RunDir, BenchError> {
@@ -215,5 +215,9 @@ mod tests {
         plan.only = Some("sqlite".to_owned());
         assert!(plan.selected("platform sqlite 1M 50ms"));
         assert!(!plan.selected("legacy csv 100k 0ms"));
+        plan.only = Some("intake, restart".to_owned());
+        assert!(plan.selected("intake 4 conns"));
+        assert!(plan.selected("restart after SIGKILL 1M"));
+        assert!(!plan.selected("backlog drain"));
     }
 }

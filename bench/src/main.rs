@@ -35,9 +35,16 @@ struct Cli {
     /// Runs per case; each line is the median [default: 3, or 1 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     runs: Option<u64>,
-    /// Only the cases whose name contains PATTERN, e.g. "legacy csv" or "intake".
+    /// Only the cases whose name contains PATTERN, e.g. "legacy csv" or "intake"; several
+    /// patterns separated by commas select the cases of each.
     #[arg(long, value_name = "PATTERN")]
     only: Option<String>,
+    /// Events posted at 32 connections, and so drained as the backlog [default: 100,000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    events: Option<u64>,
+    /// Events pending in the memory case [default: 1,000,000, or 100,000 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pending_events: Option<u64>,
     /// Also write the table as Markdown to FILE.
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
@@ -87,6 +94,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         plan.work_dir = dir;
     }
     plan.only = cli.only;
+    if let Some(events) = cli.events {
+        plan.intake_events = events;
+    }
+    if let Some(events) = cli.pending_events {
+        plan.pending_events = events;
+    }
     eprintln!(
         "flatsync-bench: {} run(s) per case, binaries from {}",
         plan.runs,
