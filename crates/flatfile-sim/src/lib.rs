@@ -226,6 +226,10 @@ pub struct SimConfig {
     /// Order of `GET /v1/events` listings. Flatfile documents none, so clients must cope with
     /// both.
     pub events_order: EventsOrder,
+    /// Render each data page (legacy rows, Platform records of an unchanged sheet) once, keep
+    /// it in memory and serve the same bytes on every later request for it: a page server that
+    /// is not the bottleneck of a benchmark. Memory grows with the pages read.
+    pub prerender: bool,
 }
 
 /// The order `GET /v1/events` lists events in.
@@ -251,6 +255,7 @@ impl Default for SimConfig {
             environments: Vec::new(),
             max_page_size: 10_000,
             events_order: EventsOrder::Oldest,
+            prerender: false,
         }
     }
 }
@@ -268,6 +273,7 @@ impl std::fmt::Debug for SimConfig {
             .field("environments", &self.environments)
             .field("max_page_size", &self.max_page_size)
             .field("events_order", &self.events_order)
+            .field("prerender", &self.prerender)
             .finish()
     }
 }

@@ -109,6 +109,11 @@ struct ServeArgs {
     /// prefer FLATFILE_SIM_ENVIRONMENTS=ID=KEY,ID=KEY outside throwaway setups.
     #[arg(long = "environment", value_name = "ID=KEY")]
     environments: Vec<String>,
+    /// Keep every data page rendered in memory after its first request and serve the same
+    /// bytes again (for benchmarks: the page server then costs next to nothing; memory grows
+    /// with the pages read).
+    #[arg(long)]
+    prerender: bool,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +268,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             EventsOrderArg::Oldest => EventsOrder::Oldest,
             EventsOrderArg::Newest => EventsOrder::Newest,
         },
+        prerender: args.prerender,
     };
     let sim = RunningSim::start(config, args.listen)
         .await

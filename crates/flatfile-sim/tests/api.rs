@@ -286,6 +286,48 @@ async fn same_seed_serves_the_same_bytes_and_another_seed_does_not() {
 }
 
 #[tokio::test]
+async fn prerendered_pages_are_the_rendered_bytes_and_a_changed_sheet_is_never_stale() {
+    let config = |prerender| SimConfig {
+        rows: 60,
+        seed: 7,
+        prerender,
+        ..SimConfig::default()
+    };
+    let plain = Harness::start(config(false)).await;
+    let kept = Harness::start(config(true)).await;
+    let legacy = "/rest/batch/b-1/rows?skip=20&take=20";
+    let sheet = "us_sh_w-companies";
+    let records = format!("/v1/sheets/{sheet}/records?pageSize=10&pageNumber=2");
+    for _ in 0..2 {
+        assert_eq!(
+            bytes(&kept, legacy, true).await,
+            bytes(&plain, legacy, true).await
+        );
+        assert_eq!(
+            bytes(&kept, &records, false).await,
+            bytes(&plain, &records, false).await
+        );
+    }
+    // A record of page 2 is edited: the page stored before must not be served again.
+    let before = bytes(&kept, &records, false).await;
+    let id = record_ids(&config(true), sheet)[10].clone();
+    let mut values = serde_json::Map::new();
+    values.insert("name".to_owned(), json!("Edited after the page was kept"));
+    kept.sim
+        .edit_records(sheet, &[flatfile_sim::RecordEdit { id, values }])
+        .expect("edit applied");
+    let after = bytes(&kept, &records, false).await;
+    assert_ne!(after, before);
+    assert!(
+        String::from_utf8_lossy(&after).contains("Edited after the page was kept"),
+        "the page shows the edit"
+    );
+    for h in [plain, kept] {
+        h.sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn legacy_pages_of_any_size_add_up_to_the_batch() {
     let config = SimConfig {
         rows: 23,

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::auth::legacy_auth;
+use super::pages::PageKey;
 use super::params::legacy_page;
 use super::reply::{ApiError, json_bytes, page_capacity};
 use super::shared::Shared;
@@ -23,7 +24,8 @@ pub(super) async fn batch_rows(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (seed, rows) = (sim.config.seed, sim.config.rows);
-    serve_page(&sim, &headers, &query, 500, |out, skip, take| {
+    let path = format!("/rest/batch/{batch_id}/rows");
+    serve_page(&sim, &headers, &query, (path, 500), |out, skip, take| {
         generate::write_legacy_page(out, seed, &batch_id, rows, skip, take);
     })
     .await
@@ -38,7 +40,8 @@ pub(super) async fn workspace_records(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (seed, rows) = (sim.config.seed, sim.config.rows);
-    serve_page(&sim, &headers, &query, 300, |out, skip, take| {
+    let path = format!("/workspace/{workspace_id}/sheet/{sheet_id}/records");
+    serve_page(&sim, &headers, &query, (path, 300), |out, skip, take| {
         let sheet = (workspace_id.as_str(), sheet_id.as_str());
         crate::legacy::write_workspace_page(out, seed, sheet, rows, skip, take);
     })
@@ -46,18 +49,33 @@ pub(super) async fn workspace_records(
 }
 
 /// Checks the key and the paging, waits the page latency, and answers the page `write` writes
-/// for `skip` and `take`; `bytes_per_row` sizes its buffer.
+/// for `skip` and `take` (or the one it wrote before, when pages are pre-rendered); `page` is
+/// the request path and the bytes per row that size the buffer.
 async fn serve_page(
     sim: &Shared,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    bytes_per_row: u64,
+    page: (String, u64),
     write: impl FnOnce(&mut Vec<u8>, u64, u64),
 ) -> Result<Response, ApiError> {
     legacy_auth(sim, headers)?;
     let (skip, take) = legacy_page(sim, query)?;
     sim.page_pause().await;
-    let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, bytes_per_row));
-    write(&mut body, skip, take);
-    Ok(json_bytes(StatusCode::OK, body))
+    let (path, bytes_per_row) = page;
+    let render = || {
+        let mut body = Vec::with_capacity(page_capacity(take, sim.config.rows, bytes_per_row));
+        write(&mut body, skip, take);
+        body
+    };
+    Ok(match &sim.pages {
+        Some(pages) => {
+            let key = PageKey {
+                path,
+                at: skip,
+                size: take,
+            };
+            json_bytes(StatusCode::OK, pages.body(key, render))
+        }
+        None => json_bytes(StatusCode::OK, render()),
+    })
 }

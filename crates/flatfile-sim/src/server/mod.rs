@@ -19,6 +19,7 @@ mod faults;
 mod intake;
 mod jobs;
 mod legacy;
+mod pages;
 mod params;
 mod platform;
 mod reply;

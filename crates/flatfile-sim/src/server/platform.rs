@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde_json::{Value as Json, json};
 
 use super::auth::platform_auth;
+use super::pages::PageKey;
 use super::params::platform_page;
 use super::reply::{ApiError, data, json_bytes, page_capacity};
 use super::shared::Shared;
@@ -138,14 +139,28 @@ pub(super) async fn sheet_records(
     let sheet = find_sheet(&sim, &sheet_id, &environment)?;
     let plain = records_query.is_plain() && !sim.world().has_overlay(&sheet.id);
     sim.page_pause().await;
-    let mut body = Vec::with_capacity(page_capacity(page_size, sheet.rows, 750));
-    if plain {
-        // No lock while generating: the common case of an unchanged sheet serves pages in
-        // parallel.
-        generate::write_records_page(&mut body, sim.config.seed, &sheet, page_number, page_size);
-    } else {
+    let capacity = page_capacity(page_size, sheet.rows, 750);
+    if !plain {
+        let mut body = Vec::with_capacity(capacity);
         sim.world()
             .write_records(sim.config.seed, &sheet, &records_query, &mut body)?;
+        return Ok(json_bytes(StatusCode::OK, body));
     }
-    Ok(json_bytes(StatusCode::OK, body))
+    // No lock while generating: the common case of an unchanged sheet serves pages in parallel.
+    let render = || {
+        let mut body = Vec::with_capacity(capacity);
+        generate::write_records_page(&mut body, sim.config.seed, &sheet, page_number, page_size);
+        body
+    };
+    Ok(match &sim.pages {
+        Some(pages) => {
+            let key = PageKey {
+                path: format!("/v1/sheets/{sheet_id}/records"),
+                at: page_number,
+                size: page_size,
+            };
+            json_bytes(StatusCode::OK, pages.body(key, render))
+        }
+        None => json_bytes(StatusCode::OK, render()),
+    })
 }

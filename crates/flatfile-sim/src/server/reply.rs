@@ -13,7 +13,7 @@ pub(super) fn is_legacy_path(path: &str) -> bool {
     path.starts_with("/rest/") || path.starts_with("/workspace/")
 }
 
-pub(super) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+pub(super) fn json_bytes(status: StatusCode, body: impl IntoResponse) -> Response {
     let mut response = (status, body).into_response();
     response
         .headers_mut()

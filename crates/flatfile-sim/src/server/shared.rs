@@ -3,6 +3,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::faults::Injector;
+use super::pages::Pages;
 use crate::lock::lock;
 use crate::state::World;
 use crate::{JobState, SimConfig, SimStats};
@@ -11,6 +12,8 @@ pub(super) struct Shared {
     pub(super) config: SimConfig,
     pub(super) stats: Mutex<SimStats>,
     pub(super) faults: Injector,
+    /// Rendered page bodies, when [`SimConfig::prerender`] is on.
+    pub(super) pages: Option<Pages>,
     world: Mutex<World>,
 }
 
@@ -18,6 +21,7 @@ impl Shared {
     pub(super) fn new(config: SimConfig) -> Shared {
         Shared {
             faults: Injector::new(&config),
+            pages: config.prerender.then(Pages::default),
             config,
             stats: Mutex::new(SimStats::default()),
             world: Mutex::new(World::new(format!("{:08x}", fastrand::u32(..)))),

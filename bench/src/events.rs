@@ -1,0 +1,267 @@
+//! Event cases: webhook intake at 32 and 4 connections, the drain of the backlog that intake
+//! filled, and the daemon's memory with a large backlog against its memory idle.
+//!
+//! A backlog is filled through the webhook while delivery is held back: the daemon runs with
+//! its test hook `FLATSYNC_TEST_STALL_FILE`, whose dispatcher stands still while the named
+//! file exists, so every acknowledged event stays pending. That daemon is then killed with
+//! SIGKILL (what was answered 2xx is durable), and a fresh daemon, without the hook, starts on
+//! the same state: its CPU and memory are the drain's alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Daemon, Setup};
+use crate::error::BenchError;
+use crate::proc::Usage;
+use crate::sink::Sink;
+use crate::table::{Line, median};
+use crate::{Plan, http, size_label};
+
+/// The longest a backlog may take to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(7200);
+
+/// An event without rows: a Platform `space:created`, delivered as one row of its own.
+fn event_body(tag: &str, n: u64) -> String {
+    serde_json::json!({
+        "id": format!("us_evt_{tag}_{n}"),
+        "topic": "space:created",
+        "domain": "space",
+        "context": {
+            "environmentId": flatfile_sim::DEFAULT_ENVIRONMENT_ID,
+            "spaceId": "us_sp_bench",
+            "accountId": "us_acc_bench",
+        },
+        "payload": { "n": n },
+        "createdAt": "2026-01-01T00:00:00.000Z",
+    })
+    .to_string()
+}
+
+/// Every event routed (`topics = ["*"]`) to a JSON Lines folder sink.
+fn setup(plan: &Plan, dir: &Path, stall_file: Option<PathBuf>) -> Setup {
+    Setup {
+        dir: dir.to_owned(),
+        bin_dir: plan.bin_dir.clone(),
+        sim_url: None,
+        sink: Sink::Jsonl,
+        topics: vec!["*"],
+        pages_in_flight: plan.pages_in_flight,
+        stall_file,
+    }
+}
+
+/// Posts `events` distinct events over `connections` keep-alive connections, each request
+/// waiting for its answer: the wall seconds and the 99th percentile latency in ms.
+fn post_events(
+    url: &str,
+    tag: &str,
+    events: u64,
+    connections: usize,
+) -> Result<(f64, f64), BenchError> {
+    let next = AtomicU64::new(0);
+    let latencies = Mutex::new(Vec::with_capacity(usize::try_from(events).unwrap_or(0)));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..connections)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), BenchError> {
+                    let agent = http::agent();
+                    let mut mine = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= events {
+                            break;
+                        }
+                        let body = event_body(tag, n);
+                        let sent = Instant::now();
+                        http::post_ok(&agent, url, &body)?;
+                        mine.push(sent.elapsed());
+                    }
+                    latencies
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(mine);
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().expect("a webhook sender panicked"))
+    })?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut latencies = latencies
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    latencies.sort();
+    let p99 = latencies
+        .get((latencies.len() * 99).div_ceil(100).saturating_sub(1))
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    Ok((wall_s, p99))
+}
+
+/// Fills `dir`'s state with `events` pending events over `connections` connections, then
+/// kills that daemon; the intake line.
+fn fill(
+    plan: &Plan,
+    dir: &Path,
+    case: String,
+    events: u64,
+    connections: usize,
+) -> Result<Line, BenchError> {
+    let stall = dir.join("hold-delivery");
+    std::fs::write(&stall, b"")
+        .map_err(BenchError::io(format!("cannot write {}", stall.display())))?;
+    let daemon = Daemon::start(&setup(plan, dir, Some(stall)))?;
+    let before = daemon.usage()?;
+    let (wall_s, p99_ms) = post_events(daemon.webhook_url(), "bench", events, connections)?;
+    let after = daemon.usage()?;
+    daemon.kill()?;
+    Ok(Line {
+        case,
+        count: events,
+        wall_s,
+        rate: events as f64 / wall_s,
+        cpu_s: after.cpu_s - before.cpu_s,
+        peak_rss_mib: after.peak_rss_mib,
+        wire: None,
+        extras: vec![("p99 ms", p99_ms)],
+    })
+}
+
+/// A fresh daemon on `dir`'s state; `watch` decides when to stop watching it. The time from
+/// the start, the first and last progress, and the process's usage at the end.
+fn resume(
+    plan: &Plan,
+    dir: &Path,
+    what: &str,
+    limit: Duration,
+    watch: impl FnMut(crate::daemon::Progress) -> Result<bool, BenchError>,
+) -> Result<(f64, u64, u64, Usage), BenchError> {
+    let started = Instant::now();
+    let mut daemon = Daemon::start(&setup(plan, dir, None))?;
+    let first = daemon.progress()?;
+    let last = daemon.wait_until(what, Duration::from_millis(50), limit, watch)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let usage = daemon.usage()?;
+    daemon.stop()?;
+    Ok((wall_s, first.events_pending, last.events_pending, usage))
+}
+
+/// `intake 32 conns` and `backlog drain`: the events posted are the backlog drained.
+pub(crate) fn intake_and_backlog(
+    plan: &Plan,
+    keep: &mut impl FnMut(Line),
+) -> Result<(), BenchError> {
+    let (intake_case, drain_case) = ("intake 32 conns", "backlog drain");
+    let (take_intake, take_drain) = (plan.selected(intake_case), plan.selected(drain_case));
+    if !take_intake && !take_drain {
+        return Ok(());
+    }
+    let events = plan.intake_events;
+    let (mut intakes, mut drains) = (Vec::new(), Vec::new());
+    for _ in 0..plan.runs {
+        let dir = plan.run_dir("intake")?;
+        intakes.push(fill(plan, dir.path(), intake_case.to_owned(), events, 32)?);
+        if !take_drain {
+            dir.done();
+            continue;
+        }
+        let (wall_s, _, _, usage) = resume(plan, dir.path(), "the backlog", DRAIN_LIMIT, |p| {
+            Ok(p.events_pending == 0)
+        })?;
+        let held = Sink::Jsonl.rows(dir.path(), "")?;
+        if held != events {
+            return Err(BenchError::Failed(format!(
+                "the folder sink holds {held} event rows after {events} events were acknowledged"
+            )));
+        }
+        dir.done();
+        drains.push(Line {
+            case: drain_case.to_owned(),
+            count: events,
+            wall_s,
+            rate: events as f64 / wall_s,
+            cpu_s: usage.cpu_s,
+            peak_rss_mib: usage.peak_rss_mib,
+            wire: None,
+            extras: Vec::new(),
+        });
+    }
+    if take_intake {
+        keep(median(&intakes).expect("at least one run"));
+    }
+    if let Some(line) = median(&drains) {
+        keep(line);
+    }
+    Ok(())
+}
+
+/// `intake 4 conns`.
+pub(crate) fn intake_4(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), BenchError> {
+    let case = "intake 4 conns";
+    if !plan.selected(case) {
+        return Ok(());
+    }
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        let dir = plan.run_dir("intake4")?;
+        runs.push(fill(
+            plan,
+            dir.path(),
+            case.to_owned(),
+            plan.intake_events_4,
+            4,
+        )?);
+        dir.done();
+    }
+    keep(median(&runs).expect("at least one run"));
+    Ok(())
+}
+
+/// `memory N pending`: the peak RSS of a daemon working through `pending_events` pending
+/// events for `watch_s` seconds, beside that of an idle daemon watched as long.
+pub(crate) fn memory(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), BenchError> {
+    let case = format!("memory {} pending", size_label(plan.pending_events));
+    if !plan.selected(&case) {
+        return Ok(());
+    }
+    let watch = Duration::from_secs_f64(plan.watch_s);
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        let idle_dir = plan.run_dir("idle")?;
+        let watch_for = |started: Instant| move |_| Ok(started.elapsed() >= watch);
+        let (_, _, _, idle) = resume(
+            plan,
+            idle_dir.path(),
+            "idle",
+            watch * 2,
+            watch_for(Instant::now()),
+        )?;
+        idle_dir.done();
+        let dir = plan.run_dir("pending")?;
+        fill(plan, dir.path(), case.clone(), plan.pending_events, 32)?;
+        let (wall_s, first, last, usage) = resume(
+            plan,
+            dir.path(),
+            "the watch",
+            watch * 2,
+            watch_for(Instant::now()),
+        )?;
+        dir.done();
+        runs.push(Line {
+            case: case.clone(),
+            count: first,
+            wall_s,
+            rate: first.saturating_sub(last) as f64 / wall_s,
+            cpu_s: usage.cpu_s,
+            peak_rss_mib: usage.peak_rss_mib,
+            wire: None,
+            extras: vec![("idle MiB", idle.peak_rss_mib)],
+        });
+    }
+    keep(median(&runs).expect("at least one run"));
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Import cases: one simulator per (API, rows, latency), its pages warmed once, then per run
+//! the wire floor and one fresh daemon per sink.
+
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Daemon, Setup};
+use crate::error::BenchError;
+use crate::sim::{BATCH_ID, SHEET_ID, Sim, WORKBOOK_ID};
+use crate::sink::Sink;
+use crate::table::{Line, median};
+use crate::{Api, Plan, size_label, wire};
+
+/// How often `/metrics` is read while an import runs: the wall time is exact to this much.
+const POLL: Duration = Duration::from_millis(10);
+/// The longest any one import may take.
+const IMPORT_LIMIT: Duration = Duration::from_secs(1800);
+
+impl Api {
+    /// The URLs of every data page of `rows` rows, as the daemon asks for them.
+    pub(crate) fn page_urls(self, sim_url: &str, rows: u64) -> Vec<String> {
+        match self {
+            Api::Legacy => (0..rows.div_ceil(1000))
+                .map(|page| {
+                    format!(
+                        "{sim_url}/rest/batch/{BATCH_ID}/rows?skip={}&take=1000",
+                        page * 1000
+                    )
+                })
+                .collect(),
+            Api::Platform => (1..=rows.div_ceil(10_000))
+                .map(|page| {
+                    format!(
+                        "{sim_url}/v1/sheets/{SHEET_ID}/records?pageSize=10000&pageNumber={page}"
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn auth_header(self) -> (&'static str, String) {
+        match self {
+            Api::Legacy => ("X-Api-Key", flatfile_sim::DEFAULT_LEGACY_API_KEY.to_owned()),
+            Api::Platform => (
+                "Authorization",
+                format!("Bearer {}", flatfile_sim::DEFAULT_SECRET_KEY),
+            ),
+        }
+    }
+
+    /// The topic of the webhook that starts the import.
+    pub(crate) fn topic(self) -> &'static str {
+        match self {
+            Api::Legacy => "portalImportSubmitted",
+            Api::Platform => "job:ready",
+        }
+    }
+
+    /// The sqlite sink's table of the stream kind.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Api::Legacy => "legacy_batch",
+            Api::Platform => "contacts",
+        }
+    }
+
+    /// The webhook body that starts import number `run` (a Platform job is created first).
+    pub(crate) fn trigger(self, sim: &Sim, rows: u64, run: u64) -> Result<String, BenchError> {
+        Ok(match self {
+            Api::Legacy => {
+                let event_id = format!("00000000-0000-4000-8000-{run:012x}");
+                flatfile_sim::legacy_webhook_body(BATCH_ID, &event_id, rows)
+            }
+            Api::Platform => {
+                let job_id = sim.create_job()?;
+                let event_id = format!("us_evt_bench{run:08x}");
+                flatfile_sim::submit_event_body(&event_id, WORKBOOK_ID, &job_id)
+            }
+        }
+        .to_string())
+    }
+}
+
+fn case_name(api: Api, sink: Sink, rows: u64, latency_ms: u64) -> String {
+    format!(
+        "{} {} {} {latency_ms}ms",
+        api.label(),
+        sink.label(),
+        size_label(rows)
+    )
+}
+
+/// Every selected sink for `api` at `rows` rows and `latency_ms` per page.
+pub(crate) fn group(
+    plan: &Plan,
+    api: Api,
+    rows: u64,
+    latency_ms: u64,
+    keep: &mut impl FnMut(Line),
+) -> Result<(), BenchError> {
+    let sinks: Vec<Sink> = Sink::ALL
+        .into_iter()
+        .filter(|&sink| plan.selected(&case_name(api, sink, rows, latency_ms)))
+        .collect();
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    let dir = plan.run_dir("sim")?;
+    let sim = Sim::start(&plan.bin_dir, dir.path(), rows, latency_ms)?;
+    let urls = api.page_urls(&sim.url, rows);
+    let (name, value) = api.auth_header();
+    // The first read renders every page; from then on the simulator serves stored bytes.
+    wire::read(&urls, (name, &value), plan.wire_connections)?;
+    let mut runs: Vec<Vec<Line>> = vec![Vec::new(); sinks.len()];
+    for run in 0..plan.runs {
+        let floor = wire::read(&urls, (name, &value), plan.wire_connections)?;
+        for (at, &sink) in sinks.iter().enumerate() {
+            let number = (run * sinks.len() + at) as u64;
+            let mut line = import_once(plan, &sim, api, sink, rows, number)?;
+            line.case = case_name(api, sink, rows, latency_ms);
+            line.wire = Some(line.wall_s / floor);
+            runs[at].push(line);
+        }
+    }
+    sim.stop()?;
+    dir.done();
+    for lines in runs {
+        keep(median(&lines).expect("at least one run"));
+    }
+    Ok(())
+}
+
+/// One import into a fresh daemon: from posting the webhook until the event is settled with
+/// every row delivered; then the sink is counted.
+fn import_once(
+    plan: &Plan,
+    sim: &Sim,
+    api: Api,
+    sink: Sink,
+    rows: u64,
+    number: u64,
+) -> Result<Line, BenchError> {
+    let dir = plan.run_dir("import")?;
+    let setup = Setup {
+        dir: dir.path().to_owned(),
+        bin_dir: plan.bin_dir.clone(),
+        sim_url: Some(sim.url.clone()),
+        sink,
+        topics: vec![api.topic()],
+        pages_in_flight: plan.pages_in_flight,
+        stall_file: None,
+    };
+    let mut daemon = Daemon::start(&setup)?;
+    let body = api.trigger(sim, rows, number)?;
+    let before = daemon.usage()?;
+    let started = Instant::now();
+    daemon.post(&body)?;
+    daemon.wait_until("the import", POLL, IMPORT_LIMIT, |progress| {
+        if progress.events_pending > 0 {
+            return Ok(false);
+        }
+        if progress.rows_delivered < rows {
+            return Err(BenchError::Failed(format!(
+                "the import settled with {} of {rows} rows delivered; see {}",
+                progress.rows_delivered,
+                dir.path().join("flatsync.log").display()
+            )));
+        }
+        Ok(true)
+    })?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let after = daemon.usage()?;
+    daemon.stop()?;
+    let held = sink.rows(dir.path(), api.table())?;
+    if held != rows {
+        return Err(BenchError::Failed(format!(
+            "{} holds {held} rows after an import of {rows}",
+            sink.label()
+        )));
+    }
+    dir.done();
+    Ok(Line {
+        case: String::new(),
+        count: rows,
+        wall_s,
+        rate: rows as f64 / wall_s,
+        cpu_s: after.cpu_s - before.cpu_s,
+        peak_rss_mib: after.peak_rss_mib,
+        wire: None,
+        extras: Vec::new(),
+    })
+}
