@@ -52,7 +52,12 @@ fn legacy_body(rows: u64) -> Vec<u8> {
                 .iter()
                 .map(|(key, value)| {
                     if raw {
-                        format!("\"{key}\":\"{}\"", value.trim_matches('"'))
+                        // `raw` holds the text as typed: every cell a string.
+                        let text = value
+                            .strip_prefix('"')
+                            .and_then(|inner| inner.strip_suffix('"'))
+                            .unwrap_or(value);
+                        format!("\"{key}\":\"{text}\"")
                     } else {
                         format!("\"{key}\":{value}")
                     }
