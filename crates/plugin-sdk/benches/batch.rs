@@ -17,7 +17,7 @@ fn ndjson(rows: u64) -> Vec<u8> {
     let mut out = String::new();
     for index in 0..rows {
         let name = NAMES[(index % 5) as usize];
-        let age = if index % 8 == 0 {
+        let age = if index.is_multiple_of(8) {
             "null".to_owned()
         } else {
             (18 + index % 70).to_string()
@@ -33,7 +33,7 @@ fn ndjson(rows: u64) -> Vec<u8> {
             NOTES[(index % 4) as usize],
             index % 100,
             index % 97,
-            index % 3 != 0,
+            !index.is_multiple_of(3),
         ));
     }
     out.into_bytes()
