@@ -19,10 +19,13 @@ fn cells(index: u64) -> [(&'static str, String); 10] {
     [
         ("first_name", format!("\"{name}\"")),
         ("last_name", format!("\"Smith-{index}\"")),
-        ("email", format!("\"{}.{index}@example.com\"", name.to_lowercase())),
+        (
+            "email",
+            format!("\"{}.{index}@example.com\"", name.to_lowercase()),
+        ),
         (
             "age",
-            if index % 8 == 0 {
+            if index.is_multiple_of(8) {
                 "null".to_owned()
             } else {
                 (18 + index % 70).to_string()
@@ -30,9 +33,12 @@ fn cells(index: u64) -> [(&'static str, String); 10] {
         ),
         ("phone", format!("\"+1 555 {:04}\"", index % 10_000)),
         ("city", "\"Berlin\"".to_owned()),
-        ("note", format!("\"{}\"", NOTES[(index % 4) as usize].replace('"', "\\\""))),
+        (
+            "note",
+            format!("\"{}\"", NOTES[(index % 4) as usize].replace('"', "\\\"")),
+        ),
         ("score", format!("{}.{:02}", index % 100, index % 97)),
-        ("active", (index % 3 != 0).to_string()),
+        ("active", (!index.is_multiple_of(3)).to_string()),
         ("signup", "\"2024-05-02\"".to_owned()),
     ]
 }

@@ -13,10 +13,16 @@ use flatsync_sink_jsonl_folder::JsonlFolder;
 
 const ROWS: u64 = 1_000;
 
+/// A sink's config for a folder to write into.
+type Config = fn(&std::path::Path) -> Value;
+
 /// The configurations measured: rows with their envelope (the default) and values alone.
-const CONFIGS: &[(&str, fn(&std::path::Path) -> Value)] = &[
+const CONFIGS: &[(&str, Config)] = &[
     ("write_batch", |dir| json!({ "dir": dir })),
-    ("write_batch_values", |dir| json!({ "dir": dir, "envelope": false })),
+    (
+        "write_batch_values",
+        |dir| json!({ "dir": dir, "envelope": false }),
+    ),
 ];
 
 /// One line per row, 10 fields of mixed types, as the converter writes them. `first` offsets
@@ -27,7 +33,7 @@ fn ndjson(first: u64, rows: u64) -> Vec<u8> {
     let mut out = String::new();
     for index in first..first + rows {
         let name = NAMES[(index % 5) as usize];
-        let age = if index % 8 == 0 {
+        let age = if index.is_multiple_of(8) {
             "null".to_owned()
         } else {
             (18 + index % 70).to_string()
@@ -43,7 +49,7 @@ fn ndjson(first: u64, rows: u64) -> Vec<u8> {
             NOTES[(index % 4) as usize],
             index % 100,
             index % 97,
-            index % 3 != 0,
+            !index.is_multiple_of(3),
         ));
     }
     out.into_bytes()
@@ -70,7 +76,8 @@ fn write_batches(config: impl Fn(&std::path::Path) -> Value, iters: u64) -> Dura
     let mut sink = JsonlFolder::create(&context, config(dir.path())).expect("the sink starts");
     // Distinct ids per batch: the SQLite sink upserts, and updates cost more than inserts.
     let pages: Vec<Vec<u8>> = (0..=iters).map(|page| ndjson(page * ROWS, ROWS)).collect();
-    sink.write_batch(&batch(&pages[0], 0)).expect("the first batch");
+    sink.write_batch(&batch(&pages[0], 0))
+        .expect("the first batch");
     let start = Instant::now();
     for (seq, lines) in pages.iter().enumerate().skip(1) {
         sink.write_batch(black_box(&batch(lines, seq as u64)))

@@ -13,10 +13,16 @@ use flatsync_sink_sqlite::SqliteSink;
 
 const ROWS: u64 = 1_000;
 
+/// A sink's config for a folder to write into.
+type Config = fn(&std::path::Path) -> Value;
+
 /// The configurations measured: the default (`synchronous = "full"`: every batch's commit is
 /// synced, as the checkpoints need) and `"normal"`, which shows the CPU cost alone.
-const CONFIGS: &[(&str, fn(&std::path::Path) -> Value)] = &[
-    ("write_batch_full", |dir| json!({ "path": dir.join("bench.db") })),
+const CONFIGS: &[(&str, Config)] = &[
+    (
+        "write_batch_full",
+        |dir| json!({ "path": dir.join("bench.db") }),
+    ),
     (
         "write_batch_normal",
         |dir| json!({ "path": dir.join("bench.db"), "synchronous": "normal" }),
@@ -31,7 +37,7 @@ fn ndjson(first: u64, rows: u64) -> Vec<u8> {
     let mut out = String::new();
     for index in first..first + rows {
         let name = NAMES[(index % 5) as usize];
-        let age = if index % 8 == 0 {
+        let age = if index.is_multiple_of(8) {
             "null".to_owned()
         } else {
             (18 + index % 70).to_string()
@@ -47,7 +53,7 @@ fn ndjson(first: u64, rows: u64) -> Vec<u8> {
             NOTES[(index % 4) as usize],
             index % 100,
             index % 97,
-            index % 3 != 0,
+            !index.is_multiple_of(3),
         ));
     }
     out.into_bytes()
@@ -74,7 +80,8 @@ fn write_batches(config: impl Fn(&std::path::Path) -> Value, iters: u64) -> Dura
     let mut sink = SqliteSink::create(&context, config(dir.path())).expect("the sink starts");
     // Distinct ids per batch: the SQLite sink upserts, and updates cost more than inserts.
     let pages: Vec<Vec<u8>> = (0..=iters).map(|page| ndjson(page * ROWS, ROWS)).collect();
-    sink.write_batch(&batch(&pages[0], 0)).expect("the first batch");
+    sink.write_batch(&batch(&pages[0], 0))
+        .expect("the first batch");
     let start = Instant::now();
     for (seq, lines) in pages.iter().enumerate().skip(1) {
         sink.write_batch(black_box(&batch(lines, seq as u64)))
