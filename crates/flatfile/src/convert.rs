@@ -1076,10 +1076,7 @@ pub(super) fn replace_lone_surrogates(json: &mut [u8]) {
         u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
     }
     let mut at = 0;
-    while let Some(offset) = json
-        .get(at..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
-    {
+    while let Some(offset) = json.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
         at += offset;
         match unit_at(json, at) {
             Some(0xD800..=0xDBFF)
@@ -1120,7 +1117,7 @@ pub(crate) fn push_json_string(out: &mut Vec<u8>, s: &str) {
 /// insignificant whitespace is dropped. Strings never hold raw line breaks (JSON requires them
 /// escaped), so a value without `\n` or `\r` is copied as is.
 pub(super) fn push_single_line(out: &mut Vec<u8>, raw: &[u8]) {
-    if !raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', raw).is_none() {
         out.extend_from_slice(raw);
         return;
     }

@@ -371,13 +371,26 @@ impl<'a> Cursor<'a> {
             return None;
         }
         let start = self.at;
-        loop {
-            match self.next_byte()? {
-                b'"' => return Some(&self.text[start..self.at - 1]),
-                b'\\' | 0..0x20 => return None,
-                _ => {}
-            }
+        let (stop, byte) = self.next_special()?;
+        (byte == b'"').then(|| &self.text[start..stop])
+    }
+
+    /// Moves past the next quote or backslash and returns where it was and which it was,
+    /// declining a control character before it (JSON strings hold them only escaped).
+    fn next_special(&mut self) -> Option<(usize, u8)> {
+        let rest = &self.bytes[self.at..];
+        // Most of a page is string contents: memchr jumps to the next byte that matters, and
+        // the control-character check is a plain fold the compiler vectorises.
+        let stop = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[..stop]
+            .iter()
+            .fold(false, |bad, &byte| bad | (byte < 0x20))
+        {
+            return None;
         }
+        let at = self.at + stop;
+        self.at = at + 1;
+        Some((at, rest[stop]))
     }
 
     /// One JSON value's text, without the whitespace around it.
@@ -422,13 +435,7 @@ impl<'a> Cursor<'a> {
     /// The rest of a string after its opening quote, escapes checked as JSON defines them.
     fn string_rest(&mut self) -> Option<()> {
         loop {
-            // Most of a page is string contents: jump to the next byte that matters.
-            let rest = &self.bytes[self.at..];
-            let stop = rest
-                .iter()
-                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
-            self.at += stop + 1;
-            match rest[stop] {
+            match self.next_special()?.1 {
                 b'"' => return Some(()),
                 b'\\' => match self.next_byte()? {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
