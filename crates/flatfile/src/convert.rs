@@ -17,6 +17,8 @@ use serde::de::{
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod fast;
+
 /// One page of `GET /rest/batch/{batchId}/rows`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyPage {
@@ -142,13 +144,13 @@ pub(crate) fn legacy_page(
 ) -> Result<LegacyPage, serde_json::Error> {
     // Each row carries `raw` and `mapped`, so the output is roughly half the body.
     let mut ndjson = Vec::with_capacity(body.len() / 2);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let summary = de.deserialize_map(LegacyBody {
-        out: &mut ndjson,
-        batch_id,
-        skip,
-    })?;
-    de.end()?;
+    let summary = match fast::legacy_page(body, batch_id, skip, &mut ndjson) {
+        Some(summary) => summary,
+        None => {
+            ndjson.clear();
+            legacy_page_serde(body, batch_id, skip, &mut ndjson)?
+        }
+    };
     replace_lone_surrogates(&mut ndjson);
     Ok(LegacyPage {
         ndjson,
@@ -161,24 +163,58 @@ pub(crate) fn legacy_page(
     })
 }
 
+/// The definition of a legacy page's conversion: what [`fast::legacy_page`] does quickly for
+/// the usual body, this does for every body, and says what is wrong with a bad one.
+fn legacy_page_serde(
+    body: &[u8],
+    batch_id: &str,
+    skip: u64,
+    ndjson: &mut Vec<u8>,
+) -> Result<LegacySummary, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let summary = de.deserialize_map(LegacyBody {
+        out: ndjson,
+        batch_id,
+        skip,
+    })?;
+    de.end()?;
+    Ok(summary)
+}
+
 /// Converts a Platform records page.
 pub(crate) fn records_page(body: &[u8]) -> Result<RecordsPage, serde_json::Error> {
     // Cells carry `valid`, `messages` and `updatedAt` beside the value, so the output is a
     // fraction of the body.
     let mut ndjson = Vec::with_capacity(body.len() / 3);
     let mut scratch = Vec::new();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let summary = de.deserialize_map(RecordsBody {
-        out: &mut ndjson,
-        scratch: &mut scratch,
-    })?;
-    de.end()?;
+    let summary = match fast::records_page(body, &mut ndjson, &mut scratch) {
+        Some(summary) => summary,
+        None => {
+            ndjson.clear();
+            records_page_serde(body, &mut ndjson, &mut scratch)?
+        }
+    };
     replace_lone_surrogates(&mut ndjson);
     Ok(RecordsPage {
         ndjson,
         rows: summary.rows,
         commit_id: summary.commit_id,
     })
+}
+
+/// The definition of a records page's conversion, as [`legacy_page_serde`] is for legacy pages.
+fn records_page_serde(
+    body: &[u8],
+    ndjson: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<RecordsSummary, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let summary = de.deserialize_map(RecordsBody {
+        out: ndjson,
+        scratch,
+    })?;
+    de.end()?;
+    Ok(summary)
 }
 
 /// `GET /v1/workbooks/{id}` → `{data: Workbook}`.
@@ -544,9 +580,14 @@ impl<'de> Visitor<'de> for LegacyRows<'_> {
                 counts.skipped += 1;
                 continue;
             }
+            let cells = LegacyCells {
+                id: row.id.map(RawValue::get),
+                valid: row.valid,
+                mapped: row.mapped.map(RawValue::get),
+            };
             write_legacy_row(
                 self.out,
-                &row,
+                &cells,
                 self.batch_id,
                 self.skip.saturating_add(index),
             )
@@ -557,9 +598,16 @@ impl<'de> Visitor<'de> for LegacyRows<'_> {
     }
 }
 
-fn write_legacy_row(
+/// What a legacy row contributes to its line, as JSON text from the body.
+pub(super) struct LegacyCells<'a> {
+    pub(super) id: Option<&'a str>,
+    pub(super) valid: Option<bool>,
+    pub(super) mapped: Option<&'a str>,
+}
+
+pub(super) fn write_legacy_row(
     out: &mut Vec<u8>,
-    row: &LegacyRow<'_>,
+    row: &LegacyCells<'_>,
     batch_id: &str,
     position: u64,
 ) -> Result<(), String> {
@@ -573,7 +621,7 @@ fn write_legacy_row(
     match row.mapped {
         None => out.extend_from_slice(b"{}"),
         Some(mapped) => {
-            let text = mapped.get().as_bytes();
+            let text = mapped.as_bytes();
             if text.first() != Some(&b'{') {
                 return Err(format!(
                     "\"mapped\" is {}, expected an object",
@@ -714,7 +762,7 @@ impl<'de> Visitor<'de> for RecordsData<'_> {
     }
 }
 
-fn id_text(value: &Value) -> Option<String> {
+pub(super) fn id_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -817,6 +865,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         }
         // An empty id names nothing: sinks key rows on it, so two such records would be one.
         let id = id
+            .map(RawValue::get)
             .filter(|id| !is_empty_string(id))
             .ok_or_else(|| A::Error::custom(format_args!("record {index} has no id")))?;
 
@@ -982,7 +1031,7 @@ impl<'de> Deserialize<'de> for FieldKey<'de> {
 // ---------------------------------------------------------------------------------------------
 // Output helpers
 
-fn push_valid(out: &mut Vec<u8>, valid: bool) {
+pub(super) fn push_valid(out: &mut Vec<u8>, valid: bool) {
     out.extend_from_slice(if valid {
         b",\"valid\":true,\"values\":"
     } else {
@@ -992,8 +1041,8 @@ fn push_valid(out: &mut Vec<u8>, valid: bool) {
 
 /// Writes an id as a JSON string. A string literal is copied as sent (it is valid JSON and cannot
 /// hold a raw newline); a number is quoted.
-fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
-    let text = id.get().as_bytes();
+pub(super) fn push_id(out: &mut Vec<u8>, id: &str) -> Result<(), String> {
+    let text = id.as_bytes();
     match text.first() {
         Some(b'"') => out.extend_from_slice(text),
         Some(b'-' | b'0'..=b'9') => {
@@ -1018,7 +1067,7 @@ fn push_id(out: &mut Vec<u8>, id: &RawValue) -> Result<(), String> {
 /// a sink could not read the row's id or keys. U+FFFD is what JavaScript's own UTF-8 encoder
 /// puts in its place, and what the SDK makes of such a cell. `json` is batch lines, valid JSON,
 /// so every backslash is inside a string; whole pairs are left alone.
-fn replace_lone_surrogates(json: &mut [u8]) {
+pub(super) fn replace_lone_surrogates(json: &mut [u8]) {
     fn unit_at(json: &[u8], at: usize) -> Option<u16> {
         let escape = json.get(at..at + 6)?;
         if escape[0] != b'\\' || escape[1] != b'u' {
@@ -1027,10 +1076,7 @@ fn replace_lone_surrogates(json: &mut [u8]) {
         u16::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
     }
     let mut at = 0;
-    while let Some(offset) = json
-        .get(at..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
-    {
+    while let Some(offset) = json.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
         at += offset;
         match unit_at(json, at) {
             Some(0xD800..=0xDBFF)
@@ -1050,8 +1096,8 @@ fn replace_lone_surrogates(json: &mut [u8]) {
 }
 
 /// Whether a raw id is `""`, the only JSON text of an empty string.
-fn is_empty_string(id: &RawValue) -> bool {
-    id.get() == "\"\""
+pub(super) fn is_empty_string(id: &str) -> bool {
+    id == "\"\""
 }
 
 /// Writes `s` as a JSON string literal.
@@ -1070,8 +1116,8 @@ pub(crate) fn push_json_string(out: &mut Vec<u8>, s: &str) {
 /// formatting, and a pretty-printed body spreads objects and arrays over several lines; then
 /// insignificant whitespace is dropped. Strings never hold raw line breaks (JSON requires them
 /// escaped), so a value without `\n` or `\r` is copied as is.
-fn push_single_line(out: &mut Vec<u8>, raw: &[u8]) {
-    if !raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+pub(super) fn push_single_line(out: &mut Vec<u8>, raw: &[u8]) {
+    if memchr::memchr2(b'\n', b'\r', raw).is_none() {
         out.extend_from_slice(raw);
         return;
     }

@@ -58,6 +58,7 @@
 //! may have dropped the unsynced pages while a second `fsync` reports success, so the only safe
 //! course is to stop and resume from the last state file after a restart.
 
+mod record;
 mod stream;
 
 use std::path::PathBuf;
@@ -116,8 +117,8 @@ pub struct CsvFolder {
     config: Config,
     /// The streams' files: partial, state file, and final name once complete.
     streams: StreamFolder<CsvStream>,
-    /// Reused cell text buffer for formula neutralisation.
-    scratch: String,
+    /// The lines of the batch being written, reused from batch to batch.
+    lines: Vec<u8>,
 }
 
 impl Sink for CsvFolder {
@@ -139,7 +140,7 @@ impl Sink for CsvFolder {
         Ok(Self {
             config,
             streams,
-            scratch: String::new(),
+            lines: Vec::new(),
         })
     }
 
@@ -152,9 +153,9 @@ impl Sink for CsvFolder {
         // Checked on every batch, held or not: the header and the state file already say
         // which sort the stream is.
         stream.check_sort(batch)?;
-        let scratch = &mut self.scratch;
+        let lines = &mut self.lines;
         self.streams
-            .write_batch(batch, start, |stream| stream.append(batch, scratch))
+            .write_batch(batch, start, |stream| stream.append(batch, lines))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

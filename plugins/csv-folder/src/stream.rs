@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use flatsync_plugin_sdk::files::{
@@ -15,6 +15,7 @@ use flatsync_plugin_sdk::{Batch, CellValue, Row, SinkError};
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
+use crate::record::RecordWriter;
 
 /// The temporary a partial is rewritten to when columns were added after its header.
 pub(crate) const REWRITE: &str = "rewrite";
@@ -233,14 +234,14 @@ impl CsvStream {
     pub(crate) fn append(
         &mut self,
         batch: &Batch<'_>,
-        scratch: &mut String,
+        lines: &mut Vec<u8>,
     ) -> Result<(), SinkError> {
         let columns_before = self.table.columns.len();
         let header_before = self.table.header_columns;
         let table = &mut self.table;
         let result = self
             .file
-            .append(batch, |partial| table.write_batch(partial, batch, scratch));
+            .append(batch, |partial| table.write_batch(partial, batch, lines));
         if result.is_err() {
             self.table.columns.truncate(columns_before);
             self.table.header_columns = header_before;
@@ -271,38 +272,25 @@ impl Table {
         builder
     }
 
-    /// Writes the rows of `batch` (and the header, on the first batch). After a failure the
-    /// writer is dropped before the partial is cut back, so whatever it still buffered is cut
-    /// off too.
+    /// Writes the rows of `batch` (and the header, on the first batch). The lines are rendered
+    /// into `lines` first, so a malformed batch fails before a byte reaches the partial, and
+    /// the partial gets one write per batch.
     fn write_batch(
         &mut self,
         partial: &mut PartialWriter<'_>,
         batch: &Batch<'_>,
-        scratch: &mut String,
+        lines: &mut Vec<u8>,
     ) -> Result<(), SinkError> {
-        let path = partial.path().to_path_buf();
-        let mut writer = self.writer_builder().from_writer(partial);
-        let out = Out {
-            stream: batch.stream(),
-            path: &path,
-        };
+        lines.clear();
         if self.deletions {
-            self.write_deletions(&mut writer, &out, batch)?;
+            self.write_deletions(lines, batch)?;
         } else {
-            self.write_records(&mut writer, &out, batch, scratch)?;
+            self.write_records(lines, batch)?;
         }
-        writer
-            .flush()
-            .map_err(|error| io_retry("cannot write", &path, &error))
+        partial.write_bytes(lines)
     }
 
-    fn write_records<W: Write>(
-        &mut self,
-        writer: &mut csv::Writer<W>,
-        out: &Out<'_>,
-        batch: &Batch<'_>,
-        scratch: &mut String,
-    ) -> Result<(), SinkError> {
+    fn write_records(&mut self, lines: &mut Vec<u8>, batch: &Batch<'_>) -> Result<(), SinkError> {
         for field in batch.fields()? {
             self.columns.add(&field);
         }
@@ -316,8 +304,9 @@ impl Table {
                     self.columns.column_at(position, key);
                 }
             }
-            self.write_header(writer, out)?;
+            self.write_header(lines);
         }
+        let mut writer = RecordWriter::new(lines, self.delimiter);
         let mut rows = batch.rows();
         while rows.read_into(&mut row)? {
             self.slots.clear();
@@ -330,62 +319,47 @@ impl Table {
             }
             self.slots.resize(self.columns.len(), NO_VALUE);
             if self.meta_columns {
-                writer
-                    .write_field(row.id.as_bytes())
-                    .map_err(|error| out.error(error))?;
-                let valid: &[u8] = if row.valid { b"true" } else { b"false" };
-                writer
-                    .write_field(valid)
-                    .map_err(|error| out.error(error))?;
+                writer.field(row.id.as_bytes());
+                writer.field(if row.valid { b"true" } else { b"false" });
             }
             for &position in &self.slots {
                 let value = row.values.get(position).map(|(_, value)| *value);
-                write_cell(writer, value, self.neutralize_formulas, scratch)
-                    .map_err(|error| error.context(format!("stream {}", out.stream)))?;
+                write_cell(&mut writer, value, self.neutralize_formulas)
+                    .map_err(|error| error.context(format!("stream {}", batch.stream())))?;
             }
-            writer
-                .write_record(None::<&[u8]>)
-                .map_err(|error| out.error(error))?;
+            writer.end();
         }
         Ok(())
     }
 
     /// One `_id,_deleted_at` line per deleted record; a deletion row's values are ignored.
-    fn write_deletions<W: Write>(
-        &mut self,
-        writer: &mut csv::Writer<W>,
-        out: &Out<'_>,
-        batch: &Batch<'_>,
-    ) -> Result<(), SinkError> {
+    fn write_deletions(&mut self, lines: &mut Vec<u8>, batch: &Batch<'_>) -> Result<(), SinkError> {
         if self.header_columns.is_none() {
-            self.write_header(writer, out)?;
+            self.write_header(lines);
         }
         let deleted_at = batch.received_at_rfc3339();
+        let mut writer = RecordWriter::new(lines, self.delimiter);
         let mut row = Row::default();
         let mut rows = batch.rows();
         while rows.read_into(&mut row)? {
-            writer
-                .write_record([row.id.as_bytes(), deleted_at.as_bytes()])
-                .map_err(|error| out.error(error))?;
+            writer.field(row.id.as_bytes());
+            writer.field(deleted_at.as_bytes());
+            writer.end();
         }
         Ok(())
     }
 
-    fn write_header<W: Write>(
-        &mut self,
-        writer: &mut csv::Writer<W>,
-        out: &Out<'_>,
-    ) -> Result<(), SinkError> {
-        let meta = self.meta();
+    fn write_header(&mut self, lines: &mut Vec<u8>) {
         // A record with no fields would come out as `""`; with no columns at all the file
         // simply has no header line.
-        if meta.len() + self.columns.len() > 0 {
-            writer
-                .write_record(self.header())
-                .map_err(|error| out.error(error))?;
+        if self.meta().len() + self.columns.len() > 0 {
+            let mut writer = RecordWriter::new(lines, self.delimiter);
+            for name in self.header() {
+                writer.field(name.as_bytes());
+            }
+            writer.end();
         }
         self.header_columns = Some(self.columns.len());
-        Ok(())
     }
 
     /// Every column name: the meta columns, then the field columns.
@@ -443,18 +417,6 @@ impl Table {
     }
 }
 
-/// Where a batch's lines go, for error messages.
-struct Out<'a> {
-    stream: &'a str,
-    path: &'a Path,
-}
-
-impl Out<'_> {
-    fn error(&self, error: csv::Error) -> SinkError {
-        csv_error(self.stream, self.path, error)
-    }
-}
-
 /// Characters that make a spreadsheet treat a cell as a formula.
 fn is_formula_start(text: &str) -> bool {
     matches!(
@@ -463,38 +425,27 @@ fn is_formula_start(text: &str) -> bool {
     )
 }
 
-fn write_cell<W: Write>(
-    writer: &mut csv::Writer<W>,
+fn write_cell(
+    writer: &mut RecordWriter<'_>,
     value: Option<&RawValue>,
     neutralize_formulas: bool,
-    scratch: &mut String,
 ) -> Result<(), SinkError> {
     let Some(value) = value else {
-        return writer.write_field(b"").map_err(csv_plain_error);
+        writer.field(b"");
+        return Ok(());
     };
-    let result = match CellValue::parse(value)? {
-        CellValue::Null => writer.write_field(b""),
-        CellValue::Bool(true) => writer.write_field(b"true"),
-        CellValue::Bool(false) => writer.write_field(b"false"),
-        CellValue::Number(text) => writer.write_field(text),
+    match CellValue::parse(value)? {
+        CellValue::Null => writer.field(b""),
+        CellValue::Bool(true) => writer.field(b"true"),
+        CellValue::Bool(false) => writer.field(b"false"),
+        CellValue::Number(text) => writer.field(text.as_bytes()),
         CellValue::String(text) if neutralize_formulas && is_formula_start(&text) => {
-            scratch.clear();
-            scratch.push('\'');
-            scratch.push_str(&text);
-            writer.write_field(scratch.as_bytes())
+            writer.field_with_prefix(b"'", text.as_bytes());
         }
-        CellValue::String(text) => writer.write_field(text.as_bytes()),
-        CellValue::Json(text) => writer.write_field(text.as_bytes()),
-    };
-    result.map_err(csv_plain_error)
-}
-
-fn csv_plain_error(error: csv::Error) -> SinkError {
-    if error.is_io_error() {
-        SinkError::retry(format!("cannot write: {error}"))
-    } else {
-        SinkError::fatal(format!("cannot write CSV: {error}"))
+        CellValue::String(text) => writer.field(text.as_bytes()),
+        CellValue::Json(text) => writer.field(text.as_bytes()),
     }
+    Ok(())
 }
 
 fn csv_error(stream: &str, path: &Path, error: csv::Error) -> SinkError {
