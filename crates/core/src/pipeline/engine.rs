@@ -6,20 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flatsync_flatfile::{ApiError, FlatfileClient, IncomingEvent, parse_webhook_body};
+use flatsync_flatfile::{FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 
-use crate::config::{Config, DaemonConfig};
+use crate::config::{Config, DaemonConfig, EventStreams};
 use crate::health::Health;
 use crate::pipeline::fetch::read_ahead::ReadAhead;
-use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
+use crate::pipeline::fetch::{Batch, StreamReader};
 use crate::pipeline::plan::{self, Family, SubmitJob};
 use crate::pipeline::route::{RoutedEvent, RoutedSink, route_event};
 use crate::state::{
-    CARRIED_KIND, Checkpoint, Delivery, DeliveryStatus, EventStatus, StateDb, StateError,
-    StoredEvent, StreamPlan, StreamSource, stream_for_generation,
+    CARRIED_KIND, Checkpoint, Delivery, DeliveryStatus, EventStatus, GroupPlan, StateDb,
+    StateError, StoredEvent, StreamPlan, StreamSource, stream_for_generation,
 };
 
 /// Everything event processing needs, shared by all event tasks.
@@ -395,6 +393,11 @@ impl Engine {
         {
             return Ok(false);
         }
+        if matches!(family, Family::EventRow) && self.config.events.streams == EventStreams::Grouped
+        {
+            self.leave_to_group_writer(event, routed).await?;
+            return Ok(false);
+        }
         if let Some(job_id) = job_id {
             // Acknowledge first, as Flatfile's job handler does, so the user sees the job
             // accepted while the workbook is read.
@@ -428,6 +431,29 @@ impl Engine {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Plans an event without data that only the engine could tell apart (a `job:ready` that is
+    /// not a submit job) into its group; the group writer delivers it from there.
+    async fn leave_to_group_writer(
+        &self,
+        event: &StoredEvent,
+        routed: Vec<RoutedSink>,
+    ) -> Result<(), Interrupted> {
+        let group = plan::event_group(
+            &event.topic,
+            event.received_at_ms,
+            self.config.events.group_window,
+        );
+        tracing::info!(event_id = %event.event_id, group = %group.name, "Event row left to the group writer");
+        let plan = GroupPlan {
+            event_id: event.event_id.clone(),
+            sinks: routed.into_iter().map(|r| r.sink).collect(),
+            group: group.name,
+            window_end_ms: group.window_end_ms,
+        };
+        self.state.plan_grouped(vec![plan], Vec::new()).await?;
+        Ok(())
     }
 
     /// The sinks the event's routes send it to; `None` when no route matches, which settles
