@@ -40,6 +40,10 @@ const REFILL_BACKOFF: Duration = Duration::from_secs(1);
 /// nothing.
 const WINDOW_PER_EVENT_SLOT: usize = 4;
 
+/// Least time between two refills while event rows are grouped (see `Window::refill_gap`): the
+/// longest an event with rows of its own then waits to start.
+const GROUPED_REFILL_GAP: Duration = Duration::from_millis(500);
+
 /// Ids the [`AcceptedTx`] channel holds at most.
 const ACCEPTED_HINTS: usize = 1024;
 
@@ -96,12 +100,20 @@ struct Window {
     /// The event rows left to the group writer are those of these topics' complement; `None`:
     /// event rows are not grouped (only events with group members are left to the writer).
     row_topics: Option<&'static [&'static str]>,
+    /// Least time between two refills: with event rows grouped, a refill reads past the event
+    /// rows waiting for the group writer, so it is not repeated after every hint.
+    refill_gap: Duration,
 }
 
 impl Window {
     fn new(event_slots: usize, grouped: bool) -> Window {
         Window {
             row_topics: grouped.then_some(&ROW_TOPICS[..]),
+            refill_gap: if grouped {
+                GROUPED_REFILL_GAP
+            } else {
+                Duration::ZERO
+            },
             capacity: event_slots.max(1) * WINDOW_PER_EVENT_SLOT,
             waiting: VecDeque::new(),
             known: HashSet::new(),
@@ -111,8 +123,14 @@ impl Window {
         }
     }
 
-    /// Takes a hint: queued if there is room, else left for the next refill.
+    /// Takes a hint: queued if there is room, else left for the next refill. While event rows
+    /// are grouped the hint may well name one (the group writer's), so it only sends the window
+    /// to the inbox, whose refill leaves them out.
     fn hint(&mut self, id: String) {
+        if self.row_topics.is_some() {
+            self.stale = true;
+            return;
+        }
         if self.known.contains(&id) {
             return;
         }
@@ -147,7 +165,7 @@ impl Window {
                     }
                 }
                 self.stale = !complete;
-                self.refill_not_before = Instant::now();
+                self.refill_not_before = Instant::now() + self.refill_gap;
             }
             Err(e) => {
                 tracing::error!(error = %e, "Could not read pending events");
@@ -216,7 +234,7 @@ pub(crate) async fn dispatch(
             let engine = Arc::clone(&slot);
             let task_id = id.clone();
             let started = tasks.spawn(async move {
-                current(&engine).process(&task_id).await;
+                current(&engine).process(&task_id, grouped).await;
             });
             window.running.insert(started.id(), id);
         }
@@ -348,6 +366,46 @@ mod tests {
         );
         assert_eq!(window.waiting.len(), WINDOW_PER_EVENT_SLOT);
         assert!(!window.known.contains("late"));
+    }
+
+    #[tokio::test]
+    async fn with_event_rows_grouped_the_window_holds_only_the_engines_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        for (n, topic) in [
+            "space:created",
+            "records:created",
+            "file:created",
+            "job:ready",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            db.insert_event(
+                format!("e{n}"),
+                "platform",
+                topic.into(),
+                b"{}".to_vec(),
+                n as i64,
+            )
+            .await
+            .unwrap();
+        }
+        let mut window = Window::new(2, true);
+        window.stale = false;
+        window.hint("e0".to_owned());
+        assert!(window.waiting.is_empty(), "a hint may name an event row");
+        assert!(window.stale, "but sends the window to the inbox");
+        window.refill(&db).await;
+        assert_eq!(
+            window.waiting,
+            ["e1", "e3"],
+            "rows of their own, and job:ready"
+        );
+        assert!(!window.wants_refill(), "not again at once");
+        let mut ungrouped = Window::new(2, false);
+        ungrouped.refill(&db).await;
+        assert_eq!(ungrouped.waiting.len(), 4);
     }
 
     #[test]

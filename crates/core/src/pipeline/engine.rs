@@ -9,7 +9,7 @@ use bytes::Bytes;
 use flatsync_flatfile::{FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{OwnedBatch, SinkWorker};
 
-use crate::config::{Config, DaemonConfig, EventStreams};
+use crate::config::{Config, DaemonConfig};
 use crate::health::Health;
 use crate::pipeline::fetch::read_ahead::ReadAhead;
 use crate::pipeline::fetch::{Batch, StreamReader};
@@ -80,8 +80,10 @@ struct Cursor {
 
 impl Engine {
     /// Processes one event to a final status, or leaves it pending when interrupted.
-    pub(crate) async fn process(self: &Arc<Self>, event_id: &str) {
-        match self.process_inner(event_id).await {
+    /// `grouping`: the dispatcher leaves event rows to the group writer (`[events] streams`
+    /// as the daemon started), so an unplanned one is not this task's.
+    pub(crate) async fn process(self: &Arc<Self>, event_id: &str, grouping: bool) {
+        match self.process_inner(event_id, grouping).await {
             Ok(()) => {}
             Err(Interrupted::Draining) => {
                 tracing::info!(
@@ -95,14 +97,24 @@ impl Engine {
         }
     }
 
-    async fn process_inner(self: &Arc<Self>, event_id: &str) -> Result<(), Interrupted> {
+    async fn process_inner(
+        self: &Arc<Self>,
+        event_id: &str,
+        grouping: bool,
+    ) -> Result<(), Interrupted> {
         if self.health.is_draining() {
             return Err(Interrupted::Draining);
         }
         let Some(event) = self.state.event(event_id).await? else {
             return Ok(());
         };
-        if event.status.is_final() {
+        if event.status.is_final() || self.state.is_grouped(event_id).await? {
+            // A grouped event is the group writer's, whoever was told about it.
+            return Ok(());
+        }
+        let event_row =
+            event.kind == "platform" && !plan::ROW_TOPICS.contains(&event.topic.as_str());
+        if grouping && event_row && !self.state.is_planned(event_id).await? {
             return Ok(());
         }
         let Some(received) = self.read_received(&event).await? else {
@@ -117,7 +129,7 @@ impl Engine {
 
         if !self.state.is_planned(event_id).await?
             && !self
-                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref())
+                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref(), grouping)
                 .await?
         {
             return Ok(());
@@ -377,6 +389,7 @@ impl Engine {
         incoming: Option<&IncomingEvent>,
         client: &FlatfileClient,
         job: Option<&SubmitJob>,
+        grouping: bool,
     ) -> Result<bool, Interrupted> {
         let event_id = event.event_id.as_str();
         let job_id = job.map(|j| j.job_id.as_str());
@@ -393,8 +406,7 @@ impl Engine {
         {
             return Ok(false);
         }
-        if matches!(family, Family::EventRow) && self.config.events.streams == EventStreams::Grouped
-        {
+        if matches!(family, Family::EventRow) && grouping {
             self.leave_to_group_writer(event, routed).await?;
             return Ok(false);
         }

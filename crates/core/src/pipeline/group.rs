@@ -45,6 +45,10 @@ const PLAN_BATCHES_PER_TURN: u64 = 4;
 /// Batches written for one group and sink before the writer turns to the others.
 const BATCHES_PER_GROUP_TURN: usize = 8;
 
+/// How long after its window's end a group stream stays open: an event stamped just before
+/// the end may be committed to the inbox a moment after it, and should not need a new file.
+const CLOSE_GRACE_MS: i64 = 2_000;
+
 /// What the writer waits on between turns.
 pub(crate) struct Wakes {
     /// Notified when an event was accepted.
@@ -87,20 +91,20 @@ pub(crate) async fn run(slot: EngineSlot, mut wakes: Wakes, plan_unplanned: bool
 
 /// One turn: plan waiting events, then write every group with work. Whether anything moved.
 async fn turn(engine: &Arc<Engine>, plan_unplanned: bool) -> Result<bool, StateError> {
-    let now = now_ms();
+    let ended_before = now_ms() - CLOSE_GRACE_MS;
     let (planned, planned_before) = if plan_unplanned {
         plan_waiting(engine).await?
     } else {
         (0, i64::MAX)
     };
-    let work = engine.state.group_work(now).await?;
+    let work = engine.state.group_work(ended_before).await?;
     let mut written = 0;
     for group in &work {
         if engine.health.is_draining() {
             break;
         }
         // Every event received before the window's end is planned: nothing more will join it.
-        let close = group.window_end_ms <= now && group.window_end_ms <= planned_before;
+        let close = group.window_end_ms <= ended_before.min(planned_before);
         written += write_group(engine, group, close).await?;
     }
     Ok(planned > 0 || written > 0)

@@ -179,6 +179,14 @@ impl StateDb {
                 inbox::set_status(&tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
             }
             for plan in &plans {
+                let planned: bool = tx
+                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)")?
+                    .query_row([&plan.event_id], |r| r.get(0))?;
+                if planned {
+                    // Planned by the engine meanwhile (told of the event before this daemon
+                    // grouped event rows): that plan stands.
+                    continue;
+                }
                 for sink in &plan.sinks {
                     tx.prepare_cached(
                         "INSERT OR IGNORE INTO deliveries (event_id, sink, status, updated_at_ms)
@@ -193,6 +201,16 @@ impl StateDb {
                 }
             }
             tx.commit()
+        })
+        .await
+    }
+
+    /// Whether the event's row goes to group streams (the group writer's, not the engine's).
+    pub(crate) async fn is_grouped(&self, event_id: &str) -> Result<bool, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |c| {
+            c.prepare_cached("SELECT EXISTS(SELECT 1 FROM group_members WHERE event_id = ?1)")?
+                .query_row([id], |r| r.get(0))
         })
         .await
     }
