@@ -40,9 +40,13 @@ const REFILL_BACKOFF: Duration = Duration::from_secs(1);
 /// nothing.
 const WINDOW_PER_EVENT_SLOT: usize = 4;
 
-/// Least time between two refills while event rows are grouped (see `Window::refill_gap`): the
-/// longest an event with rows of its own then waits to start.
-const GROUPED_REFILL_GAP: Duration = Duration::from_millis(500);
+/// Least time between two refills while event rows are grouped (see `Window::refill_gap`).
+const GROUPED_REFILL_GAP: Duration = Duration::from_millis(5);
+
+/// While event rows are grouped, a refill is followed by a pause this many times as long as it
+/// took (at least [`GROUPED_REFILL_GAP`]): with a large backlog of event rows to read past,
+/// refills take at most a tenth of the time; without one, an event starts within milliseconds.
+const GROUPED_REFILL_PAUSE_FACTOR: u32 = 10;
 
 /// Ids the [`AcceptedTx`] channel holds at most.
 const ACCEPTED_HINTS: usize = 1024;
@@ -101,7 +105,8 @@ struct Window {
     /// event rows are not grouped (only events with group members are left to the writer).
     row_topics: Option<&'static [&'static str]>,
     /// Least time between two refills: with event rows grouped, a refill reads past the event
-    /// rows waiting for the group writer, so it is not repeated after every hint.
+    /// rows waiting for the group writer, so it is not repeated after every hint (see
+    /// [`GROUPED_REFILL_PAUSE_FACTOR`]).
     refill_gap: Duration,
 }
 
@@ -143,13 +148,17 @@ impl Window {
     }
 
     fn wants_refill(&self) -> bool {
-        self.stale
-            && self.waiting.len() <= self.capacity / 2
-            && Instant::now() >= self.refill_not_before
+        self.could_refill() && Instant::now() >= self.refill_not_before
+    }
+
+    /// A refill is due, now or once `refill_not_before` has passed.
+    fn could_refill(&self) -> bool {
+        self.stale && self.waiting.len() <= self.capacity / 2
     }
 
     /// Tops the window up with the oldest pending events it does not hold yet.
     async fn refill(&mut self, state: &StateDb) {
+        let started = Instant::now();
         let room = self.capacity - self.waiting.len();
         // Asking for `room` more than is known guarantees `room` new ids when that many exist.
         let limit = room + self.known.len();
@@ -165,7 +174,12 @@ impl Window {
                     }
                 }
                 self.stale = !complete;
-                self.refill_not_before = Instant::now() + self.refill_gap;
+                let pause = if self.refill_gap.is_zero() {
+                    Duration::ZERO
+                } else {
+                    (started.elapsed() * GROUPED_REFILL_PAUSE_FACTOR).max(self.refill_gap)
+                };
+                self.refill_not_before = Instant::now() + pause;
             }
             Err(e) => {
                 tracing::error!(error = %e, "Could not read pending events");
@@ -256,6 +270,8 @@ pub(crate) async fn dispatch(
                     // Found again by the next rescan, not retried in a hot loop.
                 }
             },
+            // A refill held back by its pause happens when the pause ends, not at the next tick.
+            () = tokio::time::sleep_until(window.refill_not_before.into()), if window.could_refill() => {}
             _ = tick.tick() => {
                 while stall_file.as_ref().is_some_and(|f| f.exists()) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
