@@ -335,7 +335,24 @@ impl StateDb {
                        next_seq = MAX(next_seq, excluded.next_seq), complete = 1, rows = 1",
                 )?
                 .execute(params![event_id, sink, stream, seq + 1])?;
-                settle_event(&tx, event_id, now)?;
+                // Most events go to one sink: done in one statement; the others are settled
+                // delivery by delivery.
+                let done = tx
+                    .prepare_cached(
+                        "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
+                         WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
+                             WHERE event_id = ?1 AND status IN (?4, ?5))",
+                    )?
+                    .execute(params![
+                        event_id,
+                        EventStatus::Done,
+                        now,
+                        DeliveryStatus::Pending,
+                        DeliveryStatus::Failed
+                    ])?;
+                if done == 0 {
+                    settle_event(&tx, event_id, now)?;
+                }
             }
             tx.commit()
         })
