@@ -162,7 +162,7 @@ fn a_thousand_event_rows_land_in_a_handful_of_files_each_once() {
         "{stream} not in {files:?}"
     );
     assert!(batch.seq.is_some(), "{batch:?}");
-    assert_eq!(detail.deliveries[0].streams, [stream.clone()]);
+    assert_eq!(detail.deliveries[0].streams, std::slice::from_ref(&stream));
     assert_eq!(daemon.checkpointed_rows_of("archive"), count as u64);
     let shown = cli(daemon.settings(), &["events", "show", &ids[7]]);
     let shown = String::from_utf8_lossy(&shown.stdout);

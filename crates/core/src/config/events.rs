@@ -78,7 +78,7 @@ pub(super) fn parse(raw: RawEvents, p: &Parser<'_>) -> Result<EventsConfig, Conf
         defaults.group_window.as_secs(),
         (1, DAY_SECS),
     )?;
-    if DAY_SECS % window != 0 {
+    if !DAY_SECS.is_multiple_of(window) {
         let span = raw.group_window_secs.map(|v| v.span());
         return Err(p.locate(
             span,

@@ -224,11 +224,7 @@ pub(crate) async fn dispatch(
     let wake_writer = Arc::new(Notify::new());
     let writer = tokio::spawn(group::run(
         Arc::clone(&slot),
-        group::Wakes {
-            hint: Arc::clone(&wake_writer),
-            drain: drain.clone(),
-            stall_file: stall_file.clone(),
-        },
+        group::Wakes::new(&wake_writer, &drain, stall_file.as_ref()),
         grouped,
     ));
     let mut window = Window::new(event_slots, grouped);

@@ -59,6 +59,20 @@ pub(crate) struct Wakes {
     pub(crate) stall_file: Option<PathBuf>,
 }
 
+impl Wakes {
+    pub(crate) fn new(
+        hint: &Arc<Notify>,
+        drain: &watch::Receiver<bool>,
+        stall_file: Option<&PathBuf>,
+    ) -> Wakes {
+        Wakes {
+            hint: Arc::clone(hint),
+            drain: drain.clone(),
+            stall_file: stall_file.cloned(),
+        }
+    }
+}
+
 /// Runs the group writer until `drain` turns true; it stops at a batch boundary, after the
 /// batch in hand is committed. `plan_unplanned`: this daemon groups event rows (`[events]
 /// streams = "grouped"` at its start), so the writer plans the events the dispatcher leaves

@@ -468,20 +468,7 @@ fn form_batch(
         None => limits.max_events as i64,
     }
     .min(limits.batch_events as i64);
-    let waiting: Vec<(String, u32, i64)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
-             JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
-                AND d.generation = m.generation
-             WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
-             ORDER BY m.rowid LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![group, sink, DeliveryStatus::Pending, room + 1],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let waiting = waiting_members(tx, group, sink, room + 1)?;
     if waiting.is_empty() && !(limits.close && open.is_some()) {
         return Ok(None);
     }
@@ -490,35 +477,13 @@ fn form_batch(
     let stream = match open {
         Some(s) => StreamRow {
             stream: s.stream.clone(),
-            part: s.part,
-            next_seq: s.next_seq,
-            formed_seq: s.formed_seq,
-            events: s.events,
             last_seq: None,
-            window_end_ms: s.window_end_ms,
+            ..*s
         },
         None => {
             let part = current.as_ref().map_or(1, |s| s.part + 1);
-            let stream = if part == 1 {
-                group.to_owned()
-            } else {
-                format!("{group}-{part}")
-            };
             let window_end_ms = taken.first().map_or(0, |t| t.2);
-            tx.execute(
-                "INSERT INTO group_streams (stream, sink, grp, part, window_end_ms, next_seq,
-                     formed_seq, events) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0)",
-                params![stream, sink, group, part, window_end_ms],
-            )?;
-            StreamRow {
-                stream,
-                part,
-                next_seq: 0,
-                formed_seq: 0,
-                events: 0,
-                last_seq: None,
-                window_end_ms,
-            }
+            new_part(tx, group, sink, part, window_end_ms)?
         }
     };
     let seq = stream.formed_seq;
@@ -548,6 +513,57 @@ fn form_batch(
         ..stream
     };
     recorded_batch(tx, sink, &recorded, seq).map(Some)
+}
+
+/// Up to `limit` members of `group` waiting for `sink` (pending, in no batch yet), oldest
+/// first: event, generation, window end.
+fn waiting_members(
+    tx: &Transaction<'_>,
+    group: &str,
+    sink: &str,
+    limit: i64,
+) -> rusqlite::Result<Vec<(String, u32, i64)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
+         JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
+            AND d.generation = m.generation
+         WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
+         ORDER BY m.rowid LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![group, sink, DeliveryStatus::Pending, limit], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect()
+}
+
+/// Opens part `part` of `group` for `sink`: the group's name for the first, `<group>-<part>`
+/// after.
+fn new_part(
+    tx: &Transaction<'_>,
+    group: &str,
+    sink: &str,
+    part: i64,
+    window_end_ms: i64,
+) -> rusqlite::Result<StreamRow> {
+    let stream = if part == 1 {
+        group.to_owned()
+    } else {
+        format!("{group}-{part}")
+    };
+    tx.execute(
+        "INSERT INTO group_streams (stream, sink, grp, part, window_end_ms, next_seq,
+             formed_seq, events) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0)",
+        params![stream, sink, group, part, window_end_ms],
+    )?;
+    Ok(StreamRow {
+        stream,
+        part,
+        next_seq: 0,
+        formed_seq: 0,
+        events: 0,
+        last_seq: None,
+        window_end_ms,
+    })
 }
 
 /// Settles a grouped event once none of its deliveries is pending: `failed` naming each failed
