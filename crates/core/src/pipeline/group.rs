@@ -40,9 +40,10 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Events planned per turn, in batches: enough that every group gets full batches when a
 /// backlog drains, few enough that the bodies held stay small.
-const PLAN_BATCHES_PER_TURN: u64 = 4;
+const PLAN_BATCHES_PER_TURN: u64 = 8;
 
-/// Batches written for one group and sink before the writer turns to the others.
+/// Batches written for one group and sink, then flushed once and committed in one
+/// transaction, before the writer turns to the others.
 const BATCHES_PER_GROUP_TURN: usize = 8;
 
 /// How long after its window's end a group stream stays open: an event stamped just before
@@ -219,9 +220,9 @@ fn route(engine: &Engine, event: &StoredEvent) -> Result<Vec<String>, (EventStat
     Ok(sinks)
 }
 
-/// Writes the batches `group` has for its sink, a few at a time. Each batch is recorded
-/// before it is written, and committed after the sink flushed it; a failure makes the waiting
-/// members dead letters. Returns the rows made durable.
+/// Writes the batches `group` has for its sink, up to [`BATCHES_PER_GROUP_TURN`]. They are
+/// recorded before any is written, flushed once, and committed together after the flush; a
+/// failure makes the waiting members dead letters. Returns the rows made durable.
 async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<u64, StateError> {
     let Some(worker) = engine.sinks.get(&group.sink) else {
         let error = format!("sink `{}` is not configured any more", group.sink);
@@ -236,45 +237,44 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
         max_events: engine.config.events.group_max_events,
         close,
     };
-    let mut written = 0;
-    for _ in 0..BATCHES_PER_GROUP_TURN {
-        if engine.health.is_draining() {
-            break;
-        }
-        let Some(batch) = engine
-            .state
-            .next_group_batch(&group.group, &group.sink, limits)
-            .await?
-        else {
-            break;
-        };
-        let rows = batch.rows.len() as u64;
-        let wrote = worker.write_batch(owned_batch(&batch)).await;
-        crate::metrics::sink_call(&group.sink, wrote.as_ref().map(|_| ()));
-        let flushed = match wrote {
-            Ok(()) => {
-                let flushed = worker.flush().await;
-                crate::metrics::sink_call(&group.sink, flushed.as_ref().map(|_| ()));
-                flushed
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = flushed {
-            tracing::error!(sink = %group.sink, stream = %batch.stream, seq = batch.seq, error = %e, "Sink failed");
-            crate::metrics::rows_failed(&group.sink, rows);
-            let failed = engine
-                .state
-                .fail_group(&group.group, &group.sink, e.to_string())
-                .await?;
-            tracing::error!(sink = %group.sink, group = %group.group, events = failed, "Grouped events failed");
-            break;
-        }
-        engine.state.commit_group_batch(&batch).await?;
-        crate::metrics::rows_delivered(&group.sink, EVENTS_KIND, rows);
-        tracing::debug!(sink = %group.sink, stream = %batch.stream, seq = batch.seq, rows, last = batch.last, "Group batch delivered");
-        written += rows;
+    if engine.health.is_draining() {
+        return Ok(0);
     }
-    Ok(written)
+    let batches = engine
+        .state
+        .next_group_batches(&group.group, &group.sink, limits, BATCHES_PER_GROUP_TURN)
+        .await?;
+    if batches.is_empty() {
+        return Ok(0);
+    }
+    // One flush, and one commit, for all of them: the sink makes them durable together.
+    let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
+    let mut result = Ok(());
+    for batch in &batches {
+        result = worker.write_batch(owned_batch(batch)).await;
+        crate::metrics::sink_call(&group.sink, result.as_ref().map(|_| ()));
+        if let Err(e) = &result {
+            tracing::error!(sink = %group.sink, stream = %batch.stream, seq = batch.seq, error = %e, "Sink failed");
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = worker.flush().await;
+        crate::metrics::sink_call(&group.sink, result.as_ref().map(|_| ()));
+    }
+    if let Err(e) = result {
+        crate::metrics::rows_failed(&group.sink, rows);
+        let failed = engine
+            .state
+            .fail_group(&group.group, &group.sink, e.to_string())
+            .await?;
+        tracing::error!(sink = %group.sink, group = %group.group, events = failed, error = %e, "Grouped events failed");
+        return Ok(0);
+    }
+    engine.state.commit_group_batches(&batches).await?;
+    crate::metrics::rows_delivered(&group.sink, EVENTS_KIND, rows);
+    tracing::debug!(sink = %group.sink, group = %group.group, batches = batches.len(), rows, "Group batches delivered");
+    Ok(rows)
 }
 
 /// A recorded group batch as handed to the sinks: the same bytes every time it is sent.

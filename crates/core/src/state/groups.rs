@@ -264,95 +264,86 @@ impl StateDb {
     /// again unchanged; else a new batch of waiting members, recorded before it is returned;
     /// else, when `limits.close` says so, an empty closing batch. `None` when there is nothing
     /// to send.
+    #[cfg(test)]
     pub(crate) async fn next_group_batch(
         &self,
         group: &str,
         sink: &str,
         limits: BatchLimits,
     ) -> Result<Option<GroupBatch>, StateError> {
+        Ok(self.next_group_batches(group, sink, limits, 1).await?.pop())
+    }
+
+    /// Up to `count` next batches of `group` for `sink`, in the order they go to the sink: the
+    /// recorded batches not yet durable first, unchanged, then new ones, each recorded (in this
+    /// one transaction) before any is returned.
+    pub(crate) async fn next_group_batches(
+        &self,
+        group: &str,
+        sink: &str,
+        limits: BatchLimits,
+        count: usize,
+    ) -> Result<Vec<GroupBatch>, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
         self.call(move |c| {
             let tx = c.transaction()?;
-            let open = tx
-                .query_row(
-                    &format!(
-                        "SELECT {STREAM_COLUMNS} WHERE grp = ?1 AND sink = ?2
-                         AND formed_seq > next_seq ORDER BY part LIMIT 1"
-                    ),
-                    params![group, sink],
-                    stream_row,
-                )
-                .optional()?;
-            let batch = match open {
-                Some(open) => Some(recorded_batch(&tx, &sink, &open, open.next_seq)?),
-                None => form_batch(&tx, &group, &sink, limits)?,
+            let open: Vec<StreamRow> = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT {STREAM_COLUMNS} WHERE grp = ?1 AND sink = ?2
+                     AND formed_seq > next_seq ORDER BY part"
+                ))?;
+                let rows = stmt.query_map(params![group, sink], stream_row)?;
+                rows.collect::<rusqlite::Result<_>>()?
             };
+            let mut batches = Vec::new();
+            for stream in &open {
+                for seq in stream.next_seq..stream.formed_seq {
+                    if batches.len() < count {
+                        batches.push(recorded_batch(&tx, &sink, stream, seq)?);
+                    }
+                }
+            }
+            while batches.len() < count {
+                match form_batch(&tx, &group, &sink, limits)? {
+                    Some(batch) => batches.push(batch),
+                    None => break,
+                }
+            }
             tx.commit()?;
-            Ok(batch)
+            Ok(batches)
         })
         .await
     }
 
-    /// After the sink flushed `batch`: its checkpoint moves past it, its members' deliveries
-    /// are done (a dead letter among them too: its row is durable in the sink now; a dropped
-    /// one stays dropped) and their events settled, in one transaction.
+    /// After the sink flushed `batch`: see [`StateDb::commit_group_batches`].
+    #[cfg(test)]
     pub(crate) async fn commit_group_batch(&self, batch: &GroupBatch) -> Result<(), StateError> {
-        let (stream, sink, seq) = (batch.stream.clone(), batch.sink.clone(), batch.seq as i64);
-        let members: Vec<(String, u32)> = batch
-            .rows
+        self.commit_group_batches(std::slice::from_ref(batch)).await
+    }
+
+    /// After the sink flushed `batches`: each one's checkpoint moves past it, its members'
+    /// deliveries are done (a dead letter among them too: its row is durable in the sink now;
+    /// a dropped one stays dropped) and their events settled, in one transaction.
+    pub(crate) async fn commit_group_batches(
+        &self,
+        batches: &[GroupBatch],
+    ) -> Result<(), StateError> {
+        let batches: Vec<(String, String, i64, Vec<(String, u32)>)> = batches
             .iter()
-            .map(|r| (r.event.event_id.clone(), r.generation))
+            .map(|b| {
+                let members = b
+                    .rows
+                    .iter()
+                    .map(|r| (r.event.event_id.clone(), r.generation))
+                    .collect();
+                (b.stream.clone(), b.sink.clone(), b.seq as i64, members)
+            })
             .collect();
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
-            tx.execute(
-                "UPDATE group_streams SET next_seq = MAX(next_seq, ?3), retry_at_ms = 0
-                 WHERE stream = ?1 AND sink = ?2",
-                params![stream, sink, seq + 1],
-            )?;
-            for (event_id, generation) in &members {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
-                     WHERE event_id = ?1 AND sink = ?2 AND generation = ?3
-                       AND status IN (?6, ?7)",
-                )?
-                .execute(params![
-                    event_id,
-                    sink,
-                    generation,
-                    DeliveryStatus::Done,
-                    now,
-                    DeliveryStatus::Pending,
-                    DeliveryStatus::Failed
-                ])?;
-                // The event's own checkpoint in the group stream, so that status counts and
-                // `events show` read grouped rows as they read every other row.
-                tx.prepare_cached(
-                    "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
-                     VALUES (?1, ?2, ?3, ?4, 1, 1)
-                     ON CONFLICT (event_id, sink, stream) DO UPDATE SET
-                       next_seq = MAX(next_seq, excluded.next_seq), complete = 1, rows = 1",
-                )?
-                .execute(params![event_id, sink, stream, seq + 1])?;
-                // Most events go to one sink: done in one statement; the others are settled
-                // delivery by delivery.
-                let done = tx
-                    .prepare_cached(
-                        "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
-                         WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
-                             WHERE event_id = ?1 AND status IN (?4, ?5))",
-                    )?
-                    .execute(params![
-                        event_id,
-                        EventStatus::Done,
-                        now,
-                        DeliveryStatus::Pending,
-                        DeliveryStatus::Failed
-                    ])?;
-                if done == 0 {
-                    settle_event(&tx, event_id, now)?;
-                }
+            for (stream, sink, seq, members) in &batches {
+                commit_batch(&tx, stream, sink, *seq, members, now)?;
             }
             tx.commit()
         })
@@ -406,6 +397,65 @@ impl StateDb {
         })
         .await
     }
+}
+
+/// Commits one flushed batch (see [`StateDb::commit_group_batches`]).
+fn commit_batch(
+    tx: &Transaction<'_>,
+    stream: &str,
+    sink: &str,
+    seq: i64,
+    members: &[(String, u32)],
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE group_streams SET next_seq = MAX(next_seq, ?3), retry_at_ms = 0
+         WHERE stream = ?1 AND sink = ?2",
+    )?
+    .execute(params![stream, sink, seq + 1])?;
+    for (event_id, generation) in members {
+        tx.prepare_cached(
+            "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
+             WHERE event_id = ?1 AND sink = ?2 AND generation = ?3 AND status IN (?6, ?7)",
+        )?
+        .execute(params![
+            event_id,
+            sink,
+            generation,
+            DeliveryStatus::Done,
+            now,
+            DeliveryStatus::Pending,
+            DeliveryStatus::Failed
+        ])?;
+        // The event's own checkpoint in the group stream, so that status counts and
+        // `events show` read grouped rows as they read every other row.
+        tx.prepare_cached(
+            "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
+             VALUES (?1, ?2, ?3, ?4, 1, 1)
+             ON CONFLICT (event_id, sink, stream) DO UPDATE SET
+               next_seq = MAX(next_seq, excluded.next_seq), complete = 1, rows = 1",
+        )?
+        .execute(params![event_id, sink, stream, seq + 1])?;
+        // Most events go to one sink: done in one statement; the others are settled delivery
+        // by delivery.
+        let done = tx
+            .prepare_cached(
+                "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
+                 WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
+                     WHERE event_id = ?1 AND status IN (?4, ?5))",
+            )?
+            .execute(params![
+                event_id,
+                EventStatus::Done,
+                now,
+                DeliveryStatus::Pending,
+                DeliveryStatus::Failed
+            ])?;
+        if done == 0 {
+            settle_event(tx, event_id, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Batch `seq` of `stream` for `sink` as recorded.
