@@ -328,22 +328,24 @@ impl StateDb {
         &self,
         batches: &[GroupBatch],
     ) -> Result<(), StateError> {
-        let batches: Vec<(String, String, i64, Vec<(String, u32)>)> = batches
+        let batches: Vec<Flushed> = batches
             .iter()
-            .map(|b| {
-                let members = b
+            .map(|b| Flushed {
+                stream: b.stream.clone(),
+                sink: b.sink.clone(),
+                seq: b.seq as i64,
+                members: b
                     .rows
                     .iter()
                     .map(|r| (r.event.event_id.clone(), r.generation))
-                    .collect();
-                (b.stream.clone(), b.sink.clone(), b.seq as i64, members)
+                    .collect(),
             })
             .collect();
         self.call(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
-            for (stream, sink, seq, members) in &batches {
-                commit_batch(&tx, stream, sink, *seq, members, now)?;
+            for batch in &batches {
+                commit_batch(&tx, batch, now)?;
             }
             tx.commit()
         })
@@ -399,15 +401,23 @@ impl StateDb {
     }
 }
 
-/// Commits one flushed batch (see [`StateDb::commit_group_batches`]).
-fn commit_batch(
-    tx: &Transaction<'_>,
-    stream: &str,
-    sink: &str,
+/// What committing a flushed batch needs: its place and its members (event, generation).
+struct Flushed {
+    stream: String,
+    sink: String,
     seq: i64,
-    members: &[(String, u32)],
-    now: i64,
-) -> rusqlite::Result<()> {
+    members: Vec<(String, u32)>,
+}
+
+/// Commits one flushed batch (see [`StateDb::commit_group_batches`]).
+fn commit_batch(tx: &Transaction<'_>, batch: &Flushed, now: i64) -> rusqlite::Result<()> {
+    let Flushed {
+        stream,
+        sink,
+        seq,
+        members,
+    } = batch;
+    let seq = *seq;
     tx.prepare_cached(
         "UPDATE group_streams SET next_seq = MAX(next_seq, ?3), retry_at_ms = 0
          WHERE stream = ?1 AND sink = ?2",
