@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flatsync_flatfile::{IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::OwnedBatch;
 use tokio::sync::{Notify, watch};
 
@@ -179,24 +178,25 @@ async fn plan_waiting(engine: &Engine) -> Result<(usize, i64), StateError> {
     Ok((count, planned_before))
 }
 
-/// The sinks an event row goes to, or the status it settles with and why.
+/// The sinks an event row goes to, or the status it settles with and why. The body was parsed
+/// as a Platform event when it was accepted; read once more here as plain JSON for the route.
 fn route(engine: &Engine, event: &StoredEvent) -> Result<Vec<String>, (EventStatus, String)> {
-    let incoming = parse_webhook_body(&event.body).map_err(|e| {
+    let body: serde_json::Value = serde_json::from_slice(&event.body).map_err(|e| {
         (
             EventStatus::Failed,
             format!("stored body no longer parses: {e}"),
         )
     })?;
-    let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap_or_default();
-    let environment = incoming
-        .environment_id()
-        .and_then(|id| engine.config.environment_named_by_id(id));
-    if !matches!(incoming, IncomingEvent::Platform(_)) {
+    if !body.is_object() {
         return Err((
             EventStatus::Failed,
             "stored as a Platform event, but its body is not one".to_owned(),
         ));
     }
+    let environment = body
+        .pointer("/context/environmentId")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| engine.config.environment_named_by_id(id));
     let routed = route_event(
         &engine.config.routes,
         RoutedEvent {
@@ -216,6 +216,7 @@ fn route(engine: &Engine, event: &StoredEvent) -> Result<Vec<String>, (EventStat
         ));
     }
     let mut sinks: Vec<String> = routed.into_iter().map(|r| r.sink).collect();
+    sinks.sort_unstable();
     sinks.dedup();
     Ok(sinks)
 }
