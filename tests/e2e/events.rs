@@ -511,12 +511,15 @@ fn each_topic_family_reaches_its_sinks() {
     });
     let admin = sim.admin();
     let dir = TestDir::new("events-families");
-    // Webhooks only: the test posts exactly the events it means to check.
+    // Webhooks only: the test posts exactly the events it means to check. One stream per
+    // event row (`streams = "per_event"`), so each row-less topic is checked in a file of its
+    // own; grouped event rows are `grouped.rs`'s.
     let settings = Daemon::new(dir.path())
         .sim(&sim)
         .sink_csv("archive")
         .sink_sqlite("warehouse")
-        .route(&["*"], &["archive", "warehouse"]);
+        .route(&["*"], &["archive", "warehouse"])
+        .raw("[events]\nstreams = \"per_event\"\n");
     let (csv_dir, db) = (
         settings.csv_dir("archive"),
         settings.sqlite_path("warehouse"),

@@ -16,6 +16,7 @@ mod drain;
 mod duplicates;
 mod events;
 mod faults;
+mod grouped;
 mod hostile;
 mod http_forward;
 mod init;

@@ -628,6 +628,28 @@ fn print_event(event: &EventDetail) -> anyhow::Result<()> {
     for c in &event.checkpoints {
         println!("  {}", checkpoint_line(c));
     }
+    if !event.group_batches.is_empty() {
+        println!("Group batches:");
+    }
+    for b in &event.group_batches {
+        match (&b.stream, b.seq) {
+            (Some(stream), Some(seq)) => println!(
+                "  {}: generation {}, stream {stream} batch {seq} row {}, {}",
+                b.sink,
+                b.generation,
+                b.position.unwrap_or(0),
+                if b.durable {
+                    "durable"
+                } else {
+                    "not yet flushed"
+                }
+            ),
+            _ => println!(
+                "  {}: generation {}, group {}, waiting for a batch",
+                b.sink, b.generation, b.group
+            ),
+        }
+    }
     println!("Body:");
     match &event.body {
         serde_json::Value::String(text) => println!("{text}"),

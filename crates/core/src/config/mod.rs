@@ -12,6 +12,7 @@ use toml::Spanned;
 
 mod daemon;
 mod environments;
+mod events;
 pub mod filter;
 mod flatfile;
 mod listener;
@@ -21,6 +22,7 @@ mod webhook;
 
 pub use daemon::DaemonConfig;
 pub use environments::{EnvironmentConfig, PollConfig};
+pub use events::{EventStreams, EventsConfig};
 pub use flatfile::{FetchConfig, FlatfileConfig};
 pub use listener::{AdminConfig, ListenerLimits};
 pub use routes::{RouteConfig, UnnamedRecords};
@@ -132,6 +134,8 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[events]`.
+    pub events: EventsConfig,
 }
 
 impl Config {
@@ -171,6 +175,8 @@ struct RawConfig {
     sinks: BTreeMap<String, sinks::RawSink>,
     #[serde(default)]
     routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    events: events::RawEvents,
 }
 
 impl Config {
@@ -207,6 +213,7 @@ impl Config {
         let environments = environments::parse(raw.environments, &flatfile, webhook.is_some(), &p)?;
         let sinks = sinks::parse(raw.sinks, &p)?;
         let routes = routes::parse(raw.routes, &sinks, &environments, &p)?;
+        let events = events::parse(raw.events, &p)?;
         Ok(Config {
             path: path.to_owned(),
             daemon,
@@ -217,6 +224,7 @@ impl Config {
             environments,
             sinks,
             routes,
+            events,
         })
     }
 }

@@ -16,8 +16,8 @@ use crate::pipeline::fetch::{Batch, StreamReader};
 use crate::pipeline::plan::{self, Family, SubmitJob};
 use crate::pipeline::route::{RoutedEvent, RoutedSink, route_event};
 use crate::state::{
-    CARRIED_KIND, Checkpoint, Delivery, DeliveryStatus, EventStatus, StateDb, StateError,
-    StoredEvent, StreamPlan, StreamSource, stream_for_generation,
+    CARRIED_KIND, Checkpoint, Delivery, DeliveryStatus, EventStatus, GroupPlan, StateDb,
+    StateError, StoredEvent, StreamPlan, StreamSource, stream_for_generation,
 };
 
 /// Everything event processing needs, shared by all event tasks.
@@ -80,8 +80,10 @@ struct Cursor {
 
 impl Engine {
     /// Processes one event to a final status, or leaves it pending when interrupted.
-    pub(crate) async fn process(self: &Arc<Self>, event_id: &str) {
-        match self.process_inner(event_id).await {
+    /// `grouping`: the dispatcher leaves event rows to the group writer (`[events] streams`
+    /// as the daemon started), so an unplanned one is not this task's.
+    pub(crate) async fn process(self: &Arc<Self>, event_id: &str, grouping: bool) {
+        match self.process_inner(event_id, grouping).await {
             Ok(()) => {}
             Err(Interrupted::Draining) => {
                 tracing::info!(
@@ -95,14 +97,24 @@ impl Engine {
         }
     }
 
-    async fn process_inner(self: &Arc<Self>, event_id: &str) -> Result<(), Interrupted> {
+    async fn process_inner(
+        self: &Arc<Self>,
+        event_id: &str,
+        grouping: bool,
+    ) -> Result<(), Interrupted> {
         if self.health.is_draining() {
             return Err(Interrupted::Draining);
         }
         let Some(event) = self.state.event(event_id).await? else {
             return Ok(());
         };
-        if event.status.is_final() {
+        if event.status.is_final() || self.state.is_grouped(event_id).await? {
+            // A grouped event is the group writer's, whoever was told about it.
+            return Ok(());
+        }
+        let event_row =
+            event.kind == "platform" && !plan::ROW_TOPICS.contains(&event.topic.as_str());
+        if grouping && event_row && !self.state.is_planned(event_id).await? {
             return Ok(());
         }
         let Some(received) = self.read_received(&event).await? else {
@@ -117,7 +129,7 @@ impl Engine {
 
         if !self.state.is_planned(event_id).await?
             && !self
-                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref())
+                .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref(), grouping)
                 .await?
         {
             return Ok(());
@@ -377,6 +389,7 @@ impl Engine {
         incoming: Option<&IncomingEvent>,
         client: &FlatfileClient,
         job: Option<&SubmitJob>,
+        grouping: bool,
     ) -> Result<bool, Interrupted> {
         let event_id = event.event_id.as_str();
         let job_id = job.map(|j| j.job_id.as_str());
@@ -391,6 +404,10 @@ impl Engine {
             .settle_without_streams(event, &family, client, job_id)
             .await?
         {
+            return Ok(false);
+        }
+        if matches!(family, Family::EventRow) && grouping {
+            self.leave_to_group_writer(event, routed).await?;
             return Ok(false);
         }
         if let Some(job_id) = job_id {
@@ -426,6 +443,29 @@ impl Engine {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Plans an event without data that only the engine could tell apart (a `job:ready` that is
+    /// not a submit job) into its group; the group writer delivers it from there.
+    async fn leave_to_group_writer(
+        &self,
+        event: &StoredEvent,
+        routed: Vec<RoutedSink>,
+    ) -> Result<(), Interrupted> {
+        let group = plan::event_group(
+            &event.topic,
+            event.received_at_ms,
+            self.config.events.group_window,
+        );
+        tracing::info!(event_id = %event.event_id, group = %group.name, "Event row left to the group writer");
+        let plan = GroupPlan {
+            event_id: event.event_id.clone(),
+            sinks: routed.into_iter().map(|r| r.sink).collect(),
+            group: group.name,
+            window_end_ms: group.window_end_ms,
+        };
+        self.state.plan_grouped(vec![plan], Vec::new()).await?;
+        Ok(())
     }
 
     /// The sinks the event's routes send it to; `None` when no route matches, which settles

@@ -18,6 +18,8 @@ use flatsync_flatfile::{
     PlatformEvent, RecordsSelection, Sheet, TOPIC_WEBHOOK_EGRESS, sanitize_stream_component,
 };
 
+use std::time::Duration;
+
 use crate::config::{Config, UnnamedRecords};
 use crate::pipeline::route::RoutedSink;
 use crate::state::{StreamPlan, StreamSource};
@@ -40,6 +42,49 @@ pub(crate) const EVENT_FIELDS: [&str; 6] = [
 
 /// The most record ids one records request may name (`ids`, flatfile-api.md §3.2).
 const MAX_IDS_PER_REQUEST: usize = 100;
+
+/// The Platform topics whose rows are not the event itself, or may not be (`job:ready` of a
+/// submit job; telling needs the job). Every other Platform topic is an event without data
+/// ([`Family::EventRow`]), which the group writer plans without the per-event engine.
+pub(crate) const ROW_TOPICS: [&str; 8] = [
+    "records:created",
+    "records:updated",
+    "records:deleted",
+    "commit:created",
+    "commit:updated",
+    "commit:completed",
+    TOPIC_WEBHOOK_EGRESS,
+    "job:ready",
+];
+
+/// The group an event's row goes into: its topic family and the window it was received in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventGroup {
+    /// `events-<topic family>-<UTC window start>`, the name of the group's first stream: a
+    /// window with more than `group_max_events` continues in `<name>-2`, `<name>-3`, ...
+    pub(crate) name: String,
+    /// When the window ends, ms since the Unix epoch.
+    pub(crate) window_end_ms: i64,
+}
+
+/// The group of an event of `topic` received at `received_at_ms`: `events-space-20240501T120000Z`
+/// for a `space:created` received between 12:00 and 13:00 UTC with hour windows. The family is
+/// the topic up to its first `:`. Receipt time, not the event's `createdAt`, so that a window
+/// fills in the order the inbox drains and every event has one.
+pub(crate) fn event_group(topic: &str, received_at_ms: i64, window: Duration) -> EventGroup {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+    let start = received_at_ms - received_at_ms.rem_euclid(window_ms);
+    let family = topic.split(':').next().unwrap_or_default();
+    let family = if family.is_empty() {
+        "other".to_owned()
+    } else {
+        sanitize_stream_component(family)
+    };
+    EventGroup {
+        name: format!("{EVENTS_KIND}-{family}-{}", crate::time::compact_utc(start)),
+        window_end_ms: start.saturating_add(window_ms),
+    }
+}
 
 /// What an event asks flatsync to deliver.
 #[derive(Debug)]
@@ -862,6 +907,55 @@ mod tests {
             event_row("us_evt_1", "space:created", body),
             line,
             "same bytes every time"
+        );
+    }
+
+    #[test]
+    fn every_platform_topic_outside_the_row_topics_is_an_event_row() {
+        for topic in [
+            "space:created",
+            "file:created",
+            "cron:hourly",
+            "something:new",
+            "x",
+        ] {
+            assert!(!ROW_TOPICS.contains(&topic));
+            let f = family_of(&format!(r#"{{"id":"e","topic":"{topic}","payload":{{}}}}"#));
+            assert!(matches!(f, Family::EventRow), "{topic}: {f:?}");
+        }
+        for topic in ROW_TOPICS.iter().filter(|t| **t != "job:ready") {
+            let f = family_of(&format!(
+                r#"{{"id":"e","topic":"{topic}","context":{{"sheetId":"s"}},"payload":{{}}}}"#
+            ));
+            assert!(!matches!(f, Family::EventRow), "{topic}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn events_are_grouped_by_topic_family_and_utc_window() {
+        let hour = Duration::from_secs(3600);
+        // 2024-05-01T12:34:56.789Z
+        let at = 1_714_566_896_789;
+        let group = event_group("space:created", at, hour);
+        assert_eq!(group.name, "events-space-20240501T120000Z");
+        assert_eq!(group.window_end_ms, 1_714_568_400_000);
+        assert_eq!(event_group("space:deleted", at, hour), group, "one family");
+        assert_eq!(
+            event_group("file:created", at, hour).name,
+            "events-file-20240501T120000Z"
+        );
+        assert_eq!(
+            event_group("space:created", at, Duration::from_secs(300)).name,
+            "events-space-20240501T123000Z"
+        );
+        assert_eq!(
+            event_group("odd topic/x", at, hour).name,
+            "events-odd_topic_x-20240501T120000Z"
+        );
+        assert_eq!(
+            event_group(":x", 1_714_568_400_000, hour).name,
+            "events-other-20240501T130000Z",
+            "a window includes its start"
         );
     }
 

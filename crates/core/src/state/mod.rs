@@ -16,6 +16,8 @@
 //! - `streams`: routing (deliveries), stream plans and checkpoints;
 //! - `poll`: polling cursors and pending acknowledgements;
 //! - `carried`: uploads whose rows arrive in webhook bodies;
+//! - `groups`: rows of events without data grouped into streams of many events, and which
+//!   batch of which group stream carries each;
 //! - `daemons`: the daemons that run or ran on this state, where they listen and when they
 //!   were last seen ([`DaemonRecord`]);
 //! - [`operator`]: the operator commands' own handle ([`OperatorDb`]), opened while a daemon
@@ -34,6 +36,9 @@
 //!   and the cursor never moves backwards;
 //! - routing and stream plan are recorded together ([`StateDb::plan_event`]);
 //! - a checkpoint never moves backwards ([`StateDb::advance`] keeps the maximum);
+//! - a group batch's members are recorded before the batch is handed out and never change;
+//!   its checkpoint, its members' deliveries and their events' statuses move in one
+//!   transaction (`groups`);
 //! - a part of a carried upload is stored once, and completing the upload (numbering its
 //!   parts, its inbox event) happens in the transaction of its last part;
 //! - a daemon's row is registered at its start, its `last_seen_ms` only moves forwards and
@@ -45,6 +50,7 @@
 
 mod carried;
 mod daemons;
+mod groups;
 pub mod health;
 mod inbox;
 mod intake;
@@ -64,6 +70,8 @@ use rusqlite::Connection;
 
 pub(crate) use carried::{PartHead, PartKey, PartOutcome};
 pub use daemons::{DAEMON_RETENTION, DAEMON_TOUCH_INTERVAL, DaemonRecord};
+pub use groups::GroupBatchInfo;
+pub(crate) use groups::{BatchLimits, GroupBatch, GroupPlan, GroupWork, Settled};
 pub(crate) use inbox::CARRIED_KIND;
 pub use inbox::StoredEvent;
 pub(crate) use intake::{InboxOutcome, InboxWrite};

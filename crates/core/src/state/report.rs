@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
+use super::groups::{self, GroupBatchInfo};
 use super::tx::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, stream_for_generation};
 
@@ -104,8 +105,14 @@ pub struct DeliverySummary {
 ///  "streams": [{"ordinal": 0, "stream": "legacy-b1", "kind": "legacy_batch",
 ///               "source_ref": "b1", "fields": [], "page_size": 1000, "total_rows": 250}],
 ///  "checkpoints": [{"sink": "archive", "stream": "legacy-b1", "next_seq": 1,
-///                   "complete": true, "rows": 250}]}
+///                   "complete": true, "rows": 250}],
+///  "group_batches": []}
 /// ```
+///
+/// An event without data grouped with others has no streams or checkpoints of its own; its
+/// `group_batches` say where its row went:
+/// `[{"sink": "archive", "generation": 0, "group": "events-space-20240501T120000Z",
+///    "stream": "events-space-20240501T120000Z", "seq": 3, "position": 17, "durable": true}]`.
 ///
 /// `body` is the parsed JSON body, or a string holding the body's text when it is not JSON.
 #[derive(Clone, Debug, Serialize)]
@@ -132,6 +139,9 @@ pub struct EventDetail {
     pub streams: Vec<StreamInfo>,
     /// Every checkpoint of the event, of every generation.
     pub checkpoints: Vec<CheckpointInfo>,
+    /// For an event without data grouped with others (`[events] streams = "grouped"`): which
+    /// batch of which group stream carries its row to each sink, per generation.
+    pub group_batches: Vec<GroupBatchInfo>,
 }
 
 /// A delivery in an [`EventDetail`].
@@ -631,6 +641,18 @@ impl<'a> Snapshot<'a> {
                 })
             },
         )?;
+        event.group_batches =
+            groups::group_batches(self.tx.conn, event_id).map_err(|e| self.tx.error(e))?;
+        for delivery in &mut event.deliveries {
+            // A grouped event has no plan of its own: its delivery goes into a group stream.
+            delivery.streams.extend(
+                event
+                    .group_batches
+                    .iter()
+                    .filter(|b| b.sink == delivery.sink && b.generation == delivery.generation)
+                    .filter_map(|b| b.stream.clone()),
+            );
+        }
         event.checkpoints = self.tx.rows(
             "SELECT sink, stream, next_seq, complete, rows FROM checkpoints
              WHERE event_id = ?1 ORDER BY sink, stream",
@@ -672,6 +694,7 @@ impl<'a> Snapshot<'a> {
                         deliveries: Vec::new(),
                         streams: Vec::new(),
                         checkpoints: Vec::new(),
+                        group_batches: Vec::new(),
                     })
                 },
             )

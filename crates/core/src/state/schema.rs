@@ -10,11 +10,12 @@ use rusqlite::Connection;
 /// `event_acks` (polling); version 4 added `carried_uploads` and `carried_parts` (rows that
 /// arrive in webhook bodies); version 5 added `streams.total_rows` (the rows a stream holds,
 /// once its fetch learned them, for `flatsync top`); version 6 added `daemons` (who runs on
-/// this state, and where).
-pub const SCHEMA_VERSION: i64 = 6;
+/// this state, and where); version 7 added `group_members` and `group_streams` (rows of events
+/// without data, grouped into streams of many events: `state::groups`).
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Every table and index of the current version but those a migration block creates
-/// ([`DAEMONS`]); `IF NOT EXISTS` so that it also completes an older database after [`migrate`]
+/// ([`DAEMONS`], [`GROUPS`]); `IF NOT EXISTS` so that it also completes an older database after [`migrate`]
 /// added the columns its tables lack.
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
@@ -134,6 +135,9 @@ pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
     if version < 6 {
         conn.execute_batch(DAEMONS)?;
     }
+    if version < 7 {
+        conn.execute_batch(GROUPS)?;
+    }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
@@ -152,6 +156,43 @@ CREATE TABLE IF NOT EXISTS daemons (
     webhook_addr TEXT,
     admin_addr TEXT
 );
+";
+
+/// Version 7: rows of events without data grouped into streams of many events
+/// (`state::groups`). `group_members` says which batch of which group stream carries an
+/// event's row to a sink (`stream`, `seq` and `position` are NULL until the batch is recorded,
+/// and never change after); `group_streams` holds each sink's position in each group stream:
+/// the batches recorded (`formed_seq`), the first one not yet durable in the sink (`next_seq`,
+/// its checkpoint) and the closing one (`last_seq`); `retry_at_ms` holds back the closing of a
+/// stream whose sink just failed.
+const GROUPS: &str = "
+CREATE TABLE IF NOT EXISTS group_members (
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    grp TEXT NOT NULL,
+    window_end_ms INTEGER NOT NULL,
+    stream TEXT,
+    seq INTEGER,
+    position INTEGER,
+    PRIMARY KEY (event_id, sink, generation)
+);
+CREATE INDEX IF NOT EXISTS group_members_waiting ON group_members(grp, sink, seq);
+CREATE INDEX IF NOT EXISTS group_members_by_batch ON group_members(stream, sink, seq, position);
+CREATE TABLE IF NOT EXISTS group_streams (
+    stream TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    window_end_ms INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    formed_seq INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    last_seq INTEGER,
+    retry_at_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (stream, sink)
+);
+CREATE INDEX IF NOT EXISTS group_streams_by_group ON group_streams(grp, sink, part);
 ";
 
 /// Whether the database has `table`.
@@ -174,7 +215,7 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
 
 /// Column lists of the state tables, in the order the salvage copies them (the inbox first),
 /// each column with the value used when an older schema lacks it.
-pub(crate) const TABLES: [(&str, &[(&str, &str)]); 9] = [
+pub(crate) const TABLES: [(&str, &[(&str, &str)]); 11] = [
     (
         "inbox",
         &[
@@ -292,16 +333,48 @@ pub(crate) const TABLES: [(&str, &[(&str, &str)]); 9] = [
             ("admin_addr", "NULL"),
         ],
     ),
+    // Which batch carries which grouped event: a batch sent again after a crash must hold the
+    // same events, so these are as precious as the checkpoints.
+    (
+        "group_members",
+        &[
+            ("event_id", "NULL"),
+            ("sink", "NULL"),
+            ("generation", "0"),
+            ("grp", "NULL"),
+            ("window_end_ms", "0"),
+            ("stream", "NULL"),
+            ("seq", "NULL"),
+            ("position", "NULL"),
+        ],
+    ),
+    (
+        "group_streams",
+        &[
+            ("stream", "NULL"),
+            ("sink", "NULL"),
+            ("grp", "NULL"),
+            ("part", "0"),
+            ("window_end_ms", "0"),
+            ("next_seq", "0"),
+            ("formed_seq", "0"),
+            ("events", "0"),
+            ("last_seq", "NULL"),
+            ("retry_at_ms", "0"),
+        ],
+    ),
 ];
 
-/// Tables a state database from before schema version 3 (polling), 4 (uploads) or 6
-/// (daemons) does not have: nothing to salvage.
-pub(crate) const TABLES_ADDED_LATER: [&str; 5] = [
+/// Tables a state database from before schema version 3 (polling), 4 (uploads), 6 (daemons)
+/// or 7 (grouped events) does not have: nothing to salvage.
+pub(crate) const TABLES_ADDED_LATER: [&str; 7] = [
     "poll_cursors",
     "event_acks",
     "carried_uploads",
     "carried_parts",
     "daemons",
+    "group_members",
+    "group_streams",
 ];
 
 /// Every table of a version-4 database, as flatsync 0.1 with uploads created them: the
