@@ -172,7 +172,7 @@ pub(crate) fn intake_and_backlog(
         let (wall_s, _, _, usage) = resume(plan, dir.path(), "the backlog", DRAIN_LIMIT, |p| {
             Ok(p.events_pending == 0)
         })?;
-        let held = Sink::Jsonl.rows(dir.path(), "")?;
+        let held = crate::sink::jsonl_rows_with_open_streams(dir.path())?;
         if held != events {
             return Err(BenchError::Failed(format!(
                 "the folder sink holds {held} event rows after {events} events were acknowledged"

@@ -93,6 +93,20 @@ impl Sink {
     }
 }
 
+/// Lines of a JSON Lines folder sink's complete files and of its open streams' partial files
+/// (`.<stream>.jsonl.partial`). Event rows share streams that close only when their window
+/// has ended, so right after a drain they sit in partial files; each batch there was flushed
+/// before its events were settled, so its lines are durable.
+pub(crate) fn jsonl_rows_with_open_streams(dir: &Path) -> Result<u64, BenchError> {
+    let output = Sink::Jsonl.output(dir);
+    let lines = |path: &Path| {
+        let bytes = std::fs::read(path)
+            .map_err(BenchError::io(format!("cannot read {}", path.display())))?;
+        Ok(bytes.iter().filter(|&&b| b == b'\n').count() as u64)
+    };
+    Ok(sum_files(&output, "jsonl", lines)? + sum_files(&output, "partial", lines)?)
+}
+
 /// `count` summed over the files of `dir` ending in `.extension` (a missing folder holds none).
 fn sum_files(
     dir: &Path,
@@ -133,6 +147,9 @@ mod tests {
         std::fs::create_dir_all(&jsonl_dir).expect("mkdir");
         std::fs::write(jsonl_dir.join("a.jsonl"), "{}\n{}\n").expect("write");
         assert_eq!(Sink::Jsonl.rows(dir.path(), "ignored").expect("count"), 2);
+        std::fs::write(jsonl_dir.join(".events-space.jsonl.partial"), "{}\n").expect("write");
+        assert_eq!(Sink::Jsonl.rows(dir.path(), "ignored").expect("count"), 2);
+        assert_eq!(jsonl_rows_with_open_streams(dir.path()).expect("count"), 3);
         assert_eq!(
             Sink::Jsonl
                 .rows(&dir.path().join("none"), "x")
