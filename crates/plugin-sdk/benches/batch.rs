@@ -7,40 +7,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flatsync_plugin_sdk::{Batch, BatchParts, CellValue, Row};
+use flatsync_test_kit::bench;
 
 const ROWS: u64 = 1_000;
 
-/// One line per row, 10 fields of mixed types, as the converter writes them.
-fn ndjson(rows: u64) -> Vec<u8> {
-    const NAMES: [&str; 5] = ["Ada", "Grace", "Linus", "Zo\\u00eb", "Ken"];
-    const NOTES: [&str; 4] = ["", "likes \\\"quotes\\\"", "a, b and c", "plain note"];
-    let mut out = String::new();
-    for index in 0..rows {
-        let name = NAMES[(index % 5) as usize];
-        let age = if index.is_multiple_of(8) {
-            "null".to_owned()
-        } else {
-            (18 + index % 70).to_string()
-        };
-        out.push_str(&format!(
-            "{{\"id\":\"3f1c2a9e-6b7d-4e2f-9a10-{index:012x}\",\"valid\":{},\"values\":{{\
-             \"first_name\":\"{name}\",\"last_name\":\"Smith-{index}\",\
-             \"email\":\"user.{index}@example.com\",\"age\":{age},\
-             \"phone\":\"+1 555 {:04}\",\"city\":\"Berlin\",\"note\":\"{}\",\
-             \"score\":{}.{:02},\"active\":{},\"signup\":\"2024-05-02\"}}}}\n",
-            index % 10 != 7,
-            index % 10_000,
-            NOTES[(index % 4) as usize],
-            index % 100,
-            index % 97,
-            !index.is_multiple_of(3),
-        ));
-    }
-    out.into_bytes()
-}
-
 fn parsing(c: &mut Criterion) {
-    let lines = ndjson(ROWS);
+    let lines = bench::ndjson_rows(0, ROWS);
     let batch = Batch::from_parts(BatchParts {
         stream: "legacy-b",
         kind: "legacy_batch",

@@ -3,13 +3,13 @@
 //!
 //! Run with `cargo bench -p flatsync-sink-jsonl-folder --bench write`.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flatsync_plugin_sdk::serde_json::{Value, json};
 use flatsync_plugin_sdk::{Batch, BatchParts, CreateContext, Logger, Sink};
 use flatsync_sink_jsonl_folder::JsonlFolder;
+use flatsync_test_kit::bench;
 
 const ROWS: u64 = 1_000;
 
@@ -25,36 +25,6 @@ const CONFIGS: &[(&str, Config)] = &[
     ),
 ];
 
-/// One line per row, 10 fields of mixed types, as the converter writes them. `first` offsets
-/// the record ids, so each batch holds new records.
-fn ndjson(first: u64, rows: u64) -> Vec<u8> {
-    const NAMES: [&str; 5] = ["Ada", "Grace", "Linus", "Zo\\u00eb", "Ken"];
-    const NOTES: [&str; 4] = ["", "likes \\\"quotes\\\"", "a, b and c", "plain note"];
-    let mut out = String::new();
-    for index in first..first + rows {
-        let name = NAMES[(index % 5) as usize];
-        let age = if index.is_multiple_of(8) {
-            "null".to_owned()
-        } else {
-            (18 + index % 70).to_string()
-        };
-        out.push_str(&format!(
-            "{{\"id\":\"3f1c2a9e-6b7d-4e2f-9a10-{index:012x}\",\"valid\":{},\"values\":{{\
-             \"first_name\":\"{name}\",\"last_name\":\"Smith-{index}\",\
-             \"email\":\"user.{index}@example.com\",\"age\":{age},\
-             \"phone\":\"+1 555 {:04}\",\"city\":\"Berlin\",\"note\":\"{}\",\
-             \"score\":{}.{:02},\"active\":{},\"signup\":\"2024-05-02\"}}}}\n",
-            index % 10 != 7,
-            index % 10_000,
-            NOTES[(index % 4) as usize],
-            index % 100,
-            index % 97,
-            !index.is_multiple_of(3),
-        ));
-    }
-    out.into_bytes()
-}
-
 fn batch(lines: &[u8], seq: u64) -> Batch<'_> {
     Batch::from_parts(BatchParts {
         stream: "legacy-bench",
@@ -68,22 +38,16 @@ fn batch(lines: &[u8], seq: u64) -> Batch<'_> {
     })
 }
 
-/// Times `iters` batches written after a first one (which opens the stream and writes any
-/// header), into a fresh folder per sample so the files stay small.
+/// Times `iters` batches written after a first one, into a fresh folder per sample so the
+/// files stay small.
 fn write_batches(config: impl Fn(&std::path::Path) -> Value, iters: u64) -> Duration {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let context = CreateContext::new("bench", Logger::discard());
     let mut sink = JsonlFolder::create(&context, config(dir.path())).expect("the sink starts");
-    // Distinct ids per batch: the SQLite sink upserts, and updates cost more than inserts.
-    let pages: Vec<Vec<u8>> = (0..=iters).map(|page| ndjson(page * ROWS, ROWS)).collect();
-    sink.write_batch(&batch(&pages[0], 0))
-        .expect("the first batch");
-    let start = Instant::now();
-    for (seq, lines) in pages.iter().enumerate().skip(1) {
-        sink.write_batch(black_box(&batch(lines, seq as u64)))
+    let elapsed = bench::time_batches(iters, ROWS, |lines, seq| {
+        sink.write_batch(&batch(lines, seq))
             .expect("the batch is written");
-    }
-    let elapsed = start.elapsed();
+    });
     sink.flush().expect("the sink flushes");
     elapsed
 }
