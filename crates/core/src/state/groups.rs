@@ -710,6 +710,18 @@ mod tests {
 
     const ROW_TOPICS: [&str; 1] = ["records:created"];
 
+    /// `n` pending events `e00`, `e01`, ..., each planned into the group of `plan`.
+    async fn db_with_planned_events(dir: &std::path::Path, n: usize) -> StateDb {
+        let db = db_with_events(dir, n).await;
+        db.plan_grouped(
+            (0..n).map(|i| plan(&format!("e{i:02}"))).collect(),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        db
+    }
+
     async fn db_with_events(dir: &std::path::Path, n: usize) -> StateDb {
         let db = StateDb::open(dir).expect("open");
         for i in 0..n {
@@ -804,13 +816,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_recorded_before_it_is_sent_and_sent_again_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 5).await;
-        db.plan_grouped(
-            (0..5).map(|i| plan(&format!("e{i:02}"))).collect(),
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        let db = db_with_planned_events(dir.path(), 5).await;
         let work = db.group_work(0).await.unwrap();
         assert_eq!(work.len(), 1);
         let first = db
@@ -964,13 +970,7 @@ mod tests {
     #[tokio::test]
     async fn an_ended_window_closes_with_an_empty_batch_and_a_full_stream_continues() {
         let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 3).await;
-        db.plan_grouped(
-            (0..3).map(|i| plan(&format!("e{i:02}"))).collect(),
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        let db = db_with_planned_events(dir.path(), 3).await;
         let small = BatchLimits {
             batch_events: 10,
             max_events: 2,
