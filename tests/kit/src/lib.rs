@@ -5,7 +5,7 @@
 //! core; so what they share lives in this small crate, a dev-dependency of each. It depends on
 //! nothing, and on no flatsync crate in particular, so it can never close a cycle.
 //!
-//! - [`bench`]: batches and the write-path timing the criterion benchmarks share.
+//! - [`bench`](mod@bench): batches and the write-path timing the criterion benchmarks share.
 //! - [`prometheus`]: a strict parser of the Prometheus text format and lookups over a scrape.
 //! - [`fs`]: the sorted names in a folder a sink wrote.
 //! - [`sqlite`]: damaging the pages of an SQLite file that hold a marker.
