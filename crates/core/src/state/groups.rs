@@ -124,17 +124,10 @@ impl StateDb {
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id)
                  ORDER BY received_at_ms, event_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![EventStatus::Pending, topics, limit], |r| {
-                Ok(StoredEvent {
-                    event_id: r.get(0)?,
-                    kind: r.get(1)?,
-                    topic: r.get(2)?,
-                    body: r.get(3)?,
-                    received_at_ms: r.get(4)?,
-                    status: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            })?;
+            let rows = stmt.query_map(
+                params![EventStatus::Pending, topics, limit],
+                super::inbox::stored_event,
+            )?;
             rows.collect()
         })
         .await

@@ -113,17 +113,7 @@ impl StateDb {
                 "SELECT event_id, kind, topic, body, received_at_ms, status, detail
                  FROM inbox WHERE event_id = ?1",
                 [id],
-                |r| {
-                    Ok(StoredEvent {
-                        event_id: r.get(0)?,
-                        kind: r.get(1)?,
-                        topic: r.get(2)?,
-                        body: r.get(3)?,
-                        received_at_ms: r.get(4)?,
-                        status: r.get(5)?,
-                        detail: r.get(6)?,
-                    })
-                },
+                stored_event,
             )
             .optional()
         })
@@ -191,4 +181,17 @@ impl StateDb {
             .await
             .expect("install the refusing trigger");
     }
+}
+
+/// An inbox row read as `event_id, kind, topic, body, received_at_ms, status, detail`.
+pub(super) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        event_id: r.get(0)?,
+        kind: r.get(1)?,
+        topic: r.get(2)?,
+        body: r.get(3)?,
+        received_at_ms: r.get(4)?,
+        status: r.get(5)?,
+        detail: r.get(6)?,
+    })
 }
