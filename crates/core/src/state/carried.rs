@@ -7,7 +7,8 @@
 use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::inbox::{CARRIED_KIND, insert_pending};
+use super::inbox::CARRIED_KIND;
+use super::inbox::rusqlite_era::insert_pending;
 use super::{StateDb, StateError, StreamPlan, StreamSource, now_ms};
 
 /// What storing a part did.
@@ -95,7 +96,7 @@ impl StateDb {
         upload: &str,
     ) -> Result<Option<StreamPlan>, StateError> {
         let key = upload.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let head: Option<(String, String, String, String, bool)> = c
                 .query_row(
                     "SELECT origin, upload_id, kind, fields_json, deletions FROM carried_uploads
@@ -141,7 +142,7 @@ impl StateDb {
         ordinal: u64,
     ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
         let key = upload.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.query_row(
                 "SELECT ndjson, rows FROM carried_parts WHERE upload = ?1 AND ordinal = ?2",
                 params![key, ordinal as i64],

@@ -50,7 +50,7 @@ impl StateDb {
     /// Records a daemon that just started. Its `daemon_id` is new: a row with the same id
     /// already there is an error.
     pub async fn register_daemon(&self, daemon: DaemonRecord) -> Result<(), StateError> {
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "INSERT INTO daemons (daemon_id, pid, hostname, version, started_at_ms,
                      last_seen_ms, stopped_at_ms, webhook_addr, admin_addr)
@@ -76,7 +76,7 @@ impl StateDb {
     /// was marked stopped).
     pub async fn touch_daemon(&self, daemon_id: &str, now_ms: i64) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "UPDATE daemons SET last_seen_ms = max(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
@@ -94,7 +94,7 @@ impl StateDb {
         now_ms: i64,
     ) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "UPDATE daemons SET stopped_at_ms = ?2, last_seen_ms = max(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
@@ -108,7 +108,7 @@ impl StateDb {
     /// Deletes the rows of daemons that ended before `before_ms`: stopped then, or (killed)
     /// last seen then. Returns how many.
     pub async fn prune_daemons(&self, before_ms: i64) -> Result<u64, StateError> {
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "DELETE FROM daemons WHERE coalesce(stopped_at_ms, last_seen_ms) < ?1",
                 [before_ms],
@@ -264,7 +264,7 @@ mod tests {
         }
         let db = StateDb::open(dir.path()).expect("migrates");
         let version: i64 = db
-            .call(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .call_rusqlite(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
             .await
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);

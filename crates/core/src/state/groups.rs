@@ -116,7 +116,7 @@ impl StateDb {
     ) -> Result<Vec<StoredEvent>, StateError> {
         let topics = serde_json::Value::from(row_topics.to_vec()).to_string();
         let limit = i64::try_from(limit).unwrap_or(-1);
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT event_id, kind, topic, body, received_at_ms, status, detail FROM inbox
                  WHERE status = ?1 AND kind = 'platform'
@@ -126,7 +126,7 @@ impl StateDb {
             )?;
             let rows = stmt.query_map(
                 params![EventStatus::Pending, topics, limit],
-                super::inbox::stored_event,
+                super::inbox::rusqlite_era::stored_event,
             )?;
             rows.collect()
         })
@@ -143,7 +143,7 @@ impl StateDb {
     ) -> Result<Vec<String>, StateError> {
         let topics = row_topics.map(|t| serde_json::Value::from(t.to_vec()).to_string());
         let limit = i64::try_from(limit).unwrap_or(-1);
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT event_id FROM inbox WHERE status = ?1
                    AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = inbox.event_id)
@@ -165,11 +165,11 @@ impl StateDb {
         plans: Vec<GroupPlan>,
         settled: Vec<Settled>,
     ) -> Result<(), StateError> {
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
             for s in &settled {
-                inbox::set_status(&tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
+                inbox::rusqlite_era::set_status(&tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
             }
             for plan in &plans {
                 let planned: bool = tx
@@ -201,7 +201,7 @@ impl StateDb {
     /// Whether the event's row goes to group streams (the group writer's, not the engine's).
     pub(crate) async fn is_grouped(&self, event_id: &str) -> Result<bool, StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.prepare_cached("SELECT EXISTS(SELECT 1 FROM group_members WHERE event_id = ?1)")?
                 .query_row([id], |r| r.get(0))
         })
@@ -212,7 +212,7 @@ impl StateDb {
     /// delivery first gets a member of its generation, in its event's group), and streams whose
     /// window ended before `now` that are not closed yet.
     pub(crate) async fn group_work(&self, now: i64) -> Result<Vec<GroupWork>, StateError> {
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT OR IGNORE INTO group_members (event_id, sink, generation, grp, window_end_ms)
@@ -278,7 +278,7 @@ impl StateDb {
         count: usize,
     ) -> Result<Vec<GroupBatch>, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             let open: Vec<StreamRow> = {
                 let mut stmt = tx.prepare_cached(&format!(
@@ -334,7 +334,7 @@ impl StateDb {
                     .collect(),
             })
             .collect();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
             for batch in &batches {
@@ -355,7 +355,7 @@ impl StateDb {
         error: String,
     ) -> Result<usize, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
             let failed: Vec<String> = {
@@ -641,9 +641,9 @@ fn settle_event(tx: &Transaction<'_>, event_id: &str, now: i64) -> rusqlite::Res
         .map(|(sink, _, error)| format!("sink `{sink}`: {}", error.as_deref().unwrap_or("")))
         .collect();
     if failed.is_empty() {
-        inbox::set_status(tx, event_id, EventStatus::Done, None, now)
+        inbox::rusqlite_era::set_status(tx, event_id, EventStatus::Done, None, now)
     } else {
-        inbox::set_status(
+        inbox::rusqlite_era::set_status(
             tx,
             event_id,
             EventStatus::Failed,
@@ -868,7 +868,7 @@ mod tests {
         );
 
         // A retried dead letter: batch 1 first, as recorded, then the retried member of e04.
-        db.call(|c| {
+        db.call_rusqlite(|c| {
             c.execute(
                 "UPDATE deliveries SET status = 'pending' WHERE event_id = 'e04'",
                 [],
@@ -930,7 +930,7 @@ mod tests {
             .unwrap();
         assert!(only.last);
         db.commit_group_batch(&only).await.unwrap();
-        db.call(|c| {
+        db.call_rusqlite(|c| {
             c.execute(
                 "UPDATE deliveries SET generation = 1, status = 'pending' WHERE event_id = 'e00'",
                 [],

@@ -5,7 +5,7 @@ use flatsync_flatfile::CarriedPart;
 use rusqlite::TransactionBehavior;
 
 use super::carried::{CompletionRule, PartOutcome, store_part};
-use super::inbox::insert_pending;
+use super::inbox::rusqlite_era::insert_pending;
 use super::{StateDb, StateError};
 
 /// One write of a group commit ([`StateDb::write_group`]).
@@ -86,7 +86,7 @@ impl StateDb {
         writes: Vec<InboxWrite>,
     ) -> Result<Vec<Result<InboxOutcome, StateError>>, StateError> {
         let path = self.path.clone();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             // IMMEDIATE: a database another process holds locked fails the group at once,
             // after one busy timeout, not each write after its own.
             let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

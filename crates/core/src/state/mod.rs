@@ -59,14 +59,19 @@ mod poll;
 pub mod repair;
 pub mod report;
 mod schema;
+pub(crate) mod sql;
 mod status;
 mod streams;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+
+use sql::{Db, DbError, PgTarget};
 
 pub(crate) use carried::{PartHead, PartKey, PartOutcome};
 pub use daemons::{DAEMON_RETENTION, DAEMON_TOUCH_INTERVAL, DaemonRecord};
@@ -84,7 +89,15 @@ pub use streams::{Checkpoint, Delivery, StreamPlan, StreamSource, stream_for_gen
 /// State database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// SQLite refused an operation.
+    /// The database (SQLite or PostgreSQL) refused an operation or could not be reached.
+    #[error("state database {at}: {error}")]
+    Database {
+        /// The file, or the PostgreSQL URL without its password.
+        at: String,
+        /// What went wrong.
+        error: DbError,
+    },
+    /// SQLite refused an operation of what only SQLite has (the integrity check, salvage).
     #[error("state database {path}: {error}")]
     Sqlite {
         /// The database file.
@@ -145,11 +158,33 @@ pub enum StateError {
     Task(String),
 }
 
+/// Where the state database is: an SQLite file in a directory (the default, which needs
+/// nothing installed) or a PostgreSQL database several daemons can share.
+#[derive(Clone, Debug)]
+pub(crate) enum StateLocation {
+    /// `<dir>/state.db`.
+    Dir(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(PgTarget),
+}
+
+impl StateLocation {
+    /// How messages name it: the file, or the URL without its password.
+    pub(crate) fn shown(&self) -> String {
+        match self {
+            StateLocation::Dir(dir) => dir.join(StateDb::FILE_NAME).display().to_string(),
+            StateLocation::Postgres(target) => target.redacted().to_owned(),
+        }
+    }
+}
+
 /// Handle on the state database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StateDb {
+    /// The SQLite file; for PostgreSQL, the URL without its password, so that every message
+    /// that names the state can keep taking a path.
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Db>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -162,6 +197,33 @@ pub fn now_ms() -> i64 {
 impl StateDb {
     /// File name of the database inside the state directory.
     pub const FILE_NAME: &'static str = "state.db";
+
+    /// Opens (creating if needed) the state database at `location`, migrating its schema.
+    pub(crate) fn open_at(location: &StateLocation) -> Result<StateDb, StateError> {
+        match location {
+            StateLocation::Dir(dir) => StateDb::open(dir),
+            StateLocation::Postgres(target) => {
+                let at = target.redacted().to_owned();
+                let err = |error| StateError::Database {
+                    at: at.clone(),
+                    error,
+                };
+                let mut db = Db::postgres(target.clone()).map_err(err)?;
+                sql::off_runtime(|| schema::migrate_postgres(&mut db)).map_err(|e| match e {
+                    schema::PgSchemaError::Db(error) => err(error),
+                    schema::PgSchemaError::TooNew(found) => StateError::TooNew {
+                        path: PathBuf::from(&at),
+                        found,
+                        known: SCHEMA_VERSION,
+                    },
+                })?;
+                Ok(StateDb {
+                    path: PathBuf::from(at),
+                    conn: Arc::new(Mutex::new(db)),
+                })
+            }
+        }
+    }
 
     /// Opens (creating if needed) `<state_dir>/state.db`.
     pub fn open(state_dir: &Path) -> Result<StateDb, StateError> {
@@ -207,11 +269,11 @@ impl StateDb {
         schema::migrate(&conn, version).map_err(err)?;
         Ok(StateDb {
             path,
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Db::sqlite(conn))),
         })
     }
 
-    /// The database file.
+    /// The database file; for PostgreSQL, its URL without the password.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -220,7 +282,7 @@ impl StateDb {
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&mut Db) -> sql::Result<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
         let path = self.path.clone();
@@ -228,10 +290,30 @@ impl StateDb {
             let mut guard = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut guard).map_err(|error| StateError::Sqlite { path, error })
+            f(&mut guard).map_err(|error| StateError::Database {
+                at: path.display().to_string(),
+                error,
+            })
         })
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` on the SQLite connection; an error on PostgreSQL. The state code that has
+    /// not moved to [`StateDb::call`]'s portable SQL yet uses it.
+    pub(crate) async fn call_rusqlite<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.call(move |db| match db.as_sqlite() {
+            Some(conn) => f(conn).map_err(DbError::from),
+            None => Err(DbError::column(
+                0,
+                "an SQLite-only test step ran on PostgreSQL",
+            )),
+        })
+        .await
     }
 }
 
@@ -272,12 +354,12 @@ mod tests {
         assert_eq!(event.status, EventStatus::Pending);
         assert_eq!(db.pending_events().await.unwrap(), vec!["e1".to_owned()]);
         let mode: String = db
-            .call(|c| c.pragma_query_value(None, "journal_mode", |r| r.get(0)))
+            .call_rusqlite(|c| c.pragma_query_value(None, "journal_mode", |r| r.get(0)))
             .await
             .unwrap();
         assert_eq!(mode, "wal");
         let sync: i64 = db
-            .call(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)))
+            .call_rusqlite(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)))
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
@@ -313,7 +395,7 @@ mod tests {
         PRAGMA user_version = 4;";
 
     async fn stream_total(db: &StateDb) -> Option<i64> {
-        db.call(|c| {
+        db.call_rusqlite(|c| {
             c.query_row(
                 "SELECT total_rows FROM streams WHERE event_id = 'e' AND stream = 'legacy-b'",
                 [],
@@ -335,7 +417,7 @@ mod tests {
         }
         let db = StateDb::open(dir.path()).expect("migrates");
         let version: i64 = db
-            .call(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .call_rusqlite(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
             .await
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);

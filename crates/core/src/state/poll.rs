@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::inbox::insert_pending;
+use super::inbox::rusqlite_era::insert_pending;
 use super::{StateDb, StateError, now_ms};
 
 /// A polled event on its way into the inbox, with the environment whose cursor found it.
@@ -30,7 +30,7 @@ impl StateDb {
         cursor_ms: Option<i64>,
     ) -> Result<Vec<(String, String)>, StateError> {
         let environment_id = environment_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             let now = now_ms();
             let mut fresh = Vec::new();
@@ -64,7 +64,7 @@ impl StateDb {
     /// The polling cursor of an environment: the newest `createdAt` seen, in ms.
     pub async fn poll_cursor(&self, environment_id: &str) -> Result<Option<i64>, StateError> {
         let id = environment_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.query_row(
                 "SELECT since_ms FROM poll_cursors WHERE environment_id = ?1",
                 [id],
@@ -82,7 +82,7 @@ impl StateDb {
         limit: usize,
     ) -> Result<Vec<String>, StateError> {
         let id = environment_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare(
                 "SELECT event_id FROM event_acks
                  WHERE acked_at_ms IS NULL AND environment_id = ?1
@@ -101,7 +101,7 @@ impl StateDb {
         outcome: Result<(), String>,
     ) -> Result<(), StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             match outcome {
                 Ok(()) => c.execute(
                     "UPDATE event_acks SET acked_at_ms = ?2, attempts = attempts + 1,

@@ -124,7 +124,8 @@ impl<'a> Change<'a> {
         detail: Option<&str>,
         now: i64,
     ) -> Result<(), StateError> {
-        inbox::set_status(self.tx.conn, event_id, status, detail, now).map_err(|e| self.tx.error(e))
+        inbox::rusqlite_era::set_status(self.tx.conn, event_id, status, detail, now)
+            .map_err(|e| self.tx.error(e))
     }
 
     /// Whether the inbox holds the event.

@@ -4,6 +4,8 @@
 
 use rusqlite::Connection;
 
+use super::sql::{Db, DbError, params};
+
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
 /// `streams.source` and `streams.sinks` (event families, snapshots), `poll_cursors` and
@@ -194,6 +196,58 @@ CREATE TABLE IF NOT EXISTS group_streams (
 );
 CREATE INDEX IF NOT EXISTS group_streams_by_group ON group_streams(grp, sink, part);
 ";
+
+/// Why a PostgreSQL state database could not be brought to [`SCHEMA_VERSION`].
+#[derive(Debug)]
+pub(crate) enum PgSchemaError {
+    /// The database refused.
+    Db(DbError),
+    /// A newer flatsync wrote it (the version found).
+    TooNew(i64),
+}
+
+/// The PostgreSQL spelling of the SQLite DDL `ddl`: the same tables, indexes and columns, so
+/// that both backends hold one schema, with 64-bit integers and `BYTEA` for bytes.
+pub(crate) fn postgres_ddl(ddl: &str) -> String {
+    ddl.replace(" INTEGER", " BIGINT")
+        .replace(" BLOB", " BYTEA")
+}
+
+/// Creates the schema of a new PostgreSQL state database, or checks an existing one's
+/// version, in one transaction under an advisory lock, so that several daemons starting at
+/// once on one database create it once. `flatsync_schema` holds the version (SQLite keeps it
+/// in `PRAGMA user_version`).
+pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
+    let found = db
+        .transaction(|tx| {
+            tx.execute_batch(
+                "SELECT pg_advisory_xact_lock(7310151);
+                 CREATE TABLE IF NOT EXISTS flatsync_schema (version BIGINT NOT NULL);",
+            )?;
+            let found: Option<i64> =
+                tx.query_row("SELECT MAX(version) FROM flatsync_schema", params![], |r| {
+                    r.get(0)
+                })?;
+            if found.is_some_and(|v| v > SCHEMA_VERSION) {
+                return Ok(found);
+            }
+            // Version 7 is the first PostgreSQL schema: there is nothing older to migrate.
+            for ddl in [SCHEMA, DAEMONS, GROUPS] {
+                tx.execute_batch(&postgres_ddl(ddl))?;
+            }
+            tx.execute("DELETE FROM flatsync_schema", params![])?;
+            tx.execute(
+                "INSERT INTO flatsync_schema (version) VALUES (?1)",
+                params![SCHEMA_VERSION],
+            )?;
+            Ok(found)
+        })
+        .map_err(PgSchemaError::Db)?;
+    match found {
+        Some(v) if v > SCHEMA_VERSION => Err(PgSchemaError::TooNew(v)),
+        _ => Ok(()),
+    }
+}
 
 /// Whether the database has `table`.
 pub(crate) fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {

@@ -146,7 +146,7 @@ impl StateDb {
     /// The sinks an event was routed to, once routed.
     pub async fn deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare(
                 "SELECT sink, status, rows, error, generation FROM deliveries
                  WHERE event_id = ?1 ORDER BY rowid",
@@ -174,7 +174,7 @@ impl StateDb {
         streams: Vec<StreamPlan>,
     ) -> Result<(), StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             for sink in &sinks {
                 tx.execute(
@@ -211,7 +211,7 @@ impl StateDb {
     /// The stream plan of an event, in order; empty until planned.
     pub async fn streams(&self, event_id: &str) -> Result<Vec<StreamPlan>, StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare(
                 "SELECT stream, kind, source_ref, fields_json, page_size,
                      CASE WHEN source != '' THEN source
@@ -257,7 +257,7 @@ impl StateDb {
         total_rows: u64,
     ) -> Result<(), StateError> {
         let (id, stream) = (event_id.to_owned(), stream.to_owned());
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "UPDATE streams SET total_rows = ?3
                  WHERE event_id = ?1 AND stream = ?2 AND total_rows IS NOT ?3",
@@ -271,7 +271,7 @@ impl StateDb {
     /// Whether the event has been planned already (routing and streams recorded).
     pub async fn is_planned(&self, event_id: &str) -> Result<bool, StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
                 [id],
@@ -284,7 +284,7 @@ impl StateDb {
     /// All checkpoints of an event.
     pub async fn checkpoints(&self, event_id: &str) -> Result<Vec<Checkpoint>, StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let mut stmt = c.prepare(
                 "SELECT sink, stream, next_seq, complete, rows FROM checkpoints WHERE event_id = ?1",
             )?;
@@ -309,7 +309,7 @@ impl StateDb {
         checkpoints: Vec<Checkpoint>,
     ) -> Result<(), StateError> {
         let id = event_id.to_owned();
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             let tx = c.transaction()?;
             for cp in &checkpoints {
                 tx.execute(
@@ -344,7 +344,7 @@ impl StateDb {
         error: Option<String>,
     ) -> Result<(), StateError> {
         let (id, sink) = (event_id.to_owned(), sink.to_owned());
-        self.call(move |c| {
+        self.call_rusqlite(move |c| {
             c.execute(
                 "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5, updated_at_ms = ?6
                  WHERE event_id = ?1 AND sink = ?2",

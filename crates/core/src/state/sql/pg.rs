@@ -1,0 +1,244 @@
+//! The PostgreSQL side of [`Db`](super::Db): connecting (and connecting again after the
+//! connection broke), the statement cache with the placeholder spelling, and what its errors
+//! mean.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Statement};
+
+use super::{Result, Value};
+
+/// Where a PostgreSQL state database is, with its credentials. Shown only as
+/// [`PgTarget::redacted`]: the URL without its password.
+#[derive(Clone)]
+pub(crate) struct PgTarget {
+    config: postgres::Config,
+    redacted: String,
+}
+
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// How long a connection attempt may take unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PgTarget {
+    /// Reads a `postgres://` URL (or a `key=value` connection string). The error never
+    /// repeats the text, which may hold a password.
+    pub(crate) fn parse(url: &str) -> std::result::Result<PgTarget, String> {
+        let mut config = postgres::Config::from_str(url)
+            .map_err(|e| format!("not a PostgreSQL connection URL ({e})"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("flatsync");
+        }
+        let redacted = redact(&config);
+        Ok(PgTarget { config, redacted })
+    }
+
+    /// `postgres://user@host:port/database`, never the password.
+    pub(crate) fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+fn redact(config: &postgres::Config) -> String {
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let db = config.get_dbname().unwrap_or("");
+    let password = if config.get_password().is_some() {
+        ":***"
+    } else {
+        ""
+    };
+    let user = if password.is_empty() {
+        user
+    } else {
+        format!("{}{password}@", user.trim_end_matches('@'))
+    };
+    format!("postgres://{user}{}/{db}", hosts.join(","))
+}
+
+/// Runs `f` where the synchronous client may block: it drives its own small runtime, which
+/// cannot run on a thread of the daemon's runtime, so from there `f` runs on a thread of its
+/// own. The blocking threads the state calls run on are fine as they are.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+pub(super) struct PgConn {
+    target: PgTarget,
+    /// Always `Some` but in `drop`, which may have to close it on another thread.
+    client: Option<Client>,
+    /// Each statement prepared once per connection, keyed by the text the state code wrote.
+    statements: HashMap<String, Statement>,
+}
+
+impl PgConn {
+    pub(super) fn connect(target: PgTarget) -> Result<PgConn> {
+        let client = off_runtime(|| target.config.connect(NoTls))?;
+        Ok(PgConn {
+            target,
+            client: Some(client),
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The client, connected again if the connection broke since the last query: a daemon
+    /// outlives a restart of its database.
+    fn client(&mut self) -> Result<&mut Client> {
+        let broken = self.client.as_ref().is_none_or(Client::is_closed);
+        if broken {
+            self.statements.clear();
+            self.client = None;
+            self.client = Some(self.target.config.connect(NoTls)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let text = placeholders(&sql.replace(
+            "NOW_MS()",
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        ));
+        let statement = self.client()?.prepare(&text)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    pub(super) fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<usize> {
+        let statement = self.statement(sql)?;
+        let params = refs(params);
+        let n = self.client()?.execute(&statement, &params)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub(super) fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<postgres::Row>> {
+        let statement = self.statement(sql)?;
+        let params = refs(params);
+        Ok(self.client()?.query(&statement, &params)?)
+    }
+
+    pub(super) fn batch_execute(&mut self, sql: &str) -> Result<()> {
+        Ok(self.client()?.batch_execute(sql)?)
+    }
+
+    pub(super) fn rollback(&mut self) {
+        if let Some(client) = self.client.as_mut().filter(|c| !c.is_closed()) {
+            // A failure here means the connection broke; the next query connects again.
+            let _ = client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing says goodbye to the server with the client's own runtime.
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+fn refs<'a>(params: &'a [Value<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+/// `?1` → `$1`, outside quoted text and identifiers.
+pub(super) fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    for c in sql.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '?' => {
+                out.push('$');
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The message of `e`: the server's own message and SQLSTATE when it answered, the
+/// client's otherwise. Neither holds the password.
+pub(super) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "PostgreSQL: {} (SQLSTATE {}){}",
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+pub(super) fn is_serialization_failure(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED)
+    )
+}
+
+pub(super) fn is_unavailable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // Class 08 (connection exception), 57P (operator intervention: shutdown, restart).
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || is_serialization_failure(e)
+                || db.code() == &SqlState::TOO_MANY_CONNECTIONS
+        }
+        // No answer from a server: refused, reset, timed out.
+        None => true,
+    }
+}
