@@ -202,7 +202,14 @@ impl RunningDaemon {
         {
             tracing::warn!(error = %e, "Metrics are not available on the admin listener");
         }
-        let state = StateDb::open(&config.daemon.state_dir)?;
+        let location = config
+            .daemon
+            .state_location()
+            .map_err(|message| StartError::Secret {
+                what: "state database",
+                message,
+            })?;
+        let state = StateDb::open_at(&location)?;
         let clients = flatfile_clients(&config)?;
         let auth = webhook_auth::WebhookAuth::from_config(&config)?;
         let auth_summary = auth.describe();
@@ -570,6 +577,10 @@ fn keep_start_settings(mut config: Config, old: &Config, summary: &mut ReloadSum
     if config.daemon.state_dir != old.daemon.state_dir {
         summary.needs_restart.push("daemon.state_dir");
     }
+    let postgres = |c: &Config| c.daemon.state_postgres.as_ref().map(|pg| pg.describe());
+    if postgres(&config) != postgres(old) {
+        summary.needs_restart.push("daemon.state_url");
+    }
     if config.daemon.max_concurrent_events != old.daemon.max_concurrent_events {
         summary.needs_restart.push("daemon.max_concurrent_events");
     }
@@ -604,6 +615,7 @@ fn keep_start_settings(mut config: Config, old: &Config, summary: &mut ReloadSum
         summary.needs_restart.push("admin");
     }
     config.daemon.state_dir = old.daemon.state_dir.clone();
+    config.daemon.state_postgres = old.daemon.state_postgres.clone();
     config.daemon.max_concurrent_events = old.daemon.max_concurrent_events;
     config.daemon.ready_file = old.daemon.ready_file.clone();
     match (&mut config.webhook, &old.webhook) {

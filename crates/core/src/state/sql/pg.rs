@@ -45,6 +45,18 @@ impl PgTarget {
         Ok(PgTarget { config, redacted })
     }
 
+    /// Whether the URL holds a password.
+    pub(crate) fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// The same target with `password`.
+    pub(crate) fn with_password(mut self, password: &[u8]) -> PgTarget {
+        self.config.password(password);
+        self.redacted = redact(&self.config);
+        self
+    }
+
     /// `postgres://user@host:port/database`, never the password.
     pub(crate) fn redacted(&self) -> &str {
         &self.redacted
