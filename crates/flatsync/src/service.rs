@@ -73,6 +73,7 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
+            () = daemon.lost_state_role() => break LOST_ROLE,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP received, reloading the config");
                 reload(&daemon, &config_path, &mut applied_text, true).await;
@@ -98,8 +99,18 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         seconds = started.elapsed().as_secs_f64(),
         "Stopped"
     );
+    if signal_name == LOST_ROLE {
+        // A failure, so that the service manager starts it again: as a standby.
+        anyhow::bail!(
+            "another daemon took over the shared state while this one was paused or cut off; \
+             stopped so that it can start again as a standby"
+        );
+    }
     Ok(())
 }
+
+/// Why the main loop ended when another daemon took over the state.
+const LOST_ROLE: &str = "lost the active role";
 
 fn stopped_while_starting(signal_name: &str) -> anyhow::Result<()> {
     tracing::info!(

@@ -219,8 +219,7 @@ fn postgres_state(
                 return Err(p.locate(
                     None,
                     Some("daemon.state_password"),
-                    "a state password without `state_url`: the SQLite state needs none"
-                        .to_owned(),
+                    "a state password without `state_url`: the SQLite state needs none".to_owned(),
                 ));
             }
             return Ok(None);
@@ -318,8 +317,10 @@ mod tests {
 
     #[test]
     fn a_postgres_state_url_is_taken_without_a_password_and_its_secrets_by_reference() {
-        let config = parse("[daemon]\nstate_url = \"postgres://flatsync@db.internal/flatsync\"\n\
-             state_password_env = \"FLATSYNC_TEST_NO_SUCH_PASSWORD\"\n")
+        let config = parse(
+            "[daemon]\nstate_url = \"postgres://flatsync@db.internal/flatsync\"\n\
+             state_password_env = \"FLATSYNC_TEST_NO_SUCH_PASSWORD\"\n",
+        )
         .expect("valid config");
         let pg = config.daemon.state_postgres.expect("postgres state");
         assert_eq!(

@@ -251,13 +251,29 @@ impl RunningDaemon {
             health: Arc::clone(&health),
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
-        let poller = poll::spawn(&slot, accepted_tx, drain_rx.clone());
-        let dispatcher = tokio::spawn(dispatch::dispatch(
-            Arc::clone(&slot),
-            accepted_rx,
-            drain_rx,
-            Arc::clone(&health),
-        ));
+        // Only the daemon holding the active role dispatches and polls; on a shared
+        // PostgreSQL state the others stand by, storing the webhooks they are sent.
+        let active = active_role(&state, &drain_rx);
+        let poller = {
+            let (slot, mut active, mut drain) =
+                (Arc::clone(&slot), active.clone(), drain_rx.clone());
+            tokio::spawn(async move {
+                if until_active(&mut active, &mut drain).await {
+                    poll::run(slot, accepted_tx, drain).await;
+                }
+            })
+        };
+        let dispatcher = {
+            let (slot, mut active, mut drain) = (Arc::clone(&slot), active, drain_rx);
+            let health = Arc::clone(&health);
+            tokio::spawn(async move {
+                if until_active(&mut active, &mut drain).await {
+                    dispatch::dispatch(slot, accepted_rx, drain, health).await
+                } else {
+                    DrainReport::default()
+                }
+            })
+        };
         let presence = presence::spawn(&state, &ready, &health);
         health.set_ready();
         RunningDaemon {
@@ -315,6 +331,13 @@ impl RunningDaemon {
     /// The state database.
     pub fn state(&self) -> &StateDb {
         &self.state
+    }
+
+    /// Resolves when another daemon took over this daemon's shared state (it was paused or cut
+    /// off past [`crate::state::STATE_LEASE`]): everything it would still write is refused,
+    /// so it should stop; started again, it stands by.
+    pub async fn lost_state_role(&self) {
+        self.state.role_lost().await;
     }
 
     /// Liveness and readiness: what a service manager's watchdog and a load balancer's
@@ -434,6 +457,42 @@ impl RunningDaemon {
             tracing::warn!(error = %e, "Cannot record in the state database that the daemon stopped");
         }
         report
+    }
+}
+
+/// Turns true once this daemon holds the active role on its state (at once on SQLite).
+fn active_role(state: &StateDb, drain: &watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (active, active_rx) = watch::channel(false);
+    let (state, mut drain) = (state.clone(), drain.clone());
+    tokio::spawn(async move {
+        if state.wait_for_role(&mut drain).await {
+            active.send_replace(true);
+        }
+    });
+    active_rx
+}
+
+/// `true` once `active` is, `false` when a drain begins first.
+async fn until_active(
+    active: &mut watch::Receiver<bool>,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if *drain.borrow() {
+            return false;
+        }
+        if *active.borrow() {
+            return true;
+        }
+        tokio::select! {
+            changed = active.changed() => {
+                // The role task ended without the role: the daemon is stopping.
+                if changed.is_err() && !*active.borrow() {
+                    return false;
+                }
+            }
+            _ = drain.changed() => {}
+        }
     }
 }
 

@@ -78,8 +78,10 @@ impl StateDb {
         body: Vec<u8>,
         received_at_ms: i64,
     ) -> Result<bool, StateError> {
-        self.call(move |db| insert_pending(db, &event_id, kind, &topic, &body, received_at_ms))
-            .await
+        self.call_intake(move |db| {
+            insert_pending(db, &event_id, kind, &topic, &body, received_at_ms)
+        })
+        .await
     }
 
     /// Ids of events that still need work, oldest first.

@@ -168,16 +168,6 @@ pub(crate) enum StateLocation {
     Postgres(PgTarget),
 }
 
-impl StateLocation {
-    /// How messages name it: the file, or the URL without its password.
-    pub(crate) fn shown(&self) -> String {
-        match self {
-            StateLocation::Dir(dir) => dir.join(StateDb::FILE_NAME).display().to_string(),
-            StateLocation::Postgres(target) => target.redacted().to_owned(),
-        }
-    }
-}
-
 /// Handle on the state database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StateDb {
@@ -185,7 +175,18 @@ pub struct StateDb {
     /// that names the state can keep taking a path.
     path: PathBuf,
     conn: Arc<Mutex<Db>>,
+    /// Webhook intake's own connection on PostgreSQL, so that a daemon waiting for the
+    /// active role (or one that lost it) still stores what it is sent; the same as `conn` on
+    /// SQLite.
+    intake: Arc<Mutex<Db>>,
+    /// Turns true when another daemon took the active role from this one.
+    role_lost: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// How long a PostgreSQL session of a daemon may stay idle before the server ends it, which
+/// frees the active role for another daemon: the longest a paused or cut-off daemon keeps the
+/// others waiting. The daemon speaks on it every [`DAEMON_TOUCH_INTERVAL`] while it runs.
+pub const STATE_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -208,7 +209,11 @@ impl StateDb {
                     at: at.clone(),
                     error,
                 };
-                let mut db = Db::postgres(target.clone()).map_err(err)?;
+                let mut db =
+                    Db::postgres_session(target.clone(), sql::Session::Work { lease: STATE_LEASE })
+                        .map_err(err)?;
+                let intake =
+                    Db::postgres_session(target.clone(), sql::Session::Intake).map_err(err)?;
                 sql::off_runtime(|| schema::migrate_postgres(&mut db)).map_err(|e| match e {
                     schema::PgSchemaError::Db(error) => err(error),
                     schema::PgSchemaError::TooNew(found) => StateError::TooNew {
@@ -220,6 +225,8 @@ impl StateDb {
                 Ok(StateDb {
                     path: PathBuf::from(at),
                     conn: Arc::new(Mutex::new(db)),
+                    intake: Arc::new(Mutex::new(intake)),
+                    role_lost: Arc::new(tokio::sync::watch::channel(false).0),
                 })
             }
         }
@@ -267,9 +274,12 @@ impl StateDb {
             });
         }
         schema::migrate(&conn, version).map_err(err)?;
+        let conn = Arc::new(Mutex::new(Db::sqlite(conn)));
         Ok(StateDb {
             path,
-            conn: Arc::new(Mutex::new(Db::sqlite(conn))),
+            intake: Arc::clone(&conn),
+            conn,
+            role_lost: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
@@ -284,19 +294,88 @@ impl StateDb {
         T: Send + 'static,
         F: FnOnce(&mut Db) -> sql::Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        self.call_on(Arc::clone(&self.conn), f).await
+    }
+
+    /// Runs `f` on webhook intake's connection (see `intake`).
+    pub(crate) async fn call_intake<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> sql::Result<T> + Send + 'static,
+    {
+        self.call_on(Arc::clone(&self.intake), f).await
+    }
+
+    async fn call_on<T, F>(&self, conn: Arc<Mutex<Db>>, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> sql::Result<T> + Send + 'static,
+    {
         let path = self.path.clone();
+        let role_lost = Arc::clone(&self.role_lost);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut guard).map_err(|error| StateError::Database {
-                at: path.display().to_string(),
-                error,
+            f(&mut guard).map_err(|error| {
+                if matches!(error, DbError::RoleLost) {
+                    role_lost.send_replace(true);
+                }
+                StateError::Database {
+                    at: path.display().to_string(),
+                    error,
+                }
             })
         })
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// Takes the active role (dispatching events and polling Flatfile) when no other daemon
+    /// on this state holds it. Always `true` for an SQLite state, which has one daemon.
+    pub async fn take_role(&self) -> Result<bool, StateError> {
+        self.call(Db::take_role).await
+    }
+
+    /// Waits until this daemon holds the active role (`true`), trying every second, or until
+    /// `stop` turns true first (`false`). A daemon that waits is a standby: it stores the
+    /// webhooks it is sent, and takes over when the active daemon stops, dies or is cut off.
+    pub async fn wait_for_role(&self, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        let mut waiting_logged = false;
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            match self.take_role().await {
+                Ok(true) => {
+                    if waiting_logged {
+                        tracing::info!(state = %self.path.display(), "Took over the active role");
+                    }
+                    return true;
+                }
+                Ok(false) if !waiting_logged => {
+                    tracing::info!(
+                        state = %self.path.display(),
+                        "Another daemon is active on this state; standing by"
+                    );
+                    waiting_logged = true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "Cannot ask for the active role"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Resolves when another daemon took the active role from this one: it must stop, since
+    /// everything it would write is refused.
+    pub async fn role_lost(&self) {
+        let mut lost = self.role_lost.subscribe();
+        // The sender lives as long as `self`.
+        let _ = lost.wait_for(|lost| *lost).await;
     }
 
     /// Runs `f` on the SQLite connection; an error on PostgreSQL. The state code that has
@@ -455,6 +534,72 @@ mod tests {
         }
         let db = StateDb::open(dir.path()).expect("migrates without a duplicate column");
         assert_eq!(stream_total(&db).await, None);
+    }
+
+    #[tokio::test]
+    async fn one_daemon_at_a_time_holds_the_active_role_of_a_postgres_state() {
+        let backend = testing::TestBackend::postgres("role");
+        let (first, second) = (backend.state(), backend.state());
+        assert!(
+            first.take_role().await.unwrap(),
+            "the first daemon takes the role"
+        );
+        assert!(first.take_role().await.unwrap(), "and keeps it");
+        assert!(!second.take_role().await.unwrap(), "the second stands by");
+        // The server ends the first daemon's session, as it does when the daemon stays idle
+        // past the lease (paused, cut off).
+        let mut admin = backend.db();
+        let ended: i64 = sql::off_runtime(|| {
+            admin.query_row(
+                "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted",
+                sql::params![],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+        assert_eq!(ended, 1, "one session held the role");
+        let mut taken = false;
+        for _ in 0..100 {
+            if second.take_role().await.unwrap() {
+                taken = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(taken, "the standby takes the freed role");
+        // The first daemon's next call finds its session gone; connecting again, it cannot
+        // take the role back, and from then on nothing it writes is accepted.
+        let mut refused = None;
+        for _ in 0..2 {
+            if let Err(e) = first.set_event_status("e", EventStatus::Done, None).await {
+                refused = Some(e);
+            }
+        }
+        let refused = refused.expect("the first daemon's writes are refused");
+        assert!(
+            refused.to_string().contains("another daemon took over"),
+            "{refused}"
+        );
+        assert!(*first.role_lost.borrow(), "the daemon is told to stop");
+        assert!(
+            matches!(
+                first.event_counts().await,
+                Err(StateError::Database {
+                    error: DbError::RoleLost,
+                    ..
+                })
+            ),
+            "and stays refused"
+        );
+        assert!(
+            second.take_role().await.unwrap(),
+            "the new active daemon keeps the role"
+        );
+        second
+            .set_event_status("e", EventStatus::Done, None)
+            .await
+            .unwrap();
     }
 
     #[test]

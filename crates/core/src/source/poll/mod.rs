@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use flatsync_flatfile::{
@@ -428,16 +427,6 @@ async fn acknowledge(
         }
     }
     Ok(acked)
-}
-
-/// Starts the poller. It runs even when no environment polls, since a reload may enable
-/// polling; idle, it only reads the current config every tick.
-pub(crate) fn spawn(
-    slot: &EngineSlot,
-    accepted: AcceptedTx,
-    drain: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(Arc::clone(slot), accepted, drain))
 }
 
 #[cfg(test)]

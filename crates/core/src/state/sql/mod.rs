@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-pub(crate) use pg::{PgTarget, off_runtime};
+pub(crate) use pg::{PgTarget, Session, off_runtime};
 pub(crate) use value::{FromColumn, ToValue, Value};
 
 /// Which engine a [`Db`] talks to.
@@ -57,6 +57,14 @@ pub enum DbError {
     /// PostgreSQL refused an operation, or the connection failed.
     #[error("{}", pg::describe(.0))]
     Postgres(#[from] postgres::Error),
+    /// Another daemon holds the active role this daemon's session held: its session ended
+    /// (the daemon was paused or cut off past the lease) and everything it would still write
+    /// is refused.
+    #[error(
+        "another daemon took over this state: this daemon's session ended (paused or cut off \
+         past the lease) and it may no longer write"
+    )]
+    RoleLost,
     /// A query that must return a row returned none.
     #[error("query returned no rows")]
     NoRows,
@@ -191,10 +199,24 @@ impl Db {
 
     /// Connects to PostgreSQL; a broken connection is replaced on the next query.
     pub(crate) fn postgres(target: PgTarget) -> Result<Db> {
+        Db::postgres_session(target, Session::Intake)
+    }
+
+    /// Connects to PostgreSQL for `session`.
+    pub(crate) fn postgres_session(target: PgTarget, session: Session) -> Result<Db> {
         Ok(Db {
-            conn: Conn::Postgres(pg::PgConn::connect(target)?),
+            conn: Conn::Postgres(pg::PgConn::connect(target, session)?),
             depth: 0,
         })
+    }
+
+    /// Takes the active role (dispatching and polling) when no other daemon holds it; `true`
+    /// while this connection holds it. An SQLite file has one daemon: always `true`.
+    pub(crate) fn take_role(&mut self) -> Result<bool> {
+        match &mut self.conn {
+            Conn::Sqlite(_) => Ok(true),
+            Conn::Postgres(c) => c.take_role(),
+        }
     }
 
     /// Which engine this is.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
-use super::{Result, Value};
+use super::{DbError, Result, Value};
 
 /// Where a PostgreSQL state database is, with its credentials. Shown only as
 /// [`PgTarget::redacted`]: the URL without its password.
@@ -112,8 +112,31 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Which of a daemon's two connections this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Session {
+    /// Webhook intake: storing an event is safe from any daemon at any time.
+    Intake,
+    /// Everything else. The server ends this session when it stays idle past `lease` (a
+    /// paused or cut-off daemon), which frees the active role it may hold for another daemon.
+    Work {
+        /// How long the session may stay idle.
+        lease: Duration,
+    },
+}
+
+/// The advisory lock of the active role: one daemon at a time dispatches and polls on one
+/// state database.
+const ROLE_LOCK: i64 = 7_310_152;
+
 pub(super) struct PgConn {
     target: PgTarget,
+    session: Session,
+    /// This session held the active role. A new session must take it again before anything
+    /// is written, and cannot when another daemon took it meanwhile.
+    role_held: bool,
+    /// The role went to another daemon: every query fails from now on.
+    role_lost: bool,
     /// Always `Some` but in `drop`, which may have to close it on another thread.
     client: Option<Client>,
     /// Each statement prepared once per connection, keyed by the text the state code wrote.
@@ -121,25 +144,49 @@ pub(super) struct PgConn {
 }
 
 impl PgConn {
-    pub(super) fn connect(target: PgTarget) -> Result<PgConn> {
-        let client = off_runtime(|| target.config.connect(NoTls))?;
+    pub(super) fn connect(target: PgTarget, session: Session) -> Result<PgConn> {
+        let client = off_runtime(|| open_session(&target, session))?;
         Ok(PgConn {
             target,
+            session,
+            role_held: false,
+            role_lost: false,
             client: Some(client),
             statements: HashMap::new(),
         })
     }
 
     /// The client, connected again if the connection broke since the last query: a daemon
-    /// outlives a restart of its database.
+    /// outlives a restart of its database. A session that held the active role takes it
+    /// again first, or fails for good with [`DbError::RoleLost`].
     fn client(&mut self) -> Result<&mut Client> {
+        if self.role_lost {
+            return Err(DbError::RoleLost);
+        }
         let broken = self.client.as_ref().is_none_or(Client::is_closed);
         if broken {
             self.statements.clear();
             self.client = None;
-            self.client = Some(self.target.config.connect(NoTls)?);
+            let mut client = open_session(&self.target, self.session)?;
+            if self.role_held && !try_lock_role(&mut client)? {
+                self.role_lost = true;
+                return Err(DbError::RoleLost);
+            }
+            self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Takes the active role if no other daemon's session holds it.
+    pub(super) fn take_role(&mut self) -> Result<bool> {
+        if self.role_held {
+            // Asking the server again proves the session (and so the role) is still there.
+            self.client()?.batch_execute("SELECT 1")?;
+            return Ok(true);
+        }
+        let taken = try_lock_role(self.client()?)?;
+        self.role_held = taken;
+        Ok(taken)
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
@@ -187,6 +234,23 @@ impl Drop for PgConn {
             off_runtime(move || drop(client));
         }
     }
+}
+
+fn open_session(target: &PgTarget, session: Session) -> Result<Client> {
+    let mut client = target.config.connect(NoTls)?;
+    if let Session::Work { lease } = session {
+        let ms = lease.as_millis();
+        client.batch_execute(&format!(
+            "SET idle_session_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
+        ))?;
+    }
+    Ok(client)
+}
+
+fn try_lock_role(client: &mut Client) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
+        .get(0))
 }
 
 fn refs<'a>(params: &'a [Value<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
