@@ -51,6 +51,9 @@ pub struct PostgresState {
     pub url: StateUrl,
     /// The password, when it is not in a secret URL.
     pub password: Option<SecretSource>,
+    /// How long the database keeps a silent daemon's session, and with it the active role
+    /// (`state_lease_secs`): the longest a paused or cut-off daemon keeps a standby waiting.
+    pub lease: Duration,
 }
 
 /// `state_url`, or the secret holding the whole URL (`state_url_env`, `_file`, `_credential`).
@@ -70,10 +73,11 @@ impl PostgresState {
             StateUrl::Inline(url) => url.clone(),
             StateUrl::Secret(source) => format!("the URL in {}", source.describe()),
         };
-        match &self.password {
+        let url = match &self.password {
             Some(source) => format!("{url} with the password in {}", source.describe()),
             None => url,
-        }
+        };
+        format!("{url}, lease {} s", self.lease.as_secs())
     }
 
     /// Reads the secrets and makes the connection settings. The error names the key or the
@@ -87,7 +91,7 @@ impl PostgresState {
         if let Some(source) = &self.password {
             target = target.with_password(read(source, "daemon.state_password")?.as_bytes());
         }
-        Ok(StateLocation::Postgres(target))
+        Ok(StateLocation::Postgres(target.with_lease(self.lease)))
     }
 }
 
@@ -120,6 +124,7 @@ pub(super) struct RawDaemon {
     state_password_env: Option<String>,
     state_password_file: Option<PathBuf>,
     state_password_credential: Option<String>,
+    state_lease_secs: Option<Spanned<u64>>,
     plugin_dir: Option<PathBuf>,
     max_concurrent_events: Option<Spanned<usize>>,
     checkpoint_interval_ms: Option<u64>,
@@ -233,6 +238,17 @@ fn postgres_state(
                 .to_owned(),
         ));
     }
+    let lease = match raw.state_lease_secs.take() {
+        None => crate::state::sql::DEFAULT_LEASE,
+        Some(secs) if *secs.get_ref() >= 3 => Duration::from_secs(*secs.get_ref()),
+        Some(secs) => {
+            return Err(p.locate(
+                Some(secs.span()),
+                Some("daemon.state_lease_secs"),
+                "must be at least 3: the daemon renews its session every third of it".to_owned(),
+            ));
+        }
+    };
     if password.is_some() && matches!(url, StateUrl::Secret(_)) {
         return Err(p.locate(
             None,
@@ -241,7 +257,11 @@ fn postgres_state(
                 .to_owned(),
         ));
     }
-    Ok(Some(PostgresState { url, password }))
+    Ok(Some(PostgresState {
+        url,
+        password,
+        lease,
+    }))
 }
 
 /// `ready_file`, resolved like `state_dir`; it must name a file, since it is replaced by a
@@ -326,7 +346,7 @@ mod tests {
         assert_eq!(
             pg.describe(),
             "postgres://flatsync@db.internal/flatsync with the password in environment \
-             variable FLATSYNC_TEST_NO_SUCH_PASSWORD"
+             variable FLATSYNC_TEST_NO_SUCH_PASSWORD, lease 15 s"
         );
         let err = pg.resolve().expect_err("the variable is not set");
         assert!(

@@ -334,7 +334,7 @@ impl RunningDaemon {
     }
 
     /// Resolves when another daemon took over this daemon's shared state (it was paused or cut
-    /// off past [`crate::state::STATE_LEASE`]): everything it would still write is refused,
+    /// off past `[daemon] state_lease_secs`): everything it would still write is refused,
     /// so it should stop; started again, it stands by.
     pub async fn lost_state_role(&self) {
         self.state.role_lost().await;
@@ -467,6 +467,7 @@ fn active_role(state: &StateDb, drain: &watch::Receiver<bool>) -> watch::Receive
     tokio::spawn(async move {
         if state.wait_for_role(&mut drain).await {
             active.send_replace(true);
+            state.keep_role(&mut drain).await;
         }
     });
     active_rx

@@ -174,6 +174,9 @@ pub struct StateDb {
     /// The SQLite file; for PostgreSQL, the URL without its password, so that every message
     /// that names the state can keep taking a path.
     path: PathBuf,
+    /// PostgreSQL: how long the server keeps a silent session of this daemon (and the active
+    /// role it holds). `None` for SQLite, which has one daemon.
+    lease: Option<std::time::Duration>,
     conn: Arc<Mutex<Db>>,
     /// Webhook intake's own connection on PostgreSQL, so that a daemon waiting for the
     /// active role (or one that lost it) still stores what it is sent; the same as `conn` on
@@ -182,11 +185,6 @@ pub struct StateDb {
     /// Turns true when another daemon took the active role from this one.
     role_lost: Arc<tokio::sync::watch::Sender<bool>>,
 }
-
-/// How long a PostgreSQL session of a daemon may stay idle before the server ends it, which
-/// frees the active role for another daemon: the longest a paused or cut-off daemon keeps the
-/// others waiting. The daemon speaks on it every [`DAEMON_TOUCH_INTERVAL`] while it runs.
-pub const STATE_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -209,9 +207,13 @@ impl StateDb {
                     at: at.clone(),
                     error,
                 };
-                let mut db =
-                    Db::postgres_session(target.clone(), sql::Session::Work { lease: STATE_LEASE })
-                        .map_err(err)?;
+                let mut db = Db::postgres_session(
+                    target.clone(),
+                    sql::Session::Work {
+                        lease: target.lease(),
+                    },
+                )
+                .map_err(err)?;
                 let intake =
                     Db::postgres_session(target.clone(), sql::Session::Intake).map_err(err)?;
                 sql::off_runtime(|| schema::migrate_postgres(&mut db)).map_err(|e| match e {
@@ -224,6 +226,7 @@ impl StateDb {
                 })?;
                 Ok(StateDb {
                     path: PathBuf::from(at),
+                    lease: Some(target.lease()),
                     conn: Arc::new(Mutex::new(db)),
                     intake: Arc::new(Mutex::new(intake)),
                     role_lost: Arc::new(tokio::sync::watch::channel(false).0),
@@ -277,6 +280,7 @@ impl StateDb {
         let conn = Arc::new(Mutex::new(Db::sqlite(conn)));
         Ok(StateDb {
             path,
+            lease: None,
             intake: Arc::clone(&conn),
             conn,
             role_lost: Arc::new(tokio::sync::watch::channel(false).0),
@@ -366,6 +370,38 @@ impl StateDb {
             tokio::select! {
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Holds the active role once taken: asks the server every third of the lease, which
+    /// keeps the session (and so the role) alive, and notices when it was lost (then
+    /// [`StateDb::role_lost`] resolves). Returns when `stop` turns true or the role is lost.
+    pub async fn keep_role(&self, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        let Some(lease) = self.lease else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(lease / 3) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() || *self.role_lost.borrow() {
+                return;
+            }
+            match self.take_role().await {
+                Ok(true) => {}
+                Ok(false)
+                | Err(StateError::Database {
+                    error: DbError::RoleLost,
+                    ..
+                }) => {
+                    self.role_lost.send_replace(true);
+                    return;
+                }
+                // The database is away (a restart): the session is gone too, and the next
+                // call takes the role again or finds it lost.
+                Err(e) => tracing::warn!(error = %e, "Cannot renew the active role"),
             }
         }
     }

@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-pub(crate) use pg::{PgTarget, Session, off_runtime};
+pub(crate) use pg::{DEFAULT_LEASE, PgTarget, Session, off_runtime};
 pub(crate) use value::{FromColumn, ToValue, Value};
 
 /// Which engine a [`Db`] talks to.

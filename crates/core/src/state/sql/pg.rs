@@ -18,6 +18,7 @@ use super::{DbError, Result, Value};
 pub(crate) struct PgTarget {
     config: postgres::Config,
     redacted: String,
+    lease: Duration,
 }
 
 impl fmt::Debug for PgTarget {
@@ -25,6 +26,9 @@ impl fmt::Debug for PgTarget {
         f.write_str(&self.redacted)
     }
 }
+
+/// `[daemon] state_lease_secs` unless set.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
 /// How long a connection attempt may take unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,10 +43,26 @@ impl PgTarget {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
-            config.application_name("flatsync");
+            // With the pid, `pg_stat_activity` tells the daemons on one database apart.
+            config.application_name(&format!("flatsync/{}", std::process::id()));
         }
         let redacted = redact(&config);
-        Ok(PgTarget { config, redacted })
+        Ok(PgTarget {
+            config,
+            redacted,
+            lease: DEFAULT_LEASE,
+        })
+    }
+
+    /// The same target with `lease`: how long the server keeps a silent daemon's session.
+    pub(crate) fn with_lease(mut self, lease: Duration) -> PgTarget {
+        self.lease = lease;
+        self
+    }
+
+    /// How long the server keeps a silent daemon's session, and with it the active role.
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Whether the URL holds a password.
