@@ -47,6 +47,7 @@ pub struct Daemon {
     env: Vec<(String, String)>,
     raw: Vec<String>,
     nofile: Option<u64>,
+    state_url: Option<String>,
 }
 
 impl Daemon {
@@ -67,7 +68,15 @@ impl Daemon {
             env: Vec::new(),
             raw: Vec::new(),
             nofile: None,
+            state_url: None,
         }
+    }
+
+    /// Keeps the state in the PostgreSQL database at `url` instead of `<dir>/state` (a URL
+    /// without a password: the test server trusts 127.0.0.1).
+    pub fn state_postgres(mut self, url: &str) -> Daemon {
+        self.state_url = Some(url.to_owned());
+        self
     }
 
     /// Sets an environment variable for the daemon (and for [`Daemon::cli`] commands).
@@ -238,11 +247,11 @@ impl Daemon {
             }
             text.push('\n');
         };
-        section(
-            &mut text,
-            "daemon",
-            &[("state_dir", toml_string(self.dir.join("state")))],
-        );
+        let state = match &self.state_url {
+            Some(url) => ("state_url", toml_string(url)),
+            None => ("state_dir", toml_string(self.dir.join("state"))),
+        };
+        section(&mut text, "daemon", &[state]);
         section(
             &mut text,
             "flatfile",

@@ -10,6 +10,8 @@
 //! - [`http`] is a tiny blocking HTTP/1.1 client for webhooks and the simulator.
 //! - [`check`] reads what the sinks wrote and compares it with what the simulator served.
 //! - [`wait`] polls with deadlines and explains what it was waiting for when it gives up.
+//! - [`postgres`] reads a PostgreSQL state directly (which daemon is active, the inbox) and
+//!   relays connections to the database through a port a test can cut.
 //! - [`gate`] holds the daemon's requests to the simulator, so a test can stop the daemon while
 //!   a page it waits for cannot arrive.
 //!
@@ -22,6 +24,7 @@ pub mod daemon;
 pub mod disk;
 pub mod gate;
 pub mod http;
+pub mod postgres;
 pub mod sim;
 pub mod wait;
 

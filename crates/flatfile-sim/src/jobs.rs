@@ -72,6 +72,8 @@ pub(crate) struct JobRecord {
     pub(crate) progress: Vec<u8>,
     pub(crate) info: Option<String>,
     pub(crate) outcome: Option<Json>,
+    /// `complete` and `fail` calls received, accepted or not: a job must be finished once.
+    pub(crate) finishes: u32,
     pub(crate) created_ms: u64,
     pub(crate) updated_ms: u64,
     pub(crate) started_ms: Option<u64>,
@@ -106,6 +108,7 @@ impl JobRecord {
             progress: Vec::new(),
             info: None,
             outcome: None,
+            finishes: 0,
             created_ms: now,
             updated_ms: now,
             started_ms: None,
@@ -162,6 +165,7 @@ impl JobRecord {
                 .and_then(|outcome| outcome.get("message"))
                 .and_then(Json::as_str)
                 .map(str::to_owned),
+            finishes: self.finishes,
         }
     }
 

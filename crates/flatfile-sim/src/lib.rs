@@ -450,6 +450,9 @@ pub struct JobState {
     pub info: Option<String>,
     /// `outcome.message` of the last `complete` or `fail`.
     pub outcome_message: Option<String>,
+    /// How many `complete` and `fail` calls the job received.
+    #[serde(default)]
+    pub finishes: u32,
 }
 
 /// Counters of a running simulator. Request counters cover every `/rest`, `/workspace` and `/v1`

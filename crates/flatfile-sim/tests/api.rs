@@ -577,6 +577,7 @@ async fn job_lifecycle_is_recorded() {
         progress: vec![0, 60],
         info: Some("Job is Complete".to_owned()),
         outcome_message: Some("Imported 3 records.".to_owned()),
+        finishes: 1,
     };
     assert_eq!(h.sim.job(&a), Some(expected.clone()));
     let via_admin: flatfile_sim::JobState = admin(&a)

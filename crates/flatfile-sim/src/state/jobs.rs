@@ -276,6 +276,9 @@ impl World {
         status: &'static str,
         details: CompleteDetails,
     ) -> Result<Json, Rejection> {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.finishes += 1;
+        }
         self.change_job(environment_id, job_id, |job, now| {
             job.status = status;
             job.updated_ms = now;
