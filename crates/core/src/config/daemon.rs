@@ -91,7 +91,9 @@ impl PostgresState {
         if let Some(source) = &self.password {
             target = target.with_password(read(source, "daemon.state_password")?.as_bytes());
         }
-        Ok(StateLocation::Postgres(target.with_lease(self.lease)))
+        Ok(StateLocation::Postgres(Box::new(
+            target.with_lease(self.lease),
+        )))
     }
 }
 

@@ -164,8 +164,8 @@ pub enum StateError {
 pub(crate) enum StateLocation {
     /// `<dir>/state.db`.
     Dir(PathBuf),
-    /// A PostgreSQL database.
-    Postgres(PgTarget),
+    /// A PostgreSQL database (boxed: its settings are much larger than a path).
+    Postgres(Box<PgTarget>),
 }
 
 /// Handle on the state database; cheap to clone.
@@ -208,14 +208,14 @@ impl StateDb {
                     error,
                 };
                 let mut db = Db::postgres_session(
-                    target.clone(),
+                    (**target).clone(),
                     sql::Session::Work {
                         lease: target.lease(),
                     },
                 )
                 .map_err(err)?;
                 let intake =
-                    Db::postgres_session(target.clone(), sql::Session::Intake).map_err(err)?;
+                    Db::postgres_session((**target).clone(), sql::Session::Intake).map_err(err)?;
                 sql::off_runtime(|| schema::migrate_postgres(&mut db)).map_err(|e| match e {
                     schema::PgSchemaError::Db(error) => err(error),
                     schema::PgSchemaError::TooNew(found) => StateError::TooNew {

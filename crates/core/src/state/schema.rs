@@ -235,6 +235,15 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
             for ddl in [SCHEMA, DAEMONS, GROUPS] {
                 tx.execute_batch(&postgres_ddl(ddl))?;
             }
+            // SQLite numbers rows in insertion order (`rowid`) and the queries that list in
+            // that order (deliveries in route order, group members as they came) say so; a
+            // PostgreSQL table gets the same column.
+            for (table, _) in TABLES {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS rowid BIGINT \
+                     GENERATED ALWAYS AS IDENTITY"
+                ))?;
+            }
             tx.execute("DELETE FROM flatsync_schema", params![])?;
             tx.execute(
                 "INSERT INTO flatsync_schema (version) VALUES (?1)",

@@ -40,7 +40,7 @@ impl TestBackend {
     pub(crate) fn location(&self) -> StateLocation {
         match self {
             TestBackend::Sqlite(dir) => StateLocation::Dir(dir.path().to_owned()),
-            TestBackend::Postgres(pg) => StateLocation::Postgres(pg.target()),
+            TestBackend::Postgres(pg) => StateLocation::Postgres(Box::new(pg.target())),
         }
     }
 

@@ -162,7 +162,8 @@ impl Row<'_> {
 
 enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(pg::PgConn),
+    /// Boxed: a PostgreSQL client is several times an SQLite handle's size.
+    Postgres(Box<pg::PgConn>),
 }
 
 /// One connection to the state database. Not shared between threads: the state handles keep
@@ -205,7 +206,7 @@ impl Db {
     /// Connects to PostgreSQL for `session`.
     pub(crate) fn postgres_session(target: PgTarget, session: Session) -> Result<Db> {
         Ok(Db {
-            conn: Conn::Postgres(pg::PgConn::connect(target, session)?),
+            conn: Conn::Postgres(Box::new(pg::PgConn::connect(target, session)?)),
             depth: 0,
         })
     }
