@@ -4,12 +4,10 @@
 //! upload's event enters the inbox in the same transaction. Which parts make an upload
 //! complete is the source's rule, handed in as a [`CompletionRule`].
 
-use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
-use rusqlite::{Connection, OptionalExtension, params};
-
-use super::inbox::CARRIED_KIND;
-use super::inbox::rusqlite_era::insert_pending;
+use super::inbox::{CARRIED_KIND, insert_pending};
+use super::sql::{self, Db, OptionalExtension, params};
 use super::{StateDb, StateError, StreamPlan, StreamSource, now_ms};
+use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
 
 /// What storing a part did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,39 +45,46 @@ pub(crate) type PartKey = (u64, u64, u64);
 pub(crate) type CompletionRule =
     fn(CarriedOrigin, &[PartHead]) -> (Option<u64>, Option<Vec<PartKey>>);
 
-/// Stores one part of the upload `key` in the transaction `c` is in; when `complete` says it
+/// Stores one part of the upload `key` in the transaction `db` is in; when `complete` says it
 /// completes the upload, also numbers the parts in delivery order and puts the upload's event
 /// (id `key`) into the inbox. A [`PartOutcome::Refused`] part has written nothing. The caller
 /// runs it in a savepoint of a group commit ([`StateDb::write_group`]), so a failure part-way
 /// is undone without undoing the group.
+///
+/// Whether the upload is complete is decided on the parts read here, in the same transaction
+/// as the insert: two daemons storing an upload's last two parts at once on PostgreSQL each
+/// read the other's insert as missing, which SERIALIZABLE refuses for one of them; its retry
+/// then sees both parts and completes the upload, once.
 pub(super) fn store_part(
-    c: &Connection,
+    db: &mut Db,
     key: &str,
     part: &CarriedPart,
     complete: CompletionRule,
-) -> rusqlite::Result<PartOutcome> {
+) -> sql::Result<PartOutcome> {
     let now = now_ms();
-    let existing = match contradiction(c, key, part)? {
+    let existing = match contradiction(db, key, part)? {
         Ok(existing) => existing,
         Err(reason) => return Ok(PartOutcome::Refused(reason)),
     };
     if !existing {
-        insert_upload(c, key, part, now)?;
+        insert_upload(db, key, part, now)?;
     }
-    if !insert_part(c, key, part, now)? {
+    if !insert_part(db, key, part, now)? {
         return Ok(PartOutcome::Duplicate);
     }
-    let completed_before: bool = c.query_row(
-        "SELECT completed_at_ms IS NOT NULL FROM carried_uploads WHERE upload = ?1",
-        [key],
+    let completed_at: Option<i64> = db.query_row(
+        "SELECT completed_at_ms FROM carried_uploads WHERE upload = ?1",
+        params![key],
         |r| r.get(0),
     )?;
-    let heads = part_heads(c, key)?;
+    let heads = part_heads(db, key)?;
     let received = heads.len() as u64;
     let (expected, order) = complete(part.origin, &heads);
     let mut completed = None;
-    if !completed_before && let Some(order) = order {
-        complete_upload(c, key, part, &heads, &order, now)?;
+    if completed_at.is_none()
+        && let Some(order) = order
+    {
+        complete_upload(db, key, part, &heads, &order, now)?;
         completed = Some(key.to_owned());
     }
     Ok(PartOutcome::Stored {
@@ -96,21 +101,21 @@ impl StateDb {
         upload: &str,
     ) -> Result<Option<StreamPlan>, StateError> {
         let key = upload.to_owned();
-        self.call_rusqlite(move |c| {
-            let head: Option<(String, String, String, String, bool)> = c
+        self.call(move |db| {
+            let head: Option<(String, String, String, String, bool)> = db
                 .query_row(
                     "SELECT origin, upload_id, kind, fields_json, deletions FROM carried_uploads
                      WHERE upload = ?1 AND completed_at_ms IS NOT NULL",
-                    [&key],
+                    params![key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
             let Some((origin, upload_id, kind, fields_json, deletions)) = head else {
                 return Ok(None);
             };
-            let parts: i64 = c.query_row(
+            let parts: u64 = db.query_row(
                 "SELECT COUNT(*) FROM carried_parts WHERE upload = ?1 AND ordinal IS NOT NULL",
-                [&key],
+                params![key],
                 |r| r.get(0),
             )?;
             let stream = match CarriedOrigin::parse(&origin) {
@@ -125,10 +130,7 @@ impl StateDb {
                 source_ref: key.clone(),
                 fields_json,
                 page_size: 1,
-                source: StreamSource::Carried {
-                    parts: parts as u64,
-                    deletions,
-                },
+                source: StreamSource::Carried { parts, deletions },
                 sinks: None,
             }))
         })
@@ -142,8 +144,8 @@ impl StateDb {
         ordinal: u64,
     ) -> Result<Option<(Vec<u8>, u64)>, StateError> {
         let key = upload.to_owned();
-        self.call_rusqlite(move |c| {
-            c.query_row(
+        self.call(move |db| {
+            db.query_row(
                 "SELECT ndjson, rows FROM carried_parts WHERE upload = ?1 AND ordinal = ?2",
                 params![key, ordinal as i64],
                 |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
@@ -156,15 +158,11 @@ impl StateDb {
 
 /// Whether the upload is known (`Ok(true)`), or why `part` contradicts the parts stored
 /// before it (`Err`): another kind, origin or deletions flag, or another Portal 2.0 count.
-fn contradiction(
-    c: &Connection,
-    key: &str,
-    part: &CarriedPart,
-) -> rusqlite::Result<Result<bool, String>> {
-    let existing: Option<(String, String, bool)> = c
+fn contradiction(db: &mut Db, key: &str, part: &CarriedPart) -> sql::Result<Result<bool, String>> {
+    let existing: Option<(String, String, bool)> = db
         .query_row(
             "SELECT kind, origin, deletions FROM carried_uploads WHERE upload = ?1",
-            [key],
+            params![key],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
@@ -180,7 +178,7 @@ fn contradiction(
         )));
     }
     if let CarriedEnd::Count(count) = part.end {
-        let other: Option<u64> = c
+        let other: Option<u64> = db
             .query_row(
                 "SELECT part_count FROM carried_parts WHERE upload = ?1 AND part_count != ?2 LIMIT 1",
                 params![key, count as i64],
@@ -197,8 +195,8 @@ fn contradiction(
     Ok(Ok(existing.is_some()))
 }
 
-fn insert_upload(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rusqlite::Result<()> {
-    c.execute(
+fn insert_upload(db: &mut Db, key: &str, part: &CarriedPart, now: i64) -> sql::Result<()> {
+    db.execute(
         "INSERT INTO carried_uploads
          (upload, origin, upload_id, sender_event_id, kind, fields_json, deletions, first_received_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -217,15 +215,15 @@ fn insert_upload(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rus
 }
 
 /// Stores the part unless it is there already; whether it was new.
-fn insert_part(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rusqlite::Result<bool> {
+fn insert_part(db: &mut Db, key: &str, part: &CarriedPart, now: i64) -> sql::Result<bool> {
     let (count, parts_of_batch, last) = match part.end {
         CarriedEnd::Count(count) => (Some(count), 0, false),
         CarriedEnd::Batch { parts, last } => (None, parts, last),
     };
-    let inserted = c.execute(
-        "INSERT OR IGNORE INTO carried_parts
+    let inserted = db.execute(
+        "INSERT INTO carried_parts
          (upload, position_major, position_minor, parts_of_batch, last, part_count, rows, ndjson, received_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
         params![
             key,
             part.position.0 as i64,
@@ -241,37 +239,37 @@ fn insert_part(c: &Connection, key: &str, part: &CarriedPart, now: i64) -> rusql
     Ok(inserted == 1)
 }
 
-fn part_heads(c: &Connection, key: &str) -> rusqlite::Result<Vec<PartHead>> {
-    let mut stmt = c.prepare(
+fn part_heads(db: &mut Db, key: &str) -> sql::Result<Vec<PartHead>> {
+    db.query_map(
         "SELECT position_major, position_minor, parts_of_batch, last, part_count, rows
          FROM carried_parts WHERE upload = ?1",
-    )?;
-    stmt.query_map([key], |r| {
-        Ok(PartHead {
-            major: r.get::<_, i64>(0)? as u64,
-            minor: r.get::<_, i64>(1)? as u64,
-            parts_of_batch: r.get::<_, i64>(2)? as u64,
-            last: r.get(3)?,
-            part_count: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
-            rows: r.get::<_, i64>(5)? as u64,
-        })
-    })?
-    .collect()
+        params![key],
+        |r| {
+            Ok(PartHead {
+                major: r.get::<_, i64>(0)? as u64,
+                minor: r.get::<_, i64>(1)? as u64,
+                parts_of_batch: r.get::<_, i64>(2)? as u64,
+                last: r.get(3)?,
+                part_count: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+                rows: r.get::<_, i64>(5)? as u64,
+            })
+        },
+    )
 }
 
 /// Numbers an upload's parts in delivery order and puts its event into the inbox, in the
 /// transaction that stored its last part.
 fn complete_upload(
-    c: &Connection,
+    db: &mut Db,
     key: &str,
     part: &CarriedPart,
     heads: &[PartHead],
     order: &[PartKey],
     now: i64,
-) -> rusqlite::Result<()> {
+) -> sql::Result<()> {
     let mut rows = 0;
     for (ordinal, &(major, minor, parts_of_batch)) in order.iter().enumerate() {
-        c.execute(
+        db.execute(
             "UPDATE carried_parts SET ordinal = ?5
              WHERE upload = ?1 AND position_major = ?2 AND position_minor = ?3 AND parts_of_batch = ?4",
             params![
@@ -299,14 +297,14 @@ fn complete_upload(
         }
     });
     insert_pending(
-        c,
+        db,
         key,
         CARRIED_KIND,
         part.origin.topic(),
         &serde_json::to_vec(&descriptor).expect("a JSON value serializes"),
         now,
     )?;
-    c.execute(
+    db.execute(
         "UPDATE carried_uploads SET completed_at_ms = ?2 WHERE upload = ?1",
         params![key, now],
     )?;

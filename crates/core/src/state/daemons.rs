@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
 use serde::Serialize;
 
 use super::report::Snapshot;
+use super::sql::params;
 use super::{StateDb, StateError};
 
 /// How often a running daemon touches its row's `last_seen_ms`.
@@ -50,8 +50,8 @@ impl StateDb {
     /// Records a daemon that just started. Its `daemon_id` is new: a row with the same id
     /// already there is an error.
     pub async fn register_daemon(&self, daemon: DaemonRecord) -> Result<(), StateError> {
-        self.call_rusqlite(move |c| {
-            c.execute(
+        self.call(move |db| {
+            db.execute(
                 "INSERT INTO daemons (daemon_id, pid, hostname, version, started_at_ms,
                      last_seen_ms, stopped_at_ms, webhook_addr, admin_addr)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -76,9 +76,9 @@ impl StateDb {
     /// was marked stopped).
     pub async fn touch_daemon(&self, daemon_id: &str, now_ms: i64) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "UPDATE daemons SET last_seen_ms = max(last_seen_ms, ?2)
+        self.call(move |db| {
+            db.execute(
+                "UPDATE daemons SET last_seen_ms = GREATEST(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
                 params![id, now_ms],
             )
@@ -94,9 +94,9 @@ impl StateDb {
         now_ms: i64,
     ) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "UPDATE daemons SET stopped_at_ms = ?2, last_seen_ms = max(last_seen_ms, ?2)
+        self.call(move |db| {
+            db.execute(
+                "UPDATE daemons SET stopped_at_ms = ?2, last_seen_ms = GREATEST(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
                 params![id, now_ms],
             )
@@ -108,10 +108,10 @@ impl StateDb {
     /// Deletes the rows of daemons that ended before `before_ms`: stopped then, or (killed)
     /// last seen then. Returns how many.
     pub async fn prune_daemons(&self, before_ms: i64) -> Result<u64, StateError> {
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "DELETE FROM daemons WHERE coalesce(stopped_at_ms, last_seen_ms) < ?1",
-                [before_ms],
+        self.call(move |db| {
+            db.execute(
+                "DELETE FROM daemons WHERE COALESCE(stopped_at_ms, last_seen_ms) < ?1",
+                params![before_ms],
             )
             .map(|n| n as u64)
         })

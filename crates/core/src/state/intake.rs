@@ -2,10 +2,10 @@
 //! one transaction so that one sync makes them all durable ([`StateDb::write_group`]).
 
 use flatsync_flatfile::CarriedPart;
-use rusqlite::TransactionBehavior;
 
 use super::carried::{CompletionRule, PartOutcome, store_part};
-use super::inbox::rusqlite_era::insert_pending;
+use super::inbox::insert_pending;
+use super::sql::{self, Db, DbError};
 use super::{StateDb, StateError};
 
 /// One write of a group commit ([`StateDb::write_group`]).
@@ -43,33 +43,35 @@ pub(crate) enum InboxOutcome {
     Part(PartOutcome),
 }
 
-/// One write inside the group's transaction. A failed event insert is one statement, which
-/// SQLite undoes by itself; a part takes several, so it runs in a savepoint that is rolled
-/// back when it fails. Either way the other writes of the group stay.
-fn write_one(
-    tx: &mut rusqlite::Transaction<'_>,
-    write: &InboxWrite,
-) -> rusqlite::Result<InboxOutcome> {
-    match write {
+/// One write inside the group's transaction, in a savepoint of its own: when it fails, what it
+/// wrote is undone and the other writes of the group stay. PostgreSQL needs the savepoint even
+/// for a single statement, since it abandons the whole transaction on any failed one.
+fn write_one(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
+    db.savepoint(|db| match write {
         InboxWrite::Event {
             event_id,
             kind,
             topic,
             body,
             received_at_ms,
-        } => insert_pending(tx, event_id, kind, topic, body, *received_at_ms)
+        } => insert_pending(db, event_id, kind, topic, body, *received_at_ms)
             .map(InboxOutcome::Event),
         InboxWrite::Part {
             key,
             part,
             complete,
-        } => {
-            let savepoint = tx.savepoint()?;
-            // Dropped on an error: rolled back to where the part began.
-            let outcome = store_part(&savepoint, key, part, *complete)?;
-            savepoint.commit()?;
-            Ok(InboxOutcome::Part(outcome))
-        }
+        } => store_part(db, key, part, *complete).map(InboxOutcome::Part),
+    })
+}
+
+/// Whether a write's failure broke the whole group's transaction, so that the group must fail
+/// rather than commit without the write: SQLite rolled the transaction back by itself (a full
+/// disk, an I/O error); on PostgreSQL the connection broke, or the write lost a serialization
+/// conflict with another daemon, which runs the whole group again ([`Db::transaction`]).
+fn breaks_the_group(db: &mut Db, error: &DbError) -> bool {
+    match db.as_sqlite() {
+        Some(conn) => conn.is_autocommit(),
+        None => error.is_unavailable(),
     }
 }
 
@@ -80,30 +82,30 @@ impl StateDb {
     /// write whose result is `Ok` is durable, one whose result is an error left nothing behind
     /// (the others were kept). `Err` means the group did not commit and none of it is stored:
     /// the write lock was not had within the busy timeout, the commit failed, or a write's
-    /// failure made SQLite abandon the whole transaction (a full disk, an I/O error).
+    /// failure broke the whole transaction (SQLite: a full disk, an I/O error; PostgreSQL: a
+    /// lost connection, or a serialization conflict still lost after the retries).
     pub(crate) async fn write_group(
         &self,
         writes: Vec<InboxWrite>,
     ) -> Result<Vec<Result<InboxOutcome, StateError>>, StateError> {
-        let path = self.path.clone();
-        self.call_rusqlite(move |c| {
-            // IMMEDIATE: a database another process holds locked fails the group at once,
-            // after one busy timeout, not each write after its own.
-            let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for write in &writes {
-                match write_one(&mut tx, write) {
-                    Ok(outcome) => outcomes.push(Ok(outcome)),
-                    // SQLite rolled the whole transaction back: nothing of the group stays.
-                    Err(error) if tx.is_autocommit() => return Err(error),
-                    Err(error) => outcomes.push(Err(StateError::Sqlite {
-                        path: path.clone(),
-                        error,
-                    })),
+        let at = self.path.display().to_string();
+        // SQLite's BEGIN IMMEDIATE: a database another process holds locked fails the group at
+        // once, after one busy timeout, not each write after its own.
+        self.call(move |db| {
+            db.transaction(|db| {
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    match write_one(db, write) {
+                        Ok(outcome) => outcomes.push(Ok(outcome)),
+                        Err(error) if breaks_the_group(db, &error) => return Err(error),
+                        Err(error) => outcomes.push(Err(StateError::Database {
+                            at: at.clone(),
+                            error,
+                        })),
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(outcomes)
+                Ok(outcomes)
+            })
         })
         .await
     }
