@@ -111,9 +111,75 @@ impl StateDb {
     }
 }
 
+/// Faults a test puts into either backend to see what a transaction does with them; on SQLite
+/// they are the inbox's own ([`StateDb::refuse_event_for_tests`],
+/// [`StateDb::fail_commits_for_tests`]).
+#[cfg(test)]
+pub(super) mod faults {
+    use crate::state::StateDb;
+    use crate::state::testing::TestBackend;
+
+    /// What the error of a commit broken by [`fail_commits`] says, on `backend`.
+    pub(in crate::state) fn failed_commit_says(backend: &TestBackend) -> &'static str {
+        match backend {
+            TestBackend::Sqlite(_) => "FOREIGN KEY",
+            TestBackend::Postgres(_) => "commit refused by the test",
+        }
+    }
+
+    /// Inserting the event `event_id` into the inbox fails, alone, with "refused by the test".
+    pub(in crate::state) async fn refuse_event(
+        backend: &TestBackend,
+        db: &StateDb,
+        event_id: &str,
+    ) {
+        match backend {
+            TestBackend::Sqlite(_) => db.refuse_event_for_tests(event_id).await,
+            TestBackend::Postgres(_) => {
+                let sql = format!(
+                    "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN
+                         IF NEW.event_id = '{event_id}' THEN
+                             RAISE EXCEPTION 'refused by the test';
+                         END IF;
+                         RETURN NEW;
+                     END $$;
+                     CREATE TRIGGER refuse_event BEFORE INSERT ON inbox
+                     FOR EACH ROW EXECUTE FUNCTION refuse_event();"
+                );
+                db.call(move |d| d.execute_batch(&sql))
+                    .await
+                    .expect("install the refusing trigger");
+            }
+        }
+    }
+
+    /// Every later commit that added an event to the inbox fails, as a commit on a full disk
+    /// would: on PostgreSQL a deferred constraint trigger, which only the commit runs.
+    pub(in crate::state) async fn fail_commits(backend: &TestBackend, db: &StateDb) {
+        match backend {
+            TestBackend::Sqlite(_) => db.fail_commits_for_tests().await,
+            TestBackend::Postgres(_) => db
+                .call(|d| {
+                    d.execute_batch(
+                        "CREATE FUNCTION break_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                         BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$;
+                         CREATE CONSTRAINT TRIGGER break_commit AFTER INSERT ON inbox
+                         DEFERRABLE INITIALLY DEFERRED
+                         FOR EACH ROW EXECUTE FUNCTION break_commit();",
+                    )
+                })
+                .await
+                .expect("install the failing commit"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::faults::{fail_commits, failed_commit_says, refuse_event};
     use super::*;
+    use crate::state::testing::TestBackend;
 
     fn event(event_id: &str) -> InboxWrite {
         InboxWrite::Event {
@@ -131,59 +197,71 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_stores_each_event_once_and_answers_repeats_as_known() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.insert_event("e0".into(), "platform", "t".into(), b"{}".to_vec(), 0)
-            .await
-            .expect("stored before");
-        let group = db
-            .write_group(vec![event("e0"), event("e1"), event("e1"), event("e2")])
-            .await
-            .expect("committed");
-        assert_eq!(
-            outcomes(group),
-            [false, true, false, true].map(|new| Some(InboxOutcome::Event(new)))
-        );
-        assert_eq!(db.pending_events().await.unwrap(), ["e0", "e1", "e2"]);
-        assert_eq!(db.event("e0").await.unwrap().expect("kept").body, b"{}");
+        for backend in TestBackend::both("group_repeats") {
+            let db = backend.state();
+            db.insert_event("e0".into(), "platform", "t".into(), b"{}".to_vec(), 0)
+                .await
+                .expect("stored before");
+            let group = db
+                .write_group(vec![event("e0"), event("e1"), event("e1"), event("e2")])
+                .await
+                .expect("committed");
+            assert_eq!(
+                outcomes(group),
+                [false, true, false, true].map(|new| Some(InboxOutcome::Event(new))),
+                "{backend:?}"
+            );
+            assert_eq!(db.pending_events().await.unwrap(), ["e0", "e1", "e2"]);
+            assert_eq!(db.event("e0").await.unwrap().expect("kept").body, b"{}");
+        }
     }
 
     #[tokio::test]
     async fn one_refused_write_leaves_the_rest_of_its_group_committed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.refuse_event_for_tests("bad").await;
-        let group = db
-            .write_group(vec![event("e1"), event("bad"), event("e2")])
-            .await
-            .expect("committed");
-        let refused = group[1].as_ref().expect_err("refused");
-        assert!(
-            refused.to_string().contains("refused by the test"),
-            "{refused}"
-        );
-        assert_eq!(
-            outcomes(group),
-            [
-                Some(InboxOutcome::Event(true)),
-                None,
-                Some(InboxOutcome::Event(true))
-            ]
-        );
-        assert_eq!(db.pending_events().await.unwrap(), ["e1", "e2"]);
+        for backend in TestBackend::both("group_refused") {
+            let db = backend.state();
+            refuse_event(&backend, &db, "bad").await;
+            let group = db
+                .write_group(vec![event("e1"), event("bad"), event("e2")])
+                .await
+                .expect("committed");
+            let refused = group[1].as_ref().expect_err("refused");
+            assert!(
+                refused.to_string().contains("refused by the test"),
+                "{backend:?}: {refused}"
+            );
+            assert_eq!(
+                outcomes(group),
+                [
+                    Some(InboxOutcome::Event(true)),
+                    None,
+                    Some(InboxOutcome::Event(true))
+                ],
+                "{backend:?}"
+            );
+            assert_eq!(
+                db.pending_events().await.unwrap(),
+                ["e1", "e2"],
+                "{backend:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_failed_commit_stores_nothing_of_its_group() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.fail_commits_for_tests().await;
-        let failed = db
-            .write_group(vec![event("e1"), event("e2")])
-            .await
-            .expect_err("the commit fails");
-        assert!(failed.to_string().contains("FOREIGN KEY"), "{failed}");
-        assert!(db.pending_events().await.unwrap().is_empty());
-        assert!(db.event("e1").await.unwrap().is_none());
+        for backend in TestBackend::both("group_failed_commit") {
+            let db = backend.state();
+            fail_commits(&backend, &db).await;
+            let failed = db
+                .write_group(vec![event("e1"), event("e2")])
+                .await
+                .expect_err("the commit fails");
+            assert!(
+                failed.to_string().contains(failed_commit_says(&backend)),
+                "{backend:?}: {failed}"
+            );
+            assert!(db.pending_events().await.unwrap().is_empty(), "{backend:?}");
+            assert!(db.event("e1").await.unwrap().is_none(), "{backend:?}");
+        }
     }
 }
