@@ -310,3 +310,222 @@ fn complete_upload(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
+
+    use super::PartOutcome;
+    use crate::source::webhook::carried::part_write;
+    use crate::state::testing::TestBackend;
+    use crate::state::{InboxOutcome, StateDb, StreamSource};
+
+    fn portal2(upload: &str, index: u64, count: u64) -> CarriedPart {
+        CarriedPart {
+            origin: CarriedOrigin::Portal2Upload,
+            upload: upload.to_owned(),
+            event_id: None,
+            position: (index, 0),
+            end: CarriedEnd::Count(count),
+            kind: flatsync_flatfile::LEGACY_BATCH_KIND.to_owned(),
+            fields: Vec::new(),
+            deletions: false,
+            ndjson: format!("{{\"id\":\"r{index}\",\"valid\":true,\"values\":{{}}}}\n")
+                .into_bytes(),
+            rows: index,
+        }
+    }
+
+    /// Stores `parts` in one group; each part's outcome.
+    async fn store(db: &StateDb, parts: Vec<CarriedPart>) -> Vec<PartOutcome> {
+        let group = db
+            .write_group(parts.into_iter().map(part_write).collect())
+            .await
+            .expect("committed");
+        group
+            .into_iter()
+            .map(|outcome| match outcome.expect("stored") {
+                InboxOutcome::Part(outcome) => outcome,
+                other => panic!("a part answered {other:?}"),
+            })
+            .collect()
+    }
+
+    fn stored(received: u64, expected: u64, completed: Option<&str>) -> PartOutcome {
+        PartOutcome::Stored {
+            received,
+            expected: Some(expected),
+            completed: completed.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_completes_once_in_the_group_of_its_last_part() {
+        for backend in TestBackend::both("carried_complete") {
+            let db = backend.state();
+            assert_eq!(
+                store(&db, vec![portal2("b1", 3, 3), portal2("b1", 3, 3)]).await,
+                [stored(1, 3, None), PartOutcome::Duplicate],
+                "{backend:?}"
+            );
+            let refused = store(&db, vec![portal2("b1", 2, 4)]).await;
+            assert!(
+                matches!(&refused[..], [PartOutcome::Refused(reason)] if reason.contains("sequence.count 4")),
+                "{backend:?}: {refused:?}"
+            );
+            assert!(
+                db.pending_events().await.unwrap().is_empty(),
+                "{backend:?}: not before every part is in"
+            );
+            // The last part reads the one stored before it in the same group.
+            assert_eq!(
+                store(&db, vec![portal2("b1", 1, 3), portal2("b1", 2, 3)]).await,
+                [stored(2, 3, None), stored(3, 3, Some("upload-b1"))],
+                "{backend:?}"
+            );
+            assert_eq!(
+                store(&db, vec![portal2("b1", 2, 3)]).await,
+                [PartOutcome::Duplicate],
+                "{backend:?}: a retry after the completion changes nothing"
+            );
+            assert_eq!(db.pending_events().await.unwrap(), ["upload-b1"]);
+            let event = db
+                .event("upload-b1")
+                .await
+                .unwrap()
+                .expect("the upload's event");
+            let descriptor: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+            assert_eq!(
+                (
+                    &descriptor["upload"]["parts"],
+                    &descriptor["upload"]["rows"]
+                ),
+                (&serde_json::json!(3), &serde_json::json!(6)),
+                "{backend:?}: {descriptor}"
+            );
+            let plan = db
+                .carried_plan("upload-b1")
+                .await
+                .unwrap()
+                .expect("planned");
+            assert_eq!(
+                (plan.stream.as_str(), plan.source),
+                (
+                    "upload-b1",
+                    StreamSource::Carried {
+                        parts: 3,
+                        deletions: false
+                    }
+                ),
+                "{backend:?}"
+            );
+            for (ordinal, index) in [(0, 1), (1, 2), (2, 3)] {
+                let (ndjson, rows) = db
+                    .carried_rows("upload-b1", ordinal)
+                    .await
+                    .unwrap()
+                    .expect("a numbered part");
+                assert!(
+                    String::from_utf8(ndjson)
+                        .unwrap()
+                        .contains(&format!("r{index}")),
+                    "{backend:?}: ordinal {ordinal} delivers part {index}"
+                );
+                assert_eq!(rows, index, "{backend:?}");
+            }
+            assert!(db.carried_rows("upload-b1", 3).await.unwrap().is_none());
+            assert!(db.carried_plan("upload-b2").await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_upload_keeps_its_deletions_flag_and_stream_name() {
+        for backend in TestBackend::both("carried_deletions") {
+            let db = backend.state();
+            let part = CarriedPart {
+                origin: CarriedOrigin::FlatsyncForward,
+                upload: "contacts-e1".to_owned(),
+                event_id: Some("e1".to_owned()),
+                position: (0, 0),
+                end: CarriedEnd::Batch {
+                    parts: 1,
+                    last: true,
+                },
+                kind: "contacts".to_owned(),
+                fields: vec!["email".to_owned()],
+                deletions: true,
+                ndjson: b"{\"id\":\"r\",\"valid\":true,\"values\":{}}\n".to_vec(),
+                rows: 1,
+            };
+            let mut not_deletions = part.clone();
+            not_deletions.position = (1, 0);
+            not_deletions.deletions = false;
+            let outcomes = store(&db, vec![part, not_deletions]).await;
+            assert!(
+                matches!(
+                    &outcomes[..],
+                    [
+                        PartOutcome::Stored {
+                            completed: Some(_),
+                            ..
+                        },
+                        PartOutcome::Refused(_)
+                    ]
+                ),
+                "{backend:?}: {outcomes:?}"
+            );
+            let plan = db
+                .carried_plan("forwarded-contacts-e1")
+                .await
+                .unwrap()
+                .expect("planned");
+            assert_eq!(
+                (plan.stream.as_str(), plan.kind.as_str(), plan.source),
+                (
+                    "contacts-e1",
+                    "contacts",
+                    StreamSource::Carried {
+                        parts: 1,
+                        deletions: true
+                    }
+                ),
+                "{backend:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn two_handles_storing_the_last_two_parts_at_once_complete_the_upload_once() {
+        for backend in TestBackend::both("carried_race") {
+            let (first, second) = (backend.state(), backend.state());
+            for n in 0..12 {
+                let upload = format!("race{n}");
+                store(&first, vec![portal2(&upload, 1, 3)]).await;
+                let (a, b) = tokio::join!(
+                    store(&first, vec![portal2(&upload, 2, 3)]),
+                    store(&second, vec![portal2(&upload, 3, 3)]),
+                );
+                let completed: Vec<_> = a
+                    .iter()
+                    .chain(&b)
+                    .filter_map(|outcome| match outcome {
+                        PartOutcome::Stored { completed, .. } => completed.clone(),
+                        other => panic!("{backend:?}: {other:?}"),
+                    })
+                    .collect();
+                let key = format!("upload-{upload}");
+                assert_eq!(completed, [key.clone()], "{backend:?}: {a:?} {b:?}");
+                let plan = first.carried_plan(&key).await.unwrap().expect("planned");
+                assert_eq!(
+                    plan.source,
+                    StreamSource::Carried {
+                        parts: 3,
+                        deletions: false
+                    },
+                    "{backend:?}"
+                );
+            }
+            assert_eq!(first.pending_events().await.unwrap().len(), 12);
+        }
+    }
+}
