@@ -129,3 +129,139 @@ impl StateDb {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PolledEvent;
+    use crate::state::intake::faults::refuse_event;
+    use crate::state::testing::TestBackend;
+    use crate::state::{EventStatus, StateDb};
+
+    fn polled(event_id: &str) -> PolledEvent {
+        PolledEvent {
+            event_id: event_id.to_owned(),
+            topic: "job:ready".to_owned(),
+            body: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
+        }
+    }
+
+    fn ids(fresh: Vec<(String, String)>) -> Vec<String> {
+        fresh.into_iter().map(|(id, _)| id).collect()
+    }
+
+    #[tokio::test]
+    async fn polled_events_are_stored_once_and_the_cursor_never_moves_back() {
+        for backend in TestBackend::both("poll_cursor") {
+            let db = backend.state();
+            db.insert_event("hooked".into(), "platform", "t".into(), b"{}".to_vec(), 1)
+                .await
+                .unwrap();
+            let fresh = db
+                .insert_polled("env", vec![polled("p1"), polled("hooked")], Some(500))
+                .await
+                .unwrap();
+            assert_eq!(
+                fresh,
+                [("p1".to_owned(), "job:ready".to_owned())],
+                "{backend:?}: an event the webhook stored is not new"
+            );
+            assert_eq!(
+                db.event("hooked").await.unwrap().expect("kept").body,
+                b"{}",
+                "{backend:?}"
+            );
+            let again = db
+                .insert_polled("env", vec![polled("p1"), polled("p2")], Some(300))
+                .await
+                .unwrap();
+            assert_eq!(ids(again), ["p2"], "{backend:?}");
+            assert_eq!(
+                db.poll_cursor("env").await.unwrap(),
+                Some(500),
+                "{backend:?}: the cursor never moves back"
+            );
+            db.insert_polled("env", Vec::new(), Some(900))
+                .await
+                .unwrap();
+            assert_eq!(db.poll_cursor("env").await.unwrap(), Some(900));
+            db.insert_polled("env", vec![polled("p3")], None)
+                .await
+                .unwrap();
+            assert_eq!(db.poll_cursor("env").await.unwrap(), Some(900));
+            assert_eq!(db.poll_cursor("other").await.unwrap(), None);
+            assert_eq!(
+                db.event("p3").await.unwrap().expect("stored").status,
+                EventStatus::Pending
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_wait_until_one_succeeds_oldest_first() {
+        for backend in TestBackend::both("poll_acks") {
+            let db = backend.state();
+            db.insert_polled("env", vec![polled("a"), polled("b")], None)
+                .await
+                .unwrap();
+            // A later poll, so a later receipt time on every backend.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            db.insert_polled("env", vec![polled("0-later")], None)
+                .await
+                .unwrap();
+            db.insert_polled("env-2", vec![polled("elsewhere")], None)
+                .await
+                .unwrap();
+            let unacked = |db: &StateDb, limit| {
+                let db = db.clone();
+                async move { db.unacked_events("env", limit).await.unwrap() }
+            };
+            assert_eq!(
+                unacked(&db, 2).await,
+                ["a", "b"],
+                "{backend:?}: the event polled last waits"
+            );
+            db.set_acked("a", Err("503 from Flatfile".into()))
+                .await
+                .unwrap();
+            db.set_acked("b", Ok(())).await.unwrap();
+            assert_eq!(
+                unacked(&db, usize::MAX).await,
+                ["a", "0-later"],
+                "{backend:?}: a failed acknowledgement is tried again"
+            );
+            db.set_acked("a", Ok(())).await.unwrap();
+            assert_eq!(unacked(&db, usize::MAX).await, ["0-later"], "{backend:?}");
+            assert_eq!(db.unacked_events("env-2", 10).await.unwrap(), ["elsewhere"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poll_that_cannot_store_an_event_moves_nothing() {
+        for backend in TestBackend::both("poll_atomic") {
+            let db = backend.state();
+            db.insert_polled("env", vec![polled("p0")], Some(100))
+                .await
+                .unwrap();
+            refuse_event(&backend, &db, "bad").await;
+            let failed = db
+                .insert_polled("env", vec![polled("p1"), polled("bad")], Some(200))
+                .await
+                .expect_err("refused");
+            assert!(
+                failed.to_string().contains("refused by the test"),
+                "{backend:?}: {failed}"
+            );
+            assert_eq!(
+                db.poll_cursor("env").await.unwrap(),
+                Some(100),
+                "{backend:?}"
+            );
+            assert!(db.event("p1").await.unwrap().is_none(), "{backend:?}");
+            assert_eq!(
+                db.unacked_events("env", 10).await.unwrap(),
+                ["p0"],
+                "{backend:?}: no acknowledgement of an event not stored"
+            );
+        }
+    }
+}
