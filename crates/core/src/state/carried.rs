@@ -514,7 +514,7 @@ mod tests {
                     })
                     .collect();
                 let key = format!("upload-{upload}");
-                assert_eq!(completed, [key.clone()], "{backend:?}: {a:?} {b:?}");
+                assert_eq!(completed, [key.as_str()], "{backend:?}: {a:?} {b:?}");
                 let plan = first.carried_plan(&key).await.unwrap().expect("planned");
                 assert_eq!(
                     plan.source,
