@@ -111,73 +111,63 @@ impl StateDb {
     }
 }
 
-/// Faults a test puts into either backend to see what a transaction does with them; on SQLite
-/// they are the inbox's own ([`StateDb::refuse_event_for_tests`],
-/// [`StateDb::fail_commits_for_tests`]).
+/// The inbox's faults ([`StateDb::refuse_event_for_tests`], [`StateDb::fail_commits_for_tests`],
+/// SQLite triggers) on either backend, for the tests of what a transaction does with them:
+/// PostgreSQL gets triggers of its own that fail alike.
 #[cfg(test)]
-pub(super) mod faults {
-    use crate::state::StateDb;
-    use crate::state::testing::TestBackend;
-
-    /// What the error of a commit broken by [`fail_commits`] says, on `backend`.
-    pub(in crate::state) fn failed_commit_says(backend: &TestBackend) -> &'static str {
-        match backend {
-            TestBackend::Sqlite(_) => "FOREIGN KEY",
-            TestBackend::Postgres(_) => "commit refused by the test",
-        }
-    }
-
+impl StateDb {
     /// Inserting the event `event_id` into the inbox fails, alone, with "refused by the test".
-    pub(in crate::state) async fn refuse_event(
-        backend: &TestBackend,
-        db: &StateDb,
-        event_id: &str,
-    ) {
-        match backend {
-            TestBackend::Sqlite(_) => db.refuse_event_for_tests(event_id).await,
-            TestBackend::Postgres(_) => {
-                let sql = format!(
-                    "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN
-                         IF NEW.event_id = '{event_id}' THEN
-                             RAISE EXCEPTION 'refused by the test';
-                         END IF;
-                         RETURN NEW;
-                     END $$;
-                     CREATE TRIGGER refuse_event BEFORE INSERT ON inbox
-                     FOR EACH ROW EXECUTE FUNCTION refuse_event();"
-                );
-                db.call(move |d| d.execute_batch(&sql))
-                    .await
-                    .expect("install the refusing trigger");
-            }
+    pub(crate) async fn refuse_event_on_any_backend_for_tests(&self, event_id: &str) {
+        if self.is_sqlite_for_tests().await {
+            return self.refuse_event_for_tests(event_id).await;
         }
+        let sql = format!(
+            "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.event_id = '{event_id}' THEN
+                     RAISE EXCEPTION 'refused by the test';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_event BEFORE INSERT ON inbox
+             FOR EACH ROW EXECUTE FUNCTION refuse_event();"
+        );
+        self.call(move |db| db.execute_batch(&sql))
+            .await
+            .expect("install the refusing trigger");
     }
 
     /// Every later commit that added an event to the inbox fails, as a commit on a full disk
-    /// would: on PostgreSQL a deferred constraint trigger, which only the commit runs.
-    pub(in crate::state) async fn fail_commits(backend: &TestBackend, db: &StateDb) {
-        match backend {
-            TestBackend::Sqlite(_) => db.fail_commits_for_tests().await,
-            TestBackend::Postgres(_) => db
-                .call(|d| {
-                    d.execute_batch(
-                        "CREATE FUNCTION break_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-                         BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$;
-                         CREATE CONSTRAINT TRIGGER break_commit AFTER INSERT ON inbox
-                         DEFERRABLE INITIALLY DEFERRED
-                         FOR EACH ROW EXECUTE FUNCTION break_commit();",
-                    )
-                })
-                .await
-                .expect("install the failing commit"),
+    /// would: each insert leaves a deferred foreign key violation, which only the commit checks
+    /// (the error says "foreign key", in either case).
+    pub(crate) async fn fail_commits_on_any_backend_for_tests(&self) {
+        if self.is_sqlite_for_tests().await {
+            return self.fail_commits_for_tests().await;
         }
+        self.call(|db| {
+            db.execute_batch(
+                "CREATE TABLE commit_guard (id BIGINT PRIMARY KEY);
+                 CREATE TABLE commit_breaker (
+                     guard BIGINT REFERENCES commit_guard (id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE FUNCTION break_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO commit_breaker (guard) VALUES (1); RETURN NULL; END $$;
+                 CREATE TRIGGER break_commit AFTER INSERT ON inbox
+                 FOR EACH ROW EXECUTE FUNCTION break_commit();",
+            )
+        })
+        .await
+        .expect("install the failing commit");
+    }
+
+    async fn is_sqlite_for_tests(&self) -> bool {
+        self.call(|db| Ok(db.backend() == sql::Backend::Sqlite))
+            .await
+            .expect("the backend")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::faults::{fail_commits, failed_commit_says, refuse_event};
     use super::*;
     use crate::state::testing::TestBackend;
 
@@ -220,7 +210,7 @@ mod tests {
     async fn one_refused_write_leaves_the_rest_of_its_group_committed() {
         for backend in TestBackend::both("group_refused") {
             let db = backend.state();
-            refuse_event(&backend, &db, "bad").await;
+            db.refuse_event_on_any_backend_for_tests("bad").await;
             let group = db
                 .write_group(vec![event("e1"), event("bad"), event("e2")])
                 .await
@@ -251,13 +241,13 @@ mod tests {
     async fn a_failed_commit_stores_nothing_of_its_group() {
         for backend in TestBackend::both("group_failed_commit") {
             let db = backend.state();
-            fail_commits(&backend, &db).await;
+            db.fail_commits_on_any_backend_for_tests().await;
             let failed = db
                 .write_group(vec![event("e1"), event("e2")])
                 .await
                 .expect_err("the commit fails");
             assert!(
-                failed.to_string().contains(failed_commit_says(&backend)),
+                failed.to_string().to_lowercase().contains("foreign key"),
                 "{backend:?}: {failed}"
             );
             assert!(db.pending_events().await.unwrap().is_empty(), "{backend:?}");

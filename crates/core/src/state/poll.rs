@@ -133,7 +133,6 @@ impl StateDb {
 #[cfg(test)]
 mod tests {
     use super::PolledEvent;
-    use crate::state::intake::faults::refuse_event;
     use crate::state::testing::TestBackend;
     use crate::state::{EventStatus, StateDb};
 
@@ -242,7 +241,7 @@ mod tests {
             db.insert_polled("env", vec![polled("p0")], Some(100))
                 .await
                 .unwrap();
-            refuse_event(&backend, &db, "bad").await;
+            db.refuse_event_on_any_backend_for_tests("bad").await;
             let failed = db
                 .insert_polled("env", vec![polled("p1"), polled("bad")], Some(200))
                 .await
