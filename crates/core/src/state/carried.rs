@@ -494,38 +494,51 @@ mod tests {
         }
     }
 
+    /// Stores the last two parts of a `count`-part upload at once, through two handles (two
+    /// daemons); every part before them first. Checks the upload completed once.
+    async fn race(backend: &TestBackend, handles: [&StateDb; 2], upload: &str, count: u64) {
+        for index in 1..count - 1 {
+            store(handles[0], vec![portal2(upload, index, count)]).await;
+        }
+        let (a, b) = tokio::join!(
+            store(handles[0], vec![portal2(upload, count - 1, count)]),
+            store(handles[1], vec![portal2(upload, count, count)]),
+        );
+        let completed: Vec<_> = a
+            .iter()
+            .chain(&b)
+            .filter_map(|outcome| match outcome {
+                PartOutcome::Stored { completed, .. } => completed.clone(),
+                other => panic!("{backend:?}: {other:?}"),
+            })
+            .collect();
+        let key = format!("upload-{upload}");
+        assert_eq!(completed, [key.as_str()], "{backend:?}: {a:?} {b:?}");
+        let plan = handles[1]
+            .carried_plan(&key)
+            .await
+            .unwrap()
+            .expect("planned");
+        assert_eq!(
+            plan.source,
+            StreamSource::Carried {
+                parts: count,
+                deletions: false
+            },
+            "{backend:?}"
+        );
+    }
+
     #[tokio::test]
     async fn two_handles_storing_the_last_two_parts_at_once_complete_the_upload_once() {
         for backend in TestBackend::both("carried_race") {
             let (first, second) = (backend.state(), backend.state());
             for n in 0..12 {
-                let upload = format!("race{n}");
-                store(&first, vec![portal2(&upload, 1, 3)]).await;
-                let (a, b) = tokio::join!(
-                    store(&first, vec![portal2(&upload, 2, 3)]),
-                    store(&second, vec![portal2(&upload, 3, 3)]),
-                );
-                let completed: Vec<_> = a
-                    .iter()
-                    .chain(&b)
-                    .filter_map(|outcome| match outcome {
-                        PartOutcome::Stored { completed, .. } => completed.clone(),
-                        other => panic!("{backend:?}: {other:?}"),
-                    })
-                    .collect();
-                let key = format!("upload-{upload}");
-                assert_eq!(completed, [key.as_str()], "{backend:?}: {a:?} {b:?}");
-                let plan = first.carried_plan(&key).await.unwrap().expect("planned");
-                assert_eq!(
-                    plan.source,
-                    StreamSource::Carried {
-                        parts: 3,
-                        deletions: false
-                    },
-                    "{backend:?}"
-                );
+                race(&backend, [&first, &second], &format!("race{n}"), 3).await;
+                // Both parts are the upload's first: they race on its row too.
+                race(&backend, [&second, &first], &format!("new{n}"), 2).await;
             }
-            assert_eq!(first.pending_events().await.unwrap().len(), 12);
+            assert_eq!(first.pending_events().await.unwrap().len(), 24);
         }
     }
 }
