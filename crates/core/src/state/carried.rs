@@ -315,10 +315,41 @@ fn complete_upload(
 mod tests {
     use flatsync_flatfile::{CarriedEnd, CarriedOrigin, CarriedPart};
 
-    use super::PartOutcome;
-    use crate::source::webhook::carried::part_write;
+    use super::{PartHead, PartKey, PartOutcome};
     use crate::state::testing::TestBackend;
-    use crate::state::{InboxOutcome, StateDb, StreamSource};
+    use crate::state::{InboxOutcome, InboxWrite, StateDb, StreamSource};
+
+    /// A completion rule as simple as the sources' own: the parts at positions 1 to the count
+    /// a part gave (or the position of the one marked last), in position order.
+    fn in_position_order(
+        _: CarriedOrigin,
+        heads: &[PartHead],
+    ) -> (Option<u64>, Option<Vec<PartKey>>) {
+        let Some(count) = heads
+            .iter()
+            .filter_map(|h| h.part_count.or(h.last.then_some(h.major)))
+            .max()
+        else {
+            return (None, None);
+        };
+        let order = (1..=count)
+            .map(|i| {
+                heads
+                    .iter()
+                    .find(|h| h.major == i)
+                    .map(|h| (h.major, h.minor, h.parts_of_batch))
+            })
+            .collect();
+        (Some(count), order)
+    }
+
+    fn part_write(part: CarriedPart) -> InboxWrite {
+        InboxWrite::Part {
+            key: format!("upload-{}", part.upload),
+            part,
+            complete: in_position_order,
+        }
+    }
 
     fn portal2(upload: &str, index: u64, count: u64) -> CarriedPart {
         CarriedPart {
@@ -446,7 +477,7 @@ mod tests {
                 origin: CarriedOrigin::FlatsyncForward,
                 upload: "contacts-e1".to_owned(),
                 event_id: Some("e1".to_owned()),
-                position: (0, 0),
+                position: (1, 0),
                 end: CarriedEnd::Batch {
                     parts: 1,
                     last: true,
@@ -458,7 +489,7 @@ mod tests {
                 rows: 1,
             };
             let mut not_deletions = part.clone();
-            not_deletions.position = (1, 0);
+            not_deletions.position = (2, 0);
             not_deletions.deletions = false;
             let outcomes = store(&db, vec![part, not_deletions]).await;
             assert!(
@@ -475,7 +506,7 @@ mod tests {
                 "{backend:?}: {outcomes:?}"
             );
             let plan = db
-                .carried_plan("forwarded-contacts-e1")
+                .carried_plan("upload-contacts-e1")
                 .await
                 .unwrap()
                 .expect("planned");
