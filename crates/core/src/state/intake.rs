@@ -89,8 +89,8 @@ impl StateDb {
         writes: Vec<InboxWrite>,
     ) -> Result<Vec<Result<InboxOutcome, StateError>>, StateError> {
         let at = self.path.display().to_string();
-        // SQLite's BEGIN IMMEDIATE: a database another process holds locked fails the group at
-        // once, after one busy timeout, not each write after its own.
+        // One transaction, on SQLite begun IMMEDIATE: a database another process holds locked
+        // fails the group at once, after one busy timeout, not each write after its own.
         self.call(move |db| {
             db.transaction(|db| {
                 let mut outcomes = Vec::with_capacity(writes.len());
