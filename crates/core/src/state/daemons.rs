@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
 use serde::Serialize;
 
 use super::report::Snapshot;
+use super::sql::params;
 use super::{StateDb, StateError};
 
 /// How often a running daemon touches its row's `last_seen_ms`.
@@ -50,8 +50,8 @@ impl StateDb {
     /// Records a daemon that just started. Its `daemon_id` is new: a row with the same id
     /// already there is an error.
     pub async fn register_daemon(&self, daemon: DaemonRecord) -> Result<(), StateError> {
-        self.call_rusqlite(move |c| {
-            c.execute(
+        self.call(move |db| {
+            db.execute(
                 "INSERT INTO daemons (daemon_id, pid, hostname, version, started_at_ms,
                      last_seen_ms, stopped_at_ms, webhook_addr, admin_addr)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -76,9 +76,9 @@ impl StateDb {
     /// was marked stopped).
     pub async fn touch_daemon(&self, daemon_id: &str, now_ms: i64) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "UPDATE daemons SET last_seen_ms = max(last_seen_ms, ?2)
+        self.call(move |db| {
+            db.execute(
+                "UPDATE daemons SET last_seen_ms = GREATEST(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
                 params![id, now_ms],
             )
@@ -94,9 +94,9 @@ impl StateDb {
         now_ms: i64,
     ) -> Result<(), StateError> {
         let id = daemon_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "UPDATE daemons SET stopped_at_ms = ?2, last_seen_ms = max(last_seen_ms, ?2)
+        self.call(move |db| {
+            db.execute(
+                "UPDATE daemons SET stopped_at_ms = ?2, last_seen_ms = GREATEST(last_seen_ms, ?2)
                  WHERE daemon_id = ?1 AND stopped_at_ms IS NULL",
                 params![id, now_ms],
             )
@@ -108,10 +108,10 @@ impl StateDb {
     /// Deletes the rows of daemons that ended before `before_ms`: stopped then, or (killed)
     /// last seen then. Returns how many.
     pub async fn prune_daemons(&self, before_ms: i64) -> Result<u64, StateError> {
-        self.call_rusqlite(move |c| {
-            c.execute(
-                "DELETE FROM daemons WHERE coalesce(stopped_at_ms, last_seen_ms) < ?1",
-                [before_ms],
+        self.call(move |db| {
+            db.execute(
+                "DELETE FROM daemons WHERE COALESCE(stopped_at_ms, last_seen_ms) < ?1",
+                params![before_ms],
             )
             .map(|n| n as u64)
         })
@@ -119,14 +119,17 @@ impl StateDb {
     }
 }
 
+/// The daemons seen last, most recent first, `?1` of them (see [`Snapshot::daemons`]).
+const DAEMONS_SEEN_LAST: &str = "SELECT daemon_id, pid, hostname, version, started_at_ms,
+        last_seen_ms, stopped_at_ms, webhook_addr, admin_addr
+    FROM daemons ORDER BY last_seen_ms DESC, started_at_ms DESC LIMIT ?1";
+
 impl Snapshot<'_> {
     /// The `limit` daemons seen last, most recent first: running daemons (seen every few
     /// seconds) come before the ones that ended.
     pub fn daemons(&self, limit: usize) -> Result<Vec<DaemonRecord>, StateError> {
         self.tx.rows(
-            "SELECT daemon_id, pid, hostname, version, started_at_ms, last_seen_ms,
-                    stopped_at_ms, webhook_addr, admin_addr
-             FROM daemons ORDER BY last_seen_ms DESC, started_at_ms DESC LIMIT ?1",
+            DAEMONS_SEEN_LAST,
             [i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
                 Ok(DaemonRecord {
@@ -150,8 +153,10 @@ mod tests {
     use rusqlite::Connection;
 
     use super::super::schema::{SCHEMA_VERSION, VERSION_4_SCHEMA, has_table};
+    use super::super::sql::{self, params};
+    use super::super::testing::TestBackend;
     use super::super::{OperatorDb, StateDb};
-    use super::DaemonRecord;
+    use super::{DAEMONS_SEEN_LAST, DaemonRecord};
 
     fn daemon(id: &str, started_at_ms: i64) -> DaemonRecord {
         DaemonRecord {
@@ -172,76 +177,114 @@ mod tests {
         operator.read(|s| s.daemons(10)).expect("read daemons")
     }
 
+    fn record(r: &sql::Row<'_>) -> sql::Result<DaemonRecord> {
+        Ok(DaemonRecord {
+            daemon_id: r.get(0)?,
+            pid: r.get(1)?,
+            hostname: r.get(2)?,
+            version: r.get(3)?,
+            started_at_ms: r.get(4)?,
+            last_seen_ms: r.get(5)?,
+            stopped_at_ms: r.get(6)?,
+            webhook_addr: r.get(7)?,
+            admin_addr: r.get(8)?,
+        })
+    }
+
+    /// The `limit` daemons seen last, as `flatsync status` lists them: through the operator's
+    /// snapshot on SQLite, through the same query on the daemon's handle on PostgreSQL (the
+    /// operator handle opens only a state directory yet).
+    async fn seen_last(backend: &TestBackend, db: &StateDb, limit: usize) -> Vec<DaemonRecord> {
+        match backend {
+            TestBackend::Sqlite(dir) => {
+                let operator = OperatorDb::open_read_only(dir.path()).expect("operator handle");
+                operator.read(|s| s.daemons(limit)).expect("read daemons")
+            }
+            TestBackend::Postgres(_) => {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                db.call(move |d| d.query_map(DAEMONS_SEEN_LAST, params![limit], record))
+                    .await
+                    .expect("read daemons")
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_daemon_is_registered_touched_and_marked_stopped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.register_daemon(daemon("a", 1_000))
-            .await
-            .expect("register");
-        db.touch_daemon("a", 6_000).await.expect("touch");
-        db.touch_daemon("a", 5_000).await.expect("late touch");
-        let mut expected = daemon("a", 1_000);
-        expected.last_seen_ms = 6_000;
-        assert_eq!(
-            listed(dir.path()),
-            [expected.clone()],
-            "last seen never moves back"
-        );
+        for backend in TestBackend::both("daemons_touch") {
+            let db = backend.state();
+            db.register_daemon(daemon("a", 1_000))
+                .await
+                .expect("register");
+            db.touch_daemon("a", 6_000).await.expect("touch");
+            db.touch_daemon("a", 5_000).await.expect("late touch");
+            let mut expected = daemon("a", 1_000);
+            expected.last_seen_ms = 6_000;
+            assert_eq!(
+                seen_last(&backend, &db, 10).await,
+                [expected.clone()],
+                "{backend:?}: last seen never moves back"
+            );
 
-        db.mark_daemon_stopped("a", 9_000).await.expect("stop");
-        db.touch_daemon("a", 12_000)
-            .await
-            .expect("touch after the stop");
-        expected.stopped_at_ms = Some(9_000);
-        expected.last_seen_ms = 9_000;
-        assert_eq!(
-            listed(dir.path()),
-            [expected],
-            "a stopped daemon is seen last at its stop, whatever touches arrive late"
-        );
-        assert!(
-            db.register_daemon(daemon("a", 20_000)).await.is_err(),
-            "a daemon id names one start"
-        );
+            db.mark_daemon_stopped("a", 9_000).await.expect("stop");
+            db.touch_daemon("a", 12_000)
+                .await
+                .expect("touch after the stop");
+            expected.stopped_at_ms = Some(9_000);
+            expected.last_seen_ms = 9_000;
+            assert_eq!(
+                seen_last(&backend, &db, 10).await,
+                [expected],
+                "{backend:?}: a stopped daemon is seen last at its stop, whatever touches \
+                 arrive late"
+            );
+            assert!(
+                db.register_daemon(daemon("a", 20_000)).await.is_err(),
+                "{backend:?}: a daemon id names one start"
+            );
+        }
     }
 
     #[tokio::test]
     async fn daemons_are_listed_seen_last_first_and_pruned_once_ended_long_ago() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        for (id, at) in [
-            ("old-stopped", 1_000),
-            ("old-killed", 2_000),
-            ("recent", 3_000),
-        ] {
-            db.register_daemon(daemon(id, at)).await.expect("register");
-        }
-        db.mark_daemon_stopped("old-stopped", 1_500)
-            .await
-            .expect("stop");
-        db.touch_daemon("recent", 50_000).await.expect("touch");
-        let ids = |list: Vec<DaemonRecord>| -> Vec<String> {
-            list.into_iter().map(|d| d.daemon_id).collect()
-        };
-        assert_eq!(
-            ids(listed(dir.path())),
-            ["recent", "old-killed", "old-stopped"]
-        );
-        let operator = OperatorDb::open_read_only(dir.path()).expect("operator handle");
-        let first = operator.read(|s| s.daemons(1)).expect("read daemons");
-        assert_eq!(ids(first), ["recent"], "the limit keeps the ones seen last");
+        for backend in TestBackend::both("daemons_prune") {
+            let db = backend.state();
+            for (id, at) in [
+                ("old-stopped", 1_000),
+                ("old-killed", 2_000),
+                ("recent", 3_000),
+            ] {
+                db.register_daemon(daemon(id, at)).await.expect("register");
+            }
+            db.mark_daemon_stopped("old-stopped", 1_500)
+                .await
+                .expect("stop");
+            db.touch_daemon("recent", 50_000).await.expect("touch");
+            let ids = |list: Vec<DaemonRecord>| -> Vec<String> {
+                list.into_iter().map(|d| d.daemon_id).collect()
+            };
+            assert_eq!(
+                ids(seen_last(&backend, &db, 10).await),
+                ["recent", "old-killed", "old-stopped"],
+                "{backend:?}"
+            );
+            assert_eq!(
+                ids(seen_last(&backend, &db, 1).await),
+                ["recent"],
+                "{backend:?}: the limit keeps the ones seen last"
+            );
 
-        let pruned = db.prune_daemons(10_000).await.expect("prune");
-        assert_eq!(
-            pruned, 2,
-            "the stopped and the killed daemon both ended before 10 s"
-        );
-        assert_eq!(
-            ids(listed(dir.path())),
-            ["recent"],
-            "a daemon seen since is kept"
-        );
+            let pruned = db.prune_daemons(10_000).await.expect("prune");
+            assert_eq!(
+                pruned, 2,
+                "{backend:?}: the stopped and the killed daemon both ended before 10 s"
+            );
+            assert_eq!(
+                ids(seen_last(&backend, &db, 10).await),
+                ["recent"],
+                "{backend:?}: a daemon seen since is kept"
+            );
+        }
     }
 
     #[tokio::test]

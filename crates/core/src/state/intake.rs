@@ -2,10 +2,10 @@
 //! one transaction so that one sync makes them all durable ([`StateDb::write_group`]).
 
 use flatsync_flatfile::CarriedPart;
-use rusqlite::TransactionBehavior;
 
 use super::carried::{CompletionRule, PartOutcome, store_part};
-use super::inbox::rusqlite_era::insert_pending;
+use super::inbox::insert_pending;
+use super::sql::{self, Db, DbError};
 use super::{StateDb, StateError};
 
 /// One write of a group commit ([`StateDb::write_group`]).
@@ -43,33 +43,35 @@ pub(crate) enum InboxOutcome {
     Part(PartOutcome),
 }
 
-/// One write inside the group's transaction. A failed event insert is one statement, which
-/// SQLite undoes by itself; a part takes several, so it runs in a savepoint that is rolled
-/// back when it fails. Either way the other writes of the group stay.
-fn write_one(
-    tx: &mut rusqlite::Transaction<'_>,
-    write: &InboxWrite,
-) -> rusqlite::Result<InboxOutcome> {
-    match write {
+/// One write inside the group's transaction, in a savepoint of its own: when it fails, what it
+/// wrote is undone and the other writes of the group stay. PostgreSQL needs the savepoint even
+/// for a single statement, since it abandons the whole transaction on any failed one.
+fn write_one(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
+    db.savepoint(|db| match write {
         InboxWrite::Event {
             event_id,
             kind,
             topic,
             body,
             received_at_ms,
-        } => insert_pending(tx, event_id, kind, topic, body, *received_at_ms)
+        } => insert_pending(db, event_id, kind, topic, body, *received_at_ms)
             .map(InboxOutcome::Event),
         InboxWrite::Part {
             key,
             part,
             complete,
-        } => {
-            let savepoint = tx.savepoint()?;
-            // Dropped on an error: rolled back to where the part began.
-            let outcome = store_part(&savepoint, key, part, *complete)?;
-            savepoint.commit()?;
-            Ok(InboxOutcome::Part(outcome))
-        }
+        } => store_part(db, key, part, *complete).map(InboxOutcome::Part),
+    })
+}
+
+/// Whether a write's failure broke the whole group's transaction, so that the group must fail
+/// rather than commit without the write: SQLite rolled the transaction back by itself (a full
+/// disk, an I/O error); on PostgreSQL the connection broke, or the write lost a serialization
+/// conflict with another daemon, which runs the whole group again ([`Db::transaction`]).
+fn breaks_the_group(db: &mut Db, error: &DbError) -> bool {
+    match db.as_sqlite() {
+        Some(conn) => conn.is_autocommit(),
+        None => error.is_unavailable(),
     }
 }
 
@@ -80,38 +82,94 @@ impl StateDb {
     /// write whose result is `Ok` is durable, one whose result is an error left nothing behind
     /// (the others were kept). `Err` means the group did not commit and none of it is stored:
     /// the write lock was not had within the busy timeout, the commit failed, or a write's
-    /// failure made SQLite abandon the whole transaction (a full disk, an I/O error).
+    /// failure broke the whole transaction (SQLite: a full disk, an I/O error; PostgreSQL: a
+    /// lost connection, or a serialization conflict still lost after the retries).
     pub(crate) async fn write_group(
         &self,
         writes: Vec<InboxWrite>,
     ) -> Result<Vec<Result<InboxOutcome, StateError>>, StateError> {
-        let path = self.path.clone();
-        self.call_rusqlite(move |c| {
-            // IMMEDIATE: a database another process holds locked fails the group at once,
-            // after one busy timeout, not each write after its own.
-            let mut tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for write in &writes {
-                match write_one(&mut tx, write) {
-                    Ok(outcome) => outcomes.push(Ok(outcome)),
-                    // SQLite rolled the whole transaction back: nothing of the group stays.
-                    Err(error) if tx.is_autocommit() => return Err(error),
-                    Err(error) => outcomes.push(Err(StateError::Sqlite {
-                        path: path.clone(),
-                        error,
-                    })),
+        let at = self.path.display().to_string();
+        // One transaction, on SQLite begun IMMEDIATE: a database another process holds locked
+        // fails the group at once, after one busy timeout, not each write after its own.
+        self.call(move |db| {
+            db.transaction(|db| {
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    match write_one(db, write) {
+                        Ok(outcome) => outcomes.push(Ok(outcome)),
+                        Err(error) if breaks_the_group(db, &error) => return Err(error),
+                        Err(error) => outcomes.push(Err(StateError::Database {
+                            at: at.clone(),
+                            error,
+                        })),
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(outcomes)
+                Ok(outcomes)
+            })
         })
         .await
+    }
+}
+
+/// The inbox's faults ([`StateDb::refuse_event_for_tests`], [`StateDb::fail_commits_for_tests`],
+/// SQLite triggers) on either backend, for the tests of what a transaction does with them:
+/// PostgreSQL gets triggers of its own that fail alike.
+#[cfg(test)]
+impl StateDb {
+    /// Inserting the event `event_id` into the inbox fails, alone, with "refused by the test".
+    pub(crate) async fn refuse_event_on_any_backend_for_tests(&self, event_id: &str) {
+        if self.is_sqlite_for_tests().await {
+            return self.refuse_event_for_tests(event_id).await;
+        }
+        let sql = format!(
+            "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.event_id = '{event_id}' THEN
+                     RAISE EXCEPTION 'refused by the test';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_event BEFORE INSERT ON inbox
+             FOR EACH ROW EXECUTE FUNCTION refuse_event();"
+        );
+        self.call(move |db| db.execute_batch(&sql))
+            .await
+            .expect("install the refusing trigger");
+    }
+
+    /// Every later commit that added an event to the inbox fails, as a commit on a full disk
+    /// would: each insert leaves a deferred foreign key violation, which only the commit checks
+    /// (the error says "foreign key", in either case).
+    pub(crate) async fn fail_commits_on_any_backend_for_tests(&self) {
+        if self.is_sqlite_for_tests().await {
+            return self.fail_commits_for_tests().await;
+        }
+        self.call(|db| {
+            db.execute_batch(
+                "CREATE TABLE commit_guard (id BIGINT PRIMARY KEY);
+                 CREATE TABLE commit_breaker (
+                     guard BIGINT REFERENCES commit_guard (id) DEFERRABLE INITIALLY DEFERRED);
+                 CREATE FUNCTION break_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO commit_breaker (guard) VALUES (1); RETURN NULL; END $$;
+                 CREATE TRIGGER break_commit AFTER INSERT ON inbox
+                 FOR EACH ROW EXECUTE FUNCTION break_commit();",
+            )
+        })
+        .await
+        .expect("install the failing commit");
+    }
+
+    async fn is_sqlite_for_tests(&self) -> bool {
+        self.call(|db| Ok(db.backend() == sql::Backend::Sqlite))
+            .await
+            .expect("the backend")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::testing::TestBackend;
 
     fn event(event_id: &str) -> InboxWrite {
         InboxWrite::Event {
@@ -129,59 +187,71 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_stores_each_event_once_and_answers_repeats_as_known() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.insert_event("e0".into(), "platform", "t".into(), b"{}".to_vec(), 0)
-            .await
-            .expect("stored before");
-        let group = db
-            .write_group(vec![event("e0"), event("e1"), event("e1"), event("e2")])
-            .await
-            .expect("committed");
-        assert_eq!(
-            outcomes(group),
-            [false, true, false, true].map(|new| Some(InboxOutcome::Event(new)))
-        );
-        assert_eq!(db.pending_events().await.unwrap(), ["e0", "e1", "e2"]);
-        assert_eq!(db.event("e0").await.unwrap().expect("kept").body, b"{}");
+        for backend in TestBackend::both("group_repeats") {
+            let db = backend.state();
+            db.insert_event("e0".into(), "platform", "t".into(), b"{}".to_vec(), 0)
+                .await
+                .expect("stored before");
+            let group = db
+                .write_group(vec![event("e0"), event("e1"), event("e1"), event("e2")])
+                .await
+                .expect("committed");
+            assert_eq!(
+                outcomes(group),
+                [false, true, false, true].map(|new| Some(InboxOutcome::Event(new))),
+                "{backend:?}"
+            );
+            assert_eq!(db.pending_events().await.unwrap(), ["e0", "e1", "e2"]);
+            assert_eq!(db.event("e0").await.unwrap().expect("kept").body, b"{}");
+        }
     }
 
     #[tokio::test]
     async fn one_refused_write_leaves_the_rest_of_its_group_committed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.refuse_event_for_tests("bad").await;
-        let group = db
-            .write_group(vec![event("e1"), event("bad"), event("e2")])
-            .await
-            .expect("committed");
-        let refused = group[1].as_ref().expect_err("refused");
-        assert!(
-            refused.to_string().contains("refused by the test"),
-            "{refused}"
-        );
-        assert_eq!(
-            outcomes(group),
-            [
-                Some(InboxOutcome::Event(true)),
-                None,
-                Some(InboxOutcome::Event(true))
-            ]
-        );
-        assert_eq!(db.pending_events().await.unwrap(), ["e1", "e2"]);
+        for backend in TestBackend::both("group_refused") {
+            let db = backend.state();
+            db.refuse_event_on_any_backend_for_tests("bad").await;
+            let group = db
+                .write_group(vec![event("e1"), event("bad"), event("e2")])
+                .await
+                .expect("committed");
+            let refused = group[1].as_ref().expect_err("refused");
+            assert!(
+                refused.to_string().contains("refused by the test"),
+                "{backend:?}: {refused}"
+            );
+            assert_eq!(
+                outcomes(group),
+                [
+                    Some(InboxOutcome::Event(true)),
+                    None,
+                    Some(InboxOutcome::Event(true))
+                ],
+                "{backend:?}"
+            );
+            assert_eq!(
+                db.pending_events().await.unwrap(),
+                ["e1", "e2"],
+                "{backend:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_failed_commit_stores_nothing_of_its_group() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
-        db.fail_commits_for_tests().await;
-        let failed = db
-            .write_group(vec![event("e1"), event("e2")])
-            .await
-            .expect_err("the commit fails");
-        assert!(failed.to_string().contains("FOREIGN KEY"), "{failed}");
-        assert!(db.pending_events().await.unwrap().is_empty());
-        assert!(db.event("e1").await.unwrap().is_none());
+        for backend in TestBackend::both("group_failed_commit") {
+            let db = backend.state();
+            db.fail_commits_on_any_backend_for_tests().await;
+            let failed = db
+                .write_group(vec![event("e1"), event("e2")])
+                .await
+                .expect_err("the commit fails");
+            assert!(
+                failed.to_string().to_lowercase().contains("foreign key"),
+                "{backend:?}: {failed}"
+            );
+            assert!(db.pending_events().await.unwrap().is_empty(), "{backend:?}");
+            assert!(db.event("e1").await.unwrap().is_none(), "{backend:?}");
+        }
     }
 }

@@ -240,19 +240,20 @@ mod tests {
     use crate::health::Health;
     use crate::source::webhook::auth::WebhookAuth;
     use crate::source::webhook::{WebhookState, receive};
+    use crate::state::testing::TestBackend;
 
     struct Intake {
-        _dir: tempfile::TempDir,
+        backend: TestBackend,
         db: StateDb,
         state: Arc<WebhookState>,
         committer: Option<Committer>,
         hints: mpsc::Receiver<String>,
     }
 
-    /// A webhook endpoint without credentials whose committer waits for [`Intake::start`].
-    fn intake() -> Intake {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = StateDb::open(dir.path()).expect("open");
+    /// A webhook endpoint without credentials on `backend`'s state, whose committer waits for
+    /// [`Intake::start`].
+    fn intake(backend: TestBackend) -> Intake {
+        let db = backend.state();
         let config = crate::Config::parse("[webhook]\n", std::path::Path::new("/c.toml"))
             .expect("valid config");
         let auth = WebhookAuth::from_config(&config).expect("no credentials");
@@ -267,7 +268,7 @@ mod tests {
             inbox,
         });
         Intake {
-            _dir: dir,
+            backend,
             db,
             state,
             committer: Some(committer),
@@ -326,186 +327,219 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_webhooks_are_each_stored_once_in_shared_commits() {
-        const POSTS: usize = 200;
-        const SENDERS: usize = 32;
-        let mut intake = intake();
-        let mut senders = JoinSet::new();
-        for sender in 0..SENDERS {
-            let posts: Vec<_> = (sender..POSTS)
-                .step_by(SENDERS)
-                .map(|n| (n, intake.post(&format!("us_evt_{n}"))))
-                .collect();
-            senders.spawn(async move {
-                let mut replies = Vec::new();
-                for (n, post) in posts {
-                    replies.push((n, post.await));
-                }
-                replies
-            });
+        for backend in TestBackend::both("webhook_concurrent_webhooks_are") {
+            const POSTS: usize = 200;
+            const SENDERS: usize = 32;
+            let mut intake = intake(backend);
+            let mut senders = JoinSet::new();
+            for sender in 0..SENDERS {
+                let posts: Vec<_> = (sender..POSTS)
+                    .step_by(SENDERS)
+                    .map(|n| (n, intake.post(&format!("us_evt_{n}"))))
+                    .collect();
+                senders.spawn(async move {
+                    let mut replies = Vec::new();
+                    for (n, post) in posts {
+                        replies.push((n, post.await));
+                    }
+                    replies
+                });
+            }
+            // Every sender's first post waits in the queue before anything is committed.
+            intake.queued(SENDERS).await;
+            assert_eq!(intake.commits(), 0);
+            intake.start();
+            let mut answered = Vec::new();
+            while let Some(replies) = senders.join_next().await {
+                answered.extend(replies.expect("sender"));
+            }
+            answered.sort_by_key(|(n, _)| *n);
+            assert_eq!(answered.len(), POSTS);
+            for (n, (status, _, body)) in &answered {
+                assert_eq!(*status, StatusCode::OK, "{body}");
+                assert_eq!(body["status"], "accepted", "{body}");
+                assert_eq!(body["eventId"], format!("us_evt_{n}"), "{body}");
+            }
+            let mut pending = intake.db.pending_events().await.expect("read");
+            pending.sort();
+            let mut expected: Vec<_> = (0..POSTS).map(|n| format!("us_evt_{n}")).collect();
+            expected.sort();
+            assert_eq!(
+                pending, expected,
+                "{:?}: each event in the inbox exactly once",
+                intake.backend
+            );
+            // The first 32 went in one transaction, so at most one commit per later post.
+            let commits = intake.commits();
+            assert!(
+                commits <= (POSTS - SENDERS + 1) as u64,
+                "{commits} commits for {POSTS} posts"
+            );
+            println!("{POSTS} posts from {SENDERS} senders took {commits} commits");
         }
-        // Every sender's first post waits in the queue before anything is committed.
-        intake.queued(SENDERS).await;
-        assert_eq!(intake.commits(), 0);
-        intake.start();
-        let mut answered = Vec::new();
-        while let Some(replies) = senders.join_next().await {
-            answered.extend(replies.expect("sender"));
-        }
-        answered.sort_by_key(|(n, _)| *n);
-        assert_eq!(answered.len(), POSTS);
-        for (n, (status, _, body)) in &answered {
-            assert_eq!(*status, StatusCode::OK, "{body}");
-            assert_eq!(body["status"], "accepted", "{body}");
-            assert_eq!(body["eventId"], format!("us_evt_{n}"), "{body}");
-        }
-        let mut pending = intake.db.pending_events().await.expect("read");
-        pending.sort();
-        let mut expected: Vec<_> = (0..POSTS).map(|n| format!("us_evt_{n}")).collect();
-        expected.sort();
-        assert_eq!(pending, expected, "each event in the inbox exactly once");
-        // The first 32 went in one transaction, so at most one commit per later post.
-        let commits = intake.commits();
-        assert!(
-            commits <= (POSTS - SENDERS + 1) as u64,
-            "{commits} commits for {POSTS} posts"
-        );
-        println!("{POSTS} posts from {SENDERS} senders took {commits} commits");
     }
 
     #[tokio::test]
     async fn posts_waiting_together_take_one_commit() {
-        let mut intake = intake();
-        let posts: Vec<_> = (0..200)
-            .map(|n| tokio::spawn(intake.post(&format!("us_evt_{n}"))))
-            .collect();
-        intake.queued(200).await;
-        intake.start();
-        for post in posts {
-            let (status, _, body) = post.await.expect("post");
+        for backend in TestBackend::both("webhook_posts_waiting_together") {
+            let mut intake = intake(backend);
+            let posts: Vec<_> = (0..200)
+                .map(|n| tokio::spawn(intake.post(&format!("us_evt_{n}"))))
+                .collect();
+            intake.queued(200).await;
+            intake.start();
+            for post in posts {
+                let (status, _, body) = post.await.expect("post");
+                assert_eq!(
+                    (status, body["status"].as_str()),
+                    (StatusCode::OK, Some("accepted"))
+                );
+            }
+            assert_eq!(intake.commits(), 1, "{:?}", intake.backend);
             assert_eq!(
-                (status, body["status"].as_str()),
-                (StatusCode::OK, Some("accepted"))
+                intake.db.pending_events().await.expect("read").len(),
+                200,
+                "{:?}",
+                intake.backend
             );
         }
-        assert_eq!(intake.commits(), 1);
-        assert_eq!(intake.db.pending_events().await.expect("read").len(), 200);
     }
 
     #[tokio::test]
     async fn a_repeat_inside_one_group_is_answered_as_a_duplicate() {
-        let mut intake = intake();
-        let mut posts = Vec::new();
-        for (n, event_id) in ["us_evt_a", "us_evt_a", "us_evt_b"].into_iter().enumerate() {
-            posts.push(tokio::spawn(intake.post(event_id)));
-            // Queued in this order, so the first of the two is the one stored.
-            intake.queued(n + 1).await;
+        for backend in TestBackend::both("webhook_a_repeat_inside") {
+            let mut intake = intake(backend);
+            let mut posts = Vec::new();
+            for (n, event_id) in ["us_evt_a", "us_evt_a", "us_evt_b"].into_iter().enumerate() {
+                posts.push(tokio::spawn(intake.post(event_id)));
+                // Queued in this order, so the first of the two is the one stored.
+                intake.queued(n + 1).await;
+            }
+            intake.start();
+            let mut replies = Vec::new();
+            for post in posts {
+                let (status, _, body) = post.await.expect("post");
+                assert_eq!(status, StatusCode::OK, "{body}");
+                replies.push((body["eventId"].clone(), body["status"].clone()));
+            }
+            assert_eq!(
+                replies,
+                [
+                    ("us_evt_a", "accepted"),
+                    ("us_evt_a", "duplicate"),
+                    ("us_evt_b", "accepted")
+                ]
+                .map(|(id, status)| (id.into(), status.into()))
+            );
+            assert_eq!(intake.commits(), 1, "{:?}", intake.backend);
+            assert_eq!(
+                intake.db.pending_events().await.expect("read"),
+                ["us_evt_a", "us_evt_b"]
+            );
         }
-        intake.start();
-        let mut replies = Vec::new();
-        for post in posts {
-            let (status, _, body) = post.await.expect("post");
-            assert_eq!(status, StatusCode::OK, "{body}");
-            replies.push((body["eventId"].clone(), body["status"].clone()));
-        }
-        assert_eq!(
-            replies,
-            [
-                ("us_evt_a", "accepted"),
-                ("us_evt_a", "duplicate"),
-                ("us_evt_b", "accepted")
-            ]
-            .map(|(id, status)| (id.into(), status.into()))
-        );
-        assert_eq!(intake.commits(), 1);
-        assert_eq!(
-            intake.db.pending_events().await.expect("read"),
-            ["us_evt_a", "us_evt_b"]
-        );
     }
 
     #[tokio::test]
     async fn a_failed_commit_answers_every_waiter_503_and_stores_none_of_them() {
-        let mut intake = intake();
-        intake.db.fail_commits_for_tests().await;
-        let posts: Vec<_> = (0..5)
-            .map(|n| tokio::spawn(intake.post(&format!("us_evt_{n}"))))
-            .collect();
-        intake.queued(5).await;
-        intake.start();
-        for post in posts {
-            let (status, retry_after, body) = post.await.expect("post");
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-            assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s > 0)));
-            assert_eq!(body["error"], "could not store the event; retry later");
-        }
-        assert_eq!(intake.commits(), 1);
-        for n in 0..5 {
-            let id = format!("us_evt_{n}");
-            assert!(intake.db.event(&id).await.expect("read").is_none(), "{id}");
+        for backend in TestBackend::both("webhook_a_failed_commit") {
+            let mut intake = intake(backend);
+            intake.db.fail_commits_on_any_backend_for_tests().await;
+            let posts: Vec<_> = (0..5)
+                .map(|n| tokio::spawn(intake.post(&format!("us_evt_{n}"))))
+                .collect();
+            intake.queued(5).await;
+            intake.start();
+            for post in posts {
+                let (status, retry_after, body) = post.await.expect("post");
+                assert_eq!(
+                    status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{:?}: {body}",
+                    intake.backend
+                );
+                assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s > 0)));
+                assert_eq!(body["error"], "could not store the event; retry later");
+            }
+            assert_eq!(intake.commits(), 1, "{:?}", intake.backend);
+            for n in 0..5 {
+                let id = format!("us_evt_{n}");
+                assert!(intake.db.event(&id).await.expect("read").is_none(), "{id}");
+            }
         }
     }
 
     #[tokio::test]
     async fn a_refused_write_is_answered_503_and_the_rest_of_its_group_200() {
-        let mut intake = intake();
-        intake.db.refuse_event_for_tests("us_evt_bad").await;
-        let mut posts = Vec::new();
-        for (n, event_id) in ["us_evt_1", "us_evt_bad", "us_evt_2"]
-            .into_iter()
-            .enumerate()
-        {
-            posts.push(tokio::spawn(intake.post(event_id)));
-            intake.queued(n + 1).await;
+        for backend in TestBackend::both("webhook_a_refused_write") {
+            let mut intake = intake(backend);
+            intake
+                .db
+                .refuse_event_on_any_backend_for_tests("us_evt_bad")
+                .await;
+            let mut posts = Vec::new();
+            for (n, event_id) in ["us_evt_1", "us_evt_bad", "us_evt_2"]
+                .into_iter()
+                .enumerate()
+            {
+                posts.push(tokio::spawn(intake.post(event_id)));
+                intake.queued(n + 1).await;
+            }
+            intake.start();
+            let statuses: Vec<_> = futures_util::future::join_all(posts)
+                .await
+                .into_iter()
+                .map(|reply| reply.expect("post").0)
+                .collect();
+            assert_eq!(
+                statuses,
+                [
+                    StatusCode::OK,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::OK
+                ],
+                "{:?}",
+                intake.backend
+            );
+            assert_eq!(intake.commits(), 1, "{:?}", intake.backend);
+            assert_eq!(
+                intake.db.pending_events().await.expect("read"),
+                ["us_evt_1", "us_evt_2"]
+            );
         }
-        intake.start();
-        let statuses: Vec<_> = futures_util::future::join_all(posts)
-            .await
-            .into_iter()
-            .map(|reply| reply.expect("post").0)
-            .collect();
-        assert_eq!(
-            statuses,
-            [
-                StatusCode::OK,
-                StatusCode::SERVICE_UNAVAILABLE,
-                StatusCode::OK
-            ]
-        );
-        assert_eq!(intake.commits(), 1);
-        assert_eq!(
-            intake.db.pending_events().await.expect("read"),
-            ["us_evt_1", "us_evt_2"]
-        );
     }
 
     #[tokio::test]
     async fn a_write_whose_sender_left_before_its_turn_is_not_stored() {
-        let mut intake = intake();
-        let left = tokio::spawn(intake.post("us_evt_left"));
-        intake.queued(1).await;
-        left.abort();
-        assert!(left.await.expect_err("aborted").is_cancelled());
-        let stays = tokio::spawn(intake.post("us_evt_stays"));
-        intake.queued(2).await;
-        intake.start();
-        assert_eq!(stays.await.expect("post").0, StatusCode::OK);
-        assert_eq!(
-            intake.db.pending_events().await.expect("read"),
-            ["us_evt_stays"]
-        );
+        for backend in TestBackend::both("webhook_a_write_whose") {
+            let mut intake = intake(backend);
+            let left = tokio::spawn(intake.post("us_evt_left"));
+            intake.queued(1).await;
+            left.abort();
+            assert!(left.await.expect_err("aborted").is_cancelled());
+            let stays = tokio::spawn(intake.post("us_evt_stays"));
+            intake.queued(2).await;
+            intake.start();
+            assert_eq!(stays.await.expect("post").0, StatusCode::OK);
+            assert_eq!(
+                intake.db.pending_events().await.expect("read"),
+                ["us_evt_stays"]
+            );
+        }
     }
 
     #[tokio::test]
     async fn the_dispatcher_hears_of_new_events_only() {
-        let mut intake = intake();
-        for (n, event_id) in ["us_evt_a", "us_evt_a", "us_evt_b"].into_iter().enumerate() {
-            drop(tokio::spawn(intake.post(event_id)));
-            intake.queued(n + 1).await;
+        for backend in TestBackend::both("webhook_the_dispatcher_hears") {
+            let mut intake = intake(backend);
+            for (n, event_id) in ["us_evt_a", "us_evt_a", "us_evt_b"].into_iter().enumerate() {
+                drop(tokio::spawn(intake.post(event_id)));
+                intake.queued(n + 1).await;
+            }
+            intake.start();
+            let hints = &mut intake.hints;
+            assert_eq!(hints.recv().await.as_deref(), Some("us_evt_a"));
+            assert_eq!(hints.recv().await.as_deref(), Some("us_evt_b"));
+            assert!(hints.try_recv().is_err(), "no hint for the repeat");
         }
-        intake.start();
-        let hints = &mut intake.hints;
-        assert_eq!(hints.recv().await.as_deref(), Some("us_evt_a"));
-        assert_eq!(hints.recv().await.as_deref(), Some("us_evt_b"));
-        assert!(hints.try_recv().is_err(), "no hint for the repeat");
     }
 }
