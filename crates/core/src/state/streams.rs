@@ -2,8 +2,7 @@
 //! one's [`DeliveryStatus`] (`deliveries`), the stream plan (`streams`), and every sink's
 //! durable position in each stream (`checkpoints`), which only ever moves forward.
 
-use rusqlite::params;
-
+use super::sql::{self, Backend, Db, DbError, params};
 use super::{DeliveryStatus, StateDb, StateError, now_ms};
 
 /// A sink's share of an event.
@@ -120,10 +119,9 @@ impl StreamSource {
         serde_json::to_string(self).expect("a StreamSource always serializes")
     }
 
-    fn from_json(text: &str) -> rusqlite::Result<StreamSource> {
-        serde_json::from_str(text).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+    /// The source stored in column `column`.
+    fn from_json(text: &str, column: usize) -> sql::Result<StreamSource> {
+        serde_json::from_str(text).map_err(|e| DbError::column(column, e))
     }
 }
 
@@ -146,12 +144,13 @@ impl StateDb {
     /// The sinks an event was routed to, once routed.
     pub async fn deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            let mut stmt = c.prepare(
+        self.call(move |db| {
+            let sql = format!(
                 "SELECT sink, status, rows, error, generation FROM deliveries
-                 WHERE event_id = ?1 ORDER BY rowid",
-            )?;
-            let rows = stmt.query_map([id], |r| {
+                 WHERE event_id = ?1 ORDER BY {}",
+                planned_order(db)
+            );
+            db.query_map(&sql, params![id], |r| {
                 Ok(Delivery {
                     sink: r.get(0)?,
                     status: r.get(1)?,
@@ -159,8 +158,7 @@ impl StateDb {
                     error: r.get(3)?,
                     generation: r.get(4)?,
                 })
-            })?;
-            rows.collect()
+            })
         })
         .await
     }
@@ -174,36 +172,39 @@ impl StateDb {
         streams: Vec<StreamPlan>,
     ) -> Result<(), StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            for sink in &sinks {
-                tx.execute(
-                    "INSERT OR IGNORE INTO deliveries (event_id, sink, status, updated_at_ms)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![id, sink, DeliveryStatus::Pending, now_ms()],
-                )?;
-            }
-            for (ordinal, s) in streams.iter().enumerate() {
-                tx.execute(
-                    "INSERT OR IGNORE INTO streams
-                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size, source, sinks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        id,
-                        ordinal as i64,
-                        s.stream,
-                        s.kind,
-                        s.source_ref,
-                        s.fields_json,
-                        s.page_size as i64,
-                        s.source.to_json(),
-                        s.sinks
-                            .as_ref()
-                            .map(|sinks| serde_json::Value::from(sinks.clone()).to_string()),
-                    ],
-                )?;
-            }
-            tx.commit()
+        self.call(move |db| {
+            db.transaction(|tx| {
+                let now = now_ms();
+                for sink in &sinks {
+                    tx.execute(
+                        "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![id, sink, DeliveryStatus::Pending, now],
+                    )?;
+                }
+                for (ordinal, s) in streams.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO streams
+                         (event_id, ordinal, stream, kind, source_ref, fields_json, page_size,
+                          source, sinks)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                        params![
+                            id,
+                            ordinal as i64,
+                            s.stream,
+                            s.kind,
+                            s.source_ref,
+                            s.fields_json,
+                            s.page_size as i64,
+                            s.source.to_json(),
+                            s.sinks
+                                .as_ref()
+                                .map(|sinks| serde_json::Value::from(sinks.clone()).to_string()),
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -211,8 +212,8 @@ impl StateDb {
     /// The stream plan of an event, in order; empty until planned.
     pub async fn streams(&self, event_id: &str) -> Result<Vec<StreamPlan>, StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            let mut stmt = c.prepare(
+        self.call(move |db| {
+            db.query_map(
                 "SELECT stream, kind, source_ref, fields_json, page_size,
                      CASE WHEN source != '' THEN source
                           WHEN (SELECT kind FROM inbox i WHERE i.event_id = streams.event_id) = 'legacy'
@@ -220,29 +221,26 @@ impl StateDb {
                           ELSE '{\"type\":\"sheet\"}' END,
                      sinks
                  FROM streams WHERE event_id = ?1 ORDER BY ordinal",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                let sinks: Option<String> = r.get(6)?;
-                Ok(StreamPlan {
-                    stream: r.get(0)?,
-                    kind: r.get(1)?,
-                    source_ref: r.get(2)?,
-                    fields_json: r.get(3)?,
-                    page_size: r.get::<_, i64>(4)? as u64,
-                    source: StreamSource::from_json(&r.get::<_, String>(5)?)?,
-                    sinks: match sinks {
-                        None => None,
-                        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                6,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?),
-                    },
-                })
-            })?;
-            rows.collect()
+                params![id],
+                |r| {
+                    let sinks: Option<String> = r.get(6)?;
+                    Ok(StreamPlan {
+                        stream: r.get(0)?,
+                        kind: r.get(1)?,
+                        source_ref: r.get(2)?,
+                        fields_json: r.get(3)?,
+                        page_size: r.get::<_, i64>(4)? as u64,
+                        source: StreamSource::from_json(&r.get::<_, String>(5)?, 5)?,
+                        sinks: match sinks {
+                            None => None,
+                            Some(text) => Some(
+                                serde_json::from_str(&text)
+                                    .map_err(|e| DbError::column(6, e))?,
+                            ),
+                        },
+                    })
+                },
+            )
         })
         .await
     }
@@ -257,10 +255,11 @@ impl StateDb {
         total_rows: u64,
     ) -> Result<(), StateError> {
         let (id, stream) = (event_id.to_owned(), stream.to_owned());
-        self.call_rusqlite(move |c| {
-            c.execute(
+        self.call(move |db| {
+            db.execute(
                 "UPDATE streams SET total_rows = ?3
-                 WHERE event_id = ?1 AND stream = ?2 AND total_rows IS NOT ?3",
+                 WHERE event_id = ?1 AND stream = ?2
+                   AND (total_rows IS NULL OR total_rows != ?3)",
                 params![id, stream, total_rows as i64],
             )?;
             Ok(())
@@ -271,10 +270,10 @@ impl StateDb {
     /// Whether the event has been planned already (routing and streams recorded).
     pub async fn is_planned(&self, event_id: &str) -> Result<bool, StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.query_row(
+        self.call(move |db| {
+            db.query_row(
                 "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
-                [id],
+                params![id],
                 |r| r.get(0),
             )
         })
@@ -284,20 +283,21 @@ impl StateDb {
     /// All checkpoints of an event.
     pub async fn checkpoints(&self, event_id: &str) -> Result<Vec<Checkpoint>, StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT sink, stream, next_seq, complete, rows FROM checkpoints WHERE event_id = ?1",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                Ok(Checkpoint {
-                    sink: r.get(0)?,
-                    stream: r.get(1)?,
-                    next_seq: r.get::<_, i64>(2)? as u64,
-                    complete: r.get(3)?,
-                    rows: r.get::<_, i64>(4)? as u64,
-                })
-            })?;
-            rows.collect()
+        self.call(move |db| {
+            db.query_map(
+                "SELECT sink, stream, next_seq, complete, rows FROM checkpoints
+                 WHERE event_id = ?1 ORDER BY sink, stream",
+                params![id],
+                |r| {
+                    Ok(Checkpoint {
+                        sink: r.get(0)?,
+                        stream: r.get(1)?,
+                        next_seq: r.get::<_, i64>(2)? as u64,
+                        complete: r.get(3)?,
+                        rows: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
         })
         .await
     }
@@ -309,27 +309,28 @@ impl StateDb {
         checkpoints: Vec<Checkpoint>,
     ) -> Result<(), StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            for cp in &checkpoints {
-                tx.execute(
-                    "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (event_id, sink, stream) DO UPDATE SET
-                       next_seq = MAX(next_seq, excluded.next_seq),
-                       complete = MAX(complete, excluded.complete),
-                       rows = MAX(rows, excluded.rows)",
-                    params![
-                        id,
-                        cp.sink,
-                        cp.stream,
-                        cp.next_seq as i64,
-                        cp.complete,
-                        cp.rows as i64
-                    ],
-                )?;
-            }
-            tx.commit()
+        self.call(move |db| {
+            db.transaction(|tx| {
+                for cp in &checkpoints {
+                    tx.execute(
+                        "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (event_id, sink, stream) DO UPDATE SET
+                           next_seq = GREATEST(checkpoints.next_seq, excluded.next_seq),
+                           complete = GREATEST(checkpoints.complete, excluded.complete),
+                           rows = GREATEST(checkpoints.rows, excluded.rows)",
+                        params![
+                            id,
+                            cp.sink,
+                            cp.stream,
+                            cp.next_seq as i64,
+                            cp.complete,
+                            cp.rows as i64
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -344,8 +345,8 @@ impl StateDb {
         error: Option<String>,
     ) -> Result<(), StateError> {
         let (id, sink) = (event_id.to_owned(), sink.to_owned());
-        self.call_rusqlite(move |c| {
-            c.execute(
+        self.call(move |db| {
+            db.execute(
                 "UPDATE deliveries SET status = ?3, rows = ?4, error = ?5, updated_at_ms = ?6
                  WHERE event_id = ?1 AND sink = ?2",
                 params![id, sink, status, rows as i64, error, now_ms()],
@@ -353,5 +354,15 @@ impl StateDb {
             Ok(())
         })
         .await
+    }
+}
+
+/// How to order an event's `deliveries` rows as its sinks were planned (the routes' order,
+/// which the engine logs and works in). SQLite keeps the insertion order as the rowid; the
+/// PostgreSQL schema has no such column, so there they come by sink name.
+fn planned_order(db: &Db) -> &'static str {
+    match db.backend() {
+        Backend::Sqlite => "rowid",
+        Backend::Postgres => "sink",
     }
 }
