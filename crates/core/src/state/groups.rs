@@ -711,12 +711,21 @@ pub(super) fn group_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::testing::TestBackend;
 
     const ROW_TOPICS: [&str; 1] = ["records:created"];
 
+    /// The backend a failed assertion ran on.
+    fn which(backend: &TestBackend) -> &'static str {
+        match backend {
+            TestBackend::Sqlite(_) => "SQLite",
+            TestBackend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     /// `n` pending events `e00`, `e01`, ..., each planned into the group of `plan`.
-    async fn db_with_planned_events(dir: &std::path::Path, n: usize) -> StateDb {
-        let db = db_with_events(dir, n).await;
+    async fn db_with_planned_events(backend: &TestBackend, n: usize) -> StateDb {
+        let db = db_with_events(backend, n).await;
         db.plan_grouped(
             (0..n).map(|i| plan(&format!("e{i:02}"))).collect(),
             Vec::new(),
@@ -726,8 +735,8 @@ mod tests {
         db
     }
 
-    async fn db_with_events(dir: &std::path::Path, n: usize) -> StateDb {
-        let db = StateDb::open(dir).expect("open");
+    async fn db_with_events(backend: &TestBackend, n: usize) -> StateDb {
+        let db = backend.state();
         for i in 0..n {
             db.insert_event(
                 format!("e{i:02}"),
@@ -767,275 +776,312 @@ mod tests {
 
     #[tokio::test]
     async fn event_rows_are_left_to_the_group_writer_and_planned_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 3).await;
-        db.insert_event(
-            "r".into(),
-            "platform",
-            "records:created".into(),
-            b"{}".to_vec(),
-            9,
-        )
-        .await
-        .unwrap();
-        let per_event = db
-            .pending_events_per_event(Some(&ROW_TOPICS), 10)
+        for backend in TestBackend::both("groups_plan") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 3).await;
+            db.insert_event(
+                "r".into(),
+                "platform",
+                "records:created".into(),
+                b"{}".to_vec(),
+                9,
+            )
             .await
             .unwrap();
-        assert_eq!(per_event, ["r"], "event rows are the writer's");
-        assert_eq!(
-            db.pending_events_per_event(None, 10).await.unwrap().len(),
-            4,
-            "not grouping: every event is the engine's"
-        );
-        let unplanned = db.unplanned_event_rows(&ROW_TOPICS, 10).await.unwrap();
-        assert_eq!(unplanned.len(), 3);
-        db.plan_grouped(
-            vec![plan("e00"), plan("e01")],
-            vec![Settled {
-                event_id: "e02".into(),
-                status: EventStatus::Unrouted,
-                detail: Some("no route".into()),
-            }],
-        )
-        .await
-        .unwrap();
-        assert!(
-            db.unplanned_event_rows(&ROW_TOPICS, 10)
+            let per_event = db
+                .pending_events_per_event(Some(&ROW_TOPICS), 10)
                 .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            db.pending_events_per_event(None, 10).await.unwrap(),
-            ["r"],
-            "a group member stays the writer's whatever the mode"
-        );
-        assert_eq!(
-            db.event("e02").await.unwrap().unwrap().status,
-            EventStatus::Unrouted
-        );
+                .unwrap();
+            assert_eq!(per_event, ["r"], "{on}: event rows are the writer's");
+            assert_eq!(
+                db.pending_events_per_event(None, 10).await.unwrap().len(),
+                4,
+                "{on}: not grouping: every event is the engine's"
+            );
+            let unplanned = db.unplanned_event_rows(&ROW_TOPICS, 10).await.unwrap();
+            assert_eq!(unplanned.len(), 3, "{on}");
+            db.plan_grouped(
+                vec![plan("e00"), plan("e01")],
+                vec![Settled {
+                    event_id: "e02".into(),
+                    status: EventStatus::Unrouted,
+                    detail: Some("no route".into()),
+                }],
+            )
+            .await
+            .unwrap();
+            assert!(
+                db.unplanned_event_rows(&ROW_TOPICS, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{on}"
+            );
+            assert_eq!(
+                db.pending_events_per_event(None, 10).await.unwrap(),
+                ["r"],
+                "{on}: a group member stays the writer's whatever the mode"
+            );
+            assert_eq!(
+                db.event("e02").await.unwrap().unwrap().status,
+                EventStatus::Unrouted,
+                "{on}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_batch_is_recorded_before_it_is_sent_and_sent_again_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_planned_events(dir.path(), 5).await;
-        let work = db.group_work(0).await.unwrap();
-        assert_eq!(work.len(), 1);
-        let first = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (first.stream.as_str(), first.seq, first.last),
-            ("events-space-w", 0, false)
-        );
-        assert_eq!(ids(&first), ["e00", "e01"]);
-        // Not committed (a crash, say): the same batch again, not new members.
-        let again = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((again.seq, ids(&again)), (0, vec!["e00", "e01"]));
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Pending
-        );
-        db.commit_group_batch(&again).await.unwrap();
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Done
-        );
-        assert_eq!(
-            db.deliveries("e01").await.unwrap()[0].status,
-            DeliveryStatus::Done
-        );
-        let second = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((second.seq, ids(&second)), (1, vec!["e02", "e03"]));
-
-        // The sink fails: every waiting member is a dead letter, the batch stays recorded.
-        assert_eq!(
-            db.fail_group("events-space-w", "s", "disk full".into())
-                .await
-                .unwrap(),
-            3
-        );
-        let failed = db.event("e04").await.unwrap().unwrap();
-        assert_eq!(failed.status, EventStatus::Failed);
-        assert_eq!(failed.detail.as_deref(), Some("sink `s`: disk full"));
-        assert!(db.group_work(0).await.unwrap().is_empty(), "nothing waits");
-        assert!(
-            db.next_group_batch("events-space-w", "s", LIMITS)
+        for backend in TestBackend::both("groups_batch") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 5).await;
+            let work = db.group_work(0).await.unwrap();
+            assert_eq!(work.len(), 1, "{on}");
+            let first = db
+                .next_group_batch("events-space-w", "s", LIMITS)
                 .await
                 .unwrap()
-                .is_some_and(|b| b.seq == 1)
-        );
-
-        // A retried dead letter: batch 1 first, as recorded, then the retried member of e04.
-        db.call_rusqlite(|c| {
-            c.execute(
-                "UPDATE deliveries SET status = 'pending' WHERE event_id = 'e04'",
-                [],
-            )
-        })
-        .await
-        .unwrap();
-        let closing = BatchLimits {
-            close: true,
-            ..LIMITS
-        };
-        let resent = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((resent.seq, ids(&resent)), (1, vec!["e02", "e03"]));
-        db.commit_group_batch(&resent).await.unwrap();
-        assert_eq!(
-            db.event("e02").await.unwrap().unwrap().status,
-            EventStatus::Done,
-            "its row is durable in the sink now"
-        );
-        let last = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((last.seq, ids(&last), last.last), (2, vec!["e04"], true));
-        db.commit_group_batch(&last).await.unwrap();
-        assert!(
-            db.next_group_batch("events-space-w", "s", closing)
+                .unwrap();
+            assert_eq!(
+                (first.stream.as_str(), first.seq, first.last),
+                ("events-space-w", 0, false),
+                "{on}"
+            );
+            assert_eq!(ids(&first), ["e00", "e01"], "{on}");
+            // Not committed (a crash, say): the same batch again, not new members.
+            let again = db
+                .next_group_batch("events-space-w", "s", LIMITS)
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert!(
-            db.group_work(2000).await.unwrap().is_empty(),
-            "closed and durable"
-        );
+                .unwrap();
+            assert_eq!((again.seq, ids(&again)), (0, vec!["e00", "e01"]), "{on}");
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Pending,
+                "{on}"
+            );
+            db.commit_group_batch(&again).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}"
+            );
+            assert_eq!(
+                db.deliveries("e01").await.unwrap()[0].status,
+                DeliveryStatus::Done,
+                "{on}"
+            );
+            let second = db
+                .next_group_batch("events-space-w", "s", LIMITS)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((second.seq, ids(&second)), (1, vec!["e02", "e03"]), "{on}");
+
+            // The sink fails: every waiting member is a dead letter, the batch stays recorded.
+            assert_eq!(
+                db.fail_group("events-space-w", "s", "disk full".into())
+                    .await
+                    .unwrap(),
+                3,
+                "{on}"
+            );
+            let failed = db.event("e04").await.unwrap().unwrap();
+            assert_eq!(failed.status, EventStatus::Failed, "{on}");
+            assert_eq!(
+                failed.detail.as_deref(),
+                Some("sink `s`: disk full"),
+                "{on}"
+            );
+            assert!(
+                db.group_work(0).await.unwrap().is_empty(),
+                "{on}: nothing waits"
+            );
+            assert!(
+                db.next_group_batch("events-space-w", "s", LIMITS)
+                    .await
+                    .unwrap()
+                    .is_some_and(|b| b.seq == 1),
+                "{on}"
+            );
+
+            // A retried dead letter: batch 1 first, as recorded, then the retried member of e04.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET status = 'pending' WHERE event_id = 'e04'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let closing = BatchLimits {
+                close: true,
+                ..LIMITS
+            };
+            let resent = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((resent.seq, ids(&resent)), (1, vec!["e02", "e03"]), "{on}");
+            db.commit_group_batch(&resent).await.unwrap();
+            assert_eq!(
+                db.event("e02").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}: its row is durable in the sink now"
+            );
+            let last = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (last.seq, ids(&last), last.last),
+                (2, vec!["e04"], true),
+                "{on}"
+            );
+            db.commit_group_batch(&last).await.unwrap();
+            assert!(
+                db.next_group_batch("events-space-w", "s", closing)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{on}"
+            );
+            assert!(
+                db.group_work(2000).await.unwrap().is_empty(),
+                "{on}: closed and durable"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_replay_goes_into_a_new_part_once_the_stream_is_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 1).await;
-        db.plan_grouped(vec![plan("e00")], Vec::new())
-            .await
-            .unwrap();
-        // The window is over and nothing waits but e00: it is also the closing batch.
-        let closing = BatchLimits {
-            close: true,
-            ..LIMITS
-        };
-        let only = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(only.last);
-        db.commit_group_batch(&only).await.unwrap();
-        db.call_rusqlite(|c| {
-            c.execute(
+        for backend in TestBackend::both("groups_replay") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 1).await;
+            db.plan_grouped(vec![plan("e00")], Vec::new())
+                .await
+                .unwrap();
+            // The window is over and nothing waits but e00: it is also the closing batch.
+            let closing = BatchLimits {
+                close: true,
+                ..LIMITS
+            };
+            let only = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(only.last, "{on}");
+            db.commit_group_batch(&only).await.unwrap();
+            db.call(|db| {
+                db.execute(
                 "UPDATE deliveries SET generation = 1, status = 'pending' WHERE event_id = 'e00'",
-                [],
+                params![],
             )
-        })
-        .await
-        .unwrap();
-        let work = db.group_work(0).await.unwrap();
-        assert_eq!(work.len(), 1, "the replay has a member of its generation");
-        let replayed = db
-            .next_group_batch("events-space-w", "s", closing)
+            })
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(
-            (
-                replayed.stream.as_str(),
-                replayed.seq,
-                replayed.rows[0].generation
-            ),
-            ("events-space-w-2", 0, 1)
-        );
-        db.commit_group_batch(&replayed).await.unwrap();
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Done
-        );
+            let work = db.group_work(0).await.unwrap();
+            assert_eq!(
+                work.len(),
+                1,
+                "{on}: the replay has a member of its generation"
+            );
+            let replayed = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    replayed.stream.as_str(),
+                    replayed.seq,
+                    replayed.rows[0].generation
+                ),
+                ("events-space-w-2", 0, 1),
+                "{on}"
+            );
+            db.commit_group_batch(&replayed).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn an_ended_window_closes_with_an_empty_batch_and_a_full_stream_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_planned_events(dir.path(), 3).await;
-        let small = BatchLimits {
-            batch_events: 10,
-            max_events: 2,
-            close: false,
-        };
-        let full = db
-            .next_group_batch("events-space-w", "s", small)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (ids(&full), full.last),
-            (vec!["e00", "e01"], true),
-            "full: closed"
-        );
-        db.commit_group_batch(&full).await.unwrap();
-        let next = db
-            .next_group_batch("events-space-w", "s", small)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (next.stream.as_str(), ids(&next), next.last),
-            ("events-space-w-2", vec!["e02"], false)
-        );
-        db.commit_group_batch(&next).await.unwrap();
-        assert!(
-            db.next_group_batch("events-space-w", "s", small)
+        for backend in TestBackend::both("groups_close") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 3).await;
+            let small = BatchLimits {
+                batch_events: 10,
+                max_events: 2,
+                close: false,
+            };
+            let full = db
+                .next_group_batch("events-space-w", "s", small)
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            db.group_work(999).await.unwrap().len(),
-            0,
-            "window not over"
-        );
-        assert_eq!(
-            db.group_work(1000).await.unwrap().len(),
-            1,
-            "window over: close it"
-        );
-        let close = BatchLimits {
-            close: true,
-            ..small
-        };
-        let empty = db
-            .next_group_batch("events-space-w", "s", close)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                empty.stream.as_str(),
-                empty.seq,
-                empty.rows.len(),
-                empty.last
-            ),
-            ("events-space-w-2", 1, 0, true)
-        );
-        db.commit_group_batch(&empty).await.unwrap();
-        assert!(db.group_work(5000).await.unwrap().is_empty());
+                .unwrap();
+            assert_eq!(
+                (ids(&full), full.last),
+                (vec!["e00", "e01"], true),
+                "{on}: full: closed"
+            );
+            db.commit_group_batch(&full).await.unwrap();
+            let next = db
+                .next_group_batch("events-space-w", "s", small)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (next.stream.as_str(), ids(&next), next.last),
+                ("events-space-w-2", vec!["e02"], false),
+                "{on}"
+            );
+            db.commit_group_batch(&next).await.unwrap();
+            assert!(
+                db.next_group_batch("events-space-w", "s", small)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{on}"
+            );
+            assert_eq!(
+                db.group_work(999).await.unwrap().len(),
+                0,
+                "{on}: window not over"
+            );
+            assert_eq!(
+                db.group_work(1000).await.unwrap().len(),
+                1,
+                "{on}: window over: close it"
+            );
+            let close = BatchLimits {
+                close: true,
+                ..small
+            };
+            let empty = db
+                .next_group_batch("events-space-w", "s", close)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    empty.stream.as_str(),
+                    empty.seq,
+                    empty.rows.len(),
+                    empty.last
+                ),
+                ("events-space-w-2", 1, 0, true),
+                "{on}"
+            );
+            db.commit_group_batch(&empty).await.unwrap();
+            assert!(db.group_work(5000).await.unwrap().is_empty(), "{on}");
+        }
     }
 }
