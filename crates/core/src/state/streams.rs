@@ -121,7 +121,8 @@ impl StreamSource {
 
     /// The source stored in column `column`.
     fn from_json(text: &str, column: usize) -> sql::Result<StreamSource> {
-        serde_json::from_str(text).map_err(|e| DbError::column(column, e))
+        serde_json::from_str(text)
+            .map_err(|e| DbError::column(column, format!("streams.source: {e}")))
     }
 }
 
@@ -235,7 +236,7 @@ impl StateDb {
                             None => None,
                             Some(text) => Some(
                                 serde_json::from_str(&text)
-                                    .map_err(|e| DbError::column(6, e))?,
+                                    .map_err(|e| DbError::column(6, format!("streams.sinks: {e}")))?,
                             ),
                         },
                     })
@@ -364,5 +365,258 @@ fn planned_order(db: &Db) -> &'static str {
     match db.backend() {
         Backend::Sqlite => "rowid",
         Backend::Postgres => "sink",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::sql::params;
+    use crate::state::testing::TestBackend;
+
+    /// The backend a failed assertion ran on.
+    fn which(backend: &TestBackend) -> &'static str {
+        match backend {
+            TestBackend::Sqlite(_) => "SQLite",
+            TestBackend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    async fn stored(db: &StateDb, id: &str, kind: &'static str) {
+        db.insert_event(id.into(), kind, "job:ready".into(), b"{}".to_vec(), 1)
+            .await
+            .unwrap();
+    }
+
+    fn sheet_ids(stream: &str, sinks: Option<Vec<String>>) -> StreamPlan {
+        StreamPlan {
+            stream: stream.to_owned(),
+            kind: "contacts".to_owned(),
+            source_ref: "us_sh_1".to_owned(),
+            fields_json: "[\"email\",\"name\"]".to_owned(),
+            page_size: 500,
+            source: StreamSource::SheetIds {
+                ids: vec!["r1".to_owned(), "r2".to_owned()],
+            },
+            sinks,
+        }
+    }
+
+    fn cp(sink: &str, next_seq: u64, complete: bool, rows: u64) -> Checkpoint {
+        Checkpoint {
+            sink: sink.to_owned(),
+            stream: "contacts-e".to_owned(),
+            next_seq,
+            complete,
+            rows,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_recorded_once_with_its_sinks_and_streams_on_both_backends() {
+        for backend in TestBackend::both("streams_plan") {
+            let on = which(&backend);
+            let db = backend.state();
+            stored(&db, "e", "platform").await;
+            assert!(!db.is_planned("e").await.unwrap(), "{on}");
+            assert!(db.deliveries("e").await.unwrap().is_empty(), "{on}");
+            let snapshot = StreamPlan {
+                source: StreamSource::Carried {
+                    parts: 3,
+                    deletions: true,
+                },
+                ..sheet_ids("contacts-e-all", Some(vec!["warehouse".to_owned()]))
+            };
+            let plans = vec![sheet_ids("contacts-e", None), snapshot];
+            let sinks = vec!["warehouse".to_owned(), "archive".to_owned()];
+            db.plan_event("e", sinks.clone(), plans.clone())
+                .await
+                .unwrap();
+            // Planned again (the same plan after a crash before its caller saw it): nothing doubles.
+            db.plan_event("e", sinks, plans.clone()).await.unwrap();
+            assert!(db.is_planned("e").await.unwrap(), "{on}");
+            assert_eq!(db.streams("e").await.unwrap(), plans, "{on}");
+            assert!(plans[1].is_for("warehouse") && !plans[1].is_for("archive"));
+
+            let deliveries = db.deliveries("e").await.unwrap();
+            let mut planned: Vec<&str> = deliveries.iter().map(|d| d.sink.as_str()).collect();
+            if matches!(backend, TestBackend::Sqlite(_)) {
+                assert_eq!(planned, ["warehouse", "archive"], "{on}: the routes' order");
+            }
+            planned.sort_unstable();
+            assert_eq!(planned, ["archive", "warehouse"], "{on}");
+            assert!(
+                deliveries
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Pending
+                        && d.rows == 0
+                        && d.error.is_none()
+                        && d.generation == 0),
+                "{on}: {deliveries:?}"
+            );
+
+            db.set_delivery(
+                "e",
+                "archive",
+                DeliveryStatus::Failed,
+                40,
+                Some("disk full".into()),
+            )
+            .await
+            .unwrap();
+            let archive = db
+                .deliveries("e")
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.sink == "archive")
+                .expect("archive");
+            assert_eq!(
+                (archive.status, archive.rows, archive.error.as_deref()),
+                (DeliveryStatus::Failed, 40, Some("disk full")),
+                "{on}"
+            );
+            drop(db);
+            assert_eq!(
+                backend.state().streams("e").await.unwrap(),
+                plans,
+                "{on}: the plan is durable"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_never_move_backwards_on_both_backends() {
+        for backend in TestBackend::both("streams_checkpoints") {
+            let on = which(&backend);
+            let db = backend.state();
+            assert!(db.checkpoints("e").await.unwrap().is_empty(), "{on}");
+            db.advance("e", vec![cp("s", 5, false, 50), cp("t", 1, false, 10)])
+                .await
+                .unwrap();
+            db.advance("e", vec![cp("s", 3, false, 30)]).await.unwrap();
+            assert_eq!(
+                db.checkpoints("e").await.unwrap(),
+                [cp("s", 5, false, 50), cp("t", 1, false, 10)],
+                "{on}: an older flush does not move a checkpoint back"
+            );
+            db.advance("e", vec![cp("s", 7, true, 70)]).await.unwrap();
+            db.advance("e", vec![cp("s", 6, false, 60)]).await.unwrap();
+            assert_eq!(
+                db.checkpoints("e").await.unwrap()[0],
+                cp("s", 7, true, 70),
+                "{on}: a complete stream stays complete"
+            );
+            assert!(db.checkpoints("other").await.unwrap().is_empty(), "{on}");
+        }
+    }
+
+    async fn total_rows(db: &StateDb) -> Option<i64> {
+        db.call(|db| {
+            db.query_row(
+                "SELECT total_rows FROM streams WHERE event_id = 'e' AND stream = 'contacts-e'",
+                params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_total_is_written_for_its_stream_only_on_both_backends() {
+        for backend in TestBackend::both("streams_total") {
+            let on = which(&backend);
+            let db = backend.state();
+            stored(&db, "e", "platform").await;
+            db.plan_event(
+                "e",
+                vec!["s".to_owned()],
+                vec![sheet_ids("contacts-e", None)],
+            )
+            .await
+            .unwrap();
+            assert_eq!(total_rows(&db).await, None, "{on}: not learned yet");
+            db.set_stream_total("e", "contacts-e", 20_000)
+                .await
+                .unwrap();
+            db.set_stream_total("e", "contacts-e", 20_000)
+                .await
+                .unwrap();
+            db.set_stream_total("e", "no-such-stream", 5).await.unwrap();
+            assert_eq!(total_rows(&db).await, Some(20_000), "{on}");
+            db.set_stream_total("e", "contacts-e", 0).await.unwrap();
+            assert_eq!(
+                total_rows(&db).await,
+                Some(0),
+                "{on}: a new count replaces it"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_planned_before_sources_were_stored_reads_as_its_event_kind_says() {
+        for backend in TestBackend::both("streams_legacy") {
+            let on = which(&backend);
+            let db = backend.state();
+            stored(&db, "legacy-e", "legacy").await;
+            stored(&db, "platform-e", "platform").await;
+            db.call(|db| {
+                for id in ["legacy-e", "platform-e"] {
+                    db.execute(
+                        "INSERT INTO streams (event_id, ordinal, stream, kind, source_ref,
+                             fields_json, page_size)
+                         VALUES (?1, 0, 'x', 'contacts', 'b', '[]', 100)",
+                        params![id],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                db.streams("legacy-e").await.unwrap()[0].source,
+                StreamSource::LegacyBatch,
+                "{on}"
+            );
+            let platform = db.streams("platform-e").await.unwrap().remove(0);
+            assert_eq!(
+                (platform.source, platform.sinks, platform.page_size),
+                (StreamSource::Sheet, None, 100),
+                "{on}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_stream_source_is_an_error_naming_its_column_on_both_backends() {
+        for backend in TestBackend::both("streams_damaged") {
+            let on = which(&backend);
+            let db = backend.state();
+            stored(&db, "e", "platform").await;
+            db.plan_event(
+                "e",
+                vec!["s".to_owned()],
+                vec![sheet_ids("contacts-e", None)],
+            )
+            .await
+            .unwrap();
+            db.call(|db| {
+                db.execute(
+                    "UPDATE streams SET source = '{\"type\":\"no_such_source\"}'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let err = db
+                .streams("e")
+                .await
+                .expect_err("a source this build cannot read");
+            assert!(
+                err.to_string().contains("column 5: streams.source"),
+                "{on}: {err}"
+            );
+        }
     }
 }
