@@ -1084,4 +1084,179 @@ mod tests {
             assert!(db.group_work(5000).await.unwrap().is_empty(), "{on}");
         }
     }
+
+    #[tokio::test]
+    async fn an_event_of_two_sinks_settles_once_both_batches_are_in_and_names_the_failed_one() {
+        for backend in TestBackend::both("groups_two_sinks") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 1).await;
+            let both = GroupPlan {
+                sinks: vec!["a".to_owned(), "b".to_owned()],
+                ..plan("e00")
+            };
+            db.plan_grouped(vec![both.clone()], Vec::new())
+                .await
+                .unwrap();
+            // Planned again (the engine planned it meanwhile, say): nothing doubles.
+            db.plan_grouped(vec![both], Vec::new()).await.unwrap();
+            assert!(db.is_grouped("e00").await.unwrap(), "{on}");
+            assert!(!db.is_grouped("nope").await.unwrap(), "{on}");
+            let work = db.group_work(0).await.unwrap();
+            let sinks: Vec<&str> = work.iter().map(|w| w.sink.as_str()).collect();
+            assert_eq!(sinks, ["a", "b"], "{on}: {work:?}");
+
+            let to_a = db
+                .next_group_batch("events-space-w", "a", LIMITS)
+                .await
+                .unwrap()
+                .expect("a batch for a");
+            db.commit_group_batch(&to_a).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Pending,
+                "{on}: b has not taken it yet"
+            );
+            assert_eq!(
+                db.fail_group("events-space-w", "b", "refused".into())
+                    .await
+                    .unwrap(),
+                1,
+                "{on}"
+            );
+            let failed = db.event("e00").await.unwrap().unwrap();
+            assert_eq!(
+                (failed.status, failed.detail.as_deref()),
+                (EventStatus::Failed, Some("sink `b`: refused")),
+                "{on}"
+            );
+            let checkpoints = db.checkpoints("e00").await.unwrap();
+            assert_eq!(
+                checkpoints
+                    .iter()
+                    .map(|c| (c.sink.as_str(), c.stream.as_str(), c.next_seq, c.complete))
+                    .collect::<Vec<_>>(),
+                [("a", "events-space-w", 1, true)],
+                "{on}: the event's own checkpoint in the group stream"
+            );
+
+            // The dead letter retried: b's batch goes out and the event is done.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET status = 'pending' WHERE sink = 'b'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let to_b = db
+                .next_group_batch("events-space-w", "b", LIMITS)
+                .await
+                .unwrap()
+                .expect("a batch for b");
+            assert_eq!((to_b.seq, ids(&to_b)), (0, vec!["e00"]), "{on}");
+            db.commit_group_batch(&to_b).await.unwrap();
+            let done = db.event("e00").await.unwrap().unwrap();
+            assert_eq!(
+                (done.status, done.detail),
+                (EventStatus::Done, None),
+                "{on}"
+            );
+            assert!(
+                db.deliveries("e00")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Done && d.rows == 1),
+                "{on}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn several_batches_are_recorded_and_committed_in_one_call() {
+        for backend in TestBackend::both("groups_several") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 5).await;
+            assert_eq!(
+                db.pending_events_per_event(None, usize::MAX).await.unwrap(),
+                Vec::<String>::new(),
+                "{on}: no limit given, every member still the writer's"
+            );
+            let batches = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .await
+                .unwrap();
+            let formed: Vec<(u64, Vec<&str>)> = batches.iter().map(|b| (b.seq, ids(b))).collect();
+            assert_eq!(
+                formed,
+                [
+                    (0, vec!["e00", "e01"]),
+                    (1, vec!["e02", "e03"]),
+                    (2, vec!["e04"])
+                ],
+                "{on}"
+            );
+            db.commit_group_batches(&batches[..2]).await.unwrap();
+            let again = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                again.iter().map(|b| (b.seq, ids(b))).collect::<Vec<_>>(),
+                [(2, vec!["e04"])],
+                "{on}: only the batch not yet durable, unchanged"
+            );
+            db.commit_group_batches(&again).await.unwrap();
+            let mut statuses = db.event_counts().await.unwrap();
+            statuses.retain(|(_, n)| *n > 0);
+            assert_eq!(statuses, [(EventStatus::Done, 5)], "{on}");
+        }
+    }
+
+    /// Forms and commits batches of the group for `s` until none is left; every batch handed
+    /// out, in order.
+    async fn drain(db: &StateDb) -> Vec<(String, u64, Vec<String>)> {
+        let mut seen = Vec::new();
+        while let Some(batch) = db
+            .next_group_batch("events-space-w", "s", LIMITS)
+            .await
+            .unwrap()
+        {
+            db.commit_group_batch(&batch).await.unwrap();
+            seen.push((
+                batch.stream.clone(),
+                batch.seq,
+                ids(&batch).into_iter().map(str::to_owned).collect(),
+            ));
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn two_daemons_on_one_state_put_each_event_in_one_batch() {
+        for backend in TestBackend::both("groups_two_daemons") {
+            let on = which(&backend);
+            let first = db_with_planned_events(&backend, 30).await;
+            let second = backend.state();
+            let (a, b) = tokio::join!(drain(&first), drain(&second));
+            // A batch either handed out may be handed out again (not durable yet when the
+            // other asked), but always with the same events.
+            let mut batches = std::collections::BTreeMap::new();
+            for (stream, seq, events) in a.into_iter().chain(b) {
+                let recorded = batches
+                    .entry((stream, seq))
+                    .or_insert_with(|| events.clone());
+                assert_eq!(*recorded, events, "{on}: a batch changed");
+            }
+            let mut events: Vec<String> = batches.into_values().flatten().collect();
+            events.sort();
+            let expected: Vec<String> = (0..30).map(|i| format!("e{i:02}")).collect();
+            assert_eq!(events, expected, "{on}: every event in exactly one batch");
+            assert_eq!(
+                first.event_counts().await.unwrap(),
+                [(EventStatus::Done, 30)],
+                "{on}"
+            );
+        }
+    }
 }
