@@ -13,8 +13,7 @@
 //! A sink failure ([`StateDb::fail_group`]) leaves the recorded batch as it is and makes the
 //! waiting members dead letters; retrying them sends that same batch first.
 
-use rusqlite::{OptionalExtension, Transaction, params};
-
+use super::sql::{self, Backend, Db, OptionalExtension, Row, params};
 use super::{DeliveryStatus, EventStatus, StateDb, StateError, StoredEvent, inbox, now_ms};
 
 /// How long the closing of a stream waits after its sink failed.
@@ -94,7 +93,7 @@ struct StreamRow {
 const STREAM_COLUMNS: &str =
     "stream, part, next_seq, formed_seq, events, last_seq, window_end_ms FROM group_streams";
 
-fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StreamRow> {
+fn stream_row(r: &Row<'_>) -> sql::Result<StreamRow> {
     Ok(StreamRow {
         stream: r.get(0)?,
         part: r.get(1)?,
@@ -106,6 +105,15 @@ fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StreamRow> {
     })
 }
 
+/// A subquery of the texts in the JSON array of strings bound to `?2`: SQLite's `json_each`,
+/// PostgreSQL's `jsonb_array_elements_text` (the parameter stays text for both).
+fn json_texts_of_param_2(db: &Db) -> &'static str {
+    match db.backend() {
+        Backend::Sqlite => "SELECT value FROM json_each(?2)",
+        Backend::Postgres => "SELECT jsonb_array_elements_text(CAST(CAST(?2 AS TEXT) AS jsonb))",
+    }
+}
+
 impl StateDb {
     /// The oldest pending events without data that nothing planned yet: Platform events whose
     /// topic is not one of `row_topics` (the topics whose rows come from elsewhere).
@@ -115,20 +123,21 @@ impl StateDb {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StateError> {
         let topics = serde_json::Value::from(row_topics.to_vec()).to_string();
-        let limit = i64::try_from(limit).unwrap_or(-1);
-        self.call_rusqlite(move |c| {
-            let mut stmt = c.prepare_cached(
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |db| {
+            let sql = format!(
                 "SELECT event_id, kind, topic, body, received_at_ms, status, detail FROM inbox
                  WHERE status = ?1 AND kind = 'platform'
-                   AND topic NOT IN (SELECT value FROM json_each(?2))
+                   AND topic NOT IN ({})
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id)
                  ORDER BY received_at_ms, event_id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(
+                json_texts_of_param_2(db)
+            );
+            db.query_map(
+                &sql,
                 params![EventStatus::Pending, topics, limit],
-                super::inbox::rusqlite_era::stored_event,
-            )?;
-            rows.collect()
+                inbox::stored_event,
+            )
         })
         .await
     }
@@ -142,18 +151,20 @@ impl StateDb {
         limit: usize,
     ) -> Result<Vec<String>, StateError> {
         let topics = row_topics.map(|t| serde_json::Value::from(t.to_vec()).to_string());
-        let limit = i64::try_from(limit).unwrap_or(-1);
-        self.call_rusqlite(move |c| {
-            let mut stmt = c.prepare_cached(
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |db| {
+            let sql = format!(
                 "SELECT event_id FROM inbox WHERE status = ?1
                    AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = inbox.event_id)
-                   AND NOT (?2 IS NOT NULL AND kind = 'platform'
-                        AND topic NOT IN (SELECT value FROM json_each(?2))
+                   AND NOT (CAST(?2 AS TEXT) IS NOT NULL AND kind = 'platform'
+                        AND topic NOT IN ({})
                         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id))
                  ORDER BY received_at_ms, event_id LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![EventStatus::Pending, topics, limit], |r| r.get(0))?;
-            rows.collect()
+                json_texts_of_param_2(db)
+            );
+            db.query_map(&sql, params![EventStatus::Pending, topics, limit], |r| {
+                r.get(0)
+            })
         })
         .await
     }
@@ -165,35 +176,39 @@ impl StateDb {
         plans: Vec<GroupPlan>,
         settled: Vec<Settled>,
     ) -> Result<(), StateError> {
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            for s in &settled {
-                inbox::rusqlite_era::set_status(&tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
-            }
-            for plan in &plans {
-                let planned: bool = tx
-                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)")?
-                    .query_row([&plan.event_id], |r| r.get(0))?;
-                if planned {
-                    // Planned by the engine meanwhile (told of the event before this daemon
-                    // grouped event rows): that plan stands.
-                    continue;
+        self.call(move |db| {
+            db.transaction(|tx| {
+                let now = now_ms();
+                for s in &settled {
+                    inbox::set_status(tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
                 }
-                for sink in &plan.sinks {
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO deliveries (event_id, sink, status, updated_at_ms)
-                         VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![plan.event_id, sink, DeliveryStatus::Pending, now])?;
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO group_members
-                         (event_id, sink, generation, grp, window_end_ms) VALUES (?1, ?2, 0, ?3, ?4)",
-                    )?
-                    .execute(params![plan.event_id, sink, plan.group, plan.window_end_ms])?;
+                for plan in &plans {
+                    let planned: bool = tx.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
+                        params![plan.event_id],
+                        |r| r.get(0),
+                    )?;
+                    if planned {
+                        // Planned by the engine meanwhile (told of the event before this daemon
+                        // grouped event rows): that plan stands.
+                        continue;
+                    }
+                    for sink in &plan.sinks {
+                        tx.execute(
+                            "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                            params![plan.event_id, sink, DeliveryStatus::Pending, now],
+                        )?;
+                        tx.execute(
+                            "INSERT INTO group_members
+                             (event_id, sink, generation, grp, window_end_ms)
+                             VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT DO NOTHING",
+                            params![plan.event_id, sink, plan.group, plan.window_end_ms],
+                        )?;
+                    }
                 }
-            }
-            tx.commit()
+                Ok(())
+            })
         })
         .await
     }
@@ -201,9 +216,12 @@ impl StateDb {
     /// Whether the event's row goes to group streams (the group writer's, not the engine's).
     pub(crate) async fn is_grouped(&self, event_id: &str) -> Result<bool, StateError> {
         let id = event_id.to_owned();
-        self.call_rusqlite(move |c| {
-            c.prepare_cached("SELECT EXISTS(SELECT 1 FROM group_members WHERE event_id = ?1)")?
-                .query_row([id], |r| r.get(0))
+        self.call(move |db| {
+            db.query_row(
+                "SELECT EXISTS(SELECT 1 FROM group_members WHERE event_id = ?1)",
+                params![id],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -212,20 +230,21 @@ impl StateDb {
     /// delivery first gets a member of its generation, in its event's group), and streams whose
     /// window ended before `now` that are not closed yet.
     pub(crate) async fn group_work(&self, now: i64) -> Result<Vec<GroupWork>, StateError> {
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "INSERT OR IGNORE INTO group_members (event_id, sink, generation, grp, window_end_ms)
-                 SELECT d.event_id, d.sink, d.generation, g.grp, g.window_end_ms
-                 FROM deliveries d JOIN group_members g ON g.event_id = d.event_id
-                 WHERE d.status = ?1 AND NOT EXISTS (SELECT 1 FROM group_members m
-                     WHERE m.event_id = d.event_id AND m.sink = d.sink
-                       AND m.generation = d.generation)
-                 GROUP BY d.event_id, d.sink",
-                [DeliveryStatus::Pending],
-            )?;
-            let work = {
-                let mut stmt = tx.prepare_cached(
+        self.call(move |db| {
+            db.transaction(|tx| {
+                // Every member of an event is in the event's one group: MIN picks it.
+                tx.execute(
+                    "INSERT INTO group_members (event_id, sink, generation, grp, window_end_ms)
+                     SELECT d.event_id, d.sink, d.generation, MIN(g.grp), MIN(g.window_end_ms)
+                     FROM deliveries d JOIN group_members g ON g.event_id = d.event_id
+                     WHERE d.status = ?1 AND NOT EXISTS (SELECT 1 FROM group_members m
+                         WHERE m.event_id = d.event_id AND m.sink = d.sink
+                           AND m.generation = d.generation)
+                     GROUP BY d.event_id, d.sink, d.generation
+                     ON CONFLICT DO NOTHING",
+                    params![DeliveryStatus::Pending],
+                )?;
+                let mut work = tx.query_map(
                     "SELECT m.grp, m.sink, MIN(m.window_end_ms) FROM deliveries d
                      JOIN group_members m ON m.event_id = d.event_id AND m.sink = d.sink
                          AND m.generation = d.generation
@@ -235,20 +254,18 @@ impl StateDb {
                      WHERE window_end_ms <= ?2 AND retry_at_ms <= ?2
                        AND (last_seq IS NULL OR next_seq <= last_seq)
                      ORDER BY 3, 1, 2",
+                    params![DeliveryStatus::Pending, now],
+                    |r| {
+                        Ok(GroupWork {
+                            group: r.get(0)?,
+                            sink: r.get(1)?,
+                            window_end_ms: r.get(2)?,
+                        })
+                    },
                 )?;
-                let rows = stmt.query_map(params![DeliveryStatus::Pending, now], |r| {
-                    Ok(GroupWork {
-                        group: r.get(0)?,
-                        sink: r.get(1)?,
-                        window_end_ms: r.get(2)?,
-                    })
-                })?;
-                let mut work: Vec<GroupWork> = rows.collect::<rusqlite::Result<_>>()?;
                 work.dedup_by(|a, b| a.group == b.group && a.sink == b.sink);
-                work
-            };
-            tx.commit()?;
-            Ok(work)
+                Ok(work)
+            })
         })
         .await
     }
@@ -278,32 +295,32 @@ impl StateDb {
         count: usize,
     ) -> Result<Vec<GroupBatch>, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            let open: Vec<StreamRow> = {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT {STREAM_COLUMNS} WHERE grp = ?1 AND sink = ?2
-                     AND formed_seq > next_seq ORDER BY part"
-                ))?;
-                let rows = stmt.query_map(params![group, sink], stream_row)?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            let mut batches = Vec::new();
-            for stream in &open {
-                for seq in stream.next_seq..stream.formed_seq {
-                    if batches.len() < count {
-                        batches.push(recorded_batch(&tx, &sink, stream, seq)?);
+        self.call(move |db| {
+            db.transaction(|tx| {
+                let open: Vec<StreamRow> = tx.query_map(
+                    &format!(
+                        "SELECT {STREAM_COLUMNS} WHERE grp = ?1 AND sink = ?2
+                         AND formed_seq > next_seq ORDER BY part"
+                    ),
+                    params![group, sink],
+                    stream_row,
+                )?;
+                let mut batches = Vec::new();
+                for stream in &open {
+                    for seq in stream.next_seq..stream.formed_seq {
+                        if batches.len() < count {
+                            batches.push(recorded_batch(tx, &sink, stream, seq)?);
+                        }
                     }
                 }
-            }
-            while batches.len() < count {
-                match form_batch(&tx, &group, &sink, limits)? {
-                    Some(batch) => batches.push(batch),
-                    None => break,
+                while batches.len() < count {
+                    match form_batch(tx, &group, &sink, limits)? {
+                        Some(batch) => batches.push(batch),
+                        None => break,
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(batches)
+                Ok(batches)
+            })
         })
         .await
     }
@@ -334,13 +351,14 @@ impl StateDb {
                     .collect(),
             })
             .collect();
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            for batch in &batches {
-                commit_batch(&tx, batch, now)?;
-            }
-            tx.commit()
+        self.call(move |db| {
+            db.transaction(|tx| {
+                let now = now_ms();
+                for batch in &batches {
+                    commit_batch(tx, batch, now)?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -355,40 +373,31 @@ impl StateDb {
         error: String,
     ) -> Result<usize, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
-        self.call_rusqlite(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms();
-            let failed: Vec<String> = {
-                let mut stmt = tx.prepare_cached(
+        self.call(move |db| {
+            db.transaction(|tx| {
+                let now = now_ms();
+                let failed: Vec<String> = tx.query_map(
                     "SELECT m.event_id FROM group_members m JOIN deliveries d
                        ON d.event_id = m.event_id AND d.sink = m.sink
                       AND d.generation = m.generation
                      WHERE m.grp = ?1 AND m.sink = ?2 AND d.status = ?3",
+                    params![group, sink, DeliveryStatus::Pending],
+                    |r| r.get(0),
                 )?;
-                let rows =
-                    stmt.query_map(params![group, sink, DeliveryStatus::Pending], |r| r.get(0))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            for event_id in &failed {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET status = ?3, error = ?4, updated_at_ms = ?5
-                     WHERE event_id = ?1 AND sink = ?2",
-                )?
-                .execute(params![
-                    event_id,
-                    sink,
-                    DeliveryStatus::Failed,
-                    error,
-                    now
-                ])?;
-                settle_event(&tx, event_id, now)?;
-            }
-            tx.execute(
-                "UPDATE group_streams SET retry_at_ms = ?3 WHERE grp = ?1 AND sink = ?2",
-                params![group, sink, now + CLOSE_RETRY_MS],
-            )?;
-            tx.commit()?;
-            Ok(failed.len())
+                for event_id in &failed {
+                    tx.execute(
+                        "UPDATE deliveries SET status = ?3, error = ?4, updated_at_ms = ?5
+                         WHERE event_id = ?1 AND sink = ?2",
+                        params![event_id, sink, DeliveryStatus::Failed, error, now],
+                    )?;
+                    settle_event(tx, event_id, now)?;
+                }
+                tx.execute(
+                    "UPDATE group_streams SET retry_at_ms = ?3 WHERE grp = ?1 AND sink = ?2",
+                    params![group, sink, now + CLOSE_RETRY_MS],
+                )?;
+                Ok(failed.len())
+            })
         })
         .await
     }
@@ -403,7 +412,7 @@ struct Flushed {
 }
 
 /// Commits one flushed batch (see [`StateDb::commit_group_batches`]).
-fn commit_batch(tx: &Transaction<'_>, batch: &Flushed, now: i64) -> rusqlite::Result<()> {
+fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
     let Flushed {
         stream,
         sink,
@@ -411,49 +420,50 @@ fn commit_batch(tx: &Transaction<'_>, batch: &Flushed, now: i64) -> rusqlite::Re
         members,
     } = batch;
     let seq = *seq;
-    tx.prepare_cached(
-        "UPDATE group_streams SET next_seq = MAX(next_seq, ?3), retry_at_ms = 0
+    tx.execute(
+        "UPDATE group_streams SET next_seq = GREATEST(next_seq, CAST(?3 AS BIGINT)),
+             retry_at_ms = 0
          WHERE stream = ?1 AND sink = ?2",
-    )?
-    .execute(params![stream, sink, seq + 1])?;
+        params![stream, sink, seq + 1],
+    )?;
     for (event_id, generation) in members {
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
              WHERE event_id = ?1 AND sink = ?2 AND generation = ?3 AND status IN (?6, ?7)",
-        )?
-        .execute(params![
-            event_id,
-            sink,
-            generation,
-            DeliveryStatus::Done,
-            now,
-            DeliveryStatus::Pending,
-            DeliveryStatus::Failed
-        ])?;
+            params![
+                event_id,
+                sink,
+                generation,
+                DeliveryStatus::Done,
+                now,
+                DeliveryStatus::Pending,
+                DeliveryStatus::Failed
+            ],
+        )?;
         // The event's own checkpoint in the group stream, so that status counts and
         // `events show` read grouped rows as they read every other row.
-        tx.prepare_cached(
+        tx.execute(
             "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
              VALUES (?1, ?2, ?3, ?4, 1, 1)
              ON CONFLICT (event_id, sink, stream) DO UPDATE SET
-               next_seq = MAX(next_seq, excluded.next_seq), complete = 1, rows = 1",
-        )?
-        .execute(params![event_id, sink, stream, seq + 1])?;
+               next_seq = GREATEST(checkpoints.next_seq, excluded.next_seq),
+               complete = 1, rows = 1",
+            params![event_id, sink, stream, seq + 1],
+        )?;
         // Most events go to one sink: done in one statement; the others are settled delivery
         // by delivery.
-        let done = tx
-            .prepare_cached(
-                "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
-                 WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
-                     WHERE event_id = ?1 AND status IN (?4, ?5))",
-            )?
-            .execute(params![
+        let done = tx.execute(
+            "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
+             WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
+                 WHERE event_id = ?1 AND status IN (?4, ?5))",
+            params![
                 event_id,
                 EventStatus::Done,
                 now,
                 DeliveryStatus::Pending,
                 DeliveryStatus::Failed
-            ])?;
+            ],
+        )?;
         if done == 0 {
             settle_event(tx, event_id, now)?;
         }
@@ -463,49 +473,42 @@ fn commit_batch(tx: &Transaction<'_>, batch: &Flushed, now: i64) -> rusqlite::Re
 
 /// Batch `seq` of `stream` for `sink` as recorded.
 fn recorded_batch(
-    tx: &Transaction<'_>,
+    tx: &mut Db,
     sink: &str,
     stream: &StreamRow,
     seq: i64,
-) -> rusqlite::Result<GroupBatch> {
-    let mut stmt = tx.prepare_cached(
+) -> sql::Result<GroupBatch> {
+    let rows = tx.query_map(
         "SELECT i.event_id, i.kind, i.topic, i.body, i.received_at_ms, i.status, i.detail,
                 m.generation
          FROM group_members m JOIN inbox i ON i.event_id = m.event_id
          WHERE m.stream = ?1 AND m.sink = ?2 AND m.seq = ?3 ORDER BY m.position",
+        params![stream.stream, sink, seq],
+        |r| {
+            Ok(GroupRow {
+                event: inbox::stored_event(r)?,
+                generation: r.get(7)?,
+            })
+        },
     )?;
-    let rows = stmt.query_map(params![stream.stream, sink, seq], |r| {
-        Ok(GroupRow {
-            event: StoredEvent {
-                event_id: r.get(0)?,
-                kind: r.get(1)?,
-                topic: r.get(2)?,
-                body: r.get(3)?,
-                received_at_ms: r.get(4)?,
-                status: r.get(5)?,
-                detail: r.get(6)?,
-            },
-            generation: r.get(7)?,
-        })
-    })?;
     Ok(GroupBatch {
         stream: stream.stream.clone(),
         sink: sink.to_owned(),
         seq: seq as u64,
         last: stream.last_seq == Some(seq),
         window_end_ms: stream.window_end_ms,
-        rows: rows.collect::<rusqlite::Result<_>>()?,
+        rows,
     })
 }
 
 /// Records a new batch of `group` for `sink` from the waiting members, in the stream still
 /// open (or a new part of the group when the last one is closed), and returns it.
 fn form_batch(
-    tx: &Transaction<'_>,
+    tx: &mut Db,
     group: &str,
     sink: &str,
     limits: BatchLimits,
-) -> rusqlite::Result<Option<GroupBatch>> {
+) -> sql::Result<Option<GroupBatch>> {
     let current = tx
         .query_row(
             &format!(
@@ -543,18 +546,18 @@ fn form_batch(
     let events = stream.events + taken.len() as i64;
     let last = events >= limits.max_events as i64 || (limits.close && !more);
     for (position, (event_id, generation, _)) in taken.iter().enumerate() {
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE group_members SET stream = ?4, seq = ?5, position = ?6
              WHERE event_id = ?1 AND sink = ?2 AND generation = ?3 AND seq IS NULL",
-        )?
-        .execute(params![
-            event_id,
-            sink,
-            generation,
-            stream.stream,
-            seq,
-            position as i64
-        ])?;
+            params![
+                event_id,
+                sink,
+                generation,
+                stream.stream,
+                seq,
+                position as i64
+            ],
+        )?;
     }
     tx.execute(
         "UPDATE group_streams SET formed_seq = ?3, events = ?4, last_seq = ?5
@@ -571,33 +574,43 @@ fn form_batch(
 /// Up to `limit` members of `group` waiting for `sink` (pending, in no batch yet), oldest
 /// first: event, generation, window end.
 fn waiting_members(
-    tx: &Transaction<'_>,
+    tx: &mut Db,
     group: &str,
     sink: &str,
     limit: i64,
-) -> rusqlite::Result<Vec<(String, u32, i64)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
-         JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
-            AND d.generation = m.generation
-         WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
-         ORDER BY m.rowid LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(params![group, sink, DeliveryStatus::Pending, limit], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })?;
-    rows.collect()
+) -> sql::Result<Vec<(String, u32, i64)>> {
+    // Oldest is the order the members were made in: SQLite keeps it as the rowid. The
+    // PostgreSQL schema has no such column; there the event's receipt comes first, and a
+    // replay's member, made later, after every waiting member of the earlier generations.
+    let order = match tx.backend() {
+        Backend::Sqlite => "m.rowid",
+        Backend::Postgres => {
+            "m.generation, (SELECT i.received_at_ms FROM inbox i WHERE i.event_id = m.event_id),
+             m.event_id"
+        }
+    };
+    tx.query_map(
+        &format!(
+            "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
+             JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
+                AND d.generation = m.generation
+             WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
+             ORDER BY {order} LIMIT ?4"
+        ),
+        params![group, sink, DeliveryStatus::Pending, limit],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
 }
 
 /// Opens part `part` of `group` for `sink`: the group's name for the first, `<group>-<part>`
 /// after.
 fn new_part(
-    tx: &Transaction<'_>,
+    tx: &mut Db,
     group: &str,
     sink: &str,
     part: i64,
     window_end_ms: i64,
-) -> rusqlite::Result<StreamRow> {
+) -> sql::Result<StreamRow> {
     let stream = if part == 1 {
         group.to_owned()
     } else {
@@ -621,14 +634,12 @@ fn new_part(
 
 /// Settles a grouped event once none of its deliveries is pending: `failed` naming each failed
 /// sink, else `done`.
-fn settle_event(tx: &Transaction<'_>, event_id: &str, now: i64) -> rusqlite::Result<()> {
-    let deliveries: Vec<(String, DeliveryStatus, Option<String>)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT sink, status, error FROM deliveries WHERE event_id = ?1 ORDER BY sink",
-        )?;
-        let rows = stmt.query_map([event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+fn settle_event(tx: &mut Db, event_id: &str, now: i64) -> sql::Result<()> {
+    let deliveries: Vec<(String, DeliveryStatus, Option<String>)> = tx.query_map(
+        "SELECT sink, status, error FROM deliveries WHERE event_id = ?1 ORDER BY sink",
+        params![event_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     if deliveries
         .iter()
         .any(|(_, status, _)| *status == DeliveryStatus::Pending)
@@ -641,9 +652,9 @@ fn settle_event(tx: &Transaction<'_>, event_id: &str, now: i64) -> rusqlite::Res
         .map(|(sink, _, error)| format!("sink `{sink}`: {}", error.as_deref().unwrap_or("")))
         .collect();
     if failed.is_empty() {
-        inbox::rusqlite_era::set_status(tx, event_id, EventStatus::Done, None, now)
+        inbox::set_status(tx, event_id, EventStatus::Done, None, now)
     } else {
-        inbox::rusqlite_era::set_status(
+        inbox::set_status(
             tx,
             event_id,
             EventStatus::Failed,
@@ -700,12 +711,21 @@ pub(super) fn group_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::testing::TestBackend;
 
     const ROW_TOPICS: [&str; 1] = ["records:created"];
 
+    /// The backend a failed assertion ran on.
+    fn which(backend: &TestBackend) -> &'static str {
+        match backend {
+            TestBackend::Sqlite(_) => "SQLite",
+            TestBackend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     /// `n` pending events `e00`, `e01`, ..., each planned into the group of `plan`.
-    async fn db_with_planned_events(dir: &std::path::Path, n: usize) -> StateDb {
-        let db = db_with_events(dir, n).await;
+    async fn db_with_planned_events(backend: &TestBackend, n: usize) -> StateDb {
+        let db = db_with_events(backend, n).await;
         db.plan_grouped(
             (0..n).map(|i| plan(&format!("e{i:02}"))).collect(),
             Vec::new(),
@@ -715,8 +735,8 @@ mod tests {
         db
     }
 
-    async fn db_with_events(dir: &std::path::Path, n: usize) -> StateDb {
-        let db = StateDb::open(dir).expect("open");
+    async fn db_with_events(backend: &TestBackend, n: usize) -> StateDb {
+        let db = backend.state();
         for i in 0..n {
             db.insert_event(
                 format!("e{i:02}"),
@@ -756,275 +776,487 @@ mod tests {
 
     #[tokio::test]
     async fn event_rows_are_left_to_the_group_writer_and_planned_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 3).await;
-        db.insert_event(
-            "r".into(),
-            "platform",
-            "records:created".into(),
-            b"{}".to_vec(),
-            9,
-        )
-        .await
-        .unwrap();
-        let per_event = db
-            .pending_events_per_event(Some(&ROW_TOPICS), 10)
+        for backend in TestBackend::both("groups_plan") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 3).await;
+            db.insert_event(
+                "r".into(),
+                "platform",
+                "records:created".into(),
+                b"{}".to_vec(),
+                9,
+            )
             .await
             .unwrap();
-        assert_eq!(per_event, ["r"], "event rows are the writer's");
-        assert_eq!(
-            db.pending_events_per_event(None, 10).await.unwrap().len(),
-            4,
-            "not grouping: every event is the engine's"
-        );
-        let unplanned = db.unplanned_event_rows(&ROW_TOPICS, 10).await.unwrap();
-        assert_eq!(unplanned.len(), 3);
-        db.plan_grouped(
-            vec![plan("e00"), plan("e01")],
-            vec![Settled {
-                event_id: "e02".into(),
-                status: EventStatus::Unrouted,
-                detail: Some("no route".into()),
-            }],
-        )
-        .await
-        .unwrap();
-        assert!(
-            db.unplanned_event_rows(&ROW_TOPICS, 10)
+            let per_event = db
+                .pending_events_per_event(Some(&ROW_TOPICS), 10)
                 .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            db.pending_events_per_event(None, 10).await.unwrap(),
-            ["r"],
-            "a group member stays the writer's whatever the mode"
-        );
-        assert_eq!(
-            db.event("e02").await.unwrap().unwrap().status,
-            EventStatus::Unrouted
-        );
+                .unwrap();
+            assert_eq!(per_event, ["r"], "{on}: event rows are the writer's");
+            assert_eq!(
+                db.pending_events_per_event(None, 10).await.unwrap().len(),
+                4,
+                "{on}: not grouping: every event is the engine's"
+            );
+            let unplanned = db.unplanned_event_rows(&ROW_TOPICS, 10).await.unwrap();
+            assert_eq!(unplanned.len(), 3, "{on}");
+            db.plan_grouped(
+                vec![plan("e00"), plan("e01")],
+                vec![Settled {
+                    event_id: "e02".into(),
+                    status: EventStatus::Unrouted,
+                    detail: Some("no route".into()),
+                }],
+            )
+            .await
+            .unwrap();
+            assert!(
+                db.unplanned_event_rows(&ROW_TOPICS, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{on}"
+            );
+            assert_eq!(
+                db.pending_events_per_event(None, 10).await.unwrap(),
+                ["r"],
+                "{on}: a group member stays the writer's whatever the mode"
+            );
+            assert_eq!(
+                db.event("e02").await.unwrap().unwrap().status,
+                EventStatus::Unrouted,
+                "{on}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_batch_is_recorded_before_it_is_sent_and_sent_again_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_planned_events(dir.path(), 5).await;
-        let work = db.group_work(0).await.unwrap();
-        assert_eq!(work.len(), 1);
-        let first = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (first.stream.as_str(), first.seq, first.last),
-            ("events-space-w", 0, false)
-        );
-        assert_eq!(ids(&first), ["e00", "e01"]);
-        // Not committed (a crash, say): the same batch again, not new members.
-        let again = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((again.seq, ids(&again)), (0, vec!["e00", "e01"]));
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Pending
-        );
-        db.commit_group_batch(&again).await.unwrap();
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Done
-        );
-        assert_eq!(
-            db.deliveries("e01").await.unwrap()[0].status,
-            DeliveryStatus::Done
-        );
-        let second = db
-            .next_group_batch("events-space-w", "s", LIMITS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((second.seq, ids(&second)), (1, vec!["e02", "e03"]));
-
-        // The sink fails: every waiting member is a dead letter, the batch stays recorded.
-        assert_eq!(
-            db.fail_group("events-space-w", "s", "disk full".into())
-                .await
-                .unwrap(),
-            3
-        );
-        let failed = db.event("e04").await.unwrap().unwrap();
-        assert_eq!(failed.status, EventStatus::Failed);
-        assert_eq!(failed.detail.as_deref(), Some("sink `s`: disk full"));
-        assert!(db.group_work(0).await.unwrap().is_empty(), "nothing waits");
-        assert!(
-            db.next_group_batch("events-space-w", "s", LIMITS)
+        for backend in TestBackend::both("groups_batch") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 5).await;
+            let work = db.group_work(0).await.unwrap();
+            assert_eq!(work.len(), 1, "{on}");
+            let first = db
+                .next_group_batch("events-space-w", "s", LIMITS)
                 .await
                 .unwrap()
-                .is_some_and(|b| b.seq == 1)
-        );
-
-        // A retried dead letter: batch 1 first, as recorded, then the retried member of e04.
-        db.call_rusqlite(|c| {
-            c.execute(
-                "UPDATE deliveries SET status = 'pending' WHERE event_id = 'e04'",
-                [],
-            )
-        })
-        .await
-        .unwrap();
-        let closing = BatchLimits {
-            close: true,
-            ..LIMITS
-        };
-        let resent = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((resent.seq, ids(&resent)), (1, vec!["e02", "e03"]));
-        db.commit_group_batch(&resent).await.unwrap();
-        assert_eq!(
-            db.event("e02").await.unwrap().unwrap().status,
-            EventStatus::Done,
-            "its row is durable in the sink now"
-        );
-        let last = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((last.seq, ids(&last), last.last), (2, vec!["e04"], true));
-        db.commit_group_batch(&last).await.unwrap();
-        assert!(
-            db.next_group_batch("events-space-w", "s", closing)
+                .unwrap();
+            assert_eq!(
+                (first.stream.as_str(), first.seq, first.last),
+                ("events-space-w", 0, false),
+                "{on}"
+            );
+            assert_eq!(ids(&first), ["e00", "e01"], "{on}");
+            // Not committed (a crash, say): the same batch again, not new members.
+            let again = db
+                .next_group_batch("events-space-w", "s", LIMITS)
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert!(
-            db.group_work(2000).await.unwrap().is_empty(),
-            "closed and durable"
-        );
+                .unwrap();
+            assert_eq!((again.seq, ids(&again)), (0, vec!["e00", "e01"]), "{on}");
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Pending,
+                "{on}"
+            );
+            db.commit_group_batch(&again).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}"
+            );
+            assert_eq!(
+                db.deliveries("e01").await.unwrap()[0].status,
+                DeliveryStatus::Done,
+                "{on}"
+            );
+            let second = db
+                .next_group_batch("events-space-w", "s", LIMITS)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((second.seq, ids(&second)), (1, vec!["e02", "e03"]), "{on}");
+
+            // The sink fails: every waiting member is a dead letter, the batch stays recorded.
+            assert_eq!(
+                db.fail_group("events-space-w", "s", "disk full".into())
+                    .await
+                    .unwrap(),
+                3,
+                "{on}"
+            );
+            let failed = db.event("e04").await.unwrap().unwrap();
+            assert_eq!(failed.status, EventStatus::Failed, "{on}");
+            assert_eq!(
+                failed.detail.as_deref(),
+                Some("sink `s`: disk full"),
+                "{on}"
+            );
+            assert!(
+                db.group_work(0).await.unwrap().is_empty(),
+                "{on}: nothing waits"
+            );
+            assert!(
+                db.next_group_batch("events-space-w", "s", LIMITS)
+                    .await
+                    .unwrap()
+                    .is_some_and(|b| b.seq == 1),
+                "{on}"
+            );
+
+            // A retried dead letter: batch 1 first, as recorded, then the retried member of e04.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET status = 'pending' WHERE event_id = 'e04'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let closing = BatchLimits {
+                close: true,
+                ..LIMITS
+            };
+            let resent = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((resent.seq, ids(&resent)), (1, vec!["e02", "e03"]), "{on}");
+            db.commit_group_batch(&resent).await.unwrap();
+            assert_eq!(
+                db.event("e02").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}: its row is durable in the sink now"
+            );
+            let last = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (last.seq, ids(&last), last.last),
+                (2, vec!["e04"], true),
+                "{on}"
+            );
+            db.commit_group_batch(&last).await.unwrap();
+            assert!(
+                db.next_group_batch("events-space-w", "s", closing)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{on}"
+            );
+            assert!(
+                db.group_work(2000).await.unwrap().is_empty(),
+                "{on}: closed and durable"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_replay_goes_into_a_new_part_once_the_stream_is_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_events(dir.path(), 1).await;
-        db.plan_grouped(vec![plan("e00")], Vec::new())
-            .await
-            .unwrap();
-        // The window is over and nothing waits but e00: it is also the closing batch.
-        let closing = BatchLimits {
-            close: true,
-            ..LIMITS
-        };
-        let only = db
-            .next_group_batch("events-space-w", "s", closing)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(only.last);
-        db.commit_group_batch(&only).await.unwrap();
-        db.call_rusqlite(|c| {
-            c.execute(
+        for backend in TestBackend::both("groups_replay") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 1).await;
+            db.plan_grouped(vec![plan("e00")], Vec::new())
+                .await
+                .unwrap();
+            // The window is over and nothing waits but e00: it is also the closing batch.
+            let closing = BatchLimits {
+                close: true,
+                ..LIMITS
+            };
+            let only = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(only.last, "{on}");
+            db.commit_group_batch(&only).await.unwrap();
+            db.call(|db| {
+                db.execute(
                 "UPDATE deliveries SET generation = 1, status = 'pending' WHERE event_id = 'e00'",
-                [],
+                params![],
             )
-        })
-        .await
-        .unwrap();
-        let work = db.group_work(0).await.unwrap();
-        assert_eq!(work.len(), 1, "the replay has a member of its generation");
-        let replayed = db
-            .next_group_batch("events-space-w", "s", closing)
+            })
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(
-            (
-                replayed.stream.as_str(),
-                replayed.seq,
-                replayed.rows[0].generation
-            ),
-            ("events-space-w-2", 0, 1)
-        );
-        db.commit_group_batch(&replayed).await.unwrap();
-        assert_eq!(
-            db.event("e00").await.unwrap().unwrap().status,
-            EventStatus::Done
-        );
+            let work = db.group_work(0).await.unwrap();
+            assert_eq!(
+                work.len(),
+                1,
+                "{on}: the replay has a member of its generation"
+            );
+            let replayed = db
+                .next_group_batch("events-space-w", "s", closing)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    replayed.stream.as_str(),
+                    replayed.seq,
+                    replayed.rows[0].generation
+                ),
+                ("events-space-w-2", 0, 1),
+                "{on}"
+            );
+            db.commit_group_batch(&replayed).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Done,
+                "{on}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn an_ended_window_closes_with_an_empty_batch_and_a_full_stream_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db_with_planned_events(dir.path(), 3).await;
-        let small = BatchLimits {
-            batch_events: 10,
-            max_events: 2,
-            close: false,
-        };
-        let full = db
-            .next_group_batch("events-space-w", "s", small)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (ids(&full), full.last),
-            (vec!["e00", "e01"], true),
-            "full: closed"
-        );
-        db.commit_group_batch(&full).await.unwrap();
-        let next = db
-            .next_group_batch("events-space-w", "s", small)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (next.stream.as_str(), ids(&next), next.last),
-            ("events-space-w-2", vec!["e02"], false)
-        );
-        db.commit_group_batch(&next).await.unwrap();
-        assert!(
-            db.next_group_batch("events-space-w", "s", small)
+        for backend in TestBackend::both("groups_close") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 3).await;
+            let small = BatchLimits {
+                batch_events: 10,
+                max_events: 2,
+                close: false,
+            };
+            let full = db
+                .next_group_batch("events-space-w", "s", small)
                 .await
                 .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            db.group_work(999).await.unwrap().len(),
-            0,
-            "window not over"
-        );
-        assert_eq!(
-            db.group_work(1000).await.unwrap().len(),
-            1,
-            "window over: close it"
-        );
-        let close = BatchLimits {
-            close: true,
-            ..small
-        };
-        let empty = db
-            .next_group_batch("events-space-w", "s", close)
+                .unwrap();
+            assert_eq!(
+                (ids(&full), full.last),
+                (vec!["e00", "e01"], true),
+                "{on}: full: closed"
+            );
+            db.commit_group_batch(&full).await.unwrap();
+            let next = db
+                .next_group_batch("events-space-w", "s", small)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (next.stream.as_str(), ids(&next), next.last),
+                ("events-space-w-2", vec!["e02"], false),
+                "{on}"
+            );
+            db.commit_group_batch(&next).await.unwrap();
+            assert!(
+                db.next_group_batch("events-space-w", "s", small)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{on}"
+            );
+            assert_eq!(
+                db.group_work(999).await.unwrap().len(),
+                0,
+                "{on}: window not over"
+            );
+            assert_eq!(
+                db.group_work(1000).await.unwrap().len(),
+                1,
+                "{on}: window over: close it"
+            );
+            let close = BatchLimits {
+                close: true,
+                ..small
+            };
+            let empty = db
+                .next_group_batch("events-space-w", "s", close)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    empty.stream.as_str(),
+                    empty.seq,
+                    empty.rows.len(),
+                    empty.last
+                ),
+                ("events-space-w-2", 1, 0, true),
+                "{on}"
+            );
+            db.commit_group_batch(&empty).await.unwrap();
+            assert!(db.group_work(5000).await.unwrap().is_empty(), "{on}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_of_two_sinks_settles_once_both_batches_are_in_and_names_the_failed_one() {
+        for backend in TestBackend::both("groups_two_sinks") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 1).await;
+            let both = GroupPlan {
+                sinks: vec!["a".to_owned(), "b".to_owned()],
+                ..plan("e00")
+            };
+            db.plan_grouped(vec![both.clone()], Vec::new())
+                .await
+                .unwrap();
+            // Planned again (the engine planned it meanwhile, say): nothing doubles.
+            db.plan_grouped(vec![both], Vec::new()).await.unwrap();
+            assert!(db.is_grouped("e00").await.unwrap(), "{on}");
+            assert!(!db.is_grouped("nope").await.unwrap(), "{on}");
+            let work = db.group_work(0).await.unwrap();
+            let sinks: Vec<&str> = work.iter().map(|w| w.sink.as_str()).collect();
+            assert_eq!(sinks, ["a", "b"], "{on}: {work:?}");
+
+            let to_a = db
+                .next_group_batch("events-space-w", "a", LIMITS)
+                .await
+                .unwrap()
+                .expect("a batch for a");
+            db.commit_group_batch(&to_a).await.unwrap();
+            assert_eq!(
+                db.event("e00").await.unwrap().unwrap().status,
+                EventStatus::Pending,
+                "{on}: b has not taken it yet"
+            );
+            assert_eq!(
+                db.fail_group("events-space-w", "b", "refused".into())
+                    .await
+                    .unwrap(),
+                1,
+                "{on}"
+            );
+            let failed = db.event("e00").await.unwrap().unwrap();
+            assert_eq!(
+                (failed.status, failed.detail.as_deref()),
+                (EventStatus::Failed, Some("sink `b`: refused")),
+                "{on}"
+            );
+            let checkpoints = db.checkpoints("e00").await.unwrap();
+            assert_eq!(
+                checkpoints
+                    .iter()
+                    .map(|c| (c.sink.as_str(), c.stream.as_str(), c.next_seq, c.complete))
+                    .collect::<Vec<_>>(),
+                [("a", "events-space-w", 1, true)],
+                "{on}: the event's own checkpoint in the group stream"
+            );
+
+            // The dead letter retried: b's batch goes out and the event is done.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET status = 'pending' WHERE sink = 'b'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let to_b = db
+                .next_group_batch("events-space-w", "b", LIMITS)
+                .await
+                .unwrap()
+                .expect("a batch for b");
+            assert_eq!((to_b.seq, ids(&to_b)), (0, vec!["e00"]), "{on}");
+            db.commit_group_batch(&to_b).await.unwrap();
+            let done = db.event("e00").await.unwrap().unwrap();
+            assert_eq!(
+                (done.status, done.detail),
+                (EventStatus::Done, None),
+                "{on}"
+            );
+            assert!(
+                db.deliveries("e00")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Done && d.rows == 1),
+                "{on}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn several_batches_are_recorded_and_committed_in_one_call() {
+        for backend in TestBackend::both("groups_several") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 5).await;
+            assert_eq!(
+                db.pending_events_per_event(None, usize::MAX).await.unwrap(),
+                Vec::<String>::new(),
+                "{on}: no limit given, every member still the writer's"
+            );
+            let batches = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .await
+                .unwrap();
+            let formed: Vec<(u64, Vec<&str>)> = batches.iter().map(|b| (b.seq, ids(b))).collect();
+            assert_eq!(
+                formed,
+                [
+                    (0, vec!["e00", "e01"]),
+                    (1, vec!["e02", "e03"]),
+                    (2, vec!["e04"])
+                ],
+                "{on}"
+            );
+            db.commit_group_batches(&batches[..2]).await.unwrap();
+            let again = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                again.iter().map(|b| (b.seq, ids(b))).collect::<Vec<_>>(),
+                [(2, vec!["e04"])],
+                "{on}: only the batch not yet durable, unchanged"
+            );
+            db.commit_group_batches(&again).await.unwrap();
+            let mut statuses = db.event_counts().await.unwrap();
+            statuses.retain(|(_, n)| *n > 0);
+            assert_eq!(statuses, [(EventStatus::Done, 5)], "{on}");
+        }
+    }
+
+    /// Forms and commits batches of the group for `s` until none is left; every batch handed
+    /// out, in order.
+    async fn drain(db: &StateDb) -> Vec<(String, u64, Vec<String>)> {
+        let mut seen = Vec::new();
+        while let Some(batch) = db
+            .next_group_batch("events-space-w", "s", LIMITS)
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                empty.stream.as_str(),
-                empty.seq,
-                empty.rows.len(),
-                empty.last
-            ),
-            ("events-space-w-2", 1, 0, true)
-        );
-        db.commit_group_batch(&empty).await.unwrap();
-        assert!(db.group_work(5000).await.unwrap().is_empty());
+        {
+            db.commit_group_batch(&batch).await.unwrap();
+            seen.push((
+                batch.stream.clone(),
+                batch.seq,
+                ids(&batch).into_iter().map(str::to_owned).collect(),
+            ));
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn two_daemons_on_one_state_put_each_event_in_one_batch() {
+        for backend in TestBackend::both("groups_two_daemons") {
+            let on = which(&backend);
+            let first = db_with_planned_events(&backend, 30).await;
+            let second = backend.state();
+            let (a, b) = tokio::join!(drain(&first), drain(&second));
+            // A batch either handed out may be handed out again (not durable yet when the
+            // other asked), but always with the same events.
+            let mut batches = std::collections::BTreeMap::new();
+            for (stream, seq, events) in a.into_iter().chain(b) {
+                let recorded = batches
+                    .entry((stream, seq))
+                    .or_insert_with(|| events.clone());
+                assert_eq!(*recorded, events, "{on}: a batch changed");
+            }
+            let mut events: Vec<String> = batches.into_values().flatten().collect();
+            events.sort();
+            let expected: Vec<String> = (0..30).map(|i| format!("e{i:02}")).collect();
+            assert_eq!(events, expected, "{on}: every event in exactly one batch");
+            assert_eq!(
+                first.event_counts().await.unwrap(),
+                [(EventStatus::Done, 30)],
+                "{on}"
+            );
+        }
     }
 }
