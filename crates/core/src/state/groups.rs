@@ -579,24 +579,14 @@ fn waiting_members(
     sink: &str,
     limit: i64,
 ) -> sql::Result<Vec<(String, u32, i64)>> {
-    // Oldest is the order the members were made in: SQLite keeps it as the rowid. The
-    // PostgreSQL schema has no such column; there the event's receipt comes first, and a
-    // replay's member, made later, after every waiting member of the earlier generations.
-    let order = match tx.backend() {
-        Backend::Sqlite => "m.rowid",
-        Backend::Postgres => {
-            "m.generation, (SELECT i.received_at_ms FROM inbox i WHERE i.event_id = m.event_id),
-             m.event_id"
-        }
-    };
+    // Oldest is the order the members were made in: the rowid (an identity column on
+    // PostgreSQL).
     tx.query_map(
-        &format!(
-            "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
-             JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
-                AND d.generation = m.generation
-             WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
-             ORDER BY {order} LIMIT ?4"
-        ),
+        "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
+         JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
+            AND d.generation = m.generation
+         WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
+         ORDER BY m.rowid LIMIT ?4",
         params![group, sink, DeliveryStatus::Pending, limit],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )

@@ -202,32 +202,7 @@ pub(super) fn stored_event(r: &Row<'_>) -> sql::Result<StoredEvent> {
 pub(super) mod rusqlite_era {
     use rusqlite::params;
 
-    use super::{EventStatus, StoredEvent};
-
-    pub(in crate::state) fn insert_pending(
-        c: &rusqlite::Connection,
-        event_id: &str,
-        kind: &str,
-        topic: &str,
-        body: &[u8],
-        received_at_ms: i64,
-    ) -> rusqlite::Result<bool> {
-        let n = c
-            .prepare_cached(
-                "INSERT OR IGNORE INTO inbox
-             (event_id, kind, topic, body, received_at_ms, status, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
-            )?
-            .execute(params![
-                event_id,
-                kind,
-                topic,
-                body,
-                received_at_ms,
-                EventStatus::Pending
-            ])?;
-        Ok(n == 1)
-    }
+    use super::EventStatus;
 
     pub(in crate::state) fn set_status(
         c: &rusqlite::Connection,
@@ -241,18 +216,6 @@ pub(super) mod rusqlite_era {
             params![event_id, status, detail, now],
         )?;
         Ok(())
-    }
-
-    pub(in crate::state) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-        Ok(StoredEvent {
-            event_id: r.get(0)?,
-            kind: r.get(1)?,
-            topic: r.get(2)?,
-            body: r.get(3)?,
-            received_at_ms: r.get(4)?,
-            status: r.get(5)?,
-            detail: r.get(6)?,
-        })
     }
 }
 

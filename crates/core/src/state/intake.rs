@@ -90,8 +90,9 @@ impl StateDb {
     ) -> Result<Vec<Result<InboxOutcome, StateError>>, StateError> {
         let at = self.path.display().to_string();
         // One transaction, on SQLite begun IMMEDIATE: a database another process holds locked
-        // fails the group at once, after one busy timeout, not each write after its own.
-        self.call(move |db| {
+        // fails the group at once, after one busy timeout, not each write after its own. On
+        // PostgreSQL intake has its own connection: a standby daemon stores what it is sent.
+        self.call_intake(move |db| {
             db.transaction(|db| {
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for write in &writes {

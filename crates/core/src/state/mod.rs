@@ -414,8 +414,9 @@ impl StateDb {
         let _ = lost.wait_for(|lost| *lost).await;
     }
 
-    /// Runs `f` on the SQLite connection; an error on PostgreSQL. The state code that has
-    /// not moved to [`StateDb::call`]'s portable SQL yet uses it.
+    /// Runs `f` on the SQLite connection, for test steps only SQLite has (pragmas); an error
+    /// on PostgreSQL.
+    #[cfg(test)]
     pub(crate) async fn call_rusqlite<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,

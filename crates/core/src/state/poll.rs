@@ -3,7 +3,7 @@
 //! transaction that moves the cursor, so the cursor never passes an event not stored.
 
 use super::inbox::insert_pending;
-use super::sql::{Backend, OptionalExtension, params};
+use super::sql::{OptionalExtension, params};
 use super::{StateDb, StateError, now_ms};
 
 /// A polled event on its way into the inbox, with the environment whose cursor found it.
@@ -84,21 +84,11 @@ impl StateDb {
         let id = environment_id.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |db| {
-            // Oldest first. SQLite's rowid is the order the acks were stored in; PostgreSQL has
-            // no rowid, so there the events' receipt times order them (the id breaks ties).
-            let sql = match db.backend() {
-                Backend::Sqlite => {
-                    "SELECT event_id FROM event_acks
-                     WHERE acked_at_ms IS NULL AND environment_id = ?1
-                     ORDER BY rowid LIMIT ?2"
-                }
-                Backend::Postgres => {
-                    "SELECT a.event_id FROM event_acks a
-                     LEFT JOIN inbox i ON i.event_id = a.event_id
-                     WHERE a.acked_at_ms IS NULL AND a.environment_id = ?1
-                     ORDER BY i.received_at_ms NULLS FIRST, a.event_id LIMIT ?2"
-                }
-            };
+            // Oldest first: the order the acks were stored in (an identity column on
+            // PostgreSQL).
+            let sql = "SELECT event_id FROM event_acks
+                       WHERE acked_at_ms IS NULL AND environment_id = ?1
+                       ORDER BY rowid LIMIT ?2";
             db.query_map(sql, params![id, limit], |r| r.get(0))
         })
         .await

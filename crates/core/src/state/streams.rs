@@ -2,7 +2,7 @@
 //! one's [`DeliveryStatus`] (`deliveries`), the stream plan (`streams`), and every sink's
 //! durable position in each stream (`checkpoints`), which only ever moves forward.
 
-use super::sql::{self, Backend, Db, DbError, params};
+use super::sql::{self, DbError, params};
 use super::{DeliveryStatus, StateDb, StateError, now_ms};
 
 /// A sink's share of an event.
@@ -146,12 +146,10 @@ impl StateDb {
     pub async fn deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StateError> {
         let id = event_id.to_owned();
         self.call(move |db| {
-            let sql = format!(
-                "SELECT sink, status, rows, error, generation FROM deliveries
-                 WHERE event_id = ?1 ORDER BY {}",
-                planned_order(db)
-            );
-            db.query_map(&sql, params![id], |r| {
+            // The routes' order: the order the rows were planned in.
+            let sql = "SELECT sink, status, rows, error, generation FROM deliveries
+                       WHERE event_id = ?1 ORDER BY rowid";
+            db.query_map(sql, params![id], |r| {
                 Ok(Delivery {
                     sink: r.get(0)?,
                     status: r.get(1)?,
@@ -358,16 +356,6 @@ impl StateDb {
     }
 }
 
-/// How to order an event's `deliveries` rows as its sinks were planned (the routes' order,
-/// which the engine logs and works in). SQLite keeps the insertion order as the rowid; the
-/// PostgreSQL schema has no such column, so there they come by sink name.
-fn planned_order(db: &Db) -> &'static str {
-    match db.backend() {
-        Backend::Sqlite => "rowid",
-        Backend::Postgres => "sink",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,9 +428,7 @@ mod tests {
 
             let deliveries = db.deliveries("e").await.unwrap();
             let mut planned: Vec<&str> = deliveries.iter().map(|d| d.sink.as_str()).collect();
-            if matches!(backend, TestBackend::Sqlite(_)) {
-                assert_eq!(planned, ["warehouse", "archive"], "{on}: the routes' order");
-            }
+            assert_eq!(planned, ["warehouse", "archive"], "{on}: the routes' order");
             planned.sort_unstable();
             assert_eq!(planned, ["archive", "warehouse"], "{on}");
             assert!(
