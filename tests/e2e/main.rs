@@ -31,5 +31,6 @@ mod scaffold;
 mod secrets;
 mod service;
 mod shapes;
+mod shared_state;
 mod top;
 mod uploads;
