@@ -9,10 +9,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
+use flatfile_sim::{
+    EmitEvent, SimConfig, legacy_row_ids, legacy_webhook_body, record_ids, submit_event_body,
+    workbook_sheets,
+};
 use flatsync_test_kit::postgres::TestDatabase;
 use flatsync_tests::check::sqlite_rows;
-use flatsync_tests::postgres::{active_daemon, inbox};
+use flatsync_tests::postgres::{Relay, active_daemon, inbox};
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 
 /// The shortest lease the config takes: a paused daemon is replaced 3 s after it went quiet.
@@ -36,10 +39,22 @@ impl Cluster {
     /// `n` daemons on a new database, reading legacy batches of `rows` from one simulator
     /// with `page_latency` per page, delivering `portalImportSubmitted` into one SQLite file.
     fn start(label: &str, n: usize, rows: u64, page_latency: Duration) -> Cluster {
+        Cluster::start_with(label, n, rows, page_latency, |daemon, _| daemon)
+    }
+
+    /// [`Cluster::start`], each daemon's settings changed by `change` (given the database).
+    fn start_with(
+        label: &str,
+        n: usize,
+        rows: u64,
+        page_latency: Duration,
+        change: impl Fn(Daemon, &TestDatabase) -> Daemon,
+    ) -> Cluster {
         let db = TestDatabase::create(label);
         let sim = Sim::start(SimConfig {
             rows,
             page_latency,
+            sheets_per_workbook: 2,
             ..SimConfig::default()
         });
         let sink_dir = TestDir::new(&format!("{label}-sink"));
@@ -48,10 +63,7 @@ impl Cluster {
         let mut daemons = Vec::new();
         for i in 0..n {
             let dir = TestDir::new(&format!("{label}-{i}"));
-            daemons.push(
-                settings(dir.path(), &db, &sim, &sink)
-                    .start_on_any_port(),
-            );
+            daemons.push(change(settings(dir.path(), &db, &sim, &sink), &db).start_on_any_port());
             dirs.push(dir);
         }
         Cluster {
@@ -76,6 +88,29 @@ impl Cluster {
             self.daemons[to].log_tail()
         );
         (event, batch)
+    }
+
+    /// Sends the Platform submit of workbook `name` to daemon `to`; its event id, workbook id
+    /// and job id.
+    fn send_submit(&self, to: usize, name: &str) -> (String, String, String) {
+        let (event, workbook) = (format!("us_evt_{name}"), format!("us_wb_{name}"));
+        let job = self.sim.job_for(&workbook);
+        let reply = self.daemons[to].post(&submit_event_body(&event, &workbook, &job));
+        assert!(
+            reply.is_success(),
+            "daemon {to} answered {} to {event}\n{}",
+            reply.status,
+            self.daemons[to].log_tail()
+        );
+        (event, workbook, job)
+    }
+
+    /// The number of events still pending in the shared inbox.
+    fn pending(&self) -> usize {
+        inbox(self.db.url())
+            .values()
+            .filter(|s| *s == "pending")
+            .count()
     }
 
     /// The index of the daemon holding the active role.
@@ -110,11 +145,18 @@ impl Cluster {
         );
     }
 
-    /// Checks the sink holds every row of `batches` exactly once.
-    fn assert_every_row_once(&self, batches: &[String]) {
+    /// Checks the sink holds every row of the legacy `batches` and the Platform `workbooks`
+    /// exactly once.
+    fn assert_every_row_once(&self, batches: &[String], workbooks: &[String]) {
+        let config = self.sim.config();
         let expected: Vec<String> = batches
             .iter()
-            .flat_map(|b| legacy_row_ids(self.sim.config(), b))
+            .flat_map(|b| legacy_row_ids(config, b))
+            .chain(workbooks.iter().flat_map(|w| {
+                workbook_sheets(config, w)
+                    .into_iter()
+                    .flat_map(|(sheet, _, _)| record_ids(config, &sheet))
+            }))
             .collect();
         sqlite_rows(&self.sink).assert_exactly(&expected, "rows in the shared SQLite sink");
     }
@@ -123,7 +165,11 @@ impl Cluster {
         let inbox = inbox(self.db.url());
         let mut text = format!("inbox: {inbox:?}\nactive: {:?}\n", self.active());
         for (i, daemon) in self.daemons.iter().enumerate() {
-            text.push_str(&format!("--- daemon {i} (pid {:?}) ---\n{}\n", daemon.pid(), daemon.log_tail()));
+            text.push_str(&format!(
+                "--- daemon {i} (pid {:?}) ---\n{}\n",
+                daemon.pid(),
+                daemon.log_tail()
+            ));
         }
         text
     }
@@ -139,9 +185,13 @@ fn settings(dir: &Path, db: &TestDatabase, sim: &Sim, sink: &Path) -> Daemon {
         .sink(
             "warehouse",
             "sqlite",
-            &format!("{{ path = {} }}", serde_json::Value::from(sink.to_string_lossy())),
+            &format!(
+                "{{ path = {} }}",
+                serde_json::Value::from(sink.to_string_lossy())
+            ),
         )
-        .route(&["portalImportSubmitted"], &["warehouse"])
+        .platform_sim(sim)
+        .route(&["portalImportSubmitted", "job:ready"], &["warehouse"])
         .page_size(1_000)
 }
 
@@ -156,7 +206,7 @@ fn three_daemons_on_one_postgres_state_deliver_every_row_once() {
         batches.push(batch);
     }
     cluster.wait_done(&events);
-    cluster.assert_every_row_once(&batches);
+    cluster.assert_every_row_once(&batches, &[]);
     let standing_by = cluster
         .daemons
         .iter()
@@ -172,30 +222,190 @@ fn three_daemons_on_one_postgres_state_deliver_every_row_once() {
 
 #[test]
 fn killing_the_active_daemon_ten_times_loses_and_duplicates_nothing() {
-    let mut cluster = Cluster::start("pg-kill", 3, 10_000, Duration::from_millis(40));
+    let mut cluster = Cluster::start("pg-kill", 3, 10_000, Duration::from_millis(100));
     let mut rng = fastrand::Rng::with_seed(0x14_1a5e);
     let mut events = BTreeSet::new();
     let mut batches = Vec::new();
-    for n in 0..20 {
+    let send = |cluster: &Cluster, events: &mut BTreeSet<String>, batches: &mut Vec<String>| {
+        let n = batches.len();
         let (event, batch) = cluster.send(n % 3, &format!("kill{n}"));
         events.insert(event);
         batches.push(batch);
+    };
+    for _ in 0..20 {
+        send(&cluster, &mut events, &mut batches);
     }
     let mut journal = String::new();
-    for round in 0..10 {
+    let mut kills = 0;
+    while kills < 10 {
         let active = cluster.wait_active(None);
         std::thread::sleep(Duration::from_millis(rng.u64(300..=1_500)));
-        let pending = inbox(cluster.db.url())
-            .values()
-            .filter(|s| *s == "pending")
-            .count();
-        journal.push_str(&format!("round {round}: kill daemon {active}, {pending} pending\n"));
+        let pending = cluster.pending();
+        if pending == 0 {
+            // Every kill must land in the middle of a delivery: more work first.
+            send(&cluster, &mut events, &mut batches);
+            continue;
+        }
+        journal.push_str(&format!(
+            "kill {kills}: daemon {active}, {pending} events pending\n"
+        ));
         cluster.daemons[active].kill9();
         let next = cluster.wait_active(Some(active));
-        journal.push_str(&format!("round {round}: daemon {next} took over\n"));
+        journal.push_str(&format!("kill {kills}: daemon {next} took over\n"));
+        kills += 1;
         cluster.daemons[active].restart();
     }
     cluster.wait_done(&events);
     println!("{journal}");
-    cluster.assert_every_row_once(&batches);
+    cluster.assert_every_row_once(&batches, &[]);
+}
+
+#[test]
+fn a_daemon_paused_past_its_lease_is_refused_every_write_when_it_wakes() {
+    let mut cluster = Cluster::start("pg-pause", 2, 10_000, Duration::from_millis(100));
+    let (mut events, mut batches, mut workbooks, mut jobs) =
+        (BTreeSet::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in 0..3 {
+        let (event, batch) = cluster.send(n % 2, &format!("pause{n}"));
+        events.insert(event);
+        batches.push(batch);
+        let (event, workbook, job) = cluster.send_submit(n % 2, &format!("pause{n}"));
+        events.insert(event);
+        workbooks.push(workbook);
+        jobs.push(job);
+    }
+    let paused = cluster.wait_active(None);
+    wait::until(
+        "a delivery under way",
+        DELIVERY,
+        || (cluster.pending() < events.len()).then_some(()),
+        || cluster.describe(),
+    );
+    assert!(cluster.pending() > 0, "the pause lands during delivery");
+    cluster.daemons[paused].signal("STOP");
+    let standby = cluster.wait_active(Some(paused));
+    assert_ne!(standby, paused);
+    cluster.daemons[paused].signal("CONT");
+    let status = cluster.daemons[paused]
+        .wait_exit(TAKEOVER)
+        .unwrap_or_else(|| panic!("the woken daemon keeps running\n{}", cluster.describe()));
+    assert!(!status.success(), "it exits with a failure: {status}");
+    assert!(
+        cluster.daemons[paused]
+            .log()
+            .contains("another daemon took over"),
+        "it says why\n{}",
+        cluster.describe()
+    );
+    cluster.wait_done(&events);
+    cluster.assert_every_row_once(&batches, &workbooks);
+    for job in &jobs {
+        let state = cluster.sim.job(job).expect("the simulator knows the job");
+        assert_eq!(
+            (state.status.as_str(), state.finishes),
+            ("complete", 1),
+            "job {job} is completed once\n{}",
+            cluster.describe()
+        );
+    }
+}
+
+#[test]
+fn when_the_polling_daemon_dies_another_polls_and_skips_no_event() {
+    let mut cluster = Cluster::start_with("pg-poll", 2, 10, Duration::ZERO, |daemon, _| {
+        daemon.raw(
+            "[environments.demo]\nid = \"us_env_demo\"\npoll = true\npoll_interval_ms = 200\n\
+             poll_page_size = 25\npoll_start = \"beginning\"\n",
+        )
+    });
+    let admin = cluster.sim.admin();
+    let emit = |n: u32| {
+        admin
+            .emit_event(&EmitEvent {
+                payload: Some(serde_json::json!({ "n": n })),
+                ..EmitEvent::new("space:updated")
+            })
+            .expect("the simulator logs the event");
+    };
+    for n in 0..50 {
+        emit(n);
+    }
+    let polling = cluster.wait_active(None);
+    wait::until(
+        "the first events to be polled",
+        DELIVERY,
+        || (!inbox(cluster.db.url()).is_empty()).then_some(()),
+        || cluster.describe(),
+    );
+    cluster.daemons[polling].kill9();
+    for n in 50..100 {
+        emit(n);
+    }
+    let next = cluster.wait_active(Some(polling));
+    assert_ne!(next, polling);
+    let logged: BTreeSet<String> = admin
+        .events(None)
+        .expect("the simulator lists its events")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(logged.len(), 100);
+    wait::until(
+        "every logged event to be stored",
+        DELIVERY,
+        || {
+            let stored: BTreeSet<String> = inbox(cluster.db.url()).into_keys().collect();
+            logged.is_subset(&stored).then_some(())
+        },
+        || cluster.describe(),
+    );
+}
+
+#[test]
+fn while_postgres_is_unreachable_webhooks_get_503_and_delivery_resumes_after() {
+    let relay = Relay::start("127.0.0.1:5432".parse().expect("address"));
+    let cluster = Cluster::start_with(
+        "pg-away",
+        1,
+        10_000,
+        Duration::from_millis(100),
+        |daemon, db| daemon.state_postgres(&through(db.url(), &relay)),
+    );
+    let mut events = BTreeSet::new();
+    let mut batches = Vec::new();
+    for n in 0..4 {
+        let (event, batch) = cluster.send(0, &format!("away{n}"));
+        events.insert(event);
+        batches.push(batch);
+    }
+    wait::until(
+        "a delivery under way",
+        DELIVERY,
+        || (cluster.pending() < events.len()).then_some(()),
+        || cluster.describe(),
+    );
+    relay.cut();
+    let body = legacy_webhook_body("b-during", "evt-during", 10);
+    let during = wait::until(
+        "a webhook refused while the database is away",
+        TAKEOVER,
+        || {
+            let reply = cluster.daemons[0].post(&body);
+            (!reply.is_success()).then_some(reply.status)
+        },
+        || cluster.describe(),
+    );
+    assert_eq!(during, 503, "intake answers 503 while it cannot store");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.daemons[0].assert_alive("while the database was away");
+    relay.restore();
+    cluster.wait_done(&events);
+    cluster.daemons[0].assert_alive("after the database came back");
+    cluster.assert_every_row_once(&batches, &[]);
+}
+
+/// `url` with its host and port replaced by the relay's.
+fn through(url: &str, relay: &Relay) -> String {
+    let database = url.rsplit('/').next().expect("a database name");
+    format!("postgres://postgres@{}/{database}", relay.addr())
 }
