@@ -127,7 +127,7 @@ impl Snapshot<'_> {
             "SELECT daemon_id, pid, hostname, version, started_at_ms, last_seen_ms,
                     stopped_at_ms, webhook_addr, admin_addr
              FROM daemons ORDER BY last_seen_ms DESC, started_at_ms DESC LIMIT ?1",
-            [i64::try_from(limit).unwrap_or(i64::MAX)],
+            super::sql::params![i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
                 Ok(DaemonRecord {
                     daemon_id: r.get(0)?,
