@@ -39,7 +39,7 @@ pub use crate::state::report::{
     CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary, InFlight,
     LastError, PollStatus, StreamInfo, StreamProgress, UploadStatus,
 };
-use crate::state::{EventStatus, OperatorDb, StateError};
+use crate::state::{EventStatus, OperatorDb, StateError, StateLocation};
 
 /// Turns `--since` text into milliseconds since the Unix epoch: an RFC 3339 time
 /// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`) or a duration back from `now_ms`
@@ -101,7 +101,18 @@ impl OpsDb {
         })
     }
 
-    /// The database file.
+    /// Opens the state database at `location`, read-only for the commands that only read.
+    /// The database must exist: nothing is created.
+    pub(crate) fn open_location(
+        location: &StateLocation,
+        read_only: bool,
+    ) -> Result<OpsDb, OpsError> {
+        Ok(OpsDb {
+            db: OperatorDb::open_location(location, read_only)?,
+        })
+    }
+
+    /// The database file; for PostgreSQL, its URL without the password.
     pub fn path(&self) -> &Path {
         self.db.path()
     }

@@ -6,8 +6,10 @@
 //! ([`OperatorDb::change`]: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's `SERIALIZABLE`), so the
 //! daemon sees all of it or none.
 //!
-//! On PostgreSQL the handle's calls block on the synchronous client: make them outside the
-//! async runtime, or on one of its blocking threads.
+//! On PostgreSQL the handle's calls block on the synchronous client, which cannot run on a
+//! thread of the async runtime: on a worker of a multi-threaded runtime (the CLI's) they hand
+//! the worker's other tasks away first (`block_in_place`); on a single-threaded runtime they
+//! must be made from a blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -142,15 +144,18 @@ impl OperatorDb {
         f: impl FnOnce(&Snapshot<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let backend = db.backend();
         let mut f = Some(f);
         let mut outcome = None;
-        db.read_snapshot(|db| {
-            if let Some(f) = f.take() {
-                outcome = Some(f(&Snapshot::new(Tx::new(db, &self.at))));
-            }
-            // A read changes nothing, so ending the snapshot the same way after a failed
-            // read loses nothing.
-            Ok(())
+        blocking_here(backend, || {
+            db.read_snapshot(|db| {
+                if let Some(f) = f.take() {
+                    outcome = Some(f(&Snapshot::new(Tx::new(db, &self.at))));
+                }
+                // A read changes nothing, so ending the snapshot the same way after a failed
+                // read loses nothing.
+                Ok(())
+            })
         })
         .map_err(|e| self.error(e))?;
         outcome.unwrap_or_else(|| Err(StateError::Task("the read did not run".to_owned()).into()))
@@ -168,46 +173,8 @@ impl OperatorDb {
         let at = self.at.as_str();
         let read_only = self.read_only;
         let db = self.db.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let mut attempt = 0;
-        loop {
-            let mut refused = None;
-            let mut retryable = false;
-            let result = db.transaction(|db| {
-                refused = None;
-                if read_only && db.backend() == Backend::Postgres {
-                    // SQLite's read-only file refuses writes by itself.
-                    db.execute_batch("SET TRANSACTION READ ONLY")?;
-                }
-                let change = Change::new(Tx::new(db, at));
-                match f(&change) {
-                    Ok(value) => Ok(value),
-                    Err(e) => {
-                        retryable = change.tx.retryable();
-                        refused = Some(e);
-                        // Only makes the transaction roll back; `refused` is what is returned.
-                        Err(DbError::column(0, "the operator change failed"))
-                    }
-                }
-            });
-            match (result, refused) {
-                (Ok(value), _) => return Ok(value),
-                (Err(_), Some(_)) if retryable && attempt < CHANGE_RETRIES => {
-                    attempt += 1;
-                    // A little jitter, so that the change does not collide again at once.
-                    std::thread::sleep(Duration::from_millis(fastrand::u64(
-                        1..=5 * u64::from(attempt),
-                    )));
-                }
-                (Err(_), Some(e)) => return Err(e),
-                (Err(error), None) => {
-                    return Err(StateError::Database {
-                        at: at.to_owned(),
-                        error,
-                    }
-                    .into());
-                }
-            }
-        }
+        let backend = db.backend();
+        blocking_here(backend, || change_in(db, at, read_only, &mut f))
     }
 
     fn error(&self, error: DbError) -> StateError {
@@ -215,6 +182,70 @@ impl OperatorDb {
             at: self.at.clone(),
             error,
         }
+    }
+}
+
+/// [`OperatorDb::change`] on `db`.
+fn change_in<T, E: From<StateError>>(
+    db: &mut Db,
+    at: &str,
+    read_only: bool,
+    f: &mut impl FnMut(&Change<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        let mut refused = None;
+        let mut retryable = false;
+        let result = db.transaction(|db| {
+            refused = None;
+            if read_only && db.backend() == Backend::Postgres {
+                // SQLite's read-only file refuses writes by itself.
+                db.execute_batch("SET TRANSACTION READ ONLY")?;
+            }
+            let change = Change::new(Tx::new(db, at));
+            match f(&change) {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    retryable = change.tx.retryable();
+                    refused = Some(e);
+                    // Only makes the transaction roll back; `refused` is what is returned.
+                    Err(DbError::column(0, "the operator change failed"))
+                }
+            }
+        });
+        match (result, refused) {
+            (Ok(value), _) => return Ok(value),
+            (Err(_), Some(_)) if retryable && attempt < CHANGE_RETRIES => {
+                attempt += 1;
+                // A little jitter, so that the change does not collide again at once.
+                std::thread::sleep(Duration::from_millis(fastrand::u64(
+                    1..=5 * u64::from(attempt),
+                )));
+            }
+            (Err(_), Some(e)) => return Err(e),
+            (Err(error), None) => {
+                return Err(StateError::Database {
+                    at: at.to_owned(),
+                    error,
+                }
+                .into());
+            }
+        }
+    }
+}
+
+/// Runs `f`, which blocks on the database, on this thread; on PostgreSQL from a worker of a
+/// multi-threaded runtime, after handing the worker's other tasks away, since the synchronous
+/// client cannot run inside the runtime (see the module documentation).
+fn blocking_here<T>(backend: Backend, f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle)
+            if backend == Backend::Postgres
+                && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+        {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
