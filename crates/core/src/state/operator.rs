@@ -272,8 +272,8 @@ fn check_version(path: &Path, found: i64) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::EventStatus;
     use crate::state::testing::TestBackend;
+    use crate::state::{DeliveryStatus, EventStatus};
 
     #[tokio::test]
     async fn a_read_only_handle_cannot_write_and_leaves_the_journal_mode() {
@@ -378,5 +378,67 @@ mod tests {
                 "{backend:?}: {err}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_that_collides_with_a_daemon_write_on_postgresql_runs_again() {
+        let backend = TestBackend::postgres("operator_retry");
+        let state = backend.state();
+        state
+            .insert_event("e".into(), "legacy", "t".into(), b"{}".to_vec(), 1)
+            .await
+            .expect("insert");
+        state
+            .call(|db| {
+                db.execute(
+                    "INSERT INTO deliveries
+                     (event_id, sink, status, rows, error, generation, updated_at_ms)
+                     VALUES ('e', 'a', 'failed', 0, 'boom', 0, 1)",
+                    params![],
+                )
+            })
+            .await
+            .expect("a dead letter");
+        let mut daemon = backend.db();
+        let mut operator = OperatorDb::open_location(&backend.location(), false).expect("open");
+        let mut attempts = 0;
+        operator
+            .change(|tx| {
+                attempts += 1;
+                let letters = tx.failed_deliveries(Some("e"), None)?;
+                if attempts == 1 {
+                    // The daemon writes the same delivery after this change read it.
+                    daemon
+                        .execute(
+                            "UPDATE deliveries SET rows = 7 WHERE event_id = 'e'",
+                            params![],
+                        )
+                        .map_err(|error| StateError::Database {
+                            at: "daemon".to_owned(),
+                            error,
+                        })?;
+                }
+                for letter in letters {
+                    tx.set_dead_letter(&letter.event_id, &letter.sink, DeliveryStatus::Pending, 2)?;
+                }
+                Ok::<_, StateError>(())
+            })
+            .expect("the change succeeds when run again");
+        assert_eq!(attempts, 2, "the collision ran the change once more");
+        let rows: Vec<(String, i64, Option<String>)> = state
+            .call(|db| {
+                db.query_map(
+                    "SELECT status, rows, error FROM deliveries WHERE event_id = 'e'",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .await
+            .expect("read the delivery");
+        assert_eq!(
+            rows,
+            [("pending".to_owned(), 7, None)],
+            "the retried change applied on top of the daemon's write"
+        );
     }
 }

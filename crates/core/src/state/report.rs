@@ -874,3 +874,202 @@ fn delivery_sinks(db: &mut Db) -> sql::Result<BTreeSet<String>> {
     }
     Ok(sinks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::inbox::insert_pending;
+    use crate::state::testing::TestBackend;
+    use crate::state::{OperatorDb, StateDb};
+
+    /// Runs `statements` in one transaction; of their arguments, numbers are passed as
+    /// integers and `NULL` as a null.
+    async fn write(state: &StateDb, statements: Vec<(&'static str, Vec<String>)>) {
+        state
+            .call(move |db| {
+                db.transaction(|db| {
+                    for (sql, args) in &statements {
+                        let values: Vec<sql::Value<'_>> = args
+                            .iter()
+                            .map(|a| match a.parse::<i64>() {
+                                Ok(n) => sql::Value::Int(n),
+                                Err(_) if a == "NULL" => sql::Value::Null,
+                                Err(_) => sql::Value::Text(a),
+                            })
+                            .collect();
+                        db.execute(sql, &values)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .expect("write the test rows");
+    }
+
+    fn args(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    const DELIVERY: &str = "INSERT INTO deliveries
+        (event_id, sink, status, rows, error, generation, updated_at_ms)
+        VALUES (?1, ?2, ?3, 0, NULL, 0, 1)";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_listed_newest_first_across_pages_with_a_filter() {
+        // Three events per millisecond, so that pages end inside a run of equal times.
+        let total = 2 * EVENTS_PAGE + 7;
+        for backend in TestBackend::both("report_events") {
+            let state = backend.state();
+            state
+                .call(move |db| {
+                    db.transaction(|db| {
+                        for i in 0..total {
+                            insert_pending(db, &format!("e{i:04}"), "legacy", "t", b"{}", i / 3)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .expect("insert events");
+            let mut expected: Vec<(i64, String)> =
+                (0..total).map(|i| (i / 3, format!("e{i:04}"))).collect();
+            expected.sort_by(|a, b| b.cmp(a));
+            let expected: Vec<String> = expected
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| !id.ends_with('0'))
+                .collect();
+            let operator = OperatorDb::open_location(&backend.location(), true).expect("open");
+            let read = |limit: usize| -> Vec<String> {
+                operator
+                    .read(|s| s.events(None, |e| !e.event_id.ends_with('0'), limit))
+                    .expect("list events")
+                    .into_iter()
+                    .map(|e| e.event_id)
+                    .collect()
+            };
+            assert_eq!(read(usize::MAX), expected, "{backend:?}");
+            assert_eq!(read(600), expected[..600], "{backend:?}");
+            assert_eq!(read(1), expected[..1], "{backend:?}");
+            let failed = operator
+                .read(|s| s.events(Some(EventStatus::Failed), |_| true, 10))
+                .expect("list failed events");
+            assert!(failed.is_empty(), "{backend:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gauges_count_pending_events_dead_letters_and_the_oldest_pending_per_sink() {
+        for backend in TestBackend::both("report_gauges") {
+            let state = backend.state();
+            state
+                .call(|db| {
+                    insert_pending(db, "e1", "legacy", "t", b"{}", 100)?;
+                    insert_pending(db, "e2", "legacy", "t", b"{}", 200)?;
+                    insert_pending(db, "e3", "legacy", "t", b"{}", 300)?;
+                    crate::state::inbox::set_status(db, "e2", EventStatus::Failed, None, 400)
+                })
+                .await
+                .expect("insert events");
+            write(
+                &state,
+                vec![
+                    (DELIVERY, args(&["e1", "a", "pending"])),
+                    (DELIVERY, args(&["e3", "a", "pending"])),
+                    (DELIVERY, args(&["e2", "b", "failed"])),
+                    (DELIVERY, args(&["e3", "b", "done"])),
+                    (DELIVERY, args(&["e2", "c", "dropped"])),
+                ],
+            )
+            .await;
+            let found = state
+                .call(|db| db.read_snapshot(gauges))
+                .await
+                .expect("read the gauges");
+            let sink = |dead_letters, oldest_pending_ms| SinkGauges {
+                dead_letters,
+                oldest_pending_ms,
+            };
+            let expected = StateGauges {
+                events_pending: 2,
+                sinks: BTreeMap::from([
+                    ("a".to_owned(), sink(0, Some(100))),
+                    ("b".to_owned(), sink(1, None)),
+                    ("c".to_owned(), sink(0, None)),
+                ]),
+            };
+            assert_eq!(found, expected, "{backend:?}");
+            if let TestBackend::Sqlite(dir) = &backend {
+                let scraped = read_gauges(&dir.path().join(StateDb::FILE_NAME)).expect("scrape");
+                assert_eq!(scraped, expected, "a scrape reads the same");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grouped_event_shows_its_batch_and_whether_the_sink_made_it_durable() {
+        const MEMBER: &str = "INSERT INTO group_members
+            (event_id, sink, generation, grp, window_end_ms, stream, seq, position)
+            VALUES ('e1', ?1, 0, 'g', 0, ?2, ?3, ?4)";
+        const STREAM: &str = "INSERT INTO group_streams
+            (stream, sink, grp, part, window_end_ms, next_seq, formed_seq, events)
+            VALUES ('g-s', 'a', 'g', 0, 0, ?1, 3, 10)";
+        for backend in TestBackend::both("report_groups") {
+            let state = backend.state();
+            state
+                .call(|db| insert_pending(db, "e1", "platform", "records:created", b"{}", 1))
+                .await
+                .expect("insert the event");
+            write(
+                &state,
+                vec![
+                    (DELIVERY, args(&["e1", "a", "pending"])),
+                    (DELIVERY, args(&["e1", "b", "pending"])),
+                    (MEMBER, args(&["a", "g-s", "2", "5"])),
+                    (MEMBER, args(&["b", "NULL", "NULL", "NULL"])),
+                    (STREAM, args(&["3"])),
+                ],
+            )
+            .await;
+            let operator = OperatorDb::open_location(&backend.location(), true).expect("open");
+            let show = || {
+                operator
+                    .read(|s| s.event_detail("e1"))
+                    .expect("show the event")
+                    .expect("a known event")
+            };
+            let shown = show();
+            let batches: Vec<_> = shown
+                .group_batches
+                .iter()
+                .map(|b| {
+                    (
+                        b.sink.as_str(),
+                        b.stream.as_deref(),
+                        b.seq,
+                        b.position,
+                        b.durable,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                batches,
+                [
+                    ("a", Some("g-s"), Some(2), Some(5), true),
+                    ("b", None, None, None, false)
+                ],
+                "{backend:?}"
+            );
+            assert_eq!(shown.deliveries[0].streams, ["g-s"], "{backend:?}");
+            assert!(shown.deliveries[1].streams.is_empty(), "{backend:?}");
+            state
+                .call(|db| db.execute("UPDATE group_streams SET next_seq = 2", &[]))
+                .await
+                .expect("move the checkpoint back");
+            assert!(
+                !show().group_batches[0].durable,
+                "{backend:?}: batch 2 is durable only once the checkpoint is past it"
+            );
+        }
+    }
+}
