@@ -1017,99 +1017,58 @@ fn the_plugin_scan_lists_files_that_do_not_load_with_their_error() {
     assert!(warehouse.error.as_deref().unwrap_or("").contains("sqlite"));
 }
 
-/// The rows of [`sample`], written with portable SQL so that they can be on either backend
-/// (the daemon's planning and checkpoint writes are not all portable yet).
+/// The rows of [`sample`], written so that they can be on either backend (the daemon's
+/// planning and checkpoint writes are not all portable yet).
 async fn sample_on(db: &StateDb) {
-    use crate::state::sql::params;
+    use crate::state::report::test_rows::plan_event;
 
     let now = now_ms();
     add_event(db, "e-done", TOPIC, now - 60_000).await;
     add_event(db, "e-fail", TOPIC, now - 50_000).await;
     add_event(db, "e-pend", TOPIC, now - 40_000).await;
     add_event(db, "e-skip", "records:created", now - 30_000).await;
-    /// A delivery: sink, status, rows, error.
-    type Delivery = (&'static str, DeliveryStatus, i64, Option<&'static str>);
-    /// Its checkpoint, if any: next_seq, rows, complete.
-    type Cp = Option<(i64, i64, bool)>;
-    /// An event planned into one stream, with its two deliveries.
-    type Plan = (&'static str, &'static str, [(Delivery, Cp); 2]);
-    let plans: [Plan; 3] = [
-        (
-            "e-done",
-            "legacy-b1",
-            [
-                (
-                    ("archive", DeliveryStatus::Done, 250, None),
-                    Some((3, 250, true)),
-                ),
-                (
-                    ("warehouse", DeliveryStatus::Done, 250, None),
-                    Some((3, 250, true)),
-                ),
-            ],
-        ),
-        (
-            "e-fail",
-            "legacy-b2",
-            [
-                (
-                    ("archive", DeliveryStatus::Done, 80, None),
-                    Some((1, 80, true)),
-                ),
-                (
-                    ("warehouse", DeliveryStatus::Failed, 40, Some("disk full")),
-                    Some((1, 40, false)),
-                ),
-            ],
-        ),
-        (
-            "e-pend",
-            "legacy-b3",
-            [
-                (
-                    ("archive", DeliveryStatus::Pending, 0, None),
-                    Some((1, 30, false)),
-                ),
-                (("warehouse", DeliveryStatus::Pending, 0, None), None),
-            ],
-        ),
-    ];
-    db.call(move |db| {
-        db.transaction(|db| {
-            for (event, stream, deliveries) in &plans {
-                db.execute(
-                    "INSERT INTO streams
-                     (event_id, ordinal, stream, kind, source_ref, fields_json, page_size, source)
-                     VALUES (?1, 0, ?2, 'legacy_batch', ?2, '[]', 100, ?3)",
-                    params![
-                        event,
-                        stream,
-                        serde_json::to_string(&crate::state::StreamSource::LegacyBatch)
-                            .expect("json")
-                    ],
-                )?;
-                for ((sink, status, rows, error), cp) in deliveries {
-                    db.execute(
-                        "INSERT INTO deliveries
-                         (event_id, sink, status, rows, error, generation, updated_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-                        params![event, sink, status, rows, error, now],
-                    )?;
-                    if let Some((next_seq, rows, complete)) = cp {
-                        db.execute(
-                            "INSERT INTO checkpoints
-                             (event_id, sink, stream, next_seq, complete, rows)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![event, sink, stream, next_seq, complete, rows],
-                        )?;
-                    }
-                }
-            }
-            Ok(())
-        })
-    })
-    .await
-    .expect("write the sample");
+    let done = DeliveryStatus::Done;
+    let pending = DeliveryStatus::Pending;
+    let failed = DeliveryStatus::Failed;
+    plan_event(
+        db,
+        "e-done",
+        "legacy-b1",
+        vec![
+            ("archive", done, 250, None, Some((3, 250, true))),
+            ("warehouse", done, 250, None, Some((3, 250, true))),
+        ],
+        now,
+    )
+    .await;
+    plan_event(
+        db,
+        "e-fail",
+        "legacy-b2",
+        vec![
+            ("archive", done, 80, None, Some((1, 80, true))),
+            (
+                "warehouse",
+                failed,
+                40,
+                Some("disk full"),
+                Some((1, 40, false)),
+            ),
+        ],
+        now,
+    )
+    .await;
+    plan_event(
+        db,
+        "e-pend",
+        "legacy-b3",
+        vec![
+            ("archive", pending, 0, None, Some((1, 30, false))),
+            ("warehouse", pending, 0, None, None),
+        ],
+        now,
+    )
+    .await;
     for (event, status, detail) in [
         ("e-done", EventStatus::Done, None),
         (
@@ -1320,15 +1279,14 @@ async fn the_main_reports_and_changes_read_alike_on_both_backends() {
         );
 
         // The daemon fails it again; this time the operator drops it.
-        db.call(|db| {
-            db.execute(
-                "UPDATE deliveries SET status = ?1, error = 'disk full'
-                 WHERE event_id = 'e-fail' AND sink = 'warehouse'",
-                crate::state::sql::params![DeliveryStatus::Failed],
-            )
-        })
-        .await
-        .expect("fail again");
+        crate::state::report::test_rows::set_delivery(
+            &db,
+            "e-fail",
+            "warehouse",
+            DeliveryStatus::Failed,
+            Some("disk full"),
+        )
+        .await;
         db.set_event_status("e-fail", EventStatus::Failed, Some("x".to_owned()))
             .await
             .expect("fail the event");

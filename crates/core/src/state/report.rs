@@ -875,6 +875,86 @@ fn delivery_sinks(db: &mut Db) -> sql::Result<BTreeSet<String>> {
     Ok(sinks)
 }
 
+/// Rows for the operator tests outside the state module (which holds every query), written
+/// with portable SQL so that they can be on either backend.
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use super::sql::params;
+    use crate::state::{DeliveryStatus, StateDb, StreamSource};
+
+    /// A delivery of a planned event: sink, status, rows, error, and its checkpoint in the
+    /// event's stream (next batch, rows, complete), if it has one.
+    pub(crate) type TestDelivery = (
+        &'static str,
+        DeliveryStatus,
+        i64,
+        Option<&'static str>,
+        Option<(i64, i64, bool)>,
+    );
+
+    /// Plans `event` into one legacy-batch `stream` with `deliveries` (changed at `now`), in
+    /// one transaction.
+    pub(crate) async fn plan_event(
+        state: &StateDb,
+        event: &'static str,
+        stream: &'static str,
+        deliveries: Vec<TestDelivery>,
+        now: i64,
+    ) {
+        let source = serde_json::to_string(&StreamSource::LegacyBatch).expect("a source");
+        state
+            .call(move |db| {
+                db.transaction(|db| {
+                    db.execute(
+                        "INSERT INTO streams
+                         (event_id, ordinal, stream, kind, source_ref, fields_json, page_size,
+                          source)
+                         VALUES (?1, 0, ?2, 'legacy_batch', ?2, '[]', 100, ?3)",
+                        params![event, stream, source],
+                    )?;
+                    for (sink, status, rows, error, checkpoint) in &deliveries {
+                        db.execute(
+                            "INSERT INTO deliveries
+                             (event_id, sink, status, rows, error, generation, updated_at_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                            params![event, sink, status, rows, error, now],
+                        )?;
+                        if let Some((next_seq, rows, complete)) = checkpoint {
+                            db.execute(
+                                "INSERT INTO checkpoints
+                                 (event_id, sink, stream, next_seq, complete, rows)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                params![event, sink, stream, next_seq, complete, rows],
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .expect("plan the test event");
+    }
+
+    /// Sets a delivery's status and error, as the daemon does when a sink fails or finishes.
+    pub(crate) async fn set_delivery(
+        state: &StateDb,
+        event: &'static str,
+        sink: &'static str,
+        status: DeliveryStatus,
+        error: Option<&'static str>,
+    ) {
+        state
+            .call(move |db| {
+                db.execute(
+                    "UPDATE deliveries SET status = ?3, error = ?4 WHERE event_id = ?1 AND sink = ?2",
+                    params![event, sink, status, error],
+                )
+            })
+            .await
+            .expect("set the test delivery");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
