@@ -1305,3 +1305,73 @@ async fn the_main_reports_and_changes_read_alike_on_both_backends() {
         );
     }
 }
+
+/// `replay --since` and a replay that adds a sink do the same on SQLite and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_since_and_to_a_new_sink_work_alike_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    for backend in crate::state::testing::TestBackend::both("ops_replay") {
+        let db = backend.state();
+        sample_on(&db).await;
+        let mut ops = OpsDb::open_location(&backend.location(), false).expect("open for update");
+        // e-fail (50 s ago), e-pend (40 s) and e-skip (30 s); e-done (60 s) is older.
+        let since = parse_since("55s", now_ms()).unwrap();
+        let report = ops
+            .replay(&ReplaySelector::Since(since), None, None)
+            .expect("replay since");
+        let queued: Vec<(&str, &str)> = report
+            .queued
+            .iter()
+            .map(|q| (q.event_id.as_str(), q.sink.as_str()))
+            .collect();
+        assert_eq!(
+            queued,
+            [("e-fail", "archive"), ("e-fail", "warehouse")],
+            "{backend:?}"
+        );
+        assert_eq!(report.replanned, ["e-skip"], "{backend:?}");
+        let skipped: Vec<&str> = report.skipped.iter().map(|s| s.event_id.as_str()).collect();
+        assert_eq!(skipped, ["e-pend"], "{backend:?}");
+
+        // e-done, older than the replay above, is still done.
+        let report = ops
+            .replay(
+                &ReplaySelector::Event("e-done".to_owned()),
+                Some("spare"),
+                Some(&config),
+            )
+            .expect("replay to a new sink");
+        assert_eq!(
+            report.queued,
+            [QueuedDelivery {
+                event_id: "e-done".into(),
+                sink: "spare".into(),
+                generation: 0,
+                added: true
+            }],
+            "{backend:?}"
+        );
+        let shown = ops
+            .show_event("e-done")
+            .expect("show")
+            .expect("known event");
+        let sinks: Vec<(&str, DeliveryStatus)> = shown
+            .deliveries
+            .iter()
+            .map(|d| (d.sink.as_str(), d.status))
+            .collect();
+        let (done, pending) = (DeliveryStatus::Done, DeliveryStatus::Pending);
+        // SQLite lists an event's deliveries as they were planned; PostgreSQL keeps no
+        // insertion order, and lists them by sink.
+        let expected = match backend {
+            crate::state::testing::TestBackend::Sqlite(_) => {
+                [("archive", done), ("warehouse", done), ("spare", pending)]
+            }
+            crate::state::testing::TestBackend::Postgres(_) => {
+                [("archive", done), ("spare", pending), ("warehouse", done)]
+            }
+        };
+        assert_eq!(sinks, expected, "{backend:?}");
+    }
+}
