@@ -409,3 +409,78 @@ fn through(url: &str, relay: &Relay) -> String {
     let database = url.rsplit('/').next().expect("a database name");
     format!("postgres://postgres@{}/{database}", relay.addr())
 }
+
+#[test]
+fn the_operator_commands_read_and_check_a_postgres_state() {
+    let cluster = Cluster::start("pg-ops", 2, 100, Duration::ZERO);
+    let (event, batch) = cluster.send(1, "ops");
+    cluster.wait_done(&BTreeSet::from([event.clone()]));
+    cluster.assert_every_row_once(&[batch], &[]);
+    let active = cluster.wait_active(None);
+    let daemon = &cluster.daemons[active];
+    let config = daemon.settings().config_path();
+    let config = config.to_str().expect("UTF-8 path");
+    let run = |args: &[&str]| {
+        let output = daemon.settings().cli(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+
+    let (ok, text) = run(&["status", "--json", "--config", config]);
+    assert!(ok, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+    assert_eq!(status["events"]["done"], 1, "{text}");
+    assert!(
+        text.contains(cluster.db.name()) && !text.contains("state.db"),
+        "the status names the PostgreSQL database\n{text}"
+    );
+
+    let (ok, text) = run(&["events", "show", &event, "--config", config]);
+    assert!(
+        ok && text.contains(&event) && text.contains("done"),
+        "{text}"
+    );
+
+    let (ok, text) = run(&["doctor", "--config", config]);
+    assert!(ok, "{text}");
+    let pid = daemon.pid().expect("running");
+    assert!(
+        text.contains("reachable as postgres")
+            && text.contains(&format!("active daemon flatsync/{pid}")),
+        "{text}"
+    );
+
+    let (ok, text) = run(&["check", "--config", config]);
+    assert!(ok && text.contains("schema version"), "{text}");
+
+    // A database nobody created the schema in is reachable and said to be empty; one that
+    // does not exist is an error that names it.
+    let empty = TestDatabase::create("pg-ops-empty");
+    let other = TestDir::new("pg-ops-check");
+    let settings = settings(other.path(), &empty, &cluster.sim, &cluster.sink);
+    let path = settings.config_path();
+    let path = path.to_str().expect("UTF-8 path");
+    std::fs::write(path, settings.config_text(0)).expect("write config");
+    let check = |what: &str| {
+        let output = settings.cli(&["check", "--config", path]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains("state database"), "{what}: {text}");
+        (output.status.success(), text)
+    };
+    let (ok, text) = check("an empty database");
+    assert!(ok && text.contains("no flatsync schema yet"), "{text}");
+    let gone = empty
+        .url()
+        .replace(empty.name(), "flatsync_no_such_database");
+    std::fs::write(path, settings.config_text(0).replace(empty.url(), &gone)).expect("write");
+    let (ok, text) = check("a database that does not exist");
+    assert!(!ok && text.contains("flatsync_no_such_database"), "{text}");
+}

@@ -198,6 +198,9 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 async fn check(config: Config) -> anyhow::Result<()> {
     println!("{}: config is valid", config.path.display());
+    if config.daemon.state_postgres.is_some() {
+        check_postgres_state(&config)?;
+    }
     let sinks = flatsync_core::start_sinks(&config, &Default::default()).await?;
     for (name, worker) in &sinks {
         let plugin = worker.plugin();
@@ -238,6 +241,44 @@ async fn check(config: Config) -> anyhow::Result<()> {
         Some(webhook) => check_webhook_auth(&config, webhook)?,
     }
     Ok(())
+}
+
+/// Connects to the PostgreSQL state as the daemon would: reachable, with this build's schema
+/// (or none yet: the daemon creates it) and the privileges it needs.
+fn check_postgres_state(config: &Config) -> anyhow::Result<()> {
+    use flatsync_core::StateError;
+    use flatsync_core::ops::{OpsDb, OpsError};
+    match OpsDb::open_configured(config, true) {
+        Ok(db) => {
+            let at = db.path().display().to_string();
+            let Some(health) = db.postgres_health()? else {
+                anyhow::bail!("state database {at}: not PostgreSQL");
+            };
+            if !health.missing_privileges.is_empty() {
+                anyhow::bail!(
+                    "state database {at}: {} lacks SELECT, INSERT, UPDATE or DELETE on {}",
+                    health.user,
+                    health.missing_privileges.join(", ")
+                );
+            }
+            println!(
+                "state database {at}: reachable as {}, schema version {}, {} events",
+                health.user,
+                flatsync_core::state::SCHEMA_VERSION,
+                health.events
+            );
+            Ok(())
+        }
+        Err(OpsError::State(StateError::Schema { path, found: 0, .. })) => {
+            println!(
+                "state database {}: reachable, no flatsync schema yet: the daemon creates it \
+                 on its first start",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("state database")),
+    }
 }
 
 /// Reads every webhook credential as `flatsync run` would and says what each admits; warns

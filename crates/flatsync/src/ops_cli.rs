@@ -36,6 +36,28 @@ pub(crate) struct Located {
     pub(crate) config: Option<Config>,
 }
 
+impl Located {
+    /// Opens the state database: the SQLite file in `state_dir`, or the PostgreSQL database
+    /// of the config's `[daemon] state_url`. Read-only for the commands that only read.
+    pub(crate) fn open(&self, read_only: bool) -> anyhow::Result<OpsDb> {
+        let db = match &self.config {
+            Some(config) if config.daemon.state_postgres.is_some() => {
+                OpsDb::open_configured(config, read_only)?
+            }
+            _ if read_only => OpsDb::open_read_only(&self.state_dir)?,
+            _ => OpsDb::open_for_update(&self.state_dir)?,
+        };
+        Ok(db)
+    }
+
+    /// Whether the state is a PostgreSQL database (`[daemon] state_url`).
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| c.daemon.state_postgres.is_some())
+    }
+}
+
 impl Target {
     pub(crate) fn locate(&self) -> anyhow::Result<Located> {
         if let Some(state_dir) = &self.state_dir {
@@ -319,7 +341,7 @@ pub(crate) fn short(text: &str, max: usize) -> String {
 
 fn status(target: &Target, json: bool) -> anyhow::Result<()> {
     let located = target.locate()?;
-    let db = OpsDb::open_read_only(&located.state_dir)?;
+    let db = located.open(true)?;
     let report = db.status(located.config.as_ref())?;
     if json {
         return print_json(&report);
@@ -518,7 +540,7 @@ fn events(command: EventsCommand) -> anyhow::Result<()> {
                 },
             };
             let located = target.locate()?;
-            let db = OpsDb::open_read_only(&located.state_dir)?;
+            let db = located.open(true)?;
             let events = db.list_events(&EventFilter {
                 status,
                 topic: topic.as_deref().map(TopicPattern::new),
@@ -532,7 +554,7 @@ fn events(command: EventsCommand) -> anyhow::Result<()> {
         }
         EventsCommand::Show { id, target, json } => {
             let located = target.locate()?;
-            let db = OpsDb::open_read_only(&located.state_dir)?;
+            let db = located.open(true)?;
             let Some(event) = db.show_event(&id)? else {
                 bail!("no event `{id}` in {}", db.path().display());
             };
@@ -671,7 +693,7 @@ fn replay(
         (None, None) => bail!("say what to replay: --event ID or --since TIME"),
     };
     let located = target.locate()?;
-    let mut db = OpsDb::open_for_update(&located.state_dir)?;
+    let mut db = located.open(false)?;
     let report = db.replay(&selector, sink, located.config.as_ref())?;
     if json {
         return print_json(&report);
@@ -712,7 +734,7 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
     match command {
         DeadLetterCommand::List { target, sink, json } => {
             let located = target.locate()?;
-            let db = OpsDb::open_read_only(&located.state_dir)?;
+            let db = located.open(true)?;
             let letters = db.dead_letters(sink.as_deref())?;
             if json {
                 return print_json(&letters);
@@ -749,7 +771,7 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
             json,
         } => {
             let located = target.locate()?;
-            let mut db = OpsDb::open_for_update(&located.state_dir)?;
+            let mut db = located.open(false)?;
             let report = db.retry_dead_letters(&which.selector())?;
             print_dead_letter_change(&report, "Retrying", json)
         }
@@ -759,7 +781,7 @@ fn dead_letter(command: DeadLetterCommand) -> anyhow::Result<()> {
             json,
         } => {
             let located = target.locate()?;
-            let mut db = OpsDb::open_for_update(&located.state_dir)?;
+            let mut db = located.open(false)?;
             let report = db.drop_dead_letters(&which.selector())?;
             print_dead_letter_change(&report, "Dropped", json)
         }
@@ -826,11 +848,16 @@ impl Verdicts {
 async fn doctor(target: &Target, repair: bool) -> anyhow::Result<()> {
     let located = target.locate()?;
     let mut verdicts = Verdicts::default();
-    check_state(&located, repair, &mut verdicts);
+    let active_daemon = if located.is_postgres() {
+        check_postgres_state(&located, &mut verdicts)
+    } else {
+        check_state(&located, repair, &mut verdicts);
+        None
+    };
     match &located.config {
         Some(config) => {
-            let daemon_running =
-                ops::daemon_using_state(&located.state_dir, Some(config)).is_some();
+            let daemon_running = active_daemon.is_some()
+                || ops::daemon_using_state(&located.state_dir, Some(config)).is_some();
             for check in ops::check_sinks(config, !daemon_running).await {
                 let line = format!(
                     "sink `{}` ({}): {}",
@@ -877,6 +904,56 @@ async fn doctor(target: &Target, repair: bool) -> anyhow::Result<()> {
         1 => bail!("doctor found 1 problem"),
         n => bail!("doctor found {n} problems"),
     }
+}
+
+/// Checks a PostgreSQL state: reachable, this build's schema, the role's privileges, and
+/// which daemon is active (returned). There is no file to repair: `--repair` does nothing here.
+fn check_postgres_state(located: &Located, verdicts: &mut Verdicts) -> Option<String> {
+    let health = located
+        .open(true)
+        .and_then(|db| Ok((db.path().display().to_string(), db.postgres_health()?)));
+    let (at, health) = match health {
+        Ok((at, Some(health))) => (at, health),
+        Ok((at, None)) => {
+            verdicts.problem(&format!("state database {at}: not PostgreSQL"));
+            return None;
+        }
+        Err(e) => {
+            verdicts.problem(&format!("state database: {e:#}"));
+            return None;
+        }
+    };
+    verdicts.ok(&format!(
+        "state database {at}: reachable as {} (PostgreSQL {}), schema version {}, {} events",
+        health.user,
+        health.server_version,
+        flatsync_core::state::SCHEMA_VERSION,
+        health.events
+    ));
+    if health.missing_privileges.is_empty() {
+        verdicts.ok(&format!(
+            "state database {at}: {} may read and write every state table",
+            health.user
+        ));
+    } else {
+        verdicts.problem(&format!(
+            "state database {at}: {} lacks SELECT, INSERT, UPDATE or DELETE on {}",
+            health.user,
+            health.missing_privileges.join(", ")
+        ));
+    }
+    if !health.ends_idle_sessions() {
+        verdicts.problem(&format!(
+            "state database {at}: PostgreSQL {} does not end idle sessions \
+             (idle_session_timeout, PostgreSQL 14): a paused daemon keeps the active role",
+            health.server_version
+        ));
+    }
+    match &health.active_daemon {
+        Some(daemon) => verdicts.ok(&format!("state database {at}: active daemon {daemon}")),
+        None => verdicts.ok(&format!("state database {at}: no daemon is active")),
+    }
+    health.active_daemon
 }
 
 fn check_state(located: &Located, repair: bool, verdicts: &mut Verdicts) {

@@ -49,6 +49,9 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct Shared {
     state_db: PathBuf,
+    /// A PostgreSQL state's handle, whose gauges are read on the daemon's connection; `None`
+    /// for SQLite, read through a connection of its own from `state_db`.
+    postgres: Option<StateDb>,
     health: Arc<Health>,
     last_beat: Mutex<Instant>,
     stall_after: Duration,
@@ -84,8 +87,9 @@ async fn serve_with(
     stall_after: Duration,
 ) {
     let shared = Arc::new(Shared {
-        // Only the path: connections still open after stop must not keep the database open.
+        // Only the path: connections still open after stop must not keep an SQLite file open.
         state_db: state.db.path().to_owned(),
+        postgres: state.db.is_postgres().then(|| state.db.clone()),
         health: Arc::clone(&state.health),
         last_beat: Mutex::new(Instant::now()),
         stall_after,
@@ -163,8 +167,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         Ok(handle) => handle,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
-    let path = shared.state_db.clone();
-    let read = tokio::task::spawn_blocking(move || crate::state::report::read_gauges(&path)).await;
+    let read = match &shared.postgres {
+        // One read on the daemon's own connection: PostgreSQL serves it beside the writes.
+        Some(state) => Ok(state.gauges().await),
+        // SQLite: a connection of its own, so a slow scrape never holds the daemon's.
+        None => {
+            let path = shared.state_db.clone();
+            tokio::task::spawn_blocking(move || crate::state::report::read_gauges(&path)).await
+        }
+    };
     let gauges = match read {
         Ok(Ok(gauges)) => gauges,
         Ok(Err(e)) => {

@@ -37,9 +37,9 @@ pub use repair::{
 pub use crate::state::health::{StateHealth, StateInspection, TableSalvage, inspect_state};
 pub use crate::state::report::{
     CheckpointInfo, DeadLetter, DeliveryInfo, DeliverySummary, EventDetail, EventSummary, InFlight,
-    LastError, PollStatus, StreamInfo, StreamProgress, UploadStatus,
+    LastError, PollStatus, PostgresHealth, StreamInfo, StreamProgress, UploadStatus,
 };
-use crate::state::{EventStatus, OperatorDb, StateError};
+use crate::state::{EventStatus, OperatorDb, StateError, StateLocation};
 
 /// Turns `--since` text into milliseconds since the Unix epoch: an RFC 3339 time
 /// (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.5+02:00`) or a duration back from `now_ms`
@@ -101,7 +101,33 @@ impl OpsDb {
         })
     }
 
-    /// The database file.
+    /// Opens the state database `config` names (`[daemon] state_dir`, or `state_url` with its
+    /// secrets read), read-only for the commands that only read. Nothing is created.
+    pub fn open_configured(config: &crate::Config, read_only: bool) -> Result<OpsDb, OpsError> {
+        let location = config.daemon.state_location().map_err(OpsError::Refused)?;
+        OpsDb::open_location(&location, read_only)
+    }
+
+    /// Opens the state database at `location`, read-only for the commands that only read.
+    /// The database must exist: nothing is created.
+    pub(crate) fn open_location(
+        location: &StateLocation,
+        read_only: bool,
+    ) -> Result<OpsDb, OpsError> {
+        Ok(OpsDb {
+            db: OperatorDb::open_location(location, read_only)?,
+        })
+    }
+
+    /// The PostgreSQL state's server, role, privileges and active daemon; `None` for SQLite.
+    pub fn postgres_health(&self) -> Result<Option<PostgresHealth>, OpsError> {
+        if !self.db.is_postgres() {
+            return Ok(None);
+        }
+        Ok(Some(self.db.read(|snapshot| snapshot.postgres_health())?))
+    }
+
+    /// The database file; for PostgreSQL, its URL without the password.
     pub fn path(&self) -> &Path {
         self.db.path()
     }

@@ -130,7 +130,7 @@ impl Snapshot<'_> {
     pub fn daemons(&self, limit: usize) -> Result<Vec<DaemonRecord>, StateError> {
         self.tx.rows(
             DAEMONS_SEEN_LAST,
-            [i64::try_from(limit).unwrap_or(i64::MAX)],
+            super::sql::params![i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
                 Ok(DaemonRecord {
                     daemon_id: r.get(0)?,

@@ -675,27 +675,28 @@ pub struct GroupBatchInfo {
 
 /// The group batches of an event, by sink and generation.
 pub(super) fn group_batches(
-    conn: &rusqlite::Connection,
+    db: &mut super::sql::Db,
     event_id: &str,
-) -> rusqlite::Result<Vec<GroupBatchInfo>> {
-    let mut stmt = conn.prepare_cached(
+) -> super::sql::Result<Vec<GroupBatchInfo>> {
+    // A member not yet in a batch, or of a stream without a checkpoint, is not durable.
+    db.query_map(
         "SELECT m.sink, m.generation, m.grp, m.stream, m.seq, m.position,
-                COALESCE(m.seq < s.next_seq, 0)
+                CASE WHEN m.seq < s.next_seq THEN 1 ELSE 0 END
          FROM group_members m LEFT JOIN group_streams s ON s.stream = m.stream AND s.sink = m.sink
          WHERE m.event_id = ?1 ORDER BY m.sink, m.generation",
-    )?;
-    let rows = stmt.query_map([event_id], |r| {
-        Ok(GroupBatchInfo {
-            sink: r.get(0)?,
-            generation: r.get(1)?,
-            group: r.get(2)?,
-            stream: r.get(3)?,
-            seq: r.get::<_, Option<i64>>(4)?.map(|n| n.max(0) as u64),
-            position: r.get::<_, Option<i64>>(5)?.map(|n| n.max(0) as u64),
-            durable: r.get(6)?,
-        })
-    })?;
-    rows.collect()
+        super::sql::params![event_id],
+        |r| {
+            Ok(GroupBatchInfo {
+                sink: r.get(0)?,
+                generation: r.get(1)?,
+                group: r.get(2)?,
+                stream: r.get(3)?,
+                seq: r.get::<_, Option<i64>>(4)?.map(|n| n.max(0) as u64),
+                position: r.get::<_, Option<i64>>(5)?.map(|n| n.max(0) as u64),
+                durable: r.get(6)?,
+            })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -197,28 +197,6 @@ pub(super) fn stored_event(r: &Row<'_>) -> sql::Result<StoredEvent> {
     })
 }
 
-/// The inbox helpers on a bare rusqlite connection, for the modules that have not moved to
-/// [`Db`] yet. Removed when the last of them has.
-pub(super) mod rusqlite_era {
-    use rusqlite::params;
-
-    use super::EventStatus;
-
-    pub(in crate::state) fn set_status(
-        c: &rusqlite::Connection,
-        event_id: &str,
-        status: EventStatus,
-        detail: Option<&str>,
-        now: i64,
-    ) -> rusqlite::Result<()> {
-        c.execute(
-            "UPDATE inbox SET status = ?2, detail = ?3, updated_at_ms = ?4 WHERE event_id = ?1",
-            params![event_id, status, detail, now],
-        )?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,6 +335,17 @@ impl StateDb {
         .map_err(|e| StateError::Task(e.to_string()))?
     }
 
+    /// Whether the state is in PostgreSQL (shared by several daemons) rather than an SQLite
+    /// file.
+    pub fn is_postgres(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// The state's gauges for `/metrics`, read in one snapshot.
+    pub(crate) async fn gauges(&self) -> Result<report::StateGauges, StateError> {
+        self.call(|db| db.read_snapshot(report::gauges)).await
+    }
+
     /// Takes the active role (dispatching events and polling Flatfile) when no other daemon
     /// on this state holds it. Always `true` for an SQLite state, which has one daemon.
     pub async fn take_role(&self) -> Result<bool, StateError> {

@@ -3,8 +3,7 @@
 //! [`super::OperatorDb::change`]). The decisions (what to replay, which status an event ends
 //! with) are the commands' own, in `crate::ops`; this holds only how they are stored.
 
-use rusqlite::params;
-
+use super::sql::{DbError, params};
 use super::tx::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, inbox};
 
@@ -36,7 +35,7 @@ pub struct FailedDelivery {
 /// One write transaction of an operator command.
 #[derive(Debug)]
 pub struct Change<'a> {
-    tx: Tx<'a>,
+    pub(super) tx: Tx<'a>,
 }
 
 impl<'a> Change<'a> {
@@ -46,12 +45,11 @@ impl<'a> Change<'a> {
 
     /// An event's status; `None` when it is not in the inbox.
     pub fn event_status(&self, event_id: &str) -> Result<Option<EventStatus>, StateError> {
-        let mut found = self.tx.rows(
+        self.tx.row(
             "SELECT status FROM inbox WHERE event_id = ?1",
-            [event_id],
+            params![event_id],
             |r| r.get(0),
-        )?;
-        Ok(found.pop())
+        )
     }
 
     /// Events received at or after `since_ms`, oldest first, with their status.
@@ -59,14 +57,14 @@ impl<'a> Change<'a> {
         self.tx.rows(
             "SELECT event_id, status FROM inbox WHERE received_at_ms >= ?1
              ORDER BY received_at_ms, event_id",
-            [since_ms],
+            params![since_ms],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
 
     /// An event's deliveries in the order they were planned.
     pub fn deliveries(&self, event_id: &str) -> Result<Vec<DeliveryState>, StateError> {
-        self.delivery_rows(event_id, "rowid")
+        self.delivery_rows(event_id, &self.tx.delivery_order("", false))
     }
 
     /// An event's deliveries by sink name.
@@ -74,17 +72,13 @@ impl<'a> Change<'a> {
         self.delivery_rows(event_id, "sink")
     }
 
-    fn delivery_rows(
-        &self,
-        event_id: &str,
-        order: &'static str,
-    ) -> Result<Vec<DeliveryState>, StateError> {
+    fn delivery_rows(&self, event_id: &str, order: &str) -> Result<Vec<DeliveryState>, StateError> {
         self.tx.rows(
             &format!(
                 "SELECT sink, status, generation, error FROM deliveries WHERE event_id = ?1
                  ORDER BY {order}"
             ),
-            [event_id],
+            params![event_id],
             |r| {
                 Ok(DeliveryState {
                     sink: r.get(0)?,
@@ -124,20 +118,19 @@ impl<'a> Change<'a> {
         detail: Option<&str>,
         now: i64,
     ) -> Result<(), StateError> {
-        inbox::rusqlite_era::set_status(self.tx.conn, event_id, status, detail, now)
-            .map_err(|e| self.tx.error(e))
+        self.tx
+            .with(|db| inbox::set_status(db, event_id, status, detail, now))
     }
 
     /// Whether the inbox holds the event.
     pub fn event_exists(&self, event_id: &str) -> Result<bool, StateError> {
         self.tx
-            .conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM inbox WHERE event_id = ?1)",
-                [event_id],
-                |r| r.get(0),
+            .row(
+                "SELECT 1 FROM inbox WHERE event_id = ?1",
+                params![event_id],
+                |_| Ok(()),
             )
-            .map_err(|e| self.tx.error(e))
+            .map(|found| found.is_some())
     }
 
     /// Failed deliveries, of one event and one sink when given, oldest failure first.
@@ -146,21 +139,28 @@ impl<'a> Change<'a> {
         event_id: Option<&str>,
         sink: Option<&str>,
     ) -> Result<Vec<FailedDelivery>, StateError> {
-        self.tx.rows(
+        let sql = format!(
             "SELECT d.event_id, d.sink, i.status
              FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
-             WHERE d.status = ?3 AND (?1 IS NULL OR d.event_id = ?1)
-               AND (?2 IS NULL OR d.sink = ?2)
-             ORDER BY d.updated_at_ms, d.rowid",
-            params![event_id, sink, DeliveryStatus::Failed],
-            |r| {
+             WHERE d.status = ?3 AND (CAST(?1 AS TEXT) IS NULL OR d.event_id = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR d.sink = ?2)
+             ORDER BY d.updated_at_ms, {}",
+            self.tx.delivery_order("d", false)
+        );
+        self.tx
+            .rows(&sql, params![event_id, sink, DeliveryStatus::Failed], |r| {
                 Ok(FailedDelivery {
                     event_id: r.get(0)?,
                     sink: r.get(1)?,
-                    event_status: r.get(2)?,
+                    event_status: match r.get::<_, Option<String>>(2)? {
+                        // The event is not in the inbox (a LEFT JOIN found no row).
+                        None => None,
+                        Some(text) => Some(EventStatus::parse(&text).ok_or_else(|| {
+                            DbError::column(2, format!("unknown event status `{text}`"))
+                        })?),
+                    },
                 })
-            },
-        )
+            })
     }
 
     /// Moves a failed delivery to `status`; its error is cleared when it becomes pending.
@@ -173,7 +173,7 @@ impl<'a> Change<'a> {
     ) -> Result<(), StateError> {
         self.tx.execute(
             "UPDATE deliveries SET status = ?3, updated_at_ms = ?4,
-                    error = CASE WHEN ?3 = ?5 THEN NULL ELSE error END
+                    error = CASE WHEN CAST(?3 AS TEXT) = CAST(?5 AS TEXT) THEN NULL ELSE error END
              WHERE event_id = ?1 AND sink = ?2 AND status = ?6",
             params![
                 event_id,

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::groups::{self, GroupBatchInfo};
+use super::sql::{self, Backend, Db, OptionalExtension, params};
 use super::tx::Tx;
 use super::{DeliveryStatus, EventStatus, StateError, stream_for_generation};
 
@@ -283,6 +284,9 @@ pub struct DeliveryCount {
     pub last_update_ms: Option<i64>,
 }
 
+/// Inbox rows [`Snapshot::events`] reads at a time.
+const EVENTS_PAGE: i64 = 500;
+
 /// One read snapshot of the state database, from [`super::OperatorDb::read`].
 #[derive(Debug)]
 pub struct Snapshot<'a> {
@@ -294,11 +298,30 @@ impl<'a> Snapshot<'a> {
         Snapshot { tx }
     }
 
+    /// Whether the database has every table of `tables`: an SQLite file of an older version
+    /// may lack some. PostgreSQL's schema began with all of them.
+    fn has_tables(&self, tables: &[&str]) -> Result<bool, StateError> {
+        if self.tx.backend() == Backend::Postgres {
+            return Ok(true);
+        }
+        for table in tables {
+            let found = self.tx.row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![table],
+                |_| Ok(()),
+            )?;
+            if found.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Inbox events by status.
     pub fn event_counts(&self) -> Result<Vec<(EventStatus, u64)>, StateError> {
         self.tx.rows(
             "SELECT status, COUNT(*) FROM inbox GROUP BY status",
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
         )
     }
@@ -307,7 +330,7 @@ impl<'a> Snapshot<'a> {
     pub fn event_statuses(&self) -> Result<Vec<(String, EventStatus)>, StateError> {
         self.tx.rows(
             "SELECT event_id, status FROM inbox ORDER BY event_id",
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
@@ -316,24 +339,23 @@ impl<'a> Snapshot<'a> {
     /// event and generation.
     pub fn checkpointed_rows(&self, sink: Option<&str>) -> Result<u64, StateError> {
         self.tx
-            .conn
-            .query_row(
-                "SELECT COALESCE(SUM(rows), 0) FROM checkpoints WHERE ?1 IS NULL OR sink = ?1",
-                [sink],
+            .row(
+                "SELECT CAST(COALESCE(SUM(rows), 0) AS BIGINT) FROM checkpoints
+                 WHERE CAST(?1 AS TEXT) IS NULL OR sink = ?1",
+                params![sink],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n.max(0) as u64)
-            .map_err(|e| self.tx.error(e))
+            .map(|n| n.unwrap_or(0).max(0) as u64)
     }
 
     /// Deliveries by sink and status.
     pub fn delivery_counts(&self) -> Result<Vec<DeliveryCount>, StateError> {
         self.tx.rows(
             "SELECT sink, status, COUNT(*),
-                    SUM(CASE WHEN status = ?1 THEN rows ELSE 0 END),
+                    CAST(SUM(CASE WHEN status = ?1 THEN rows ELSE 0 END) AS BIGINT),
                     MAX(updated_at_ms)
              FROM deliveries GROUP BY sink, status",
-            [DeliveryStatus::Done],
+            params![DeliveryStatus::Done],
             |r| {
                 Ok(DeliveryCount {
                     sink: r.get(0)?,
@@ -353,7 +375,7 @@ impl<'a> Snapshot<'a> {
             "SELECT d.event_id, d.sink, d.generation, s.stream
              FROM deliveries d JOIN streams s ON s.event_id = d.event_id
              WHERE d.status = ?1",
-            [DeliveryStatus::Pending],
+            params![DeliveryStatus::Pending],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
         let mut rows = Vec::with_capacity(streams.len());
@@ -373,13 +395,21 @@ impl<'a> Snapshot<'a> {
     /// Pending deliveries, newest event first, at most `limit`, each with the checkpointed rows
     /// and the known total of every stream it takes.
     pub fn in_flight(&self, limit: usize) -> Result<Vec<InFlight>, StateError> {
-        let mut deliveries: Vec<InFlight> = self.tx.rows(
+        // SQLite puts a missing inbox row (NULL) last when descending; PostgreSQL first.
+        let sql = format!(
             "SELECT d.event_id, COALESCE(i.topic, ''), COALESCE(i.received_at_ms, 0), d.sink,
                     d.generation
              FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
              WHERE d.status = ?1
-             ORDER BY i.received_at_ms DESC, d.event_id DESC, d.rowid LIMIT ?2",
-            params![DeliveryStatus::Pending, limit as i64],
+             ORDER BY i.received_at_ms DESC NULLS LAST, d.event_id DESC, {} LIMIT ?2",
+            self.tx.delivery_order("d", false)
+        );
+        let mut deliveries: Vec<InFlight> = self.tx.rows(
+            &sql,
+            params![
+                DeliveryStatus::Pending,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
             |r| {
                 Ok(InFlight {
                     event_id: r.get(0)?,
@@ -407,7 +437,7 @@ impl<'a> Snapshot<'a> {
     ) -> Result<Vec<StreamProgress>, StateError> {
         let plan: Vec<(String, Option<i64>, Option<String>)> = self.tx.rows(
             "SELECT stream, total_rows, sinks FROM streams WHERE event_id = ?1 ORDER BY ordinal",
-            [event_id],
+            params![event_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let checkpoints: BTreeMap<String, (u64, bool)> = self
@@ -443,32 +473,32 @@ impl<'a> Snapshot<'a> {
 
     /// Per sink, the receipt time of the oldest event with a pending delivery to it.
     pub fn oldest_pending(&self) -> Result<Vec<(String, i64)>, StateError> {
-        oldest_pending(self.tx.conn).map_err(|e| self.tx.error(e))
+        self.tx.with(oldest_pending)
     }
 
     /// The newest dead letter of `sink`.
     pub fn last_error(&self, sink: &str) -> Result<Option<LastError>, StateError> {
-        let mut found = self.tx.rows(
+        let sql = format!(
             "SELECT event_id, updated_at_ms, COALESCE(error, '') FROM deliveries
              WHERE sink = ?1 AND status = ?2
-             ORDER BY updated_at_ms DESC, rowid DESC LIMIT 1",
-            params![sink, DeliveryStatus::Failed],
-            |r| {
+             ORDER BY updated_at_ms DESC, {} LIMIT 1",
+            self.tx.delivery_order("", true)
+        );
+        self.tx
+            .row(&sql, params![sink, DeliveryStatus::Failed], |r| {
                 Ok(LastError {
                     event_id: r.get(0)?,
                     at_ms: r.get(1)?,
                     error: r.get(2)?,
                 })
-            },
-        )?;
-        Ok(found.pop())
+            })
     }
 
     /// Pending inbox events by topic.
     pub fn pending_topics(&self) -> Result<Vec<(String, u64)>, StateError> {
         self.tx.rows(
             "SELECT topic, COUNT(*) FROM inbox WHERE status = ?1 GROUP BY topic",
-            [EventStatus::Pending],
+            params![EventStatus::Pending],
             |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
         )
     }
@@ -476,24 +506,18 @@ impl<'a> Snapshot<'a> {
     /// The newest change to any delivery, ms since the Unix epoch.
     pub fn last_delivery_update_ms(&self) -> Result<Option<i64>, StateError> {
         self.tx
-            .conn
-            .query_row(
+            .row(
                 "SELECT MAX(updated_at_ms) FROM deliveries WHERE updated_at_ms > 0",
-                [],
+                params![],
                 |r| r.get(0),
             )
-            .map_err(|e| self.tx.error(e))
+            .map(Option::flatten)
     }
 
     /// Per polled environment, its cursor and the events not yet acknowledged.
     pub fn polling(&self) -> Result<Vec<PollStatus>, StateError> {
         // A database from before polling existed has no such tables: nothing polled yet.
-        if self
-            .tx
-            .conn
-            .prepare("SELECT 1 FROM poll_cursors, event_acks")
-            .is_err()
-        {
+        if !self.has_tables(&["poll_cursors", "event_acks"])? {
             return Ok(Vec::new());
         }
         self.tx.rows(
@@ -501,7 +525,7 @@ impl<'a> Snapshot<'a> {
                  (SELECT COUNT(*) FROM event_acks a
                   WHERE a.environment_id = p.environment_id AND a.acked_at_ms IS NULL)
              FROM poll_cursors p ORDER BY p.environment_id",
-            [],
+            params![],
             |r| {
                 Ok(PollStatus {
                     environment_id: r.get(0)?,
@@ -515,12 +539,7 @@ impl<'a> Snapshot<'a> {
     /// Uploads with parts still missing, oldest first.
     pub fn incomplete_uploads(&self) -> Result<Vec<UploadStatus>, StateError> {
         // A database from before uploads existed has no such tables: none waiting.
-        if self
-            .tx
-            .conn
-            .prepare("SELECT 1 FROM carried_uploads, carried_parts")
-            .is_err()
-        {
+        if !self.has_tables(&["carried_uploads", "carried_parts"])? {
             return Ok(Vec::new());
         }
         self.tx.rows(
@@ -528,7 +547,7 @@ impl<'a> Snapshot<'a> {
                  (SELECT COUNT(*) FROM carried_parts p WHERE p.upload = u.upload),
                  (SELECT MAX(p.part_count) FROM carried_parts p WHERE p.upload = u.upload)
              FROM carried_uploads u WHERE u.completed_at_ms IS NULL ORDER BY u.first_received_at_ms",
-            [],
+            params![],
             |r| {
                 Ok(UploadStatus {
                     upload: r.get(0)?,
@@ -550,40 +569,60 @@ impl<'a> Snapshot<'a> {
         limit: usize,
     ) -> Result<Vec<EventSummary>, StateError> {
         let mut events = Vec::new();
-        let mut read = || -> rusqlite::Result<()> {
-            let mut stmt = self.tx.conn.prepare(
+        // Read in pages, so that a filter that keeps few events does not hold the whole
+        // inbox in memory; the next page starts below the last event read.
+        let mut after: Option<(i64, String)> = None;
+        'pages: loop {
+            let (before_ms, before_id) = after
+                .clone()
+                .map_or((None, None), |(ms, id)| (Some(ms), Some(id)));
+            let page = self.tx.rows(
                 "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms
-                 FROM inbox WHERE ?1 IS NULL OR status = ?1
-                 ORDER BY received_at_ms DESC, event_id DESC",
+                 FROM inbox
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1)
+                   AND (CAST(?2 AS BIGINT) IS NULL OR received_at_ms < ?2
+                        OR (received_at_ms = ?2 AND event_id < ?3))
+                 ORDER BY received_at_ms DESC, event_id DESC LIMIT ?4",
+                params![status, before_ms, before_id, EVENTS_PAGE],
+                |r| {
+                    Ok(EventSummary {
+                        event_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        topic: r.get(2)?,
+                        status: r.get(3)?,
+                        detail: r.get(4)?,
+                        received_at_ms: r.get(5)?,
+                        updated_at_ms: r.get(6)?,
+                        deliveries: Vec::new(),
+                    })
+                },
             )?;
-            let mut rows = stmt.query([status])?;
-            while let Some(r) = rows.next()? {
-                let event = EventSummary {
-                    event_id: r.get(0)?,
-                    kind: r.get(1)?,
-                    topic: r.get(2)?,
-                    status: r.get(3)?,
-                    detail: r.get(4)?,
-                    received_at_ms: r.get(5)?,
-                    updated_at_ms: r.get(6)?,
-                    deliveries: Vec::new(),
-                };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some((last.received_at_ms, last.event_id.clone()));
+            let full = page.len() as i64 == EVENTS_PAGE;
+            for event in page {
                 if !keep(&event) {
                     continue;
                 }
                 events.push(event);
                 if events.len() >= limit {
-                    break;
+                    break 'pages;
                 }
             }
-            Ok(())
-        };
-        read().map_err(|e| self.tx.error(e))?;
+            if !full {
+                break;
+            }
+        }
+        let order = self.tx.delivery_order("", false);
         for event in &mut events {
             event.deliveries = self.tx.rows(
-                "SELECT sink, status, rows, generation FROM deliveries
-                 WHERE event_id = ?1 ORDER BY rowid",
-                [&event.event_id],
+                &format!(
+                    "SELECT sink, status, rows, generation FROM deliveries
+                     WHERE event_id = ?1 ORDER BY {order}"
+                ),
+                params![event.event_id],
                 |r| {
                     Ok(DeliverySummary {
                         sink: r.get(0)?,
@@ -605,7 +644,7 @@ impl<'a> Snapshot<'a> {
         event.streams = self.tx.rows(
             "SELECT ordinal, stream, kind, source_ref, fields_json, page_size, total_rows
              FROM streams WHERE event_id = ?1 ORDER BY ordinal",
-            [event_id],
+            params![event_id],
             |r| {
                 let fields: String = r.get(4)?;
                 Ok(StreamInfo {
@@ -621,10 +660,13 @@ impl<'a> Snapshot<'a> {
             },
         )?;
         let plan: Vec<String> = event.streams.iter().map(|s| s.stream.clone()).collect();
+        let order = self.tx.delivery_order("", false);
         event.deliveries = self.tx.rows(
-            "SELECT sink, status, rows, error, generation, updated_at_ms FROM deliveries
-             WHERE event_id = ?1 ORDER BY rowid",
-            [event_id],
+            &format!(
+                "SELECT sink, status, rows, error, generation, updated_at_ms FROM deliveries
+                 WHERE event_id = ?1 ORDER BY {order}"
+            ),
+            params![event_id],
             |r| {
                 let generation: u32 = r.get(4)?;
                 Ok(DeliveryInfo {
@@ -641,8 +683,7 @@ impl<'a> Snapshot<'a> {
                 })
             },
         )?;
-        event.group_batches =
-            groups::group_batches(self.tx.conn, event_id).map_err(|e| self.tx.error(e))?;
+        event.group_batches = self.tx.with(|db| groups::group_batches(db, event_id))?;
         for delivery in &mut event.deliveries {
             // A grouped event has no plan of its own: its delivery goes into a group stream.
             delivery.streams.extend(
@@ -656,7 +697,7 @@ impl<'a> Snapshot<'a> {
         event.checkpoints = self.tx.rows(
             "SELECT sink, stream, next_seq, complete, rows FROM checkpoints
              WHERE event_id = ?1 ORDER BY sink, stream",
-            [event_id],
+            params![event_id],
             |r| {
                 Ok(CheckpointInfo {
                     sink: r.get(0)?,
@@ -672,46 +713,44 @@ impl<'a> Snapshot<'a> {
 
     /// The inbox row of an event, its body parsed, without deliveries, streams or checkpoints.
     fn event_head(&self, event_id: &str) -> Result<Option<EventDetail>, StateError> {
-        self.tx
-            .conn
-            .query_row(
-                "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms, body
+        self.tx.row(
+            "SELECT event_id, kind, topic, status, detail, received_at_ms, updated_at_ms, body
                  FROM inbox WHERE event_id = ?1",
-                [event_id],
-                |r| {
-                    let body: Vec<u8> = r.get(7)?;
-                    Ok(EventDetail {
-                        event_id: r.get(0)?,
-                        kind: r.get(1)?,
-                        topic: r.get(2)?,
-                        status: r.get(3)?,
-                        detail: r.get(4)?,
-                        received_at_ms: r.get(5)?,
-                        updated_at_ms: r.get(6)?,
-                        body: serde_json::from_slice(&body).unwrap_or_else(|_| {
-                            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
-                        }),
-                        deliveries: Vec::new(),
-                        streams: Vec::new(),
-                        checkpoints: Vec::new(),
-                        group_batches: Vec::new(),
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.tx.error(e))
+            params![event_id],
+            |r| {
+                let body: Vec<u8> = r.get(7)?;
+                Ok(EventDetail {
+                    event_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    topic: r.get(2)?,
+                    status: r.get(3)?,
+                    detail: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                    updated_at_ms: r.get(6)?,
+                    body: serde_json::from_slice(&body).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                    }),
+                    deliveries: Vec::new(),
+                    streams: Vec::new(),
+                    checkpoints: Vec::new(),
+                    group_batches: Vec::new(),
+                })
+            },
+        )
     }
 
     /// Failed deliveries, newest first, optionally of one sink.
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
-        self.tx.rows(
+        let sql = format!(
             "SELECT d.event_id, COALESCE(i.topic, ''), d.sink, d.rows, d.error,
                     d.updated_at_ms, d.generation
              FROM deliveries d LEFT JOIN inbox i ON i.event_id = d.event_id
-             WHERE d.status = ?2 AND (?1 IS NULL OR d.sink = ?1)
-             ORDER BY d.updated_at_ms DESC, d.rowid DESC",
-            params![sink, DeliveryStatus::Failed],
-            |r| {
+             WHERE d.status = ?2 AND (CAST(?1 AS TEXT) IS NULL OR d.sink = ?1)
+             ORDER BY d.updated_at_ms DESC, {}",
+            self.tx.delivery_order("d", true)
+        );
+        self.tx
+            .rows(&sql, params![sink, DeliveryStatus::Failed], |r| {
                 Ok(DeadLetter {
                     event_id: r.get(0)?,
                     topic: r.get(1)?,
@@ -721,19 +760,18 @@ impl<'a> Snapshot<'a> {
                     failed_at_ms: r.get(5)?,
                     generation: r.get(6)?,
                 })
-            },
-        )
+            })
     }
 }
 
-fn oldest_pending(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    let mut stmt = conn.prepare_cached(
+fn oldest_pending(db: &mut Db) -> sql::Result<Vec<(String, i64)>> {
+    db.query_map(
         "SELECT d.sink, MIN(i.received_at_ms) FROM deliveries d
          JOIN inbox i ON i.event_id = d.event_id
          WHERE d.status = ?1 GROUP BY d.sink",
-    )?;
-    let rows = stmt.query_map([DeliveryStatus::Pending], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
+        params![DeliveryStatus::Pending],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// What the state database says at one moment, for the gauges of `/metrics`.
@@ -761,39 +799,45 @@ const SCRAPE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// so a scrape can never change or lock out the daemon's writes), in one read transaction.
 /// Blocking: call it from a blocking thread.
 pub(crate) fn read_gauges(path: &Path) -> Result<StateGauges, StateError> {
-    gauges(path).map_err(|error| StateError::Sqlite {
-        path: path.to_owned(),
-        error,
-    })
-}
-
-fn gauges(path: &Path) -> rusqlite::Result<StateGauges> {
-    let mut conn = Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(SCRAPE_BUSY_TIMEOUT)?;
-    let tx = conn.transaction()?;
+    )
+    .and_then(|conn| conn.busy_timeout(SCRAPE_BUSY_TIMEOUT).map(|()| conn))
+    .map_err(|error| StateError::Sqlite {
+        path: path.to_owned(),
+        error,
+    })?;
+    Db::sqlite(conn)
+        .read_snapshot(gauges)
+        .map_err(|error| StateError::Database {
+            at: path.display().to_string(),
+            error,
+        })
+}
+
+/// The gauges, read on `db` (in one snapshot: the caller's).
+pub(crate) fn gauges(db: &mut Db) -> sql::Result<StateGauges> {
     let mut gauges = StateGauges {
-        events_pending: tx.query_row(
+        events_pending: db.query_row(
             "SELECT COUNT(*) FROM inbox WHERE status = ?1",
-            [EventStatus::Pending],
-            |r| r.get::<_, i64>(0),
-        )? as u64,
+            params![EventStatus::Pending],
+            |r| r.get::<_, u64>(0),
+        )?,
         sinks: BTreeMap::new(),
     };
-    for sink in delivery_sinks(&tx)? {
+    for sink in delivery_sinks(db)? {
         gauges.sinks.insert(sink, SinkGauges::default());
     }
-    let mut dead =
-        tx.prepare("SELECT sink, COUNT(*) FROM deliveries WHERE status = ?1 GROUP BY sink")?;
-    for row in dead.query_map([DeliveryStatus::Failed], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })? {
-        let (sink, count) = row?;
-        gauges.sinks.entry(sink).or_default().dead_letters = count as u64;
+    let dead: Vec<(String, u64)> = db.query_map(
+        "SELECT sink, COUNT(*) FROM deliveries WHERE status = ?1 GROUP BY sink",
+        params![DeliveryStatus::Failed],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    for (sink, count) in dead {
+        gauges.sinks.entry(sink).or_default().dead_letters = count;
     }
-    for (sink, received_at_ms) in oldest_pending(&tx)? {
+    for (sink, received_at_ms) in oldest_pending(db)? {
         gauges.sinks.entry(sink).or_default().oldest_pending_ms = Some(received_at_ms);
     }
     Ok(gauges)
@@ -802,22 +846,26 @@ fn gauges(path: &Path) -> rusqlite::Result<StateGauges> {
 /// The distinct sinks of the deliveries table. `SELECT DISTINCT` would read every delivery
 /// ever made on each scrape; this hops through the `(status, sink)` index instead, one seek
 /// per status and sink, so a scrape costs the same after a million events as after ten.
-fn delivery_sinks(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
-    let mut next_status =
-        conn.prepare("SELECT status FROM deliveries WHERE status > ?1 ORDER BY status LIMIT 1")?;
-    let mut next_sink = conn.prepare(
-        "SELECT sink FROM deliveries WHERE status = ?1 AND sink > ?2 ORDER BY sink LIMIT 1",
-    )?;
+fn delivery_sinks(db: &mut Db) -> sql::Result<BTreeSet<String>> {
     let mut sinks = BTreeSet::new();
     let mut status = String::new();
-    while let Some(found) = next_status
-        .query_row([&status], |r| r.get::<_, String>(0))
+    while let Some(found) = db
+        .query_row(
+            "SELECT status FROM deliveries WHERE status > ?1 ORDER BY status LIMIT 1",
+            params![status],
+            |r| r.get::<_, String>(0),
+        )
         .optional()?
     {
         status = found;
         let mut sink = String::new();
-        while let Some(found) = next_sink
-            .query_row([&status, &sink], |r| r.get::<_, String>(0))
+        while let Some(found) = db
+            .query_row(
+                "SELECT sink FROM deliveries WHERE status = ?1 AND sink > ?2
+                 ORDER BY sink LIMIT 1",
+                params![status, sink],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
         {
             sink = found;
@@ -825,4 +873,368 @@ fn delivery_sinks(conn: &Connection) -> rusqlite::Result<BTreeSet<String>> {
         }
     }
     Ok(sinks)
+}
+
+/// Rows for the operator tests outside the state module (which holds every query), written
+/// with portable SQL so that they can be on either backend.
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use super::sql::params;
+    use crate::state::{DeliveryStatus, StateDb, StreamSource};
+
+    /// A delivery of a planned event: sink, status, rows, error, and its checkpoint in the
+    /// event's stream (next batch, rows, complete), if it has one.
+    pub(crate) type TestDelivery = (
+        &'static str,
+        DeliveryStatus,
+        i64,
+        Option<&'static str>,
+        Option<(i64, i64, bool)>,
+    );
+
+    /// Plans `event` into one legacy-batch `stream` with `deliveries` (changed at `now`), in
+    /// one transaction.
+    pub(crate) async fn plan_event(
+        state: &StateDb,
+        event: &'static str,
+        stream: &'static str,
+        deliveries: Vec<TestDelivery>,
+        now: i64,
+    ) {
+        let source = serde_json::to_string(&StreamSource::LegacyBatch).expect("a source");
+        state
+            .call(move |db| {
+                db.transaction(|db| {
+                    db.execute(
+                        "INSERT INTO streams
+                         (event_id, ordinal, stream, kind, source_ref, fields_json, page_size,
+                          source)
+                         VALUES (?1, 0, ?2, 'legacy_batch', ?2, '[]', 100, ?3)",
+                        params![event, stream, source],
+                    )?;
+                    for (sink, status, rows, error, checkpoint) in &deliveries {
+                        db.execute(
+                            "INSERT INTO deliveries
+                             (event_id, sink, status, rows, error, generation, updated_at_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+                            params![event, sink, status, rows, error, now],
+                        )?;
+                        if let Some((next_seq, rows, complete)) = checkpoint {
+                            db.execute(
+                                "INSERT INTO checkpoints
+                                 (event_id, sink, stream, next_seq, complete, rows)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                params![event, sink, stream, next_seq, complete, rows],
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .expect("plan the test event");
+    }
+
+    /// Sets a delivery's status and error, as the daemon does when a sink fails or finishes.
+    pub(crate) async fn set_delivery(
+        state: &StateDb,
+        event: &'static str,
+        sink: &'static str,
+        status: DeliveryStatus,
+        error: Option<&'static str>,
+    ) {
+        state
+            .call(move |db| {
+                db.execute(
+                    "UPDATE deliveries SET status = ?3, error = ?4 WHERE event_id = ?1 AND sink = ?2",
+                    params![event, sink, status, error],
+                )
+            })
+            .await
+            .expect("set the test delivery");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::inbox::insert_pending;
+    use crate::state::testing::TestBackend;
+    use crate::state::{OperatorDb, StateDb};
+
+    /// Runs `statements` in one transaction; of their arguments, numbers are passed as
+    /// integers and `NULL` as a null.
+    async fn write(state: &StateDb, statements: Vec<(&'static str, Vec<String>)>) {
+        state
+            .call(move |db| {
+                db.transaction(|db| {
+                    for (sql, args) in &statements {
+                        let values: Vec<sql::Value<'_>> = args
+                            .iter()
+                            .map(|a| match a.parse::<i64>() {
+                                Ok(n) => sql::Value::Int(n),
+                                Err(_) if a == "NULL" => sql::Value::Null,
+                                Err(_) => sql::Value::Text(a),
+                            })
+                            .collect();
+                        db.execute(sql, &values)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .expect("write the test rows");
+    }
+
+    fn args(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    const DELIVERY: &str = "INSERT INTO deliveries
+        (event_id, sink, status, rows, error, generation, updated_at_ms)
+        VALUES (?1, ?2, ?3, 0, NULL, 0, 1)";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_listed_newest_first_across_pages_with_a_filter() {
+        // Three events per millisecond, so that pages end inside a run of equal times.
+        let total = 2 * EVENTS_PAGE + 7;
+        for backend in TestBackend::both("report_events") {
+            let state = backend.state();
+            state
+                .call(move |db| {
+                    db.transaction(|db| {
+                        for i in 0..total {
+                            insert_pending(db, &format!("e{i:04}"), "legacy", "t", b"{}", i / 3)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .expect("insert events");
+            let mut expected: Vec<(i64, String)> =
+                (0..total).map(|i| (i / 3, format!("e{i:04}"))).collect();
+            expected.sort_by(|a, b| b.cmp(a));
+            let expected: Vec<String> = expected
+                .into_iter()
+                .map(|(_, id)| id)
+                .filter(|id| !id.ends_with('0'))
+                .collect();
+            let operator = OperatorDb::open_location(&backend.location(), true).expect("open");
+            let read = |limit: usize| -> Vec<String> {
+                operator
+                    .read(|s| s.events(None, |e| !e.event_id.ends_with('0'), limit))
+                    .expect("list events")
+                    .into_iter()
+                    .map(|e| e.event_id)
+                    .collect()
+            };
+            assert_eq!(read(usize::MAX), expected, "{backend:?}");
+            assert_eq!(read(600), expected[..600], "{backend:?}");
+            assert_eq!(read(1), expected[..1], "{backend:?}");
+            let failed = operator
+                .read(|s| s.events(Some(EventStatus::Failed), |_| true, 10))
+                .expect("list failed events");
+            assert!(failed.is_empty(), "{backend:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gauges_count_pending_events_dead_letters_and_the_oldest_pending_per_sink() {
+        for backend in TestBackend::both("report_gauges") {
+            let state = backend.state();
+            state
+                .call(|db| {
+                    insert_pending(db, "e1", "legacy", "t", b"{}", 100)?;
+                    insert_pending(db, "e2", "legacy", "t", b"{}", 200)?;
+                    insert_pending(db, "e3", "legacy", "t", b"{}", 300)?;
+                    crate::state::inbox::set_status(db, "e2", EventStatus::Failed, None, 400)
+                })
+                .await
+                .expect("insert events");
+            write(
+                &state,
+                vec![
+                    (DELIVERY, args(&["e1", "a", "pending"])),
+                    (DELIVERY, args(&["e3", "a", "pending"])),
+                    (DELIVERY, args(&["e2", "b", "failed"])),
+                    (DELIVERY, args(&["e3", "b", "done"])),
+                    (DELIVERY, args(&["e2", "c", "dropped"])),
+                ],
+            )
+            .await;
+            let found = state
+                .call(|db| db.read_snapshot(gauges))
+                .await
+                .expect("read the gauges");
+            let sink = |dead_letters, oldest_pending_ms| SinkGauges {
+                dead_letters,
+                oldest_pending_ms,
+            };
+            let expected = StateGauges {
+                events_pending: 2,
+                sinks: BTreeMap::from([
+                    ("a".to_owned(), sink(0, Some(100))),
+                    ("b".to_owned(), sink(1, None)),
+                    ("c".to_owned(), sink(0, None)),
+                ]),
+            };
+            assert_eq!(found, expected, "{backend:?}");
+            if let TestBackend::Sqlite(dir) = &backend {
+                let scraped = read_gauges(&dir.path().join(StateDb::FILE_NAME)).expect("scrape");
+                assert_eq!(scraped, expected, "a scrape reads the same");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grouped_event_shows_its_batch_and_whether_the_sink_made_it_durable() {
+        const MEMBER: &str = "INSERT INTO group_members
+            (event_id, sink, generation, grp, window_end_ms, stream, seq, position)
+            VALUES ('e1', ?1, 0, 'g', 0, ?2, ?3, ?4)";
+        const STREAM: &str = "INSERT INTO group_streams
+            (stream, sink, grp, part, window_end_ms, next_seq, formed_seq, events)
+            VALUES ('g-s', 'a', 'g', 0, 0, ?1, 3, 10)";
+        for backend in TestBackend::both("report_groups") {
+            let state = backend.state();
+            state
+                .call(|db| insert_pending(db, "e1", "platform", "records:created", b"{}", 1))
+                .await
+                .expect("insert the event");
+            write(
+                &state,
+                vec![
+                    (DELIVERY, args(&["e1", "a", "pending"])),
+                    (DELIVERY, args(&["e1", "b", "pending"])),
+                    (MEMBER, args(&["a", "g-s", "2", "5"])),
+                    (MEMBER, args(&["b", "NULL", "NULL", "NULL"])),
+                    (STREAM, args(&["3"])),
+                ],
+            )
+            .await;
+            let operator = OperatorDb::open_location(&backend.location(), true).expect("open");
+            let show = || {
+                operator
+                    .read(|s| s.event_detail("e1"))
+                    .expect("show the event")
+                    .expect("a known event")
+            };
+            let shown = show();
+            let batches: Vec<_> = shown
+                .group_batches
+                .iter()
+                .map(|b| {
+                    (
+                        b.sink.as_str(),
+                        b.stream.as_deref(),
+                        b.seq,
+                        b.position,
+                        b.durable,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                batches,
+                [
+                    ("a", Some("g-s"), Some(2), Some(5), true),
+                    ("b", None, None, None, false)
+                ],
+                "{backend:?}"
+            );
+            assert_eq!(shown.deliveries[0].streams, ["g-s"], "{backend:?}");
+            assert!(shown.deliveries[1].streams.is_empty(), "{backend:?}");
+            state
+                .call(|db| db.execute("UPDATE group_streams SET next_seq = 2", &[]))
+                .await
+                .expect("move the checkpoint back");
+            assert!(
+                !show().group_batches[0].durable,
+                "{backend:?}: batch 2 is durable only once the checkpoint is past it"
+            );
+        }
+    }
+}
+
+/// What `flatsync doctor` reports of a PostgreSQL state database.
+#[derive(Clone, Debug, Serialize)]
+pub struct PostgresHealth {
+    /// The role flatsync connects as.
+    pub user: String,
+    /// The database.
+    pub database: String,
+    /// `server_version_num`, e.g. 150004.
+    pub server_version: i64,
+    /// Events in the inbox.
+    pub events: u64,
+    /// State tables the role cannot read and write (`SELECT, INSERT, UPDATE, DELETE`).
+    pub missing_privileges: Vec<String>,
+    /// `application_name` (`flatsync/<pid>`) of the session holding the active role, if any.
+    pub active_daemon: Option<String>,
+}
+
+impl PostgresHealth {
+    /// Whether the server ends idle sessions (`idle_session_timeout`, PostgreSQL 14): without
+    /// it a paused daemon keeps the active role until its connection dies.
+    pub fn ends_idle_sessions(&self) -> bool {
+        self.server_version >= 140_000
+    }
+}
+
+impl Snapshot<'_> {
+    /// The PostgreSQL state's server, role, privileges and active daemon.
+    pub fn postgres_health(&self) -> Result<PostgresHealth, StateError> {
+        let (user, database, server_version) = self
+            .tx
+            .row(
+                "SELECT CAST(current_user AS TEXT), CAST(current_database() AS TEXT),
+                        CAST(current_setting('server_version_num') AS BIGINT)",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .unwrap_or_default();
+        let events = self
+            .tx
+            .row("SELECT COUNT(*) FROM inbox", params![], |r| {
+                r.get::<_, u64>(0)
+            })?
+            .unwrap_or(0);
+        let mut missing_privileges = Vec::new();
+        for table in super::schema::TABLES
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["flatsync_schema"])
+        {
+            let granted = self
+                .tx
+                .row(
+                    // Each privilege alone: a list is true when any one of them is held.
+                    "SELECT CASE WHEN has_table_privilege(?1, 'SELECT')
+                                  AND has_table_privilege(?1, 'INSERT')
+                                  AND has_table_privilege(?1, 'UPDATE')
+                                  AND has_table_privilege(?1, 'DELETE')
+                             THEN 1 ELSE 0 END",
+                    params![table],
+                    |r| r.get::<_, bool>(0),
+                )?
+                .unwrap_or(false);
+            if !granted {
+                missing_privileges.push(table.to_owned());
+            }
+        }
+        let active_daemon = self.tx.row(
+            "SELECT CAST(a.application_name AS TEXT) FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            params![],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(PostgresHealth {
+            user,
+            database,
+            server_version,
+            events,
+            missing_privileges,
+            active_daemon,
+        })
+    }
 }

@@ -55,7 +55,8 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 /// Runs `flatsync top`.
 pub(crate) fn run(args: TopArgs) -> anyhow::Result<()> {
     let located = args.target.locate()?;
-    let mut sampler = Sampler::open(&located.state_dir, located.config)?;
+    let db = located.open(true)?;
+    let mut sampler = Sampler::open(db, located.config)?;
     let iterations = if args.once { Some(1) } else { args.iterations };
     if args.plain || args.once || !std::io::stdout().is_terminal() {
         plain::run(&mut sampler, args.interval, iterations)

@@ -255,14 +255,11 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler of the state database in `state_dir`; `config`, when read, names the sinks
-    /// and routes and says where the admin listener is.
-    pub(crate) fn open(
-        state_dir: &std::path::Path,
-        config: Option<Config>,
-    ) -> anyhow::Result<Sampler> {
+    /// A sampler of the state database `db`; `config`, when read, names the sinks and routes
+    /// and says where the admin listener is.
+    pub(crate) fn open(db: OpsDb, config: Option<Config>) -> anyhow::Result<Sampler> {
         Ok(Sampler {
-            db: OpsDb::open_read_only(state_dir)?,
+            db,
             admin: Admin::of(config.as_ref()),
             config,
             rates: Rates::default(),
