@@ -163,7 +163,8 @@ impl Sink for PostgresSink {
             // created on its way; the next batch reads them again from the database.
             self.tables.remove(kind);
             self.staging.clear();
-            if error.is_retry() {
+            // A retry waits on the server: name it, unless the message already does.
+            if error.is_retry() && !error.message().contains(&self.config.shown_url) {
                 return Err(SinkError::retry(error.message()).context(&self.config.shown_url));
             }
         }

@@ -710,6 +710,45 @@ fn a_lost_connection_is_a_retry_and_the_next_call_reconnects() {
 }
 
 #[test]
+fn a_stream_locked_elsewhere_past_the_lock_timeout_is_a_retry_naming_the_server() {
+    let fx = Fixture::new();
+    let mut sink = fx.sink();
+    send(&mut sink, Send::default(), &[row("r1", true, "{}")]).expect("seq 0");
+    let url = format!("{}?options=-c%20lock_timeout%3D200", fx.db.url());
+    let mut impatient = PostgresSink::create(
+        &CreateContext::new("db", Logger::discard()),
+        json!({ "url": url }),
+    )
+    .expect("valid config");
+    let mut other = fx.db.client();
+    let mut holder = other.transaction().expect("begins");
+    holder
+        .execute(
+            "SELECT 1 FROM _flatsync_streams WHERE stream = 'contacts-ev1' FOR UPDATE",
+            &[],
+        )
+        .expect("locked");
+    let next = Send {
+        seq: 1,
+        ..Send::default()
+    };
+    let error = send(&mut impatient, Send { ..next }, &[row("r2", true, "{}")])
+        .expect_err("the row is locked");
+    assert!(error.is_retry(), "{}", error.message());
+    assert!(
+        error.message().starts_with(&format!("{url}: ")) && error.message().contains("55P03"),
+        "{}",
+        error.message()
+    );
+    holder.rollback().expect("released");
+    send(&mut impatient, next, &[row("r2", true, "{}")]).expect("the retry passes");
+    assert_eq!(
+        fx.rows("SELECT _record_id FROM contacts ORDER BY 1"),
+        [["r1"], ["r2"]]
+    );
+}
+
+#[test]
 fn an_unreachable_server_is_a_retry() {
     let error = PostgresSink::create(
         &CreateContext::new("db", Logger::discard()),
