@@ -1,9 +1,8 @@
 //! The `postgres` sink: one table per stream kind in a PostgreSQL schema, rows bulk-loaded with
 //! `COPY` and upserted by record id, exactly once.
 //!
-//! It is the [`sqlite` sink](../flatsync_sink_sqlite/index.html)'s model on PostgreSQL 11 or
-//! later: the same tables, columns, deletions and bookkeeping, with types and locks of the
-//! server's own.
+//! It is the `sqlite` sink's model on PostgreSQL 11 or later: the same tables, columns,
+//! deletions and bookkeeping, with the server's own types and locks.
 //!
 //! # Config
 //!
