@@ -55,7 +55,7 @@ impl Api {
         }
     }
 
-    /// The sqlite sink's table of the stream kind.
+    /// The sqlite and postgres sinks' table of the stream kind.
     pub(crate) fn table(self) -> &'static str {
         match self {
             Api::Legacy => "legacy_batch",
@@ -140,6 +140,7 @@ fn import_once(
     number: u64,
 ) -> Result<Line, BenchError> {
     let dir = plan.run_dir("import")?;
+    sink.prepare(dir.path())?;
     let setup = Setup {
         dir: dir.path().to_owned(),
         bin_dir: plan.bin_dir.clone(),
@@ -171,6 +172,7 @@ fn import_once(
     let after = daemon.usage()?;
     daemon.stop()?;
     let held = sink.rows(dir.path(), api.table())?;
+    sink.clean_up(dir.path())?;
     if held != rows {
         return Err(BenchError::Failed(format!(
             "{} holds {held} rows after an import of {rows}",

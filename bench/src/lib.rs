@@ -5,10 +5,12 @@
 //! ratio of wall time to the wire floor measured in the same run. `BENCHMARKS.md` says what
 //! each line measures and holds the last table.
 //!
-//! By job: `import` (legacy and Platform pages into CSV, SQLite and JSON Lines), `events`
+//! By job: `import` (legacy and Platform pages into CSV, SQLite, JSON Lines and PostgreSQL),
+//! `events`
 //! (webhook intake, backlog drain, memory with a backlog), `restart` (SIGKILL in a stream),
 //! over `sim`, `daemon` and `child` (the processes), `proc` (their CPU and memory), `wire`
-//! (the floor), `sink` (rows held) and `table` (medians and printing).
+//! (the floor), `sink` (rows held), `pg` (the postgres sink's databases) and `table` (medians
+//! and printing).
 
 mod child;
 mod daemon;
@@ -16,6 +18,7 @@ mod error;
 mod events;
 mod http;
 mod import;
+mod pg;
 mod proc;
 mod restart;
 mod sim;

@@ -10,12 +10,13 @@ use clap::Parser;
 use flatsync_bench::{DEFAULT_PAGES_IN_FLIGHT, Plan};
 
 /// What `cargo build --release` builds for the benchmark.
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 6] = [
     "flatsync",
     "flatfile-sim",
     "flatsync-sink-csv-folder",
     "flatsync-sink-sqlite",
     "flatsync-sink-jsonl-folder",
+    "flatsync-sink-postgres",
 ];
 
 #[derive(Debug, Parser)]
@@ -23,10 +24,11 @@ const PACKAGES: [&str; 5] = [
     name = "flatsync-bench",
     about = "Runs the flatsync benchmark (issue 12) and prints one line per case",
     long_about = "Runs the flatsync benchmark (issue 12) and prints one line per case.\n\n\
-Builds the release binaries (flatsync, flatfile-sim, the csv-folder, sqlite and jsonl-folder \
-plugins) with cargo, unless --bin-dir names a directory that holds them. Every process runs on \
-127.0.0.1 with its state in a temporary directory. See BENCHMARKS.md for what each line \
-measures."
+Builds the release binaries (flatsync, flatfile-sim, the csv-folder, sqlite, jsonl-folder and \
+postgres plugins) with cargo, unless --bin-dir names a directory that holds them. Every process runs on \
+127.0.0.1 with its state in a temporary directory; the postgres sink writes into a database \
+of each run's own on the server of FLATSYNC_TEST_POSTGRES_URL (default \
+postgres://postgres@127.0.0.1:5432/postgres). See BENCHMARKS.md for what each line measures."
 )]
 struct Cli {
     /// One run per case and the 100,000 sizes only (rows, pending events, restart stream).

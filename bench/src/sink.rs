@@ -1,8 +1,9 @@
-//! The three sinks of the import cases, and how many rows each holds after a run.
+//! The sinks of the import cases, and how many rows each holds after a run.
 
 use std::path::Path;
 
 use crate::error::BenchError;
+use crate::pg;
 
 /// A built-in sink plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,11 +14,14 @@ pub enum Sink {
     Sqlite,
     /// `jsonl-folder`: one JSON Lines file per stream.
     Jsonl,
+    /// `postgres`: one table per stream kind in a database of the run's own, on the server of
+    /// `FLATSYNC_TEST_POSTGRES_URL` (default: the local one).
+    Postgres,
 }
 
 impl Sink {
     /// Every sink, in table order.
-    pub const ALL: [Sink; 3] = [Sink::Csv, Sink::Sqlite, Sink::Jsonl];
+    pub const ALL: [Sink; 4] = [Sink::Csv, Sink::Sqlite, Sink::Jsonl, Sink::Postgres];
 
     /// Its name in the table.
     pub fn label(self) -> &'static str {
@@ -25,6 +29,7 @@ impl Sink {
             Sink::Csv => "csv",
             Sink::Sqlite => "sqlite",
             Sink::Jsonl => "jsonl",
+            Sink::Postgres => "postgres",
         }
     }
 
@@ -33,6 +38,7 @@ impl Sink {
             Sink::Csv => "csv-folder",
             Sink::Sqlite => "sqlite",
             Sink::Jsonl => "jsonl-folder",
+            Sink::Postgres => "postgres",
         }
     }
 
@@ -42,6 +48,26 @@ impl Sink {
         match self {
             Sink::Csv | Sink::Jsonl => format!("{{ dir = {} }}", quote(&self.output(dir))),
             Sink::Sqlite => format!("{{ path = {} }}", quote(&self.output(dir))),
+            Sink::Postgres => {
+                let url = serde_json::Value::from(pg::database_url(dir)).to_string();
+                format!("{{ url = {url} }}")
+            }
+        }
+    }
+
+    /// Makes what the sink writes into for a run in `dir`: the postgres sink's database.
+    pub(crate) fn prepare(self, dir: &Path) -> Result<(), BenchError> {
+        match self {
+            Sink::Postgres => pg::create_database(dir),
+            Sink::Csv | Sink::Sqlite | Sink::Jsonl => Ok(()),
+        }
+    }
+
+    /// Removes what [`prepare`](Self::prepare) made; the folder sinks' output goes with `dir`.
+    pub(crate) fn clean_up(self, dir: &Path) -> Result<(), BenchError> {
+        match self {
+            Sink::Postgres => pg::drop_database(dir),
+            Sink::Csv | Sink::Sqlite | Sink::Jsonl => Ok(()),
         }
     }
 
@@ -50,11 +76,13 @@ impl Sink {
             Sink::Csv => dir.join("out-csv"),
             Sink::Sqlite => dir.join("out.db"),
             Sink::Jsonl => dir.join("out-jsonl"),
+            Sink::Postgres => dir.to_owned(),
         }
     }
 
     /// Rows the sink holds after a run in `dir`: records of the complete `.csv` files (each
-    /// starts with a header), lines of the complete `.jsonl` files, or rows of `table`.
+    /// starts with a header), lines of the complete `.jsonl` files, or rows of `table`
+    /// (`SELECT count(*)`).
     pub(crate) fn rows(self, dir: &Path, table: &str) -> Result<u64, BenchError> {
         let output = self.output(dir);
         match self {
@@ -89,6 +117,7 @@ impl Sink {
                     BenchError::Failed(format!("cannot count {table} in {}: {e}", output.display()))
                 })
             }
+            Sink::Postgres => pg::count_rows(dir, table),
         }
     }
 }

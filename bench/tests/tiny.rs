@@ -19,6 +19,7 @@ fn debug_dir() -> PathBuf {
         "libflatsync_sink_csv_folder.so",
         "libflatsync_sink_sqlite.so",
         "libflatsync_sink_jsonl_folder.so",
+        "libflatsync_sink_postgres.so",
     ] {
         assert!(
             dir.join(file).is_file(),
@@ -64,7 +65,7 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
 
     let mut expected = Vec::new();
     for api in ["legacy", "platform"] {
-        for sink in ["csv", "sqlite", "jsonl"] {
+        for sink in ["csv", "sqlite", "jsonl", "postgres"] {
             expected.push(format!("{api} {sink} 2k 0ms"));
         }
     }
@@ -89,7 +90,7 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
         assert!(line.peak_rss_mib > 0.0, "{context}");
     }
     // Imports: the harness counted exactly the rows sent in the sink, and the wire floor ran.
-    for case in &expected[..6] {
+    for case in &expected[..8] {
         let line = find(&lines, case);
         assert_eq!(line.count, 2_000, "{table}");
         assert!(line.wire.is_some_and(|w| w > 0.0), "{table}");
