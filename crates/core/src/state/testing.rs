@@ -1,19 +1,15 @@
 //! Both backends for the state tests: an SQLite file in a temporary directory, and a
-//! PostgreSQL database of its own, created on the server `FLATSYNC_TEST_POSTGRES_URL` names
-//! (default: the local server, `postgres://postgres@127.0.0.1:5432/postgres`) and dropped
-//! when the test ends, so that tests run in parallel.
+//! PostgreSQL database of its own (the test kit's [`TestDatabase`], on the server
+//! `FLATSYNC_TEST_POSTGRES_URL` names, by default the local one), dropped when the test ends,
+//! so that tests run in parallel.
 //!
 //! Without a reachable server the PostgreSQL half panics with a message saying how to
 //! provide one: the tests never pass by skipping it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use flatsync_test_kit::postgres::TestDatabase;
 
 use super::sql::{Db, PgTarget, off_runtime};
 use super::{StateDb, StateLocation};
-
-/// The variable naming the server the PostgreSQL tests create their databases on.
-pub(crate) const SERVER_VAR: &str = "FLATSYNC_TEST_POSTGRES_URL";
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A state database for one test, removed when dropped.
 #[derive(Debug)]
@@ -60,83 +56,32 @@ impl TestBackend {
     }
 }
 
-/// A database of its own on the test server.
+/// A database of its own on the test server ([`TestDatabase`], created and dropped off the
+/// async runtime, where its synchronous client may block).
 #[derive(Debug)]
-pub(crate) struct TestPostgres {
-    server: String,
-    name: String,
-}
+pub(crate) struct TestPostgres(Option<TestDatabase>);
 
 impl TestPostgres {
     fn create(label: &str) -> TestPostgres {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let server = std::env::var(SERVER_VAR).unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
-        let name = format!(
-            "flatsync_{}_{}_{}_{}",
-            label.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            fastrand::u32(..)
-        );
-        off_runtime(|| {
-            admin(&server)
-                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-                .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-        });
-        TestPostgres { server, name }
+        let prefix = format!("flatsync_{label}");
+        TestPostgres(Some(off_runtime(|| TestDatabase::create(&prefix))))
     }
 
     /// The test database's connection settings.
     pub(crate) fn target(&self) -> PgTarget {
-        PgTarget::parse(&self.url()).expect("test database URL")
+        PgTarget::parse(self.url()).expect("test database URL")
     }
 
-    /// Its URL (the server's, with the database name replaced).
-    pub(crate) fn url(&self) -> String {
-        url_of(&self.server, &self.name)
+    /// Its URL.
+    pub(crate) fn url(&self) -> &str {
+        self.0.as_ref().expect("dropped only at the end").url()
     }
 }
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        // A failure leaves a database behind on a test server; it must not hide the test's
-        // own result.
-        off_runtime(|| {
-            if let Ok(mut admin) = postgres::Client::connect(&self.server, postgres::NoTls) {
-                let _ = admin.batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.name
-                ));
-            }
-        });
+        if let Some(db) = self.0.take() {
+            off_runtime(move || drop(db));
+        }
     }
-}
-
-fn admin(server: &str) -> postgres::Client {
-    postgres::Client::connect(server, postgres::NoTls).unwrap_or_else(|e| {
-        panic!(
-            "these tests need a PostgreSQL server they may create databases on; {server} \
-             refused ({e}). Start one there, or set {SERVER_VAR} to the URL of one \
-             (postgres://user@host:port/database)"
-        )
-    })
-}
-
-/// `server` with its database name replaced by `name`.
-fn url_of(server: &str, name: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server, None),
-    };
-    let authority_end = base
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| base[start..].find('/').map(|j| start + j))
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{name}", &base[..authority_end]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
 }
