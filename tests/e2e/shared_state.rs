@@ -438,6 +438,15 @@ fn the_operator_commands_read_and_check_a_postgres_state() {
         text.contains(cluster.db.name()) && !text.contains("state.db"),
         "the status names the PostgreSQL database\n{text}"
     );
+    let pid = daemon.pid().expect("running");
+    let active: Vec<u64> = status["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .filter(|d| d["active"] == true)
+        .filter_map(|d| d["pid"].as_u64())
+        .collect();
+    assert_eq!(active, [u64::from(pid)], "one daemon is shown active\n{text}");
 
     let (ok, text) = run(&["events", "show", &event, "--config", config]);
     assert!(
@@ -445,9 +454,11 @@ fn the_operator_commands_read_and_check_a_postgres_state() {
         "{text}"
     );
 
+    let (ok, text) = run(&["status", "--config", config]);
+    assert!(ok && text.contains("running (active)"), "{text}");
+
     let (ok, text) = run(&["doctor", "--config", config]);
     assert!(ok, "{text}");
-    let pid = daemon.pid().expect("running");
     assert!(
         text.contains("reachable as postgres")
             && text.contains(&format!("active daemon flatsync/{pid}")),

@@ -15,7 +15,7 @@ pub fn connect(url: &str) -> postgres::Client {
 }
 
 /// The pid of the daemon holding the active role of the state at `url`, from the
-/// `application_name` (`flatsync/<pid>`) of the session holding the role's advisory lock.
+/// `application_name` (`flatsync/<pid>@<host>`) of the session holding the role's advisory lock.
 pub fn active_daemon(url: &str) -> Option<u32> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).ok()?;
     let row = client
@@ -27,7 +27,8 @@ pub fn active_daemon(url: &str) -> Option<u32> {
         )
         .ok()??;
     let name: String = row.get(0);
-    name.strip_prefix("flatsync/")?.parse().ok()
+    let pid = name.strip_prefix("flatsync/")?;
+    pid.split('@').next()?.parse().ok()
 }
 
 /// Every event of the inbox with its status.

@@ -385,9 +385,14 @@ fn print_daemons(report: &StatusReport, now: i64) {
                 Some(ms) => format!("stopped {}", when(ms, now)),
                 None => format!("seen {}", when(status.last_seen_ms, now)),
             };
+            let state = if d.active && report.daemons.len() > 1 {
+                format!("{} (active)", d.state.as_str())
+            } else {
+                d.state.as_str().to_owned()
+            };
             vec![
                 status.daemon_id.clone(),
-                d.state.as_str().to_owned(),
+                state,
                 status.pid.to_string(),
                 status.hostname.clone(),
                 address(&status.webhook_addr),

@@ -76,6 +76,10 @@ pub struct DaemonStatus {
     /// `running` (seen within the last 15 s and, when it ran on this host, its process
     /// exists), `stopped` (stopped cleanly) or `gone` (killed, crashed, or its host is down).
     pub state: DaemonState,
+    /// It holds the active role: it dispatches events and polls Flatfile. On an SQLite state,
+    /// the running daemon; on a PostgreSQL state, the one whose session holds the role (the
+    /// others running stand by).
+    pub active: bool,
 }
 
 /// One sink's share of the work, in a [`StatusReport`].
@@ -192,12 +196,26 @@ impl OpsDb {
 /// The daemons seen last, each with where it stands at `now`.
 fn daemon_statuses(snapshot: &Snapshot<'_>, now: i64) -> Result<Vec<DaemonStatus>, StateError> {
     let this_host = hostname();
+    let shared = snapshot.is_postgres();
+    let active = snapshot.active_daemon()?;
     Ok(snapshot
         .daemons(DAEMONS_LISTED)?
         .into_iter()
-        .map(|daemon| DaemonStatus {
-            state: daemon_state(&daemon, now, &this_host, process_exists),
-            daemon,
+        .map(|daemon| {
+            let state = daemon_state(&daemon, now, &this_host, process_exists);
+            let active = match &active {
+                // The role holder's session names its pid and host (cut to 63 bytes).
+                Some(name) => {
+                    let full = format!("flatsync/{}@{}", daemon.pid, daemon.hostname);
+                    state == DaemonState::Running && full.starts_with(name.as_str())
+                }
+                None => !shared && state == DaemonState::Running,
+            };
+            DaemonStatus {
+                state,
+                active,
+                daemon,
+            }
         })
         .collect())
 }

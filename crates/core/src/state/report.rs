@@ -1180,6 +1180,27 @@ impl PostgresHealth {
 }
 
 impl Snapshot<'_> {
+    /// Whether the state is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        self.tx.backend() == Backend::Postgres
+    }
+
+    /// The `application_name` (`flatsync/<pid>@<host>`) of the daemon holding the active role
+    /// of a PostgreSQL state; `None` when none does, and always on SQLite (one daemon).
+    pub fn active_daemon(&self) -> Result<Option<String>, StateError> {
+        if self.tx.backend() != Backend::Postgres {
+            return Ok(None);
+        }
+        self.tx.row(
+            "SELECT CAST(a.application_name AS TEXT) FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            params![],
+            |r| r.get::<_, String>(0),
+        )
+    }
+
     /// The PostgreSQL state's server, role, privileges and active daemon.
     pub fn postgres_health(&self) -> Result<PostgresHealth, StateError> {
         let (user, database, server_version) = self
@@ -1220,14 +1241,7 @@ impl Snapshot<'_> {
                 missing_privileges.push(table.to_owned());
             }
         }
-        let active_daemon = self.tx.row(
-            "SELECT CAST(a.application_name AS TEXT) FROM pg_locks l
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            params![],
-            |r| r.get::<_, String>(0),
-        )?;
+        let active_daemon = self.active_daemon()?;
         Ok(PostgresHealth {
             user,
             database,

@@ -27,6 +27,18 @@ impl fmt::Debug for PgTarget {
     }
 }
 
+/// `flatsync/<pid>@<host>`, at most the 63 bytes PostgreSQL keeps: with it,
+/// `pg_stat_activity` and `flatsync status` tell the daemons on one database apart.
+pub(crate) fn application_name() -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let mut name = format!("flatsync/{}@{host}", std::process::id());
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
 /// `[daemon] state_lease_secs` unless set.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
@@ -43,8 +55,7 @@ impl PgTarget {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
-            // With the pid, `pg_stat_activity` tells the daemons on one database apart.
-            config.application_name(&format!("flatsync/{}", std::process::id()));
+            config.application_name(&application_name());
         }
         let redacted = redact(&config);
         Ok(PgTarget {
