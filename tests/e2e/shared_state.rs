@@ -446,7 +446,11 @@ fn the_operator_commands_read_and_check_a_postgres_state() {
         .filter(|d| d["active"] == true)
         .filter_map(|d| d["pid"].as_u64())
         .collect();
-    assert_eq!(active, [u64::from(pid)], "one daemon is shown active\n{text}");
+    assert_eq!(
+        active,
+        [u64::from(pid)],
+        "one daemon is shown active\n{text}"
+    );
 
     let (ok, text) = run(&["events", "show", &event, "--config", config]);
     assert!(

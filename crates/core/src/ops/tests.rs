@@ -85,11 +85,18 @@ async fn add_event(db: &StateDb, id: &str, topic: &str, received_at_ms: i64) {
 /// e-skip: skipped, never planned.
 async fn sample(dir: &Path) -> StateDb {
     let db = StateDb::open(dir).expect("open state");
+    fill(&db).await;
+    db
+}
+
+/// Four events in `db`: `e-done` (both sinks done), `e-fail` (a dead letter in `warehouse`),
+/// `e-pend` (`archive` part way), `e-skip` (no rows).
+async fn fill(db: &StateDb) {
     let now = now_ms();
-    add_event(&db, "e-done", TOPIC, now - 60_000).await;
-    add_event(&db, "e-fail", TOPIC, now - 50_000).await;
-    add_event(&db, "e-pend", TOPIC, now - 40_000).await;
-    add_event(&db, "e-skip", "records:created", now - 30_000).await;
+    add_event(db, "e-done", TOPIC, now - 60_000).await;
+    add_event(db, "e-fail", TOPIC, now - 50_000).await;
+    add_event(db, "e-pend", TOPIC, now - 40_000).await;
+    add_event(db, "e-skip", "records:created", now - 30_000).await;
     let sinks = || vec!["archive".to_owned(), "warehouse".to_owned()];
 
     db.plan_event("e-done", sinks(), vec![plan("legacy-b1")])
@@ -163,7 +170,6 @@ async fn sample(dir: &Path) -> StateDb {
     )
     .await
     .unwrap();
-    db
 }
 
 fn sink<'a>(report: &'a StatusReport, name: &str) -> &'a SinkStatus {
@@ -174,13 +180,20 @@ fn sink<'a>(report: &'a StatusReport, name: &str) -> &'a SinkStatus {
         .unwrap_or_else(|| panic!("no sink {name} in {report:?}"))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_events_deliveries_rows_lag_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let _db = sample(dir.path()).await;
     let config = config(dir.path());
-    let ops = OpsDb::open_read_only(dir.path()).unwrap();
-    let report = ops.status(Some(&config)).unwrap();
+    for backend in crate::state::testing::TestBackend::both("ops_status") {
+        fill(&backend.state()).await;
+        let ops = OpsDb::open_location(&backend.location(), true).expect("open read-only");
+        status_of_the_sample(&ops, &config);
+    }
+}
+
+/// What `status` says of [`fill`]'s events.
+fn status_of_the_sample(ops: &OpsDb, config: &Config) {
+    let report = ops.status(Some(config)).unwrap();
 
     let events: Vec<(&str, u64)> = report
         .events
@@ -1019,129 +1032,17 @@ fn the_plugin_scan_lists_files_that_do_not_load_with_their_error() {
 
 /// The rows of [`sample`], written so that they can be on either backend (the daemon's
 /// planning and checkpoint writes are not all portable yet).
-async fn sample_on(db: &StateDb) {
-    use crate::state::report::test_rows::plan_event;
 
-    let now = now_ms();
-    add_event(db, "e-done", TOPIC, now - 60_000).await;
-    add_event(db, "e-fail", TOPIC, now - 50_000).await;
-    add_event(db, "e-pend", TOPIC, now - 40_000).await;
-    add_event(db, "e-skip", "records:created", now - 30_000).await;
-    let done = DeliveryStatus::Done;
-    let pending = DeliveryStatus::Pending;
-    let failed = DeliveryStatus::Failed;
-    plan_event(
-        db,
-        "e-done",
-        "legacy-b1",
-        vec![
-            ("archive", done, 250, None, Some((3, 250, true))),
-            ("warehouse", done, 250, None, Some((3, 250, true))),
-        ],
-        now,
-    )
-    .await;
-    plan_event(
-        db,
-        "e-fail",
-        "legacy-b2",
-        vec![
-            ("archive", done, 80, None, Some((1, 80, true))),
-            (
-                "warehouse",
-                failed,
-                40,
-                Some("disk full"),
-                Some((1, 40, false)),
-            ),
-        ],
-        now,
-    )
-    .await;
-    plan_event(
-        db,
-        "e-pend",
-        "legacy-b3",
-        vec![
-            ("archive", pending, 0, None, Some((1, 30, false))),
-            ("warehouse", pending, 0, None, None),
-        ],
-        now,
-    )
-    .await;
-    for (event, status, detail) in [
-        ("e-done", EventStatus::Done, None),
-        (
-            "e-fail",
-            EventStatus::Failed,
-            Some("sink `warehouse`: disk full"),
-        ),
-        ("e-skip", EventStatus::Skipped, Some("carries no rows")),
-    ] {
-        db.set_event_status(event, status, detail.map(str::to_owned))
-            .await
-            .expect("set the status");
-    }
-}
-
-/// The commands' main reads and changes give the same answers on SQLite and PostgreSQL: the
-/// status overview, events listed and shown, dead letters listed, retried and dropped, and a
-/// replay.
+/// The commands' main reads and changes give the same answers on SQLite and PostgreSQL:
+/// events listed and shown, dead letters listed, retried and dropped, and a replay (the status
+/// overview: `status_counts_events_deliveries_rows_lag_and_errors`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_reports_and_changes_read_alike_on_both_backends() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
     for backend in crate::state::testing::TestBackend::both("ops_main") {
         let db = backend.state();
-        sample_on(&db).await;
+        fill(&db).await;
         let location = backend.location();
         let ops = OpsDb::open_location(&location, true).expect("open read-only");
-
-        let report = ops.status(Some(&config)).expect("status");
-        let events: Vec<(&str, u64)> = report
-            .events
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
-        assert_eq!(
-            events,
-            [
-                ("done", 1),
-                ("failed", 1),
-                ("pending", 1),
-                ("skipped", 1),
-                ("unrouted", 0)
-            ],
-            "{backend:?}"
-        );
-        let archive = sink(&report, "archive");
-        assert_eq!(
-            (archive.pending, archive.done, archive.failed),
-            (1, 2, 0),
-            "{backend:?}"
-        );
-        assert_eq!(archive.rows_delivered, 250 + 80 + 30, "{backend:?}");
-        let lag = archive.lag_secs.expect("a pending delivery has a lag");
-        assert!(
-            (39..=45).contains(&lag),
-            "{backend:?}: e-pend arrived 40 s ago: {lag}"
-        );
-        let warehouse = sink(&report, "warehouse");
-        assert_eq!(
-            (warehouse.pending, warehouse.done, warehouse.failed),
-            (1, 1, 1),
-            "{backend:?}"
-        );
-        assert_eq!(warehouse.rows_delivered, 250, "{backend:?}");
-        let error = warehouse.last_error.as_ref().expect("a dead letter");
-        assert_eq!(
-            (error.event_id.as_str(), error.error.as_str()),
-            ("e-fail", "disk full"),
-            "{backend:?}"
-        );
-        let routes = report.routes.as_ref().expect("routes from the config");
-        assert_eq!(routes[0].events_pending, 1, "{backend:?}");
-        assert!(report.last_delivery_update_ms.is_some(), "{backend:?}");
 
         let all = ops.list_events(&EventFilter::default()).expect("list");
         let ids: Vec<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
@@ -1279,14 +1180,15 @@ async fn the_main_reports_and_changes_read_alike_on_both_backends() {
         );
 
         // The daemon fails it again; this time the operator drops it.
-        crate::state::report::test_rows::set_delivery(
-            &db,
+        db.set_delivery(
             "e-fail",
             "warehouse",
             DeliveryStatus::Failed,
-            Some("disk full"),
+            40,
+            Some("disk full".to_owned()),
         )
-        .await;
+        .await
+        .expect("fail the delivery");
         db.set_event_status("e-fail", EventStatus::Failed, Some("x".to_owned()))
             .await
             .expect("fail the event");
@@ -1313,7 +1215,7 @@ async fn replay_since_and_to_a_new_sink_work_alike_on_both_backends() {
     let config = config(dir.path());
     for backend in crate::state::testing::TestBackend::both("ops_replay") {
         let db = backend.state();
-        sample_on(&db).await;
+        fill(&db).await;
         let mut ops = OpsDb::open_location(&backend.location(), false).expect("open for update");
         // e-fail (50 s ago), e-pend (40 s) and e-skip (30 s); e-done (60 s) is older.
         let since = parse_since("55s", now_ms()).unwrap();

@@ -124,6 +124,21 @@ const DAEMONS_SEEN_LAST: &str = "SELECT daemon_id, pid, hostname, version, start
         last_seen_ms, stopped_at_ms, webhook_addr, admin_addr
     FROM daemons ORDER BY last_seen_ms DESC, started_at_ms DESC LIMIT ?1";
 
+/// A `daemons` row read as [`DAEMONS_SEEN_LAST`] lists its columns.
+fn record(r: &super::sql::Row<'_>) -> super::sql::Result<DaemonRecord> {
+    Ok(DaemonRecord {
+        daemon_id: r.get(0)?,
+        pid: r.get(1)?,
+        hostname: r.get(2)?,
+        version: r.get(3)?,
+        started_at_ms: r.get(4)?,
+        last_seen_ms: r.get(5)?,
+        stopped_at_ms: r.get(6)?,
+        webhook_addr: r.get(7)?,
+        admin_addr: r.get(8)?,
+    })
+}
+
 impl Snapshot<'_> {
     /// The `limit` daemons seen last, most recent first: running daemons (seen every few
     /// seconds) come before the ones that ended.
@@ -131,19 +146,7 @@ impl Snapshot<'_> {
         self.tx.rows(
             DAEMONS_SEEN_LAST,
             super::sql::params![i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| {
-                Ok(DaemonRecord {
-                    daemon_id: r.get(0)?,
-                    pid: r.get(1)?,
-                    hostname: r.get(2)?,
-                    version: r.get(3)?,
-                    started_at_ms: r.get(4)?,
-                    last_seen_ms: r.get(5)?,
-                    stopped_at_ms: r.get(6)?,
-                    webhook_addr: r.get(7)?,
-                    admin_addr: r.get(8)?,
-                })
-            },
+            record,
         )
     }
 }
@@ -153,10 +156,10 @@ mod tests {
     use rusqlite::Connection;
 
     use super::super::schema::{SCHEMA_VERSION, VERSION_4_SCHEMA, has_table};
-    use super::super::sql::{self, params};
+    use super::super::sql::params;
     use super::super::testing::TestBackend;
     use super::super::{OperatorDb, StateDb};
-    use super::{DAEMONS_SEEN_LAST, DaemonRecord};
+    use super::{DAEMONS_SEEN_LAST, DaemonRecord, record};
 
     fn daemon(id: &str, started_at_ms: i64) -> DaemonRecord {
         DaemonRecord {
@@ -175,20 +178,6 @@ mod tests {
     fn listed(dir: &std::path::Path) -> Vec<DaemonRecord> {
         let operator = OperatorDb::open_read_only(dir).expect("operator handle");
         operator.read(|s| s.daemons(10)).expect("read daemons")
-    }
-
-    fn record(r: &sql::Row<'_>) -> sql::Result<DaemonRecord> {
-        Ok(DaemonRecord {
-            daemon_id: r.get(0)?,
-            pid: r.get(1)?,
-            hostname: r.get(2)?,
-            version: r.get(3)?,
-            started_at_ms: r.get(4)?,
-            last_seen_ms: r.get(5)?,
-            stopped_at_ms: r.get(6)?,
-            webhook_addr: r.get(7)?,
-            admin_addr: r.get(8)?,
-        })
     }
 
     /// The `limit` daemons seen last, as `flatsync status` lists them: through the operator's

@@ -370,6 +370,18 @@ mod tests {
         }
     }
 
+    /// Event `e`, stored and planned into the one stream `contacts-e` for sink `s`.
+    async fn planned_in_one_stream(db: &StateDb) {
+        stored(db, "e", "platform").await;
+        db.plan_event(
+            "e",
+            vec!["s".to_owned()],
+            vec![sheet_ids("contacts-e", None)],
+        )
+        .await
+        .unwrap();
+    }
+
     async fn stored(db: &StateDb, id: &str, kind: &'static str) {
         db.insert_event(id.into(), kind, "job:ready".into(), b"{}".to_vec(), 1)
             .await
@@ -514,14 +526,7 @@ mod tests {
         for backend in TestBackend::both("streams_total") {
             let on = which(&backend);
             let db = backend.state();
-            stored(&db, "e", "platform").await;
-            db.plan_event(
-                "e",
-                vec!["s".to_owned()],
-                vec![sheet_ids("contacts-e", None)],
-            )
-            .await
-            .unwrap();
+            planned_in_one_stream(&db).await;
             assert_eq!(total_rows(&db).await, None, "{on}: not learned yet");
             db.set_stream_total("e", "contacts-e", 20_000)
                 .await
@@ -579,14 +584,7 @@ mod tests {
         for backend in TestBackend::both("streams_damaged") {
             let on = which(&backend);
             let db = backend.state();
-            stored(&db, "e", "platform").await;
-            db.plan_event(
-                "e",
-                vec!["s".to_owned()],
-                vec![sheet_ids("contacts-e", None)],
-            )
-            .await
-            .unwrap();
+            planned_in_one_stream(&db).await;
             db.call(|db| {
                 db.execute(
                     "UPDATE streams SET source = '{\"type\":\"no_such_source\"}'",
