@@ -49,8 +49,17 @@ impl PgTarget {
     /// Reads a `postgres://` URL (or a `key=value` connection string). The error never
     /// repeats the text, which may hold a password.
     pub(crate) fn parse(url: &str) -> std::result::Result<PgTarget, String> {
+        // verify-ca and verify-full are not read by the client at all: refused by name here.
+        for mode in ["verify-ca", "verify-full"] {
+            if url.contains(&format!("sslmode={mode}")) {
+                return Err(no_tls(mode));
+            }
+        }
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| format!("not a PostgreSQL connection URL ({e})"))?;
+        if config.get_ssl_mode() == postgres::config::SslMode::Require {
+            return Err(no_tls("require"));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -92,6 +101,13 @@ impl PgTarget {
     pub(crate) fn redacted(&self) -> &str {
         &self.redacted
     }
+}
+
+fn no_tls(mode: &str) -> String {
+    format!(
+        "sslmode={mode} is not supported yet: the state connection does not use TLS. Use \
+         sslmode=disable (or prefer) on a trusted network, a Unix socket or a tunnel"
+    )
 }
 
 fn redact(config: &postgres::Config) -> String {

@@ -183,6 +183,20 @@ fn a_url_is_shown_without_its_password() {
 }
 
 #[test]
+fn tls_is_refused_by_name_rather_than_dropped() {
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let err = PgTarget::parse(&format!("postgres://app:s3cret@db/x?sslmode={mode}"))
+            .expect_err("not supported");
+        assert!(
+            err.contains(&format!("sslmode={mode} is not supported yet")),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    PgTarget::parse("postgres://app@db/x?sslmode=disable").expect("without TLS");
+}
+
+#[test]
 fn an_unreachable_server_is_an_unavailable_error() {
     // Nothing listens on port 1 of 127.0.0.1.
     let target = PgTarget::parse("postgres://postgres@127.0.0.1:1/postgres").expect("url");
