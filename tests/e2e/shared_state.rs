@@ -221,7 +221,7 @@ fn three_daemons_on_one_postgres_state_deliver_every_row_once() {
 }
 
 #[test]
-fn killing_the_active_daemon_ten_times_loses_and_duplicates_nothing() {
+fn killing_daemons_ten_times_in_the_middle_of_delivery_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start("pg-kill", 3, 10_000, Duration::from_millis(100));
     let mut rng = fastrand::Rng::with_seed(0x14_1a5e);
     let mut events = BTreeSet::new();
@@ -246,14 +246,23 @@ fn killing_the_active_daemon_ten_times_loses_and_duplicates_nothing() {
             send(&cluster, &mut events, &mut batches);
             continue;
         }
+        // Every other kill is the active daemon's, so the role moves too; the others are any
+        // daemon's, each working on events of its own.
+        let victim = if kills % 2 == 0 {
+            active
+        } else {
+            rng.usize(0..3)
+        };
         journal.push_str(&format!(
-            "kill {kills}: daemon {active}, {pending} events pending\n"
+            "kill {kills}: daemon {victim} (active: {active}), {pending} events pending\n"
         ));
-        cluster.daemons[active].kill9();
-        let next = cluster.wait_active(Some(active));
-        journal.push_str(&format!("kill {kills}: daemon {next} took over\n"));
+        cluster.daemons[victim].kill9();
+        if victim == active {
+            let next = cluster.wait_active(Some(active));
+            journal.push_str(&format!("kill {kills}: daemon {next} took the role\n"));
+        }
         kills += 1;
-        cluster.daemons[active].restart();
+        cluster.daemons[victim].restart();
     }
     cluster.wait_done(&events);
     println!("{journal}");

@@ -251,29 +251,25 @@ impl RunningDaemon {
             health: Arc::clone(&health),
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
-        // Only the daemon holding the active role dispatches and polls; on a shared
-        // PostgreSQL state the others stand by, storing the webhooks they are sent.
+        // On a shared PostgreSQL state every daemon works on events (each claimed by one at a
+        // time); only the one holding the active role polls and writes grouped event rows.
         let active = active_role(&state, &drain_rx);
         let poller = {
             let (slot, mut active, mut drain) =
                 (Arc::clone(&slot), active.clone(), drain_rx.clone());
             tokio::spawn(async move {
-                if until_active(&mut active, &mut drain).await {
+                if dispatch::until_active(&mut active, &mut drain).await {
                     poll::run(slot, accepted_tx, drain).await;
                 }
             })
         };
-        let dispatcher = {
-            let (slot, mut active, mut drain) = (Arc::clone(&slot), active, drain_rx);
-            let health = Arc::clone(&health);
-            tokio::spawn(async move {
-                if until_active(&mut active, &mut drain).await {
-                    dispatch::dispatch(slot, accepted_rx, drain, health).await
-                } else {
-                    DrainReport::default()
-                }
-            })
-        };
+        let dispatcher = tokio::spawn(dispatch::dispatch(
+            Arc::clone(&slot),
+            accepted_rx,
+            drain_rx,
+            Arc::clone(&health),
+            active,
+        ));
         let presence = presence::spawn(&state, &ready, &health);
         health.set_ready();
         RunningDaemon {
@@ -471,30 +467,6 @@ fn active_role(state: &StateDb, drain: &watch::Receiver<bool>) -> watch::Receive
         }
     });
     active_rx
-}
-
-/// `true` once `active` is, `false` when a drain begins first.
-async fn until_active(
-    active: &mut watch::Receiver<bool>,
-    drain: &mut watch::Receiver<bool>,
-) -> bool {
-    loop {
-        if *drain.borrow() {
-            return false;
-        }
-        if *active.borrow() {
-            return true;
-        }
-        tokio::select! {
-            changed = active.changed() => {
-                // The role task ended without the role: the daemon is stopping.
-                if changed.is_err() && !*active.borrow() {
-                    return false;
-                }
-            }
-            _ = drain.changed() => {}
-        }
-    }
 }
 
 /// The HTTP listeners a config asks for, bound and serving.

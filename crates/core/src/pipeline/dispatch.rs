@@ -95,8 +95,11 @@ pub struct DrainReport {
 struct Window {
     capacity: usize,
     waiting: VecDeque<String>,
-    /// Every id in `waiting` or running, so an id is never queued or started twice.
+    /// Every id in `waiting`, running or in `elsewhere`, so an id is never queued or started
+    /// twice.
     known: HashSet<String>,
+    /// Ids another daemon on a shared state is working on: left alone until the next rescan.
+    elsewhere: Vec<String>,
     running: HashMap<tokio::task::Id, String>,
     /// The inbox may hold pending events that are not in `waiting`.
     stale: bool,
@@ -122,6 +125,7 @@ impl Window {
             capacity: event_slots.max(1) * WINDOW_PER_EVENT_SLOT,
             waiting: VecDeque::new(),
             known: HashSet::new(),
+            elsewhere: Vec::new(),
             running: HashMap::new(),
             stale: true,
             refill_not_before: Instant::now(),
@@ -188,9 +192,54 @@ impl Window {
         }
     }
 
-    fn finished(&mut self, task: tokio::task::Id) {
-        if let Some(id) = self.running.remove(&task) {
+    /// The id of a finished task's event, no longer known.
+    fn finished(&mut self, task: tokio::task::Id) -> Option<String> {
+        let id = self.running.remove(&task)?;
+        self.known.remove(&id);
+        Some(id)
+    }
+
+    /// Another daemon claimed `id`: skipped, and left out of refills until the next rescan.
+    fn claimed_elsewhere(&mut self, id: String) {
+        self.elsewhere.push(id);
+    }
+
+    /// Whether so many ids are claimed elsewhere that starting more waits for the rescan:
+    /// the window's memory stays bounded however many daemons share the backlog.
+    fn crowded(&self) -> bool {
+        self.elsewhere.len() >= self.capacity * WINDOW_PER_EVENT_SLOT
+    }
+
+    /// The rescan: the inbox may hold events nobody told the window of, and the events other
+    /// daemons held may be free again.
+    fn rescan(&mut self) {
+        self.stale = true;
+        for id in self.elsewhere.drain(..) {
             self.known.remove(&id);
+        }
+    }
+}
+
+/// `true` once `active` is, `false` when `drain` turns true first (or the role task ended
+/// without the role: the daemon is stopping).
+pub(crate) async fn until_active(
+    active: &mut watch::Receiver<bool>,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if *drain.borrow() {
+            return false;
+        }
+        if *active.borrow() {
+            return true;
+        }
+        tokio::select! {
+            changed = active.changed() => {
+                if changed.is_err() && !*active.borrow() {
+                    return false;
+                }
+            }
+            _ = drain.changed() => {}
         }
     }
 }
@@ -199,6 +248,10 @@ impl Window {
 /// event id by one task at a time, oldest first. The loop beats the heartbeat of [`Health`] at
 /// least every [`HEARTBEAT_INTERVAL`] after proving the state database answers.
 ///
+/// On a state several daemons share, each event is claimed (`StateDb::claim_event`) before it
+/// starts and let go when its task ends, so each runs on one daemon at a time; the group
+/// writer runs only while `active` (this daemon holds the active role).
+///
 /// When `drain` turns true: no new event starts, running events pause at their next batch
 /// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
 pub(crate) async fn dispatch(
@@ -206,6 +259,7 @@ pub(crate) async fn dispatch(
     mut accepted: mpsc::Receiver<String>,
     mut drain: watch::Receiver<bool>,
     health: Arc<Health>,
+    active: watch::Receiver<bool>,
 ) -> DrainReport {
     // Read once: a reload cannot resize the pool (documented as needing a restart), and the
     // dispatcher must not keep an old engine and its sink instances alive.
@@ -222,11 +276,15 @@ pub(crate) async fn dispatch(
     log_backlog(&state).await;
     let stall_file = std::env::var_os(STALL_FILE_ENV).map(std::path::PathBuf::from);
     let wake_writer = Arc::new(Notify::new());
-    let writer = tokio::spawn(group::run(
-        Arc::clone(&slot),
-        group::Wakes::new(&wake_writer, &drain, stall_file.as_ref()),
-        grouped,
-    ));
+    let writer = {
+        let wakes = group::Wakes::new(&wake_writer, &drain, stall_file.as_ref());
+        let (slot, mut active, mut drain) = (Arc::clone(&slot), active, drain.clone());
+        tokio::spawn(async move {
+            if until_active(&mut active, &mut drain).await {
+                group::run(slot, wakes, grouped).await;
+            }
+        })
+    };
     let mut window = Window::new(event_slots, grouped);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -237,10 +295,22 @@ pub(crate) async fn dispatch(
         if window.wants_refill() {
             window.refill(&state).await;
         }
-        while tasks.len() < event_slots {
+        while tasks.len() < event_slots && !window.crowded() {
             let Some(id) = window.waiting.pop_front() else {
                 break;
             };
+            match state.claim_event(&id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    window.claimed_elsewhere(id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %id, error = %e, "Could not claim the event");
+                    window.waiting.push_front(id);
+                    break;
+                }
+            }
             let engine = Arc::clone(&slot);
             let task_id = id.clone();
             let started = tasks.spawn(async move {
@@ -257,15 +327,22 @@ pub(crate) async fn dispatch(
                 // No webhook source (or it stopped): keep working on what is running.
                 None => intake_open = false,
             },
-            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => match joined {
-                Ok((task, ())) => window.finished(task),
-                Err(e) => {
-                    let id = window.running.get(&e.id()).cloned().unwrap_or_default();
-                    tracing::error!(event_id = %id, error = %e, "Event task ended abnormally; the event stays pending");
-                    window.finished(e.id());
-                    // Found again by the next rescan, not retried in a hot loop.
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let task = match joined {
+                    Ok((task, ())) => task,
+                    Err(e) => {
+                        let id = window.running.get(&e.id()).cloned().unwrap_or_default();
+                        tracing::error!(event_id = %id, error = %e, "Event task ended abnormally; the event stays pending");
+                        // Found again by the next rescan, not retried in a hot loop.
+                        e.id()
+                    }
+                };
+                if let Some(id) = window.finished(task)
+                    && let Err(e) = state.release_event(&id).await
+                {
+                    tracing::warn!(event_id = %id, error = %e, "Could not let go of the event");
                 }
-            },
+            }
             // A refill held back by its pause happens when the pause ends, not at the next tick.
             () = tokio::time::sleep_until(window.refill_not_before.into()), if window.could_refill() => {}
             _ = tick.tick() => {
@@ -278,7 +355,7 @@ pub(crate) async fn dispatch(
                 }
                 if last_rescan.elapsed() >= RESCAN_INTERVAL {
                     last_rescan = Instant::now();
-                    window.stale = true;
+                    window.rescan();
                 }
             }
             changed = drain.changed() => {

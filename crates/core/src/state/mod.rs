@@ -346,8 +346,25 @@ impl StateDb {
         self.call(|db| db.read_snapshot(report::gauges)).await
     }
 
-    /// Takes the active role (dispatching events and polling Flatfile) when no other daemon
-    /// on this state holds it. Always `true` for an SQLite state, which has one daemon.
+    /// Claims `event_id` for this daemon, unless another daemon on this state is working on
+    /// it (`false`). While claimed, everything the daemon writes for it goes through the
+    /// session holding the claim: a daemon that lost its session (paused or cut off past the
+    /// lease) cannot claim it again once another did, and is refused every write
+    /// ([`StateDb::role_lost`]). Always `true` for an SQLite state, which has one daemon.
+    pub async fn claim_event(&self, event_id: &str) -> Result<bool, StateError> {
+        let id = event_id.to_owned();
+        self.call(move |db| db.claim_event(&id)).await
+    }
+
+    /// Lets go of an event [`StateDb::claim_event`] claimed, once this daemon is done with it
+    /// for now (settled, or interrupted and left pending for whoever claims it next).
+    pub async fn release_event(&self, event_id: &str) -> Result<(), StateError> {
+        let id = event_id.to_owned();
+        self.call(move |db| db.release_event(&id)).await
+    }
+
+    /// Takes the active role (polling Flatfile, writing grouped event rows) when no other
+    /// daemon on this state holds it. Always `true` for an SQLite state, which has one daemon.
     pub async fn take_role(&self) -> Result<bool, StateError> {
         self.call(Db::take_role).await
     }
@@ -646,6 +663,71 @@ mod tests {
         );
         second
             .set_event_status("e", EventStatus::Done, None)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_is_claimed_by_one_daemon_at_a_time_and_a_lost_claim_fences_writes() {
+        let backend = testing::TestBackend::postgres("claims");
+        let (first, second) = (backend.state(), backend.state());
+        assert!(first.claim_event("e1").await.unwrap());
+        assert!(
+            first.claim_event("e1").await.unwrap(),
+            "a claim held is held"
+        );
+        assert!(
+            !second.claim_event("e1").await.unwrap(),
+            "one daemon at a time"
+        );
+        assert!(
+            second.claim_event("e2").await.unwrap(),
+            "other events are free"
+        );
+        first.release_event("e1").await.unwrap();
+        assert!(
+            second.claim_event("e1").await.unwrap(),
+            "a released event is free"
+        );
+        second.release_event("e1").await.unwrap();
+        assert!(first.claim_event("e1").await.unwrap());
+
+        // The server ends the first daemon's session (idle past the lease): its claim is free,
+        // the second takes it, and the first is refused from then on.
+        let mut admin = backend.db();
+        sql::off_runtime(|| {
+            admin.query_row(
+                // pg_locks shows the second key of a two-key lock as an oid.
+                "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.classid = 7310153 AND l.granted
+                   AND l.objid = CAST(hashtext('e1') AS oid)",
+                sql::params![],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap();
+        let mut taken = false;
+        for _ in 0..100 {
+            if second.claim_event("e1").await.unwrap() {
+                taken = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(taken, "the claim of the ended session is free");
+        let mut refused = None;
+        for _ in 0..2 {
+            if let Err(e) = first.set_event_status("e1", EventStatus::Done, None).await {
+                refused = Some(e);
+            }
+        }
+        assert!(
+            refused.is_some_and(|e| e.to_string().contains("another daemon took over")),
+            "the first daemon's writes are refused"
+        );
+        assert!(*first.role_lost.borrow(), "and it is told to stop");
+        second
+            .set_event_status("e1", EventStatus::Done, None)
             .await
             .unwrap();
     }

@@ -57,9 +57,9 @@ pub enum DbError {
     /// PostgreSQL refused an operation, or the connection failed.
     #[error("{}", pg::describe(.0))]
     Postgres(#[from] postgres::Error),
-    /// Another daemon holds the active role this daemon's session held: its session ended
-    /// (the daemon was paused or cut off past the lease) and everything it would still write
-    /// is refused.
+    /// Another daemon holds the active role or an event claim this daemon's session held: its
+    /// session ended (the daemon was paused or cut off past the lease) and everything it would
+    /// still write is refused.
     #[error(
         "another daemon took over this state: this daemon's session ended (paused or cut off \
          past the lease) and it may no longer write"
@@ -211,7 +211,24 @@ impl Db {
         })
     }
 
-    /// Takes the active role (dispatching and polling) when no other daemon holds it; `true`
+    /// Claims `event_id` for this connection when no other daemon's holds it. An SQLite file
+    /// has one daemon: always `true`.
+    pub(crate) fn claim_event(&mut self, event_id: &str) -> Result<bool> {
+        match &mut self.conn {
+            Conn::Sqlite(_) => Ok(true),
+            Conn::Postgres(c) => c.claim_event(event_id),
+        }
+    }
+
+    /// Lets go of a claimed event.
+    pub(crate) fn release_event(&mut self, event_id: &str) -> Result<()> {
+        match &mut self.conn {
+            Conn::Sqlite(_) => Ok(()),
+            Conn::Postgres(c) => c.release_event(event_id),
+        }
+    }
+
+    /// Takes the active role (polling, grouped event rows) when no other daemon holds it; `true`
     /// while this connection holds it. An SQLite file has one daemon: always `true`.
     pub(crate) fn take_role(&mut self) -> Result<bool> {
         match &mut self.conn {

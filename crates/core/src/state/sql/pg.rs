@@ -2,7 +2,7 @@
 //! connection broke), the statement cache with the placeholder spelling, and what its errors
 //! mean.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -172,9 +172,14 @@ pub(crate) enum Session {
     },
 }
 
-/// The advisory lock of the active role: one daemon at a time dispatches and polls on one
-/// state database.
+/// The advisory lock of the active role: one daemon at a time polls Flatfile and writes the
+/// grouped event rows on one state database.
 const ROLE_LOCK: i64 = 7_310_152;
+
+/// The class of the advisory locks that claim one event each (`pg_try_advisory_lock(class,
+/// hashtext(event_id))`; the two-key locks do not overlap the one-key role lock). Two ids
+/// with the same hash share a lock: the second waits for the first, nothing worse.
+const EVENT_LOCK_CLASS: i32 = 7_310_153;
 
 pub(super) struct PgConn {
     target: PgTarget,
@@ -184,6 +189,9 @@ pub(super) struct PgConn {
     role_held: bool,
     /// The role went to another daemon: every query fails from now on.
     role_lost: bool,
+    /// The events this session claimed: a new session claims them again before anything is
+    /// written, or fails for good, as for the role.
+    events: HashSet<String>,
     /// Always `Some` but in `drop`, which may have to close it on another thread.
     client: Option<Client>,
     /// Each statement prepared once per connection, keyed by the text the state code wrote.
@@ -198,6 +206,7 @@ impl PgConn {
             session,
             role_held: false,
             role_lost: false,
+            events: HashSet::new(),
             client: Some(client),
             statements: HashMap::new(),
         })
@@ -215,13 +224,40 @@ impl PgConn {
             self.statements.clear();
             self.client = None;
             let mut client = open_session(&self.target, self.session)?;
-            if self.role_held && !try_lock_role(&mut client)? {
+            let mut kept = !self.role_held || try_lock_role(&mut client)?;
+            for event_id in &self.events {
+                kept = kept && try_lock_event(&mut client, event_id)?;
+            }
+            if !kept {
                 self.role_lost = true;
                 return Err(DbError::RoleLost);
             }
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Claims `event_id` for this session unless another session holds it.
+    pub(super) fn claim_event(&mut self, event_id: &str) -> Result<bool> {
+        if self.events.contains(event_id) {
+            return Ok(true);
+        }
+        let claimed = try_lock_event(self.client()?, event_id)?;
+        if claimed {
+            self.events.insert(event_id.to_owned());
+        }
+        Ok(claimed)
+    }
+
+    /// Lets go of `event_id` once this daemon is done with it (for now).
+    pub(super) fn release_event(&mut self, event_id: &str) -> Result<()> {
+        if self.events.remove(event_id) {
+            self.client()?.query_one(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&EVENT_LOCK_CLASS, &event_id],
+            )?;
+        }
+        Ok(())
     }
 
     /// Takes the active role if no other daemon's session holds it.
@@ -297,6 +333,15 @@ fn open_session(target: &PgTarget, session: Session) -> Result<Client> {
 fn try_lock_role(client: &mut Client) -> Result<bool> {
     Ok(client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
+        .get(0))
+}
+
+fn try_lock_event(client: &mut Client, event_id: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&EVENT_LOCK_CLASS, &event_id],
+        )?
         .get(0))
 }
 
