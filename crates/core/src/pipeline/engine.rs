@@ -352,6 +352,9 @@ impl Engine {
                 "Delivered {total_rows} records from {stream_count} sheet(s) to {}.",
                 sinks.join(", ")
             );
+            // On a shared state, asked through the session holding the event's claim right
+            // before the request: a daemon that lost it (paused past its lease) stops here.
+            self.state.probe().await?;
             if let Err(e) = run.client.job_complete(job_id, &message).await {
                 tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
             }
@@ -373,6 +376,8 @@ impl Engine {
             .collect::<Vec<_>>()
             .join("; ");
         tracing::error!(event_id = run.event_id, error = %detail, "Event failed");
+        // As before completing a job: still holding the event's claim.
+        self.state.probe().await?;
         self.fail_job(run.client, run.job_id, &detail).await;
         self.state
             .set_event_status(run.event_id, EventStatus::Failed, Some(detail))
