@@ -6,7 +6,7 @@
 //! (`FLATSYNC_TEST_POSTGRES_URL`, by default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use flatfile_sim::{
@@ -14,8 +14,7 @@ use flatfile_sim::{
     workbook_sheets,
 };
 use flatsync_test_kit::postgres::TestDatabase;
-use flatsync_tests::check::sqlite_rows;
-use flatsync_tests::postgres::{Relay, active_daemon, inbox};
+use flatsync_tests::postgres::{Relay, active_daemon, inbox, sink_tables};
 use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, wait};
 
 /// The shortest lease the config takes: a paused daemon is replaced 3 s after it went quiet.
@@ -25,19 +24,22 @@ const TAKEOVER: Duration = Duration::from_secs(60);
 /// Longest wait for a whole test's imports to be delivered.
 const DELIVERY: Duration = Duration::from_secs(300);
 
-/// Daemons sharing one state database and one SQLite sink file.
+/// Daemons sharing one state database and one `postgres` sink (schema [`SINK_SCHEMA`] of the
+/// same database).
 struct Cluster {
     db: TestDatabase,
     sim: Sim,
-    /// One test directory per daemon (its config and log), and one for the sink.
+    /// One test directory per daemon (its config and log).
     _dirs: Vec<TestDir>,
-    sink: PathBuf,
     daemons: Vec<DaemonProcess>,
 }
 
+/// The schema the `postgres` sink writes its tables in.
+const SINK_SCHEMA: &str = "warehouse";
+
 impl Cluster {
     /// `n` daemons on a new database, reading legacy batches of `rows` from one simulator
-    /// with `page_latency` per page, delivering `portalImportSubmitted` into one SQLite file.
+    /// with `page_latency` per page, delivering imports into the `postgres` sink.
     fn start(label: &str, n: usize, rows: u64, page_latency: Duration) -> Cluster {
         Cluster::start_with(label, n, rows, page_latency, |daemon, _| daemon)
     }
@@ -57,20 +59,17 @@ impl Cluster {
             sheets_per_workbook: 2,
             ..SimConfig::default()
         });
-        let sink_dir = TestDir::new(&format!("{label}-sink"));
-        let sink = sink_dir.path().join("warehouse.db");
-        let mut dirs = vec![sink_dir];
+        let mut dirs = Vec::new();
         let mut daemons = Vec::new();
         for i in 0..n {
             let dir = TestDir::new(&format!("{label}-{i}"));
-            daemons.push(change(settings(dir.path(), &db, &sim, &sink), &db).start_on_any_port());
+            daemons.push(change(settings(dir.path(), &db, &sim), &db).start_on_any_port());
             dirs.push(dir);
         }
         Cluster {
             db,
             sim,
             _dirs: dirs,
-            sink,
             daemons,
         }
     }
@@ -145,11 +144,12 @@ impl Cluster {
         );
     }
 
-    /// Checks the sink holds every row of the legacy `batches` and the Platform `workbooks`
-    /// exactly once.
+    /// Checks the sink holds every row of the legacy `batches` and the Platform `workbooks`,
+    /// each written exactly once: as many rows inserted as expected, none updated (a batch
+    /// applied twice would update its rows).
     fn assert_every_row_once(&self, batches: &[String], workbooks: &[String]) {
         let config = self.sim.config();
-        let expected: Vec<String> = batches
+        let mut expected: Vec<String> = batches
             .iter()
             .flat_map(|b| legacy_row_ids(config, b))
             .chain(workbooks.iter().flat_map(|w| {
@@ -158,7 +158,30 @@ impl Cluster {
                     .flat_map(|(sheet, _, _)| record_ids(config, &sheet))
             }))
             .collect();
-        sqlite_rows(&self.sink).assert_exactly(&expected, "rows in the shared SQLite sink");
+        expected.sort();
+        let rows = expected.len() as i64;
+        // The statistics reach the server's view within a second or so of each commit.
+        let tables = wait::until(
+            "the sink tables' statistics to count every insert",
+            TAKEOVER,
+            || {
+                let tables = sink_tables(self.db.url(), SINK_SCHEMA);
+                (tables.inserted >= rows).then_some(tables)
+            },
+            || format!("{:?}", sink_tables(self.db.url(), SINK_SCHEMA).inserted),
+        );
+        assert!(
+            tables.record_ids == expected,
+            "the sink holds {} rows, {} expected",
+            tables.record_ids.len(),
+            expected.len()
+        );
+        assert_eq!(
+            (tables.inserted, tables.updated),
+            (rows, 0),
+            "each row written once\n{}",
+            self.describe()
+        );
     }
 
     fn describe(&self) -> String {
@@ -175,8 +198,9 @@ impl Cluster {
     }
 }
 
-/// One daemon's config: the shared state and sink, legacy imports routed to the sink.
-fn settings(dir: &Path, db: &TestDatabase, sim: &Sim, sink: &Path) -> Daemon {
+/// One daemon's config: the shared state and sink, imports routed to the sink.
+fn settings(dir: &Path, db: &TestDatabase, sim: &Sim) -> Daemon {
+    let url = serde_json::Value::from(db.url());
     Daemon::new(dir)
         .state_postgres(db.url())
         .set("daemon", "state_lease_secs", &LEASE_SECS.to_string())
@@ -184,11 +208,8 @@ fn settings(dir: &Path, db: &TestDatabase, sim: &Sim, sink: &Path) -> Daemon {
         .legacy_sim(sim)
         .sink(
             "warehouse",
-            "sqlite",
-            &format!(
-                "{{ path = {} }}",
-                serde_json::Value::from(sink.to_string_lossy())
-            ),
+            "postgres",
+            &format!("{{ url = {url}, schema = \"{SINK_SCHEMA}\" }}"),
         )
         .platform_sim(sim)
         .route(&["portalImportSubmitted", "job:ready"], &["warehouse"])
@@ -485,7 +506,7 @@ fn the_operator_commands_read_and_check_a_postgres_state() {
     // does not exist is an error that names it.
     let empty = TestDatabase::create("pg-ops-empty");
     let other = TestDir::new("pg-ops-check");
-    let settings = settings(other.path(), &empty, &cluster.sim, &cluster.sink);
+    let settings = settings(other.path(), &empty, &cluster.sim);
     let path = settings.config_path();
     let path = path.to_str().expect("UTF-8 path");
     std::fs::write(path, settings.config_text(0)).expect("write config");

@@ -123,3 +123,53 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
         let _ = from.shutdown(Shutdown::Both);
     });
 }
+
+/// What a `postgres` sink wrote into `schema`: every `_record_id` of its tables (the
+/// bookkeeping table aside), and how many rows PostgreSQL counted inserted and updated in them.
+/// A batch applied twice updates its rows, so an import delivered exactly once shows as many
+/// inserts as rows and no update.
+#[derive(Debug)]
+pub struct SinkTables {
+    /// Every record id, sorted.
+    pub record_ids: Vec<String>,
+    /// Rows inserted, from `pg_stat_user_tables`.
+    pub inserted: i64,
+    /// Rows updated, from `pg_stat_user_tables`.
+    pub updated: i64,
+}
+
+/// Reads [`SinkTables`] of `schema` in the database at `url`.
+pub fn sink_tables(url: &str, schema: &str) -> SinkTables {
+    let mut client = connect(url);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = $1 AND table_name <> '_flatsync_streams'",
+            &[&schema],
+        )
+        .expect("list the sink's tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut record_ids = Vec::new();
+    for table in &tables {
+        let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let sql = format!("SELECT _record_id FROM {}.{}", quoted(schema), quoted(table));
+        for row in client.query(&sql, &[]).expect("read a sink table") {
+            record_ids.push(row.get(0));
+        }
+    }
+    record_ids.sort();
+    let counts = client
+        .query_one(
+            "SELECT COALESCE(SUM(n_tup_ins), 0)::bigint, COALESCE(SUM(n_tup_upd), 0)::bigint
+             FROM pg_stat_user_tables WHERE schemaname = $1 AND relname <> '_flatsync_streams'",
+            &[&schema],
+        )
+        .expect("read the table statistics");
+    SinkTables {
+        record_ids,
+        inserted: counts.get(0),
+        updated: counts.get(1),
+    }
+}
