@@ -1,9 +1,8 @@
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use flatsync_plugin_sdk::{CreateContext, Logger, Sink, SinkError, serde_json};
 use flatsync_table_sink_contract::{
-    Delivery, Message, RECEIVED, StreamRow, TableRows, TableSink, row, send, table_sink_scenarios,
+    Delivery, Message, RECEIVED, TableSink, row, send, table_sink_scenarios,
 };
 use flatsync_test_kit::postgres::TestDatabase;
 use postgres::SimpleQueryMessage;
@@ -32,6 +31,24 @@ impl Fixture {
         create(config)
     }
 
+    /// The record ids in `contacts`, in order.
+    fn record_ids(&self) -> Vec<Vec<String>> {
+        self.rows("SELECT _record_id FROM contacts ORDER BY 1")
+    }
+}
+
+impl TableSink for Fixture {
+    type Sink = PostgresSink;
+
+    fn sink(&self) -> PostgresSink {
+        self.create(json!({})).expect("valid config")
+    }
+
+    fn marking_sink(&self) -> PostgresSink {
+        self.create(json!({"deletions": "mark"}))
+            .expect("valid config")
+    }
+
     /// Every value of the query's rows as PostgreSQL prints it (times in UTC), NULL as `None`.
     fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         let mut client = self.db.client();
@@ -51,55 +68,6 @@ impl Fixture {
             .collect()
     }
 
-    /// Every value of the query's rows as PostgreSQL prints it (times in UTC), NULL as "NULL".
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        self.query(sql)
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|value| value.unwrap_or_else(|| "NULL".to_owned()))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// The record ids in `contacts`, in order.
-    fn record_ids(&self) -> Vec<Vec<String>> {
-        self.rows("SELECT _record_id FROM contacts ORDER BY 1")
-    }
-}
-
-impl TableSink for Fixture {
-    type Sink = PostgresSink;
-
-    fn sink(&self) -> PostgresSink {
-        self.create(json!({})).expect("valid config")
-    }
-
-    fn marking_sink(&self) -> PostgresSink {
-        self.create(json!({"deletions": "mark"}))
-            .expect("valid config")
-    }
-
-    fn table(&self, name: &str) -> Option<TableRows> {
-        let columns = self.columns(name);
-        if columns.is_empty() {
-            return None;
-        }
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let rows = self.query(&format!("SELECT * FROM {quoted}"));
-        Some(
-            rows.into_iter()
-                .map(|values| {
-                    let values: BTreeMap<String, Option<String>> =
-                        columns.iter().cloned().zip(values).collect();
-                    let id = values["_record_id"].clone().expect("a record id");
-                    (id, values)
-                })
-                .collect(),
-        )
-    }
-
     fn columns(&self, name: &str) -> Vec<String> {
         self.rows(&format!(
             "SELECT column_name FROM information_schema.columns \
@@ -109,18 +77,6 @@ impl TableSink for Fixture {
         .into_iter()
         .map(|mut row| row.remove(0))
         .collect()
-    }
-
-    fn streams(&self) -> Vec<StreamRow> {
-        self.rows("SELECT stream, kind, applied_seq, complete FROM _flatsync_streams ORDER BY 1")
-            .into_iter()
-            .map(|row| StreamRow {
-                applied_seq: row[2].parse().expect("a seq"),
-                complete: row[3] == "t",
-                stream: row[0].clone(),
-                kind: row[1].clone(),
-            })
-            .collect()
     }
 
     fn shown_bool(&self, value: bool) -> &'static str {

@@ -1,10 +1,7 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flatsync_plugin_sdk::{CreateContext, Logger, Sink, SinkError, serde_json};
-use flatsync_table_sink_contract::{
-    Delivery, Message, StreamRow, TableRows, TableSink, row, send, table_sink_scenarios,
-};
+use flatsync_table_sink_contract::{Delivery, Message, TableSink, row, send, table_sink_scenarios};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
@@ -25,6 +22,18 @@ impl Fixture {
 
     fn db(&self) -> Connection {
         Connection::open(&self.path).expect("database opens")
+    }
+}
+
+impl TableSink for Fixture {
+    type Sink = SqliteSink;
+
+    fn sink(&self) -> SqliteSink {
+        create(&self.path, json!({})).expect("valid config")
+    }
+
+    fn marking_sink(&self) -> SqliteSink {
+        create(&self.path, json!({"deletions": "mark"})).expect("valid config")
     }
 
     /// Every value of the query's rows as text, NULL as `None`.
@@ -51,49 +60,6 @@ impl Fixture {
             .expect("rows read")
     }
 
-    /// Every value of the query's rows as text, NULL as "NULL".
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        self.query(sql)
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|value| value.unwrap_or_else(|| "NULL".to_owned()))
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-impl TableSink for Fixture {
-    type Sink = SqliteSink;
-
-    fn sink(&self) -> SqliteSink {
-        create(&self.path, json!({})).expect("valid config")
-    }
-
-    fn marking_sink(&self) -> SqliteSink {
-        create(&self.path, json!({"deletions": "mark"})).expect("valid config")
-    }
-
-    fn table(&self, name: &str) -> Option<TableRows> {
-        let columns = self.columns(name);
-        if columns.is_empty() {
-            return None;
-        }
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let rows = self.query(&format!("SELECT * FROM {quoted}"));
-        Some(
-            rows.into_iter()
-                .map(|values| {
-                    let values: BTreeMap<String, Option<String>> =
-                        columns.iter().cloned().zip(values).collect();
-                    let id = values["_record_id"].clone().expect("a record id");
-                    (id, values)
-                })
-                .collect(),
-        )
-    }
-
     fn columns(&self, name: &str) -> Vec<String> {
         let db = self.db();
         let mut statement = db
@@ -104,18 +70,6 @@ impl TableSink for Fixture {
             .expect("query runs")
             .collect::<Result<_, _>>()
             .expect("rows read")
-    }
-
-    fn streams(&self) -> Vec<StreamRow> {
-        self.rows("SELECT stream, kind, applied_seq, complete FROM _flatsync_streams ORDER BY 1")
-            .into_iter()
-            .map(|row| StreamRow {
-                applied_seq: row[2].parse().expect("a seq"),
-                complete: row[3] == "1",
-                stream: row[0].clone(),
-                kind: row[1].clone(),
-            })
-            .collect()
     }
 
     fn shown_bool(&self, value: bool) -> &'static str {

@@ -6,7 +6,7 @@
 //! [`table_sink_scenarios!`] once; what is specific to one database (WAL, locks, connection
 //! loss, value types) stays in that sink's tests.
 //!
-//! The scenarios read tables back through [`TableSink::table`] as text, so one expectation
+//! The scenarios read tables back through [`TableSink::query`] as text, so one expectation
 //! serves both databases; where they print a value differently (booleans, times) the
 //! expectation goes through [`TableSink::shown_bool`] and [`TableSink::shown_time`].
 //!
@@ -95,14 +95,12 @@ pub trait TableSink {
     /// A new instance with `deletions = "mark"`.
     fn marking_sink(&self) -> Self::Sink;
 
-    /// The rows of table `name`; `None` when there is no such table.
-    fn table(&self, name: &str) -> Option<TableRows>;
+    /// Every value of the rows `sql` returns as text, NULL as `None`: the database's own
+    /// query, on a connection of the test's.
+    fn query(&self, sql: &str) -> Vec<Vec<Option<String>>>;
 
     /// The column names of table `name`, in the table's order; none when there is no table.
     fn columns(&self, name: &str) -> Vec<String>;
-
-    /// The rows of `_flatsync_streams`, ordered by stream.
-    fn streams(&self) -> Vec<StreamRow>;
 
     /// How `_valid` reads back for `value`.
     fn shown_bool(&self, value: bool) -> &'static str;
@@ -118,6 +116,57 @@ pub trait TableSink {
     /// Field values (a JSON object) whose keys this database refuses with a fatal error, and
     /// the message; every table sink also refuses the names of its own columns.
     fn refused_keys(&self) -> Vec<(String, Message)>;
+
+    /// Like [`query`](Self::query), with NULL as `"NULL"`: the form tests compare.
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        self.query(sql)
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|value| value.unwrap_or_else(|| "NULL".to_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The rows of table `name`; `None` when there is no such table.
+    fn table(&self, name: &str) -> Option<TableRows> {
+        let columns = self.columns(name);
+        if columns.is_empty() {
+            return None;
+        }
+        // Both databases quote identifiers the standard way.
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let rows = self.query(&format!("SELECT * FROM {quoted}"));
+        Some(
+            rows.into_iter()
+                .map(|values| {
+                    let values: BTreeMap<String, Option<String>> =
+                        columns.iter().cloned().zip(values).collect();
+                    let id = values
+                        .get("_record_id")
+                        .cloned()
+                        .flatten()
+                        .expect("every row has a record id");
+                    (id, values)
+                })
+                .collect(),
+        )
+    }
+
+    /// The rows of `_flatsync_streams`, ordered by stream.
+    fn streams(&self) -> Vec<StreamRow> {
+        let complete = self.shown_bool(true);
+        self.rows("SELECT stream, kind, applied_seq, complete FROM _flatsync_streams ORDER BY 1")
+            .into_iter()
+            .map(|row| StreamRow {
+                applied_seq: row[2].parse().expect("applied_seq is a number"),
+                complete: row[3] == complete,
+                stream: row[0].clone(),
+                kind: row[1].clone(),
+            })
+            .collect()
+    }
 }
 
 /// The values of `columns` in each row of `table`, by record id, NULL as `"NULL"`. Panics
