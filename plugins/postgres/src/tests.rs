@@ -460,6 +460,17 @@ fn create_with_env(
     PostgresSink::open(config, Logger::discard())
 }
 
+/// Panics unless `error` is fatal, its message holds each of `parts`, and never the password
+/// `s3cret-pw` of the test's URLs.
+fn assert_fatal_without_password(error: &SinkError, parts: &[&str]) {
+    let message = error.message();
+    assert!(!error.is_retry(), "{message}");
+    for part in parts {
+        assert!(message.contains(part), "no {part:?} in: {message}");
+    }
+    assert!(!message.contains("s3cret"), "{message}");
+}
+
 #[test]
 fn an_unknown_role_or_database_is_fatal_and_never_shows_the_password() {
     let fx = Fixture::new();
@@ -468,14 +479,7 @@ fn an_unknown_role_or_database_is_fatal_and_never_shows_the_password() {
     let role_url = format!("postgres://nobody_here:s3cret-pw@{after_user}");
     let error = create_with_env(json!({"url_env": "PG_URL"}), &[("PG_URL", &role_url)])
         .expect_err("no such role");
-    assert!(!error.is_retry(), "{}", error.message());
-    assert!(error.message().contains("28000"), "{}", error.message());
-    assert!(
-        error.message().contains("postgres://nobody_here:***@"),
-        "{}",
-        error.message()
-    );
-    assert!(!error.message().contains("s3cret"), "{}", error.message());
+    assert_fatal_without_password(&error, &["28000", "postgres://nobody_here:***@"]);
 
     let base = url.rsplit_once('/').expect("a path").0;
     let db_url = format!("{base}/no_such_database_here?password=s3cret-pw");
@@ -487,19 +491,7 @@ fn an_unknown_role_or_database_is_fatal_and_never_shows_the_password() {
         &[("CREDENTIALS_DIRECTORY", dir.path().to_str().expect("UTF-8"))],
     )
     .expect_err("no such database");
-    assert!(!error.is_retry(), "{}", error.message());
-    assert!(error.message().contains("3D000"), "{}", error.message());
-    assert!(
-        error.message().contains("no_such_database_here"),
-        "{}",
-        error.message()
-    );
-    assert!(
-        error.message().contains("password=***"),
-        "{}",
-        error.message()
-    );
-    assert!(!error.message().contains("s3cret"), "{}", error.message());
+    assert_fatal_without_password(&error, &["3D000", "no_such_database_here", "password=***"]);
 
     // The same URL from `url_file` works as well as from the other keys.
     std::fs::write(dir.path().join("good"), url).expect("written");
