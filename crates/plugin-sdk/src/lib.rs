@@ -42,7 +42,9 @@
 //! [`StreamPosition::step`] is this rule: build the position from what the sink stored and do
 //! what the [`BatchStep`] says. A sink writing one file per stream gets the rest too from
 //! [`files::StreamFolder`]: the partial file, the state file holding the position, the syncs in
-//! a crash-safe order, and the final name once the stream is complete.
+//! a crash-safe order, and the final name once the stream is complete. A sink giving every
+//! field key a column of its own (a table, a CSV header) finds the column of each value with
+//! [`FieldColumns`].
 //!
 //! **Threads.** The host gives every instance its own thread: all calls on one instance come
 //! from that thread, one at a time, so the sink needs `Send` but not `Sync` and may hold
@@ -130,6 +132,7 @@
 #![allow(unsafe_code)]
 
 mod batch;
+mod columns;
 mod config;
 mod error;
 mod ffi;
@@ -144,6 +147,7 @@ pub use serde_json;
 pub use batch::{
     Batch, BatchParts, CellValue, Row, RowJson, Rows, compact_json, write_json_string,
 };
+pub use columns::FieldColumns;
 pub use config::ConfigReader;
 pub use error::{ErrorKind, SinkError};
 pub use ffi::PluginDescriptor;

@@ -1,9 +1,7 @@
 //! One destination table: its columns, the DDL that creates and widens it, and the statements
 //! that write to it.
 
-use std::collections::HashMap;
-
-use flatsync_plugin_sdk::{Row, SinkError};
+use flatsync_plugin_sdk::{FieldColumns, Row, SinkError};
 use postgres::Transaction;
 
 use crate::config::check_identifier;
@@ -44,12 +42,9 @@ pub(crate) struct Table {
     /// `"schema"."table"`.
     qualified: String,
     schema: String,
-    columns: Vec<String>,
-    index: HashMap<String, usize>,
+    fields: FieldColumns,
     /// Whether the table has the `_deleted_at` column, which every upsert then clears.
     has_deleted_at: bool,
-    /// Column of the key at each position of the previous row (rows repeat their key order).
-    by_position: Vec<usize>,
 }
 
 impl Table {
@@ -118,16 +113,14 @@ impl Table {
             name: kind.to_owned(),
             qualified: format!("{}.{}", quote(schema), quote(kind)),
             schema: schema.to_owned(),
-            columns: Vec::new(),
-            index: HashMap::new(),
+            fields: FieldColumns::new(),
             has_deleted_at: false,
-            by_position: Vec::new(),
         };
         for name in names {
             if name == DELETED_AT_COLUMN {
                 table.has_deleted_at = true;
             } else if !is_reserved(&name) {
-                table.remember(name);
+                table.fields.push(name);
             }
         }
         if mark_deletions && !table.has_deleted_at {
@@ -146,16 +139,9 @@ impl Table {
         Ok(table)
     }
 
-    fn remember(&mut self, name: String) -> usize {
-        let column = self.columns.len();
-        self.index.insert(name.clone(), column);
-        self.columns.push(name);
-        column
-    }
-
     /// The name of column `column`.
     pub(crate) fn column_name(&self, column: usize) -> &str {
-        &self.columns[column]
+        self.fields.name(column)
     }
 
     /// The table's name (the stream kind).
@@ -169,7 +155,7 @@ impl Table {
         tx: &mut Transaction<'_>,
         key: &str,
     ) -> Result<usize, SinkError> {
-        if let Some(&column) = self.index.get(key) {
+        if let Some(column) = self.fields.get(key) {
             return Ok(column);
         }
         if is_reserved(key) {
@@ -193,7 +179,7 @@ impl Table {
             quote(key)
         ))
         .map_err(|error| self.error(&format!("cannot add column `{key}`"), &error))?;
-        Ok(self.remember(key.to_owned()))
+        Ok(self.fields.push(key.to_owned()))
     }
 
     /// The column of the key at `position` of a row, through the cache of the previous row.
@@ -203,16 +189,11 @@ impl Table {
         position: usize,
         key: &str,
     ) -> Result<usize, SinkError> {
-        if let Some(&column) = self.by_position.get(position)
-            && self.columns.get(column).is_some_and(|name| name == key)
-        {
+        if let Some(column) = self.fields.at(position, key) {
             return Ok(column);
         }
         let column = self.column(tx, key)?;
-        if self.by_position.len() <= position {
-            self.by_position.resize(position + 1, usize::MAX);
-        }
-        self.by_position[position] = column;
+        self.fields.remember_at(position, column);
         Ok(column)
     }
 
@@ -241,7 +222,11 @@ impl Table {
         filter: &str,
     ) -> String {
         let mut targets: Vec<String> = RESERVED_COLUMNS.iter().map(|name| quote(name)).collect();
-        targets.extend(columns.iter().map(|&column| quote(&self.columns[column])));
+        targets.extend(
+            columns
+                .iter()
+                .map(|&column| quote(self.fields.name(column))),
+        );
         let mut sources = vec![
             "\"_record_id\"".to_owned(),
             "$1::text".to_owned(),

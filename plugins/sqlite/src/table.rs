@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use flatsync_plugin_sdk::serde_json::value::RawValue;
-use flatsync_plugin_sdk::{CellValue, Row, SinkError};
+use flatsync_plugin_sdk::{CellValue, FieldColumns, Row, SinkError};
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
@@ -55,14 +55,11 @@ pub(crate) struct UpsertShape {
 pub(crate) struct Table {
     name: String,
     quoted: String,
-    columns: Vec<String>,
-    exact: HashMap<String, usize>,
+    fields: FieldColumns,
     /// Lowercased name to column: SQLite treats `Email` and `email` as one column.
     folded: HashMap<String, usize>,
     /// Whether the table has the `_deleted_at` column, which every upsert then clears.
     has_deleted_at: bool,
-    /// Column of the key at each position of the previous row (rows repeat their key order).
-    by_position: Vec<usize>,
     /// Per column, the row generation that last used it, to spot repeated keys in a row.
     seen_in_row: Vec<u64>,
     row_generation: u64,
@@ -125,11 +122,9 @@ impl Table {
         let mut table = Self {
             name: kind.to_owned(),
             quoted: quote(kind),
-            columns: Vec::new(),
-            exact: HashMap::new(),
+            fields: FieldColumns::new(),
             folded: HashMap::new(),
             has_deleted_at: false,
-            by_position: Vec::new(),
             seen_in_row: Vec::new(),
             row_generation: 0,
         };
@@ -155,17 +150,16 @@ impl Table {
     }
 
     fn remember(&mut self, name: String) -> usize {
-        let column = self.columns.len();
-        self.folded.insert(name.to_ascii_lowercase(), column);
-        self.exact.insert(name.clone(), column);
-        self.columns.push(name);
+        self.folded
+            .insert(name.to_ascii_lowercase(), self.fields.len());
+        let column = self.fields.push(name);
         self.seen_in_row.push(0);
         column
     }
 
     /// The column of field `key`, added to the table if new.
     pub(crate) fn column(&mut self, conn: &Connection, key: &str) -> Result<usize, SinkError> {
-        if let Some(&column) = self.exact.get(key) {
+        if let Some(column) = self.fields.get(key) {
             return Ok(column);
         }
         if is_reserved(key) {
@@ -179,7 +173,8 @@ impl Table {
             return Err(SinkError::fatal(format!(
                 "table `{}`: field keys `{key}` and `{}` differ only in letter case, which \
                  SQLite column names ignore",
-                self.name, self.columns[other]
+                self.name,
+                self.fields.name(other)
             )));
         }
         if key.contains('\0') {
@@ -203,16 +198,11 @@ impl Table {
         position: usize,
         key: &str,
     ) -> Result<usize, SinkError> {
-        if let Some(&column) = self.by_position.get(position)
-            && self.columns.get(column).is_some_and(|name| name == key)
-        {
+        if let Some(column) = self.fields.at(position, key) {
             return Ok(column);
         }
         let column = self.column(conn, key)?;
-        if self.by_position.len() <= position {
-            self.by_position.resize(position + 1, usize::MAX);
-        }
-        self.by_position[position] = column;
+        self.fields.remember_at(position, column);
         Ok(column)
     }
 
@@ -250,7 +240,11 @@ impl Table {
         let names: Vec<String> = RESERVED_COLUMNS
             .iter()
             .map(|name| quote(name))
-            .chain(columns.iter().map(|&column| quote(&self.columns[column])))
+            .chain(
+                columns
+                    .iter()
+                    .map(|&column| quote(self.fields.name(column))),
+            )
             .collect();
         let placeholders: Vec<String> =
             (1..=names.len()).map(|index| format!("?{index}")).collect();
@@ -328,7 +322,9 @@ pub(crate) fn bind_and_run(
         let value = sql_value(row.values[position].1).map_err(|error| {
             error.context(format!(
                 "table `{}`, column `{}`, record `{}`",
-                table.name, table.columns[column], row.id
+                table.name,
+                table.fields.name(column),
+                row.id
             ))
         })?;
         statement
@@ -337,7 +333,8 @@ pub(crate) fn bind_and_run(
                 table.error(
                     &format!(
                         "cannot bind column `{}` of record `{}`",
-                        table.columns[column], row.id
+                        table.fields.name(column),
+                        row.id
                     ),
                     error,
                 )
