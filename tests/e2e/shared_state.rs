@@ -104,12 +104,14 @@ impl Cluster {
         (event, workbook, job)
     }
 
+    /// The shared inbox: every event with its status.
+    fn inbox(&self) -> std::collections::BTreeMap<String, String> {
+        inbox(&self.daemons[0].settings().config_path())
+    }
+
     /// The number of events still pending in the shared inbox.
     fn pending(&self) -> usize {
-        inbox(self.db.url())
-            .values()
-            .filter(|s| *s == "pending")
-            .count()
+        self.inbox().values().filter(|s| *s == "pending").count()
     }
 
     /// The index of the daemon holding the active role.
@@ -134,7 +136,7 @@ impl Cluster {
             "every event to be done",
             DELIVERY,
             || {
-                let inbox = inbox(self.db.url());
+                let inbox = self.inbox();
                 events
                     .iter()
                     .all(|e| inbox.get(e).is_some_and(|s| s == "done"))
@@ -185,7 +187,7 @@ impl Cluster {
     }
 
     fn describe(&self) -> String {
-        let inbox = inbox(self.db.url());
+        let inbox = self.inbox();
         let mut text = format!("inbox: {inbox:?}\nactive: {:?}\n", self.active());
         for (i, daemon) in self.daemons.iter().enumerate() {
             text.push_str(&format!(
@@ -364,7 +366,7 @@ fn when_the_polling_daemon_dies_another_polls_and_skips_no_event() {
     wait::until(
         "the first events to be polled",
         DELIVERY,
-        || (!inbox(cluster.db.url()).is_empty()).then_some(()),
+        || (!cluster.inbox().is_empty()).then_some(()),
         || cluster.describe(),
     );
     cluster.daemons[polling].kill9();
@@ -384,7 +386,7 @@ fn when_the_polling_daemon_dies_another_polls_and_skips_no_event() {
         "every logged event to be stored",
         DELIVERY,
         || {
-            let stored: BTreeSet<String> = inbox(cluster.db.url()).into_keys().collect();
+            let stored: BTreeSet<String> = cluster.inbox().into_keys().collect();
             logged.is_subset(&stored).then_some(())
         },
         || cluster.describe(),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +32,26 @@ pub fn active_daemon(url: &str) -> Option<u32> {
     pid.split('@').next()?.parse().ok()
 }
 
-/// Every event of the inbox with its status.
-pub fn inbox(url: &str) -> BTreeMap<String, String> {
-    let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) else {
+/// Every event of the inbox of the state `config` names, with its status, read as `flatsync
+/// events list` reads it (empty while the database cannot be read).
+pub fn inbox(config: &Path) -> BTreeMap<String, String> {
+    let Ok(config) = flatsync_core::Config::load(config) else {
         return BTreeMap::new();
     };
-    client
-        .query("SELECT event_id, status FROM inbox", &[])
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let Ok(db) = flatsync_core::ops::OpsDb::open_configured(&config, true) else {
+        return BTreeMap::new();
+    };
+    let all = flatsync_core::ops::EventFilter {
+        limit: usize::MAX,
+        ..flatsync_core::ops::EventFilter::default()
+    };
+    db.list_events(&all)
+        .map(|events| {
+            events
+                .into_iter()
+                .map(|e| (e.event_id, e.status.as_str().to_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -154,7 +167,11 @@ pub fn sink_tables(url: &str, schema: &str) -> SinkTables {
     let mut record_ids = Vec::new();
     for table in &tables {
         let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-        let sql = format!("SELECT _record_id FROM {}.{}", quoted(schema), quoted(table));
+        let sql = format!(
+            "SELECT _record_id FROM {}.{}",
+            quoted(schema),
+            quoted(table)
+        );
         for row in client.query(&sql, &[]).expect("read a sink table") {
             record_ids.push(row.get(0));
         }

@@ -49,61 +49,15 @@ impl Config {
         let connect_timeout_ms: Option<u32> = reader.optional("connect_timeout_ms")?;
         reader.finish()?;
 
-        // These keys take a name, not a URL: a URL pasted here must not be quoted below.
-        for (key, name) in [
-            ("url_env", url_env.as_deref()),
-            ("url_file", url_file.as_deref().and_then(Path::to_str)),
-            ("url_credential", url_credential.as_deref()),
-        ] {
-            if name.is_some_and(|name| name.contains("://")) {
-                return Err(SinkError::fatal(format!(
-                    "config key `{key}` holds a URL itself; it takes the name of where the URL \
-                     is"
-                )));
-            }
-        }
-        let set: Vec<&str> = [
-            ("`url`", url.is_some()),
-            ("`url_env`", url_env.is_some()),
-            ("`url_file`", url_file.is_some()),
-            ("`url_credential`", url_credential.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(key, is_set)| is_set.then_some(key))
-        .collect();
-        if set.len() > 1 {
-            return Err(SinkError::fatal(format!(
-                "config keys {} are all set; set exactly one of {URL_KEYS}",
-                set.join(" and ")
-            )));
-        }
-        let (text, source, inline) = match (url, url_env, url_file, url_credential) {
-            (Some(url), ..) => (url, "config key `url`".to_owned(), true),
-            (_, Some(name), ..) => {
-                let source = format!("config key `url_env` (variable {name})");
-                let value = env(&name).ok_or_else(|| {
-                    SinkError::fatal(format!("{source}: the variable is not set"))
-                })?;
-                let text = value
-                    .into_string()
-                    .map_err(|_| SinkError::fatal(format!("{source}: the value is not UTF-8")))?;
-                (text, source, false)
-            }
-            (_, _, Some(path), _) => {
-                let source = format!("config key `url_file` ({})", path.display());
-                (read_url_file(&path, &source)?, source, false)
-            }
-            (.., Some(name)) => {
-                let source = format!("config key `url_credential` ({name})");
-                let path = credential_path(&name, &source, env)?;
-                (read_url_file(&path, &source)?, source, false)
-            }
-            (None, None, None, None) => {
-                return Err(SinkError::fatal(format!(
-                    "set one of the config keys {URL_KEYS} to say where the PostgreSQL server is"
-                )));
-            }
-        };
+        let (text, source, inline) = url_text(
+            UrlKeys {
+                url,
+                url_env,
+                url_file,
+                url_credential,
+            },
+            env,
+        )?;
         let text = text.trim();
         let (mut connect, shown_url) = parse_url(text, &source)?;
         if inline && connect.get_password().is_some() {
@@ -145,6 +99,78 @@ impl Config {
             deletions,
         })
     }
+}
+
+/// Where the URL may come from: exactly one of these keys.
+struct UrlKeys {
+    url: Option<String>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    url_credential: Option<String>,
+}
+
+/// The URL's text, where it came from (for messages), and whether it was written inline.
+fn url_text(keys: UrlKeys, env: EnvLookup<'_>) -> Result<(String, String, bool), SinkError> {
+    let UrlKeys {
+        url,
+        url_env,
+        url_file,
+        url_credential,
+    } = keys;
+    // These keys take a name, not a URL: a URL pasted here must not be quoted below.
+    for (key, name) in [
+        ("url_env", url_env.as_deref()),
+        ("url_file", url_file.as_deref().and_then(Path::to_str)),
+        ("url_credential", url_credential.as_deref()),
+    ] {
+        if name.is_some_and(|name| name.contains("://")) {
+            return Err(SinkError::fatal(format!(
+                "config key `{key}` holds a URL itself; it takes the name of where the URL \
+                 is"
+            )));
+        }
+    }
+    let set: Vec<&str> = [
+        ("`url`", url.is_some()),
+        ("`url_env`", url_env.is_some()),
+        ("`url_file`", url_file.is_some()),
+        ("`url_credential`", url_credential.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, is_set)| is_set.then_some(key))
+    .collect();
+    if set.len() > 1 {
+        return Err(SinkError::fatal(format!(
+            "config keys {} are all set; set exactly one of {URL_KEYS}",
+            set.join(" and ")
+        )));
+    }
+    Ok(match (url, url_env, url_file, url_credential) {
+        (Some(url), ..) => (url, "config key `url`".to_owned(), true),
+        (_, Some(name), ..) => {
+            let source = format!("config key `url_env` (variable {name})");
+            let value = env(&name)
+                .ok_or_else(|| SinkError::fatal(format!("{source}: the variable is not set")))?;
+            let text = value
+                .into_string()
+                .map_err(|_| SinkError::fatal(format!("{source}: the value is not UTF-8")))?;
+            (text, source, false)
+        }
+        (_, _, Some(path), _) => {
+            let source = format!("config key `url_file` ({})", path.display());
+            (read_url_file(&path, &source)?, source, false)
+        }
+        (.., Some(name)) => {
+            let source = format!("config key `url_credential` ({name})");
+            let path = credential_path(&name, &source, env)?;
+            (read_url_file(&path, &source)?, source, false)
+        }
+        (None, None, None, None) => {
+            return Err(SinkError::fatal(format!(
+                "set one of the config keys {URL_KEYS} to say where the PostgreSQL server is"
+            )));
+        }
+    })
 }
 
 /// Why `name` cannot be an identifier, if it cannot.

@@ -444,6 +444,15 @@ struct StagedRow<'a> {
     shape: u32,
 }
 
+/// A record batch laid out for the staging table: its rows, the staging column (slot) of
+/// every table column the batch sets, and the distinct sets of columns rows set (shapes).
+struct Staged<'a> {
+    rows: Vec<StagedRow<'a>>,
+    slot_of: Vec<usize>,
+    slots: usize,
+    shapes: Vec<Vec<usize>>,
+}
+
 /// Upserts the rows of a record batch by `_record_id` through a staging table. Returns how
 /// many rows it wrote.
 fn upsert_rows(
@@ -455,13 +464,28 @@ fn upsert_rows(
     for field in batch.fields()? {
         table.column(tx, &field)?;
     }
+    let staged = stage_rows(tx, table, batch)?;
+    if staged.rows.is_empty() {
+        return Ok(0);
+    }
+    let text = copy_lines(tx, table, batch, &staged)?;
+    let stage = copy_into_stage(tx, table, staging, staged.slots, &text)?;
+    apply_stage(tx, table, batch, &staged, &stage)
+}
 
-    // First pass: every row's columns (adding new ones), its shape and round, and the staging
-    // column (slot) of every table column the batch sets.
-    let mut rows = Vec::new();
-    let mut slot_of: Vec<usize> = Vec::new();
-    let mut slots = 0_usize;
-    let mut shapes: Vec<Vec<usize>> = Vec::new();
+/// First pass: every row's columns (adding new ones), its shape and round, and the staging
+/// column (slot) of every table column the batch sets.
+fn stage_rows<'a>(
+    tx: &mut Transaction<'_>,
+    table: &mut Table,
+    batch: &'a Batch<'_>,
+) -> Result<Staged<'a>, SinkError> {
+    let mut staged = Staged {
+        rows: Vec::new(),
+        slot_of: Vec::new(),
+        slots: 0,
+        shapes: Vec::new(),
+    };
     let mut shape_of: HashMap<Vec<usize>, u32> = HashMap::new();
     let mut rounds: HashMap<std::borrow::Cow<'_, str>, u32> = HashMap::new();
     let mut columns = Vec::new();
@@ -471,19 +495,19 @@ fn upsert_rows(
         columns.sort_unstable();
         columns.dedup();
         for &column in &columns {
-            if slot_of.len() <= column {
-                slot_of.resize(column + 1, usize::MAX);
+            if staged.slot_of.len() <= column {
+                staged.slot_of.resize(column + 1, usize::MAX);
             }
-            if slot_of[column] == usize::MAX {
-                slot_of[column] = slots;
-                slots += 1;
+            if staged.slot_of[column] == usize::MAX {
+                staged.slot_of[column] = staged.slots;
+                staged.slots += 1;
             }
         }
         let shape = match shape_of.get(columns.as_slice()) {
             Some(&shape) => shape,
             None => {
-                let shape = u32::try_from(shapes.len()).expect("fewer shapes than rows");
-                shapes.push(columns.clone());
+                let shape = u32::try_from(staged.shapes.len()).expect("fewer shapes than rows");
+                staged.shapes.push(columns.clone());
                 shape_of.insert(columns.clone(), shape);
                 shape
             }
@@ -491,21 +515,26 @@ fn upsert_rows(
         let seen = rounds.entry(row.id.clone()).or_insert(0);
         let round = *seen;
         *seen += 1;
-        rows.push(StagedRow { row, round, shape });
+        staged.rows.push(StagedRow { row, round, shape });
     }
-    if rows.is_empty() {
-        return Ok(0);
-    }
+    Ok(staged)
+}
 
-    // Second pass: the COPY text, one line per row, a column per slot.
-    let mut text = Vec::with_capacity(batch.ndjson().len() + rows.len() * 16);
-    let mut cells: Vec<Option<&RawValue>> = vec![None; slots];
-    for staged in &rows {
-        let row = &staged.row;
+/// Second pass: the COPY text, one line per row, a column per slot.
+fn copy_lines(
+    tx: &mut Transaction<'_>,
+    table: &mut Table,
+    batch: &Batch<'_>,
+    staged: &Staged<'_>,
+) -> Result<Vec<u8>, SinkError> {
+    let mut text = Vec::with_capacity(batch.ndjson().len() + staged.rows.len() * 16);
+    let mut cells: Vec<Option<&RawValue>> = vec![None; staged.slots];
+    for staged_row in &staged.rows {
+        let row = &staged_row.row;
         cells.fill(None);
         for (position, (key, value)) in row.values.iter().enumerate() {
             let column = table.column_at(tx, position, key)?;
-            cells[slot_of[column]] = Some(value);
+            cells[staged.slot_of[column]] = Some(value);
         }
         if row.id.contains('\0') {
             return Err(SinkError::fatal(format!(
@@ -515,7 +544,7 @@ fn upsert_rows(
                 row.id
             )));
         }
-        write!(text, "{}\t{}\t", staged.round, staged.shape).expect("writing to a Vec");
+        write!(text, "{}\t{}\t", staged_row.round, staged_row.shape).expect("writing to a Vec");
         copy_text(&mut text, &row.id);
         text.extend_from_slice(if row.valid { b"\tt" } else { b"\tf" });
         for (slot, cell) in cells.iter().enumerate() {
@@ -525,7 +554,8 @@ fn upsert_rows(
                 continue;
             };
             copy_value(&mut text, raw).map_err(|error| {
-                let column = slot_of
+                let column = staged
+                    .slot_of
                     .iter()
                     .position(|&at| at == slot)
                     .map_or("?", |column| table.column_name(column));
@@ -538,7 +568,18 @@ fn upsert_rows(
         }
         text.push(b'\n');
     }
+    Ok(text)
+}
 
+/// COPYs `text` into the session's staging table of `slots` value columns (created on first
+/// use); the table's name.
+fn copy_into_stage(
+    tx: &mut Transaction<'_>,
+    table: &Table,
+    staging: &mut HashSet<usize>,
+    slots: usize,
+    text: &[u8],
+) -> Result<String, SinkError> {
     let stage = format!("pg_temp.\"_flatsync_stage_{slots}\"");
     if !staging.contains(&slots) {
         let values: String = (1..=slots)
@@ -558,7 +599,7 @@ fn upsert_rows(
     let mut copy = tx
         .copy_in(&format!("COPY {stage} FROM STDIN"))
         .map_err(|error| table.error("cannot start copying the batch", &error))?;
-    if let Err(error) = copy.write_all(&text) {
+    if let Err(error) = copy.write_all(text) {
         // The connection failed under the copy; the server's own reason, if any, comes from
         // `finish`.
         return Err(match copy.finish() {
@@ -571,8 +612,23 @@ fn upsert_rows(
     }
     copy.finish()
         .map_err(|error| table.error("cannot copy the batch", &error))?;
+    Ok(stage)
+}
 
-    let mut groups: Vec<(u32, u32)> = rows.iter().map(|row| (row.round, row.shape)).collect();
+/// Upserts the staged rows into the table, one statement per round and shape, so that a
+/// record repeated in the batch is applied in line order. Returns the rows written.
+fn apply_stage(
+    tx: &mut Transaction<'_>,
+    table: &Table,
+    batch: &Batch<'_>,
+    staged: &Staged<'_>,
+    stage: &str,
+) -> Result<u64, SinkError> {
+    let mut groups: Vec<(u32, u32)> = staged
+        .rows
+        .iter()
+        .map(|row| (row.round, row.shape))
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     let event_id = batch.event_id();
@@ -584,12 +640,12 @@ fn upsert_rows(
         } else {
             format!(" WHERE \"_round\" = {round} AND \"_shape\" = {shape}")
         };
-        let columns = &shapes[shape as usize];
-        let staged: Vec<String> = columns
+        let columns = &staged.shapes[shape as usize];
+        let values: Vec<String> = columns
             .iter()
-            .map(|&column| format!("\"v{}\"", slot_of[column] + 1))
+            .map(|&column| format!("\"v{}\"", staged.slot_of[column] + 1))
             .collect();
-        let sql = table.upsert_sql(columns, &staged, &stage, &filter);
+        let sql = table.upsert_sql(columns, &values, stage, &filter);
         count += tx
             .execute(&sql, &[&event_id, &received_at])
             .map_err(|error| table.error("cannot upsert the batch", &error))?;

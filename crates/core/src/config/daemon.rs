@@ -240,17 +240,7 @@ fn postgres_state(
                 .to_owned(),
         ));
     }
-    let lease = match raw.state_lease_secs.take() {
-        None => crate::state::sql::DEFAULT_LEASE,
-        Some(secs) if *secs.get_ref() >= 3 => Duration::from_secs(*secs.get_ref()),
-        Some(secs) => {
-            return Err(p.locate(
-                Some(secs.span()),
-                Some("daemon.state_lease_secs"),
-                "must be at least 3: the daemon renews its session every third of it".to_owned(),
-            ));
-        }
-    };
+    let lease = lease(raw.state_lease_secs.take(), p)?;
     if password.is_some() && matches!(url, StateUrl::Secret(_)) {
         return Err(p.locate(
             None,
@@ -264,6 +254,19 @@ fn postgres_state(
         password,
         lease,
     }))
+}
+
+/// `state_lease_secs`: at least 3 s, since the daemon speaks every third of it.
+fn lease(value: Option<Spanned<u64>>, p: &Parser<'_>) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(crate::state::sql::DEFAULT_LEASE),
+        Some(secs) if *secs.get_ref() >= 3 => Ok(Duration::from_secs(*secs.get_ref())),
+        Some(secs) => Err(p.locate(
+            Some(secs.span()),
+            Some("daemon.state_lease_secs"),
+            "must be at least 3: the daemon renews its session every third of it".to_owned(),
+        )),
+    }
 }
 
 /// `ready_file`, resolved like `state_dir`; it must name a file, since it is replaced by a

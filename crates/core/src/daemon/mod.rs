@@ -251,25 +251,8 @@ impl RunningDaemon {
             health: Arc::clone(&health),
         });
         let slot: pipeline::EngineSlot = Arc::new(std::sync::RwLock::new(engine));
-        // On a shared PostgreSQL state every daemon works on events (each claimed by one at a
-        // time); only the one holding the active role polls and writes grouped event rows.
-        let active = active_role(&state, &drain_rx);
-        let poller = {
-            let (slot, mut active, mut drain) =
-                (Arc::clone(&slot), active.clone(), drain_rx.clone());
-            tokio::spawn(async move {
-                if dispatch::until_active(&mut active, &mut drain).await {
-                    poll::run(slot, accepted_tx, drain).await;
-                }
-            })
-        };
-        let dispatcher = tokio::spawn(dispatch::dispatch(
-            Arc::clone(&slot),
-            accepted_rx,
-            drain_rx,
-            Arc::clone(&health),
-            active,
-        ));
+        let (poller, dispatcher) =
+            spawn_workers(&slot, &state, &health, (accepted_tx, accepted_rx), drain_rx);
         let presence = presence::spawn(&state, &ready, &health);
         health.set_ready();
         RunningDaemon {
@@ -454,6 +437,35 @@ impl RunningDaemon {
         }
         report
     }
+}
+
+/// Starts the poller and the dispatcher. On a shared PostgreSQL state every daemon works on
+/// events (each claimed by one at a time); only the one holding the active role polls and
+/// writes grouped event rows.
+fn spawn_workers(
+    slot: &pipeline::EngineSlot,
+    state: &StateDb,
+    health: &Arc<Health>,
+    (accepted_tx, accepted_rx): (dispatch::AcceptedTx, tokio::sync::mpsc::Receiver<String>),
+    drain: watch::Receiver<bool>,
+) -> (JoinHandle<()>, JoinHandle<DrainReport>) {
+    let active = active_role(state, &drain);
+    let poller = {
+        let (slot, mut active, mut drain) = (Arc::clone(slot), active.clone(), drain.clone());
+        tokio::spawn(async move {
+            if dispatch::until_active(&mut active, &mut drain).await {
+                poll::run(slot, accepted_tx, drain).await;
+            }
+        })
+    };
+    let dispatcher = tokio::spawn(dispatch::dispatch(
+        Arc::clone(slot),
+        accepted_rx,
+        drain,
+        Arc::clone(health),
+        active,
+    ));
+    (poller, dispatcher)
 }
 
 /// Turns true once this daemon holds the active role on its state (at once on SQLite).

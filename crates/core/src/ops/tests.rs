@@ -1030,9 +1030,6 @@ fn the_plugin_scan_lists_files_that_do_not_load_with_their_error() {
     assert!(warehouse.error.as_deref().unwrap_or("").contains("sqlite"));
 }
 
-/// The rows of [`sample`], written so that they can be on either backend (the daemon's
-/// planning and checkpoint writes are not all portable yet).
-
 /// The commands' main reads and changes give the same answers on SQLite and PostgreSQL:
 /// events listed and shown, dead letters listed, retried and dropped, and a replay (the status
 /// overview: `status_counts_events_deliveries_rows_lag_and_errors`).

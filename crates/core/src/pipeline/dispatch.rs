@@ -278,12 +278,7 @@ pub(crate) async fn dispatch(
     let wake_writer = Arc::new(Notify::new());
     let writer = {
         let wakes = group::Wakes::new(&wake_writer, &drain, stall_file.as_ref());
-        let (slot, mut active, mut drain) = (Arc::clone(&slot), active, drain.clone());
-        tokio::spawn(async move {
-            if until_active(&mut active, &mut drain).await {
-                group::run(slot, wakes, grouped).await;
-            }
-        })
+        spawn_group_writer(&slot, wakes, active, &drain, grouped)
     };
     let mut window = Window::new(event_slots, grouped);
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -295,29 +290,7 @@ pub(crate) async fn dispatch(
         if window.wants_refill() {
             window.refill(&state).await;
         }
-        while tasks.len() < event_slots && !window.crowded() {
-            let Some(id) = window.waiting.pop_front() else {
-                break;
-            };
-            match state.claim_event(&id).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    window.claimed_elsewhere(id);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(event_id = %id, error = %e, "Could not claim the event");
-                    window.waiting.push_front(id);
-                    break;
-                }
-            }
-            let engine = Arc::clone(&slot);
-            let task_id = id.clone();
-            let started = tasks.spawn(async move {
-                current(&engine).process(&task_id, grouped).await;
-            });
-            window.running.insert(started.id(), id);
-        }
+        start_waiting(&mut window, &mut tasks, &slot, &state, event_slots, grouped).await;
         tokio::select! {
             id = accepted.recv(), if intake_open => match id {
                 Some(id) => {
@@ -328,20 +301,7 @@ pub(crate) async fn dispatch(
                 None => intake_open = false,
             },
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let task = match joined {
-                    Ok((task, ())) => task,
-                    Err(e) => {
-                        let id = window.running.get(&e.id()).cloned().unwrap_or_default();
-                        tracing::error!(event_id = %id, error = %e, "Event task ended abnormally; the event stays pending");
-                        // Found again by the next rescan, not retried in a hot loop.
-                        e.id()
-                    }
-                };
-                if let Some(id) = window.finished(task)
-                    && let Err(e) = state.release_event(&id).await
-                {
-                    tracing::warn!(event_id = %id, error = %e, "Could not let go of the event");
-                }
+                finished(&mut window, &state, joined).await;
             }
             // A refill held back by its pause happens when the pause ends, not at the next tick.
             () = tokio::time::sleep_until(window.refill_not_before.into()), if window.could_refill() => {}
@@ -366,6 +326,79 @@ pub(crate) async fn dispatch(
         }
     }
     drain_running(&slot, tasks, writer, &state, &health, tick).await
+}
+
+/// Starts waiting events while slots are free, each claimed first: an event another daemon
+/// on a shared state works on is skipped until the next rescan.
+async fn start_waiting(
+    window: &mut Window,
+    tasks: &mut JoinSet<()>,
+    slot: &EngineSlot,
+    state: &StateDb,
+    event_slots: usize,
+    grouped: bool,
+) {
+    while tasks.len() < event_slots && !window.crowded() {
+        let Some(id) = window.waiting.pop_front() else {
+            break;
+        };
+        match state.claim_event(&id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                window.claimed_elsewhere(id);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(event_id = %id, error = %e, "Could not claim the event");
+                window.waiting.push_front(id);
+                break;
+            }
+        }
+        let engine = Arc::clone(slot);
+        let task_id = id.clone();
+        let started = tasks.spawn(async move {
+            current(&engine).process(&task_id, grouped).await;
+        });
+        window.running.insert(started.id(), id);
+    }
+}
+
+/// Forgets a finished event task and lets go of its event's claim.
+async fn finished(
+    window: &mut Window,
+    state: &StateDb,
+    joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) {
+    let task = match joined {
+        Ok((task, ())) => task,
+        Err(e) => {
+            let id = window.running.get(&e.id()).cloned().unwrap_or_default();
+            tracing::error!(event_id = %id, error = %e, "Event task ended abnormally; the event stays pending");
+            // Found again by the next rescan, not retried in a hot loop.
+            e.id()
+        }
+    };
+    if let Some(id) = window.finished(task)
+        && let Err(e) = state.release_event(&id).await
+    {
+        tracing::warn!(event_id = %id, error = %e, "Could not let go of the event");
+    }
+}
+
+/// The group writer, once this daemon holds the active role.
+fn spawn_group_writer(
+    slot: &EngineSlot,
+    wakes: group::Wakes,
+    mut active: watch::Receiver<bool>,
+    drain: &watch::Receiver<bool>,
+    grouped: bool,
+) -> JoinHandle<()> {
+    let (slot, mut drain) = (Arc::clone(slot), drain.clone());
+    tokio::spawn(async move {
+        if until_active(&mut active, &mut drain).await {
+            group::run(slot, wakes, grouped).await;
+        }
+    })
 }
 
 /// Says at start how many events wait, so an operator sees a backlog being resumed.

@@ -875,9 +875,6 @@ fn delivery_sinks(db: &mut Db) -> sql::Result<BTreeSet<String>> {
     Ok(sinks)
 }
 
-/// Rows for the operator tests outside the state module (which holds every query), written
-/// with portable SQL so that they can be on either backend.
-
 #[cfg(test)]
 mod tests {
     use super::*;
