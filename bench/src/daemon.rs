@@ -1,5 +1,6 @@
 //! The daemon under test: the `flatsync` binary on a TOML config written for one run, with
-//! its state in that run's directory, watched through its admin `/metrics`.
+//! its state in that run's directory (SQLite) or in a database of the run's own (PostgreSQL),
+//! watched through its admin `/metrics`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,29 @@ const SECRET_KEY_ENV: &str = "FLATFILE_SECRET_KEY";
 /// The daemon's test hook: its dispatcher stands still while this file exists, which holds
 /// delivery back while a backlog is filled through the webhook.
 const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";
+/// The variable the config's `state_url_env` names: the URL reaches the daemon through its
+/// environment, so a password in `FLATSYNC_TEST_POSTGRES_URL` stays out of the config file.
+const STATE_URL_ENV: &str = "FLATSYNC_BENCH_STATE_URL";
+
+/// Where the daemon keeps its state.
+#[derive(Clone, Default)]
+pub(crate) enum State {
+    /// SQLite, in the run's directory (`state_dir`).
+    #[default]
+    Sqlite,
+    /// PostgreSQL, the database at this URL (`state_url_env`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for State {
+    // The URL may hold the server's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Sqlite => f.write_str("Sqlite"),
+            State::Postgres(_) => f.write_str("Postgres"),
+        }
+    }
+}
 
 /// What one run's daemon is configured with.
 #[derive(Clone, Debug)]
@@ -37,6 +61,8 @@ pub(crate) struct Setup {
     pub(crate) pages_in_flight: Option<usize>,
     /// Start with delivery held back until this file is removed.
     pub(crate) stall_file: Option<PathBuf>,
+    /// Where the state is.
+    pub(crate) state: State,
 }
 
 impl Setup {
@@ -46,11 +72,18 @@ impl Setup {
         let path = |p: &Path| quote(&p.to_string_lossy());
         let api = self.sim_url.as_deref().unwrap_or("http://127.0.0.1:9");
         let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "[daemon]\nstate_dir = {}",
-            path(&self.dir.join("state"))
-        );
+        match &self.state {
+            State::Sqlite => {
+                let _ = writeln!(
+                    text,
+                    "[daemon]\nstate_dir = {}",
+                    path(&self.dir.join("state"))
+                );
+            }
+            State::Postgres(_) => {
+                let _ = writeln!(text, "[daemon]\nstate_url_env = {}", quote(STATE_URL_ENV));
+            }
+        }
         // The config's folder is not the working directory: a relative path would miss.
         let bin_dir = std::path::absolute(&self.bin_dir).unwrap_or_else(|_| self.bin_dir.clone());
         let _ = writeln!(text, "plugin_dir = {}\n", path(&bin_dir));
@@ -128,6 +161,10 @@ impl Daemon {
         match &setup.stall_file {
             Some(file) => command.env(STALL_FILE_ENV, file),
             None => command.env_remove(STALL_FILE_ENV),
+        };
+        match &setup.state {
+            State::Postgres(url) => command.env(STATE_URL_ENV, url),
+            State::Sqlite => command.env_remove(STATE_URL_ENV),
         };
         let log = setup.dir.join("flatsync.log");
         let ready = |line: &str| line.contains("\"flatsync\":\"ready\"");
@@ -255,6 +292,7 @@ mod tests {
             topics: vec!["portalImportSubmitted", "job:ready"],
             pages_in_flight: Some(8),
             stall_file: None,
+            state: State::Sqlite,
         };
         let config = setup.config();
         let parsed: toml_like::Doc = toml_like::parse(&config);
@@ -269,6 +307,30 @@ mod tests {
             Some("[\"portalImportSubmitted\", \"job:ready\"]")
         );
         assert!(config.contains(r#"state_dir = "/tmp/run \"1\"/state""#));
+        assert!(!config.contains("state_url"), "{config}");
+    }
+
+    #[test]
+    fn a_postgres_state_is_named_by_variable_and_replaces_the_state_dir() {
+        let setup = Setup {
+            dir: PathBuf::from("/tmp/run"),
+            bin_dir: PathBuf::from("/opt/bin"),
+            sim_url: None,
+            sink: Sink::Jsonl,
+            topics: vec!["*"],
+            pages_in_flight: None,
+            stall_file: None,
+            state: State::Postgres("postgres://bench:hunter2@127.0.0.1:5432/run_state".to_owned()),
+        };
+        let config = setup.config();
+        let parsed = toml_like::parse(&config);
+        assert_eq!(
+            parsed.get("state_url_env"),
+            Some("\"FLATSYNC_BENCH_STATE_URL\"")
+        );
+        assert!(!config.contains("state_dir"), "{config}");
+        assert!(!config.contains("hunter2"), "{config}");
+        assert!(!format!("{setup:?}").contains("hunter2"));
     }
 
     /// Just enough to look keys up in the config the benchmark writes.

@@ -6,18 +6,22 @@
 //! file exists, so every acknowledged event stays pending. That daemon is then killed with
 //! SIGKILL (what was answered 2xx is durable), and a fresh daemon, without the hook, starts on
 //! the same state: its CPU and memory are the drain's alone.
+//!
+//! Intake and drain run on both state backends: SQLite in the run's directory, and PostgreSQL
+//! in a fresh database of the run's own (`... (postgres state)` lines).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, Setup};
+use crate::daemon::{Daemon, Setup, State};
 use crate::error::BenchError;
+use crate::pg::StateDatabase;
 use crate::proc::Usage;
 use crate::sink::Sink;
 use crate::table::{Line, median};
-use crate::{Plan, http, size_label};
+use crate::{Plan, RunDir, http, size_label};
 
 /// The longest a backlog may take to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(7200);
@@ -39,16 +43,75 @@ fn event_body(tag: &str, n: u64) -> String {
     .to_string()
 }
 
-/// Every event routed (`topics = ["*"]`) to a JSON Lines folder sink.
-fn setup(plan: &Plan, dir: &Path, stall_file: Option<PathBuf>) -> Setup {
-    Setup {
-        dir: dir.to_owned(),
-        bin_dir: plan.bin_dir.clone(),
-        sim_url: None,
-        sink: Sink::Jsonl,
-        topics: vec!["*"],
-        pages_in_flight: plan.pages_in_flight,
-        stall_file,
+/// Where the daemons of an event case keep their state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The SQLite file in the run's directory.
+    Sqlite,
+    /// A PostgreSQL database made for the run and dropped after it.
+    Postgres,
+}
+
+impl Backend {
+    /// Both, in table order.
+    pub(crate) const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    /// The case's name on this backend: SQLite's lines keep their names.
+    fn case(self, name: &str) -> String {
+        match self {
+            Backend::Sqlite => name.to_owned(),
+            Backend::Postgres => format!("{name} (postgres state)"),
+        }
+    }
+}
+
+/// One run's directory (config, logs, sink output, and the SQLite state) and its PostgreSQL
+/// state database, if it has one.
+#[derive(Debug)]
+struct EventRun {
+    dir: RunDir,
+    database: Option<StateDatabase>,
+}
+
+impl EventRun {
+    fn new(plan: &Plan, what: &str, backend: Backend) -> Result<EventRun, BenchError> {
+        let dir = plan.run_dir(what)?;
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(StateDatabase::create(dir.path())?),
+        };
+        Ok(EventRun { dir, database })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Every event routed (`topics = ["*"]`) to a JSON Lines folder sink.
+    fn setup(&self, plan: &Plan, stall_file: Option<PathBuf>) -> Setup {
+        Setup {
+            dir: self.path().to_owned(),
+            bin_dir: plan.bin_dir.clone(),
+            sim_url: None,
+            sink: Sink::Jsonl,
+            topics: vec!["*"],
+            pages_in_flight: plan.pages_in_flight,
+            stall_file,
+            state: self
+                .database
+                .as_ref()
+                .map_or(State::Sqlite, |db| State::Postgres(db.url())),
+        }
+    }
+
+    /// Removes the directory and drops the database.
+    fn done(self) -> Result<(), BenchError> {
+        let EventRun { dir, database } = self;
+        if let Some(database) = database {
+            database.drop_now()?;
+        }
+        dir.done();
+        Ok(())
     }
 }
 
@@ -102,19 +165,19 @@ fn post_events(
     Ok((wall_s, p99))
 }
 
-/// Fills `dir`'s state with `events` pending events over `connections` connections, then
+/// Fills the run's state with `events` pending events over `connections` connections, then
 /// kills that daemon; the intake line.
 fn fill(
     plan: &Plan,
-    dir: &Path,
+    run: &EventRun,
     case: String,
     events: u64,
     connections: usize,
 ) -> Result<Line, BenchError> {
-    let stall = dir.join("hold-delivery");
+    let stall = run.path().join("hold-delivery");
     std::fs::write(&stall, b"")
         .map_err(BenchError::io(format!("cannot write {}", stall.display())))?;
-    let daemon = Daemon::start(&setup(plan, dir, Some(stall)))?;
+    let daemon = Daemon::start(&run.setup(plan, Some(stall)))?;
     let before = daemon.usage()?;
     let (wall_s, p99_ms) = post_events(daemon.webhook_url(), "bench", events, connections)?;
     let after = daemon.usage()?;
@@ -131,17 +194,17 @@ fn fill(
     })
 }
 
-/// A fresh daemon on `dir`'s state; `watch` decides when to stop watching it. The time from
-/// the start, the first and last progress, and the process's usage at the end.
+/// A fresh daemon on the run's state; `watch` decides when to stop watching it. The time
+/// from the start, the first and last progress, and the process's usage at the end.
 fn resume(
     plan: &Plan,
-    dir: &Path,
+    run: &EventRun,
     what: &str,
     limit: Duration,
     watch: impl FnMut(crate::daemon::Progress) -> Result<bool, BenchError>,
 ) -> Result<(f64, u64, u64, Usage), BenchError> {
     let started = Instant::now();
-    let mut daemon = Daemon::start(&setup(plan, dir, None))?;
+    let mut daemon = Daemon::start(&run.setup(plan, None))?;
     let first = daemon.progress()?;
     let last = daemon.wait_until(what, Duration::from_millis(50), limit, watch)?;
     let wall_s = started.elapsed().as_secs_f64();
@@ -150,37 +213,43 @@ fn resume(
     Ok((wall_s, first.events_pending, last.events_pending, usage))
 }
 
-/// `intake 32 conns` and `backlog drain`: the events posted are the backlog drained.
+/// `intake 32 conns` and `backlog drain` on `backend`: the events posted are the backlog
+/// drained.
 pub(crate) fn intake_and_backlog(
     plan: &Plan,
+    backend: Backend,
     keep: &mut impl FnMut(Line),
 ) -> Result<(), BenchError> {
-    let (intake_case, drain_case) = ("intake 32 conns", "backlog drain");
-    let (take_intake, take_drain) = (plan.selected(intake_case), plan.selected(drain_case));
+    let (intake_case, drain_case) = (
+        backend.case("intake 32 conns"),
+        backend.case("backlog drain"),
+    );
+    let (take_intake, take_drain) = (plan.selected(&intake_case), plan.selected(&drain_case));
     if !take_intake && !take_drain {
         return Ok(());
     }
     let events = plan.intake_events;
     let (mut intakes, mut drains) = (Vec::new(), Vec::new());
     for _ in 0..plan.runs {
-        let dir = plan.run_dir("intake")?;
-        intakes.push(fill(plan, dir.path(), intake_case.to_owned(), events, 32)?);
+        let run = EventRun::new(plan, "intake", backend)?;
+        intakes.push(fill(plan, &run, intake_case.clone(), events, 32)?);
         if !take_drain {
-            dir.done();
+            run.done()?;
             continue;
         }
-        let (wall_s, _, _, usage) = resume(plan, dir.path(), "the backlog", DRAIN_LIMIT, |p| {
+        let (wall_s, _, _, usage) = resume(plan, &run, "the backlog", DRAIN_LIMIT, |p| {
             Ok(p.events_pending == 0)
         })?;
-        let held = crate::sink::jsonl_rows_with_open_streams(dir.path())?;
+        let held = crate::sink::jsonl_rows_with_open_streams(run.path())?;
         if held != events {
             return Err(BenchError::Failed(format!(
-                "the folder sink holds {held} event rows after {events} events were acknowledged"
+                "{drain_case}: the folder sink holds {held} event rows after {events} events were acknowledged; see {}",
+                run.path().display()
             )));
         }
-        dir.done();
+        run.done()?;
         drains.push(Line {
-            case: drain_case.to_owned(),
+            case: drain_case.clone(),
             count: events,
             wall_s,
             rate: events as f64 / wall_s,
@@ -199,23 +268,21 @@ pub(crate) fn intake_and_backlog(
     Ok(())
 }
 
-/// `intake 4 conns`.
-pub(crate) fn intake_4(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), BenchError> {
-    let case = "intake 4 conns";
-    if !plan.selected(case) {
+/// `intake 4 conns` on `backend`.
+pub(crate) fn intake_4(
+    plan: &Plan,
+    backend: Backend,
+    keep: &mut impl FnMut(Line),
+) -> Result<(), BenchError> {
+    let case = backend.case("intake 4 conns");
+    if !plan.selected(&case) {
         return Ok(());
     }
     let mut runs = Vec::new();
     for _ in 0..plan.runs {
-        let dir = plan.run_dir("intake4")?;
-        runs.push(fill(
-            plan,
-            dir.path(),
-            case.to_owned(),
-            plan.intake_events_4,
-            4,
-        )?);
-        dir.done();
+        let run = EventRun::new(plan, "intake4", backend)?;
+        runs.push(fill(plan, &run, case.clone(), plan.intake_events_4, 4)?);
+        run.done()?;
     }
     keep(median(&runs).expect("at least one run"));
     Ok(())
@@ -231,26 +298,26 @@ pub(crate) fn memory(plan: &Plan, keep: &mut impl FnMut(Line)) -> Result<(), Ben
     let watch = Duration::from_secs_f64(plan.watch_s);
     let mut runs = Vec::new();
     for _ in 0..plan.runs {
-        let idle_dir = plan.run_dir("idle")?;
+        let idle_run = EventRun::new(plan, "idle", Backend::Sqlite)?;
         let watch_for = |started: Instant| move |_| Ok(started.elapsed() >= watch);
         let (_, _, _, idle) = resume(
             plan,
-            idle_dir.path(),
+            &idle_run,
             "idle",
             watch * 2,
             watch_for(Instant::now()),
         )?;
-        idle_dir.done();
-        let dir = plan.run_dir("pending")?;
-        fill(plan, dir.path(), case.clone(), plan.pending_events, 32)?;
+        idle_run.done()?;
+        let run = EventRun::new(plan, "pending", Backend::Sqlite)?;
+        fill(plan, &run, case.clone(), plan.pending_events, 32)?;
         let (wall_s, first, last, usage) = resume(
             plan,
-            dir.path(),
+            &run,
             "the watch",
             watch * 2,
             watch_for(Instant::now()),
         )?;
-        dir.done();
+        run.done()?;
         runs.push(Line {
             case: case.clone(),
             count: first,

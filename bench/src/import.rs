@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, Setup};
+use crate::daemon::{Daemon, Setup, State};
 use crate::error::BenchError;
 use crate::sim::{BATCH_ID, SHEET_ID, Sim, WORKBOOK_ID};
 use crate::sink::Sink;
@@ -149,6 +149,7 @@ fn import_once(
         topics: vec![api.topic()],
         pages_in_flight: plan.pages_in_flight,
         stall_file: None,
+        state: State::Sqlite,
     };
     let mut daemon = Daemon::start(&setup)?;
     let body = api.trigger(sim, rows, number)?;

@@ -6,11 +6,10 @@
 //! each line measures and holds the last table.
 //!
 //! By job: `import` (legacy and Platform pages into CSV, SQLite, JSON Lines and PostgreSQL),
-//! `events`
-//! (webhook intake, backlog drain, memory with a backlog), `restart` (SIGKILL in a stream),
-//! over `sim`, `daemon` and `child` (the processes), `proc` (their CPU and memory), `wire`
-//! (the floor), `sink` (rows held), `pg` (the postgres sink's databases) and `table` (medians
-//! and printing).
+//! `events` (webhook intake and backlog drain, each on a SQLite and a PostgreSQL state,
+//! memory with a backlog), `restart` (SIGKILL in a stream), over `sim`, `daemon` and `child` (the
+//! processes), `proc` (their CPU and memory), `wire` (the floor), `sink` (rows held), `pg`
+//! (the postgres sink's and state's databases) and `table` (medians and printing).
 
 mod child;
 mod daemon;
@@ -192,8 +191,12 @@ pub fn run(plan: &Plan, mut report: impl FnMut(&Line)) -> Result<Vec<Line>, Benc
             }
         }
     }
-    events::intake_and_backlog(plan, &mut keep)?;
-    events::intake_4(plan, &mut keep)?;
+    for backend in events::Backend::ALL {
+        events::intake_and_backlog(plan, backend, &mut keep)?;
+    }
+    for backend in events::Backend::ALL {
+        events::intake_4(plan, backend, &mut keep)?;
+    }
     events::memory(plan, &mut keep)?;
     restart::after_sigkill(plan, &mut keep)?;
     Ok(lines)
@@ -221,6 +224,11 @@ mod tests {
         plan.only = Some("intake, restart".to_owned());
         assert!(plan.selected("intake 4 conns"));
         assert!(plan.selected("restart after SIGKILL 1M"));
+        assert!(!plan.selected("backlog drain"));
+        plan.only = Some("postgres".to_owned());
+        assert!(plan.selected("backlog drain (postgres state)"));
+        assert!(plan.selected("intake 4 conns (postgres state)"));
+        assert!(plan.selected("legacy postgres 1M 0ms"));
         assert!(!plan.selected("backlog drain"));
     }
 }

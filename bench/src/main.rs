@@ -26,9 +26,10 @@ const PACKAGES: [&str; 6] = [
     long_about = "Runs the flatsync benchmark (issue 12) and prints one line per case.\n\n\
 Builds the release binaries (flatsync, flatfile-sim, the csv-folder, sqlite, jsonl-folder and \
 postgres plugins) with cargo, unless --bin-dir names a directory that holds them. Every process runs on \
-127.0.0.1 with its state in a temporary directory; the postgres sink writes into a database \
-of each run's own on the server of FLATSYNC_TEST_POSTGRES_URL (default \
-postgres://postgres@127.0.0.1:5432/postgres). See BENCHMARKS.md for what each line measures."
+127.0.0.1 with its state in a temporary directory; the postgres sink, and the daemon's state \
+in the `(postgres state)` intake and drain cases, go into databases of each run's own on the \
+server of FLATSYNC_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres), \
+dropped after the run. See BENCHMARKS.md for what each line measures."
 )]
 struct Cli {
     /// One run per case and the 100,000 sizes only (rows, pending events, restart stream).
@@ -37,8 +38,9 @@ struct Cli {
     /// Runs per case; each line is the median [default: 3, or 1 with --quick].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     runs: Option<u64>,
-    /// Only the cases whose name contains PATTERN, e.g. "legacy csv" or "intake"; several
-    /// patterns separated by commas select the cases of each.
+    /// Only the cases whose name contains PATTERN, e.g. "legacy csv", "intake" or
+    /// "postgres" (the postgres sink and the postgres state); several patterns separated by
+    /// commas select the cases of each.
     #[arg(long, value_name = "PATTERN")]
     only: Option<String>,
     /// Events posted at 32 connections, and so drained as the backlog [default: 100,000].

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::daemon::{Daemon, Setup};
+use crate::daemon::{Daemon, Setup, State};
 use crate::error::BenchError;
 use crate::sim::Sim;
 use crate::sink::Sink;
@@ -50,6 +50,7 @@ fn once(plan: &Plan, run: u64) -> Result<Line, BenchError> {
         topics: vec![Api::Legacy.topic()],
         pages_in_flight: plan.pages_in_flight,
         stall_file: None,
+        state: State::Sqlite,
     };
     let first = Daemon::start(&setup)?;
     first.post(&Api::Legacy.trigger(&sim, rows, run)?)?;

@@ -72,7 +72,10 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
     for case in [
         "intake 32 conns",
         "backlog drain",
+        "intake 32 conns (postgres state)",
+        "backlog drain (postgres state)",
         "intake 4 conns",
+        "intake 4 conns (postgres state)",
         "memory 300 pending",
         "restart after SIGKILL 40k",
     ] {
@@ -95,14 +98,32 @@ fn every_case_runs_on_tiny_sizes_and_prints_every_figure() {
         assert_eq!(line.count, 2_000, "{table}");
         assert!(line.wire.is_some_and(|w| w > 0.0), "{table}");
     }
-    for case in ["intake 32 conns", "intake 4 conns"] {
-        assert!(
-            find(&lines, case).extra("p99 ms").is_some_and(|p| p > 0.0),
+    for state in ["", " (postgres state)"] {
+        for case in ["intake 32 conns", "intake 4 conns"] {
+            assert!(
+                find(&lines, &format!("{case}{state}"))
+                    .extra("p99 ms")
+                    .is_some_and(|p| p > 0.0),
+                "{table}"
+            );
+        }
+        assert_eq!(
+            find(&lines, &format!("intake 32 conns{state}")).count,
+            300,
+            "{table}"
+        );
+        assert_eq!(
+            find(&lines, &format!("intake 4 conns{state}")).count,
+            100,
+            "{table}"
+        );
+        // The drain checked that the sink holds one row per acknowledged event.
+        assert_eq!(
+            find(&lines, &format!("backlog drain{state}")).count,
+            300,
             "{table}"
         );
     }
-    assert_eq!(find(&lines, "intake 32 conns").count, 300, "{table}");
-    assert_eq!(find(&lines, "backlog drain").count, 300, "{table}");
     let memory = find(&lines, "memory 300 pending");
     assert!(memory.extra("idle MiB").is_some_and(|m| m > 0.0), "{table}");
     let restart = find(&lines, "restart after SIGKILL 40k");
