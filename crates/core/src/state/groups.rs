@@ -580,12 +580,15 @@ fn waiting_members(
     limit: i64,
 ) -> sql::Result<Vec<(String, u32, i64)>> {
     // Oldest is the order the members were made in: the rowid (an identity column on
-    // PostgreSQL).
+    // PostgreSQL). The delivery is looked up by its key for each member, not joined: without
+    // statistics (a fresh PostgreSQL state filling fast) a join was planned over every pending
+    // delivery per member.
     tx.query_map(
         "SELECT m.event_id, m.generation, m.window_end_ms FROM group_members m
-         JOIN deliveries d ON d.event_id = m.event_id AND d.sink = m.sink
-            AND d.generation = m.generation
-         WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL AND d.status = ?3
+         WHERE m.grp = ?1 AND m.sink = ?2 AND m.seq IS NULL
+           AND (SELECT d.status FROM deliveries d
+                WHERE d.event_id = m.event_id AND d.sink = m.sink
+                  AND d.generation = m.generation) = ?3
          ORDER BY m.rowid LIMIT ?4",
         params![group, sink, DeliveryStatus::Pending, limit],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
