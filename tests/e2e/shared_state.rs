@@ -483,6 +483,17 @@ fn the_operator_commands_read_and_check_a_postgres_state() {
         [u64::from(pid)],
         "one daemon is shown active\n{text}"
     );
+    let claims: Vec<u64> = status["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .filter_map(|d| d["claims"].as_u64())
+        .collect();
+    assert_eq!(
+        claims,
+        [0, 0],
+        "both running daemons show their claims, none left once every event is done\n{text}"
+    );
 
     let (ok, text) = run(&["events", "show", &event, "--config", config]);
     assert!(

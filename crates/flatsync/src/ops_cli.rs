@@ -385,11 +385,13 @@ fn print_daemons(report: &StatusReport, now: i64) {
                 Some(ms) => format!("stopped {}", when(ms, now)),
                 None => format!("seen {}", when(status.last_seen_ms, now)),
             };
-            let state = if d.active && report.daemons.len() > 1 {
-                format!("{} (active)", d.state.as_str())
-            } else {
-                d.state.as_str().to_owned()
-            };
+            let mut state = d.state.as_str().to_owned();
+            if d.active && report.daemons.len() > 1 {
+                state.push_str(" (active)");
+            }
+            if let Some(claims) = d.claims {
+                let _ = write!(state, ", {claims} events");
+            }
             vec![
                 status.daemon_id.clone(),
                 state,

@@ -76,10 +76,12 @@ pub struct DaemonStatus {
     /// `running` (seen within the last 15 s and, when it ran on this host, its process
     /// exists), `stopped` (stopped cleanly) or `gone` (killed, crashed, or its host is down).
     pub state: DaemonState,
-    /// It holds the active role: it dispatches events and polls Flatfile. On an SQLite state,
-    /// the running daemon; on a PostgreSQL state, the one whose session holds the role (the
-    /// others running stand by).
+    /// It holds the active role: it polls Flatfile and writes grouped event rows. On an SQLite
+    /// state, the running daemon; on a PostgreSQL state, the one whose session holds the role.
     pub active: bool,
+    /// On a PostgreSQL state, the events it has claimed (is working on) now; `None` on SQLite
+    /// or for a daemon that is not running.
+    pub claims: Option<u64>,
 }
 
 /// One sink's share of the work, in a [`StatusReport`].
@@ -198,22 +200,31 @@ fn daemon_statuses(snapshot: &Snapshot<'_>, now: i64) -> Result<Vec<DaemonStatus
     let this_host = hostname();
     let shared = snapshot.is_postgres();
     let active = snapshot.active_daemon()?;
+    let claims = snapshot.claims()?;
     Ok(snapshot
         .daemons(DAEMONS_LISTED)?
         .into_iter()
         .map(|daemon| {
             let state = daemon_state(&daemon, now, &this_host, process_exists);
+            let running = state == DaemonState::Running;
+            // A daemon's sessions name its pid and host (cut to 63 bytes).
+            let session = format!("flatsync/{}@{}", daemon.pid, daemon.hostname);
+            let is = |name: &str| running && session.starts_with(name);
             let active = match &active {
-                // The role holder's session names its pid and host (cut to 63 bytes).
-                Some(name) => {
-                    let full = format!("flatsync/{}@{}", daemon.pid, daemon.hostname);
-                    state == DaemonState::Running && full.starts_with(name.as_str())
-                }
-                None => !shared && state == DaemonState::Running,
+                Some(name) => is(name),
+                None => !shared && running,
             };
+            let claims = (shared && running).then(|| {
+                claims
+                    .iter()
+                    .filter(|(name, _)| is(name))
+                    .map(|(_, n)| *n)
+                    .sum()
+            });
             DaemonStatus {
                 state,
                 active,
+                claims,
                 daemon,
             }
         })

@@ -1121,6 +1121,24 @@ impl Snapshot<'_> {
         )
     }
 
+    /// How many events each daemon of a PostgreSQL state has claimed now, by the
+    /// `application_name` of its session (`flatsync/<pid>@<host>`); empty on SQLite.
+    pub fn claims(&self) -> Result<BTreeMap<String, u64>, StateError> {
+        if self.tx.backend() != Backend::Postgres {
+            return Ok(BTreeMap::new());
+        }
+        let rows = self.tx.rows(
+            "SELECT CAST(a.application_name AS TEXT), COUNT(*) FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.classid = 7310153 AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             GROUP BY a.application_name",
+            params![],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)),
+        )?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// The PostgreSQL state's server, role, privileges and active daemon.
     pub fn postgres_health(&self) -> Result<PostgresHealth, StateError> {
         let (user, database, server_version) = self
