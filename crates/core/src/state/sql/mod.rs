@@ -65,6 +65,10 @@ pub enum DbError {
          past the lease) and it may no longer write"
     )]
     RoleLost,
+    /// The connection to PostgreSQL broke inside a transaction: nothing of it was committed,
+    /// and what was left of it did not run.
+    #[error("the connection to PostgreSQL broke inside a transaction, which was not committed")]
+    BrokenTransaction,
     /// A query that must return a row returned none.
     #[error("query returned no rows")]
     NoRows,
@@ -84,6 +88,7 @@ impl DbError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Postgres(e) => pg::is_unavailable(e),
+            DbError::BrokenTransaction => true,
             DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
@@ -390,12 +395,16 @@ impl Db {
 
     fn run_in<T>(&mut self, begin: &str, f: &mut impl FnMut(&mut Db) -> Result<T>) -> Result<T> {
         self.execute_batch(begin)?;
+        self.set_in_transaction(true);
         self.depth += 1;
         let result = f(self);
         self.depth -= 1;
         match result {
             Ok(value) => match self.execute_batch("COMMIT") {
-                Ok(()) => Ok(value),
+                Ok(()) => {
+                    self.set_in_transaction(false);
+                    Ok(value)
+                }
                 Err(e) => {
                     self.rollback();
                     Err(e)
@@ -405,6 +414,12 @@ impl Db {
                 self.rollback();
                 Err(e)
             }
+        }
+    }
+
+    fn set_in_transaction(&mut self, open: bool) {
+        if let Conn::Postgres(c) = &mut self.conn {
+            c.set_in_transaction(open);
         }
     }
 

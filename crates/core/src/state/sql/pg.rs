@@ -192,6 +192,9 @@ pub(super) struct PgConn {
     /// The events this session claimed: a new session claims them again before anything is
     /// written, or fails for good, as for the role.
     events: HashSet<String>,
+    /// A transaction is open on this session: if the connection breaks now, the statements
+    /// still to come must fail, not run on a new session outside the transaction.
+    in_transaction: bool,
     /// Always `Some` but in `drop`, which may have to close it on another thread.
     client: Option<Client>,
     /// Each statement prepared once per connection, keyed by the text the state code wrote.
@@ -207,6 +210,7 @@ impl PgConn {
             role_held: false,
             role_lost: false,
             events: HashSet::new(),
+            in_transaction: false,
             client: Some(client),
             statements: HashMap::new(),
         })
@@ -220,6 +224,9 @@ impl PgConn {
             return Err(DbError::RoleLost);
         }
         let broken = self.client.as_ref().is_none_or(Client::is_closed);
+        if broken && self.in_transaction {
+            return Err(DbError::BrokenTransaction);
+        }
         if broken {
             self.statements.clear();
             self.client = None;
@@ -302,7 +309,13 @@ impl PgConn {
         Ok(self.client()?.batch_execute(sql)?)
     }
 
+    /// Marks a transaction begun or ended on this session (see `in_transaction`).
+    pub(super) fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
+    }
+
     pub(super) fn rollback(&mut self) {
+        self.in_transaction = false;
         if let Some(client) = self.client.as_mut().filter(|c| !c.is_closed()) {
             // A failure here means the connection broke; the next query connects again.
             let _ = client.batch_execute("ROLLBACK");

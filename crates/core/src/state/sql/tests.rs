@@ -203,3 +203,43 @@ fn an_unreachable_server_is_an_unavailable_error() {
     let err = Db::postgres(target).expect_err("refused");
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[test]
+fn a_connection_lost_inside_a_transaction_fails_the_rest_of_it_and_commits_nothing() {
+    let backend = TestBackend::postgres("sql_broken");
+    let mut db = backend.db();
+    create_table(&mut db);
+    let mut admin = backend.db();
+    let outcome = db.transaction(|tx| {
+        tx.execute("INSERT INTO t (id) VALUES (?1)", params!["before"])?;
+        let own: i64 = tx.query_row("SELECT CAST(pg_backend_pid() AS BIGINT)", params![], |r| {
+            r.get(0)
+        })?;
+        admin.query_row(
+            "SELECT CASE WHEN pg_terminate_backend(CAST(?1 AS INTEGER)) THEN 1 ELSE 0 END",
+            params![own],
+            |r| r.get::<_, i64>(0),
+        )?;
+        // The first statement finds the session gone; the next must not run on a new one,
+        // outside the transaction.
+        let first = tx.execute("INSERT INTO t (id) VALUES (?1)", params!["after"]);
+        assert!(first.is_err(), "the session is gone");
+        let second = tx.execute("INSERT INTO t (id) VALUES (?1)", params!["after"]);
+        assert!(
+            matches!(second, Err(DbError::BrokenTransaction)),
+            "{second:?}"
+        );
+        second.map(drop)
+    });
+    assert!(
+        outcome.as_ref().is_err_and(DbError::is_unavailable),
+        "{outcome:?}"
+    );
+    assert!(
+        ids(&mut db).is_empty(),
+        "nothing of the transaction was committed"
+    );
+    db.execute("INSERT INTO t (id) VALUES (?1)", params!["later"])
+        .expect("a later statement connects again");
+    assert_eq!(ids(&mut db), vec!["later".to_owned()]);
+}
