@@ -138,9 +138,9 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
 }
 
 /// What a `postgres` sink wrote into `schema`: every `_record_id` of its tables (the
-/// bookkeeping table aside), and how many rows PostgreSQL counted inserted and updated in them.
-/// A batch applied twice updates its rows, so an import delivered exactly once shows as many
-/// inserts as rows and no update.
+/// bookkeeping table aside), and how many rows PostgreSQL counted inserted and updated in them
+/// (rolled-back transactions included). A batch applied twice updates its rows, so an import
+/// delivered exactly once shows no update.
 #[derive(Debug)]
 pub struct SinkTables {
     /// Every record id, sorted.
