@@ -1,7 +1,6 @@
 //! One stream's CSV: its columns and header, written into the partial file that the SDK's
 //! `StreamFolder` keeps, and the rewrite that pads the rows when columns were added.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,7 +10,7 @@ use flatsync_plugin_sdk::files::{
     remove_if_present,
 };
 use flatsync_plugin_sdk::serde_json::value::RawValue;
-use flatsync_plugin_sdk::{Batch, CellValue, Row, SinkError};
+use flatsync_plugin_sdk::{Batch, CellValue, FieldColumns, Row, SinkError};
 use serde::{Deserialize, Serialize};
 
 use crate::Config;
@@ -66,63 +65,42 @@ impl SavedPosition for SavedState {
     }
 }
 
-/// Field columns in file order, with a lookup by key.
+/// Field columns in file order: the SDK's [`FieldColumns`], growing as keys appear.
 #[derive(Debug, Default)]
-struct Columns {
-    names: Vec<String>,
-    index: HashMap<String, usize>,
-    /// Column of the key at each position of the previous row: rows of one stream nearly always
-    /// list their keys in the same order, so a string comparison usually replaces a hash lookup.
-    by_position: Vec<usize>,
-}
+struct Columns(FieldColumns);
 
 impl Columns {
     fn from_names(names: Vec<String>) -> Self {
-        let index = names
-            .iter()
-            .enumerate()
-            .map(|(column, name)| (name.clone(), column))
-            .collect();
-        Self {
-            names,
-            index,
-            by_position: Vec::new(),
-        }
+        Self(FieldColumns::from_names(names))
     }
 
     fn len(&self) -> usize {
-        self.names.len()
+        self.0.len()
     }
 
+    fn names(&self) -> &[String] {
+        self.0.names()
+    }
+
+    /// The column of `key`, added at the end if new.
     fn add(&mut self, key: &str) -> usize {
-        if let Some(&column) = self.index.get(key) {
-            return column;
-        }
-        let column = self.names.len();
-        self.names.push(key.to_owned());
-        self.index.insert(key.to_owned(), column);
-        column
+        self.0
+            .get(key)
+            .unwrap_or_else(|| self.0.push(key.to_owned()))
     }
 
+    /// The column of `key` at `position` of the row, added at the end if new.
     fn column_at(&mut self, position: usize, key: &str) -> usize {
-        if let Some(&column) = self.by_position.get(position)
-            && self.names.get(column).is_some_and(|name| name == key)
-        {
+        if let Some(column) = self.0.at(position, key) {
             return column;
         }
         let column = self.add(key);
-        if self.by_position.len() <= position {
-            self.by_position.resize(position + 1, NO_VALUE);
-        }
-        self.by_position[position] = column;
+        self.0.remember_at(position, column);
         column
     }
 
     fn truncate(&mut self, len: usize) {
-        for name in self.names.drain(len..) {
-            self.index.remove(&name);
-        }
-        self.by_position.clear();
+        self.0.truncate(len);
     }
 }
 
@@ -163,7 +141,7 @@ impl FolderStream for CsvStream {
         SavedState {
             applied_seq,
             offset: len,
-            columns: self.table.columns.names.clone(),
+            columns: self.table.columns.names().to_vec(),
             header_columns: self.table.header_columns.unwrap_or(0),
             deletions: self.table.deletions,
         }
@@ -367,7 +345,7 @@ impl Table {
         self.meta()
             .iter()
             .copied()
-            .chain(self.columns.names.iter().map(String::as_str))
+            .chain(self.columns.names().iter().map(String::as_str))
     }
 
     /// Copies the partial of `file` into `target` under the full header, padding short rows,

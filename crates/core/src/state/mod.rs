@@ -352,6 +352,10 @@ impl StateDb {
     /// lease) cannot claim it again once another did, and is refused every write
     /// ([`StateDb::role_lost`]). Always `true` for an SQLite state, which has one daemon.
     pub async fn claim_event(&self, event_id: &str) -> Result<bool, StateError> {
+        // One daemon per SQLite file: nothing to ask, and no blocking-thread hop per event.
+        if !self.is_postgres() {
+            return Ok(true);
+        }
         let id = event_id.to_owned();
         self.call(move |db| db.claim_event(&id)).await
     }
@@ -359,6 +363,9 @@ impl StateDb {
     /// Lets go of an event [`StateDb::claim_event`] claimed, once this daemon is done with it
     /// for now (settled, or interrupted and left pending for whoever claims it next).
     pub async fn release_event(&self, event_id: &str) -> Result<(), StateError> {
+        if !self.is_postgres() {
+            return Ok(());
+        }
         let id = event_id.to_owned();
         self.call(move |db| db.release_event(&id)).await
     }
