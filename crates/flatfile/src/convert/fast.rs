@@ -32,9 +32,9 @@ pub(super) fn legacy_page(
     cursor.object(|cursor, key| {
         match key {
             // Small and once per page: read as the serde conversion reads it.
-            "pagination" => pagination = serde_json::from_str(cursor.value()?).ok()?,
-            "data" if rows.is_none() => rows = Some(legacy_rows(cursor, batch_id, skip, out)?),
-            "data" => return None,
+            b"pagination" => pagination = serde_json::from_str(cursor.value()?).ok()?,
+            b"data" if rows.is_none() => rows = Some(legacy_rows(cursor, batch_id, skip, out)?),
+            b"data" => return None,
             _ => {
                 cursor.raw_value()?;
             }
@@ -82,10 +82,10 @@ fn legacy_rows(
         let mut once = |field: usize| (!std::mem::replace(&mut seen[field], true)).then_some(());
         cursor.object(|cursor, key| {
             match key {
-                "id" => cells.id = once(0).and_then(|()| cursor.optional_value())?,
-                "valid" => cells.valid = once(1).and_then(|()| cursor.optional_bool())?,
-                "deleted" => deleted = once(2).and_then(|()| cursor.optional_bool())?,
-                "mapped" => cells.mapped = once(3).and_then(|()| cursor.optional_value())?,
+                b"id" => cells.id = once(0).and_then(|()| cursor.optional_value())?,
+                b"valid" => cells.valid = once(1).and_then(|()| cursor.optional_bool())?,
+                b"deleted" => deleted = once(2).and_then(|()| cursor.optional_bool())?,
+                b"mapped" => cells.mapped = once(3).and_then(|()| cursor.optional_value())?,
                 _ => {
                     cursor.raw_value()?;
                 }
@@ -116,8 +116,8 @@ pub(super) fn records_page(
     let mut summary = None;
     cursor.object(|cursor, key| {
         match key {
-            "data" if summary.is_none() => summary = Some(records_data(cursor, out, scratch)?),
-            "data" => return None,
+            b"data" if summary.is_none() => summary = Some(records_data(cursor, out, scratch)?),
+            b"data" => return None,
             _ => {
                 cursor.raw_value()?;
             }
@@ -142,10 +142,10 @@ fn records_data(
     };
     cursor.object(|cursor, key| {
         match key {
-            "records" if rows.is_none() => rows = Some(records(cursor, out, scratch)?),
-            "records" => return None,
-            "commitId" => commit_id = id(cursor.value()?)?,
-            "versionId" => version_id = id(cursor.value()?)?,
+            b"records" if rows.is_none() => rows = Some(records(cursor, out, scratch)?),
+            b"records" => return None,
+            b"commitId" => commit_id = id(cursor.value()?)?,
+            b"versionId" => version_id = id(cursor.value()?)?,
             _ => {
                 cursor.raw_value()?;
             }
@@ -167,13 +167,13 @@ fn records(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>) ->
         scratch.clear();
         cursor.object(|cursor, key| {
             match key {
-                "id" => id = cursor.optional_value()?,
-                "valid" => valid = cursor.optional_bool()?,
-                "values" if !has_values => {
+                b"id" => id = cursor.optional_value()?,
+                b"valid" => valid = cursor.optional_bool()?,
+                b"values" if !has_values => {
                     values(cursor, scratch)?;
                     has_values = true;
                 }
-                "values" => return None,
+                b"values" => return None,
                 _ => {
                     cursor.raw_value()?;
                 }
@@ -211,7 +211,7 @@ fn values(cursor: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
         first = false;
         // `key` has no escape, quote or control character: it is its own JSON text.
         out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key);
         out.extend_from_slice(b"\":");
         if cursor.null() {
             out.extend_from_slice(b"null");
@@ -219,7 +219,7 @@ fn values(cursor: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
         }
         let mut value = None;
         cursor.object(|cursor, key| {
-            if key == "value" {
+            if key == b"value" {
                 value = if cursor.null() {
                     None
                 } else {
@@ -280,15 +280,25 @@ impl<'a> Cursor<'a> {
     fn whitespace(&mut self) {
         // Compact bodies have none: one test, then the loop only for pretty-printed ones.
         if self.bytes.get(self.at).is_some_and(|&byte| byte <= b' ') {
-            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
-                self.at += 1;
-            }
+            self.whitespace_run();
         }
     }
 
+    #[cold]
+    fn whitespace_run(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after any whitespace, not consumed.
     #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
-        self.whitespace();
+        let byte = *self.bytes.get(self.at)?;
+        if byte > b' ' {
+            return Some(byte);
+        }
+        self.whitespace_run();
         self.bytes.get(self.at).copied()
     }
 
@@ -323,7 +333,7 @@ impl<'a> Cursor<'a> {
     /// The members of an object, each handed to `member` with its key; `member` consumes the
     /// value. Keys with escapes are declined.
     #[inline(always)]
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         if self.peek()? != b'{' {
             return None;
         }
@@ -400,13 +410,13 @@ impl<'a> Cursor<'a> {
 
     /// A string without escapes, returned without its quotes.
     #[inline(always)]
-    fn plain_string(&mut self) -> Option<&'a str> {
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
         if self.next_byte()? != b'"' {
             return None;
         }
         let start = self.at;
         let (stop, byte) = self.next_special()?;
-        (byte == b'"').then(|| self.text.get(start..stop))?
+        (byte == b'"').then(|| self.bytes.get(start..stop))?
     }
 
     /// Moves past the next quote or backslash and returns where it was and which it was,
@@ -483,6 +493,15 @@ impl<'a> Cursor<'a> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
+            // `"messages":[]`, `"metadata":{}`: empty containers are common in records.
+            b'[' if self.bytes.get(self.at + 1) == Some(&b']') => {
+                self.at += 2;
+                Some(())
+            }
+            b'{' if self.bytes.get(self.at + 1) == Some(&b'}') => {
+                self.at += 2;
+                Some(())
+            }
             _ => self.skip(),
         }
     }
