@@ -120,6 +120,8 @@ fn conversion(c: &mut Criterion) {
     // The generator must produce what the converter accepts, or the figures mean nothing.
     let page = LegacyPage::parse(&legacy, "b", 0).expect("the legacy page converts");
     assert_eq!(page.rows_delivered, LEGACY_ROWS);
+    // Rows per second times this is the bytes per second the conversion reads.
+    eprintln!("legacy page: {} bytes", legacy.len());
     group.throughput(Throughput::Elements(LEGACY_ROWS));
     group.bench_function(BenchmarkId::new("legacy_page", LEGACY_ROWS), |b| {
         b.iter(|| LegacyPage::parse(black_box(&legacy), "b", 0).expect("converts"));
@@ -128,6 +130,7 @@ fn conversion(c: &mut Criterion) {
     let records = records_body(PLATFORM_RECORDS);
     let page = RecordsPage::parse(&records).expect("the records page converts");
     assert_eq!(page.rows, PLATFORM_RECORDS);
+    eprintln!("records page: {} bytes", records.len());
     group.throughput(Throughput::Elements(PLATFORM_RECORDS));
     group.bench_function(BenchmarkId::new("records_page", PLATFORM_RECORDS), |b| {
         b.iter(|| RecordsPage::parse(black_box(&records)).expect("converts"));

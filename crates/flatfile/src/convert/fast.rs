@@ -32,11 +32,11 @@ pub(super) fn legacy_page(
     cursor.object(|cursor, key| {
         match key {
             // Small and once per page: read as the serde conversion reads it.
-            "pagination" => pagination = serde_json::from_str(cursor.value()?).ok()?,
-            "data" if rows.is_none() => rows = Some(legacy_rows(cursor, batch_id, skip, out)?),
-            "data" => return None,
+            b"pagination" => pagination = serde_json::from_str(cursor.value()?).ok()?,
+            b"data" if rows.is_none() => rows = Some(legacy_rows(cursor, batch_id, skip, out)?),
+            b"data" => return None,
             _ => {
-                cursor.value()?;
+                cursor.raw_value()?;
             }
         }
         Some(())
@@ -82,12 +82,12 @@ fn legacy_rows(
         let mut once = |field: usize| (!std::mem::replace(&mut seen[field], true)).then_some(());
         cursor.object(|cursor, key| {
             match key {
-                "id" => cells.id = once(0).and_then(|()| cursor.optional_value())?,
-                "valid" => cells.valid = once(1).and_then(|()| cursor.optional_bool())?,
-                "deleted" => deleted = once(2).and_then(|()| cursor.optional_bool())?,
-                "mapped" => cells.mapped = once(3).and_then(|()| cursor.optional_value())?,
+                b"id" => cells.id = once(0).and_then(|()| cursor.optional_value())?,
+                b"valid" => cells.valid = once(1).and_then(|()| cursor.optional_bool())?,
+                b"deleted" => deleted = once(2).and_then(|()| cursor.optional_bool())?,
+                b"mapped" => cells.mapped = once(3).and_then(|()| cursor.optional_value())?,
                 _ => {
-                    cursor.value()?;
+                    cursor.raw_value()?;
                 }
             }
             Some(())
@@ -116,10 +116,10 @@ pub(super) fn records_page(
     let mut summary = None;
     cursor.object(|cursor, key| {
         match key {
-            "data" if summary.is_none() => summary = Some(records_data(cursor, out, scratch)?),
-            "data" => return None,
+            b"data" if summary.is_none() => summary = Some(records_data(cursor, out, scratch)?),
+            b"data" => return None,
             _ => {
-                cursor.value()?;
+                cursor.raw_value()?;
             }
         }
         Some(())
@@ -142,12 +142,12 @@ fn records_data(
     };
     cursor.object(|cursor, key| {
         match key {
-            "records" if rows.is_none() => rows = Some(records(cursor, out, scratch)?),
-            "records" => return None,
-            "commitId" => commit_id = id(cursor.value()?)?,
-            "versionId" => version_id = id(cursor.value()?)?,
+            b"records" if rows.is_none() => rows = Some(records(cursor, out, scratch)?),
+            b"records" => return None,
+            b"commitId" => commit_id = id(cursor.value()?)?,
+            b"versionId" => version_id = id(cursor.value()?)?,
             _ => {
-                cursor.value()?;
+                cursor.raw_value()?;
             }
         }
         Some(())
@@ -167,15 +167,15 @@ fn records(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>) ->
         scratch.clear();
         cursor.object(|cursor, key| {
             match key {
-                "id" => id = cursor.optional_value()?,
-                "valid" => valid = cursor.optional_bool()?,
-                "values" if !has_values => {
+                b"id" => id = cursor.optional_value()?,
+                b"valid" => valid = cursor.optional_bool()?,
+                b"values" if !has_values => {
                     values(cursor, scratch)?;
                     has_values = true;
                 }
-                "values" => return None,
+                b"values" => return None,
                 _ => {
-                    cursor.value()?;
+                    cursor.raw_value()?;
                 }
             }
             Some(())
@@ -211,7 +211,7 @@ fn values(cursor: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
         first = false;
         // `key` has no escape, quote or control character: it is its own JSON text.
         out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key);
         out.extend_from_slice(b"\":");
         if cursor.null() {
             out.extend_from_slice(b"null");
@@ -219,21 +219,45 @@ fn values(cursor: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
         }
         let mut value = None;
         cursor.object(|cursor, key| {
-            if key == "value" {
-                value = cursor.optional_value()?;
+            if key == b"value" {
+                value = if cursor.null() {
+                    None
+                } else {
+                    Some(cursor.raw_value()?)
+                };
             } else {
-                cursor.value()?;
+                cursor.raw_value()?;
             }
             Some(())
         })?;
         match value {
-            Some(raw) => push_single_line(out, raw.as_bytes()),
+            // Only an object or an array can hold a line break (strings hold them escaped).
+            Some(raw @ [b'{' | b'[', ..]) => push_single_line(out, raw),
+            Some(raw) => out.extend_from_slice(raw),
             None => out.extend_from_slice(b"null"),
         }
         Some(())
     })?;
     out.push(b'}');
     Some(())
+}
+
+/// Eight bytes of `0x01`, for the word-at-a-time byte tests in [`specials`].
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+/// The top bit of each byte of a word.
+const HIGHS: u64 = ONES * 0x80;
+
+/// Marks (top bit of the byte) the bytes of `word` that end a plain run of string contents: a
+/// quote, a backslash or a control character. Bytes above the first marked one may be marked
+/// wrongly (a borrow runs upwards), so only the lowest mark counts; it is always right.
+#[inline(always)]
+fn specials(word: u64) -> u64 {
+    // `x - 1` has its top bit set in a byte where `x` was zero (or at least 0x81, ruled out by
+    // `!word`: the three bytes sought are ASCII, so `x` and `word` agree on the top bit).
+    let quotes = word ^ (ONES * u64::from(b'"'));
+    let backslashes = word ^ (ONES * u64::from(b'\\'));
+    let below_space = word.wrapping_sub(ONES * 0x20);
+    (quotes.wrapping_sub(ONES) | backslashes.wrapping_sub(ONES) | below_space) & !word & HIGHS
 }
 
 /// A validating walk over a JSON text already known to be UTF-8.
@@ -252,17 +276,33 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    #[inline(always)]
     fn whitespace(&mut self) {
+        // Compact bodies have none: one test, then the loop only for pretty-printed ones.
+        if self.bytes.get(self.at).is_some_and(|&byte| byte <= b' ') {
+            self.whitespace_run();
+        }
+    }
+
+    #[cold]
+    fn whitespace_run(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
         }
     }
 
+    /// The next byte after any whitespace, not consumed.
+    #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
-        self.whitespace();
+        let byte = *self.bytes.get(self.at)?;
+        if byte > b' ' {
+            return Some(byte);
+        }
+        self.whitespace_run();
         self.bytes.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn next_byte(&mut self) -> Option<u8> {
         let byte = *self.bytes.get(self.at)?;
         self.at += 1;
@@ -292,7 +332,8 @@ impl<'a> Cursor<'a> {
 
     /// The members of an object, each handed to `member` with its key; `member` consumes the
     /// value. Keys with escapes are declined.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    #[inline(always)]
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         if self.peek()? != b'{' {
             return None;
         }
@@ -344,6 +385,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A value's JSON text, or `None` inside the option for `null` (as `Option<&RawValue>`).
+    #[inline(always)]
     fn optional_value(&mut self) -> Option<Option<&'a str>> {
         if self.null() {
             return Some(None);
@@ -352,6 +394,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A boolean, or `None` inside the option for `null` (as `Option<bool>`).
+    #[inline(always)]
     fn optional_bool(&mut self) -> Option<Option<bool>> {
         if self.null() {
             return Some(None);
@@ -366,42 +409,81 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string without escapes, returned without its quotes.
-    fn plain_string(&mut self) -> Option<&'a str> {
+    #[inline(always)]
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
         if self.next_byte()? != b'"' {
             return None;
         }
         let start = self.at;
         let (stop, byte) = self.next_special()?;
-        (byte == b'"').then(|| &self.text[start..stop])
+        (byte == b'"').then(|| self.bytes.get(start..stop))?
     }
 
     /// Moves past the next quote or backslash and returns where it was and which it was,
     /// declining a control character before it (JSON strings hold them only escaped).
+    #[inline(always)]
     fn next_special(&mut self) -> Option<(usize, u8)> {
-        let rest = &self.bytes[self.at..];
-        // Most of a page is string contents: memchr jumps to the next byte that matters, and
-        // the control-character check is a plain fold the compiler vectorises.
-        let stop = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[..stop]
-            .iter()
-            .fold(false, |bad, &byte| bad | (byte < 0x20))
-        {
+        // Most of a page is short strings (keys, names, dates): eight bytes at a time with
+        // plain integer arithmetic beats a call into memchr, whose set-up costs more than such
+        // a string, and tests for control characters in the same pass.
+        let mut at = self.at;
+        loop {
+            let Some(chunk) = self.bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) else {
+                return self.next_special_slowly(at);
+            };
+            let found = specials(u64::from_le_bytes(*chunk));
+            if found != 0 {
+                at += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
+        let byte = *self.bytes.get(at)?;
+        if byte < 0x20 {
             return None;
         }
-        let at = self.at + stop;
         self.at = at + 1;
-        Some((at, rest[stop]))
+        Some((at, byte))
+    }
+
+    /// [`Self::next_special`] for the last few bytes of the body.
+    #[cold]
+    fn next_special_slowly(&mut self, mut at: usize) -> Option<(usize, u8)> {
+        loop {
+            match *self.bytes.get(at)? {
+                byte @ (b'"' | b'\\') => {
+                    self.at = at + 1;
+                    return Some((at, byte));
+                }
+                0..0x20 => return None,
+                _ => at += 1,
+            }
+        }
     }
 
     /// One JSON value's text, without the whitespace around it.
+    #[inline(always)]
     fn value(&mut self) -> Option<&'a str> {
         self.whitespace();
         let start = self.at;
-        self.nested_value(0)?;
-        Some(&self.text[start..self.at])
+        self.scalar_or_skip()?;
+        self.text.get(start..self.at)
     }
 
-    fn nested_value(&mut self, depth: usize) -> Option<()> {
+    /// [`Self::value`] as bytes, sparing the check that its ends are character boundaries
+    /// (they are ASCII bytes of the text).
+    #[inline(always)]
+    fn raw_value(&mut self) -> Option<&'a [u8]> {
+        self.whitespace();
+        let start = self.at;
+        self.scalar_or_skip()?;
+        self.bytes.get(start..self.at)
+    }
+
+    /// Moves past one value: most are strings, numbers and literals, taken here without the
+    /// container machinery of [`Self::skip`].
+    #[inline(always)]
+    fn scalar_or_skip(&mut self) -> Option<()> {
         match *self.bytes.get(self.at)? {
             b'"' => {
                 self.at += 1;
@@ -411,18 +493,95 @@ impl<'a> Cursor<'a> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'[' if depth < MAX_DEPTH => self.array(|cursor| {
-                cursor.whitespace();
-                cursor.nested_value(depth + 1)
-            }),
-            b'{' if depth < MAX_DEPTH => self.object(|cursor, _| {
-                cursor.whitespace();
-                cursor.nested_value(depth + 1)
-            }),
-            _ => None,
+            // `"messages":[]`, `"metadata":{}`: empty containers are common in records.
+            b'[' if self.bytes.get(self.at + 1) == Some(&b']') => {
+                self.at += 2;
+                Some(())
+            }
+            b'{' if self.bytes.get(self.at + 1) == Some(&b'}') => {
+                self.at += 2;
+                Some(())
+            }
+            _ => self.skip(),
         }
     }
 
+    /// Moves past one JSON value that starts right here, checking it as JSON defines it.
+    ///
+    /// A loop with the open containers in a bit set rather than a recursion: values nest a
+    /// little everywhere (`"messages":[]`, a cell's object), and a call per token cost more
+    /// than the token.
+    fn skip(&mut self) -> Option<()> {
+        // Bit `d` is set when the container at depth `d` (0 the outermost) is an object.
+        let mut objects = 0_u64;
+        let mut depth = 0_usize;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    self.string_rest()?;
+                }
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                open @ (b'[' | b'{') if depth < MAX_DEPTH => {
+                    self.at += 1;
+                    let object = open == b'{';
+                    objects = objects & !(1 << depth) | u64::from(object) << depth;
+                    depth += 1;
+                    if self.peek()? != if object { b'}' } else { b']' } {
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                    self.at += 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+            // A value ended: close the containers it ends, up to the next value.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                let object = objects >> (depth - 1) & 1 == 1;
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.whitespace();
+                        if object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                self.at += 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    /// A member's key and colon inside a skipped object, and the whitespace up to its value.
+    #[inline(always)]
+    fn key(&mut self) -> Option<()> {
+        if self.next_byte()? != b'"' {
+            return None;
+        }
+        self.string_rest()?;
+        if self.peek()? != b':' {
+            return None;
+        }
+        self.at += 1;
+        self.whitespace();
+        Some(())
+    }
+
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         if self.bytes[self.at..].starts_with(word) {
             self.at += word.len();
@@ -433,27 +592,34 @@ impl<'a> Cursor<'a> {
     }
 
     /// The rest of a string after its opening quote, escapes checked as JSON defines them.
+    #[inline(always)]
     fn string_rest(&mut self) -> Option<()> {
         loop {
             match self.next_special()?.1 {
                 b'"' => return Some(()),
-                b'\\' => match self.next_byte()? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let hex = self.bytes.get(self.at..self.at + 4)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        self.at += 4;
-                    }
-                    _ => return None,
-                },
-                _ => return None,
+                _ => self.escape()?,
             }
         }
     }
 
+    /// An escape after its backslash.
+    fn escape(&mut self) -> Option<()> {
+        match self.next_byte()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(()),
+            b'u' => {
+                let hex = self.bytes.get(self.at..self.at + 4)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                self.at += 4;
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
     /// A number, by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         if self.bytes.get(self.at) == Some(&b'-') {
             self.at += 1;
@@ -481,6 +647,7 @@ impl<'a> Cursor<'a> {
         Some(())
     }
 
+    #[inline(always)]
     fn digits(&mut self) {
         while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
             self.at += 1;
@@ -609,6 +776,79 @@ mod tests {
         }
     }
 
+    /// Containers nest up to [`super::MAX_DEPTH`] deep in a value the scanner copies or skips.
+    #[test]
+    fn nesting_is_taken_up_to_the_limit_and_declined_beyond_it() {
+        for (depth, taken) in [(super::MAX_DEPTH, true), (super::MAX_DEPTH + 1, false)] {
+            // The `mapped` object is the outermost container.
+            let inner = depth - 1;
+            let nested = format!("{}{}", "[".repeat(inner), "]".repeat(inner));
+            for body in [
+                format!(r#"{{"data":[{{"mapped":{{"a":{nested}}}}}]}}"#),
+                format!(r#"{{"data":[{{"raw":{{"a":{nested}}},"mapped":{{}}}}]}}"#),
+            ] {
+                let (fast, slow) = legacy_both(body.as_bytes());
+                assert_eq!(fast.is_some(), taken, "depth {depth}");
+                assert!(slow.is_some(), "depth {depth}");
+                if taken {
+                    assert_eq!(fast, slow);
+                }
+            }
+        }
+    }
+
+    /// Strings ending at every offset from a word boundary, near the end of the body too, with
+    /// escapes and multi-byte characters before the quote.
+    #[test]
+    fn strings_end_wherever_they_end() {
+        for length in 0..20 {
+            for filler in ["a", "é", "\\n", "\\u00e9", "\\\""] {
+                let text = filler.repeat(length);
+                let body =
+                    format!(r#"{{"data":[{{"mapped":{{"k{text}":"{text}"}},"id":"{text}x"}}]}}"#);
+                let (fast, slow) = legacy_both(body.as_bytes());
+                assert!(fast.is_some(), "declined {body}");
+                assert_eq!(fast, slow, "{body}");
+                let body = format!(
+                    r#"{{"data":{{"records":[{{"id":"r","values":{{"k":{{"value":"{text}"}}}}}}]}},"x":"{text}"}}"#
+                );
+                let (fast, slow) = records_both(body.as_bytes());
+                assert!(fast.is_some(), "declined {body}");
+                assert_eq!(fast, slow, "{body}");
+            }
+        }
+    }
+
+    /// Any JSON value: strings with any characters (written by serde, so escaped where JSON
+    /// requires), numbers, nesting, compact or pretty-printed.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            "[\\x00-\\x7f]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_text(value: &serde_json::Value, pretty: bool) -> String {
+        let text = if pretty {
+            serde_json::to_string_pretty(value)
+        } else {
+            serde_json::to_string(value)
+        };
+        text.unwrap_or_default()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -634,6 +874,44 @@ mod tests {
             if fast.is_some() {
                 prop_assert_eq!(fast, slow, "{}", String::from_utf8_lossy(&body));
             }
+        }
+
+        /// A lone word of eight bytes: the lowest byte [`super::specials`] marks is the first
+        /// quote, backslash or control character.
+        #[test]
+        fn specials_marks_the_first_byte_that_ends_plain_contents(word in any::<[u8; 8]>()) {
+            let first = word.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let found = super::specials(u64::from_le_bytes(word));
+            let marked = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
+            prop_assert_eq!(marked, first);
+        }
+
+        /// Any values in the skipped and the copied parts of a page: the fast conversion takes
+        /// the page (no key escapes where it declines them) and converts it as serde does.
+        #[test]
+        fn any_values_convert_as_serde_converts_them(
+            raw in any_json(),
+            mapped in prop::collection::btree_map("[a-z_]{1,8}", any_json(), 0..5),
+            cell in any_json(),
+            other in any_json(),
+            pretty in any::<bool>(),
+        ) {
+            let mapped = serde_json::Value::Object(mapped.into_iter().collect());
+            let body = format!(
+                r#"{{"data":[{{"id":"r1","raw":{},"mapped":{},"other":{}}}],"x":{}}}"#,
+                json_text(&raw, pretty), json_text(&mapped, pretty), json_text(&other, pretty),
+                json_text(&raw, pretty),
+            );
+            let (fast, slow) = legacy_both(body.as_bytes());
+            prop_assert!(fast.is_some(), "declined {}", body);
+            prop_assert_eq!(fast, slow, "{}", body);
+            let body = format!(
+                r#"{{"data":{{"records":[{{"id":"r","meta":{},"values":{{"k":{{"m":{},"value":{}}}}}}}]}}}}"#,
+                json_text(&other, pretty), json_text(&raw, pretty), json_text(&cell, pretty),
+            );
+            let (fast, slow) = records_both(body.as_bytes());
+            prop_assert!(fast.is_some(), "declined {}", body);
+            prop_assert_eq!(fast, slow, "{}", body);
         }
     }
 }
