@@ -56,6 +56,7 @@
 //! FATAL and name the table and column.
 
 mod table;
+mod upsert;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,7 +68,7 @@ use flatsync_plugin_sdk::{
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use table::{Table, UpsertShape};
+use table::Table;
 
 const BOOKKEEPING_TABLE: &str = "_flatsync_streams";
 const STATEMENT_CACHE: usize = 64;
@@ -274,12 +275,12 @@ impl SqliteSink {
         let count = if batch.is_deletions() {
             apply_deletions(&tx, &mut self.tables, batch, self.deletions)?
         } else {
-            upsert_rows(
-                &tx,
-                &mut self.tables,
-                batch,
-                self.deletions == Deletions::Mark,
-            )?
+            let mark = self.deletions == Deletions::Mark;
+            let table = cached_table(&tx, &mut self.tables, kind, mark)?;
+            for field in batch.fields()? {
+                table.column(&tx, &field)?;
+            }
+            upsert::upsert_rows(&tx, table, batch)?
         };
 
         tx.prepare_cached(&format!(
@@ -357,48 +358,6 @@ fn cached_table<'t>(
         tables.insert(key.clone(), table);
     }
     Ok(tables.get_mut(&key).expect("inserted just above"))
-}
-
-/// Upserts the rows of a record batch by `_record_id`. Returns how many rows it wrote.
-fn upsert_rows(
-    conn: &Connection,
-    tables: &mut HashMap<String, Table>,
-    batch: &Batch<'_>,
-    mark_deletions: bool,
-) -> Result<u64, SinkError> {
-    let table = cached_table(conn, tables, batch.kind(), mark_deletions)?;
-    for field in batch.fields()? {
-        table.column(conn, &field)?;
-    }
-    let received_at = batch.received_at_rfc3339();
-    let mut shape = UpsertShape::default();
-    let mut statement = None;
-    let mut row = Row::default();
-    let mut rows = batch.rows();
-    let mut count = 0_u64;
-    while rows.read_into(&mut row)? {
-        table.shape_row(conn, &row, &mut shape)?;
-        if statement
-            .as_ref()
-            .is_none_or(|(columns, _)| *columns != shape.columns)
-        {
-            let prepared = conn
-                .prepare_cached(&table.upsert_sql(&shape.columns))
-                .map_err(|error| table.error("cannot prepare the upsert", error))?;
-            statement = Some((shape.columns.clone(), prepared));
-        }
-        let (_, prepared) = statement.as_mut().expect("prepared just above");
-        table::bind_and_run(
-            prepared,
-            &row,
-            batch.event_id(),
-            &received_at,
-            &shape,
-            table,
-        )?;
-        count += 1;
-    }
-    Ok(count)
 }
 
 /// Deletes or marks the rows of the records a deletion batch names. Returns how many rows it
