@@ -256,3 +256,21 @@ fn multi_row_statements_write_what_one_row_statements_do() {
     assert_eq!(expected.len(), 101);
     assert_eq!(dump(&together), expected);
 }
+
+#[test]
+fn flush_syncs_in_either_mode() {
+    for synchronous in ["full", "normal"] {
+        let fx = Fixture::new();
+        let mut sink = create(&fx.path, json!({ "synchronous": synchronous })).expect("config");
+        sink.flush().expect("nothing written yet");
+        send(&mut sink, Delivery::default(), &[row("r1", true, "{}")]).expect("written");
+        sink.flush().expect("flushed");
+        sink.flush().expect("flushed again");
+        assert_eq!(
+            fx.rows("PRAGMA synchronous"),
+            [["2"]],
+            "a fresh connection's default"
+        );
+        assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["1"]]);
+    }
+}
