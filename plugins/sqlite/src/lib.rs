@@ -63,6 +63,7 @@
 mod durable;
 mod table;
 mod upsert;
+mod value;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

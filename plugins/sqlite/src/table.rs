@@ -1,12 +1,10 @@
 //! One destination table: its columns, the upsert statement text and value binding.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
-use flatsync_plugin_sdk::serde_json::value::RawValue;
-use flatsync_plugin_sdk::{CellValue, FieldColumns, Row, SinkError};
+use flatsync_plugin_sdk::{FieldColumns, Row, SinkError};
 use rusqlite::Connection;
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::ValueRef;
 
 use crate::sql_error;
 
@@ -334,22 +332,7 @@ pub(crate) fn upsert_row_width(fields: usize) -> usize {
     2 + fields
 }
 
-/// The SQLite value of a JSON value: see the crate docs for the mapping.
-pub(crate) fn sql_value(raw: &RawValue) -> Result<ToSqlOutput<'_>, SinkError> {
-    Ok(match CellValue::parse(raw)? {
-        CellValue::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-        CellValue::Bool(value) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(value))),
-        CellValue::Number(text) => ToSqlOutput::Borrowed(number(text)),
-        CellValue::String(Cow::Borrowed(text)) | CellValue::Json(Cow::Borrowed(text)) => {
-            ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes()))
-        }
-        CellValue::String(Cow::Owned(text)) | CellValue::Json(Cow::Owned(text)) => {
-            ToSqlOutput::Owned(Value::Text(text))
-        }
-    })
-}
-
-fn number(text: &str) -> ValueRef<'static> {
+pub(crate) fn number(text: &str) -> ValueRef<'static> {
     if !text.contains(['.', 'e', 'E'])
         && let Ok(integer) = text.parse::<i64>()
     {

@@ -6,9 +6,11 @@
 //! a multi-row `VALUES` list pays them once per chunk of rows.
 
 use flatsync_plugin_sdk::{Batch, Row, SinkError};
+use rusqlite::types::ToSqlOutput;
 use rusqlite::{CachedStatement, Connection};
 
 use crate::table::{self, Table, UpsertShape};
+use crate::value;
 
 /// Most rows one statement carries. Past a few rows the per-statement work is spread thin,
 /// while each bound text takes one of SQLite's per-connection lookaside slots until the next
@@ -33,6 +35,7 @@ pub(crate) fn upsert_rows(
         event_id: batch.event_id(),
         received_at: &received_at,
         statements: Vec::new(),
+        scratch: String::new(),
     };
     // Rows read but not yet written, all of one shape; the entries past `held` are spares
     // whose buffers the next rows reuse.
@@ -82,6 +85,8 @@ struct Writer<'c, 'b> {
     received_at: &'b str,
     /// By field columns and row count; `?1` and `?2` already bound.
     statements: Vec<(Vec<usize>, usize, CachedStatement<'c>)>,
+    /// Holds an unescaped string value until it is bound (SQLite copies it).
+    scratch: String,
 }
 
 impl<'c> Writer<'c, '_> {
@@ -108,9 +113,17 @@ impl<'c> Writer<'c, '_> {
     ) -> Result<(), SinkError> {
         let columns = &rows[0].1.columns;
         let statement = self.statement(table, columns, rows.len())?;
+        let statement = &mut self.statements[statement].2;
         let width = table::upsert_row_width(columns.len());
         for (index, (row, shape)) in rows.iter().enumerate() {
-            bind_row(statement, 3 + index * width, row, shape, table)?;
+            bind_row(
+                statement,
+                3 + index * width,
+                row,
+                shape,
+                table,
+                &mut self.scratch,
+            )?;
         }
         statement.raw_execute().map_err(|error| {
             let first = &rows[0].0.id;
@@ -128,13 +141,13 @@ impl<'c> Writer<'c, '_> {
         Ok(())
     }
 
-    /// The prepared upsert of `rows` rows setting `columns`.
-    fn statement<'w>(
-        &'w mut self,
+    /// The index in `statements` of the prepared upsert of `rows` rows setting `columns`.
+    fn statement(
+        &mut self,
         table: &Table,
         columns: &[usize],
         rows: usize,
-    ) -> Result<&'w mut CachedStatement<'c>, SinkError> {
+    ) -> Result<usize, SinkError> {
         let found = self
             .statements
             .iter()
@@ -154,7 +167,7 @@ impl<'c> Writer<'c, '_> {
                 self.statements.len() - 1
             }
         };
-        Ok(&mut self.statements[index].2)
+        Ok(index)
     }
 }
 
@@ -165,6 +178,7 @@ fn bind_row(
     row: &Row<'_>,
     shape: &UpsertShape,
     table: &Table,
+    scratch: &mut String,
 ) -> Result<(), SinkError> {
     statement
         .raw_bind_parameter(first, row.id.as_ref())
@@ -172,7 +186,7 @@ fn bind_row(
         .map_err(|error| table.error(&format!("cannot bind record `{}`", row.id), error))?;
     for (index, (&column, &position)) in shape.columns.iter().zip(&shape.positions).enumerate() {
         let name = || table.field_name(column);
-        let value = table::sql_value(row.values[position].1).map_err(|error| {
+        let value = value::sql_value(row.values[position].1, scratch).map_err(|error| {
             error.context(format!(
                 "table `{}`, column `{}`, record `{}`",
                 table.name(),
@@ -181,7 +195,7 @@ fn bind_row(
             ))
         })?;
         statement
-            .raw_bind_parameter(first + 2 + index, value)
+            .raw_bind_parameter(first + 2 + index, ToSqlOutput::Borrowed(value))
             .map_err(|error| {
                 table.error(
                     &format!("cannot bind column `{}` of record `{}`", name(), row.id),
