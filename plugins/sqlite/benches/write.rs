@@ -13,11 +13,15 @@ use flatsync_test_kit::bench;
 
 const ROWS: u64 = 1_000;
 
+/// Batches between two flushes: the daemon's default `checkpoint_batches`, so that the
+/// durable configuration pays its syncs as often as a delivered stream does.
+const CHECKPOINT_BATCHES: u64 = 64;
+
 /// A sink's config for a folder to write into.
 type Config = fn(&std::path::Path) -> Value;
 
-/// The configurations measured: the default (`synchronous = "full"`: every batch's commit is
-/// synced, as the checkpoints need) and `"normal"`, which shows the CPU cost alone.
+/// The configurations measured: the default (`synchronous = "full"`: every flush syncs, as
+/// the checkpoints need) and `"normal"`, which shows the CPU cost alone.
 const CONFIGS: &[(&str, Config)] = &[
     (
         "write_batch_full",
@@ -42,8 +46,9 @@ fn batch(lines: &[u8], seq: u64) -> Batch<'_> {
     })
 }
 
-/// Times `iters` batches written after a first one, into a fresh folder per sample so the
-/// files stay small.
+/// Times `iters` batches written after a first one, with a flush every
+/// [`CHECKPOINT_BATCHES`] and at the end, into a fresh folder per sample so the files stay
+/// small.
 fn write_batches(config: impl Fn(&std::path::Path) -> Value, iters: u64) -> Duration {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let context = CreateContext::new("bench", Logger::discard());
@@ -51,9 +56,13 @@ fn write_batches(config: impl Fn(&std::path::Path) -> Value, iters: u64) -> Dura
     let elapsed = bench::time_batches(iters, ROWS, |lines, seq| {
         sink.write_batch(&batch(lines, seq))
             .expect("the batch is written");
+        if seq % CHECKPOINT_BATCHES == 0 {
+            sink.flush().expect("the sink flushes");
+        }
     });
+    let start = std::time::Instant::now();
     sink.flush().expect("the sink flushes");
-    elapsed
+    elapsed + start.elapsed()
 }
 
 fn writing(c: &mut Criterion) {

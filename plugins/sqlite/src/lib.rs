@@ -5,11 +5,16 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `path` | required | database file; its parent folder is created if missing |
-//! | `synchronous` | `"full"` | `"full"` makes every batch survive a power cut; `"normal"` only an application crash |
+//! | `synchronous` | `"full"` | `"full"` makes every flushed batch (every checkpoint) survive a power cut; `"normal"` only an application crash |
 //! | `busy_timeout_ms` | `5000` | how long to wait for another connection's lock before asking the host to retry |
 //! | `deletions` | `"delete"` | what a deleted Flatfile record does to its row: `"delete"` removes it, `"mark"` keeps it and sets `_deleted_at` (see [Deletions](#deletions)) |
 //!
-//! The database runs in WAL mode.
+//! The database runs in WAL mode. Each batch is committed without waiting for the disk
+//! (SQLite's `synchronous = NORMAL`), which a killed process cannot undo; with
+//! `synchronous = "full"` each flush (the host's checkpoint) then syncs the write-ahead log
+//! once, which makes every batch before it survive a power cut as well. A power cut can lose
+//! batches committed since the last flush, never part of one, and the host sends those again
+//! from its checkpoint.
 //!
 //! # Tables
 //!
@@ -55,7 +60,10 @@
 //! its row instead of duplicating it. `SQLITE_BUSY`, `SQLITE_LOCKED` and a full disk are RETRY; other errors are
 //! FATAL and name the table and column.
 
+mod durable;
 mod table;
+mod upsert;
+mod value;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,7 +75,8 @@ use flatsync_plugin_sdk::{
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use table::{Table, UpsertShape};
+use durable::WalSync;
+use table::Table;
 
 const BOOKKEEPING_TABLE: &str = "_flatsync_streams";
 const STATEMENT_CACHE: usize = 64;
@@ -149,6 +158,8 @@ impl Config {
 #[derive(Debug)]
 pub struct SqliteSink {
     conn: Connection,
+    /// The log `flush` syncs; `None` with `synchronous = "normal"`.
+    wal: Option<WalSync>,
     path: PathBuf,
     logger: Logger,
     deletions: Deletions,
@@ -188,11 +199,8 @@ impl Sink for SqliteSink {
                 path.display()
             )));
         }
-        let synchronous = match config.synchronous {
-            Synchronous::Full => "PRAGMA synchronous = FULL",
-            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
-        };
-        conn.execute_batch(synchronous)
+        // Commits are synced by `flush` (with "full") instead: see `durable`.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|error| fail("cannot set synchronous on", error))?;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {BOOKKEEPING_TABLE} (
@@ -205,8 +213,10 @@ impl Sink for SqliteSink {
         ))
         .map_err(|error| fail("cannot create the bookkeeping table in", error))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let wal = (config.synchronous == Synchronous::Full).then(|| WalSync::new(&conn, &path));
         Ok(Self {
             conn,
+            wal,
             path,
             logger: ctx.logger().clone(),
             deletions: config.deletions,
@@ -233,10 +243,14 @@ impl Sink for SqliteSink {
         result
     }
 
-    /// Nothing to do: every batch is committed by `write_batch` in its own transaction, and
-    /// with `synchronous = full` a commit is durable when it returns.
+    /// Every batch is committed by `write_batch` in its own transaction; with
+    /// `synchronous = "full"` this syncs the write-ahead log, so those commits survive a power
+    /// cut too.
     fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
+        match &mut self.wal {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        }
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
@@ -274,12 +288,12 @@ impl SqliteSink {
         let count = if batch.is_deletions() {
             apply_deletions(&tx, &mut self.tables, batch, self.deletions)?
         } else {
-            upsert_rows(
-                &tx,
-                &mut self.tables,
-                batch,
-                self.deletions == Deletions::Mark,
-            )?
+            let mark = self.deletions == Deletions::Mark;
+            let table = cached_table(&tx, &mut self.tables, kind, mark)?;
+            for field in batch.fields()? {
+                table.column(&tx, &field)?;
+            }
+            upsert::upsert_rows(&tx, table, batch)?
         };
 
         tx.prepare_cached(&format!(
@@ -357,48 +371,6 @@ fn cached_table<'t>(
         tables.insert(key.clone(), table);
     }
     Ok(tables.get_mut(&key).expect("inserted just above"))
-}
-
-/// Upserts the rows of a record batch by `_record_id`. Returns how many rows it wrote.
-fn upsert_rows(
-    conn: &Connection,
-    tables: &mut HashMap<String, Table>,
-    batch: &Batch<'_>,
-    mark_deletions: bool,
-) -> Result<u64, SinkError> {
-    let table = cached_table(conn, tables, batch.kind(), mark_deletions)?;
-    for field in batch.fields()? {
-        table.column(conn, &field)?;
-    }
-    let received_at = batch.received_at_rfc3339();
-    let mut shape = UpsertShape::default();
-    let mut statement = None;
-    let mut row = Row::default();
-    let mut rows = batch.rows();
-    let mut count = 0_u64;
-    while rows.read_into(&mut row)? {
-        table.shape_row(conn, &row, &mut shape)?;
-        if statement
-            .as_ref()
-            .is_none_or(|(columns, _)| *columns != shape.columns)
-        {
-            let prepared = conn
-                .prepare_cached(&table.upsert_sql(&shape.columns))
-                .map_err(|error| table.error("cannot prepare the upsert", error))?;
-            statement = Some((shape.columns.clone(), prepared));
-        }
-        let (_, prepared) = statement.as_mut().expect("prepared just above");
-        table::bind_and_run(
-            prepared,
-            &row,
-            batch.event_id(),
-            &received_at,
-            &shape,
-            table,
-        )?;
-        count += 1;
-    }
-    Ok(count)
 }
 
 /// Deletes or marks the rows of the records a deletion batch names. Returns how many rows it

@@ -1,12 +1,10 @@
 //! One destination table: its columns, the upsert statement text and value binding.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
-use flatsync_plugin_sdk::serde_json::value::RawValue;
-use flatsync_plugin_sdk::{CellValue, FieldColumns, Row, SinkError};
+use flatsync_plugin_sdk::{FieldColumns, Row, SinkError};
 use rusqlite::Connection;
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::ValueRef;
 
 use crate::sql_error;
 
@@ -46,7 +44,7 @@ pub(crate) struct UpsertShape {
     /// Field column indexes, each once, in the row's order: what the statement text depends on.
     pub(crate) columns: Vec<usize>,
     /// For each entry of `columns`, the position of the value in the row.
-    positions: Vec<usize>,
+    pub(crate) positions: Vec<usize>,
 }
 
 /// A table's field columns as committed to the database (plus any added by the open
@@ -235,8 +233,15 @@ impl Table {
         Ok(())
     }
 
-    /// The upsert of one row setting the given field columns.
-    pub(crate) fn upsert_sql(&self, columns: &[usize]) -> String {
+    /// The upsert of `rows` rows setting the given field columns, in one `INSERT` with a
+    /// `VALUES` list. `?1` is the event id and `?2` the time received, shared by every row;
+    /// row `r` (from 0) then has its record id at `?(3 + r * w)`, its validity next and its
+    /// field values after, where `w` is [`upsert_row_width`]. SQLite applies the rows in
+    /// order, so a record repeated in the list is inserted and then updated, as by one
+    /// statement per row.
+    pub(crate) fn upsert_sql(&self, columns: &[usize], rows: usize) -> String {
+        use std::fmt::Write as _;
+
         let names: Vec<String> = RESERVED_COLUMNS
             .iter()
             .map(|name| quote(name))
@@ -246,8 +251,18 @@ impl Table {
                     .map(|&column| quote(self.fields.name(column))),
             )
             .collect();
-        let placeholders: Vec<String> =
-            (1..=names.len()).map(|index| format!("?{index}")).collect();
+        let width = upsert_row_width(columns.len());
+        let mut values = String::with_capacity(rows * width * 8);
+        for row in 0..rows {
+            let first = 3 + row * width;
+            let separator = if row == 0 { "" } else { ", " };
+            // Writing to a String cannot fail.
+            let _ = write!(values, "{separator}(?{first}, ?1, ?{}, ?2", first + 1);
+            for value in first + 2..first + width {
+                let _ = write!(values, ", ?{value}");
+            }
+            values.push(')');
+        }
         let mut updates: Vec<String> = names[1..]
             .iter()
             .map(|name| format!("{name} = excluded.{name}"))
@@ -257,12 +272,21 @@ impl Table {
             updates.push(format!("\"{DELETED_AT_COLUMN}\" = NULL"));
         }
         format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (\"_record_id\") DO UPDATE SET {}",
+            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT (\"_record_id\") DO UPDATE SET {}",
             self.quoted,
             names.join(", "),
-            placeholders.join(", "),
             updates.join(", ")
         )
+    }
+
+    /// The name of field column `column`.
+    pub(crate) fn field_name(&self, column: usize) -> &str {
+        self.fields.name(column)
+    }
+
+    /// The table's name: its stream kind.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Removes the row of one record: `?1` is the record id.
@@ -302,64 +326,13 @@ fn read_columns(conn: &Connection, kind: &str) -> Result<Vec<String>, SinkError>
         .map_err(|error| sql_error(format!("table `{kind}`: cannot read its columns"), error))
 }
 
-/// Binds one row to a prepared upsert of its shape and runs it.
-pub(crate) fn bind_and_run(
-    statement: &mut rusqlite::Statement<'_>,
-    row: &Row<'_>,
-    event_id: &str,
-    received_at: &str,
-    shape: &UpsertShape,
-    table: &Table,
-) -> Result<(), SinkError> {
-    let fail = |error| table.error(&format!("cannot upsert record `{}`", row.id), error);
-    statement
-        .raw_bind_parameter(1, row.id.as_ref())
-        .and_then(|()| statement.raw_bind_parameter(2, event_id))
-        .and_then(|()| statement.raw_bind_parameter(3, row.valid))
-        .and_then(|()| statement.raw_bind_parameter(4, received_at))
-        .map_err(fail)?;
-    for (index, (&column, &position)) in shape.columns.iter().zip(&shape.positions).enumerate() {
-        let value = sql_value(row.values[position].1).map_err(|error| {
-            error.context(format!(
-                "table `{}`, column `{}`, record `{}`",
-                table.name,
-                table.fields.name(column),
-                row.id
-            ))
-        })?;
-        statement
-            .raw_bind_parameter(5 + index, value)
-            .map_err(|error| {
-                table.error(
-                    &format!(
-                        "cannot bind column `{}` of record `{}`",
-                        table.fields.name(column),
-                        row.id
-                    ),
-                    error,
-                )
-            })?;
-    }
-    statement.raw_execute().map_err(fail)?;
-    Ok(())
+/// How many parameters an upsert binds per row setting `fields` field columns: the record
+/// id, the validity and the values (the event id and the time are shared by all rows).
+pub(crate) fn upsert_row_width(fields: usize) -> usize {
+    2 + fields
 }
 
-/// The SQLite value of a JSON value: see the crate docs for the mapping.
-pub(crate) fn sql_value(raw: &RawValue) -> Result<ToSqlOutput<'_>, SinkError> {
-    Ok(match CellValue::parse(raw)? {
-        CellValue::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-        CellValue::Bool(value) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(value))),
-        CellValue::Number(text) => ToSqlOutput::Borrowed(number(text)),
-        CellValue::String(Cow::Borrowed(text)) | CellValue::Json(Cow::Borrowed(text)) => {
-            ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes()))
-        }
-        CellValue::String(Cow::Owned(text)) | CellValue::Json(Cow::Owned(text)) => {
-            ToSqlOutput::Owned(Value::Text(text))
-        }
-    })
-}
-
-fn number(text: &str) -> ValueRef<'static> {
+pub(crate) fn number(text: &str) -> ValueRef<'static> {
     if !text.contains(['.', 'e', 'E'])
         && let Ok(integer) = text.parse::<i64>()
     {

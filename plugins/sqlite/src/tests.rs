@@ -190,3 +190,87 @@ fn config_errors_name_the_key() {
         .expect_err("no path");
     assert_eq!(missing.message(), "config key `path` is required");
 }
+
+/// Every value of table `contacts`, typed, ordered by record id.
+fn dump(fx: &Fixture) -> Vec<Vec<Value>> {
+    let db = fx.db();
+    let mut statement = db
+        .prepare("SELECT * FROM contacts ORDER BY _record_id")
+        .expect("valid SQL");
+    let width = statement.column_count();
+    statement
+        .query_map([], |row| (0..width).map(|index| row.get(index)).collect())
+        .expect("query runs")
+        .collect::<Result<_, _>>()
+        .expect("rows read")
+}
+
+/// Rows of many shapes (key sets, key orders, repeated keys, widths past one statement's
+/// parameters), with records repeated within and across runs of one shape.
+fn mixed_rows() -> Vec<String> {
+    const VALUES: [&str; 8] = [
+        "1",
+        "-2.5",
+        "null",
+        "true",
+        r#""plain""#,
+        r#""esc \"q\" \u00e9 \ud83d\ude00""#,
+        r#"{"k": [1, "a b"]}"#,
+        "12345678901234567890",
+    ];
+    (0..600_usize)
+        .map(|index| {
+            let value = |offset: usize| VALUES[(index + offset) % VALUES.len()];
+            let values = match index / 7 % 6 {
+                0 | 1 => format!(r#"{{"a":{},"b":{}}}"#, value(0), value(1)),
+                2 => format!(r#"{{"b":{},"a":{}}}"#, value(2), value(3)),
+                3 => format!(r#"{{"a":{},"a":{},"c":{}}}"#, value(4), value(5), value(6)),
+                4 => {
+                    let wide: Vec<String> = (0..60)
+                        .map(|key| format!(r#""w{key}":{}"#, value(key)))
+                        .collect();
+                    format!("{{{}}}", wide.join(","))
+                }
+                _ => "{}".to_owned(),
+            };
+            row(&format!("r{:03}", index % 101), index % 3 != 0, &values)
+        })
+        .collect()
+}
+
+#[test]
+fn multi_row_statements_write_what_one_row_statements_do() {
+    let rows = mixed_rows();
+    let together = Fixture::new();
+    send(&mut together.sink(), Delivery::default(), &rows).expect("written");
+    let apart = Fixture::new();
+    let mut sink = apart.sink();
+    for (seq, line) in (0..).zip(&rows) {
+        let how = Delivery {
+            seq,
+            ..Delivery::default()
+        };
+        send(&mut sink, how, std::slice::from_ref(line)).expect("written");
+    }
+    let expected = dump(&apart);
+    assert_eq!(expected.len(), 101);
+    assert_eq!(dump(&together), expected);
+}
+
+#[test]
+fn flush_syncs_in_either_mode() {
+    for synchronous in ["full", "normal"] {
+        let fx = Fixture::new();
+        let mut sink = create(&fx.path, json!({ "synchronous": synchronous })).expect("config");
+        sink.flush().expect("nothing written yet");
+        send(&mut sink, Delivery::default(), &[row("r1", true, "{}")]).expect("written");
+        sink.flush().expect("flushed");
+        sink.flush().expect("flushed again");
+        assert_eq!(
+            fx.rows("PRAGMA synchronous"),
+            [["2"]],
+            "a fresh connection's default"
+        );
+        assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["1"]]);
+    }
+}
