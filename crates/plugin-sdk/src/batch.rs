@@ -160,6 +160,7 @@ impl<'a> Batch<'a> {
             stream: self.stream,
             seq: self.seq,
             done: false,
+            compact: None,
         }
     }
 }
@@ -265,6 +266,15 @@ pub enum RowJson {
 
 /// Appends `text` as a JSON string.
 pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // `serde_json` escapes exactly the quote, the backslash and the control bytes; a key or an
+    // id nearly never holds one, and then the text goes out as it is.
+    if line::plain_len(text.as_bytes()) == text.len() {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(&mut *out, text).expect("writing JSON into a Vec cannot fail");
 }
 
@@ -280,9 +290,47 @@ pub struct Rows<'a> {
     stream: &'a str,
     seq: u64,
     done: bool,
+    /// The line of the row read last and where its values object lies, when the line is
+    /// compact (see [`line::CompactValues`]).
+    compact: Option<(&'a [u8], usize, usize)>,
 }
 
 impl<'a> Rows<'a> {
+    /// What [`Row::write_json`] appends for the row [`read_into`](Self::read_into) (or `next`)
+    /// gave last, as a slice of the batch, when the batch line already holds exactly that text:
+    /// a line in flatsync's own compact layout does, for [`RowJson::Full`] (the whole line,
+    /// without its line break) and [`RowJson::Values`]. Copying it saves rendering the row
+    /// again. `None` when the line is not such a line, for the other shapes, and after the
+    /// last row.
+    ///
+    /// ```
+    /// use flatsync_plugin_sdk::{Batch, BatchParts, Row, RowJson};
+    ///
+    /// let lines = b"{\"id\":\"r1\",\"valid\":true,\"values\":{\"a\":1}}\n";
+    /// let batch = Batch::from_parts(BatchParts {
+    ///     row_count: 1,
+    ///     ndjson: lines,
+    ///     ..BatchParts::default()
+    /// });
+    /// let (mut rows, mut row) = (batch.rows(), Row::default());
+    /// assert!(rows.read_into(&mut row)?);
+    /// let mut out = Vec::new();
+    /// match rows.written_json(RowJson::Values) {
+    ///     Some(json) => out.extend_from_slice(json),
+    ///     None => row.write_json(RowJson::Values, &mut out),
+    /// }
+    /// assert_eq!(out, br#"{"a":1}"#);
+    /// # Ok::<(), flatsync_plugin_sdk::SinkError>(())
+    /// ```
+    pub fn written_json(&self, shape: RowJson) -> Option<&'a [u8]> {
+        let (line, start, end) = self.compact?;
+        match shape {
+            RowJson::Full => Some(line),
+            RowJson::Values => line.get(start..end),
+            RowJson::IdAndValues | RowJson::Id => None,
+        }
+    }
+
     /// Parses the next row into `row`, reusing its allocation. Returns `Ok(false)` at the end.
     pub fn read_into(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
         if self.done {
@@ -298,6 +346,7 @@ impl<'a> Rows<'a> {
     }
 
     fn advance(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
+        self.compact = None;
         if self.rest.is_empty() {
             if self.line != self.row_count {
                 return Err(self.error(format!(
@@ -319,8 +368,9 @@ impl<'a> Rows<'a> {
                 self.line, self.row_count
             )));
         }
-        parse_row(line, row)
+        let compact = parse_row(line, row)
             .map_err(|error| self.error(format!("malformed row on line {}: {error}", self.line)))?;
+        self.compact = compact.map(|(start, end)| (line, start, end));
         Ok(true)
     }
 
@@ -347,11 +397,14 @@ impl<'a> Iterator for Rows<'a> {
 
 impl std::iter::FusedIterator for Rows<'_> {}
 
-fn parse_row<'a>(line: &'a [u8], row: &mut Row<'a>) -> Result<(), serde_json::Error> {
-    if line::read(line, row).is_some() {
-        return Ok(());
+fn parse_row<'a>(
+    line: &'a [u8],
+    row: &mut Row<'a>,
+) -> Result<line::CompactValues, serde_json::Error> {
+    if let Some(compact) = line::read(line, row) {
+        return Ok(compact);
     }
-    parse_row_serde(line, row)
+    parse_row_serde(line, row).map(|()| None)
 }
 
 /// The definition of a batch line's reading: what [`line::read`] does quickly for the usual
@@ -382,7 +435,7 @@ impl<'a> CellValue<'a> {
     /// Types a raw JSON value. Fails only on text that is not JSON, which a `RawValue` from
     /// [`Batch::rows`] never is.
     pub fn parse(raw: &'a RawValue) -> Result<Self, SinkError> {
-        let text = raw.get().trim_matches(JSON_WHITESPACE);
+        let text = trim_json_whitespace(raw.get());
         let invalid = || SinkError::fatal(format!("not a JSON value: {text}"));
         match text.as_bytes().first().copied().ok_or_else(invalid)? {
             b'n' if text == "null" => Ok(CellValue::Null),
@@ -394,19 +447,93 @@ impl<'a> CellValue<'a> {
                     .strip_prefix('"')
                     .and_then(|rest| rest.strip_suffix('"'))
                     .ok_or_else(invalid)?;
-                if inner.contains('\\') {
-                    let unescaped: String = serde_json::from_str(text)
-                        .or_else(|_| serde_json::from_str(&replace_lone_surrogates(text)))
-                        .map_err(|error| SinkError::fatal(format!("bad JSON string: {error}")))?;
-                    Ok(CellValue::String(Cow::Owned(unescaped)))
-                } else {
-                    Ok(CellValue::String(Cow::Borrowed(inner)))
+                if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+                    return Ok(CellValue::String(Cow::Borrowed(inner)));
+                }
+                match unescape(inner) {
+                    Some(unescaped) => Ok(CellValue::String(Cow::Owned(unescaped))),
+                    None => unescape_serde(text).map(|text| CellValue::String(Cow::Owned(text))),
                 }
             }
             b'[' | b'{' => Ok(CellValue::Json(compact_json(text))),
             _ => Err(invalid()),
         }
     }
+}
+
+/// `text` without leading and trailing JSON whitespace. A value from a batch has none, so the
+/// usual case costs two byte comparisons.
+fn trim_json_whitespace(text: &str) -> &str {
+    let is_space = |byte: Option<&u8>| matches!(byte, Some(b' ' | b'\t' | b'\n' | b'\r'));
+    let bytes = text.as_bytes();
+    if is_space(bytes.first()) || is_space(bytes.last()) {
+        text.trim_matches(JSON_WHITESPACE)
+    } else {
+        text
+    }
+}
+
+/// The definition of a JSON string's reading, `text` with its quotes: what [`unescape`] does
+/// quickly, this does through `serde_json`.
+fn unescape_serde(text: &str) -> Result<String, SinkError> {
+    serde_json::from_str(text)
+        .or_else(|_| serde_json::from_str(&replace_lone_surrogates(text)))
+        .map_err(|error| SinkError::fatal(format!("bad JSON string: {error}")))
+}
+
+/// The contents of a valid JSON string (`inner`, without its quotes) unescaped, with each half
+/// of a surrogate pair that lacks its other half as U+FFFD, as [`unescape_serde`] reads it.
+/// `None` for anything it does not expect, which is then left to [`unescape_serde`].
+fn unescape(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(rest.get(..at)?);
+        let bytes = &rest.as_bytes()[at..];
+        let (ch, used) = match *bytes.get(1)? {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => unicode_escape(bytes)?,
+            _ => return None,
+        };
+        out.push(ch);
+        rest = rest.get(at + used..)?;
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The character of the `\uXXXX` escape (or escaped surrogate pair) `bytes` starts with, and
+/// how many bytes it took.
+fn unicode_escape(bytes: &[u8]) -> Option<(char, usize)> {
+    let unit = hex_escape(bytes)?;
+    if (0xD800..0xDC00).contains(&unit) {
+        if let Some(low) = bytes.get(6..).and_then(hex_escape)
+            && (0xDC00..0xE000).contains(&low)
+        {
+            let code = 0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+            return Some((char::from_u32(code)?, 12));
+        }
+        return Some(('\u{FFFD}', 6));
+    }
+    Some((char::from_u32(u32::from(unit)).unwrap_or('\u{FFFD}'), 6))
+}
+
+/// The code unit of the `\uXXXX` escape `bytes` starts with.
+fn hex_escape(bytes: &[u8]) -> Option<u16> {
+    let [b'\\', b'u', digits @ ..] = bytes.get(..6)? else {
+        return None;
+    };
+    digits.iter().try_fold(0_u16, |unit, &digit| {
+        let value = char::from(digit).to_digit(16)?;
+        Some(unit << 4 | u16::try_from(value).ok()?)
+    })
 }
 
 const JSON_WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
@@ -662,5 +789,72 @@ impl<'de: 'a, 'a> Visitor<'de> for ValuesSeed<'_, 'a> {
             self.values.push((key, value));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unescape_tests {
+    use proptest::prelude::*;
+
+    use super::{unescape, unescape_serde};
+
+    /// Pieces of string contents, weighted towards escapes and surrogate halves.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z é日🦀]{0,3}",
+            prop::sample::select(
+                &[
+                    r#"\""#,
+                    r"\\",
+                    r"\/",
+                    r"\b",
+                    r"\f",
+                    r"\n",
+                    r"\r",
+                    r"\t",
+                    r"\u00e9",
+                    r"\u00E9",
+                    r"\u0000",
+                    r"\u001f",
+                    r"\ud83d",
+                    r"\uD83D",
+                    r"\ude00",
+                    r"\uDE00",
+                    r"\udbff",
+                    r"\udfff",
+                    r"\uffff",
+                    r"\ufffd",
+                    r"\u0041",
+                    r"\uDBFF\uDFFF",
+                ][..]
+            )
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    #[test]
+    fn reads_the_escapes_as_serde_does() {
+        let cases = [
+            r"plain",
+            r#"say \"hi\""#,
+            r"\ud83d\ude00 pair, \ud83d alone, \ude00 alone, \ud83d\ud83d\ude00 high high low",
+            r"\ud83d\u0041 high then another escape, and a high at the end \ud83d",
+            r"\\ud83d is no escape",
+        ];
+        for inner in cases {
+            let serde = unescape_serde(&format!("\"{inner}\""));
+            assert_eq!(unescape(inner).ok_or(()), serde.map_err(|_| ()), "{inner}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn unescaping_agrees_with_serde(pieces in prop::collection::vec(piece(), 0..8)) {
+            let inner = pieces.concat();
+            let serde = unescape_serde(&format!("\"{inner}\"")).map_err(|error| error.to_string());
+            prop_assert_eq!(unescape(&inner).ok_or_else(String::new), serde);
+        }
     }
 }

@@ -37,10 +37,11 @@ impl<'o> RecordWriter<'o> {
             self.out.push(self.delimiter);
         }
         self.has_field = true;
-        let delimiter = self.delimiter;
-        let special = |byte: &u8| matches!(*byte, b'"' | b'\r' | b'\n') || *byte == delimiter;
-        if !text.iter().any(special) {
-            self.out.extend_from_slice(prefix);
+        if !needs_quotes(text, self.delimiter) {
+            // Nearly every field has no prefix; an empty copy still costs a `memcpy` call.
+            if !prefix.is_empty() {
+                self.out.extend_from_slice(prefix);
+            }
             self.out.extend_from_slice(text);
             return;
         }
@@ -67,9 +68,78 @@ impl<'o> RecordWriter<'o> {
     }
 }
 
+/// Whether `text` holds a byte that makes its field quoted: `"`, `\r`, `\n` or the delimiter.
+///
+/// Eight bytes at a time: a word holds the byte `b` exactly when `word ^ (b in every byte)` has
+/// a zero byte, which the usual carry trick tells. The last few bytes are padded to a word with
+/// a byte that is none of those.
+fn needs_quotes(text: &[u8], delimiter: u8) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = ONES * 0x80;
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word;
+    let [quote, cr, lf, delimiter] =
+        [b'"', b'\r', b'\n', delimiter].map(|byte| ONES * u64::from(byte));
+    let special = |word: u64| {
+        (zero_byte(word ^ quote)
+            | zero_byte(word ^ cr)
+            | zero_byte(word ^ lf)
+            | zero_byte(word ^ delimiter))
+            & HIGHS
+            != 0
+    };
+    let mut chunks = text.chunks_exact(8);
+    for chunk in &mut chunks {
+        if <[u8; 8]>::try_from(chunk).is_ok_and(|array| special(u64::from_le_bytes(array))) {
+            return true;
+        }
+    }
+    let rest = chunks.remainder();
+    if rest.is_empty() {
+        return false;
+    }
+    let filler = if delimiter == ONES * u64::from(b'a') {
+        b'b'
+    } else {
+        b'a'
+    };
+    let mut last = [filler; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    special(u64::from_le_bytes(last))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RecordWriter;
+    use super::{RecordWriter, needs_quotes};
+
+    /// Every field of up to 20 bytes with one or two bytes of interest anywhere in it, on a
+    /// background of plain and high bytes, for several delimiters.
+    #[test]
+    fn needs_quotes_as_a_bytewise_scan_says() {
+        let interesting = b"\"\r\n,;\t| ab\x00\x7f\x80\xff";
+        for &delimiter in b",;\t| ab\x00\xff" {
+            let bytewise = |text: &[u8]| {
+                text.iter()
+                    .any(|&byte| matches!(byte, b'"' | b'\r' | b'\n') || byte == delimiter)
+            };
+            for len in 0..=20 {
+                for background in [b'x', 0xC3] {
+                    let plain = vec![background; len];
+                    assert_eq!(needs_quotes(&plain, delimiter), bytewise(&plain));
+                    for at in 0..len {
+                        for &first in interesting {
+                            let mut text = plain.clone();
+                            text[at] = first;
+                            assert_eq!(needs_quotes(&text, delimiter), bytewise(&text));
+                            for &second in interesting {
+                                text[len - 1 - at] = second;
+                                assert_eq!(needs_quotes(&text, delimiter), bytewise(&text));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// What the `csv` crate's writer makes of the same records with the sink's settings.
     fn by_csv_crate(records: &[Vec<&[u8]>], delimiter: u8) -> Vec<u8> {

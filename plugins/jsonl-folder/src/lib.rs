@@ -140,11 +140,37 @@ fn render_lines(batch: &Batch<'_>, envelope: bool, out: &mut Vec<u8>) -> Result<
     } else {
         RowJson::Values
     };
+    if copy_compact_lines(batch, shape, out)? {
+        return Ok(());
+    }
     while rows.read_into(&mut row)? {
         row.write_json(shape, out);
         out.push(b'\n');
     }
     Ok(())
+}
+
+/// Appends the rows of `batch` as their lines are, when every line is already what
+/// `Row::write_json` would write (flatsync's own compact layout, which is what the host sends):
+/// copying skips rendering each row again. Returns `false`, with `out` as it was, at the first
+/// line that is not; the caller then renders the rows one by one.
+fn copy_compact_lines(
+    batch: &Batch<'_>,
+    shape: RowJson,
+    out: &mut Vec<u8>,
+) -> Result<bool, SinkError> {
+    let start = out.len();
+    let mut rows = batch.rows();
+    let mut row = Row::default();
+    while rows.read_into(&mut row)? {
+        let Some(json) = rows.written_json(shape) else {
+            out.truncate(start);
+            return Ok(false);
+        };
+        out.extend_from_slice(json);
+        out.push(b'\n');
+    }
+    Ok(true)
 }
 
 export_sink!(JsonlFolder, name = "jsonl-folder");

@@ -425,3 +425,33 @@ fn deletions_are_written_exactly_once_across_a_crash() {
     assert_eq!(read(dir.path(), stream), expected);
     assert_eq!(entries(dir.path()), [format!("{stream}.jsonl")]);
 }
+
+/// Compact lines are copied as they are; one spaced line in the batch makes every row rendered,
+/// with the same result for the compact ones.
+#[test]
+fn a_spaced_line_among_compact_lines_is_written_compact() {
+    let compact = row("r1", true, r#"{"a":[1, 2],"b":"x"}"#);
+    let spaced =
+        "{ \"id\" : \"r2\", \"valid\" : false, \"values\" : { \"c\" : null } }\n".to_owned();
+    for (envelope, first, second) in [
+        (
+            true,
+            compact.as_str(),
+            "{\"id\":\"r2\",\"valid\":false,\"values\":{\"c\":null}}\n",
+        ),
+        (false, "{\"a\":[1, 2],\"b\":\"x\"}\n", "{\"c\":null}\n"),
+    ] {
+        for rows in [vec![compact.clone(), spaced.clone()], vec![compact.clone()]] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut sink =
+                create(json!({ "dir": dir.path(), "envelope": envelope })).expect("valid config");
+            send(&mut sink, "s", 0, &rows, true).expect("written");
+            let expected = if rows.len() == 2 {
+                format!("{first}{second}")
+            } else {
+                first.to_owned()
+            };
+            assert_eq!(read(dir.path(), "s"), expected, "envelope {envelope}");
+        }
+    }
+}

@@ -9,9 +9,11 @@
 //! gives the same [`Row`] as the serde reader gives; the property tests check that.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use serde::Deserialize;
-use serde::de::value::{BorrowedStrDeserializer, Error as ValueError, MapDeserializer};
+use serde::de::value::BorrowedStrDeserializer;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, forward_to_deserialize_any};
 use serde_json::value::RawValue;
 
 use super::Row;
@@ -24,15 +26,23 @@ const MAX_DEPTH: usize = 64;
 /// name, [`raw_value`] fails and every line takes the serde reader (slower, still right).
 const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
+/// Where the values object of a line [`read`] accepted lies, when the line is compact: then the
+/// line is exactly what [`Row::write_json`] writes for [`RowJson::Full`](super::RowJson::Full)
+/// and the span exactly what it writes for [`RowJson::Values`](super::RowJson::Values), since
+/// the id and the keys hold nothing `write_json_string` escapes and the values are copied as
+/// they are.
+pub(super) type CompactValues = Option<(usize, usize)>;
+
 /// Reads `line` into `row`, or returns `None` (with `row` in an unspecified state) when the line
 /// is not one this reader can vouch for.
-pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<()> {
+pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<CompactValues> {
     // Checking the whole line at once lets every slice below be a `str` without a second check.
     let text = std::str::from_utf8(line).ok()?;
     let mut cursor = Cursor {
         text,
         bytes: line,
         at: 0,
+        spaced: false,
     };
     cursor.expect(b"{")?;
     cursor.expect(b"\"id\"")?;
@@ -52,6 +62,7 @@ pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<()> {
     cursor.expect(b"\"values\"")?;
     cursor.expect(b":")?;
     cursor.expect(b"{")?;
+    let values_start = cursor.at - 1;
     row.values.clear();
     if cursor.expect(b"}").is_none() {
         loop {
@@ -71,6 +82,7 @@ pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<()> {
             }
         }
     }
+    let values_end = cursor.at;
     cursor.expect(b"}")?;
     cursor.whitespace();
     if cursor.at != line.len() {
@@ -78,29 +90,125 @@ pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<()> {
     }
     row.id = Cow::Borrowed(id);
     row.valid = valid;
-    Some(())
+    Some((!cursor.spaced).then_some((values_start, values_end)))
 }
 
 /// `json`, already known to be one valid JSON value without surrounding whitespace, as a
 /// borrowed `RawValue`, through `serde_json`'s own deserialisation of one.
 fn raw_value(json: &str) -> Option<&RawValue> {
-    let entry = (
-        BorrowedStrDeserializer::<ValueError>::new(RAW_VALUE_TOKEN),
-        BorrowedStrDeserializer::<ValueError>::new(json),
-    );
-    <&RawValue>::deserialize(MapDeserializer::new(std::iter::once(entry))).ok()
+    <&RawValue>::deserialize(RawText(json)).ok()
+}
+
+/// Hands `serde_json`'s `&RawValue` deserialisation the one-entry map it asks for,
+/// `{RAW_VALUE_TOKEN: json}`. Serde's own `MapDeserializer` does the same with a counting
+/// iterator and an allocating error type; on the per-value path that difference shows.
+struct RawText<'a>(&'a str);
+
+impl<'de> Deserializer<'de> for RawText<'de> {
+    type Error = Declined;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Declined> {
+        visitor.visit_map(RawEntry {
+            json: self.0,
+            key_taken: false,
+        })
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+struct RawEntry<'a> {
+    json: &'a str,
+    key_taken: bool,
+}
+
+impl<'de> MapAccess<'de> for RawEntry<'de> {
+    type Error = Declined;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Declined> {
+        if self.key_taken {
+            return Ok(None);
+        }
+        self.key_taken = true;
+        seed.deserialize(BorrowedStrDeserializer::new(RAW_VALUE_TOKEN))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Declined> {
+        seed.deserialize(BorrowedStrDeserializer::new(self.json))
+    }
+}
+
+/// The error of [`RawText`]: whatever went wrong, the line is left to the serde reader, which
+/// says what.
+#[derive(Debug)]
+struct Declined;
+
+impl fmt::Display for Declined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a raw value")
+    }
+}
+
+impl std::error::Error for Declined {}
+
+impl de::Error for Declined {
+    fn custom<T: fmt::Display>(_message: T) -> Self {
+        Declined
+    }
+}
+
+/// Whether a JSON string cannot hold `byte` as itself: a quote, a backslash or a control byte.
+fn is_stop(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
+/// The high bit of each byte of `word` (read little-endian) that [`is_stop`], and maybe of
+/// bytes above one that is: the usual carry tricks, whose false flags only ever sit above a
+/// true one, so the lowest flag is exact.
+fn stop_flags(word: u64) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = ONES * 0x80;
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word;
+    (zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word))
+        & HIGHS
+}
+
+/// Bytes from the start of `bytes` that a JSON string holds as themselves: everything before
+/// the first byte that [`is_stop`] (or all of `bytes`), eight bytes at a time.
+pub(super) fn plain_len(bytes: &[u8]) -> usize {
+    let mut cursor = Cursor {
+        text: "",
+        bytes,
+        at: 0,
+        spaced: false,
+    };
+    cursor.plain_run();
+    cursor.at
 }
 
 struct Cursor<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
+    /// Whether any whitespace was skipped.
+    spaced: bool,
 }
 
 impl<'a> Cursor<'a> {
     fn whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
+            self.spaced = true;
         }
     }
 
@@ -111,34 +219,51 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips whitespace, then consumes `token` if it comes next.
-    fn expect(&mut self, token: &[u8]) -> Option<()> {
+    fn expect<const N: usize>(&mut self, token: &[u8; N]) -> Option<()> {
         self.whitespace();
-        if self.bytes[self.at..].starts_with(token) {
-            self.at += token.len();
-            Some(())
-        } else {
-            None
+        self.literal(token)
+    }
+
+    /// Skips the bytes of a string that stand for themselves: up to its closing quote, an
+    /// escape, a control byte or the end of the line.
+    fn plain_run(&mut self) {
+        let bytes = self.bytes;
+        let mut at = self.at;
+        // A string inside a line is followed by more of the line, so whole words nearly always
+        // reach its end.
+        while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            let flags = stop_flags(u64::from_le_bytes(*word));
+            if flags != 0 {
+                self.at = at + (flags.trailing_zeros() / 8) as usize;
+                return;
+            }
+            at += 8;
         }
+        while bytes.get(at).is_some_and(|&byte| !is_stop(byte)) {
+            at += 1;
+        }
+        self.at = at;
     }
 
     /// A string without escapes, returned without its quotes.
     fn plain_string(&mut self) -> Option<&'a str> {
-        if self.next_byte()? != b'"' {
+        if self.bytes.get(self.at) != Some(&b'"') {
             return None;
         }
-        let start = self.at;
-        loop {
-            match self.next_byte()? {
-                b'"' => return Some(&self.text[start..self.at - 1]),
-                b'\\' | 0..0x20 => return None,
-                _ => {}
-            }
+        let start = self.at + 1;
+        self.at = start;
+        self.plain_run();
+        if self.bytes.get(self.at) != Some(&b'"') {
+            return None;
         }
+        self.at += 1;
+        self.text.get(start..self.at - 1)
     }
 
     /// The rest of a string after its opening quote, escapes checked as JSON defines them.
     fn string_rest(&mut self) -> Option<()> {
         loop {
+            self.plain_run();
             match self.next_byte()? {
                 b'"' => return Some(()),
                 b'\\' => match self.next_byte()? {
@@ -152,8 +277,7 @@ impl<'a> Cursor<'a> {
                     }
                     _ => return None,
                 },
-                0..0x20 => return None,
-                _ => {}
+                _ => return None,
             }
         }
     }
@@ -243,9 +367,10 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        if self.bytes[self.at..].starts_with(word) {
-            self.at += word.len();
+    /// Consumes `word` if it comes next. A fixed length lets the comparison be inlined.
+    fn literal<const N: usize>(&mut self, word: &[u8; N]) -> Option<()> {
+        if self.bytes.get(self.at..self.at + N)? == word {
+            self.at += N;
             Some(())
         } else {
             None
@@ -257,8 +382,8 @@ impl<'a> Cursor<'a> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::{Row, parse_row_serde};
-    use super::read;
+    use super::super::{Row, RowJson, parse_row_serde};
+    use super::{plain_len, read};
 
     /// What a row holds, with each value as its JSON text.
     fn seen(row: &Row<'_>) -> (String, bool, Vec<(String, String)>) {
@@ -273,8 +398,20 @@ mod tests {
     /// The fast reader either declines or agrees with the serde reader, which must accept.
     fn agrees(line: &[u8]) -> Result<bool, String> {
         let mut fast = Row::default();
-        if read(line, &mut fast).is_none() {
+        let Some(compact) = read(line, &mut fast) else {
             return Ok(false);
+        };
+        if let Some((start, end)) = compact {
+            let mut full = Vec::new();
+            fast.write_json(RowJson::Full, &mut full);
+            let mut values = Vec::new();
+            fast.write_json(RowJson::Values, &mut values);
+            if full != line || values != line[start..end] {
+                return Err(format!(
+                    "compact line {:?} is not what write_json writes",
+                    String::from_utf8_lossy(line)
+                ));
+            }
         }
         let mut slow = Row::default();
         parse_row_serde(line, &mut slow).map_err(|error| {
@@ -309,6 +446,12 @@ mod tests {
         for line in USUAL {
             assert_eq!(agrees(line.as_bytes()), Ok(true), "{line}");
         }
+        for line in &USUAL[..3] {
+            let compact = read(line.as_bytes(), &mut Row::default()).flatten();
+            assert!(compact.is_some(), "{line}");
+        }
+        let spaced = read(USUAL[4].as_bytes(), &mut Row::default()).flatten();
+        assert_eq!(spaced, None);
     }
 
     #[test]
@@ -352,8 +495,30 @@ mod tests {
         assert_eq!(agrees(deep.as_bytes()), Ok(false));
     }
 
+    /// The definition of [`plain_len`]: one byte at a time.
+    fn plain_len_bytewise(bytes: &[u8]) -> usize {
+        bytes
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+            .unwrap_or(bytes.len())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any bytes, stops clustered so that several fall in one word.
+        #[test]
+        fn plain_len_stops_where_a_bytewise_scan_stops(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    4 => any::<u8>(),
+                    1 => prop::sample::select(&b"\"\\\x00\x01\x1f\x20\x21\x5b\x5d\x7f\x80\xff"[..]),
+                ],
+                0..40,
+            ),
+        ) {
+            prop_assert_eq!(plain_len(&bytes), plain_len_bytewise(&bytes));
+        }
 
         /// Any byte changed, inserted or removed in a usual line: whatever the fast reader
         /// accepts, serde accepts and reads the same.
