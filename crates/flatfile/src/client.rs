@@ -2,6 +2,7 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use crate::convert::{self, LegacyPage, RecordsPage, Sheet, Workbook};
 use crate::error::{ApiError, is_retryable_status};
 use crate::secret::Secret;
+use body::{BodyGate, BodyPermit};
 
 /// How failed requests are repeated.
 #[derive(Clone, Debug)]
@@ -87,6 +89,15 @@ const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
 
 /// Most bytes reserved for a success body from its `Content-Length` before any arrive.
 const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
+/// Bytes of success bodies held at once, from the first byte read until decoded, across every
+/// request of the client (one body is always allowed, however large). Requests waiting on the
+/// server hold nothing, so the pages in flight are not limited by it; only bodies that arrive
+/// together wait here, in their socket buffers, for the ones before them to be converted.
+/// With 6.7 MB Platform pages, four bodies arriving at once took 27 MB beside their batches.
+const BODY_BYTES_AT_ONCE: u64 = 8 << 20;
+/// Bodies smaller than this are read without a share of [`BODY_BYTES_AT_ONCE`]: answers such
+/// as a sheet's counts or a job's never wait behind a page.
+const UNGATED_BODY: u64 = 256 << 10;
 /// A `Retry-After` longer than this is taken as a refusal: the call fails instead of hanging.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -140,6 +151,9 @@ struct Inner {
     legacy_key: Option<HeaderValue>,
     bearer: Option<HeaderValue>,
     retry: RetryPolicy,
+    bodies: BodyGate,
+    /// `429 Too Many Requests` answers so far, for callers that slow down when throttled.
+    throttled: AtomicU64,
 }
 
 impl fmt::Debug for FlatfileClient {
@@ -203,6 +217,8 @@ struct Call<'a> {
 struct Answered {
     status: u16,
     body: Bytes,
+    /// The body's share of [`BODY_BYTES_AT_ONCE`], held until it is decoded and dropped.
+    _share: BodyPermit,
 }
 
 /// Why one attempt failed.
@@ -217,6 +233,12 @@ enum AttemptError {
 }
 
 impl FlatfileClient {
+    /// `429 Too Many Requests` answers this client (and its clones) received so far, retried
+    /// or not: a caller that sees it grow is being throttled.
+    pub fn throttled_answers(&self) -> u64 {
+        self.inner.throttled.load(Ordering::Relaxed)
+    }
+
     /// Builds the client: checks both base URLs and the credentials' header form, and sets up
     /// one connection pool. Redirects are not followed, so credentials never reach another host.
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
@@ -259,6 +281,8 @@ impl FlatfileClient {
                 legacy_key,
                 bearer,
                 retry: config.retry,
+                bodies: BodyGate::new(BODY_BYTES_AT_ONCE, UNGATED_BODY),
+                throttled: AtomicU64::new(0),
             }),
         })
     }
@@ -658,8 +682,13 @@ impl FlatfileClient {
 
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            self.inner.throttled.fetch_add(1, Ordering::Relaxed);
+        }
         if status.is_success() {
+            let share = self.inner.bodies.admit(response.content_length()).await;
             let bytes = read_success_body(response).await.map_err(transport)?;
+            self.inner.bodies.read(bytes.len());
             tracing::debug!(
                 method = method.as_str(),
                 url = %url,
@@ -670,6 +699,7 @@ impl FlatfileClient {
             return Ok(Answered {
                 status: status.as_u16(),
                 body: bytes,
+                _share: share,
             });
         }
 
@@ -1005,6 +1035,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+mod body;
 mod data_url;
 mod events;
 mod jobs;

@@ -1,6 +1,7 @@
 //! The `flatsync` command: write a first config (`init`), check it, run the daemon, or try
 //! everything with `demo`.
 
+mod allocator;
 mod demo;
 mod generate;
 mod init;
@@ -102,6 +103,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     // The demo prints its own summary; its per-batch logs would bury it.
     // Commands that print their own report keep the log to warnings; the daemon logs its work.

@@ -491,7 +491,7 @@ sinks = ["archive"]
     #[test]
     fn the_read_ahead_budget_and_window_default_and_name_bad_values() {
         let config = parse(GOOD).expect("valid config");
-        assert_eq!(config.fetch.read_ahead_bytes, 16 << 20);
+        assert_eq!(config.fetch.read_ahead_bytes, 10 << 20);
         assert!(!config.fetch.adaptive_pages_in_flight);
         assert_eq!(config.fetch.max_pages_in_flight, 16);
         for (value, bytes) in [

@@ -6,10 +6,12 @@
 //! - **Bytes**: the batches fetched but not yet handed out, plus an estimate for each fetch in
 //!   flight (the largest batch of the stream so far), stay within `[fetch] read_ahead_bytes`.
 //!   One batch is always allowed in flight, so a batch larger than the budget still progresses.
-//! - **Pages**: at most the window of pages in flight: `[fetch] pages_in_flight`, or, when
+//! - **Pages**: at most the window of pages in flight (requested, not yet fetched; a fetched
+//!   batch waiting for the sinks is held by the budget, not the window, so the next request
+//!   goes out while the sinks write): `[fetch] pages_in_flight`, or, when
 //!   `adaptive_pages_in_flight` is on, a window that grows by one after a full window of batches
 //!   the delivery loop had to wait for (the wire, not the sinks, is slow), up to
-//!   `max_pages_in_flight`, and halves when a fetch is throttled ([`Window`]).
+//!   `max_pages_in_flight`, and halves when the API answers 429 (the client counts them; [`Window`]).
 //! - **The end**: with a known page count every request is of a batch that exists; without one
 //!   the stream is read one batch at a time until a batch proves the end.
 //!
@@ -21,10 +23,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use flatsync_flatfile::ApiError;
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
 use crate::config::FetchConfig;
 use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
@@ -33,21 +34,23 @@ use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
 /// dozen short fields, so the first window rarely overshoots the budget.
 const PRIOR_ROW_BYTES: u64 = 256;
 
-/// A fetch slower than this many times the stream's fastest, and by at least
-/// [`THROTTLED_DELAY`], counts as throttled: the client retries a 429 after its `Retry-After`
-/// (or a backoff), which shows here as a slow fetch.
-const THROTTLED_FACTOR: u32 = 4;
-const THROTTLED_DELAY: Duration = Duration::from_millis(250);
-
 /// Where batches come from: a [`StreamReader`], or a fake in tests.
 pub(crate) trait BatchSource: Clone + Send + Sync + 'static {
     /// Reads batch `seq`.
     fn batch(&self, seq: u64) -> impl Future<Output = Result<Batch, FetchError>> + Send;
+
+    /// `429 Too Many Requests` answers the source's API client received so far: the window
+    /// halves when it grows.
+    fn throttled_answers(&self) -> u64;
 }
 
 impl BatchSource for StreamReader {
     fn batch(&self, seq: u64) -> impl Future<Output = Result<Batch, FetchError>> + Send {
         StreamReader::batch(self, seq)
+    }
+
+    fn throttled_answers(&self) -> u64 {
+        self.client.throttled_answers()
     }
 }
 
@@ -59,13 +62,12 @@ pub(crate) struct Window {
     adaptive: bool,
     /// Batches in a row the delivery loop had to wait for.
     waited_in_row: usize,
-    /// The fastest fetch of the stream so far.
-    fastest: Option<Duration>,
+    /// The client's count of 429 answers when the last batch was handed out: a larger count
+    /// means the API throttled a request since.
+    throttled_seen: u64,
     /// Throttled fetches requested before this batch do not halve the window again: they were
     /// in flight when it was halved.
     calm_from: u64,
-    /// How much slower than the fastest a throttled fetch is at least.
-    throttled_delay: Duration,
 }
 
 impl Window {
@@ -76,9 +78,8 @@ impl Window {
             max: config.max_pages_in_flight.max(size),
             adaptive: config.adaptive_pages_in_flight,
             waited_in_row: 0,
-            fastest: None,
+            throttled_seen: 0,
             calm_from: 0,
-            throttled_delay: THROTTLED_DELAY,
         }
     }
 
@@ -87,18 +88,22 @@ impl Window {
         self.size
     }
 
-    /// Learns from batch `seq`, fetched in `elapsed`, handed out after the delivery loop
-    /// `waited` for it; `next_seq` is the next batch to be requested.
-    pub(crate) fn delivered(&mut self, seq: u64, elapsed: Duration, waited: bool, next_seq: u64) {
-        let fastest = *self.fastest.get_or_insert(elapsed);
-        self.fastest = Some(fastest.min(elapsed));
+    /// Learns from batch `seq`, handed out after the delivery loop `waited` for it, when the
+    /// client had received `throttled_answers` 429s in all; `next_seq` is the next batch to be
+    /// requested. The API's own signal, not a fetch's duration, tells throttling: a slow page
+    /// is latency, which more pages in flight hide.
+    pub(crate) fn delivered(
+        &mut self,
+        seq: u64,
+        throttled_answers: u64,
+        waited: bool,
+        next_seq: u64,
+    ) {
+        let throttled = throttled_answers > self.throttled_seen;
+        self.throttled_seen = self.throttled_seen.max(throttled_answers);
         if !self.adaptive {
             return;
         }
-        let threshold = fastest
-            .saturating_mul(THROTTLED_FACTOR)
-            .max(fastest.saturating_add(self.throttled_delay));
-        let throttled = elapsed > threshold;
         if throttled && seq < self.calm_from {
             // In flight when the window was halved for the same throttling; no reason to grow.
             self.waited_in_row = 0;
@@ -109,8 +114,8 @@ impl Window {
             tracing::info!(
                 seq,
                 pages_in_flight = halved,
-                elapsed_ms = elapsed.as_millis(),
-                "Fetch throttled; halving pages in flight"
+                throttled_answers,
+                "API throttled; halving pages in flight"
             );
             self.size = halved;
             self.waited_in_row = 0;
@@ -134,10 +139,13 @@ impl Window {
     }
 }
 
+/// What a fetch task ends with.
+type FetchOutcome = Result<Batch, FetchError>;
+
 /// One batch requested ahead.
 struct Fetch {
     seq: u64,
-    task: AbortOnDrop<(Result<Batch, FetchError>, Duration)>,
+    task: AbortOnDrop<FetchOutcome>,
     /// The batch's bytes once fetched; [`PENDING`] until then.
     bytes: Arc<AtomicU64>,
 }
@@ -162,6 +170,8 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     estimate: u64,
     seen_batch: bool,
     window: Window,
+    /// Woken by each fetch that ends, so the next request goes out before its batch's turn.
+    fetched: Arc<Notify>,
     /// Rows in the stream, when known.
     pub(crate) total_rows: Option<u64>,
     /// Batches in the stream, when known.
@@ -217,9 +227,16 @@ impl<S: BatchSource> ReadAhead<S> {
             estimate: prior,
             seen_batch: false,
             window: Window::new(config),
+            fetched: Arc::new(Notify::new()),
             total_rows: None,
             page_count,
         }
+        .counting_throttles_from_now()
+    }
+
+    fn counting_throttles_from_now(mut self) -> ReadAhead<S> {
+        self.window.throttled_seen = self.source.throttled_answers();
+        self
     }
 
     /// The next batch of the stream.
@@ -235,7 +252,7 @@ impl<S: BatchSource> ReadAhead<S> {
             return first;
         }
         self.request_more();
-        let Some(mut fetch) = self.queue.pop_front() else {
+        let Some(front) = self.queue.front() else {
             // Only a stream of known page count runs out, and its last batch ended the
             // delivery loop before.
             return Ok(Batch {
@@ -245,27 +262,53 @@ impl<S: BatchSource> ReadAhead<S> {
                 total: None,
             });
         };
-        let waited = !fetch.task.0.is_finished();
-        let (result, elapsed) = (&mut fetch.task.0).await.unwrap_or_else(|e| {
+        let waited = !front.task.0.is_finished();
+        let (joined, seq) = self.front_fetched().await;
+        let result = joined.unwrap_or_else(|e| {
             let error = FetchError::Api(ApiError::Transport {
                 method: "GET",
                 url: String::new(),
                 attempts: 0,
                 message: format!("page fetch task ended: {e}"),
             });
-            (Err(error), Duration::ZERO)
+            Err(error)
         });
         if let Ok(batch) = &result {
             self.learn_size(held_bytes(batch));
             if batch.end {
-                self.end = self.end.min(fetch.seq + 1);
+                self.end = self.end.min(seq + 1);
             }
-            self.window
-                .delivered(fetch.seq, elapsed, waited, self.next_seq);
+            let throttled = self.source.throttled_answers();
+            self.window.delivered(seq, throttled, waited, self.next_seq);
             // The batch leaves the budget now: what it freed is fetched while the sinks write.
             self.request_more();
         }
         result
+    }
+
+    /// Waits for the oldest fetch, requesting more each time another fetch ends (it left the
+    /// window), and takes it off the queue.
+    async fn front_fetched(&mut self) -> (Result<FetchOutcome, tokio::task::JoinError>, u64) {
+        loop {
+            let fetched = Arc::clone(&self.fetched);
+            let notified = fetched.notified();
+            let joined = match self.queue.front_mut() {
+                Some(front) => {
+                    tokio::select! {
+                        joined = &mut front.task.0 => Some(joined),
+                        () = notified => None,
+                    }
+                }
+                None => None,
+            };
+            match joined {
+                Some(joined) => {
+                    let seq = self.queue.pop_front().map_or(self.next_seq, |f| f.seq);
+                    return (joined, seq);
+                }
+                None => self.request_more(),
+            }
+        }
     }
 
     fn learn_size(&mut self, bytes: u64) {
@@ -284,14 +327,15 @@ impl<S: BatchSource> ReadAhead<S> {
             let source = self.source.clone();
             let bytes = Arc::new(AtomicU64::new(PENDING));
             let fetched = Arc::clone(&bytes);
+            let wake = Arc::clone(&self.fetched);
             // A spawned task keeps fetching while the delivery loop waits on the sinks; a plain
             // future would only progress while polled.
             let task = tokio::spawn(async move {
-                let started = Instant::now();
                 let result = source.batch(seq).await;
                 let size = result.as_ref().map_or(0, held_bytes);
                 fetched.store(size, Ordering::Release);
-                (result, started.elapsed())
+                wake.notify_one();
+                result
             });
             self.queue.push_back(Fetch {
                 seq,
@@ -307,30 +351,27 @@ impl<S: BatchSource> ReadAhead<S> {
             // At least one batch in flight, however large: the stream must progress.
             return true;
         }
-        if !self.ahead || self.queue.len() >= self.window.size() {
+        if !self.ahead {
             return false;
         }
         let mut held = 0_u64;
+        let mut in_flight = 0;
         for fetch in &self.queue {
             match fetch.bytes.load(Ordering::Acquire) {
-                PENDING => held = held.saturating_add(self.estimate),
+                PENDING => {
+                    held = held.saturating_add(self.estimate);
+                    in_flight += 1;
+                }
                 bytes => held = held.saturating_add(bytes),
             }
         }
-        held.saturating_add(self.estimate) <= self.budget
+        in_flight < self.window.size() && held.saturating_add(self.estimate) <= self.budget
     }
 
     /// Pages that may be in flight now (the adaptive window's current size).
     #[cfg(test)]
     pub(crate) fn window_size(&self) -> usize {
         self.window.size()
-    }
-
-    /// Takes no fetch as throttled, so that a test on a loaded machine grows the window
-    /// whatever its scheduling delays.
-    #[cfg(test)]
-    pub(crate) fn never_throttled(&mut self) {
-        self.window.throttled_delay = Duration::MAX;
     }
 }
 

@@ -658,7 +658,6 @@ mod ahead {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
     use std::task::Poll;
-    use std::time::Duration;
 
     use tokio::sync::watch;
 
@@ -690,6 +689,8 @@ mod ahead {
         /// Requests started and not answered.
         in_flight: usize,
         peak_in_flight: usize,
+        /// 429 answers the fake's client counted.
+        throttled: u64,
     }
 
     /// Batches of `sizes[seq]` bytes whose lines name their batch, each answered once the
@@ -770,6 +771,10 @@ mod ahead {
                 end: seq + 1 == self.sizes.len() as u64,
                 total: None,
             })
+        }
+
+        fn throttled_answers(&self) -> u64 {
+            self.log().throttled
         }
     }
 
@@ -896,6 +901,74 @@ mod ahead {
         assert_eq!(fake.log().requested, (0..10).collect::<Vec<_>>());
     }
 
+    /// A [`Fake`] whose batch 0 is answered only once the test lets it.
+    #[derive(Clone)]
+    struct SlowFirst {
+        fake: Fake,
+        first: watch::Receiver<bool>,
+    }
+
+    impl BatchSource for SlowFirst {
+        async fn batch(&self, seq: u64) -> Result<Batch, FetchError> {
+            let batch = self.fake.batch(seq).await;
+            if seq == 0 {
+                let mut first = self.first.clone();
+                first
+                    .wait_for(|go| *go)
+                    .await
+                    .expect("the test holds the sender");
+            }
+            batch
+        }
+
+        fn throttled_answers(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetched_batch_leaves_the_window_while_an_earlier_one_is_awaited() {
+        // Two pages in flight; batch 0 hangs on the wire, the others come back at once. Each
+        // that comes back frees its place in the window, so the stream goes on being fetched
+        // behind batch 0 within the budget.
+        let (fake, _release) = Fake::new(vec![1_000; 10]);
+        let (go, first) = watch::channel(false);
+        let source = SlowFirst {
+            fake: fake.clone(),
+            first,
+        };
+        let mut pages = ReadAhead::new(source, 0, Some(10), &config(2, 6_000), 1_000);
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            until_requested(&mut next, &fake, 6).await;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                fake.log().requested,
+                (0..6).collect::<Vec<_>>(),
+                "the budget of six batches holds batch 0 and the five fetched behind it"
+            );
+            go.send_replace(true);
+            let first = next.await.expect("batch 0");
+            fake.delivered(&first);
+        }
+        let mut seq = 1;
+        loop {
+            let batch = pages.next().await.expect("a batch");
+            fake.delivered(&batch);
+            assert_eq!(batch.ndjson, batch_bytes(seq, 1_000), "batch {seq}");
+            if batch.end {
+                break;
+            }
+            seq += 1;
+        }
+        let log = fake.log();
+        assert_eq!(log.requested, (0..10).collect::<Vec<_>>());
+        assert!(log.peak_in_flight <= 2, "{} in flight", log.peak_in_flight);
+    }
+
     /// A counted numbered-page stream through the read-ahead, as `StreamReader` reads sheets.
     #[derive(Clone)]
     struct Sheet {
@@ -931,6 +1004,10 @@ mod ahead {
                 end: read.end,
                 total: None,
             })
+        }
+
+        fn throttled_answers(&self) -> u64 {
+            0
         }
     }
 
@@ -971,14 +1048,12 @@ mod ahead {
         })
     }
 
-    const FAST: Duration = Duration::from_millis(50);
-
     #[test]
     fn the_adaptive_window_grows_by_one_per_window_of_batches_waited_for() {
         let mut window = adaptive(2, 4);
         let mut sizes = BTreeMap::new();
         for seq in 0..20 {
-            window.delivered(seq, FAST, true, seq + 5);
+            window.delivered(seq, 0, true, seq + 5);
             sizes.insert(seq, window.size());
         }
         // Two waits grow 2 to 3, three more grow 3 to 4, then the maximum holds.
@@ -994,7 +1069,7 @@ mod ahead {
         let mut window = adaptive(3, 16);
         for seq in 0..30 {
             // Every other batch was ready when asked for: never a whole window of waits.
-            window.delivered(seq, FAST, seq % 2 == 0, seq + 4);
+            window.delivered(seq, 0, seq % 2 == 0, seq + 4);
         }
         assert_eq!(window.size(), 3);
     }
@@ -1002,12 +1077,12 @@ mod ahead {
     #[test]
     fn the_adaptive_window_halves_once_per_throttling() {
         let mut window = adaptive(8, 16);
-        window.delivered(0, FAST, false, 8);
-        // Batches 1 to 7 were all in flight when a 429 held them for a second.
-        window.delivered(1, Duration::from_secs(1), true, 9);
+        window.delivered(0, 0, false, 8);
+        // Batches 1 to 7 were all in flight when the API answered them 429, one by one.
+        window.delivered(1, 1, true, 9);
         assert_eq!(window.size(), 4);
         for seq in 2..8 {
-            window.delivered(seq, Duration::from_secs(1), true, 9);
+            window.delivered(seq, seq, true, 9);
         }
         assert_eq!(
             window.size(),
@@ -1015,29 +1090,24 @@ mod ahead {
             "fetches requested before the halving count once"
         );
         // A batch requested after it, throttled again.
-        window.delivered(9, Duration::from_secs(1), true, 13);
+        window.delivered(9, 8, true, 13);
         assert_eq!(window.size(), 2);
-        window.delivered(13, Duration::from_secs(1), true, 15);
-        window.delivered(15, Duration::from_secs(1), true, 17);
+        window.delivered(13, 9, true, 15);
+        window.delivered(15, 10, true, 17);
         assert_eq!(window.size(), 1, "never below one page");
-        // Slower than the fastest but within the margin: not throttled.
+        // No new 429, however the batches were waited for: not throttled.
         let mut window = adaptive(8, 16);
-        window.delivered(0, FAST, false, 8);
-        window.delivered(1, FAST * 5, false, 9);
+        window.delivered(0, 0, false, 8);
+        window.delivered(1, 0, true, 9);
         assert_eq!(window.size(), 8);
     }
 
     #[test]
     fn a_fixed_window_never_changes() {
         let mut window = Window::new(&config(4, 1 << 20));
-        window.delivered(0, FAST, true, 4);
+        window.delivered(0, 0, true, 4);
         for seq in 1..40 {
-            let elapsed = if seq % 10 == 0 {
-                Duration::from_secs(2)
-            } else {
-                FAST
-            };
-            window.delivered(seq, elapsed, true, seq + 4);
+            window.delivered(seq, seq / 10, true, seq + 4);
         }
         assert_eq!(window.size(), 4);
     }
@@ -1051,7 +1121,6 @@ mod ahead {
             ..config(1, 1 << 20)
         };
         let mut pages = ReadAhead::new(fake.clone(), 0, Some(40), &config, 100);
-        pages.never_throttled();
         for seq in 0..40 {
             let next = pages.next();
             tokio::pin!(next);
