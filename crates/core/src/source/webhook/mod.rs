@@ -424,23 +424,21 @@ fn verify_event(
     let mut stored = scrubbed.body;
     let mut event = event.map_err(|e| body_error(e, shown_path))?;
     let mut jwt_scope = None;
-    if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() {
-        if carries_env(&event, &value) {
-            match auth.verify_legacy_env(&value, request_scope, event.environment_id()) {
-                Ok(None) => {}
-                Ok(Some((claims, scope))) => {
-                    // Only verified claims reach route filters: the sender's own `env` (and
-                    // the JWT string in it) is not stored.
-                    value["env"] = Value::Object(claims);
-                    stored = serde_json::to_vec(&value).expect("a JSON value serialises");
-                    event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
-                    jwt_scope = Some(scope);
-                    if request_scope.is_none() {
-                        method_used = auth::Method::Jwt;
-                    }
+    if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() && carries_env(&event, &value) {
+        match auth.verify_legacy_env(&value, request_scope, event.environment_id()) {
+            Ok(None) => {}
+            Ok(Some((claims, scope))) => {
+                // Only verified claims reach route filters: the sender's own `env` (and
+                // the JWT string in it) is not stored.
+                value["env"] = Value::Object(claims);
+                stored = serde_json::to_vec(&value).expect("a JSON value serialises");
+                event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
+                jwt_scope = Some(scope);
+                if request_scope.is_none() {
+                    method_used = auth::Method::Jwt;
                 }
-                Err(rejection) => return Err(refuse(rejection, shown_path)),
             }
+            Err(rejection) => return Err(refuse(rejection, shown_path)),
         }
     }
     if jwt_only && jwt_scope.is_none() {
