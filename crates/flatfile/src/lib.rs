@@ -29,8 +29,8 @@ pub use client::{
 pub use convert::{EventsPage, LegacyPage, ListedEvent, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;
 pub use scrub::{
-    CREDENTIAL_KEYS, ROW_DATA_LOCATIONS, ScrubbedBody, is_credential_key, scrub_value,
-    scrub_webhook_body,
+    CREDENTIAL_KEYS, ROW_DATA_LOCATIONS, ScrubbedBody, ScrubbedEvent, is_credential_key,
+    scrub_and_parse_webhook_body, scrub_value, scrub_webhook_body,
 };
 pub use secret::Secret;
 pub use webhook::{

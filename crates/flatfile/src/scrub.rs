@@ -77,6 +77,37 @@ pub fn scrub_webhook_body(body: &[u8]) -> Result<ScrubbedBody, WebhookBodyError>
     })
 }
 
+/// A webhook body scrubbed and classified from one parse of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrubbedEvent {
+    /// What [`scrub_webhook_body`] gives for the body: the bytes to store.
+    pub scrubbed: ScrubbedBody,
+    /// The stored bytes as JSON: what `serde_json::from_slice(&scrubbed.body)` gives.
+    pub value: Value,
+    /// What [`crate::parse_webhook_body`] gives for the stored bytes.
+    pub event: Result<crate::IncomingEvent, WebhookBodyError>,
+}
+
+/// [`scrub_webhook_body`], then [`crate::parse_webhook_body`] of the scrubbed bytes, with one
+/// JSON parse instead of two: the scrubbed value is classified as it is, since serialising
+/// and reading it again gives it back unchanged (`float_roundtrip`, `preserve_order`). The
+/// scrub stays the definition of what is stored.
+pub fn scrub_and_parse_webhook_body(body: &[u8]) -> Result<ScrubbedEvent, WebhookBodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let (value, unwrapped, removed) = scrub_value(value);
+    let body = serde_json::to_vec(&value).expect("a JSON value always serialises");
+    let event = crate::webhook::classify(&value, &body);
+    Ok(ScrubbedEvent {
+        scrubbed: ScrubbedBody {
+            body,
+            unwrapped,
+            removed,
+        },
+        value,
+        event,
+    })
+}
+
 /// [`scrub_webhook_body`] on a parsed value: returns the scrubbed value, whether a forwarded
 /// event was unwrapped, and how many credential keys were removed.
 pub fn scrub_value(value: Value) -> (Value, bool, usize) {

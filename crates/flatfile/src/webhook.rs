@@ -263,18 +263,24 @@ pub fn legacy_topic(type_name: &str) -> String {
 /// Parses and classifies a webhook body. Pure: it only looks at `body`.
 pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError> {
     let value: Value = serde_json::from_slice(body).map_err(malformed)?;
+    classify(&value, body)
+}
+
+/// [`parse_webhook_body`] of a body already parsed: `value` is what `body` parses to. `body`
+/// is still read, for the id of a legacy notification without one and for carried rows.
+pub(crate) fn classify(value: &Value, body: &[u8]) -> Result<IncomingEvent, WebhookBodyError> {
     let Value::Object(object) = value else {
         return Err(WebhookBodyError::UnknownShape {
-            reason: format!("{EXPECTED_KEYS}, found {}", describe_type(&value)),
+            reason: format!("{EXPECTED_KEYS}, found {}", describe_type(value)),
         });
     };
 
-    if crate::carried::looks_carried(&object) {
+    if crate::carried::looks_carried(object) {
         return crate::carried::parse_carried(body)
             .map(IncomingEvent::Carried)
             .map_err(|e| WebhookBodyError::BadRows { reason: e.0 });
     }
-    if let Some(event) = platform_event(&object) {
+    if let Some(event) = platform_event(object) {
         return Ok(IncomingEvent::Platform(event));
     }
     // `@flatfile/plugin-webhook-event-forwarder` posts the listener's event object, which keeps
@@ -286,10 +292,10 @@ pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError
     {
         return Ok(IncomingEvent::Platform(event));
     }
-    if let Some(notification) = legacy_notification(&object, body) {
+    if let Some(notification) = legacy_notification(object, body) {
         return Ok(IncomingEvent::Legacy(notification));
     }
-    if is_egress(&object) {
+    if is_egress(object) {
         return Err(WebhookBodyError::UnknownShape {
             reason:
                 "a webhook-egress body (`workbook` with `sheets`) whose workbook has no \"id\", \
@@ -299,7 +305,7 @@ pub fn parse_webhook_body(body: &[u8]) -> Result<IncomingEvent, WebhookBodyError
         });
     }
     Err(WebhookBodyError::UnknownShape {
-        reason: format!("{EXPECTED_KEYS}, found {}", describe_keys(&object)),
+        reason: format!("{EXPECTED_KEYS}, found {}", describe_keys(object)),
     })
 }
 

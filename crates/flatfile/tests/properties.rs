@@ -4,7 +4,7 @@
 
 use flatsync_flatfile::{
     CREDENTIAL_KEYS, EventsPage, IncomingEvent, LegacyPage, RecordsPage, is_credential_key,
-    parse_webhook_body, scrub_webhook_body,
+    parse_webhook_body, scrub_and_parse_webhook_body, scrub_webhook_body,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -183,6 +183,63 @@ proptest! {
                 prop_assert_eq!(event.domain, topic.split(':').next().unwrap_or_default());
             }
             other => prop_assert!(false, "classified as {other:?}"),
+        }
+    }
+}
+
+/// A body of any shape the webhook classifies, with credentials and floats anywhere.
+fn any_webhook_body() -> impl Strategy<Value = Value> {
+    let tree = || {
+        prop_oneof![
+            3 => tree_with_credentials(),
+            1 => any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(Value::from),
+        ]
+    };
+    prop_oneof![
+        (tree(), tree()).prop_map(|(payload, context)| {
+            json!({ "id": "us_evt_1", "topic": "job:ready", "payload": payload, "context": context })
+        }),
+        tree().prop_map(|cache| json!({
+            "src": { "id": "us_evt_2", "topic": "records:created", "payload": cache },
+            "_accessToken": "sk_tok",
+            "cache": cache,
+        })),
+        tree().prop_map(|env| json!({ "type": "recordStatusModified", "env": env })),
+        tree().prop_map(|meta| json!({ "scope": { "batchId": "b", "eventId": 7 }, "meta": meta })),
+        tree().prop_map(|row| json!({
+            "event": { "type": "batch.upload", "id": "evt_1", "apiKey": "k" },
+            "data": { "meta": { "batch": { "id": "b1" } }, "validRows": [{ "row": 1, "data": row }] },
+        })),
+        tree().prop_map(|records| json!({
+            "workbook": { "id": "us_wb_1", "sheets": [{ "id": "us_sh_1", "records": [records] }] },
+        })),
+        tree(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn one_parse_scrubs_and_classifies_as_the_two_did(body in any_webhook_body()) {
+        let bytes = body.to_string().into_bytes();
+        let merged = scrub_and_parse_webhook_body(&bytes).expect("JSON scrubs");
+        let scrubbed = scrub_webhook_body(&bytes).expect("JSON scrubs");
+        prop_assert_eq!(&merged.scrubbed, &scrubbed);
+        let stored: Value = serde_json::from_slice(&scrubbed.body).expect("the stored body is JSON");
+        prop_assert_eq!(&merged.value, &stored);
+        prop_assert_eq!(merged.event, parse_webhook_body(&scrubbed.body));
+    }
+
+    #[test]
+    fn one_parse_refuses_bytes_as_the_two_did(body in prop::collection::vec(any::<u8>(), 0..64)) {
+        match (scrub_and_parse_webhook_body(&body), scrub_webhook_body(&body)) {
+            (Ok(merged), Ok(scrubbed)) => {
+                prop_assert_eq!(&merged.scrubbed, &scrubbed);
+                prop_assert_eq!(merged.event, parse_webhook_body(&scrubbed.body));
+            }
+            (Err(merged), Err(scrubbed)) => prop_assert_eq!(merged, scrubbed),
+            (merged, scrubbed) => prop_assert!(false, "{merged:?} against {scrubbed:?}"),
         }
     }
 }

@@ -38,8 +38,12 @@ const IDLE_RESCAN: Duration = Duration::from_secs(1);
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Events planned per turn, in batches: enough that every group gets full batches when a
-/// backlog drains, few enough that the bodies held stay small.
+/// backlog drains. They are read a batch at a time, so one batch's bodies are held at once.
 const PLAN_BATCHES_PER_TURN: u64 = 8;
+
+/// Bodies held by one group's turn, in bytes: no batch is added past this (one always is), so
+/// the memory a turn holds does not grow with the size of the events.
+const TURN_BODY_BYTES: usize = 2 << 20;
 
 /// Batches written for one group and sink, then flushed once and committed in one
 /// transaction, before the writer turns to the others.
@@ -128,22 +132,52 @@ async fn turn(engine: &Arc<Engine>, plan_unplanned: bool) -> Result<bool, StateE
 /// and groups and the others' final status in one transaction. Returns how many were planned
 /// and the receipt time before which every event row is planned.
 async fn plan_waiting(engine: &Engine) -> Result<(usize, i64), StateError> {
-    let config = &engine.config;
-    let limit = (config.events.batch_events * PLAN_BATCHES_PER_TURN) as usize;
-    let events = engine
-        .state
-        .unplanned_event_rows(&ROW_TOPICS, limit)
-        .await?;
-    let planned_before = match events.last() {
-        Some(last) if events.len() >= limit => last.received_at_ms,
-        _ => i64::MAX,
-    };
-    if events.is_empty() {
+    let page = usize::try_from(engine.config.events.batch_events.max(1)).unwrap_or(usize::MAX);
+    let mut plans = Vec::new();
+    let mut settled = Vec::new();
+    let mut count = 0;
+    let mut after = None;
+    let mut planned_before = i64::MAX;
+    for _ in 0..PLAN_BATCHES_PER_TURN {
+        let events = engine
+            .state
+            .unplanned_event_rows_after(&ROW_TOPICS, after.take(), page)
+            .await?;
+        count += events.len();
+        route_page(engine, &events, &mut plans, &mut settled);
+        match events.last() {
+            // More may wait: every event row received before the last one read is planned.
+            Some(last) if events.len() >= page => {
+                planned_before = last.received_at_ms;
+                after = Some((last.received_at_ms, last.event_id.clone()));
+            }
+            _ => {
+                planned_before = i64::MAX;
+                break;
+            }
+        }
+    }
+    if count == 0 {
         return Ok((0, planned_before));
     }
-    let mut plans = Vec::with_capacity(events.len());
-    let mut settled = Vec::new();
-    for event in &events {
+    tracing::debug!(
+        events = count,
+        grouped = plans.len(),
+        "Event rows planned into groups"
+    );
+    engine.state.plan_grouped(plans, settled).await?;
+    Ok((count, planned_before))
+}
+
+/// Routes a page of event rows: a plan for each routed one, the final status of the others.
+fn route_page(
+    engine: &Engine,
+    events: &[StoredEvent],
+    plans: &mut Vec<GroupPlan>,
+    settled: &mut Vec<Settled>,
+) {
+    let config = &engine.config;
+    for event in events {
         match route(engine, event) {
             Ok(sinks) => {
                 let group = plan::event_group(
@@ -168,14 +202,6 @@ async fn plan_waiting(engine: &Engine) -> Result<(usize, i64), StateError> {
             }
         }
     }
-    let count = events.len();
-    tracing::debug!(
-        events = count,
-        grouped = plans.len(),
-        "Event rows planned into groups"
-    );
-    engine.state.plan_grouped(plans, settled).await?;
-    Ok((count, planned_before))
 }
 
 /// The sinks an event row goes to, or the status it settles with and why. The body was parsed
@@ -241,9 +267,15 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     if engine.health.is_draining() {
         return Ok(0);
     }
-    let batches = engine
+    let mut batches = engine
         .state
-        .next_group_batches(&group.group, &group.sink, limits, BATCHES_PER_GROUP_TURN)
+        .next_group_batches(
+            &group.group,
+            &group.sink,
+            limits,
+            BATCHES_PER_GROUP_TURN,
+            TURN_BODY_BYTES,
+        )
         .await?;
     if batches.is_empty() {
         return Ok(0);
@@ -251,8 +283,13 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     // One flush, and one commit, for all of them: the sink makes them durable together.
     let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
     let mut result = Ok(());
-    for batch in &batches {
-        result = worker.write_batch(owned_batch(batch)).await;
+    for batch in &mut batches {
+        let owned = owned_batch(batch);
+        // The batch's bytes are the sink's now; its commit needs only the ids.
+        for row in &mut batch.rows {
+            row.event.body = Vec::new();
+        }
+        result = worker.write_batch(owned).await;
         crate::metrics::sink_call(&group.sink, result.as_ref().map(|_| ()));
         if let Err(e) = &result {
             tracing::error!(sink = %group.sink, stream = %batch.stream, seq = batch.seq, error = %e, "Sink failed");

@@ -79,6 +79,13 @@ pub(crate) struct GroupBatch {
     pub(crate) rows: Vec<GroupRow>,
 }
 
+impl GroupBatch {
+    /// The bytes of the bodies it holds.
+    pub(crate) fn body_bytes(&self) -> usize {
+        self.rows.iter().map(|r| r.event.body.len()).sum()
+    }
+}
+
 /// A sink's position in a group stream.
 struct StreamRow {
     stream: String,
@@ -117,27 +124,53 @@ fn json_texts_of_param_2(db: &Db) -> &'static str {
 impl StateDb {
     /// The oldest pending events without data that nothing planned yet: Platform events whose
     /// topic is not one of `row_topics` (the topics whose rows come from elsewhere).
+    #[cfg(test)]
     pub(crate) async fn unplanned_event_rows(
         &self,
         row_topics: &[&str],
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StateError> {
+        self.unplanned_event_rows_after(row_topics, None, limit)
+            .await
+    }
+
+    /// [`StateDb::unplanned_event_rows`] that come after `after` (receipt time, event id) in
+    /// their order: a planner reads the oldest a page at a time, holding one page's bodies.
+    pub(crate) async fn unplanned_event_rows_after(
+        &self,
+        row_topics: &[&str],
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StateError> {
         let topics = serde_json::Value::from(row_topics.to_vec()).to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |db| {
+            // The bound on the receipt time alone lets the index skip the pages read before.
+            let after_clause = if after.is_some() {
+                "AND received_at_ms >= ?4 AND (received_at_ms > ?4 OR event_id > ?5)"
+            } else {
+                ""
+            };
             let sql = format!(
                 "SELECT event_id, kind, topic, body, received_at_ms, status, detail FROM inbox
                  WHERE status = ?1 AND kind = 'platform'
-                   AND topic NOT IN ({})
+                   AND topic NOT IN ({}) {after_clause}
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id)
                  ORDER BY received_at_ms, event_id LIMIT ?3",
                 json_texts_of_param_2(db)
             );
-            db.query_map(
-                &sql,
-                params![EventStatus::Pending, topics, limit],
-                inbox::stored_event,
-            )
+            match &after {
+                Some((ms, id)) => db.query_map(
+                    &sql,
+                    params![EventStatus::Pending, topics, limit, *ms, id],
+                    inbox::stored_event,
+                ),
+                None => db.query_map(
+                    &sql,
+                    params![EventStatus::Pending, topics, limit],
+                    inbox::stored_event,
+                ),
+            }
         })
         .await
     }
@@ -281,18 +314,24 @@ impl StateDb {
         sink: &str,
         limits: BatchLimits,
     ) -> Result<Option<GroupBatch>, StateError> {
-        Ok(self.next_group_batches(group, sink, limits, 1).await?.pop())
+        Ok(self
+            .next_group_batches(group, sink, limits, 1, usize::MAX)
+            .await?
+            .pop())
     }
 
     /// Up to `count` next batches of `group` for `sink`, in the order they go to the sink: the
     /// recorded batches not yet durable first, unchanged, then new ones, each recorded (in this
-    /// one transaction) before any is returned.
+    /// one transaction) before any is returned. No batch is added once the bodies of those
+    /// taken reach `body_bytes`, so what a turn holds is bounded in bytes as well (the first
+    /// batch is always taken).
     pub(crate) async fn next_group_batches(
         &self,
         group: &str,
         sink: &str,
         limits: BatchLimits,
         count: usize,
+        body_bytes: usize,
     ) -> Result<Vec<GroupBatch>, StateError> {
         let (group, sink) = (group.to_owned(), sink.to_owned());
         self.call(move |db| {
@@ -306,16 +345,25 @@ impl StateDb {
                     stream_row,
                 )?;
                 let mut batches = Vec::new();
+                let mut held = 0;
+                let room = |batches: &Vec<GroupBatch>, held: usize| {
+                    batches.len() < count && held < body_bytes
+                };
                 for stream in &open {
                     for seq in stream.next_seq..stream.formed_seq {
-                        if batches.len() < count {
-                            batches.push(recorded_batch(tx, &sink, stream, seq)?);
+                        if room(&batches, held) {
+                            let batch = recorded_batch(tx, &sink, stream, seq)?;
+                            held += batch.body_bytes();
+                            batches.push(batch);
                         }
                     }
                 }
-                while batches.len() < count {
+                while room(&batches, held) {
                     match form_batch(tx, &group, &sink, limits)? {
-                        Some(batch) => batches.push(batch),
+                        Some(batch) => {
+                            held += batch.body_bytes();
+                            batches.push(batch);
+                        }
                         None => break,
                     }
                 }
@@ -1167,6 +1215,103 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_turn_takes_no_batch_past_its_bytes_and_the_rest_come_next_unchanged() {
+        for backend in TestBackend::both("groups_bytes") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 5).await;
+            // Each body is `{}`: a batch of two holds four bytes.
+            let first = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10, 5)
+                .await
+                .unwrap();
+            let seqs = |batches: &[GroupBatch]| -> Vec<(u64, Vec<String>)> {
+                batches
+                    .iter()
+                    .map(|b| (b.seq, ids(b).into_iter().map(str::to_owned).collect()))
+                    .collect()
+            };
+            assert_eq!(
+                seqs(&first),
+                [
+                    (0, vec!["e00".into(), "e01".into()]),
+                    (1, vec!["e02".into(), "e03".into()])
+                ],
+                "{on}: the second batch reached the bytes"
+            );
+            let one = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10, 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                seqs(&one),
+                [(0, vec!["e00".into(), "e01".into()])],
+                "{on}: one batch always goes, the recorded one first"
+            );
+            let all = db
+                .next_group_batches("events-space-w", "s", LIMITS, 10, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                seqs(&all),
+                [
+                    (0, vec!["e00".into(), "e01".into()]),
+                    (1, vec!["e02".into(), "e03".into()]),
+                    (2, vec!["e04".into()])
+                ],
+                "{on}: recorded batches unchanged, then the new one"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unplanned_event_rows_are_read_a_page_at_a_time_in_order() {
+        for backend in TestBackend::both("groups_pages") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 5).await;
+            // Two events received in the same millisecond as e02: ids order them.
+            for id in ["e02b", "e02a"] {
+                db.insert_event(
+                    id.into(),
+                    "platform",
+                    "space:created".into(),
+                    b"{}".to_vec(),
+                    2,
+                )
+                .await
+                .unwrap();
+            }
+            let mut read = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db
+                    .unplanned_event_rows_after(&ROW_TOPICS, after.take(), 2)
+                    .await
+                    .unwrap();
+                read.extend(page.iter().map(|e| e.event_id.clone()));
+                match page.last() {
+                    Some(last) if page.len() == 2 => {
+                        after = Some((last.received_at_ms, last.event_id.clone()));
+                    }
+                    _ => break,
+                }
+            }
+            let whole: Vec<String> = db
+                .unplanned_event_rows(&ROW_TOPICS, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect();
+            assert_eq!(read, whole, "{on}");
+            assert_eq!(
+                read,
+                ["e00", "e01", "e02", "e02a", "e02b", "e03", "e04"],
+                "{on}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn several_batches_are_recorded_and_committed_in_one_call() {
         for backend in TestBackend::both("groups_several") {
             let on = which(&backend);
@@ -1177,7 +1322,7 @@ mod tests {
                 "{on}: no limit given, every member still the writer's"
             );
             let batches = db
-                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .next_group_batches("events-space-w", "s", LIMITS, 10, usize::MAX)
                 .await
                 .unwrap();
             let formed: Vec<(u64, Vec<&str>)> = batches.iter().map(|b| (b.seq, ids(b))).collect();
@@ -1192,7 +1337,7 @@ mod tests {
             );
             db.commit_group_batches(&batches[..2]).await.unwrap();
             let again = db
-                .next_group_batches("events-space-w", "s", LIMITS, 10)
+                .next_group_batches("events-space-w", "s", LIMITS, 10, usize::MAX)
                 .await
                 .unwrap();
             assert_eq!(

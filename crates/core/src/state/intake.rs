@@ -45,8 +45,22 @@ pub(crate) enum InboxOutcome {
 
 /// One write inside the group's transaction, in a savepoint of its own: when it fails, what it
 /// wrote is undone and the other writes of the group stay. PostgreSQL needs the savepoint even
-/// for a single statement, since it abandons the whole transaction on any failed one.
+/// for a single statement, since it abandons the whole transaction on any failed one. SQLite
+/// undoes a failed statement by itself, so an event (one statement) needs none there: two
+/// statements fewer per webhook.
 fn write_one(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
+    if let InboxWrite::Event {
+        event_id,
+        kind,
+        topic,
+        body,
+        received_at_ms,
+    } = write
+        && db.as_sqlite().is_some()
+    {
+        return insert_pending(db, event_id, kind, topic, body, *received_at_ms)
+            .map(InboxOutcome::Event);
+    }
     db.savepoint(|db| match write {
         InboxWrite::Event {
             event_id,

@@ -125,10 +125,18 @@ impl InboxQueue {
             answer,
             queued: Instant::now(),
         };
-        match tokio::time::timeout(INBOX_WAIT, self.jobs.send(job)).await {
-            Ok(Ok(())) => {}
-            // The committer is gone (the daemon stops): nothing was written.
-            Ok(Err(_)) | Err(_) => return Err(Unstored::Busy),
+        // Room is the common case: taken without arming a timer.
+        let job = match self.jobs.try_send(job) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(job)) => Some(job),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Unstored::Busy),
+        };
+        if let Some(job) = job {
+            match tokio::time::timeout(INBOX_WAIT, self.jobs.send(job)).await {
+                Ok(Ok(())) => {}
+                // The committer is gone (the daemon stops): nothing was written.
+                Ok(Err(_)) | Err(_) => return Err(Unstored::Busy),
+            }
         }
         answered.await.unwrap_or(Err(Unstored::Busy))
     }

@@ -21,7 +21,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flatsync_flatfile::{
-    CarriedPart, IncomingEvent, WebhookBodyError, parse_webhook_body, scrub_webhook_body,
+    CarriedPart, IncomingEvent, ScrubbedEvent, WebhookBodyError, parse_webhook_body,
+    scrub_and_parse_webhook_body,
 };
 use serde_json::{Value, json};
 
@@ -134,6 +135,10 @@ fn target(path: &str, base: &str, auth: &WebhookAuth) -> Target {
 /// The request path as logs may show it: segments of `[webhook] path` as they are, every
 /// other segment `<redacted>`, since it may be a path secret (right or nearly right).
 fn redacted_path(path: &str, base: &str) -> String {
+    if path == base {
+        // Every segment is the webhook path's: the common case, without splitting.
+        return path.to_owned();
+    }
     let mut base_segments = base.split('/');
     path.split('/')
         .map(|segment| match base_segments.next() {
@@ -281,14 +286,15 @@ async fn receive(
         Gate::JwtOnly => (auth::Method::Jwt, None),
     };
 
-    let scrubbed = match scrub_webhook_body(&bytes) {
+    // One parse scrubs and classifies the body; the scrub decides what is stored.
+    let scrubbed = match scrub_and_parse_webhook_body(&bytes) {
         Ok(scrubbed) => scrubbed,
         Err(e) => return body_error(e, &shown_path),
     };
-    if scrubbed.unwrapped || scrubbed.removed > 0 {
+    if scrubbed.scrubbed.unwrapped || scrubbed.scrubbed.removed > 0 {
         tracing::debug!(
-            unwrapped = scrubbed.unwrapped,
-            removed_keys = scrubbed.removed,
+            unwrapped = scrubbed.scrubbed.unwrapped,
+            removed_keys = scrubbed.scrubbed.removed,
             "Webhook body scrubbed"
         );
     }
@@ -297,7 +303,7 @@ async fn receive(
         request_scope,
         jwt_only: matches!(gate, Gate::JwtOnly),
     };
-    let verified = match verify_event(&auth, admitted, scrubbed.body, &shown_path) {
+    let verified = match verify_event(&auth, admitted, scrubbed, &shown_path) {
         Ok(verified) => verified,
         Err(response) => return response,
     };
@@ -392,9 +398,9 @@ struct Verified {
     scope_label: String,
 }
 
-/// Parses the scrubbed body and proves the sender may send it: a legacy notification's `env`
-/// JWT is verified (its claims replace `env`), and every scope that let the request in must
-/// admit the event's environment.
+/// Takes the scrubbed body's event and proves the sender may send it: a legacy
+/// notification's `env` JWT is verified (its claims replace `env`), and every scope that let
+/// the request in must admit the event's environment.
 #[allow(
     clippy::result_large_err,
     reason = "the error is the response to send; it exists only on the refusal path"
@@ -402,7 +408,7 @@ struct Verified {
 fn verify_event(
     auth: &WebhookAuth,
     admitted: Admitted,
-    mut stored: Vec<u8>,
+    scrubbed: ScrubbedEvent,
     shown_path: &str,
 ) -> Result<Verified, Response> {
     let Admitted {
@@ -410,26 +416,29 @@ fn verify_event(
         request_scope,
         jwt_only,
     } = admitted;
-    let mut event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
+    let ScrubbedEvent {
+        scrubbed,
+        mut value,
+        event,
+    } = scrubbed;
+    let mut stored = scrubbed.body;
+    let mut event = event.map_err(|e| body_error(e, shown_path))?;
     let mut jwt_scope = None;
-    if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() {
-        let mut value: Value = serde_json::from_slice(&stored).expect("the scrubbed body is JSON");
-        if carries_env(&event, &value) {
-            match auth.verify_legacy_env(&value, request_scope, event.environment_id()) {
-                Ok(None) => {}
-                Ok(Some((claims, scope))) => {
-                    // Only verified claims reach route filters: the sender's own `env` (and
-                    // the JWT string in it) is not stored.
-                    value["env"] = Value::Object(claims);
-                    stored = serde_json::to_vec(&value).expect("a JSON value serialises");
-                    event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
-                    jwt_scope = Some(scope);
-                    if request_scope.is_none() {
-                        method_used = auth::Method::Jwt;
-                    }
+    if matches!(event, IncomingEvent::Legacy(_)) && !auth.is_open() && carries_env(&event, &value) {
+        match auth.verify_legacy_env(&value, request_scope, event.environment_id()) {
+            Ok(None) => {}
+            Ok(Some((claims, scope))) => {
+                // Only verified claims reach route filters: the sender's own `env` (and
+                // the JWT string in it) is not stored.
+                value["env"] = Value::Object(claims);
+                stored = serde_json::to_vec(&value).expect("a JSON value serialises");
+                event = parse_webhook_body(&stored).map_err(|e| body_error(e, shown_path))?;
+                jwt_scope = Some(scope);
+                if request_scope.is_none() {
+                    method_used = auth::Method::Jwt;
                 }
-                Err(rejection) => return Err(refuse(rejection, shown_path)),
             }
+            Err(rejection) => return Err(refuse(rejection, shown_path)),
         }
     }
     if jwt_only && jwt_scope.is_none() {
@@ -504,19 +513,11 @@ async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str
                 "Webhook accepted"
             );
             crate::metrics::event_received("webhook", &topic);
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "status": "accepted", "eventId": event_id })),
-            )
-                .into_response()
+            event_answer("accepted", &event_id)
         }
         Ok(false) => {
             tracing::debug!(event_id = %event_id, topic = %topic, "Webhook repeated, already accepted");
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "status": "duplicate", "eventId": event_id })),
-            )
-                .into_response()
+            event_answer("duplicate", &event_id)
         }
         Err(Unstored::Busy) => {
             tracing::warn!(event_id = %event_id, "Webhook refused: the inbox is busy");
@@ -527,6 +528,27 @@ async fn accept_event(state: &WebhookState, accepted: Accepted, shown_path: &str
             unavailable("could not store the event; retry later", shown_path)
         }
     }
+}
+
+/// The 200 answer to an event: `{"status":…,"eventId":…}`, the bytes `axum::Json` of the
+/// `json!` object would give, written without building the object.
+fn event_answer(status: &'static str, event_id: &str) -> Response {
+    let mut body = Vec::with_capacity(40 + event_id.len());
+    body.extend_from_slice(b"{\"status\":\"");
+    body.extend_from_slice(status.as_bytes());
+    body.extend_from_slice(b"\",\"eventId\":");
+    // Escaped as serde_json escapes any string; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, event_id);
+    body.push(b'}');
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Stores one part of an upload whose rows travel in the bodies, before answering 2xx; the
@@ -608,6 +630,28 @@ mod tests {
             "/flatfile/<redacted>/<redacted>"
         );
         assert_eq!(redacted_path("/x", "/"), "/<redacted>");
+    }
+
+    #[tokio::test]
+    async fn an_event_answer_is_what_the_json_object_gave() {
+        for (status, event_id) in [
+            ("accepted", "us_evt_1"),
+            ("duplicate", "legacy-0123"),
+            ("accepted", "quote\" back\\ slash \u{1} é \u{2028}"),
+            ("duplicate", ""),
+        ] {
+            let fast = event_answer(status, event_id);
+            let slow = (
+                StatusCode::OK,
+                axum::Json(json!({ "status": status, "eventId": event_id })),
+            )
+                .into_response();
+            assert_eq!(fast.status(), slow.status());
+            assert_eq!(fast.headers(), slow.headers());
+            let fast = axum::body::to_bytes(fast.into_body(), usize::MAX).await;
+            let slow = axum::body::to_bytes(slow.into_body(), usize::MAX).await;
+            assert_eq!(fast.expect("body"), slow.expect("body"), "{event_id}");
+        }
     }
 
     fn auth(text: &str) -> WebhookAuth {
