@@ -334,6 +334,12 @@ impl Drop for PgConn {
 
 fn open_session(target: &PgTarget, session: Session) -> Result<Client> {
     let mut client = target.config.connect(NoTls)?;
+    // Statements are prepared once per session and run for as long as it lives, while the
+    // state's tables grow from empty to a backlog of any size. After five runs PostgreSQL may
+    // keep a generic plan made when a table was nearly empty (a nested loop scanning
+    // `deliveries` for every pending event took minutes per query on a 100,000-event backlog):
+    // plan every run with the tables as they are now.
+    client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
     if let Session::Work { lease } = session {
         let ms = lease.as_millis();
         client.batch_execute(&format!(
