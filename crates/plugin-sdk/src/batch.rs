@@ -486,11 +486,27 @@ fn unescape_serde(text: &str) -> Result<String, SinkError> {
 /// `None` for anything it does not expect, which is then left to [`unescape_serde`].
 fn unescape(inner: &str) -> Option<String> {
     let mut out = String::with_capacity(inner.len());
+    unescape_json_string(inner, &mut out).then_some(out)
+}
+
+/// Unescapes the contents of a JSON string (`inner`: the text of a valid JSON string value
+/// without its quotes) into `out`, as [`CellValue::parse`] reads it: each half of a surrogate
+/// pair that lacks its other half becomes U+FFFD. A sink typing many values reuses one `out`
+/// instead of a new `String` per value. Returns `false`, with `out` in any state, for anything
+/// it does not expect; [`CellValue::parse`] then gives the answer.
+pub fn unescape_json_string(inner: &str, out: &mut String) -> bool {
+    out.clear();
     let mut rest = inner;
     while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
-        out.push_str(rest.get(..at)?);
+        let Some(plain) = rest.get(..at) else {
+            return false;
+        };
+        out.push_str(plain);
         let bytes = &rest.as_bytes()[at..];
-        let (ch, used) = match *bytes.get(1)? {
+        let Some(&escape) = bytes.get(1) else {
+            return false;
+        };
+        let (ch, used) = match escape {
             b'"' => ('"', 2),
             b'\\' => ('\\', 2),
             b'/' => ('/', 2),
@@ -499,14 +515,20 @@ fn unescape(inner: &str) -> Option<String> {
             b'n' => ('\n', 2),
             b'r' => ('\r', 2),
             b't' => ('\t', 2),
-            b'u' => unicode_escape(bytes)?,
-            _ => return None,
+            b'u' => match unicode_escape(bytes) {
+                Some(found) => found,
+                None => return false,
+            },
+            _ => return false,
         };
         out.push(ch);
-        rest = rest.get(at + used..)?;
+        match rest.get(at + used..) {
+            Some(after) => rest = after,
+            None => return false,
+        }
     }
     out.push_str(rest);
-    Some(out)
+    true
 }
 
 /// The character of the `\uXXXX` escape (or escaped surrogate pair) `bytes` starts with, and

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use flatsync_plugin_sdk::serde_json::value::RawValue;
-use flatsync_plugin_sdk::{CellValue, SinkError};
+use flatsync_plugin_sdk::{CellValue, SinkError, unescape_json_string};
 use rusqlite::types::ValueRef;
 
 use crate::table::number;
@@ -26,7 +26,7 @@ pub(crate) fn sql_value<'v>(
             if !inner.contains(&b'\\') {
                 return Ok(ValueRef::Text(inner));
             }
-            if unescape(&text[1..text.len() - 1], scratch) {
+            if unescape_json_string(&text[1..text.len() - 1], scratch) {
                 return Ok(ValueRef::Text(scratch.as_bytes()));
             }
         }
@@ -57,79 +57,6 @@ pub(crate) fn by_definition<'v>(
             ValueRef::Text(scratch.as_bytes())
         }
     })
-}
-
-/// Unescapes the inside of a JSON string into `out`. `false` (with `out` in any state) for
-/// whatever the definition should judge: a control character or quote left unescaped, a
-/// surrogate half without its other half, an escape JSON does not have.
-fn unescape(inner: &str, out: &mut String) -> bool {
-    out.clear();
-    let bytes = inner.as_bytes();
-    let mut copied = 0;
-    let mut at = 0;
-    while let Some(offset) = bytes[at..]
-        .iter()
-        .position(|&byte| byte == b'\\' || byte == b'"' || byte < 0x20)
-    {
-        at += offset;
-        if bytes[at] != b'\\' {
-            return false;
-        }
-        out.push_str(&inner[copied..at]);
-        let Some(&escape) = bytes.get(at + 1) else {
-            return false;
-        };
-        at += 2;
-        let unescaped = match escape {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => match code_point(bytes, &mut at) {
-                Some(unescaped) => unescaped,
-                None => return false,
-            },
-            _ => return false,
-        };
-        out.push(unescaped);
-        copied = at;
-    }
-    out.push_str(&inner[copied..]);
-    true
-}
-
-/// The character of the `\u` escape whose hex digits start at `*at` (a surrogate pair takes
-/// both escapes), moving `*at` past it.
-fn code_point(bytes: &[u8], at: &mut usize) -> Option<char> {
-    let unit = hex4(bytes, *at)?;
-    *at += 4;
-    match unit {
-        0xD800..0xDC00 => {
-            if bytes.get(*at..*at + 2) != Some(b"\\u") {
-                return None;
-            }
-            let low = hex4(bytes, *at + 2).filter(|low| (0xDC00..0xE000).contains(low))?;
-            *at += 6;
-            char::from_u32(0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00))
-        }
-        0xDC00..0xE000 => None,
-        _ => char::from_u32(u32::from(unit)),
-    }
-}
-
-/// Four hex digits at `at`.
-fn hex4(bytes: &[u8], at: usize) -> Option<u16> {
-    bytes
-        .get(at..at + 4)?
-        .iter()
-        .try_fold(0_u16, |unit, &digit| {
-            let value = char::from(digit).to_digit(16)?;
-            Some(unit << 4 | value as u16)
-        })
 }
 
 #[cfg(test)]
