@@ -11,7 +11,7 @@ use std::process::Command;
 use flatfile_sim::{legacy_row_ids, legacy_webhook_body};
 use flatsync_plugin_api as api;
 use flatsync_plugin_api::{
-    FlatsyncBatch, FlatsyncError, FlatsyncHost, FlatsyncPlugin, FlatsyncStr,
+    FlatsyncBatch, FlatsyncError, FlatsyncHeld, FlatsyncHost, FlatsyncPlugin, FlatsyncStr,
 };
 use flatsync_test_kit::cc::{CBuild, plugin_header_dir};
 use flatsync_tests::{Artifacts, Daemon, Sim, TestDir};
@@ -142,8 +142,16 @@ fn rust_structs() -> Vec<RustStruct> {
                     flush,
                     destroy,
                     check,
+                    held,
                 ]
             ),
+        },
+        RustStruct {
+            c_name: "flatsync_held",
+            rust_name: "FlatsyncHeld",
+            size: size_of::<FlatsyncHeld>(),
+            align: align_of::<FlatsyncHeld>(),
+            fields: rust_fields!(FlatsyncHeld, [struct_size, holds, seq, rows]),
         },
     ]
 }
@@ -213,7 +221,7 @@ fn rust_facts() -> BTreeMap<String, String> {
         "text FLATSYNC_ENTRY_SYMBOL".to_owned(),
         format!("{} {}", api::ENTRY_SYMBOL, api::ENTRY_SYMBOL.len()),
     );
-    let numbers: [(&str, i64); 14] = [
+    let numbers: [(&str, i64); 16] = [
         ("FLATSYNC_ABI_MAJOR", api::ABI_MAJOR.into()),
         ("FLATSYNC_ABI_MINOR", api::ABI_MINOR.into()),
         (
@@ -236,6 +244,8 @@ fn rust_facts() -> BTreeMap<String, String> {
             "FLATSYNC_PLUGIN_FLAG_DELETIONS",
             api::PLUGIN_FLAG_DELETIONS.into(),
         ),
+        ("FLATSYNC_HELD_NOTHING", api::HELD_NOTHING.into()),
+        ("FLATSYNC_HELD_BATCHES", api::HELD_BATCHES.into()),
         ("FLATSYNC_LOG_ERROR", api::LOG_ERROR.into()),
         ("FLATSYNC_LOG_WARN", api::LOG_WARN.into()),
         ("FLATSYNC_LOG_INFO", api::LOG_INFO.into()),

@@ -130,7 +130,8 @@ fn a_sink_written_in_c_receives_every_row_once() {
     assert_eq!(check.code, Some(0), "flatsync check: {check:?}");
     assert!(
         check.stdout.contains(&format!(
-            "sink `inbox`: plugin {PLUGIN_NAME} 1.0.0 (ABI 1.1) from {}",
+            "sink `inbox`: plugin {PLUGIN_NAME} 1.0.0 (ABI 1.{}) from {}",
+            flatsync_plugin_api::ABI_MINOR,
             plugin.display()
         )),
         "check names the C plugin and its ABI: {}",

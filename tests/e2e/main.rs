@@ -27,6 +27,7 @@ mod operator;
 mod packaging;
 mod platform;
 mod reload;
+mod resume;
 mod scaffold;
 mod secrets;
 mod service;

@@ -1,4 +1,4 @@
-/* flatsync sink plugin ABI, version 1.0.
+/* flatsync sink plugin ABI, version 1.2.
  *
  * Everything a sink plugin written in C (or any language that can export a C function) needs.
  * The Rust mirror is crates/plugin-api/src/lib.rs; both assert the same layout, and a test
@@ -38,7 +38,7 @@ extern "C" {
 
 #define FLATSYNC_MAGIC "FLATSYNC" /* 8 bytes, no NUL in the descriptor */
 #define FLATSYNC_ABI_MAJOR 1
-#define FLATSYNC_ABI_MINOR 1
+#define FLATSYNC_ABI_MINOR 2
 
 /* Name of the one function a plugin exports. */
 #define FLATSYNC_ENTRY_SYMBOL "flatsync_plugin_entry"
@@ -74,6 +74,12 @@ typedef int32_t flatsync_status;
  * {"id":"<record id>","valid":true,"values":{}}; the sink removes or marks it. Set only for
  * plugins declaring FLATSYNC_PLUGIN_FLAG_DELETIONS. */
 #define FLATSYNC_BATCH_FLAG_DELETIONS 2u
+
+/* Values of flatsync_held.holds (ABI 1.2). NOTHING: nothing to tell (a fresh or complete stream,
+ * nothing held beyond the last flush, or unknown). BATCHES: batches 0..=seq are held, rows rows
+ * in all, and they survive a restart of the host process. Any other value means NOTHING. */
+#define FLATSYNC_HELD_NOTHING 0u
+#define FLATSYNC_HELD_BATCHES 1u
 
 /* Levels for flatsync_host.log. A host shows an unknown level at its lowest (trace) level. */
 #define FLATSYNC_LOG_ERROR 1u
@@ -120,6 +126,15 @@ typedef struct {
     int64_t received_at_ms;   /* when flatsync received the event, ms since the Unix epoch */
 } flatsync_batch;
 
+/* What a sink holds of one stream, filled in by flatsync_plugin.held (ABI 1.2). The host sets
+ * struct_size and holds = FLATSYNC_HELD_NOTHING before the call. */
+typedef struct {
+    uint32_t struct_size; /* sizeof as the host compiled it */
+    uint32_t holds;       /* FLATSYNC_HELD_* */
+    uint64_t seq;         /* with BATCHES: the last batch held; every batch before it is held */
+    uint64_t rows;        /* with BATCHES: rows of batches 0..=seq in all */
+} flatsync_held;
+
 /* The plugin's instance, opaque to the host. */
 typedef struct flatsync_instance flatsync_instance;
 
@@ -145,6 +160,14 @@ typedef struct {
     void (*destroy)(flatsync_instance *self);
     /* Optional start-up health check; may be NULL. */
     flatsync_status (*check)(flatsync_instance *self, const flatsync_error *err);
+    /* Optional (ABI 1.2), may be NULL: which batches of `stream` the instance holds beyond what
+     * its last flush made durable, in a form that survives a restart of the host process (written
+     * to the OS, not yet synced). Asked before the host resumes a stream; the host then sends only
+     * the batches after out->seq and checkpoints them only after the next successful flush. A
+     * sink given the stream's last batch, or holding nothing beyond its durable position, leaves
+     * out->holds at FLATSYNC_HELD_NOTHING. */
+    flatsync_status (*held)(flatsync_instance *self, flatsync_str stream, flatsync_held *out,
+                            const flatsync_error *err);
 } flatsync_plugin;
 
 /* The one export. */
@@ -170,12 +193,16 @@ FLATSYNC_STATIC_ASSERT(offsetof(flatsync_batch, stream) == 8, batch_stream_offse
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_batch, seq) == 72, batch_seq_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_batch, ndjson) == 88, batch_ndjson_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_batch, received_at_ms) == 104, batch_received_offset);
-FLATSYNC_STATIC_ASSERT(sizeof(flatsync_plugin) == 112, plugin_size);
+FLATSYNC_STATIC_ASSERT(sizeof(flatsync_held) == 24, held_size);
+FLATSYNC_STATIC_ASSERT(offsetof(flatsync_held, seq) == 8, held_seq_offset);
+FLATSYNC_STATIC_ASSERT(offsetof(flatsync_held, rows) == 16, held_rows_offset);
+FLATSYNC_STATIC_ASSERT(sizeof(flatsync_plugin) == 120, plugin_size);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, abi_major) == 8, plugin_abi_major_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, struct_size) == 16, plugin_struct_size_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, name) == 24, plugin_name_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, create) == 72, plugin_create_offset);
 FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, check) == 104, plugin_check_offset);
+FLATSYNC_STATIC_ASSERT(offsetof(flatsync_plugin, held) == 112, plugin_held_offset);
 FLATSYNC_STATIC_ASSERT(sizeof(flatsync_plugin) >= FLATSYNC_MIN_PLUGIN_STRUCT_SIZE,
                        plugin_min_size);
 #endif

@@ -35,7 +35,7 @@ pub const ABI_MAJOR: u32 = 1;
 /// The minor ABI version. Minor versions only add: fields appended to structs (gated by their
 /// `struct_size`), optional function pointers, flag bits an older reader may ignore. A host
 /// loads a plugin of its major whatever its minor, older or newer.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// Name of the one symbol a plugin exports, without the trailing NUL.
 pub const ENTRY_SYMBOL: &str = "flatsync_plugin_entry";
@@ -73,6 +73,13 @@ pub const BATCH_FLAG_LAST: u32 = 1;
 /// `{"id":"<record id>","valid":true,"values":{}}`. The sink removes (or marks) the record.
 /// Set only for plugins that declare [`PLUGIN_FLAG_DELETIONS`].
 pub const BATCH_FLAG_DELETIONS: u32 = 2;
+
+/// [`FlatsyncHeld::holds`] (ABI 1.2): the sink has nothing to tell about the stream (a fresh or
+/// complete stream, one it holds nothing of beyond what it made durable, or one it cannot say).
+pub const HELD_NOTHING: u32 = 0;
+/// [`FlatsyncHeld::holds`] (ABI 1.2): the sink holds batches `0..=seq` of the stream, `rows` rows
+/// in all, and they survive a restart of the host process (not necessarily a power cut).
+pub const HELD_BATCHES: u32 = 1;
 
 /// Log levels for [`FlatsyncHost::log`].
 pub const LOG_ERROR: u32 = 1;
@@ -151,6 +158,24 @@ pub struct FlatsyncBatch {
     pub received_at_ms: i64,
 }
 
+/// What a sink holds of one stream, filled in by [`HeldFn`] (ABI 1.2).
+///
+/// The host sets `struct_size` and `holds` = [`HELD_NOTHING`] before the call; a plugin writes
+/// only the fields the host's `struct_size` covers. Any `holds` value other than
+/// [`HELD_BATCHES`] means nothing to tell.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FlatsyncHeld {
+    /// Size of this struct as the host compiled it.
+    pub struct_size: u32,
+    /// [`HELD_NOTHING`] or [`HELD_BATCHES`].
+    pub holds: u32,
+    /// With [`HELD_BATCHES`]: the last batch seq the sink holds; every batch before it is held.
+    pub seq: u64,
+    /// With [`HELD_BATCHES`]: the rows of batches `0..=seq`, in all.
+    pub rows: u64,
+}
+
 /// Creates an instance from its name and its JSON config, stores it in `out`.
 pub type CreateFn = unsafe extern "C" fn(
     instance_name: FlatsyncStr,
@@ -173,6 +198,19 @@ pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 /// Optional start-up health check.
 pub type CheckFn =
     unsafe extern "C" fn(instance: *mut c_void, err: *const FlatsyncError) -> FlatsyncStatus;
+/// Optional (ABI 1.2): which batches of `stream` the instance holds beyond what its last `flush`
+/// made durable, in a form that survives a restart of the host process (bytes written to the
+/// operating system, not yet synced). The host asks before it resumes a stream that may have
+/// been started before, and then sends only the batches after `seq`; it records them in its
+/// checkpoint only after the next successful `flush`, which must make them durable. A sink
+/// that was given the stream's last batch, or holds nothing beyond its durable position,
+/// reports [`HELD_NOTHING`].
+pub type HeldFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    stream: FlatsyncStr,
+    out: *mut FlatsyncHeld,
+    err: *const FlatsyncError,
+) -> FlatsyncStatus;
 
 /// The descriptor a plugin's entry function returns. It must live as long as the library.
 #[repr(C)]
@@ -204,6 +242,8 @@ pub struct FlatsyncPlugin {
     pub destroy: Option<DestroyFn>,
     /// Optional; null when absent.
     pub check: Option<CheckFn>,
+    /// Optional (ABI 1.2); null when absent, and absent when `struct_size` does not cover it.
+    pub held: Option<HeldFn>,
 }
 
 /// Type of the exported entry function.
@@ -223,12 +263,16 @@ const _: () = {
     assert!(offset_of!(FlatsyncBatch, seq) == 72);
     assert!(offset_of!(FlatsyncBatch, ndjson) == 88);
     assert!(offset_of!(FlatsyncBatch, received_at_ms) == 104);
-    assert!(size_of::<FlatsyncPlugin>() == 112);
+    assert!(size_of::<FlatsyncHeld>() == 24);
+    assert!(offset_of!(FlatsyncHeld, seq) == 8);
+    assert!(offset_of!(FlatsyncHeld, rows) == 16);
+    assert!(size_of::<FlatsyncPlugin>() == 120);
     assert!(offset_of!(FlatsyncPlugin, abi_major) == 8);
     assert!(offset_of!(FlatsyncPlugin, struct_size) == 16);
     assert!(offset_of!(FlatsyncPlugin, name) == 24);
     assert!(offset_of!(FlatsyncPlugin, create) == 72);
     assert!(offset_of!(FlatsyncPlugin, check) == 104);
+    assert!(offset_of!(FlatsyncPlugin, held) == 112);
 };
 
 /// Smallest descriptor a major-1 host accepts: everything up to and including `check`.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use flatsync_plugin_api::{
     ABI_MAJOR, ABI_MINOR, CheckFn, CreateFn, DestroyFn, ENTRY_SYMBOL, EntryFn, FlatsyncPlugin,
-    FlatsyncStr, FlushFn, MAGIC, MIN_PLUGIN_STRUCT_SIZE, PLUGIN_FLAG_DELETIONS,
+    FlatsyncStr, FlushFn, HeldFn, MAGIC, MIN_PLUGIN_STRUCT_SIZE, PLUGIN_FLAG_DELETIONS,
     PLUGIN_FLAG_PANIC_UNWIND, WriteBatchFn,
 };
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -36,6 +36,8 @@ pub(crate) struct PluginFunctions {
     pub(crate) flush: FlushFn,
     pub(crate) destroy: DestroyFn,
     pub(crate) check: Option<CheckFn>,
+    /// ABI 1.2; `None` when the descriptor is too short to hold it or it is null.
+    pub(crate) held: Option<HeldFn>,
 }
 
 /// A plugin library that passed every check, loaded for the rest of the process.
@@ -63,6 +65,7 @@ impl fmt::Debug for LoadedPlugin {
             .field("abi", &self.abi)
             .field("flags", &self.flags)
             .field("has_check", &self.functions.check.is_some())
+            .field("has_held", &self.functions.held.is_some())
             .finish()
     }
 }
@@ -330,10 +333,8 @@ unsafe fn check_descriptor(
             min: MIN_PLUGIN_STRUCT_SIZE,
         });
     }
-    // SAFETY: the descriptor declares at least `MIN_PLUGIN_STRUCT_SIZE` bytes, the size of
-    // `FlatsyncPlugin`; every field is plain data (integers, pointers, optional fn pointers),
-    // for which any bit pattern of a nullable pointer is valid.
-    let descriptor: FlatsyncPlugin = unsafe { descriptor.read_unaligned() };
+    // SAFETY: the descriptor declares `struct_size` bytes, at least `MIN_PLUGIN_STRUCT_SIZE`.
+    let descriptor = unsafe { copy_descriptor(descriptor, struct_size) };
 
     let missing = |function: &'static str| LoadError::MissingFunction {
         path: path.to_path_buf(),
@@ -347,6 +348,7 @@ unsafe fn check_descriptor(
         flush: descriptor.flush.ok_or_else(|| missing("flush"))?,
         destroy: descriptor.destroy.ok_or_else(|| missing("destroy"))?,
         check: descriptor.check,
+        held: descriptor.held,
     };
 
     let invalid = |field: &'static str| LoadError::InvalidText {
@@ -385,6 +387,27 @@ unsafe fn check_descriptor(
         );
     }
     Ok(plugin)
+}
+
+/// Copies the first `struct_size` bytes of a descriptor into a zeroed one: fields a shorter
+/// (older minor) descriptor does not have read as null, which means "not implemented" (ABI rule
+/// 1), and nothing past the plugin's `struct_size` is read.
+///
+/// # Safety
+/// `descriptor` points to at least `struct_size` readable bytes, `struct_size` is at least
+/// `MIN_PLUGIN_STRUCT_SIZE`, and the bytes are a descriptor's: plain data (integers, pointers,
+/// optional fn pointers), for which any bit pattern of a nullable pointer is valid.
+unsafe fn copy_descriptor(descriptor: *const FlatsyncPlugin, struct_size: u32) -> FlatsyncPlugin {
+    let len = (struct_size as usize).min(size_of::<FlatsyncPlugin>());
+    let mut copy = std::mem::MaybeUninit::<FlatsyncPlugin>::zeroed();
+    // SAFETY: `len` bytes are readable at `descriptor` (the caller's contract) and writable in
+    // `copy`, which is as large as `FlatsyncPlugin`; the two do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(descriptor.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), len);
+    }
+    // SAFETY: every field is plain data for which all-zero and any copied bit pattern is a
+    // valid value (null pointers, `None` fn pointers).
+    unsafe { copy.assume_init() }
 }
 
 /// Copies a descriptor string. `None` when it is a null pointer with a length or not UTF-8.

@@ -1,7 +1,7 @@
 //! One sink instance on its own thread, driven from async code.
 //!
 //! Threads: every instance lives on a dedicated `std::thread` named `sink-<instance>`, which
-//! makes every call on it (create, check, write_batch, flush, destroy), so a plugin may keep
+//! makes every call on it (create, check, write_batch, flush, held, destroy), so a plugin may keep
 //! thread-bound state and never sees two calls at once. Async callers send commands over a
 //! channel and await a one-shot reply; nothing ever blocks a runtime thread.
 //!
@@ -18,9 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flatsync_plugin_api::{
-    BATCH_FLAG_DELETIONS, BATCH_FLAG_LAST, FlatsyncBatch, FlatsyncError, FlatsyncHost,
-    FlatsyncStatus, FlatsyncStr, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN, STATUS_FATAL, STATUS_OK,
-    STATUS_RETRY,
+    BATCH_FLAG_DELETIONS, BATCH_FLAG_LAST, FlatsyncBatch, FlatsyncError, FlatsyncHeld,
+    FlatsyncHost, FlatsyncStatus, FlatsyncStr, HELD_BATCHES, HELD_NOTHING, LOG_DEBUG, LOG_ERROR,
+    LOG_INFO, LOG_WARN, STATUS_FATAL, STATUS_OK, STATUS_RETRY,
 };
 use tokio::sync::oneshot;
 
@@ -31,8 +31,8 @@ use crate::{LoadedPlugin, SinkError};
 const PLUGIN_LOG_TARGET: &str = "flatsync::plugin";
 
 /// Histogram of one plugin call's duration in seconds, labels `sink` (the instance name, from
-/// the config) and `call` (`create`, `write_batch`, `flush`), sent to the process-wide `metrics`
-/// recorder (a no-op until one is installed). This crate cannot depend on flatsync-core, so the
+/// the config) and `call` (`create`, `write_batch`, `flush`, `held`), sent to the process-wide
+/// `metrics` recorder (a no-op until one is installed). This crate cannot depend on flatsync-core, so the
 /// name is spelled here too: it MUST equal `flatsync_core::metrics::SINK_CALL_SECONDS` (a core
 /// test drives a worker and looks for it).
 const SINK_CALL_SECONDS: &str = "flatsync_sink_call_seconds";
@@ -46,6 +46,17 @@ fn record_call(sink: &str, call: &'static str, took: Duration) {
 
 const HOST_STRUCT_SIZE: u32 = size_of::<FlatsyncHost>() as u32;
 const BATCH_STRUCT_SIZE: u32 = size_of::<FlatsyncBatch>() as u32;
+const HELD_STRUCT_SIZE: u32 = size_of::<FlatsyncHeld>() as u32;
+
+/// What a sink says it holds of a stream beyond what it made durable (ABI 1.2 `held`):
+/// batches `0..=seq`, `rows` rows in all, surviving a restart of this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldBatches {
+    /// The last batch held; every batch before it is held too.
+    pub seq: u64,
+    /// Rows of batches `0..=seq`, in all.
+    pub rows: u64,
+}
 
 /// How the worker calls its instance.
 #[derive(Clone, Debug)]
@@ -130,6 +141,10 @@ enum Command {
     Flush {
         reply: oneshot::Sender<CallResult>,
     },
+    Held {
+        stream: Arc<str>,
+        reply: oneshot::Sender<CallResult>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -139,6 +154,8 @@ enum Command {
 struct CallResult {
     status: FlatsyncStatus,
     message: Option<String>,
+    /// What a successful `held` call reported; `None` for every other call.
+    held: Option<HeldBatches>,
 }
 
 impl CallResult {
@@ -152,6 +169,7 @@ impl CallResult {
 enum Operation {
     Write,
     Flush,
+    Held,
 }
 
 impl Operation {
@@ -159,6 +177,7 @@ impl Operation {
         match self {
             Self::Write => "write_batch",
             Self::Flush => "flush",
+            Self::Held => "held",
         }
     }
 }
@@ -271,6 +290,7 @@ impl SinkWorker {
             reply,
         })
         .await
+        .map(drop)
     }
 
     /// Calls `flush`, with the same RETRY handling. `Ok` means every batch accepted so far is
@@ -278,6 +298,25 @@ impl SinkWorker {
     pub async fn flush(&self) -> Result<(), SinkError> {
         self.call(Operation::Flush, |reply| Command::Flush { reply })
             .await
+            .map(drop)
+    }
+
+    /// Asks the instance which batches of `stream` it holds beyond what it made durable (ABI
+    /// 1.2 `held`), with the same RETRY handling and timeout as the other calls. `None` when it
+    /// has nothing to tell, and always for a plugin without the function: the host then resumes
+    /// from its checkpoint as before.
+    pub async fn held(&self, stream: &str) -> Result<Option<HeldBatches>, SinkError> {
+        if self.inner.plugin.functions().held.is_none() {
+            return Ok(None);
+        }
+        let stream: Arc<str> = Arc::from(stream);
+        let result = self
+            .call(Operation::Held, |reply| Command::Held {
+                stream: Arc::clone(&stream),
+                reply,
+            })
+            .await?;
+        Ok(result.held)
     }
 
     /// Destroys the instance on its thread and joins the thread, waiting at most
@@ -365,7 +404,7 @@ impl SinkWorker {
         &self,
         operation: Operation,
         command: impl Fn(oneshot::Sender<CallResult>) -> Command,
-    ) -> Result<(), SinkError> {
+    ) -> Result<CallResult, SinkError> {
         let _serialised = self.inner.operation.lock().await;
         let options = &self.inner.options;
         let max_attempts = options.max_attempts.max(1);
@@ -374,7 +413,7 @@ impl SinkWorker {
             attempt += 1;
             let result = self.call_once(operation, &command).await?;
             match result.status {
-                STATUS_OK => return Ok(()),
+                STATUS_OK => return Ok(result),
                 STATUS_RETRY => {
                     let message = result.message();
                     if attempt >= max_attempts {
@@ -600,6 +639,9 @@ impl WorkerThread {
                     let result = call_with_error(|err| unsafe { (functions.flush)(instance, err) });
                     let _ = reply.send(result);
                 }
+                Command::Held { stream, reply } => {
+                    let _ = reply.send(held(functions, instance, &stream));
+                }
                 Command::Shutdown { reply } => {
                     destroy(functions, instance);
                     drop(host);
@@ -649,6 +691,37 @@ fn write_batch(
     call_with_error(|err| unsafe { (functions.write_batch)(instance, &raw const raw, err) })
 }
 
+/// Calls `held` for `stream`; a plugin without it (never sent here) has nothing to tell.
+fn held(functions: PluginFunctions, instance: *mut c_void, stream: &str) -> CallResult {
+    let Some(held) = functions.held else {
+        return CallResult {
+            status: STATUS_OK,
+            message: None,
+            held: None,
+        };
+    };
+    let mut out = FlatsyncHeld {
+        struct_size: HELD_STRUCT_SIZE,
+        holds: HELD_NOTHING,
+        seq: 0,
+        rows: 0,
+    };
+    // SAFETY: `held` has the ABI's signature (the descriptor's `struct_size` covered it);
+    // `instance` is live and used only on this thread; the stream bytes and `out` outlive the
+    // call.
+    let mut result = call_with_error(|err| unsafe {
+        held(instance, borrowed(stream.as_bytes()), &raw mut out, err)
+    });
+    // Any `holds` but HELD_BATCHES means nothing to tell, as the ABI says.
+    if result.status == STATUS_OK && out.holds == HELD_BATCHES {
+        result.held = Some(HeldBatches {
+            seq: out.seq,
+            rows: out.rows,
+        });
+    }
+    result
+}
+
 fn destroy(functions: PluginFunctions, instance: *mut c_void) {
     // SAFETY: `destroy` has the ABI's signature; `instance` came from a successful create, is
     // used only on this thread, and is never used again after this call.
@@ -677,6 +750,7 @@ fn call_with_error(call: impl FnOnce(*const FlatsyncError) -> FlatsyncStatus) ->
         message: slot
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        held: None,
     }
 }
 
@@ -762,6 +836,7 @@ mod tests {
         let result = CallResult {
             status: 7,
             message: None,
+            held: None,
         };
         assert_eq!(
             result.message(),

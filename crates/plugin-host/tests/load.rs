@@ -29,7 +29,10 @@ fn wrong_abi_fixture_is_refused_with_versions() {
     let message = err.to_string();
     assert!(message.contains("libflatsync_fx_wrong_abi.so"), "{message}");
     assert!(
-        message.contains("built for ABI 999.0; this flatsync speaks 1.1"),
+        message.contains(&format!(
+            "built for ABI 999.0; this flatsync speaks 1.{}",
+            flatsync_plugin_api::ABI_MINOR
+        )),
         "{message}"
     );
     assert!(message.contains("needs a newer flatsync"), "{message}");

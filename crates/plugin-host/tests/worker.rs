@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flatsync_plugin_host::{LoadedPlugin, OwnedBatch, SinkError, SinkOptions, SinkWorker};
+use flatsync_plugin_host::{
+    HeldBatches, LoadedPlugin, OwnedBatch, SinkError, SinkOptions, SinkWorker,
+};
 
 struct Fixture {
     // Kept for its Drop: the directory holds the library and the record files.
@@ -680,4 +682,86 @@ async fn concurrent_callers_never_interleave_a_retried_batch() {
         seqs == ["0", "0", "0", "1", "1", "1"] || seqs == ["1", "1", "1", "0", "0", "0"],
         "{seqs:?}"
     );
+}
+
+/// The `held` lines the counter sink recorded, from a fresh build with `defines` asked about
+/// `contacts-evt_1` with `extra` config keys, and what the worker answered.
+async fn held_as_seen_by(
+    defines: &[&str],
+    extra: &[(&str, i64)],
+) -> (Result<Option<HeldBatches>, SinkError>, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = common::compile_c(
+        "counter_sink.c",
+        dir.path(),
+        "libflatsync_sink_counter.so",
+        defines,
+    );
+    let plugin = LoadedPlugin::load(&path, Some("counter")).expect("counter sink loads");
+    let record = dir.path().join("held.log");
+    let worker = SinkWorker::spawn(plugin, "h", config(&record, extra), fast_options())
+        .await
+        .expect("sink starts");
+    let answer = bounded("held", worker.held("contacts-evt_1")).await;
+    worker.shutdown().await;
+    let lines = common::recorded(&record)
+        .into_iter()
+        .filter(|line| line.starts_with("held "))
+        .collect();
+    (answer, lines)
+}
+
+#[tokio::test]
+async fn a_1_2_plugin_is_asked_what_it_holds_on_its_own_thread() {
+    let (answer, lines) =
+        held_as_seen_by(&[], &[("held", 1), ("held_seq", 6), ("held_rows", 700)]).await;
+    assert_eq!(
+        answer.expect("held answers"),
+        Some(HeldBatches { seq: 6, rows: 700 })
+    );
+    assert_eq!(
+        lines,
+        ["held thread=sink-h size=24 holds=0 stream=contacts-evt_1"],
+        "asked once, on the instance's thread, with the host's struct size and NOTHING preset"
+    );
+
+    let (answer, lines) = held_as_seen_by(&[], &[]).await;
+    assert_eq!(answer.expect("held answers"), None, "nothing to tell");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
+
+#[tokio::test]
+async fn held_is_retried_like_any_call() {
+    let (answer, lines) = held_as_seen_by(
+        &[],
+        &[
+            ("held", 1),
+            ("held_seq", 2),
+            ("held_rows", 5),
+            ("held_retries", 2),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.expect("held answers after two RETRYs"),
+        Some(HeldBatches { seq: 2, rows: 5 })
+    );
+    assert_eq!(lines.len(), 3, "two RETRYs and the answer: {lines:?}");
+}
+
+#[tokio::test]
+async fn a_1_1_descriptor_loads_and_is_never_asked_what_it_holds() {
+    // Its `held` pointer is set, but its struct_size ends before it: a 1.1 plugin has no such
+    // field, and whatever follows its descriptor in memory is not the host's to read.
+    let (answer, lines) = held_as_seen_by(
+        &["VARIANT_ABI_1_1"],
+        &[("held", 1), ("held_seq", 6), ("held_rows", 700)],
+    )
+    .await;
+    assert_eq!(
+        answer.expect("a 1.1 plugin answers"),
+        None,
+        "nothing to tell"
+    );
+    assert!(lines.is_empty(), "held was called: {lines:?}");
 }

@@ -10,8 +10,8 @@ use std::mem::size_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use flatsync_plugin_api::{
-    self as abi, FlatsyncBatch, FlatsyncError, FlatsyncHost, FlatsyncPlugin, FlatsyncStatus,
-    FlatsyncStr,
+    self as abi, FlatsyncBatch, FlatsyncError, FlatsyncHeld, FlatsyncHost, FlatsyncPlugin,
+    FlatsyncStatus, FlatsyncStr,
 };
 
 use crate::batch::{Batch, BatchParts};
@@ -60,6 +60,7 @@ impl PluginDescriptor {
             flush: Some(flush::<S> as abi::FlushFn),
             destroy: Some(destroy::<S> as abi::DestroyFn),
             check: Some(check::<S> as abi::CheckFn),
+            held: Some(held::<S> as abi::HeldFn),
         })
     }
 
@@ -348,6 +349,45 @@ unsafe extern "C" fn check<S: Sink>(
         // SAFETY: the host passes back the pointer `create::<S>` produced, one call at a time.
         let instance = unsafe { instance_mut::<S>(instance) }?;
         instance.call(S::check)
+    })
+}
+
+unsafe extern "C" fn held<S: Sink>(
+    instance: *mut c_void,
+    stream: FlatsyncStr,
+    out: *mut FlatsyncHeld,
+    err: *const FlatsyncError,
+) -> FlatsyncStatus {
+    guard(err, || {
+        // SAFETY: the host passes back the pointer `create::<S>` produced, one call at a time.
+        let instance = unsafe { instance_mut::<S>(instance) }?;
+        // SAFETY: the host keeps the stream valid for the call.
+        let stream = unsafe { str_from_abi(stream, "held stream") }?;
+        if out.is_null() {
+            return Err(SinkError::fatal("the host passed a null held pointer"));
+        }
+        // SAFETY: non-null; `struct_size` is the first field of every version.
+        let out_size = unsafe { (*out).struct_size };
+        if (out_size as usize) < size_of::<FlatsyncHeld>() {
+            return Err(SinkError::fatal(format!(
+                "the host's held struct has {out_size} bytes, this SDK needs {}",
+                size_of::<FlatsyncHeld>()
+            )));
+        }
+        let mut answer = None;
+        instance.call(|sink| {
+            answer = sink.held(stream)?;
+            Ok(())
+        })?;
+        if let Some(held) = answer {
+            // SAFETY: non-null, at least as large as ours, and the host's to write for the call.
+            unsafe {
+                (*out).holds = abi::HELD_BATCHES;
+                (*out).seq = held.seq;
+                (*out).rows = held.rows;
+            }
+        }
+        Ok(())
     })
 }
 

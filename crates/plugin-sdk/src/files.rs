@@ -12,6 +12,7 @@ use std::path::Path;
 use crate::SinkError;
 
 mod folder;
+mod progress;
 
 pub use folder::{
     FolderStream, Found, PartialWriter, Position, SavedPosition, StreamFile, StreamFolder,

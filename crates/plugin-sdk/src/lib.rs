@@ -39,6 +39,12 @@
 //! - `seq` equal to the next expected one: apply it;
 //! - `seq` beyond that: a gap, which must not happen; return a fatal error.
 //!
+//! **Resuming without fetching again (optional).** A sink that keeps batches somewhere that
+//! survives a crash of the daemon's process before it flushed them (bytes written to a file,
+//! not yet synced) can say so in [`Sink::held`]: before resuming a stream the host asks, and
+//! sends only the batches after those. It still records them as delivered only after your next
+//! successful `flush`. [`files::StreamFolder::held`] answers it for a folder sink.
+//!
 //! [`StreamPosition::step`] is this rule: build the position from what the sink stored and do
 //! what the [`BatchStep`] says. A sink writing one file per stream gets the rest too from
 //! [`files::StreamFolder`]: the partial file, the state file holding the position, the syncs in
@@ -155,6 +161,16 @@ pub use ffi::PluginDescriptor;
 pub use host::{CreateContext, LogLevel, Logger};
 pub use seq::{BatchStep, StreamPosition};
 
+/// What a sink holds of a stream beyond what its last flush made durable, as [`Sink::held`]
+/// reports it: batches `0..=seq`, `rows` rows in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The last batch seq held; every batch before it is held too.
+    pub seq: u64,
+    /// The rows of batches `0..=seq`, in all.
+    pub rows: u64,
+}
+
 /// The descriptor of sink type `S`, for running it inside the program that embeds flatsync,
 /// with no shared library: hand it to `flatsync_core::DaemonBuilder::plugin`. Calls go through
 /// the same ABI, checks and one-thread-per-instance model as a loaded plugin.
@@ -214,6 +230,19 @@ pub trait Sink: Send + Sized + 'static {
     /// Start-up health check, called once after `create` (e.g. the destination is writable).
     fn check(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// Which batches of `stream` the sink holds beyond what its last `flush` made durable, in
+    /// a form that survives a crash of this process (written to the operating system, not yet
+    /// synced), or `None`: nothing to tell (a fresh or complete stream, nothing beyond the
+    /// durable position, or unknown). The host asks before it resumes a stream that may have
+    /// been started before and then sends only the batches after `seq`; the next `flush` must
+    /// make them durable. Once the stream's last batch was given, answer `None`.
+    ///
+    /// The default answers `None`, which is always safe: the host re-sends from its checkpoint.
+    fn held(&mut self, stream: &str) -> Result<Option<Held>, SinkError> {
+        let _ = stream;
+        Ok(None)
     }
 }
 

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::abi::{self, FlatsyncBatch, FlatsyncError, FlatsyncHost, FlatsyncPlugin, FlatsyncStr};
+use crate::abi::{
+    self, FlatsyncBatch, FlatsyncError, FlatsyncHeld, FlatsyncHost, FlatsyncPlugin, FlatsyncStr,
+};
 use crate::{
-    Batch, BatchParts, CellValue, ConfigReader, CreateContext, Logger, Row, Sink, SinkError,
+    Batch, BatchParts, CellValue, ConfigReader, CreateContext, Held, Logger, Row, Sink, SinkError,
     compact_json,
 };
 
@@ -73,6 +75,15 @@ impl Sink for Probe {
 
     fn check(&mut self) -> Result<(), SinkError> {
         Err(SinkError::retry("not ready yet"))
+    }
+
+    fn held(&mut self, stream: &str) -> Result<Option<Held>, SinkError> {
+        match stream {
+            "holding" => Ok(Some(Held { seq: 4, rows: 40 })),
+            "busy" => Err(SinkError::retry("state file locked")),
+            "panicking" => panic!("held exploded"),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -235,6 +246,24 @@ impl TestHost {
         call_with_error(|err| unsafe { check(instance, err) })
     }
 
+    /// `held` through the descriptor: the outcome and what the sink filled in.
+    fn held(&self, stream: &str) -> (Outcome, FlatsyncHeld) {
+        let held = descriptor().held.expect("held is set");
+        let instance = self.instance;
+        let mut out = FlatsyncHeld {
+            struct_size: size_of::<FlatsyncHeld>() as u32,
+            holds: abi::HELD_NOTHING,
+            seq: 0,
+            rows: 0,
+        };
+        let out_ptr: *mut FlatsyncHeld = &mut out;
+        // SAFETY: the instance came from `create`; the stream and `out` outlive the call.
+        let outcome = call_with_error(|err| unsafe {
+            held(instance, abi_str(stream.as_bytes()), out_ptr, err)
+        });
+        (outcome, out)
+    }
+
     fn destroy(&mut self) {
         let destroy = descriptor().destroy.expect("destroy is set");
         // SAFETY: the instance came from `create` and is not used afterwards.
@@ -264,7 +293,13 @@ fn descriptor_identifies_the_plugin_and_sdk() {
     assert_eq!(plugin.magic, abi::MAGIC);
     assert_eq!(plugin.abi_major, abi::ABI_MAJOR);
     assert_eq!(plugin.abi_minor, abi::ABI_MINOR);
-    assert_eq!(plugin.struct_size, abi::MIN_PLUGIN_STRUCT_SIZE);
+    assert_eq!(
+        plugin.abi_minor, 2,
+        "the SDK speaks ABI 1.2: it offers `held`"
+    );
+    assert_eq!(plugin.struct_size as usize, size_of::<FlatsyncPlugin>());
+    assert!(plugin.struct_size > abi::MIN_PLUGIN_STRUCT_SIZE);
+    assert!(plugin.held.is_some());
     assert_eq!(
         plugin.flags & abi::PLUGIN_FLAG_PANIC_UNWIND,
         abi::PLUGIN_FLAG_PANIC_UNWIND
@@ -915,4 +950,51 @@ fn a_cell_with_half_a_surrogate_pair_types_as_a_string_with_a_replacement_charac
             "{text}"
         );
     }
+}
+
+#[test]
+fn held_answers_through_the_descriptor_and_a_panic_in_it_poisons() {
+    let mut host = TestHost::created("probe-held", r#"{}"#);
+    let ((status, message), out) = host.held("holding");
+    assert_eq!((status, message), (abi::STATUS_OK, None));
+    assert_eq!((out.holds, out.seq, out.rows), (abi::HELD_BATCHES, 4, 40));
+
+    let ((status, _), out) = host.held("fresh");
+    assert_eq!(status, abi::STATUS_OK);
+    assert_eq!(out.holds, abi::HELD_NOTHING, "nothing to tell");
+
+    let ((status, message), out) = host.held("busy");
+    assert_eq!(
+        (status, message.as_deref()),
+        (abi::STATUS_RETRY, Some("state file locked"))
+    );
+    assert_eq!(out.holds, abi::HELD_NOTHING);
+
+    let ((status, message), _) = host.held("panicking");
+    assert_eq!(status, abi::STATUS_FATAL);
+    assert_eq!(message.as_deref(), Some("plugin panicked: held exploded"));
+    let ((status, message), _) = host.held("holding");
+    assert_eq!(status, abi::STATUS_FATAL, "poisoned");
+    assert!(
+        message.is_some_and(|m| m.starts_with("instance is poisoned")),
+        "the poisoned instance says why"
+    );
+    host.destroy();
+}
+
+#[test]
+fn a_sink_without_held_has_nothing_to_tell() {
+    struct Plain;
+    impl Sink for Plain {
+        fn create(_: &CreateContext<'_>, _: serde_json::Value) -> Result<Self, SinkError> {
+            Ok(Plain)
+        }
+        fn write_batch(&mut self, _: &Batch<'_>) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+    assert_eq!(Plain.held("any").expect("the default answers"), None);
 }

@@ -54,6 +54,12 @@
 //! is fatal. A failed write cuts the partial back to where the batch started and asks the host
 //! to retry, so the retry appends cleanly.
 //!
+//! After each batch a progress record `<dir>/.<stream>.csv.progress` (not synced) says how far
+//! the partial goes beyond the state file, columns included, with a checksum of those bytes.
+//! After a crash of the daemon (not of the machine) a record that is whole and matches the
+//! partial keeps those batches, and the sink tells the daemon (`held`), which then does not
+//! fetch them again; anything else falls back to the state file.
+//!
 //! Write errors (a full disk, say) are RETRY. A failed `fsync` is FATAL: after one, the kernel
 //! may have dropped the unsynced pages while a second `fsync` reports success, so the only safe
 //! course is to stop and resume from the last state file after a restart.
@@ -65,7 +71,7 @@ use std::path::PathBuf;
 
 use flatsync_plugin_sdk::files::StreamFolder;
 use flatsync_plugin_sdk::{
-    Batch, ConfigReader, CreateContext, Sink, SinkError, export_sink, serde_json,
+    Batch, ConfigReader, CreateContext, Held, Sink, SinkError, export_sink, serde_json,
 };
 
 use stream::CsvStream;
@@ -164,6 +170,14 @@ impl Sink for CsvFolder {
 
     fn check(&mut self) -> Result<(), SinkError> {
         self.streams.check_writable()
+    }
+
+    fn held(&mut self, stream: &str) -> Result<Option<Held>, SinkError> {
+        let config = &self.config;
+        // Only a stream whose files hold batches is opened here, and its state says whether
+        // it is a deletions file: the `false` is never used.
+        self.streams
+            .held(stream, |found| Ok(CsvStream::new(found, config, false)))
     }
 }
 

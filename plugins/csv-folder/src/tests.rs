@@ -2,7 +2,9 @@ use flatsync_test_kit::fs::entries;
 use std::fs;
 use std::path::Path;
 
-use flatsync_plugin_sdk::{Batch, BatchParts, CreateContext, Logger, Sink, SinkError, serde_json};
+use flatsync_plugin_sdk::{
+    Batch, BatchParts, CreateContext, Held, Logger, Sink, SinkError, serde_json,
+};
 use serde_json::json;
 
 use crate::CsvFolder;
@@ -244,7 +246,8 @@ fn resumes_after_a_crash_with_every_row_exactly_once() {
         send(&mut first, "st", "[]", seq, &batch(seq), false).expect("written");
     }
     first.flush().expect("flush");
-    // Accepted but never flushed: lost with the "crash" below, re-sent by the host.
+    // Accepted but never flushed: kept through the "crash" below (the progress record vouches
+    // for them), and skipped when the host re-sends them.
     for seq in 2..4 {
         send(&mut first, "st", "[]", seq, &batch(seq), false).expect("written");
     }
@@ -462,13 +465,16 @@ fn flush_writes_state_and_the_partial_survives() {
     )
     .expect("b0");
     sink.flush().expect("flush");
-    assert_eq!(entries(dir.path()), [".s.csv.partial", ".s.csv.state"]);
+    assert_eq!(
+        entries(dir.path()),
+        [".s.csv.partial", ".s.csv.progress", ".s.csv.state"]
+    );
     let state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.path().join(".s.csv.state")).expect("state"))
             .expect("JSON");
     assert_eq!(
         state,
-        json!({"applied_seq": 0, "offset": 23, "columns": ["a"], "header_columns": 1})
+        json!({"applied_seq": 0, "offset": 23, "columns": ["a"], "header_columns": 1, "stream_rows": 1})
     );
 }
 
@@ -567,7 +573,7 @@ fn deletions_are_written_exactly_once_across_a_crash() {
     )
     .expect("JSON");
     assert_eq!(state["deletions"], true, "{state}");
-    // Accepted but never flushed: lost with the "crash", sent again by the host.
+    // Accepted but never flushed: kept through the "crash", skipped when sent again.
     send_seq(&mut first, 1, false).expect("seq 1");
     drop(first);
 
@@ -622,4 +628,56 @@ fn a_stream_never_mixes_records_and_deletions() {
         read(dir.path(), "d"),
         "_id,_deleted_at\nr1,2024-05-03T14:03:11.517Z\nr2,2024-05-03T14:03:11.517Z\n"
     );
+}
+
+#[test]
+fn after_a_crash_the_sink_holds_its_unflushed_batches_with_their_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = sink(dir.path());
+    send(
+        &mut first,
+        "st",
+        "[]",
+        0,
+        &[row("r0", true, r#"{"a":0}"#)],
+        false,
+    )
+    .expect("b0");
+    first.flush().expect("flush");
+    // Never flushed, and it adds a column after the header was written.
+    send(
+        &mut first,
+        "st",
+        "[]",
+        1,
+        &[
+            row("r1", true, r#"{"a":1,"b":1}"#),
+            row("r1b", true, r#"{"a":1}"#),
+        ],
+        false,
+    )
+    .expect("b1");
+    drop(first);
+
+    let mut second = sink(dir.path());
+    assert_eq!(
+        second.held("st").expect("held answers"),
+        Some(Held { seq: 1, rows: 3 })
+    );
+    assert_eq!(second.held("other").expect("held answers"), None, "fresh");
+    // The host sends only what comes after: the columns of batch 1 are still known.
+    send(
+        &mut second,
+        "st",
+        "[]",
+        2,
+        &[row("r2", true, r#"{"b":2}"#)],
+        true,
+    )
+    .expect("b2");
+    assert_eq!(
+        read(dir.path(), "st"),
+        "_id,_valid,a,b\nr0,true,0,\nr1,true,1,1\nr1b,true,1,\nr2,true,,2\n"
+    );
+    assert_eq!(second.held("st").expect("held answers"), None, "complete");
 }

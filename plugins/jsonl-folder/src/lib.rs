@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use flatsync_plugin_sdk::files::{StreamFile, StreamFolder};
 use flatsync_plugin_sdk::serde_json;
 use flatsync_plugin_sdk::{
-    Batch, ConfigReader, CreateContext, Row, RowJson, Sink, SinkError, export_sink,
+    Batch, ConfigReader, CreateContext, Held, Row, RowJson, Sink, SinkError, export_sink,
     write_json_string,
 };
 
@@ -114,6 +114,13 @@ impl Sink for JsonlFolder {
 
     fn check(&mut self) -> Result<(), SinkError> {
         self.streams.check_writable()
+    }
+
+    fn held(&mut self, stream: &str) -> Result<Option<Held>, SinkError> {
+        // After a crash of the daemon, the batches appended since the last flush are still in
+        // the partial (the progress record vouches for them): the daemon need not fetch them
+        // again.
+        self.streams.held(stream, |found| Ok(found.into_file()))
     }
 }
 

@@ -2,7 +2,9 @@ use flatsync_test_kit::fs::entries;
 use std::fs;
 use std::path::Path;
 
-use flatsync_plugin_sdk::{Batch, BatchParts, CreateContext, Logger, Sink, SinkError, serde_json};
+use flatsync_plugin_sdk::{
+    Batch, BatchParts, CreateContext, Held, Logger, Sink, SinkError, serde_json,
+};
 use serde_json::{Value, json};
 
 use crate::JsonlFolder;
@@ -132,13 +134,18 @@ fn resumes_after_a_crash_with_every_row_exactly_once() {
         send(&mut first, "st", seq, &numbered(seq), false).expect("written");
     }
     first.flush().expect("flush");
-    // Accepted but never flushed: lost with the "crash" below, and sent again by the host.
+    // Accepted but never flushed: kept through the "crash" below (the progress record vouches
+    // for them), and skipped when the host sends them again.
     for seq in 2..4 {
         send(&mut first, "st", seq, &numbered(seq), false).expect("written");
     }
     drop(first);
 
     let mut second = sink(dir.path());
+    assert_eq!(
+        second.held("st").expect("held answers"),
+        Some(Held { seq: 3, rows: 4 })
+    );
     // The host's checkpoint may be behind the sink's: here it starts again from seq 0.
     for seq in 0..5 {
         send(&mut second, "st", seq, &numbered(seq), seq == 4).expect("written");
@@ -153,12 +160,34 @@ fn resumes_after_a_crash_with_every_row_exactly_once() {
 }
 
 #[test]
-fn a_crash_before_the_first_flush_starts_the_stream_afresh() {
+fn a_crash_before_the_first_flush_keeps_what_was_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut first = sink(dir.path());
     send(&mut first, "st", 0, &numbered(0), false).expect("written");
     drop(first);
     let mut second = sink(dir.path());
+    assert_eq!(
+        second.held("st").expect("held answers"),
+        Some(Held { seq: 0, rows: 1 })
+    );
+    // The last batch of a stream whose batch 0 the sink holds: appended after it.
+    send(&mut second, "st", 1, &numbered(1), true).expect("written");
+    assert_eq!(
+        read(dir.path(), "st"),
+        [numbered(0), numbered(1)].concat().concat()
+    );
+}
+
+#[test]
+fn a_crash_that_lost_the_progress_record_starts_the_stream_afresh() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = sink(dir.path());
+    send(&mut first, "st", 0, &numbered(0), false).expect("written");
+    drop(first);
+    // As after a power cut that took the unsynced record.
+    fs::remove_file(dir.path().join(".st.jsonl.progress")).expect("remove");
+    let mut second = sink(dir.path());
+    assert_eq!(second.held("st").expect("held answers"), None);
     send(&mut second, "st", 0, &numbered(0), true).expect("written");
     assert_eq!(read(dir.path(), "st"), numbered(0).concat());
 }
@@ -169,12 +198,19 @@ fn flush_records_the_applied_seq_and_length() {
     let mut sink = sink(dir.path());
     send(&mut sink, "s", 0, &numbered(0), false).expect("b0");
     sink.flush().expect("flush");
-    assert_eq!(entries(dir.path()), [".s.jsonl.partial", ".s.jsonl.state"]);
+    assert_eq!(
+        entries(dir.path()),
+        [".s.jsonl.partial", ".s.jsonl.progress", ".s.jsonl.state"]
+    );
     let state: Value =
         serde_json::from_slice(&fs::read(dir.path().join(".s.jsonl.state")).expect("state"))
             .expect("JSON");
     let len = numbered(0).concat().len();
-    assert_eq!(state, json!({ "applied_seq": 0, "len": len }));
+    let rows = numbered(0).len();
+    assert_eq!(
+        state,
+        json!({ "applied_seq": 0, "len": len, "stream_rows": rows })
+    );
 }
 
 #[test]

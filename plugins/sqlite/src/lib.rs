@@ -52,8 +52,10 @@
 //!
 //! # Exactly once
 //!
-//! `_flatsync_streams(stream, kind, applied_seq, complete, updated_at)` records each stream's
-//! progress. Every batch is one transaction that checks the stream's applied seq (skipping a
+//! `_flatsync_streams(stream, kind, applied_seq, complete, updated_at, stream_rows)` records
+//! each stream's progress (`stream_rows` is added to a table that lacks it, NULL for the
+//! streams it had). After a crash of the daemon, `held` reports the applied seq and rows of a
+//! stream in progress, so the daemon does not fetch those batches again. Every batch is one transaction that checks the stream's applied seq (skipping a
 //! batch already applied, failing on a gap), upserts (or deletes, or marks) the rows keyed by
 //! `_record_id`, and advances `applied_seq` (setting `complete` on the last batch) before
 //! committing. Data and position therefore commit together, and a re-delivered record updates
@@ -61,6 +63,7 @@
 //! FATAL and name the table and column.
 
 mod durable;
+mod held;
 mod table;
 mod upsert;
 mod value;
@@ -70,8 +73,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flatsync_plugin_sdk::{
-    Batch, BatchStep, ConfigReader, CreateContext, Logger, Row, Sink, SinkError, StreamPosition,
-    export_sink, serde_json,
+    Batch, BatchStep, ConfigReader, CreateContext, Held, Logger, Row, Sink, SinkError,
+    StreamPosition, export_sink, serde_json,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -208,10 +211,12 @@ impl Sink for SqliteSink {
                  kind TEXT NOT NULL,
                  applied_seq INTEGER NOT NULL,
                  complete INTEGER NOT NULL,
-                 updated_at TEXT NOT NULL
+                 updated_at TEXT NOT NULL,
+                 stream_rows INTEGER
              )"
         ))
         .map_err(|error| fail("cannot create the bookkeeping table in", error))?;
+        held::add_rows_column(&conn)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let wal = (config.synchronous == Synchronous::Full).then(|| WalSync::new(&conn, &path));
         Ok(Self {
@@ -251,6 +256,12 @@ impl Sink for SqliteSink {
             Some(wal) => wal.sync(),
             None => Ok(()),
         }
+    }
+
+    /// Each batch committed with its position, which a crash of the daemon leaves in place:
+    /// the daemon need not fetch again what the table records.
+    fn held(&mut self, stream: &str) -> Result<Option<Held>, SinkError> {
+        held::held(&self.conn, stream)
     }
 
     fn check(&mut self) -> Result<(), SinkError> {
@@ -297,13 +308,16 @@ impl SqliteSink {
         };
 
         tx.prepare_cached(&format!(
-            "INSERT INTO {BOOKKEEPING_TABLE} (stream, kind, applied_seq, complete, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO {BOOKKEEPING_TABLE}
+                 (stream, kind, applied_seq, complete, updated_at, stream_rows)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (stream) DO UPDATE SET
                  kind = excluded.kind,
                  applied_seq = excluded.applied_seq,
                  complete = excluded.complete,
-                 updated_at = excluded.updated_at"
+                 updated_at = excluded.updated_at,
+                 {}",
+            held::ROWS_UPSERT
         ))
         .and_then(|mut statement| {
             statement.execute(rusqlite::params![
@@ -311,7 +325,8 @@ impl SqliteSink {
                 kind,
                 seq,
                 batch.is_last(),
-                flatsync_plugin_sdk::time::now_rfc3339_millis()
+                flatsync_plugin_sdk::time::now_rfc3339_millis(),
+                i64::try_from(batch.row_count()).unwrap_or(i64::MAX)
             ])
         })
         .map_err(|error| sql_error(format!("recording the position of stream {stream}"), error))?;

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use flatsync_plugin_sdk::{CreateContext, Logger, Sink, SinkError, serde_json};
+use flatsync_plugin_sdk::{CreateContext, Held, Logger, Sink, SinkError, serde_json};
 use flatsync_table_sink_contract::{Delivery, Message, TableSink, row, send, table_sink_scenarios};
 use rusqlite::Connection;
 use rusqlite::types::Value;
@@ -273,4 +273,81 @@ fn flush_syncs_in_either_mode() {
         );
         assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["1"]]);
     }
+}
+
+#[test]
+fn held_reports_the_committed_position_and_rows_of_a_stream_in_progress() {
+    let fx = Fixture::new();
+    let mut sink = fx.sink();
+    let batch = |seq, last| Delivery {
+        stream: "contacts-ev1",
+        kind: "contacts",
+        seq,
+        last,
+        ..Delivery::default()
+    };
+    send(
+        &mut sink,
+        batch(0, false),
+        &[row("r1", true, r#"{"a":1}"#), row("r2", true, r#"{"a":2}"#)],
+    )
+    .expect("seq 0");
+    send(&mut sink, batch(1, false), &[row("r3", true, r#"{"a":3}"#)]).expect("seq 1");
+    // No flush: a crash of the daemon leaves the commits in place all the same.
+    drop(sink);
+    let mut sink = fx.sink();
+    assert_eq!(
+        sink.held("contacts-ev1").expect("held answers"),
+        Some(Held { seq: 1, rows: 3 })
+    );
+    assert_eq!(sink.held("other").expect("held answers"), None, "unknown");
+    send(&mut sink, batch(2, true), &[row("r4", true, r#"{"a":4}"#)]).expect("seq 2");
+    assert_eq!(
+        sink.held("contacts-ev1").expect("held answers"),
+        None,
+        "a complete stream has nothing to tell"
+    );
+}
+
+#[test]
+fn a_bookkeeping_table_without_rows_gains_the_column_and_its_streams_tell_nothing() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.path.parent().expect("a parent")).expect("mkdir");
+    // As an older sink left it, with a stream in progress.
+    fx.db()
+        .execute_batch(
+            "CREATE TABLE _flatsync_streams (
+                 stream TEXT PRIMARY KEY,
+                 kind TEXT NOT NULL,
+                 applied_seq INTEGER NOT NULL,
+                 complete INTEGER NOT NULL,
+                 updated_at TEXT NOT NULL
+             );
+             INSERT INTO _flatsync_streams VALUES ('old', 'contacts', 3, 0, 'then');",
+        )
+        .expect("old schema");
+    let mut sink = fx.sink();
+    assert!(
+        fx.columns("_flatsync_streams")
+            .contains(&"stream_rows".to_owned())
+    );
+    assert_eq!(
+        sink.held("old").expect("held answers"),
+        None,
+        "rows unknown"
+    );
+    let batch = |seq| Delivery {
+        stream: "old",
+        kind: "contacts",
+        seq,
+        ..Delivery::default()
+    };
+    send(&mut sink, batch(4), &[row("r1", true, r#"{"a":1}"#)]).expect("seq 4");
+    assert_eq!(
+        sink.held("old").expect("held answers"),
+        None,
+        "still unknown"
+    );
+    // A second instance opening the migrated database changes nothing.
+    drop(fx.sink());
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flatsync_flatfile::{FlatfileClient, IncomingEvent, parse_webhook_body};
-use flatsync_plugin_host::{OwnedBatch, SinkWorker};
+use flatsync_plugin_host::{HeldBatches, OwnedBatch, SinkWorker};
 
 use crate::config::{Config, DaemonConfig};
 use crate::health::Health;
@@ -76,6 +76,9 @@ struct Cursor {
     unflushed_rows: u64,
     unflushed_next_seq: u64,
     error: Option<String>,
+    /// The stream may have been started before (a checkpoint, or the event planned before this
+    /// run), so the sink may hold batches its checkpoint does not: worth asking (`held`).
+    may_hold: bool,
 }
 
 impl Engine {
@@ -127,7 +130,8 @@ impl Engine {
         } = received;
         let job_id = job.as_ref().map(|j| j.job_id.clone());
 
-        if !self.state.is_planned(event_id).await?
+        let planned_before = self.state.is_planned(event_id).await?;
+        if !planned_before
             && !self
                 .route_and_plan(&event, incoming.as_ref(), &client, job.as_ref(), grouping)
                 .await?
@@ -145,7 +149,7 @@ impl Engine {
             sinks = %deliveries.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>().join(","),
             "Event processing started"
         );
-        let mut work = SinkWork::from_deliveries(&deliveries);
+        let mut work = SinkWork::from_deliveries(&deliveries, planned_before);
         self.deliver_streams(&client, &event, &streams, &mut work, job_id.as_deref())
             .await?;
         let run = Run {
@@ -282,6 +286,7 @@ impl Engine {
                 unflushed_rows: 0,
                 unflushed_next_seq: cp.map_or(0, |c| c.next_seq),
                 error: None,
+                may_hold: work.resumed || cp.is_some(),
             });
         }
         cursors
@@ -622,7 +627,15 @@ impl Engine {
         mut cursors: Vec<Cursor>,
         job_id: Option<&str>,
     ) -> Result<Vec<Cursor>, Interrupted> {
-        let start = cursors.iter().map(|c| c.next_seq).min().unwrap_or(0);
+        ask_held(plan, &mut cursors).await;
+        let Some(start) = cursors
+            .iter()
+            .filter(|c| c.error.is_none())
+            .map(|c| c.unflushed_next_seq)
+            .min()
+        else {
+            return Ok(cursors);
+        };
         let started = Instant::now();
         tracing::info!(event_id = %event.event_id, stream = %plan.stream, from_seq = start, "Stream delivery started");
         let mut reader = match StreamReader::open(client, &self.state, event, plan).await {
@@ -633,6 +646,12 @@ impl Engine {
             }
         };
         let mut pages = ReadAhead::open(&mut reader, start, &self.config.fetch).await;
+        if let Some(count) = pages.page_count {
+            refuse_held_past_the_end(plan, &mut cursors, count);
+            if cursors.iter().all(|c| c.error.is_some()) {
+                return Ok(cursors);
+            }
+        }
         if let Some(total) = pages.total_rows {
             self.state
                 .set_stream_total(&event.event_id, &plan.stream, total)
@@ -761,12 +780,15 @@ struct SinkWork {
     pending: Vec<String>,
     generation_of: BTreeMap<String, u32>,
     sink_errors: BTreeMap<String, String>,
+    /// The event was planned before this run: its streams may have been started before.
+    resumed: bool,
 }
 
 impl SinkWork {
-    fn from_deliveries(deliveries: &[Delivery]) -> SinkWork {
+    fn from_deliveries(deliveries: &[Delivery], resumed: bool) -> SinkWork {
         // A sink that failed before keeps its error; only pending deliveries are worked on.
         SinkWork {
+            resumed,
             sink_errors: deliveries
                 .iter()
                 .filter(|d| d.status == DeliveryStatus::Failed)
@@ -806,6 +828,86 @@ impl SinkWork {
 fn fail_all(cursors: &mut [Cursor], message: String) {
     for c in cursors.iter_mut().filter(|c| c.error.is_none()) {
         c.error = Some(message.clone());
+    }
+}
+
+/// Asks the sink of each cursor that may hold batches of `plan`'s stream beyond its checkpoint
+/// (ABI 1.2 `held`), all at once, and takes each answer ([`Cursor::take_held`]). A failed call
+/// fails that sink's delivery, as a failed write would.
+async fn ask_held(plan: &StreamPlan, cursors: &mut [Cursor]) {
+    let asks = cursors
+        .iter_mut()
+        .filter(|c| c.may_hold && c.error.is_none())
+        .map(|c| async move {
+            let result = c.worker.held(&plan.stream).await;
+            (c, result)
+        });
+    for (cursor, result) in futures_util::future::join_all(asks).await {
+        match result {
+            Ok(Some(held)) => cursor.take_held(held, &plan.stream),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(sink = %cursor.sink, stream = %plan.stream, error = %e, "Sink failed");
+                cursor.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+impl Cursor {
+    /// Takes what the sink says it holds: batches through `held.seq` that its checkpoint does
+    /// not cover count as written but not flushed, so they are not sent again and the next
+    /// checkpoint records them only after the sink's flush made them durable. An answer with
+    /// fewer rows than the checkpoint makes no sense: ignored with a warning, and the stream
+    /// resumes from the checkpoint as if the sink had nothing to tell.
+    fn take_held(&mut self, held: HeldBatches, stream: &str) {
+        let Some(next_seq) = held.seq.checked_add(1) else {
+            tracing::warn!(sink = %self.sink, stream, seq = held.seq, "Sink reported holding an impossible batch; resuming from its checkpoint");
+            return;
+        };
+        if next_seq <= self.next_seq {
+            return;
+        }
+        if held.rows < self.rows {
+            tracing::warn!(
+                sink = %self.sink,
+                stream,
+                held_seq = held.seq,
+                held_rows = held.rows,
+                checkpoint_rows = self.rows,
+                "Sink reported holding fewer rows than its checkpoint; resuming from its checkpoint"
+            );
+            return;
+        }
+        tracing::info!(
+            sink = %self.sink,
+            stream,
+            checkpoint_seq = self.next_seq,
+            held_seq = held.seq,
+            "Sink holds batches beyond its checkpoint; not fetching them again"
+        );
+        self.unflushed_next_seq = next_seq;
+        self.unflushed_rows = held.rows - self.rows;
+    }
+}
+
+/// Fails the delivery of each sink that said it holds batches up to or past the stream's last
+/// (`count` batches): a sink given the last batch has nothing to tell, so the answer was wrong,
+/// and the batches after it that the stream was read from do not exist.
+fn refuse_held_past_the_end(plan: &StreamPlan, cursors: &mut [Cursor], count: u64) {
+    for cursor in cursors
+        .iter_mut()
+        .filter(|c| c.error.is_none() && c.unflushed_next_seq > c.next_seq)
+        .filter(|c| c.unflushed_next_seq >= count)
+    {
+        let error = format!(
+            "the sink said it holds batches 0 to {} of stream {}, which has {count} batch(es) \
+             and is not complete in it",
+            cursor.unflushed_next_seq - 1,
+            plan.stream
+        );
+        tracing::error!(sink = %cursor.sink, stream = %plan.stream, error = %error, "Sink failed");
+        cursor.error = Some(error);
     }
 }
 

@@ -10,6 +10,8 @@
  *   fail_create    create returns FATAL with a message
  *   create_status  create returns this status, without a message
  *   fail_check     check returns FATAL with a message
+ *   held           held (ABI 1.2) reports batches 0..=held_seq, held_rows rows in all
+ *   held_retries   held returns RETRY this many times before answering
  * and by path keys naming gates, files the test creates to let a call go on:
  *   gate           write_batch records "enter seq=N", then waits until this file exists
  *   destroy_gate   destroy records "enter destroy", then waits until this file exists
@@ -17,7 +19,9 @@
  * without timing anything.
  *
  * Broken variants for the loader tests are selected with -D: VARIANT_BAD_MAGIC,
- * VARIANT_NULL_WRITE, VARIANT_SMALL, VARIANT_NULL_DESCRIPTOR, VARIANT_BAD_NAME.
+ * VARIANT_NULL_WRITE, VARIANT_SMALL, VARIANT_NULL_DESCRIPTOR, VARIANT_BAD_NAME. VARIANT_ABI_1_1
+ * declares ABI 1.1 with the struct_size of 1.1 (without `held`) while its `held` pointer is still
+ * set: the host must not read past struct_size, so it never calls it.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -37,7 +41,8 @@ typedef struct {
     char gate[1024];
     char destroy_gate[1024];
     long retries, flush_retries, status, fatal, fail_check;
-    long pending, flush_pending;
+    long held, held_seq, held_rows, held_retries;
+    long pending, flush_pending, held_pending;
 } counter;
 
 static flatsync_str text(const char *s) {
@@ -149,6 +154,10 @@ static flatsync_status counter_create(flatsync_str instance_name, flatsync_str c
     config_string(cfg, "gate", self->gate, sizeof self->gate);
     config_string(cfg, "destroy_gate", self->destroy_gate, sizeof self->destroy_gate);
     self->fail_check = config_int(cfg, "fail_check");
+    self->held = config_int(cfg, "held");
+    self->held_seq = config_int(cfg, "held_seq");
+    self->held_rows = config_int(cfg, "held_rows");
+    self->held_retries = config_int(cfg, "held_retries");
     free(cfg);
 
     char thread_name[32] = "";
@@ -226,6 +235,26 @@ static flatsync_status counter_flush(flatsync_instance *instance, const flatsync
     return FLATSYNC_STATUS_OK;
 }
 
+static flatsync_status counter_held(flatsync_instance *instance, flatsync_str stream,
+                                    flatsync_held *out, const flatsync_error *err) {
+    counter *self = (counter *)instance;
+    char thread_name[32] = "";
+    pthread_getname_np(pthread_self(), thread_name, sizeof thread_name);
+    record(self, "held thread=%s size=%u holds=%u stream=%.*s", thread_name, out->struct_size,
+           out->holds, (int)stream.len, (const char *)stream.ptr);
+    if (self->held_pending < self->held_retries) {
+        self->held_pending++;
+        set_error(err, "held busy");
+        return FLATSYNC_STATUS_RETRY;
+    }
+    if (self->held) {
+        out->holds = FLATSYNC_HELD_BATCHES;
+        out->seq = (uint64_t)self->held_seq;
+        out->rows = (uint64_t)self->held_rows;
+    }
+    return FLATSYNC_STATUS_OK;
+}
+
 static void counter_destroy(flatsync_instance *instance) {
     counter *self = (counter *)instance;
     if (self->destroy_gate[0]) {
@@ -250,9 +279,15 @@ __attribute__((unused)) static const flatsync_plugin descriptor = {
     .magic = {'F', 'L', 'A', 'T', 'S', 'Y', 'N', 'C'},
 #endif
     .abi_major = FLATSYNC_ABI_MAJOR,
+#ifdef VARIANT_ABI_1_1
+    .abi_minor = 1,
+#else
     .abi_minor = FLATSYNC_ABI_MINOR,
+#endif
 #ifdef VARIANT_SMALL
     .struct_size = 64,
+#elif defined(VARIANT_ABI_1_1)
+    .struct_size = offsetof(flatsync_plugin, held),
 #else
     .struct_size = sizeof(flatsync_plugin),
 #endif
@@ -273,6 +308,7 @@ __attribute__((unused)) static const flatsync_plugin descriptor = {
     .flush = counter_flush,
     .destroy = counter_destroy,
     .check = counter_check,
+    .held = counter_held,
 };
 
 const flatsync_plugin *flatsync_plugin_entry(void) {

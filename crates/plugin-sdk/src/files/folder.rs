@@ -1,5 +1,6 @@
 //! A folder sink's streams: one partial file per stream in progress, a state file recording how
-//! much of it is durable, and a final file that appears only when the stream is complete.
+//! much of it is durable, a progress record saying how much more a crash of the process would
+//! leave in place, and a final file that appears only when the stream is complete.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -9,10 +10,15 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::progress::{self, Checksum, Progress};
 use super::{
     check_stream_name, exists, io_fatal, io_retry, remove_if_present, reopen_partial, sync_dir,
 };
-use crate::{Batch, BatchStep, Logger, SinkError, StreamPosition};
+use crate::{Batch, BatchStep, Held, Logger, SinkError, StreamPosition};
+
+/// The key the state file gains beside what the sink saves: the rows of the batches it holds.
+/// Absent in state files written before it existed, which still load (the rows are unknown).
+const ROWS_KEY: &str = "stream_rows";
 
 /// What a stream's state file holds: at least the last batch seq the partial file holds and
 /// the partial's length after it. A sink keeping more (columns, say) uses its own type;
@@ -94,10 +100,12 @@ impl FolderStream for StreamFile {
 /// What [`StreamFolder::open`] found of a stream that is not complete.
 #[derive(Debug)]
 pub enum Found<S> {
-    /// No state file: the stream starts afresh, with an empty partial.
+    /// Nothing held: the stream starts afresh, with an empty partial.
     Fresh(StreamFile),
-    /// A state file: the partial is cut back to the length it records, and the state is
-    /// handed over for what the sink keeps beside the position.
+    /// The partial holds batches: it is cut to the length the state says, and the state is
+    /// handed over for what the sink keeps beside the position. The state is the state file's,
+    /// or, after a crash of the process before a flush, the newer one of a trusted progress
+    /// record (see [`StreamFolder`]).
     Resumed(StreamFile, S),
 }
 
@@ -120,6 +128,14 @@ impl<S> Found<S> {
 /// files say where it stands: a final file means it is complete; a state file means the partial
 /// is cut back to the recorded length (the host sends the later batches again); nothing means
 /// a fresh start.
+///
+/// After each batch but the last, [`write_batch`](Self::write_batch) also overwrites
+/// `<dir>/.<stream>.<extension>.progress`, without a sync: the state the next flush would
+/// record, and a checksum of the partial's bytes since the state file's length. A process that
+/// crashed before its flush leaves those bytes in place (only a power cut loses them), so when
+/// the record is whole, builds on the state file found, and the bytes still match, the partial
+/// is cut to the record's length instead, and [`held`](Self::held) tells the host, which then
+/// does not send those batches again. Anything else falls back to the state file.
 ///
 /// [`write_batch`](Self::write_batch) applies the seq rule ([`StreamPosition::step`]) to each
 /// batch, so a file sink only says how a batch becomes bytes:
@@ -258,6 +274,34 @@ impl<F: FolderStream> StreamFolder<F> {
         Ok(self.open.get_mut(name))
     }
 
+    /// What the partial of stream `name` holds beyond its state file, for
+    /// [`Sink::held`](crate::Sink::held): opens the stream as [`open`](Self::open) would
+    /// when its files hold batches (`start` is called only then), or answers `None` for a
+    /// fresh or complete stream. Also `None` when the rows are unknown (a state file of an
+    /// older SDK) or once the stream's last batch was appended.
+    pub fn held(
+        &mut self,
+        name: &str,
+        start: impl FnOnce(Found<F::Saved>) -> Result<F, SinkError>,
+    ) -> Result<Option<Held>, SinkError> {
+        if !self.open.contains_key(name) {
+            let layout = Layout::new(&self.dir, name, &self.extension, self.temporaries);
+            if !exists(&layout.state)? && !exists(&layout.progress)? {
+                // Fresh or complete: nothing held, and nothing to create or clean up yet.
+                return Ok(None);
+            }
+            match StreamFile::open(layout, &self.logger)? {
+                // Left for the first batch, which knows what a fresh stream is.
+                None | Some(Found::Fresh(_)) => return Ok(None),
+                Some(found) => {
+                    let stream = start(found)?;
+                    self.open.insert(name.to_owned(), stream);
+                }
+            }
+        }
+        Ok(self.open.get(name).and_then(|stream| stream.file().held()))
+    }
+
     /// The seq rule for one batch of a file sink: opens the batch's stream as
     /// [`open`](Self::open) does, then asks [`StreamPosition::step`]. A batch the partial holds
     /// is skipped; the last batch coming again after a failed publish publishes again; the next
@@ -281,7 +325,13 @@ impl<F: FolderStream> StreamFolder<F> {
             BatchStep::Apply => {
                 apply(stream)?;
                 if batch.is_last() {
+                    stream.file_mut().finishing = true;
                     return self.publish(name);
+                }
+                let saved = stream.saved(batch.seq(), stream.file().len);
+                let logger = self.logger.clone();
+                if let Some(stream) = self.open.get_mut(name) {
+                    stream.file_mut().record_progress(&saved, &logger);
                 }
                 Ok(())
             }
@@ -296,6 +346,7 @@ impl<F: FolderStream> StreamFolder<F> {
                 "stream {name} is not in progress in this process; nothing to publish"
             )));
         };
+        stream.file_mut().finishing = true;
         stream.file_mut().sync_data()?;
         let replacement = stream.prepare_publish()?;
         let path = stream.file_mut().publish(replacement.as_deref())?;
@@ -333,25 +384,32 @@ impl<F: FolderStream> StreamFolder<F> {
                 .applied_seq
                 .expect("a dirty stream has appended a batch");
             let saved = stream.saved(applied_seq, file.len);
-            stream.file().write_state(&saved)?;
+            stream.file().write_state(&saved, file.rows)?;
         }
         sync_dir(&self.dir)?;
         for stream in &mut dirty {
             let file = stream.file_mut();
             file.dirty = false;
             file.entry_synced = true;
+            // From here the state file holds all of it: progress builds on it afresh.
+            file.durable = Durable {
+                seq: file.applied_seq,
+                len: file.len,
+            };
+            file.unflushed = Checksum::new();
         }
         Ok(())
     }
 }
 
 /// The paths of one stream's files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Layout {
     name: String,
     dir: PathBuf,
     partial: PathBuf,
     state: PathBuf,
+    progress: PathBuf,
     final_file: PathBuf,
     /// The state file's temporary, then the sink's own.
     temporaries: Vec<PathBuf>,
@@ -369,6 +427,7 @@ impl Layout {
             dir: dir.to_path_buf(),
             partial: dir.join(format!(".{name}.{extension}.partial")),
             state: dir.join(format!(".{name}.{extension}.state")),
+            progress: dir.join(format!(".{name}.{extension}.progress")),
             final_file: dir.join(format!("{name}.{extension}")),
             temporaries,
             extension: extension.to_owned(),
@@ -384,6 +443,13 @@ fn temporary(dir: &Path, name: &str, extension: &str, kind: &str) -> PathBuf {
     dir.join(format!(".{name}.{extension}.{kind}.tmp"))
 }
 
+/// What the state file records: the position the partial's bytes are durable to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    seq: Option<u64>,
+    len: u64,
+}
+
 /// A stream's partial file, open for appending at the end of its last batch.
 #[derive(Debug)]
 pub struct StreamFile {
@@ -393,6 +459,19 @@ pub struct StreamFile {
     applied_seq: Option<u64>,
     /// The partial's length after `applied_seq`: where the next batch starts.
     len: u64,
+    /// The rows of batches up to `applied_seq`; `None` when a state file of an older SDK did
+    /// not say.
+    rows: Option<u64>,
+    /// What the state file records.
+    durable: Durable,
+    /// The checksum of the partial's bytes from `durable.len` to `len`.
+    unflushed: Checksum,
+    /// The progress record, once written in this process.
+    progress: Option<File>,
+    /// The record being written, reused from batch to batch.
+    progress_buffer: Vec<u8>,
+    /// The stream's last batch is appended: the stream is being published.
+    finishing: bool,
     /// Whether batches were appended since the state file was last written.
     dirty: bool,
     /// Whether the partial's name is known to be durable in the folder.
@@ -411,7 +490,7 @@ impl StreamFile {
         check_stream_name(&layout.name)?;
         if exists(&layout.final_file)? {
             // A crash after the rename can leave the bookkeeping behind; it is no longer needed.
-            let leftovers = [&layout.partial, &layout.state]
+            let leftovers = [&layout.partial, &layout.state, &layout.progress]
                 .into_iter()
                 .chain(&layout.temporaries);
             for leftover in leftovers {
@@ -430,12 +509,28 @@ impl StreamFile {
             remove_if_present(temporary)
                 .map_err(|error| io_retry("cannot remove", temporary, &error))?;
         }
-        let found = match read_state::<S>(&layout.state)? {
-            Some(saved) => {
-                let file = Self::resume(layout, &saved, logger)?;
-                Found::Resumed(file, saved)
-            }
-            None => Found::Fresh(Self::start(layout)?),
+        let state = read_state::<S>(&layout.state)?;
+        if let Some(state) = &state {
+            state.0.check().map_err(|what| {
+                SinkError::fatal(format!("state file {} {what}", layout.state.display()))
+            })?;
+        }
+        let durable = state.as_ref().map(|(saved, rows)| {
+            let durable = Durable {
+                seq: Some(saved.applied_seq()),
+                len: saved.durable_len(),
+            };
+            (durable, *rows)
+        });
+        let found = match trusted_progress::<S>(&layout, durable, logger)? {
+            Some((file, saved)) => Found::Resumed(file, saved),
+            None => match state {
+                Some((saved, rows)) => {
+                    let file = Self::resume(layout, &saved, rows, logger)?;
+                    Found::Resumed(file, saved)
+                }
+                None => Found::Fresh(Self::start(layout)?),
+            },
         };
         Ok(Some(found))
     }
@@ -449,17 +544,17 @@ impl StreamFile {
             .truncate(true)
             .open(&layout.partial)
             .map_err(|error| io_retry("cannot create", &layout.partial, &error))?;
-        Ok(Self::new(layout, file, None, 0))
+        let mut file = Self::new(layout, file, None, 0);
+        file.rows = Some(0);
+        Ok(file)
     }
 
     fn resume<S: SavedPosition>(
         layout: Layout,
         saved: &S,
+        rows: Option<u64>,
         logger: &Logger,
     ) -> Result<Self, SinkError> {
-        saved.check().map_err(|what| {
-            SinkError::fatal(format!("state file {} {what}", layout.state.display()))
-        })?;
         let (applied_seq, len) = (saved.applied_seq(), saved.durable_len());
         let (file, found) =
             reopen_partial(&layout.partial, &layout.state, applied_seq, len, false)?;
@@ -469,17 +564,29 @@ impl StreamFile {
             found - len
         ));
         let mut file = Self::new(layout, file, Some(applied_seq), len);
+        file.rows = rows;
         // The state file that named the partial was made durable after the partial's name.
         file.entry_synced = true;
         Ok(file)
     }
 
+    /// The partial holding batches up to `applied_seq` in its first `len` bytes, all of them
+    /// durable.
     fn new(layout: Layout, file: File, applied_seq: Option<u64>, len: u64) -> Self {
         Self {
             layout,
             file,
             applied_seq,
             len,
+            rows: None,
+            durable: Durable {
+                seq: applied_seq,
+                len,
+            },
+            unflushed: Checksum::new(),
+            progress: None,
+            progress_buffer: Vec::new(),
+            finishing: false,
             dirty: false,
             entry_synced: false,
             cut_pending: false,
@@ -500,6 +607,19 @@ impl StreamFile {
     /// The partial's length after the last batch appended.
     pub fn written_len(&self) -> u64 {
         self.len
+    }
+
+    /// The batches the partial holds beyond the state file, with their rows in all; `None`
+    /// when there are none, the rows are unknown, or the last batch is in.
+    pub fn held(&self) -> Option<Held> {
+        let seq = self.applied_seq?;
+        if self.finishing || self.durable.seq.is_some_and(|durable| durable >= seq) {
+            return None;
+        }
+        Some(Held {
+            seq,
+            rows: self.rows?,
+        })
     }
 
     /// The partial file's path.
@@ -538,14 +658,17 @@ impl StreamFile {
             )));
         }
         self.cut_back()?;
+        let unflushed_before = self.unflushed;
         let mut partial = PartialWriter {
             file: &mut self.file,
             path: &self.layout.partial,
             written: 0,
+            checksum: &mut self.unflushed,
         };
         let result = write(&mut partial);
         let written = partial.written;
         if let Err(error) = result {
+            self.unflushed = unflushed_before;
             self.cut_pending = true;
             return match self.cut_back() {
                 Ok(()) => Err(error),
@@ -560,7 +683,50 @@ impl StreamFile {
         self.applied_seq = Some(batch.seq());
         self.dirty = true;
         self.rows_written += batch.row_count();
+        self.rows = self.rows.map(|rows| rows + batch.row_count());
         Ok(())
+    }
+
+    /// Overwrites the progress record with `saved`, the state of the partial as it is, without
+    /// a sync. A failure costs only the batches the host then sends again after a crash, so it
+    /// is logged, not returned: the batch itself is in.
+    fn record_progress<S: Serialize>(&mut self, saved: &S, logger: &Logger) {
+        let progress = Progress {
+            base_seq: self.durable.seq,
+            base_len: self.durable.len,
+            rows: self.rows,
+            data: self.unflushed.finish(),
+            saved,
+        };
+        let path = &self.layout.progress;
+        if let Err(error) = progress.encode(&mut self.progress_buffer) {
+            logger.warn(&format!(
+                "Cannot encode the progress record {}: {error}",
+                path.display()
+            ));
+            return;
+        }
+        if self.progress.is_none() {
+            match progress::open_record(path) {
+                Ok(file) => self.progress = Some(file),
+                Err(error) => {
+                    logger.warn(&format!(
+                        "Cannot open the progress record {}: {error}; after a crash its \
+                         stream resumes from its last flush",
+                        path.display()
+                    ));
+                    return;
+                }
+            }
+        }
+        let file = self.progress.as_ref().expect("opened above");
+        if let Err(error) = progress::write_record(file, &self.progress_buffer) {
+            logger.warn(&format!(
+                "Cannot write the progress record {}: {error}; after a crash its stream \
+                 resumes from its last flush",
+                path.display()
+            ));
+        }
     }
 
     /// Cuts off the bytes of a failed batch that an earlier attempt could not cut off.
@@ -583,15 +749,28 @@ impl StreamFile {
             .map_err(|error| io_fatal("cannot sync", &self.layout.partial, &error))
     }
 
-    /// Replaces the state file atomically with `saved`. The caller syncs the partial before and
-    /// the folder after.
-    fn write_state<S: Serialize>(&self, saved: &S) -> Result<(), SinkError> {
-        let text = serde_json::to_vec(saved).map_err(|error| {
+    /// Replaces the state file atomically with `saved` and the stream's `rows`. The caller
+    /// syncs the partial before and the folder after.
+    fn write_state<S: Serialize>(&self, saved: &S, rows: Option<u64>) -> Result<(), SinkError> {
+        let mut text = serde_json::to_vec(saved).map_err(|error| {
             SinkError::fatal(format!(
                 "stream {}: cannot serialise the state: {error}",
                 self.layout.name
             ))
         })?;
+        // The rows go beside the sink's own keys, in the same object, so the file stays the
+        // flat object it always was; a sink state that is no object, or that has a key of that
+        // name already, goes without them (its rows are then unknown after a restart).
+        if let Some(rows) = rows
+            && text.last() == Some(&b'}')
+            && !contains_key(&text, ROWS_KEY)
+        {
+            text.pop();
+            if text.len() > 1 {
+                text.push(b',');
+            }
+            text.extend_from_slice(format!("\"{ROWS_KEY}\":{rows}}}").as_bytes());
+        }
         let tmp = self.layout.state_tmp();
         let mut file = File::create(tmp).map_err(|error| io_retry("cannot create", tmp, &error))?;
         file.write_all(&text)
@@ -618,6 +797,8 @@ impl StreamFile {
         // From here the final file marks the stream complete. Bookkeeping that cannot be
         // removed now is removed the next time the stream shows up.
         remove_if_present(&layout.state).ok();
+        self.progress = None;
+        remove_if_present(&layout.progress).ok();
         if replacement.is_some() {
             remove_if_present(&layout.partial).ok();
         }
@@ -632,6 +813,7 @@ pub struct PartialWriter<'f> {
     file: &'f mut File,
     path: &'f Path,
     written: u64,
+    checksum: &'f mut Checksum,
 }
 
 impl PartialWriter<'_> {
@@ -651,6 +833,7 @@ impl Write for PartialWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.file.write(buf)?;
         self.written += written as u64;
+        self.checksum.update(&buf[..written]);
         Ok(written)
     }
 
@@ -671,18 +854,127 @@ fn rename_error(from: &Path, to: &Path, error: &io::Error) -> SinkError {
     ))
 }
 
-fn read_state<S: DeserializeOwned>(path: &Path) -> Result<Option<S>, SinkError> {
+/// The state file at `path` and the rows it records beside the sink's state, if any.
+fn read_state<S: DeserializeOwned>(path: &Path) -> Result<Option<(S, Option<u64>)>, SinkError> {
     let text = match fs::read(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(io_retry("cannot read", path, &error)),
     };
-    serde_json::from_slice(&text).map(Some).map_err(|error| {
+    let unreadable = |error: serde_json::Error| {
         SinkError::fatal(format!(
             "state file {} is unreadable: {error}",
             path.display()
         ))
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(&text).map_err(unreadable)?;
+    let rows = match value
+        .as_object_mut()
+        .and_then(|state| state.remove(ROWS_KEY))
+    {
+        Some(rows) => Some(rows.as_u64().ok_or_else(|| {
+            SinkError::fatal(format!(
+                "state file {} is unreadable: `{ROWS_KEY}` is not a row count",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let saved = S::deserialize(value).map_err(unreadable)?;
+    Ok(Some((saved, rows)))
+}
+
+/// Whether the JSON object `text` has a top-level key `key` (a cheap look for the quoted name:
+/// a false "yes" only costs the rows count).
+fn contains_key(text: &[u8], key: &str) -> bool {
+    let quoted = format!("\"{key}\"");
+    text.windows(quoted.len())
+        .any(|window| window == quoted.as_bytes())
+}
+
+/// The partial cut to the length of a trusted progress record, with the record's state, or
+/// `None` when there is no such record. Trusted means: whole, written on top of the state file
+/// found (`durable`, `None` before any flush), beyond it, consistent for the sink, and the
+/// partial's bytes from the state file's length to the record's still have the recorded
+/// checksum. Anything else is logged and left: the caller falls back to the state file.
+fn trusted_progress<S: SavedPosition>(
+    layout: &Layout,
+    durable: Option<(Durable, Option<u64>)>,
+    logger: &Logger,
+) -> Result<Option<(StreamFile, S)>, SinkError> {
+    let distrust = |why: &str| {
+        logger.info(&format!(
+            "Progress record {} not used: {why}; resuming from the last flush",
+            layout.progress.display()
+        ));
+        Ok(None)
+    };
+    let progress = match Progress::<S>::read(&layout.progress) {
+        Ok(Some(progress)) => progress,
+        Ok(None) => return Ok(None),
+        Err(error) => return distrust(&error.to_string()),
+    };
+    let (base, base_rows) = durable.unwrap_or((Durable { seq: None, len: 0 }, Some(0)));
+    let (seq, len) = (progress.saved.applied_seq(), progress.saved.durable_len());
+    if progress.base_seq != base.seq
+        || progress.base_len != base.len
+        || base.seq.is_some_and(|durable| durable >= seq)
+        || len < base.len
+    {
+        // Most often a record older than the last flush: nothing beyond it.
+        return Ok(None);
+    }
+    if let (Some(base_rows), Some(rows)) = (base_rows, progress.rows)
+        && rows < base_rows
+    {
+        return distrust("it counts fewer rows than the state file");
+    }
+    if let Err(what) = progress.saved.check() {
+        return distrust(&what);
+    }
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&layout.partial)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return distrust("the partial is missing");
+        }
+        Err(error) => return Err(io_retry("cannot open", &layout.partial, &error)),
+    };
+    let unflushed = match Checksum::of_file_range(&mut file, base.len, len) {
+        Ok(checksum) if checksum.finish() == progress.data => checksum,
+        Ok(_) => return distrust("the partial's bytes do not match it"),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+            return distrust("the partial is shorter than it says");
+        }
+        Err(error) => return Err(io_retry("cannot read", &layout.partial, &error)),
+    };
+    let found = file
+        .metadata()
+        .map_err(|error| io_retry("cannot stat", &layout.partial, &error))?
+        .len();
+    file.set_len(len)
+        .and_then(|()| file.seek(SeekFrom::Start(len)))
+        .map_err(|error| io_retry("cannot cut back", &layout.partial, &error))?;
+    logger.info(&format!(
+        "Stream resumed: {} after seq {seq} ({len} bytes kept, {} of them not yet flushed; {} \
+         dropped)",
+        layout.name,
+        len - base.len,
+        found - len
+    ));
+    let name_durable = durable.is_some();
+    let mut stream = StreamFile::new(layout.clone(), file, Some(seq), len);
+    stream.rows = progress.rows.filter(|_| base_rows.is_some());
+    stream.durable = base;
+    stream.unflushed = unflushed;
+    // Held but not durable: the next flush must sync and record it.
+    stream.dirty = true;
+    // A state file names the partial durably; before the first flush nothing did.
+    stream.entry_synced = name_durable;
+    Ok(Some((stream, progress.saved)))
 }
 
 #[cfg(test)]

@@ -55,10 +55,13 @@ fn a_flush_records_the_position_and_publishing_leaves_only_the_final_file() {
     write(&mut folder, "s", 0, "a\n", false).expect("seq 0");
     write(&mut folder, "s", 1, "bc\n", false).expect("seq 1");
     folder.flush().expect("flush");
-    assert_eq!(entries(dir.path()), [".s.txt.partial", ".s.txt.state"]);
+    assert_eq!(
+        entries(dir.path()),
+        [".s.txt.partial", ".s.txt.progress", ".s.txt.state"]
+    );
     assert_eq!(
         read(dir.path().join(".s.txt.state")),
-        r#"{"applied_seq":1,"len":5}"#
+        r#"{"applied_seq":1,"len":5,"stream_rows":0}"#
     );
     write(&mut folder, "s", 2, "d\n", true).expect("seq 2");
     assert_eq!(read(dir.path().join("s.txt")), "a\nbc\nd\n");
@@ -74,6 +77,8 @@ fn a_restart_cuts_back_what_was_never_flushed_and_resumes_after_the_recorded_seq
     first.flush().expect("flush");
     write(&mut first, "s", 1, "one, never flushed\n", false).expect("seq 1");
     drop(first);
+    // A power cut took the progress record: only the state file vouches for anything.
+    fs::remove_file(dir.path().join(".s.txt.progress")).expect("remove the progress record");
 
     let (logger, lines) = collecting_logger();
     let mut second = StreamFolder::new(dir.path(), "txt", logger);
@@ -113,6 +118,7 @@ fn a_stream_never_flushed_starts_afresh() {
     let mut first = folder(dir.path());
     write(&mut first, "s", 0, "lost\n", false).expect("seq 0");
     drop(first);
+    fs::remove_file(dir.path().join(".s.txt.progress")).expect("a power cut took the record");
     let mut second = folder(dir.path());
     write(&mut second, "s", 0, "kept\n", true).expect("seq 0 again");
     assert_eq!(read(dir.path().join("s.txt")), "kept\n");
@@ -358,7 +364,7 @@ fn a_sink_keeps_its_own_state_beside_the_position_and_can_publish_a_replacement(
     first.flush().expect("flush");
     assert_eq!(
         read(dir.path().join(".s.txt.state")),
-        r#"{"applied_seq":0,"offset":2,"columns":["a"]}"#
+        r#"{"applied_seq":0,"offset":2,"columns":["a"],"stream_rows":0}"#
     );
     drop(first);
 
@@ -423,4 +429,228 @@ fn collecting_logger() -> (Logger, LogLines) {
             .push((level, message.to_owned()));
     });
     (logger, lines)
+}
+
+/// [`write`] with a row count, for the rows `held` reports.
+fn write_rows(
+    folder: &mut StreamFolder<StreamFile>,
+    stream: &str,
+    seq: u64,
+    text: &str,
+    rows: u64,
+    last: bool,
+) -> Result<(), SinkError> {
+    let batch = Batch::from_parts(BatchParts {
+        stream,
+        seq,
+        row_count: rows,
+        last,
+        ..BatchParts::default()
+    });
+    folder.write_batch(
+        &batch,
+        |found| Ok(found.into_file()),
+        |file| file.append(&batch, |partial| partial.write_bytes(text.as_bytes())),
+    )
+}
+
+fn held(folder: &mut StreamFolder<StreamFile>, stream: &str) -> Option<Held> {
+    folder
+        .held(stream, |found| Ok(found.into_file()))
+        .expect("held answers")
+}
+
+/// Batch 0 flushed (2 rows), batches 1 and 2 appended (3 rows each), then the process dies
+/// without a flush.
+fn crashed_after_two_unflushed_batches(dir: &Path) {
+    let mut first = folder(dir);
+    write_rows(&mut first, "s", 0, "zero\n", 2, false).expect("seq 0");
+    first.flush().expect("flush");
+    write_rows(&mut first, "s", 1, "one\n", 3, false).expect("seq 1");
+    write_rows(&mut first, "s", 2, "two\n", 3, false).expect("seq 2");
+    drop(first);
+}
+
+#[test]
+fn after_a_process_crash_the_batches_appended_since_the_flush_are_held() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crashed_after_two_unflushed_batches(dir.path());
+
+    let (logger, lines) = collecting_logger();
+    let mut second = StreamFolder::new(dir.path(), "txt", logger);
+    assert_eq!(held(&mut second, "s"), Some(Held { seq: 2, rows: 8 }));
+    assert_eq!(read(dir.path().join(".s.txt.partial")), "zero\none\ntwo\n");
+    assert_eq!(
+        lines.lock().expect("log lock").as_slice(),
+        [(
+            LogLevel::Info,
+            "Stream resumed: s after seq 2 (13 bytes kept, 8 of them not yet flushed; 0 dropped)"
+                .to_owned()
+        )]
+    );
+    // Asked again: the same answer, from the stream now open.
+    assert_eq!(held(&mut second, "s"), Some(Held { seq: 2, rows: 8 }));
+
+    // A held batch sent again is skipped; the next one appends after the held ones.
+    write_rows(&mut second, "s", 2, "two again\n", 3, false).expect("re-sent");
+    write_rows(&mut second, "s", 3, "three\n", 1, false).expect("seq 3");
+    assert_eq!(held(&mut second, "s"), Some(Held { seq: 3, rows: 9 }));
+    // The flush makes the held batches durable with the new one.
+    second.flush().expect("flush");
+    assert_eq!(
+        read(dir.path().join(".s.txt.state")),
+        r#"{"applied_seq":3,"len":19,"stream_rows":9}"#
+    );
+    assert_eq!(held(&mut second, "s"), None, "everything is durable");
+    write_rows(&mut second, "s", 4, "four\n", 1, true).expect("seq 4");
+    assert_eq!(
+        read(dir.path().join("s.txt")),
+        "zero\none\ntwo\nthree\nfour\n"
+    );
+    assert_eq!(
+        held(&mut second, "s"),
+        None,
+        "a published stream holds nothing to tell"
+    );
+    assert_eq!(entries(dir.path()), ["s.txt"]);
+}
+
+#[test]
+fn a_held_stream_is_made_durable_by_the_next_flush_even_without_a_new_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crashed_after_two_unflushed_batches(dir.path());
+    let mut second = folder(dir.path());
+    assert_eq!(held(&mut second, "s"), Some(Held { seq: 2, rows: 8 }));
+    second.flush().expect("flush");
+    assert_eq!(
+        read(dir.path().join(".s.txt.state")),
+        r#"{"applied_seq":2,"len":13,"stream_rows":8}"#
+    );
+}
+
+#[test]
+fn a_crash_before_the_first_flush_keeps_the_batches_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = folder(dir.path());
+    write_rows(&mut first, "s", 0, "zero\n", 2, false).expect("seq 0");
+    write_rows(&mut first, "s", 1, "one\n", 3, false).expect("seq 1");
+    drop(first);
+
+    let mut second = folder(dir.path());
+    assert_eq!(held(&mut second, "s"), Some(Held { seq: 1, rows: 5 }));
+    write_rows(&mut second, "s", 0, "zero\n", 2, false).expect("re-sent: skipped");
+    write_rows(&mut second, "s", 2, "two\n", 1, true).expect("seq 2");
+    assert_eq!(read(dir.path().join("s.txt")), "zero\none\ntwo\n");
+}
+
+#[test]
+fn damage_to_the_record_or_the_unflushed_bytes_falls_back_to_the_last_flush() {
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 6] = [
+        ("a flipped byte of an unflushed batch", |dir| {
+            let path = dir.join(".s.txt.partial");
+            let mut bytes = fs::read(&path).expect("read");
+            bytes[7] ^= 0x01; // in "one\n", past the 5 flushed bytes
+            fs::write(&path, bytes).expect("write");
+        }),
+        ("the partial cut short", |dir| {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(".s.txt.partial"))
+                .expect("open");
+            file.set_len(11).expect("cut");
+        }),
+        ("zeros where the unflushed bytes were", |dir| {
+            let path = dir.join(".s.txt.partial");
+            let mut bytes = fs::read(&path).expect("read");
+            bytes[5..].fill(0);
+            fs::write(&path, bytes).expect("write");
+        }),
+        ("a flipped byte of the record", |dir| {
+            let path = dir.join(".s.txt.progress");
+            let mut bytes = fs::read(&path).expect("read");
+            // Inside the body, past the 20-byte header (the file may end with the tail of a
+            // longer, older record, which is no part of this one).
+            bytes[30] ^= 0x01;
+            fs::write(&path, bytes).expect("write");
+        }),
+        ("a torn record", |dir| {
+            let path = dir.join(".s.txt.progress");
+            let bytes = fs::read(&path).expect("read");
+            fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+        }),
+        ("an empty record", |dir| {
+            fs::write(dir.join(".s.txt.progress"), b"").expect("write");
+        }),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().expect("temp dir");
+        crashed_after_two_unflushed_batches(dir.path());
+        damage(dir.path());
+        let mut second = folder(dir.path());
+        assert_eq!(held(&mut second, "s"), None, "{what}");
+        assert_eq!(
+            read(dir.path().join(".s.txt.partial")),
+            "zero\n",
+            "{what}: cut back to the last flush"
+        );
+        write_rows(&mut second, "s", 1, "one\n", 3, false).expect("seq 1 again");
+        write_rows(&mut second, "s", 2, "two\n", 3, true).expect("seq 2 again");
+        assert_eq!(read(dir.path().join("s.txt")), "zero\none\ntwo\n", "{what}");
+    }
+}
+
+#[test]
+fn a_record_older_than_the_last_flush_is_not_used() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = folder(dir.path());
+    write_rows(&mut first, "s", 0, "zero\n", 2, false).expect("seq 0");
+    write_rows(&mut first, "s", 1, "one\n", 3, false).expect("seq 1");
+    first.flush().expect("flush");
+    drop(first);
+    // The record says seq 1 on top of nothing; the state file says seq 1 already.
+    let mut second = folder(dir.path());
+    assert_eq!(held(&mut second, "s"), None);
+    assert_eq!(
+        in_progress(&mut second, "s").position(),
+        StreamPosition::Applied(1)
+    );
+}
+
+#[test]
+fn a_fresh_stream_holds_nothing_and_held_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut folder = folder(dir.path());
+    assert_eq!(held(&mut folder, "s"), None);
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn a_state_file_without_rows_still_resumes_but_holds_nothing_to_tell() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // As an older SDK wrote it.
+    fs::write(dir.path().join(".s.txt.partial"), "zero\n").expect("write");
+    fs::write(
+        dir.path().join(".s.txt.state"),
+        r#"{"applied_seq":0,"len":5}"#,
+    )
+    .expect("write");
+    let mut first = folder(dir.path());
+    write_rows(&mut first, "s", 1, "one\n", 3, false).expect("seq 1");
+    drop(first);
+
+    let mut second = folder(dir.path());
+    assert_eq!(held(&mut second, "s"), None, "the rows are unknown");
+    // The bytes are kept all the same: the host's re-sent batch 1 is skipped.
+    assert_eq!(
+        in_progress(&mut second, "s").position(),
+        StreamPosition::Applied(1)
+    );
+    write_rows(&mut second, "s", 1, "one\n", 3, false).expect("skipped");
+    second.flush().expect("flush");
+    assert_eq!(
+        read(dir.path().join(".s.txt.state")),
+        r#"{"applied_seq":1,"len":9}"#,
+        "no rows count is made up"
+    );
 }
