@@ -623,8 +623,11 @@ mod tests {
         let mut admin = backend.db();
         let ended: i64 = sql::off_runtime(|| {
             admin.query_row(
+                // Advisory locks are per database: count (and end) only this test's holders,
+                // never a session of another test or daemon on the same server.
                 "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
-                 WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted",
+                 WHERE l.locktype = 'advisory' AND l.objid = 7310152 AND l.granted
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 sql::params![],
                 |r| r.get(0),
             )
