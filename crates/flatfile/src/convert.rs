@@ -18,6 +18,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 mod fast;
+mod stream;
+
+pub(crate) use stream::{Fed, Finished, RecordsStream};
 
 /// One page of `GET /rest/batch/{batchId}/rows`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
