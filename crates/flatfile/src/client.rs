@@ -89,11 +89,13 @@ const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
 
 /// Most bytes reserved for a success body from its `Content-Length` before any arrive.
 const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
-/// Bytes of success bodies held at once, from the first byte read until decoded, across every
-/// request of the client (one body is always allowed, however large). Requests waiting on the
-/// server hold nothing, so the pages in flight are not limited by it; only bodies that arrive
-/// together wait here, in their socket buffers, for the ones before them to be converted.
-/// With 6.7 MB Platform pages, four bodies arriving at once took 27 MB beside their batches.
+/// Bytes of success bodies read whole held at once, from the first byte read until decoded,
+/// across every request of the client (one body is always allowed, however large). Requests
+/// waiting on the server hold nothing, so the pages in flight are not limited by it; only
+/// bodies that arrive together wait here, in their socket buffers, for the ones before them to
+/// be converted. With 6.7 MB Platform pages, four bodies arriving at once took 27 MB beside
+/// their batches; records pages are now converted as they arrive
+/// ([`FlatfileClient::attempt_records`]) and take a share only when held whole.
 const BODY_BYTES_AT_ONCE: u64 = 8 << 20;
 /// Bodies smaller than this are read without a share of [`BODY_BYTES_AT_ONCE`]: answers such
 /// as a sheet's counts or a job's never wait behind a page.
@@ -553,7 +555,8 @@ impl FlatfileClient {
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
             };
-            self.wait_to_retry(call, error, retry_after, attempt).await?;
+            self.wait_to_retry(call, error, retry_after, attempt)
+                .await?;
             attempt += 1;
         }
     }
@@ -585,7 +588,8 @@ impl FlatfileClient {
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
             };
-            self.wait_to_retry(call, error, retry_after, attempt).await?;
+            self.wait_to_retry(call, error, retry_after, attempt)
+                .await?;
             attempt += 1;
         }
     }
@@ -766,6 +770,7 @@ impl FlatfileClient {
                         status,
                         bytes = received,
                         held,
+                        lines_bytes = page.ndjson.len(),
                         "Flatfile records page converted as it arrived"
                     );
                     return Ok((page, status));

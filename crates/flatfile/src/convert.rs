@@ -128,6 +128,26 @@ impl RecordsPage {
     pub fn parse(body: &[u8]) -> Result<RecordsPage, serde_json::Error> {
         records_page(body)
     }
+
+    /// Converts the body of a Platform records page given in chunks, as the client converts
+    /// a body while it arrives: the same page [`RecordsPage::parse`] gives for the whole body,
+    /// or `None` where the client would read the page again whole and convert it with
+    /// [`RecordsPage::parse`].
+    pub fn parse_chunks<'a>(
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<Result<RecordsPage, serde_json::Error>> {
+        let mut stream = RecordsStream::new(None);
+        for chunk in chunks {
+            if stream.feed(chunk) == Fed::ReadAgain {
+                return None;
+            }
+        }
+        match stream.finish() {
+            Ok(Finished::Page(page)) => Some(Ok(page)),
+            Ok(Finished::ReadAgain) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
 }
 
 impl EventsPage {

@@ -205,15 +205,7 @@ fn record(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> 
 
 /// The opening of a records page up to its records' `[`, as the streaming conversion takes it:
 /// `{"data":{"records":[`, with any whitespace between the tokens.
-const RECORDS_HEAD: [&[u8]; 7] = [
-    b"{",
-    b"\"data\"",
-    b":",
-    b"{",
-    b"\"records\"",
-    b":",
-    b"[",
-];
+const RECORDS_HEAD: [&[u8]; 7] = [b"{", b"\"data\"", b":", b"{", b"\"records\"", b":", b"["];
 
 /// How far `bytes` match [`RECORDS_HEAD`]: `Some(Some(n))` when its first `n` bytes are the
 /// whole head, `Some(None)` when they may still become it, `None` when they cannot.
@@ -282,8 +274,17 @@ pub(super) fn records_run(
         let start = cursor.at;
         match expect {
             Expect::FirstOrEnd | Expect::CommaOrEnd => match cursor.peek() {
-                None => return Run::More { used: start, expect },
-                Some(b']') => return Run::End { used: cursor.at + 1 },
+                None => {
+                    return Run::More {
+                        used: start,
+                        expect,
+                    };
+                }
+                Some(b']') => {
+                    return Run::End {
+                        used: cursor.at + 1,
+                    };
+                }
                 Some(b',') if expect == Expect::CommaOrEnd => {
                     cursor.at += 1;
                     expect = Expect::Record;
@@ -295,7 +296,10 @@ pub(super) fn records_run(
                 let line_start = out.len();
                 if record(&mut cursor, out, scratch).is_none() {
                     out.truncate(line_start);
-                    return Run::More { used: start, expect };
+                    return Run::More {
+                        used: start,
+                        expect,
+                    };
                 }
                 *rows += 1;
                 expect = Expect::CommaOrEnd;

@@ -143,6 +143,11 @@ impl RecordsStream {
             Part::Tail => match fast::records_rest(&self.head, &self.pending) {
                 Some(rest) => {
                     replace_lone_surrogates(&mut self.out);
+                    // The reservation guessed from the body's length is what a batch is
+                    // budgeted at downstream (its capacity): give back what the lines left.
+                    if self.out.capacity() - self.out.len() > self.out.len() / 16 {
+                        self.out.shrink_to_fit();
+                    }
                     Ok(Finished::Page(RecordsPage {
                         ndjson: self.out,
                         rows: self.rows,
@@ -315,7 +320,9 @@ mod tests {
         assert!(matches!(stream.finish(), Ok(Finished::Page(page)) if page.rows == 1));
         // Cut short inside the records: serde's failure, without reading it again.
         let cut = &RECORDS[..RECORDS.len() / 2];
-        let error = streamed(cut, &[100]).expect("no second read").expect_err("cut");
+        let error = streamed(cut, &[100])
+            .expect("no second read")
+            .expect_err("cut");
         assert!(error.contains("EOF"), "{error}");
         assert!(records_page(cut).is_err());
     }
@@ -327,8 +334,14 @@ mod tests {
             r#"{{"data":{{"records":[{{"id":"a"}},{{"id":"b","values":{{"k":{{"value":"{long}"}}}}}}]}}}}"#
         );
         let cuts: Vec<usize> = (1..body.len() / 4096).map(|n| n * 4096).collect();
-        assert!(streamed(body.as_bytes(), &cuts).is_none(), "converted in the stream");
-        assert_eq!(records_page(body.as_bytes()).map(|page| page.rows).ok(), Some(2));
+        assert!(
+            streamed(body.as_bytes(), &cuts).is_none(),
+            "converted in the stream"
+        );
+        assert_eq!(
+            records_page(body.as_bytes()).map(|page| page.rows).ok(),
+            Some(2)
+        );
         // What is held stays near the lines converted, not the body.
         let mut stream = RecordsStream::new(None);
         for chunk in compact(RECORDS).chunks(7) {
@@ -351,9 +364,9 @@ mod tests {
                     .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
             ]
         });
-        (value, any::<bool>()).prop_map(|(value, valid)| {
-            serde_json::json!({"value": value, "messages": [], "valid": valid})
-        })
+        (value, any::<bool>()).prop_map(
+            |(value, valid)| serde_json::json!({"value": value, "messages": [], "valid": valid}),
+        )
     }
 
     fn any_page() -> impl Strategy<Value = Vec<u8>> {
