@@ -139,13 +139,14 @@ fn conversion(c: &mut Criterion) {
     });
     // As the client converts a body while it arrives, in chunks of the size a socket read
     // gives.
-    let streamed = RecordsPage::parse_chunks(records.chunks(STREAM_CHUNK));
+    let announced = Some(records.len() as u64);
+    let streamed = RecordsPage::parse_chunks(announced, records.chunks(STREAM_CHUNK));
     assert_eq!(streamed.and_then(Result::ok), Some(page));
     group.bench_function(
         BenchmarkId::new("records_page_streamed", PLATFORM_RECORDS),
         |b| {
             b.iter(|| {
-                RecordsPage::parse_chunks(black_box(&records).chunks(STREAM_CHUNK))
+                RecordsPage::parse_chunks(announced, black_box(&records).chunks(STREAM_CHUNK))
                     .and_then(Result::ok)
                     .expect("converts")
             });

@@ -133,10 +133,13 @@ impl RecordsPage {
     /// a body while it arrives: the same page [`RecordsPage::parse`] gives for the whole body,
     /// or `None` where the client would read the page again whole and convert it with
     /// [`RecordsPage::parse`].
+    /// `announced` is the body's length when known (its `Content-Length`), which sizes the
+    /// lines' buffer up front.
     pub fn parse_chunks<'a>(
+        announced: Option<u64>,
         chunks: impl IntoIterator<Item = &'a [u8]>,
     ) -> Option<Result<RecordsPage, serde_json::Error>> {
-        let mut stream = RecordsStream::new(None);
+        let mut stream = RecordsStream::new(announced);
         for chunk in chunks {
             if stream.feed(chunk) == Fed::ReadAgain {
                 return None;

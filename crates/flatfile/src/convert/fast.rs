@@ -251,7 +251,8 @@ pub(super) enum Run {
 }
 
 /// Converts the complete records at the start of `bytes`, the part of `data.records` after what
-/// was converted before, into `out`, walking them exactly as [`records`] walks a whole page.
+/// was converted before, into `out`, walking them exactly as [`records`] walks a whole page;
+/// with `one_record`, stops after the first record converted.
 ///
 /// A record is converted only once its closing `}` is in `bytes`; it then converts as it would
 /// in the whole body, because the walk of a record never looks past that `}`. Whatever ends
@@ -262,14 +263,13 @@ pub(super) fn records_run(
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
     rows: &mut u64,
+    one_record: bool,
 ) -> Run {
-    let whole = match std::str::from_utf8(bytes) {
-        Ok(_) => bytes,
-        Err(error) => &bytes[..error.valid_up_to()],
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => std::str::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or_default(),
     };
-    let Some(mut cursor) = Cursor::new(whole) else {
-        return Run::Declined;
-    };
+    let mut cursor = Cursor::from_text(text);
     loop {
         let start = cursor.at;
         match expect {
@@ -303,6 +303,12 @@ pub(super) fn records_run(
                 }
                 *rows += 1;
                 expect = Expect::CommaOrEnd;
+                if one_record {
+                    return Run::More {
+                        used: cursor.at,
+                        expect,
+                    };
+                }
             }
         }
     }
@@ -394,11 +400,15 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(body: &'a [u8]) -> Option<Self> {
-        Some(Self {
-            text: std::str::from_utf8(body).ok()?,
-            bytes: body,
+        std::str::from_utf8(body).ok().map(Self::from_text)
+    }
+
+    fn from_text(text: &'a str) -> Self {
+        Self {
+            text,
+            bytes: text.as_bytes(),
             at: 0,
-        })
+        }
     }
 
     #[inline(always)]

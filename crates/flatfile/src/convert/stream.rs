@@ -18,6 +18,10 @@ use super::{RecordsPage, records_page, replace_lone_surrogates};
 /// longer than this makes the page be read again whole.
 pub(crate) const LONGEST_RECORD: usize = 1 << 20;
 
+/// Bytes of a chunk first joined to the record the last chunk cut (more if that does not
+/// complete it): a few records' worth.
+const JOIN_BYTES: usize = 2048;
+
 /// Most bytes reserved for the lines from the body's `Content-Length` before any arrive.
 const PREALLOCATE_LIMIT: usize = 16 << 20;
 
@@ -93,7 +97,81 @@ impl RecordsStream {
 
     /// Takes the next chunk of the body.
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Fed {
+        if let Part::Records(expect) = self.part {
+            return self.feed_records(chunk, expect);
+        }
         self.pending.extend_from_slice(chunk);
+        self.go_on()
+    }
+
+    /// A chunk inside the records: read in place, apart from the few bytes that complete the
+    /// record the last chunk cut (copying every chunk cost more than the record walk's
+    /// string scan).
+    fn feed_records(&mut self, chunk: &[u8], mut expect: Expect) -> Fed {
+        let mut at = 0;
+        while !self.pending.is_empty() {
+            if at == chunk.len() {
+                return self.check_held();
+            }
+            let cut = self.pending.len();
+            let take = (chunk.len() - at).min(cut.max(JOIN_BYTES));
+            self.pending.extend_from_slice(&chunk[at..at + take]);
+            at += take;
+            // Only the cut record: the records after it are read in place.
+            let run = fast::records_run(
+                &self.pending,
+                expect,
+                &mut self.out,
+                &mut self.scratch,
+                &mut self.rows,
+                true,
+            );
+            match run {
+                Run::More { used, expect: next } => {
+                    expect = next;
+                    self.part = Part::Records(expect);
+                    if used >= cut {
+                        // The cut record is converted; what is left came from this chunk.
+                        at -= self.pending.len() - used;
+                        self.pending.clear();
+                    } else {
+                        self.pending.drain(..used);
+                    }
+                }
+                Run::End { used } => {
+                    self.pending.drain(..used);
+                    self.pending.extend_from_slice(&chunk[at..]);
+                    self.part = Part::Tail;
+                    return self.check_held();
+                }
+                Run::Declined => return self.decline(),
+            }
+        }
+        let rest = &chunk[at..];
+        let run = fast::records_run(
+            rest,
+            expect,
+            &mut self.out,
+            &mut self.scratch,
+            &mut self.rows,
+            false,
+        );
+        match run {
+            Run::More { used, expect } => {
+                self.pending.extend_from_slice(&rest[used..]);
+                self.part = Part::Records(expect);
+            }
+            Run::End { used } => {
+                self.pending.extend_from_slice(&rest[used..]);
+                self.part = Part::Tail;
+            }
+            Run::Declined => return self.decline(),
+        }
+        self.check_held()
+    }
+
+    /// Moves on over `pending` from the head.
+    fn go_on(&mut self) -> Fed {
         loop {
             match self.part {
                 Part::Head => match fast::records_head(&self.pending) {
@@ -114,6 +192,7 @@ impl RecordsStream {
                         &mut self.out,
                         &mut self.scratch,
                         &mut self.rows,
+                        false,
                     );
                     match run {
                         Run::More { used, expect } => {
@@ -300,6 +379,34 @@ mod tests {
         for first in 0..=small.len() {
             for second in first..=small.len() {
                 check(small, &[first, second]).expect("two cuts");
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_of_many_records_converts_as_whole_in_chunks_of_any_size() {
+        let records: Vec<serde_json::Value> = (0..300)
+            .map(|index| {
+                serde_json::json!({
+                    "id": format!("us_rc_{index:08}"),
+                    "values": {
+                        "name": {"value": format!("n\u{e9}me {index}"), "messages": [], "valid": true},
+                        "age": {"value": index, "messages": [{"type": "info"}], "valid": index % 3 == 0},
+                    },
+                    "valid": index % 7 != 0,
+                    "metadata": {},
+                })
+            })
+            .collect();
+        let page = serde_json::json!({"data": {"records": records, "commitId": "us_vr_1"}});
+        for body in [
+            serde_json::to_vec(&page).expect("to JSON"),
+            serde_json::to_vec_pretty(&page).expect("to JSON"),
+        ] {
+            for size in [1, 7, 100, 999, 2048, 2049, 3000, 5000, 16 << 10, body.len()] {
+                let cuts: Vec<usize> = (1..body.len().div_ceil(size)).map(|n| n * size).collect();
+                check(&body, &cuts).expect("chunks");
+                assert!(streamed(&body, &cuts).is_some_and(|page| page.is_ok()));
             }
         }
     }
