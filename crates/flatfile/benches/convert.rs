@@ -10,6 +10,8 @@ use flatsync_flatfile::{LegacyPage, RecordsPage};
 
 const LEGACY_ROWS: u64 = 1_000;
 const PLATFORM_RECORDS: u64 = 10_000;
+/// Bytes per chunk of the streamed records conversion.
+const STREAM_CHUNK: usize = 16 * 1024;
 
 /// Ten fields, as the measurements use: key and a value for row `index`.
 fn cells(index: u64) -> [(&'static str, String); 10] {
@@ -135,6 +137,21 @@ fn conversion(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("records_page", PLATFORM_RECORDS), |b| {
         b.iter(|| RecordsPage::parse(black_box(&records)).expect("converts"));
     });
+    // As the client converts a body while it arrives, in chunks of the size a socket read
+    // gives.
+    let announced = Some(records.len() as u64);
+    let streamed = RecordsPage::parse_chunks(announced, records.chunks(STREAM_CHUNK));
+    assert_eq!(streamed.and_then(Result::ok), Some(page));
+    group.bench_function(
+        BenchmarkId::new("records_page_streamed", PLATFORM_RECORDS),
+        |b| {
+            b.iter(|| {
+                RecordsPage::parse_chunks(announced, black_box(&records).chunks(STREAM_CHUNK))
+                    .and_then(Result::ok)
+                    .expect("converts")
+            });
+        },
+    );
     group.finish();
 }
 

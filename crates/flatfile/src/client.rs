@@ -89,11 +89,13 @@ const ERROR_BODY_READ_LIMIT: usize = 64 * 1024;
 
 /// Most bytes reserved for a success body from its `Content-Length` before any arrive.
 const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
-/// Bytes of success bodies held at once, from the first byte read until decoded, across every
-/// request of the client (one body is always allowed, however large). Requests waiting on the
-/// server hold nothing, so the pages in flight are not limited by it; only bodies that arrive
-/// together wait here, in their socket buffers, for the ones before them to be converted.
-/// With 6.7 MB Platform pages, four bodies arriving at once took 27 MB beside their batches.
+/// Bytes of success bodies read whole held at once, from the first byte read until decoded,
+/// across every request of the client (one body is always allowed, however large). Requests
+/// waiting on the server hold nothing, so the pages in flight are not limited by it; only
+/// bodies that arrive together wait here, in their socket buffers, for the ones before them to
+/// be converted. With 6.7 MB Platform pages, four bodies arriving at once took 27 MB beside
+/// their batches; records pages are now converted as they arrive
+/// ([`FlatfileClient::attempt_records`]) and take a share only when held whole.
 const BODY_BYTES_AT_ONCE: u64 = 8 << 20;
 /// Bodies smaller than this are read without a share of [`BODY_BYTES_AT_ONCE`]: answers such
 /// as a sheet's counts or a job's never wait behind a page.
@@ -440,15 +442,7 @@ impl FlatfileClient {
             }
         }
         query.set_on(&mut url);
-        self.execute(
-            HttpMethod::Get,
-            Api::Platform,
-            "records",
-            url,
-            None,
-            convert::records_page,
-        )
-        .await
+        self.execute_records(url).await
     }
 
     /// `POST /v1/jobs/{id}/ack` with `{info, progress}`; also used for progress updates.
@@ -553,7 +547,6 @@ impl FlatfileClient {
             headers: &headers,
             body: body.as_ref(),
         };
-        let max_attempts = self.inner.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
             let outcome = self.attempt_and_decode(call, &decode, attempt).await;
@@ -562,52 +555,105 @@ impl FlatfileClient {
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
             };
-            if attempt >= max_attempts {
-                return Err(error);
-            }
-            if retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER) {
+            self.wait_to_retry(call, error, retry_after, attempt)
+                .await?;
+            attempt += 1;
+        }
+    }
+
+    /// [`Self::execute`] for a records page, converted as its body arrives
+    /// ([`convert::RecordsStream`]).
+    async fn execute_records(&self, url: Url) -> Result<RecordsPage, ApiError> {
+        let headers = self.headers(Api::Platform)?;
+        let call = Call {
+            method: HttpMethod::Get,
+            endpoint: "records",
+            url: &url,
+            headers: &headers,
+            body: None,
+        };
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let outcome = self.attempt_records(call, attempt).await;
+            let status = match &outcome {
+                Ok((_, status)) => recording::status_label(*status),
+                Err(AttemptError::Retryable { error, .. } | AttemptError::Fatal(error)) => {
+                    recording::error_status(error)
+                }
+            };
+            recording::attempt_finished(call.endpoint, status, started.elapsed());
+            let (error, retry_after) = match outcome {
+                Ok((page, _)) => return Ok(page),
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
+            };
+            self.wait_to_retry(call, error, retry_after, attempt)
+                .await?;
+            attempt += 1;
+        }
+    }
+
+    /// Waits before attempt `attempt + 1` after `error`, or gives `error` back when no further
+    /// attempt is allowed.
+    async fn wait_to_retry(
+        &self,
+        call: Call<'_>,
+        error: ApiError,
+        retry_after: Option<Duration>,
+        attempt: u32,
+    ) -> Result<(), ApiError> {
+        let Call {
+            method,
+            endpoint,
+            url,
+            ..
+        } = call;
+        if attempt >= self.inner.retry.max_attempts.max(1) {
+            return Err(error);
+        }
+        if retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER) {
+            tracing::warn!(
+                method = method.as_str(),
+                url = %url,
+                retry_after_s = retry_after.map_or(0, |d| d.as_secs()),
+                "Flatfile asked to wait too long, giving up"
+            );
+            return Err(error);
+        }
+        let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        recording::retried(endpoint, &error);
+        match &error {
+            ApiError::Status { status, .. } => tracing::warn!(
+                method = method.as_str(),
+                url = %url,
+                status,
+                attempt,
+                delay_ms,
+                "Retrying Flatfile request"
+            ),
+            ApiError::Transport { message, .. } | ApiError::Decode { message, .. } => {
                 tracing::warn!(
                     method = method.as_str(),
                     url = %url,
-                    retry_after_s = retry_after.map_or(0, |d| d.as_secs()),
-                    "Flatfile asked to wait too long, giving up"
+                    error = %message,
+                    attempt,
+                    delay_ms,
+                    "Retrying Flatfile request"
                 );
-                return Err(error);
             }
-            let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            recording::retried(endpoint, &error);
-            match &error {
-                ApiError::Status { status, .. } => tracing::warn!(
-                    method = method.as_str(),
-                    url = %url,
-                    status,
-                    attempt,
-                    delay_ms,
-                    "Retrying Flatfile request"
-                ),
-                ApiError::Transport { message, .. } | ApiError::Decode { message, .. } => {
-                    tracing::warn!(
-                        method = method.as_str(),
-                        url = %url,
-                        error = %message,
-                        attempt,
-                        delay_ms,
-                        "Retrying Flatfile request"
-                    );
-                }
-                other => tracing::warn!(
-                    method = method.as_str(),
-                    url = %url,
-                    error = %other,
-                    attempt,
-                    delay_ms,
-                    "Retrying Flatfile request"
-                ),
-            }
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+            other => tracing::warn!(
+                method = method.as_str(),
+                url = %url,
+                error = %other,
+                attempt,
+                delay_ms,
+                "Retrying Flatfile request"
+            ),
         }
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     /// One attempt, its answer decoded, recorded in the metrics (duration, status, bytes) by
@@ -649,6 +695,101 @@ impl FlatfileClient {
     }
 
     async fn attempt(&self, call: Call<'_>, attempt: u32) -> Result<Answered, AttemptError> {
+        let response = self.send(call, attempt).await?;
+        let status = response.status();
+        let share = self.inner.bodies.admit(response.content_length()).await;
+        let bytes = read_success_body(response)
+            .await
+            .map_err(|error| transport_error(call, attempt, error))?;
+        self.inner.bodies.read(bytes.len());
+        tracing::debug!(
+            method = call.method.as_str(),
+            url = %call.url,
+            status = status.as_u16(),
+            bytes = bytes.len(),
+            "Flatfile response"
+        );
+        Ok(Answered {
+            status: status.as_u16(),
+            body: bytes,
+            _share: share,
+        })
+    }
+
+    /// One attempt at a records page, converted chunk by chunk as the body arrives, so no
+    /// share of [`BODY_BYTES_AT_ONCE`] is taken: what is held is the page's lines, which the
+    /// caller's read-ahead budgets. A body the stream cannot take (another opening than
+    /// `{"data":{"records":[`) is held whole within the budget; one it gave up on part way is
+    /// read again whole, in the same attempt, and converted as a whole body is.
+    async fn attempt_records(
+        &self,
+        call: Call<'_>,
+        attempt: u32,
+    ) -> Result<(RecordsPage, u16), AttemptError> {
+        let mut response = self.send(call, attempt).await?;
+        let status = response.status().as_u16();
+        let announced = response.content_length();
+        let mut stream = convert::RecordsStream::new(announced);
+        let mut whole_share: Option<BodyPermit> = None;
+        let mut received = 0;
+        let mut read_again = false;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| transport_error(call, attempt, error))?
+        {
+            received += chunk.len();
+            match stream.feed(&chunk) {
+                convert::Fed::Streaming => {}
+                convert::Fed::HeldWhole => {
+                    if whole_share.is_none() {
+                        whole_share = Some(self.inner.bodies.admit(announced).await);
+                    }
+                }
+                convert::Fed::ReadAgain => {
+                    read_again = true;
+                    break;
+                }
+            }
+        }
+        drop(response);
+        recording::body_received(call.endpoint, received);
+        let decode_error = |error: serde_json::Error| AttemptError::Retryable {
+            error: ApiError::Decode {
+                url: call.url.to_string(),
+                message: error.to_string(),
+            },
+            retry_after: None,
+        };
+        if !read_again {
+            let held = stream.held_bytes();
+            match stream.finish().map_err(decode_error)? {
+                convert::Finished::Page(page) => {
+                    tracing::debug!(
+                        url = %call.url,
+                        status,
+                        bytes = received,
+                        held,
+                        lines_bytes = page.ndjson.len(),
+                        "Flatfile records page converted as it arrived"
+                    );
+                    return Ok((page, status));
+                }
+                convert::Finished::ReadAgain => {}
+            }
+        }
+        drop(whole_share);
+        // Rare: the fast conversion met something it cannot vouch for after letting go of
+        // records it had converted, so the definition (serde) converts the page read whole.
+        tracing::debug!(url = %call.url, "Reading the records page again whole");
+        let answered = self.attempt(call, attempt).await?;
+        recording::body_received(call.endpoint, answered.body.len());
+        let page = convert::records_page(&answered.body).map_err(decode_error)?;
+        Ok((page, answered.status))
+    }
+
+    /// Sends one attempt; a success answer comes back with its body not read yet.
+    async fn send(&self, call: Call<'_>, attempt: u32) -> Result<reqwest::Response, AttemptError> {
         let Call {
             method,
             url,
@@ -670,37 +811,16 @@ impl FlatfileClient {
             // answer with 411 Length Required; browsers and Node send an explicit 0 too.
             request = request.header(header::CONTENT_LENGTH, "0");
         }
-        let transport = |error: reqwest::Error| AttemptError::Retryable {
-            error: ApiError::Transport {
-                method: method.as_str(),
-                url: url.to_string(),
-                attempts: attempt,
-                message: error_chain(&error.without_url()),
-            },
-            retry_after: None,
-        };
-
-        let response = request.send().await.map_err(transport)?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| transport_error(call, attempt, error))?;
         let status = response.status();
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             self.inner.throttled.fetch_add(1, Ordering::Relaxed);
         }
         if status.is_success() {
-            let share = self.inner.bodies.admit(response.content_length()).await;
-            let bytes = read_success_body(response).await.map_err(transport)?;
-            self.inner.bodies.read(bytes.len());
-            tracing::debug!(
-                method = method.as_str(),
-                url = %url,
-                status = status.as_u16(),
-                bytes = bytes.len(),
-                "Flatfile response"
-            );
-            return Ok(Answered {
-                status: status.as_u16(),
-                body: bytes,
-                _share: share,
-            });
+            return Ok(response);
         }
 
         let retry_after = response
@@ -929,6 +1049,19 @@ fn header_value(
     })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A failure of the connection during `attempt` of `call`.
+fn transport_error(call: Call<'_>, attempt: u32, error: reqwest::Error) -> AttemptError {
+    AttemptError::Retryable {
+        error: ApiError::Transport {
+            method: call.method.as_str(),
+            url: call.url.to_string(),
+            attempts: attempt,
+            message: error_chain(&error.without_url()),
+        },
+        retry_after: None,
+    }
 }
 
 /// A success body, read chunk by chunk into one buffer sized from `Content-Length`.

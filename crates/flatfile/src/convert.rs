@@ -18,6 +18,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 mod fast;
+mod stream;
+
+pub(crate) use stream::{Fed, Finished, RecordsStream};
 
 /// One page of `GET /rest/batch/{batchId}/rows`, converted to batch lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +127,29 @@ impl RecordsPage {
     /// [`FlatfileClient::records_page`]: crate::FlatfileClient::records_page
     pub fn parse(body: &[u8]) -> Result<RecordsPage, serde_json::Error> {
         records_page(body)
+    }
+
+    /// Converts the body of a Platform records page given in chunks, as the client converts
+    /// a body while it arrives: the same page [`RecordsPage::parse`] gives for the whole body,
+    /// or `None` where the client would read the page again whole and convert it with
+    /// [`RecordsPage::parse`].
+    /// `announced` is the body's length when known (its `Content-Length`), which sizes the
+    /// lines' buffer up front.
+    pub fn parse_chunks<'a>(
+        announced: Option<u64>,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<Result<RecordsPage, serde_json::Error>> {
+        let mut stream = RecordsStream::new(announced);
+        for chunk in chunks {
+            if stream.feed(chunk) == Fed::ReadAgain {
+                return None;
+            }
+        }
+        match stream.finish() {
+            Ok(Finished::Page(page)) => Some(Ok(page)),
+            Ok(Finished::ReadAgain) => None,
+            Err(error) => Some(Err(error)),
+        }
     }
 }
 

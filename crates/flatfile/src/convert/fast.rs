@@ -161,39 +161,170 @@ fn records_data(
 fn records(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Option<u64> {
     let mut rows = 0_u64;
     cursor.array(|cursor| {
-        let mut id = None;
-        let mut valid = None;
-        let mut has_values = false;
-        scratch.clear();
-        cursor.object(|cursor, key| {
-            match key {
-                b"id" => id = cursor.optional_value()?,
-                b"valid" => valid = cursor.optional_bool()?,
-                b"values" if !has_values => {
-                    values(cursor, scratch)?;
-                    has_values = true;
-                }
-                b"values" => return None,
-                _ => {
-                    cursor.raw_value()?;
-                }
-            }
-            Some(())
-        })?;
-        let id = id.filter(|id| !is_empty_string(id))?;
-        out.extend_from_slice(b"{\"id\":");
-        push_id(out, id).ok()?;
-        push_valid(out, valid.unwrap_or(true));
-        if has_values {
-            out.extend_from_slice(scratch);
-        } else {
-            out.extend_from_slice(b"{}");
-        }
-        out.extend_from_slice(b"}\n");
+        record(cursor, out, scratch)?;
         rows += 1;
         Some(())
     })?;
     Some(rows)
+}
+
+/// One element of `data.records` as one line of `out`.
+#[inline(always)]
+fn record(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Option<()> {
+    let mut id = None;
+    let mut valid = None;
+    let mut has_values = false;
+    scratch.clear();
+    cursor.object(|cursor, key| {
+        match key {
+            b"id" => id = cursor.optional_value()?,
+            b"valid" => valid = cursor.optional_bool()?,
+            b"values" if !has_values => {
+                values(cursor, scratch)?;
+                has_values = true;
+            }
+            b"values" => return None,
+            _ => {
+                cursor.raw_value()?;
+            }
+        }
+        Some(())
+    })?;
+    let id = id.filter(|id| !is_empty_string(id))?;
+    out.extend_from_slice(b"{\"id\":");
+    push_id(out, id).ok()?;
+    push_valid(out, valid.unwrap_or(true));
+    if has_values {
+        out.extend_from_slice(scratch);
+    } else {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"}\n");
+    Some(())
+}
+
+/// The opening of a records page up to its records' `[`, as the streaming conversion takes it:
+/// `{"data":{"records":[`, with any whitespace between the tokens.
+const RECORDS_HEAD: [&[u8]; 7] = [b"{", b"\"data\"", b":", b"{", b"\"records\"", b":", b"["];
+
+/// How far `bytes` match [`RECORDS_HEAD`]: `Some(Some(n))` when its first `n` bytes are the
+/// whole head, `Some(None)` when they may still become it, `None` when they cannot.
+pub(super) fn records_head(bytes: &[u8]) -> Option<Option<usize>> {
+    let mut at = 0;
+    for token in RECORDS_HEAD {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(at) {
+            at += 1;
+        }
+        let rest = &bytes[at..];
+        if rest.len() < token.len() {
+            return token.starts_with(rest).then_some(None);
+        }
+        if !rest.starts_with(token) {
+            return None;
+        }
+        at += token.len();
+    }
+    Some(Some(at))
+}
+
+/// What the streaming conversion expects next inside `data.records`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expect {
+    /// Right after the `[`: a record or the `]` of an empty array.
+    FirstOrEnd,
+    /// After a `,`: a record.
+    Record,
+    /// After a record: `,` or `]`.
+    CommaOrEnd,
+}
+
+/// How far [`records_run`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Run {
+    /// The first `used` bytes are converted; the rest needs more bytes (or cannot be vouched
+    /// for, which only the end of the body tells).
+    More { used: usize, expect: Expect },
+    /// The array ended: the first `used` bytes are converted, its `]` included.
+    End { used: usize },
+    /// Bytes no records page of the fast conversion holds.
+    Declined,
+}
+
+/// Converts the complete records at the start of `bytes`, the part of `data.records` after what
+/// was converted before, into `out`, walking them exactly as [`records`] walks a whole page;
+/// with `one_record`, stops after the first record converted.
+///
+/// A record is converted only once its closing `}` is in `bytes`; it then converts as it would
+/// in the whole body, because the walk of a record never looks past that `}`. Whatever ends
+/// short (a record cut by the chunk, a multi-byte character cut in two) is left for later.
+pub(super) fn records_run(
+    bytes: &[u8],
+    mut expect: Expect,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    rows: &mut u64,
+    one_record: bool,
+) -> Run {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => std::str::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut cursor = Cursor::from_text(text);
+    loop {
+        let start = cursor.at;
+        match expect {
+            Expect::FirstOrEnd | Expect::CommaOrEnd => match cursor.peek() {
+                None => {
+                    return Run::More {
+                        used: start,
+                        expect,
+                    };
+                }
+                Some(b']') => {
+                    return Run::End {
+                        used: cursor.at + 1,
+                    };
+                }
+                Some(b',') if expect == Expect::CommaOrEnd => {
+                    cursor.at += 1;
+                    expect = Expect::Record;
+                }
+                Some(_) if expect == Expect::FirstOrEnd => expect = Expect::Record,
+                Some(_) => return Run::Declined,
+            },
+            Expect::Record => {
+                let line_start = out.len();
+                if record(&mut cursor, out, scratch).is_none() {
+                    out.truncate(line_start);
+                    return Run::More {
+                        used: start,
+                        expect,
+                    };
+                }
+                *rows += 1;
+                expect = Expect::CommaOrEnd;
+                if one_record {
+                    return Run::More {
+                        used: cursor.at,
+                        expect,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The rest of a records page once its records are converted: `head` (what
+/// [`records_head`] matched) and `tail` (everything after the records' `]`) checked as the
+/// whole page would be, its records left out. `None` when the fast conversion would decline.
+pub(super) fn records_rest(head: &[u8], tail: &[u8]) -> Option<RecordsSummary> {
+    let mut page = Vec::with_capacity(head.len() + 1 + tail.len());
+    page.extend_from_slice(head);
+    page.push(b']');
+    page.extend_from_slice(tail);
+    let mut out = Vec::new();
+    let summary = records_page(&page, &mut out, &mut Vec::new())?;
+    (summary.rows == 0).then_some(summary)
 }
 
 /// A record's `values` (`{key: cell, …}`, or `null`) as `{key: cell.value, …}`.
@@ -269,11 +400,15 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(body: &'a [u8]) -> Option<Self> {
-        Some(Self {
-            text: std::str::from_utf8(body).ok()?,
-            bytes: body,
+        std::str::from_utf8(body).ok().map(Self::from_text)
+    }
+
+    fn from_text(text: &'a str) -> Self {
+        Self {
+            text,
+            bytes: text.as_bytes(),
             at: 0,
-        })
+        }
     }
 
     #[inline(always)]
