@@ -121,6 +121,50 @@ fn json_texts_of_param_2(db: &Db) -> &'static str {
     }
 }
 
+/// The query of [`StateDb::unplanned_event_rows_after`]: status `?1`, row topics `?2`, limit
+/// `?3`, and with `after`, the receipt time `?4` and event id `?5` of the last row read.
+fn unplanned_page_sql(db: &Db, after: bool) -> String {
+    // A keyed walk of `inbox_by_status_time` (status, receipt time, id) on both engines: the
+    // page starts in the index right after the last row read and stops after `limit` rows, so
+    // it costs its own rows, not a sort of every pending event.
+    let after_clause = if after {
+        "AND (received_at_ms, event_id) > (?4, ?5)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT event_id, kind, topic, body, received_at_ms, status, detail FROM inbox
+         WHERE status = ?1 AND kind = 'platform'
+           AND topic NOT IN ({}) {after_clause}
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id)
+         ORDER BY received_at_ms, event_id LIMIT ?3",
+        json_texts_of_param_2(db)
+    )
+}
+
+/// A subquery whose column `value` is the texts of the JSON array of strings bound to
+/// `?{param}` (see [`json_texts_of_param_2`]).
+fn json_texts(db: &Db, param: u8) -> String {
+    match db.backend() {
+        Backend::Sqlite => format!("SELECT value FROM json_each(?{param})"),
+        Backend::Postgres => format!(
+            "SELECT value FROM jsonb_array_elements_text(CAST(CAST(?{param} AS TEXT) AS jsonb))
+               AS j(value)"
+        ),
+    }
+}
+
+/// [`json_texts`] in array order, for rows inserted in the order they must be read back in.
+fn json_texts_in_order(db: &Db, param: u8) -> String {
+    match db.backend() {
+        Backend::Sqlite => format!("SELECT value FROM json_each(?{param}) ORDER BY key"),
+        Backend::Postgres => format!(
+            "SELECT value FROM jsonb_array_elements_text(CAST(CAST(?{param} AS TEXT) AS jsonb))
+               WITH ORDINALITY AS j(value, n) ORDER BY n"
+        ),
+    }
+}
+
 impl StateDb {
     /// The oldest pending events without data that nothing planned yet: Platform events whose
     /// topic is not one of `row_topics` (the topics whose rows come from elsewhere).
@@ -145,20 +189,7 @@ impl StateDb {
         let topics = serde_json::Value::from(row_topics.to_vec()).to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |db| {
-            // The bound on the receipt time alone lets the index skip the pages read before.
-            let after_clause = if after.is_some() {
-                "AND received_at_ms >= ?4 AND (received_at_ms > ?4 OR event_id > ?5)"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "SELECT event_id, kind, topic, body, received_at_ms, status, detail FROM inbox
-                 WHERE status = ?1 AND kind = 'platform'
-                   AND topic NOT IN ({}) {after_clause}
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = inbox.event_id)
-                 ORDER BY received_at_ms, event_id LIMIT ?3",
-                json_texts_of_param_2(db)
-            );
+            let sql = unplanned_page_sql(db, after.is_some());
             match &after {
                 Some((ms, id)) => db.query_map(
                     &sql,
@@ -215,32 +246,7 @@ impl StateDb {
                 for s in &settled {
                     inbox::set_status(tx, &s.event_id, s.status, s.detail.as_deref(), now)?;
                 }
-                for plan in &plans {
-                    let planned: bool = tx.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?1)",
-                        params![plan.event_id],
-                        |r| r.get(0),
-                    )?;
-                    if planned {
-                        // Planned by the engine meanwhile (told of the event before this daemon
-                        // grouped event rows): that plan stands.
-                        continue;
-                    }
-                    for sink in &plan.sinks {
-                        tx.execute(
-                            "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
-                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                            params![plan.event_id, sink, DeliveryStatus::Pending, now],
-                        )?;
-                        tx.execute(
-                            "INSERT INTO group_members
-                             (event_id, sink, generation, grp, window_end_ms)
-                             VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT DO NOTHING",
-                            params![plan.event_id, sink, plan.group, plan.window_end_ms],
-                        )?;
-                    }
-                }
-                Ok(())
+                insert_group_plans(tx, &plans, now)
             })
         })
         .await
@@ -459,7 +465,8 @@ struct Flushed {
     members: Vec<(String, u32)>,
 }
 
-/// Commits one flushed batch (see [`StateDb::commit_group_batches`]).
+/// Commits one flushed batch (see [`StateDb::commit_group_batches`]): a handful of statements
+/// over the list of its members, not three per member.
 fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
     let Flushed {
         stream,
@@ -474,13 +481,31 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
          WHERE stream = ?1 AND sink = ?2",
         params![stream, sink, seq + 1],
     )?;
-    for (event_id, generation) in members {
+    if members.is_empty() {
+        return Ok(());
+    }
+    // A delivery whose generation moved on (replayed meanwhile) is not this member's: each
+    // generation's members are marked by their own statement (a batch nearly always has one).
+    let mut generations: Vec<u32> = members.iter().map(|(_, g)| *g).collect();
+    generations.sort_unstable();
+    generations.dedup();
+    for generation in generations {
+        let ids = ids_json(
+            members
+                .iter()
+                .filter(|(_, g)| *g == generation)
+                .map(|(id, _)| id.as_str()),
+        );
         tx.execute(
-            "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
-             WHERE event_id = ?1 AND sink = ?2 AND generation = ?3 AND status IN (?6, ?7)",
+            &format!(
+                "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
+                 WHERE event_id IN ({}) AND sink = ?1 AND generation = ?3
+                   AND status IN (?6, ?7)",
+                json_texts(tx, 2)
+            ),
             params![
-                event_id,
                 sink,
+                ids,
                 generation,
                 DeliveryStatus::Done,
                 now,
@@ -488,35 +513,126 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
                 DeliveryStatus::Failed
             ],
         )?;
-        // The event's own checkpoint in the group stream, so that status counts and
-        // `events show` read grouped rows as they read every other row.
-        tx.execute(
+    }
+    let mut ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids_json = ids_json(ids.iter().copied());
+    // Each event's own checkpoint in the group stream, so that status counts and
+    // `events show` read grouped rows as they read every other row.
+    tx.execute(
+        &format!(
             "INSERT INTO checkpoints (event_id, sink, stream, next_seq, complete, rows)
-             VALUES (?1, ?2, ?3, ?4, 1, 1)
+             SELECT j.value, CAST(?1 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT), 1, 1
+             FROM ({}) j WHERE TRUE
              ON CONFLICT (event_id, sink, stream) DO UPDATE SET
                next_seq = GREATEST(checkpoints.next_seq, excluded.next_seq),
                complete = 1, rows = 1",
-            params![event_id, sink, stream, seq + 1],
-        )?;
-        // Most events go to one sink: done in one statement; the others are settled delivery
-        // by delivery.
-        let done = tx.execute(
+            json_texts(tx, 2)
+        ),
+        params![sink, ids_json, stream, seq + 1],
+    )?;
+    // Most events go to one sink: done in one statement; the others are settled event by
+    // event.
+    let done = tx.execute(
+        &format!(
             "UPDATE inbox SET status = ?2, detail = NULL, updated_at_ms = ?3
-             WHERE event_id = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries
-                 WHERE event_id = ?1 AND status IN (?4, ?5))",
-            params![
-                event_id,
-                EventStatus::Done,
-                now,
-                DeliveryStatus::Pending,
-                DeliveryStatus::Failed
-            ],
-        )?;
-        if done == 0 {
+             WHERE event_id IN ({}) AND NOT EXISTS (SELECT 1 FROM deliveries d
+                 WHERE d.event_id = inbox.event_id AND d.status IN (?4, ?5))",
+            json_texts(tx, 1)
+        ),
+        params![
+            ids_json,
+            EventStatus::Done,
+            now,
+            DeliveryStatus::Pending,
+            DeliveryStatus::Failed
+        ],
+    )?;
+    if done < ids.len() {
+        for event_id in ids {
             settle_event(tx, event_id, now)?;
         }
     }
     Ok(())
+}
+
+/// Inserts the deliveries and group members of `plans`, a statement per sink and group rather
+/// than three per event, each group's members in the order of `plans` (their `rowid` order is
+/// the order they are batched in).
+fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result<()> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    // Planned by the engine meanwhile (told of the event before this daemon grouped event
+    // rows): that plan stands.
+    let planned: std::collections::HashSet<String> = tx
+        .query_map(
+            &format!(
+                "SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({})",
+                json_texts(tx, 1)
+            ),
+            params![ids_json(plans.iter().map(|p| p.event_id.as_str()))],
+            |r| r.get(0),
+        )?
+        .into_iter()
+        .collect();
+    // (sink, group, window end) → its events, in plan order; groups in order of first plan.
+    let mut targets: Vec<((&str, &str, i64), Vec<&str>)> = Vec::new();
+    for plan in plans.iter().filter(|p| !planned.contains(&p.event_id)) {
+        for sink in &plan.sinks {
+            let key = (sink.as_str(), plan.group.as_str(), plan.window_end_ms);
+            match targets.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, ids)) => ids.push(&plan.event_id),
+                None => targets.push((key, vec![&plan.event_id])),
+            }
+        }
+    }
+    for ((sink, group, window_end_ms), ids) in targets {
+        let ids = ids_json(ids.into_iter());
+        tx.execute(
+            &format!(
+                "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
+                 SELECT j.value, CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
+                 FROM ({}) j WHERE TRUE ON CONFLICT DO NOTHING",
+                json_texts(tx, 1)
+            ),
+            params![ids, sink, DeliveryStatus::Pending, now],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO group_members (event_id, sink, generation, grp, window_end_ms)
+                 SELECT j.value, CAST(?2 AS TEXT), 0, CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
+                 FROM ({}) j WHERE TRUE ON CONFLICT DO NOTHING",
+                json_texts_in_order(tx, 1)
+            ),
+            params![ids, sink, group, window_end_ms],
+        )?;
+    }
+    Ok(())
+}
+
+/// A subquery of the members in the JSON array of `[event id, generation]` pairs bound to
+/// `?{param}`: columns `event_id`, `generation` and `position`, the pair's index in the array.
+fn json_members(db: &Db, param: u8) -> String {
+    match db.backend() {
+        Backend::Sqlite => format!(
+            "(SELECT json_extract(value, '$[0]') AS event_id,
+                     json_extract(value, '$[1]') AS generation, key AS position
+              FROM json_each(?{param}))"
+        ),
+        Backend::Postgres => format!(
+            "(SELECT value->>0 AS event_id, CAST(value->>1 AS BIGINT) AS generation,
+                     n - 1 AS position
+              FROM jsonb_array_elements(CAST(CAST(?{param} AS TEXT) AS jsonb))
+                WITH ORDINALITY AS j(value, n))"
+        ),
+    }
+}
+
+/// `ids` as the JSON array of strings [`json_texts`] reads.
+fn ids_json<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    serde_json::Value::from(ids.collect::<Vec<&str>>()).to_string()
 }
 
 /// Batch `seq` of `stream` for `sink` as recorded.
@@ -593,18 +709,24 @@ fn form_batch(
     let seq = stream.formed_seq;
     let events = stream.events + taken.len() as i64;
     let last = events >= limits.max_events as i64 || (limits.close && !more);
-    for (position, (event_id, generation, _)) in taken.iter().enumerate() {
+    if !taken.is_empty() {
+        // One statement for the batch: each member's place is its index in the list.
+        let members = serde_json::Value::from(
+            taken
+                .iter()
+                .map(|(event_id, generation, _)| serde_json::json!([event_id, generation]))
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
         tx.execute(
-            "UPDATE group_members SET stream = ?4, seq = ?5, position = ?6
-             WHERE event_id = ?1 AND sink = ?2 AND generation = ?3 AND seq IS NULL",
-            params![
-                event_id,
-                sink,
-                generation,
-                stream.stream,
-                seq,
-                position as i64
-            ],
+            &format!(
+                "UPDATE group_members SET stream = ?3, seq = ?4, position = t.position
+                 FROM {} t
+                 WHERE group_members.event_id = t.event_id AND group_members.sink = ?2
+                   AND group_members.generation = t.generation AND group_members.seq IS NULL",
+                json_members(tx, 1)
+            ),
+            params![members, sink, stream.stream, seq],
         )?;
     }
     tx.execute(
@@ -1349,6 +1471,161 @@ mod tests {
             let mut statuses = db.event_counts().await.unwrap();
             statuses.retain(|(_, n)| *n > 0);
             assert_eq!(statuses, [(EventStatus::Done, 5)], "{on}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_query_walks_the_inbox_index_in_order_without_a_sort() {
+        for backend in TestBackend::both("groups_walk") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 50).await;
+            let plan: Vec<String> = db
+                .call(|db| {
+                    let sql = unplanned_page_sql(db, true);
+                    let args =
+                        params![EventStatus::Pending, r#"["records:created"]"#, 10, 3, "e03"];
+                    match db.backend() {
+                        Backend::Sqlite => {
+                            db.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| r.get(3))
+                        }
+                        // Whatever the table's size: the index must serve the order by itself.
+                        Backend::Postgres => db.transaction(|tx| {
+                            tx.execute_batch(
+                                "SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off",
+                            )?;
+                            tx.query_map(&format!("EXPLAIN {sql}"), args, |r| r.get(0))
+                        }),
+                    }
+                })
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("inbox_by_status_time"), "{on}: {plan}");
+            assert!(
+                !plan.contains("TEMP B-TREE") && !plan.contains("Sort"),
+                "{on}: {plan}"
+            );
+            // Pages of any size read the same rows in the same order, across equal receipt times.
+            for id in ["e03b", "e03a", "e03c"] {
+                db.insert_event(
+                    id.into(),
+                    "platform",
+                    "space:created".into(),
+                    b"{}".to_vec(),
+                    3,
+                )
+                .await
+                .unwrap();
+            }
+            let whole: Vec<String> = db
+                .unplanned_event_rows(&ROW_TOPICS, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect();
+            assert_eq!(whole.len(), 53, "{on}");
+            assert_eq!(&whole[3..7], ["e03", "e03a", "e03b", "e03c"], "{on}");
+            for page in [1, 3, 4] {
+                let mut read = Vec::new();
+                let mut after = None;
+                loop {
+                    let rows = db
+                        .unplanned_event_rows_after(&ROW_TOPICS, after.take(), page)
+                        .await
+                        .unwrap();
+                    read.extend(rows.iter().map(|e| e.event_id.clone()));
+                    match rows.last() {
+                        Some(last) => after = Some((last.received_at_ms, last.event_id.clone())),
+                        None => break,
+                    }
+                }
+                assert_eq!(read, whole, "{on}: pages of {page}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_marks_each_member_of_its_own_generation_and_settles_them_together() {
+        for backend in TestBackend::both("groups_generations") {
+            let on = which(&backend);
+            let db = db_with_planned_events(&backend, 4).await;
+            let wide = BatchLimits {
+                batch_events: 10,
+                ..LIMITS
+            };
+            // e01 replayed before any batch: its member of generation 1 joins after e03.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET generation = 1 WHERE event_id = 'e01'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            db.group_work(0).await.unwrap();
+            let first = db
+                .next_group_batch("events-space-w", "s", wide)
+                .await
+                .unwrap()
+                .unwrap();
+            let members: Vec<(&str, u32)> = first
+                .rows
+                .iter()
+                .map(|r| (r.event.event_id.as_str(), r.generation))
+                .collect();
+            assert_eq!(
+                members,
+                [("e00", 0), ("e02", 0), ("e03", 0), ("e01", 1)],
+                "{on}: in the order the members were made"
+            );
+            // e02 replayed after its batch was recorded: this batch no longer delivers it.
+            db.call(|db| {
+                db.execute(
+                    "UPDATE deliveries SET generation = 1 WHERE event_id = 'e02'",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            db.commit_group_batch(&first).await.unwrap();
+            let status = |id: &'static str| {
+                let db = db.clone();
+                async move { db.event(id).await.unwrap().unwrap().status }
+            };
+            for id in ["e00", "e01", "e03"] {
+                assert_eq!(status(id).await, EventStatus::Done, "{on}: {id}");
+            }
+            assert_eq!(status("e02").await, EventStatus::Pending, "{on}");
+            assert_eq!(
+                db.deliveries("e02").await.unwrap()[0].status,
+                DeliveryStatus::Pending,
+                "{on}"
+            );
+            db.group_work(0).await.unwrap();
+            let again = db
+                .next_group_batch("events-space-w", "s", wide)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (again.seq, ids(&again), again.rows[0].generation),
+                (1, vec!["e02"], 1),
+                "{on}"
+            );
+            db.commit_group_batch(&again).await.unwrap();
+            let mut statuses = db.event_counts().await.unwrap();
+            statuses.retain(|(_, n)| *n > 0);
+            assert_eq!(statuses, [(EventStatus::Done, 4)], "{on}");
+            let checkpoint = db.checkpoints("e02").await.unwrap();
+            assert_eq!(
+                checkpoint
+                    .iter()
+                    .map(|c| (c.stream.as_str(), c.next_seq, c.complete))
+                    .collect::<Vec<_>>(),
+                [("events-space-w", 2, true)],
+                "{on}: the checkpoint moved on with the later batch"
+            );
         }
     }
 
