@@ -484,36 +484,33 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
     if members.is_empty() {
         return Ok(());
     }
-    // A delivery whose generation moved on (replayed meanwhile) is not this member's: each
-    // generation's members are marked by their own statement (a batch nearly always has one).
-    let mut generations: Vec<u32> = members.iter().map(|(_, g)| *g).collect();
-    generations.sort_unstable();
-    generations.dedup();
-    for generation in generations {
-        let ids = ids_json(
-            members
-                .iter()
-                .filter(|(_, g)| *g == generation)
-                .map(|(id, _)| id.as_str()),
-        );
-        tx.execute(
-            &format!(
-                "UPDATE deliveries SET status = ?4, rows = 1, error = NULL, updated_at_ms = ?5
-                 WHERE event_id IN ({}) AND sink = ?1 AND generation = ?3
-                   AND status IN (?6, ?7)",
-                json_texts(tx, 2)
-            ),
-            params![
-                sink,
-                ids,
-                generation,
-                DeliveryStatus::Done,
-                now,
-                DeliveryStatus::Pending,
-                DeliveryStatus::Failed
-            ],
-        )?;
-    }
+    // A delivery whose generation moved on (replayed meanwhile) is not this member's; a
+    // dropped one stays dropped (CASE rather than a condition on the status: see
+    // `json_members`).
+    tx.execute(
+        &format!(
+            "UPDATE deliveries SET
+                 status = CASE WHEN deliveries.status IN (?3, ?4) THEN ?5
+                     ELSE deliveries.status END,
+                 rows = CASE WHEN deliveries.status IN (?3, ?4) THEN 1 ELSE deliveries.rows END,
+                 error = CASE WHEN deliveries.status IN (?3, ?4) THEN NULL
+                     ELSE deliveries.error END,
+                 updated_at_ms = CASE WHEN deliveries.status IN (?3, ?4) THEN ?6
+                     ELSE deliveries.updated_at_ms END
+             FROM {} t
+             WHERE deliveries.event_id = t.event_id AND deliveries.sink = t.sink
+               AND deliveries.generation = t.generation",
+            json_members(tx, 1, 2)
+        ),
+        params![
+            members_json(members.iter().map(|(id, g)| (id.as_str(), *g))),
+            sink,
+            DeliveryStatus::Pending,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Done,
+            now
+        ],
+    )?;
     let mut ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -613,21 +610,39 @@ fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result
 }
 
 /// A subquery of the members in the JSON array of `[event id, generation]` pairs bound to
-/// `?{param}`: columns `event_id`, `generation` and `position`, the pair's index in the array.
-fn json_members(db: &Db, param: u8) -> String {
+/// `?{members}`, for the sink bound to `?{sink}`: columns `event_id`, `sink`, `generation` and
+/// `position`, the pair's index in the array.
+///
+/// A statement joins it to its table on the table's whole key and on nothing else, so that
+/// the only plan is a key lookup per member (or one pass over a small table): a condition of
+/// the table's own (`seq IS NULL`, a status) lets PostgreSQL, without statistics on a table
+/// filling fast, guess that one row matches and scan the list once per row of the table
+/// (seconds a batch). On PostgreSQL `OFFSET 0` keeps the list a subquery of its own, so the
+/// sink does not turn into such a condition either.
+fn json_members(db: &Db, members: u8, sink: u8) -> String {
     match db.backend() {
         Backend::Sqlite => format!(
-            "(SELECT json_extract(value, '$[0]') AS event_id,
+            "(SELECT json_extract(value, '$[0]') AS event_id, CAST(?{sink} AS TEXT) AS sink,
                      json_extract(value, '$[1]') AS generation, key AS position
-              FROM json_each(?{param}))"
+              FROM json_each(?{members}))"
         ),
         Backend::Postgres => format!(
-            "(SELECT value->>0 AS event_id, CAST(value->>1 AS BIGINT) AS generation,
-                     n - 1 AS position
-              FROM jsonb_array_elements(CAST(CAST(?{param} AS TEXT) AS jsonb))
-                WITH ORDINALITY AS j(value, n))"
+            "(SELECT value->>0 AS event_id, CAST(?{sink} AS TEXT) AS sink,
+                     CAST(value->>1 AS BIGINT) AS generation, n - 1 AS position
+              FROM jsonb_array_elements(CAST(CAST(?{members} AS TEXT) AS jsonb))
+                WITH ORDINALITY AS j(value, n) OFFSET 0)"
         ),
     }
+}
+
+/// `members` as the JSON array of `[event id, generation]` pairs [`json_members`] reads.
+fn members_json<'a>(members: impl Iterator<Item = (&'a str, u32)>) -> String {
+    serde_json::Value::from(
+        members
+            .map(|(event_id, generation)| serde_json::json!([event_id, generation]))
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
 }
 
 /// `ids` as the JSON array of strings [`json_texts`] reads.
@@ -710,21 +725,19 @@ fn form_batch(
     let events = stream.events + taken.len() as i64;
     let last = events >= limits.max_events as i64 || (limits.close && !more);
     if !taken.is_empty() {
-        // One statement for the batch: each member's place is its index in the list.
-        let members = serde_json::Value::from(
-            taken
-                .iter()
-                .map(|(event_id, generation, _)| serde_json::json!([event_id, generation]))
-                .collect::<Vec<_>>(),
-        )
-        .to_string();
+        // One statement for the batch: each member's place is its index in the list. A member
+        // already in a batch keeps its place (COALESCE rather than a `seq IS NULL` condition:
+        // see `json_members`).
+        let members = members_json(taken.iter().map(|(id, g, _)| (id.as_str(), *g)));
         tx.execute(
             &format!(
-                "UPDATE group_members SET stream = ?3, seq = ?4, position = t.position
+                "UPDATE group_members SET stream = COALESCE(group_members.stream, ?3),
+                     seq = COALESCE(group_members.seq, ?4),
+                     position = COALESCE(group_members.position, t.position)
                  FROM {} t
-                 WHERE group_members.event_id = t.event_id AND group_members.sink = ?2
-                   AND group_members.generation = t.generation AND group_members.seq IS NULL",
-                json_members(tx, 1)
+                 WHERE group_members.event_id = t.event_id AND group_members.sink = t.sink
+                   AND group_members.generation = t.generation",
+                json_members(tx, 1, 2)
             ),
             params![members, sink, stream.stream, seq],
         )?;
