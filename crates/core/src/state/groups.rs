@@ -554,6 +554,9 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
     Ok(())
 }
 
+/// Where planned events go: a sink, a group and the group's window end.
+type PlanTarget<'a> = (&'a str, &'a str, i64);
+
 /// Inserts the deliveries and group members of `plans`, a statement per sink and group rather
 /// than three per event, each group's members in the order of `plans` (their `rowid` order is
 /// the order they are batched in).
@@ -575,7 +578,7 @@ fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result
         .into_iter()
         .collect();
     // (sink, group, window end) → its events, in plan order; groups in order of first plan.
-    let mut targets: Vec<((&str, &str, i64), Vec<&str>)> = Vec::new();
+    let mut targets: Vec<(PlanTarget<'_>, Vec<&str>)> = Vec::new();
     for plan in plans.iter().filter(|p| !planned.contains(&p.event_id)) {
         for sink in &plan.sinks {
             let key = (sink.as_str(), plan.group.as_str(), plan.window_end_ms);
