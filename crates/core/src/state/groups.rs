@@ -86,6 +86,15 @@ impl GroupBatch {
     }
 }
 
+/// A pending event read by [`StateDb::pending_events_walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WalkedEvent {
+    pub(crate) event_id: String,
+    pub(crate) received_at_ms: i64,
+    /// The per-event engine's, not the group writer's.
+    pub(crate) per_event: bool,
+}
+
 /// A sink's position in a group stream.
 struct StreamRow {
     stream: String,
@@ -154,17 +163,6 @@ fn json_texts(db: &Db, param: u8) -> String {
     }
 }
 
-/// [`json_texts`] in array order, for rows inserted in the order they must be read back in.
-fn json_texts_in_order(db: &Db, param: u8) -> String {
-    match db.backend() {
-        Backend::Sqlite => format!("SELECT value FROM json_each(?{param}) ORDER BY key"),
-        Backend::Postgres => format!(
-            "SELECT value FROM jsonb_array_elements_text(CAST(CAST(?{param} AS TEXT) AS jsonb))
-               WITH ORDINALITY AS j(value, n) ORDER BY n"
-        ),
-    }
-}
-
 impl StateDb {
     /// The oldest pending events without data that nothing planned yet: Platform events whose
     /// topic is not one of `row_topics` (the topics whose rows come from elsewhere).
@@ -229,6 +227,55 @@ impl StateDb {
             db.query_map(&sql, params![EventStatus::Pending, topics, limit], |r| {
                 r.get(0)
             })
+        })
+        .await
+    }
+
+    /// Up to `scan` pending events in the order the inbox is worked through, after `after`
+    /// (receipt time, event id), each marked whether it is the per-event engine's (see
+    /// [`StateDb::pending_events_per_event`] with `row_topics`): the dispatcher walks a large
+    /// backlog of event rows a page at a time instead of reading past all of it at each refill.
+    pub(crate) async fn pending_events_walk(
+        &self,
+        row_topics: &[&str],
+        after: Option<(i64, String)>,
+        scan: usize,
+    ) -> Result<Vec<WalkedEvent>, StateError> {
+        let topics = serde_json::Value::from(row_topics.to_vec()).to_string();
+        let scan = i64::try_from(scan).unwrap_or(i64::MAX);
+        self.call(move |db| {
+            let after_clause = if after.is_some() {
+                "AND (received_at_ms, event_id) > (?4, ?5)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT event_id, received_at_ms,
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM group_members m
+                                          WHERE m.event_id = inbox.event_id)
+                          AND NOT (kind = 'platform' AND topic NOT IN ({})
+                               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                               WHERE d.event_id = inbox.event_id))
+                         THEN 1 ELSE 0 END
+                 FROM inbox WHERE status = ?1 {after_clause}
+                 ORDER BY received_at_ms, event_id LIMIT ?3",
+                json_texts_of_param_2(db)
+            );
+            let walked = |r: &Row<'_>| {
+                Ok(WalkedEvent {
+                    event_id: r.get(0)?,
+                    received_at_ms: r.get(1)?,
+                    per_event: r.get::<_, i64>(2)? == 1,
+                })
+            };
+            match &after {
+                Some((ms, id)) => db.query_map(
+                    &sql,
+                    params![EventStatus::Pending, topics, scan, *ms, id],
+                    walked,
+                ),
+                None => db.query_map(&sql, params![EventStatus::Pending, topics, scan], walked),
+            }
         })
         .await
     }
@@ -554,12 +601,9 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
     Ok(())
 }
 
-/// Where planned events go: a sink, a group and the group's window end.
-type PlanTarget<'a> = (&'a str, &'a str, i64);
-
-/// Inserts the deliveries and group members of `plans`, a statement per sink and group rather
-/// than three per event, each group's members in the order of `plans` (their `rowid` order is
-/// the order they are batched in).
+/// Inserts the deliveries and group members of `plans` with one statement each over the list
+/// of (event, sink) pairs, in plan order, so that both tables number them (`rowid`) as one
+/// insert per pair did: members are batched in that order, deliveries listed in it.
 fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result<()> {
     if plans.is_empty() {
         return Ok(());
@@ -577,39 +621,57 @@ fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result
         )?
         .into_iter()
         .collect();
-    // (sink, group, window end) → its events, in plan order; groups in order of first plan.
-    let mut targets: Vec<(PlanTarget<'_>, Vec<&str>)> = Vec::new();
-    for plan in plans.iter().filter(|p| !planned.contains(&p.event_id)) {
-        for sink in &plan.sinks {
-            let key = (sink.as_str(), plan.group.as_str(), plan.window_end_ms);
-            match targets.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, ids)) => ids.push(&plan.event_id),
-                None => targets.push((key, vec![&plan.event_id])),
-            }
-        }
+    let rows: Vec<serde_json::Value> = plans
+        .iter()
+        .filter(|p| !planned.contains(&p.event_id))
+        .flat_map(|p| {
+            p.sinks
+                .iter()
+                .map(|sink| serde_json::json!([p.event_id, sink, p.group, p.window_end_ms]))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
     }
-    for ((sink, group, window_end_ms), ids) in targets {
-        let ids = ids_json(ids.into_iter());
-        tx.execute(
-            &format!(
-                "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
-                 SELECT j.value, CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
-                 FROM ({}) j WHERE TRUE ON CONFLICT DO NOTHING",
-                json_texts(tx, 1)
-            ),
-            params![ids, sink, DeliveryStatus::Pending, now],
-        )?;
-        tx.execute(
-            &format!(
-                "INSERT INTO group_members (event_id, sink, generation, grp, window_end_ms)
-                 SELECT j.value, CAST(?2 AS TEXT), 0, CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
-                 FROM ({}) j WHERE TRUE ON CONFLICT DO NOTHING",
-                json_texts_in_order(tx, 1)
-            ),
-            params![ids, sink, group, window_end_ms],
-        )?;
-    }
+    let rows = serde_json::Value::from(rows).to_string();
+    tx.execute(
+        &format!(
+            "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
+             SELECT t.event_id, t.sink, CAST(?2 AS TEXT), CAST(?3 AS BIGINT) FROM {} t
+             WHERE TRUE ORDER BY t.n ON CONFLICT DO NOTHING",
+            json_plan_rows(tx, 1)
+        ),
+        params![rows, DeliveryStatus::Pending, now],
+    )?;
+    tx.execute(
+        &format!(
+            "INSERT INTO group_members (event_id, sink, generation, grp, window_end_ms)
+             SELECT t.event_id, t.sink, 0, t.grp, t.window_end_ms FROM {} t
+             WHERE TRUE ORDER BY t.n ON CONFLICT DO NOTHING",
+            json_plan_rows(tx, 1)
+        ),
+        params![rows],
+    )?;
     Ok(())
+}
+
+/// A subquery of the JSON array of `[event id, sink, group, window end]` rows bound to
+/// `?{param}`: columns `event_id`, `sink`, `grp`, `window_end_ms` and `n`, the row's index.
+fn json_plan_rows(db: &Db, param: u8) -> String {
+    match db.backend() {
+        Backend::Sqlite => format!(
+            "(SELECT json_extract(value, '$[0]') AS event_id, json_extract(value, '$[1]') AS sink,
+                     json_extract(value, '$[2]') AS grp,
+                     json_extract(value, '$[3]') AS window_end_ms, key AS n
+              FROM json_each(?{param}))"
+        ),
+        Backend::Postgres => format!(
+            "(SELECT value->>0 AS event_id, value->>1 AS sink, value->>2 AS grp,
+                     CAST(value->>3 AS BIGINT) AS window_end_ms, n
+              FROM jsonb_array_elements(CAST(CAST(?{param} AS TEXT) AS jsonb))
+                WITH ORDINALITY AS j(value, n))"
+        ),
+    }
 }
 
 /// A subquery of the members in the JSON array of `[event id, generation]` pairs bound to
@@ -1558,6 +1620,76 @@ mod tests {
                 }
                 assert_eq!(read, whole, "{on}: pages of {page}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_walk_marks_the_engines_events_page_by_page_in_inbox_order() {
+        for backend in TestBackend::both("groups_walk_pages") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 4).await;
+            for (id, kind, topic, at) in [
+                ("r", "platform", "records:created", 1),
+                ("l", "legacy", "batch", 2),
+                ("e02a", "platform", "space:created", 2),
+            ] {
+                db.insert_event(id.into(), kind, topic.into(), b"{}".to_vec(), at)
+                    .await
+                    .unwrap();
+            }
+            // e00 is the group writer's once planned; e03 was planned by the engine.
+            db.plan_grouped(vec![plan("e00")], Vec::new())
+                .await
+                .unwrap();
+            db.call(|db| {
+                db.execute(
+                    "INSERT INTO deliveries (event_id, sink, status) VALUES ('e03', 's', 'pending')",
+                    params![],
+                )
+            })
+            .await
+            .unwrap();
+            let mut walked = Vec::new();
+            let mut after = None;
+            loop {
+                let page = db
+                    .pending_events_walk(&ROW_TOPICS, after.take(), 2)
+                    .await
+                    .unwrap();
+                walked.extend(page.iter().map(|e| (e.event_id.clone(), e.per_event)));
+                match page.last() {
+                    Some(last) if page.len() == 2 => {
+                        after = Some((last.received_at_ms, last.event_id.clone()));
+                    }
+                    _ => break,
+                }
+            }
+            let expected = [
+                ("e00", false),
+                ("e01", false),
+                ("r", true),
+                ("e02", false),
+                ("e02a", false),
+                ("l", true),
+                ("e03", true),
+            ];
+            let expected: Vec<(String, bool)> = expected
+                .iter()
+                .map(|(id, mine)| ((*id).to_owned(), *mine))
+                .collect();
+            assert_eq!(walked, expected, "{on}");
+            let engines: Vec<String> = walked
+                .into_iter()
+                .filter(|(_, mine)| *mine)
+                .map(|(id, _)| id)
+                .collect();
+            assert_eq!(
+                db.pending_events_per_event(Some(&ROW_TOPICS), 10)
+                    .await
+                    .unwrap(),
+                engines,
+                "{on}: the walk agrees with the whole read"
+            );
         }
     }
 
