@@ -13,24 +13,47 @@
 /// kept fixed.
 const MMAP_THRESHOLD: i32 = 128 * 1024;
 
-/// Fixes glibc's mmap threshold, unless `MALLOC_MMAP_THRESHOLD_` in the environment already
-/// set it (glibc reads that at start; the operator's value wins). Call before any thread is
-/// started.
+/// Heap arenas at most. glibc gives each new thread an arena of its own, up to eight per core,
+/// and the state database's calls run on whichever blocking thread is free: what a batch
+/// allocated on one thread and freed on another stays resident in each arena. Draining a
+/// backlog of 100,000 events the daemon's peak RSS was 40.7 MiB with the default arenas and
+/// 25.1 MiB with one (17.1 MiB idle); two keep the tokio workers from contending on one lock.
+const ARENA_MAX: i32 = 2;
+
+/// Fixes glibc's mmap threshold and caps its arenas, each unless the environment already set
+/// it (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`: glibc reads those at start; the
+/// operator's value wins). Call before any thread is started.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn tune() {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-        return;
-    }
-    #[allow(
-        unsafe_code,
-        reason = "mallopt is the only way to fix glibc's mmap threshold from inside the process"
-    )]
-    // SAFETY: mallopt only changes allocator parameters; it takes plain integers, and is called
-    // from main before any other thread exists, so no allocation races with the change.
-    let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-    if set == 0 {
-        // Nothing changes but memory use; the log is not set up yet.
-        eprintln!("warning: could not set glibc's mmap threshold; peak memory may be higher");
+    for (variable, parameter, value, what) in [
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+            "mmap threshold",
+        ),
+        (
+            "MALLOC_ARENA_MAX",
+            libc::M_ARENA_MAX,
+            ARENA_MAX,
+            "arena count",
+        ),
+    ] {
+        if std::env::var_os(variable).is_some() {
+            continue;
+        }
+        #[allow(
+            unsafe_code,
+            reason = "mallopt is the only way to tune glibc's allocator from inside the process"
+        )]
+        // SAFETY: mallopt only changes allocator parameters; it takes plain integers, and is
+        // called from main before any other thread exists, so no allocation races with the
+        // change.
+        let set = unsafe { libc::mallopt(parameter, value) };
+        if set == 0 {
+            // Nothing changes but memory use; the log is not set up yet.
+            eprintln!("warning: could not set glibc's {what}; peak memory may be higher");
+        }
     }
 }
 

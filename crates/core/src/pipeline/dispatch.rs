@@ -48,6 +48,11 @@ const GROUPED_REFILL_GAP: Duration = Duration::from_millis(5);
 /// refills take at most a tenth of the time; without one, an event starts within milliseconds.
 const GROUPED_REFILL_PAUSE_FACTOR: u32 = 10;
 
+/// Pending events a refill reads at most while event rows are grouped: it walks the inbox a
+/// page at a time from where the last refill stopped (see `Window::walk`), so a backlog of a
+/// million event rows costs each refill a page, not a pass over the backlog (1.3 s).
+const REFILL_WALK_PAGE: usize = 4096;
+
 /// Ids the [`AcceptedTx`] channel holds at most.
 const ACCEPTED_HINTS: usize = 1024;
 
@@ -111,6 +116,11 @@ struct Window {
     /// rows waiting for the group writer, so it is not repeated after every hint (see
     /// [`GROUPED_REFILL_PAUSE_FACTOR`]).
     refill_gap: Duration,
+    /// With event rows grouped: the receipt time and id of the last pending event a refill
+    /// read, where the next one goes on; `None`: from the oldest.
+    walk: Option<(i64, String)>,
+    /// Events a page of the walk reads ([`REFILL_WALK_PAGE`]).
+    walk_page: usize,
 }
 
 impl Window {
@@ -129,6 +139,8 @@ impl Window {
             running: HashMap::new(),
             stale: true,
             refill_not_before: Instant::now(),
+            walk: None,
+            walk_page: REFILL_WALK_PAGE,
         }
     }
 
@@ -160,24 +172,16 @@ impl Window {
         self.stale && self.waiting.len() <= self.capacity / 2
     }
 
-    /// Tops the window up with the oldest pending events it does not hold yet.
+    /// Tops the window up with the oldest pending events it does not hold yet; with event rows
+    /// grouped, with those of the next page of the walk.
     async fn refill(&mut self, state: &StateDb) {
         let started = Instant::now();
-        let room = self.capacity - self.waiting.len();
-        // Asking for `room` more than is known guarantees `room` new ids when that many exist.
-        let limit = room + self.known.len();
-        match state.pending_events_per_event(self.row_topics, limit).await {
-            Ok(ids) => {
-                let complete = ids.len() < limit;
-                for id in ids {
-                    if self.waiting.len() >= self.capacity {
-                        break;
-                    }
-                    if self.known.insert(id.clone()) {
-                        self.waiting.push_back(id);
-                    }
-                }
-                self.stale = !complete;
+        let read = match self.row_topics {
+            Some(row_topics) => self.refill_walking(state, row_topics).await,
+            None => self.refill_oldest(state).await,
+        };
+        match read {
+            Ok(()) => {
                 let pause = if self.refill_gap.is_zero() {
                     Duration::ZERO
                 } else {
@@ -190,6 +194,60 @@ impl Window {
                 self.refill_not_before = Instant::now() + REFILL_BACKOFF;
             }
         }
+    }
+
+    async fn refill_oldest(&mut self, state: &StateDb) -> Result<(), crate::state::StateError> {
+        let room = self.capacity - self.waiting.len();
+        // Asking for `room` more than is known guarantees `room` new ids when that many exist.
+        let limit = room + self.known.len();
+        let ids = state.pending_events_per_event(None, limit).await?;
+        let complete = ids.len() < limit;
+        for id in ids {
+            if !self.take(id) {
+                break;
+            }
+        }
+        self.stale = !complete;
+        Ok(())
+    }
+
+    /// One page of the walk: the window stays stale until the walk has reached the newest
+    /// pending event with room to spare, and the next page starts after the last event taken
+    /// or read.
+    async fn refill_walking(
+        &mut self,
+        state: &StateDb,
+        row_topics: &'static [&'static str],
+    ) -> Result<(), crate::state::StateError> {
+        let page = state
+            .pending_events_walk(row_topics, self.walk.clone(), self.walk_page)
+            .await?;
+        let reached_end = page.len() < self.walk_page;
+        let mut full = false;
+        for event in page {
+            if event.per_event && !self.take(event.event_id.clone()) {
+                full = true;
+                break;
+            }
+            self.walk = Some((event.received_at_ms, event.event_id));
+        }
+        if reached_end && !full {
+            // A whole pass: the next one starts from the oldest again.
+            self.walk = None;
+        }
+        self.stale = full || !reached_end;
+        Ok(())
+    }
+
+    /// Queues `id` unless it is known; `false` when the window is full.
+    fn take(&mut self, id: String) -> bool {
+        if self.waiting.len() >= self.capacity {
+            return false;
+        }
+        if self.known.insert(id.clone()) {
+            self.waiting.push_back(id);
+        }
+        true
     }
 
     /// The id of a finished task's event, no longer known.
@@ -528,6 +586,51 @@ mod tests {
         let mut ungrouped = Window::new(2, false);
         ungrouped.refill(&db).await;
         assert_eq!(ungrouped.waiting.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn with_event_rows_grouped_refills_walk_the_backlog_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        // Ten event rows, the engine's events among them (and one after them all).
+        let mut engines = Vec::new();
+        for n in 0..13_i64 {
+            let topic = if n % 4 == 1 || n == 12 {
+                engines.push(format!("e{n:02}"));
+                "records:created"
+            } else {
+                "space:created"
+            };
+            db.insert_event(
+                format!("e{n:02}"),
+                "platform",
+                topic.into(),
+                b"{}".to_vec(),
+                n,
+            )
+            .await
+            .unwrap();
+        }
+        let mut window = Window::new(1, true);
+        window.walk_page = 3;
+        let mut refills = 0;
+        let mut started = Vec::new();
+        while window.stale || !window.waiting.is_empty() {
+            window.refill(&db).await;
+            refills += 1;
+            assert!(refills < 20, "the walk ends");
+            // Each refill read one page: the window holds what that page had for the engine.
+            while let Some(id) = window.waiting.pop_front() {
+                db.set_event_status(&id, crate::state::EventStatus::Done, None)
+                    .await
+                    .unwrap();
+                window.known.remove(&id);
+                started.push(id);
+            }
+        }
+        assert_eq!(started, engines, "every engine's event once, oldest first");
+        assert_eq!(refills, 5, "13 events, 3 a page, the last page short");
+        assert_eq!(window.walk, None, "the next pass starts from the oldest");
     }
 
     #[test]

@@ -13,11 +13,12 @@ use super::sql::{Db, DbError, params};
 /// arrive in webhook bodies); version 5 added `streams.total_rows` (the rows a stream holds,
 /// once its fetch learned them, for `flatsync top`); version 6 added `daemons` (who runs on
 /// this state, and where); version 7 added `group_members` and `group_streams` (rows of events
-/// without data, grouped into streams of many events: `state::groups`).
-pub const SCHEMA_VERSION: i64 = 7;
+/// without data, grouped into streams of many events: `state::groups`); version 8 replaced
+/// `inbox_by_status` with [`INBOX_ORDER`], the inbox in the order it is worked through.
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Every table and index of the current version but those a migration block creates
-/// ([`DAEMONS`], [`GROUPS`]); `IF NOT EXISTS` so that it also completes an older database after [`migrate`]
+/// ([`DAEMONS`], [`GROUPS`], [`INBOX_ORDER`]); `IF NOT EXISTS` so that it also completes an older database after [`migrate`]
 /// added the columns its tables lack.
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inbox (
@@ -30,7 +31,6 @@ CREATE TABLE IF NOT EXISTS inbox (
     detail TEXT,
     updated_at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inbox_by_status ON inbox(status, received_at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     event_id TEXT NOT NULL,
     sink TEXT NOT NULL,
@@ -141,6 +141,10 @@ pub(crate) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         conn.execute_batch(GROUPS)?;
     }
     conn.execute_batch(SCHEMA)?;
+    // After SCHEMA, which creates the inbox of a new file.
+    if version < 8 {
+        conn.execute_batch(INBOX_ORDER)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
@@ -197,6 +201,15 @@ CREATE TABLE IF NOT EXISTS group_streams (
 CREATE INDEX IF NOT EXISTS group_streams_by_group ON group_streams(grp, sink, part);
 ";
 
+/// Version 8: the inbox by status in the order events are worked through (receipt time,
+/// then id), so that a page of pending events after a given one is a keyed walk of the index
+/// on both engines (`(received_at_ms, event_id) > (?, ?)`), never a sort of every pending
+/// event. It replaces `inbox_by_status` (`status, received_at_ms`), which it covers.
+const INBOX_ORDER: &str = "
+DROP INDEX IF EXISTS inbox_by_status;
+CREATE INDEX IF NOT EXISTS inbox_by_status_time ON inbox(status, received_at_ms, event_id);
+";
+
 /// Why a PostgreSQL state database could not be brought to [`SCHEMA_VERSION`].
 #[derive(Debug)]
 pub(crate) enum PgSchemaError {
@@ -231,8 +244,9 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
             if found.is_some_and(|v| v > SCHEMA_VERSION) {
                 return Ok(found);
             }
-            // Version 7 is the first PostgreSQL schema: there is nothing older to migrate.
-            for ddl in [SCHEMA, DAEMONS, GROUPS] {
+            // Version 7 is the first PostgreSQL schema; every later block is written to run
+            // again harmlessly, so running them all brings any older version up.
+            for ddl in [SCHEMA, DAEMONS, GROUPS, INBOX_ORDER] {
                 tx.execute_batch(&postgres_ddl(ddl))?;
             }
             // SQLite numbers rows in insertion order (`rowid`) and the queries that list in
@@ -527,3 +541,80 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (event_id, sink, stream)
 );
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::TestBackend;
+    use crate::state::{EventStatus, StateDb};
+
+    /// The inbox's indexes but its key, and the schema version, as the database says.
+    async fn inbox_indexes_and_version(db: &StateDb) -> (Vec<String>, i64) {
+        db.call(|db| {
+            let (indexes, version) = match db.backend() {
+                super::super::sql::Backend::Sqlite => (
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbox'
+                       AND name NOT LIKE 'sqlite_autoindex_%' ORDER BY name",
+                    "SELECT user_version FROM pragma_user_version",
+                ),
+                super::super::sql::Backend::Postgres => (
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'inbox'
+                       AND indexname <> 'inbox_pkey' ORDER BY indexname",
+                    "SELECT MAX(version) FROM flatsync_schema",
+                ),
+            };
+            let names = db.query_map(indexes, params![], |r| r.get(0))?;
+            let version = db.query_row(version, params![], |r| r.get(0))?;
+            Ok((names, version))
+        })
+        .await
+        .expect("read the schema")
+    }
+
+    #[tokio::test]
+    async fn a_version_7_inbox_is_reindexed_in_the_order_it_is_worked_through() {
+        for backend in TestBackend::both("schema_v8") {
+            let db = backend.state();
+            assert_eq!(
+                inbox_indexes_and_version(&db).await,
+                (vec!["inbox_by_status_time".to_owned()], SCHEMA_VERSION)
+            );
+            db.insert_event(
+                "e".into(),
+                "platform",
+                "space:created".into(),
+                b"{}".to_vec(),
+                1,
+            )
+            .await
+            .unwrap();
+            // Back to what version 7 wrote.
+            db.call(|db| {
+                let version = match db.backend() {
+                    super::super::sql::Backend::Sqlite => "PRAGMA user_version = 7",
+                    super::super::sql::Backend::Postgres => {
+                        "UPDATE flatsync_schema SET version = 7"
+                    }
+                };
+                db.execute_batch(&format!(
+                    "DROP INDEX inbox_by_status_time;
+                     CREATE INDEX inbox_by_status ON inbox(status, received_at_ms);
+                     {version};"
+                ))
+            })
+            .await
+            .unwrap();
+            drop(db);
+            let db = backend.state();
+            assert_eq!(
+                inbox_indexes_and_version(&db).await,
+                (vec!["inbox_by_status_time".to_owned()], 8)
+            );
+            assert_eq!(
+                db.event("e").await.unwrap().map(|e| e.status),
+                Some(EventStatus::Pending),
+                "the inbox is kept"
+            );
+        }
+    }
+}
