@@ -12,6 +12,10 @@
 //!   `adaptive_pages_in_flight` is on, a window that grows by one after a full window of batches
 //!   the delivery loop had to wait for (the wire, not the sinks, is slow), up to
 //!   `max_pages_in_flight`, and halves when the API answers 429 (the client counts them; [`Window`]).
+//! - **Held**: requested and not yet handed out, in flight or fetched, at most twice the window.
+//!   A fetched batch waiting for the sinks does not hold back the next request, but a queue
+//!   longer than that only holds memory while the sinks are the slower side, and everything in
+//!   it is fetched again after a crash (a sink can only hold what it was given, `held`).
 //! - **The end**: with a known page count every request is of a batch that exists; without one
 //!   the stream is read one batch at a time until a batch proves the end.
 //!
@@ -365,7 +369,9 @@ impl<S: BatchSource> ReadAhead<S> {
                 bytes => held = held.saturating_add(bytes),
             }
         }
-        in_flight < self.window.size() && held.saturating_add(self.estimate) <= self.budget
+        in_flight < self.window.size()
+            && self.queue.len() < 2 * self.window.size()
+            && held.saturating_add(self.estimate) <= self.budget
     }
 
     /// Pages that may be in flight now (the adaptive window's current size).
