@@ -10,12 +10,14 @@
 //! have the checksum it recorded; anything else falls back to the durable state.
 
 use std::fs::{File, OpenOptions};
+use std::hash::Hasher as _;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
 
 /// First bytes of a progress record, naming its layout.
 const MAGIC: &[u8; 8] = b"FSPROG01";
@@ -26,25 +28,13 @@ const MAX_BODY_LEN: usize = 16 << 20;
 
 /// A 64-bit checksum of a byte stream, the same however the bytes are split into calls of
 /// [`update`](Self::update). Not cryptographic: it tells bytes that were written from bytes a
-/// crash left behind (zeros, an older version, a torn write).
-///
-/// Eight bytes at a time, so it costs far less than the write it checks: each little-endian
-/// word is mixed in with `h = rotl((h ^ word) * P, 23)`. For a fixed word that step is a
-/// bijection of `h`, and for a fixed `h` one of the word, so a change within any one word
-/// always changes the result; the tail and the length are mixed in by `finish`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Checksum {
-    state: u64,
-    /// Bytes of an unfinished word, little-endian in the low `tail_len` bytes.
-    tail: u64,
-    tail_len: u32,
-    len: u64,
-}
+/// crash left behind (zeros, an older version, a torn write). SipHash-1-3 with fixed keys
+/// (`siphasher`): its output is specified, so a record written by one build is read by the next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checksum(SipHasher13);
 
-/// The 64-bit FNV prime: odd, so multiplying by it is a bijection.
-const PRIME: u64 = 0x0000_0100_0000_01b3;
-/// The 64-bit FNV offset basis.
-const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// Fixed keys: the checksum must be the same in every process that reads the record.
+const KEYS: (u64, u64) = (0x666c_6174_7379_6e63, 0x7072_6f67_7265_7373);
 
 impl Default for Checksum {
     fn default() -> Self {
@@ -52,57 +42,26 @@ impl Default for Checksum {
     }
 }
 
+impl PartialEq for Checksum {
+    fn eq(&self, other: &Self) -> bool {
+        self.finish() == other.finish()
+    }
+}
+
+impl Eq for Checksum {}
+
 impl Checksum {
-    pub(crate) const fn new() -> Self {
-        Self {
-            state: BASIS,
-            tail: 0,
-            tail_len: 0,
-            len: 0,
-        }
+    pub(crate) fn new() -> Self {
+        Self(SipHasher13::new_with_keys(KEYS.0, KEYS.1))
     }
 
-    fn mix(state: u64, word: u64) -> u64 {
-        (state ^ word).wrapping_mul(PRIME).rotate_left(23)
-    }
-
-    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
-        self.len += bytes.len() as u64;
-        while self.tail_len > 0 && !bytes.is_empty() {
-            self.tail |= u64::from(bytes[0]) << (8 * self.tail_len);
-            self.tail_len += 1;
-            bytes = &bytes[1..];
-            if self.tail_len == 8 {
-                self.state = Self::mix(self.state, self.tail);
-                self.tail = 0;
-                self.tail_len = 0;
-            }
-        }
-        if self.tail_len > 0 {
-            // Every byte went into the unfinished word.
-            return;
-        }
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let word = u64::from_le_bytes(word.try_into().expect("chunks of eight"));
-            self.state = Self::mix(self.state, word);
-        }
-        for (i, &byte) in words.remainder().iter().enumerate() {
-            self.tail |= u64::from(byte) << (8 * i);
-        }
-        self.tail_len = words.remainder().len() as u32;
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
     }
 
     /// The checksum of every byte so far; more may be added after.
     pub(crate) fn finish(&self) -> u64 {
-        // The tail and the length as two last words: "ab" and "ab\0" differ.
-        let mut h = Self::mix(Self::mix(self.state, self.tail), self.len);
-        // splitmix64's finaliser, so that every input bit reaches every output bit.
-        h ^= h >> 30;
-        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^= h >> 27;
-        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^ (h >> 31)
+        self.0.finish()
     }
 
     /// The checksum state of `file`'s bytes `start..end`, read in blocks.
@@ -111,14 +70,16 @@ impl Checksum {
         file.seek(SeekFrom::Start(start))?;
         let mut reader = file.take(end.saturating_sub(start));
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut read_in_all = 0_u64;
         loop {
             let read = reader.read(&mut buffer)?;
             if read == 0 {
                 break;
             }
             checksum.update(&buffer[..read]);
+            read_in_all += read as u64;
         }
-        if checksum.len != end.saturating_sub(start) {
+        if read_in_all != end.saturating_sub(start) {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
         Ok(checksum)
