@@ -14,7 +14,7 @@ use super::sql::{Db, DbError, params};
 /// once its fetch learned them, for `flatsync top`); version 6 added `daemons` (who runs on
 /// this state, and where); version 7 added `group_members` and `group_streams` (rows of events
 /// without data, grouped into streams of many events: `state::groups`); version 8 replaced
-/// `inbox_by_status` with [`INBOX_ORDER`], the inbox in the order it is worked through.
+/// `inbox_by_status` with `inbox_by_status_time`, the inbox in the order it is worked through.
 pub const SCHEMA_VERSION: i64 = 8;
 
 /// Every table and index of the current version but those a migration block creates
