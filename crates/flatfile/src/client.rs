@@ -547,18 +547,10 @@ impl FlatfileClient {
             headers: &headers,
             body: body.as_ref(),
         };
-        let mut attempt = 1;
-        loop {
-            let outcome = self.attempt_and_decode(call, &decode, attempt).await;
-            let (error, retry_after) = match outcome {
-                Ok(value) => return Ok(value),
-                Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
-            };
-            self.wait_to_retry(call, error, retry_after, attempt)
-                .await?;
-            attempt += 1;
-        }
+        self.with_retries(call, |attempt| {
+            self.attempt_and_decode(call, &decode, attempt)
+        })
+        .await
     }
 
     /// [`Self::execute`] for a records page, converted as its body arrives
@@ -572,10 +564,24 @@ impl FlatfileClient {
             headers: &headers,
             body: None,
         };
+        self.with_retries(call, |attempt| self.attempt_records(call, attempt))
+            .await
+    }
+
+    /// Runs `once` as attempt 1, 2, ... until it succeeds, fails for good, or no attempt is
+    /// left ([`Self::wait_to_retry`]), recording each attempt's status and duration.
+    async fn with_retries<T, Attempt>(
+        &self,
+        call: Call<'_>,
+        mut once: impl FnMut(u32) -> Attempt,
+    ) -> Result<T, ApiError>
+    where
+        Attempt: Future<Output = Result<(T, u16), AttemptError>>,
+    {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let outcome = self.attempt_records(call, attempt).await;
+            let outcome = once(attempt).await;
             let status = match &outcome {
                 Ok((_, status)) => recording::status_label(*status),
                 Err(AttemptError::Retryable { error, .. } | AttemptError::Fatal(error)) => {
@@ -584,7 +590,7 @@ impl FlatfileClient {
             };
             recording::attempt_finished(call.endpoint, status, started.elapsed());
             let (error, retry_after) = match outcome {
-                Ok((page, _)) => return Ok(page),
+                Ok((value, _)) => return Ok(value),
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::Retryable { error, retry_after }) => (error, retry_after),
             };
@@ -656,17 +662,16 @@ impl FlatfileClient {
         Ok(())
     }
 
-    /// One attempt, its answer decoded, recorded in the metrics (duration, status, bytes) by
-    /// `endpoint`.
+    /// One attempt, its answer decoded and its body's bytes recorded by `endpoint`; the
+    /// answer's status beside it, for [`Self::with_retries`] to record.
     async fn attempt_and_decode<T>(
         &self,
         call: Call<'_>,
         decode: &impl Fn(&[u8]) -> Result<T, serde_json::Error>,
         attempt: u32,
-    ) -> Result<T, AttemptError> {
+    ) -> Result<(T, u16), AttemptError> {
         let Call { endpoint, url, .. } = call;
-        let started = Instant::now();
-        let outcome = match self.attempt(call, attempt).await {
+        match self.attempt(call, attempt).await {
             Ok(answered) => {
                 recording::body_received(endpoint, answered.body.len());
                 // A connection that drops mid-body can leave a truncated but well-framed body
@@ -683,15 +688,7 @@ impl FlatfileClient {
                     })
             }
             Err(error) => Err(error),
-        };
-        let status = match &outcome {
-            Ok((_, status)) => recording::status_label(*status),
-            Err(AttemptError::Retryable { error, .. } | AttemptError::Fatal(error)) => {
-                recording::error_status(error)
-            }
-        };
-        recording::attempt_finished(endpoint, status, started.elapsed());
-        outcome.map(|(value, _)| value)
+        }
     }
 
     async fn attempt(&self, call: Call<'_>, attempt: u32) -> Result<Answered, AttemptError> {

@@ -56,19 +56,15 @@ pub(crate) enum InboxOutcome {
 /// undoes a failed statement by itself, so an event (one statement) needs none there: two
 /// statements fewer per webhook.
 fn write_one(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
-    if let InboxWrite::Event {
-        event_id,
-        kind,
-        topic,
-        body,
-        received_at_ms,
-    } = write
-        && db.as_sqlite().is_some()
-    {
-        return insert_pending(db, event_id, kind, topic, body, *received_at_ms)
-            .map(InboxOutcome::Event);
+    if matches!(write, InboxWrite::Event { .. }) && db.as_sqlite().is_some() {
+        return write_unguarded(db, write);
     }
-    db.savepoint(|db| match write {
+    db.savepoint(|db| write_unguarded(db, write))
+}
+
+/// `write` as its statements, without a savepoint of its own.
+fn write_unguarded(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
+    match write {
         InboxWrite::Event {
             event_id,
             kind,
@@ -82,7 +78,7 @@ fn write_one(db: &mut Db, write: &InboxWrite) -> sql::Result<InboxOutcome> {
             part,
             complete,
         } => store_part(db, key, part, *complete).map(InboxOutcome::Part),
-    })
+    }
 }
 
 /// The run of event writes `writes` starts with, on PostgreSQL: how many to insert together
