@@ -11,6 +11,7 @@ use reqwest::{Method, Url};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::buffers::Buffers;
 use crate::convert::{self, LegacyPage, RecordsPage, Sheet, Workbook};
 use crate::error::{ApiError, is_retryable_status};
 use crate::secret::Secret;
@@ -213,6 +214,9 @@ struct Call<'a> {
     url: &'a Url,
     headers: &'a HeaderMap,
     body: Option<&'a Bytes>,
+    /// Where a success body's buffer comes from and goes back to, when the caller keeps spare
+    /// ones.
+    buffers: Option<&'a Buffers>,
 }
 
 /// A 2xx answer to one attempt, its body read whole but not decoded yet.
@@ -290,12 +294,14 @@ impl FlatfileClient {
     }
 
     /// `GET {legacy}/rest/batch/{batch_id}/rows?skip=&take=`: one page of a legacy import,
-    /// converted to batch lines.
+    /// converted to batch lines. The body is read into, and the lines written into, buffers
+    /// from `buffers`; the body's goes back there once converted.
     pub async fn legacy_rows_page(
         &self,
         batch_id: &str,
         skip: u64,
         take: u64,
+        buffers: &Buffers,
     ) -> Result<LegacyPage, ApiError> {
         let mut url = endpoint(
             &self.inner.legacy_base,
@@ -304,14 +310,19 @@ impl FlatfileClient {
         url.query_pairs_mut()
             .append_pair("skip", &skip.to_string())
             .append_pair("take", &take.to_string());
-        self.execute(
-            HttpMethod::Get,
-            Api::Legacy,
-            "legacy_rows",
-            url,
-            None,
-            |body| convert::legacy_page(body, batch_id, skip),
-        )
+        let headers = self.headers(Api::Legacy)?;
+        let call = Call {
+            method: HttpMethod::Get,
+            endpoint: "legacy_rows",
+            url: &url,
+            headers: &headers,
+            body: None,
+            buffers: Some(buffers),
+        };
+        self.execute_call(call, |body| {
+            let lines = buffers.take(convert::legacy_lines_capacity(body));
+            convert::legacy_page_into(body, batch_id, skip, lines)
+        })
         .await
     }
 
@@ -546,7 +557,17 @@ impl FlatfileClient {
             url: &url,
             headers: &headers,
             body: body.as_ref(),
+            buffers: None,
         };
+        self.execute_call(call, decode).await
+    }
+
+    /// [`Self::execute`] for a call already made up.
+    async fn execute_call<T>(
+        &self,
+        call: Call<'_>,
+        decode: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<T, ApiError> {
         self.with_retries(call, |attempt| {
             self.attempt_and_decode(call, &decode, attempt)
         })
@@ -563,6 +584,7 @@ impl FlatfileClient {
             url: &url,
             headers: &headers,
             body: None,
+            buffers: None,
         };
         self.with_retries(call, |attempt| self.attempt_records(call, attempt))
             .await
@@ -695,7 +717,7 @@ impl FlatfileClient {
         let response = self.send(call, attempt).await?;
         let status = response.status();
         let share = self.inner.bodies.admit(response.content_length()).await;
-        let bytes = read_success_body(response)
+        let bytes = read_success_body(response, call.buffers)
             .await
             .map_err(|error| transport_error(call, attempt, error))?;
         self.inner.bodies.read(bytes.len());
@@ -1064,16 +1086,26 @@ fn transport_error(call: Call<'_>, attempt: u32, error: reqwest::Error) -> Attem
 /// A success body, read chunk by chunk into one buffer sized from `Content-Length`.
 /// `Response::bytes` gathers the chunks and then copies them into a second buffer, so a
 /// 7 MB records page briefly took 14 MB for every page in flight.
-async fn read_success_body(mut response: reqwest::Response) -> Result<Bytes, reqwest::Error> {
+/// The buffer comes from `buffers` when given, and goes back there when the body is dropped.
+async fn read_success_body(
+    mut response: reqwest::Response,
+    buffers: Option<&Buffers>,
+) -> Result<Bytes, reqwest::Error> {
     // The announced length only sizes the first allocation; a server that announces more
     // than it sends costs at most this much up front.
     let announced = response.content_length().unwrap_or(0);
     let reserve = usize::try_from(announced.min(PREALLOCATE_LIMIT)).unwrap_or(0);
-    let mut body = Vec::with_capacity(reserve);
+    let mut body = match buffers {
+        Some(buffers) => buffers.take(reserve),
+        None => Vec::with_capacity(reserve),
+    };
     while let Some(chunk) = response.chunk().await? {
         body.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(body))
+    Ok(match buffers {
+        Some(buffers) => buffers.share(body),
+        None => Bytes::from(body),
+    })
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date; a date in the past means "now".

@@ -168,8 +168,28 @@ pub(crate) fn legacy_page(
     batch_id: &str,
     skip: u64,
 ) -> Result<LegacyPage, serde_json::Error> {
-    // Each row carries `raw` and `mapped`, so the output is roughly half the body.
-    let mut ndjson = Vec::with_capacity(body.len() / 2);
+    legacy_page_into(
+        body,
+        batch_id,
+        skip,
+        Vec::with_capacity(legacy_lines_capacity(body)),
+    )
+}
+
+/// Room for a legacy page's lines: each row carries `raw` and `mapped`, so the output is
+/// roughly half the body.
+pub(crate) fn legacy_lines_capacity(body: &[u8]) -> usize {
+    body.len() / 2
+}
+
+/// [`legacy_page`] writing the lines into `ndjson`, an empty buffer given by the caller.
+pub(crate) fn legacy_page_into(
+    body: &[u8],
+    batch_id: &str,
+    skip: u64,
+    mut ndjson: Vec<u8>,
+) -> Result<LegacyPage, serde_json::Error> {
+    ndjson.clear();
     let summary = match fast::legacy_page(body, batch_id, skip, &mut ndjson) {
         Some(summary) => summary,
         None => {

@@ -11,6 +11,7 @@
 //! safe to print.
 #![warn(missing_docs)]
 
+mod buffers;
 mod carried;
 mod client;
 mod convert;
@@ -19,6 +20,7 @@ mod scrub;
 mod secret;
 mod webhook;
 
+pub use buffers::Buffers;
 pub use carried::{
     CarriedEnd, CarriedOrigin, CarriedPart, TOPIC_FORWARDED, TOPIC_PORTAL2_UPLOAD, portal2_stream,
 };

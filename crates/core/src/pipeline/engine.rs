@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use flatsync_flatfile::{FlatfileClient, IncomingEvent, parse_webhook_body};
+use flatsync_flatfile::{Buffers, FlatfileClient, IncomingEvent, parse_webhook_body};
 use flatsync_plugin_host::{HeldBatches, OwnedBatch, SinkWorker};
 
 use crate::config::{Config, DaemonConfig};
@@ -645,6 +644,7 @@ impl Engine {
                 return Ok(cursors);
             }
         };
+        let buffers = reader.buffers().clone();
         let mut pages = ReadAhead::open(&mut reader, start, &self.config.fetch).await;
         if let Some(count) = pages.page_count {
             refuse_held_past_the_end(plan, &mut cursors, count);
@@ -675,7 +675,7 @@ impl Engine {
             let rows = current.rows;
             write_to_sinks(
                 &mut cursors,
-                owned_batch(event, plan, seq, current, last),
+                owned_batch(event, plan, seq, current, last, &buffers),
                 plan,
             )
             .await;
@@ -911,13 +911,15 @@ fn refuse_held_past_the_end(plan: &StreamPlan, cursors: &mut [Cursor], count: u6
     }
 }
 
-/// Batch `seq` of `plan`'s stream as handed to the sinks.
+/// Batch `seq` of `plan`'s stream as handed to the sinks; its lines' buffer goes back to
+/// `buffers` once every sink is done with it.
 fn owned_batch(
     event: &StoredEvent,
     plan: &StreamPlan,
     seq: u64,
     page: Batch,
     last: bool,
+    buffers: &Buffers,
 ) -> Arc<OwnedBatch> {
     Arc::new(OwnedBatch {
         stream: plan.stream.clone(),
@@ -926,7 +928,7 @@ fn owned_batch(
         fields_json: plan.fields_json.clone(),
         seq,
         row_count: page.rows,
-        ndjson: Bytes::from(page.ndjson),
+        ndjson: buffers.share(page.ndjson),
         received_at_ms: event.received_at_ms,
         last,
         deletions: matches!(

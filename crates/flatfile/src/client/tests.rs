@@ -168,7 +168,12 @@ async fn legacy_page_sends_the_api_key_and_converts_rows() {
     .await;
     let page = server
         .client()
-        .legacy_rows_page("596c2c5f-2884-4444-9ccb-2f0772877508", 100, 50)
+        .legacy_rows_page(
+            "596c2c5f-2884-4444-9ccb-2f0772877508",
+            100,
+            50,
+            &Buffers::default(),
+        )
         .await
         .expect("page");
     assert_eq!(
@@ -422,7 +427,7 @@ async fn legacy_401_reports_the_legacy_message() {
     let server = TestServer::start(vec![Reply::new(401, fixture("legacy-error.json"))]).await;
     let error = server
         .client()
-        .legacy_rows_page("b1", 0, 50)
+        .legacy_rows_page("b1", 0, 50, &Buffers::default())
         .await
         .expect_err("401");
     assert!(
@@ -439,7 +444,7 @@ async fn legacy_401_reports_the_legacy_message() {
     .await;
     let error = server
         .client()
-        .legacy_rows_page("b1", 0, 5000)
+        .legacy_rows_page("b1", 0, 5000, &Buffers::default())
         .await
         .expect_err("400");
     assert!(
@@ -512,7 +517,7 @@ async fn missing_credentials_fail_before_any_request() {
     .expect("client builds without keys");
 
     let error = client
-        .legacy_rows_page("b1", 0, 50)
+        .legacy_rows_page("b1", 0, 50, &Buffers::default())
         .await
         .expect_err("no legacy key");
     assert!(
@@ -546,7 +551,7 @@ async fn connection_refused_is_a_transport_error_after_all_attempts() {
     drop(listener);
     let client = FlatfileClient::new(config(&format!("http://{address}"))).expect("client");
     let error = client
-        .legacy_rows_page("b1", 0, 50)
+        .legacy_rows_page("b1", 0, 50, &Buffers::default())
         .await
         .expect_err("nothing listens");
     match &error {
@@ -663,7 +668,7 @@ async fn redirects_are_not_followed() {
     .await;
     let error = server
         .client()
-        .legacy_rows_page("b1", 0, 50)
+        .legacy_rows_page("b1", 0, 50, &Buffers::default())
         .await
         .expect_err("redirect");
     assert!(
@@ -686,7 +691,7 @@ async fn ids_are_encoded_as_single_path_segments() {
     );
     for bad in ["", ".", ".."] {
         let error = client
-            .legacy_rows_page(bad, 0, 10)
+            .legacy_rows_page(bad, 0, 10, &Buffers::default())
             .await
             .expect_err("unusable id");
         assert!(matches!(error, ApiError::InvalidUrl { .. }), "{error:?}");
@@ -710,7 +715,7 @@ async fn api_url_ending_in_v1_is_not_doubled() {
     client.record_count("s1").await.expect("count");
     // A counts body is not a rows page: decoding fails on every attempt.
     let error = client
-        .legacy_rows_page("b1", 0, 1)
+        .legacy_rows_page("b1", 0, 1, &Buffers::default())
         .await
         .expect_err("not a rows page");
     assert!(matches!(error, ApiError::Decode { .. }), "{error:?}");

@@ -36,7 +36,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flatsync_flatfile::{ApiError, FlatfileClient, LegacyPage, RecordsPage, RecordsSelection};
+use flatsync_flatfile::{
+    ApiError, Buffers, FlatfileClient, LegacyPage, RecordsPage, RecordsSelection,
+};
 
 use crate::pipeline::plan;
 use crate::state::{StateDb, StateError, StoredEvent, StreamPlan, StreamSource};
@@ -448,6 +450,8 @@ pub(crate) struct StreamReader {
     plan: Arc<StreamPlan>,
     paging: Arc<Paging>,
     total: Option<u64>,
+    /// The stream's spare page buffers: its pages' bodies and lines are written into them.
+    buffers: Buffers,
 }
 
 impl StreamReader {
@@ -481,7 +485,13 @@ impl StreamReader {
             plan: Arc::new(plan.clone()),
             paging: Arc::new(Paging::new(plan.stream.clone())),
             total,
+            buffers: Buffers::default(),
         })
+    }
+
+    /// The stream's spare page buffers, for the batches handed to the sinks to give back.
+    pub(crate) fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
     /// Items of the source, when known: from `/counts`, the ids, or a legacy page.
@@ -563,10 +573,11 @@ impl StreamReader {
     async fn read_legacy(&self, start: u64) -> Result<BatchRead, ReadError> {
         let client = &self.client;
         let source_ref = self.plan.source_ref.as_str();
+        let buffers = &self.buffers;
         read_skip_take_batch(
             |skip, take| async move {
                 client
-                    .legacy_rows_page(source_ref, skip, take)
+                    .legacy_rows_page(source_ref, skip, take, buffers)
                     .await
                     .map(|page| PageRead::from_legacy(page, skip))
             },
