@@ -74,8 +74,7 @@ impl Sink {
     fn output(self, dir: &Path) -> std::path::PathBuf {
         match self {
             Sink::Csv => dir.join("out-csv"),
-            // In a folder of its own, as the others: the daemon watches the folder of its
-            // config file, and every write of a database beside it would wake that watcher.
+            // In a folder of its own, as the others' output is, away from the config file.
             Sink::Sqlite => dir.join("out-sqlite").join("out.db"),
             Sink::Jsonl => dir.join("out-jsonl"),
             Sink::Postgres => dir.to_owned(),

@@ -190,32 +190,34 @@ async fn report_status(state: StateDb) {
     }
 }
 
-/// Watches the directory holding the config file, since editors and config management
-/// replace the file by renaming a new one over it, which a watch on the file itself misses.
-fn watch_config(
-    path: &Path,
-    changed: mpsc::Sender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let file_name = path.file_name().map(|n| n.to_owned());
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let relevant = matches!(
-            event.kind,
-            notify::EventKind::Create(_) | notify::EventKind::Modify(_)
-        ) && event
-            .paths
-            .iter()
-            .any(|p| p.file_name() == file_name.as_deref());
-        if relevant {
-            // Full means a reload is already due; closed means the daemon is stopping.
-            let _ = changed.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+/// How often the config file is looked at for an edit.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Watches the config file by looking at it every [`CONFIG_POLL_INTERVAL`] (its contents, not
+/// only its time). An inotify watch would have to be on the file's folder, since editors and
+/// config management replace the file by renaming a new one over it, and inotify reports every
+/// open and write of every file in that folder: with a SQLite sink's database beside the
+/// config, the watcher's thread and the kernel's notifications took a quarter of the daemon's
+/// CPU (`BENCHMARKS.md`). Looking at one small file twice a second costs nothing, whatever
+/// lies beside it.
+fn watch_config(path: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::PollWatcher> {
+    let config = notify::Config::default()
+        .with_poll_interval(CONFIG_POLL_INTERVAL)
+        .with_compare_contents(true);
+    let mut watcher = notify::PollWatcher::new(
+        move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            ) {
+                // Full means a reload is already due; closed means the daemon is stopping.
+                let _ = changed.try_send(());
+            }
+        },
+        config,
+    )?;
+    watcher.watch(path, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 
