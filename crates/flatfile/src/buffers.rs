@@ -4,7 +4,7 @@
 //! threshold at 128 KiB (so freed pages go back to the system and memory stays flat), which
 //! maps every such buffer on its own: each 4 KiB written to a fresh one is a page fault and a
 //! zeroed page, and each free an unmap. Reusing a stream's buffers removed about 60 % of the
-//! daemon's page faults and a tenth of its CPU for legacy pages (`BENCHMARKS.md`). A stream's
+//! daemon's page faults and 7-10 % of its CPU for legacy pages (`BENCHMARKS.md`). A stream's
 //! buffers are few (its pages in flight and waiting), so keeping the ones it has finished
 //! with, and no more than it held at once, costs little memory, and that memory goes back
 //! when the stream ends and its [`Buffers`] is dropped.
@@ -47,6 +47,8 @@ impl Buffers {
         if capacity < SMALLEST_KEPT {
             return Vec::with_capacity(capacity);
         }
+        // Rounded up, so the next page, a few bytes longer (its ids count up), still fits.
+        let capacity = capacity.next_multiple_of(SMALLEST_KEPT);
         let taken = {
             let mut spare = self.lock();
             spare.lent += 1;
@@ -69,8 +71,7 @@ impl Buffers {
         };
         let mut buffer = taken.unwrap_or_default();
         buffer.clear();
-        // Rounded up, so the next page, a few bytes longer (its ids count up), still fits.
-        buffer.reserve(capacity.next_multiple_of(SMALLEST_KEPT));
+        buffer.reserve(capacity);
         buffer
     }
 
