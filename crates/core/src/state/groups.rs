@@ -605,6 +605,18 @@ fn commit_batch(tx: &mut Db, batch: &Flushed, now: i64) -> sql::Result<()> {
 /// of (event, sink) pairs, in plan order, so that both tables number them (`rowid`) as one
 /// insert per pair did: members are batched in that order, deliveries listed in it.
 fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result<()> {
+    // In slices, so the JSON bound for a turn of a large backlog stays small; one transaction
+    // holds them all either way.
+    for slice in plans.chunks(PLANS_PER_STATEMENT) {
+        insert_group_plan_slice(tx, slice, now)?;
+    }
+    Ok(())
+}
+
+/// Plans bound to one statement of [`insert_group_plans`] as JSON.
+const PLANS_PER_STATEMENT: usize = 1024;
+
+fn insert_group_plan_slice(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result<()> {
     if plans.is_empty() {
         return Ok(());
     }
@@ -621,19 +633,25 @@ fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result
         )?
         .into_iter()
         .collect();
-    let rows: Vec<serde_json::Value> = plans
+    let rows: Vec<(&str, &str, &str, i64)> = plans
         .iter()
         .filter(|p| !planned.contains(&p.event_id))
         .flat_map(|p| {
-            p.sinks
-                .iter()
-                .map(|sink| serde_json::json!([p.event_id, sink, p.group, p.window_end_ms]))
+            p.sinks.iter().map(|sink| {
+                (
+                    p.event_id.as_str(),
+                    sink.as_str(),
+                    p.group.as_str(),
+                    p.window_end_ms,
+                )
+            })
         })
         .collect();
     if rows.is_empty() {
         return Ok(());
     }
-    let rows = serde_json::Value::from(rows).to_string();
+    // Tuples serialise as the `[event id, sink, group, window end]` arrays the statements read.
+    let rows = serde_json::to_string(&rows).expect("plan rows serialise");
     tx.execute(
         &format!(
             "INSERT INTO deliveries (event_id, sink, status, updated_at_ms)
@@ -712,7 +730,8 @@ fn members_json<'a>(members: impl Iterator<Item = (&'a str, u32)>) -> String {
 
 /// `ids` as the JSON array of strings [`json_texts`] reads.
 fn ids_json<'a>(ids: impl Iterator<Item = &'a str>) -> String {
-    serde_json::Value::from(ids.collect::<Vec<&str>>()).to_string()
+    // Serialised from the borrowed ids: a `serde_json::Value` would copy each one first.
+    serde_json::to_string(&ids.collect::<Vec<&str>>()).expect("a list of strings serialises")
 }
 
 /// Batch `seq` of `stream` for `sink` as recorded.
