@@ -436,22 +436,29 @@ fn cached_table<'t>(
     Ok(tables.get_mut(kind).expect("inserted just above"))
 }
 
-/// A row of the batch with where it goes: its application round (how many earlier lines of
-/// the batch have its record id) and its shape (which columns it sets).
-struct StagedRow<'a> {
-    row: Row<'a>,
+/// Where a row of the batch goes: its application round (how many earlier lines of the batch
+/// have its record id) and its shape (which columns it sets).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Placement {
     round: u32,
     shape: u32,
 }
 
-/// A record batch laid out for the staging table: its rows, the staging column (slot) of
-/// every table column the batch sets, and the distinct sets of columns rows set (shapes).
-struct Staged<'a> {
-    rows: Vec<StagedRow<'a>>,
+/// A record batch laid out for the staging table: where each row goes, the staging column
+/// (slot) of every table column the batch sets, and the distinct sets of columns rows set
+/// (shapes). The rows themselves are not kept: the COPY reads them from the batch again, so
+/// a batch costs this sink a few bytes per row, not a parsed copy of it.
+struct Staged {
+    placements: Vec<Placement>,
     slot_of: Vec<usize>,
     slots: usize,
     shapes: Vec<Vec<usize>>,
 }
+
+/// COPY text gathered before it is handed to the connection: the client copies what it is
+/// given into a buffer of its own and sends it whole, so a batch written at once would be held
+/// twice.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Upserts the rows of a record batch by `_record_id` through a staging table. Returns how
 /// many rows it wrote.
@@ -465,23 +472,23 @@ fn upsert_rows(
         table.column(tx, &field)?;
     }
     let staged = stage_rows(tx, table, batch)?;
-    if staged.rows.is_empty() {
+    if staged.placements.is_empty() {
         return Ok(0);
     }
-    let text = copy_lines(tx, table, batch, &staged)?;
-    let stage = copy_into_stage(tx, table, staging, staged.slots, &text)?;
+    let stage = staging_table(tx, table, staging, staged.slots)?;
+    copy_into_stage(tx, table, batch, &staged, &stage)?;
     apply_stage(tx, table, batch, &staged, &stage)
 }
 
 /// First pass: every row's columns (adding new ones), its shape and round, and the staging
 /// column (slot) of every table column the batch sets.
-fn stage_rows<'a>(
+fn stage_rows(
     tx: &mut Transaction<'_>,
     table: &mut Table,
-    batch: &'a Batch<'_>,
-) -> Result<Staged<'a>, SinkError> {
+    batch: &Batch<'_>,
+) -> Result<Staged, SinkError> {
     let mut staged = Staged {
-        rows: Vec::new(),
+        placements: Vec::new(),
         slot_of: Vec::new(),
         slots: 0,
         shapes: Vec::new(),
@@ -515,72 +522,18 @@ fn stage_rows<'a>(
         let seen = rounds.entry(row.id.clone()).or_insert(0);
         let round = *seen;
         *seen += 1;
-        staged.rows.push(StagedRow { row, round, shape });
+        staged.placements.push(Placement { round, shape });
     }
     Ok(staged)
 }
 
-/// Second pass: the COPY text, one line per row, a column per slot.
-fn copy_lines(
-    tx: &mut Transaction<'_>,
-    table: &mut Table,
-    batch: &Batch<'_>,
-    staged: &Staged<'_>,
-) -> Result<Vec<u8>, SinkError> {
-    let mut text = Vec::with_capacity(batch.ndjson().len() + staged.rows.len() * 16);
-    let mut cells: Vec<Option<&RawValue>> = vec![None; staged.slots];
-    for staged_row in &staged.rows {
-        let row = &staged_row.row;
-        cells.fill(None);
-        for (position, (key, value)) in row.values.iter().enumerate() {
-            let column = table.column_at(tx, position, key)?;
-            cells[staged.slot_of[column]] = Some(value);
-        }
-        if row.id.contains('\0') {
-            return Err(SinkError::fatal(format!(
-                "table `{}`: record id {:?} holds a NUL character, which PostgreSQL text \
-                 cannot store",
-                table.name(),
-                row.id
-            )));
-        }
-        write!(text, "{}\t{}\t", staged_row.round, staged_row.shape).expect("writing to a Vec");
-        copy_text(&mut text, &row.id);
-        text.extend_from_slice(if row.valid { b"\tt" } else { b"\tf" });
-        for (slot, cell) in cells.iter().enumerate() {
-            text.push(b'\t');
-            let Some(raw) = cell else {
-                text.extend_from_slice(b"\\N");
-                continue;
-            };
-            copy_value(&mut text, raw).map_err(|error| {
-                let column = staged
-                    .slot_of
-                    .iter()
-                    .position(|&at| at == slot)
-                    .map_or("?", |column| table.column_name(column));
-                error.context(format!(
-                    "table `{}`, column `{column}`, record `{}`",
-                    table.name(),
-                    row.id
-                ))
-            })?;
-        }
-        text.push(b'\n');
-    }
-    Ok(text)
-}
-
-/// COPYs `text` into the session's staging table of `slots` value columns (created on first
-/// use); the table's name.
-fn copy_into_stage(
+/// The session's staging table of `slots` value columns, created on first use; its name.
+fn staging_table(
     tx: &mut Transaction<'_>,
     table: &Table,
     staging: &mut HashSet<usize>,
     slots: usize,
-    text: &[u8],
 ) -> Result<String, SinkError> {
-    let stage = format!("pg_temp.\"_flatsync_stage_{slots}\"");
     if !staging.contains(&slots) {
         let values: String = (1..=slots)
             .map(|slot| format!(", \"v{slot}\" TEXT"))
@@ -596,10 +549,47 @@ fn copy_into_stage(
         .map_err(|error| table.error("cannot create the staging table", &error))?;
         staging.insert(slots);
     }
+    Ok(format!("pg_temp.\"_flatsync_stage_{slots}\""))
+}
+
+/// Second pass: COPYs the rows into the staging table `stage`, one line per row and a column
+/// per slot, handing the text over in chunks of [`COPY_CHUNK_BYTES`].
+fn copy_into_stage(
+    tx: &mut Transaction<'_>,
+    table: &Table,
+    batch: &Batch<'_>,
+    staged: &Staged,
+    stage: &str,
+) -> Result<(), SinkError> {
     let mut copy = tx
         .copy_in(&format!("COPY {stage} FROM STDIN"))
         .map_err(|error| table.error("cannot start copying the batch", &error))?;
-    if let Err(error) = copy.write_all(text) {
+    let mut text = Vec::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
+    let mut cells: Vec<Option<&RawValue>> = vec![None; staged.slots];
+    let mut rows = batch.rows();
+    let mut sent = Ok(());
+    for placement in &staged.placements {
+        // The first pass read every row, so the batch has as many again. An error here
+        // returns with the COPY unfinished, and dropping it aborts the statement.
+        let row = rows.next().ok_or_else(|| {
+            SinkError::fatal(format!(
+                "table `{}`: the batch held fewer rows on its second reading",
+                table.name()
+            ))
+        })??;
+        copy_line(&mut text, table, staged, &mut cells, &row, *placement)?;
+        if text.len() >= COPY_CHUNK_BYTES {
+            sent = copy.write_all(&text);
+            text.clear();
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+    if sent.is_ok() {
+        sent = copy.write_all(&text);
+    }
+    if let Err(error) = sent {
         // The connection failed under the copy; the server's own reason, if any, comes from
         // `finish`.
         return Err(match copy.finish() {
@@ -612,7 +602,61 @@ fn copy_into_stage(
     }
     copy.finish()
         .map_err(|error| table.error("cannot copy the batch", &error))?;
-    Ok(stage)
+    Ok(())
+}
+
+/// Appends the COPY line of `row`: round, shape, record id, validity, then a value or `\N`
+/// per slot. `cells` is scratch space of one entry per slot.
+fn copy_line<'r>(
+    text: &mut Vec<u8>,
+    table: &Table,
+    staged: &Staged,
+    cells: &mut [Option<&'r RawValue>],
+    row: &Row<'r>,
+    placement: Placement,
+) -> Result<(), SinkError> {
+    cells.fill(None);
+    for (position, (key, value)) in row.values.iter().enumerate() {
+        let column = table.known_column_at(position, key).ok_or_else(|| {
+            SinkError::fatal(format!(
+                "table `{}`: field `{key}` has no column on the batch's second reading",
+                table.name()
+            ))
+        })?;
+        cells[staged.slot_of[column]] = Some(value);
+    }
+    if row.id.contains('\0') {
+        return Err(SinkError::fatal(format!(
+            "table `{}`: record id {:?} holds a NUL character, which PostgreSQL text \
+             cannot store",
+            table.name(),
+            row.id
+        )));
+    }
+    write!(text, "{}\t{}\t", placement.round, placement.shape).expect("writing to a Vec");
+    copy_text(text, &row.id);
+    text.extend_from_slice(if row.valid { b"\tt" } else { b"\tf" });
+    for (slot, cell) in cells.iter().enumerate() {
+        text.push(b'\t');
+        let Some(raw) = cell else {
+            text.extend_from_slice(b"\\N");
+            continue;
+        };
+        copy_value(text, raw).map_err(|error| {
+            let column = staged
+                .slot_of
+                .iter()
+                .position(|&at| at == slot)
+                .map_or("?", |column| table.column_name(column));
+            error.context(format!(
+                "table `{}`, column `{column}`, record `{}`",
+                table.name(),
+                row.id
+            ))
+        })?;
+    }
+    text.push(b'\n');
+    Ok(())
 }
 
 /// Upserts the staged rows into the table, one statement per round and shape, so that a
@@ -621,20 +665,16 @@ fn apply_stage(
     tx: &mut Transaction<'_>,
     table: &Table,
     batch: &Batch<'_>,
-    staged: &Staged<'_>,
+    staged: &Staged,
     stage: &str,
 ) -> Result<u64, SinkError> {
-    let mut groups: Vec<(u32, u32)> = staged
-        .rows
-        .iter()
-        .map(|row| (row.round, row.shape))
-        .collect();
+    let mut groups = staged.placements.clone();
     groups.sort_unstable();
     groups.dedup();
     let event_id = batch.event_id();
     let received_at = batch.received_at_rfc3339();
     let mut count = 0;
-    for &(round, shape) in &groups {
+    for &Placement { round, shape } in &groups {
         let filter = if groups.len() == 1 {
             String::new()
         } else {

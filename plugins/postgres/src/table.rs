@@ -197,6 +197,14 @@ impl Table {
         Ok(column)
     }
 
+    /// The column of the value at `position` under `key`, if the table has it already:
+    /// [`Table::column_at`] without adding one, so it needs no transaction.
+    pub(crate) fn known_column_at(&self, position: usize, key: &str) -> Option<usize> {
+        self.fields
+            .at(position, key)
+            .or_else(|| self.fields.get(key))
+    }
+
     /// Maps a row's keys to columns (adding new ones) into `columns`, in the row's order.
     pub(crate) fn row_columns(
         &mut self,
