@@ -269,6 +269,41 @@ fn a_table_not_made_by_the_sink_is_fatal() {
     );
 }
 
+#[test]
+fn a_value_refused_late_in_a_long_batch_writes_nothing_of_it_and_the_sink_goes_on() {
+    // Long enough that the COPY has sent several chunks before the last row is refused.
+    let fx = Fixture::new();
+    let mut sink = fx.sink();
+    let rows: Vec<String> = (0..3_000)
+        .map(|n| {
+            row(
+                &format!("r{n:04}"),
+                true,
+                &format!(r#"{{"note":"row {n} of a long batch"}}"#),
+            )
+        })
+        .collect();
+    let mut refused = rows.clone();
+    refused[2_999] = row("r2999", true, r#"{"note":"a \u0000 inside"}"#);
+    let error = send(&mut sink, Delivery::default(), &refused).expect_err("NUL refused");
+    assert!(!error.is_retry(), "{}", error.message());
+    for part in [
+        "table `contacts`, column `note`, record `r2999`",
+        "NUL character",
+    ] {
+        assert!(error.message().contains(part), "{}", error.message());
+    }
+    // The batch's transaction rolled back whole, down to the table it created.
+    assert_eq!(fx.rows("SELECT to_regclass('contacts') IS NULL"), [["t"]]);
+
+    send(&mut sink, Delivery::default(), &rows).expect("the same batch without the NUL");
+    assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["3000"]]);
+    assert_eq!(
+        fx.rows("SELECT note FROM contacts WHERE _record_id = 'r2999'"),
+        [["row 2999 of a long batch"]]
+    );
+}
+
 /// Sends a batch; a RETRY error (a deadlock, a lost serialization) is answered as the host
 /// would, by sending the batch again, which must then pass.
 fn send_retrying_once(sink: &mut PostgresSink, how: Delivery<'_>, rows: &[String]) {
