@@ -44,8 +44,7 @@ fn after_kill_9_only_the_pages_in_flight_are_fetched_again() {
         .page_size(PAGE)
         .set("daemon", "checkpoint_batches", "1000000")
         .set("daemon", "checkpoint_interval_ms", "3600000")
-        .set("fetch", "pages_in_flight", &IN_FLIGHT.to_string())
-        .set("fetch", "read_ahead_bytes", "\"64KiB\"");
+        .set("fetch", "pages_in_flight", &IN_FLIGHT.to_string());
     let csv_dir = settings.csv_dir("archive");
     let mut daemon = settings.start();
     let (batch, event) = ("b-resume", "evt-resume");
@@ -86,10 +85,10 @@ fn after_kill_9_only_the_pages_in_flight_are_fetched_again() {
         &legacy_row_ids(sim.config(), batch),
         "csv-folder sink after the kill",
     );
-    // Fetched twice: the pages in flight at the kill, fetched and not yet handed to the sink
-    // (the 64 KiB budget keeps them within IN_FLIGHT), and the batch being handed over (its
-    // write not yet acknowledged: not held). Without `held`, every one of the HELD batches or
-    // more would be fetched again.
+    // Fetched twice: the pages in flight at the kill, on the wire or fetched and not yet handed
+    // to the sink (the window keeps them within IN_FLIGHT, whatever the byte budget would
+    // allow), and the batch being handed over (its write not yet acknowledged: not held).
+    // Without `held`, every one of the HELD batches or more would be fetched again.
     let fetched_again = sim.stats().legacy_rows - PAGES;
     println!("{served_before_restart} pages served before the kill, {fetched_again} fetched again");
     assert!(
