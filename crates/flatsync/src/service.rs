@@ -52,7 +52,11 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let health = daemon.health();
     tokio::spawn(watchdog(Arc::clone(&health)));
-    let status_task = tokio::spawn(report_status(daemon.state().clone()));
+    // The status line counts every event the inbox kept, by status: only worth it when a
+    // service manager listens for it.
+    let status_task = std::env::var_os("NOTIFY_SOCKET")
+        .is_some()
+        .then(|| tokio::spawn(report_status(daemon.state().clone())));
 
     // One pending "changed" is all a reload needs: a burst of file events coalesces into it.
     let (file_events, mut file_changed) = mpsc::channel(1);
@@ -89,7 +93,9 @@ pub(crate) async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         NotifyState::Stopping,
         NotifyState::Status("Draining in-flight events"),
     ]);
-    status_task.abort();
+    if let Some(status_task) = status_task {
+        status_task.abort();
+    }
     tracing::info!(signal = signal_name, "Stopping");
     let started = Instant::now();
     let report = daemon.shutdown().await;

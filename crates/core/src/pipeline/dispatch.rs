@@ -24,7 +24,7 @@ use crate::health::{HEARTBEAT_INTERVAL, Health};
 use crate::pipeline::engine::{EngineSlot, current};
 use crate::pipeline::group;
 use crate::pipeline::plan::ROW_TOPICS;
-use crate::state::{EventStatus, StateDb};
+use crate::state::StateDb;
 
 /// How often the dispatcher looks for pending events it was not told about: events an operator
 /// set back to pending (`flatsync replay`, `dead-letter retry`), events whose processing was
@@ -461,16 +461,9 @@ fn spawn_group_writer(
 
 /// Says at start how many events wait, so an operator sees a backlog being resumed.
 async fn log_backlog(state: &StateDb) {
-    match state.event_counts().await {
-        Ok(counts) => {
-            let pending = counts
-                .iter()
-                .find(|(status, _)| *status == EventStatus::Pending)
-                .map_or(0, |(_, n)| *n);
-            if pending > 0 {
-                tracing::info!(events = pending, "Resuming pending events");
-            }
-        }
+    match state.pending_count().await {
+        Ok(0) => {}
+        Ok(pending) => tracing::info!(events = pending, "Resuming pending events"),
         Err(e) => tracing::error!(error = %e, "Could not read pending events"),
     }
 }

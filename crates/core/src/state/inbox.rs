@@ -137,6 +137,19 @@ impl StateDb {
             .await
     }
 
+    /// How many events are pending: a range of the status index, where [`Self::event_counts`]
+    /// reads every event the inbox ever kept.
+    pub async fn pending_count(&self) -> Result<u64, StateError> {
+        self.call(|db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM inbox WHERE status = ?1",
+                params![EventStatus::Pending],
+                |r| r.get::<_, u64>(0),
+            )
+        })
+        .await
+    }
+
     /// Counts of events by status.
     pub async fn event_counts(&self) -> Result<Vec<(EventStatus, u64)>, StateError> {
         self.call(|db| {
@@ -231,6 +244,7 @@ mod tests {
                 db.event_counts().await.unwrap(),
                 vec![(EventStatus::Failed, 1), (EventStatus::Pending, 1)]
             );
+            assert_eq!(db.pending_count().await.unwrap(), 1, "e2 only: e1 failed");
             db.probe().await.unwrap();
             drop(db);
             let reopened = backend.state();
