@@ -140,14 +140,7 @@ impl StateDb {
     /// How many events are pending: a range of the status index, where [`Self::event_counts`]
     /// reads every event the inbox ever kept.
     pub async fn pending_count(&self) -> Result<u64, StateError> {
-        self.call(|db| {
-            db.query_row(
-                "SELECT COUNT(*) FROM inbox WHERE status = ?1",
-                params![EventStatus::Pending],
-                |r| r.get::<_, u64>(0),
-            )
-        })
-        .await
+        self.call(count_pending).await
     }
 
     /// Counts of events by status.
@@ -161,6 +154,16 @@ impl StateDb {
         })
         .await
     }
+}
+
+/// Events pending, counted on the status index's pending range: the start's log and the
+/// `/metrics` gauge.
+pub(crate) fn count_pending(db: &mut Db) -> sql::Result<u64> {
+    db.query_row(
+        "SELECT COUNT(*) FROM inbox WHERE status = ?1",
+        params![EventStatus::Pending],
+        |r| r.get::<_, u64>(0),
+    )
 }
 
 /// Faults a test puts into the state database to see what a group commit does with them.

@@ -830,11 +830,7 @@ pub(crate) fn read_gauges(path: &Path) -> Result<StateGauges, StateError> {
 /// The gauges, read on `db` (in one snapshot: the caller's).
 pub(crate) fn gauges(db: &mut Db) -> sql::Result<StateGauges> {
     let mut gauges = StateGauges {
-        events_pending: db.query_row(
-            "SELECT COUNT(*) FROM inbox WHERE status = ?1",
-            params![EventStatus::Pending],
-            |r| r.get::<_, u64>(0),
-        )?,
+        events_pending: super::inbox::count_pending(db)?,
         sinks: BTreeMap::new(),
     };
     for sink in delivery_sinks(db)? {
