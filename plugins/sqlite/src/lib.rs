@@ -16,6 +16,12 @@
 //! batches committed since the last flush, never part of one, and the host sends those again
 //! from its checkpoint.
 //!
+//! The write-ahead log is copied into the database on a thread of the sink's own, over a
+//! second connection, so batches go on being written while the copy waits for the disk. The
+//! log stays below about 4000 pages (16 MiB with SQLite's 4 KiB pages) plus one batch, unless
+//! another connection keeps reading an old snapshot, which holds SQLite's own checkpoints back
+//! the same way.
+//!
 //! # Tables
 //!
 //! The table of a stream is named after its kind (the sheet slug, or `legacy_batch`), quoted,
@@ -62,6 +68,7 @@
 //! its row instead of duplicating it. `SQLITE_BUSY`, `SQLITE_LOCKED` and a full disk are RETRY; other errors are
 //! FATAL and name the table and column.
 
+mod checkpointer;
 mod durable;
 mod held;
 mod table;
@@ -78,6 +85,7 @@ use flatsync_plugin_sdk::{
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
+use checkpointer::Checkpointer;
 use durable::WalSync;
 use table::Table;
 
@@ -161,9 +169,13 @@ impl Config {
     }
 }
 
-/// The sqlite sink instance: one connection, used from the instance's thread only.
+/// The sqlite sink instance: its writing connection, used from the instance's thread only, and
+/// the checkpointer's.
 #[derive(Debug)]
 pub struct SqliteSink {
+    /// Declared before `conn`, so its connection closes first and the writer's close, the
+    /// last, copies the rest of the log and removes it.
+    checkpointer: Checkpointer,
     conn: Connection,
     /// The log `flush` syncs; `None` with `synchronous = "normal"`.
     wal: Option<WalSync>,
@@ -194,7 +206,7 @@ impl Sink for SqliteSink {
                 ))
             })?;
         }
-        let conn = Connection::open(&path).map_err(|error| fail("cannot open", error))?;
+        let mut conn = Connection::open(&path).map_err(|error| fail("cannot open", error))?;
         conn.busy_timeout(config.busy_timeout)
             .map_err(|error| fail("cannot set the busy timeout of", error))?;
         let mode: String = conn
@@ -226,8 +238,10 @@ impl Sink for SqliteSink {
         .map_err(|error| fail("cannot create the bookkeeping table in", error))?;
         held::add_rows_column(&conn)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let checkpointer = Checkpointer::start(&mut conn, &path, ctx.logger())?;
         let wal = (config.synchronous == Synchronous::Full).then(|| WalSync::new(&conn, &path));
         Ok(Self {
+            checkpointer,
             conn,
             wal,
             path,
@@ -290,6 +304,9 @@ impl SqliteSink {
                 batch.seq()
             ))
         })?;
+        self.checkpointer
+            .bound_log(&self.conn)
+            .map_err(|error| sql_error("copying the write-ahead log into the database", error))?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

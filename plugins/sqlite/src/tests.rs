@@ -351,3 +351,82 @@ fn a_bookkeeping_table_without_rows_gains_the_column_and_its_streams_tell_nothin
     // A second instance opening the migrated database changes nothing.
     drop(fx.sink());
 }
+
+/// Batches of `rows` rows, each about one database page of text, numbered from `first`.
+fn page_rows(first: usize, rows: usize) -> Vec<String> {
+    let text = "x".repeat(3000);
+    (first..first + rows)
+        .map(|index| {
+            row(
+                &format!("r{index}"),
+                true,
+                &format!(r#"{{"note":"{text}"}}"#),
+            )
+        })
+        .collect()
+}
+
+/// Writes `batches` batches of 50 page-sized rows into stream `contacts-ev1` from `seq` 0.
+fn write_pages(sink: &mut SqliteSink, batches: u64) {
+    for seq in 0..batches {
+        let first = usize::try_from(seq).expect("small") * 50;
+        let how = Delivery {
+            seq,
+            last: seq + 1 == batches,
+            ..Delivery::default()
+        };
+        send(sink, how, &page_rows(first, 50)).expect("written");
+    }
+}
+
+#[test]
+fn the_write_ahead_log_stays_bounded_while_batches_keep_coming() {
+    let fx = Fixture::new();
+    let wal = fx.path.with_extension("db-wal");
+    let mut sink = fx.sink();
+    // 12,000 pages of rows, three times the log's limit.
+    write_pages(&mut sink, 240);
+    let frame = 24 + 4096;
+    let bound = (crate::checkpointer::LIMIT_PAGES as u64 + 2 * 60) * frame + 32;
+    let size = std::fs::metadata(&wal).expect("log exists").len();
+    assert!(
+        size <= bound,
+        "the log grew to {size} bytes, past the limit plus a batch ({bound})"
+    );
+    assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["12000"]]);
+    drop(sink);
+    assert!(
+        !wal.exists(),
+        "the last connection to close copies the log and removes it"
+    );
+    assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["12000"]]);
+}
+
+#[test]
+fn a_reader_on_an_old_snapshot_keeps_the_log_long_but_fails_no_batch() {
+    let fx = Fixture::new();
+    let mut sink = create(&fx.path, json!({"busy_timeout_ms": 50})).expect("valid config");
+    send(&mut sink, Delivery::default(), &[row("r0", true, "{}")]).expect("written");
+    let reader = fx.db();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM contacts;")
+        .expect("snapshot held");
+    // Past the limit the writer checkpoints before every batch, and the reader keeps the log
+    // from restarting: a log that cannot restart yet is no reason to fail a batch.
+    let stream = "contacts-ev2";
+    for seq in 0..120 {
+        let how = Delivery {
+            stream,
+            seq,
+            ..Delivery::default()
+        };
+        let first = usize::try_from(seq).expect("small") * 50 + 1;
+        send(&mut sink, how, &page_rows(first, 50)).expect("written past the reader");
+    }
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM contacts", [], |row| row.get(0))
+        .expect("read");
+    assert_eq!(count, 1, "the reader's snapshot is the one it began with");
+    reader.execute_batch("COMMIT").expect("snapshot released");
+    assert_eq!(fx.rows("SELECT count(*) FROM contacts"), [["6001"]]);
+}

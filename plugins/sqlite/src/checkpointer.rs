@@ -1,0 +1,217 @@
+//! The write-ahead log copied into the database on a thread of its own, so the sink's thread
+//! goes on writing batches meanwhile.
+//!
+//! SQLite's automatic checkpoint runs inside the commit that passes 1000 pages of log: the
+//! writer copies the log into the database and waits for two fsyncs (the log's, then the
+//! database's) before it can start the next batch. A million rows spent about a quarter of
+//! the sink thread's time there. Here the writer's commits only note the log's length (the
+//! WAL hook replaces the automatic checkpoint) and wake [`Checkpointer`]'s thread, which runs
+//! PASSIVE checkpoints on a second connection: they copy what is committed without taking any
+//! lock a writer or reader needs, and never wait.
+//!
+//! A PASSIVE checkpoint cannot end the log while batches keep arriving: SQLite starts the log
+//! again from its beginning only when a write begins with every frame already copied, and a
+//! writer committing batch after batch never leaves the checkpointer that gap. So once the log
+//! holds [`LIMIT_PAGES`], commits stop waking the thread, and the writer, before its next
+//! batch, waits for the thread's pass to end and copies the rest itself
+//! ([`Checkpointer::bound_log`]): little is left by then, and its next commit restarts the
+//! log. The log stays within about the limit plus one batch, as it stayed within 1000 pages
+//! plus one batch before. A reader holding an old snapshot can keep it from restarting, as it
+//! could SQLite's own checkpoint.
+//!
+//! Durability is unchanged: every checkpoint syncs the log before copying it and the database
+//! after, whichever connection runs it, and `durable` syncs the log at each flush.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use flatsync_plugin_sdk::{Logger, SinkError};
+use rusqlite::wal::CheckpointMode;
+use rusqlite::{Connection, ErrorCode, MAIN_DB};
+
+/// Log length, in pages, at which a commit wakes the checkpointer: SQLite's own automatic
+/// checkpoint threshold, so the database file trails the log by as much as it did.
+const START_PAGES: i32 = 1000;
+
+/// Log length, in pages, at which the writer finishes the copy itself before its next batch.
+/// With 4 KiB pages, 16 MiB of log on disk at most, plus the batch that passed it.
+pub(crate) const LIMIT_PAGES: i32 = 4000;
+
+/// What the writer's commits and the checkpointer's thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Pages in the log after the writer's last commit (SQLite's WAL hook reports them).
+    log_pages: AtomicI32,
+    wake: Mutex<Wake>,
+    /// Signalled when `copy` or `stop` is set.
+    woken: Condvar,
+    /// Signalled when a pass ends.
+    idle: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Wake {
+    /// A commit left log to copy since the thread last looked.
+    copy: bool,
+    /// The thread is in a pass.
+    copying: bool,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wake> {
+        // The flags stay meaningful whatever a panicking holder left behind.
+        self.wake.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The second connection's thread, stopped and joined on drop.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Takes the checkpoints of `writer`'s database (opened from `path`) off its thread.
+    pub(crate) fn start(
+        writer: &mut Connection,
+        path: &Path,
+        logger: &Logger,
+    ) -> Result<Self, SinkError> {
+        let fail = |what: &str, error: rusqlite::Error| {
+            SinkError::fatal(format!("{what} {}: {error}", path.display()))
+        };
+        let conn = Connection::open(path)
+            .map_err(|error| fail("cannot open a checkpoint connection to", error))?;
+        let shared = Arc::new(Shared::default());
+        let hook = Arc::clone(&shared);
+        // The log's length at the last wake: a pass per START_PAGES of new log, as SQLite
+        // checkpointed, not one per commit, since each pass costs two fsyncs.
+        let mut woken_at = 0;
+        // Replaces SQLite's automatic checkpoint, which is itself a WAL hook.
+        writer
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+                hook.log_pages.store(pages, Ordering::Relaxed);
+                if pages < woken_at {
+                    // The log restarted.
+                    woken_at = 0;
+                }
+                // Past the limit the rest is the writer's (`bound_log`).
+                if pages - woken_at >= START_PAGES && pages < LIMIT_PAGES {
+                    woken_at = pages;
+                    hook.lock().copy = true;
+                    hook.woken.notify_one();
+                }
+                Ok(())
+            }))
+            .map_err(|error| fail("cannot hook the write-ahead log of", error))?;
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let logger = logger.clone();
+            let database = path.to_owned();
+            thread::Builder::new()
+                .name("sqlite-checkpoint".to_owned())
+                .spawn(move || run(&conn, &shared, &logger, &database))
+                .map_err(|error| {
+                    SinkError::fatal(format!(
+                        "cannot start the checkpoint thread of {}: {error}",
+                        path.display()
+                    ))
+                })?
+        };
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Before a batch: once the log holds [`LIMIT_PAGES`], waits for the thread's pass to
+    /// end and copies the rest, so the batch's commit starts the log again from its beginning.
+    /// A checkpoint another process is running leaves the log for the next batch.
+    pub(crate) fn bound_log(&self, writer: &Connection) -> Result<(), rusqlite::Error> {
+        if self.shared.log_pages.load(Ordering::Relaxed) < LIMIT_PAGES {
+            return Ok(());
+        }
+        {
+            let mut wake = self.shared.lock();
+            while wake.copy || wake.copying {
+                wake = self
+                    .shared
+                    .idle
+                    .wait(wake)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        match writer.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
+            Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(()),
+            Err(error) => Err(error),
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.woken.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // A panic there was already reported by the panic hook; the writer's own close
+            // still checkpoints the log.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The checkpointer's loop: one PASSIVE checkpoint per wake until stopped.
+fn run(conn: &Connection, shared: &Shared, logger: &Logger, path: &Path) {
+    let mut failing = false;
+    loop {
+        {
+            let mut wake = shared.lock();
+            while !wake.copy && !wake.stop {
+                wake = shared
+                    .woken
+                    .wait(wake)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if wake.stop {
+                return;
+            }
+            wake.copy = false;
+            wake.copying = true;
+        }
+        let copied = {
+            let _pass = PassEnds(shared);
+            conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE)
+        };
+        match copied {
+            Ok(_) => failing = false,
+            // Another process is checkpointing.
+            Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
+            Err(error) => {
+                // Said once per run of failures: each commit past the start retries, and the
+                // writer's own copy at the limit fails its batch with the same error.
+                if !failing {
+                    logger.warn(&format!(
+                        "Cannot copy the write-ahead log into {}: {error}",
+                        path.display()
+                    ));
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Ends a pass even if the thread unwinds, so a writer waiting in `bound_log` never hangs.
+struct PassEnds<'s>(&'s Shared);
+
+impl Drop for PassEnds<'_> {
+    fn drop(&mut self) {
+        self.0.lock().copying = false;
+        self.0.idle.notify_all();
+    }
+}
