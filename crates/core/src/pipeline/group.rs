@@ -41,8 +41,9 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// backlog drains. They are read a batch at a time, so one batch's bodies are held at once.
 const PLAN_BATCHES_PER_TURN: u64 = 8;
 
-/// Bodies held by one group's turn, in bytes: no batch is added past this (one always is), so
-/// the memory a turn holds does not grow with the size of the events.
+/// Bodies of one group's turn, in bytes: no batch is added past this (one always is), so one
+/// flush covers less when the events are large. The bodies themselves are read a batch at a
+/// time as the batches are written, so a turn holds one batch's.
 const TURN_BODY_BYTES: usize = 2 << 20;
 
 /// Batches written for one group and sink, then flushed once and committed in one
@@ -267,7 +268,7 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     if engine.health.is_draining() {
         return Ok(0);
     }
-    let mut batches = engine
+    let batches = engine
         .state
         .next_group_batches(
             &group.group,
@@ -283,13 +284,21 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     // One flush, and one commit, for all of them: the sink makes them durable together.
     let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
     let mut result = Ok(());
-    for batch in &mut batches {
-        let owned = owned_batch(batch);
-        // The batch's bytes are the sink's now; its commit needs only the ids.
-        for row in &mut batch.rows {
-            row.event.body = Vec::new();
-        }
-        result = worker.write_batch(owned).await;
+    // The bodies are read a batch at a time, the next batch's while the sink writes this one,
+    // so the turn holds at most two batches' bytes and the state reads cost the drain nothing.
+    let mut bodies = engine.state.group_batch_bodies(&batches[0]).await?;
+    for (index, batch) in batches.iter().enumerate() {
+        let write = worker.write_batch(owned_batch(batch, &std::mem::take(&mut bodies)));
+        (result, bodies) = match batches.get(index + 1) {
+            Some(next) => {
+                match tokio::join!(write, engine.state.group_batch_bodies(next)) {
+                    (Ok(()), read) => (Ok(()), read?),
+                    // The sink's failure is the one to act on; the next batch is not sent.
+                    (Err(e), _) => (Err(e), Vec::new()),
+                }
+            }
+            None => (write.await, Vec::new()),
+        };
         crate::metrics::sink_call(&group.sink, result.as_ref().map(|_| ()));
         if let Err(e) = &result {
             tracing::error!(sink = %group.sink, stream = %batch.stream, seq = batch.seq, error = %e, "Sink failed");
@@ -315,12 +324,12 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     Ok(rows)
 }
 
-/// A recorded group batch as handed to the sinks: the same bytes every time it is sent.
-fn owned_batch(batch: &GroupBatch) -> Arc<OwnedBatch> {
+/// A recorded group batch, with its members' `bodies`, as handed to the sinks: the same bytes
+/// every time it is sent.
+fn owned_batch(batch: &GroupBatch, bodies: &[Vec<u8>]) -> Arc<OwnedBatch> {
     let mut ndjson = Vec::with_capacity(batch.rows.len() * 512);
-    for row in &batch.rows {
-        let event = &row.event;
-        ndjson.extend_from_slice(&plan::event_row(&event.event_id, &event.topic, &event.body));
+    for (row, body) in batch.rows.iter().zip(bodies) {
+        ndjson.extend_from_slice(&plan::event_row(&row.event_id, &row.topic, body));
     }
     Arc::new(OwnedBatch {
         stream: batch.stream.clone(),
@@ -334,7 +343,7 @@ fn owned_batch(batch: &GroupBatch) -> Arc<OwnedBatch> {
         received_at_ms: batch
             .rows
             .last()
-            .map_or(batch.window_end_ms, |r| r.event.received_at_ms),
+            .map_or(batch.window_end_ms, |r| r.received_at_ms),
         last: batch.last,
         deletions: false,
     })

@@ -59,10 +59,16 @@ pub(crate) struct BatchLimits {
     pub(crate) close: bool,
 }
 
-/// One event's row in a batch.
+/// One event's row in a batch: what its line and its commit need. The body is read when the
+/// batch is written ([`StateDb::group_batch_bodies`]), so a turn of several batches holds one
+/// batch's bodies at a time.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupRow {
-    pub(crate) event: StoredEvent,
+    pub(crate) event_id: String,
+    pub(crate) topic: String,
+    pub(crate) received_at_ms: i64,
+    /// The body's length in bytes.
+    pub(crate) body_len: usize,
     pub(crate) generation: u32,
 }
 
@@ -82,7 +88,7 @@ pub(crate) struct GroupBatch {
 impl GroupBatch {
     /// The bytes of the bodies it holds.
     pub(crate) fn body_bytes(&self) -> usize {
-        self.rows.iter().map(|r| r.event.body.len()).sum()
+        self.rows.iter().map(|r| r.body_len).sum()
     }
 }
 
@@ -376,8 +382,8 @@ impl StateDb {
     /// Up to `count` next batches of `group` for `sink`, in the order they go to the sink: the
     /// recorded batches not yet durable first, unchanged, then new ones, each recorded (in this
     /// one transaction) before any is returned. No batch is added once the bodies of those
-    /// taken reach `body_bytes`, so what a turn holds is bounded in bytes as well (the first
-    /// batch is always taken).
+    /// taken reach `body_bytes` (the first batch is always taken). The rows carry no body:
+    /// [`StateDb::group_batch_bodies`] reads a batch's as it is written.
     pub(crate) async fn next_group_batches(
         &self,
         group: &str,
@@ -426,6 +432,40 @@ impl StateDb {
         .await
     }
 
+    /// The bodies of `batch`'s members, in its order, read just before it is written. A
+    /// recorded batch's members never change, and neither do the bodies: the same bytes as
+    /// when it was recorded. A member whose event is gone from the inbox fails the read
+    /// instead of leaving a batch that is not the recorded one.
+    pub(crate) async fn group_batch_bodies(
+        &self,
+        batch: &GroupBatch,
+    ) -> Result<Vec<Vec<u8>>, StateError> {
+        let (stream, sink, seq) = (batch.stream.clone(), batch.sink.clone(), batch.seq as i64);
+        let members: Vec<String> = batch.rows.iter().map(|r| r.event_id.clone()).collect();
+        self.call(move |db| {
+            let rows: Vec<(String, Vec<u8>)> = db.query_map(
+                "SELECT i.event_id, i.body
+                 FROM group_members m JOIN inbox i ON i.event_id = m.event_id
+                 WHERE m.stream = ?1 AND m.sink = ?2 AND m.seq = ?3 ORDER BY m.position",
+                params![stream, sink, seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if rows.len() != members.len() || rows.iter().zip(&members).any(|(r, m)| r.0 != *m) {
+                return Err(sql::DbError::Column {
+                    column: 0,
+                    detail: format!(
+                        "batch {seq} of group stream {stream} for sink {sink} was recorded \
+                         with {} members and now reads {}: its events changed under it",
+                        members.len(),
+                        rows.len()
+                    ),
+                });
+            }
+            Ok(rows.into_iter().map(|(_, body)| body).collect())
+        })
+        .await
+    }
+
     /// After the sink flushed `batch`: see [`StateDb::commit_group_batches`].
     #[cfg(test)]
     pub(crate) async fn commit_group_batch(&self, batch: &GroupBatch) -> Result<(), StateError> {
@@ -448,7 +488,7 @@ impl StateDb {
                 members: b
                     .rows
                     .iter()
-                    .map(|r| (r.event.event_id.clone(), r.generation))
+                    .map(|r| (r.event_id.clone(), r.generation))
                     .collect(),
             })
             .collect();
@@ -742,15 +782,19 @@ fn recorded_batch(
     seq: i64,
 ) -> sql::Result<GroupBatch> {
     let rows = tx.query_map(
-        "SELECT i.event_id, i.kind, i.topic, i.body, i.received_at_ms, i.status, i.detail,
+        "SELECT i.event_id, i.topic, i.received_at_ms, CAST(length(i.body) AS BIGINT),
                 m.generation
          FROM group_members m JOIN inbox i ON i.event_id = m.event_id
          WHERE m.stream = ?1 AND m.sink = ?2 AND m.seq = ?3 ORDER BY m.position",
         params![stream.stream, sink, seq],
         |r| {
+            let body_len: i64 = r.get(3)?;
             Ok(GroupRow {
-                event: inbox::stored_event(r)?,
-                generation: r.get(7)?,
+                event_id: r.get(0)?,
+                topic: r.get(1)?,
+                received_at_ms: r.get(2)?,
+                body_len: usize::try_from(body_len).unwrap_or(0),
+                generation: r.get(4)?,
             })
         },
     )?;
@@ -1022,11 +1066,7 @@ mod tests {
     }
 
     fn ids(batch: &GroupBatch) -> Vec<&str> {
-        batch
-            .rows
-            .iter()
-            .map(|r| r.event.event_id.as_str())
-            .collect()
+        batch.rows.iter().map(|r| r.event_id.as_str()).collect()
     }
 
     const LIMITS: BatchLimits = BatchLimits {
@@ -1034,6 +1074,66 @@ mod tests {
         max_events: 100,
         close: false,
     };
+
+    #[tokio::test]
+    async fn a_batch_reads_its_members_bodies_in_its_order_when_it_is_written() {
+        for backend in TestBackend::both("groups_bodies") {
+            let on = which(&backend);
+            let db = backend.state();
+            let bodies: [&[u8]; 3] = [
+                br#"{"n":0}"#,
+                "{\"n\":1,\"name\":\"Zoë\"}".as_bytes(),
+                b"{}",
+            ];
+            // Received in another order than their ids, so the batch's order is the members'.
+            for (id, body, at) in [
+                ("e02", bodies[2], 3),
+                ("e00", bodies[0], 1),
+                ("e01", bodies[1], 2),
+            ] {
+                db.insert_event(
+                    id.into(),
+                    "platform",
+                    "space:created".into(),
+                    body.to_vec(),
+                    at,
+                )
+                .await
+                .unwrap();
+            }
+            db.plan_grouped(vec![plan("e00"), plan("e01"), plan("e02")], Vec::new())
+                .await
+                .unwrap();
+            db.group_work(0).await.unwrap();
+            let wide = BatchLimits {
+                batch_events: 10,
+                ..LIMITS
+            };
+            let batch = db
+                .next_group_batch("events-space-w", "s", wide)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(ids(&batch), ["e00", "e01", "e02"], "{on}");
+            assert_eq!(
+                batch.body_bytes(),
+                bodies.iter().map(|b| b.len()).sum::<usize>(),
+                "{on}: the lengths are the bodies' bytes"
+            );
+            assert_eq!(db.group_batch_bodies(&batch).await.unwrap(), bodies, "{on}");
+            db.call(|db| db.execute("DELETE FROM inbox WHERE event_id = 'e01'", params![]))
+                .await
+                .unwrap();
+            let error = db.group_batch_bodies(&batch).await.unwrap_err().to_string();
+            assert!(
+                error.contains(
+                    "batch 0 of group stream events-space-w for sink s was recorded with 3 \
+                     members and now reads 2"
+                ),
+                "{on}: {error}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn event_rows_are_left_to_the_group_writer_and_planned_once() {
@@ -1739,7 +1839,7 @@ mod tests {
             let members: Vec<(&str, u32)> = first
                 .rows
                 .iter()
-                .map(|r| (r.event.event_id.as_str(), r.generation))
+                .map(|r| (r.event_id.as_str(), r.generation))
                 .collect();
             assert_eq!(
                 members,
