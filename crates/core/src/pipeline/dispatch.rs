@@ -461,7 +461,10 @@ fn spawn_group_writer(
 
 /// Says at start how many events wait, so an operator sees a backlog being resumed.
 async fn log_backlog(state: &StateDb) {
-    match state.pending_count().await {
+    match state
+        .count_with_status(crate::state::EventStatus::Pending)
+        .await
+    {
         Ok(0) => {}
         Ok(pending) => tracing::info!(events = pending, "Resuming pending events"),
         Err(e) => tracing::error!(error = %e, "Could not read pending events"),

@@ -137,10 +137,10 @@ impl StateDb {
             .await
     }
 
-    /// How many events are pending: a range of the status index, where [`Self::event_counts`]
-    /// reads every event the inbox ever kept.
-    pub async fn pending_count(&self) -> Result<u64, StateError> {
-        self.call(count_pending).await
+    /// How many events have `status`: a range of the status index, where
+    /// [`Self::event_counts`] reads every event the inbox ever kept (done events are kept).
+    pub async fn count_with_status(&self, status: EventStatus) -> Result<u64, StateError> {
+        self.call(move |db| count_status(db, status)).await
     }
 
     /// Counts of events by status.
@@ -156,12 +156,12 @@ impl StateDb {
     }
 }
 
-/// Events pending, counted on the status index's pending range: the start's log and the
-/// `/metrics` gauge.
-pub(crate) fn count_pending(db: &mut Db) -> sql::Result<u64> {
+/// Events with `status`, counted on the status index's range of it: the start's log, the
+/// `/metrics` gauge and the service manager's status line.
+pub(crate) fn count_status(db: &mut Db, status: EventStatus) -> sql::Result<u64> {
     db.query_row(
         "SELECT COUNT(*) FROM inbox WHERE status = ?1",
-        params![EventStatus::Pending],
+        params![status],
         |r| r.get::<_, u64>(0),
     )
 }
@@ -247,7 +247,14 @@ mod tests {
                 db.event_counts().await.unwrap(),
                 vec![(EventStatus::Failed, 1), (EventStatus::Pending, 1)]
             );
-            assert_eq!(db.pending_count().await.unwrap(), 1, "e2 only: e1 failed");
+            for (status, count) in [(EventStatus::Pending, 1), (EventStatus::Failed, 1)] {
+                assert_eq!(
+                    db.count_with_status(status).await.unwrap(),
+                    count,
+                    "{status}: e2 pending, e1 failed"
+                );
+            }
+            assert_eq!(db.count_with_status(EventStatus::Done).await.unwrap(), 0);
             db.probe().await.unwrap();
             drop(db);
             let reopened = backend.state();

@@ -830,7 +830,7 @@ pub(crate) fn read_gauges(path: &Path) -> Result<StateGauges, StateError> {
 /// The gauges, read on `db` (in one snapshot: the caller's).
 pub(crate) fn gauges(db: &mut Db) -> sql::Result<StateGauges> {
     let mut gauges = StateGauges {
-        events_pending: super::inbox::count_pending(db)?,
+        events_pending: super::inbox::count_status(db, super::EventStatus::Pending)?,
         sinks: BTreeMap::new(),
     };
     for sink in delivery_sinks(db)? {
