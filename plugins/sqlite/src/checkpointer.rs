@@ -11,11 +11,11 @@
 //!
 //! A PASSIVE checkpoint cannot end the log while batches keep arriving: SQLite starts the log
 //! again from its beginning only when a write begins with every frame already copied, and a
-//! writer committing batch after batch never leaves the checkpointer that gap. So once the log
-//! holds [`LIMIT_PAGES`], commits stop waking the thread, and the writer, before its next
-//! batch, waits for the thread's pass to end and copies the rest itself
-//! ([`Checkpointer::bound_log`]): little is left by then, and its next commit restarts the
-//! log. The log stays within about the limit plus one batch, as it stayed within 1000 pages
+//! writer committing batch after batch never leaves the checkpointer that gap. So the commit
+//! that takes the log past [`LIMIT_PAGES`] wakes the thread for the rest, and the writer,
+//! before its next batch, waits for that pass and checkpoints once more itself
+//! ([`Checkpointer::bound_log`]), which finds nothing left unless another connection held the
+//! thread back: its next commit restarts the log. The log stays within about the limit plus one batch, as it stayed within 1000 pages
 //! plus one batch before. A reader holding an old snapshot can keep it from restarting, as it
 //! could SQLite's own checkpoint.
 //!
@@ -86,6 +86,30 @@ impl Checkpointer {
         };
         let conn = Connection::open(path)
             .map_err(|error| fail("cannot open a checkpoint connection to", error))?;
+        // A connection opens the log only once it has read the database: until then its
+        // checkpoints find no log and copy nothing.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .map_err(|error| fail("cannot read the journal mode of", error))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SinkError::fatal(format!(
+                "{} is in journal mode {mode:?} on a second connection, WAL is required",
+                path.display()
+            )));
+        }
+        // And a first checkpoint proves it found the log (SQLite counts -1 frames otherwise).
+        match conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
+            Ok((log, _)) if log < 0 => {
+                return Err(SinkError::fatal(format!(
+                    "a second connection to {} finds no write-ahead log to checkpoint",
+                    path.display()
+                )));
+            }
+            Err(error) if error.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) => {
+                return Err(fail("cannot checkpoint", error));
+            }
+            _ => {}
+        }
         let shared = Arc::new(Shared::default());
         let hook = Arc::clone(&shared);
         // The log's length at the last wake: a pass per START_PAGES of new log, as SQLite
@@ -99,8 +123,8 @@ impl Checkpointer {
                     // The log restarted.
                     woken_at = 0;
                 }
-                // Past the limit the rest is the writer's (`bound_log`).
-                if pages - woken_at >= START_PAGES && pages < LIMIT_PAGES {
+                // Past the limit, the writer waits for this pass before its next batch.
+                if pages - woken_at >= START_PAGES || pages >= LIMIT_PAGES {
                     woken_at = pages;
                     hook.lock().copy = true;
                     hook.woken.notify_one();
@@ -129,26 +153,32 @@ impl Checkpointer {
     }
 
     /// Before a batch: once the log holds [`LIMIT_PAGES`], waits for the thread's pass to
-    /// end and copies the rest, so the batch's commit starts the log again from its beginning.
+    /// end and checkpoints whatever it left, so the batch's commit starts the log again from
+    /// its beginning.
     /// A checkpoint another process is running leaves the log for the next batch.
     pub(crate) fn bound_log(&self, writer: &Connection) -> Result<(), rusqlite::Error> {
         if self.shared.log_pages.load(Ordering::Relaxed) < LIMIT_PAGES {
             return Ok(());
         }
-        {
-            let mut wake = self.shared.lock();
-            while wake.copy || wake.copying {
-                wake = self
-                    .shared
-                    .idle
-                    .wait(wake)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-        }
+        self.wait_idle();
         match writer.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
             Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(()),
             Err(error) => Err(error),
             Ok(_) => Ok(()),
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Waits until the thread has made the passes it was woken for.
+    pub(crate) fn wait_idle(&self) {
+        let mut wake = self.shared.lock();
+        while wake.copy || wake.copying {
+            wake = self
+                .shared
+                .idle
+                .wait(wake)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -188,7 +218,17 @@ fn run(conn: &Connection, shared: &Shared, logger: &Logger, path: &Path) {
             conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE)
         };
         match copied {
-            Ok(_) => failing = false,
+            Ok((log, _)) if log >= 0 => failing = false,
+            Ok(_) => {
+                if !failing {
+                    logger.warn(&format!(
+                        "Cannot copy the write-ahead log into {}: the checkpoint connection \
+                         finds no log",
+                        path.display()
+                    ));
+                }
+                failing = true;
+            }
             // Another process is checkpointing.
             Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
             Err(error) => {

@@ -403,6 +403,20 @@ fn the_write_ahead_log_stays_bounded_while_batches_keep_coming() {
 }
 
 #[test]
+fn the_checkpoint_thread_copies_the_log_into_the_database_before_the_writer_must() {
+    let fx = Fixture::new();
+    let mut sink = fx.sink();
+    // About 2,600 pages: past the thread's start (1000), short of the writer's limit (4000).
+    write_pages(&mut sink, 50);
+    sink.checkpointer.wait_idle();
+    let database = std::fs::metadata(&fx.path).expect("database exists").len();
+    assert!(
+        database >= 1000 * 4096,
+        "the database file holds {database} bytes: the thread copied nothing of the log"
+    );
+}
+
+#[test]
 fn a_reader_on_an_old_snapshot_keeps_the_log_long_but_fails_no_batch() {
     let fx = Fixture::new();
     let mut sink = create(&fx.path, json!({"busy_timeout_ms": 50})).expect("valid config");
