@@ -15,9 +15,9 @@
 //! that takes the log past [`LIMIT_PAGES`] wakes the thread for the rest, and the writer,
 //! before its next batch, waits for that pass and checkpoints once more itself
 //! ([`Checkpointer::bound_log`]), which finds nothing left unless another connection held the
-//! thread back: its next commit restarts the log. The log stays within about the limit plus one batch, as it stayed within 1000 pages
-//! plus one batch before. A reader holding an old snapshot can keep it from restarting, as it
-//! could SQLite's own checkpoint.
+//! thread back: its next commit restarts the log. The log stays within about the limit plus
+//! one batch, as it stayed within 1000 pages plus one batch before. A reader holding an old
+//! snapshot can keep it from restarting, as it could SQLite's own checkpoint.
 //!
 //! Durability is unchanged: every checkpoint syncs the log before copying it and the database
 //! after, whichever connection runs it, and `durable` syncs the log at each flush.
@@ -35,8 +35,9 @@ use rusqlite::{Connection, ErrorCode, MAIN_DB};
 /// checkpoint threshold, so the database file trails the log by as much as it did.
 const START_PAGES: i32 = 1000;
 
-/// Log length, in pages, at which the writer finishes the copy itself before its next batch.
-/// With 4 KiB pages, 16 MiB of log on disk at most, plus the batch that passed it.
+/// Log length, in pages, past which the writer waits for the thread's pass and checkpoints
+/// once more before its next batch, so that the batch restarts the log. With 4 KiB pages,
+/// 16 MiB of log on disk at most, plus the batch that passed it.
 pub(crate) const LIMIT_PAGES: i32 = 4000;
 
 /// What the writer's commits and the checkpointer's thread share.
@@ -154,8 +155,7 @@ impl Checkpointer {
 
     /// Before a batch: once the log holds [`LIMIT_PAGES`], waits for the thread's pass to
     /// end and checkpoints whatever it left, so the batch's commit starts the log again from
-    /// its beginning.
-    /// A checkpoint another process is running leaves the log for the next batch.
+    /// its beginning. A checkpoint another process is running leaves that for the next batch.
     pub(crate) fn bound_log(&self, writer: &Connection) -> Result<(), rusqlite::Error> {
         if self.shared.log_pages.load(Ordering::Relaxed) < LIMIT_PAGES {
             return Ok(());
@@ -167,9 +167,7 @@ impl Checkpointer {
             Ok(_) => Ok(()),
         }
     }
-}
 
-impl Checkpointer {
     /// Waits until the thread has made the passes it was woken for.
     pub(crate) fn wait_idle(&self) {
         let mut wake = self.shared.lock();
