@@ -43,7 +43,7 @@ const PLAN_BATCHES_PER_TURN: u64 = 8;
 
 /// Bodies of one group's turn, in bytes: no batch is added past this (one always is), so one
 /// flush covers less when the events are large. The bodies themselves are read a batch at a
-/// time as the batches are written, so a turn holds one batch's.
+/// time as the batches are written, so a turn holds at most two batches' (`write_group`).
 const TURN_BODY_BYTES: usize = 2 << 20;
 
 /// Batches written for one group and sink, then flushed once and committed in one
@@ -285,7 +285,7 @@ async fn write_group(engine: &Engine, group: &GroupWork, close: bool) -> Result<
     let rows: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
     let mut result = Ok(());
     // The bodies are read a batch at a time, the next batch's while the sink writes this one,
-    // so the turn holds at most two batches' bytes and the state reads cost the drain nothing.
+    // so the turn holds at most two batches' bytes and the state reads overlap the writes.
     let mut bodies = engine.state.group_batch_bodies(&batches[0]).await?;
     for (index, batch) in batches.iter().enumerate() {
         let write = worker.write_batch(owned_batch(batch, &std::mem::take(&mut bodies)));
