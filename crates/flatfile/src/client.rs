@@ -155,6 +155,8 @@ struct Inner {
     bearer: Option<HeaderValue>,
     retry: RetryPolicy,
     bodies: BodyGate,
+    /// How long a success body waits at the fetch's [`AnswerGate`] at most.
+    gate_wait: Duration,
     /// `429 Too Many Requests` answers so far, for callers that slow down when throttled.
     throttled: AtomicU64,
 }
@@ -288,6 +290,7 @@ impl FlatfileClient {
                 bearer,
                 retry: config.retry,
                 bodies: BodyGate::new(BODY_BYTES_AT_ONCE, UNGATED_BODY),
+                gate_wait: config.request_timeout / 2,
                 throttled: AtomicU64::new(0),
             }),
         })
@@ -839,6 +842,7 @@ impl FlatfileClient {
             self.inner.throttled.fetch_add(1, Ordering::Relaxed);
         }
         if status.is_success() {
+            answer::answer_arrived(self.inner.gate_wait).await;
             return Ok(response);
         }
 
@@ -1197,6 +1201,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+mod answer;
 mod body;
 mod data_url;
 mod events;
@@ -1205,6 +1210,7 @@ mod probe;
 mod recording;
 mod workspace;
 
+pub use answer::{AnswerGate, answer_arrived, with_answer_gate};
 pub use data_url::DataUrlTarget;
 pub use jobs::JobInfo;
 pub use workspace::WorkspacePage;

@@ -25,8 +25,8 @@ pub use carried::{
     CarriedEnd, CarriedOrigin, CarriedPart, TOPIC_FORWARDED, TOPIC_PORTAL2_UPLOAD, portal2_stream,
 };
 pub use client::{
-    ClientConfig, DataUrlTarget, EventsQuery, FlatfileClient, JobInfo, RecordsSelection,
-    RetryPolicy, WorkspacePage, error_chain,
+    AnswerGate, ClientConfig, DataUrlTarget, EventsQuery, FlatfileClient, JobInfo,
+    RecordsSelection, RetryPolicy, WorkspacePage, answer_arrived, error_chain, with_answer_gate,
 };
 pub use convert::{EventsPage, LegacyPage, ListedEvent, RecordsPage, Sheet, Workbook};
 pub use error::ApiError;

@@ -35,10 +35,12 @@ pub struct FetchConfig {
     pub legacy_page_size: u64,
     /// Records per Platform page (`pageSize`).
     pub records_page_size: u64,
-    /// Pages requested ahead of the one being delivered; where the adaptive window starts.
+    /// Pages requested ahead of the one being delivered (while the API's latency sets the
+    /// pace, requests waiting for their answers, up to twice this requested); where the
+    /// adaptive window starts.
     pub pages_in_flight: usize,
-    /// Bytes of batches fetched ahead and not yet delivered, fetches in flight estimated,
-    /// beyond which no more are requested (one batch is always allowed).
+    /// Bytes of batches fetched ahead and not yet delivered, bodies being read estimated,
+    /// beyond which answers wait unread (the oldest batch always passes).
     pub read_ahead_bytes: u64,
     /// Grow the pages in flight while the wire is the bottleneck, halve on throttling.
     pub adaptive_pages_in_flight: bool,

@@ -1383,3 +1383,61 @@ async fn a_records_page_of_another_opening_is_read_once_and_converted_whole() {
     assert_eq!(page.commit_id.as_deref(), Some("us_vr_1"));
     assert_eq!(server.seen().len(), 1);
 }
+
+/// Records what the client told it; opens once the test says so.
+struct RecordingGate {
+    told: Mutex<Vec<Duration>>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AnswerGate for RecordingGate {
+    fn answered(
+        &self,
+        wait_at_most: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.told.lock().expect("not poisoned").push(wait_at_most);
+        Box::pin(async move {
+            let mut open = self.open.clone();
+            open.wait_for(|open| *open)
+                .await
+                .expect("the test holds the sender");
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_success_answer_waits_at_the_fetch_gate_before_its_body_is_read() {
+    let server = TestServer::start(vec![
+        Reply::new(503, "upstream busy"),
+        Reply::new(200, fixture("records-page.json")),
+    ])
+    .await;
+    let (open, opened) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(RecordingGate {
+        told: Mutex::new(Vec::new()),
+        open: opened,
+    });
+    let client = server.client();
+    let fetch = with_answer_gate(gate.clone(), client.records_page("us_sh_1", 1, 100));
+    tokio::pin!(fetch);
+    // Until the gate opens the page cannot be converted, though both answers came.
+    for _ in 0..100 {
+        tokio::select! {
+            biased;
+            _ = &mut fetch => panic!("the body was read before the gate opened"),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        if !gate.told.lock().expect("not poisoned").is_empty() {
+            break;
+        }
+    }
+    assert_eq!(server.seen().len(), 2, "the 503 was retried");
+    assert_eq!(
+        *gate.told.lock().expect("not poisoned"),
+        vec![Duration::from_millis(2_500)],
+        "told of the success answer only, to wait at most half the request timeout"
+    );
+    open.send_replace(true);
+    let page = fetch.await.expect("the page, once the gate opened");
+    assert_eq!(page.rows, 2);
+}

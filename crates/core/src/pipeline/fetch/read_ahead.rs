@@ -3,19 +3,30 @@
 //!
 //! Three bounds hold the batches requested ahead of the one being delivered:
 //!
-//! - **Bytes**: the batches fetched but not yet handed out, plus an estimate for each fetch in
-//!   flight (the largest batch of the stream so far), stay within `[fetch] read_ahead_bytes`.
-//!   One batch is always allowed in flight, so a batch larger than the budget still progresses.
-//! - **Pages**: at most the window of pages in flight, requested and not yet handed out, on the
-//!   wire or fetched and waiting for the sinks: `[fetch] pages_in_flight`, or, when
-//!   `adaptive_pages_in_flight` is on, a window that grows by one after a full window of batches
-//!   the delivery loop had to wait for (the wire, not the sinks, is slow), up to
-//!   `max_pages_in_flight`, and halves when the API answers 429 (the client counts them; [`Window`]).
-//!   A fetched batch keeps its place until the sinks take it: while the sinks are the slower
-//!   side, batches queued behind them would only hold memory, and everything requested is
-//!   fetched again after a crash, so a restart fetches again at most the window and the batch
-//!   the sinks were writing. Measured (`BENCHMARKS.md`), letting twice the window be held made
-//!   no import faster, and cost 3 MiB with 10,000-record Platform pages.
+//! - **Bytes**: the batches fetched but not yet handed out, plus an estimate (the largest batch
+//!   of the stream so far) for each body being read, stay within `[fetch] read_ahead_bytes`.
+//!   A request is either made within the budget, its estimate reserved (its body is read as
+//!   soon as it is answered), or, while the wire sets the pace, made ahead of it: then its
+//!   answer waits at the fetch's gate ([`flatsync_flatfile::AnswerGate`]) until the budget has
+//!   room for its body, which meanwhile stays unread in the socket. The oldest batch is always
+//!   let through, so a batch larger than the budget still progresses. A body gated
+//!   longer than half the request timeout is read anyway, so a stalled sink never makes a page
+//!   time out: only then can the budget be exceeded, by at most the window.
+//! - **Pages**: the window, `[fetch] pages_in_flight` (or, when `adaptive_pages_in_flight` is
+//!   on, a window that grows by one after a full window of batches the delivery loop had to
+//!   wait for, up to `max_pages_in_flight`, and halves when the API answers 429; [`Window`]).
+//!   How it counts depends on which side is slower:
+//!   - While the sinks are (the delivery loop finds its next batch fetched), at most the window
+//!     is requested and not yet handed out: batches queued behind the sinks would only hold
+//!     memory, and everything requested is fetched again after a crash, so a restart then
+//!     fetches again at most the window and the batch the sinks were writing.
+//!   - While the wire is ([`ReadAhead::wire_bound`]: the delivery loop waits for its next
+//!     batch, and answers take more than twice the daemon's own work on a batch, converting it
+//!     and the sinks writing the one before), at most the window of requests waits for its
+//!     answers, as many as the wire floor's connections, and a new request goes out as each
+//!     answer arrives, up to twice the window requested and not handed out: converting and
+//!     writing pages no longer holds the next pages' latency back. Its bodies are not reserved:
+//!     they wait at their gates for the budget.
 //! - **The end**: with a known page count every request is of a batch that exists; without one
 //!   the stream is read one batch at a time until a batch proves the end.
 //!
@@ -25,14 +36,18 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use flatsync_flatfile::ApiError;
+use flatsync_flatfile::{AnswerGate, ApiError};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::FetchConfig;
 use crate::pipeline::fetch::{Batch, FetchError, StreamReader};
+use crate::state::StreamSource;
 
 /// Bytes per row assumed before a stream's first batch is seen: generous for flat records of a
 /// dozen short fields, so the first window rarely overshoots the budget.
@@ -46,11 +61,23 @@ pub(crate) trait BatchSource: Clone + Send + Sync + 'static {
     /// `429 Too Many Requests` answers the source's API client received so far: the window
     /// halves when it grows.
     fn throttled_answers(&self) -> u64;
+
+    /// Whether every batch is read from answers that wait at the fetch's [`AnswerGate`]: only
+    /// then may requests outrun the budget while the wire is slow, the gates holding it.
+    fn answers_gated(&self) -> bool;
 }
 
 impl BatchSource for StreamReader {
     fn batch(&self, seq: u64) -> impl Future<Output = Result<Batch, FetchError>> + Send {
         StreamReader::batch(self, seq)
+    }
+
+    fn answers_gated(&self) -> bool {
+        // The rest are read from the state or made up locally, through no HTTP answer.
+        !matches!(
+            self.plan.source,
+            StreamSource::Event | StreamSource::Deletions { .. } | StreamSource::Carried { .. }
+        )
     }
 
     fn throttled_answers(&self) -> u64 {
@@ -150,11 +177,89 @@ type FetchOutcome = Result<Batch, FetchError>;
 struct Fetch {
     seq: u64,
     task: AbortOnDrop<FetchOutcome>,
-    /// The batch's bytes once fetched; [`PENDING`] until then.
-    bytes: Arc<AtomicU64>,
+    stage: Arc<Stage>,
 }
 
-const PENDING: u64 = u64::MAX;
+/// Where a requested batch is: [`AWAITING`] its answer, [`GATED`] (answered, its body unread
+/// until the budget has room), [`ADMITTED`] (its body being read), or, once fetched, its
+/// bytes. The fetch task moves it forward; the read-ahead admits gated bodies.
+struct Stage {
+    state: AtomicU64,
+    /// Requested within the budget, an estimate counted for it: its body is read as soon as
+    /// it is answered, without waiting for the read-ahead to admit it.
+    reserved: bool,
+    requested: Instant,
+    /// Microseconds from the request to its answer, then to the batch fetched; 0 until then.
+    answered_after: AtomicU64,
+    fetched_after: AtomicU64,
+    /// Lets a gated body be read.
+    admit: Notify,
+    /// The read-ahead's: an answer or a fetch's end may let more be requested or admitted.
+    wake: Arc<Notify>,
+}
+
+const AWAITING: u64 = u64::MAX;
+const GATED: u64 = u64::MAX - 1;
+const ADMITTED: u64 = u64::MAX - 2;
+
+impl Stage {
+    fn state(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    fn fetched(&self, bytes: u64) {
+        self.fetched_after
+            .store(micros_since(self.requested), Ordering::Release);
+        self.state.store(bytes.min(ADMITTED - 1), Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// How long the answer took, and then the batch's reading and conversion, once known.
+    fn timings(&self) -> Option<(u64, u64)> {
+        let answered = self.answered_after.load(Ordering::Acquire);
+        let fetched = self.fetched_after.load(Ordering::Acquire);
+        (answered > 0 && fetched >= answered).then(|| (answered, fetched - answered))
+    }
+}
+
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl AnswerGate for Stage {
+    fn answered(&self, wait_at_most: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let next = if self.reserved { ADMITTED } else { GATED };
+            let answered =
+                self.state
+                    .compare_exchange(AWAITING, next, Ordering::AcqRel, Ordering::Acquire);
+            if answered.is_err() {
+                // Admitted for an earlier answer of the same fetch (a retry, a page read again).
+                return;
+            }
+            self.answered_after
+                .store(micros_since(self.requested), Ordering::Release);
+            self.wake.notify_one();
+            if next == ADMITTED {
+                return;
+            }
+            if tokio::time::timeout(wait_at_most, self.admit.notified())
+                .await
+                .is_err()
+            {
+                // Read anyway, counted from now: see the module's note on stalled sinks.
+                let _ = self.state.compare_exchange(
+                    GATED,
+                    ADMITTED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        })
+    }
+}
 
 /// A stream's batches in order, fetched ahead within the budget.
 pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
@@ -174,8 +279,19 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     estimate: u64,
     seen_batch: bool,
     window: Window,
-    /// Woken by each fetch that ends, so the next request goes out before its batch's turn.
+    /// Woken by each answer and each fetch that ends, so the next request goes out and gated
+    /// bodies are read before their batch's turn.
     fetched: Arc<Notify>,
+    /// The delivery loop is waiting for its next batch.
+    waiting: bool,
+    /// Microseconds the latest batch fetched took to be answered, and then to be read and
+    /// converted, plus how long the sinks took with the batch before it: whether the wire's
+    /// latency or the daemon's own work sets the pace.
+    answer_micros: u64,
+    work_micros: Option<u64>,
+    /// When the delivery loop last took a batch, and how long the sinks then kept it.
+    handed_out: Option<Instant>,
+    sink_micros: u64,
     /// Rows in the stream, when known.
     pub(crate) total_rows: Option<u64>,
     /// Batches in the stream, when known.
@@ -232,6 +348,11 @@ impl<S: BatchSource> ReadAhead<S> {
             seen_batch: false,
             window: Window::new(config),
             fetched: Arc::new(Notify::new()),
+            waiting: false,
+            answer_micros: 0,
+            work_micros: None,
+            handed_out: None,
+            sink_micros: 0,
             total_rows: None,
             page_count,
         }
@@ -251,11 +372,15 @@ impl<S: BatchSource> ReadAhead<S> {
                 if batch.end {
                     self.end = self.end.min(self.next_seq);
                 }
-                self.request_more();
+                self.pump();
             }
+            self.handed_out = Some(Instant::now());
             return first;
         }
-        self.request_more();
+        if let Some(at) = self.handed_out {
+            self.sink_micros = micros_since(at);
+        }
+        self.pump();
         let Some(front) = self.queue.front() else {
             // Only a stream of known page count runs out, and its last batch ended the
             // delivery loop before.
@@ -285,20 +410,32 @@ impl<S: BatchSource> ReadAhead<S> {
             let throttled = self.source.throttled_answers();
             self.window.delivered(seq, throttled, waited, self.next_seq);
             // The batch leaves the budget now: what it freed is fetched while the sinks write.
-            self.request_more();
+            self.pump();
         }
+        self.handed_out = Some(Instant::now());
         result
     }
 
-    /// Waits for the oldest fetch, requesting more each time another fetch ends (it left the
-    /// window), and takes it off the queue.
+    /// Waits for the oldest fetch, and takes it off the queue. Meanwhile the wire is the slower
+    /// side: each answer or fetch that ends lets more be admitted and requested.
     async fn front_fetched(&mut self) -> (Result<FetchOutcome, tokio::task::JoinError>, u64) {
+        let fetched = self.front_fetched_waiting().await;
+        self.waiting = false;
+        fetched
+    }
+
+    async fn front_fetched_waiting(
+        &mut self,
+    ) -> (Result<FetchOutcome, tokio::task::JoinError>, u64) {
         loop {
             let fetched = Arc::clone(&self.fetched);
             let notified = fetched.notified();
             let joined = match self.queue.front_mut() {
                 Some(front) => {
                     tokio::select! {
+                        // A fetched front is taken at once: a wake-up stored earlier does not
+                        // mean the loop waits.
+                        biased;
                         joined = &mut front.task.0 => Some(joined),
                         () = notified => None,
                     }
@@ -307,10 +444,16 @@ impl<S: BatchSource> ReadAhead<S> {
             };
             match joined {
                 Some(joined) => {
-                    let seq = self.queue.pop_front().map_or(self.next_seq, |f| f.seq);
-                    return (joined, seq);
+                    let front = self.queue.pop_front();
+                    if let Some(front) = &front {
+                        self.learn_pace(&front.stage);
+                    }
+                    return (joined, front.map_or(self.next_seq, |f| f.seq));
                 }
-                None => self.request_more(),
+                None => {
+                    self.waiting = true;
+                    self.pump();
+                }
             }
         }
     }
@@ -324,50 +467,135 @@ impl<S: BatchSource> ReadAhead<S> {
         self.seen_batch = true;
     }
 
+    /// Lets gated bodies be read, then requests batches, as far as the bounds allow.
+    fn pump(&mut self) {
+        let queue = std::mem::take(&mut self.queue);
+        for fetch in &queue {
+            self.learn_pace(&fetch.stage);
+        }
+        self.queue = queue;
+        self.admit_gated();
+        self.request_more();
+    }
+
+    /// Learns from a fetched batch how long its answer took against the daemon's own work on
+    /// it: reading and converting it, and the sinks writing the batch before.
+    fn learn_pace(&mut self, stage: &Stage) {
+        if let Some((answer, conversion)) = stage.timings() {
+            self.answer_micros = answer;
+            self.work_micros = Some(conversion.saturating_add(self.sink_micros));
+        }
+    }
+
+    /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
+    /// and answers take more than twice the daemon's own work on a batch. The margin keeps
+    /// fast answers (pages from a server nearby) from passing for latency on a busy machine,
+    /// where more requests would only hold connections and buffers.
+    fn wire_bound(&self) -> bool {
+        self.waiting
+            && self.source.answers_gated()
+            && self
+                .work_micros
+                .is_some_and(|work| self.answer_micros > work.saturating_mul(2))
+    }
+
+    /// Lets gated bodies be read, oldest first, while the budget has room; the oldest batch's
+    /// always, so the stream progresses.
+    fn admit_gated(&self) {
+        let mut held = self.held(0);
+        for (index, fetch) in self.queue.iter().enumerate() {
+            if fetch.stage.state() != GATED {
+                continue;
+            }
+            if index > 0 && held.saturating_add(self.estimate) > self.budget {
+                break;
+            }
+            let admitted = fetch.stage.state.compare_exchange(
+                GATED,
+                ADMITTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if admitted.is_ok() {
+                fetch.stage.admit.notify_one();
+                held = held.saturating_add(self.estimate);
+            }
+        }
+    }
+
     /// Requests batches while the window, the budget and the end allow.
     fn request_more(&mut self) {
-        while self.next_seq < self.end && self.may_request() {
+        while self.next_seq < self.end {
+            let Some(reserved) = self.may_request() else {
+                break;
+            };
             let seq = self.next_seq;
             let source = self.source.clone();
-            let bytes = Arc::new(AtomicU64::new(PENDING));
-            let fetched = Arc::clone(&bytes);
-            let wake = Arc::clone(&self.fetched);
+            let stage = Arc::new(Stage {
+                state: AtomicU64::new(AWAITING),
+                reserved,
+                requested: Instant::now(),
+                answered_after: AtomicU64::new(0),
+                fetched_after: AtomicU64::new(0),
+                admit: Notify::new(),
+                wake: Arc::clone(&self.fetched),
+            });
+            let gate = Arc::clone(&stage);
             // A spawned task keeps fetching while the delivery loop waits on the sinks; a plain
             // future would only progress while polled.
             let task = tokio::spawn(async move {
-                let result = source.batch(seq).await;
-                let size = result.as_ref().map_or(0, held_bytes);
-                fetched.store(size, Ordering::Release);
-                wake.notify_one();
+                let answers: Arc<dyn AnswerGate> = gate.clone();
+                let result = flatsync_flatfile::with_answer_gate(answers, source.batch(seq)).await;
+                gate.fetched(result.as_ref().map_or(0, held_bytes));
                 result
             });
             self.queue.push_back(Fetch {
                 seq,
                 task: AbortOnDrop(task),
-                bytes,
+                stage,
             });
             self.next_seq += 1;
         }
     }
 
-    fn may_request(&self) -> bool {
+    /// Bytes the batches requested ahead hold: each fetched batch its own, each body being
+    /// read or reserved the estimate, and each fetch not yet admitted `unadmitted`.
+    fn held(&self, unadmitted: u64) -> u64 {
+        self.queue.iter().fold(0_u64, |held, fetch| {
+            let bytes = match fetch.stage.state() {
+                AWAITING if fetch.stage.reserved => self.estimate,
+                AWAITING | GATED => unadmitted,
+                ADMITTED => self.estimate,
+                bytes => bytes,
+            };
+            held.saturating_add(bytes)
+        })
+    }
+
+    /// Whether another batch may be requested now, and if so whether its body has the budget
+    /// reserved (`Some(true)`: read as soon as answered) or waits at its gate (`Some(false)`).
+    fn may_request(&self) -> Option<bool> {
         if self.queue.is_empty() {
             // At least one batch in flight, however large: the stream must progress.
-            return true;
+            return Some(true);
         }
         if !self.ahead {
-            return false;
+            return None;
         }
-        if self.queue.len() >= self.window.size() {
-            return false;
+        let window = self.window.size();
+        if self.wire_bound() {
+            // The wire is the slower side: see the module's note. The gates hold the budget.
+            let unanswered = self
+                .queue
+                .iter()
+                .filter(|fetch| fetch.stage.state() == AWAITING)
+                .count();
+            return (unanswered < window && self.queue.len() < window.saturating_mul(2))
+                .then_some(false);
         }
-        let held = self.queue.iter().fold(0_u64, |held, fetch| {
-            match fetch.bytes.load(Ordering::Acquire) {
-                PENDING => held.saturating_add(self.estimate),
-                bytes => held.saturating_add(bytes),
-            }
-        });
-        held.saturating_add(self.estimate) <= self.budget
+        (self.queue.len() < window
+            && self.held(self.estimate).saturating_add(self.estimate) <= self.budget)
+            .then_some(true)
     }
 
     /// Pages that may be in flight now (the adaptive window's current size).
@@ -389,5 +617,48 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(reserved: bool) -> Stage {
+        Stage {
+            state: AtomicU64::new(AWAITING),
+            reserved,
+            requested: Instant::now(),
+            answered_after: AtomicU64::new(0),
+            fetched_after: AtomicU64::new(0),
+            admit: Notify::new(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_gated_past_its_wait_is_read_and_counted_as_admitted() {
+        let gated = stage(false);
+        gated.answered(Duration::from_secs(30)).await;
+        assert_eq!(
+            gated.state(),
+            ADMITTED,
+            "read anyway, before the request could time out"
+        );
+        assert!(gated.answered_after.load(Ordering::Acquire) > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reserved_body_is_read_at_once_and_a_second_answer_passes() {
+        let reserved = stage(true);
+        reserved.answered(Duration::from_secs(30)).await;
+        assert_eq!(reserved.state(), ADMITTED);
+        let started = Instant::now();
+        reserved.answered(Duration::from_secs(30)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "a retry's answer does not wait again"
+        );
     }
 }

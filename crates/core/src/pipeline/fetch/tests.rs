@@ -658,6 +658,7 @@ mod ahead {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
     use std::task::Poll;
+    use std::time::Duration;
 
     use tokio::sync::watch;
 
@@ -691,6 +692,9 @@ mod ahead {
         peak_in_flight: usize,
         /// 429 answers the fake's client counted.
         throttled: u64,
+        /// Bytes of bodies read (past their gates) and not yet handed to the delivery loop.
+        read: u64,
+        peak_read: u64,
     }
 
     /// Batches of `sizes[seq]` bytes whose lines name their batch, each answered once the
@@ -700,6 +704,13 @@ mod ahead {
         sizes: Arc<Vec<u64>>,
         log: Arc<Mutex<Log>>,
         released: watch::Receiver<u64>,
+        /// Whether answers wait at the fetch's gate before their bodies are read, as the
+        /// client's do.
+        answers_gated: bool,
+        /// A batch answered only once the receiver holds `true`, whatever `released` says.
+        hung: Option<(u64, watch::Receiver<bool>)>,
+        /// How long each answer takes (on the test's clock).
+        latency: Duration,
     }
 
     impl Fake {
@@ -710,8 +721,31 @@ mod ahead {
                 sizes: Arc::new(sizes),
                 log: Arc::default(),
                 released,
+                answers_gated: false,
+                hung: None,
+                latency: Duration::ZERO,
             };
             (fake, release)
+        }
+
+        /// This source with its answers waiting at their gates, as the client's do, each
+        /// answer `latency` late.
+        fn answering_through_gates(self, latency: Duration) -> Fake {
+            Fake {
+                answers_gated: true,
+                latency,
+                ..self
+            }
+        }
+
+        /// This source with batch `seq` unanswered until the returned sender says `true`.
+        fn hanging(self, seq: u64) -> (Fake, watch::Sender<bool>) {
+            let (go, hung) = watch::channel(false);
+            let fake = Fake {
+                hung: Some((seq, hung)),
+                ..self
+            };
+            (fake, go)
         }
 
         /// A source whose batch `seq` is answered once the sender holds more than `seq`.
@@ -727,7 +761,9 @@ mod ahead {
 
         /// Counts a batch as handed to the delivery loop.
         fn delivered(&self, batch: &Batch) {
-            self.log().outstanding -= batch.ndjson.len() as u64;
+            let mut log = self.log();
+            log.outstanding -= batch.ndjson.len() as u64;
+            log.read -= batch.ndjson.len() as u64;
         }
     }
 
@@ -760,11 +796,30 @@ mod ahead {
                 .wait_for(|released| *released > seq)
                 .await
                 .expect("the test holds the sender");
+            if let Some((hung, go)) = &self.hung
+                && *hung == seq
+            {
+                go.clone()
+                    .wait_for(|go| *go)
+                    .await
+                    .expect("the test holds the sender");
+            }
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
             // Later batches take fewer turns, so they finish out of order.
             for _ in 0..(seq % 5) * 3 {
                 tokio::task::yield_now().await;
             }
             self.log().in_flight -= 1;
+            if self.answers_gated {
+                flatsync_flatfile::answer_arrived(Duration::from_secs(3600)).await;
+            }
+            {
+                let mut log = self.log();
+                log.read += size;
+                log.peak_read = log.peak_read.max(log.read);
+            }
             Ok(Batch {
                 ndjson: batch_bytes(seq, size),
                 rows: 1,
@@ -775,6 +830,10 @@ mod ahead {
 
         fn throttled_answers(&self) -> u64 {
             self.log().throttled
+        }
+
+        fn answers_gated(&self) -> bool {
+            self.answers_gated
         }
     }
 
@@ -924,6 +983,10 @@ mod ahead {
         fn throttled_answers(&self) -> u64 {
             0
         }
+
+        fn answers_gated(&self) -> bool {
+            false
+        }
     }
 
     #[tokio::test]
@@ -969,6 +1032,120 @@ mod ahead {
         assert!(log.peak_in_flight <= 2, "{} in flight", log.peak_in_flight);
     }
 
+    /// Lets the fetch tasks run on the paused clock until the source has seen `want`
+    /// requests, and 200 ms more, asserting `next` stays pending.
+    async fn settle<F: Future>(next: &mut std::pin::Pin<&mut F>, fake: &Fake, want: usize) {
+        let mut after = 0;
+        for _ in 0..2_000 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_ready()));
+            assert!(!polled.await, "the hung batch cannot be ready");
+            if fake.log().requested.len() >= want {
+                after += 1;
+                if after > 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{} requests, want {want}", fake.log().requested.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_wire_is_slow_each_answer_frees_its_place_up_to_twice_the_window() {
+        // Two pages in flight, answers 50 ms late and converted at once: the wire sets the
+        // pace. Batch 0 hangs unanswered. Like two connections, the window holds two requests
+        // waiting for answers: the answered ones make room for more, up to four requested and
+        // not handed out.
+        let (fake, _release) = Fake::new(vec![1_000; 10]);
+        let (fake, go) = fake
+            .answering_through_gates(Duration::from_millis(50))
+            .hanging(0);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(10), &config(2, 1 << 20), 1_000);
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            settle(&mut next, &fake, 4).await;
+            assert_eq!(
+                fake.log().requested,
+                vec![0, 1, 2, 3],
+                "twice the window behind the unanswered batch 0, and no more"
+            );
+            go.send_replace(true);
+            let first = next.await.expect("batch 0");
+            fake.delivered(&first);
+        }
+        assert_eq!(deliver_all(&mut pages, &fake, 1).await, 9);
+        let log = fake.log();
+        assert_eq!(
+            log.requested,
+            (0..10).collect::<Vec<_>>(),
+            "each batch once"
+        );
+        assert!(log.peak_in_flight <= 2, "{} unanswered", log.peak_in_flight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_past_the_budget_wait_unread_at_their_gates() {
+        // A budget of three batches, eight pages in flight, answers 50 ms late; batch 0 hangs
+        // unanswered, its share of the budget reserved. Two more bodies are read; the other
+        // answers wait unread until batch 0 is handed out and the budget has room.
+        let (fake, _release) = Fake::new(vec![1_000; 12]);
+        let (fake, go) = fake
+            .answering_through_gates(Duration::from_millis(50))
+            .hanging(0);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(12), &config(8, 3_000), 1_000);
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            settle(&mut next, &fake, 8).await;
+            assert_eq!(fake.log().read, 2_000, "bodies read while batch 0 hangs");
+            assert_eq!(
+                fake.log().in_flight,
+                1,
+                "every answer but batch 0's arrived"
+            );
+            go.send_replace(true);
+            let first = next.await.expect("batch 0");
+            fake.delivered(&first);
+        }
+        assert_eq!(deliver_all(&mut pages, &fake, 1).await, 11);
+        let log = fake.log();
+        assert_eq!(
+            log.requested,
+            (0..12).collect::<Vec<_>>(),
+            "each batch once"
+        );
+        assert!(
+            log.peak_read <= 3_000 + 1_000,
+            "read {} bytes ahead, budget 3,000 and the oldest batch",
+            log.peak_read
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_sinks_are_slow_at_most_the_window_is_requested_ahead() {
+        // Answers take 5 ms, the sinks 20 ms a batch: every batch is fetched before the delivery
+        // loop asks for it, so no more than the window is requested and not handed out (what a
+        // crash would fetch again), however the first batch was waited for.
+        let (fake, _release) = Fake::new(vec![100; 30]);
+        let fake = fake.answering_through_gates(Duration::from_millis(5));
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(3, 1 << 20), 100);
+        let mut ahead = Vec::new();
+        for seq in 0..30 {
+            let batch = pages.next().await.expect("a batch");
+            fake.delivered(&batch);
+            assert_eq!(batch.ndjson, batch_bytes(seq, 100), "batch {seq}");
+            // The sinks write: every fetch in flight ends meanwhile.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ahead.push(fake.log().requested.len() - usize::try_from(seq).expect("small") - 1);
+        }
+        assert_eq!(fake.log().requested, (0..30).collect::<Vec<_>>());
+        assert!(
+            ahead[6..].iter().all(|&n| n <= 3),
+            "requested ahead after each batch: {ahead:?}"
+        );
+    }
+
     /// A counted numbered-page stream through the read-ahead, as `StreamReader` reads sheets.
     #[derive(Clone)]
     struct Sheet {
@@ -1008,6 +1185,10 @@ mod ahead {
 
         fn throttled_answers(&self) -> u64 {
             0
+        }
+
+        fn answers_gated(&self) -> bool {
+            false
         }
     }
 
