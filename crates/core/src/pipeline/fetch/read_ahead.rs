@@ -203,6 +203,19 @@ const GATED: u64 = u64::MAX - 1;
 const ADMITTED: u64 = u64::MAX - 2;
 
 impl Stage {
+    /// A batch requested now, awaiting its answer.
+    fn new(reserved: bool, wake: Arc<Notify>) -> Stage {
+        Stage {
+            state: AtomicU64::new(AWAITING),
+            reserved,
+            requested: Instant::now(),
+            answered_after: AtomicU64::new(0),
+            fetched_after: AtomicU64::new(0),
+            admit: Notify::new(),
+            wake,
+        }
+    }
+
     fn state(&self) -> u64 {
         self.state.load(Ordering::Acquire)
     }
@@ -531,15 +544,7 @@ impl<S: BatchSource> ReadAhead<S> {
             };
             let seq = self.next_seq;
             let source = self.source.clone();
-            let stage = Arc::new(Stage {
-                state: AtomicU64::new(AWAITING),
-                reserved,
-                requested: Instant::now(),
-                answered_after: AtomicU64::new(0),
-                fetched_after: AtomicU64::new(0),
-                admit: Notify::new(),
-                wake: Arc::clone(&self.fetched),
-            });
+            let stage = Arc::new(Stage::new(reserved, Arc::clone(&self.fetched)));
             let gate = Arc::clone(&stage);
             // A spawned task keeps fetching while the delivery loop waits on the sinks; a plain
             // future would only progress while polled.
@@ -625,15 +630,7 @@ mod tests {
     use super::*;
 
     fn stage(reserved: bool) -> Stage {
-        Stage {
-            state: AtomicU64::new(AWAITING),
-            reserved,
-            requested: Instant::now(),
-            answered_after: AtomicU64::new(0),
-            fetched_after: AtomicU64::new(0),
-            admit: Notify::new(),
-            wake: Arc::new(Notify::new()),
-        }
+        Stage::new(reserved, Arc::new(Notify::new()))
     }
 
     #[tokio::test(start_paused = true)]
