@@ -89,15 +89,18 @@ impl Checkpointer {
             .map_err(|error| fail("cannot open a checkpoint connection to", error))?;
         // A connection opens the log only once it has read the database: until then its
         // checkpoints find no log and copy nothing.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-            .map_err(|error| fail("cannot read the journal mode of", error))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(SinkError::fatal(format!(
-                "{} is in journal mode {mode:?} on a second connection, WAL is required",
-                path.display()
-            )));
-        }
+        crate::require_wal(
+            &conn,
+            "PRAGMA journal_mode",
+            path,
+            "cannot read the journal mode of",
+            |mode| {
+                format!(
+                    "{} is in journal mode {mode:?} on a second connection, WAL is required",
+                    path.display()
+                )
+            },
+        )?;
         // And a first checkpoint proves it found the log (SQLite counts -1 frames otherwise).
         match conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
             Ok((log, _)) if log < 0 => {

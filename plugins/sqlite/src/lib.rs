@@ -76,7 +76,7 @@ mod upsert;
 mod value;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flatsync_plugin_sdk::{
@@ -209,15 +209,18 @@ impl Sink for SqliteSink {
         let mut conn = Connection::open(&path).map_err(|error| fail("cannot open", error))?;
         conn.busy_timeout(config.busy_timeout)
             .map_err(|error| fail("cannot set the busy timeout of", error))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(|error| fail("cannot switch to WAL mode:", error))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(SinkError::fatal(format!(
-                "{} stays in journal mode {mode:?}, WAL is required",
-                path.display()
-            )));
-        }
+        require_wal(
+            &conn,
+            "PRAGMA journal_mode = WAL",
+            &path,
+            "cannot switch to WAL mode:",
+            |mode| {
+                format!(
+                    "{} stays in journal mode {mode:?}, WAL is required",
+                    path.display()
+                )
+            },
+        )?;
         // Commits are synced by `flush` (with "full") instead: see `durable`.
         conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|error| fail("cannot set synchronous on", error))?;
@@ -478,6 +481,25 @@ fn sql_error(context: impl std::fmt::Display, error: rusqlite::Error) -> SinkErr
 }
 
 export_sink!(SqliteSink, name = "sqlite");
+
+/// Runs `pragma` (a `journal_mode` query or switch) on `conn` and refuses any mode but WAL,
+/// `refused` wording the refusal for the mode found; `failed` words a pragma that fails.
+pub(crate) fn require_wal(
+    conn: &Connection,
+    pragma: &str,
+    path: &Path,
+    failed: &str,
+    refused: impl FnOnce(&str) -> String,
+) -> Result<(), SinkError> {
+    let mode: String = conn
+        .query_row(pragma, [], |row| row.get(0))
+        .map_err(|error| SinkError::fatal(format!("{failed} {}: {error}", path.display())))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(SinkError::fatal(refused(&mode)))
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -458,8 +458,8 @@ impl<S: BatchSource> ReadAhead<S> {
             match joined {
                 Some(joined) => {
                     let front = self.queue.pop_front();
-                    if let Some(front) = &front {
-                        self.learn_pace(&front.stage);
+                    if let Some(timings) = front.as_ref().and_then(|f| f.stage.timings()) {
+                        self.learn_pace(timings);
                     }
                     return (joined, front.map_or(self.next_seq, |f| f.seq));
                 }
@@ -482,22 +482,19 @@ impl<S: BatchSource> ReadAhead<S> {
 
     /// Lets gated bodies be read, then requests batches, as far as the bounds allow.
     fn pump(&mut self) {
-        let queue = std::mem::take(&mut self.queue);
-        for fetch in &queue {
-            self.learn_pace(&fetch.stage);
+        let latest = self.queue.iter().rev().find_map(|f| f.stage.timings());
+        if let Some(timings) = latest {
+            self.learn_pace(timings);
         }
-        self.queue = queue;
         self.admit_gated();
         self.request_more();
     }
 
-    /// Learns from a fetched batch how long its answer took against the daemon's own work on
-    /// it: reading and converting it, and the sinks writing the batch before.
-    fn learn_pace(&mut self, stage: &Stage) {
-        if let Some((answer, conversion)) = stage.timings() {
-            self.answer_micros = answer;
-            self.work_micros = Some(conversion.saturating_add(self.sink_micros));
-        }
+    /// Learns from a fetched batch's timings how long its answer took against the daemon's own
+    /// work on it: reading and converting it, and the sinks writing the batch before.
+    fn learn_pace(&mut self, (answer, conversion): (u64, u64)) {
+        self.answer_micros = answer;
+        self.work_micros = Some(conversion.saturating_add(self.sink_micros));
     }
 
     /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
