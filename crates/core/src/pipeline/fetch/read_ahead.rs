@@ -22,7 +22,9 @@
 //!     fetches again at most the window and the batch the sinks were writing.
 //!   - While the wire is ([`ReadAhead::wire_bound`]: the delivery loop waits for its next
 //!     batch, and answers take more than twice the daemon's own work on a batch, converting it
-//!     and the sinks writing the one before), at most the window of requests waits for its
+//!     and the sinks writing the one before; before the first batch is fetched, the first
+//!     answers are held against a prior of [`PRIOR_ROW_NANOS`] per row, so the next requests
+//!     go out with them), at most the window of requests waits for its
 //!     answers, as many as the wire floor's connections, and a new request goes out as each
 //!     answer arrives, up to twice the window requested and not handed out: converting and
 //!     writing pages no longer holds the next pages' latency back. Its bodies are not reserved:
@@ -51,7 +53,13 @@ use crate::state::StreamSource;
 
 /// Bytes per row assumed before a stream's first batch is seen: generous for flat records of a
 /// dozen short fields, so the first window rarely overshoots the budget.
-const PRIOR_ROW_BYTES: u64 = 256;
+pub(super) const PRIOR_ROW_BYTES: u64 = 256;
+
+/// Converting a row, assumed until a stream's first batch is fetched: about what a record of
+/// a dozen fields takes on a small machine, so that answers of a nearby server (a few
+/// milliseconds for a page) never pass for latency, while those of a distant one (tens of
+/// milliseconds) let the next requests go out with the first answers.
+const PRIOR_ROW_NANOS: u64 = 1000;
 
 /// Where batches come from: a [`StreamReader`], or a fake in tests.
 pub(crate) trait BatchSource: Clone + Send + Sync + 'static {
@@ -227,6 +235,12 @@ impl Stage {
         self.wake.notify_one();
     }
 
+    /// How long the answer took, once it arrived.
+    fn answer(&self) -> Option<u64> {
+        let answered = self.answered_after.load(Ordering::Acquire);
+        (answered > 0).then_some(answered)
+    }
+
     /// How long the answer took, and then the batch's reading and conversion, once known.
     fn timings(&self) -> Option<(u64, u64)> {
         let answered = self.answered_after.load(Ordering::Acquire);
@@ -297,11 +311,15 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     fetched: Arc<Notify>,
     /// The delivery loop is waiting for its next batch.
     waiting: bool,
-    /// Microseconds the latest batch fetched took to be answered, and then to be read and
-    /// converted, plus how long the sinks took with the batch before it: whether the wire's
-    /// latency or the daemon's own work sets the pace.
+    /// Whether the wire's latency or the daemon's own work sets the pace: microseconds the
+    /// latest answer took (of the latest batch fetched, or before any, of the latest answered),
+    /// against the least time a batch of the stream took to be read and converted (before any,
+    /// the prior) plus how long the sinks took with the batch before. The least, because
+    /// conversions that share the cores each take longer than one alone, and that is no
+    /// reason to keep the next requests back.
     answer_micros: u64,
-    work_micros: Option<u64>,
+    conversion_micros: Option<u64>,
+    prior_conversion_micros: u64,
     /// When the delivery loop last took a batch, and how long the sinks then kept it.
     handed_out: Option<Instant>,
     sink_micros: u64,
@@ -363,7 +381,8 @@ impl<S: BatchSource> ReadAhead<S> {
             fetched: Arc::new(Notify::new()),
             waiting: false,
             answer_micros: 0,
-            work_micros: None,
+            conversion_micros: None,
+            prior_conversion_micros: prior / PRIOR_ROW_BYTES * PRIOR_ROW_NANOS / 1000,
             handed_out: None,
             sink_micros: 0,
             total_rows: None,
@@ -485,28 +504,35 @@ impl<S: BatchSource> ReadAhead<S> {
         let latest = self.queue.iter().rev().find_map(|f| f.stage.timings());
         if let Some(timings) = latest {
             self.learn_pace(timings);
+        } else if let Some(answer) = self.queue.iter().rev().find_map(|f| f.stage.answer()) {
+            // Nothing queued is fetched yet: the latest answer tells the wire's latency now.
+            self.answer_micros = answer;
         }
         self.admit_gated();
         self.request_more();
     }
 
-    /// Learns from a fetched batch's timings how long its answer took against the daemon's own
-    /// work on it: reading and converting it, and the sinks writing the batch before.
+    /// Learns from a fetched batch's timings how long its answer took, and how long reading and
+    /// converting it took, keeping the least conversion of the stream.
     fn learn_pace(&mut self, (answer, conversion): (u64, u64)) {
         self.answer_micros = answer;
-        self.work_micros = Some(conversion.saturating_add(self.sink_micros));
+        self.conversion_micros = Some(
+            self.conversion_micros
+                .map_or(conversion, |least| least.min(conversion)),
+        );
     }
 
     /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
-    /// and answers take more than twice the daemon's own work on a batch. The margin keeps
+    /// and answers take more than twice the daemon's own work on a batch (converting it, the
+    /// least time seen or the prior, and the sinks writing the one before). The margin keeps
     /// fast answers (pages from a server nearby) from passing for latency on a busy machine,
     /// where more requests would only hold connections and buffers.
     fn wire_bound(&self) -> bool {
-        self.waiting
-            && self.source.answers_gated()
-            && self
-                .work_micros
-                .is_some_and(|work| self.answer_micros > work.saturating_mul(2))
+        let conversion = self
+            .conversion_micros
+            .unwrap_or(self.prior_conversion_micros);
+        let work = conversion.saturating_add(self.sink_micros);
+        self.waiting && self.source.answers_gated() && self.answer_micros > work.saturating_mul(2)
     }
 
     /// Lets gated bodies be read, oldest first, while the budget has room; the oldest batch's

@@ -661,10 +661,11 @@ mod ahead {
     use std::time::Duration;
 
     use tokio::sync::watch;
+    use tokio::time::Instant;
 
     use super::{End, Numbered, Offsets, Paging, items_of, read_numbered_batch};
     use crate::config::FetchConfig;
-    use crate::pipeline::fetch::read_ahead::{BatchSource, ReadAhead, Window};
+    use crate::pipeline::fetch::read_ahead::{BatchSource, PRIOR_ROW_BYTES, ReadAhead, Window};
     use crate::pipeline::fetch::{Batch, FetchError};
 
     fn config(pages_in_flight: usize, read_ahead_bytes: u64) -> FetchConfig {
@@ -711,6 +712,9 @@ mod ahead {
         hung: Option<(u64, watch::Receiver<bool>)>,
         /// How long each answer takes (on the test's clock).
         latency: Duration,
+        /// How long reading and converting a body takes once past its gate: batch 0's, then
+        /// every other batch's.
+        conversion: (Duration, Duration),
     }
 
     impl Fake {
@@ -724,8 +728,17 @@ mod ahead {
                 answers_gated: false,
                 hung: None,
                 latency: Duration::ZERO,
+                conversion: (Duration::ZERO, Duration::ZERO),
             };
             (fake, release)
+        }
+
+        /// This source with each body taking `first` (batch 0) or `rest` to read and convert.
+        fn converting(self, first: Duration, rest: Duration) -> Fake {
+            Fake {
+                conversion: (first, rest),
+                ..self
+            }
         }
 
         /// This source with its answers waiting at their gates, as the client's do, each
@@ -819,6 +832,14 @@ mod ahead {
                 let mut log = self.log();
                 log.read += size;
                 log.peak_read = log.peak_read.max(log.read);
+            }
+            let conversion = if seq == 0 {
+                self.conversion.0
+            } else {
+                self.conversion.1
+            };
+            if !conversion.is_zero() {
+                tokio::time::sleep(conversion).await;
             }
             Ok(Batch {
                 ndjson: batch_bytes(seq, size),
@@ -1082,6 +1103,87 @@ mod ahead {
             "each batch once"
         );
         assert!(log.peak_in_flight <= 2, "{} unanswered", log.peak_in_flight);
+    }
+
+    /// Polls `next` on the paused clock until `at`, asserting it stays pending.
+    async fn pending_until<F: Future>(next: &mut std::pin::Pin<&mut F>, at: Instant) {
+        while Instant::now() < at {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_ready()));
+            assert!(!polled.await, "no batch is converted yet");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_answers_of_a_distant_server_send_the_next_requests_before_any_batch_is_converted()
+     {
+        // Two pages in flight, batches of 1,000 rows (the prior: 1 ms each to convert), answers
+        // 50 ms late, and each body 30 ms to read and convert. At 60 ms the first answers are
+        // in and no batch is converted yet: against the prior, the wire is the slower side, so
+        // the next two requests went out with those answers, not only once batch 0 is
+        // converted at 80 ms (a whole conversion added to every request's latency).
+        let bytes = 1_000 * PRIOR_ROW_BYTES;
+        let (fake, _release) = Fake::new(vec![bytes; 10]);
+        let fake = fake
+            .answering_through_gates(Duration::from_millis(50))
+            .converting(Duration::from_millis(30), Duration::from_millis(30));
+        let started = Instant::now();
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(10), &config(2, 1 << 30), bytes);
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            pending_until(&mut next, started + Duration::from_millis(60)).await;
+            assert_eq!(
+                fake.log().requested,
+                vec![0, 1, 2, 3],
+                "two answered and being converted, two more on the wire"
+            );
+            let first = next.await.expect("batch 0");
+            fake.delivered(&first);
+        }
+        assert_eq!(deliver_all(&mut pages, &fake, 1).await, 9);
+        let log = fake.log();
+        assert_eq!(
+            log.requested,
+            (0..10).collect::<Vec<_>>(),
+            "each batch once"
+        );
+        assert!(log.peak_in_flight <= 2, "{} unanswered", log.peak_in_flight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conversions_slowed_by_sharing_the_cores_do_not_hold_the_next_requests_back() {
+        // Two pages in flight, answers 50 ms late. Batch 0 converts in 5 ms, every later batch
+        // in 40 ms, as conversions sharing the cores with each other and the sinks do: more
+        // than half an answer's latency, but what the daemon's work takes is what it took
+        // alone. So the wire stays the slower side: batch 1 is handed out at 90 ms, batches 2
+        // and 3 are answered at 100 ms, and batches 4 and 5 are requested then, not after
+        // batch 2 is converted at 140 ms.
+        let (fake, _release) = Fake::new(vec![1_000; 10]);
+        let fake = fake
+            .answering_through_gates(Duration::from_millis(50))
+            .converting(Duration::from_millis(5), Duration::from_millis(40));
+        let started = Instant::now();
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(10), &config(2, 1 << 30), 1_000);
+        for seq in 0..2 {
+            let batch = pages.next().await.expect("a batch");
+            fake.delivered(&batch);
+            assert_eq!(batch.ndjson, batch_bytes(seq, 1_000), "batch {seq}");
+        }
+        {
+            let next = pages.next();
+            tokio::pin!(next);
+            pending_until(&mut next, started + Duration::from_millis(120)).await;
+            assert_eq!(
+                fake.log().requested,
+                (0..6).collect::<Vec<_>>(),
+                "two being converted, two more on the wire"
+            );
+            let batch = next.await.expect("batch 2");
+            fake.delivered(&batch);
+        }
+        assert_eq!(deliver_all(&mut pages, &fake, 3).await, 7);
+        assert!(fake.log().peak_in_flight <= 2);
     }
 
     #[tokio::test(start_paused = true)]
