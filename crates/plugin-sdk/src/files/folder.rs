@@ -12,13 +12,19 @@ use serde::{Deserialize, Serialize};
 
 use super::progress::{self, Checksum, Progress};
 use super::{
-    check_stream_name, exists, io_fatal, io_retry, remove_if_present, reopen_partial, sync_dir,
+    check_stream_name, exists, io_fatal, io_retry, remove_if_present, reopen_partial,
+    start_writeback, sync_dir,
 };
 use crate::{Batch, BatchStep, Held, Logger, SinkError, StreamPosition};
 
 /// The key the state file gains beside what the sink saves: the rows of the batches it holds.
 /// Absent in state files written before it existed, which still load (the rows are unknown).
 const ROWS_KEY: &str = "stream_rows";
+
+/// Bytes appended before their writeback is started ([`start_writeback`]): each start is a
+/// system call that queues the pages for the disk, worth it for a megabyte, not for each of a
+/// thousand small batches.
+const WRITEBACK_BYTES: u64 = 1 << 20;
 
 /// What a stream's state file holds: at least the last batch seq the partial file holds and
 /// the partial's length after it. A sink keeping more (columns, say) uses its own type;
@@ -479,6 +485,8 @@ pub struct StreamFile {
     /// A failed batch left bytes past `len` that could not be cut off yet.
     cut_pending: bool,
     rows_written: u64,
+    /// Where the bytes start whose writeback has not been started ([`WRITEBACK_BYTES`]).
+    writeback_from: u64,
 }
 
 impl StreamFile {
@@ -591,6 +599,7 @@ impl StreamFile {
             entry_synced: false,
             cut_pending: false,
             rows_written: 0,
+            writeback_from: len,
         }
     }
 
@@ -680,6 +689,14 @@ impl StreamFile {
             };
         }
         self.len += written;
+        if self.len - self.writeback_from >= WRITEBACK_BYTES {
+            start_writeback(
+                &self.file,
+                self.writeback_from,
+                self.len - self.writeback_from,
+            );
+            self.writeback_from = self.len;
+        }
         self.applied_seq = Some(batch.seq());
         self.dirty = true;
         self.rows_written += batch.row_count();
