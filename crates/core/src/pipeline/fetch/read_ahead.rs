@@ -311,12 +311,12 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     fetched: Arc<Notify>,
     /// The delivery loop is waiting for its next batch.
     waiting: bool,
-    /// Whether the wire's latency or the daemon's own work sets the pace: microseconds the
-    /// latest answer took (of the latest batch fetched, or before any, of the latest answered),
-    /// against the least time a batch of the stream took to be read and converted (before any,
-    /// the prior) plus how long the sinks took with the batch before. The least, because
-    /// conversions that share the cores each take longer than one alone, and that is no
-    /// reason to keep the next requests back.
+    /// Whether the wire's latency or the daemon's own work sets the pace: the least time an
+    /// answer of the stream took (0 until one arrives), against the least time a batch took to
+    /// be read and converted (before any, the prior) plus how long the sinks took with the batch
+    /// before. The least of each, because what is measured while the cores are shared (by
+    /// conversions, the sinks, a page server on the same machine) stretches, and only the
+    /// wire's own latency is a reason for more requests.
     answer_micros: u64,
     conversion_micros: Option<u64>,
     prior_conversion_micros: u64,
@@ -505,17 +505,28 @@ impl<S: BatchSource> ReadAhead<S> {
         if let Some(timings) = latest {
             self.learn_pace(timings);
         } else if let Some(answer) = self.queue.iter().rev().find_map(|f| f.stage.answer()) {
-            // Nothing queued is fetched yet: the latest answer tells the wire's latency now.
-            self.answer_micros = answer;
+            // Nothing queued is fetched yet: what answers take shows in the answered ones.
+            self.learn_answer(answer);
         }
         self.admit_gated();
         self.request_more();
     }
 
+    /// Keeps the least time an answer of the stream took: answers slowed by a busy server or
+    /// machine (a page server sharing the cores answers in 2-3 ms instead of 0.3) are no sign
+    /// of a distant one, and more requests would only slow both further.
+    fn learn_answer(&mut self, answer: u64) {
+        self.answer_micros = if self.answer_micros == 0 {
+            answer
+        } else {
+            self.answer_micros.min(answer)
+        };
+    }
+
     /// Learns from a fetched batch's timings how long its answer took, and how long reading and
-    /// converting it took, keeping the least conversion of the stream.
+    /// converting it took, keeping the least of each for the stream.
     fn learn_pace(&mut self, (answer, conversion): (u64, u64)) {
-        self.answer_micros = answer;
+        self.learn_answer(answer);
         self.conversion_micros = Some(
             self.conversion_micros
                 .map_or(conversion, |least| least.min(conversion)),
@@ -523,8 +534,9 @@ impl<S: BatchSource> ReadAhead<S> {
     }
 
     /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
-    /// and answers take more than twice the daemon's own work on a batch (converting it, the
-    /// least time seen or the prior, and the sinks writing the one before). The margin keeps
+    /// and answers (the least time seen) take more than twice the daemon's own work on a batch
+    /// (converting it, the least time seen or the prior, and the sinks writing the one before).
+    /// The margin keeps
     /// fast answers (pages from a server nearby) from passing for latency on a busy machine,
     /// where more requests would only hold connections and buffers.
     fn wire_bound(&self) -> bool {

@@ -712,6 +712,8 @@ mod ahead {
         hung: Option<(u64, watch::Receiver<bool>)>,
         /// How long each answer takes (on the test's clock).
         latency: Duration,
+        /// From this batch on, each answer takes this long instead.
+        slower: Option<(u64, Duration)>,
         /// How long reading and converting a body takes once past its gate: batch 0's, then
         /// every other batch's.
         conversion: (Duration, Duration),
@@ -728,9 +730,18 @@ mod ahead {
                 answers_gated: false,
                 hung: None,
                 latency: Duration::ZERO,
+                slower: None,
                 conversion: (Duration::ZERO, Duration::ZERO),
             };
             (fake, release)
+        }
+
+        /// This source with answers taking `latency` from batch `seq` on.
+        fn slower_from(self, seq: u64, latency: Duration) -> Fake {
+            Fake {
+                slower: Some((seq, latency)),
+                ..self
+            }
         }
 
         /// This source with each body taking `first` (batch 0) or `rest` to read and convert.
@@ -817,8 +828,12 @@ mod ahead {
                     .await
                     .expect("the test holds the sender");
             }
-            if !self.latency.is_zero() {
-                tokio::time::sleep(self.latency).await;
+            let latency = match self.slower {
+                Some((from, slower)) if seq >= from => slower,
+                _ => self.latency,
+            };
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
             }
             // Later batches take fewer turns, so they finish out of order.
             for _ in 0..(seq % 5) * 3 {
@@ -1184,6 +1199,30 @@ mod ahead {
         }
         assert_eq!(deliver_all(&mut pages, &fake, 3).await, 7);
         assert!(fake.log().peak_in_flight <= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_slowed_by_a_busy_server_do_not_pass_for_a_distant_one() {
+        // Two pages in flight, batches of 1,000 rows (the prior: 1 ms each to convert), each
+        // 1 ms to convert. The first answers take 1 ms; from batch 3 on the server is busy and
+        // answers in 10 ms, more than twice the daemon's work. A server that answered in 1 ms
+        // is near: more requests would only load it further, so no more than the window is
+        // ever requested and not handed out.
+        let (fake, _release) = Fake::new(vec![1_000; 12]);
+        let fake = fake
+            .answering_through_gates(Duration::from_millis(1))
+            .slower_from(3, Duration::from_millis(10))
+            .converting(Duration::from_millis(1), Duration::from_millis(1));
+        let prior = 1_000 * PRIOR_ROW_BYTES;
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(12), &config(2, 1 << 30), prior);
+        assert_eq!(deliver_all(&mut pages, &fake, 0).await, 12);
+        let log = fake.log();
+        assert_eq!(log.requested, (0..12).collect::<Vec<_>>());
+        assert!(
+            log.peak_outstanding <= 2 * 1_000,
+            "{} bytes requested and not handed out, the window is two batches of 1,000",
+            log.peak_outstanding
+        );
     }
 
     #[tokio::test(start_paused = true)]
