@@ -446,7 +446,10 @@ fn spawn_workers(
     slot: &pipeline::EngineSlot,
     state: &StateDb,
     health: &Arc<Health>,
-    (accepted_tx, accepted_rx): (dispatch::AcceptedTx, tokio::sync::mpsc::Receiver<String>),
+    (accepted_tx, accepted_rx): (
+        dispatch::AcceptedTx,
+        tokio::sync::mpsc::Receiver<dispatch::Accepted>,
+    ),
     drain: watch::Receiver<bool>,
 ) -> (JoinHandle<()>, JoinHandle<DrainReport>) {
     let active = active_role(state, &drain);

@@ -23,7 +23,7 @@ use crate::config::EventStreams;
 use crate::health::{HEARTBEAT_INTERVAL, Health};
 use crate::pipeline::engine::{EngineSlot, current};
 use crate::pipeline::group;
-use crate::pipeline::plan::ROW_TOPICS;
+use crate::pipeline::plan::{self, ROW_TOPICS};
 use crate::state::StateDb;
 
 /// How often the dispatcher looks for pending events it was not told about: events an operator
@@ -61,26 +61,54 @@ const ACCEPTED_HINTS: usize = 1024;
 /// pings stop (or pile up a backlog of event rows).
 pub const STALL_FILE_ENV: &str = "FLATSYNC_TEST_STALL_FILE";
 
-/// Ids of events just committed to the inbox, for the dispatcher to start them at once.
+/// Events just committed to the inbox, for the dispatcher to start them at once.
 ///
-/// Bounded, and only a hint: when the dispatcher is behind and the channel is full, the id is
+/// Bounded, and only a hint: when the dispatcher is behind and the channel is full, the hint is
 /// dropped. Nothing is lost, since the event is already committed and the dispatcher rescans
 /// the inbox every [`RESCAN_INTERVAL`]; memory stays flat however fast events arrive.
 #[derive(Clone, Debug)]
-pub(crate) struct AcceptedTx(mpsc::Sender<String>);
+pub(crate) struct AcceptedTx(mpsc::Sender<Accepted>);
+
+/// An event just committed to the inbox.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) event_id: String,
+    /// Whether it is certainly the per-event engine's ([`plan::is_event_row`] says no): with
+    /// event rows grouped, such a hint starts the event at once instead of sending the window
+    /// to the inbox, whose refills are spaced ([`GROUPED_REFILL_GAP`]).
+    pub(crate) per_event: bool,
+}
 
 impl AcceptedTx {
     /// A new channel; the receiver goes to [`dispatch`].
-    pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<String>) {
+    pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<Accepted>) {
         let (tx, rx) = mpsc::channel(ACCEPTED_HINTS);
         (AcceptedTx(tx), rx)
     }
 
-    /// Tells the dispatcher about a committed event, if it has room to hear it (see above);
-    /// a closed channel (the daemon stopping) loses nothing either.
-    pub(crate) fn notify(&self, event_id: String) {
-        if let Err(mpsc::error::TrySendError::Full(id)) = self.0.try_send(event_id) {
-            tracing::debug!(event_id = %id, "Dispatcher busy; the event starts at the next rescan");
+    /// Tells the dispatcher about a committed event of `kind` and `topic`, if it has room to
+    /// hear it (see above); a closed channel (the daemon stopping) loses nothing either.
+    pub(crate) fn notify(&self, event_id: String, kind: &str, topic: &str) {
+        let per_event = !plan::is_event_row(kind, topic);
+        self.send(Accepted {
+            event_id,
+            per_event,
+        });
+    }
+
+    /// Tells the dispatcher about a committed event whose kind and topic are not at hand (an
+    /// upload its last part completed).
+    pub(crate) fn notify_unknown(&self, event_id: String) {
+        self.send(Accepted {
+            event_id,
+            per_event: false,
+        });
+    }
+
+    /// Sends a hint made by the caller.
+    pub(crate) fn send(&self, accepted: Accepted) {
+        if let Err(mpsc::error::TrySendError::Full(hint)) = self.0.try_send(accepted) {
+            tracing::debug!(event_id = %hint.event_id, "Dispatcher busy; the event starts at the next rescan");
         }
     }
 }
@@ -145,10 +173,14 @@ impl Window {
     }
 
     /// Takes a hint: queued if there is room, else left for the next refill. While event rows
-    /// are grouped the hint may well name one (the group writer's), so it only sends the window
-    /// to the inbox, whose refill leaves them out.
-    fn hint(&mut self, id: String) {
-        if self.row_topics.is_some() {
+    /// are grouped a hint that may name one (the group writer's) only sends the window to the
+    /// inbox, whose refill leaves them out.
+    fn hint(&mut self, hint: Accepted) {
+        let Accepted {
+            event_id: id,
+            per_event,
+        } = hint;
+        if self.row_topics.is_some() && !per_event {
             self.stale = true;
             return;
         }
@@ -314,7 +346,7 @@ pub(crate) async fn until_active(
 /// boundary with a checkpoint, and those still running at `drain_deadline` are dropped.
 pub(crate) async fn dispatch(
     slot: EngineSlot,
-    mut accepted: mpsc::Receiver<String>,
+    mut accepted: mpsc::Receiver<Accepted>,
     mut drain: watch::Receiver<bool>,
     health: Arc<Health>,
     active: watch::Receiver<bool>,
@@ -527,15 +559,51 @@ async fn drain_running(
 mod tests {
     use super::*;
 
+    /// A hint of an event certainly the per-event engine's.
+    fn per_event(event_id: String) -> Accepted {
+        Accepted {
+            event_id,
+            per_event: true,
+        }
+    }
+
+    /// A hint of an event that may be an event row.
+    fn row_or_not(event_id: &str) -> Accepted {
+        Accepted {
+            event_id: event_id.to_owned(),
+            per_event: false,
+        }
+    }
+
+    #[test]
+    fn with_event_rows_grouped_an_event_with_rows_starts_without_waiting_for_a_refill() {
+        // A refill just ran, so the next one waits for its gap; the hint of a job:ready
+        // (the engine's) is queued at once, that of a space:created (maybe an event row) is
+        // left to the refill.
+        let mut window = Window::new(2, true);
+        window.stale = false;
+        window.refill_not_before = Instant::now() + Duration::from_secs(60);
+        let (accepted, mut hints) = AcceptedTx::channel();
+        accepted.notify("us_evt_job".to_owned(), "platform", "job:ready");
+        accepted.notify("us_evt_space".to_owned(), "platform", "space:created");
+        accepted.notify_unknown("us_evt_upload".to_owned());
+        while let Ok(hint) = hints.try_recv() {
+            window.hint(hint);
+        }
+        assert_eq!(window.waiting, ["us_evt_job"]);
+        assert!(window.stale, "the others are looked for in the inbox");
+        assert!(!window.wants_refill(), "once the gap has passed");
+    }
+
     #[test]
     fn a_full_window_drops_hints_and_marks_itself_stale() {
         let mut window = Window::new(1, false);
         window.stale = false;
         for n in 0..WINDOW_PER_EVENT_SLOT {
-            window.hint(format!("e{n}"));
+            window.hint(per_event(format!("e{n}")));
         }
         assert!(!window.stale, "room was left for every hint");
-        window.hint("late".to_owned());
+        window.hint(per_event("late".to_owned()));
         assert!(
             window.stale,
             "a dropped hint must send the dispatcher to the inbox"
@@ -569,7 +637,7 @@ mod tests {
         }
         let mut window = Window::new(2, true);
         window.stale = false;
-        window.hint("e0".to_owned());
+        window.hint(row_or_not("e0"));
         assert!(window.waiting.is_empty(), "a hint may name an event row");
         assert!(window.stale, "but sends the window to the inbox");
         window.refill(&db).await;
@@ -632,8 +700,8 @@ mod tests {
     #[test]
     fn a_hint_for_a_known_event_is_not_queued_twice() {
         let mut window = Window::new(2, false);
-        window.hint("e1".to_owned());
-        window.hint("e1".to_owned());
+        window.hint(per_event("e1".to_owned()));
+        window.hint(per_event("e1".to_owned()));
         assert_eq!(window.waiting, ["e1"]);
     }
 

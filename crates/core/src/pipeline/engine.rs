@@ -114,8 +114,7 @@ impl Engine {
             // A grouped event is the group writer's, whoever was told about it.
             return Ok(());
         }
-        let event_row =
-            event.kind == "platform" && !plan::ROW_TOPICS.contains(&event.topic.as_str());
+        let event_row = plan::is_event_row(&event.kind, &event.topic);
         if grouping && event_row && !self.state.is_planned(event_id).await? {
             return Ok(());
         }

@@ -57,6 +57,12 @@ pub(crate) const ROW_TOPICS: [&str; 8] = [
     "job:ready",
 ];
 
+/// Whether an event of this kind and topic is an event without data, which the group writer may
+/// plan ([`ROW_TOPICS`]); the rest are the per-event engine's.
+pub(crate) fn is_event_row(kind: &str, topic: &str) -> bool {
+    kind == "platform" && !ROW_TOPICS.contains(&topic)
+}
+
 /// The group an event's row goes into: its topic family and the window it was received in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EventGroup {

@@ -361,7 +361,7 @@ async fn store_page(
     for (id, topic) in state.insert_polled(environment_id, polled, None).await? {
         crate::metrics::event_received("poll", &topic);
         report.fresh += 1;
-        accepted.notify(id);
+        accepted.notify(id, "platform", &topic);
     }
     Ok(created)
 }

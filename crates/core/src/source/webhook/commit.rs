@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::dispatch::AcceptedTx;
+use crate::pipeline::dispatch::{Accepted, AcceptedTx};
+use crate::pipeline::plan::is_event_row;
 use crate::state::{InboxOutcome, InboxWrite, PartOutcome, StateDb, StateError};
 
 /// Writes waiting for the committer at most. A few groups' worth, so a burst waits in the
@@ -186,7 +187,15 @@ impl Committer {
                 continue;
             }
             let event_id = match &job.write {
-                InboxWrite::Event { event_id, .. } => Some(event_id.clone()),
+                InboxWrite::Event {
+                    event_id,
+                    kind,
+                    topic,
+                    ..
+                } => Some(Accepted {
+                    event_id: event_id.clone(),
+                    per_event: !is_event_row(kind, topic),
+                }),
                 InboxWrite::Part { .. } => None,
             };
             writes.push(job.write);
@@ -220,16 +229,16 @@ impl Committer {
 
     /// Tells the dispatcher about a committed new event (one written, or the upload a part
     /// completed), whether or not its sender still waits for the answer.
-    fn hint(&self, event_id: Option<String>, outcome: &InboxOutcome) {
-        match (event_id, outcome) {
-            (Some(event_id), InboxOutcome::Event(true)) => self.accepted.notify(event_id),
+    fn hint(&self, event: Option<Accepted>, outcome: &InboxOutcome) {
+        match (event, outcome) {
+            (Some(event), InboxOutcome::Event(true)) => self.accepted.send(event),
             (
                 _,
                 InboxOutcome::Part(PartOutcome::Stored {
                     completed: Some(event_id),
                     ..
                 }),
-            ) => self.accepted.notify(event_id.clone()),
+            ) => self.accepted.notify_unknown(event_id.clone()),
             _ => {}
         }
     }
@@ -255,7 +264,7 @@ mod tests {
         db: StateDb,
         state: Arc<WebhookState>,
         committer: Option<Committer>,
-        hints: mpsc::Receiver<String>,
+        hints: mpsc::Receiver<Accepted>,
     }
 
     /// A webhook endpoint without credentials on `backend`'s state, whose committer waits for
@@ -545,8 +554,13 @@ mod tests {
             }
             intake.start();
             let hints = &mut intake.hints;
-            assert_eq!(hints.recv().await.as_deref(), Some("us_evt_a"));
-            assert_eq!(hints.recv().await.as_deref(), Some("us_evt_b"));
+            // job:ready: the per-event engine's, whatever `[events] streams` says.
+            let hint = |event_id: &str| Accepted {
+                event_id: event_id.to_owned(),
+                per_event: true,
+            };
+            assert_eq!(hints.recv().await, Some(hint("us_evt_a")));
+            assert_eq!(hints.recv().await, Some(hint("us_evt_b")));
             assert!(hints.try_recv().is_err(), "no hint for the repeat");
         }
     }
