@@ -1,7 +1,7 @@
 //! Import cases: one simulator per (API, rows, latency), its pages warmed once, then per run
 //! the wire floor and one fresh daemon per sink.
 
-use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::{Daemon, Setup, State};
@@ -66,16 +66,21 @@ impl Api {
         }
     }
 
+    /// The id of the event that starts import number `run`.
+    pub(crate) fn event_id(self, run: u64) -> String {
+        match self {
+            Api::Legacy => format!("00000000-0000-4000-8000-{run:012x}"),
+            Api::Platform => format!("us_evt_bench{run:08x}"),
+        }
+    }
+
     /// The webhook body that starts import number `run` (a Platform job is created first).
     pub(crate) fn trigger(self, sim: &Sim, rows: u64, run: u64) -> Result<String, BenchError> {
+        let event_id = self.event_id(run);
         Ok(match self {
-            Api::Legacy => {
-                let event_id = format!("00000000-0000-4000-8000-{run:012x}");
-                flatfile_sim::legacy_webhook_body(BATCH_ID, &event_id, rows)
-            }
+            Api::Legacy => flatfile_sim::legacy_webhook_body(BATCH_ID, &event_id, rows),
             Api::Platform => {
                 let job_id = sim.create_job()?;
-                let event_id = format!("us_evt_bench{run:08x}");
                 flatfile_sim::submit_event_body(&event_id, WORKBOOK_ID, &job_id)
             }
         }
@@ -176,16 +181,15 @@ fn import_once(
     let polled_s = started.elapsed().as_secs_f64();
     let after = daemon.usage()?;
     daemon.stop()?;
-    let state_db = dir.path().join("state").join("state.db");
-    let settled_ms = settled_at_ms(&state_db)?;
+    let event_id = api.event_id(number);
+    let settled_ms = settled_at_ms(&setup, &event_id)?;
     let wall_s = (settled_ms as f64 - posted_ms) / 1000.0;
     // The settled time lies between the post and the scrape that saw it (each side truncated
     // to its millisecond): anything else means the two clocks disagree, and no figure is given.
     if !(-0.001..=polled_s + 0.001).contains(&wall_s) {
         return Err(BenchError::Failed(format!(
-            "{} says the import settled {wall_s:.3} s after the post, but it was seen done \
-             after {polled_s:.3} s",
-            state_db.display()
+            "the daemon says event {event_id} settled {wall_s:.3} s after the post, but it \
+             was seen done after {polled_s:.3} s"
         )));
     }
     let wall_s = wall_s.max(0.001);
@@ -216,31 +220,38 @@ fn unix_ms(at: SystemTime) -> f64 {
         .map_or(0.0, |since| since.as_secs_f64() * 1000.0)
 }
 
-/// When the daemon marked the run's one event done, in its state database: the moment the
-/// last row was durable in the sink and checkpointed. Measured this way, the wall time is
-/// exact to a millisecond instead of to the [`POLL`] interval, which added 5 ms on average:
-/// a few percent of an import that takes 0.2 s.
-fn settled_at_ms(state_db: &Path) -> Result<i64, BenchError> {
-    let read = || -> rusqlite::Result<Option<i64>> {
-        let db = rusqlite::Connection::open_with_flags(
-            state_db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        db.query_row(
-            "SELECT MAX(updated_at_ms) FROM inbox WHERE status = 'done'",
-            [],
-            |row| row.get(0),
+/// When the daemon marked event `event_id` done, as `flatsync events show --json` reads it
+/// from the run's state: the moment the last row was durable in the sink and checkpointed.
+/// Measured this way, the wall time is exact to a millisecond instead of to the [`POLL`]
+/// interval, which added 5 ms on average: a few percent of an import that takes 0.2 s.
+fn settled_at_ms(setup: &Setup, event_id: &str) -> Result<i64, BenchError> {
+    let state_dir = setup.dir.join("state");
+    let output = Command::new(setup.bin_dir.join("flatsync"))
+        .args(["events", "show", event_id, "--json", "--state-dir"])
+        .arg(&state_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(BenchError::io("cannot run flatsync events show"))?;
+    let what = || {
+        format!(
+            "flatsync events show {event_id} --state-dir {}",
+            state_dir.display()
         )
     };
-    match read() {
-        Ok(Some(at)) => Ok(at),
-        Ok(None) => Err(BenchError::Failed(format!(
-            "{} holds no event marked done",
-            state_db.display()
-        ))),
-        Err(e) => Err(BenchError::Failed(format!(
-            "cannot read {}: {e}",
-            state_db.display()
+    if !output.status.success() {
+        return Err(BenchError::Failed(format!(
+            "{} failed: {}",
+            what(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let event: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| BenchError::Failed(format!("{} printed no JSON document: {e}", what())))?;
+    match (event["status"].as_str(), event["updated_at_ms"].as_i64()) {
+        (Some("done"), Some(at)) => Ok(at),
+        (status, _) => Err(BenchError::Failed(format!(
+            "{} says status {status:?}, not done with a time",
+            what()
         ))),
     }
 }
