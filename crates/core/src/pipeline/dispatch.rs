@@ -9,7 +9,9 @@
 //!
 //! Events without data are not started one by one: with `[events] streams = "grouped"` (read
 //! at start) the window leaves them to the group writer (`pipeline::group`), which runs beside
-//! the event tasks, plans them in bulk and writes many per batch. A hint wakes it as well.
+//! the event tasks, plans them in bulk and writes many per batch. A hint wakes it as well; the
+//! hint of an event with rows (a legacy notification, a Platform topic of `plan::ROW_TOPICS`)
+//! is queued at once, the others send the window to the inbox, whose refills are spaced.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -79,6 +81,16 @@ pub(crate) struct Accepted {
     pub(crate) per_event: bool,
 }
 
+impl Accepted {
+    /// The hint of a committed event of `kind` and `topic`.
+    pub(crate) fn of(event_id: String, kind: &str, topic: &str) -> Accepted {
+        Accepted {
+            event_id,
+            per_event: !plan::is_event_row(kind, topic),
+        }
+    }
+}
+
 impl AcceptedTx {
     /// A new channel; the receiver goes to [`dispatch`].
     pub(crate) fn channel() -> (AcceptedTx, mpsc::Receiver<Accepted>) {
@@ -89,11 +101,7 @@ impl AcceptedTx {
     /// Tells the dispatcher about a committed event of `kind` and `topic`, if it has room to
     /// hear it (see above); a closed channel (the daemon stopping) loses nothing either.
     pub(crate) fn notify(&self, event_id: String, kind: &str, topic: &str) {
-        let per_event = !plan::is_event_row(kind, topic);
-        self.send(Accepted {
-            event_id,
-            per_event,
-        });
+        self.send(Accepted::of(event_id, kind, topic));
     }
 
     /// Tells the dispatcher about a committed event whose kind and topic are not at hand (an

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pipeline::dispatch::{Accepted, AcceptedTx};
-use crate::pipeline::plan::is_event_row;
 use crate::state::{InboxOutcome, InboxWrite, PartOutcome, StateDb, StateError};
 
 /// Writes waiting for the committer at most. A few groups' worth, so a burst waits in the
@@ -192,10 +191,7 @@ impl Committer {
                     kind,
                     topic,
                     ..
-                } => Some(Accepted {
-                    event_id: event_id.clone(),
-                    per_event: !is_event_row(kind, topic),
-                }),
+                } => Some(Accepted::of(event_id.clone(), kind, topic)),
                 InboxWrite::Part { .. } => None,
             };
             writes.push(job.write);
