@@ -21,14 +21,14 @@
 //!     memory, and everything requested is fetched again after a crash, so a restart then
 //!     fetches again at most the window and the batch the sinks were writing.
 //!   - While the wire is ([`ReadAhead::wire_bound`]: the delivery loop waits for its next
-//!     batch, and answers take more than twice the daemon's own work on a batch, converting it
-//!     and the sinks writing the one before; before the first batch is fetched, the first
-//!     answers are held against a prior of [`PRIOR_ROW_NANOS`] per row, so the next requests
-//!     go out with them), at most the window of requests waits for its
-//!     answers, as many as the wire floor's connections, and a new request goes out as each
-//!     answer arrives, up to twice the window requested and not handed out: converting and
-//!     writing pages no longer holds the next pages' latency back. Its bodies are not reserved:
-//!     they wait at their gates for the budget.
+//!     batch, and the stream's quickest answer took more than twice the daemon's own work on a
+//!     batch, its quickest conversion and the sinks writing the one before; before the first
+//!     batch is converted, the first answers are held against a prior of [`PRIOR_ROW_NANOS`]
+//!     per row, so the next requests go out with them), at most the window of requests waits
+//!     for its answers, as many as the wire floor's connections, and a new request goes out as
+//!     each answer arrives, up to twice the window requested and not handed out: converting
+//!     and writing pages no longer holds the next pages' latency back. Its bodies are not
+//!     reserved: they wait at their gates for the budget.
 //! - **The end**: with a known page count every request is of a batch that exists; without one
 //!   the stream is read one batch at a time until a batch proves the end.
 //!
@@ -534,11 +534,10 @@ impl<S: BatchSource> ReadAhead<S> {
     }
 
     /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
-    /// and answers (the least time seen) take more than twice the daemon's own work on a batch
-    /// (converting it, the least time seen or the prior, and the sinks writing the one before).
-    /// The margin keeps
-    /// fast answers (pages from a server nearby) from passing for latency on a busy machine,
-    /// where more requests would only hold connections and buffers.
+    /// and the stream's quickest answer took more than twice the daemon's own work on a batch
+    /// (its quickest conversion, or the prior, and the sinks writing the batch before). The
+    /// margin keeps fast answers (pages from a server nearby) from passing for latency on a
+    /// busy machine, where more requests would only hold connections and buffers.
     fn wire_bound(&self) -> bool {
         let conversion = self
             .conversion_micros
