@@ -74,14 +74,19 @@ impl Api {
         }
     }
 
-    /// The webhook body that starts import number `run` (a Platform job is created first).
-    pub(crate) fn trigger(self, sim: &Sim, rows: u64, run: u64) -> Result<String, BenchError> {
-        let event_id = self.event_id(run);
+    /// The webhook body of event `event_id`, which starts an import (a Platform job is created
+    /// first).
+    pub(crate) fn trigger(
+        self,
+        sim: &Sim,
+        rows: u64,
+        event_id: &str,
+    ) -> Result<String, BenchError> {
         Ok(match self {
-            Api::Legacy => flatfile_sim::legacy_webhook_body(BATCH_ID, &event_id, rows),
+            Api::Legacy => flatfile_sim::legacy_webhook_body(BATCH_ID, event_id, rows),
             Api::Platform => {
                 let job_id = sim.create_job()?;
-                flatfile_sim::submit_event_body(&event_id, WORKBOOK_ID, &job_id)
+                flatfile_sim::submit_event_body(event_id, WORKBOOK_ID, &job_id)
             }
         }
         .to_string())
@@ -160,7 +165,8 @@ fn import_once(
         state: State::Sqlite,
     };
     let mut daemon = Daemon::start(&setup)?;
-    let body = api.trigger(sim, rows, number)?;
+    let event_id = api.event_id(number);
+    let body = api.trigger(sim, rows, &event_id)?;
     let before = daemon.usage()?;
     let started = Instant::now();
     let posted_ms = unix_ms(SystemTime::now());
@@ -181,7 +187,6 @@ fn import_once(
     let polled_s = started.elapsed().as_secs_f64();
     let after = daemon.usage()?;
     daemon.stop()?;
-    let event_id = api.event_id(number);
     let settled_ms = settled_at_ms(&setup, &event_id)?;
     let wall_s = (settled_ms as f64 - posted_ms) / 1000.0;
     // The settled time lies between the post and the scrape that saw it (each side truncated

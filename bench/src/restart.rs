@@ -53,7 +53,7 @@ fn once(plan: &Plan, run: u64) -> Result<Line, BenchError> {
         state: State::Sqlite,
     };
     let first = Daemon::start(&setup)?;
-    first.post(&Api::Legacy.trigger(&sim, rows, run)?)?;
+    first.post(&Api::Legacy.trigger(&sim, rows, &Api::Legacy.event_id(run))?)?;
     while sim.stats()?.legacy_rows - served_before < pages.div_ceil(3) {
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -185,7 +185,7 @@ impl Committer {
                 let _ = job.answer.send(Err(Unstored::Busy));
                 continue;
             }
-            let event_id = match &job.write {
+            let hint = match &job.write {
                 InboxWrite::Event {
                     event_id,
                     kind,
@@ -195,7 +195,7 @@ impl Committer {
                 InboxWrite::Part { .. } => None,
             };
             writes.push(job.write);
-            answers.push((job.answer, event_id));
+            answers.push((job.answer, hint));
         }
         if writes.is_empty() {
             return;
@@ -207,9 +207,9 @@ impl Committer {
         match committed {
             Ok(outcomes) => {
                 tracing::trace!(rows, "Inbox group committed");
-                for ((answer, event_id), outcome) in answers.into_iter().zip(outcomes) {
+                for ((answer, hint), outcome) in answers.into_iter().zip(outcomes) {
                     if let Ok(outcome) = &outcome {
-                        self.hint(event_id, outcome);
+                        self.hint(hint, outcome);
                     }
                     let _ = answer.send(outcome.map_err(|e| Unstored::Failed(Arc::new(e))));
                 }
