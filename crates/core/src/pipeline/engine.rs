@@ -469,7 +469,7 @@ impl Engine {
         let plan = GroupPlan {
             event_id: event.event_id.clone(),
             sinks: routed.into_iter().map(|r| r.sink).collect(),
-            group: group.name,
+            group: Arc::from(group.name),
             window_end_ms: group.window_end_ms,
         };
         self.state.plan_grouped(vec![plan], Vec::new()).await?;

@@ -145,6 +145,11 @@ async fn plan_waiting(engine: &Engine) -> Result<(usize, i64), StateError> {
             .unplanned_event_rows_after(&ROW_TOPICS, after.take(), page)
             .await?;
         count += events.len();
+        if plans.capacity() == 0 && events.len() >= page {
+            // A full page is likely the first of a backlog's turn: room for the whole turn at
+            // once, rather than growing into it by copies.
+            plans.reserve(events.len().saturating_mul(PLAN_BATCHES_PER_TURN as usize));
+        }
         route_page(engine, &events, &mut plans, &mut settled);
         match events.last() {
             // More may wait: every event row received before the last one read is planned.
@@ -186,10 +191,21 @@ fn route_page(
                     event.received_at_ms,
                     config.events.group_window,
                 );
+                // Events of a backlog come in runs of the same sinks and group: a plan shares
+                // the one before's where they agree, so a turn holds one copy of each.
+                let last = plans.last();
+                let sinks = match last {
+                    Some(last) if *last.sinks == *sinks => Arc::clone(&last.sinks),
+                    _ => Arc::from(sinks),
+                };
+                let group_name = match last {
+                    Some(last) if *last.group == *group.name => Arc::clone(&last.group),
+                    _ => Arc::from(group.name),
+                };
                 plans.push(GroupPlan {
                     event_id: event.event_id.clone(),
                     sinks,
-                    group: group.name,
+                    group: group_name,
                     window_end_ms: group.window_end_ms,
                 });
             }

@@ -13,6 +13,8 @@
 //! A sink failure ([`StateDb::fail_group`]) leaves the recorded batch as it is and makes the
 //! waiting members dead letters; retrying them sends that same batch first.
 
+use std::sync::Arc;
+
 use super::sql::{self, Backend, Db, OptionalExtension, Row, params};
 use super::{DeliveryStatus, EventStatus, StateDb, StateError, StoredEvent, inbox, now_ms};
 
@@ -24,10 +26,11 @@ const CLOSE_RETRY_MS: i64 = 30_000;
 pub(crate) struct GroupPlan {
     /// The event.
     pub(crate) event_id: String,
-    /// The sinks it is routed to.
-    pub(crate) sinks: Vec<String>,
+    /// The sinks it is routed to. Shared, like `group`, by the plans of a turn that agree: a
+    /// backlog's turn plans thousands of events into a few groups.
+    pub(crate) sinks: Arc<[String]>,
     /// The group: the name of its first stream.
-    pub(crate) group: String,
+    pub(crate) group: Arc<str>,
     /// When the group's window ends, ms since the Unix epoch.
     pub(crate) window_end_ms: i64,
 }
@@ -681,7 +684,7 @@ fn insert_group_plan_slice(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::R
                 (
                     p.event_id.as_str(),
                     sink.as_str(),
-                    p.group.as_str(),
+                    &*p.group,
                     p.window_end_ms,
                 )
             })
@@ -1059,8 +1062,8 @@ mod tests {
     fn plan(event_id: &str) -> GroupPlan {
         GroupPlan {
             event_id: event_id.to_owned(),
-            sinks: vec!["s".to_owned()],
-            group: "events-space-w".to_owned(),
+            sinks: Arc::from(["s".to_owned()]),
+            group: Arc::from("events-space-w"),
             window_end_ms: 1000,
         }
     }
@@ -1452,7 +1455,7 @@ mod tests {
             let on = which(&backend);
             let db = db_with_events(&backend, 1).await;
             let both = GroupPlan {
-                sinks: vec!["a".to_owned(), "b".to_owned()],
+                sinks: Arc::from(["a".to_owned(), "b".to_owned()]),
                 ..plan("e00")
             };
             db.plan_grouped(vec![both.clone()], Vec::new())
