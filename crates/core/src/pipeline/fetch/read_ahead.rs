@@ -312,12 +312,12 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     /// The delivery loop is waiting for its next batch.
     waiting: bool,
     /// Whether the wire's latency or the daemon's own work sets the pace: the least time an
-    /// answer of the stream took (0 until one arrives), against the least time a batch took to
+    /// answer of the stream took, against the least time a batch took to
     /// be read and converted (before any, the prior) plus how long the sinks took with the batch
     /// before. The least of each, because what is measured while the cores are shared (by
     /// conversions, the sinks, a page server on the same machine) stretches, and only the
     /// wire's own latency is a reason for more requests.
-    answer_micros: u64,
+    answer_micros: Option<u64>,
     conversion_micros: Option<u64>,
     prior_conversion_micros: u64,
     /// When the delivery loop last took a batch, and how long the sinks then kept it.
@@ -380,7 +380,7 @@ impl<S: BatchSource> ReadAhead<S> {
             window: Window::new(config),
             fetched: Arc::new(Notify::new()),
             waiting: false,
-            answer_micros: 0,
+            answer_micros: None,
             conversion_micros: None,
             prior_conversion_micros: prior / PRIOR_ROW_BYTES * PRIOR_ROW_NANOS / 1000,
             handed_out: None,
@@ -516,21 +516,14 @@ impl<S: BatchSource> ReadAhead<S> {
     /// machine (a page server sharing the cores answers in 2-3 ms instead of 0.3) are no sign
     /// of a distant one, and more requests would only slow both further.
     fn learn_answer(&mut self, answer: u64) {
-        self.answer_micros = if self.answer_micros == 0 {
-            answer
-        } else {
-            self.answer_micros.min(answer)
-        };
+        keep_least(&mut self.answer_micros, answer);
     }
 
     /// Learns from a fetched batch's timings how long its answer took, and how long reading and
     /// converting it took, keeping the least of each for the stream.
     fn learn_pace(&mut self, (answer, conversion): (u64, u64)) {
         self.learn_answer(answer);
-        self.conversion_micros = Some(
-            self.conversion_micros
-                .map_or(conversion, |least| least.min(conversion)),
-        );
+        keep_least(&mut self.conversion_micros, conversion);
     }
 
     /// Whether the wire's latency sets the pace: the delivery loop waits for its next batch,
@@ -543,7 +536,9 @@ impl<S: BatchSource> ReadAhead<S> {
             .conversion_micros
             .unwrap_or(self.prior_conversion_micros);
         let work = conversion.saturating_add(self.sink_micros);
-        self.waiting && self.source.answers_gated() && self.answer_micros > work.saturating_mul(2)
+        self.waiting
+            && self.source.answers_gated()
+            && self.answer_micros.unwrap_or(0) > work.saturating_mul(2)
     }
 
     /// Lets gated bodies be read, oldest first, while the budget has room; the oldest batch's
@@ -657,6 +652,11 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// `least` becomes `value` if that is less, or if nothing was measured yet.
+fn keep_least(least: &mut Option<u64>, value: u64) {
+    *least = Some(least.map_or(value, |least| least.min(value)));
 }
 
 #[cfg(test)]
