@@ -21,7 +21,7 @@ mod worker;
 pub use error::{LoadError, SinkError};
 pub use load::LoadedPlugin;
 pub use search::{default_search_dirs, resolve_plugin};
-pub use worker::{HeldBatches, OwnedBatch, SinkOptions, SinkWorker};
+pub use worker::{HeldBatches, OwnedBatch, QueuedWrite, SinkOptions, SinkWorker};
 
 /// Environment variable that, set to `1` or `true`, lets a plugin load although its file or
 /// directory is writable by group or others or belongs to another user (see

@@ -5,6 +5,13 @@
 //! thread-bound state and never sees two calls at once. Async callers send commands over a
 //! channel and await a one-shot reply; nothing ever blocks a runtime thread.
 //!
+//! Writes sent ahead: [`SinkWorker::queue_write`] sends a batch before the answer to the one
+//! before it, so the thread goes from one batch to the next instead of waiting for its caller
+//! to be scheduled again between them. Writes queued one behind another form a chain whose
+//! flag the thread sets when one of them is not accepted; it then leaves the rest of the chain
+//! unwritten, and each of those is sent again the ordinary way when its caller finishes it, in
+//! order. So a plugin still sees a stream's batches in order, none after one it refused.
+//!
 //! Timeouts: each call is awaited for at most [`SinkOptions::call_timeout`]. A call that takes
 //! longer marks the worker stalled: the plugin is still running on its thread, which cannot be
 //! interrupted, so the worker refuses every later call with [`SinkError::Stalled`] and
@@ -138,6 +145,13 @@ enum Command {
         batch: Arc<OwnedBatch>,
         reply: oneshot::Sender<CallResult>,
     },
+    /// A write of a chain ([`SinkWorker::queue_write`]): answered `None`, unwritten, when its
+    /// chain is broken.
+    QueuedWrite {
+        batch: Arc<OwnedBatch>,
+        chain: Arc<AtomicBool>,
+        reply: oneshot::Sender<Option<QueuedAnswer>>,
+    },
     Flush {
         reply: oneshot::Sender<CallResult>,
     },
@@ -148,6 +162,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// What a queued write's call returned, and how long the plugin took over it (its wait behind
+/// the calls before it left out).
+struct QueuedAnswer {
+    result: CallResult,
+    took: Duration,
 }
 
 /// What one plugin call returned.
@@ -293,6 +314,44 @@ impl SinkWorker {
         .map(drop)
     }
 
+    /// Sends `batch` to the instance now, to be written after everything sent before it, and
+    /// returns the write for [`QueuedWrite::finish`], which waits for its answer. A caller that
+    /// queues a stream's next batch before finishing the last keeps the instance busy: it goes
+    /// from one batch to the next without waiting for the caller to be scheduled in between.
+    ///
+    /// `after` is the caller's write queued before this one and not finished yet, if any: this
+    /// one joins its chain. When a write of a chain is not accepted (RETRY, FATAL), the
+    /// instance leaves the writes queued behind it in the chain unwritten, and their
+    /// [`finish`](QueuedWrite::finish) sends each again the ordinary way
+    /// ([`write_batch`](Self::write_batch)). So finish a chain's writes in the order they were
+    /// queued, and once one says [`QueuedWrite::chain_broken`], finish it before queuing the
+    /// next: the next then starts a chain of its own. A write dropped unfinished is still made
+    /// unless its chain is broken by then; like a stalled call's, it may or may not be applied.
+    pub fn queue_write(&self, batch: Arc<OwnedBatch>, after: Option<&QueuedWrite>) -> QueuedWrite {
+        let chain = after.map_or_else(Arc::default, |write| Arc::clone(&write.chain));
+        let reply = if self.is_stalled() {
+            Err(self.stalled_error())
+        } else {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let command = Command::QueuedWrite {
+                batch: Arc::clone(&batch),
+                chain: Arc::clone(&chain),
+                reply: reply_tx,
+            };
+            if self.send(command) {
+                Ok(reply_rx)
+            } else {
+                Err(self.stopped_error())
+            }
+        };
+        QueuedWrite {
+            worker: self.clone(),
+            batch,
+            chain,
+            reply,
+        }
+    }
+
     /// Calls `flush`, with the same RETRY handling. `Ok` means every batch accepted so far is
     /// durable in the sink.
     pub async fn flush(&self) -> Result<(), SinkError> {
@@ -406,12 +465,27 @@ impl SinkWorker {
         command: impl Fn(oneshot::Sender<CallResult>) -> Command,
     ) -> Result<CallResult, SinkError> {
         let _serialised = self.inner.operation.lock().await;
+        self.attempts(operation, &command, None).await
+    }
+
+    /// Calls until an answer settles the operation, RETRY answers waited out with backoff.
+    /// `answered` is the answer to an attempt already made (a queued write's), counted as the
+    /// first. The caller holds the operation lock.
+    async fn attempts(
+        &self,
+        operation: Operation,
+        command: &impl Fn(oneshot::Sender<CallResult>) -> Command,
+        mut answered: Option<CallResult>,
+    ) -> Result<CallResult, SinkError> {
         let options = &self.inner.options;
         let max_attempts = options.max_attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.call_once(operation, &command).await?;
+            let result = match answered.take() {
+                Some(result) => result,
+                None => self.call_once(operation, command).await?,
+            };
             match result.status {
                 STATUS_OK => return Ok(result),
                 STATUS_RETRY => {
@@ -461,14 +535,8 @@ impl SinkWorker {
             return Err(self.stalled_error());
         }
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let commands = lock(&self.inner.commands);
-            let sent = commands
-                .as_ref()
-                .is_some_and(|sender| sender.send(command(reply_tx)).is_ok());
-            if !sent {
-                return Err(self.stopped_error());
-            }
+        if !self.send(command(reply_tx)) {
+            return Err(self.stopped_error());
         }
         let started = Instant::now();
         let reply = tokio::time::timeout(self.inner.options.call_timeout, reply_rx).await;
@@ -480,17 +548,28 @@ impl SinkWorker {
         match reply {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(self.stopped_error()),
-            Err(_) => {
-                self.inner.stalled.store(true, Ordering::SeqCst);
-                tracing::error!(
-                    sink = %self.inner.instance_name,
-                    plugin = %self.inner.plugin.name(),
-                    timeout = ?self.inner.options.call_timeout,
-                    "Sink call timed out; marking it stalled"
-                );
-                Err(self.stalled_error())
-            }
+            Err(_) => Err(self.timed_out()),
         }
+    }
+
+    /// Hands `command` to the thread; `false` once the worker is shut down.
+    fn send(&self, command: Command) -> bool {
+        let commands = lock(&self.inner.commands);
+        commands
+            .as_ref()
+            .is_some_and(|sender| sender.send(command).is_ok())
+    }
+
+    /// Marks the worker stalled after a call outlived the call timeout.
+    fn timed_out(&self) -> SinkError {
+        self.inner.stalled.store(true, Ordering::SeqCst);
+        tracing::error!(
+            sink = %self.inner.instance_name,
+            plugin = %self.inner.plugin.name(),
+            timeout = ?self.inner.options.call_timeout,
+            "Sink call timed out; marking it stalled"
+        );
+        self.stalled_error()
     }
 
     fn fatal(&self, message: String) -> SinkError {
@@ -513,6 +592,70 @@ impl SinkWorker {
         SinkError::Stopped {
             sink: self.inner.instance_name.clone(),
         }
+    }
+}
+
+/// A write sent with [`SinkWorker::queue_write`], not finished yet.
+pub struct QueuedWrite {
+    worker: SinkWorker,
+    batch: Arc<OwnedBatch>,
+    /// Set by the instance's thread when a write of this chain was not accepted.
+    chain: Arc<AtomicBool>,
+    /// The answer to come, or why the write was never sent.
+    reply: Result<oneshot::Receiver<Option<QueuedAnswer>>, SinkError>,
+}
+
+impl fmt::Debug for QueuedWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedWrite")
+            .field("sink", &self.worker.inner.instance_name)
+            .field("stream", &self.batch.stream)
+            .field("seq", &self.batch.seq)
+            .field("chain_broken", &self.chain_broken())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuedWrite {
+    /// Whether a write of this chain was not accepted, so the instance leaves this one (if it
+    /// came after) unwritten: finish it before queuing the stream's next batch.
+    pub fn chain_broken(&self) -> bool {
+        self.chain.load(Ordering::Acquire)
+    }
+
+    /// Waits for the write's answer, as [`SinkWorker::write_batch`] would: a RETRY is retried
+    /// the ordinary way (the queued call counted as the first attempt), and a write its broken
+    /// chain left unwritten is sent again the ordinary way. The call timeout runs from here,
+    /// not from queuing, so a write queued behind a slow one is not taken for a stalled one.
+    pub async fn finish(self) -> Result<(), SinkError> {
+        let QueuedWrite {
+            worker,
+            batch,
+            reply,
+            ..
+        } = self;
+        let reply = reply?;
+        let answer = match tokio::time::timeout(worker.inner.options.call_timeout, reply).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(worker.stopped_error()),
+            Err(_) => return Err(worker.timed_out()),
+        };
+        let Some(QueuedAnswer { result, took }) = answer else {
+            return worker.write_batch(batch).await;
+        };
+        record_call(&worker.inner.instance_name, Operation::Write.as_str(), took);
+        if result.status == STATUS_OK {
+            return Ok(());
+        }
+        let _serialised = worker.inner.operation.lock().await;
+        let command = |reply| Command::Write {
+            batch: Arc::clone(&batch),
+            reply,
+        };
+        worker
+            .attempts(Operation::Write, &command, Some(result))
+            .await
+            .map(drop)
     }
 }
 
@@ -632,6 +775,25 @@ impl WorkerThread {
                         &batch,
                         self.handles_deletions,
                     ));
+                }
+                Command::QueuedWrite {
+                    batch,
+                    chain,
+                    reply,
+                } => {
+                    if chain.load(Ordering::Acquire) {
+                        let _ = reply.send(None);
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let result = write_batch(functions, instance, &batch, self.handles_deletions);
+                    if result.status != STATUS_OK {
+                        chain.store(true, Ordering::Release);
+                    }
+                    let _ = reply.send(Some(QueuedAnswer {
+                        result,
+                        took: started.elapsed(),
+                    }));
                 }
                 Command::Flush { reply } => {
                     // SAFETY: `flush` has the ABI's signature; `instance` is live and used only

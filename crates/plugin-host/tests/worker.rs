@@ -304,6 +304,114 @@ async fn retry_resends_the_same_batch_until_ok() {
     assert_eq!(lines.iter().filter(|l| *l == "flush").count(), 2);
 }
 
+/// The seqs of the writes the counter sink recorded, in order.
+fn written_seqs(record: &Path) -> Vec<u64> {
+    writes(&common::recorded(record))
+        .iter()
+        .map(|line| {
+            let seq = line.split(" seq=").nth(1).expect("a seq");
+            seq.split(' ')
+                .next()
+                .unwrap_or(seq)
+                .parse()
+                .expect("a number")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn queued_writes_go_from_one_batch_to_the_next_without_their_caller() {
+    let fx = fixture();
+    let record = fx.root.join("queued.log");
+    let worker = fx
+        .start("ahead", config(&record, &[]), fast_options())
+        .await;
+    let first = worker.queue_write(batch(0, false), None);
+    let second = worker.queue_write(batch(1, false), Some(&first));
+    // Neither is finished yet: the instance wrote both on its own.
+    bounded("both writes", until_recorded_seq(&record, 1)).await;
+    bounded("seq 0", first.finish())
+        .await
+        .expect("seq 0 accepted");
+    let third = worker.queue_write(batch(2, true), Some(&second));
+    bounded("seq 1", second.finish())
+        .await
+        .expect("seq 1 accepted");
+    bounded("seq 2", third.finish())
+        .await
+        .expect("seq 2 accepted");
+    worker.shutdown().await;
+    assert_eq!(written_seqs(&record), [0, 1, 2]);
+}
+
+/// Waits until the counter sink recorded a write of `seq`.
+async fn until_recorded_seq(record: &Path, seq: u64) {
+    while !written_seqs(record).contains(&seq) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_queued_write_not_accepted_leaves_its_chain_unwritten_and_each_is_sent_again_in_order() {
+    let fx = fixture();
+    let record = fx.root.join("chain.log");
+    // Every batch is answered RETRY once, then OK.
+    let worker = fx
+        .start("flaky", config(&record, &[("retries", 1)]), fast_options())
+        .await;
+    let first = worker.queue_write(batch(0, false), None);
+    let second = worker.queue_write(batch(1, false), Some(&first));
+    let third = worker.queue_write(batch(2, true), Some(&second));
+    bounded("seq 0", first.finish())
+        .await
+        .expect("seq 0 accepted on its retry");
+    assert!(second.chain_broken(), "seq 0's RETRY broke the chain");
+    bounded("seq 1", second.finish())
+        .await
+        .expect("seq 1 sent again");
+    bounded("seq 2", third.finish())
+        .await
+        .expect("seq 2 sent again");
+    worker.shutdown().await;
+    // Had the instance written seq 1 after seq 0's RETRY, it would have come before seq 0's
+    // retry (and been accepted there, the counter's RETRY being spent).
+    assert_eq!(written_seqs(&record), [0, 0, 1, 1, 2, 2]);
+    // A write queued after the chain's writes were finished starts a chain of its own.
+    let worker = fx
+        .start(
+            "fresh",
+            config(&fx.root.join("fresh.log"), &[]),
+            fast_options(),
+        )
+        .await;
+    let fresh = worker.queue_write(batch(3, true), None);
+    assert!(!fresh.chain_broken());
+    bounded("seq 3", fresh.finish()).await.expect("accepted");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fatal_queued_write_fails_and_nothing_queued_behind_it_is_written() {
+    let fx = fixture();
+    let record = fx.root.join("fatal-chain.log");
+    let worker = fx
+        .start("full", config(&record, &[("fatal", 1)]), fast_options())
+        .await;
+    let first = worker.queue_write(batch(0, false), None);
+    let second = worker.queue_write(batch(1, true), Some(&first));
+    let err = bounded("seq 0", first.finish()).await.expect_err("fatal");
+    assert!(
+        matches!(err, SinkError::Fatal { ref message, .. } if message == "disk full"),
+        "{err:?}"
+    );
+    assert!(second.chain_broken());
+    // The caller gives up on the stream: seq 1 is dropped unfinished. The shutdown is served
+    // after it, so by then the instance has passed it over.
+    drop(second);
+    worker.shutdown().await;
+    assert_eq!(written_seqs(&record), [0]);
+}
+
 #[tokio::test]
 async fn retries_run_out_with_the_last_message() {
     let fx = fixture();
