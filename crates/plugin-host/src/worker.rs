@@ -767,56 +767,63 @@ impl WorkerThread {
         tracing::info!(sink = %self.instance_name, plugin = %self.plugin_name, "Sink started");
 
         while let Ok(command) = commands.recv() {
-            match command {
-                Command::Write { batch, reply } => {
-                    let _ = reply.send(write_batch(
-                        functions,
-                        instance,
-                        &batch,
-                        self.handles_deletions,
-                    ));
-                }
-                Command::QueuedWrite {
-                    batch,
-                    chain,
-                    reply,
-                } => {
-                    if chain.load(Ordering::Acquire) {
-                        let _ = reply.send(None);
-                        continue;
-                    }
-                    let started = Instant::now();
-                    let result = write_batch(functions, instance, &batch, self.handles_deletions);
-                    if result.status != STATUS_OK {
-                        chain.store(true, Ordering::Release);
-                    }
-                    let _ = reply.send(Some(QueuedAnswer {
-                        result,
-                        took: started.elapsed(),
-                    }));
-                }
-                Command::Flush { reply } => {
-                    // SAFETY: `flush` has the ABI's signature; `instance` is live and used only
-                    // on this thread.
-                    let result = call_with_error(|err| unsafe { (functions.flush)(instance, err) });
-                    let _ = reply.send(result);
-                }
-                Command::Held { stream, reply } => {
-                    let _ = reply.send(held(functions, instance, &stream));
-                }
-                Command::Shutdown { reply } => {
-                    destroy(functions, instance);
-                    drop(host);
-                    drop(log_context);
-                    tracing::debug!(sink = %self.instance_name, plugin = %self.plugin_name, "Sink destroyed");
-                    let _ = reply.send(());
-                    return;
-                }
+            if let Some(reply) = answer(functions, instance, self.handles_deletions, command) {
+                destroy(functions, instance);
+                drop(host);
+                drop(log_context);
+                tracing::debug!(sink = %self.instance_name, plugin = %self.plugin_name, "Sink destroyed");
+                let _ = reply.send(());
+                return;
             }
         }
         // Every handle was dropped without a shutdown.
         destroy(functions, instance);
     }
+}
+
+/// Makes the call `command` asks for on the instance's thread and answers it; a shutdown is
+/// handed back, for the caller to destroy the instance.
+fn answer(
+    functions: PluginFunctions,
+    instance: *mut c_void,
+    handles_deletions: bool,
+    command: Command,
+) -> Option<oneshot::Sender<()>> {
+    match command {
+        Command::Write { batch, reply } => {
+            let _ = reply.send(write_batch(functions, instance, &batch, handles_deletions));
+        }
+        Command::QueuedWrite {
+            batch,
+            chain,
+            reply,
+        } => {
+            if chain.load(Ordering::Acquire) {
+                let _ = reply.send(None);
+                return None;
+            }
+            let started = Instant::now();
+            let result = write_batch(functions, instance, &batch, handles_deletions);
+            if result.status != STATUS_OK {
+                chain.store(true, Ordering::Release);
+            }
+            let _ = reply.send(Some(QueuedAnswer {
+                result,
+                took: started.elapsed(),
+            }));
+        }
+        Command::Flush { reply } => {
+            // SAFETY: `flush` has the ABI's signature; `instance` is live and used only on this
+            // thread.
+            let result = call_with_error(|err| unsafe { (functions.flush)(instance, err) });
+            let _ = reply.send(result);
+        }
+        Command::Held { stream, reply } => {
+            let _ = reply.send(held(functions, instance, &stream));
+        }
+        Command::Shutdown { reply } => return Some(reply),
+    }
+    None
 }
 
 fn write_batch(
