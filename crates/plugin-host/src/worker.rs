@@ -46,6 +46,8 @@ const SINK_CALL_SECONDS: &str = "flatsync_sink_call_seconds";
 
 /// Records how long one plugin call took, as seen from the async side: from handing the
 /// command to the instance's thread until its answer, or until the call timeout gave up on it.
+/// A queued write's is measured on the thread, from the call's start, so its wait behind the
+/// write before it is not counted twice.
 fn record_call(sink: &str, call: &'static str, took: Duration) {
     metrics::histogram!(SINK_CALL_SECONDS, "sink" => sink.to_owned(), "call" => call)
         .record(took.as_secs_f64());

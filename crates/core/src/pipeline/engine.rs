@@ -648,7 +648,9 @@ impl Engine {
             }
         };
         let buffers = reader.buffers().clone();
-        let mut pages = ReadAhead::open(&mut reader, start, &self.config.fetch).await;
+        let mut pages = ReadAhead::open(&mut reader, start, &self.config.fetch)
+            .await
+            .with_batches_at_sinks(WRITES_AHEAD);
         if let Some(count) = pages.page_count {
             refuse_held_past_the_end(plan, &mut cursors, count);
             if cursors.iter().all(|c| c.error.is_some()) {

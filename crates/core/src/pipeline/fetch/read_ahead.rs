@@ -17,7 +17,9 @@
 //!   wait for, up to `max_pages_in_flight`, and halves when the API answers 429; [`Window`]).
 //!   How it counts depends on which side is slower:
 //!   - While the sinks are (the delivery loop finds its next batch fetched), at most the window
-//!     is requested and not yet handed out: batches queued behind the sinks would only hold
+//!     is requested and not yet handed out, less the batches handed out that the sinks may
+//!     still hold ([`ReadAhead::with_batches_at_sinks`]: the delivery loop sends each batch
+//!     ahead of the answer to the one before): batches queued behind the sinks would only hold
 //!     memory, and everything requested is fetched again after a crash, so a restart then
 //!     fetches again at most the window and the batch the sinks were writing.
 //!   - While the wire is ([`ReadAhead::wire_bound`]: the delivery loop waits for its next
@@ -306,6 +308,10 @@ pub(crate) struct ReadAhead<S: BatchSource = StreamReader> {
     estimate: u64,
     seen_batch: bool,
     window: Window,
+    /// Batches handed out that the sinks may still hold while later ones are fetched (the
+    /// delivery loop's writes sent ahead): while the sinks set the pace, they count in the
+    /// window, which bounds what is held ahead of the sinks.
+    at_sinks: usize,
     /// Woken by each answer and each fetch that ends, so the next request goes out and gated
     /// bodies are read before their batch's turn.
     fetched: Arc<Notify>,
@@ -378,6 +384,7 @@ impl<S: BatchSource> ReadAhead<S> {
             estimate: prior,
             seen_batch: false,
             window: Window::new(config),
+            at_sinks: 0,
             fetched: Arc::new(Notify::new()),
             waiting: false,
             answer_micros: None,
@@ -389,6 +396,12 @@ impl<S: BatchSource> ReadAhead<S> {
             page_count,
         }
         .counting_throttles_from_now()
+    }
+
+    /// Counts `batches` handed out as still held by the sinks while the next are fetched.
+    pub(crate) fn with_batches_at_sinks(mut self, batches: usize) -> ReadAhead<S> {
+        self.at_sinks = batches;
+        self
     }
 
     fn counting_throttles_from_now(mut self) -> ReadAhead<S> {
@@ -627,7 +640,7 @@ impl<S: BatchSource> ReadAhead<S> {
             return (unanswered < window && self.queue.len() < window.saturating_mul(2))
                 .then_some(false);
         }
-        (self.queue.len() < window
+        (self.queue.len().saturating_add(self.at_sinks) < window
             && self.held(self.estimate).saturating_add(self.estimate) <= self.budget)
             .then_some(true)
     }

@@ -1291,6 +1291,31 @@ mod ahead {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_the_sinks_still_hold_counts_in_the_window_while_they_set_the_pace() {
+        // As above, but the delivery loop sends each batch to the sinks ahead of the answer to
+        // the one before: one handed-out batch stays with the sinks while the next are fetched,
+        // so one fewer is requested ahead, and no more is held than without it.
+        let (fake, _release) = Fake::new(vec![100; 30]);
+        let fake = fake.answering_through_gates(Duration::from_millis(5));
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(3, 1 << 20), 100)
+            .with_batches_at_sinks(1);
+        let mut ahead = Vec::new();
+        for seq in 0..30 {
+            let batch = pages.next().await.expect("a batch");
+            fake.delivered(&batch);
+            assert_eq!(batch.ndjson, batch_bytes(seq, 100), "batch {seq}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ahead.push(fake.log().requested.len() - usize::try_from(seq).expect("small") - 1);
+        }
+        assert_eq!(fake.log().requested, (0..30).collect::<Vec<_>>());
+        assert!(
+            // The last two run out of batches to request.
+            ahead[..28].iter().all(|&n| n == 2),
+            "requested ahead after each batch: {ahead:?}"
+        );
+    }
+
     /// A counted numbered-page stream through the read-ahead, as `StreamReader` reads sheets.
     #[derive(Clone)]
     struct Sheet {
