@@ -372,22 +372,17 @@ async fn a_queued_write_not_accepted_leaves_its_chain_unwritten_and_each_is_sent
     bounded("seq 2", third.finish())
         .await
         .expect("seq 2 sent again");
+    // Queued once the broken chain's writes are finished, the next starts a chain of its own:
+    // written, not left unwritten.
+    let fresh = worker.queue_write(batch(3, true), None);
+    assert!(!fresh.chain_broken());
+    bounded("seq 3", fresh.finish())
+        .await
+        .expect("seq 3 accepted on its retry");
     worker.shutdown().await;
     // Had the instance written seq 1 after seq 0's RETRY, it would have come before seq 0's
     // retry (and been accepted there, the counter's RETRY being spent).
-    assert_eq!(written_seqs(&record), [0, 0, 1, 1, 2, 2]);
-    // A write queued after the chain's writes were finished starts a chain of its own.
-    let worker = fx
-        .start(
-            "fresh",
-            config(&fx.root.join("fresh.log"), &[]),
-            fast_options(),
-        )
-        .await;
-    let fresh = worker.queue_write(batch(3, true), None);
-    assert!(!fresh.chain_broken());
-    bounded("seq 3", fresh.finish()).await.expect("accepted");
-    worker.shutdown().await;
+    assert_eq!(written_seqs(&record), [0, 0, 1, 1, 2, 2, 3, 3]);
 }
 
 #[tokio::test]

@@ -950,9 +950,8 @@ fn owned_batch(
 
 /// Writes a sink is sent ahead of the answers to them. With none, a sink waited between
 /// batches until this task ran again to send the next, which the workers' page conversions
-/// delayed: legacy into CSV, the sink thread waited for its next batch a third of the time,
-/// and a million rows went through 19 % faster with one write ahead (`BENCHMARKS.md`). Two
-/// were no faster and held one more batch (1-2 MiB more peak RSS with Platform pages).
+/// delayed: legacy into CSV, the sink thread waited for its next batch a third of the time
+/// (`BENCHMARKS.md`, eleventh round). Two were no faster than one and held one more batch.
 const WRITES_AHEAD: usize = 1;
 
 /// Sends `batch` to every sink still going that has not taken it yet, behind the batches before
