@@ -1267,24 +1267,32 @@ mod ahead {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn while_the_sinks_are_slow_at_most_the_window_is_requested_ahead() {
-        // Answers take 5 ms, the sinks 20 ms a batch: every batch is fetched before the delivery
-        // loop asks for it, so no more than the window is requested and not handed out (what a
-        // crash would fetch again), however the first batch was waited for.
+    /// Reads 30 batches of 100 bytes, answered in 5 ms each, with a window of three, the sinks
+    /// taking 20 ms a batch (every fetch in flight ends meanwhile), `at_sinks` of them counted as
+    /// still held by the sinks. Returns how many were requested ahead after each batch.
+    async fn requested_ahead_while_the_sinks_write(at_sinks: usize) -> Vec<usize> {
         let (fake, _release) = Fake::new(vec![100; 30]);
         let fake = fake.answering_through_gates(Duration::from_millis(5));
-        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(3, 1 << 20), 100);
+        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(3, 1 << 20), 100)
+            .with_batches_at_sinks(at_sinks);
         let mut ahead = Vec::new();
         for seq in 0..30 {
             let batch = pages.next().await.expect("a batch");
             fake.delivered(&batch);
             assert_eq!(batch.ndjson, batch_bytes(seq, 100), "batch {seq}");
-            // The sinks write: every fetch in flight ends meanwhile.
             tokio::time::sleep(Duration::from_millis(20)).await;
             ahead.push(fake.log().requested.len() - usize::try_from(seq).expect("small") - 1);
         }
         assert_eq!(fake.log().requested, (0..30).collect::<Vec<_>>());
+        ahead
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_sinks_are_slow_at_most_the_window_is_requested_ahead() {
+        // Every batch is fetched before the delivery loop asks for it, so no more than the
+        // window is requested and not handed out (what a crash would fetch again), however the
+        // first batch was waited for.
+        let ahead = requested_ahead_while_the_sinks_write(0).await;
         assert!(
             ahead[6..].iter().all(|&n| n <= 3),
             "requested ahead after each batch: {ahead:?}"
@@ -1296,19 +1304,7 @@ mod ahead {
         // As above, but the delivery loop sends each batch to the sinks ahead of the answer to
         // the one before: one handed-out batch stays with the sinks while the next are fetched,
         // so one fewer is requested ahead, and no more is held than without it.
-        let (fake, _release) = Fake::new(vec![100; 30]);
-        let fake = fake.answering_through_gates(Duration::from_millis(5));
-        let mut pages = ReadAhead::new(fake.clone(), 0, Some(30), &config(3, 1 << 20), 100)
-            .with_batches_at_sinks(1);
-        let mut ahead = Vec::new();
-        for seq in 0..30 {
-            let batch = pages.next().await.expect("a batch");
-            fake.delivered(&batch);
-            assert_eq!(batch.ndjson, batch_bytes(seq, 100), "batch {seq}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            ahead.push(fake.log().requested.len() - usize::try_from(seq).expect("small") - 1);
-        }
-        assert_eq!(fake.log().requested, (0..30).collect::<Vec<_>>());
+        let ahead = requested_ahead_while_the_sinks_write(1).await;
         assert!(
             // The last two run out of batches to request.
             ahead[..28].iter().all(|&n| n == 2),
