@@ -308,12 +308,24 @@ impl SinkWorker {
     /// batch may or may not have been applied; the sink's own per-stream position makes the
     /// re-delivery after a restart harmless.
     pub async fn write_batch(&self, batch: Arc<OwnedBatch>) -> Result<(), SinkError> {
-        self.call(Operation::Write, |reply| Command::Write {
+        self.write_after(batch, None).await
+    }
+
+    /// [`write_batch`](Self::write_batch), `answered` being the answer to a first attempt
+    /// already made (a queued write's).
+    async fn write_after(
+        &self,
+        batch: Arc<OwnedBatch>,
+        answered: Option<CallResult>,
+    ) -> Result<(), SinkError> {
+        let _serialised = self.inner.operation.lock().await;
+        let command = |reply| Command::Write {
             batch: Arc::clone(&batch),
             reply,
-        })
-        .await
-        .map(drop)
+        };
+        self.attempts(Operation::Write, &command, answered)
+            .await
+            .map(drop)
     }
 
     /// Sends `batch` to the instance now, to be written after everything sent before it, and
@@ -649,15 +661,7 @@ impl QueuedWrite {
         if result.status == STATUS_OK {
             return Ok(());
         }
-        let _serialised = worker.inner.operation.lock().await;
-        let command = |reply| Command::Write {
-            batch: Arc::clone(&batch),
-            reply,
-        };
-        worker
-            .attempts(Operation::Write, &command, Some(result))
-            .await
-            .map(drop)
+        worker.write_after(batch, Some(result)).await
     }
 }
 

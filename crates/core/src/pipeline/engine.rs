@@ -994,10 +994,10 @@ async fn finish_writes(
     let sinks = cursors.iter_mut().filter_map(|c| {
         let keep = keep(&c.queued);
         (c.queued.len() > keep).then_some(async move {
-            while c.queued.len() > keep && c.error.is_none() {
-                let Some(queued) = c.queued.pop_front() else {
-                    break;
-                };
+            while c.error.is_none()
+                && c.queued.len() > keep
+                && let Some(queued) = c.queued.pop_front()
+            {
                 let result = queued.write.finish().await;
                 crate::metrics::sink_call(&c.sink, result.as_ref().map(|_| ()));
                 match result {
