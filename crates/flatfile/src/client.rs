@@ -276,6 +276,9 @@ impl FlatfileClient {
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // One connection per page in flight, each answer waiting in its own socket until the
+            // read-ahead budget takes it; the workspace's Cargo.toml says why not HTTP/2.
+            .http1_only()
             .user_agent(concat!("flatsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| ApiError::HttpClient {
