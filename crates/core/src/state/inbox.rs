@@ -94,7 +94,7 @@ impl StateDb {
     pub async fn pending_events_first(&self, limit: usize) -> Result<Vec<String>, StateError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |db| {
-            db.query_map(
+            db.query_map_in_index_order(
                 "SELECT event_id FROM inbox WHERE status = ?1
                  ORDER BY received_at_ms, event_id LIMIT ?2",
                 params![EventStatus::Pending, limit],

@@ -277,6 +277,34 @@ impl Db {
         }
     }
 
+    /// [`Db::query_map`] for a keyed walk of an index (`ORDER BY` the index's columns after an
+    /// equality on its first, with a `LIMIT`), with PostgreSQL's planner kept from sorting.
+    ///
+    /// Its estimates of a backlog come from statistics taken before the backlog was there
+    /// (autovacuum analyzes a table up to a minute after it changed, and a table that is
+    /// mostly done events says few are pending). It then read every pending event and sorted
+    /// them for each page: 140-230 ms a page of 1,000 with 70,000 pending, and a backlog of
+    /// 100,000 event rows drained at 4,380 events/s. SQLite walks the index anyway.
+    pub(crate) fn query_map_in_index_order<T>(
+        &mut self,
+        sql: &str,
+        params: &[Value<'_>],
+        f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        if self.backend() == Backend::Sqlite {
+            return self.query_map(sql, params, f);
+        }
+        // The session's setting, not a transaction's (`SET LOCAL`): the walks also run outside
+        // transactions. Reset even after a failed query; inside a transaction that failed, the
+        // reset fails too, and the rollback undoes the `SET`.
+        self.execute_batch("SET enable_sort = off")?;
+        let rows = self.query_map(sql, params, f);
+        let reset = self.execute_batch("RESET enable_sort");
+        let rows = rows?;
+        reset?;
+        Ok(rows)
+    }
+
     /// Runs a query and maps every row with `f`.
     pub(crate) fn query_map<T>(
         &mut self,
