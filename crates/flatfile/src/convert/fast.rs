@@ -267,7 +267,9 @@ pub(super) fn records_run(
 ) -> Run {
     let text = match simdutf8::compat::from_utf8(bytes) {
         Ok(text) => text,
-        Err(error) => std::str::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or_default(),
+        // A chunk that ends inside a character (non-ASCII text cut by the network): the whole
+        // characters before it, checked again the same fast way.
+        Err(error) => simdutf8::basic::from_utf8(&bytes[..error.valid_up_to()]).unwrap_or_default(),
     };
     let mut cursor = Cursor::from_text(text);
     loop {
