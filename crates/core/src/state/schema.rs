@@ -210,6 +210,19 @@ DROP INDEX IF EXISTS inbox_by_status;
 CREATE INDEX IF NOT EXISTS inbox_by_status_time ON inbox(status, received_at_ms, event_id);
 ";
 
+/// PostgreSQL only: the members of a group waiting for a sink (in no batch yet) in the order
+/// they were made, for the group writer's page of them (`groups::waiting_members`). An SQLite
+/// index ends with the rowid, so `group_members_waiting` serves that order there; PostgreSQL's
+/// `rowid` is a column of its own, and its planner does not take `seq IS NULL` as fixing
+/// `seq`, so with that index alone each page read and sorted every waiting member (39 ms a
+/// page with 8,000 waiting). Partial: a member leaves it when it is put in a batch. Not a
+/// schema version, as it changes no table: [`migrate_postgres`] creates it at every start if
+/// it is missing, and a build that does not know it leaves it be.
+const POSTGRES_WAITING_ORDER: &str = "
+CREATE INDEX IF NOT EXISTS group_members_unbatched ON group_members(grp, sink, rowid)
+    WHERE seq IS NULL;
+";
+
 /// Why a PostgreSQL state database could not be brought to [`SCHEMA_VERSION`].
 #[derive(Debug)]
 pub(crate) enum PgSchemaError {
@@ -258,6 +271,8 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
                      GENERATED ALWAYS AS IDENTITY"
                 ))?;
             }
+            // After the rowid it is ordered by.
+            tx.execute_batch(POSTGRES_WAITING_ORDER)?;
             tx.execute("DELETE FROM flatsync_schema", params![])?;
             tx.execute(
                 "INSERT INTO flatsync_schema (version) VALUES (?1)",
