@@ -660,6 +660,20 @@ fn insert_group_plans(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::Result
     Ok(())
 }
 
+/// The events of the JSON array of ids bound to `?1` that have deliveries: planned already.
+///
+/// The list is walked and each id looked up in the deliveries' key, rather than the
+/// deliveries filtered by the list (`event_id IN (…)`): the id is only the first column of
+/// that key, and on a table without statistics (a fresh PostgreSQL state filling fast) that
+/// form was planned as a scan of every delivery per slice of plans, 62 ms with 300,000.
+fn already_planned_sql(db: &Db) -> String {
+    format!(
+        "SELECT j.value FROM ({}) j
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = j.value)",
+        json_texts(db, 1)
+    )
+}
+
 /// Plans bound to one statement of [`insert_group_plans`] as JSON.
 const PLANS_PER_STATEMENT: usize = 1024;
 
@@ -671,10 +685,7 @@ fn insert_group_plan_slice(tx: &mut Db, plans: &[GroupPlan], now: i64) -> sql::R
     // rows): that plan stands.
     let planned: std::collections::HashSet<String> = tx
         .query_map(
-            &format!(
-                "SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({})",
-                json_texts(tx, 1)
-            ),
+            &already_planned_sql(tx),
             params![ids_json(plans.iter().map(|p| p.event_id.as_str()))],
             |r| r.get(0),
         )?
@@ -1835,6 +1846,62 @@ mod tests {
                 [vec!["e05", "e00"], vec!["e01", "e02"], vec!["e03", "e04"]],
                 "{on}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plans_already_made_are_looked_up_by_key_on_a_table_never_analyzed() {
+        for backend in TestBackend::both("groups_already_planned") {
+            let on = which(&backend);
+            let db = db_with_events(&backend, 3).await;
+            // e01 was planned by the engine: the group writer's plan leaves it alone.
+            db.call(|db| {
+                db.execute(
+                    "INSERT INTO deliveries (event_id, sink, status) VALUES ('e01', 's', 'pending')",
+                    params![],
+                )?;
+                if db.backend() == Backend::Postgres {
+                    // Deliveries of done events, never analyzed: PostgreSQL read them all for
+                    // each slice of plans when the deliveries were filtered by the list.
+                    db.execute_batch(
+                        "INSERT INTO deliveries (event_id, sink, status)
+                         SELECT 'done' || i, 's', 'done' FROM generate_series(1, 5000) AS i",
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+            let explained: Vec<String> = db
+                .call(|db| {
+                    let sql = already_planned_sql(db);
+                    let args = params![r#"["e00","e01"]"#];
+                    match db.backend() {
+                        Backend::Sqlite => {
+                            db.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| r.get(3))
+                        }
+                        Backend::Postgres => {
+                            db.query_map(&format!("EXPLAIN {sql}"), args, |r| r.get(0))
+                        }
+                    }
+                })
+                .await
+                .unwrap();
+            let explained = explained.join("\n");
+            assert!(
+                !explained.contains("Seq Scan on deliveries") && !explained.contains("SCAN d"),
+                "{on}: {explained}"
+            );
+            db.plan_grouped(["e00", "e01", "e02"].map(plan).to_vec(), Vec::new())
+                .await
+                .unwrap();
+            let grouped: Vec<bool> = [
+                db.is_grouped("e00").await.unwrap(),
+                db.is_grouped("e01").await.unwrap(),
+                db.is_grouped("e02").await.unwrap(),
+            ]
+            .to_vec();
+            assert_eq!(grouped, [true, false, true], "{on}");
         }
     }
 
