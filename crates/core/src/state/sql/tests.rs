@@ -244,3 +244,21 @@ fn a_connection_lost_inside_a_transaction_fails_the_rest_of_it_and_commits_nothi
         .expect("a later statement connects again");
     assert_eq!(ids(&mut db), vec!["later".to_owned()]);
 }
+
+#[test]
+fn a_postgres_session_plans_every_run_afresh_and_never_compiles_a_query() {
+    for backend in TestBackend::both("sql_session") {
+        let mut db = backend.db();
+        if db.backend() != Backend::Postgres {
+            continue;
+        }
+        let settings: (String, String) = db
+            .query_row(
+                "SELECT current_setting('plan_cache_mode'), current_setting('jit')",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("settings");
+        assert_eq!(settings, ("force_custom_plan".to_owned(), "off".to_owned()));
+    }
+}
