@@ -4,7 +4,7 @@
 
 use rusqlite::Connection;
 
-use super::sql::{Db, DbError, params};
+use super::sql::{self, Db, DbError, params};
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added
 /// `deliveries.generation` (replays) and `deliveries.updated_at_ms`; version 3 added
@@ -243,20 +243,30 @@ pub(crate) fn postgres_ddl(ddl: &str) -> String {
 /// version, in one transaction under an advisory lock, so that several daemons starting at
 /// once on one database create it once. `flatsync_schema` holds the version (SQLite keeps it
 /// in `PRAGMA user_version`).
+///
+/// A database already current is only read: DDL, even `CREATE ... IF NOT EXISTS` on what
+/// exists, needs the tables' owner (or `CREATE` on the schema), and a daemon whose role may
+/// only read and write the tables (what `flatsync doctor` checks) must start too.
 pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
     let found = db
         .transaction(|tx| {
-            tx.execute_batch(
-                "SELECT pg_advisory_xact_lock(7310151);
-                 CREATE TABLE IF NOT EXISTS flatsync_schema (version BIGINT NOT NULL);",
-            )?;
-            let found: Option<i64> =
+            tx.execute_batch("SELECT pg_advisory_xact_lock(7310151)")?;
+            let found: Option<i64> = if pg_relation_exists(tx, "flatsync_schema")? {
                 tx.query_row("SELECT MAX(version) FROM flatsync_schema", params![], |r| {
                     r.get(0)
-                })?;
+                })?
+            } else {
+                None
+            };
             if found.is_some_and(|v| v > SCHEMA_VERSION) {
                 return Ok(found);
             }
+            if found == Some(SCHEMA_VERSION) && pg_relation_exists(tx, "group_members_unbatched")? {
+                return Ok(found);
+            }
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS flatsync_schema (version BIGINT NOT NULL)",
+            )?;
             // Version 7 is the first PostgreSQL schema; every later block is written to run
             // again harmlessly, so running them all brings any older version up.
             for ddl in [SCHEMA, DAEMONS, GROUPS, INBOX_ORDER] {
@@ -285,6 +295,13 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
         Some(v) if v > SCHEMA_VERSION => Err(PgSchemaError::TooNew(v)),
         _ => Ok(()),
     }
+}
+
+/// Whether the PostgreSQL database has a table or index `name` on the session's search path.
+fn pg_relation_exists(tx: &mut Db, name: &str) -> sql::Result<bool> {
+    tx.query_row("SELECT to_regclass(?1) IS NOT NULL", params![name], |r| {
+        r.get(0)
+    })
 }
 
 /// Whether the database has `table`.
@@ -561,7 +578,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 mod tests {
     use super::*;
     use crate::state::testing::TestBackend;
-    use crate::state::{EventStatus, StateDb};
+    use crate::state::{EventStatus, StateDb, StateLocation};
 
     /// The inbox's indexes but its key, and the schema version, as the database says.
     async fn inbox_indexes_and_version(db: &StateDb) -> (Vec<String>, i64) {
@@ -584,6 +601,52 @@ mod tests {
         })
         .await
         .expect("read the schema")
+    }
+
+    #[tokio::test]
+    async fn a_role_that_may_only_read_and_write_the_tables_opens_a_current_state() {
+        let backend = TestBackend::postgres("schema_dml_role");
+        let TestBackend::Postgres(pg) = &backend else {
+            unreachable!("a PostgreSQL backend")
+        };
+        // Created by the owner, as an administrator would before handing the daemon a role.
+        drop(backend.state());
+        let role = format!(
+            "flatsync_dml_{}_{}",
+            std::process::id(),
+            super::super::now_ms()
+        );
+        let grant = format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};"
+        );
+        let owner = backend.state();
+        owner
+            .call(move |db| db.execute_batch(&grant))
+            .await
+            .unwrap();
+        let as_role = StateLocation::Postgres(Box::new(pg.target().as_user(&role)));
+        let opened = StateDb::open_at(&as_role).map(|db| async move {
+            db.insert_event(
+                "e".into(),
+                "platform",
+                "space:created".into(),
+                b"{}".to_vec(),
+                1,
+            )
+            .await?;
+            db.event("e").await
+        });
+        let outcome = match opened {
+            Ok(work) => work.await.map(|event| event.map(|e| e.status)),
+            Err(error) => Err(error),
+        };
+        let revoke = format!("DROP OWNED BY {role}; DROP ROLE {role};");
+        owner
+            .call(move |db| db.execute_batch(&revoke))
+            .await
+            .unwrap();
+        assert_eq!(outcome.unwrap(), Some(EventStatus::Pending));
     }
 
     #[tokio::test]

@@ -46,6 +46,15 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PgTarget {
+    /// The same database as another role (tests of what a role may do).
+    #[cfg(test)]
+    pub(crate) fn as_user(&self, user: &str) -> PgTarget {
+        let mut target = self.clone();
+        target.config.user(user);
+        target.redacted = format!("{} as {user}", self.redacted);
+        target
+    }
+
     /// Reads a `postgres://` URL (or a `key=value` connection string). The error never
     /// repeats the text, which may hold a password.
     pub(crate) fn parse(url: &str) -> std::result::Result<PgTarget, String> {
