@@ -1097,6 +1097,30 @@ mod tests {
         close: false,
     };
 
+    /// How a query explained by [`explain`] runs on PostgreSQL.
+    enum Walk {
+        AsIs,
+        /// Through [`Db::query_map_in_index_order`], as the inbox and member walks run.
+        InIndexOrder,
+    }
+
+    /// The plan of `sql` as the engine words it, a line per step: `EXPLAIN QUERY PLAN`'s
+    /// details on SQLite, `EXPLAIN`'s lines on PostgreSQL.
+    fn explain(db: &mut Db, sql: &str, args: &[sql::Value<'_>], walk: Walk) -> sql::Result<String> {
+        let lines: Vec<String> = match (db.backend(), walk) {
+            (Backend::Sqlite, _) => {
+                db.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| r.get(3))?
+            }
+            (Backend::Postgres, Walk::AsIs) => {
+                db.query_map(&format!("EXPLAIN {sql}"), args, |r| r.get(0))?
+            }
+            (Backend::Postgres, Walk::InIndexOrder) => {
+                db.query_map_in_index_order(&format!("EXPLAIN {sql}"), args, |r| r.get(0))?
+            }
+        };
+        Ok(lines.join("\n"))
+    }
+
     #[tokio::test]
     async fn a_batch_reads_its_members_bodies_in_its_order_when_it_is_written() {
         for backend in TestBackend::both("groups_bodies") {
@@ -1713,27 +1737,17 @@ mod tests {
                 .await
                 .unwrap();
             }
-            let plan: Vec<String> = db
+            // As the walk runs: whatever the table's statistics say (here, a table never
+            // analyzed), the index serves the order by itself.
+            let plan = db
                 .call(|db| {
                     let sql = unplanned_page_sql(db, true);
                     let args =
                         params![EventStatus::Pending, r#"["records:created"]"#, 10, 3, "e03"];
-                    match db.backend() {
-                        Backend::Sqlite => {
-                            db.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| r.get(3))
-                        }
-                        // As the walk runs: whatever the table's statistics say (here, a table
-                        // never analyzed), the index serves the order by itself.
-                        Backend::Postgres => {
-                            db.query_map_in_index_order(&format!("EXPLAIN {sql}"), args, |r| {
-                                r.get(0)
-                            })
-                        }
-                    }
+                    explain(db, &sql, args, Walk::InIndexOrder)
                 })
                 .await
                 .unwrap();
-            let plan = plan.join("\n");
             assert!(plan.contains("inbox_by_status_time"), "{on}: {plan}");
             assert!(
                 !plan.contains("TEMP B-TREE") && !plan.contains("Sort"),
@@ -1809,25 +1823,13 @@ mod tests {
                 .await
                 .unwrap();
             }
-            let plan: Vec<String> = db
+            let plan = db
                 .call(|db| {
                     let args = params!["events-space-w", "s", DeliveryStatus::Pending, 2];
-                    match db.backend() {
-                        Backend::Sqlite => db.query_map(
-                            &format!("EXPLAIN QUERY PLAN {WAITING_MEMBERS}"),
-                            args,
-                            |r| r.get(3),
-                        ),
-                        Backend::Postgres => db.query_map_in_index_order(
-                            &format!("EXPLAIN {WAITING_MEMBERS}"),
-                            args,
-                            |r| r.get(0),
-                        ),
-                    }
+                    explain(db, WAITING_MEMBERS, args, Walk::InIndexOrder)
                 })
                 .await
                 .unwrap();
-            let plan = plan.join("\n");
             let index = match backend {
                 TestBackend::Sqlite(_) => "group_members_waiting",
                 TestBackend::Postgres(_) => "group_members_unbatched",
@@ -1872,22 +1874,13 @@ mod tests {
             })
             .await
             .unwrap();
-            let explained: Vec<String> = db
+            let explained = db
                 .call(|db| {
                     let sql = already_planned_sql(db);
-                    let args = params![r#"["e00","e01"]"#];
-                    match db.backend() {
-                        Backend::Sqlite => {
-                            db.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| r.get(3))
-                        }
-                        Backend::Postgres => {
-                            db.query_map(&format!("EXPLAIN {sql}"), args, |r| r.get(0))
-                        }
-                    }
+                    explain(db, &sql, params![r#"["e00","e01"]"#], Walk::AsIs)
                 })
                 .await
                 .unwrap();
-            let explained = explained.join("\n");
             assert!(
                 !explained.contains("Seq Scan on deliveries") && !explained.contains("SCAN d"),
                 "{on}: {explained}"
