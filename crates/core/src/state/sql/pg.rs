@@ -361,8 +361,12 @@ fn open_session(target: &PgTarget, session: Session) -> Result<Client> {
     )?;
     if let Session::Work { lease } = session {
         let ms = lease.as_millis();
+        // Through `pg_settings` too: `idle_session_timeout` came with PostgreSQL 14, and an
+        // older server runs without it (a paused daemon is then not fenced off, as `doctor`
+        // says) instead of refusing the session.
         client.batch_execute(&format!(
-            "SET idle_session_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
+            "SELECT set_config(name, '{ms}', false) FROM pg_settings
+             WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
         ))?;
     }
     Ok(client)

@@ -262,3 +262,23 @@ fn a_postgres_session_plans_every_run_afresh_and_never_compiles_a_query() {
         assert_eq!(settings, ("force_custom_plan".to_owned(), "off".to_owned()));
     }
 }
+
+#[test]
+fn a_postgres_work_session_ends_when_idle_past_its_lease() {
+    for backend in TestBackend::both("sql_work_session") {
+        let TestBackend::Postgres(pg) = &backend else {
+            continue;
+        };
+        let lease = std::time::Duration::from_secs(7);
+        let mut db = Db::postgres_session(pg.target(), Session::Work { lease }).expect("connect");
+        let timeouts: (String, String) = db
+            .query_row(
+                "SELECT current_setting('idle_session_timeout'),
+                        current_setting('idle_in_transaction_session_timeout')",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("settings");
+        assert_eq!(timeouts, ("7s".to_owned(), "7s".to_owned()));
+    }
+}
