@@ -156,40 +156,12 @@ fn csv_records_on_disk(dir: &Path) -> u64 {
             if name.ends_with(".csv") {
                 Some(CsvFile::read(&p).records.len() as u64)
             } else if name.ends_with(".csv.partial") {
-                Some(whole_records_of_partial(&p))
+                Some(CsvFile::whole_records_of_partial(&p))
             } else {
                 None
             }
         })
         .sum()
-}
-
-/// The whole records of a partial file the sink may be writing, or cutting back after a write
-/// the full disk stopped halfway: such a torn record is not counted, and can only be the last.
-fn whole_records_of_partial(path: &Path) -> u64 {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let width = reader
-        .headers()
-        .unwrap_or_else(|e| panic!("{} has no valid header: {e}", path.display()))
-        .len();
-    let mut whole = 0;
-    let mut torn = None;
-    for (index, record) in reader.records().enumerate() {
-        if let Some(torn) = torn {
-            panic!(
-                "{}: record {torn} is cut short, yet record {index} follows it",
-                path.display()
-            );
-        }
-        match record {
-            Ok(record) if record.len() >= width => whole += 1,
-            _ => torn = Some(index),
-        }
-    }
-    whole
 }
 
 /// Where the sink under test keeps its rows, and how to count them there.

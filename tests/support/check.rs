@@ -120,16 +120,7 @@ pub struct CsvFile {
 impl CsvFile {
     /// Reads a whole file; panics naming the file when it is not valid CSV.
     pub fn read(path: &Path) -> CsvFile {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_path(path)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-        let headers = reader
-            .headers()
-            .unwrap_or_else(|e| panic!("{} has no valid header: {e}", path.display()))
-            .iter()
-            .map(str::to_owned)
-            .collect();
+        let (mut reader, headers) = open_csv(path, false);
         let records = reader
             .records()
             .enumerate()
@@ -154,6 +145,45 @@ impl CsvFile {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.headers.iter().position(|h| h == name)
     }
+
+    /// The whole records of a partial file the sink may be writing, or cutting back after a
+    /// write a full disk stopped halfway: such a torn record is not counted, and can only be
+    /// the last (panics naming the file otherwise).
+    pub fn whole_records_of_partial(path: &Path) -> u64 {
+        let (mut reader, headers) = open_csv(path, true);
+        let mut whole = 0;
+        let mut torn = None;
+        for (index, record) in reader.records().enumerate() {
+            if let Some(torn) = torn {
+                panic!(
+                    "{}: record {torn} is cut short, yet record {index} follows it",
+                    path.display()
+                );
+            }
+            match record {
+                Ok(record) if record.len() >= headers.len() => whole += 1,
+                _ => torn = Some(index),
+            }
+        }
+        whole
+    }
+}
+
+/// A CSV file opened and its header read; panics naming the file when either fails.
+/// `flexible` lets records have other lengths than the header.
+fn open_csv(path: &Path, flexible: bool) -> (csv::Reader<std::fs::File>, Vec<String>) {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(flexible)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let headers = reader
+        .headers()
+        .unwrap_or_else(|e| panic!("{} has no valid header: {e}", path.display()))
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    (reader, headers)
 }
 
 /// The finished CSV files of a csv-folder directory, by file name.

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::repair::Change;
 use super::report::Snapshot;
-use super::sql::{self, Backend, Db, DbError, PgTarget, params};
+use super::sql::{self, Backend, Db, DbError, PgTarget};
 use super::tx::Tx;
 use super::{SCHEMA_VERSION, StateDb, StateError, StateLocation};
 
@@ -106,22 +106,8 @@ impl OperatorDb {
             error,
         };
         let mut db = Db::postgres(target).map_err(err)?;
-        // Asked before reading it, so that a database flatsync never ran on is told apart
-        // from one that refuses the query.
         let found = db
-            .read_snapshot(|db| {
-                let table: Option<String> = db.query_row(
-                    "SELECT CAST(to_regclass('flatsync_schema') AS TEXT)",
-                    params![],
-                    |r| r.get(0),
-                )?;
-                if table.is_none() {
-                    return Ok(None);
-                }
-                db.query_row("SELECT MAX(version) FROM flatsync_schema", params![], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-            })
+            .read_snapshot(super::schema::postgres_version)
             .map_err(err)?;
         let path = PathBuf::from(&at);
         check_version(&path, found.unwrap_or(0))?;
@@ -278,6 +264,7 @@ fn check_version(path: &Path, found: i64) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::sql::params;
     use crate::state::testing::TestBackend;
     use crate::state::{DeliveryStatus, EventStatus};
 

@@ -251,13 +251,7 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
     let found = db
         .transaction(|tx| {
             tx.execute_batch("SELECT pg_advisory_xact_lock(7310151)")?;
-            let found: Option<i64> = if pg_relation_exists(tx, "flatsync_schema")? {
-                tx.query_row("SELECT MAX(version) FROM flatsync_schema", params![], |r| {
-                    r.get(0)
-                })?
-            } else {
-                None
-            };
+            let found = postgres_version(tx)?;
             if found.is_some_and(|v| v > SCHEMA_VERSION) {
                 return Ok(found);
             }
@@ -295,6 +289,18 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
         Some(v) if v > SCHEMA_VERSION => Err(PgSchemaError::TooNew(v)),
         _ => Ok(()),
     }
+}
+
+/// The schema version `flatsync_schema` holds, `None` when it holds none or flatsync never
+/// ran on the database (asked first, so that such a database is told apart from one that
+/// refuses the query).
+pub(crate) fn postgres_version(db: &mut Db) -> sql::Result<Option<i64>> {
+    if !pg_relation_exists(db, "flatsync_schema")? {
+        return Ok(None);
+    }
+    db.query_row("SELECT MAX(version) FROM flatsync_schema", params![], |r| {
+        r.get(0)
+    })
 }
 
 /// Whether the PostgreSQL database has a table or index `name` on the session's search path.

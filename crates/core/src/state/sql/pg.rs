@@ -355,20 +355,24 @@ fn open_session(target: &PgTarget, session: Session) -> Result<Client> {
     // first: 130 ms for a page of waiting group members that ran in 2.1 ms (EXPLAIN ANALYZE
     // with 100,000 waiting). Every statement here is a small keyed one run once. Through
     // `pg_settings`, so that a server without the setting (before 11) is no error.
-    client.batch_execute(
-        "SET plan_cache_mode = force_custom_plan;
-         SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'jit'",
-    )?;
+    let mut settings = vec![("jit", "off".to_owned())];
     if let Session::Work { lease } = session {
-        let ms = lease.as_millis();
-        // Through `pg_settings` too: `idle_session_timeout` came with PostgreSQL 14, and an
-        // older server runs without it (a paused daemon is then not fenced off, as `doctor`
-        // says) instead of refusing the session.
-        client.batch_execute(&format!(
-            "SELECT set_config(name, '{ms}', false) FROM pg_settings
-             WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
-        ))?;
+        // `idle_session_timeout` came with PostgreSQL 14: an older server runs without it
+        // (a paused daemon is then not fenced off, as `doctor` says).
+        let ms = lease.as_millis().to_string();
+        settings.push(("idle_session_timeout", ms.clone()));
+        settings.push(("idle_in_transaction_session_timeout", ms));
     }
+    let values: Vec<String> = settings
+        .iter()
+        .map(|(name, value)| format!("('{name}', '{value}')"))
+        .collect();
+    client.batch_execute(&format!(
+        "SET plan_cache_mode = force_custom_plan;
+         SELECT set_config(s.name, v.value, false)
+         FROM pg_settings s JOIN (VALUES {}) AS v(name, value) ON v.name = s.name",
+        values.join(", ")
+    ))?;
     Ok(client)
 }
 
