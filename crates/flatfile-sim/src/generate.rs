@@ -31,6 +31,39 @@ pub(crate) fn mix(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Odd multipliers of [`scatter`] and their inverses modulo 2^64.
+const SCATTER: [u64; 2] = [0xD6E8_FEB8_6659_FD93, 0xA076_1D64_78BD_642F];
+const GATHER: [u64; 2] = [inverse(SCATTER[0]), inverse(SCATTER[1])];
+
+/// The inverse of odd `a` modulo 2^64 (Newton's iteration doubles the correct low bits).
+const fn inverse(a: u64) -> u64 {
+    let mut x = a;
+    let mut round = 0;
+    while round < 6 {
+        x = x.wrapping_mul(2_u64.wrapping_sub(a.wrapping_mul(x)));
+        round += 1;
+    }
+    x
+}
+
+/// A bijection of the u64s chosen by `key` that puts consecutive values far apart: generated
+/// ids built on it are unique and unordered, as Flatfile's are, and [`gather`] reads the
+/// index back.
+pub(crate) fn scatter(value: u64, key: u64) -> u64 {
+    let mut x = (value ^ key).wrapping_mul(SCATTER[0]);
+    x ^= x >> 32;
+    x = x.wrapping_mul(SCATTER[1]);
+    x ^ (x >> 32)
+}
+
+/// The inverse of [`scatter`] under the same key.
+pub(crate) fn gather(value: u64, key: u64) -> u64 {
+    let mut x = value ^ (value >> 32);
+    x = x.wrapping_mul(GATHER[1]);
+    x ^= x >> 32;
+    x.wrapping_mul(GATHER[0]) ^ key
+}
+
 /// Hash of a string under a seed; `domain` keeps hashes of different kinds of ids apart.
 pub(crate) fn hash_str(seed: u64, domain: &str, text: &str) -> u64 {
     // FNV-1a over the bytes, then mixed with the seed: stable across platforms and Rust versions,
@@ -605,18 +638,18 @@ impl BatchKey {
         }
     }
 
-    /// A UUID-shaped id: 62 bits from the batch, the row index in the last group, so ids are
-    /// unique within a batch by construction and across batches unless two hashes collide.
+    /// A version 4 UUID, as Flatfile gives legacy rows: 64 bits scattered from the row index
+    /// (unique within the batch by construction, in no order), the rest from the batch.
     pub(crate) fn row_id(self, index: u64) -> String {
-        let h = self.hash;
-        let h2 = mix(h);
+        let row = scatter(index, self.hash);
+        let batch = mix(self.hash);
         format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            h >> 32,
-            (h >> 16) & 0xFFFF,
-            h & 0xFFF,
-            0x8000 | (h2 & 0x3FFF),
-            index & 0xFFFF_FFFF_FFFF
+            row >> 32,
+            (row >> 16) & 0xFFFF,
+            row & 0xFFF,
+            0x8000 | (((row >> 12) & 0xF) << 10) | (batch & 0x3FF),
+            (batch >> 16) & 0xFFFF_FFFF_FFFF
         )
     }
 
@@ -759,21 +792,24 @@ impl SheetKey {
         }
     }
 
+    /// `us_rc_` and 32 hex digits, as Flatfile names records: the row index scattered (so ids
+    /// come in no order, like Flatfile's), then the sheet's tag.
     pub(crate) fn record_id(self, index: u64) -> String {
-        format!("us_rc_{:08x}_{index}", self.hash >> 32)
+        format!("us_rc_{:016x}{:016x}", scatter(index, self.hash), self.hash)
     }
 
     /// The row index of a generated record id of this sheet, if it is one and below `rows`.
     pub(crate) fn record_index(self, record_id: &str, rows: u64) -> Option<u64> {
-        let (hash, index) = record_id.strip_prefix("us_rc_")?.split_once('_')?;
-        if hash != format!("{:08x}", self.hash >> 32)
-            || index.is_empty()
-            || !index.bytes().all(|b| b.is_ascii_digit())
-            || (index.len() > 1 && index.starts_with('0'))
-        {
+        let hex = record_id.strip_prefix("us_rc_")?;
+        if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
-        index.parse().ok().filter(|index| *index < rows)
+        let (row, sheet) = hex.split_at(16);
+        if u64::from_str_radix(sheet, 16).ok()? != self.hash {
+            return None;
+        }
+        let index = gather(u64::from_str_radix(row, 16).ok()?, self.hash);
+        (index < rows).then_some(index)
     }
 
     /// Generated row `index` of a sheet of this kind.
@@ -1266,6 +1302,64 @@ mod tests {
         let key = SheetKey::new(0, &sheet);
         let expected: Vec<String> = (0..10_000).map(|index| key.record_id(index)).collect();
         assert_eq!(served, expected);
+    }
+
+    #[test]
+    fn generated_ids_are_shaped_like_flatfiles_unique_and_in_no_order() {
+        let sheet = contacts(10_000);
+        let key = SheetKey::new(0, &sheet);
+        let records: Vec<String> = (0..10_000).map(|index| key.record_id(index)).collect();
+        let batch = BatchKey::new(0, "596c2c5f-2884-4444-9ccb-2f0772877508");
+        let rows: Vec<String> = (0..10_000).map(|index| batch.row_id(index)).collect();
+        for (ids, shape) in [(&records, "us_rc_ and 32 hex digits"), (&rows, "a v4 UUID")] {
+            let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+            assert_eq!(distinct.len(), ids.len(), "every {shape} id is unique");
+            // Flatfile's ids are random: a table keyed by them takes each row at a random
+            // place, and a benchmark on ordered ids would hide what that costs a sink.
+            let rising = ids.windows(2).filter(|pair| pair[0] < pair[1]).count();
+            assert!(
+                (4_000..6_000).contains(&rising),
+                "{rising} of 9,999 neighbouring {shape} ids rise: ordered, not random"
+            );
+        }
+        for id in &records {
+            let hex = id.strip_prefix("us_rc_").expect("prefix");
+            assert!(
+                hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+        for id in &rows {
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert_eq!(id.as_bytes()[14], b'4', "version 4: {id}");
+            assert!(
+                matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
+                "variant: {id}"
+            );
+        }
+        // The simulator reads an id back to its row, and only its own sheet's ids below rows.
+        for index in [0, 1, 4_999, 9_999] {
+            assert_eq!(
+                key.record_index(&records[index as usize], 10_000),
+                Some(index)
+            );
+        }
+        assert_eq!(key.record_index(&records[9_999], 9_999), None);
+        let other = SheetKey::new(1, &sheet);
+        assert_eq!(other.record_index(&records[0], 10_000), None);
+        assert_eq!(key.record_index("us_rc_tag_a1", 10_000), None);
+        let upper = format!("us_rc_{}", records[0]["us_rc_".len()..].to_uppercase());
+        assert_eq!(key.record_index(&upper, 10_000), None);
+    }
+
+    #[test]
+    fn scatter_and_gather_undo_each_other() {
+        for key in [0, 1, 0xDEAD_BEEF, u64::MAX] {
+            for value in [0, 1, 2, 1 << 32, u64::MAX - 1, u64::MAX] {
+                assert_eq!(gather(scatter(value, key), key), value);
+            }
+        }
     }
 
     #[test]
