@@ -161,6 +161,7 @@ impl<'a> Batch<'a> {
             seq: self.seq,
             done: false,
             compact: None,
+            last: None,
         }
     }
 }
@@ -293,6 +294,15 @@ pub struct Rows<'a> {
     /// The line of the row read last and where its values object lies, when the line is
     /// compact (see [`line::CompactValues`]).
     compact: Option<(&'a [u8], usize, usize)>,
+    /// The row read last: its line and line number.
+    last: Option<LineMark<'a>>,
+}
+
+/// Where a row lies in its batch, to read it again out of order: see [`Rows::mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineMark<'a> {
+    line: &'a [u8],
+    number: u64,
 }
 
 impl<'a> Rows<'a> {
@@ -331,6 +341,22 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// Where the row [`read_into`](Self::read_into) (or `next`) gave last lies in the batch;
+    /// `None` before the first row and after the last. A sink that writes rows in another
+    /// order than they came (sorted by id, say) reads them once to keep marks, then each
+    /// again with [`read_at`](Self::read_at), instead of holding every parsed row at once.
+    pub fn mark(&self) -> Option<LineMark<'a>> {
+        self.last
+    }
+
+    /// Parses the row at `mark` (of this batch) into `row`, as
+    /// [`read_into`](Self::read_into) did when it passed there.
+    pub fn read_at(&self, mark: LineMark<'a>, row: &mut Row<'a>) -> Result<(), SinkError> {
+        parse_row(mark.line, row)
+            .map(|_| ())
+            .map_err(|error| self.error(format!("malformed row on line {}: {error}", mark.number)))
+    }
+
     /// Parses the next row into `row`, reusing its allocation. Returns `Ok(false)` at the end.
     pub fn read_into(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
         if self.done {
@@ -347,6 +373,7 @@ impl<'a> Rows<'a> {
 
     fn advance(&mut self, row: &mut Row<'a>) -> Result<bool, SinkError> {
         self.compact = None;
+        self.last = None;
         if self.rest.is_empty() {
             if self.line != self.row_count {
                 return Err(self.error(format!(
@@ -371,6 +398,10 @@ impl<'a> Rows<'a> {
         let compact = parse_row(line, row)
             .map_err(|error| self.error(format!("malformed row on line {}: {error}", self.line)))?;
         self.compact = compact.map(|(start, end)| (line, start, end));
+        self.last = Some(LineMark {
+            line,
+            number: self.line,
+        });
         Ok(true)
     }
 

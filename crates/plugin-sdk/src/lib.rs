@@ -151,7 +151,7 @@ pub use flatsync_plugin_api as abi;
 pub use serde_json;
 
 pub use batch::{
-    Batch, BatchParts, CellValue, Row, RowJson, Rows, compact_json, unescape_json_string,
+    Batch, BatchParts, CellValue, LineMark, Row, RowJson, Rows, compact_json, unescape_json_string,
     write_json_string,
 };
 pub use columns::FieldColumns;

@@ -1,5 +1,5 @@
-//! The upsert of a record batch: consecutive rows that set the same columns go to SQLite
-//! together, several rows per statement.
+//! The upsert of a record batch, in record id order: consecutive rows that set the same
+//! columns go to SQLite together, several rows per statement.
 //!
 //! A statement per row paid SQLite's per-statement work (opening the table's cursors,
 //! starting and resetting the program) and a bind of the event id and time for every row;
@@ -23,12 +23,32 @@ const MAX_ROWS: usize = 8;
 /// Far below SQLite's own limit (999 before 3.32, 32,766 since).
 const MAX_PARAMETERS: usize = 100;
 
-/// Upserts the rows of a record batch by `_record_id`. Returns how many rows it wrote.
+/// Upserts the rows of a record batch by `_record_id`, in the order of their ids. Returns how
+/// many rows it wrote.
+///
+/// Flatfile's record ids are random, so rows in the order they came land all over the
+/// table's index. With the connection's small page cache, a leaf page of the index written
+/// early in the batch's transaction was often spilled to the write-ahead log before a later
+/// row of the batch came to it, and then read and written again. In id order each leaf is
+/// visited once per batch. Rows with the same id keep their order (a stable sort), so the
+/// last one still wins; columns are added in the order the rows came, as before the sort.
 pub(crate) fn upsert_rows(
     conn: &Connection,
     table: &mut Table,
     batch: &Batch<'_>,
 ) -> Result<u64, SinkError> {
+    let mut rows = batch.rows();
+    let mut row = Row::default();
+    let mut shape = UpsertShape::default();
+    let mut marks = Vec::with_capacity(usize::try_from(batch.row_count()).unwrap_or(0));
+    while rows.read_into(&mut row)? {
+        // Adds the row's new columns now, in the order the rows came.
+        table.shape_row(conn, &row, &mut shape)?;
+        let mark = rows.mark().expect("a row was just read");
+        marks.push((std::mem::take(&mut row.id), mark));
+    }
+    marks.sort_by(|(a, _), (b, _)| a.cmp(b));
+
     let received_at = batch.received_at_rfc3339();
     let mut writer = Writer {
         conn,
@@ -41,18 +61,13 @@ pub(crate) fn upsert_rows(
     // whose buffers the next rows reuse.
     let mut pending: Vec<(Row<'_>, UpsertShape)> = Vec::new();
     let mut held = 0;
-    let mut rows = batch.rows();
-    let mut count = 0_u64;
-    loop {
+    for (_, mark) in &marks {
         if pending.len() == held {
             pending.push(Default::default());
         }
         let (row, shape) = &mut pending[held];
-        if !rows.read_into(row)? {
-            break;
-        }
+        rows.read_at(*mark, row)?;
         table.shape_row(conn, row, shape)?;
-        count += 1;
         if held > 0 && pending[held].1.columns != pending[0].1.columns {
             writer.write(table, &pending[..held])?;
             pending.swap(0, held);
@@ -65,7 +80,7 @@ pub(crate) fn upsert_rows(
         }
     }
     writer.write(table, &pending[..held])?;
-    Ok(count)
+    Ok(u64::try_from(marks.len()).expect("a batch has fewer rows than u64::MAX"))
 }
 
 /// Most rows per statement for rows setting `fields` field columns: a power of two, so a

@@ -283,6 +283,7 @@ macro_rules! table_sink_scenarios {
             redelivery_upserts_without_duplicates,
             applied_seq_survives_reopening_and_a_complete_stream_takes_nothing,
             columns_follow_schema_then_first_seen_and_grow_later,
+            new_columns_follow_the_rows_order_not_their_ids,
             a_row_updates_only_the_columns_it_has_and_repeated_ids_apply_in_order,
             reserved_keys_are_fatal_and_roll_back,
             gap_is_fatal,

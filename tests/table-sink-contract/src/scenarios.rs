@@ -167,6 +167,30 @@ pub fn columns_follow_schema_then_first_seen_and_grow_later(fx: &impl TableSink)
     );
 }
 
+/// New keys become columns in the order the rows came, also when a sink writes the rows of a
+/// batch in another order (the sqlite sink sorts them by id).
+pub fn new_columns_follow_the_rows_order_not_their_ids(fx: &impl TableSink) {
+    let mut sink = fx.sink();
+    let rows = [
+        row("r9", true, r#"{"zeta":1}"#),
+        row("r1", true, r#"{"alpha":2}"#),
+        row("r5", true, r#"{"mid":3,"alpha":4}"#),
+    ];
+    send(&mut sink, Delivery::default(), &rows).expect("b0");
+    assert_eq!(
+        fx.columns("contacts"),
+        columns_then(&["zeta", "alpha", "mid"])
+    );
+    assert_eq!(
+        select(fx, "contacts", &["_record_id", "zeta", "alpha", "mid"]),
+        [
+            ["r1", "NULL", "2", "NULL"],
+            ["r5", "NULL", "4", "3"],
+            ["r9", "1", "NULL", "NULL"],
+        ]
+    );
+}
+
 /// An upsert leaves the columns a row does not have alone; rows of one record in a batch
 /// apply in order, and a key repeated in a row keeps its last value.
 pub fn a_row_updates_only_the_columns_it_has_and_repeated_ids_apply_in_order(fx: &impl TableSink) {
