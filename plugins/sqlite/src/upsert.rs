@@ -47,6 +47,7 @@ pub(crate) fn upsert_rows(
         let mark = rows.mark().expect("a row was just read");
         marks.push((std::mem::take(&mut row.id), mark));
     }
+    // Byte order, as the index's BINARY collation orders the ids.
     marks.sort_by(|(a, _), (b, _)| a.cmp(b));
 
     let received_at = batch.received_at_rfc3339();
