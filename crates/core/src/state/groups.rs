@@ -1832,7 +1832,7 @@ mod tests {
                 .unwrap();
             let index = match backend {
                 TestBackend::Sqlite(_) => "group_members_waiting",
-                TestBackend::Postgres(_) => "group_members_unbatched",
+                TestBackend::Postgres(_) => crate::state::schema::POSTGRES_WAITING_ORDER,
             };
             assert!(plan.contains(index), "{on}: {plan}");
             assert!(

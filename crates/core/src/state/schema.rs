@@ -218,10 +218,15 @@ CREATE INDEX IF NOT EXISTS inbox_by_status_time ON inbox(status, received_at_ms,
 /// page with 8,000 waiting). Partial: a member leaves it when it is put in a batch. Not a
 /// schema version, as it changes no table: [`migrate_postgres`] creates it at every start if
 /// it is missing, and a build that does not know it leaves it be.
-const POSTGRES_WAITING_ORDER: &str = "
-CREATE INDEX IF NOT EXISTS group_members_unbatched ON group_members(grp, sink, rowid)
-    WHERE seq IS NULL;
-";
+pub(crate) const POSTGRES_WAITING_ORDER: &str = "group_members_unbatched";
+
+/// Creates [`POSTGRES_WAITING_ORDER`] unless it exists.
+fn create_postgres_waiting_order(db: &mut Db) -> sql::Result<()> {
+    db.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {POSTGRES_WAITING_ORDER} ON group_members(grp, sink, rowid)
+             WHERE seq IS NULL"
+    ))
+}
 
 /// Why a PostgreSQL state database could not be brought to [`SCHEMA_VERSION`].
 #[derive(Debug)]
@@ -255,7 +260,7 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
             if found.is_some_and(|v| v > SCHEMA_VERSION) {
                 return Ok(found);
             }
-            if found == Some(SCHEMA_VERSION) && pg_relation_exists(tx, "group_members_unbatched")? {
+            if found == Some(SCHEMA_VERSION) && pg_relation_exists(tx, POSTGRES_WAITING_ORDER)? {
                 return Ok(found);
             }
             tx.execute_batch(
@@ -276,7 +281,7 @@ pub(crate) fn migrate_postgres(db: &mut Db) -> Result<(), PgSchemaError> {
                 ))?;
             }
             // After the rowid it is ordered by.
-            tx.execute_batch(POSTGRES_WAITING_ORDER)?;
+            create_postgres_waiting_order(tx)?;
             tx.execute("DELETE FROM flatsync_schema", params![])?;
             tx.execute(
                 "INSERT INTO flatsync_schema (version) VALUES (?1)",
@@ -304,8 +309,8 @@ pub(crate) fn postgres_version(db: &mut Db) -> sql::Result<Option<i64>> {
 }
 
 /// Whether the PostgreSQL database has a table or index `name` on the session's search path.
-fn pg_relation_exists(tx: &mut Db, name: &str) -> sql::Result<bool> {
-    tx.query_row("SELECT to_regclass(?1) IS NOT NULL", params![name], |r| {
+fn pg_relation_exists(db: &mut Db, name: &str) -> sql::Result<bool> {
+    db.query_row("SELECT to_regclass(?1) IS NOT NULL", params![name], |r| {
         r.get(0)
     })
 }
