@@ -22,7 +22,7 @@
 //! The thread starts a pass per quarter of the limit of new log, not per 1000 pages as SQLite
 //! does. A pass copies each page once, from its latest frame, and with Flatfile's random
 //! record ids every batch rewrites pages all over a large table's index: a million legacy
-//! rows wrote 8.0 GB with passes per 1000 pages and 16 MiB of log, 5.1 GB with passes per
+//! rows wrote 7.9 GiB with passes per 1000 pages and 16 MiB of log, 5.0 GiB with passes per
 //! 64 MiB and 256 MiB of log (the default).
 //!
 //! Durability is unchanged: every checkpoint syncs the log before copying it and the database
