@@ -1,12 +1,15 @@
 //! After a SIGKILL in the middle of a stream, the daemon fetches again only the pages that were
 //! in flight: the csv-folder sink tells it (ABI 1.2 `held`) which batches it still holds beyond
-//! its checkpoint, and those are neither fetched nor written again.
+//! its checkpoint, and those are neither fetched nor written again. A Flatfile job the stopped
+//! run already finished is not finished again.
 
 use std::time::{Duration, Instant};
 
-use flatfile_sim::{SimConfig, legacy_row_ids, legacy_webhook_body};
+use flatfile_sim::{
+    SimConfig, legacy_row_ids, legacy_webhook_body, record_ids, submit_event_body, workbook_sheets,
+};
 use flatsync_tests::check::csv_rows;
-use flatsync_tests::{Daemon, Sim, TestDir};
+use flatsync_tests::{Daemon, Sim, TestDir, http};
 
 /// Rows per page and per batch: a batch of 500 legacy rows is well over 32 KiB of NDJSON, so
 /// the 64 KiB read-ahead budget below holds at most two batches between the wire and the sink.
@@ -103,6 +106,73 @@ fn after_kill_9_only_the_pages_in_flight_are_fetched_again() {
             .log()
             .contains("Sink holds batches beyond its checkpoint"),
         "the restarted daemon should say the sink held batches\n{}",
+        daemon.log_tail()
+    );
+}
+
+/// A run that finished its Flatfile job and was killed before it recorded the event settled
+/// leaves the job finished in Flatfile (here: finished through the API while the daemon is
+/// down). The restarted daemon delivers the rest and leaves the job's outcome alone.
+#[test]
+fn a_job_finished_before_the_restart_is_not_finished_again() {
+    let sim = Sim::start(SimConfig {
+        rows: PAGE * 60,
+        sheets_per_workbook: 1,
+        page_latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    });
+    let dir = TestDir::new("resume-job");
+    let settings = Daemon::new(dir.path())
+        .sim(&sim)
+        .sink_csv("archive")
+        .route(&["job:ready"], &["archive"])
+        .page_size(PAGE);
+    let csv_dir = settings.csv_dir("archive");
+    let mut daemon = settings.start();
+    let (event, workbook) = ("us_evt_resumejob", "us_wb_resumejob");
+    let job = sim.job_for(workbook);
+    let reply = daemon.post(&submit_event_body(event, workbook, &job));
+    assert!(reply.is_success(), "webhook: {}", reply.text());
+    let sheets = workbook_sheets(sim.config(), workbook);
+    let [(sheet_id, slug, _)] = &sheets[..] else {
+        panic!("one sheet: {sheets:?}")
+    };
+    let partial = csv_dir.join(format!(".{slug}-{event}.csv.partial"));
+    let deadline = Instant::now() + HANG_GUARD;
+    while lines_in(&partial) < 1 + 5 * PAGE {
+        assert!(
+            Instant::now() < deadline && daemon.pending_events() == [event],
+            "the stream never reached 5 batches in the sink\n{}",
+            daemon.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    daemon.kill9();
+
+    let finished = http::post_json(
+        &format!("{}/v1/jobs/{job}/complete", sim.url()),
+        Some(&sim.config().secret_key),
+        br#"{"outcome":{"message":"Finished by the run before the kill"}}"#,
+    )
+    .expect("the simulator answers");
+    assert!(finished.is_success(), "complete: {}", finished.text());
+    daemon.restart();
+    daemon.wait_done(&[event], HANG_GUARD);
+
+    csv_rows(&csv_dir).assert_exactly(
+        &record_ids(sim.config(), sheet_id),
+        "csv-folder sink after the kill",
+    );
+    let state = sim.job(&job).expect("the simulator knows the job");
+    assert_eq!(
+        (state.status.as_str(), state.finishes),
+        ("complete", 1),
+        "the job is finished once, before the restart\n{}",
+        daemon.log_tail()
+    );
+    assert!(
+        daemon.log().contains("Flatfile job already finished"),
+        "the restarted daemon should say it left the job alone\n{}",
         daemon.log_tail()
     );
 }

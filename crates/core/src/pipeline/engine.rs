@@ -157,6 +157,7 @@ impl Engine {
             event_id,
             client: &client,
             job_id: job_id.as_deref(),
+            resumed: planned_before,
             started,
         };
         self.settle(&run, &streams, &work).await
@@ -362,7 +363,9 @@ impl Engine {
             // On a shared state, asked through the session holding the event's claim right
             // before the request: a daemon that lost it (paused past its lease) stops here.
             self.state.probe().await?;
-            if let Err(e) = run.client.job_complete(job_id, &message).await {
+            if !self.finished_elsewhere(run, job_id).await
+                && let Err(e) = run.client.job_complete(job_id, &message).await
+            {
                 tracing::warn!(event_id, job_id = %job_id, error = %e, "Could not complete the Flatfile job");
             }
         }
@@ -385,7 +388,10 @@ impl Engine {
         tracing::error!(event_id = run.event_id, error = %detail, "Event failed");
         // As before completing a job: still holding the event's claim.
         self.state.probe().await?;
-        self.fail_job(run.client, run.job_id, &detail).await;
+        match run.job_id {
+            Some(job_id) if self.finished_elsewhere(run, job_id).await => {}
+            job_id => self.fail_job(run.client, job_id, &detail).await,
+        }
         self.state
             .set_event_status(run.event_id, EventStatus::Failed, Some(detail))
             .await?;
@@ -612,6 +618,33 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether the job of a resumed run already ended in Flatfile. A run that stopped after
+    /// finishing the job and before recording the event settled (killed, or paused past its
+    /// lease on a shared state while another daemon took over) leaves its job finished, and
+    /// finishing it again would replace the outcome its user saw. A job that cannot be read is
+    /// finished here as before: a second outcome is better than none.
+    async fn finished_elsewhere(&self, run: &Run<'_>, job_id: &str) -> bool {
+        if !run.resumed {
+            return false;
+        }
+        match run.client.job(job_id).await {
+            Ok(job) if job.is_finished() => {
+                tracing::info!(
+                    event_id = run.event_id,
+                    job_id,
+                    status = job.status.as_deref().unwrap_or_default(),
+                    "Flatfile job already finished; left as it is"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(event_id = run.event_id, job_id, error = %e, "Could not read the Flatfile job before finishing it");
+                false
+            }
+        }
+    }
+
     async fn fail_job(&self, client: &FlatfileClient, job_id: Option<&str>, detail: &str) {
         if let Some(job_id) = job_id
             && let Err(e) = client.job_fail(job_id, detail).await
@@ -777,6 +810,8 @@ struct Run<'a> {
     event_id: &'a str,
     client: &'a FlatfileClient,
     job_id: Option<&'a str>,
+    /// Planned by an earlier run, which may have finished the job before it stopped.
+    resumed: bool,
     started: Instant,
 }
 

@@ -878,6 +878,7 @@ mod tests {
                 parent_id: is_part.then(|| "p".to_owned()),
                 part: None,
                 parts_total: None,
+                status: None,
             }),
             is_part,
         };

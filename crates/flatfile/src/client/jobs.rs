@@ -23,12 +23,24 @@ pub struct JobInfo {
     pub part: Option<u64>,
     /// `partData.total`: how many parts the parent was split into, when known.
     pub parts_total: Option<u64>,
+    /// `status`: `created`, `planning`, `scheduled`, `ready`, `executing`, `complete`,
+    /// `failed`, `canceled` (as sent).
+    pub status: Option<String>,
 }
 
 impl JobInfo {
     /// Whether the job is one part of a multi-part job: it has a parent or a part number.
     pub fn is_part(&self) -> bool {
         self.parent_id.is_some() || self.part.is_some()
+    }
+
+    /// Whether the job has ended (`complete`, `failed` or `canceled`): completing or failing
+    /// it again would replace the outcome its user was shown.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status.as_deref(),
+            Some("complete" | "failed" | "canceled")
+        )
     }
 
     /// The job's name as `job:ready` payloads spell it, `<type>:<operation>`.
@@ -71,6 +83,8 @@ fn job_info(body: &[u8]) -> Result<JobInfo, serde_json::Error> {
         part: Option<u64>,
         #[serde(default)]
         part_data: Option<serde_json::Value>,
+        #[serde(default)]
+        status: Option<String>,
     }
     let job = serde_json::from_slice::<Envelope>(body)?.data;
     let part_data = |key: &str| {
@@ -88,6 +102,7 @@ fn job_info(body: &[u8]) -> Result<JobInfo, serde_json::Error> {
         operation: non_empty(job.operation),
         source: non_empty(job.source),
         parent_id: non_empty(job.parent_id),
+        status: non_empty(job.status),
     })
 }
 
@@ -111,6 +126,12 @@ mod tests {
         assert_eq!((part.part, part.parts_total), (Some(3), Some(4)));
         assert_eq!(part.name().as_deref(), Some("workbook:submitActionFg"));
         assert_eq!(part.source.as_deref(), Some("us_wb_1"));
+        assert!(!part.is_finished(), "ready: {part:?}");
+        for status in ["complete", "failed", "canceled"] {
+            let body = format!(r#"{{"data":{{"id":"us_jb_4","status":"{status}"}}}}"#);
+            let job = job_info(body.as_bytes()).expect("parses");
+            assert!(job.is_finished(), "{status}: {job:?}");
+        }
 
         let bare = job_info(br#"{"data":{"id":"us_jb_3","source":""}}"#).expect("parses");
         assert_eq!((bare.source.as_deref(), bare.name()), (None, None));
