@@ -9,7 +9,7 @@ use flatfile_sim::{
     SimConfig, legacy_row_ids, legacy_webhook_body, record_ids, submit_event_body, workbook_sheets,
 };
 use flatsync_tests::check::csv_rows;
-use flatsync_tests::{Daemon, Sim, TestDir, http};
+use flatsync_tests::{Daemon, DaemonProcess, Sim, TestDir, http};
 
 /// Rows per page and per batch: a batch of 500 legacy rows is well over 32 KiB of NDJSON, so
 /// the 64 KiB read-ahead budget below holds at most two batches between the wire and the sink.
@@ -28,6 +28,21 @@ fn lines_in(path: &std::path::Path) -> u64 {
     std::fs::read(path).map_or(0, |bytes| {
         bytes.iter().filter(|&&byte| byte == b'\n').count() as u64
     })
+}
+
+/// Waits until the csv-folder file `partial` holds its header and `batches` batches of rows
+/// (a row is one line: the simulator's values have no line breaks), with `event` still pending.
+fn wait_for_batches(daemon: &DaemonProcess, event: &str, partial: &std::path::Path, batches: u64) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while lines_in(partial) < 1 + batches * PAGE {
+        assert!(
+            Instant::now() < deadline && daemon.pending_events() == [event],
+            "the stream never reached {batches} batches in the sink (it may have ended: give \
+             it more pages)\n{}",
+            daemon.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]
@@ -54,19 +69,8 @@ fn after_kill_9_only_the_pages_in_flight_are_fetched_again() {
     let reply = daemon.post(&legacy_webhook_body(batch, event, PAGE * PAGES));
     assert!(reply.is_success(), "webhook: {}", reply.text());
 
-    // The header and HELD batches of rows (a row is one line: the simulator's values have no
-    // line breaks).
     let partial = csv_dir.join(format!(".legacy-{batch}.csv.partial"));
-    let deadline = Instant::now() + HANG_GUARD;
-    while lines_in(&partial) < 1 + HELD * PAGE {
-        assert!(
-            Instant::now() < deadline && daemon.pending_events() == [event],
-            "the stream never reached {HELD} batches in the sink (it may have ended: give it \
-             more pages)\n{}",
-            daemon.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_batches(&daemon, event, &partial, HELD);
     daemon.kill9();
     let served_before_restart = sim.stats().legacy_rows;
     assert_eq!(
@@ -138,15 +142,7 @@ fn a_job_finished_before_the_restart_is_not_finished_again() {
         panic!("one sheet: {sheets:?}")
     };
     let partial = csv_dir.join(format!(".{slug}-{event}.csv.partial"));
-    let deadline = Instant::now() + HANG_GUARD;
-    while lines_in(&partial) < 1 + 5 * PAGE {
-        assert!(
-            Instant::now() < deadline && daemon.pending_events() == [event],
-            "the stream never reached 5 batches in the sink\n{}",
-            daemon.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_batches(&daemon, event, &partial, 5);
     daemon.kill9();
 
     let finished = http::post_json(
