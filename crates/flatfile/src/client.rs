@@ -15,7 +15,7 @@ use crate::buffers::Buffers;
 use crate::convert::{self, LegacyPage, RecordsPage, Sheet, Workbook};
 use crate::error::{ApiError, is_retryable_status};
 use crate::secret::Secret;
-use body::{BodyGate, BodyPermit};
+use body::{BodyChunks, BodyGate, BodyPermit};
 
 /// How failed requests are repeated.
 #[derive(Clone, Debug)]
@@ -751,15 +751,16 @@ impl FlatfileClient {
         call: Call<'_>,
         attempt: u32,
     ) -> Result<(RecordsPage, u16), AttemptError> {
-        let mut response = self.send(call, attempt).await?;
+        let response = self.send(call, attempt).await?;
         let status = response.status().as_u16();
         let announced = response.content_length();
+        let mut chunks = BodyChunks::new(response);
         let mut stream = convert::RecordsStream::new(announced);
         let mut whole_share: Option<BodyPermit> = None;
         let mut received = 0;
         let mut read_again = false;
-        while let Some(chunk) = response
-            .chunk()
+        while let Some(chunk) = chunks
+            .next()
             .await
             .map_err(|error| transport_error(call, attempt, error))?
         {
@@ -777,7 +778,7 @@ impl FlatfileClient {
                 }
             }
         }
-        drop(response);
+        drop(chunks);
         recording::body_received(call.endpoint, received);
         let decode_error = |error: serde_json::Error| AttemptError::Retryable {
             error: ApiError::Decode {
@@ -1095,7 +1096,7 @@ fn transport_error(call: Call<'_>, attempt: u32, error: reqwest::Error) -> Attem
 /// 7 MB records page briefly took 14 MB for every page in flight.
 /// The buffer comes from `buffers` when given, and goes back there when the body is dropped.
 async fn read_success_body(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     buffers: Option<&Buffers>,
 ) -> Result<Bytes, reqwest::Error> {
     // The announced length only sizes the first allocation; a server that announces more
@@ -1106,7 +1107,8 @@ async fn read_success_body(
         Some(buffers) => buffers.take(reserve),
         None => Vec::with_capacity(reserve),
     };
-    while let Some(chunk) = response.chunk().await? {
+    let mut chunks = BodyChunks::new(response);
+    while let Some(chunk) = chunks.next().await? {
         body.extend_from_slice(&chunk);
     }
     Ok(match buffers {
