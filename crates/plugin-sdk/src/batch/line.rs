@@ -37,7 +37,7 @@ pub(super) type CompactValues = Option<(usize, usize)>;
 /// is not one this reader can vouch for.
 pub(super) fn read<'a>(line: &'a [u8], row: &mut Row<'a>) -> Option<CompactValues> {
     // Checking the whole line at once lets every slice below be a `str` without a second check.
-    let text = std::str::from_utf8(line).ok()?;
+    let text = simdutf8::basic::from_utf8(line).ok()?;
     let mut cursor = Cursor {
         text,
         bytes: line,
