@@ -17,6 +17,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flatsync_core::Config;
 
+/// Keeps one freed HTTP read buffer for the next: see `allocator::ReadBufferSlot`.
+#[global_allocator]
+static ALLOCATOR: allocator::ReadBufferSlot = allocator::ReadBufferSlot::new();
+
 #[derive(Parser)]
 #[command(
     name = "flatsync",
