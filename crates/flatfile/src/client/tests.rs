@@ -660,6 +660,21 @@ async fn a_body_that_breaks_off_is_retried() {
     assert_eq!(*connections.lock().expect("not poisoned"), 2);
 }
 
+/// A body read whole (`read_success_body`) breaking off mid-way fails its attempt too, never
+/// passing for the shorter page.
+#[tokio::test]
+async fn a_whole_body_that_breaks_off_is_retried() {
+    let (address, connections) =
+        start_breaking_server(fixture("legacy-batch-rows-page.json")).await;
+    let client = FlatfileClient::new(config(&format!("http://{address}"))).expect("client");
+    let page = client
+        .legacy_rows_page("b1", 0, 50, &Buffers::default())
+        .await
+        .expect("second attempt gets the whole body");
+    assert_eq!(page.rows_on_page, 2);
+    assert_eq!(*connections.lock().expect("not poisoned"), 2);
+}
+
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let server = TestServer::start(vec![
