@@ -91,7 +91,7 @@ const READ_BUFFER_FROM: usize = READ_BUFFER - 4096;
 /// pool: the connections allocate and free one after another, and each block kept is 412 KiB
 /// of resident memory (`ReadBufferSlot::new` holds none until the first is freed).
 pub(crate) struct ReadBufferSlot {
-    /// A freed block of layout [`read_buffer_layout`], or null.
+    /// A freed block of layout [`READ_BUFFER_LAYOUT`], or null.
     kept: AtomicPtr<u8>,
 }
 
@@ -103,27 +103,25 @@ impl ReadBufferSlot {
     }
 }
 
-/// Whether `layout` is served as a read buffer: [`read_buffer_layout`] fits it.
+/// Whether `layout` is served as a read buffer: [`READ_BUFFER_LAYOUT`] fits it.
 fn is_read_buffer(layout: Layout) -> bool {
     (READ_BUFFER_FROM..=READ_BUFFER).contains(&layout.size())
-        && layout.align() <= read_buffer_layout().align()
+        && layout.align() <= READ_BUFFER_LAYOUT.align()
 }
 
-/// What every read buffer is allocated as, so that any block kept fits any request.
-fn read_buffer_layout() -> Layout {
-    // 16: glibc's malloc alignment on 64-bit targets, so `System` still calls plain `malloc`.
-    match Layout::from_size_align(READ_BUFFER, 16) {
-        Ok(layout) => layout,
-        Err(_) => unreachable!("READ_BUFFER is a valid size for an alignment of 16"),
-    }
-}
+/// What every read buffer is allocated as, so that any block kept fits any request. 16 is
+/// malloc's own alignment on 64-bit targets, so `System` still calls plain `malloc`.
+const READ_BUFFER_LAYOUT: Layout = match Layout::from_size_align(READ_BUFFER, 16) {
+    Ok(layout) => layout,
+    Err(_) => panic!("READ_BUFFER is a valid size for an alignment of 16"),
+};
 
 #[allow(
     unsafe_code,
     reason = "a global allocator is an unsafe trait; every block still comes from System"
 )]
 // SAFETY: every block handed out is either fresh from `System` or one `System` allocated with
-// `read_buffer_layout` and that was freed to us, taken out of the slot by an atomic swap, so no
+// `READ_BUFFER_LAYOUT` and that was freed to us, taken out of the slot by an atomic swap, so no
 // two callers ever hold it. A read buffer request fits that layout (`is_read_buffer`), and a
 // read buffer goes back to `System` with that same layout.
 unsafe impl GlobalAlloc for ReadBufferSlot {
@@ -137,7 +135,7 @@ unsafe impl GlobalAlloc for ReadBufferSlot {
             return kept;
         }
         // SAFETY: a constant, non-zero layout.
-        unsafe { System.alloc(read_buffer_layout()) }
+        unsafe { System.alloc(READ_BUFFER_LAYOUT) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -165,8 +163,8 @@ unsafe impl GlobalAlloc for ReadBufferSlot {
             .compare_exchange(ptr::null_mut(), block, Ordering::Release, Ordering::Relaxed)
             .is_err()
         {
-            // SAFETY: every read buffer was allocated with `read_buffer_layout`.
-            unsafe { System.dealloc(block, read_buffer_layout()) };
+            // SAFETY: every read buffer was allocated with `READ_BUFFER_LAYOUT`.
+            unsafe { System.dealloc(block, READ_BUFFER_LAYOUT) };
         }
     }
 
