@@ -87,9 +87,10 @@ const READ_BUFFER_FROM: usize = READ_BUFFER - 4096;
 ///
 /// In a million-row legacy import hyper allocates such a buffer for 964 pages in 1,000 (counted
 /// with `strace -e mmap`), and the kernel faulted each in as the page arrived: a fifth of the
-/// daemon's CPU. Kept, the block's pages stay mapped and are written over. One block, not a
-/// pool: the connections allocate and free one after another, and each block kept is 412 KiB
-/// of resident memory (`ReadBufferSlot::new` holds none until the first is freed).
+/// daemon's CPU. Kept, the block's pages stay mapped and are written over. The price is memory:
+/// a connection waiting for its next answer may hold a reused block, all of it resident, where
+/// a fresh one had nothing resident yet (peak RSS 1-2.5 MiB higher in `flatsync-bench`). So one
+/// block is kept, not a pool: the connections allocate and free one after another.
 pub(crate) struct ReadBufferSlot {
     /// A freed block of layout [`READ_BUFFER_LAYOUT`], or null.
     kept: AtomicPtr<u8>,
