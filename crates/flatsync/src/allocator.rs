@@ -173,9 +173,12 @@ unsafe impl GlobalAlloc for ReadBufferSlot {
         // SAFETY: the caller promises `new_size`, rounded up to the alignment, does not
         // overflow `isize`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if !is_read_buffer(layout) && !is_read_buffer(new_layout) {
+        match (is_read_buffer(layout), is_read_buffer(new_layout)) {
             // SAFETY: `block` came from `System` with `layout`; the rest is the caller's.
-            return unsafe { System.realloc(block, layout, new_size) };
+            (false, false) => return unsafe { System.realloc(block, layout, new_size) },
+            // Every read buffer is `READ_BUFFER_LAYOUT`, which fits the new size too.
+            (true, true) => return block,
+            _ => {}
         }
         // SAFETY: a block of either kind moves through this allocator's own `alloc` and
         // `dealloc`, which know which layout each came with.
